@@ -1,0 +1,179 @@
+"""The ``cnnfilterdb`` command line (SPEC section 8)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .store import FilterStore, StoreError, default_db
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, default=None,
+                   help="store directory (default: $CNNFILTERDB_DB or ./filterdb)")
+
+
+def cmd_ingest(args) -> int:
+    from ingest import ingest_paths
+
+    result = ingest_paths([Path(p) for p in args.paths], args.db or default_db())
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_info(args) -> int:
+    info = FilterStore(args.db or default_db()).info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    b = info["bytes"]
+    ratio = b["shards"] / b["raw_float32"] if b["raw_float32"] else 0.0
+    print(f"store      {info['db']}")
+    print(f"models     {info['models']:,}")
+    print(f"layers     {info['layers']:,}")
+    print(f"filters    {info['filters']:,}  in {info['shards']} shard(s)")
+    print(f"size       {b['shards'] / 2**20:,.1f} MiB of shards ({ratio:.3f}x raw float32), "
+          f"catalog {b['catalog'] / 2**20:,.1f} MiB")
+    basis = info["basis"]
+    if basis:
+        evr = ", ".join(f"{x:.4f}" for x in basis["explained_variance_ratio"])
+        print(f"basis      version {basis['version']}, fitted on {basis['n_filters']:,} filters")
+        print(f"           explained variance ratio [{evr}]")
+        print(f"           coefficient range [{basis['range'][0]:.6g}, {basis['range'][1]:.6g}]")
+    else:
+        print("basis      none (fewer than 2 filters)")
+    return 0
+
+
+def cmd_sql(args) -> int:
+    import duckdb
+
+    store = FilterStore(args.db or default_db())
+    with store.connect() as con:
+        try:
+            cur = con.execute(args.query)
+        except duckdb.Error as e:
+            raise StoreError(f"SQL error: {str(e).splitlines()[0]}") from None
+        if cur.description is None:
+            return 0
+        columns = [d[0] for d in cur.description]
+        rows = cur.fetchmany(args.max_rows + 1)
+        truncated = len(rows) > args.max_rows
+        rows = rows[: args.max_rows]
+        if args.format == "json":
+            print(json.dumps({"columns": columns, "rows": rows, "truncated": truncated}, default=str))
+        elif args.format == "csv":
+            import csv
+
+            w = csv.writer(sys.stdout)
+            w.writerow(columns)
+            w.writerows(rows)
+        else:
+            _print_table(columns, rows)
+            if truncated:
+                print(f"(first {args.max_rows} rows shown; --max-rows to see more)")
+    return 0
+
+
+def _print_table(columns: list[str], rows: list[tuple]) -> None:
+    cells = [[str(c) for c in columns]] + [["NULL" if v is None else str(v) for v in r] for r in rows]
+    widths = [min(60, max(len(r[i]) for r in cells)) for i in range(len(columns))]
+    for k, r in enumerate(cells):
+        print("  ".join(v[:60].ljust(w) for v, w in zip(r, widths)).rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def cmd_demo(args) -> int:
+    from ingest import ingest_paths
+    from ingest.sample import write_sample_h5
+
+    db = (args.db or default_db()).resolve()
+    if FilterStore(db).exists() and not args.rebuild:
+        print(f"using the existing store at {db} (--rebuild to write it anew)", file=sys.stderr)
+    else:
+        if FilterStore(db).exists():
+            import shutil
+
+            shutil.rmtree(db)
+        db.mkdir(parents=True, exist_ok=True)
+        sample = db / "SAMPLE-synthetic-dataset.h5"
+        print(f"writing a synthetic SAMPLE dataset ({args.models} models, {args.filters:,} filters; "
+              f"not real data) to {sample}", file=sys.stderr)
+        write_sample_h5(sample, n_models=args.models, n_filters=args.filters, seed=args.seed)
+        ingest_paths([sample], db)
+    cmd_info(argparse.Namespace(db=db, json=False))
+    if args.no_serve:
+        return 0
+    return _serve(db, args.host, args.port)
+
+
+def _serve(db: Path, host: str, port: int) -> int:
+    try:
+        from service.main import run
+    except ImportError:
+        print("the service is not available in this version; the store is ready for SQL:", file=sys.stderr)
+        print(f"  duckdb -readonly {db / 'catalog.duckdb'}", file=sys.stderr)
+        return 0
+    return run(db=db, host=host, port=port)
+
+
+def cmd_serve(args) -> int:
+    return _serve((args.db or default_db()).resolve(), args.host, args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cnnfilterdb", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("ingest", help="load dataset.h5 files into the store (all or nothing)")
+    s.add_argument("paths", nargs="+", help="source files")
+    _db_arg(s)
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("info", help="counts, basis and sizes of the store")
+    _db_arg(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("sql", help="run one read-only SQL query against the store")
+    s.add_argument("query")
+    _db_arg(s)
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s.add_argument("--max-rows", type=int, default=100)
+    s.set_defaults(func=cmd_sql)
+
+    s = sub.add_parser("demo", help="build a clearly labelled synthetic sample store and serve it")
+    _db_arg(s)
+    s.add_argument("--models", type=int, default=40)
+    s.add_argument("--filters", type=int, default=1_000_000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--rebuild", action="store_true", help="write the sample store anew")
+    s.add_argument("--no-serve", action="store_true", help="build the store, do not start the service")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("serve", help="run the HTTP service")
+    _db_arg(s)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except StoreError as e:
+        print(f"cnnfilterdb: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cnnfilterdb: interrupted; the store is unchanged", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Layer quality (SPEC 6.4), on the raw, unscaled filters of one layer.
+
+For a layer with filters W of shape (n, 9):
+
+- ``sparsity``: share of filters f with max_j |f_j| < 0.01 * max |W| (all sparse if max |W| = 0).
+- ``variance_entropy``: with W_c = W centered per column and s its singular values,
+  v = s**2 / (n - 1) (the eigenvalues of the sample covariance), the base-10 Shannon entropy
+  H = -sum p log10 p of p = v / sum(v). 0 when sum(v) = 0, null when n < 2. Range 0 .. log10(9).
+- ``variance_entropy_norm``: H / h(n), h the expected entropy of a random layer of n filters
+  (``expected_random_entropy``); null where h(n) <= 0 (n = 2), since the ratio means nothing there.
+- ``variance_entropy_clean``: H of the non-sparse filters only (null when fewer than 2).
+- ``orthogonality``: 1 - mean |cos| over pairs of distinct output channels, each flattened to
+  in * 9 (needs the layer's (out, in, 3, 3) shape; null otherwise).
+
+Large layers are processed in pieces by ``LayerQualityAccumulator`` in two passes (the sparsity
+threshold needs the layer maximum first); the eigenvalues of the merged scatter matrix equal s**2.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .moments import Moments
+
+SPARSITY_THRESHOLD = 0.01
+
+
+def expected_random_entropy(n: int) -> float:
+    """h(n) = 1.2618047 / (1 + exp(-0.88767525 * (log2(n) - 2.30436435))) - 0.31050834."""
+    return 1.2618047 / (1.0 + math.exp(-0.88767525 * (math.log2(n) - 2.30436435))) - 0.31050834
+
+
+def variance_entropy(m: Moments) -> float | None:
+    """Base-10 entropy of the normalized covariance spectrum of the rows summarized by ``m``."""
+    if m.n < 2:
+        return None
+    v = np.clip(np.linalg.eigvalsh(m.scatter), 0.0, None) / (m.n - 1)
+    total = v.sum()
+    if total <= 0.0:
+        return 0.0
+    p = v[v > 0] / total
+    return float(-(p * np.log10(p)).sum())
+
+
+def row_peaks(X: np.ndarray) -> np.ndarray:
+    """max_j |X_ij| per row, shape (n,)."""
+    return np.abs(X).max(axis=1)
+
+
+@dataclass(frozen=True)
+class LayerQuality:
+    sparsity: float | None
+    variance_entropy: float | None
+    variance_entropy_norm: float | None
+    variance_entropy_clean: float | None
+    orthogonality: float | None = None
+
+
+class LayerQualityAccumulator:
+    """Two-pass accumulation of a layer's quality over pieces of its filters.
+
+    Pass 1 (``add``) sees every piece once: count, layer maximum, moments of all filters.
+    Pass 2 (``add_thresholded``) sees every piece again once the maximum is known: sparse count
+    and moments of the non-sparse filters. A layer held whole in memory calls both on one array.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.peak = 0.0
+        self.all = Moments()
+        self.n_sparse = 0
+        self.clean = Moments()
+
+    def add(self, X: np.ndarray, peaks: np.ndarray | None = None) -> None:
+        if len(X) == 0:
+            return
+        peaks = row_peaks(X) if peaks is None else peaks
+        self.n += len(X)
+        self.peak = max(self.peak, float(peaks.max()))
+        self.all = self.all.merge(Moments.of(X))
+
+    @property
+    def threshold(self) -> float:
+        return SPARSITY_THRESHOLD * self.peak
+
+    def add_thresholded(self, X: np.ndarray, peaks: np.ndarray | None = None) -> None:
+        if len(X) == 0:
+            return
+        peaks = row_peaks(X) if peaks is None else peaks
+        if self.peak == 0.0:
+            self.n_sparse += len(X)
+            return
+        dense = peaks >= self.threshold
+        self.n_sparse += int(len(X) - dense.sum())
+        self.clean = self.clean.merge(Moments.of(X[dense]))
+
+    def result(self, orthogonality: float | None = None) -> LayerQuality:
+        if self.n == 0:
+            return LayerQuality(None, None, None, None, orthogonality)
+        h = variance_entropy(self.all)
+        hn = expected_random_entropy(self.n) if self.n >= 2 else 0.0
+        return LayerQuality(
+            sparsity=self.n_sparse / self.n,
+            variance_entropy=h,
+            variance_entropy_norm=(h / hn) if (h is not None and hn > 0) else None,
+            variance_entropy_clean=variance_entropy(self.clean),
+            orthogonality=orthogonality,
+        )
+
+
+def layer_quality(W: np.ndarray, weight_shape: tuple[int, ...] | None = None) -> LayerQuality:
+    """Quality of one layer held in memory; ``W`` is (n, 9) in the layer's filter order.
+
+    ``weight_shape`` (out, in_per_group, 3, 3) enables ``orthogonality``.
+    """
+    W = np.asarray(W).reshape(len(W), -1)
+    peaks = row_peaks(W)
+    acc = LayerQualityAccumulator()
+    acc.add(W, peaks)
+    acc.add_thresholded(W, peaks)
+    ortho = orthogonality(W.reshape(weight_shape)) if weight_shape is not None else None
+    return acc.result(ortho)
+
+
+def orthogonality(weight: np.ndarray) -> float | None:
+    """1 - mean |cosine similarity| over pairs of distinct output channels of ``weight`` (out, ...).
+
+    A channel of all zeros has no direction; its cosines count as 0. Null with fewer than 2 outputs.
+    """
+    out = weight.shape[0]
+    if out < 2:
+        return None
+    V = np.asarray(weight, dtype=np.float64).reshape(out, -1)
+    norms = np.linalg.norm(V, axis=1)
+    U = np.divide(V, norms[:, None], out=np.zeros_like(V), where=norms[:, None] > 0)
+    C = np.abs(U @ U.T)
+    iu = np.triu_indices(out, k=1)
+    return float(1.0 - C[iu].mean())

@@ -1,0 +1,323 @@
+"""The store on disk (SPEC section 4) and its all-or-nothing commit.
+
+Layout of a store directory ``<db>``::
+
+    catalog.duckdb        models, layers, basis, views and macros (the SQL entry point)
+    shards/*.parquet      the filters, immutable, sorted by filter_id, named after their ingest
+    .ingest.lock          held (flock) by the one ingest that may run at a time
+
+How a commit stays atomic while readers keep reading:
+
+- The catalog file is never modified in place. An ingest copies it to a staging file, writes
+  into the copy, checkpoints and closes it, fsyncs, then ``os.replace``-s it over
+  ``catalog.duckdb``. The rename is the commit point: before it, every reader (the service, a
+  DuckDB shell, any process) sees the previous catalog; after it, new connections see the new one.
+  A reader that holds the old file open keeps reading it (POSIX keeps the inode alive).
+- Shards are only ever added, and the catalog names the ones it uses. Shards of an ingest that
+  died before its commit are referenced by no catalog; the next ingest deletes them.
+- A DuckDB file opened read-write is locked against every other process; since only the staging
+  copy is ever opened read-write, read-only readers never conflict with an ingest.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+
+import sql
+
+from .stats.basis import Basis, coefficients, fit_basis, peak_scale
+from .stats.moments import Moments, pool
+
+CATALOG = "catalog.duckdb"
+SHARDS = "shards"
+LOCK = ".ingest.lock"
+STAGING_SUFFIX = ".staging"
+WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
+ENV_DB = "CNNFILTERDB_DB"
+
+
+class StoreError(Exception):
+    """A fault the user can act on; its message is one line naming what and where."""
+
+
+def default_db() -> Path:
+    return Path(os.environ.get(ENV_DB, "./filterdb"))
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sql_string(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+@dataclass
+class ShardInfo:
+    path: str  # relative to the store directory
+    n_rows: int
+    filter_id_first: int
+    filter_id_last: int
+    bytes: int
+
+
+class FilterStore:
+    """Read access to a store directory."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        self.catalog_path = self.root / CATALOG
+
+    def exists(self) -> bool:
+        return self.catalog_path.is_file()
+
+    def connect(self, config: dict | None = None) -> duckdb.DuckDBPyConnection:
+        """A read-only connection to the catalog."""
+        if not self.exists():
+            raise StoreError(f"{self.root}: no store here (no {CATALOG}); create one with `cnnfilterdb ingest`")
+        return duckdb.connect(str(self.catalog_path), read_only=True, config=config or {})
+
+    def shard_paths(self, con: duckdb.DuckDBPyConnection) -> list[Path]:
+        return [self.root / p for (p,) in con.execute("SELECT path FROM _shards ORDER BY filter_id_first").fetchall()]
+
+    def info(self) -> dict:
+        """Counts, basis and sizes of the store."""
+        with self.connect() as con:
+            one = lambda q: con.execute(q).fetchone()[0]  # noqa: E731
+            shard_bytes = one("SELECT coalesce(sum(bytes), 0) FROM _shards")
+            n_filters = one("SELECT coalesce(sum(n_rows), 0) FROM _shards")
+            basis = load_basis(con)
+            return {
+                "db": str(self.root),
+                "models": one("SELECT count(*) FROM models"),
+                "layers": one("SELECT count(*) FROM layers"),
+                "filters": int(n_filters),
+                "shards": one("SELECT count(*) FROM _shards"),
+                "ingests": one("SELECT count(*) FROM _ingests"),
+                "bytes": {
+                    "catalog": self.catalog_path.stat().st_size,
+                    "shards": int(shard_bytes),
+                    "raw_float32": int(n_filters) * 36,
+                },
+                "basis": None if basis is None else {
+                    "version": basis.version,
+                    "n_filters": basis.n_filters,
+                    "explained_variance_ratio": [round(float(x), 6) for x in basis.explained_variance_ratio],
+                    "range": [basis.range_min, basis.range_max],
+                },
+            }
+
+
+def load_basis(con: duckdb.DuckDBPyConnection) -> Basis | None:
+    row = con.execute(
+        "SELECT n_filters, mean, components, explained_variance, explained_variance_ratio, "
+        "range_min, range_max, version FROM basis"
+    ).fetchone()
+    if row is None:
+        return None
+    n, mean, comps, ev, evr, lo, hi, version = row
+    return Basis(int(n), np.array(mean), np.array(comps), np.array(ev), np.array(evr), lo, hi, int(version))
+
+
+def iter_weight_batches(paths: list[Path], batch_rows: int = 1 << 20) -> Iterator[np.ndarray]:
+    """The filters of the given shards as float32 arrays (n, 9), batch by batch."""
+    for path in paths:
+        pf = pq.ParquetFile(path)
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=WEIGHT_COLUMNS, use_threads=True):
+            X = np.empty((batch.num_rows, 9), dtype=np.float32)
+            for j in range(9):
+                X[:, j] = batch.column(j).to_numpy(zero_copy_only=False)
+            yield X
+
+
+class StoreTransaction:
+    """One all-or-nothing ingest: ``with StoreTransaction(root) as tx: ...; tx.commit()``.
+
+    Leaving the block without ``commit()`` (an error, Ctrl-C) discards everything written.
+    A SIGKILL leaves only unreferenced staging files, removed by the next transaction.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        self.catalog_path = self.root / CATALOG
+        self.ingest_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        self.staging_path = self.root / f"{CATALOG}.{self.ingest_id}{STAGING_SUFFIX}"
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self._lock_fd: int | None = None
+        self._created_root = False
+        self._new_shards: list[Path] = []
+        self._committed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> "StoreTransaction":
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.root}: exists and is not a directory")
+        if not self.root.exists():
+            self.root.mkdir(parents=True)
+            self._created_root = True
+        (self.root / SHARDS).mkdir(exist_ok=True)
+        self._lock_fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise StoreError(f"{self.root}: another ingest is running on this store (lock {LOCK} is held)")
+        try:
+            self._remove_garbage()
+            if self.catalog_path.exists():
+                shutil.copyfile(self.catalog_path, self.staging_path)
+                self.con = duckdb.connect(str(self.staging_path))
+            else:
+                self.con = duckdb.connect(str(self.staging_path))
+                self.con.execute(sql.read("schema"))
+            # Macros are (re)applied so that a store picks up their current definitions.
+            self.con.execute(sql.read("macros"))
+        except BaseException:
+            self._abort()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._committed:
+            self._abort()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def _abort(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+        for p in [self.staging_path, Path(str(self.staging_path) + ".wal"), *self._new_shards]:
+            p.unlink(missing_ok=True)
+        if self._created_root:
+            # The store did not exist before: leave nothing behind.
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _remove_garbage(self) -> None:
+        """Delete what dead ingests left: staging catalogs and shards no catalog references."""
+        for p in self.root.glob(f"{CATALOG}.*{STAGING_SUFFIX}*"):
+            p.unlink(missing_ok=True)
+        referenced: set[str] = set()
+        if self.catalog_path.exists():
+            with duckdb.connect(str(self.catalog_path), read_only=True) as con:
+                referenced = {p for (p,) in con.execute("SELECT path FROM _shards").fetchall()}
+        for p in (self.root / SHARDS).iterdir():
+            if f"{SHARDS}/{p.name}" not in referenced:
+                p.unlink(missing_ok=True)
+
+    # -- what an ingest asks for ---------------------------------------------------------------
+    def next_id(self, table: str, column: str) -> int:
+        return int(self.con.execute(f"SELECT coalesce(max({column}) + 1, 0) FROM {table}").fetchone()[0])
+
+    def next_filter_id(self) -> int:
+        return int(self.con.execute("SELECT coalesce(max(filter_id_last) + 1, 0) FROM _shards").fetchone()[0])
+
+    def new_shard_path(self, seq: int) -> Path:
+        path = self.root / SHARDS / f"{self.ingest_id}-{seq:05d}.parquet"
+        self._new_shards.append(path)
+        return path
+
+    def add_shard(self, path: Path, n_rows: int, filter_id_first: int, filter_id_last: int) -> None:
+        _fsync_path(path)
+        rel = f"{SHARDS}/{path.name}"
+        self.con.execute(
+            "INSERT INTO _shards VALUES (?, ?, ?, ?, ?)",
+            [rel, n_rows, filter_id_first, filter_id_last, path.stat().st_size],
+        )
+
+    def insert_layer_moments(self, layer_ids: list[int], moments: list[Moments]) -> None:
+        if not layer_ids:
+            return
+        import pyarrow as pa
+
+        table = pa.table({
+            "layer_id": pa.array(layer_ids, pa.int32()),
+            "n": pa.array([m.n for m in moments], pa.int64()),
+            "mean": pa.array([m.mean.tolist() for m in moments], pa.list_(pa.float64())),
+            "scatter": pa.array([m.scatter.ravel().tolist() for m in moments], pa.list_(pa.float64())),
+        })
+        self.con.register("_new_moments", table)
+        self.con.execute("INSERT INTO _layer_moments SELECT layer_id, n, mean, scatter FROM _new_moments")
+        self.con.unregister("_new_moments")
+
+    def record_ingest(self, source: str, kind: str, sha256: str | None, n_models: int, n_filters: int) -> None:
+        self.con.execute(
+            "INSERT INTO _ingests VALUES (?, ?, ?, ?, now()::TIMESTAMP, ?, ?)",
+            [self.ingest_id, source, kind, sha256, n_models, n_filters],
+        )
+
+    # -- commit ---------------------------------------------------------------------------------
+    def commit(self, progress=None) -> None:
+        """Refresh views and the basis, then atomically replace the catalog."""
+        self._write_views()
+        self._refresh_basis(progress)
+        self.con.execute("CHECKPOINT")
+        self.con.close()
+        self.con = None
+        _fsync_path(self.staging_path)
+        os.replace(self.staging_path, self.catalog_path)
+        _fsync_path(self.root)
+        self._committed = True
+
+    def _shard_rel_paths(self) -> list[str]:
+        return [p for (p,) in self.con.execute("SELECT path FROM _shards ORDER BY filter_id_first").fetchall()]
+
+    def _write_views(self) -> None:
+        rels = self._shard_rel_paths()
+        if rels:
+            files = ", ".join(_sql_string(str(self.root / r)) for r in rels)
+            source = f"read_parquet([{files}])"
+        else:
+            weights = ", ".join(f"NULL::FLOAT AS {w}" for w in WEIGHT_COLUMNS)
+            source = f"(SELECT NULL::BIGINT AS filter_id, NULL::INTEGER AS model_id, NULL::INTEGER AS layer_id, {weights} WHERE false)"
+        self.con.execute(sql.read("views").replace("{filters_source}", source))
+
+    def _refresh_basis(self, progress=None) -> None:
+        """Refit the global basis from the per-layer moments, then scan all filters for its range."""
+        rows = self.con.execute("SELECT n, mean, scatter FROM _layer_moments").fetchall()
+        version = int(self.con.execute("SELECT coalesce(max(version), 0) + 1 FROM basis").fetchone()[0])
+        self.con.execute("DELETE FROM basis")
+        if not rows:
+            return
+        ns = np.array([r[0] for r in rows])
+        means = np.array([r[1] for r in rows])
+        scatters = np.array([r[2] for r in rows]).reshape(-1, 9, 9)
+        total = pool(ns, means, scatters)
+        if total.n < 2:
+            return
+        basis = fit_basis(total)
+        lo, hi = np.inf, -np.inf
+        for X in iter_weight_batches([self.root / r for r in self._shard_rel_paths()]):
+            C = coefficients(peak_scale(X), basis)
+            lo, hi = min(lo, float(C.min())), max(hi, float(C.max()))
+            if progress is not None:
+                progress(len(X))
+        self.con.execute(
+            "INSERT INTO basis VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
+            [version, basis.n_filters, basis.mean.tolist(), basis.components.tolist(),
+             basis.explained_variance.tolist(), basis.explained_variance_ratio.tolist(), lo, hi],
+        )
+
+
+def to_json(value) -> str:
+    return json.dumps(value, default=str, allow_nan=False)

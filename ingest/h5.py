@@ -1,0 +1,432 @@
+"""Reader of the original CNN-Filter-DB ``dataset.h5`` (SPEC section 3), v0.1.0 and v1.0.0.
+
+``/filters`` (or ``/filter``) holds float16/32/64 filters shaped (N, 3, 3) or (N, 9); ``/meta`` is a
+pandas DataFrame (PyTables) with one row per convolution layer and a MultiIndex
+[model_id, conv_depth, conv_depth_norm]; ``filter_ids`` = "first:last", inclusive, into /filters.
+
+The filters are streamed in blocks: each block is checked (finite), written to the shards, and
+folded into the per-layer statistics (quality, moments of the scaled filters). A layer that
+spans a block boundary gets a second, bounded pass for its sparsity-dependent metrics.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from cnnfilterdb.stats.basis import peak_scale
+from cnnfilterdb.stats.moments import Moments
+from cnnfilterdb.stats.quality import LayerQualityAccumulator, row_peaks
+from cnnfilterdb.store import StoreError, StoreTransaction
+
+from .progress import Progress
+from .sample import SAMPLE_ATTR
+from .shards import ShardWriter
+
+BLOCK_ROWS = 1 << 21  # 2M filters, 72 MB of float32 per block
+INDEX_COLUMNS = ["model_id", "conv_depth", "conv_depth_norm"]
+KERNEL_COLUMN = re.compile(r"^\((\d+),\s*(\d+)\) filters$")
+
+# Original column -> models column. Both names of the visual category map to one column.
+TEXT_COLUMNS = {
+    "Name": "name",
+    "Training-Dataset": "training_dataset",
+    "Pretraining-Dataset": "pretraining_dataset",
+    "producer": "producer",
+    "Paper": "paper",
+    "Accessible": "accessible",
+    "Dataset URL": "dataset_url",
+}
+INT_COLUMNS = {"op_set": "op_set", "depth": "depth", "total_filters": "total_filters"}
+FLOAT_COLUMNS = {"3x3_filter_share": "filter_share_3x3"}
+VISUAL_CATEGORY_COLUMNS = ("Visual Category", "Datatype")  # v1.0.0, v0.1.0
+VISUAL_CATEGORY_RENAMES = {"formula": "fractals"}  # v0.1.0 label -> v1.0.0 label
+HANDLED = {"model", "Task", "filter_ids", *TEXT_COLUMNS, *INT_COLUMNS, *FLOAT_COLUMNS, *VISUAL_CATEGORY_COLUMNS}
+
+
+def _onnx_operator_names() -> frozenset[str]:
+    import onnx.defs
+
+    return frozenset(s.name for s in onnx.defs.get_all_schemas_with_history())
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT
+
+
+def _text(v) -> str | None:
+    if _missing(v):
+        return None
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return str(v)
+
+
+def normalize_task(raw: str | None) -> str | None:
+    """v1.0.0 labels segmentation unreliably: every label containing 'Segmentation' is 'Segmentation'."""
+    if raw is None:
+        return None
+    return "Segmentation" if "Segmentation" in raw else raw
+
+
+def _plain(v):
+    """A JSON-able plain Python value of a pandas/numpy cell."""
+    if _missing(v):
+        return None
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v if isinstance(v, (str, int, float, bool)) else str(v)
+
+
+@dataclass
+class H5Layer:
+    row: int          # row of /meta (for error messages)
+    model_id: int     # as in the file
+    conv_depth: int
+    conv_depth_norm: float
+    first: int        # inclusive range into /filters
+    last: int
+
+    @property
+    def n(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass
+class H5Contents:
+    path: Path
+    filters_name: str
+    n_rows: int
+    dtype: np.dtype
+    sample: str | None = None  # the sample marker attribute, for files written by ingest.sample
+    models: list[dict] = field(default_factory=list)  # in file model_id order, keyed by models columns
+    layers: list[H5Layer] = field(default_factory=list)  # sorted by first
+
+
+def _fail(path: Path, message: str) -> StoreError:
+    return StoreError(f"{path}: {message}")
+
+
+def is_hdf5(path: Path) -> bool:
+    try:
+        return h5py.is_hdf5(path)
+    except OSError:
+        return False
+
+
+def read_contents(path: Path) -> H5Contents:
+    """Open and validate everything but the filter values: datasets, /meta, the filter_ids ranges."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise _fail(path, f"not a readable HDF5 file ({e})") from None
+    with f:
+        name = "filters" if "filters" in f else ("filter" if "filter" in f else None)
+        if name is None:
+            raise _fail(path, "no /filters (or /filter) dataset")
+        if "meta" not in f:
+            raise _fail(path, "no /meta table")
+        ds = f[name]
+        if not isinstance(ds, h5py.Dataset):
+            raise _fail(path, f"/{name} is not a dataset")
+        if ds.shape[1:] not in ((3, 3), (9,)):
+            raise _fail(path, f"/{name} has shape {ds.shape}; expected (N, 3, 3) or (N, 9)")
+        if ds.dtype not in (np.float16, np.float32, np.float64):
+            raise _fail(path, f"/{name} has dtype {ds.dtype}; expected float16, float32 or float64")
+        contents = H5Contents(path, name, int(ds.shape[0]), ds.dtype, _text(f.attrs.get(SAMPLE_ATTR)))
+    try:
+        meta = pd.read_hdf(path, "meta")
+    except Exception as e:  # PyTables raises many types for corrupt tables
+        raise _fail(path, f"/meta is not a readable pandas table ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, pd.DataFrame):
+        raise _fail(path, "/meta is not a pandas DataFrame")
+    _parse_meta(contents, meta)
+    return contents
+
+
+def _parse_meta(c: H5Contents, meta: pd.DataFrame) -> None:
+    path = c.path
+    missing_index = [n for n in INDEX_COLUMNS if n not in (meta.index.names or [])]
+    if missing_index:
+        if all(n in meta.columns for n in INDEX_COLUMNS):
+            meta = meta.set_index(INDEX_COLUMNS)
+        else:
+            raise _fail(path, f"/meta index lacks {missing_index}; expected a MultiIndex {INDEX_COLUMNS}")
+    meta = meta.reset_index()
+    if "filter_ids" not in meta.columns:
+        raise _fail(path, "/meta has no filter_ids column")
+    if len(meta) == 0:
+        raise _fail(path, "/meta has no rows")
+
+    layers: list[H5Layer] = []
+    for row, (mid, depth, depth_norm, ids) in enumerate(
+        zip(meta["model_id"], meta["conv_depth"], meta["conv_depth_norm"], meta["filter_ids"])
+    ):
+        m = re.fullmatch(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*", _text(ids) or "")
+        if not m:
+            raise _fail(path, f"/meta row {row} (model_id {mid}): filter_ids {ids!r} is not 'first:last'")
+        first, last = int(m.group(1)), int(m.group(2))
+        if first > last:
+            raise _fail(path, f"/meta row {row} (model_id {mid}): filter_ids {first}:{last} is reversed")
+        if first < 0 or last >= c.n_rows:
+            raise _fail(path, f"/meta row {row} (model_id {mid}): filter_ids {first}:{last} out of range "
+                              f"(/{c.filters_name} has {c.n_rows} filters)")
+        try:
+            depth_i, depth_norm_f = int(depth), float(depth_norm)
+        except (TypeError, ValueError):
+            raise _fail(path, f"/meta row {row} (model_id {mid}): conv_depth/conv_depth_norm not numeric") from None
+        if not (0.0 <= depth_norm_f <= 1.0):
+            raise _fail(path, f"/meta row {row} (model_id {mid}): conv_depth_norm {depth_norm_f} outside [0, 1]")
+        layers.append(H5Layer(row, int(mid), depth_i, depth_norm_f, first, last))
+    layers.sort(key=lambda l: l.first)
+    for a, b in zip(layers, layers[1:]):
+        if b.first <= a.last:
+            raise _fail(path, f"/meta rows {a.row} and {b.row}: filter_ids {a.first}:{a.last} and "
+                              f"{b.first}:{b.last} overlap")
+    c.layers = layers
+
+    ops = _onnx_operator_names()
+    vc_col = next((col for col in VISUAL_CATEGORY_COLUMNS if col in meta.columns), None)
+    first_rows = meta.drop_duplicates("model_id", keep="first")
+    models = []
+    seen_names: dict[str, int] = {}
+    for rec in first_rows.to_dict("records"):
+        mid = int(rec["model_id"])
+        model = _text(rec.get("model")) or f"{path.stem}:{mid}"
+        if model in seen_names:
+            raise _fail(path, f"/meta: model {model!r} appears under model_id {seen_names[model]} and {mid}")
+        seen_names[model] = mid
+        out: dict = {"file_model_id": mid, "model": model}
+        raw_task = _text(rec.get("Task"))
+        out["task_raw"], out["task"] = raw_task, normalize_task(raw_task)
+        vc = _text(rec.get(vc_col)) if vc_col else None
+        out["visual_category"] = VISUAL_CATEGORY_RENAMES.get(vc, vc)
+        for src, dst in TEXT_COLUMNS.items():
+            out[dst] = _text(rec.get(src))
+        for src, dst in INT_COLUMNS.items():
+            out[dst] = _as_number(path, model, src, rec.get(src), int)
+        for src, dst in FLOAT_COLUMNS.items():
+            out[dst] = _as_number(path, model, src, rec.get(src), float)
+        kernels, op_counts, extra = {}, {}, {}
+        for col, v in rec.items():
+            if col in HANDLED or col in INDEX_COLUMNS:
+                continue
+            if KERNEL_COLUMN.match(str(col)):
+                if not _missing(v):
+                    kernels[str(col)] = _as_number(path, model, col, v, int)
+            elif col in ops:
+                if not _missing(v):
+                    op_counts[str(col)] = _as_number(path, model, col, v, int)
+            else:
+                extra[str(col)] = _plain(v)
+        out["kernel_counts"], out["op_counts"] = kernels, op_counts
+        out["extra"] = json.dumps(extra, allow_nan=False, default=str) if extra else None
+        models.append(out)
+    c.models = models
+
+
+def _as_number(path: Path, model: str, column: str, v, kind):
+    if _missing(v):
+        return None
+    try:
+        x = float(v)
+        if kind is int:
+            if x != int(x):
+                raise ValueError
+            return int(x)
+        return x
+    except (TypeError, ValueError):
+        raise _fail(path, f"/meta model {model!r}: column {column!r} value {v!r} is not a {kind.__name__}") from None
+
+
+@dataclass
+class _LayerState:
+    layer_id: int
+    model_id: int
+    quality: LayerQualityAccumulator = field(default_factory=LayerQualityAccumulator)
+    scaled: Moments = field(default_factory=Moments)
+    spans_blocks: bool = False
+
+
+def ingest_h5(path: Path, tx: StoreTransaction, progress: Progress) -> tuple[int, int]:
+    """Stream one dataset.h5 into the transaction; returns (models, filters) added (0, 0 if present)."""
+    c = read_contents(path)
+    present = {m for (m,) in tx.con.execute("SELECT model FROM models").fetchall()}
+    names = [m["model"] for m in c.models]
+    dup = [n for n in names if n in present]
+    if dup and len(dup) == len(names):
+        progress.note(f"{path}: all {len(names)} models already in the store; nothing to do")
+        return 0, 0
+    if dup:
+        raise _fail(path, f"{len(dup)} of {len(names)} models are already in the store (e.g. {dup[0]!r}); "
+                          "remove them from the file or ingest into another store")
+
+    # Ids: keep the file's filter and model ids on an empty store, shift them past existing ones otherwise.
+    model_offset = tx.next_id("models", "model_id")
+    layer_base = tx.next_id("layers", "layer_id")
+    next_filter = tx.next_filter_id()
+    filter_offset = 0 if next_filter == 0 else next_filter - c.layers[0].first
+    file_models = {m["file_model_id"] for m in c.models}
+    states = []
+    for i, layer in enumerate(c.layers):
+        if layer.model_id not in file_models:
+            raise _fail(path, f"/meta row {layer.row}: model_id {layer.model_id} has no model row")
+        states.append(_LayerState(layer_base + i, model_offset + layer.model_id))
+
+    _stream_filters(c, states, filter_offset, tx, progress)
+
+    _insert_models(c, tx, model_offset)
+    _insert_layers(c, states, tx, filter_offset)
+    tx.insert_layer_moments([s.layer_id for s in states], [s.scaled for s in states])
+    n_filters = sum(l.n for l in c.layers)
+    tx.record_ingest(str(path.resolve()), "dataset.h5", None, len(c.models), n_filters)
+    return len(c.models), n_filters
+
+
+def _read_block(ds: h5py.Dataset, a: int, b: int, path: Path) -> np.ndarray:
+    try:
+        X = ds[a:b]
+    except (OSError, RuntimeError, ValueError) as e:
+        raise _fail(path, f"cannot read filters {a}..{b - 1} ({e}); the file may be truncated") from None
+    return np.asarray(X, dtype=np.float32).reshape(b - a, 9)
+
+
+def _stream_filters(c: H5Contents, states: list[_LayerState], filter_offset: int,
+                    tx: StoreTransaction, progress: Progress) -> None:
+    firsts = np.array([l.first for l in c.layers], dtype=np.int64)
+    lasts = np.array([l.last for l in c.layers], dtype=np.int64)
+    total = int((lasts - firsts + 1).sum())
+    writer = ShardWriter(tx)
+    bar = progress.bar(total, f"{c.path.name}: filters")
+    try:
+        with h5py.File(c.path, "r") as f:
+            ds = f[c.filters_name]
+            span_first, span_last = int(firsts.min()), int(lasts.max())
+            li = 0  # first layer that may intersect the current block
+            for a in range(span_first, span_last + 1, BLOCK_ROWS):
+                b = min(a + BLOCK_ROWS, span_last + 1)
+                X = _read_block(ds, a, b, c.path)
+                # Checked after the cast to float32: a float64 beyond float32's range is an Inf too.
+                bad = ~np.isfinite(X).all(axis=1)
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    raise _fail(c.path, f"filter {a + i} (/{c.filters_name}[{a + i}]) is not finite: {X[i].tolist()}")
+                while li < len(c.layers) and lasts[li] < a:
+                    li += 1
+                seg_ids, seg_lo, seg_hi = [], [], []
+                j = li
+                while j < len(c.layers) and firsts[j] < b:
+                    lo, hi = max(int(firsts[j]), a), min(int(lasts[j]) + 1, b)
+                    seg_ids.append(j)
+                    seg_lo.append(lo - a)
+                    seg_hi.append(hi - a)
+                    j += 1
+                if not seg_ids:
+                    continue
+                lengths = np.array(seg_hi) - np.array(seg_lo)
+                contiguous = all(seg_lo[k + 1] == seg_hi[k] for k in range(len(seg_ids) - 1))
+                if contiguous:
+                    rows = X[seg_lo[0]:seg_hi[-1]]
+                    fids = np.arange(a + seg_lo[0], a + seg_hi[-1], dtype=np.int64) + filter_offset
+                else:
+                    rows = np.concatenate([X[lo:hi] for lo, hi in zip(seg_lo, seg_hi)])
+                    fids = np.concatenate([np.arange(a + lo, a + hi, dtype=np.int64) for lo, hi in zip(seg_lo, seg_hi)]) + filter_offset
+                mids = np.repeat(np.array([states[k].model_id for k in seg_ids], dtype=np.int32), lengths)
+                lids = np.repeat(np.array([states[k].layer_id for k in seg_ids], dtype=np.int32), lengths)
+                writer.write(fids, mids, lids, rows)
+
+                peaks_all = row_peaks(X)
+                for k, lo, hi in zip(seg_ids, seg_lo, seg_hi):
+                    st, seg, peaks = states[k], X[lo:hi], peaks_all[lo:hi]
+                    st.quality.add(seg, peaks)
+                    st.scaled = st.scaled.merge(Moments.of(peak_scale(seg)))
+                    whole = firsts[k] >= a and lasts[k] < b
+                    if whole:
+                        st.quality.add_thresholded(seg, peaks)
+                    else:
+                        st.spans_blocks = True
+                bar.update(int(lengths.sum()))
+            # Second pass for layers cut by block boundaries: now that their maximum is known.
+            for k, st in enumerate(states):
+                if st.spans_blocks:
+                    for a in range(int(firsts[k]), int(lasts[k]) + 1, BLOCK_ROWS):
+                        b = min(a + BLOCK_ROWS, int(lasts[k]) + 1)
+                        st.quality.add_thresholded(_read_block(ds, a, b, c.path))
+    finally:
+        bar.close()
+        writer_error = None
+        try:
+            writer.close()
+        except BaseException as e:
+            writer_error = e
+    if writer_error is not None:
+        raise writer_error
+
+
+def _insert_models(c: H5Contents, tx: StoreTransaction, model_offset: int) -> None:
+    import pyarrow as pa
+
+    layer_counts: dict[int, tuple[int, int]] = {}
+    for l in c.layers:
+        n, k = layer_counts.get(l.model_id, (0, 0))
+        layer_counts[l.model_id] = (n + l.n, k + 1)
+    rows = []
+    source = str(c.path.resolve())
+    if c.sample:
+        source = f"SAMPLE ({c.sample}): {source}"
+    for m in c.models:
+        n_filters, n_layers = layer_counts.get(m["file_model_id"], (0, 0))
+        rows.append({**{k: v for k, v in m.items() if k != "file_model_id"},
+                     "model_id": model_offset + m["file_model_id"], "n_filters": n_filters,
+                     "n_layers": n_layers, "source": source, "sha256": None})
+    t = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("model_id", pa.int32()), ("model", pa.string()), ("name", pa.string()), ("task", pa.string()),
+        ("task_raw", pa.string()), ("visual_category", pa.string()), ("training_dataset", pa.string()),
+        ("pretraining_dataset", pa.string()), ("producer", pa.string()), ("op_set", pa.int32()),
+        ("depth", pa.int32()), ("paper", pa.string()), ("accessible", pa.string()),
+        ("dataset_url", pa.string()), ("total_filters", pa.int64()), ("filter_share_3x3", pa.float64()),
+        ("n_filters", pa.int64()), ("n_layers", pa.int32()), ("source", pa.string()), ("sha256", pa.string()),
+        ("kernel_counts", pa.map_(pa.string(), pa.int64())), ("op_counts", pa.map_(pa.string(), pa.int64())),
+        ("extra", pa.string()),
+    ]))
+    t = t.set_column(t.schema.get_field_index("kernel_counts"), "kernel_counts",
+                     pa.array([list(r["kernel_counts"].items()) for r in rows], pa.map_(pa.string(), pa.int64())))
+    t = t.set_column(t.schema.get_field_index("op_counts"), "op_counts",
+                     pa.array([list(r["op_counts"].items()) for r in rows], pa.map_(pa.string(), pa.int64())))
+    tx.con.register("_new_models", t)
+    tx.con.execute("INSERT INTO models BY NAME SELECT * REPLACE (extra::JSON AS extra) FROM _new_models")
+    tx.con.unregister("_new_models")
+
+
+def _insert_layers(c: H5Contents, states: list[_LayerState], tx: StoreTransaction, filter_offset: int) -> None:
+    import pyarrow as pa
+
+    qs = [s.quality.result() for s in states]
+    t = pa.table({
+        "layer_id": pa.array([s.layer_id for s in states], pa.int32()),
+        "model_id": pa.array([s.model_id for s in states], pa.int32()),
+        "conv_depth": pa.array([l.conv_depth for l in c.layers], pa.int32()),
+        "conv_depth_norm": pa.array([l.conv_depth_norm for l in c.layers], pa.float64()),
+        "filter_id_first": pa.array([l.first + filter_offset for l in c.layers], pa.int64()),
+        "filter_id_last": pa.array([l.last + filter_offset for l in c.layers], pa.int64()),
+        "n_filters": pa.array([l.n for l in c.layers], pa.int64()),
+        "sparsity": pa.array([q.sparsity for q in qs], pa.float64()),
+        "variance_entropy": pa.array([q.variance_entropy for q in qs], pa.float64()),
+        "variance_entropy_norm": pa.array([q.variance_entropy_norm for q in qs], pa.float64()),
+        "variance_entropy_clean": pa.array([q.variance_entropy_clean for q in qs], pa.float64()),
+    })
+    tx.con.register("_new_layers", t)
+    tx.con.execute(
+        "INSERT INTO layers BY NAME SELECT *, depth_bin(conv_depth_norm) AS depth_bin, "
+        "NULL::INTEGER AS in_channels, NULL::INTEGER AS out_channels, NULL::INTEGER AS groups, "
+        "NULL::DOUBLE AS orthogonality FROM _new_layers"
+    )
+    tx.con.unregister("_new_layers")

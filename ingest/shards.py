@@ -1,0 +1,122 @@
+"""Writer of the filter shards: Parquet files sorted by filter_id, written in a background thread.
+
+Encodings were chosen by measurement (bench/, SPEC section 9): trained float32 weights are
+random-like and barely compress, so the nine weight columns are PLAIN and uncompressed (about
+1.6e7 rows/s, 1.00x raw float32); filter_id is DELTA_BINARY_PACKED (sorted, nearly free) and
+model_id/layer_id are dictionary/RLE encoded (long runs, nearly free). Statistics are written for
+the id columns only, so that DuckDB skips row groups on filter_id, model_id and layer_id.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cnnfilterdb.store import WEIGHT_COLUMNS, StoreTransaction
+
+SCHEMA = pa.schema(
+    [("filter_id", pa.int64()), ("model_id", pa.int32()), ("layer_id", pa.int32())]
+    + [(w, pa.float32()) for w in WEIGHT_COLUMNS]
+)
+ID_COLUMNS = ["filter_id", "model_id", "layer_id"]
+PARQUET_OPTIONS = dict(
+    compression="none",
+    use_dictionary=["model_id", "layer_id"],
+    column_encoding={"filter_id": "DELTA_BINARY_PACKED", **{w: "PLAIN" for w in WEIGHT_COLUMNS}},
+    write_statistics=ID_COLUMNS,
+    sorting_columns=[pq.SortingColumn(0)],
+)
+
+
+class ShardWriter:
+    """Appends rows (filter_id, model_id, layer_id, w0..w8) in filter_id order to new shards.
+
+    ``write`` hands the arrays to a writer thread (pyarrow releases the GIL, so the caller's numpy
+    work overlaps the encoding); at most ``max_pending`` batches wait, which bounds memory.
+    The caller must not modify arrays after passing them.
+    """
+
+    def __init__(self, tx: StoreTransaction, shard_rows: int = 1 << 25, row_group_rows: int = 1 << 20,
+                 max_pending: int = 2):
+        self.tx = tx
+        self.shard_rows = shard_rows
+        self.row_group_rows = row_group_rows
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._seq = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._path: Path | None = None
+        self._rows = 0
+        self._first = self._last = -1
+        self.rows_written = 0
+        self._finished: list[tuple[Path, int, int, int]] = []
+        self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, filter_ids: np.ndarray, model_ids: np.ndarray, layer_ids: np.ndarray, X: np.ndarray) -> None:
+        self._raise_if_failed()
+        self._queue.put((filter_ids, model_ids, layer_ids, X))
+
+    def close(self) -> None:
+        """Flush and register every shard with the transaction; raises the writer's error if any."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_if_failed()
+        # Registered here, on the caller's thread: a DuckDB connection is not shared across threads.
+        for path, rows, first, last in self._finished:
+            self.tx.add_shard(path, rows, first, last)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            if self._error is not None:
+                continue  # drain, so that the producer never blocks on a dead writer
+            try:
+                self._append(*item)
+            except BaseException as e:  # handed to the producer thread
+                self._error = e
+        try:
+            if self._error is None:
+                self._finish_shard()
+        except BaseException as e:
+            self._error = e
+
+    def _append(self, filter_ids, model_ids, layer_ids, X) -> None:
+        start = 0
+        n = len(filter_ids)
+        while start < n:
+            if self._writer is None:
+                self._path = self.tx.new_shard_path(self._seq)
+                self._seq += 1
+                self._writer = pq.ParquetWriter(self._path, SCHEMA, **PARQUET_OPTIONS)
+                self._rows = 0
+                self._first = int(filter_ids[start])
+            take = min(n - start, self.shard_rows - self._rows)
+            sl = slice(start, start + take)
+            Xt = np.ascontiguousarray(X[sl].T)
+            arrays = [pa.array(filter_ids[sl]), pa.array(model_ids[sl]), pa.array(layer_ids[sl])]
+            arrays += [pa.array(Xt[j]) for j in range(9)]
+            self._writer.write_table(pa.Table.from_arrays(arrays, schema=SCHEMA), row_group_size=self.row_group_rows)
+            self._rows += take
+            self._last = int(filter_ids[start + take - 1])
+            self.rows_written += take
+            start += take
+            if self._rows >= self.shard_rows:
+                self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._finished.append((self._path, self._rows, self._first, self._last))
+        self._writer = None

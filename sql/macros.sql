@@ -1,0 +1,20 @@
+-- Macros persisted in the catalog: usable in the DuckDB shell as in the service.
+
+-- SPEC 6.3: conv_depth_norm cut into ten bins '[0.0, 0.1]', '(0.1, 0.2]', ..., '(0.9, 1.0]'.
+-- Compared against the decimal literals so that 0.3 falls in '(0.2, 0.3]' (no x*10 rounding).
+CREATE OR REPLACE MACRO depth_bin(x) AS CASE
+    WHEN x IS NULL THEN NULL
+    WHEN x <= 0.1 THEN '[0.0, 0.1]'
+    WHEN x <= 0.2 THEN '(0.1, 0.2]'
+    WHEN x <= 0.3 THEN '(0.2, 0.3]'
+    WHEN x <= 0.4 THEN '(0.3, 0.4]'
+    WHEN x <= 0.5 THEN '(0.4, 0.5]'
+    WHEN x <= 0.6 THEN '(0.5, 0.6]'
+    WHEN x <= 0.7 THEN '(0.6, 0.7]'
+    WHEN x <= 0.8 THEN '(0.7, 0.8]'
+    WHEN x <= 0.9 THEN '(0.8, 0.9]'
+    ELSE '(0.9, 1.0]'
+END;
+
+-- A filter's nine weights as a 3x3 array, row-major: as_3x3(w)[r][c] (1-based, as in SQL).
+CREATE OR REPLACE MACRO as_3x3(w) AS [w[1:3], w[4:6], w[7:9]];
