@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 
 import sql
 
-from .stats.basis import Basis, coefficients, fit_basis, peak_scale
+from .stats.basis import Basis, coefficient_range, fit_basis, peak_scale_columns
+from .stats.quality import column_peaks
 from .stats.moments import Moments, pool
 
 CATALOG = "catalog.duckdb"
@@ -134,15 +135,31 @@ def load_basis(con: duckdb.DuckDBPyConnection) -> Basis | None:
     return Basis(int(n), np.array(mean), np.array(comps), np.array(ev), np.array(evr), lo, hi, int(version))
 
 
-def iter_weight_batches(paths: list[Path], batch_rows: int = 1 << 20) -> Iterator[np.ndarray]:
-    """The filters of the given shards as float32 arrays (n, 9), batch by batch."""
+PIECE_COLUMNS = 1 << 14  # filters per piece of float64 work: stays in the CPU caches
+
+
+def iter_weight_columns(paths: list[Path], batch_rows: int = 1 << 16) -> Iterator[list[np.ndarray]]:
+    """The filters of the given shards, batch by batch, as nine float32 column arrays (zero-copy)."""
     for path in paths:
         pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=WEIGHT_COLUMNS, use_threads=True):
-            X = np.empty((batch.num_rows, 9), dtype=np.float32)
-            for j in range(9):
-                X[:, j] = batch.column(j).to_numpy(zero_copy_only=False)
-            yield X
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=WEIGHT_COLUMNS, use_threads=False):
+            yield [batch.column(j).to_numpy(zero_copy_only=False) for j in range(9)]
+
+
+def iter_pieces(columns) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Cache-sized float64 pieces (9, <= PIECE_COLUMNS) of nine weight columns, with filter peaks.
+
+    ``columns`` is a (9, n) array or nine (n,) arrays. The piece is a reused buffer: valid only
+    until the next iteration (fresh large arrays cost a page fault per 4 KiB, which dominates).
+    """
+    n = len(columns[0])
+    buf = np.empty((9, min(n, PIECE_COLUMNS)), dtype=np.float64)
+    for s in range(0, n, PIECE_COLUMNS):
+        m = min(PIECE_COLUMNS, n - s)
+        x = buf[:, :m]
+        for j in range(9):
+            x[j] = columns[j][s:s + m]
+        yield x, column_peaks(x)
 
 
 class StoreTransaction:
@@ -307,11 +324,12 @@ class StoreTransaction:
             return
         basis = fit_basis(total)
         lo, hi = np.inf, -np.inf
-        for X in iter_weight_batches([self.root / r for r in self._shard_rel_paths()]):
-            C = coefficients(peak_scale(X), basis)
-            lo, hi = min(lo, float(C.min())), max(hi, float(C.max()))
+        for columns in iter_weight_columns([self.root / r for r in self._shard_rel_paths()]):
+            for x, peaks in iter_pieces(columns):
+                b_lo, b_hi = coefficient_range(peak_scale_columns(x, peaks), basis)
+                lo, hi = min(lo, b_lo), max(hi, b_hi)
             if progress is not None:
-                progress(len(X))
+                progress(len(columns[0]))
         self.con.execute(
             "INSERT INTO basis VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
             [version, basis.n_filters, basis.mean.tolist(), basis.components.tolist(),

@@ -20,16 +20,16 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from cnnfilterdb.stats.basis import peak_scale
+from cnnfilterdb.stats.basis import peak_scale_columns
 from cnnfilterdb.stats.moments import Moments
-from cnnfilterdb.stats.quality import LayerQualityAccumulator, row_peaks
-from cnnfilterdb.store import StoreError, StoreTransaction
+from cnnfilterdb.stats.quality import LayerQualityAccumulator, column_peaks
+from cnnfilterdb.store import StoreError, StoreTransaction, iter_pieces
 
 from .progress import Progress
 from .sample import SAMPLE_ATTR
 from .shards import ShardWriter
 
-BLOCK_ROWS = 1 << 21  # 2M filters, 72 MB of float32 per block
+BLOCK_ROWS = 1 << 21  # 2M filters, 72 MB of float32 per read from /filters
 INDEX_COLUMNS = ["model_id", "conv_depth", "conv_depth_norm"]
 KERNEL_COLUMN = re.compile(r"^\((\d+),\s*(\d+)\) filters$")
 
@@ -291,12 +291,39 @@ def ingest_h5(path: Path, tx: StoreTransaction, progress: Progress) -> tuple[int
     return len(c.models), n_filters
 
 
-def _read_block(ds: h5py.Dataset, a: int, b: int, path: Path) -> np.ndarray:
+def _read_block(ds: h5py.Dataset, a: int, b: int, path: Path, raw: np.ndarray | None = None) -> np.ndarray:
+    """Filters a..b-1 as float32 (n, 9), read into ``raw`` (a reused buffer) when given."""
+    n = b - a
     try:
-        X = ds[a:b]
-    except (OSError, RuntimeError, ValueError) as e:
+        if raw is None:
+            X = ds[a:b]
+        else:
+            ds.read_direct(raw, source_sel=np.s_[a:b], dest_sel=np.s_[0:n])
+            X = raw[:n]
+    except (OSError, RuntimeError, ValueError, TypeError) as e:
         raise _fail(path, f"cannot read filters {a}..{b - 1} ({e}); the file may be truncated") from None
-    return np.asarray(X, dtype=np.float32).reshape(b - a, 9)
+    return np.asarray(X, dtype=np.float32).reshape(n, 9)
+
+
+def _transpose_into(X: np.ndarray, out: np.ndarray, step: int = 1 << 14) -> None:
+    """out[:, i] = X[i] for X (n, 9), in cache-sized steps (a strided whole-array copy is slower)."""
+    for s in range(0, len(X), step):
+        out[:, s:s + step] = X[s:s + step].T
+
+
+def _fold_segment(st: _LayerState, Xt: np.ndarray, whole: bool) -> None:
+    """Fold a layer's filters (float32 (9, n)) into its statistics, in cache-sized pieces.
+
+    ``whole``: the segment is the entire layer, so its maximum (the sparsity threshold) is known
+    now and the second pass of the quality metrics runs on the same pieces.
+    """
+    if whole:
+        st.quality.see_peaks(column_peaks(Xt))
+    for x, p in iter_pieces(Xt):
+        m = st.quality.add(x, p)
+        if whole:
+            st.quality.add_thresholded(x, p, m)
+        st.scaled = st.scaled.merge(Moments.of_columns(peak_scale_columns(x, p)))
 
 
 def _stream_filters(c: H5Contents, states: list[_LayerState], filter_offset: int,
@@ -304,62 +331,51 @@ def _stream_filters(c: H5Contents, states: list[_LayerState], filter_offset: int
     firsts = np.array([l.first for l in c.layers], dtype=np.int64)
     lasts = np.array([l.last for l in c.layers], dtype=np.int64)
     total = int((lasts - firsts + 1).sum())
-    writer = ShardWriter(tx)
+    writer = ShardWriter(tx, batch_rows=BLOCK_ROWS)
     bar = progress.bar(total, f"{c.path.name}: filters")
     try:
         with h5py.File(c.path, "r") as f:
             ds = f[c.filters_name]
+            raw = np.empty((BLOCK_ROWS, *ds.shape[1:]), dtype=ds.dtype)  # reused read buffer
             span_first, span_last = int(firsts.min()), int(lasts.max())
             li = 0  # first layer that may intersect the current block
             for a in range(span_first, span_last + 1, BLOCK_ROWS):
                 b = min(a + BLOCK_ROWS, span_last + 1)
-                X = _read_block(ds, a, b, c.path)
+                X = _read_block(ds, a, b, c.path, raw)
                 # Checked after the cast to float32: a float64 beyond float32's range is an Inf too.
-                bad = ~np.isfinite(X).all(axis=1)
-                if bad.any():
-                    i = int(np.argmax(bad))
+                if not np.isfinite(X).all():
+                    i = int(np.argmax(~np.isfinite(X).all(axis=1)))
                     raise _fail(c.path, f"filter {a + i} (/{c.filters_name}[{a + i}]) is not finite: {X[i].tolist()}")
                 while li < len(c.layers) and lasts[li] < a:
                     li += 1
-                seg_ids, seg_lo, seg_hi = [], [], []
+                batch = writer.take()
+                segments = []  # (layer index, start in batch, end in batch, whole layer in block)
                 j = li
                 while j < len(c.layers) and firsts[j] < b:
-                    lo, hi = max(int(firsts[j]), a), min(int(lasts[j]) + 1, b)
-                    seg_ids.append(j)
-                    seg_lo.append(lo - a)
-                    seg_hi.append(hi - a)
+                    lo, hi = max(int(firsts[j]), a) - a, min(int(lasts[j]) + 1, b) - a
+                    o, n = batch.n, hi - lo
+                    # Transposed, (9, n): the shard writer takes the weight columns as they are,
+                    # and every reduction below runs over contiguous memory. Filters that no
+                    # layer claims (gaps between layers) are not stored.
+                    _transpose_into(X[lo:hi], batch.w[:, o:o + n])
+                    batch.filter_id[o:o + n] = np.arange(a + lo + filter_offset, a + hi + filter_offset)
+                    batch.model_id[o:o + n] = states[j].model_id
+                    batch.layer_id[o:o + n] = states[j].layer_id
+                    batch.n += n
+                    segments.append((j, o, o + n, bool(firsts[j] >= a and lasts[j] < b)))
                     j += 1
-                if not seg_ids:
-                    continue
-                lengths = np.array(seg_hi) - np.array(seg_lo)
-                contiguous = all(seg_lo[k + 1] == seg_hi[k] for k in range(len(seg_ids) - 1))
-                if contiguous:
-                    rows = X[seg_lo[0]:seg_hi[-1]]
-                    fids = np.arange(a + seg_lo[0], a + seg_hi[-1], dtype=np.int64) + filter_offset
-                else:
-                    rows = np.concatenate([X[lo:hi] for lo, hi in zip(seg_lo, seg_hi)])
-                    fids = np.concatenate([np.arange(a + lo, a + hi, dtype=np.int64) for lo, hi in zip(seg_lo, seg_hi)]) + filter_offset
-                mids = np.repeat(np.array([states[k].model_id for k in seg_ids], dtype=np.int32), lengths)
-                lids = np.repeat(np.array([states[k].layer_id for k in seg_ids], dtype=np.int32), lengths)
-                writer.write(fids, mids, lids, rows)
-
-                peaks_all = row_peaks(X)
-                for k, lo, hi in zip(seg_ids, seg_lo, seg_hi):
-                    st, seg, peaks = states[k], X[lo:hi], peaks_all[lo:hi]
-                    st.quality.add(seg, peaks)
-                    st.scaled = st.scaled.merge(Moments.of(peak_scale(seg)))
-                    whole = firsts[k] >= a and lasts[k] < b
-                    if whole:
-                        st.quality.add_thresholded(seg, peaks)
-                    else:
-                        st.spans_blocks = True
-                bar.update(int(lengths.sum()))
+                for k, o, e, whole in segments:
+                    states[k].spans_blocks |= not whole
+                    _fold_segment(states[k], batch.w[:, o:e], whole)
+                writer.write(batch)
+                bar.update(batch.n)
             # Second pass for layers cut by block boundaries: now that their maximum is known.
             for k, st in enumerate(states):
                 if st.spans_blocks:
                     for a in range(int(firsts[k]), int(lasts[k]) + 1, BLOCK_ROWS):
                         b = min(a + BLOCK_ROWS, int(lasts[k]) + 1)
-                        st.quality.add_thresholded(_read_block(ds, a, b, c.path))
+                        for x, p in iter_pieces(np.ascontiguousarray(_read_block(ds, a, b, c.path).T)):
+                            st.quality.add_thresholded(x, p)
     finally:
         bar.close()
         writer_error = None

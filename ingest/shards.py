@@ -35,17 +35,21 @@ PARQUET_OPTIONS = dict(
 class ShardWriter:
     """Appends rows (filter_id, model_id, layer_id, w0..w8) in filter_id order to new shards.
 
-    ``write`` hands the arrays to a writer thread (pyarrow releases the GIL, so the caller's numpy
-    work overlaps the encoding); at most ``max_pending`` batches wait, which bounds memory.
-    The caller must not modify arrays after passing them.
+    The caller fills a ``Batch`` from ``take()`` and hands it to ``write``; a writer thread encodes
+    it (pyarrow releases the GIL, so the caller's numpy work overlaps the encoding) and returns
+    it to the pool. A fixed pool of ``n_batches`` bounds memory, and reusing the buffers avoids
+    the page faults of fresh large arrays.
     """
 
-    def __init__(self, tx: StoreTransaction, shard_rows: int = 1 << 25, row_group_rows: int = 1 << 20,
-                 max_pending: int = 2):
+    def __init__(self, tx: StoreTransaction, batch_rows: int, shard_rows: int = 1 << 25,
+                 row_group_rows: int = 1 << 20, n_batches: int = 3):
         self.tx = tx
         self.shard_rows = shard_rows
         self.row_group_rows = row_group_rows
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._free: queue.Queue = queue.Queue()
+        for _ in range(n_batches):
+            self._free.put(Batch(batch_rows))
+        self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         self._seq = 0
         self._writer: pq.ParquetWriter | None = None
@@ -57,9 +61,17 @@ class ShardWriter:
         self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
         self._thread.start()
 
-    def write(self, filter_ids: np.ndarray, model_ids: np.ndarray, layer_ids: np.ndarray, X: np.ndarray) -> None:
+    def take(self) -> "Batch":
+        """An empty batch from the pool (waits while all are being written)."""
         self._raise_if_failed()
-        self._queue.put((filter_ids, model_ids, layer_ids, X))
+        batch = self._free.get()
+        batch.n = 0
+        return batch
+
+    def write(self, batch: "Batch") -> None:
+        """Queue the first ``batch.n`` rows of the batch; the caller must not touch it afterwards."""
+        self._raise_if_failed()
+        self._queue.put(batch)
 
     def close(self) -> None:
         """Flush and register every shard with the transaction; raises the writer's error if any."""
@@ -76,22 +88,24 @@ class ShardWriter:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            batch = self._queue.get()
+            if batch is None:
                 break
-            if self._error is not None:
-                continue  # drain, so that the producer never blocks on a dead writer
             try:
-                self._append(*item)
+                if self._error is None:
+                    n = batch.n
+                    self._append(batch.filter_id[:n], batch.model_id[:n], batch.layer_id[:n], batch.w[:, :n])
             except BaseException as e:  # handed to the producer thread
                 self._error = e
+            finally:
+                self._free.put(batch)  # also after an error, so that the producer never blocks
         try:
             if self._error is None:
                 self._finish_shard()
         except BaseException as e:
             self._error = e
 
-    def _append(self, filter_ids, model_ids, layer_ids, X) -> None:
+    def _append(self, filter_ids, model_ids, layer_ids, Xt) -> None:
         start = 0
         n = len(filter_ids)
         while start < n:
@@ -103,9 +117,8 @@ class ShardWriter:
                 self._first = int(filter_ids[start])
             take = min(n - start, self.shard_rows - self._rows)
             sl = slice(start, start + take)
-            Xt = np.ascontiguousarray(X[sl].T)
             arrays = [pa.array(filter_ids[sl]), pa.array(model_ids[sl]), pa.array(layer_ids[sl])]
-            arrays += [pa.array(Xt[j]) for j in range(9)]
+            arrays += [pa.array(Xt[j, sl]) for j in range(9)]
             self._writer.write_table(pa.Table.from_arrays(arrays, schema=SCHEMA), row_group_size=self.row_group_rows)
             self._rows += take
             self._last = int(filter_ids[start + take - 1])
@@ -120,3 +133,14 @@ class ShardWriter:
         self._writer.close()
         self._finished.append((self._path, self._rows, self._first, self._last))
         self._writer = None
+
+
+class Batch:
+    """Reusable row buffers of one write: ids and the weights transposed, (9, rows) float32."""
+
+    def __init__(self, rows: int):
+        self.n = 0
+        self.filter_id = np.empty(rows, dtype=np.int64)
+        self.model_id = np.empty(rows, dtype=np.int32)
+        self.layer_id = np.empty(rows, dtype=np.int32)
+        self.w = np.empty((9, rows), dtype=np.float32)

@@ -29,6 +29,11 @@ def peak_scale(X: np.ndarray) -> np.ndarray:
     return np.divide(X, peak, out=np.zeros_like(X), where=peak > 0)
 
 
+def peak_scale_columns(Xt: np.ndarray, peaks: np.ndarray) -> np.ndarray:
+    """``peak_scale`` in the transposed layout: columns of ``Xt`` (9, n) float64 divided by ``peaks`` (n,)."""
+    return Xt / np.where(peaks > 0, peaks, 1.0)
+
+
 @dataclass
 class Basis:
     n_filters: int
@@ -59,3 +64,14 @@ def fit_basis(m: Moments) -> Basis:
 def coefficients(X_scaled: np.ndarray, basis: Basis) -> np.ndarray:
     """(X_scaled - mean) @ components.T, shape (n, 9)."""
     return (X_scaled - basis.mean) @ basis.components.T
+
+
+def coefficient_range(Xt_scaled: np.ndarray, basis: Basis) -> tuple[float, float]:
+    """(min, max) over all coefficients of the scaled filters given as columns of ``Xt_scaled`` (9, n).
+
+    Uses components @ (x - mean) = components @ x - components @ mean, so that the only (9, n)
+    temporary is the product itself.
+    """
+    P = basis.components @ Xt_scaled
+    shift = basis.components @ basis.mean
+    return float((P.min(axis=1) - shift).min()), float((P.max(axis=1) - shift).max())

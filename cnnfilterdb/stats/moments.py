@@ -34,13 +34,18 @@ class Moments:
     @classmethod
     def of(cls, X: np.ndarray) -> "Moments":
         """Moments of the rows of ``X`` (n, d), computed in float64."""
-        X = np.asarray(X, dtype=np.float64)
-        n, d = X.shape
+        return cls.of_columns(np.asarray(X, dtype=np.float64).T)
+
+    @classmethod
+    def of_columns(cls, Xt: np.ndarray) -> "Moments":
+        """Moments of the columns of ``Xt`` (d, n), float64: the layout the ingest works in,
+        where every reduction runs over contiguous memory."""
+        d, n = Xt.shape
         if n == 0:
             return cls(d=d)
-        mean = X.mean(axis=0)
-        Xc = X - mean
-        return cls(d=d, n=n, mean=mean, scatter=Xc.T @ Xc)
+        mean = Xt.sum(axis=1) / n
+        Xc = Xt - mean[:, None]
+        return cls(d=d, n=n, mean=mean, scatter=Xc @ Xc.T)
 
     def merge(self, other: "Moments") -> "Moments":
         """Moments of the union of both row sets (returns a new object)."""

@@ -44,9 +44,9 @@ def variance_entropy(m: Moments) -> float | None:
     return float(-(p * np.log10(p)).sum())
 
 
-def row_peaks(X: np.ndarray) -> np.ndarray:
-    """max_j |X_ij| per row, shape (n,)."""
-    return np.abs(X).max(axis=1)
+def column_peaks(Xt: np.ndarray) -> np.ndarray:
+    """max_j |Xt_ji| per column of ``Xt`` (9, n): the absolute peak of each filter, shape (n,)."""
+    return np.abs(Xt).max(axis=0)
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class LayerQualityAccumulator:
     Pass 1 (``add``) sees every piece once: count, layer maximum, moments of all filters.
     Pass 2 (``add_thresholded``) sees every piece again once the maximum is known: sparse count
     and moments of the non-sparse filters. A layer held whole in memory calls both on one array.
+    Pieces are float64 and transposed, (9, n) (one filter per column), with their filter peaks.
     """
 
     def __init__(self) -> None:
@@ -73,28 +74,39 @@ class LayerQualityAccumulator:
         self.n_sparse = 0
         self.clean = Moments()
 
-    def add(self, X: np.ndarray, peaks: np.ndarray | None = None) -> None:
-        if len(X) == 0:
-            return
-        peaks = row_peaks(X) if peaks is None else peaks
-        self.n += len(X)
-        self.peak = max(self.peak, float(peaks.max()))
-        self.all = self.all.merge(Moments.of(X))
+    def see_peaks(self, peaks: np.ndarray) -> None:
+        """Raise the layer maximum to cover ``peaks`` (lets pass 2 start before pass 1 ends)."""
+        if len(peaks):
+            self.peak = max(self.peak, float(peaks.max()))
+
+    def add(self, Xt: np.ndarray, peaks: np.ndarray) -> Moments:
+        """Pass 1 over a piece; returns the piece's moments (reused by ``add_thresholded``)."""
+        m = Moments.of_columns(Xt)
+        if m.n:
+            self.n += m.n
+            self.see_peaks(peaks)
+            self.all = self.all.merge(m)
+        return m
 
     @property
     def threshold(self) -> float:
         return SPARSITY_THRESHOLD * self.peak
 
-    def add_thresholded(self, X: np.ndarray, peaks: np.ndarray | None = None) -> None:
-        if len(X) == 0:
+    def add_thresholded(self, Xt: np.ndarray, peaks: np.ndarray, moments: Moments | None = None) -> None:
+        """Pass 2 over a piece; ``moments``: the piece's, from ``add``, if at hand."""
+        n = Xt.shape[1]
+        if n == 0:
             return
-        peaks = row_peaks(X) if peaks is None else peaks
         if self.peak == 0.0:
-            self.n_sparse += len(X)
+            self.n_sparse += n
             return
         dense = peaks >= self.threshold
-        self.n_sparse += int(len(X) - dense.sum())
-        self.clean = self.clean.merge(Moments.of(X[dense]))
+        n_dense = int(dense.sum())
+        self.n_sparse += n - n_dense
+        if n_dense == n and moments is not None:
+            self.clean = self.clean.merge(moments)
+        else:
+            self.clean = self.clean.merge(Moments.of_columns(Xt if n_dense == n else Xt[:, dense]))
 
     def result(self, orthogonality: float | None = None) -> LayerQuality:
         if self.n == 0:
@@ -116,10 +128,11 @@ def layer_quality(W: np.ndarray, weight_shape: tuple[int, ...] | None = None) ->
     ``weight_shape`` (out, in_per_group, 3, 3) enables ``orthogonality``.
     """
     W = np.asarray(W).reshape(len(W), -1)
-    peaks = row_peaks(W)
+    Wt = np.ascontiguousarray(W.T, dtype=np.float64)
+    peaks = column_peaks(Wt)
     acc = LayerQualityAccumulator()
-    acc.add(W, peaks)
-    acc.add_thresholded(W, peaks)
+    acc.add(Wt, peaks)
+    acc.add_thresholded(Wt, peaks)
     ortho = orthogonality(W.reshape(weight_shape)) if weight_shape is not None else None
     return acc.result(ortho)
 
