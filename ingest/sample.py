@@ -89,7 +89,7 @@ def write_sample_h5(path: str | Path, n_models: int = 40, n_filters: int = 1_000
         k11, k55, k77 = int(rng.integers(0, 5000)), int(rng.integers(0, 300)), int(rng.integers(0, 200))
         total = n3 + k55 + k77
         model_meta = {
-            "model": f"sample_{mid:04d}_{arch.lower()}",
+            "model": f"sample-s{seed}-{mid:04d}-{arch.lower()}",
             "producer": "pytorch 1.10",
             "op_set": int(rng.choice([9, 11, 13])),
             "depth": n_layers,

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cnnfilterdb.cli import main as cli_main  # noqa: E402
+from ingest.sample import write_sample_h5  # noqa: E402
+
+
+def run_cli(*args: str, capsys=None) -> tuple[int, str, str]:
+    """Run the CLI in a subprocess (as a user would), returning (exit code, stdout, stderr)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.run([sys.executable, "-m", "cnnfilterdb.cli", *args], capture_output=True, text=True, env=env)
+    return p.returncode, p.stdout, p.stderr
+
+
+def store_snapshot(db: Path) -> dict | None:
+    """Everything a reader can see of a store, plus its files: equal snapshots = unchanged store."""
+    cat = db / "catalog.duckdb"
+    if not cat.exists():
+        return None
+    files = sorted(str(p.relative_to(db)) for p in db.rglob("*") if p.is_file() and p.name != ".ingest.lock")
+    with duckdb.connect(str(cat), read_only=True) as con:
+        tables = {}
+        for t in ["models", "layers", "basis", "_shards", "_ingests", "_layer_moments"]:
+            tables[t] = con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+        digest = con.execute(
+            "SELECT count(*), sum(filter_id), sum(hash(w0, w1, w2, w3, w4, w5, w6, w7, w8, layer_id, model_id)) FROM filters"
+        ).fetchone()
+    return {"files": files, "tables": tables, "filters": digest,
+            "catalog_sha": hashlib.sha256(cat.read_bytes()).hexdigest()}
+
+
+@pytest.fixture(scope="session")
+def sample_v1(tmp_path_factory) -> Path:
+    return write_sample_h5(tmp_path_factory.mktemp("h5") / "v1.h5", n_models=12, n_filters=60_000, seed=3)
+
+
+@pytest.fixture(scope="session")
+def sample_v01(tmp_path_factory) -> Path:
+    return write_sample_h5(tmp_path_factory.mktemp("h5") / "v01.h5", n_models=9, n_filters=30_000, seed=4,
+                           version="0.1.0", shape="9")
+
+
+__all__ = ["run_cli", "store_snapshot", "cli_main"]
