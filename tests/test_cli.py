@@ -1,0 +1,104 @@
+"""The command line: info, sql, demo; the README's shell queries in the real DuckDB shell."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from .conftest import REPO, cli_main
+
+DUCKDB_SHELL = str(Path(sys.executable).parent / "duckdb")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, sample_v1) -> Path:
+    db = tmp_path_factory.mktemp("cli") / "db"
+    assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    return db
+
+
+def test_info(store, capsys):
+    assert cli_main(["info", "--db", str(store), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+        models, layers, filters = con.execute(
+            "SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM layers), (SELECT count(*) FROM filters)").fetchone()
+    assert (info["models"], info["layers"], info["filters"]) == (models, layers, filters) == (12, layers, 60_000)
+    assert info["basis"]["version"] == 1 and info["basis"]["n_filters"] == 60_000
+    shard_bytes = sum(p.stat().st_size for p in (store / "shards").iterdir())
+    assert info["bytes"]["shards"] == shard_bytes and info["bytes"]["raw_float32"] == 60_000 * 36
+    assert cli_main(["info", "--db", str(store)]) == 0
+    text = capsys.readouterr().out
+    assert "60,000" in text and "basis" in text
+
+
+def test_info_on_missing_store(tmp_path, capsys):
+    assert cli_main(["info", "--db", str(tmp_path / "nothing")]) == 1
+    assert "no store here" in capsys.readouterr().err
+
+
+def test_sql(store, capsys):
+    assert cli_main(["sql", "SELECT task, count(*) AS n FROM models GROUP BY task ORDER BY task",
+                     "--db", str(store), "--format", "json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+        want = con.execute("SELECT task, count(*) FROM models GROUP BY task ORDER BY task").fetchall()
+    assert got["columns"] == ["task", "n"] and [tuple(r) for r in got["rows"]] == want
+    assert got["truncated"] is False
+
+
+def test_sql_is_read_only(store, capsys):
+    assert cli_main(["sql", "DELETE FROM models", "--db", str(store)]) == 1
+    assert "read-only" in capsys.readouterr().err
+    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM models").fetchone()[0] == 12
+
+
+def test_env_var_selects_the_store(store, tmp_path):
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CNNFILTERDB_DB": str(store)}
+    p = subprocess.run([sys.executable, "-m", "cnnfilterdb.cli", "info", "--json"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path)
+    assert p.returncode == 0 and json.loads(p.stdout)["filters"] == 60_000
+
+
+def _readme_queries() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- shell-queries -->(.*?)<!-- /shell-queries -->", text, re.S).group(1)
+    return [q.strip() for q in re.findall(r"```sql\n(.*?)```", block, re.S)]
+
+
+def test_readme_queries_in_the_duckdb_shell(store, tmp_path):
+    """The README's worked queries run in the real shell, read-only, from another directory."""
+    queries = _readme_queries()
+    assert len(queries) == 3
+    outputs = []
+    for q in queries:
+        p = subprocess.run([DUCKDB_SHELL, "-readonly", "-json", str(store / "catalog.duckdb"), "-c", q],
+                           capture_output=True, text=True, cwd=tmp_path)
+        assert p.returncode == 0 and not p.stderr, p.stderr
+        outputs.append(json.loads(p.stdout))
+    by_task, one_layer, sparsest = outputs
+    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+        n_task = con.execute("SELECT count(*) FROM filters JOIN models USING (model_id) WHERE task = 'Classification'").fetchone()[0]
+        first, last = con.execute("SELECT filter_id_first, filter_id_last FROM layers WHERE layer_id = 5").fetchone()
+        top = con.execute("SELECT layer_id FROM layers ORDER BY sparsity DESC, layer_id LIMIT 10").fetchall()
+    assert len(by_task) == min(n_task, 10) and all(len(r["w"]) == 9 for r in by_task)
+    assert [r["filter_id"] for r in one_layer] == list(range(first, last + 1))
+    assert all(len(r["w3x3"]) == 3 and all(len(row) == 3 for row in r["w3x3"]) for r in one_layer)
+    assert [r["layer_id"] for r in sparsest] == [t[0] for t in top]
+
+
+def test_demo_builds_a_labelled_sample(tmp_path, capsys):
+    db = tmp_path / "demo"
+    assert cli_main(["demo", "--db", str(db), "--models", "6", "--filters", "20000", "--no-serve"]) == 0
+    with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM models WHERE source LIKE 'SAMPLE%'").fetchone()[0] == 6
+        assert con.execute("SELECT count(*) FROM filters").fetchone()[0] == 20_000
+        assert con.execute("SELECT count(*) FROM layers WHERE sparsity = 1").fetchone()[0] >= 1
