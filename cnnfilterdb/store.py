@@ -56,7 +56,7 @@ def default_db() -> Path:
     return Path(os.environ.get(ENV_DB, "./filterdb"))
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -147,19 +147,49 @@ def iter_weight_columns(paths: list[Path], batch_rows: int = 1 << 16) -> Iterato
 
 
 def iter_pieces(columns) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Cache-sized float64 pieces (9, <= PIECE_COLUMNS) of nine weight columns, with filter peaks.
+    """Cache-sized float64 pieces of nine weight columns, with the filters' peaks.
 
-    ``columns`` is a (9, n) array or nine (n,) arrays. The piece is a reused buffer: valid only
-    until the next iteration (fresh large arrays cost a page fault per 4 KiB, which dominates).
+    ``columns`` is a (9, n) array or nine (n,) arrays. Each piece is (10, m), m <= PIECE_COLUMNS:
+    the filters in rows 0..8 (one per column) and a row of ones (see ``Moments.of_augmented``).
+    The piece is a reused buffer, valid only until the next iteration.
     """
     n = len(columns[0])
-    buf = np.empty((9, min(n, PIECE_COLUMNS)), dtype=np.float64)
+    buf = np.ones((10, min(n, PIECE_COLUMNS)), dtype=np.float64)
     for s in range(0, n, PIECE_COLUMNS):
         m = min(PIECE_COLUMNS, n - s)
-        x = buf[:, :m]
+        z = buf[:, :m]
         for j in range(9):
-            x[j] = columns[j][s:s + m]
-        yield x, column_peaks(x)
+            z[j] = columns[j][s:s + m]
+        # Peaks from the float32 source when there is one: exact, and half the bytes to scan.
+        src = columns[:, s:s + m] if isinstance(columns, np.ndarray) else None
+        yield z, (column_peaks(src) if src is not None else column_peaks(z[:9])).astype(np.float64)
+
+
+def _row_group_range(path: Path, row_group: int, basis: Basis) -> tuple[float, float, int]:
+    lo, hi, n = np.inf, -np.inf, 0
+    # Small batches: reading a whole row group at once allocates (and faults in) 36 MB each time.
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=PIECE_COLUMNS * 4, row_groups=[row_group],
+                                                   columns=WEIGHT_COLUMNS, use_threads=False):
+        for z, peaks in iter_pieces([batch.column(j).to_numpy() for j in range(9)]):
+            b_lo, b_hi = coefficient_range(peak_scale_columns(z[:9], peaks), basis)
+            lo, hi = min(lo, b_lo), max(hi, b_hi)
+        n += batch.num_rows
+    return lo, hi, n
+
+
+def scan_coefficient_range(paths: list[Path], basis: Basis, progress=None, threads: int | None = None) -> tuple[float, float]:
+    """(min, max) of all coefficients of all filters in the shards, row groups spread over threads
+    (numpy and the Parquet reader release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    units = [(p, i) for p in paths for i in range(pq.ParquetFile(p).num_row_groups)]
+    lo, hi = np.inf, -np.inf
+    with ThreadPoolExecutor(max_workers=threads or min(4, os.cpu_count() or 1)) as pool:
+        for b_lo, b_hi, n in pool.map(lambda u: _row_group_range(u[0], u[1], basis), units):
+            lo, hi = min(lo, b_lo), max(hi, b_hi)
+            if progress is not None:
+                progress(n)
+    return lo, hi
 
 
 class StoreTransaction:
@@ -255,7 +285,7 @@ class StoreTransaction:
         return path
 
     def add_shard(self, path: Path, n_rows: int, filter_id_first: int, filter_id_last: int) -> None:
-        _fsync_path(path)
+        """Register a written shard (the writer has fsynced it: it must outlive a power cut once committed)."""
         rel = f"{SHARDS}/{path.name}"
         self.con.execute(
             "INSERT INTO _shards VALUES (?, ?, ?, ?, ?)",
@@ -291,9 +321,9 @@ class StoreTransaction:
         self.con.execute("CHECKPOINT")
         self.con.close()
         self.con = None
-        _fsync_path(self.staging_path)
+        fsync_path(self.staging_path)
         os.replace(self.staging_path, self.catalog_path)
-        _fsync_path(self.root)
+        fsync_path(self.root)
         self._committed = True
 
     def _shard_rel_paths(self) -> list[str]:
@@ -323,13 +353,7 @@ class StoreTransaction:
         if total.n < 2:
             return
         basis = fit_basis(total)
-        lo, hi = np.inf, -np.inf
-        for columns in iter_weight_columns([self.root / r for r in self._shard_rel_paths()]):
-            for x, peaks in iter_pieces(columns):
-                b_lo, b_hi = coefficient_range(peak_scale_columns(x, peaks), basis)
-                lo, hi = min(lo, b_lo), max(hi, b_hi)
-            if progress is not None:
-                progress(len(columns[0]))
+        lo, hi = scan_coefficient_range([self.root / r for r in self._shard_rel_paths()], basis, progress)
         self.con.execute(
             "INSERT INTO basis VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
             [version, basis.n_filters, basis.mean.tolist(), basis.components.tolist(),

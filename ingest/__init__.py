@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from threadpoolctl import threadpool_limits
+
 from cnnfilterdb.store import StoreError, StoreTransaction
 
 from .h5 import ingest_h5, is_hdf5
@@ -23,7 +25,9 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None) 
     progress = progress or Progress()
     kinds = [(Path(p), detect_kind(Path(p))) for p in paths]
     added_models = added_filters = 0
-    with StoreTransaction(db) as tx:
+    # The ingest runs its own threads (shard writer, range scan); BLAS threads on top of them
+    # only oversubscribe the cores for the small products of the statistics.
+    with threadpool_limits(limits=1, user_api="blas"), StoreTransaction(db) as tx:
         for path, kind in kinds:
             models, filters = ingest_h5(path, tx, progress)
             added_models += models

@@ -20,7 +20,6 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from cnnfilterdb.stats.basis import peak_scale_columns
 from cnnfilterdb.stats.moments import Moments
 from cnnfilterdb.stats.quality import LayerQualityAccumulator, column_peaks
 from cnnfilterdb.store import StoreError, StoreTransaction, iter_pieces
@@ -319,11 +318,16 @@ def _fold_segment(st: _LayerState, Xt: np.ndarray, whole: bool) -> None:
     """
     if whole:
         st.quality.see_peaks(column_peaks(Xt))
-    for x, p in iter_pieces(Xt):
-        m = st.quality.add(x, p)
+    scaled = None
+    for z, p in iter_pieces(Xt):
+        m = st.quality.add(z, p)
         if whole:
-            st.quality.add_thresholded(x, p, m)
-        st.scaled = st.scaled.merge(Moments.of_columns(peak_scale_columns(x, p)))
+            st.quality.add_thresholded(z, p, m)
+        if scaled is None or scaled.shape[1] < z.shape[1]:
+            scaled = np.ones_like(z)
+        s = scaled[:, :z.shape[1]]
+        np.divide(z[:9], np.where(p > 0, p, 1.0), out=s[:9])  # peak_scale_columns, into the buffer
+        st.scaled = st.scaled.merge(Moments.of_augmented(s))
 
 
 def _stream_filters(c: H5Contents, states: list[_LayerState], filter_offset: int,
@@ -374,8 +378,8 @@ def _stream_filters(c: H5Contents, states: list[_LayerState], filter_offset: int
                 if st.spans_blocks:
                     for a in range(int(firsts[k]), int(lasts[k]) + 1, BLOCK_ROWS):
                         b = min(a + BLOCK_ROWS, int(lasts[k]) + 1)
-                        for x, p in iter_pieces(np.ascontiguousarray(_read_block(ds, a, b, c.path).T)):
-                            st.quality.add_thresholded(x, p)
+                        for z, p in iter_pieces(np.ascontiguousarray(_read_block(ds, a, b, c.path).T)):
+                            st.quality.add_thresholded(z, p)
     finally:
         bar.close()
         writer_error = None

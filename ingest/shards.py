@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cnnfilterdb.store import WEIGHT_COLUMNS, StoreTransaction
+from cnnfilterdb.store import WEIGHT_COLUMNS, StoreTransaction, fsync_path
 
 SCHEMA = pa.schema(
     [("filter_id", pa.int64()), ("model_id", pa.int32()), ("layer_id", pa.int32())]
@@ -29,6 +29,9 @@ PARQUET_OPTIONS = dict(
     column_encoding={"filter_id": "DELTA_BINARY_PACKED", **{w: "PLAIN" for w in WEIGHT_COLUMNS}},
     write_statistics=ID_COLUMNS,
     sorting_columns=[pq.SortingColumn(0)],
+    # Larger encoder batches and pages: 15 -> 18 M rows/s here, same file size.
+    write_batch_size=1 << 16,
+    data_page_size=1 << 22,
 )
 
 
@@ -131,6 +134,7 @@ class ShardWriter:
         if self._writer is None:
             return
         self._writer.close()
+        fsync_path(self._path)  # here, off the producer's thread
         self._finished.append((self._path, self._rows, self._first, self._last))
         self._writer = None
 

@@ -47,6 +47,26 @@ class Moments:
         Xc = Xt - mean[:, None]
         return cls(d=d, n=n, mean=mean, scatter=Xc @ Xc.T)
 
+    @classmethod
+    def of_augmented(cls, Z: np.ndarray) -> "Moments":
+        """Moments of the columns of ``Z[:-1]``, where ``Z`` is (d + 1, n) float64 with a last row of ones.
+
+        One matrix product G = Z Z^T yields n = G[d, d], the sums G[:d, d] and the raw products
+        G[:d, :d]; then scatter = G[:d, :d] - sums sums^T / n. That subtraction cancels digits when
+        a coordinate's mean is large against its spread (|mean| > 100 std), as in a layer of
+        near-identical filters; such a piece is recomputed centered, so the result stays exact.
+        """
+        d = Z.shape[0] - 1
+        G = Z @ Z.T
+        n = G[d, d]
+        if n == 0:
+            return cls(d=d)
+        sums = G[:d, d]
+        scatter = G[:d, :d] - np.outer(sums, sums) / n
+        if np.any(sums * sums > 1e4 * n * np.abs(np.diag(scatter))):
+            return cls.of_columns(Z[:d])
+        return cls(d=d, n=int(round(n)), mean=sums / n, scatter=scatter)
+
     def merge(self, other: "Moments") -> "Moments":
         """Moments of the union of both row sets (returns a new object)."""
         if other.n == 0:
