@@ -64,7 +64,7 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _sql_string(s: str) -> str:
+def sql_string(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
@@ -332,7 +332,7 @@ class StoreTransaction:
     def _write_views(self) -> None:
         rels = self._shard_rel_paths()
         if rels:
-            files = ", ".join(_sql_string(str(self.root / r)) for r in rels)
+            files = ", ".join(sql_string(str(self.root / r)) for r in rels)
             source = f"read_parquet([{files}])"
         else:
             weights = ", ".join(f"NULL::FLOAT AS {w}" for w in WEIGHT_COLUMNS)

@@ -1,0 +1,98 @@
+"""The service's view of the store: one sandboxed, read-only DuckDB instance per catalog generation.
+
+Every endpoint, ``/v1/sql`` included, reads through a cursor of that instance, so the read-only
+guarantees come from DuckDB itself rather than from inspecting SQL text:
+
+- the catalog is ATTACHed READ_ONLY (writes fail in DuckDB's binder);
+- ``enable_external_access = false`` with ``allowed_directories`` = the store's shard directory:
+  no other file, no network, no ATTACH/COPY/INSTALL;
+- extension autoload/autoinstall off, community extensions off;
+- ``memory_limit`` and ``threads`` set, then ``lock_configuration = true``: no SET/RESET afterwards.
+
+An ingest commits by renaming a new catalog over the old one; ``LiveCatalog.generation()`` notices
+the new inode and opens a new instance, while requests in flight finish on the old one. The main
+database is in-memory (not the catalog file itself) because DuckDB caches file databases per path
+and would hand back the old instance.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+from cnnfilterdb.store import CATALOG, SHARDS, sql_string
+
+from .errors import ApiError
+from .settings import Settings
+
+
+@dataclass
+class Generation:
+    inode: int
+    mtime_ns: int
+    con: duckdb.DuckDBPyConnection
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = self.con.cursor()
+        cur.execute("USE catalog")  # cursors start in the in-memory main database
+        return cur
+
+
+class LiveCatalog:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.root = Path(settings.db).resolve()
+        self.path = self.root / CATALOG
+        self._lock = threading.Lock()
+        self._current: Generation | None = None
+
+    def _open(self, st: os.stat_result) -> Generation:
+        s = self.settings
+        con = duckdb.connect(":memory:", config={
+            "autoload_known_extensions": False,
+            "autoinstall_known_extensions": False,
+            "allow_community_extensions": False,
+            "memory_limit": s.duckdb_memory_limit,
+            "threads": s.duckdb_threads,
+        })
+        try:
+            # ATTACH takes no parameters; the path is the service's own setting, quoted as a literal.
+            con.execute(f"ATTACH {sql_string(str(self.path))} AS catalog (READ_ONLY)")
+            con.execute("SET allowed_directories = ?", [[str(self.root / SHARDS) + os.sep]])
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+        except Exception:
+            con.close()
+            raise
+        return Generation(st.st_ino, st.st_mtime_ns, con)
+
+    def generation(self) -> Generation:
+        """The instance of the catalog as committed now (reopened after an ingest's commit)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise ApiError(503, "store_unavailable", "the store has no catalog yet (run `cnnfilterdb ingest`)") from None
+        cur = self._current
+        if cur is not None and cur.inode == st.st_ino and cur.mtime_ns == st.st_mtime_ns:
+            return cur
+        with self._lock:
+            cur = self._current
+            if cur is None or cur.inode != st.st_ino or cur.mtime_ns != st.st_mtime_ns:
+                try:
+                    self._current = self._open(st)
+                except duckdb.Error as e:
+                    raise ApiError(503, "store_unavailable", f"cannot open the catalog: {str(e).splitlines()[0]}") from None
+            return self._current
+
+    @contextmanager
+    def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        cur = self.generation().cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()

@@ -1,0 +1,46 @@
+"""The FastAPI application and `cnnfilterdb serve`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from cnnfilterdb import __version__
+
+from . import errors
+from .catalog import LiveCatalog
+from .routers import layers, meta, models, sql
+from .settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="CNN Filter DB",
+        version=__version__,
+        description="Trained 3x3 convolution filters (CNN-Filter-DB) over HTTP. Read-only; errors are "
+                    '`{"error": {"code", "message"}}`; NaN and infinities are encoded as null.',
+    )
+    app.state.settings = settings
+    app.state.catalog = LiveCatalog(settings)
+    errors.install(app)
+    for r in (meta.router, models.router, layers.router, sql.router):
+        app.include_router(r)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """For `uvicorn --factory service.main:app_factory`: settings from CNNFILTERDB_* variables."""
+    return create_app(Settings())
+
+
+def run(db: Path, host: str, port: int, workers: int | None = None) -> int:
+    import os
+
+    import uvicorn
+
+    os.environ["CNNFILTERDB_DB"] = str(db)  # the factory (and any worker process) reads it
+    settings = Settings()
+    uvicorn.run("service.main:app_factory", factory=True, host=host, port=port,
+                workers=workers or settings.workers, log_level="info")
+    return 0

@@ -1,0 +1,102 @@
+"""/v1/layers/{layer_id}, /v1/layers/{layer_id}/filters (JSON or .npy), /v1/filters/{filter_id}."""
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import StreamingResponse
+
+from ..catalog import LiveCatalog
+from ..deps import get_catalog, get_settings, rows_as_dicts
+from ..errors import ApiError, not_found
+from ..schemas import ErrorResponse, Filter, FilterPage, Layer
+from ..settings import Settings
+from .models import LAYER_COLUMNS, layer_out
+
+router = APIRouter(tags=["layers"], responses={404: {"model": ErrorResponse}, 400: {"model": ErrorResponse},
+                                               422: {"model": ErrorResponse}})
+
+WEIGHTS = ", ".join(f"w{i}" for i in range(9))
+NPY_BATCH_ROWS = 1 << 16
+
+
+def _layer(cur, layer_id: int) -> dict:
+    cur.execute(f"SELECT {LAYER_COLUMNS} FROM layers l JOIN models m USING (model_id) WHERE l.layer_id = ?", [layer_id])
+    rows = rows_as_dicts(cur)
+    if not rows:
+        raise not_found("layer", layer_id)
+    return rows[0]
+
+
+@router.get("/v1/layers/{layer_id}", response_model=Layer)
+def get_layer(layer_id: int = Path(...), catalog: LiveCatalog = Depends(get_catalog)):
+    with catalog.cursor() as cur:
+        return layer_out(_layer(cur, layer_id))
+
+
+def _as_filters(ids, W, model_id: int, layer_id: int) -> list[Filter]:
+    W = np.asarray(W, dtype=np.float32).reshape(-1, 3, 3).tolist()
+    return [Filter(filter_id=int(i), model_id=model_id, layer_id=layer_id, w=w) for i, w in zip(ids, W)]
+
+
+@router.get("/v1/layers/{layer_id}/filters", response_model=FilterPage,
+            responses={200: {"content": {"application/x-npy": {}},
+                             "description": "JSON page, or with format=npy the whole layer as a (n, 3, 3) float32 .npy"}})
+def layer_filters(
+    request: Request,
+    layer_id: int = Path(...),
+    format: Literal["json", "npy"] = Query("json", description="json: a page of 3x3 arrays; npy: the whole layer, streamed"),
+    offset: int = Query(0, ge=0),
+    limit: int | None = Query(None, ge=1, description="page size for JSON (default 1000, maximum in /v1/stats limits)"),
+    catalog: LiveCatalog = Depends(get_catalog),
+    settings: Settings = Depends(get_settings),
+):
+    with catalog.cursor() as cur:
+        layer = _layer(cur, layer_id)
+    first, last, n = layer["filter_id_first"], layer["filter_id_last"], layer["n_filters"]
+    if format == "npy":
+        return StreamingResponse(_npy_stream(catalog, first, last, n), media_type="application/x-npy",
+                                 headers={"Content-Disposition": f'attachment; filename="layer-{layer_id}.npy"'})
+    limit = limit or min(1000, settings.filters_json_max)
+    if limit > settings.filters_json_max:
+        raise ApiError(400, "invalid_parameter",
+                       f"limit {limit} exceeds {settings.filters_json_max}; use format=npy for whole layers")
+    lo, hi = first + offset, min(last, first + offset + limit - 1)
+    items: list[Filter] = []
+    if lo <= last:
+        with catalog.cursor() as cur:
+            res = cur.execute(f"SELECT filter_id, {WEIGHTS} FROM filters WHERE filter_id BETWEEN ? AND ? "
+                              "ORDER BY filter_id", [lo, hi]).fetchnumpy()
+        W = np.stack([res[f"w{i}"] for i in range(9)], axis=1)
+        items = _as_filters(res["filter_id"], W, layer["model_id"], layer_id)
+    nxt = None
+    if hi < last:
+        nxt = f"{request.url.path}?offset={offset + limit}&limit={limit}"
+    return FilterPage(layer_id=layer_id, n_filters=n, offset=offset, limit=limit, items=items, next=nxt)
+
+
+def _npy_stream(catalog: LiveCatalog, first: int, last: int, n: int):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (n, 3, 3)})
+    yield header.getvalue()
+    with catalog.cursor() as cur:
+        reader = cur.execute(f"SELECT {WEIGHTS} FROM filters WHERE filter_id BETWEEN ? AND ? ORDER BY filter_id",
+                             [first, last]).fetch_record_batch(NPY_BATCH_ROWS)
+        for batch in reader:
+            W = np.empty((batch.num_rows, 9), dtype="<f4")
+            for j in range(9):
+                W[:, j] = batch.column(j).to_numpy(zero_copy_only=False)
+            yield W.tobytes()
+
+
+@router.get("/v1/filters/{filter_id}", response_model=Filter, tags=["filters"])
+def get_filter(filter_id: int = Path(...), catalog: LiveCatalog = Depends(get_catalog)):
+    with catalog.cursor() as cur:
+        res = cur.execute(f"SELECT filter_id, model_id, layer_id, {WEIGHTS} FROM filters WHERE filter_id = ?",
+                          [filter_id]).fetchall()
+    if not res:
+        raise not_found("filter", filter_id)
+    fid, mid, lid, *w = res[0]
+    return _as_filters([fid], [w], mid, lid)[0]

@@ -1,0 +1,64 @@
+"""/health, /v1/stats, /v1/fields."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from ..catalog import LiveCatalog
+from ..deps import get_catalog, get_settings
+from ..jsonable import jsonable
+from ..schemas import ErrorResponse, FieldInfo, Fields, Health, Limits, Stats
+from ..settings import Settings
+
+router = APIRouter(responses={503: {"model": ErrorResponse}})
+
+# Fields a selection can filter and group on: (name, level, SQL expression over layers_with_models).
+MODEL_FIELDS = ["task", "visual_category", "training_dataset", "pretraining_dataset", "name", "model",
+                "model_id", "producer"]
+LAYER_FIELDS = ["conv_depth", "depth_bin", "layer_id"]
+
+
+@router.get("/health", response_model=Health, tags=["meta"])
+def health(catalog: LiveCatalog = Depends(get_catalog)):
+    with catalog.cursor() as cur:
+        row = cur.execute("SELECT max(version) FROM basis").fetchone()
+    return Health(status="ok", basis_version=row[0])
+
+
+@router.get("/v1/stats", response_model=Stats, tags=["meta"])
+def stats(catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Depends(get_settings)):
+    with catalog.cursor() as cur:
+        models, layers, filters, shards, shard_bytes, ingests, last = cur.execute("""
+            SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM layers),
+                   (SELECT coalesce(sum(n_rows), 0) FROM _shards), (SELECT count(*) FROM _shards),
+                   (SELECT coalesce(sum(bytes), 0) FROM _shards), (SELECT count(*) FROM _ingests),
+                   (SELECT max(committed_at) FROM _ingests)""").fetchone()
+        b = cur.execute("SELECT version, n_filters, explained_variance_ratio, range_min, range_max FROM basis").fetchone()
+    basis = None if b is None else {"version": b[0], "n_filters": b[1], "explained_variance_ratio": b[2],
+                                    "range": (b[3], b[4])}
+    return Stats(models=models, layers=layers, filters=int(filters), shards=shards, shard_bytes=int(shard_bytes),
+                 ingests=ingests, last_ingest_at=jsonable(last), basis=basis,
+                 limits=Limits(sql_timeout_s=settings.sql_timeout_s, sql_default_rows=settings.sql_default_rows,
+                               sql_max_rows=settings.sql_max_rows, page_max=settings.page_max,
+                               filters_json_max=settings.filters_json_max))
+
+
+@router.get("/v1/fields", response_model=Fields, tags=["meta"])
+def fields(catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Depends(get_settings)):
+    """Every field a selection can filter or group on, with its distinct values and their counts."""
+    out = []
+    with catalog.cursor() as cur:
+        for level, names in (("model", MODEL_FIELDS), ("layer", LAYER_FIELDS)):
+            for name in names:
+                # Field names come from the lists above, never from the request.
+                order = "min(conv_depth_norm)" if name == "depth_bin" else "value"
+                rows = cur.execute(f"""
+                    SELECT {name} AS value, count(DISTINCT model_id), count(*), sum(n_filters)
+                    FROM layers_with_models GROUP BY {name} ORDER BY {order} NULLS LAST
+                    LIMIT {settings.field_values_max + 1}""").fetchall()
+                n_distinct = cur.execute(f"SELECT count(DISTINCT {name}) FROM layers_with_models").fetchone()[0]
+                typ = cur.execute(f"SELECT typeof({name}) FROM layers_with_models LIMIT 1").fetchone()
+                values = [{"value": jsonable(v), "models": m, "layers": l, "filters": int(f or 0)}
+                          for v, m, l, f in rows[: settings.field_values_max]]
+                out.append(FieldInfo(name=name, level=level, type=typ[0] if typ else "NULL", n_distinct=n_distinct,
+                                     values=values, truncated=len(rows) > settings.field_values_max))
+    return Fields(fields=out)

@@ -1,0 +1,31 @@
+"""Every setting of the service, in one place: flags of `cnnfilterdb serve` or CNNFILTERDB_* variables."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CNNFILTERDB_", extra="ignore")
+
+    db: Path = Field(Path("./filterdb"), description="store directory (CNNFILTERDB_DB)")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(1, ge=1, description="uvicorn worker processes")
+
+    # POST /v1/sql
+    sql_timeout_s: float = Field(5.0, gt=0, description="a query running longer is interrupted")
+    sql_default_rows: int = Field(1000, ge=1, description="row cap when a request gives no max_rows")
+    sql_max_rows: int = Field(100_000, ge=1, description="the largest max_rows a request may ask for")
+
+    # The DuckDB instance behind every endpoint
+    duckdb_memory_limit: str = "2GB"
+    duckdb_threads: int = Field(2, ge=1)
+
+    # Paging and response sizes
+    page_default: int = Field(50, ge=1)
+    page_max: int = Field(1000, ge=1)
+    filters_json_max: int = Field(100_000, ge=1, description="largest page of filters as JSON")
+    field_values_max: int = Field(1000, ge=1, description="distinct values listed per field in /v1/fields")
