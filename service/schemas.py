@@ -148,7 +148,7 @@ class FilterPage(BaseModel):
 class SqlRequest(BaseModel):
     sql: str = Field(min_length=1, max_length=100_000, description="one read-only statement (SELECT)")
     params: list[Any] = Field(default_factory=list, description="values for ? or $n placeholders")
-    max_rows: int | None = Field(None, ge=0, description="row cap; default and ceiling in /v1/stats limits")
+    max_rows: int | None = Field(None, ge=0, description="row cap; default, and ceiling it is capped at, in /v1/stats limits")
 
 
 class SqlResponse(BaseModel):

@@ -102,3 +102,35 @@ def test_demo_builds_a_labelled_sample(tmp_path, capsys):
         assert con.execute("SELECT count(*) FROM models WHERE source LIKE 'SAMPLE%'").fetchone()[0] == 6
         assert con.execute("SELECT count(*) FROM filters").fetchone()[0] == 20_000
         assert con.execute("SELECT count(*) FROM layers WHERE sparsity = 1").fetchone()[0] >= 1
+
+
+def test_serve_answers_over_http(store):
+    """`cnnfilterdb serve` runs uvicorn: a real HTTP round trip."""
+    import os
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.Popen([sys.executable, "-m", "cnnfilterdb.cli", "serve", "--db", str(store), "--port", str(port)],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert p.poll() is None and time.monotonic() < deadline, p.stderr.read().decode()[-2000:]
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.json()["status"] == "ok"
+        stats = httpx.get(f"http://127.0.0.1:{port}/v1/stats").json()
+        assert stats["filters"] == 60_000
+        assert httpx.get(f"http://127.0.0.1:{port}/openapi.json").json()["info"]["title"] == "CNN Filter DB"
+    finally:
+        p.terminate()
+        p.wait(timeout=10)

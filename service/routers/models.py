@@ -43,24 +43,22 @@ def layer_out(row: dict) -> Layer:
 @router.get("/v1/models", response_model=ModelPage)
 def list_models(
     request: Request,
-    limit: int | None = Query(None, ge=1, description="page size (default and maximum in /v1/stats limits)"),
+    limit: int | None = Query(None, ge=1, description="page size; capped at the maximum in /v1/stats limits"),
     after: int | None = Query(None, description="return models with model_id > after (from `next`)"),
     catalog: LiveCatalog = Depends(get_catalog),
     settings: Settings = Depends(get_settings),
-    task: list[str] | None = Query(None), task_raw: list[str] | None = Query(None),
-    visual_category: list[str] | None = Query(None), training_dataset: list[str] | None = Query(None),
-    pretraining_dataset: list[str] | None = Query(None), name: list[str] | None = Query(None),
-    model: list[str] | None = Query(None), producer: list[str] | None = Query(None),
-    paper: list[str] | None = Query(None), accessible: list[str] | None = Query(None),
+    task: list[str] = Query([]), task_raw: list[str] = Query([]),
+    visual_category: list[str] = Query([]), training_dataset: list[str] = Query([]),
+    pretraining_dataset: list[str] = Query([]), name: list[str] = Query([]),
+    model: list[str] = Query([]), producer: list[str] = Query([]),
+    paper: list[str] = Query([]), accessible: list[str] = Query([]),
 ):
     """Models, filtered by any categorical field (`?task=Classification&task=GAN`), in model_id order."""
     unknown = sorted(set(request.query_params) - set(FILTER_COLUMNS) - set(PAGING))
     if unknown:
         raise ApiError(400, "unknown_parameter",
                        f"unknown query parameter(s) {unknown}; known: {FILTER_COLUMNS + PAGING}")
-    limit = limit or settings.page_default
-    if limit > settings.page_max:
-        raise ApiError(400, "invalid_parameter", f"limit {limit} exceeds the maximum {settings.page_max}")
+    limit = min(limit or settings.page_default, settings.page_max)  # the response shows the limit used
     given = {"task": task, "task_raw": task_raw, "visual_category": visual_category,
              "training_dataset": training_dataset, "pretraining_dataset": pretraining_dataset, "name": name,
              "model": model, "producer": producer, "paper": paper, "accessible": accessible}

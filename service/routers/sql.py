@@ -31,9 +31,8 @@ def _first_line(e: Exception) -> str:
 
 @router.post("/v1/sql", response_model=SqlResponse)
 def run_sql(req: SqlRequest, catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Depends(get_settings)):
-    max_rows = settings.sql_default_rows if req.max_rows is None else req.max_rows
-    if max_rows > settings.sql_max_rows:
-        raise ApiError(400, "invalid_parameter", f"max_rows {max_rows} exceeds the limit {settings.sql_max_rows}")
+    # Capped at the service's ceiling; the response's max_rows is the cap applied.
+    max_rows = min(settings.sql_default_rows if req.max_rows is None else req.max_rows, settings.sql_max_rows)
     with catalog.cursor() as cur:
         try:
             statements = cur.extract_statements(req.sql)
