@@ -109,18 +109,22 @@ def cmd_demo(args) -> int:
     return _serve(db, args.host, args.port)
 
 
-def _serve(db: Path, host: str, port: int) -> int:
-    try:
-        from service.main import run
-    except ImportError:
-        print("the service is not available in this version; the store is ready for SQL:", file=sys.stderr)
-        print(f"  duckdb -readonly {db / 'catalog.duckdb'}", file=sys.stderr)
-        return 0
-    return run(db=db, host=host, port=port)
+def _serve(db: Path, host: str, port: int, overrides: dict | None = None) -> int:
+    from service.main import run
+
+    print(f"serving {db} on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs; "
+          f"shell: duckdb -readonly {db / 'catalog.duckdb'})", file=sys.stderr)
+    return run(db=db, host=host, port=port, overrides=overrides)
+
+
+# Service settings that `serve` takes as flags (the rest: CNNFILTERDB_* variables, service/settings.py).
+SERVE_SETTINGS = ["workers", "sql_timeout_s", "sql_default_rows", "sql_max_rows", "duckdb_memory_limit",
+                  "duckdb_threads", "page_max", "filters_json_max"]
 
 
 def cmd_serve(args) -> int:
-    return _serve((args.db or default_db()).resolve(), args.host, args.port)
+    overrides = {k: getattr(args, k) for k in SERVE_SETTINGS if getattr(args, k) is not None}
+    return _serve((args.db or default_db()).resolve(), args.host, args.port, overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(s)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    from service.settings import Settings
+
+    for name in SERVE_SETTINGS:
+        field = Settings.model_fields[name]
+        s.add_argument("--" + name.replace("_", "-"), dest=name, type=field.annotation, default=None,
+                       help=f"{field.description or name} (default {field.default}; env CNNFILTERDB_{name.upper()})")
     s.set_defaults(func=cmd_serve)
     return p
 

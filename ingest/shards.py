@@ -29,9 +29,11 @@ PARQUET_OPTIONS = dict(
     column_encoding={"filter_id": "DELTA_BINARY_PACKED", **{w: "PLAIN" for w in WEIGHT_COLUMNS}},
     write_statistics=ID_COLUMNS,
     sorting_columns=[pq.SortingColumn(0)],
-    # Larger encoder batches and pages: 15 -> 18 M rows/s here, same file size.
+    # Larger encoder batches: faster writes, same file size. Row groups of 128K rows with 1 MiB
+    # pages keep a layer's filters (a filter_id range) to one small read: 3.8 ms instead of 6.8 ms
+    # with 1M-row groups, for 24 -> 17 M rows/s of writing (bench/, measured on 2 cores).
     write_batch_size=1 << 16,
-    data_page_size=1 << 22,
+    data_page_size=1 << 20,
 )
 
 
@@ -45,7 +47,7 @@ class ShardWriter:
     """
 
     def __init__(self, tx: StoreTransaction, batch_rows: int, shard_rows: int = 1 << 25,
-                 row_group_rows: int = 1 << 20, n_batches: int = 3):
+                 row_group_rows: int = 1 << 17, n_batches: int = 3):
         self.tx = tx
         self.shard_rows = shard_rows
         self.row_group_rows = row_group_rows

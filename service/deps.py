@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from fastapi import Request
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from .catalog import LiveCatalog
 from .settings import Settings
@@ -18,3 +20,10 @@ def get_catalog(request: Request) -> LiveCatalog:
 def rows_as_dicts(cur) -> list[dict]:
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def respond(model: BaseModel) -> Response:
+    """Serialize a response model once, in pydantic's core (FastAPI would validate it again and
+    encode it in Python: 10x slower for a page of filters). The route's response_model still
+    documents the shape in OpenAPI."""
+    return Response(content=model.model_dump_json(), media_type="application/json")

@@ -34,13 +34,17 @@ def app_factory() -> FastAPI:
     return create_app(Settings())
 
 
-def run(db: Path, host: str, port: int, workers: int | None = None) -> int:
+def run(db: Path, host: str, port: int, overrides: dict | None = None) -> int:
     import os
 
     import uvicorn
 
-    os.environ["CNNFILTERDB_DB"] = str(db)  # the factory (and any worker process) reads it
+    # The app factory runs in each worker process and reads its settings from the environment,
+    # so flags are handed over as CNNFILTERDB_* variables.
+    os.environ["CNNFILTERDB_DB"] = str(db)
+    for key, value in (overrides or {}).items():
+        os.environ[f"CNNFILTERDB_{key.upper()}"] = str(value)
     settings = Settings()
     uvicorn.run("service.main:app_factory", factory=True, host=host, port=port,
-                workers=workers or settings.workers, log_level="info")
+                workers=settings.workers, log_level="info")
     return 0

@@ -116,7 +116,8 @@ def test_serve_answers_over_http(store):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    p = subprocess.Popen([sys.executable, "-m", "cnnfilterdb.cli", "serve", "--db", str(store), "--port", str(port)],
+    p = subprocess.Popen([sys.executable, "-m", "cnnfilterdb.cli", "serve", "--db", str(store), "--port", str(port),
+                          "--sql-timeout-s", "2.5", "--sql-max-rows", "777"],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
@@ -130,6 +131,7 @@ def test_serve_answers_over_http(store):
         assert r.status_code == 200 and r.json()["status"] == "ok"
         stats = httpx.get(f"http://127.0.0.1:{port}/v1/stats").json()
         assert stats["filters"] == 60_000
+        assert stats["limits"]["sql_timeout_s"] == 2.5 and stats["limits"]["sql_max_rows"] == 777
         assert httpx.get(f"http://127.0.0.1:{port}/openapi.json").json()["info"]["title"] == "CNN Filter DB"
     finally:
         p.terminate()

@@ -6,10 +6,11 @@ from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
+from pydantic_core import to_json
 
 from ..catalog import LiveCatalog
-from ..deps import get_catalog, get_settings, rows_as_dicts
+from ..deps import get_catalog, get_settings, respond, rows_as_dicts
 from ..errors import not_found
 from ..schemas import ErrorResponse, Filter, FilterPage, Layer
 from ..settings import Settings
@@ -33,12 +34,14 @@ def _layer(cur, layer_id: int) -> dict:
 @router.get("/v1/layers/{layer_id}", response_model=Layer)
 def get_layer(layer_id: int = Path(...), catalog: LiveCatalog = Depends(get_catalog)):
     with catalog.cursor() as cur:
-        return layer_out(_layer(cur, layer_id))
+        return respond(layer_out(_layer(cur, layer_id)))
 
 
-def _as_filters(ids, W, model_id: int, layer_id: int) -> list[Filter]:
+def _as_filters(ids, W, model_id: int, layer_id: int) -> list[dict]:
+    """Filters as plain dicts of the ``Filter`` shape (values straight from the store, of the
+    declared types: serialized by pydantic-core without building a model per filter)."""
     W = np.asarray(W, dtype=np.float32).reshape(-1, 3, 3).tolist()
-    return [Filter(filter_id=int(i), model_id=model_id, layer_id=layer_id, w=w) for i, w in zip(ids, W)]
+    return [{"filter_id": i, "model_id": model_id, "layer_id": layer_id, "w": w} for i, w in zip(np.asarray(ids).tolist(), W)]
 
 
 @router.get("/v1/layers/{layer_id}/filters", response_model=FilterPage,
@@ -53,26 +56,27 @@ def layer_filters(
     catalog: LiveCatalog = Depends(get_catalog),
     settings: Settings = Depends(get_settings),
 ):
-    with catalog.cursor() as cur:
-        layer = _layer(cur, layer_id)
-    first, last, n = layer["filter_id_first"], layer["filter_id_last"], layer["n_filters"]
     if format == "npy":
+        with catalog.cursor() as cur:
+            layer = _layer(cur, layer_id)
+        first, last, n = layer["filter_id_first"], layer["filter_id_last"], layer["n_filters"]
         return StreamingResponse(_npy_stream(catalog, first, last, n), media_type="application/x-npy",
                                  headers={"Content-Disposition": f'attachment; filename="layer-{layer_id}.npy"'})
     # Capped, and the response shows the limit used; format=npy streams whole layers.
     limit = min(limit or 1000, settings.filters_json_max)
-    lo, hi = first + offset, min(last, first + offset + limit - 1)
-    items: list[Filter] = []
-    if lo <= last:
-        with catalog.cursor() as cur:
+    items: list[dict] = []
+    with catalog.cursor() as cur:
+        layer = _layer(cur, layer_id)
+        first, last, n = layer["filter_id_first"], layer["filter_id_last"], layer["n_filters"]
+        lo, hi = first + offset, min(last, first + offset + limit - 1)
+        if lo <= last:
             res = cur.execute(f"SELECT filter_id, {WEIGHTS} FROM filters WHERE filter_id BETWEEN ? AND ? "
                               "ORDER BY filter_id", [lo, hi]).fetchnumpy()
-        W = np.stack([res[f"w{i}"] for i in range(9)], axis=1)
-        items = _as_filters(res["filter_id"], W, layer["model_id"], layer_id)
-    nxt = None
-    if hi < last:
-        nxt = f"{request.url.path}?offset={offset + limit}&limit={limit}"
-    return FilterPage(layer_id=layer_id, n_filters=n, offset=offset, limit=limit, items=items, next=nxt)
+            W = np.stack([res[f"w{i}"] for i in range(9)], axis=1)
+            items = _as_filters(res["filter_id"], W, layer["model_id"], layer_id)
+    nxt = f"{request.url.path}?offset={offset + limit}&limit={limit}" if hi < last else None
+    page = {"layer_id": layer_id, "n_filters": n, "offset": offset, "limit": limit, "items": items, "next": nxt}
+    return Response(content=to_json(page), media_type="application/json")
 
 
 def _npy_stream(catalog: LiveCatalog, first: int, last: int, n: int):
@@ -97,4 +101,4 @@ def get_filter(filter_id: int = Path(...), catalog: LiveCatalog = Depends(get_ca
     if not res:
         raise not_found("filter", filter_id)
     fid, mid, lid, *w = res[0]
-    return _as_filters([fid], [w], mid, lid)[0]
+    return respond(Filter(**_as_filters([fid], [w], mid, lid)[0]))

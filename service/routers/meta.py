@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from ..catalog import LiveCatalog
-from ..deps import get_catalog, get_settings
+from ..deps import get_catalog, get_settings, respond
 from ..jsonable import jsonable
 from ..schemas import ErrorResponse, FieldInfo, Fields, Health, Limits, Stats
 from ..settings import Settings
@@ -21,7 +21,7 @@ LAYER_FIELDS = ["conv_depth", "depth_bin", "layer_id"]
 def health(catalog: LiveCatalog = Depends(get_catalog)):
     with catalog.cursor() as cur:
         row = cur.execute("SELECT max(version) FROM basis").fetchone()
-    return Health(status="ok", basis_version=row[0])
+    return respond(Health(status="ok", basis_version=row[0]))
 
 
 @router.get("/v1/stats", response_model=Stats, tags=["meta"])
@@ -35,11 +35,11 @@ def stats(catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Depe
         b = cur.execute("SELECT version, n_filters, explained_variance_ratio, range_min, range_max FROM basis").fetchone()
     basis = None if b is None else {"version": b[0], "n_filters": b[1], "explained_variance_ratio": b[2],
                                     "range": (b[3], b[4])}
-    return Stats(models=models, layers=layers, filters=int(filters), shards=shards, shard_bytes=int(shard_bytes),
+    return respond(Stats(models=models, layers=layers, filters=int(filters), shards=shards, shard_bytes=int(shard_bytes),
                  ingests=ingests, last_ingest_at=jsonable(last), basis=basis,
                  limits=Limits(sql_timeout_s=settings.sql_timeout_s, sql_default_rows=settings.sql_default_rows,
                                sql_max_rows=settings.sql_max_rows, page_max=settings.page_max,
-                               filters_json_max=settings.filters_json_max))
+                               filters_json_max=settings.filters_json_max)))
 
 
 @router.get("/v1/fields", response_model=Fields, tags=["meta"])
@@ -61,4 +61,4 @@ def fields(catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Dep
                           for v, m, l, f in rows[: settings.field_values_max]]
                 out.append(FieldInfo(name=name, level=level, type=typ[0] if typ else "NULL", n_distinct=n_distinct,
                                      values=values, truncated=len(rows) > settings.field_values_max))
-    return Fields(fields=out)
+    return respond(Fields(fields=out))

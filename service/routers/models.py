@@ -6,7 +6,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from ..catalog import LiveCatalog
-from ..deps import get_catalog, get_settings, rows_as_dicts
+from ..deps import get_catalog, get_settings, respond, rows_as_dicts
 from ..errors import ApiError, not_found
 from ..jsonable import jsonable, parse_json_column
 from ..schemas import ErrorResponse, Layer, LayerList, Model, ModelPage
@@ -83,7 +83,7 @@ def list_models(
         query = [(k, v) for k, v in request.query_params.multi_items() if k != "after"]
         query.append(("after", str(rows[-1]["model_id"])))
         nxt = f"{request.url.path}?{urlencode(query)}"
-    return ModelPage(total=total, limit=limit, items=[model_out(r) for r in rows], next=nxt)
+    return respond(ModelPage(total=total, limit=limit, items=[model_out(r) for r in rows], next=nxt))
 
 
 @router.get("/v1/models/{model_id}", response_model=Model)
@@ -93,7 +93,7 @@ def get_model(model_id: int = Path(...), catalog: LiveCatalog = Depends(get_cata
         rows = rows_as_dicts(cur)
     if not rows:
         raise not_found("model", model_id)
-    return model_out(rows[0])
+    return respond(model_out(rows[0]))
 
 
 @router.get("/v1/models/{model_id}/layers", response_model=LayerList)
@@ -104,4 +104,4 @@ def model_layers(model_id: int = Path(...), catalog: LiveCatalog = Depends(get_c
         cur.execute(f"""SELECT {LAYER_COLUMNS} FROM layers l JOIN models m USING (model_id)
                         WHERE l.model_id = ? ORDER BY l.filter_id_first""", [model_id])
         rows = rows_as_dicts(cur)
-    return LayerList(model_id=model_id, items=[layer_out(r) for r in rows])
+    return respond(LayerList(model_id=model_id, items=[layer_out(r) for r in rows]))

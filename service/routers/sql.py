@@ -13,7 +13,7 @@ import duckdb
 from fastapi import APIRouter, Depends
 
 from ..catalog import LiveCatalog
-from ..deps import get_catalog, get_settings
+from ..deps import get_catalog, get_settings, respond
 from ..errors import ApiError
 from ..jsonable import jsonable
 from ..schemas import ErrorResponse, SqlRequest, SqlResponse
@@ -64,6 +64,6 @@ def run_sql(req: SqlRequest, catalog: LiveCatalog = Depends(get_catalog), settin
             timer.cancel()
         elapsed = (time.perf_counter() - t0) * 1000
     truncated = len(rows) > max_rows
-    return SqlResponse(columns=[d[0] for d in description], types=[str(d[1]) for d in description],
+    return respond(SqlResponse(columns=[d[0] for d in description], types=[str(d[1]) for d in description],
                        rows=[jsonable(list(r)) for r in rows[:max_rows]], truncated=truncated,
-                       max_rows=max_rows, elapsed_ms=round(elapsed, 3))
+                       max_rows=max_rows, elapsed_ms=round(elapsed, 3)))
