@@ -118,8 +118,8 @@ def _serve(db: Path, host: str, port: int, overrides: dict | None = None) -> int
 
 
 # Service settings that `serve` takes as flags (the rest: CNNFILTERDB_* variables, service/settings.py).
-SERVE_SETTINGS = ["workers", "sql_timeout_s", "sql_default_rows", "sql_max_rows", "duckdb_memory_limit",
-                  "duckdb_threads", "page_max", "filters_json_max"]
+SERVE_SETTINGS = ["workers", "sql_timeout_s", "sql_default_rows", "sql_max_rows", "sql_memory_limit",
+                  "duckdb_memory_limit", "duckdb_threads", "page_max", "filters_json_max"]
 
 
 def cmd_serve(args) -> int:

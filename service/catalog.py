@@ -9,6 +9,8 @@ guarantees come from DuckDB itself rather than from inspecting SQL text:
 - extension autoload/autoinstall off, community extensions off;
 - ``memory_limit`` and ``threads`` set, then ``lock_configuration = true``: no SET/RESET afterwards.
 
+User SQL (``POST /v1/sql``) runs on a second instance of the same kind with its own memory limit.
+
 An ingest commits by renaming a new catalog over the old one; ``LiveCatalog.generation()`` notices
 the new inode and opens a new instance, while requests in flight finish on the old one. The main
 database is in-memory (not the catalog file itself) because DuckDB caches file databases per path
@@ -35,10 +37,12 @@ from .settings import Settings
 class Generation:
     inode: int
     mtime_ns: int
-    con: duckdb.DuckDBPyConnection
+    con: duckdb.DuckDBPyConnection      # the service's own queries
+    sql_con: duckdb.DuckDBPyConnection  # POST /v1/sql: a separate instance, so a user's query
+                                        # cannot take the memory the other endpoints need
 
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        cur = self.con.cursor()
+    def cursor(self, for_user_sql: bool = False) -> duckdb.DuckDBPyConnection:
+        cur = (self.sql_con if for_user_sql else self.con).cursor()
         cur.execute("USE catalog")  # cursors start in the in-memory main database
         return cur
 
@@ -53,12 +57,17 @@ class LiveCatalog:
 
     def _open(self, st: os.stat_result) -> Generation:
         s = self.settings
+        return Generation(st.st_ino, st.st_mtime_ns,
+                          self._sandbox(s.duckdb_memory_limit, s.duckdb_threads),
+                          self._sandbox(s.sql_memory_limit, s.duckdb_threads))
+
+    def _sandbox(self, memory_limit: str, threads: int) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(":memory:", config={
             "autoload_known_extensions": False,
             "autoinstall_known_extensions": False,
             "allow_community_extensions": False,
-            "memory_limit": s.duckdb_memory_limit,
-            "threads": s.duckdb_threads,
+            "memory_limit": memory_limit,
+            "threads": threads,
         })
         try:
             # ATTACH takes no parameters; the path is the service's own setting, quoted as a literal.
@@ -69,7 +78,7 @@ class LiveCatalog:
         except Exception:
             con.close()
             raise
-        return Generation(st.st_ino, st.st_mtime_ns, con)
+        return con
 
     def generation(self) -> Generation:
         """The instance of the catalog as committed now (reopened after an ingest's commit)."""
@@ -90,8 +99,8 @@ class LiveCatalog:
             return self._current
 
     @contextmanager
-    def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        cur = self.generation().cursor()
+    def cursor(self, for_user_sql: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        cur = self.generation().cursor(for_user_sql)
         try:
             yield cur
         finally:

@@ -19,10 +19,11 @@ class Settings(BaseSettings):
     sql_timeout_s: float = Field(5.0, gt=0, description="a query running longer is interrupted")
     sql_default_rows: int = Field(1000, ge=1, description="row cap when a request gives no max_rows")
     sql_max_rows: int = Field(100_000, ge=1, description="the largest max_rows a request may ask for")
+    sql_memory_limit: str = Field("1GB", description="memory of the DuckDB instance that runs user SQL")
 
     # The DuckDB instance behind every endpoint
-    duckdb_memory_limit: str = "2GB"
-    duckdb_threads: int = Field(2, ge=1)
+    duckdb_memory_limit: str = Field("2GB", description="memory of the DuckDB instance of the other endpoints")
+    duckdb_threads: int = Field(2, ge=1, description="threads of each DuckDB instance")
 
     # Paging and response sizes
     page_default: int = Field(50, ge=1)

@@ -22,7 +22,7 @@ def store(tmp_path_factory, sample_v01):
 
 @pytest.fixture(scope="module")
 def client(store):
-    settings = Settings(db=store, sql_timeout_s=1.0, duckdb_memory_limit="256MB")
+    settings = Settings(db=store, sql_timeout_s=1.0, sql_memory_limit="256MB")
     return TestClient(create_app(settings), raise_server_exceptions=False)
 
 
@@ -41,6 +41,14 @@ def hostile(tmp: str, shards: str) -> list[tuple[str, str]]:
         ("SELECT * FROM read_json('/etc/passwd')", "sql_forbidden"),
         ("SELECT * FROM read_json_auto('/etc/passwd')", "sql_forbidden"),
         ("SELECT * FROM read_ndjson('/etc/passwd')", "sql_forbidden"),
+        ("SELECT * FROM read_ndjson_auto('/etc/passwd')", "sql_forbidden"),
+        ("SELECT * FROM read_json_objects('/etc/passwd')", "sql_forbidden"),
+        ("SELECT * FROM read_ndjson_objects('/etc/passwd')", "sql_forbidden"),
+        ("SELECT * FROM read_csv(['/etc/passwd', '/etc/hostname'])", "sql_forbidden"),
+        ("SELECT * FROM read_parquet('/**/*.parquet')", "sql_forbidden"),
+        ("SELECT * FROM parquet_schema('/etc/passwd')", "sql_forbidden"),
+        ("SELECT * FROM parquet_file_metadata('/etc/passwd')", "sql_forbidden"),
+        ("SELECT * FROM parquet_kv_metadata('/etc/passwd')", "sql_forbidden"),
         (f"SELECT * FROM read_parquet('{tmp}/elsewhere.parquet')", "sql_forbidden"),
         ("SELECT * FROM parquet_metadata('/etc/passwd')", "sql_forbidden"),
         ("SELECT * FROM glob('/etc/*')", "sql_forbidden"),
@@ -119,7 +127,9 @@ def test_slow_query_is_interrupted_in_time(client, store, snapshot):
 def test_query_that_exhausts_memory(client, store, snapshot):
     r = client.post("/v1/sql", json={"sql": "SELECT list(i) FROM range(500000000) t(i)"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "sql_out_of_memory", r.text
+    assert "256MB" in r.json()["error"]["message"]
     assert client.get("/health").status_code == 200
+    assert client.get("/v1/layers/0/filters").status_code == 200
     assert store_snapshot(store) == snapshot
 
 

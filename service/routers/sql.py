@@ -33,7 +33,7 @@ def _first_line(e: Exception) -> str:
 def run_sql(req: SqlRequest, catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Depends(get_settings)):
     # Capped at the service's ceiling; the response's max_rows is the cap applied.
     max_rows = min(settings.sql_default_rows if req.max_rows is None else req.max_rows, settings.sql_max_rows)
-    with catalog.cursor() as cur:
+    with catalog.cursor(for_user_sql=True) as cur:
         try:
             statements = cur.extract_statements(req.sql)
         except duckdb.Error as e:
@@ -55,7 +55,7 @@ def run_sql(req: SqlRequest, catalog: LiveCatalog = Depends(get_catalog), settin
                            f"the query ran longer than the time limit of {settings.sql_timeout_s:g} s and was interrupted") from None
         except duckdb.OutOfMemoryException as e:
             raise ApiError(400, "sql_out_of_memory",
-                           f"the query exceeded the memory limit ({settings.duckdb_memory_limit}): {_first_line(e)}") from None
+                           f"the query exceeded the memory limit ({settings.sql_memory_limit}): {_first_line(e)}") from None
         except duckdb.PermissionException as e:
             raise ApiError(403, "sql_forbidden", _first_line(e)) from None
         except duckdb.Error as e:
