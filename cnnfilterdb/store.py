@@ -28,16 +28,15 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 import numpy as np
-import pyarrow.parquet as pq
 
 import sql
 
-from .stats.basis import Basis, coefficient_range, fit_basis, peak_scale_columns
-from .stats.quality import column_peaks
+from .scan import LayerGroups, scan_histograms, scan_range
+from .stats.basis import Basis, fit_basis
+from .stats.divergence import DEFAULT_BINS
 from .stats.moments import Moments, pool
 
 CATALOG = "catalog.duckdb"
@@ -133,63 +132,6 @@ def load_basis(con: duckdb.DuckDBPyConnection) -> Basis | None:
         return None
     n, mean, comps, ev, evr, lo, hi, version = row
     return Basis(int(n), np.array(mean), np.array(comps), np.array(ev), np.array(evr), lo, hi, int(version))
-
-
-PIECE_COLUMNS = 1 << 14  # filters per piece of float64 work: stays in the CPU caches
-
-
-def iter_weight_columns(paths: list[Path], batch_rows: int = 1 << 16) -> Iterator[list[np.ndarray]]:
-    """The filters of the given shards, batch by batch, as nine float32 column arrays (zero-copy)."""
-    for path in paths:
-        pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=WEIGHT_COLUMNS, use_threads=False):
-            yield [batch.column(j).to_numpy(zero_copy_only=False) for j in range(9)]
-
-
-def iter_pieces(columns) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Cache-sized float64 pieces of nine weight columns, with the filters' peaks.
-
-    ``columns`` is a (9, n) array or nine (n,) arrays. Each piece is (10, m), m <= PIECE_COLUMNS:
-    the filters in rows 0..8 (one per column) and a row of ones (see ``Moments.of_augmented``).
-    The piece is a reused buffer, valid only until the next iteration.
-    """
-    n = len(columns[0])
-    buf = np.ones((10, min(n, PIECE_COLUMNS)), dtype=np.float64)
-    for s in range(0, n, PIECE_COLUMNS):
-        m = min(PIECE_COLUMNS, n - s)
-        z = buf[:, :m]
-        for j in range(9):
-            z[j] = columns[j][s:s + m]
-        # Peaks from the float32 source when there is one: exact, and half the bytes to scan.
-        src = columns[:, s:s + m] if isinstance(columns, np.ndarray) else None
-        yield z, (column_peaks(src) if src is not None else column_peaks(z[:9])).astype(np.float64)
-
-
-def _row_group_range(path: Path, row_group: int, basis: Basis) -> tuple[float, float, int]:
-    lo, hi, n = np.inf, -np.inf, 0
-    # Small batches: reading a whole row group at once allocates (and faults in) 36 MB each time.
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=PIECE_COLUMNS * 4, row_groups=[row_group],
-                                                   columns=WEIGHT_COLUMNS, use_threads=False):
-        for z, peaks in iter_pieces([batch.column(j).to_numpy() for j in range(9)]):
-            b_lo, b_hi = coefficient_range(peak_scale_columns(z[:9], peaks), basis)
-            lo, hi = min(lo, b_lo), max(hi, b_hi)
-        n += batch.num_rows
-    return lo, hi, n
-
-
-def scan_coefficient_range(paths: list[Path], basis: Basis, progress=None, threads: int | None = None) -> tuple[float, float]:
-    """(min, max) of all coefficients of all filters in the shards, row groups spread over threads
-    (numpy and the Parquet reader release the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    units = [(p, i) for p in paths for i in range(pq.ParquetFile(p).num_row_groups)]
-    lo, hi = np.inf, -np.inf
-    with ThreadPoolExecutor(max_workers=threads or min(4, os.cpu_count() or 1)) as pool:
-        for b_lo, b_hi, n in pool.map(lambda u: _row_group_range(u[0], u[1], basis), units):
-            lo, hi = min(lo, b_lo), max(hi, b_hi)
-            if progress is not None:
-                progress(n)
-    return lo, hi
 
 
 class StoreTransaction:
@@ -344,6 +286,7 @@ class StoreTransaction:
         rows = self.con.execute("SELECT n, mean, scatter FROM _layer_moments").fetchall()
         version = int(self.con.execute("SELECT coalesce(max(version), 0) + 1 FROM basis").fetchone()[0])
         self.con.execute("DELETE FROM basis")
+        self.con.execute("DELETE FROM _layer_histograms")
         if not rows:
             return
         ns = np.array([r[0] for r in rows])
@@ -353,12 +296,32 @@ class StoreTransaction:
         if total.n < 2:
             return
         basis = fit_basis(total)
-        lo, hi = scan_coefficient_range([self.root / r for r in self._shard_rel_paths()], basis, progress)
+        # One exact scan for the range, then one for the per-layer histograms of the default
+        # parameters (counts add across layers, so any grouping's histograms are their sums).
+        paths = [self.root / r for r in self._shard_rel_paths()]
+        layer_ids = np.array([r[0] for r in self.con.execute("SELECT layer_id FROM layers ORDER BY layer_id").fetchall()])
+        groups = LayerGroups.of(layer_ids, np.arange(len(layer_ids)), len(layer_ids), int(layer_ids.max()))
+        lo, hi, _ = scan_range(paths, groups, basis)
+        if progress is not None:
+            progress(basis.n_filters)
         self.con.execute(
             "INSERT INTO basis VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
             [version, basis.n_filters, basis.mean.tolist(), basis.components.tolist(),
              basis.explained_variance.tolist(), basis.explained_variance_ratio.tolist(), lo, hi],
         )
+        counts = scan_histograms(paths, groups, basis, lo, hi, DEFAULT_BINS)
+        import pyarrow as pa
+
+        self.con.execute("DELETE FROM _layer_histograms")
+        table = pa.table({
+            "layer_id": pa.array(layer_ids, pa.int32()),
+            "basis_version": pa.array(np.full(len(layer_ids), version), pa.int32()),
+            "bins": pa.array(np.full(len(layer_ids), DEFAULT_BINS), pa.int32()),
+            "counts": pa.array([c.astype("<i4").tobytes() for c in counts], pa.binary()),
+        })
+        self.con.register("_new_histograms", table)
+        self.con.execute("INSERT INTO _layer_histograms SELECT * FROM _new_histograms")
+        self.con.unregister("_new_histograms")
 
 
 def to_json(value) -> str:

@@ -22,7 +22,8 @@ import pandas as pd
 
 from cnnfilterdb.stats.moments import Moments
 from cnnfilterdb.stats.quality import LayerQualityAccumulator, column_peaks
-from cnnfilterdb.store import StoreError, StoreTransaction, iter_pieces
+from cnnfilterdb.scan import iter_pieces
+from cnnfilterdb.store import StoreError, StoreTransaction
 
 from .progress import Progress
 from .sample import SAMPLE_ATTR

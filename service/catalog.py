@@ -40,6 +40,7 @@ class Generation:
     con: duckdb.DuckDBPyConnection      # the service's own queries
     sql_con: duckdb.DuckDBPyConnection  # POST /v1/sql: a separate instance, so a user's query
                                         # cannot take the memory the other endpoints need
+    layer_histograms: object = None     # the store's per-layer histograms, loaded on first use
 
     def cursor(self, for_user_sql: bool = False) -> duckdb.DuckDBPyConnection:
         cur = (self.sql_con if for_user_sql else self.con).cursor()

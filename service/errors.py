@@ -32,11 +32,23 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, e: RequestValidationError):
-        parts = []
+        # A value outside a documented set (group_by, metric, weights, basis) or an unknown field of
+        # `where` is a 400 that lists the valid ones; other malformed input is a 422.
+        parts, status = [], 422
         for err in e.errors():
-            loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
-            parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-        return JSONResponse(_body("invalid_request", "; ".join(parts)), status_code=422)
+            loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+            where = ".".join(loc) or "request"
+            if err.get("type") == "literal_error":
+                status = 400
+                parts.append(f"unknown {where} {err.get('input')!r}; {err.get('msg', '').replace('Input should be', 'valid:')}")
+            elif err.get("type") == "extra_forbidden":
+                from cnnfilterdb.selection import FILTER_FIELDS
+
+                status = 400
+                parts.append(f"unknown field {where}; known fields of where: {FILTER_FIELDS}")
+            else:
+                parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return JSONResponse(_body("invalid_request", "; ".join(parts)), status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException):

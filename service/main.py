@@ -9,7 +9,7 @@ from cnnfilterdb import __version__
 
 from . import errors
 from .catalog import LiveCatalog
-from .routers import layers, meta, models, sql
+from .routers import analysis, layers, meta, models, sql
 from .settings import Settings
 
 
@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.catalog = LiveCatalog(settings)
     errors.install(app)
-    for r in (meta.router, models.router, layers.router, sql.router):
+    for r in (meta.router, models.router, layers.router, analysis.router, sql.router):
         app.include_router(r)
     return app
 

@@ -158,3 +158,188 @@ class SqlResponse(BaseModel):
     truncated: bool = Field(description="true when the result had more than max_rows rows")
     max_rows: int
     elapsed_ms: float
+
+
+# ---- analysis ----------------------------------------------------------------------------------
+GroupField = Literal["task", "visual_category", "training_dataset", "pretraining_dataset", "name", "model",
+                     "model_id", "producer", "conv_depth", "layer_id", "depth_bin"]
+Metric = Literal["kl_sym", "js", "hellinger", "wasserstein"]
+Weights = Literal["explained_variance", "uniform"]
+BasisKind = Literal["global", "selection"]
+Scalar = str | int | float | None
+
+
+class Bounds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gte: float | str | None = None
+    gt: float | str | None = None
+    lte: float | str | None = None
+    lt: float | str | None = None
+
+
+Condition = Scalar | list[Scalar] | Bounds
+
+
+class Where(BaseModel):
+    """A selection: field -> value | [values] | {gte, gt, lte, lt}; all conditions must hold."""
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    task: Condition = None
+    task_raw: Condition = None
+    visual_category: Condition = None
+    training_dataset: Condition = None
+    pretraining_dataset: Condition = None
+    name: Condition = None
+    model: Condition = None
+    model_id: Condition = None
+    producer: Condition = None
+    conv_depth: Condition = None
+    conv_depth_norm: Condition = None
+    layer_id: Condition = None
+    depth_bin: Condition = None
+
+    def conditions(self) -> dict:
+        """The fields given (an explicit null means IS NULL), bounds as plain dicts."""
+        out = {}
+        for k in self.model_fields_set:
+            v = getattr(self, k)
+            out[k] = v.model_dump(exclude_none=True) if isinstance(v, Bounds) else v
+        return out
+
+
+class DivergenceRequest(BaseModel):
+    group_by: GroupField
+    where: Where | None = None
+    metric: Metric = "kl_sym"
+    bins: int = Field(70, ge=1, le=10_000)
+    weights: Weights = "explained_variance"
+    basis: BasisKind = "global"
+
+
+class Drift(BaseModel):
+    mean: float
+    median: float
+    q1: float
+    q3: float
+    min: float
+    max: float
+
+
+class BasisRef(BaseModel):
+    kind: BasisKind
+    version: int | None
+    n_filters: int | None = None
+
+
+class DivergenceResponse(BaseModel):
+    group_by: str
+    labels: list[Any]
+    n_filters: list[int]
+    n_models: list[int]
+    n_layers: list[int]
+    matrix: list[list[float]]
+    metric: str
+    weights: str
+    component_weights: list[float]
+    explained_variance_ratio: list[float]
+    range: tuple[float, float]
+    bins: int
+    basis: BasisRef
+    drift: Drift | None
+    empty_groups: list[Any] = Field(description="values asked for in where[group_by] that hold no filters")
+    method: Literal["layer_histograms", "scan"]
+    elapsed_ms: float
+
+
+class PcaRequest(BaseModel):
+    where: Where | None = None
+
+
+class PcaResponse(BaseModel):
+    n_filters: int
+    mean: list[list[float]] = Field(description="3x3")
+    components: list[list[list[float]]] = Field(description="9 eigen-images, 3x3 each, by decreasing variance")
+    explained_variance: list[float]
+    explained_variance_ratio: list[float]
+
+
+class HistogramsRequest(BaseModel):
+    group_by: GroupField | None = None
+    where: Where | None = None
+    bins: int = Field(70, ge=1, le=10_000)
+    basis: BasisKind = "global"
+
+
+class GroupHistogram(BaseModel):
+    label: Any
+    n_filters: int
+    counts: list[list[int]] = Field(description="9 components x bins")
+
+
+class HistogramsResponse(BaseModel):
+    group_by: str | None
+    range: tuple[float, float]
+    bins: int
+    edges: list[float]
+    basis: BasisRef
+    groups: list[GroupHistogram]
+    method: Literal["layer_histograms", "scan"]
+
+
+class Density2dRequest(BaseModel):
+    where: Where | None = None
+    components: tuple[int, int] = Field((0, 1), description="two component indices, 0..8")
+    bins: int = Field(70, ge=1, le=1000)
+    basis: BasisKind = "global"
+
+
+class Density2dResponse(BaseModel):
+    components: tuple[int, int]
+    range: tuple[float, float]
+    bins: int
+    edges: list[float]
+    n_filters: int
+    counts: list[list[int]] = Field(description="bins x bins; rows: the first component")
+    basis: BasisRef
+
+
+class DegenerateLayer(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    layer_id: int
+    model_id: int
+    model: str
+    conv_depth: int
+    conv_depth_norm: float
+    depth_bin: str
+    n_filters: int
+    sparsity: float | None
+    variance_entropy: float | None
+    variance_entropy_norm: float | None
+    variance_entropy_clean: float | None
+    orthogonality: float | None
+    sparse: bool | None
+    low_entropy: bool | None
+    random_like: bool | None
+
+
+class DegenerateResponse(BaseModel):
+    thresholds: dict[str, float | None]
+    total: int
+    limit: int
+    offset: int
+    layers: list[DegenerateLayer]
+
+
+class SimilarModel(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    model_id: int
+    model: str | None
+    distance: float
+
+
+class SimilarResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    model_id: int
+    metric: str
+    weights: str
+    method: str
+    similar: list[SimilarModel]

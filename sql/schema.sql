@@ -69,6 +69,16 @@ CREATE TABLE _layer_moments (
     scatter  DOUBLE[81] NOT NULL                   -- sum of outer products of centered rows, row-major 9x9
 );
 
+-- Per-layer coefficient histograms under the current basis, for the default parameters (global
+-- basis, DEFAULT_BINS bins over the basis range): counts add across layers, so the histograms of
+-- any grouping of whole layers are sums of these. counts: little-endian int32, (9, bins) row-major.
+CREATE TABLE _layer_histograms (
+    layer_id      INTEGER PRIMARY KEY,
+    basis_version INTEGER NOT NULL,
+    bins          INTEGER NOT NULL,
+    counts        BLOB NOT NULL
+);
+
 -- The Parquet files behind the filters view, relative to the store directory.
 CREATE TABLE _shards (
     path            VARCHAR PRIMARY KEY,

@@ -64,14 +64,3 @@ def fit_basis(m: Moments) -> Basis:
 def coefficients(X_scaled: np.ndarray, basis: Basis) -> np.ndarray:
     """(X_scaled - mean) @ components.T, shape (n, 9)."""
     return (X_scaled - basis.mean) @ basis.components.T
-
-
-def coefficient_range(Xt_scaled: np.ndarray, basis: Basis) -> tuple[float, float]:
-    """(min, max) over all coefficients of the scaled filters given as columns of ``Xt_scaled`` (9, n).
-
-    Uses components @ (x - mean) = components @ x - components @ mean, so that the only (9, n)
-    temporary is the product itself.
-    """
-    P = basis.components @ Xt_scaled
-    shift = basis.components @ basis.mean
-    return float((P.min(axis=1) - shift).min()), float((P.max(axis=1) - shift).max())

@@ -1,0 +1,265 @@
+"""The paper's statistics over any selection of the store (SPEC 6), for the service and the CLI.
+
+Two ways to the per-group coefficient histograms, with identical results:
+
+- ``layer_histograms``: with the global basis and the default bins, the per-layer histograms kept
+  in the store (written at each ingest's commit) are summed per group: no filter is read.
+- ``scan``: any other parameters (a selection's own basis, other bins) read the selected layers'
+  filters once (twice for a selection's basis: its range first), see ``scan.py``.
+
+The PCA basis of any selection comes from the per-layer moments of its layers, without a scan.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse
+
+from .scan import LayerGroups, scan_histogram2d, scan_histograms, scan_range
+from .selection import EmptySelectionError, Selection, SelectionError, select
+from .stats.basis import Basis, fit_basis
+from .stats.divergence import (DEFAULT_BINS, METRICS, WEIGHTS, component_weights, distances_to,
+                               divergence_matrix, drift)
+from .stats.moments import pool
+from .store import load_basis
+
+BASES = ("global", "selection")
+MAX_BINS = 10_000
+
+
+@dataclass
+class LayerHistograms:
+    """The store's per-layer histograms: counts[i] (9, bins) is the layer layer_ids[i]'s."""
+    basis_version: int
+    bins: int
+    layer_ids: np.ndarray
+    counts: np.ndarray  # (n_layers, 9, bins) int64
+
+    @classmethod
+    def load(cls, cur) -> "LayerHistograms | None":
+        rows = cur.execute("SELECT layer_id, basis_version, bins, counts FROM _layer_histograms ORDER BY layer_id").fetchall()
+        if not rows:
+            return None
+        bins = rows[0][2]
+        counts = np.frombuffer(b"".join(r[3] for r in rows), dtype="<i4").reshape(len(rows), 9, bins).astype(np.int64)
+        return cls(rows[0][1], bins, np.array([r[0] for r in rows], dtype=np.int64), counts)
+
+    def group_sums(self, layer_ids: np.ndarray, layer_group: np.ndarray, n_groups: int) -> np.ndarray:
+        """Counts (n_groups, 9, bins) of the given layers, summed per group (exact, in integers)."""
+        pos = np.searchsorted(self.layer_ids, layer_ids)
+        onehot = scipy.sparse.csr_matrix((np.ones(len(pos), dtype=np.int64), (layer_group, pos)),
+                                         shape=(n_groups, len(self.layer_ids)))
+        return (onehot @ self.counts.reshape(len(self.layer_ids), -1)).reshape(n_groups, 9, self.bins)
+
+
+@dataclass
+class GroupHistograms:
+    selection: Selection
+    basis: Basis
+    basis_kind: str
+    lo: float
+    hi: float
+    bins: int
+    counts: np.ndarray  # (groups, 9, bins)
+    method: str
+
+    @property
+    def bin_width(self) -> float:
+        return (self.hi - self.lo) / self.bins
+
+
+class Analysis:
+    """Queries on one read-only catalog connection (a cursor), with the shard files under ``root``."""
+
+    def __init__(self, cur, root: Path, layer_histograms: LayerHistograms | None = None,
+                 use_layer_histograms: bool = True):
+        self.cur = cur
+        self.root = Path(root)
+        self._layer_histograms = layer_histograms
+        self.use_layer_histograms = use_layer_histograms  # False: always scan (tests, benchmarks)
+
+    # -- building blocks -----------------------------------------------------------------------
+    def layer_histograms(self) -> LayerHistograms | None:
+        if self._layer_histograms is None:
+            self._layer_histograms = LayerHistograms.load(self.cur)
+        return self._layer_histograms
+
+    def shard_paths(self) -> list[Path]:
+        return [self.root / p for (p,) in self.cur.execute("SELECT path FROM _shards ORDER BY filter_id_first").fetchall()]
+
+    def max_layer_id(self) -> int:
+        return int(self.cur.execute("SELECT coalesce(max(layer_id), 0) FROM layers").fetchone()[0])
+
+    def groups_of(self, sel: Selection) -> LayerGroups:
+        return LayerGroups.of(sel.layer_ids, sel.layer_group, len(sel.labels), self.max_layer_id())
+
+    def selection_basis(self, sel: Selection) -> Basis:
+        """PCA of the selection's scaled filters, from its layers' moments (no scan)."""
+        if len(sel.layer_ids) == 0:
+            raise EmptySelectionError("no filters match the selection")
+        rows = self.cur.execute("SELECT n, mean, scatter FROM _layer_moments WHERE layer_id IN "
+                                "(SELECT unnest(?::INTEGER[]))", [sel.layer_ids.tolist()]).fetchall()
+        m = pool(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+                 np.array([r[2] for r in rows]).reshape(-1, 9, 9))
+        if m.n < 2:
+            raise EmptySelectionError(f"the selection holds {m.n} filter(s); a basis needs at least 2")
+        return fit_basis(m)
+
+    def global_basis(self) -> Basis:
+        b = load_basis(self.cur)
+        if b is None:
+            raise SelectionError("the store has no basis yet (fewer than 2 filters)")
+        return b
+
+    # -- histograms ----------------------------------------------------------------------------
+    def group_histograms(self, where: dict | None, group_by: str | None, bins: int = DEFAULT_BINS,
+                         basis: str = "global") -> GroupHistograms:
+        if basis not in BASES:
+            raise SelectionError(f"unknown basis {basis!r}; known: {list(BASES)}")
+        if not isinstance(bins, int) or not 1 <= bins <= MAX_BINS:
+            raise SelectionError(f"bins must be an integer from 1 to {MAX_BINS}, got {bins!r}")
+        sel = select(self.cur, where, group_by)
+        if len(sel.labels) == 0:
+            raise EmptySelectionError("no filters match the selection" + (f" (where: {where})" if where else ""))
+        if basis == "global":
+            b = self.global_basis()
+            lo, hi = b.range_min, b.range_max
+            lh = self.layer_histograms() if self.use_layer_histograms else None
+            if bins == DEFAULT_BINS and lh is not None and lh.bins == bins and lh.basis_version == b.version:
+                counts = lh.group_sums(sel.layer_ids, sel.layer_group, len(sel.labels))
+                return GroupHistograms(sel, b, basis, lo, hi, bins, counts, "layer_histograms")
+            groups = self.groups_of(sel)
+        else:
+            b = self.selection_basis(sel)
+            groups = self.groups_of(sel)
+            lo, hi, _ = scan_range(self.shard_paths(), groups, b)
+            b.range_min, b.range_max = lo, hi
+        counts = scan_histograms(self.shard_paths(), groups, b, lo, hi, bins)
+        return GroupHistograms(sel, b, basis, lo, hi, bins, counts, "scan")
+
+    # -- the statistics --------------------------------------------------------------------------
+    def divergence(self, group_by: str, where: dict | None = None, metric: str = "kl_sym",
+                   bins: int = DEFAULT_BINS, weights: str = "explained_variance", basis: str = "global") -> dict:
+        if metric not in METRICS:
+            raise SelectionError(f"unknown metric {metric!r}; known: {list(METRICS)}")
+        if weights not in WEIGHTS:
+            raise SelectionError(f"unknown weights {weights!r}; known: {list(WEIGHTS)}")
+        if group_by is None:
+            raise SelectionError("group_by is required")
+        t0 = time.perf_counter()
+        h = self.group_histograms(where, group_by, bins, basis)
+        w = component_weights(weights, h.basis.explained_variance_ratio)
+        D = divergence_matrix(h.counts, w, metric, h.bin_width)
+        sel = h.selection
+        return {
+            "group_by": group_by,
+            "labels": sel.labels,
+            "n_filters": sel.n_filters.tolist(),
+            "n_models": sel.n_models.tolist(),
+            "n_layers": sel.n_layers.tolist(),
+            "matrix": D.tolist(),
+            "metric": metric,
+            "weights": weights,
+            "component_weights": w.tolist(),
+            "explained_variance_ratio": h.basis.explained_variance_ratio.tolist(),
+            "range": [h.lo, h.hi],
+            "bins": h.bins,
+            "basis": {"kind": basis, "version": h.basis.version if basis == "global" else None,
+                      "n_filters": h.basis.n_filters},
+            "drift": drift(D),
+            "empty_groups": sel.empty_groups,
+            "method": h.method,
+            "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
+        }
+
+    def pca(self, where: dict | None = None) -> dict:
+        sel = select(self.cur, where, None)
+        b = self.selection_basis(sel)
+        return {
+            "n_filters": b.n_filters,
+            "mean": b.mean.reshape(3, 3).tolist(),
+            "components": [c.reshape(3, 3).tolist() for c in b.components],
+            "explained_variance": b.explained_variance.tolist(),
+            "explained_variance_ratio": b.explained_variance_ratio.tolist(),
+        }
+
+    def histograms(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_BINS,
+                   basis: str = "global") -> dict:
+        h = self.group_histograms(where, group_by, bins, basis)
+        edges = np.linspace(h.lo, h.hi, h.bins + 1).tolist()
+        return {
+            "group_by": group_by,
+            "range": [h.lo, h.hi],
+            "bins": h.bins,
+            "edges": edges,
+            "basis": {"kind": basis, "version": h.basis.version if basis == "global" else None},
+            "groups": [{"label": lab, "n_filters": int(n), "counts": c.tolist()}
+                       for lab, n, c in zip(h.selection.labels, h.selection.n_filters, h.counts)],
+            "method": h.method,
+        }
+
+    def density2d(self, where: dict | None = None, components: tuple[int, int] = (0, 1), bins: int = DEFAULT_BINS,
+                  basis: str = "global") -> dict:
+        """2-D histogram of two components' coefficients over the basis range (the paper's scatter density)."""
+        if basis not in BASES:
+            raise SelectionError(f"unknown basis {basis!r}; known: {list(BASES)}")
+        if not isinstance(bins, int) or not 1 <= bins <= 1000:
+            raise SelectionError(f"bins must be an integer from 1 to 1000, got {bins!r}")
+        if len(components) != 2 or not all(isinstance(c, int) and 0 <= c < 9 for c in components):
+            raise SelectionError(f"components must be two indices from 0 to 8, got {components!r}")
+        sel = select(self.cur, where, None)
+        if len(sel.labels) == 0:
+            raise EmptySelectionError("no filters match the selection")
+        groups = self.groups_of(sel)
+        if basis == "global":
+            b = self.global_basis()
+            lo, hi = b.range_min, b.range_max
+        else:
+            b = self.selection_basis(sel)
+            lo, hi, _ = scan_range(self.shard_paths(), groups, b)
+        counts = scan_histogram2d(self.shard_paths(), groups, b, lo, hi, bins, tuple(components))
+        return {"components": list(components), "range": [lo, hi], "bins": bins,
+                "edges": np.linspace(lo, hi, bins + 1).tolist(), "n_filters": int(sel.n_filters.sum()),
+                "counts": counts.tolist(), "basis": {"kind": basis, "version": b.version if basis == "global" else None}}
+
+    def degenerate(self, sparsity_gt: float = 0.5, entropy_norm_lt: float = 0.5, entropy_norm_gt: float | None = 1.0,
+                   where: dict | None = None, limit: int = 100, offset: int = 0) -> dict:
+        """Layers over any of the thresholds: sparsity > sparsity_gt, variance_entropy_norm <
+        entropy_norm_lt (redundant), variance_entropy_norm > entropy_norm_gt (random-like; None: off)."""
+        from .selection import where_sql
+
+        cond, params = where_sql(where)
+        flags = ("(sparsity > ?) AS sparse, (variance_entropy_norm < ?) AS low_entropy, "
+                 "coalesce(variance_entropy_norm > ?, false) AS random_like")
+        fparams = [sparsity_gt, entropy_norm_lt, entropy_norm_gt if entropy_norm_gt is not None else float("inf")]
+        base = (f"SELECT layer_id, model_id, model, conv_depth, conv_depth_norm, depth_bin, n_filters, sparsity, "
+                f"variance_entropy, variance_entropy_norm, variance_entropy_clean, orthogonality, {flags} "
+                f"FROM layers_with_models WHERE ({cond})")
+        q = f"SELECT * FROM ({base}) WHERE sparse OR low_entropy OR random_like"
+        total = self.cur.execute(f"SELECT count(*) FROM ({q})", fparams + params).fetchone()[0]
+        cur = self.cur.execute(f"{q} ORDER BY layer_id LIMIT ? OFFSET ?", fparams + params + [limit, offset])
+        cols = [d[0] for d in cur.description]
+        return {"thresholds": {"sparsity_gt": sparsity_gt, "entropy_norm_lt": entropy_norm_lt,
+                               "entropy_norm_gt": entropy_norm_gt},
+                "total": total, "limit": limit, "offset": offset,
+                "layers": [dict(zip(cols, r)) for r in cur.fetchall()]}
+
+    def similar(self, model_id: int, k: int = 5, metric: str = "kl_sym", weights: str = "explained_variance") -> dict:
+        """The k models whose filter distributions are nearest to model_id's (global basis, default bins)."""
+        if metric not in METRICS:
+            raise SelectionError(f"unknown metric {metric!r}; known: {list(METRICS)}")
+        h = self.group_histograms(None, "model_id", DEFAULT_BINS, "global")
+        labels = h.selection.labels
+        if model_id not in labels:
+            raise LookupError(model_id)
+        i = labels.index(model_id)
+        w = component_weights(weights, h.basis.explained_variance_ratio)
+        d = distances_to(h.counts[i], h.counts, w, metric, h.bin_width)
+        order = [j for j in np.argsort(d, kind="stable") if j != i][:k]
+        names = dict(self.cur.execute("SELECT model_id, model FROM models").fetchall())
+        return {"model_id": model_id, "metric": metric, "weights": weights, "method": h.method,
+                "similar": [{"model_id": labels[j], "model": names.get(labels[j]), "distance": float(d[j])}
+                            for j in order]}

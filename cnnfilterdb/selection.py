@@ -1,0 +1,122 @@
+"""A selection of layers (`where`) and their grouping (`group_by`), as parameterized SQL.
+
+Every field a query can filter or group on is an attribute of a layer or of its model (SPEC 6.3),
+so a selection is a set of layers. ``where`` maps a field to a value, a list of values, or an
+object of bounds {"gte", "gt", "lte", "lt"}; values are always bound as parameters, and field
+names come from the fixed list below, never from the request.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+GROUP_FIELDS = ["task", "visual_category", "training_dataset", "pretraining_dataset", "name", "model",
+                "model_id", "producer", "conv_depth", "layer_id", "depth_bin"]
+FILTER_FIELDS = GROUP_FIELDS + ["task_raw", "conv_depth_norm"]
+BOUNDS = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<"}
+
+
+class SelectionError(ValueError):
+    """A bad `where` or `group_by`; the message names the field and lists the valid ones."""
+
+
+class EmptySelectionError(SelectionError):
+    """The selection holds no filters (or too few for what was asked)."""
+
+
+def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
+    """SQL condition over layers_with_models and its parameters."""
+    if where is None:
+        return "true", []
+    if not isinstance(where, dict):
+        raise SelectionError("where must be an object of field -> value | [values] | {gte, gt, lte, lt}")
+    unknown = sorted(set(where) - set(FILTER_FIELDS))
+    if unknown:
+        raise SelectionError(f"unknown field(s) in where: {unknown}; known fields: {FILTER_FIELDS}")
+    parts, params = [], []
+    for name, value in where.items():
+        if isinstance(value, dict):
+            bad = sorted(set(value) - set(BOUNDS))
+            if bad or not value:
+                raise SelectionError(f"where.{name}: bounds must be among {list(BOUNDS)}, got {sorted(value) or 'none'}")
+            for key, bound in value.items():
+                if not isinstance(bound, (int, float, str)) or isinstance(bound, bool):
+                    raise SelectionError(f"where.{name}.{key}: a number or a string, got {bound!r}")
+                parts.append(f"{name} {BOUNDS[key]} ?")
+                params.append(bound)
+        elif isinstance(value, list):
+            if not all(v is None or isinstance(v, (str, int, float)) for v in value):
+                raise SelectionError(f"where.{name}: a list of plain values")
+            vals = [v for v in value if v is not None]
+            alts = []
+            if vals:
+                alts.append(f"{name} IN ({', '.join('?' * len(vals))})")
+                params.extend(vals)
+            if len(vals) < len(value):
+                alts.append(f"{name} IS NULL")
+            parts.append("(" + (" OR ".join(alts) or "false") + ")")
+        elif value is None:
+            parts.append(f"{name} IS NULL")
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            parts.append(f"{name} = ?")
+            params.append(value)
+        else:
+            raise SelectionError(f"where.{name}: a value, a list of values or an object of bounds, got {value!r}")
+    return " AND ".join(parts) or "true", params
+
+
+def natural_order(labels: list) -> list:
+    """Labels in natural order: numbers by value, depth bins by their lower edge, text alphabetically; null last."""
+    def key(v):
+        if v is None:
+            return (3, 0, "")
+        if isinstance(v, (int, float)):
+            return (0, v, "")
+        m = re.fullmatch(r"[\[(](\d+(?:\.\d+)?), (\d+(?:\.\d+)?)\]", str(v))
+        if m:
+            return (1, float(m.group(1)), str(v))
+        return (2, 0, str(v).casefold() + "\0" + str(v))
+    return sorted(labels, key=key)
+
+
+@dataclass
+class Selection:
+    """The selected layers, their group, and per-group counts (groups in natural order)."""
+    group_by: str | None
+    labels: list                       # one per group
+    layer_ids: np.ndarray              # selected layers
+    layer_group: np.ndarray            # group index of each selected layer
+    n_filters: np.ndarray              # per group
+    n_models: np.ndarray               # per group
+    n_layers: np.ndarray               # per group
+    empty_groups: list = field(default_factory=list)  # values asked for in where[group_by] with no layer
+
+
+def select(cur, where: dict | None, group_by: str | None) -> Selection:
+    if group_by is not None and group_by not in GROUP_FIELDS:
+        raise SelectionError(f"unknown group_by {group_by!r}; known: {GROUP_FIELDS}")
+    cond, params = where_sql(where)
+    label = group_by or "'all'"
+    rows = cur.execute(f"SELECT layer_id, {label} AS label, n_filters, model_id FROM layers_with_models "
+                       f"WHERE {cond} ORDER BY layer_id", params).fetchall()
+    labels = natural_order(list({r[1] for r in rows}))
+    index = {v: i for i, v in enumerate(labels)}
+    layer_ids = np.array([r[0] for r in rows], dtype=np.int64)
+    layer_group = np.array([index[r[1]] for r in rows], dtype=np.int64)
+    n_filters = np.zeros(len(labels), dtype=np.int64)
+    n_layers = np.zeros(len(labels), dtype=np.int64)
+    models: list[set] = [set() for _ in labels]
+    for (_, lab, n, mid) in rows:
+        i = index[lab]
+        n_filters[i] += n
+        n_layers[i] += 1
+        models[i].add(mid)
+    empty = []
+    if group_by is not None and where and group_by in where:
+        asked = where[group_by] if isinstance(where[group_by], list) else [where[group_by]]
+        empty = [v for v in asked if not isinstance(v, dict) and v not in index]
+    return Selection(group_by, labels, layer_ids, layer_group, n_filters,
+                     np.array([len(m) for m in models], dtype=np.int64), n_layers, empty)

@@ -1,0 +1,101 @@
+"""The paper's statistics: /v1/divergence, /v1/pca, /v1/histograms, /v1/density2d,
+/v1/quality/degenerate, /v1/models/{model_id}/similar. The math is in cnnfilterdb/ (analysis.py,
+scan.py, stats/); this module maps requests to it and its errors to statuses."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from cnnfilterdb.analysis import Analysis, LayerHistograms
+from cnnfilterdb.selection import EmptySelectionError, SelectionError
+
+from ..catalog import LiveCatalog
+from ..deps import get_catalog, respond
+from ..errors import ApiError, not_found
+from ..jsonable import jsonable
+from ..schemas import (DegenerateResponse, Density2dRequest, Density2dResponse, DivergenceRequest,
+                       DivergenceResponse, ErrorResponse, HistogramsRequest, HistogramsResponse, Metric,
+                       PcaRequest, PcaResponse, SimilarResponse, Weights)
+
+router = APIRouter(tags=["analysis"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+                                                 422: {"model": ErrorResponse}})
+
+
+@contextmanager
+def analysis(catalog: LiveCatalog) -> Iterator[Analysis]:
+    gen = catalog.generation()
+    with catalog.cursor() as cur:
+        # The store's per-layer histograms, loaded once per catalog generation and kept in memory:
+        # repeated default-parameter queries then read no filter and no histogram from disk.
+        if gen.layer_histograms is None:
+            gen.layer_histograms = LayerHistograms.load(cur) or False
+        try:
+            yield Analysis(cur, catalog.root, layer_histograms=gen.layer_histograms or None)
+        except EmptySelectionError as e:
+            raise ApiError(404, "empty_selection", str(e)) from None
+        except SelectionError as e:
+            raise ApiError(400, "invalid_selection", str(e)) from None
+
+
+def _where(req) -> dict | None:
+    return req.where.conditions() if req.where is not None else None
+
+
+@router.post("/v1/divergence", response_model=DivergenceResponse)
+def divergence(req: DivergenceRequest, catalog: LiveCatalog = Depends(get_catalog)):
+    """The d x d divergence matrix between the groups of a selection, with drift statistics (SPEC 6.2)."""
+    with analysis(catalog) as a:
+        out = a.divergence(req.group_by, _where(req), req.metric, req.bins, req.weights, req.basis)
+    return respond(DivergenceResponse(**jsonable(out)))
+
+
+@router.post("/v1/pca", response_model=PcaResponse)
+def pca(req: PcaRequest, catalog: LiveCatalog = Depends(get_catalog)):
+    """PCA of a selection's peak-scaled filters: mean, eigen-images, explained variance (SPEC 6.1)."""
+    with analysis(catalog) as a:
+        return respond(PcaResponse(**a.pca(_where(req))))
+
+
+@router.post("/v1/histograms", response_model=HistogramsResponse)
+def histograms(req: HistogramsRequest, catalog: LiveCatalog = Depends(get_catalog)):
+    """Per group and component: the coefficient histogram over the basis range (ridge plots)."""
+    with analysis(catalog) as a:
+        out = a.histograms(_where(req), req.group_by, req.bins, req.basis)
+    return respond(HistogramsResponse(**jsonable(out)))
+
+
+@router.post("/v1/density2d", response_model=Density2dResponse)
+def density2d(req: Density2dRequest, catalog: LiveCatalog = Depends(get_catalog)):
+    """2-D histogram of two components' coefficients (the paper's scatter density)."""
+    with analysis(catalog) as a:
+        out = a.density2d(_where(req), tuple(req.components), req.bins, req.basis)
+    return respond(Density2dResponse(**jsonable(out)))
+
+
+@router.get("/v1/quality/degenerate", response_model=DegenerateResponse)
+def degenerate(
+    sparsity_gt: float = Query(0.5, ge=0, le=1, description="flag layers with sparsity above this"),
+    entropy_norm_lt: float = Query(0.5, description="flag layers with variance_entropy_norm below this (redundant)"),
+    entropy_norm_gt: float | None = Query(1.0, description="flag layers with variance_entropy_norm above this (random-like)"),
+    limit: int = Query(100, ge=1, le=10_000),
+    offset: int = Query(0, ge=0),
+    catalog: LiveCatalog = Depends(get_catalog),
+):
+    """Layers over any of the thresholds (defaults: sparsity > 0.5, variance_entropy_norm < 0.5 or > 1.0)."""
+    with analysis(catalog) as a:
+        out = a.degenerate(sparsity_gt, entropy_norm_lt, entropy_norm_gt, None, limit, offset)
+    return respond(DegenerateResponse(**jsonable(out)))
+
+
+@router.get("/v1/models/{model_id}/similar", response_model=SimilarResponse, tags=["models"])
+def similar(model_id: int = Path(...), k: int = Query(5, ge=1, le=1000), metric: Metric = "kl_sym",
+            weights: Weights = "explained_variance", catalog: LiveCatalog = Depends(get_catalog)):
+    """The k models whose filter distributions (all their layers, global basis) are nearest."""
+    with analysis(catalog) as a:
+        try:
+            out = a.similar(model_id, k, metric, weights)
+        except LookupError:
+            raise not_found("model", model_id) from None
+    return respond(SimilarResponse(**jsonable(out)))
