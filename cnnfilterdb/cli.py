@@ -76,6 +76,39 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_drift(args) -> int:
+    from .analysis import Analysis
+    from .selection import SelectionError
+
+    try:
+        where = json.loads(args.where) if args.where else None
+    except json.JSONDecodeError as e:
+        raise StoreError(f"--where is not JSON: {e}") from None
+    store = FilterStore(args.db or default_db())
+    with store.connect() as con:
+        try:
+            out = Analysis(con, store.root).divergence(args.group_by, where, args.metric, args.bins, args.weights, args.basis)
+        except SelectionError as e:
+            raise StoreError(str(e)) from None
+    if args.json:
+        print(json.dumps(out, default=str))
+        return 0
+    labels = [str(x) for x in out["labels"]]
+    print(f"{out['metric']} divergence by {out['group_by']} ({out['weights']} weights, {out['bins']} bins, "
+          f"{out['basis']['kind']} basis; {out['method']}, {out['elapsed_ms']:.0f} ms)")
+    w = max([len(x) for x in labels] + [8])
+    print(" " * (w + 2) + " ".join(f"{x[:9]:>9}" for x in labels))
+    for lab, row, n in zip(labels, out["matrix"], out["n_filters"]):
+        print(f"{lab:<{w}}  " + " ".join(f"{v:9.5f}" for v in row) + f"   n={n:,}")
+    if out["drift"]:
+        d = out["drift"]
+        print(f"drift: mean {d['mean']:.5f}  median {d['median']:.5f}  q1 {d['q1']:.5f}  q3 {d['q3']:.5f}  "
+              f"min {d['min']:.5f}  max {d['max']:.5f}")
+    if out["empty_groups"]:
+        print(f"left out (no filters): {out['empty_groups']}")
+    return 0
+
+
 def _print_table(columns: list[str], rows: list[tuple]) -> None:
     cells = [[str(c) for c in columns]] + [["NULL" if v is None else str(v) for v in r] for r in rows]
     widths = [min(60, max(len(r[i]) for r in cells)) for i in range(len(columns))]
@@ -147,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
     s.add_argument("--max-rows", type=int, default=100)
     s.set_defaults(func=cmd_sql)
+
+    s = sub.add_parser("drift", help="the divergence matrix between groups of filters (SPEC 6.2)")
+    s.add_argument("--group-by", required=True, help="task, visual_category, depth_bin, model, ...")
+    s.add_argument("--where", help='a JSON selection, e.g. \'{"task": ["Classification", "GAN"], "conv_depth": {"gte": 2}}\'')
+    s.add_argument("--metric", default="kl_sym", help="kl_sym (default), js, hellinger, wasserstein")
+    s.add_argument("--bins", type=int, default=70)
+    s.add_argument("--weights", default="explained_variance", help="explained_variance (default) or uniform")
+    s.add_argument("--basis", default="global", help="global (default) or selection")
+    s.add_argument("--json", action="store_true")
+    _db_arg(s)
+    s.set_defaults(func=cmd_drift)
 
     s = sub.add_parser("demo", help="build a clearly labelled synthetic sample store and serve it")
     _db_arg(s)

@@ -62,3 +62,62 @@ def basis(X: np.ndarray) -> dict:
         "explained_variance_ratio": pca.explained_variance_ratio_,
         "range": (C.min(), C.max()),
     }
+
+
+EPS32 = np.finfo(np.float32).eps
+
+
+def _probabilities(C: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+    """The paper's per-component probability vectors of coefficients C (n, 9): (9, bins)."""
+    out = []
+    for i in range(9):
+        h, _ = np.histogram(C[:, i], bins=bins, range=(lo, hi), density=True)
+        h[h == 0] = EPS32
+        out.append(h / h.sum())
+    return np.array(out)
+
+
+def _metric(p, q, metric, centers):
+    from scipy.spatial.distance import jensenshannon
+
+    if metric == "kl_sym":
+        return scipy.stats.entropy(p, q) + scipy.stats.entropy(q, p)
+    if metric == "js":
+        return jensenshannon(p, q) ** 2
+    if metric == "hellinger":
+        return np.sqrt(0.5 * np.sum((np.sqrt(p) - np.sqrt(q)) ** 2))
+    if metric == "wasserstein":
+        return scipy.stats.wasserstein_distance(centers, centers, p, q)
+    raise ValueError(metric)
+
+
+def divergence(groups: list[np.ndarray], basis_filters: np.ndarray, bins: int = 70, metric: str = "kl_sym",
+               weights: str = "explained_variance") -> dict:
+    """The naive in-memory method: scikit-learn PCA of the basis filters (all, or the selection),
+    np.histogram(density=True) per group and component over the range, epsilon on the density,
+    scipy.stats.entropy for the symmetric KL."""
+    S = scale(basis_filters)
+    pca = PCA(n_components=9, svd_solver="full").fit(S)
+    C = pca.transform(S)
+    lo, hi = C.min(), C.max()
+    w = pca.explained_variance_ratio_ if weights == "explained_variance" else np.full(9, 1 / 9)
+    edges = np.linspace(lo, hi, bins + 1)
+    centers = (edges[:-1] + edges[1:]) / 2
+    P = [_probabilities(pca.transform(scale(X)), lo, hi, bins) for X in groups]
+    d = len(groups)
+    D = np.zeros((d, d))
+    for a in range(d):
+        for b in range(d):
+            if a != b:
+                D[a, b] = sum(w[i] * _metric(P[a][i], P[b][i], metric, centers) for i in range(9))
+    return {"matrix": D, "range": (lo, hi), "evr": pca.explained_variance_ratio_}
+
+
+def histograms(groups: list[np.ndarray], basis_filters: np.ndarray, bins: int) -> tuple[np.ndarray, tuple]:
+    S = scale(basis_filters)
+    pca = PCA(n_components=9, svd_solver="full").fit(S)
+    C = pca.transform(S)
+    lo, hi = C.min(), C.max()
+    out = np.array([[np.histogram(pca.transform(scale(X))[:, i], bins=bins, range=(lo, hi))[0] for i in range(9)]
+                    for X in groups])
+    return out, (lo, hi), pca

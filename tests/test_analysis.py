@@ -1,0 +1,223 @@
+"""The analysis engine and its endpoints against the independent, slow reference of the paper's
+method (tests/reference.py: scikit-learn PCA, np.histogram(density=True), scipy entropy)."""
+from __future__ import annotations
+
+import json
+
+import duckdb
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from cnnfilterdb.analysis import Analysis
+from service.main import create_app
+from service.settings import Settings
+
+from . import reference
+from .conftest import cli_main
+
+RTOL = 1e-9
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, sample_v1):
+    db = tmp_path_factory.mktemp("analysis") / "db"
+    assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    return db
+
+
+@pytest.fixture(scope="module")
+def client(store):
+    return TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def frame(sample_v1) -> pd.DataFrame:
+    """One row per layer of the file: its metadata and its filters, read independently of the store."""
+    meta = pd.read_hdf(sample_v1, "meta").reset_index().rename(columns={"Visual Category": "visual_category"})
+    with h5py.File(sample_v1) as f:
+        X = f["filters"][...].reshape(-1, 9).astype(np.float32)
+    rows = []
+    for r in meta.itertuples():
+        a, b = map(int, r.filter_ids.split(":"))
+        task = "Segmentation" if "Segmentation" in r.Task else r.Task
+        bin_ = next(k for k in range(10) if r.conv_depth_norm <= (k + 1) / 10 or k == 9)
+        rows.append({"model_id": r.model_id, "task": task, "visual_category": r.visual_category,
+                     "conv_depth": r.conv_depth, "depth_bin": bin_, "X": X[a:b + 1]})
+    return pd.DataFrame(rows)
+
+
+def _groups(frame: pd.DataFrame, key: str) -> tuple[list, list[np.ndarray]]:
+    labels = sorted(frame[key].unique(), key=lambda v: (str(type(v)), v))
+    return labels, [np.concatenate(list(frame[frame[key] == v]["X"])) for v in labels]
+
+
+def _all(frame) -> np.ndarray:
+    return np.concatenate(list(frame["X"]))
+
+
+@pytest.mark.parametrize("group_by", ["task", "visual_category", "depth_bin"])
+def test_divergence_matches_reference(client, frame, group_by):
+    got = client.post("/v1/divergence", json={"group_by": group_by}).json()
+    key = group_by
+    labels, groups = _groups(frame, key)
+    want = reference.divergence(groups, _all(frame))
+    assert got["method"] == "layer_histograms"
+    assert len(got["labels"]) == len(labels)
+    if group_by == "depth_bin":
+        assert got["labels"][0] == "[0.0, 0.1]" and got["labels"][-1] == "(0.9, 1.0]"
+    else:
+        assert got["labels"] == labels
+    np.testing.assert_allclose(got["matrix"], want["matrix"], rtol=RTOL, atol=0)
+    np.testing.assert_allclose(got["range"], want["range"], rtol=RTOL)
+    np.testing.assert_allclose(got["explained_variance_ratio"], want["evr"], rtol=RTOL)
+    assert got["n_filters"] == [len(g) for g in groups]
+    u = np.array(want["matrix"])[np.triu_indices(len(labels), 1)]
+    assert got["drift"]["mean"] == pytest.approx(u.mean(), rel=RTOL)
+    assert got["drift"]["median"] == pytest.approx(np.median(u), rel=RTOL)
+    assert got["drift"]["max"] == pytest.approx(u.max(), rel=RTOL)
+
+
+def test_divergence_of_a_selection(client, frame):
+    where = {"task": ["Segmentation", "Object Detection", "GAN", "No Such Task"], "conv_depth": {"gte": 2}}
+    got = client.post("/v1/divergence", json={"group_by": "task", "where": where}).json()
+    sub = frame[frame.task.isin(where["task"]) & (frame.conv_depth >= 2)]
+    labels, groups = _groups(sub, "task")
+    want = reference.divergence(groups, _all(frame))  # the global basis
+    assert got["labels"] == labels
+    np.testing.assert_allclose(got["matrix"], want["matrix"], rtol=RTOL, atol=0)
+    assert "No Such Task" in got["empty_groups"]
+    assert set(got["empty_groups"]) == set(where["task"]) - set(labels)
+
+
+@pytest.mark.parametrize("params", [
+    {"metric": "js"}, {"metric": "hellinger"}, {"metric": "wasserstein"},
+    {"weights": "uniform"}, {"bins": 37}, {"basis": "selection", "where": {"task": ["Segmentation", "Classification", "GAN"]}},
+    {"basis": "selection", "bins": 20, "metric": "js"},
+])
+def test_parameters_match_reference(client, frame, params):
+    body = {"group_by": "task", **params}
+    got = client.post("/v1/divergence", json=body).json()
+    sub = frame[frame.task.isin(params["where"]["task"])] if "where" in params else frame
+    labels, groups = _groups(sub, "task")
+    basis_filters = _all(sub) if params.get("basis") == "selection" else _all(frame)
+    want = reference.divergence(groups, basis_filters, params.get("bins", 70), params.get("metric", "kl_sym"),
+                                params.get("weights", "explained_variance"))
+    assert got["labels"] == labels
+    np.testing.assert_allclose(got["matrix"], want["matrix"], rtol=RTOL, atol=1e-15)
+    np.testing.assert_allclose(got["range"], want["range"], rtol=RTOL)
+    expect_scan = params.get("bins", 70) != 70 or params.get("basis") == "selection"
+    assert got["method"] == ("scan" if expect_scan else "layer_histograms")
+
+
+def test_stored_layer_histograms_equal_a_scan(store):
+    """The fast path (per-layer histograms) and the exact scan give identical results."""
+    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+        for group_by in ["task", "depth_bin", "model_id"]:
+            fast = Analysis(con, store).divergence(group_by)
+            slow = Analysis(con, store, use_layer_histograms=False).divergence(group_by)
+            assert fast["method"] == "layer_histograms" and slow["method"] == "scan"
+            assert fast["matrix"] == slow["matrix"]  # bit for bit
+
+
+def test_per_layer_histograms_equal_numpy(store, frame):
+    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT h.layer_id, h.counts, l.filter_id_first, l.filter_id_last FROM _layer_histograms h "
+                           "JOIN layers l USING (layer_id) ORDER BY layer_id LIMIT 40").fetchall()
+    counts, (lo, hi), pca = reference.histograms([_all(frame)], _all(frame), 70)
+    X = _all(frame)
+    for lid, blob, a, b in rows:
+        got = np.frombuffer(blob, dtype="<i4").reshape(9, 70)
+        C = pca.transform(reference.scale(X[a:b + 1]))
+        want = np.array([np.histogram(C[:, i], bins=70, range=(lo, hi))[0] for i in range(9)])
+        np.testing.assert_array_equal(got, want)
+
+
+def test_histograms_endpoint(client, frame):
+    got = client.post("/v1/histograms", json={"group_by": "task", "bins": 25}).json()
+    labels, groups = _groups(frame, "task")
+    want, (lo, hi), _ = reference.histograms(groups, _all(frame), 25)
+    assert [g["label"] for g in got["groups"]] == labels
+    np.testing.assert_array_equal(np.array([g["counts"] for g in got["groups"]]), want)
+    np.testing.assert_allclose(got["edges"], np.linspace(lo, hi, 26), rtol=RTOL)
+
+
+def test_density2d(client, frame):
+    got = client.post("/v1/density2d", json={"components": [0, 2], "bins": 30,
+                                             "where": {"depth_bin": ["[0.0, 0.1]", "(0.1, 0.2]"]}}).json()
+    sub = frame[frame.depth_bin <= 1]
+    S = reference.scale(_all(frame))
+    from sklearn.decomposition import PCA
+
+    pca = PCA(9, svd_solver="full").fit(S)
+    C = pca.transform(S)
+    lo, hi = C.min(), C.max()
+    Cs = pca.transform(reference.scale(_all(sub)))
+    want, _, _ = np.histogram2d(Cs[:, 0], Cs[:, 2], bins=30, range=[(lo, hi), (lo, hi)])
+    np.testing.assert_array_equal(np.array(got["counts"]), want.astype(int))
+    assert got["n_filters"] == len(Cs)
+
+
+def test_pca_of_a_selection(client, frame):
+    got = client.post("/v1/pca", json={"where": {"visual_category": ["natural", "faces", "textures"]}}).json()
+    sub = frame[frame.visual_category.isin(["natural", "faces", "textures"])]
+    from sklearn.decomposition import PCA
+
+    pca = PCA(9, svd_solver="full").fit(reference.scale(_all(sub)))
+    assert got["n_filters"] == len(_all(sub))
+    np.testing.assert_allclose(np.array(got["components"]).reshape(9, 9), pca.components_, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(got["explained_variance_ratio"], pca.explained_variance_ratio_, rtol=RTOL)
+    np.testing.assert_allclose(np.array(got["mean"]).ravel(), pca.mean_, rtol=0, atol=1e-12)
+
+
+def test_degenerate(client, store):
+    got = client.get("/v1/quality/degenerate").json()
+    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+        want = [r[0] for r in con.execute("""SELECT layer_id FROM layers WHERE sparsity > 0.5 OR variance_entropy_norm < 0.5
+                                             OR variance_entropy_norm > 1.0 ORDER BY layer_id""").fetchall()]
+    assert [l["layer_id"] for l in got["layers"]] == want and got["total"] == len(want) >= 4
+    strict = client.get("/v1/quality/degenerate?sparsity_gt=0.99&entropy_norm_lt=0.01&entropy_norm_gt=100").json()
+    assert 1 <= strict["total"] < len(want)
+    assert all(l["sparse"] or l["low_entropy"] for l in strict["layers"])
+
+
+def test_similar_models(client, frame):
+    got = client.get("/v1/models/3/similar?k=4").json()
+    labels, groups = _groups(frame, "model_id")
+    D = reference.divergence(groups, _all(frame))["matrix"]
+    i = labels.index(3)
+    order = [j for j in np.argsort(D[i], kind="stable") if j != i][:4]
+    assert [s["model_id"] for s in got["similar"]] == [labels[j] for j in order]
+    np.testing.assert_allclose([s["distance"] for s in got["similar"]], D[i][order], rtol=RTOL)
+    assert client.get("/v1/models/9999/similar").status_code == 404
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"group_by": "colour"}, 400, "valid:"),
+    ({"group_by": "task", "metric": "euclid"}, 400, "'kl_sym'"),
+    ({"group_by": "task", "weights": "equal"}, 400, "'uniform'"),
+    ({"group_by": "task", "basis": "local"}, 400, "'selection'"),
+    ({"group_by": "task", "where": {"colour": "red"}}, 400, "known fields of where"),
+    ({"group_by": "task", "where": {"conv_depth": {"between": [1, 2]}}}, 400, "unknown field"),
+    ({"group_by": "task", "where": {"task": "No Such Task"}}, 404, "no filters match"),
+    ({"group_by": "task", "bins": 0}, 422, "bins"),
+    ({}, 422, "group_by"),
+])
+def test_bad_analysis_requests(client, body, status, words):
+    r = client.post("/v1/divergence", json=body)
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]["message"]
+
+
+def test_drift_cli_matches_the_api(store, client, capsys):
+    where = {"task": ["Segmentation", "Classification"]}
+    assert cli_main(["drift", "--group-by", "visual_category", "--where", json.dumps(where), "--db", str(store), "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    api = client.post("/v1/divergence", json={"group_by": "visual_category", "where": where}).json()
+    assert cli["labels"] == api["labels"] and cli["matrix"] == api["matrix"]
+    assert cli_main(["drift", "--group-by", "depth_bin", "--db", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "drift: mean" in out and "[0.0, 0.1]" in out
+    assert cli_main(["drift", "--group-by", "colour", "--db", str(store)]) == 1
