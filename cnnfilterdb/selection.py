@@ -38,10 +38,10 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
         raise SelectionError(f"unknown field(s) in where: {unknown}; known fields: {FILTER_FIELDS}")
     parts, params = [], []
     for name, value in where.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict):  # bounds; an empty object bounds nothing
             bad = sorted(set(value) - set(BOUNDS))
-            if bad or not value:
-                raise SelectionError(f"where.{name}: bounds must be among {list(BOUNDS)}, got {sorted(value) or 'none'}")
+            if bad:
+                raise SelectionError(f"where.{name}: bounds must be among {list(BOUNDS)}, got {bad}")
             for key, bound in value.items():
                 if not isinstance(bound, (int, float, str)) or isinstance(bound, bool):
                     raise SelectionError(f"where.{name}.{key}: a number or a string, got {bound!r}")

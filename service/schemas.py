@@ -1,9 +1,9 @@
 """Pydantic models of every request and response of the HTTP API."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class ErrorDetail(BaseModel):
@@ -166,43 +166,72 @@ GroupField = Literal["task", "visual_category", "training_dataset", "pretraining
 Metric = Literal["kl_sym", "js", "hellinger", "wasserstein"]
 Weights = Literal["explained_variance", "uniform"]
 BasisKind = Literal["global", "selection"]
-Scalar = str | int | float | None
+def _not_bool(v):
+    # JSON Schema's integer admits 4.0 (so pydantic's lax mode stays on) but not true/false.
+    if isinstance(v, bool):
+        raise ValueError("a number, not a boolean")
+    return v
 
 
-class Bounds(BaseModel):
+Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1), BeforeValidator(_not_bool)]
+Real = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_not_bool)]
+Component = Annotated[int, Field(ge=0, le=8), BeforeValidator(_not_bool)]
+
+
+class TextBounds(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    gte: float | str | None = None
-    gt: float | str | None = None
-    lte: float | str | None = None
-    lt: float | str | None = None
+    gte: str | None = None
+    gt: str | None = None
+    lte: str | None = None
+    lt: str | None = None
 
 
-Condition = Scalar | list[Scalar] | Bounds
+class IntBounds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gte: Int32 | None = None
+    gt: Int32 | None = None
+    lte: Int32 | None = None
+    lt: Int32 | None = None
+
+
+class RealBounds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gte: Real | None = None
+    gt: Real | None = None
+    lte: Real | None = None
+    lt: Real | None = None
+
+
+Bounds = TextBounds | IntBounds | RealBounds
+TextCondition = str | list[str | None] | TextBounds | None
+IntCondition = Int32 | list[Int32 | None] | IntBounds | None
+RealCondition = Real | list[Real | None] | RealBounds | None
 
 
 class Where(BaseModel):
-    """A selection: field -> value | [values] | {gte, gt, lte, lt}; all conditions must hold."""
+    """A selection: field -> value | [values] | {gte, gt, lte, lt}; all conditions must hold.
+    Text fields take strings, numeric fields numbers; null selects missing values."""
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    task: Condition = None
-    task_raw: Condition = None
-    visual_category: Condition = None
-    training_dataset: Condition = None
-    pretraining_dataset: Condition = None
-    name: Condition = None
-    model: Condition = None
-    model_id: Condition = None
-    producer: Condition = None
-    conv_depth: Condition = None
-    conv_depth_norm: Condition = None
-    layer_id: Condition = None
-    depth_bin: Condition = None
+    task: TextCondition = None
+    task_raw: TextCondition = None
+    visual_category: TextCondition = None
+    training_dataset: TextCondition = None
+    pretraining_dataset: TextCondition = None
+    name: TextCondition = None
+    model: TextCondition = None
+    model_id: IntCondition = None
+    producer: TextCondition = None
+    conv_depth: IntCondition = None
+    conv_depth_norm: RealCondition = None
+    layer_id: IntCondition = None
+    depth_bin: TextCondition = None
 
     def conditions(self) -> dict:
         """The fields given (an explicit null means IS NULL), bounds as plain dicts."""
         out = {}
         for k in self.model_fields_set:
             v = getattr(self, k)
-            out[k] = v.model_dump(exclude_none=True) if isinstance(v, Bounds) else v
+            out[k] = v.model_dump(exclude_none=True) if isinstance(v, BaseModel) else v
         return out
 
 
@@ -287,13 +316,13 @@ class HistogramsResponse(BaseModel):
 
 class Density2dRequest(BaseModel):
     where: Where | None = None
-    components: tuple[int, int] = Field((0, 1), description="two component indices, 0..8")
+    components: list[Component] = Field([0, 1], min_length=2, max_length=2, description="two component indices, 0..8")
     bins: int = Field(70, ge=1, le=1000)
     basis: BasisKind = "global"
 
 
 class Density2dResponse(BaseModel):
-    components: tuple[int, int]
+    components: list[int]
     range: tuple[float, float]
     bins: int
     edges: list[float]

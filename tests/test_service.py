@@ -132,7 +132,7 @@ def test_filter_by_id(client, con):
     ("/v1/models/99999", 404), ("/v1/models/99999/layers", 404), ("/v1/layers/99999", 404),
     ("/v1/layers/99999/filters", 404), ("/v1/filters/123456789", 404), ("/v1/nothing", 404),
     ("/v1/models/abc", 422), ("/v1/layers/1.5", 422), ("/v1/models?limit=0", 422),
-    ("/v1/models?colour=red", 400), ("/v1/layers/1/filters?format=csv", 422), ("/v1/layers/1/filters?offset=-1", 422),
+    ("/v1/models?colour=red", 400), ("/v1/layers/1/filters?format=csv", 400), ("/v1/layers/1/filters?offset=-1", 422),
     ("/v1/models?after=x", 422),
 ])
 def test_bad_requests(client, url, status):

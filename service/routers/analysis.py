@@ -80,7 +80,7 @@ def degenerate(
     entropy_norm_lt: float = Query(0.5, description="flag layers with variance_entropy_norm below this (redundant)"),
     entropy_norm_gt: float | None = Query(1.0, description="flag layers with variance_entropy_norm above this (random-like)"),
     limit: int = Query(100, ge=1, le=10_000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=2**40),
     catalog: LiveCatalog = Depends(get_catalog),
 ):
     """Layers over any of the thresholds (defaults: sparsity > 0.5, variance_entropy_norm < 0.5 or > 1.0)."""
@@ -90,7 +90,7 @@ def degenerate(
 
 
 @router.get("/v1/models/{model_id}/similar", response_model=SimilarResponse, tags=["models"])
-def similar(model_id: int = Path(...), k: int = Query(5, ge=1, le=1000), metric: Metric = "kl_sym",
+def similar(model_id: int = Path(..., ge=0, le=2**31 - 1), k: int = Query(5, ge=1, le=1000), metric: Metric = "kl_sym",
             weights: Weights = "explained_variance", catalog: LiveCatalog = Depends(get_catalog)):
     """The k models whose filter distributions (all their layers, global basis) are nearest."""
     with analysis(catalog) as a:

@@ -32,7 +32,7 @@ def _layer(cur, layer_id: int) -> dict:
 
 
 @router.get("/v1/layers/{layer_id}", response_model=Layer)
-def get_layer(layer_id: int = Path(...), catalog: LiveCatalog = Depends(get_catalog)):
+def get_layer(layer_id: int = Path(..., ge=0, le=2**31 - 1), catalog: LiveCatalog = Depends(get_catalog)):
     with catalog.cursor() as cur:
         return respond(layer_out(_layer(cur, layer_id)))
 
@@ -49,9 +49,9 @@ def _as_filters(ids, W, model_id: int, layer_id: int) -> list[dict]:
                              "description": "JSON page, or with format=npy the whole layer as a (n, 3, 3) float32 .npy"}})
 def layer_filters(
     request: Request,
-    layer_id: int = Path(...),
+    layer_id: int = Path(..., ge=0, le=2**31 - 1),
     format: Literal["json", "npy"] = Query("json", description="json: a page of 3x3 arrays; npy: the whole layer, streamed"),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=2**40),
     limit: int | None = Query(None, ge=1, description="page size for JSON (default 1000, capped at the maximum in /v1/stats limits)"),
     catalog: LiveCatalog = Depends(get_catalog),
     settings: Settings = Depends(get_settings),
@@ -94,7 +94,7 @@ def _npy_stream(catalog: LiveCatalog, first: int, last: int, n: int):
 
 
 @router.get("/v1/filters/{filter_id}", response_model=Filter, tags=["filters"])
-def get_filter(filter_id: int = Path(...), catalog: LiveCatalog = Depends(get_catalog)):
+def get_filter(filter_id: int = Path(..., ge=0, le=2**63 - 1), catalog: LiveCatalog = Depends(get_catalog)):
     with catalog.cursor() as cur:
         res = cur.execute(f"SELECT filter_id, model_id, layer_id, {WEIGHTS} FROM filters WHERE filter_id = ?",
                           [filter_id]).fetchall()

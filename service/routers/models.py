@@ -46,7 +46,7 @@ def layer_out(row: dict) -> Layer:
 def list_models(
     request: Request,
     limit: int | None = Query(None, ge=1, description="page size; capped at the maximum in /v1/stats limits"),
-    after: int | None = Query(None, description="return models with model_id > after (from `next`)"),
+    after: int | None = Query(None, ge=-1, le=2**31 - 1, description="return models with model_id > after (from `next`)"),
     catalog: LiveCatalog = Depends(get_catalog),
     settings: Settings = Depends(get_settings),
     task: list[str] = Query([]), task_raw: list[str] = Query([]),
@@ -89,7 +89,7 @@ def list_models(
 
 
 @router.get("/v1/models/{model_id}", response_model=Model)
-def get_model(model_id: int = Path(...), catalog: LiveCatalog = Depends(get_catalog)):
+def get_model(model_id: int = Path(..., ge=0, le=2**31 - 1), catalog: LiveCatalog = Depends(get_catalog)):
     with catalog.cursor() as cur:
         cur.execute(f"SELECT {MODEL_COLUMNS} FROM models WHERE model_id = ?", [model_id])
         rows = rows_as_dicts(cur)
@@ -99,7 +99,7 @@ def get_model(model_id: int = Path(...), catalog: LiveCatalog = Depends(get_cata
 
 
 @router.get("/v1/models/{model_id}/layers", response_model=LayerList)
-def model_layers(model_id: int = Path(...), catalog: LiveCatalog = Depends(get_catalog)):
+def model_layers(model_id: int = Path(..., ge=0, le=2**31 - 1), catalog: LiveCatalog = Depends(get_catalog)):
     with catalog.cursor() as cur:
         if cur.execute("SELECT count(*) FROM models WHERE model_id = ?", [model_id]).fetchone()[0] == 0:
             raise not_found("model", model_id)
