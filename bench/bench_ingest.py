@@ -58,6 +58,8 @@ import sys, time, json
 from pathlib import Path
 from ingest import ingest_paths
 from ingest.progress import Progress
+from cnnfilterdb.runtime import tune_allocator
+tune_allocator()  # as the CLI does at start
 t = time.perf_counter()
 ingest_paths([Path(sys.argv[1])], Path(sys.argv[2]), Progress(enabled=False))
 print(json.dumps({"seconds": time.perf_counter() - t}))

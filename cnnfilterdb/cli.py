@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .runtime import tune_allocator
+
+    tune_allocator()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -21,14 +21,13 @@ import numpy as np
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
-from .stats.basis import Basis, peak_scale_columns
+from .stats.basis import Basis
 from .stats.histogram import _numpy_index, bin_edges
 from .stats.quality import column_peaks
 
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 PIECE = 1 << 14  # filters per piece of float64 work: stays in the CPU caches
 PIECE_COLUMNS = PIECE
-BATCH = 1 << 16
 _NEAR = 1e-9
 
 
@@ -95,10 +94,12 @@ def _units(paths: list[Path], groups: LayerGroups) -> list[tuple[Path, int, int,
 
 def _pieces(path: Path, row_group: int, groups: LayerGroups):
     """(group index (m,), scaled filters (9, m), raw peaks (m,)) for the selected rows of a row group."""
-    buf = np.empty((9, PIECE))
-    pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=BATCH, row_groups=[row_group], columns=["layer_id"] + WEIGHT_COLUMNS,
-                                 use_threads=False):
+    buf = np.empty((9, PIECE))  # reused: the consumer must be done with a piece before the next
+    # A whole row group (128K rows, 5 MB) at once, memory-mapped: 40 M rows/s per thread here,
+    # against 25 M rows/s for buffered reads in batches.
+    table = pq.ParquetFile(path, memory_map=True).read_row_group(row_group, columns=["layer_id"] + WEIGHT_COLUMNS,
+                                                                  use_threads=False)
+    for batch in table.to_batches():
         g = groups.group_of_layer[batch.column(0).to_numpy()]
         keep = g >= 0
         all_kept = bool(keep.all())
@@ -111,10 +112,15 @@ def _pieces(path: Path, row_group: int, groups: LayerGroups):
         for s in range(0, len(g), PIECE):
             m = min(PIECE, len(g) - s)
             x = buf[:, :m]
+            peaks = np.abs(cols[0][s:s + m])
             for j in range(9):
                 x[j] = cols[j][s:s + m]
-            peaks = column_peaks(x)
-            yield g[s:s + m], peak_scale_columns(x, peaks)
+                if j:
+                    np.maximum(peaks, np.abs(cols[j][s:s + m]), out=peaks)  # on float32: exact, half the bytes
+            peaks = peaks.astype(np.float64)
+            peaks[peaks == 0] = 1.0  # an all-zero filter stays zero
+            x /= peaks               # peak_scale_columns, in place
+            yield g[s:s + m], x
 
 
 def _map_units(paths, groups, work: Callable, threads: int | None):
@@ -140,21 +146,46 @@ def scan_range(paths: list[Path], groups: LayerGroups, basis: Basis, threads: in
     return lo, hi, n
 
 
-def _bin_pieces(P: np.ndarray, lo: float, hi: float, bins: int, edges: np.ndarray) -> np.ndarray:
-    """numpy's bin of each coefficient (see stats/histogram.py), -1 outside [lo, hi]."""
-    f = P - lo
-    f *= bins / (hi - lo)
-    idx = f.astype(np.intp)
-    f -= idx
+def _exact_bins(x: np.ndarray, lo: float, hi: float, bins: int, edges: np.ndarray) -> np.ndarray:
+    """numpy's bins of exact coefficients x (1-D), -1 outside [lo, hi].
+
+    Every coefficient lies within its basis range by construction (the range is their min and
+    max); one computed a rounding error outside (a product of other columns may round apart by
+    an ulp) is put in the end bin instead of being dropped.
+    """
+    tol = 1e-12 * max(abs(lo), abs(hi), hi - lo)
+    x = np.where((x < lo) & (x >= lo - tol), lo, np.where((x > hi) & (x <= hi + tol), hi, x))
+    out = np.full(x.shape, -1, dtype=np.intp)
+    inside = (x >= lo) & (x <= hi)
+    out[inside] = _numpy_index(x[inside], lo, hi, bins, edges)
+    return out
+
+
+def _binned(s: np.ndarray, basis: Basis, lo: float, hi: float, bins: int, edges: np.ndarray,
+            offsets: np.ndarray, rows: list[int] | None = None) -> np.ndarray:
+    """numpy's bin of each coefficient of the scaled filters s (9, m) (only components ``rows``,
+    if given), plus ``offsets`` per component; -1 where a coefficient is outside [lo, hi].
+
+    Fast path: f = (C s) k - (C mean + lo) k + offset: its integer part is the bin except within
+    ~1e-13 of an edge, where the coefficient C s - C mean is binned by numpy's own rule.
+    """
+    C = basis.components if rows is None else basis.components[rows]
+    k = bins / (hi - lo)
+    shift = C @ basis.mean
+    P = C @ s
+    f = P * k
+    f -= ((shift + lo) * k - offsets)[:, None]
+    whole = np.trunc(f)
+    idx = whole.astype(np.intp)
+    f -= whole
     near = (f < _NEAR) | (f > 1 - _NEAR)
-    if idx.min() < 0 or idx.max() >= bins:
-        near |= (idx < 0) | (idx >= bins)
+    if (idx.min(axis=1) < offsets).any() or (idx.max(axis=1) >= offsets + bins).any():
+        rel = idx - offsets[:, None]
+        near |= (rel < 0) | (rel >= bins)
     if near.any():
-        xs = P[near]
-        inside = (xs >= lo) & (xs <= hi)
-        fixed = np.full(xs.shape, -1, dtype=np.intp)
-        fixed[inside] = _numpy_index(xs[inside], lo, hi, bins, edges)
-        idx[near] = fixed
+        r, c = np.nonzero(near)
+        fixed = _exact_bins(P[r, c] - shift[r], lo, hi, bins, edges)
+        idx[r, c] = np.where(fixed >= 0, fixed + offsets[r], -1)
     return idx
 
 
@@ -162,16 +193,21 @@ def scan_histograms(paths: list[Path], groups: LayerGroups, basis: Basis, lo: fl
                     threads: int | None = None) -> np.ndarray:
     """Counts (n_groups, 9, bins), int64: per group and component, np.histogram(c, bins, (lo, hi))."""
     edges = bin_edges(lo, hi, bins)
-    comp_offset = (np.arange(9) * bins)[:, None]
+    offsets = np.arange(9) * bins
 
     def work(path, rg, g_lo, g_hi):
         span = g_hi - g_lo + 1
         counts = np.zeros(span * 9 * bins, dtype=np.int64)
         for g, s in _pieces(path, rg, groups):
-            idx = _bin_pieces(coefficients_columns(s, basis), lo, hi, bins, edges)
-            flat = idx + comp_offset + ((g - g_lo) * (9 * bins))[None, :]
-            flat = flat[idx >= 0] if (idx < 0).any() else flat.ravel()
-            counts += np.bincount(flat, minlength=span * 9 * bins)
+            idx = _binned(s, basis, lo, hi, bins, edges, offsets)
+            if g[0] != g[-1] or g.min() != g.max():  # several groups in this piece
+                idx += ((g - g_lo) * (9 * bins))[None, :]
+                base = 0
+            else:
+                base = (int(g[0]) - g_lo) * 9 * bins
+            flat = idx[idx >= 0] if (idx < 0).any() else idx.ravel()
+            c = np.bincount(flat, minlength=9 * bins if base else span * 9 * bins)
+            counts[base:base + len(c)] += c
         return g_lo, counts.reshape(span, 9, bins)
 
     out = np.zeros((groups.n_groups, 9, bins), dtype=np.int64)
@@ -190,7 +226,7 @@ def scan_histogram2d(paths: list[Path], groups: LayerGroups, basis: Basis, lo: f
     def work(path, rg, g_lo, g_hi):
         counts = np.zeros(bins * bins, dtype=np.int64)
         for _, s in _pieces(path, rg, groups):
-            idx = _bin_pieces(coefficients_columns(s, basis)[[i, j]], lo, hi, bins, edges)
+            idx = _binned(s, basis, lo, hi, bins, edges, np.zeros(2, dtype=np.intp), rows=[i, j])
             keep = (idx[0] >= 0) & (idx[1] >= 0)
             counts += np.bincount((idx[0] * bins + idx[1])[keep], minlength=bins * bins)
         return counts

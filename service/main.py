@@ -14,6 +14,9 @@ from .settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    from cnnfilterdb.runtime import tune_allocator
+
+    tune_allocator()
     settings = settings or Settings()
     app = FastAPI(
         title="CNN Filter DB",

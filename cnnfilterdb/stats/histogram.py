@@ -31,8 +31,9 @@ def bin_index(x: np.ndarray, lo: float, hi: float, bins: int, edges: np.ndarray)
     """Bin of each value of ``x`` (float64, any shape); -1 where outside [lo, hi] (numpy drops those)."""
     f = x - lo
     f *= bins / (hi - lo)
-    idx = f.astype(np.intp)
-    f -= idx
+    whole = np.trunc(f)
+    idx = whole.astype(np.intp)
+    f -= whole
     near = (f < _NEAR) | (f > 1 - _NEAR) | (idx >= bins) | (idx < 0)
     if near.any():
         xs = x[near]

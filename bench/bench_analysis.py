@@ -1,0 +1,159 @@
+"""Analysis benchmark (issue 4): divergence by task on an N-filter store (default 2e7).
+
+Three ways to the same matrix, each in its own child process (peak RSS measured per process):
+  naive   the paper's notebook in memory: all filters loaded into RAM (not timed), then
+          scikit-learn PCA, np.histogram(density=True) per group and component, scipy entropy;
+  scan    the engine's exact scan of the Parquet shards (any selection, any parameters);
+  cached  the engine's default-parameter path: the per-layer histograms kept in the store,
+          cold (first query of a process: read from the catalog) and warm (repeated).
+Prints filters per second, the ratios (scan vs naive, cached vs scan), and checks that the scan
+and cached matrices are identical and agree with the naive one to 1e-9.
+    python bench/bench_analysis.py [--filters 2e7] [--db DIR] [--group-by task]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ENGINE = r"""
+import json, sys, time, resource
+from pathlib import Path
+import duckdb
+from cnnfilterdb.analysis import Analysis
+from cnnfilterdb.runtime import tune_allocator
+tune_allocator()  # as the CLI and the service do at start
+db, group_by, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+con = duckdb.connect(str(db / "catalog.duckdb"), read_only=True)
+out = {}
+if mode == "scan":
+    for basis in ["global", "selection"]:
+        t = time.perf_counter()
+        r = Analysis(con, db, use_layer_histograms=False).divergence(group_by, basis=basis)
+        out[basis] = {"seconds": time.perf_counter() - t, "matrix": r["matrix"], "method": r["method"]}
+else:
+    t = time.perf_counter()
+    a = Analysis(con, db)
+    r = a.divergence(group_by)
+    out["cold"] = {"seconds": time.perf_counter() - t, "matrix": r["matrix"], "method": r["method"]}
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        r = a.divergence(group_by)
+        times.append(time.perf_counter() - t)
+    out["warm"] = {"seconds": float(sorted(times)[len(times) // 2]), "matrix": r["matrix"], "method": r["method"]}
+out["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps(out))
+"""
+
+NAIVE = r"""
+import json, sys, time, resource
+from pathlib import Path
+import duckdb, numpy as np, scipy.stats
+import pyarrow.parquet as pq
+from sklearn.decomposition import PCA
+db, group_by = Path(sys.argv[1]), sys.argv[2]
+con = duckdb.connect(str(db / "catalog.duckdb"), read_only=True)
+paths = [db / p for (p,) in con.execute("SELECT path FROM _shards ORDER BY filter_id_first").fetchall()]
+label_of_layer = dict(con.execute(f"SELECT layer_id, {group_by} FROM layers_with_models").fetchall())
+t = time.perf_counter()
+tables = [pq.read_table(p, columns=["layer_id"] + [f"w{i}" for i in range(9)]) for p in paths]
+X = np.concatenate([np.stack([t_.column(f"w{i}").to_numpy() for i in range(9)], axis=1) for t_ in tables])
+layer = np.concatenate([t_.column("layer_id").to_numpy() for t_ in tables])
+del tables
+load = time.perf_counter() - t
+t = time.perf_counter()
+# the notebook: scale by the absolute peak, PCA, transform, histograms, symmetric KL
+den = np.abs(X).max(axis=1)
+den = np.where(den == 0, 1, den)[:, None]
+S = X.astype(np.float64) / den
+pca = PCA(n_components=9, svd_solver="full")
+C = pca.fit_transform(S)
+lo, hi = C.min(), C.max()
+labels = sorted(set(label_of_layer.values()), key=str)
+lut = np.array([labels.index(label_of_layer[l]) if l in label_of_layer else -1 for l in range(layer.max() + 1)])
+g = lut[layer]
+P = []
+for k in range(len(labels)):
+    Ck = C[g == k]
+    hs = []
+    for i in range(9):
+        h, _ = np.histogram(Ck[:, i], bins=70, range=(lo, hi), density=True)
+        h[h == 0] = np.finfo(np.float32).eps
+        hs.append(h / h.sum())
+    P.append(hs)
+D = np.zeros((len(labels), len(labels)))
+for a in range(len(labels)):
+    for b in range(len(labels)):
+        if a != b:
+            D[a, b] = sum(pca.explained_variance_ratio_[i] * (scipy.stats.entropy(P[a][i], P[b][i]) + scipy.stats.entropy(P[b][i], P[a][i])) for i in range(9))
+secs = time.perf_counter() - t
+print(json.dumps({"seconds": secs, "load_seconds": load, "matrix": D.tolist(), "n": len(X),
+                  "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def child(code: str, *args: str) -> dict:
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO)
+    if p.returncode != 0:
+        raise SystemExit(p.stderr[-3000:])
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--filters", type=float, default=2e7)
+    ap.add_argument("--db", type=Path, default=None)
+    ap.add_argument("--group-by", default="task")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="cnnfilterdb-analysis-"))
+    try:
+        db = args.db
+        if db is None:
+            from ingest import ingest_paths
+            from ingest.sample import write_sample_h5
+
+            db = work / "db"
+            src = write_sample_h5(work / "a.h5", n_models=max(40, int(args.filters) // 100_000),
+                                  n_filters=int(args.filters), seed=5)
+            ingest_paths([src], db)
+            src.unlink()
+        naive = child(NAIVE, str(db), args.group_by)
+        n = naive["n"]
+        scan = child(ENGINE, str(db), args.group_by, "scan")
+        cached = child(ENGINE, str(db), args.group_by, "cached")
+        rate = lambda s: n / s / 1e6  # noqa: E731
+        print(f"store: {n:,} filters; divergence by {args.group_by}, kl_sym, 70 bins")
+        print(f"naive in memory (sklearn + np.histogram + scipy): {naive['seconds']:8.3f} s  {rate(naive['seconds']):7.2f} M filters/s"
+              f"  (+ {naive['load_seconds']:.1f} s to load; peak RSS {naive['rss'] / 2**30:.2f} GiB)")
+        for basis in ["global", "selection"]:
+            s = scan[basis]["seconds"]
+            print(f"exact scan, {basis:9s} basis:               {s:8.3f} s  {rate(s):7.2f} M filters/s  "
+                  f"{naive['seconds'] / s:6.1f}x the naive reference")
+        print(f"  scan process peak RSS {scan['rss'] / 2**30:.2f} GiB")
+        for k in ["cold", "warm"]:
+            s = cached[k]["seconds"]
+            print(f"per-layer histograms, {k}:                  {s * 1000:8.2f} ms  "
+                  f"{scan['global']['seconds'] / s:8.0f}x the exact scan")
+        print(f"  cached process peak RSS {cached['rss'] / 2**30:.2f} GiB")
+        same = scan["global"]["matrix"] == cached["cold"]["matrix"] == cached["warm"]["matrix"]
+        err = np.max(np.abs(np.array(scan["global"]["matrix"]) - np.array(naive["matrix"])) /
+                     np.maximum(np.abs(np.array(naive["matrix"])), 1e-300))
+        print(f"scan == per-layer histograms bit for bit: {same}; max relative difference to naive: {err:.2e}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
