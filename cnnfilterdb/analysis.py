@@ -36,23 +36,24 @@ class LayerHistograms:
     basis_version: int
     bins: int
     layer_ids: np.ndarray
-    counts: np.ndarray  # (n_layers, 9, bins) int64
+    counts: np.ndarray  # (n_layers, 9, bins) int32
 
     @classmethod
     def load(cls, cur) -> "LayerHistograms | None":
-        rows = cur.execute("SELECT layer_id, basis_version, bins, counts FROM _layer_histograms ORDER BY layer_id").fetchall()
-        if not rows:
+        row = cur.execute("SELECT basis_version, bins, n_layers, layer_ids, counts FROM _layer_histograms").fetchone()
+        if row is None:
             return None
-        bins = rows[0][2]
-        counts = np.frombuffer(b"".join(r[3] for r in rows), dtype="<i4").reshape(len(rows), 9, bins).astype(np.int64)
-        return cls(rows[0][1], bins, np.array([r[0] for r in rows], dtype=np.int64), counts)
+        version, bins, n, ids, counts = row
+        return cls(version, bins, np.frombuffer(ids, dtype="<i4").astype(np.int64),
+                   np.frombuffer(counts, dtype="<i4").reshape(n, 9, bins))
 
     def group_sums(self, layer_ids: np.ndarray, layer_group: np.ndarray, n_groups: int) -> np.ndarray:
         """Counts (n_groups, 9, bins) of the given layers, summed per group (exact, in integers)."""
         pos = np.searchsorted(self.layer_ids, layer_ids)
         onehot = scipy.sparse.csr_matrix((np.ones(len(pos), dtype=np.int64), (layer_group, pos)),
                                          shape=(n_groups, len(self.layer_ids)))
-        return (onehot @ self.counts.reshape(len(self.layer_ids), -1)).reshape(n_groups, 9, self.bins)
+        sums = onehot @ self.counts.reshape(len(self.layer_ids), -1)  # int64 sums of int32 counts
+        return np.asarray(sums, dtype=np.int64).reshape(n_groups, 9, self.bins)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from .stats.histogram import _numpy_index, bin_edges
 from .stats.quality import column_peaks
 
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
-PIECE = 1 << 14  # filters per piece of float64 work: stays in the CPU caches
+PIECE = 1 << 15  # filters per piece of float64 work: stays in the CPU caches
 PIECE_COLUMNS = PIECE
 _NEAR = 1e-9
 

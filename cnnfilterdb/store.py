@@ -310,18 +310,11 @@ class StoreTransaction:
              basis.explained_variance.tolist(), basis.explained_variance_ratio.tolist(), lo, hi],
         )
         counts = scan_histograms(paths, groups, basis, lo, hi, DEFAULT_BINS)
-        import pyarrow as pa
 
         self.con.execute("DELETE FROM _layer_histograms")
-        table = pa.table({
-            "layer_id": pa.array(layer_ids, pa.int32()),
-            "basis_version": pa.array(np.full(len(layer_ids), version), pa.int32()),
-            "bins": pa.array(np.full(len(layer_ids), DEFAULT_BINS), pa.int32()),
-            "counts": pa.array([c.astype("<i4").tobytes() for c in counts], pa.binary()),
-        })
-        self.con.register("_new_histograms", table)
-        self.con.execute("INSERT INTO _layer_histograms SELECT * FROM _new_histograms")
-        self.con.unregister("_new_histograms")
+        self.con.execute("INSERT INTO _layer_histograms VALUES (?, ?, ?, ?, ?)",
+                         [version, DEFAULT_BINS, len(layer_ids), layer_ids.astype("<i4").tobytes(),
+                          counts.astype("<i4").tobytes()])
 
 
 def to_json(value) -> str:

@@ -71,11 +71,13 @@ CREATE TABLE _layer_moments (
 
 -- Per-layer coefficient histograms under the current basis, for the default parameters (global
 -- basis, DEFAULT_BINS bins over the basis range): counts add across layers, so the histograms of
--- any grouping of whole layers are sums of these. counts: little-endian int32, (9, bins) row-major.
+-- any grouping of whole layers are sums of these. One row, packed for a single fast read:
+-- layer_ids little-endian int32 (n,), counts little-endian int32 (n, 9, bins) row-major.
 CREATE TABLE _layer_histograms (
-    layer_id      INTEGER PRIMARY KEY,
     basis_version INTEGER NOT NULL,
     bins          INTEGER NOT NULL,
+    n_layers      INTEGER NOT NULL,
+    layer_ids     BLOB NOT NULL,
     counts        BLOB NOT NULL
 );
 

@@ -124,12 +124,15 @@ def test_stored_layer_histograms_equal_a_scan(store):
 
 def test_per_layer_histograms_equal_numpy(store, frame):
     with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
-        rows = con.execute("SELECT h.layer_id, h.counts, l.filter_id_first, l.filter_id_last FROM _layer_histograms h "
-                           "JOIN layers l USING (layer_id) ORDER BY layer_id LIMIT 40").fetchall()
+        n, ids, blob = con.execute("SELECT n_layers, layer_ids, counts FROM _layer_histograms").fetchone()
+        ranges = dict((r[0], r[1:]) for r in con.execute("SELECT layer_id, filter_id_first, filter_id_last FROM layers").fetchall())
+    ids = np.frombuffer(ids, dtype="<i4")
+    stored = np.frombuffer(blob, dtype="<i4").reshape(n, 9, 70)
+    assert sorted(ids.tolist()) == sorted(ranges)
     counts, (lo, hi), pca = reference.histograms([_all(frame)], _all(frame), 70)
     X = _all(frame)
-    for lid, blob, a, b in rows:
-        got = np.frombuffer(blob, dtype="<i4").reshape(9, 70)
+    for lid, got in list(zip(ids, stored))[:40]:
+        a, b = ranges[int(lid)]
         C = pca.transform(reference.scale(X[a:b + 1]))
         want = np.array([np.histogram(C[:, i], bins=70, range=(lo, hi))[0] for i in range(9)])
         np.testing.assert_array_equal(got, want)
