@@ -100,7 +100,7 @@ def main() -> None:
                 break
             shutil.rmtree(db)
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-        shard_bytes = sum(p.stat().st_size for p in (db / "shards").iterdir())
+        shard_bytes = sum(p.stat().st_size for p in (db / "shards").glob("*.parquet"))
         size_ratio = shard_bytes / (n * 36)
         t_read, t_ingest = results["cold"]
         print(f"ratio ingest/read (cold): {t_ingest / t_read:.2f}x   (target <= {TARGET_RATIO}x)")

@@ -39,13 +39,17 @@ class LayerHistograms:
     counts: np.ndarray  # (n_layers, 9, bins) int32
 
     @classmethod
-    def load(cls, cur) -> "LayerHistograms | None":
-        row = cur.execute("SELECT basis_version, bins, n_layers, layer_ids, counts FROM _layer_histograms").fetchone()
+    def load(cls, cur, root: Path) -> "LayerHistograms | None":
+        """Memory-map the store's file (None if there is none, or it is gone: then queries scan)."""
+        row = cur.execute("SELECT basis_version, bins, n_layers, path FROM _layer_histograms").fetchone()
         if row is None:
             return None
-        version, bins, n, ids, counts = row
-        return cls(version, bins, np.frombuffer(ids, dtype="<i4").astype(np.int64),
-                   np.frombuffer(counts, dtype="<i4").reshape(n, 9, bins))
+        version, bins, n, rel = row
+        try:
+            packed = np.load(Path(root) / rel, mmap_mode="r")
+        except OSError:
+            return None
+        return cls(version, bins, np.asarray(packed[:, 0], dtype=np.int64), packed[:, 1:].reshape(n, 9, bins))
 
     def group_sums(self, layer_ids: np.ndarray, layer_group: np.ndarray, n_groups: int) -> np.ndarray:
         """Counts (n_groups, 9, bins) of the given layers, summed per group (exact, in integers)."""
@@ -85,7 +89,7 @@ class Analysis:
     # -- building blocks -----------------------------------------------------------------------
     def layer_histograms(self) -> LayerHistograms | None:
         if self._layer_histograms is None:
-            self._layer_histograms = LayerHistograms.load(self.cur)
+            self._layer_histograms = LayerHistograms.load(self.cur, self.root)
         return self._layer_histograms
 
     def shard_paths(self) -> list[Path]:

@@ -209,7 +209,8 @@ class StoreTransaction:
         referenced: set[str] = set()
         if self.catalog_path.exists():
             with duckdb.connect(str(self.catalog_path), read_only=True) as con:
-                referenced = {p for (p,) in con.execute("SELECT path FROM _shards").fetchall()}
+                referenced = {p for (p,) in con.execute("SELECT path FROM _shards UNION ALL "
+                                                        "SELECT path FROM _layer_histograms").fetchall()}
         for p in (self.root / SHARDS).iterdir():
             if f"{SHARDS}/{p.name}" not in referenced:
                 p.unlink(missing_ok=True)
@@ -311,10 +312,14 @@ class StoreTransaction:
         )
         counts = scan_histograms(paths, groups, basis, lo, hi, DEFAULT_BINS)
 
+        packed = np.concatenate([layer_ids[:, None], counts.reshape(len(layer_ids), -1)], axis=1).astype("<i4")
+        path = self.root / SHARDS / f"{self.ingest_id}-histograms.npy"
+        self._new_shards.append(path)  # removed with the shards if the ingest does not commit
+        np.save(path, packed)
+        fsync_path(path)
         self.con.execute("DELETE FROM _layer_histograms")
-        self.con.execute("INSERT INTO _layer_histograms VALUES (?, ?, ?, ?, ?)",
-                         [version, DEFAULT_BINS, len(layer_ids), layer_ids.astype("<i4").tobytes(),
-                          counts.astype("<i4").tobytes()])
+        self.con.execute("INSERT INTO _layer_histograms VALUES (?, ?, ?, ?)",
+                         [version, DEFAULT_BINS, len(layer_ids), f"{SHARDS}/{path.name}"])
 
 
 def to_json(value) -> str:

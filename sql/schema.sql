@@ -71,14 +71,14 @@ CREATE TABLE _layer_moments (
 
 -- Per-layer coefficient histograms under the current basis, for the default parameters (global
 -- basis, DEFAULT_BINS bins over the basis range): counts add across layers, so the histograms of
--- any grouping of whole layers are sums of these. One row, packed for a single fast read:
--- layer_ids little-endian int32 (n,), counts little-endian int32 (n, 9, bins) row-major.
+-- any grouping of whole layers are sums of these. They live in an immutable .npy file beside
+-- the shards (memory-mapped on first use: no read through the catalog), written by the ingest
+-- before its commit: int32 (n_layers, 1 + 9 * bins), column 0 the layer_id, then (9, bins) counts.
 CREATE TABLE _layer_histograms (
     basis_version INTEGER NOT NULL,
     bins          INTEGER NOT NULL,
     n_layers      INTEGER NOT NULL,
-    layer_ids     BLOB NOT NULL,
-    counts        BLOB NOT NULL
+    path          VARCHAR NOT NULL      -- relative to the store directory
 );
 
 -- The Parquet files behind the filters view, relative to the store directory.

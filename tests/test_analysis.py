@@ -124,10 +124,10 @@ def test_stored_layer_histograms_equal_a_scan(store):
 
 def test_per_layer_histograms_equal_numpy(store, frame):
     with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
-        n, ids, blob = con.execute("SELECT n_layers, layer_ids, counts FROM _layer_histograms").fetchone()
+        n, rel = con.execute("SELECT n_layers, path FROM _layer_histograms").fetchone()
         ranges = dict((r[0], r[1:]) for r in con.execute("SELECT layer_id, filter_id_first, filter_id_last FROM layers").fetchall())
-    ids = np.frombuffer(ids, dtype="<i4")
-    stored = np.frombuffer(blob, dtype="<i4").reshape(n, 9, 70)
+    packed = np.load(store / rel)
+    ids, stored = packed[:, 0], packed[:, 1:].reshape(n, 9, 70)
     assert sorted(ids.tolist()) == sorted(ranges)
     counts, (lo, hi), pca = reference.histograms([_all(frame)], _all(frame), 70)
     X = _all(frame)

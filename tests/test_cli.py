@@ -30,7 +30,7 @@ def test_info(store, capsys):
             "SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM layers), (SELECT count(*) FROM filters)").fetchone()
     assert (info["models"], info["layers"], info["filters"]) == (models, layers, filters) == (12, layers, 60_000)
     assert info["basis"]["version"] == 1 and info["basis"]["n_filters"] == 60_000
-    shard_bytes = sum(p.stat().st_size for p in (store / "shards").iterdir())
+    shard_bytes = sum(p.stat().st_size for p in (store / "shards").glob("*.parquet"))
     assert info["bytes"]["shards"] == shard_bytes and info["bytes"]["raw_float32"] == 60_000 * 36
     assert cli_main(["info", "--db", str(store)]) == 0
     text = capsys.readouterr().out

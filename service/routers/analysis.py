@@ -30,7 +30,7 @@ def analysis(catalog: LiveCatalog) -> Iterator[Analysis]:
         # The store's per-layer histograms, loaded once per catalog generation and kept in memory:
         # repeated default-parameter queries then read no filter and no histogram from disk.
         if gen.layer_histograms is None:
-            gen.layer_histograms = LayerHistograms.load(cur) or False
+            gen.layer_histograms = LayerHistograms.load(cur, catalog.root) or False
         try:
             yield Analysis(cur, catalog.root, layer_histograms=gen.layer_histograms or None)
         except EmptySelectionError as e:
