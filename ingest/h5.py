@@ -20,12 +20,11 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from cnnfilterdb.stats.moments import Moments
-from cnnfilterdb.stats.quality import LayerQualityAccumulator, column_peaks
 from cnnfilterdb.scan import iter_pieces
 from cnnfilterdb.store import StoreError, StoreTransaction
 
 from .progress import Progress
+from .rows import LayerState, insert_layers, insert_models
 from .sample import SAMPLE_ATTR
 from .shards import ShardWriter
 
@@ -247,15 +246,6 @@ def _as_number(path: Path, model: str, column: str, v, kind):
         raise _fail(path, f"/meta model {model!r}: column {column!r} value {v!r} is not a {kind.__name__}") from None
 
 
-@dataclass
-class _LayerState:
-    layer_id: int
-    model_id: int
-    quality: LayerQualityAccumulator = field(default_factory=LayerQualityAccumulator)
-    scaled: Moments = field(default_factory=Moments)
-    spans_blocks: bool = False
-
-
 def ingest_h5(path: Path, tx: StoreTransaction, progress: Progress) -> tuple[int, int]:
     """Stream one dataset.h5 into the transaction; returns (models, filters) added (0, 0 if present)."""
     c = read_contents(path)
@@ -279,12 +269,25 @@ def ingest_h5(path: Path, tx: StoreTransaction, progress: Progress) -> tuple[int
     for i, layer in enumerate(c.layers):
         if layer.model_id not in file_models:
             raise _fail(path, f"/meta row {layer.row}: model_id {layer.model_id} has no model row")
-        states.append(_LayerState(layer_base + i, model_offset + layer.model_id))
+        states.append(LayerState(layer_base + i, model_offset + layer.model_id))
 
     _stream_filters(c, states, filter_offset, tx, progress)
 
-    _insert_models(c, tx, model_offset)
-    _insert_layers(c, states, tx, filter_offset)
+    counts: dict[int, tuple[int, int]] = {}
+    for l in c.layers:
+        n, k = counts.get(l.model_id, (0, 0))
+        counts[l.model_id] = (n + l.n, k + 1)
+    source = str(c.path.resolve())
+    if c.sample:
+        source = f"SAMPLE ({c.sample}): {source}"
+    insert_models(tx, [{**{k: v for k, v in m.items() if k != "file_model_id"},
+                        "model_id": model_offset + m["file_model_id"], "n_filters": counts[m["file_model_id"]][0],
+                        "n_layers": counts[m["file_model_id"]][1], "source": source, "sha256": None}
+                       for m in c.models])
+    insert_layers(tx, [{"layer_id": st.layer_id, "model_id": st.model_id, "conv_depth": l.conv_depth,
+                        "conv_depth_norm": l.conv_depth_norm, "filter_id_first": l.first + filter_offset,
+                        "filter_id_last": l.last + filter_offset, "n_filters": l.n, **st.quality_row()}
+                       for st, l in zip(states, c.layers)])
     tx.insert_layer_moments([s.layer_id for s in states], [s.scaled for s in states])
     n_filters = sum(l.n for l in c.layers)
     tx.record_ingest(str(path.resolve()), "dataset.h5", None, len(c.models), n_filters)
@@ -311,27 +314,7 @@ def _transpose_into(X: np.ndarray, out: np.ndarray, step: int = 1 << 14) -> None
         out[:, s:s + step] = X[s:s + step].T
 
 
-def _fold_segment(st: _LayerState, Xt: np.ndarray, whole: bool) -> None:
-    """Fold a layer's filters (float32 (9, n)) into its statistics, in cache-sized pieces.
-
-    ``whole``: the segment is the entire layer, so its maximum (the sparsity threshold) is known
-    now and the second pass of the quality metrics runs on the same pieces.
-    """
-    if whole:
-        st.quality.see_peaks(column_peaks(Xt))
-    scaled = None
-    for z, p in iter_pieces(Xt):
-        m = st.quality.add(z, p)
-        if whole:
-            st.quality.add_thresholded(z, p, m)
-        if scaled is None or scaled.shape[1] < z.shape[1]:
-            scaled = np.ones_like(z)
-        s = scaled[:, :z.shape[1]]
-        np.divide(z[:9], np.where(p > 0, p, 1.0), out=s[:9])  # peak_scale_columns, into the buffer
-        st.scaled = st.scaled.merge(Moments.of_augmented(s))
-
-
-def _stream_filters(c: H5Contents, states: list[_LayerState], filter_offset: int,
+def _stream_filters(c: H5Contents, states: list[LayerState], filter_offset: int,
                     tx: StoreTransaction, progress: Progress) -> None:
     firsts = np.array([l.first for l in c.layers], dtype=np.int64)
     lasts = np.array([l.last for l in c.layers], dtype=np.int64)
@@ -371,7 +354,7 @@ def _stream_filters(c: H5Contents, states: list[_LayerState], filter_offset: int
                     j += 1
                 for k, o, e, whole in segments:
                     states[k].spans_blocks |= not whole
-                    _fold_segment(states[k], batch.w[:, o:e], whole)
+                    states[k].fold(batch.w[:, o:e], whole)
                 writer.write(batch)
                 bar.update(batch.n)
             # Second pass for layers cut by block boundaries: now that their maximum is known.
@@ -390,64 +373,3 @@ def _stream_filters(c: H5Contents, states: list[_LayerState], filter_offset: int
             writer_error = e
     if writer_error is not None:
         raise writer_error
-
-
-def _insert_models(c: H5Contents, tx: StoreTransaction, model_offset: int) -> None:
-    import pyarrow as pa
-
-    layer_counts: dict[int, tuple[int, int]] = {}
-    for l in c.layers:
-        n, k = layer_counts.get(l.model_id, (0, 0))
-        layer_counts[l.model_id] = (n + l.n, k + 1)
-    rows = []
-    source = str(c.path.resolve())
-    if c.sample:
-        source = f"SAMPLE ({c.sample}): {source}"
-    for m in c.models:
-        n_filters, n_layers = layer_counts.get(m["file_model_id"], (0, 0))
-        rows.append({**{k: v for k, v in m.items() if k != "file_model_id"},
-                     "model_id": model_offset + m["file_model_id"], "n_filters": n_filters,
-                     "n_layers": n_layers, "source": source, "sha256": None})
-    t = pa.Table.from_pylist(rows, schema=pa.schema([
-        ("model_id", pa.int32()), ("model", pa.string()), ("name", pa.string()), ("task", pa.string()),
-        ("task_raw", pa.string()), ("visual_category", pa.string()), ("training_dataset", pa.string()),
-        ("pretraining_dataset", pa.string()), ("producer", pa.string()), ("op_set", pa.int32()),
-        ("depth", pa.int32()), ("paper", pa.string()), ("accessible", pa.string()),
-        ("dataset_url", pa.string()), ("total_filters", pa.int64()), ("filter_share_3x3", pa.float64()),
-        ("n_filters", pa.int64()), ("n_layers", pa.int32()), ("source", pa.string()), ("sha256", pa.string()),
-        ("kernel_counts", pa.map_(pa.string(), pa.int64())), ("op_counts", pa.map_(pa.string(), pa.int64())),
-        ("extra", pa.string()),
-    ]))
-    t = t.set_column(t.schema.get_field_index("kernel_counts"), "kernel_counts",
-                     pa.array([list(r["kernel_counts"].items()) for r in rows], pa.map_(pa.string(), pa.int64())))
-    t = t.set_column(t.schema.get_field_index("op_counts"), "op_counts",
-                     pa.array([list(r["op_counts"].items()) for r in rows], pa.map_(pa.string(), pa.int64())))
-    tx.con.register("_new_models", t)
-    tx.con.execute("INSERT INTO models BY NAME SELECT * REPLACE (extra::JSON AS extra) FROM _new_models")
-    tx.con.unregister("_new_models")
-
-
-def _insert_layers(c: H5Contents, states: list[_LayerState], tx: StoreTransaction, filter_offset: int) -> None:
-    import pyarrow as pa
-
-    qs = [s.quality.result() for s in states]
-    t = pa.table({
-        "layer_id": pa.array([s.layer_id for s in states], pa.int32()),
-        "model_id": pa.array([s.model_id for s in states], pa.int32()),
-        "conv_depth": pa.array([l.conv_depth for l in c.layers], pa.int32()),
-        "conv_depth_norm": pa.array([l.conv_depth_norm for l in c.layers], pa.float64()),
-        "filter_id_first": pa.array([l.first + filter_offset for l in c.layers], pa.int64()),
-        "filter_id_last": pa.array([l.last + filter_offset for l in c.layers], pa.int64()),
-        "n_filters": pa.array([l.n for l in c.layers], pa.int64()),
-        "sparsity": pa.array([q.sparsity for q in qs], pa.float64()),
-        "variance_entropy": pa.array([q.variance_entropy for q in qs], pa.float64()),
-        "variance_entropy_norm": pa.array([q.variance_entropy_norm for q in qs], pa.float64()),
-        "variance_entropy_clean": pa.array([q.variance_entropy_clean for q in qs], pa.float64()),
-    })
-    tx.con.register("_new_layers", t)
-    tx.con.execute(
-        "INSERT INTO layers BY NAME SELECT *, depth_bin(conv_depth_norm) AS depth_bin, "
-        "NULL::INTEGER AS in_channels, NULL::INTEGER AS out_channels, NULL::INTEGER AS groups, "
-        "NULL::DOUBLE AS orthogonality FROM _new_layers"
-    )
-    tx.con.unregister("_new_layers")

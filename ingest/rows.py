@@ -1,0 +1,83 @@
+"""What every reader writes besides the filters: model and layer rows, and per-layer statistics."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from cnnfilterdb.scan import iter_pieces
+from cnnfilterdb.stats.moments import Moments
+from cnnfilterdb.stats.quality import LayerQualityAccumulator, column_peaks
+from cnnfilterdb.store import StoreTransaction
+
+MAP = pa.map_(pa.string(), pa.int64())
+MODEL_SCHEMA = pa.schema([
+    ("model_id", pa.int32()), ("model", pa.string()), ("name", pa.string()), ("task", pa.string()),
+    ("task_raw", pa.string()), ("visual_category", pa.string()), ("training_dataset", pa.string()),
+    ("pretraining_dataset", pa.string()), ("producer", pa.string()), ("op_set", pa.int32()),
+    ("depth", pa.int32()), ("paper", pa.string()), ("accessible", pa.string()),
+    ("dataset_url", pa.string()), ("total_filters", pa.int64()), ("filter_share_3x3", pa.float64()),
+    ("n_filters", pa.int64()), ("n_layers", pa.int32()), ("source", pa.string()), ("sha256", pa.string()),
+    ("kernel_counts", MAP), ("op_counts", MAP), ("extra", pa.string()),
+])
+LAYER_SCHEMA = pa.schema([
+    ("layer_id", pa.int32()), ("model_id", pa.int32()), ("conv_depth", pa.int32()), ("conv_depth_norm", pa.float64()),
+    ("filter_id_first", pa.int64()), ("filter_id_last", pa.int64()), ("n_filters", pa.int64()),
+    ("in_channels", pa.int32()), ("out_channels", pa.int32()), ("groups", pa.int32()),
+    ("sparsity", pa.float64()), ("variance_entropy", pa.float64()), ("variance_entropy_norm", pa.float64()),
+    ("variance_entropy_clean", pa.float64()), ("orthogonality", pa.float64()),
+])
+
+
+def insert_models(tx: StoreTransaction, rows: list[dict]) -> None:
+    """Rows keyed by the models columns; kernel_counts/op_counts dicts, extra a JSON string or None."""
+    rows = [{**r, "kernel_counts": list((r.get("kernel_counts") or {}).items()),
+             "op_counts": list((r.get("op_counts") or {}).items())} for r in rows]
+    t = pa.Table.from_pylist([{k: r.get(k) for k in MODEL_SCHEMA.names} for r in rows], schema=MODEL_SCHEMA)
+    tx.con.register("_new_models", t)
+    tx.con.execute("INSERT INTO models BY NAME SELECT * REPLACE (extra::JSON AS extra) FROM _new_models")
+    tx.con.unregister("_new_models")
+
+
+def insert_layers(tx: StoreTransaction, rows: list[dict]) -> None:
+    """Rows keyed by the layers columns but depth_bin, which the depth_bin macro derives."""
+    t = pa.Table.from_pylist([{k: r.get(k) for k in LAYER_SCHEMA.names} for r in rows], schema=LAYER_SCHEMA)
+    tx.con.register("_new_layers", t)
+    tx.con.execute("INSERT INTO layers BY NAME SELECT *, depth_bin(conv_depth_norm) AS depth_bin FROM _new_layers")
+    tx.con.unregister("_new_layers")
+
+
+@dataclass
+class LayerState:
+    """A layer's statistics while its filters stream by."""
+    layer_id: int
+    model_id: int
+    quality: LayerQualityAccumulator = field(default_factory=LayerQualityAccumulator)
+    scaled: Moments = field(default_factory=Moments)
+    spans_blocks: bool = False
+
+    def fold(self, Xt: np.ndarray, whole: bool) -> None:
+        """Fold filters (float32 (9, n), one per column) into the statistics, in cache-sized pieces.
+
+        ``whole``: these are all the layer's filters, so its maximum (the sparsity threshold) is
+        known now and the second pass of the quality metrics runs on the same pieces.
+        """
+        if whole:
+            self.quality.see_peaks(column_peaks(Xt))
+        scaled = None
+        for z, p in iter_pieces(Xt):
+            m = self.quality.add(z, p)
+            if whole:
+                self.quality.add_thresholded(z, p, m)
+            if scaled is None or scaled.shape[1] < z.shape[1]:
+                scaled = np.ones_like(z)
+            s = scaled[:, :z.shape[1]]
+            np.divide(z[:9], np.where(p > 0, p, 1.0), out=s[:9])  # peak_scale_columns, into the buffer
+            self.scaled = self.scaled.merge(Moments.of_augmented(s))
+
+    def quality_row(self, orthogonality: float | None = None) -> dict:
+        q = self.quality.result(orthogonality)
+        return {"sparsity": q.sparsity, "variance_entropy": q.variance_entropy,
+                "variance_entropy_norm": q.variance_entropy_norm,
+                "variance_entropy_clean": q.variance_entropy_clean, "orthogonality": q.orthogonality}
