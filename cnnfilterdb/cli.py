@@ -16,8 +16,15 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
 
 def cmd_ingest(args) -> int:
     from ingest import ingest_paths
+    from ingest.model_files import META_FIELDS
 
-    result = ingest_paths([Path(p) for p in args.paths], args.db or default_db())
+    meta = {k: getattr(args, k) for k in META_FIELDS}
+    if args.manifest and (args.paths or any(meta.values())):
+        raise StoreError("--manifest gives the files and their metadata: no paths or metadata flags with it")
+    if not args.manifest and not args.paths:
+        raise StoreError("nothing to ingest: give files or folders, or --manifest CSV")
+    result = ingest_paths([Path(p) for p in args.paths], args.db or default_db(), meta=meta,
+                          manifest=Path(args.manifest) if args.manifest else None, skip_bad=args.skip_bad)
     print(json.dumps(result))
     return 0
 
@@ -164,9 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnnfilterdb", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("ingest", help="load dataset.h5 files into the store (all or nothing)")
-    s.add_argument("paths", nargs="+", help="source files")
+    s = sub.add_parser("ingest", help="load dataset.h5 and model files (ONNX, PyTorch, safetensors, npz) "
+                                      "into the store, all or nothing")
+    s.add_argument("paths", nargs="*", help="files or folders (walked recursively); the kind is read from the content")
     _db_arg(s)
+    meta = s.add_argument_group("metadata of model files (dataset.h5 carries its own)")
+    for name in ["model", "name", "task", "visual_category", "training_dataset", "pretraining_dataset", "paper",
+                 "dataset_url", "accessible"]:
+        meta.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                          help={"model": "unique model id (default: the file name)",
+                                "name": "architecture name"}.get(name))
+    s.add_argument("--manifest", help="CSV, one row per file: a 'path' column and any of the metadata names")
+    s.add_argument("--skip-bad", action="store_true", help="skip files that fail their checks, list them, ingest the rest")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("info", help="counts, basis and sizes of the store")

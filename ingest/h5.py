@@ -253,7 +253,6 @@ def ingest_h5(path: Path, tx: StoreTransaction, progress: Progress) -> tuple[int
     names = [m["model"] for m in c.models]
     dup = [n for n in names if n in present]
     if dup and len(dup) == len(names):
-        progress.note(f"{path}: all {len(names)} models already in the store; nothing to do")
         return 0, 0
     if dup:
         raise _fail(path, f"{len(dup)} of {len(names)} models are already in the store (e.g. {dup[0]!r}); "

@@ -19,10 +19,11 @@ class Progress:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
 
-    def bar(self, total: int, desc: str):
+    def bar(self, total: int, desc: str, unit: str = "filters"):
         if not self.enabled:
             return _NoBar()
-        return tqdm(total=total, desc=desc, unit="filters", unit_scale=True, file=self.stream, leave=False)
+        return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B" else 1000,
+                    file=self.stream, leave=False)
 
     def note(self, message: str) -> None:
         print(message, file=self.stream)

@@ -63,6 +63,8 @@ class ShardWriter:
         self._first = self._last = -1
         self.rows_written = 0
         self._finished: list[tuple[Path, int, int, int]] = []
+        self._next_id = 0
+        self._current: Batch | None = None  # the batch write_rows is filling
         self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
         self._thread.start()
 
@@ -73,13 +75,45 @@ class ShardWriter:
         batch.n = 0
         return batch
 
+    @property
+    def next_filter_id(self) -> int:
+        """One past the last filter_id handed to the writer (0 before any)."""
+        return self._next_id
+
+    def write_rows(self, filter_ids: np.ndarray, model_id: int, layer_id: int, Xt: np.ndarray) -> None:
+        """Append the rows of one layer (Xt float32 (9, n)); small layers share a batch."""
+        n = len(filter_ids)
+        start = 0
+        while start < n:
+            if self._current is None:
+                self._current = self.take()
+            b = self._current
+            k = min(n - start, b.w.shape[1] - b.n)
+            o = b.n
+            b.filter_id[o:o + k] = filter_ids[start:start + k]
+            b.model_id[o:o + k] = model_id
+            b.layer_id[o:o + k] = layer_id
+            b.w[:, o:o + k] = Xt[:, start:start + k]
+            b.n += k
+            start += k
+            if b.n == b.w.shape[1]:
+                self._current = None
+                self.write(b)
+        if n:
+            self._next_id = int(filter_ids[-1]) + 1
+
     def write(self, batch: "Batch") -> None:
         """Queue the first ``batch.n`` rows of the batch; the caller must not touch it afterwards."""
         self._raise_if_failed()
+        if batch.n:
+            self._next_id = max(self._next_id, int(batch.filter_id[batch.n - 1]) + 1)
         self._queue.put(batch)
 
     def close(self) -> None:
         """Flush and register every shard with the transaction; raises the writer's error if any."""
+        if self._current is not None and self._current.n and self._error is None:
+            self._queue.put(self._current)
+        self._current = None
         self._queue.put(None)
         self._thread.join()
         self._raise_if_failed()

@@ -90,13 +90,14 @@ CREATE TABLE _shards (
     bytes           BIGINT NOT NULL
 );
 
--- One row per committed ingest.
+-- One row per source file of each committed ingest.
 CREATE TABLE _ingests (
-    ingest_id    VARCHAR PRIMARY KEY,
+    ingest_id    VARCHAR NOT NULL,
     source       VARCHAR NOT NULL,
     kind         VARCHAR NOT NULL,
     sha256       VARCHAR,
     committed_at TIMESTAMP NOT NULL,
     n_models     INTEGER NOT NULL,
-    n_filters    BIGINT NOT NULL
+    n_filters    BIGINT NOT NULL,
+    PRIMARY KEY (ingest_id, source)
 );

@@ -1,0 +1,83 @@
+"""Writing model files (ONNX, PyTorch, safetensors, npz) into a store transaction."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from cnnfilterdb.stats.quality import orthogonality
+from cnnfilterdb.store import StoreError, StoreTransaction
+
+from .models import CONV_OPS, read_model
+from .rows import LayerState, insert_layers, insert_models
+from .shards import ShardWriter
+
+# Metadata a user gives per file (flags or manifest columns), as models columns.
+META_FIELDS = ["model", "name", "task", "visual_category", "training_dataset", "pretraining_dataset", "paper",
+               "dataset_url", "accessible"]
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ingest_model_file(path: Path, kind: str, meta: dict, tx: StoreTransaction, writer: ShardWriter,
+                      sha: str | None = None) -> tuple[int, int]:
+    """Add one model file; returns (models, filters) added, (0, 0) if a file with its sha256 is stored."""
+    sha = sha or sha256_of(path)
+    known = tx.con.execute("SELECT model FROM models WHERE sha256 = ?", [sha]).fetchone()
+    if known:
+        return 0, 0
+    m = read_model(path, kind)
+    model_id = tx.next_id("models", "model_id")
+    layer_id = tx.next_id("layers", "layer_id")
+    next_filter = max(tx.next_filter_id(), writer.next_filter_id)
+    name = meta.get("model") or path.stem
+    taken = lambda s: tx.con.execute("SELECT count(*) FROM models WHERE model = ?", [s]).fetchone()[0] > 0  # noqa: E731
+    if taken(name):
+        if meta.get("model"):
+            raise StoreError(f"{path}: a model named {name!r} is already in the store (from another file)")
+        name = f"{name}-{sha[:8]}"
+
+    layers = []
+    for conv in m.convs:
+        if conv.op not in CONV_OPS or conv.weight.shape[2:] != (3, 3):
+            continue
+        W = conv.weight.reshape(-1, 9)
+        n = len(W)
+        st = LayerState(layer_id, model_id)
+        Xt = np.ascontiguousarray(W.T)
+        st.fold(Xt, whole=True)
+        writer.write_rows(np.arange(next_filter, next_filter + n, dtype=np.int64), model_id, layer_id, Xt)
+        out_channels, in_per_group = conv.weight.shape[:2]
+        layers.append({
+            "layer_id": layer_id, "model_id": model_id, "conv_depth": conv.level,
+            "conv_depth_norm": conv.level / (m.n_levels - 1) if m.n_levels > 1 else 0.0,
+            "filter_id_first": next_filter, "filter_id_last": next_filter + n - 1, "n_filters": n,
+            "in_channels": in_per_group * conv.groups, "out_channels": out_channels, "groups": conv.groups,
+            **st.quality_row(orthogonality(conv.weight)),
+        })
+        tx.insert_layer_moments([layer_id], [st.scaled])
+        layer_id += 1
+        next_filter += n
+
+    kernels = m.kernel_counts()
+    total = sum(v for k, v in kernels.items() if k != "(1, 1) filters")
+    n3 = sum(l["n_filters"] for l in layers)
+    task_raw = meta.get("task")
+    insert_models(tx, [{
+        **{k: meta.get(k) for k in META_FIELDS}, "model": name, "model_id": model_id,
+        "task_raw": task_raw, "task": ("Segmentation" if task_raw and "Segmentation" in task_raw else task_raw),
+        "producer": m.producer, "op_set": m.op_set, "depth": m.n_levels, "total_filters": total,
+        "filter_share_3x3": (kernels.get("(3, 3) filters", 0) / total) if total else None,
+        "n_filters": n3, "n_layers": len(layers), "source": str(path.resolve()), "sha256": sha,
+        "kernel_counts": kernels, "op_counts": m.op_counts, "extra": None,
+    }])
+    insert_layers(tx, layers)
+    tx.record_ingest(str(path.resolve()), kind, sha, 1, n3)
+    return 1, n3

@@ -1,0 +1,289 @@
+"""Readers of model files (SPEC section 5): ONNX, PyTorch state dicts, safetensors, NumPy .npz.
+
+Each returns an ``ExtractedModel``: its convolutions in graph order, each with its weight as
+float32 (out, in/groups, kh, kw), its groups and its conv level, and the model-level counts.
+
+- ONNX: every Conv, ConvInteger and QLinearConv whose weight is an initializer or a Constant
+  node, possibly through Identity, Cast and DequantizeLinear (quantized weights dequantized:
+  (w - zero_point) * scale, per tensor or per output channel; ConvInteger has no scale, so its
+  filters are w - zero_point). External data files are loaded from beside the model.
+  conv_depth: every node gets its graph depth, the longest path from the graph inputs counted in
+  nodes (nodes fed only by constants have none); the sorted distinct depths holding any 4-D
+  convolution (Conv, ConvTranspose, ConvInteger, QLinearConv, any kernel size) are the levels.
+- PyTorch / safetensors / npz: every 4-D weight is a convolution, in file order; each is a level.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cnnfilterdb.store import StoreError
+
+CONV_OPS = {"Conv", "ConvInteger", "QLinearConv"}          # whose filters are extracted
+LEVEL_OPS = CONV_OPS | {"ConvTranspose"}                    # convolutions that make levels
+WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "ConvTranspose": 1}
+
+
+@dataclass
+class ExtractedConv:
+    name: str
+    weight: np.ndarray      # float32 (out, in/groups, kh, kw)
+    groups: int
+    level: int              # index of its conv level
+    op: str = "Conv"
+
+
+@dataclass
+class ExtractedModel:
+    kind: str
+    convs: list[ExtractedConv]           # every 4-D convolution, any kernel size
+    n_levels: int
+    producer: str | None = None
+    op_set: int | None = None
+    op_counts: dict[str, int] = field(default_factory=dict)
+
+    def kernel_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for c in self.convs:
+            key = f"({c.weight.shape[2]}, {c.weight.shape[3]}) filters"
+            counts[key] = counts.get(key, 0) + int(c.weight.shape[0] * c.weight.shape[1])
+        return counts
+
+
+def _fail(path: Path, message: str) -> StoreError:
+    return StoreError(f"{path}: {message}")
+
+
+# ---- detection ---------------------------------------------------------------------------------
+def detect(path: Path) -> str | None:
+    """'onnx', 'torch', 'safetensors', 'npz' by content, or None."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:2] == b"PK":
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            return "torch" if head[:4] == b"PK\x03\x04" and path.suffix in (".pt", ".pth") else None
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        return None
+    if head[:1] == b"\x80":  # a pickle: the legacy torch.save format
+        return "torch"
+    if len(head) >= 9:
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n < 100_000_000 and head[8:9] == b"{":
+            return "safetensors"
+    return "onnx" if _looks_like_onnx(path) else None
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    import onnx
+
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return m.ir_version > 0 and m.HasField("graph")
+
+
+# ---- ONNX ----------------------------------------------------------------------------------------
+def read_onnx(path: Path) -> ExtractedModel:
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise _fail(path, f"not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
+    try:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, str(path.parent))
+    except Exception as e:
+        raise _fail(path, f"cannot load its external data ({type(e).__name__}: {str(e)[:200]})") from None
+    g = model.graph
+    producer_of = {}
+    for i, n in enumerate(g.node):
+        for o in n.output:
+            producer_of[o] = i
+    initializers = {t.name: t for t in g.initializer}
+    graph_inputs = {i.name for i in g.input} - set(initializers)
+
+    # Graph depth: the longest path from the graph inputs, in nodes (nodes are topologically sorted).
+    depth: dict[int, int] = {}
+    for i, n in enumerate(g.node):
+        ds = [depth[producer_of[x]] for x in n.input if x in producer_of and producer_of[x] in depth]
+        if ds:
+            depth[i] = 1 + max(ds)
+        elif any(x in graph_inputs for x in n.input):
+            depth[i] = 1
+
+    cache: dict[str, np.ndarray] = {}
+
+    def resolve(name: str, conv: str) -> np.ndarray:
+        if name in cache:
+            return cache[name]
+        if name in initializers:
+            arr = numpy_helper.to_array(initializers[name])
+        elif name in producer_of:
+            node = g.node[producer_of[name]]
+            if node.op_type == "Constant":
+                attr = {a.name: a for a in node.attribute}
+                if "value" not in attr:
+                    raise _fail(path, f"weight of {conv}: Constant {node.name!r} holds no tensor value")
+                arr = numpy_helper.to_array(attr["value"].t)
+            elif node.op_type == "Identity":
+                arr = resolve(node.input[0], conv)
+            elif node.op_type == "Cast":
+                to = next(a.i for a in node.attribute if a.name == "to")
+                arr = resolve(node.input[0], conv).astype(onnx.helper.tensor_dtype_to_np_dtype(to))
+            elif node.op_type == "DequantizeLinear":
+                x = resolve(node.input[0], conv)
+                scale = resolve(node.input[1], conv)
+                zp = resolve(node.input[2], conv) if len(node.input) > 2 and node.input[2] else np.zeros((), x.dtype)
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+                arr = _dequantize(x, scale, zp, axis)
+            else:
+                raise _fail(path, f"weight of {conv} is computed by a {node.op_type} node ({node.name!r}); "
+                                  "only initializers, Constant, Identity, Cast and DequantizeLinear are resolved")
+        elif name in graph_inputs:
+            raise _fail(path, f"weight of {conv} is the graph input {name!r}, not a constant: cannot be resolved")
+        else:
+            raise _fail(path, f"weight of {conv}: tensor {name!r} is defined nowhere in the graph")
+        cache[name] = arr
+        return arr
+
+    convs_raw = []
+    for i, n in enumerate(g.node):
+        if n.op_type not in LEVEL_OPS:
+            continue
+        label = f"{n.op_type} {n.name or '#' + str(i)!r}"
+        w = resolve(n.input[WEIGHT_INPUT[n.op_type]], label)
+        if w.ndim != 4:
+            continue  # 1-D/3-D convolutions are not 2-D filters
+        groups = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if n.op_type == "ConvInteger":
+            zp = resolve(n.input[3], label) if len(n.input) > 3 and n.input[3] else np.zeros((), w.dtype)
+            w = _dequantize(w, np.ones((), np.float32), zp, 0)
+        elif n.op_type == "QLinearConv":
+            w = _dequantize(w, resolve(n.input[4], label), resolve(n.input[5], label), 0)
+        if i not in depth:
+            raise _fail(path, f"{label} is not reachable from the graph inputs")
+        convs_raw.append((label, w, groups, depth[i], n.op_type))
+    levels = sorted({d for *_, d, _ in convs_raw})
+    convs = [ExtractedConv(label, np.ascontiguousarray(w, dtype=np.float32), groups, levels.index(d), op)
+             for label, w, groups, d, op in convs_raw]
+    ops: dict[str, int] = {}
+    for n in g.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    producer = " ".join(x for x in (model.producer_name, model.producer_version) if x) or None
+    op_set = model.opset_import[0].version if model.opset_import else None
+    return ExtractedModel("onnx", convs, len(levels), producer, op_set, ops)
+
+
+def _dequantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> np.ndarray:
+    """(x - zero_point) * scale, with per-axis scale/zero_point broadcast along ``axis``."""
+    x = x.astype(np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    zp = np.asarray(zero_point, dtype=np.float64)
+    shape = [1] * x.ndim
+    if scale.ndim == 1 and scale.size > 1:
+        shape[axis] = scale.size
+        scale = scale.reshape(shape)
+    if zp.ndim == 1 and zp.size > 1:
+        shape = [1] * x.ndim
+        shape[axis] = zp.size
+        zp = zp.reshape(shape)
+    return ((x - zp) * scale).astype(np.float32)
+
+
+# ---- 4-D weights in file order ---------------------------------------------------------------------
+def _from_arrays(kind: str, items: list[tuple[str, np.ndarray]], producer: str | None) -> ExtractedModel:
+    convs = [(name, a) for name, a in items if a.ndim == 4]
+    out = [ExtractedConv(name, np.ascontiguousarray(a, dtype=np.float32), 1, k) for k, (name, a) in enumerate(convs)]
+    return ExtractedModel(kind, out, len(out), producer, None, {})
+
+
+def read_torch(path: Path) -> ExtractedModel:
+    try:
+        import torch
+    except ImportError:
+        raise _fail(path, "is a PyTorch file, and reading it needs torch: pip install 'cnnfilterdb[torch]'") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        msg = str(e).strip().splitlines()
+        reason = "it holds objects that only running pickled code could build" if "weights_only" in str(e) \
+            else (msg[0][:200] if msg else type(e).__name__)
+        raise _fail(path, f"cannot be loaded safely with torch.load(weights_only=True): {reason}") from None
+    state = _find_state_dict(obj)
+    if state is None:
+        raise _fail(path, "holds no state dict (a mapping of names to tensors, or a checkpoint containing one)")
+    items = [(k, v.detach().cpu().numpy()) for k, v in state.items() if isinstance(v, torch.Tensor)
+             and v.is_floating_point()]
+    return _from_arrays("torch", items, f"pytorch {torch.__version__}")
+
+
+def _find_state_dict(obj):
+    import torch
+
+    if isinstance(obj, dict):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+        for key in ("state_dict", "model_state_dict", "model", "net", "module", "weights"):
+            if key in obj:
+                found = _find_state_dict(obj[key])
+                if found is not None:
+                    return found
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        return tensors or None
+    return None
+
+
+def read_safetensors(path: Path) -> ExtractedModel:
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:
+        raise _fail(path, f"not a readable safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
+    with open(path, "rb") as f:  # file order, as written (load_file returns a dict in header order)
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    order = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    return _from_arrays("safetensors", [(k, tensors[k]) for k in order if np.issubdtype(tensors[k].dtype, np.floating)],
+                        "safetensors")
+
+
+def read_npz(path: Path) -> ExtractedModel:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            items = [(k, z[k]) for k in z.files]
+    except Exception as e:
+        raise _fail(path, f"not a readable .npz file ({type(e).__name__}: {str(e)[:200]})") from None
+    return _from_arrays("npz", [(k, a) for k, a in items if np.issubdtype(a.dtype, np.floating)], "numpy")
+
+
+READERS = {"onnx": read_onnx, "torch": read_torch, "safetensors": read_safetensors, "npz": read_npz}
+
+
+def read_model(path: Path, kind: str) -> ExtractedModel:
+    m = READERS[kind](path)
+    bad = [c.name for c in m.convs if not np.isfinite(c.weight).all()]
+    if bad:
+        c = next(c for c in m.convs if c.name == bad[0])
+        i = int(np.argmax(~np.isfinite(c.weight.reshape(-1))))
+        raise _fail(path, f"weight of {bad[0]} has a NaN or Inf value (element {i} of shape {c.weight.shape})")
+    if not any(c.weight.shape[2:] == (3, 3) and c.op in CONV_OPS for c in m.convs):
+        raise _fail(path, f"holds no 3x3 convolution ({len(m.convs)} 4-D convolution(s), kernels "
+                          f"{sorted({c.weight.shape[2:] for c in m.convs}) or 'none'})")
+    return m
+
+
