@@ -16,6 +16,10 @@ from .progress import Progress
 from .shards import ShardWriter
 
 MODEL_BATCH_ROWS = 1 << 20
+# Kinds suggested by a name: a file whose content is not recognized but whose name says what it
+# should be gets that reader's own error (e.g. a truncated ONNX file), not "unrecognized".
+SUFFIX_KINDS = {".onnx": "onnx", ".pt": "torch", ".pth": "torch", ".safetensors": "safetensors", ".npz": "npz",
+                ".h5": "dataset.h5", ".hdf5": "dataset.h5"}
 
 
 @dataclass
@@ -89,14 +93,21 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
             raise StoreError(f"{s.path}: no such file")
         s.kind = detect_kind(s.path)
         if s.kind is None:
-            if not s.explicit:
+            hint = SUFFIX_KINDS.get(s.path.suffix.lower())
+            if hint is None and not s.explicit:
                 ignored.append(str(s.path))
                 continue
-            reason = "not a recognized filter source (dataset.h5, ONNX, PyTorch, safetensors or .npz)"
-            if skip_bad:
-                skipped.append({"path": str(s.path), "reason": reason})
+            try:
+                if hint == "dataset.h5":
+                    read_contents(s.path)
+                elif hint is not None:
+                    read_model(s.path, hint)
+                raise StoreError(f"{s.path}: not a recognized filter source (dataset.h5, ONNX, PyTorch, safetensors or .npz)")
+            except StoreError as e:
+                if not skip_bad:
+                    raise
+                skipped.append({"path": str(s.path), "reason": str(e).removeprefix(f"{s.path}: ")})
                 continue
-            raise StoreError(f"{s.path}: {reason}")
         sources.append(s)
 
     added_models = added_filters = 0

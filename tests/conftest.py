@@ -28,8 +28,10 @@ def store_snapshot(db: Path) -> dict | None:
     cat = db / "catalog.duckdb"
     if not cat.exists():
         return None
-    files = sorted(str(p.relative_to(db)) for p in db.rglob("*") if p.is_file() and p.name != ".ingest.lock")
     with duckdb.connect(str(cat), read_only=True) as con:
+        # The files readers can reach (an unreferenced leftover is garbage the next ingest removes).
+        files = sorted(p for (p,) in con.execute("SELECT path FROM _shards UNION ALL SELECT path FROM _layer_histograms").fetchall())
+        assert all((db / f).is_file() for f in files)
         tables = {}
         for t in ["models", "layers", "basis", "_shards", "_ingests", "_layer_moments"]:
             tables[t] = con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()

@@ -49,7 +49,7 @@ def _faults(parts, tmp):
     inf = X.copy()
     inf[4321, 0, 0] = -np.inf
     return {
-        "not_hdf5": (lambda p: (p.write_text("model,task\nresnet,Classification\n"), p)[1], "not a recognized"),
+        "not_hdf5": (lambda p: (p.write_text("model,task\nresnet,Classification\n"), p)[1], "not a readable HDF5 file"),
         "no_meta": (lambda p: _write(p, None, X), "no /meta"),
         "no_filters": (lambda p: _write(p, meta, None), "no /filters"),
         "out_of_range": (lambda p: _write(p, _set_ids(meta, len(meta) - 1, f"{n - 5}:{n + 3}"), X), "out of range"),
