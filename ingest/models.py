@@ -80,17 +80,10 @@ def detect(path: Path) -> str | None:
         n = int.from_bytes(head[:8], "little")
         if 2 <= n < 100_000_000 and head[8:9] == b"{":
             return "safetensors"
-    return "onnx" if _looks_like_onnx(path) else None
-
-
-def _looks_like_onnx(path: Path) -> bool:
-    import onnx
-
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        return False
-    return m.ir_version > 0 and m.HasField("graph")
+    # An ONNX ModelProto starts with field 1, ir_version, a varint (tag byte 0x08) of a small
+    # version. The full parse (in read_onnx) then confirms it; parsing here too would double
+    # the cost of reading a large model.
+    return "onnx" if head[:1] == b"\x08" and 1 <= head[1] <= 32 else None
 
 
 # ---- ONNX ----------------------------------------------------------------------------------------
