@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ingest.sample import write_sample_h5  # noqa: E402

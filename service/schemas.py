@@ -1,7 +1,7 @@
 """Pydantic models of every request and response of the HTTP API."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -166,6 +166,9 @@ GroupField = Literal["task", "visual_category", "training_dataset", "pretraining
 Metric = Literal["kl_sym", "js", "hellinger", "wasserstein"]
 Weights = Literal["explained_variance", "uniform"]
 BasisKind = Literal["global", "selection"]
+T = TypeVar("T")
+
+
 def _not_bool(v):
     # JSON Schema's integer admits 4.0 (so pydantic's lax mode stays on) but not true/false.
     if isinstance(v, bool):
@@ -178,34 +181,18 @@ Real = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_not_bool)]
 Component = Annotated[int, Field(ge=0, le=8), BeforeValidator(_not_bool)]
 
 
-class TextBounds(BaseModel):
+class Bounds(BaseModel, Generic[T]):
+    """{gte, gt, lte, lt}: every bound given must hold."""
     model_config = ConfigDict(extra="forbid")
-    gte: str | None = None
-    gt: str | None = None
-    lte: str | None = None
-    lt: str | None = None
+    gte: T | None = None
+    gt: T | None = None
+    lte: T | None = None
+    lt: T | None = None
 
 
-class IntBounds(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    gte: Int32 | None = None
-    gt: Int32 | None = None
-    lte: Int32 | None = None
-    lt: Int32 | None = None
-
-
-class RealBounds(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    gte: Real | None = None
-    gt: Real | None = None
-    lte: Real | None = None
-    lt: Real | None = None
-
-
-Bounds = TextBounds | IntBounds | RealBounds
-TextCondition = str | list[str | None] | TextBounds | None
-IntCondition = Int32 | list[Int32 | None] | IntBounds | None
-RealCondition = Real | list[Real | None] | RealBounds | None
+TextCondition = str | list[str | None] | Bounds[str] | None
+IntCondition = Int32 | list[Int32 | None] | Bounds[Int32] | None
+RealCondition = Real | list[Real | None] | Bounds[Real] | None
 
 
 class Where(BaseModel):

@@ -48,6 +48,24 @@ def sample_v1(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def v1_store(tmp_path_factory, sample_v1) -> Path:
+    """A store of sample_v1, shared by the read-only tests of the service and the analysis."""
+    db = tmp_path_factory.mktemp("v1store") / "db"
+    assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    return db
+
+
+@pytest.fixture(scope="session")
+def v1_client(v1_store):
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    return TestClient(create_app(Settings(db=v1_store)), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="session")
 def sample_v01(tmp_path_factory) -> Path:
     return write_sample_h5(tmp_path_factory.mktemp("h5") / "v01.h5", n_models=9, n_filters=30_000, seed=4,
                            version="0.1.0", shape="9")

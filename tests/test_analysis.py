@@ -9,11 +9,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from fastapi.testclient import TestClient
 
 from cnnfilterdb.analysis import Analysis
-from service.main import create_app
-from service.settings import Settings
 
 from . import reference
 from .conftest import cli_main
@@ -22,15 +19,13 @@ RTOL = 1e-9
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, sample_v1):
-    db = tmp_path_factory.mktemp("analysis") / "db"
-    assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
-    return db
+def store(v1_store):
+    return v1_store
 
 
 @pytest.fixture(scope="module")
-def client(store):
-    return TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
+def client(v1_client):
+    return v1_client
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Bad input: a one-line error naming the file and the fault, a non-zero exit, the store unchanged."""
 from __future__ import annotations
 
-import shutil
 import warnings
 
 import h5py

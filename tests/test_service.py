@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import shutil
 
 import duckdb
 import numpy as np
@@ -18,15 +17,13 @@ from .conftest import cli_main
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, sample_v1):
-    db = tmp_path_factory.mktemp("svc") / "db"
-    assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
-    return db
+def store(v1_store):
+    return v1_store
 
 
 @pytest.fixture(scope="module")
-def client(store):
-    return TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
+def client(v1_client):
+    return v1_client
 
 
 @pytest.fixture(scope="module")
