@@ -45,10 +45,22 @@ LOCK = ".ingest.lock"
 STAGING_SUFFIX = ".staging"
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 ENV_DB = "CNNFILTERDB_DB"
+SCHEMA_VERSION = 1  # of sql/schema.sql
 
 
 class StoreError(Exception):
     """A fault the user can act on; its message is one line naming what and where."""
+
+
+def check_schema(con, where: Path) -> None:
+    """Refuse a catalog written with another layout than this program's."""
+    try:
+        version = con.execute("SELECT max(schema_version) FROM _store").fetchone()[0]
+    except duckdb.Error:
+        version = None
+    if version != SCHEMA_VERSION:
+        raise StoreError(f"{where}: catalog layout version {version}, this program reads version {SCHEMA_VERSION}; "
+                         "rebuild the store by ingesting its sources into a new one")
 
 
 def default_db() -> Path:
@@ -90,7 +102,13 @@ class FilterStore:
         """A read-only connection to the catalog."""
         if not self.exists():
             raise StoreError(f"{self.root}: no store here (no {CATALOG}); create one with `cnnfilterdb ingest`")
-        return duckdb.connect(str(self.catalog_path), read_only=True, config=config or {})
+        con = duckdb.connect(str(self.catalog_path), read_only=True, config=config or {})
+        try:
+            check_schema(con, self.catalog_path)
+        except StoreError:
+            con.close()
+            raise
+        return con
 
     def shard_paths(self, con: duckdb.DuckDBPyConnection) -> list[Path]:
         return [self.root / p for (p,) in con.execute("SELECT path FROM _shards ORDER BY filter_id_first").fetchall()]
@@ -172,6 +190,7 @@ class StoreTransaction:
             if self.catalog_path.exists():
                 shutil.copyfile(self.catalog_path, self.staging_path)
                 self.con = duckdb.connect(str(self.staging_path))
+                check_schema(self.con, self.catalog_path)
             else:
                 self.con = duckdb.connect(str(self.staging_path))
                 self.con.execute(sql.read("schema"))

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import duckdb
 
-from cnnfilterdb.store import CATALOG, SHARDS, sql_string
+from cnnfilterdb.store import CATALOG, SHARDS, StoreError, check_schema, sql_string
 
 from .errors import ApiError
 from .settings import Settings
@@ -76,6 +76,7 @@ class LiveCatalog:
             con.execute("SET allowed_directories = ?", [[str(self.root / SHARDS) + os.sep]])
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
+            check_schema(con.cursor().execute("USE catalog"), self.path)
         except Exception:
             con.close()
             raise
@@ -95,6 +96,8 @@ class LiveCatalog:
             if cur is None or cur.inode != st.st_ino or cur.mtime_ns != st.st_mtime_ns:
                 try:
                     self._current = self._open(st)
+                except StoreError as e:
+                    raise ApiError(503, "store_unavailable", str(e)) from None
                 except duckdb.Error as e:
                     raise ApiError(503, "store_unavailable", f"cannot open the catalog: {str(e).splitlines()[0]}") from None
             return self._current

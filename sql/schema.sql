@@ -1,4 +1,8 @@
--- Tables of the catalog (<db>/catalog.duckdb). The public SQL surface is SPEC section 4:
+-- Tables of the catalog (<db>/catalog.duckdb).
+-- The layout version of this file: a program refuses a catalog of another version (store.py).
+CREATE TABLE _store (schema_version INTEGER NOT NULL);
+INSERT INTO _store VALUES (1);
+-- The public SQL surface is SPEC section 4:
 -- models, layers, filters (a view over Parquet shards, see views.sql) and basis.
 -- Tables whose names start with an underscore are bookkeeping of the store, not public surface.
 

@@ -136,3 +136,26 @@ def test_serve_answers_over_http(store):
     finally:
         p.terminate()
         p.wait(timeout=10)
+
+
+def test_a_catalog_of_another_layout_is_refused(tmp_path, sample_v01, capsys):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    db = tmp_path / "db"
+    assert cli_main(["ingest", str(sample_v01), "--db", str(db)]) == 0
+    with duckdb.connect(str(db / "catalog.duckdb")) as con:
+        con.execute("UPDATE _store SET schema_version = 99")
+    before = (db / "catalog.duckdb").read_bytes()
+    assert cli_main(["info", "--db", str(db)]) == 1
+    assert "layout version 99" in capsys.readouterr().err
+    assert cli_main(["ingest", str(sample_v01), "--db", str(db)]) == 1
+    assert "layout version 99" in capsys.readouterr().err
+    r = TestClient(create_app(Settings(db=db))).get("/v1/stats")
+    assert r.status_code == 503 and "layout version 99" in r.json()["error"]["message"]
+    assert (db / "catalog.duckdb").read_bytes() == before
+    shutil.rmtree(db)
