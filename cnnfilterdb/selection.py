@@ -100,23 +100,21 @@ def select(cur, where: dict | None, group_by: str | None) -> Selection:
         raise SelectionError(f"unknown group_by {group_by!r}; known: {GROUP_FIELDS}")
     cond, params = where_sql(where)
     label = group_by or "'all'"
-    rows = cur.execute(f"SELECT layer_id, {label} AS label, n_filters, model_id FROM layers_with_models "
-                       f"WHERE {cond} ORDER BY layer_id", params).fetchall()
-    labels = natural_order(list({r[1] for r in rows}))
+    cols = cur.execute(f"SELECT layer_id, {label} AS label, n_filters, model_id FROM layers_with_models "
+                       f"WHERE {cond} ORDER BY layer_id", params).fetchnumpy()
+    raw = cols["label"]
+    values = raw.tolist() if not hasattr(raw, "mask") else [None if m else v for v, m in zip(raw.data.tolist(), raw.mask.tolist())]
+    labels = natural_order(list(set(values)))
     index = {v: i for i, v in enumerate(labels)}
-    layer_ids = np.array([r[0] for r in rows], dtype=np.int64)
-    layer_group = np.array([index[r[1]] for r in rows], dtype=np.int64)
-    n_filters = np.zeros(len(labels), dtype=np.int64)
-    n_layers = np.zeros(len(labels), dtype=np.int64)
-    models: list[set] = [set() for _ in labels]
-    for (_, lab, n, mid) in rows:
-        i = index[lab]
-        n_filters[i] += n
-        n_layers[i] += 1
-        models[i].add(mid)
+    layer_ids = np.asarray(cols["layer_id"], dtype=np.int64)
+    layer_group = np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
+    n = len(labels)
+    n_filters = np.bincount(layer_group, weights=np.asarray(cols["n_filters"], dtype=np.float64), minlength=n).astype(np.int64)
+    n_layers = np.bincount(layer_group, minlength=n).astype(np.int64)
+    pairs = np.unique(np.stack([layer_group, np.asarray(cols["model_id"], dtype=np.int64)]), axis=1) if n else np.zeros((2, 0), np.int64)
+    n_models = np.bincount(pairs[0], minlength=n).astype(np.int64)
     empty = []
     if group_by is not None and where and group_by in where:
         asked = where[group_by] if isinstance(where[group_by], list) else [where[group_by]]
         empty = [v for v in asked if not isinstance(v, dict) and v not in index]
-    return Selection(group_by, labels, layer_ids, layer_group, n_filters,
-                     np.array([len(m) for m in models], dtype=np.int64), n_layers, empty)
+    return Selection(group_by, labels, layer_ids, layer_group, n_filters, n_models, n_layers, empty)
