@@ -56,7 +56,7 @@ def main() -> None:
         times = []
         for k in range(3):
             db = work / f"db{k}"
-            times.append(_time(lambda: ingest_paths([src], db, Progress(enabled=False))))
+            times.append(_time(lambda db=db: ingest_paths([src], db, Progress(enabled=False))))
         t_ingest = min(times)
         import duckdb
 

@@ -184,7 +184,7 @@ class StoreTransaction:
         except BlockingIOError:
             os.close(self._lock_fd)
             self._lock_fd = None
-            raise StoreError(f"{self.root}: another ingest is running on this store (lock {LOCK} is held)")
+            raise StoreError(f"{self.root}: another ingest is running on this store (lock {LOCK} is held)") from None
         try:
             self._remove_garbage()
             if self.catalog_path.exists():
@@ -241,8 +241,9 @@ class StoreTransaction:
     def next_filter_id(self) -> int:
         return int(self.con.execute("SELECT coalesce(max(filter_id_last) + 1, 0) FROM _shards").fetchone()[0])
 
-    def new_shard_path(self, seq: int) -> Path:
-        path = self.root / SHARDS / f"{self.ingest_id}-{seq:05d}.parquet"
+    def new_shard_path(self) -> Path:
+        """A new shard's path, unique in the store (several writers may serve one transaction)."""
+        path = self.root / SHARDS / f"{self.ingest_id}-{len(self._new_shards):05d}.parquet"
         self._new_shards.append(path)
         return path
 

@@ -56,7 +56,6 @@ class ShardWriter:
             self._free.put(Batch(batch_rows))
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
-        self._seq = 0
         self._writer: pq.ParquetWriter | None = None
         self._path: Path | None = None
         self._rows = 0
@@ -149,8 +148,7 @@ class ShardWriter:
         n = len(filter_ids)
         while start < n:
             if self._writer is None:
-                self._path = self.tx.new_shard_path(self._seq)
-                self._seq += 1
+                self._path = self.tx.new_shard_path()
                 self._writer = pq.ParquetWriter(self._path, SCHEMA, **PARQUET_OPTIONS)
                 self._rows = 0
                 self._first = int(filter_ids[start])

@@ -414,3 +414,37 @@ def test_without_torch_the_error_says_how_to_install(tmp_path, monkeypatch, caps
     monkeypatch.setattr(builtins, "__import__", no_torch)
     assert cli_main(["ingest", str(MODELS / "pnet.pt"), "--db", str(tmp_path / "db")]) == 1
     assert "pip install 'cnnfilterdb[torch]'" in capsys.readouterr().err
+
+
+def test_h5_and_model_files_in_one_ingest(tmp_path, sample_v01):
+    """One command, mixed sources: ids stay unique and contiguous, each layer holds its own filters."""
+    db = tmp_path / "db"
+    result = _ingest([MODELS / "pnet.pt", sample_v01, MODELS / "rnet.pt"], db)
+    assert result["models_added"] == 2 + 9 and result["filters_added"] == 702 + 30_000 + 1428
+    with _con(db) as con:
+        n, lo, hi, distinct = con.execute("SELECT count(*), min(filter_id), max(filter_id), count(DISTINCT filter_id) FROM filters").fetchone()
+        assert (n, lo, hi, distinct) == (32_130, 0, 32_129, 32_130)
+        assert con.execute("""SELECT count(*) FROM filters f JOIN layers l USING (layer_id)
+                              WHERE f.filter_id NOT BETWEEN l.filter_id_first AND l.filter_id_last
+                                 OR f.model_id <> l.model_id""").fetchone()[0] == 0
+        assert con.execute("SELECT sum(n_filters) FROM layers").fetchone()[0] == 32_130
+        assert con.execute("SELECT n_filters FROM basis").fetchone()[0] == 32_130
+
+
+def test_a_second_ingest_waits_for_no_one(tmp_path, sample_v01, capsys):
+    """While one ingest holds the store's lock, another is refused at once with a clear error."""
+    import fcntl
+    import os
+
+    db = tmp_path / "db"
+    assert cli_main(["ingest", str(sample_v01), "--db", str(db)]) == 0
+    before = store_snapshot(db)
+    fd = os.open(db / ".ingest.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert cli_main(["ingest", str(MODELS / "pnet.pt"), "--db", str(db)]) == 1
+        assert "another ingest is running" in capsys.readouterr().err
+    finally:
+        os.close(fd)
+    assert store_snapshot(db) == before
+    assert cli_main(["ingest", str(MODELS / "pnet.pt"), "--db", str(db)]) == 0
