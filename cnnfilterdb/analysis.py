@@ -240,8 +240,9 @@ class Analysis:
         flags = ("(sparsity > ?) AS sparse, (variance_entropy_norm < ?) AS low_entropy, "
                  "coalesce(variance_entropy_norm > ?, false) AS random_like")
         fparams = [sparsity_gt, entropy_norm_lt, entropy_norm_gt if entropy_norm_gt is not None else float("inf")]
-        base = (f"SELECT layer_id, model_id, model, conv_depth, conv_depth_norm, depth_bin, n_filters, sparsity, "
-                f"variance_entropy, variance_entropy_norm, variance_entropy_clean, orthogonality, {flags} "
+        base = (f"SELECT layer_id, model_id, model, conv_depth, conv_depth_norm, depth_bin, filter_id_first, "
+                f"filter_id_last, n_filters, in_channels, out_channels, groups, sparsity, variance_entropy, "
+                f"variance_entropy_norm, variance_entropy_clean, orthogonality, {flags} "
                 f"FROM layers_with_models WHERE ({cond})")
         q = f"SELECT * FROM ({base}) WHERE sparse OR low_entropy OR random_like"
         total = self.cur.execute(f"SELECT count(*) FROM ({q})", fparams + params).fetchone()[0]

@@ -10,7 +10,7 @@ from threadpoolctl import threadpool_limits
 from cnnfilterdb.store import StoreError, StoreTransaction
 
 from .h5 import ingest_h5, is_hdf5, read_contents
-from .model_files import META_FIELDS, ingest_model_file, sha256_of
+from .model_files import META_FIELDS, ingest_model_file, sha256_of, stored_model_with
 from .models import detect, read_model
 from .progress import Progress
 from .shards import ShardWriter
@@ -128,11 +128,13 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
                         models, filters = ingest_h5(s.path, tx, progress)
                     else:
                         sha = sha256_of(s.path)
-                        if skip_bad:
-                            read_model(s.path, s.kind)  # every check, before anything of the file is written
-                        if writer is None:
-                            writer = ShardWriter(tx, batch_rows=MODEL_BATCH_ROWS)
-                        models, filters = ingest_model_file(s.path, s.kind, s.meta, tx, writer, sha)
+                        if stored_model_with(tx, sha) is not None:
+                            models, filters = 0, 0  # the same file again: nothing to do
+                        else:
+                            m = read_model(s.path, s.kind)  # every check, before anything of it is written
+                            if writer is None:
+                                writer = ShardWriter(tx, batch_rows=MODEL_BATCH_ROWS)
+                            models, filters = ingest_model_file(s.path, s.kind, m, s.meta, tx, writer, sha)
                 except StoreError as e:
                     if not skip_bad:
                         raise

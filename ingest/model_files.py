@@ -9,7 +9,7 @@ import numpy as np
 from cnnfilterdb.stats.quality import orthogonality
 from cnnfilterdb.store import StoreError, StoreTransaction
 
-from .models import CONV_OPS, read_model
+from .models import CONV_OPS, ExtractedModel
 from .rows import LayerState, insert_layers, insert_models
 from .shards import ShardWriter
 
@@ -26,14 +26,15 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def ingest_model_file(path: Path, kind: str, meta: dict, tx: StoreTransaction, writer: ShardWriter,
-                      sha: str | None = None) -> tuple[int, int]:
-    """Add one model file; returns (models, filters) added, (0, 0) if a file with its sha256 is stored."""
-    sha = sha or sha256_of(path)
-    known = tx.con.execute("SELECT model FROM models WHERE sha256 = ?", [sha]).fetchone()
-    if known:
-        return 0, 0
-    m = read_model(path, kind)
+def stored_model_with(tx: StoreTransaction, sha: str) -> str | None:
+    """The model ingested from a file with this sha256, if any."""
+    row = tx.con.execute("SELECT model FROM models WHERE sha256 = ?", [sha]).fetchone()
+    return row[0] if row else None
+
+
+def ingest_model_file(path: Path, kind: str, m: ExtractedModel, meta: dict, tx: StoreTransaction,
+                      writer: ShardWriter, sha: str) -> tuple[int, int]:
+    """Add one model read by ``read_model`` (every check done, nothing written yet); returns (1, filters)."""
     model_id = tx.next_id("models", "model_id")
     layer_id = tx.next_id("layers", "layer_id")
     next_filter = max(tx.next_filter_id(), writer.next_filter_id)

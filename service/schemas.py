@@ -318,20 +318,7 @@ class Density2dResponse(BaseModel):
     basis: BasisRef
 
 
-class DegenerateLayer(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-    layer_id: int
-    model_id: int
-    model: str
-    conv_depth: int
-    conv_depth_norm: float
-    depth_bin: str
-    n_filters: int
-    sparsity: float | None
-    variance_entropy: float | None
-    variance_entropy_norm: float | None
-    variance_entropy_clean: float | None
-    orthogonality: float | None
+class DegenerateLayer(Layer):
     sparse: bool | None
     low_entropy: bool | None
     random_like: bool | None
