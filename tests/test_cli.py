@@ -159,3 +159,15 @@ def test_a_catalog_of_another_layout_is_refused(tmp_path, sample_v01, capsys):
     assert r.status_code == 503 and "layout version 99" in r.json()["error"]["message"]
     assert (db / "catalog.duckdb").read_bytes() == before
     shutil.rmtree(db)
+
+
+def test_every_package_is_in_the_distribution():
+    """pyproject.toml lists its packages by hand: a package missing there works in an editable
+    install but is absent from a real one (the Docker image)."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set(find_packages(str(REPO), include=["cnnfilterdb*", "ingest*", "service*", "sql*"]))
+    assert listed == found
