@@ -129,6 +129,7 @@ class Analysis:
         sel = select(self.cur, where, group_by)
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection" + (f" (where: {where})" if where else ""))
+        paths = self.shard_paths()
         if basis == "global":
             b = self.global_basis()
             lo, hi = b.range_min, b.range_max
@@ -140,9 +141,9 @@ class Analysis:
         else:
             b = self.selection_basis(sel)
             groups = self.groups_of(sel)
-            lo, hi, _ = scan_range(self.shard_paths(), groups, b)
+            lo, hi, _ = scan_range(paths, groups, b)
             b.range_min, b.range_max = lo, hi
-        counts = scan_histograms(self.shard_paths(), groups, b, lo, hi, bins)
+        counts = scan_histograms(paths, groups, b, lo, hi, bins)
         return GroupHistograms(sel, b, basis, lo, hi, bins, counts, "scan")
 
     # -- the statistics --------------------------------------------------------------------------
@@ -219,13 +220,14 @@ class Analysis:
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection")
         groups = self.groups_of(sel)
+        paths = self.shard_paths()
         if basis == "global":
             b = self.global_basis()
             lo, hi = b.range_min, b.range_max
         else:
             b = self.selection_basis(sel)
-            lo, hi, _ = scan_range(self.shard_paths(), groups, b)
-        counts = scan_histogram2d(self.shard_paths(), groups, b, lo, hi, bins, tuple(components))
+            lo, hi, _ = scan_range(paths, groups, b)
+        counts = scan_histogram2d(paths, groups, b, lo, hi, bins, tuple(components))
         return {"components": list(components), "range": [lo, hi], "bins": bins,
                 "edges": np.linspace(lo, hi, bins + 1).tolist(), "n_filters": int(sel.n_filters.sum()),
                 "counts": counts.tolist(), "basis": {"kind": basis, "version": b.version if basis == "global" else None}}

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
-from .stats.basis import Basis
+from .stats.basis import Basis, peak_scale_columns
 from .stats.histogram import _numpy_index, bin_edges
 from .stats.quality import column_peaks
 
@@ -117,10 +117,7 @@ def _pieces(path: Path, row_group: int, groups: LayerGroups):
                 x[j] = cols[j][s:s + m]
                 if j:
                     np.maximum(peaks, np.abs(cols[j][s:s + m]), out=peaks)  # on float32: exact, half the bytes
-            peaks = peaks.astype(np.float64)
-            peaks[peaks == 0] = 1.0  # an all-zero filter stays zero
-            x /= peaks               # peak_scale_columns, in place
-            yield g[s:s + m], x
+            yield g[s:s + m], peak_scale_columns(x, peaks.astype(np.float64), out=x)
 
 
 def _map_units(paths, groups, work: Callable, threads: int | None):

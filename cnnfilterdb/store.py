@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import json
 import os
 import shutil
 import uuid
@@ -340,7 +339,3 @@ class StoreTransaction:
         self.con.execute("DELETE FROM _layer_histograms")
         self.con.execute("INSERT INTO _layer_histograms VALUES (?, ?, ?, ?)",
                          [version, DEFAULT_BINS, len(layer_ids), f"{SHARDS}/{path.name}"])
-
-
-def to_json(value) -> str:
-    return json.dumps(value, default=str, allow_nan=False)

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from cnnfilterdb.scan import iter_pieces
+from cnnfilterdb.stats.basis import peak_scale_columns
 from cnnfilterdb.stats.moments import Moments
 from cnnfilterdb.stats.quality import LayerQualityAccumulator, column_peaks
 from cnnfilterdb.store import StoreTransaction
@@ -73,7 +74,7 @@ class LayerState:
             if scaled is None or scaled.shape[1] < z.shape[1]:
                 scaled = np.ones_like(z)
             s = scaled[:, :z.shape[1]]
-            np.divide(z[:9], np.where(p > 0, p, 1.0), out=s[:9])  # peak_scale_columns, into the buffer
+            peak_scale_columns(z[:9], p, out=s[:9])
             self.scaled = self.scaled.merge(Moments.of_augmented(s))
 
     def quality_row(self, orthogonality: float | None = None) -> dict:

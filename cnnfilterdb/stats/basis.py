@@ -22,16 +22,10 @@ from .moments import Moments
 N_COMPONENTS = 9
 
 
-def peak_scale(X: np.ndarray) -> np.ndarray:
-    """Rows of ``X`` (n, 9) divided by their absolute peak, in float64; zero rows stay zero."""
-    X = np.asarray(X, dtype=np.float64)
-    peak = np.abs(X).max(axis=1, keepdims=True)
-    return np.divide(X, peak, out=np.zeros_like(X), where=peak > 0)
-
-
-def peak_scale_columns(Xt: np.ndarray, peaks: np.ndarray) -> np.ndarray:
-    """``peak_scale`` in the transposed layout: columns of ``Xt`` (9, n) float64 divided by ``peaks`` (n,)."""
-    return Xt / np.where(peaks > 0, peaks, 1.0)
+def peak_scale_columns(Xt: np.ndarray, peaks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Step 1: filters given as the columns of ``Xt`` (9, n) divided by their absolute ``peaks`` (n,);
+    an all-zero filter stays zero. ``out`` (float64, may be ``Xt`` itself) avoids an allocation."""
+    return np.divide(Xt, np.where(peaks > 0, peaks, 1.0), out=out)
 
 
 @dataclass

@@ -32,11 +32,6 @@ class Moments:
             self.scatter = np.zeros((self.d, self.d))
 
     @classmethod
-    def of(cls, X: np.ndarray) -> "Moments":
-        """Moments of the rows of ``X`` (n, d), computed in float64."""
-        return cls.of_columns(np.asarray(X, dtype=np.float64).T)
-
-    @classmethod
     def of_columns(cls, Xt: np.ndarray) -> "Moments":
         """Moments of the columns of ``Xt`` (d, n), float64: the layout the ingest works in,
         where every reduction runs over contiguous memory."""

@@ -63,7 +63,7 @@ class LayerQualityAccumulator:
 
     Pass 1 (``add``) sees every piece once: count, layer maximum, moments of all filters.
     Pass 2 (``add_thresholded``) sees every piece again once the maximum is known: sparse count
-    and moments of the non-sparse filters. A layer held whole in memory calls both on one array.
+    and moments of the non-sparse filters. A layer held whole in memory calls both on the same pieces.
     Pieces are float64 and transposed, (9, n) (one filter per column), with their filter peaks;
     or augmented, (10, n) with a last row of ones (``Moments.of_augmented``), which is faster.
     """
@@ -121,21 +121,6 @@ class LayerQualityAccumulator:
             variance_entropy_clean=variance_entropy(self.clean),
             orthogonality=orthogonality,
         )
-
-
-def layer_quality(W: np.ndarray, weight_shape: tuple[int, ...] | None = None) -> LayerQuality:
-    """Quality of one layer held in memory; ``W`` is (n, 9) in the layer's filter order.
-
-    ``weight_shape`` (out, in_per_group, 3, 3) enables ``orthogonality``.
-    """
-    W = np.asarray(W).reshape(len(W), -1)
-    Wt = np.ascontiguousarray(W.T, dtype=np.float64)
-    peaks = column_peaks(Wt)
-    acc = LayerQualityAccumulator()
-    acc.add(Wt, peaks)
-    acc.add_thresholded(Wt, peaks)
-    ortho = orthogonality(W.reshape(weight_shape)) if weight_shape is not None else None
-    return acc.result(ortho)
 
 
 def orthogonality(weight: np.ndarray) -> float | None:
