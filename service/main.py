@@ -15,8 +15,10 @@ from .settings import Settings
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     from cnnfilterdb.runtime import tune_allocator
+    from cnnfilterdb.stats.histogram import warm_up
 
     tune_allocator()
+    warm_up()  # the scan kernels load now, not on the first analysis request
     settings = settings or Settings()
     app = FastAPI(
         title="CNN Filter DB",

@@ -85,7 +85,7 @@ def _npy_stream(catalog: LiveCatalog, first: int, last: int, n: int):
     yield header.getvalue()
     with catalog.cursor() as cur:
         reader = cur.execute(f"SELECT {WEIGHTS} FROM filters WHERE filter_id BETWEEN ? AND ? ORDER BY filter_id",
-                             [first, last]).fetch_record_batch(NPY_BATCH_ROWS)
+                             [first, last]).to_arrow_reader(NPY_BATCH_ROWS)
         for batch in reader:
             W = np.empty((batch.num_rows, 9), dtype="<f4")
             for j in range(9):
