@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse
 
 from .scan import LayerGroups, scan_histogram2d, scan_histograms, scan_range
 from .selection import EmptySelectionError, Selection, SelectionError, select
@@ -32,32 +31,82 @@ MAX_BINS = 10_000
 
 @dataclass
 class LayerHistograms:
-    """The store's per-layer histograms: counts[i] (9, bins) is the layer layer_ids[i]'s."""
+    """The store's per-layer histograms (global basis, default bins) as prefix sums over the layers
+    in layer_id order: the counts (9, bins) of layers layer_ids[i:j] sum to cumulative[j] - cumulative[i].
+    """
     basis_version: int
     bins: int
-    layer_ids: np.ndarray
-    counts: np.ndarray  # (n_layers, 9, bins) int32
+    layer_ids: np.ndarray   # (n_layers,), ascending
+    cumulative: np.ndarray  # (n_layers + 1, 9 * bins) int64, memory-mapped; row 0 is zeros
 
     @classmethod
-    def load(cls, cur, root: Path) -> "LayerHistograms | None":
-        """Memory-map the store's file (None if there is none, or it is gone: then queries scan)."""
+    def load(cls, cur, root: Path) -> LayerHistograms | None:
+        """Memory-map the store's file (None if there is none, it is gone, or it is not in the
+        current layout: then queries scan)."""
         row = cur.execute("SELECT basis_version, bins, n_layers, path FROM _layer_histograms").fetchone()
         if row is None:
             return None
         version, bins, n, rel = row
         try:
             packed = np.load(Path(root) / rel, mmap_mode="r")
-        except OSError:
+        except (OSError, ValueError):
             return None
-        return cls(version, bins, np.asarray(packed[:, 0], dtype=np.int64), packed[:, 1:].reshape(n, 9, bins))
+        if packed.dtype != np.int64 or packed.shape != (n + 1, 1 + 9 * bins):
+            return None
+        # a plain ndarray view of the mapping: fancy indexing on np.memmap costs 10x more
+        return cls(version, bins, np.array(packed[1:, 0]), np.asarray(packed)[:, 1:])
 
     def group_sums(self, layer_ids: np.ndarray, layer_group: np.ndarray, n_groups: int) -> np.ndarray:
-        """Counts (n_groups, 9, bins) of the given layers, summed per group (exact, in integers)."""
+        """Counts (n_groups, 9, bins) of the given layers (ascending ids), summed per group: exact,
+        in integers. Each run of consecutive layers of one group costs one subtraction of rows."""
         pos = np.searchsorted(self.layer_ids, layer_ids)
-        onehot = scipy.sparse.csr_matrix((np.ones(len(pos), dtype=np.int64), (layer_group, pos)),
-                                         shape=(n_groups, len(self.layer_ids)))
-        sums = onehot @ self.counts.reshape(len(self.layer_ids), -1)  # int64 sums of int32 counts
-        return np.asarray(sums, dtype=np.int64).reshape(n_groups, 9, self.bins)
+        if len(pos) and (pos[-1] >= len(self.layer_ids) or not np.array_equal(self.layer_ids[pos], layer_ids)):
+            raise LookupError("a selected layer has no stored histogram")
+        cut = np.flatnonzero((np.diff(pos) != 1) | (np.diff(layer_group) != 0)) + 1
+        first = np.concatenate([[0], cut]).astype(np.intp)
+        last = np.concatenate([cut, [len(pos)]]).astype(np.intp) - 1
+        runs = self.cumulative[pos[last] + 1] - self.cumulative[pos[first]]  # (n_runs, 9 * bins)
+        groups = layer_group[first]
+        out = np.zeros((n_groups, runs.shape[1]), dtype=np.int64)
+        if len(runs) <= 4 * n_groups:
+            for g, r in zip(groups.tolist(), runs):
+                out[g] += r
+        else:  # many short runs (a layer-level grouping): sort them by group, one reduction
+            order = np.argsort(groups, kind="stable")
+            g_sorted = groups[order]
+            starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
+            out[g_sorted[starts]] = np.add.reduceat(runs[order], starts, axis=0)
+        return out.reshape(n_groups, 9, self.bins)
+
+
+class Snapshot:
+    """What a committed catalog holds that only the next commit changes: the global basis, the
+    shard files, the largest layer id, the per-layer histograms. Each is read on first use and
+    then kept, by whoever holds the snapshot for as long as that catalog generation serves (the
+    service: per generation; the CLI: per command)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._cache: dict = {}
+
+    def _get(self, key: str, load):
+        if key not in self._cache:
+            self._cache[key] = load()
+        return self._cache[key]
+
+    def basis(self, cur) -> Basis | None:
+        return self._get("basis", lambda: load_basis(cur))
+
+    def shard_paths(self, cur) -> list[Path]:
+        return self._get("shards", lambda: [self.root / p for (p,) in cur.execute(
+            "SELECT path FROM _shards ORDER BY filter_id_first").fetchall()])
+
+    def max_layer_id(self, cur) -> int:
+        return self._get("max_layer_id", lambda: int(cur.execute(
+            "SELECT coalesce(max(layer_id), 0) FROM layers").fetchone()[0]))
+
+    def layer_histograms(self, cur) -> LayerHistograms | None:
+        return self._get("layer_histograms", lambda: LayerHistograms.load(cur, self.root))
 
 
 @dataclass
@@ -79,27 +128,17 @@ class GroupHistograms:
 class Analysis:
     """Queries on one read-only catalog connection (a cursor), with the shard files under ``root``."""
 
-    def __init__(self, cur, root: Path, layer_histograms: LayerHistograms | None = None,
-                 use_layer_histograms: bool = True):
+    def __init__(self, cur, root: Path, snapshot: Snapshot | None = None, use_layer_histograms: bool = True):
         self.cur = cur
-        self.root = Path(root)
-        self._layer_histograms = layer_histograms
+        self.snapshot = snapshot or Snapshot(root)
         self.use_layer_histograms = use_layer_histograms  # False: always scan (tests, benchmarks)
 
     # -- building blocks -----------------------------------------------------------------------
-    def layer_histograms(self) -> LayerHistograms | None:
-        if self._layer_histograms is None:
-            self._layer_histograms = LayerHistograms.load(self.cur, self.root)
-        return self._layer_histograms
-
     def shard_paths(self) -> list[Path]:
-        return [self.root / p for (p,) in self.cur.execute("SELECT path FROM _shards ORDER BY filter_id_first").fetchall()]
-
-    def max_layer_id(self) -> int:
-        return int(self.cur.execute("SELECT coalesce(max(layer_id), 0) FROM layers").fetchone()[0])
+        return self.snapshot.shard_paths(self.cur)
 
     def groups_of(self, sel: Selection) -> LayerGroups:
-        return LayerGroups.of(sel.layer_ids, sel.layer_group, len(sel.labels), self.max_layer_id())
+        return LayerGroups.of(sel.layer_ids, sel.layer_group, len(sel.labels), self.snapshot.max_layer_id(self.cur))
 
     def selection_basis(self, sel: Selection) -> Basis:
         """PCA of the selection's scaled filters, from its layers' moments (no scan)."""
@@ -114,7 +153,7 @@ class Analysis:
         return fit_basis(m)
 
     def global_basis(self) -> Basis:
-        b = load_basis(self.cur)
+        b = self.snapshot.basis(self.cur)
         if b is None:
             raise SelectionError("the store has no basis yet (fewer than 2 filters)")
         return b
@@ -129,11 +168,10 @@ class Analysis:
         sel = select(self.cur, where, group_by)
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection" + (f" (where: {where})" if where else ""))
-        paths = self.shard_paths()
         if basis == "global":
             b = self.global_basis()
             lo, hi = b.range_min, b.range_max
-            lh = self.layer_histograms() if self.use_layer_histograms else None
+            lh = self.snapshot.layer_histograms(self.cur) if self.use_layer_histograms else None
             if bins == DEFAULT_BINS and lh is not None and lh.bins == bins and lh.basis_version == b.version:
                 counts = lh.group_sums(sel.layer_ids, sel.layer_group, len(sel.labels))
                 return GroupHistograms(sel, b, basis, lo, hi, bins, counts, "layer_histograms")
@@ -141,8 +179,9 @@ class Analysis:
         else:
             b = self.selection_basis(sel)
             groups = self.groups_of(sel)
-            lo, hi, _ = scan_range(paths, groups, b)
+            lo, hi, _ = scan_range(self.shard_paths(), groups, b)
             b.range_min, b.range_max = lo, hi
+        paths = self.shard_paths()
         counts = scan_histograms(paths, groups, b, lo, hi, bins)
         return GroupHistograms(sel, b, basis, lo, hi, bins, counts, "scan")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 GROUP_FIELDS = ["task", "visual_category", "training_dataset", "pretraining_dataset", "name", "model",
                 "model_id", "producer", "conv_depth", "layer_id", "depth_bin"]
@@ -103,16 +104,24 @@ def select(cur, where: dict | None, group_by: str | None) -> Selection:
     cols = cur.execute(f"SELECT layer_id, {label} AS label, n_filters, model_id FROM layers_with_models "
                        f"WHERE {cond} ORDER BY layer_id", params).fetchnumpy()
     raw = cols["label"]
-    values = raw.tolist() if not hasattr(raw, "mask") else [None if m else v for v, m in zip(raw.data.tolist(), raw.mask.tolist())]
-    labels = natural_order(list(set(values)))
+    if hasattr(raw, "mask"):  # NULL labels arrive masked
+        raw = np.where(raw.mask, None, raw.data.astype(object))
+    codes, uniques = pd.factorize(raw)  # NULL gets code -1; it is a label of its own (None)
+    values = uniques.tolist()
+    if len(codes) and codes.min() < 0:
+        codes = np.where(codes < 0, len(values), codes)
+        values.append(None)
+    labels = natural_order(values)
     index = {v: i for i, v in enumerate(labels)}
+    rank = np.array([index[v] for v in values], dtype=np.int64)  # factorize order -> natural order
     layer_ids = np.asarray(cols["layer_id"], dtype=np.int64)
-    layer_group = np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
+    layer_group = rank[codes] if len(codes) else np.zeros(0, dtype=np.int64)
     n = len(labels)
     n_filters = np.bincount(layer_group, weights=np.asarray(cols["n_filters"], dtype=np.float64), minlength=n).astype(np.int64)
     n_layers = np.bincount(layer_group, minlength=n).astype(np.int64)
-    pairs = np.unique(np.stack([layer_group, np.asarray(cols["model_id"], dtype=np.int64)]), axis=1) if n else np.zeros((2, 0), np.int64)
-    n_models = np.bincount(pairs[0], minlength=n).astype(np.int64)
+    model_ids = np.asarray(cols["model_id"], dtype=np.int64)
+    pairs = np.unique(layer_group * (int(model_ids.max(initial=0)) + 1) + model_ids)  # distinct (group, model)
+    n_models = np.bincount(pairs // (int(model_ids.max(initial=0)) + 1), minlength=n).astype(np.int64)
     empty = []
     if group_by is not None and where and group_by in where:
         asked = where[group_by] if isinstance(where[group_by], list) else [where[group_by]]

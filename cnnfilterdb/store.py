@@ -331,7 +331,12 @@ class StoreTransaction:
         )
         counts = scan_histograms(paths, groups, basis, lo, hi, DEFAULT_BINS)
 
-        packed = np.concatenate([layer_ids[:, None], counts.reshape(len(layer_ids), -1)], axis=1).astype("<i4")
+        # Stored as prefix sums over the layers in layer_id order, so that a run of consecutive
+        # layers (a model's, typically) sums with one subtraction (see analysis.LayerHistograms).
+        packed = np.zeros((len(layer_ids) + 1, 1 + 9 * DEFAULT_BINS), dtype="<i8")
+        packed[0, 0] = -1
+        packed[1:, 0] = layer_ids
+        np.cumsum(counts.reshape(len(layer_ids), -1), axis=0, out=packed[1:, 1:])
         path = self.root / SHARDS / f"{self.ingest_id}-histograms.npy"
         self._new_shards.append(path)  # removed with the shards if the ingest does not commit
         np.save(path, packed)

@@ -27,6 +27,7 @@ from typing import Iterator
 
 import duckdb
 
+from cnnfilterdb.analysis import Snapshot
 from cnnfilterdb.store import CATALOG, SHARDS, StoreError, check_schema, sql_string
 
 from .errors import ApiError
@@ -40,7 +41,7 @@ class Generation:
     con: duckdb.DuckDBPyConnection      # the service's own queries
     sql_con: duckdb.DuckDBPyConnection  # POST /v1/sql: a separate instance, so a user's query
                                         # cannot take the memory the other endpoints need
-    layer_histograms: object = None     # the store's per-layer histograms, loaded on first use
+    snapshot: Snapshot                  # basis, shards, per-layer histograms: read once per generation
 
     def cursor(self, for_user_sql: bool = False) -> duckdb.DuckDBPyConnection:
         cur = (self.sql_con if for_user_sql else self.con).cursor()
@@ -60,7 +61,8 @@ class LiveCatalog:
         s = self.settings
         return Generation(st.st_ino, st.st_mtime_ns,
                           self._sandbox(s.duckdb_memory_limit, s.duckdb_threads),
-                          self._sandbox(s.sql_memory_limit, s.duckdb_threads))
+                          self._sandbox(s.sql_memory_limit, s.duckdb_threads),
+                          Snapshot(self.root))
 
     def _sandbox(self, memory_limit: str, threads: int) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(":memory:", config={

@@ -77,7 +77,9 @@ CREATE TABLE _layer_moments (
 -- basis, DEFAULT_BINS bins over the basis range): counts add across layers, so the histograms of
 -- any grouping of whole layers are sums of these. They live in an immutable .npy file beside
 -- the shards (memory-mapped on first use: no read through the catalog), written by the ingest
--- before its commit: int32 (n_layers, 1 + 9 * bins), column 0 the layer_id, then (9, bins) counts.
+-- before its commit: int64 (n_layers + 1, 1 + 9 * bins), prefix sums over the layers in layer_id
+-- order: row k + 1 holds the k-th layer's layer_id, then the (9, bins) counts of layers 0..k summed;
+-- row 0 is (-1, zeros). A layer's own counts are the difference of its row and the one before.
 CREATE TABLE _layer_histograms (
     basis_version INTEGER NOT NULL,
     bins          INTEGER NOT NULL,

@@ -110,20 +110,29 @@ def test_parameters_match_reference(client, frame, params):
 def test_stored_layer_histograms_equal_a_scan(store):
     """The fast path (per-layer histograms) and the exact scan give identical results."""
     with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
-        for group_by in ["task", "depth_bin", "model_id"]:
-            fast = Analysis(con, store).divergence(group_by)
-            slow = Analysis(con, store, use_layer_histograms=False).divergence(group_by)
-            assert fast["method"] == "layer_histograms" and slow["method"] == "scan"
-            assert fast["matrix"] == slow["matrix"]  # bit for bit
+        # few long runs of consecutive layers per group (task, model_id), many short ones
+        # (depth_bin, layer_id), and a selection with holes
+        for group_by, where in [("task", None), ("depth_bin", None), ("model_id", None), ("layer_id", None),
+                                ("visual_category", {"depth_bin": ["(0.2, 0.3]", "(0.7, 0.8]"]}),
+                                ("task", {"conv_depth": {"gte": 3}})]:
+            fast = Analysis(con, store).group_histograms(where, group_by)
+            slow = Analysis(con, store, use_layer_histograms=False).group_histograms(where, group_by)
+            assert fast.method == "layer_histograms" and slow.method == "scan"
+            np.testing.assert_array_equal(fast.counts, slow.counts)
+            assert Analysis(con, store).divergence(group_by, where)["matrix"] == \
+                Analysis(con, store, use_layer_histograms=False).divergence(group_by, where)["matrix"]  # bit for bit
 
 
 def test_per_layer_histograms_equal_numpy(store, frame):
     with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
         n, rel = con.execute("SELECT n_layers, path FROM _layer_histograms").fetchone()
         ranges = dict((r[0], r[1:]) for r in con.execute("SELECT layer_id, filter_id_first, filter_id_last FROM layers").fetchall())
-    packed = np.load(store / rel)
-    ids, stored = packed[:, 0], packed[:, 1:].reshape(n, 9, 70)
-    assert sorted(ids.tolist()) == sorted(ranges)
+    packed = np.load(store / rel)  # prefix sums over the layers in layer_id order, row 0 zeros
+    assert packed.dtype == np.int64 and packed.shape == (n + 1, 1 + 9 * 70)
+    assert packed[0, 0] == -1 and not packed[0, 1:].any()
+    ids, stored = packed[1:, 0], np.diff(packed[:, 1:], axis=0).reshape(n, 9, 70)
+    assert ids.tolist() == sorted(ranges)
+    assert (packed[-1, 1:].reshape(9, 70).sum(axis=1) == len(_all(frame))).all()  # every filter, every component
     counts, (lo, hi), pca = reference.histograms([_all(frame)], _all(frame), 70)
     X = _all(frame)
     for lid, got in list(zip(ids, stored))[:40]:

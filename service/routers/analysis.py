@@ -8,7 +8,7 @@ from typing import Iterator
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from cnnfilterdb.analysis import Analysis, LayerHistograms
+from cnnfilterdb.analysis import Analysis
 from cnnfilterdb.selection import EmptySelectionError, SelectionError
 
 from ..catalog import LiveCatalog
@@ -26,17 +26,18 @@ router = APIRouter(tags=["analysis"], responses={400: {"model": ErrorResponse}, 
 @contextmanager
 def analysis(catalog: LiveCatalog) -> Iterator[Analysis]:
     gen = catalog.generation()
-    with catalog.cursor() as cur:
-        # The store's per-layer histograms, loaded once per catalog generation and kept in memory:
-        # repeated default-parameter queries then read no filter and no histogram from disk.
-        if gen.layer_histograms is None:
-            gen.layer_histograms = LayerHistograms.load(cur, catalog.root) or False
+    cur = gen.cursor()  # of the same generation as the snapshot
+    try:
+        # The generation's snapshot (basis, shards, per-layer histograms) is read once and kept:
+        # repeated default-parameter queries then read no filter and only the histogram rows they sum.
         try:
-            yield Analysis(cur, catalog.root, layer_histograms=gen.layer_histograms or None)
+            yield Analysis(cur, catalog.root, snapshot=gen.snapshot)
         except EmptySelectionError as e:
             raise ApiError(404, "empty_selection", str(e)) from None
         except SelectionError as e:
             raise ApiError(400, "invalid_selection", str(e)) from None
+    finally:
+        cur.close()
 
 
 def _where(req) -> dict | None:
