@@ -108,6 +108,12 @@ class Snapshot:
     def layer_histograms(self, cur) -> LayerHistograms | None:
         return self._get("layer_histograms", lambda: LayerHistograms.load(cur, self.root))
 
+    def prepare(self, cur) -> None:
+        """Read everything now (the service, when a catalog generation opens), so that its first
+        query costs what a repeated one does: it also runs DuckDB's first plan of the selection."""
+        self.basis(cur), self.shard_paths(cur), self.max_layer_id(cur), self.layer_histograms(cur)
+        select(cur, None, None)
+
 
 @dataclass
 class GroupHistograms:

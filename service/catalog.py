@@ -59,10 +59,16 @@ class LiveCatalog:
 
     def _open(self, st: os.stat_result) -> Generation:
         s = self.settings
-        return Generation(st.st_ino, st.st_mtime_ns,
-                          self._sandbox(s.duckdb_memory_limit, s.duckdb_threads),
-                          self._sandbox(s.sql_memory_limit, s.duckdb_threads),
-                          Snapshot(self.root))
+        gen = Generation(st.st_ino, st.st_mtime_ns,
+                         self._sandbox(s.duckdb_memory_limit, s.duckdb_threads),
+                         self._sandbox(s.sql_memory_limit, s.duckdb_threads),
+                         Snapshot(self.root))
+        cur = gen.cursor()
+        try:
+            gen.snapshot.prepare(cur)  # ~10 ms, once per commit, instead of in the first request
+        finally:
+            cur.close()
+        return gen
 
     def _sandbox(self, memory_limit: str, threads: int) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(":memory:", config={
