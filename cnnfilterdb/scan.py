@@ -14,18 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from .stats.basis import Basis
 from .stats.histogram import bin_edges, coefficient_range, histogram2d_counts, histogram_counts
-from .stats.quality import column_peaks
 
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 REMAP_ROW_GROUPS = 16  # 80 MB of a shard mapped per thread at most
-PIECE_COLUMNS = 1 << 15  # filters per piece of float64 work (ingest's moments): stays in the CPU caches
 
 
 @dataclass
@@ -39,30 +37,6 @@ class LayerGroups:
         g = np.full(max_layer_id + 2, -1, dtype=np.int64)
         g[np.asarray(layer_ids, dtype=np.int64)] = np.asarray(group_idx, dtype=np.int64)
         return cls(g, n_groups)
-
-    def selected(self, lo: int, hi: int) -> bool:
-        """Whether any layer with lo <= layer_id <= hi is selected."""
-        lo, hi = max(lo, 0), min(hi, len(self.group_of_layer) - 1)
-        return lo <= hi and bool((self.group_of_layer[lo:hi + 1] >= 0).any())
-
-
-def iter_pieces(columns) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Cache-sized float64 pieces of nine weight columns, with the filters' peaks.
-
-    ``columns`` is a (9, n) array or nine (n,) arrays. Each piece is (10, m), m <= PIECE_COLUMNS:
-    the filters in rows 0..8 (one per column) and a row of ones (see ``Moments.of_augmented``).
-    The piece is a reused buffer, valid only until the next iteration.
-    """
-    n = len(columns[0])
-    buf = np.ones((10, min(n, PIECE_COLUMNS)), dtype=np.float64)
-    for s in range(0, n, PIECE_COLUMNS):
-        m = min(PIECE_COLUMNS, n - s)
-        z = buf[:, :m]
-        for j in range(9):
-            z[j] = columns[j][s:s + m]
-        # Peaks from the float32 source when there is one: exact, and half the bytes to scan.
-        src = columns[:, s:s + m] if isinstance(columns, np.ndarray) else None
-        yield z, (column_peaks(src) if src is not None else column_peaks(z[:9])).astype(np.float64)
 
 
 @lru_cache(maxsize=1024)

@@ -20,11 +20,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from cnnfilterdb.scan import iter_pieces
 from cnnfilterdb.store import StoreError, StoreTransaction
 
 from .progress import Progress
-from .rows import LayerState, insert_layers, insert_models
+from .rows import LayerState, insert_layers, insert_models, iter_pieces
 from .sample import SAMPLE_ATTR
 from .shards import ShardWriter
 

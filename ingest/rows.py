@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from cnnfilterdb.scan import iter_pieces
 from cnnfilterdb.stats.basis import peak_scale_columns
 from cnnfilterdb.stats.moments import Moments
 from cnnfilterdb.stats.quality import LayerQualityAccumulator, column_peaks
 from cnnfilterdb.store import StoreTransaction
 
+PIECE_COLUMNS = 1 << 15  # filters per piece of float64 work: stays in the CPU caches
 MAP = pa.map_(pa.string(), pa.int64())
 MODEL_SCHEMA = pa.schema([
     ("model_id", pa.int32()), ("model", pa.string()), ("name", pa.string()), ("task", pa.string()),
@@ -47,6 +48,25 @@ def insert_layers(tx: StoreTransaction, rows: list[dict]) -> None:
     tx.con.register("_new_layers", t)
     tx.con.execute("INSERT INTO layers BY NAME SELECT *, depth_bin(conv_depth_norm) AS depth_bin FROM _new_layers")
     tx.con.unregister("_new_layers")
+
+
+def iter_pieces(columns) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Cache-sized float64 pieces of nine weight columns, with the filters' peaks.
+
+    ``columns`` is a (9, n) array or nine (n,) arrays. Each piece is (10, m), m <= PIECE_COLUMNS:
+    the filters in rows 0..8 (one per column) and a row of ones (see ``Moments.of_augmented``).
+    The piece is a reused buffer, valid only until the next iteration.
+    """
+    n = len(columns[0])
+    buf = np.ones((10, min(n, PIECE_COLUMNS)), dtype=np.float64)
+    for s in range(0, n, PIECE_COLUMNS):
+        m = min(PIECE_COLUMNS, n - s)
+        z = buf[:, :m]
+        for j in range(9):
+            z[j] = columns[j][s:s + m]
+        # Peaks from the float32 source when there is one: exact, and half the bytes to scan.
+        src = columns[:, s:s + m] if isinstance(columns, np.ndarray) else None
+        yield z, (column_peaks(src) if src is not None else column_peaks(z[:9])).astype(np.float64)
 
 
 @dataclass
