@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -54,6 +53,11 @@ def plain_read(path: Path, block: int = 1 << 21, cold: bool = False) -> float:
 
 CHILD = """
 import sys, time, json
+def peak_rss():
+    # VmHWM: this process image's own high-water mark (ru_maxrss also counts the parent's
+    # memory at fork, which exec does not reset on Linux)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
 from pathlib import Path
 from ingest import ingest_paths
 from ingest.progress import Progress
@@ -61,7 +65,7 @@ from cnnfilterdb.runtime import tune_allocator
 tune_allocator()  # as the CLI does at start
 t = time.perf_counter()
 ingest_paths([Path(sys.argv[1])], Path(sys.argv[2]), Progress(enabled=False))
-print(json.dumps({"seconds": time.perf_counter() - t}))
+print(json.dumps({"seconds": time.perf_counter() - t, "rss": peak_rss()}))
 """
 
 
@@ -79,7 +83,7 @@ def main() -> None:
         write_sample_h5(src, n_models=args.models, n_filters=n, seed=1)
         print(f"wrote {n:,} filters in {time.perf_counter() - t:.1f} s ({src.stat().st_size / 2**20:,.0f} MiB)")
         repo = Path(__file__).resolve().parents[1]
-        results = {}
+        results, rss = {}, 0
         for regime in ("cold", "warm"):
             cold = regime == "cold"
             t_read = min(plain_read(src, cold=cold) for _ in range(3))
@@ -90,7 +94,9 @@ def main() -> None:
                 plain_read(src)
             out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(db)], check=True,
                                  capture_output=True, text=True, cwd=repo)
-            t_ingest = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+            child = json.loads(out.stdout.strip().splitlines()[-1])
+            t_ingest = child["seconds"]
+            rss = max(rss, child["rss"])
             results[regime] = (t_read, t_ingest)
             print(f"{regime}: plain h5py read {t_read:7.3f} s ({n / t_read / 1e6:6.1f} M filters/s); "
                   f"ingest {t_ingest:7.3f} s ({n / t_ingest / 1e6:5.1f} M filters/s); "
@@ -98,7 +104,6 @@ def main() -> None:
             if regime == "warm":
                 break
             shutil.rmtree(db)
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
         shard_bytes = sum(p.stat().st_size for p in (db / "shards").glob("*.parquet"))
         size_ratio = shard_bytes / (n * 36)
         t_read, t_ingest = results["cold"]

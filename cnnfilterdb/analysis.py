@@ -53,8 +53,14 @@ class LayerHistograms:
             return None
         if packed.dtype != np.int64 or packed.shape != (n + 1, 1 + 9 * bins):
             return None
+        # The ids from the catalog, which commits them with the file: column 0 of the file read
+        # down its rows would touch every page of it. Its ends are checked against them.
+        ids = np.asarray(cur.execute("SELECT layer_id FROM layers ORDER BY layer_id").fetchnumpy()["layer_id"],
+                         dtype=np.int64)
+        if len(ids) != n or (n and (packed[1, 0] != ids[0] or packed[n, 0] != ids[-1])):
+            return None
         # a plain ndarray view of the mapping: fancy indexing on np.memmap costs 10x more
-        return cls(version, bins, np.array(packed[1:, 0]), np.asarray(packed)[:, 1:])
+        return cls(version, bins, ids, np.asarray(packed)[:, 1:])
 
     def group_sums(self, layer_ids: np.ndarray, layer_group: np.ndarray, n_groups: int) -> np.ndarray:
         """Counts (n_groups, 9, bins) of the given layers (ascending ids), summed per group: exact,
@@ -77,6 +83,23 @@ class LayerHistograms:
             starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
             out[g_sorted[starts]] = np.add.reduceat(runs[order], starts, axis=0)
         return out.reshape(n_groups, 9, self.bins)
+
+
+@dataclass
+class LayerMoments:
+    """Every layer's moments of its peak-scaled filters (count, mean, scatter), in layer_id order:
+    the basis of any selection of layers is their pooled moments' PCA."""
+    layer_ids: np.ndarray  # (n_layers,)
+    n: np.ndarray          # (n_layers,)
+    mean: np.ndarray       # (n_layers, 9)
+    scatter: np.ndarray    # (n_layers, 9, 9)
+
+    @classmethod
+    def load(cls, cur) -> LayerMoments:
+        t = cur.execute("SELECT layer_id, n, mean, scatter FROM _layer_moments ORDER BY layer_id").to_arrow_table()
+        flat = lambda name, width: t.column(name).combine_chunks().flatten().to_numpy().reshape(-1, width)  # noqa: E731
+        return cls(t.column("layer_id").to_numpy().astype(np.int64), t.column("n").to_numpy().astype(np.float64),
+                   flat("mean", 9), flat("scatter", 81).reshape(-1, 9, 9))
 
 
 class Snapshot:
@@ -108,10 +131,14 @@ class Snapshot:
     def layer_histograms(self, cur) -> LayerHistograms | None:
         return self._get("layer_histograms", lambda: LayerHistograms.load(cur, self.root))
 
+    def layer_moments(self, cur) -> LayerMoments:
+        return self._get("layer_moments", lambda: LayerMoments.load(cur))
+
     def prepare(self, cur) -> None:
         """Read everything now (the service, when a catalog generation opens), so that its first
         query costs what a repeated one does: it also runs DuckDB's first plan of the selection."""
         self.basis(cur), self.shard_paths(cur), self.max_layer_id(cur), self.layer_histograms(cur)
+        self.layer_moments(cur)
         select(cur, None, None)
 
 
@@ -150,10 +177,9 @@ class Analysis:
         """PCA of the selection's scaled filters, from its layers' moments (no scan)."""
         if len(sel.layer_ids) == 0:
             raise EmptySelectionError("no filters match the selection")
-        rows = self.cur.execute("SELECT n, mean, scatter FROM _layer_moments WHERE layer_id IN "
-                                "(SELECT unnest(?::INTEGER[]))", [sel.layer_ids.tolist()]).fetchall()
-        m = pool(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
-                 np.array([r[2] for r in rows]).reshape(-1, 9, 9))
+        moments = self.snapshot.layer_moments(self.cur)
+        pos = np.searchsorted(moments.layer_ids, sel.layer_ids)  # in layer_id order: a deterministic sum
+        m = pool(moments.n[pos], moments.mean[pos], moments.scatter[pos])
         if m.n < 2:
             raise EmptySelectionError(f"the selection holds {m.n} filter(s); a basis needs at least 2")
         return fit_basis(m)
