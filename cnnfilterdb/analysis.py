@@ -27,6 +27,10 @@ from .store import load_basis
 
 BASES = ("global", "selection")
 MAX_BINS = 10_000
+# Bounds on what one query may build, so that memory stays bounded whatever the store: the
+# histograms (groups x 9 x bins int64, 160 MB at most) and the d x d matrix of a divergence.
+MAX_HISTOGRAM_CELLS = 20_000_000
+MAX_GROUPS = 1_000
 
 
 @dataclass
@@ -200,6 +204,10 @@ class Analysis:
         sel = select(self.cur, where, group_by)
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection" + (f" (where: {where})" if where else ""))
+        if len(sel.labels) * 9 * bins > MAX_HISTOGRAM_CELLS:
+            raise SelectionError(f"group_by {group_by} gives {len(sel.labels)} groups; with {bins} bins that is "
+                                 f"{len(sel.labels) * 9 * bins:,} histogram cells, over the limit of "
+                                 f"{MAX_HISTOGRAM_CELLS:,}: narrow the selection with where, or use fewer bins")
         if basis == "global":
             b = self.global_basis()
             lo, hi = b.range_min, b.range_max
@@ -228,6 +236,9 @@ class Analysis:
             raise SelectionError("group_by is required")
         t0 = time.perf_counter()
         h = self.group_histograms(where, group_by, bins, basis)
+        if len(h.selection.labels) > MAX_GROUPS:
+            raise SelectionError(f"group_by {group_by} gives {len(h.selection.labels)} groups; a divergence matrix "
+                                 f"takes at most {MAX_GROUPS}: narrow the selection with where")
         w = component_weights(weights, h.basis.explained_variance_ratio)
         D = divergence_matrix(h.counts, w, metric, h.bin_width)
         sel = h.selection

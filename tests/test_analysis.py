@@ -256,3 +256,19 @@ def test_scans_across_many_row_groups_and_shards(tmp_path, monkeypatch, sample_v
         rel_small = small.execute("SELECT path FROM _layer_histograms").fetchone()[0]
         rel_big = big.execute("SELECT path FROM _layer_histograms").fetchone()[0]
     np.testing.assert_array_equal(np.load(db / rel_small), np.load(store / rel_big))
+
+
+def test_query_size_limits(client, monkeypatch):
+    """Queries that would build more than the limits allow are a 400 naming the numbers, not a
+    service out of memory (limits lowered here to the fixture's scale)."""
+    import cnnfilterdb.analysis as analysis
+
+    n_layers = client.get("/v1/stats").json()["layers"]
+    monkeypatch.setattr(analysis, "MAX_GROUPS", n_layers - 1)
+    r = client.post("/v1/divergence", json={"group_by": "layer_id"})
+    assert r.status_code == 400 and f"{n_layers} groups" in r.json()["error"]["message"]
+    assert client.post("/v1/divergence", json={"group_by": "layer_id", "where": {"conv_depth": 1}}).status_code == 200
+    monkeypatch.setattr(analysis, "MAX_HISTOGRAM_CELLS", 9 * 70 * n_layers - 1)
+    r = client.post("/v1/histograms", json={"group_by": "layer_id"})
+    assert r.status_code == 400 and "histogram cells" in r.json()["error"]["message"]
+    assert client.post("/v1/histograms", json={"group_by": "layer_id", "bins": 60}).status_code == 200
