@@ -76,14 +76,10 @@ class LayerHistograms:
         first = np.concatenate([[0], cut]).astype(np.intp)
         last = np.concatenate([cut, [len(pos)]]).astype(np.intp) - 1
         runs = self.cumulative[pos[last] + 1] - self.cumulative[pos[first]]  # (n_runs, 9 * bins)
-        groups = layer_group[first]
         out = np.zeros((n_groups, runs.shape[1]), dtype=np.int64)
-        if len(runs) <= 4 * n_groups:
-            for g, r in zip(groups.tolist(), runs):
-                out[g] += r
-        else:  # many short runs (a layer-level grouping): sort them by group, one reduction
-            order = np.argsort(groups, kind="stable")
-            g_sorted = groups[order]
+        if len(runs):  # the runs sorted by group, then one reduction per group
+            order = np.argsort(layer_group[first], kind="stable")
+            g_sorted = layer_group[first][order]
             starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
             out[g_sorted[starts]] = np.add.reduceat(runs[order], starts, axis=0)
         return out.reshape(n_groups, 9, self.bins)
@@ -108,9 +104,9 @@ class LayerMoments:
 
 class Snapshot:
     """What a committed catalog holds that only the next commit changes: the global basis, the
-    shard files, the largest layer id, the per-layer histograms. Each is read on first use and
-    then kept, by whoever holds the snapshot for as long as that catalog generation serves (the
-    service: per generation; the CLI: per command)."""
+    shard files, the largest layer id, the per-layer moments and histograms. Each is read on first
+    use and then kept, by whoever holds the snapshot for as long as that catalog generation
+    serves (the service: per generation; the CLI: per command)."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -196,7 +192,7 @@ class Analysis:
 
     # -- histograms ----------------------------------------------------------------------------
     def group_histograms(self, where: dict | None, group_by: str | None, bins: int = DEFAULT_BINS,
-                         basis: str = "global") -> GroupHistograms:
+                         basis: str = "global", max_groups: int | None = None) -> GroupHistograms:
         if basis not in BASES:
             raise SelectionError(f"unknown basis {basis!r}; known: {list(BASES)}")
         if not isinstance(bins, int) or not 1 <= bins <= MAX_BINS:
@@ -204,6 +200,9 @@ class Analysis:
         sel = select(self.cur, where, group_by)
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection" + (f" (where: {where})" if where else ""))
+        if max_groups is not None and len(sel.labels) > max_groups:
+            raise SelectionError(f"group_by {group_by} gives {len(sel.labels)} groups; a divergence matrix "
+                                 f"takes at most {max_groups}: narrow the selection with where")
         if len(sel.labels) * 9 * bins > MAX_HISTOGRAM_CELLS:
             raise SelectionError(f"group_by {group_by} gives {len(sel.labels)} groups; with {bins} bins that is "
                                  f"{len(sel.labels) * 9 * bins:,} histogram cells, over the limit of "
@@ -235,10 +234,7 @@ class Analysis:
         if group_by is None:
             raise SelectionError("group_by is required")
         t0 = time.perf_counter()
-        h = self.group_histograms(where, group_by, bins, basis)
-        if len(h.selection.labels) > MAX_GROUPS:
-            raise SelectionError(f"group_by {group_by} gives {len(h.selection.labels)} groups; a divergence matrix "
-                                 f"takes at most {MAX_GROUPS}: narrow the selection with where")
+        h = self.group_histograms(where, group_by, bins, basis, max_groups=MAX_GROUPS)
         w = component_weights(weights, h.basis.explained_variance_ratio)
         D = divergence_matrix(h.counts, w, metric, h.bin_width)
         sel = h.selection

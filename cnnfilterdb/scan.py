@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .stats.basis import Basis
-from .stats.histogram import bin_edges, coefficient_range, histogram2d_counts, histogram_counts
+from .stats.histogram import bin_edges, coefficient_range, histogram2d_counts, histogram_counts, histogram_range
 
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 REMAP_ROW_GROUPS = 16  # 80 MB of a shard mapped per thread at most
@@ -106,11 +106,6 @@ def _map_units(paths, groups, work: Callable, threads: int | None):
 def _kernel_basis(basis: Basis) -> tuple[np.ndarray, np.ndarray]:
     C = np.ascontiguousarray(basis.components, dtype=np.float64)
     return C, C @ basis.mean
-
-
-def histogram_range(lo: float, hi: float) -> tuple[float, float]:
-    """The range the bins span: numpy widens an empty range (lo == hi) to (lo - 0.5, hi + 0.5)."""
-    return (lo - 0.5, hi + 0.5) if lo == hi else (lo, hi)
 
 
 def scan_range(paths: list[Path], groups: LayerGroups, basis: Basis, threads: int | None = None) -> tuple[float, float, int]:

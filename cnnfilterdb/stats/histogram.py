@@ -28,6 +28,11 @@ from numba import njit
 BLOCK = 512  # filters per block: x and c (9, BLOCK) float64 stay in the L1/L2 caches
 
 
+def histogram_range(lo: float, hi: float) -> tuple[float, float]:
+    """The range the bins span: numpy widens an empty range (lo == hi) to (lo - 0.5, hi + 0.5)."""
+    return (lo - 0.5, hi + 0.5) if lo == hi else (lo, hi)
+
+
 def bin_edges(lo: float, hi: float, bins: int) -> np.ndarray:
     return np.linspace(lo, hi, bins + 1, endpoint=True, dtype=np.float64)
 
