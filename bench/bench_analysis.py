@@ -28,11 +28,7 @@ sys.path.insert(0, str(REPO))
 
 ENGINE = r"""
 import json, sys, time
-def peak_rss():
-    # VmHWM: this process image's own high-water mark (ru_maxrss also counts the parent's
-    # memory at fork, which exec does not reset on Linux)
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
+from bench._common import peak_rss  # the child runs in the repository
 from pathlib import Path
 import duckdb
 from cnnfilterdb.analysis import Analysis
@@ -76,11 +72,7 @@ print(json.dumps(out))
 
 NAIVE = r"""
 import json, sys, time
-def peak_rss():
-    # VmHWM: this process image's own high-water mark (ru_maxrss also counts the parent's
-    # memory at fork, which exec does not reset on Linux)
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
+from bench._common import peak_rss  # the child runs in the repository
 from pathlib import Path
 import duckdb, numpy as np, scipy.stats
 import pyarrow.parquet as pq

@@ -53,11 +53,7 @@ def plain_read(path: Path, block: int = 1 << 21, cold: bool = False) -> float:
 
 CHILD = """
 import sys, time, json
-def peak_rss():
-    # VmHWM: this process image's own high-water mark (ru_maxrss also counts the parent's
-    # memory at fork, which exec does not reset on Linux)
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
+from bench._common import peak_rss  # the child runs in the repository
 from pathlib import Path
 from ingest import ingest_paths
 from ingest.progress import Progress

@@ -44,6 +44,14 @@ def _layer_filters(con, layer_id) -> np.ndarray:
                      con.execute("SELECT w FROM filters WHERE layer_id = ? ORDER BY filter_id", [layer_id]).fetchall()])
 
 
+def _ingested_layers(src: Path, db: Path) -> list[np.ndarray]:
+    """Ingest one model file into a new store; each layer's filters (n, 9), in filter order."""
+    _ingest([src], db)
+    with _con(db) as con:
+        ids = [r[0] for r in con.execute("SELECT layer_id FROM layers ORDER BY filter_id_first").fetchall()]
+        return [_layer_filters(con, i) for i in ids]
+
+
 @pytest.fixture(scope="module")
 def shared_store(tmp_path_factory):
     db = tmp_path_factory.mktemp("shared") / "db"
@@ -179,11 +187,7 @@ def test_constants_through_identity_cast_dequantize(tmp_path):
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                           [_init("s", scale), _init("z", zp)])
     src = _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "consts.onnx")
-    db = tmp_path / "db"
-    _ingest([src], db)
-    with _con(db) as con:
-        ids = [r[0] for r in con.execute("SELECT layer_id FROM layers ORDER BY filter_id_first").fetchall()]
-        a, b = (_layer_filters(con, i) for i in ids)
+    a, b = _ingested_layers(src, tmp_path / "db")
     assert np.array_equal(a, w16.astype(np.float32).reshape(-1, 9))
     want = ((q.astype(np.float64) - zp[:, None, None, None]) * scale[:, None, None, None]).astype(np.float32)
     assert np.array_equal(b, want.reshape(-1, 9))
@@ -209,11 +213,7 @@ def test_quantized_conv_integer_and_qlinearconv(tmp_path):
                           [helper.make_tensor_value_info("yi", TensorProto.INT32, None),
                            helper.make_tensor_value_info("yq", TensorProto.INT8, None)], inits)
     src = _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "quant.onnx")
-    db = tmp_path / "db"
-    _ingest([src], db)
-    with _con(db) as con:
-        ids = [r[0] for r in con.execute("SELECT layer_id FROM layers ORDER BY filter_id_first").fetchall()]
-        a, b = (_layer_filters(con, i) for i in ids)
+    a, b = _ingested_layers(src, tmp_path / "db")
     assert np.array_equal(a, (w_int.astype(np.float32) - 128).reshape(-1, 9))
     want = (w_q.astype(np.float64) * w_scale[:, None, None, None]).astype(np.float32)
     assert np.array_equal(b, want.reshape(-1, 9))
