@@ -23,7 +23,7 @@ from .stats.basis import Basis, fit_basis
 from .stats.divergence import (DEFAULT_BINS, METRICS, WEIGHTS, component_weights, distances_to,
                                divergence_matrix, drift)
 from .stats.moments import pool
-from .store import load_basis
+from .store import StoreDamaged, file_problem, load_basis
 
 BASES = ("global", "selection")
 MAX_BINS = 10_000
@@ -45,24 +45,25 @@ class LayerHistograms:
 
     @classmethod
     def load(cls, cur, root: Path) -> LayerHistograms | None:
-        """Memory-map the store's file (None if there is none, it is gone, or it is not in the
-        current layout: then queries scan)."""
-        row = cur.execute("SELECT basis_version, bins, n_layers, path FROM _layer_histograms").fetchone()
+        """Memory-map the store's file once its size and sha256 are those the catalog recorded and
+        its shape and layer ids those of the catalog; otherwise raise StoreDamaged naming it.
+        None if the store has none (fewer than 2 filters)."""
+        row = cur.execute("SELECT basis_version, bins, n_layers, path, bytes, sha256 FROM _layer_histograms").fetchone()
         if row is None:
             return None
-        version, bins, n, rel = row
-        try:
-            packed = np.load(Path(root) / rel, mmap_mode="r")
-        except (OSError, ValueError):
-            return None
+        version, bins, n, rel, size, sha256 = row
+        problem = file_problem(root, rel, size, sha256)
+        if problem is not None:
+            raise StoreDamaged(rel, problem)
+        packed = np.load(Path(root) / rel, mmap_mode="r")
         if packed.dtype != np.int64 or packed.shape != (n + 1, 1 + 9 * bins):
-            return None
+            raise StoreDamaged(rel, f"{packed.dtype} {packed.shape}, the catalog has int64 {(n + 1, 1 + 9 * bins)}")
         # The ids from the catalog, which commits them with the file: column 0 of the file read
         # down its rows would touch every page of it. Its ends are checked against them.
         ids = np.asarray(cur.execute("SELECT layer_id FROM layers ORDER BY layer_id").fetchnumpy()["layer_id"],
                          dtype=np.int64)
         if len(ids) != n or (n and (packed[1, 0] != ids[0] or packed[n, 0] != ids[-1])):
-            return None
+            raise StoreDamaged(rel, "its layer ids are not the catalog's")
         # a plain ndarray view of the mapping: fancy indexing on np.memmap costs 10x more
         return cls(version, bins, ids, np.asarray(packed)[:, 1:])
 
@@ -106,7 +107,9 @@ class Snapshot:
     """What a committed catalog holds that only the next commit changes: the global basis, the
     shard files, the largest layer id, the per-layer moments and histograms. Each is read on first
     use and then kept, by whoever holds the snapshot for as long as that catalog generation
-    serves (the service: per generation; the CLI: per command)."""
+    serves (the service: per generation; the CLI: per command). Files are checked against the
+    catalog when first used (shards: their size; histograms: their sha256): a missing or damaged
+    one raises StoreDamaged naming it."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -121,8 +124,16 @@ class Snapshot:
         return self._get("basis", lambda: load_basis(cur))
 
     def shard_paths(self, cur) -> list[Path]:
-        return self._get("shards", lambda: [self.root / p for (p,) in cur.execute(
-            "SELECT path FROM _shards ORDER BY filter_id_first").fetchall()])
+        """The shards in filter_id order, each there with the size the catalog recorded (a stat;
+        their checksums are ``cnnfilterdb verify``'s), or StoreDamaged naming the first that is not."""
+        def load():
+            rows = cur.execute("SELECT path, bytes FROM _shards ORDER BY filter_id_first").fetchall()
+            for rel, size in rows:
+                if (problem := file_problem(self.root, rel, size)) is not None:
+                    raise StoreDamaged(rel, problem)
+            return [self.root / rel for rel, _ in rows]
+
+        return self._get("shards", load)
 
     def max_layer_id(self, cur) -> int:
         return self._get("max_layer_id", lambda: int(cur.execute(

@@ -15,6 +15,8 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_ingest(args) -> int:
+    import duckdb
+
     from ingest import ingest_paths
     from ingest.model_files import META_FIELDS
 
@@ -23,8 +25,15 @@ def cmd_ingest(args) -> int:
         raise StoreError("--manifest gives the files and their metadata: no paths or metadata flags with it")
     if not args.manifest and not args.paths:
         raise StoreError("nothing to ingest: give files or folders, or --manifest CSV")
-    result = ingest_paths([Path(p) for p in args.paths], args.db or default_db(), meta=meta,
-                          manifest=Path(args.manifest) if args.manifest else None, skip_bad=args.skip_bad)
+    db = args.db or default_db()
+    try:
+        result = ingest_paths([Path(p) for p in args.paths], db, meta=meta,
+                              manifest=Path(args.manifest) if args.manifest else None, skip_bad=args.skip_bad)
+    except (OSError, duckdb.IOException, duckdb.FatalException) as e:
+        # A full disk, a permission, an I/O error (Parquet, numpy or DuckDB writing): the transaction
+        # has rolled back. One line, naming the file, or the store when the error names none.
+        what = (getattr(e, "strerror", None) or str(e) or type(e).__name__).splitlines()[0]
+        raise StoreError(f"{what} ({getattr(e, 'filename', None) or db})") from None
     print(json.dumps(result))
     return 0
 
@@ -54,32 +63,46 @@ def cmd_info(args) -> int:
 
 
 def cmd_sql(args) -> int:
-    import duckdb
+    """One read-only statement, run like the service's POST /v1/sql: in a confined worker process
+    (service/usersql/) under a time limit and memory cap, so it cannot write either."""
+    from service.settings import Settings
+    from service.usersql.pool import SqlFailed, SqlLimits, SqlPool
 
     store = FilterStore(args.db or default_db())
-    with store.connect() as con:
-        try:
-            cur = con.execute(args.query)
-        except duckdb.Error as e:
-            raise StoreError(f"SQL error: {str(e).splitlines()[0]}") from None
-        if cur.description is None:
-            return 0
-        columns = [d[0] for d in cur.description]
-        rows = cur.fetchmany(args.max_rows + 1)
-        truncated = len(rows) > args.max_rows
-        rows = rows[: args.max_rows]
-        if args.format == "json":
-            print(json.dumps({"columns": columns, "rows": rows, "truncated": truncated}, default=str))
-        elif args.format == "csv":
-            import csv
+    store.connect().close()  # a clear error for a missing store or another layout, before a worker starts
+    defaults = Settings(db=store.root)
+    pool = SqlPool(store.root, 1, SqlLimits(timeout_s=args.timeout, memory_limit=defaults.sql_memory_limit,
+                                            address_space_bytes=int(defaults.sql_worker_memory_cap)))
+    try:
+        result = pool.run(args.query, None, args.max_rows, defaults.sql_max_bytes)
+    except SqlFailed as e:
+        raise StoreError(f"SQL ({e.code}): {e.message}") from None
+    finally:
+        pool.close()
+    columns, rows = result.columns, json.loads(result.rows_json)
+    if args.format == "json":
+        print(json.dumps({"columns": columns, "types": result.types, "rows": rows, "truncated": result.truncated,
+                          "truncated_reason": result.truncated_reason}))
+    elif args.format == "csv":
+        import csv
 
-            w = csv.writer(sys.stdout)
-            w.writerow(columns)
-            w.writerows(rows)
-        else:
-            _print_table(columns, rows)
-            if truncated:
-                print(f"(first {args.max_rows} rows shown; --max-rows to see more)")
+        w = csv.writer(sys.stdout)
+        w.writerow(columns)
+        w.writerows(rows)
+    else:
+        _print_table(columns, rows)
+        if result.truncated:
+            print(f"(first {result.n_rows} rows shown: {result.truncated_reason}; --max-rows to see more)")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    v = FilterStore(args.db or default_db()).verify()
+    for problem in v.problems:
+        print(problem)
+    if v.problems:
+        return 1
+    print(f"intact: {v.files} file(s), {v.bytes / 2**20:,.1f} MiB, every size and sha256 as the catalog recorded")
     return 0
 
 
@@ -158,8 +181,8 @@ def _serve(db: Path, host: str, port: int, overrides: dict | None = None) -> int
 
 
 # Service settings that `serve` takes as flags (the rest: CNNFILTERDB_* variables, service/settings.py).
-SERVE_SETTINGS = ["workers", "sql_timeout_s", "sql_default_rows", "sql_max_rows", "sql_memory_limit",
-                  "duckdb_memory_limit", "duckdb_threads", "page_max", "filters_json_max"]
+SERVE_SETTINGS = ["workers", "sql_workers", "sql_timeout_s", "sql_default_rows", "sql_max_rows", "sql_max_bytes",
+                  "sql_memory_limit", "duckdb_memory_limit", "duckdb_threads", "page_max", "filters_json_max"]
 
 
 def cmd_serve(args) -> int:
@@ -190,12 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("sql", help="run one read-only SQL query against the store")
+    s = sub.add_parser("sql", help="run one read-only SQL query against the store (in a confined process, "
+                                   "as the service's /v1/sql)")
     s.add_argument("query")
     _db_arg(s)
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
     s.add_argument("--max-rows", type=int, default=100)
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds before the query is stopped (default 60)")
     s.set_defaults(func=cmd_sql)
+
+    s = sub.add_parser("verify", help="check every file the catalog references (size, sha256) and the catalog "
+                                      "itself; one line per damaged or missing file and exit 1")
+    _db_arg(s)
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("drift", help="the divergence matrix between groups of filters (SPEC 6.2)")
     s.add_argument("--group-by", required=True, help="task, visual_category, depth_bin, model, ...")

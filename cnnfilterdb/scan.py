@@ -4,23 +4,27 @@ A selection is a set of layers, each mapped to a group (``LayerGroups``): every 
 filter or group on is an attribute of a layer or of its model. A scan reads only the row groups
 whose layer_id statistics overlap the selection, one whole row group at a time per thread, and
 hands it to the compiled kernels of ``stats/histogram.py`` (they release the GIL). Nothing is held
-but one row group per thread and the result.
+but one row group per thread and the result. A shard that cannot be read (missing, truncated,
+corrupt) raises StoreDamaged naming it.
 """
 from __future__ import annotations
 
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .stats.basis import Basis
 from .stats.histogram import bin_edges, coefficient_range, histogram2d_counts, histogram_counts, histogram_range
+from .store import unreadable
 
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 REMAP_ROW_GROUPS = 16  # 80 MB of a shard mapped per thread at most
@@ -37,6 +41,15 @@ class LayerGroups:
         g = np.full(max_layer_id + 2, -1, dtype=np.int64)
         g[np.asarray(layer_ids, dtype=np.int64)] = np.asarray(group_idx, dtype=np.int64)
         return cls(g, n_groups)
+
+
+@contextmanager
+def _reading(path: Path):
+    """The errors of reading a shard (the OS's, pyarrow's) as StoreDamaged naming it."""
+    try:
+        yield
+    except (OSError, pa.ArrowException) as e:
+        raise unreadable(path, e) from None
 
 
 @lru_cache(maxsize=1024)
@@ -63,7 +76,9 @@ def _units(paths: list[Path], groups: LayerGroups) -> list[tuple[Path, int, int,
     units = []
     n_layers = len(groups.group_of_layer)
     for path in paths:
-        for i, (lo, hi) in enumerate(_layer_spans(path)):
+        with _reading(path):
+            spans = _layer_spans(path)
+        for i, (lo, hi) in enumerate(spans):
             if hi < lo:
                 lo, hi = 0, n_layers - 1
             g = groups.group_of_layer[max(lo, 0):min(hi, n_layers - 1) + 1]
@@ -86,14 +101,16 @@ def _map_units(paths, groups, work: Callable, threads: int | None):
     local = threading.local()
 
     def read_and_work(path, row_group, g_lo, g_hi):
-        f = getattr(local, "file", None)
-        if f is None or local.path != path or local.uses >= REMAP_ROW_GROUPS:
-            if f is not None:
-                f.close()
-            f = local.file = pq.ParquetFile(path, memory_map=True, metadata=_footer(path))
-            local.path, local.uses = path, 0
-        local.uses += 1
-        table = f.read_row_group(row_group, columns=["layer_id"] + WEIGHT_COLUMNS, use_threads=False)
+        with _reading(path):
+            f = getattr(local, "file", None)
+            if f is None or local.path != path or local.uses >= REMAP_ROW_GROUPS:
+                if f is not None:
+                    f.close()
+                local.file = None
+                f = local.file = pq.ParquetFile(path, memory_map=True, metadata=_footer(path))
+                local.path, local.uses = path, 0
+            local.uses += 1
+            table = f.read_row_group(row_group, columns=["layer_id"] + WEIGHT_COLUMNS, use_threads=False)
         cols = [table.column(i).to_numpy() for i in range(10)]  # one chunk each: zero-copy views
         return work(cols[0], tuple(cols[1:]), g_lo, g_hi)
 

@@ -8,6 +8,7 @@ names come from the fixed list below, never from the request.
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,9 @@ GROUP_FIELDS = ["task", "visual_category", "training_dataset", "pretraining_data
                 "model_id", "producer", "conv_depth", "layer_id", "depth_bin"]
 FILTER_FIELDS = GROUP_FIELDS + ["task_raw", "conv_depth_norm"]
 BOUNDS = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<"}
+ECHO_CHARS = 100
+_ECHO = reprlib.Repr()  # bounded in length and depth whatever it is given
+_ECHO.maxstring = _ECHO.maxother = ECHO_CHARS
 
 
 class SelectionError(ValueError):
@@ -28,6 +32,17 @@ class EmptySelectionError(SelectionError):
     """The selection holds no filters (or too few for what was asked)."""
 
 
+def echo(value: Any) -> str:
+    """A client's value as an error message shows it: its repr, cut after ECHO_CHARS characters
+    (a request may hold megabytes), with the length of a long string."""
+    text = _ECHO.repr(value)
+    if len(text) > ECHO_CHARS:
+        text = text[:ECHO_CHARS] + "..."
+    if isinstance(value, str) and len(value) > ECHO_CHARS:
+        text += f" ({len(value):,} characters)"
+    return text
+
+
 def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
     """SQL condition over layers_with_models and its parameters."""
     if where is None:
@@ -36,16 +51,16 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
         raise SelectionError("where must be an object of field -> value | [values] | {gte, gt, lte, lt}")
     unknown = sorted(set(where) - set(FILTER_FIELDS))
     if unknown:
-        raise SelectionError(f"unknown field(s) in where: {unknown}; known fields: {FILTER_FIELDS}")
+        raise SelectionError(f"unknown field(s) in where: {echo(unknown)}; known fields: {FILTER_FIELDS}")
     parts, params = [], []
     for name, value in where.items():
         if isinstance(value, dict):  # bounds; an empty object bounds nothing
             bad = sorted(set(value) - set(BOUNDS))
             if bad:
-                raise SelectionError(f"where.{name}: bounds must be among {list(BOUNDS)}, got {bad}")
+                raise SelectionError(f"where.{name}: bounds must be among {list(BOUNDS)}, got {echo(bad)}")
             for key, bound in value.items():
                 if not isinstance(bound, (int, float, str)) or isinstance(bound, bool):
-                    raise SelectionError(f"where.{name}.{key}: a number or a string, got {bound!r}")
+                    raise SelectionError(f"where.{name}.{key}: a number or a string, got {echo(bound)}")
                 parts.append(f"{name} {BOUNDS[key]} ?")
                 params.append(bound)
         elif isinstance(value, list):
@@ -65,7 +80,7 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
             parts.append(f"{name} = ?")
             params.append(value)
         else:
-            raise SelectionError(f"where.{name}: a value, a list of values or an object of bounds, got {value!r}")
+            raise SelectionError(f"where.{name}: a value, a list of values or an object of bounds, got {echo(value)}")
     return " AND ".join(parts) or "true", params
 
 
@@ -98,7 +113,7 @@ class Selection:
 
 def select(cur, where: dict | None, group_by: str | None) -> Selection:
     if group_by is not None and group_by not in GROUP_FIELDS:
-        raise SelectionError(f"unknown group_by {group_by!r}; known: {GROUP_FIELDS}")
+        raise SelectionError(f"unknown group_by {echo(group_by)}; known: {GROUP_FIELDS}")
     cond, params = where_sql(where)
     label = group_by or "'all'"
     cols = cur.execute(f"SELECT layer_id, {label} AS label, n_filters, model_id FROM layers_with_models "

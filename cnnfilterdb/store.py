@@ -4,6 +4,7 @@ Layout of a store directory ``<db>``::
 
     catalog.duckdb        models, layers, basis, views and macros (the SQL entry point)
     shards/*.parquet      the filters, immutable, sorted by filter_id, named after their ingest
+    shards/*-histograms.npy   the per-layer coefficient histograms of the current basis
     .ingest.lock          held (flock) by the one ingest that may run at a time
 
 How a commit stays atomic while readers keep reading:
@@ -17,12 +18,19 @@ How a commit stays atomic while readers keep reading:
   died before its commit are referenced by no catalog; the next ingest deletes them.
 - A DuckDB file opened read-write is locked against every other process; since only the staging
   copy is ever opened read-write, read-only readers never conflict with an ingest.
+
+Integrity: the catalog records the size and sha256 of every file it references, computed when
+the file was written. ``FilterStore.verify`` recomputes them all (``cnnfilterdb verify``); readers
+check what is cheap when they open a catalog (each shard's size, the histogram file's sha256) and
+turn a missing or unreadable file into ``StoreDamaged`` naming it relative to the store.
 """
 from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import hashlib
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -33,7 +41,6 @@ import numpy as np
 
 import sql
 
-from .scan import LayerGroups, scan_histograms, scan_range
 from .stats.basis import Basis, fit_basis
 from .stats.divergence import DEFAULT_BINS
 from .stats.moments import Moments, pool
@@ -44,11 +51,79 @@ LOCK = ".ingest.lock"
 STAGING_SUFFIX = ".staging"
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 ENV_DB = "CNNFILTERDB_DB"
-SCHEMA_VERSION = 1  # of sql/schema.sql
+SCHEMA_VERSION = 2  # of sql/schema.sql
+HASH_READ_BYTES = 1 << 20
 
 
 class StoreError(Exception):
     """A fault the user can act on; its message is one line naming what and where."""
+
+
+class StoreDamaged(StoreError):
+    """A file the catalog references is missing or not as committed."""
+
+    def __init__(self, rel: str, problem: str):
+        super().__init__(f"{rel}: {problem}; the store is damaged: run `cnnfilterdb verify` to check every file")
+        self.rel, self.problem = rel, problem
+
+
+def first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def store_name(path: Path) -> str:
+    """A store file's name as the catalog records it, relative to the store: every file the
+    catalog references is in ``shards/``."""
+    return f"{SHARDS}/{Path(path).name}"
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256 (hex), read in blocks of HASH_READ_BYTES (hashlib releases the GIL)."""
+    digest = hashlib.sha256()
+    block = bytearray(HASH_READ_BYTES)
+    view = memoryview(block)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(block):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def file_problem(root: Path, rel: str, size: int, sha256: str | None = None) -> str | None:
+    """What is wrong with the store file ``rel`` against what the catalog recorded: its size, and
+    its checksum when ``sha256`` is given (that reads the whole file); None if nothing is."""
+    path = Path(root) / rel
+    try:
+        actual = path.stat().st_size
+        if actual != size:
+            return f"size differs ({actual:,} bytes, the catalog recorded {size:,})"
+        if sha256 is not None and (digest := file_sha256(path)) != sha256:
+            return f"checksum differs (sha256 {digest[:16]}..., the catalog recorded {sha256[:16]}...)"
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"unreadable ({e.strerror or first_line(e)})"
+    return None
+
+
+_STORE_FILE = re.compile(r"[^\s'\"]*\b" + SHARDS + r"/([^\s'\"/]+)")  # a path to a store file in a message
+
+
+def unreadable(path: Path, e: BaseException) -> StoreDamaged:
+    """StoreDamaged for the store file at ``path`` that a reader failed on: "missing", or the
+    reader's message with every store file in it named relative to the store (no absolute path)."""
+    rel = store_name(path)
+    if not Path(path).exists():
+        return StoreDamaged(rel, "missing")
+    return StoreDamaged(rel, f"unreadable ({_STORE_FILE.sub(lambda m: f'{SHARDS}/{m.group(1)}', first_line(e))})")
+
+
+def damage_in(root: Path, e: duckdb.Error) -> StoreDamaged | None:
+    """The StoreDamaged that a DuckDB error stands for when it is one of reading a shard (through
+    the filters view: a missing file, a truncated or corrupt one); None for any other error."""
+    if not isinstance(e, (duckdb.IOException, duckdb.InvalidInputException, duckdb.PermissionException)):
+        return None
+    m = _STORE_FILE.search(first_line(e))
+    return None if m is None else unreadable(Path(root) / SHARDS / m.group(1), e)
 
 
 def check_schema(con, where: Path) -> None:
@@ -79,6 +154,14 @@ def sql_string(s: str) -> str:
 
 
 @dataclass
+class Verification:
+    """What ``FilterStore.verify`` found."""
+    files: int           # referenced by the catalog, all checked
+    bytes: int           # their committed sizes, summed
+    problems: list[str]  # one line per damaged or missing file: "<path relative to the store>: <what is wrong>"
+
+
+@dataclass
 class ShardInfo:
     path: str  # relative to the store directory
     n_rows: int
@@ -101,7 +184,9 @@ class FilterStore:
         """A read-only connection to the catalog."""
         if not self.exists():
             raise StoreError(f"{self.root}: no store here (no {CATALOG}); create one with `cnnfilterdb ingest`")
-        con = duckdb.connect(str(self.catalog_path), read_only=True, config=config or {})
+        # The views name their shards relative to the store: resolve them here, wherever it is.
+        con = duckdb.connect(str(self.catalog_path), read_only=True,
+                             config={"file_search_path": str(self.root), **(config or {})})
         try:
             check_schema(con, self.catalog_path)
         except StoreError:
@@ -138,6 +223,25 @@ class FilterStore:
                     "range": [basis.range_min, basis.range_max],
                 },
             }
+
+
+    def verify(self) -> Verification:
+        """A scrub: every table of the catalog read (DuckDB checks its blocks' checksums), then the
+        size and sha256 of every file the catalog references recomputed from all its bytes."""
+        try:
+            with self.connect() as con:
+                files = con.execute("SELECT path, bytes, sha256 FROM _shards UNION ALL "
+                                    "SELECT path, bytes, sha256 FROM _layer_histograms ORDER BY path").fetchall()
+                tables = con.execute("SELECT table_name FROM duckdb_tables() "
+                                     "WHERE database_name = current_database()").fetchall()
+                for (table,) in tables:
+                    for _ in con.execute(f'SELECT * FROM "{table}"').to_arrow_reader():
+                        pass
+        except duckdb.Error as e:
+            return Verification(0, 0, [f"{CATALOG}: unreadable ({first_line(e)})"])
+        problems = [f"{rel}: {problem}" for rel, size, sha256 in files
+                    if (problem := file_problem(self.root, rel, size, sha256)) is not None]
+        return Verification(len(files), sum(size for _, size, _ in files), problems)
 
 
 def load_basis(con: duckdb.DuckDBPyConnection) -> Basis | None:
@@ -188,10 +292,10 @@ class StoreTransaction:
             self._remove_garbage()
             if self.catalog_path.exists():
                 shutil.copyfile(self.catalog_path, self.staging_path)
-                self.con = duckdb.connect(str(self.staging_path))
+                self.con = duckdb.connect(str(self.staging_path), config={"file_search_path": str(self.root)})
                 check_schema(self.con, self.catalog_path)
             else:
-                self.con = duckdb.connect(str(self.staging_path))
+                self.con = duckdb.connect(str(self.staging_path), config={"file_search_path": str(self.root)})
                 self.con.execute(sql.read("schema"))
             # Macros are (re)applied so that a store picks up their current definitions.
             self.con.execute(sql.read("macros"))
@@ -230,7 +334,7 @@ class StoreTransaction:
                 referenced = {p for (p,) in con.execute("SELECT path FROM _shards UNION ALL "
                                                         "SELECT path FROM _layer_histograms").fetchall()}
         for p in (self.root / SHARDS).iterdir():
-            if f"{SHARDS}/{p.name}" not in referenced:
+            if store_name(p) not in referenced:
                 p.unlink(missing_ok=True)
 
     # -- what an ingest asks for ---------------------------------------------------------------
@@ -246,12 +350,12 @@ class StoreTransaction:
         self._new_shards.append(path)
         return path
 
-    def add_shard(self, path: Path, n_rows: int, filter_id_first: int, filter_id_last: int) -> None:
-        """Register a written shard (the writer has fsynced it: it must outlive a power cut once committed)."""
-        rel = f"{SHARDS}/{path.name}"
+    def add_shard(self, path: Path, n_rows: int, filter_id_first: int, filter_id_last: int, sha256: str) -> None:
+        """Register a written shard (the writer has fsynced it: it must outlive a power cut once
+        committed) with its sha256, which the writer computed."""
         self.con.execute(
-            "INSERT INTO _shards VALUES (?, ?, ?, ?, ?)",
-            [rel, n_rows, filter_id_first, filter_id_last, path.stat().st_size],
+            "INSERT INTO _shards VALUES (?, ?, ?, ?, ?, ?)",
+            [store_name(path), n_rows, filter_id_first, filter_id_last, path.stat().st_size, sha256],
         )
 
     def insert_layer_moments(self, layer_ids: list[int], moments: list[Moments]) -> None:
@@ -294,7 +398,10 @@ class StoreTransaction:
     def _write_views(self) -> None:
         rels = self._shard_rel_paths()
         if rels:
-            files = ", ".join(sql_string(str(self.root / r)) for r in rels)
+            # Relative to the store, so that a copied or moved store works unchanged; readers
+            # resolve them with file_search_path (FilterStore.connect, the service) or from the
+            # store's directory (the DuckDB shell).
+            files = ", ".join(sql_string(r) for r in rels)
             source = f"read_parquet([{files}])"
         else:
             weights = ", ".join(f"NULL::FLOAT AS {w}" for w in WEIGHT_COLUMNS)
@@ -303,6 +410,8 @@ class StoreTransaction:
 
     def _refresh_basis(self, progress=None) -> None:
         """Refit the global basis from the per-layer moments, then scan all filters for its range."""
+        from .scan import LayerGroups, scan_histograms, scan_range
+
         rows = self.con.execute("SELECT n, mean, scatter FROM _layer_moments").fetchall()
         version = int(self.con.execute("SELECT coalesce(max(version), 0) + 1 FROM basis").fetchone()[0])
         self.con.execute("DELETE FROM basis")
@@ -342,5 +451,6 @@ class StoreTransaction:
         np.save(path, packed)
         fsync_path(path)
         self.con.execute("DELETE FROM _layer_histograms")
-        self.con.execute("INSERT INTO _layer_histograms VALUES (?, ?, ?, ?)",
-                         [version, DEFAULT_BINS, len(layer_ids), f"{SHARDS}/{path.name}"])
+        self.con.execute("INSERT INTO _layer_histograms VALUES (?, ?, ?, ?, ?, ?)",
+                         [version, DEFAULT_BINS, len(layer_ids), store_name(path), path.stat().st_size,
+                          file_sha256(path)])

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from cnnfilterdb.store import StoreError, StoreTransaction
+from cnnfilterdb.store import StoreError, StoreTransaction, file_sha256
 
 from .h5 import ingest_h5, is_hdf5, read_contents
-from .model_files import META_FIELDS, ingest_model_file, sha256_of, stored_model_with
+from .model_files import META_FIELDS, ingest_model_file, stored_model_with
 from .models import detect, read_model
 from .progress import Progress
 from .shards import ShardWriter
@@ -127,7 +127,7 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
                             writer = None
                         models, filters = ingest_h5(s.path, tx, progress)
                     else:
-                        sha = sha256_of(s.path)
+                        sha = file_sha256(s.path)
                         if stored_model_with(tx, sha) is not None:
                             models, filters = 0, 0  # the same file again: nothing to do
                         else:

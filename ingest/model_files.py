@@ -1,7 +1,6 @@
 """Writing model files (ONNX, PyTorch, safetensors, npz) into a store transaction."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,6 @@ from .shards import ShardWriter
 # Metadata a user gives per file (flags or manifest columns), as models columns.
 META_FIELDS = ["model", "name", "task", "visual_category", "training_dataset", "pretraining_dataset", "paper",
                "dataset_url", "accessible"]
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def stored_model_with(tx: StoreTransaction, sha: str) -> str | None:

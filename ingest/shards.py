@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cnnfilterdb.store import WEIGHT_COLUMNS, StoreTransaction, fsync_path
+from cnnfilterdb.store import WEIGHT_COLUMNS, StoreTransaction, file_sha256, fsync_path
 
 # Every column is required (NOT NULL): pages then carry no definition levels, which halves the
 # cost of decoding the weights on every scan (6 against 14 ns per row here) and speeds writing.
@@ -64,7 +64,7 @@ class ShardWriter:
         self._rows = 0
         self._first = self._last = -1
         self.rows_written = 0
-        self._finished: list[tuple[Path, int, int, int]] = []
+        self._finished: list[tuple[Path, int, int, int, str]] = []  # path, rows, first and last id, sha256
         self._next_id = 0
         self._current: Batch | None = None  # the batch write_rows is filling
         self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
@@ -120,8 +120,8 @@ class ShardWriter:
         self._thread.join()
         self._raise_if_failed()
         # Registered here, on the caller's thread: a DuckDB connection is not shared across threads.
-        for path, rows, first, last in self._finished:
-            self.tx.add_shard(path, rows, first, last)
+        for path, rows, first, last, sha256 in self._finished:
+            self.tx.add_shard(path, rows, first, last, sha256)
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -172,7 +172,8 @@ class ShardWriter:
             return
         self._writer.close()
         fsync_path(self._path)  # here, off the producer's thread
-        self._finished.append((self._path, self._rows, self._first, self._last))
+        # Hashed here too, while the file is in the page cache (about 0.46 s per 720 MB shard).
+        self._finished.append((self._path, self._rows, self._first, self._last, file_sha256(self._path)))
         self._writer = None
 
 

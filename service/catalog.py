@@ -1,15 +1,15 @@
 """The service's view of the store: one sandboxed, read-only DuckDB instance per catalog generation.
 
-Every endpoint, ``/v1/sql`` included, reads through a cursor of that instance, so the read-only
-guarantees come from DuckDB itself rather than from inspecting SQL text:
+Every endpoint but ``/v1/sql`` reads through a cursor of that instance (user SQL runs in confined
+worker processes instead, see ``service/usersql/``). The instance is read-only by DuckDB's own
+settings, not by inspecting SQL text:
 
 - the catalog is ATTACHed READ_ONLY (writes fail in DuckDB's binder);
 - ``enable_external_access = false`` with ``allowed_directories`` = the store's shard directory:
-  no other file, no network, no ATTACH/COPY/INSTALL;
+  no other file, no network, no ATTACH/COPY/INSTALL; ``file_search_path`` = the store, against
+  which the views' relative shard paths resolve (a store works wherever it is moved);
 - extension autoload/autoinstall off, community extensions off;
 - ``memory_limit`` and ``threads`` set, then ``lock_configuration = true``: no SET/RESET afterwards.
-
-User SQL (``POST /v1/sql``) runs on a second instance of the same kind with its own memory limit.
 
 An ingest commits by renaming a new catalog over the old one; ``LiveCatalog.generation()`` notices
 the new inode and opens a new instance, while requests in flight finish on the old one. The main
@@ -28,7 +28,7 @@ from typing import Iterator
 import duckdb
 
 from cnnfilterdb.analysis import Snapshot
-from cnnfilterdb.store import CATALOG, SHARDS, StoreError, check_schema, sql_string
+from cnnfilterdb.store import CATALOG, SHARDS, StoreDamaged, StoreError, check_schema, sql_string
 
 from .errors import ApiError
 from .settings import Settings
@@ -38,13 +38,11 @@ from .settings import Settings
 class Generation:
     inode: int
     mtime_ns: int
-    con: duckdb.DuckDBPyConnection      # the service's own queries
-    sql_con: duckdb.DuckDBPyConnection  # POST /v1/sql: a separate instance, so a user's query
-                                        # cannot take the memory the other endpoints need
-    snapshot: Snapshot                  # basis, shards, per-layer histograms: read once per generation
+    con: duckdb.DuckDBPyConnection
+    snapshot: Snapshot  # basis, shards, per-layer histograms: read once per generation
 
-    def cursor(self, for_user_sql: bool = False) -> duckdb.DuckDBPyConnection:
-        cur = (self.sql_con if for_user_sql else self.con).cursor()
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = self.con.cursor()
         cur.execute("USE catalog")  # cursors start in the in-memory main database
         return cur
 
@@ -59,9 +57,7 @@ class LiveCatalog:
 
     def _open(self, st: os.stat_result) -> Generation:
         s = self.settings
-        gen = Generation(st.st_ino, st.st_mtime_ns,
-                         self._sandbox(s.duckdb_memory_limit, s.duckdb_threads),
-                         self._sandbox(s.sql_memory_limit, s.duckdb_threads),
+        gen = Generation(st.st_ino, st.st_mtime_ns, self._sandbox(s.duckdb_memory_limit, s.duckdb_threads),
                          Snapshot(self.root))
         cur = gen.cursor()
         try:
@@ -81,7 +77,9 @@ class LiveCatalog:
         try:
             # ATTACH takes no parameters; the path is the service's own setting, quoted as a literal.
             con.execute(f"ATTACH {sql_string(str(self.path))} AS catalog (READ_ONLY)")
-            con.execute("SET allowed_directories = ?", [[str(self.root / SHARDS) + os.sep]])
+            con.execute(f"SET GLOBAL file_search_path = {sql_string(str(self.root))}")  # cursors inherit GLOBAL only
+            # Both spellings: DuckDB checks a view's relative shard path before resolving it.
+            con.execute("SET allowed_directories = ?", [[str(self.root / SHARDS) + os.sep, SHARDS + os.sep]])
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
             check_schema(con.cursor().execute("USE catalog"), self.path)
@@ -104,6 +102,8 @@ class LiveCatalog:
             if cur is None or cur.inode != st.st_ino or cur.mtime_ns != st.st_mtime_ns:
                 try:
                     self._current = self._open(st)
+                except StoreDamaged:
+                    raise  # a file the snapshot checks: 503 store_damaged naming it (errors.py)
                 except StoreError as e:
                     raise ApiError(503, "store_unavailable", str(e)) from None
                 except duckdb.Error as e:
@@ -111,8 +111,8 @@ class LiveCatalog:
             return self._current
 
     @contextmanager
-    def cursor(self, for_user_sql: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        cur = self.generation().cursor(for_user_sql)
+    def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        cur = self.generation().cursor()
         try:
             yield cur
         finally:

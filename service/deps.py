@@ -1,4 +1,4 @@
-"""Dependencies injected into the routers: the settings and the live catalog."""
+"""Dependencies injected into the routers: the settings, the live catalog, the SQL worker pool."""
 from __future__ import annotations
 
 from fastapi import Request
@@ -7,6 +7,7 @@ from pydantic import BaseModel
 
 from .catalog import LiveCatalog
 from .settings import Settings
+from .usersql.pool import SqlPool
 
 
 def get_settings(request: Request) -> Settings:
@@ -15,6 +16,10 @@ def get_settings(request: Request) -> Settings:
 
 def get_catalog(request: Request) -> LiveCatalog:
     return request.app.state.catalog
+
+
+def get_sql_pool(request: Request) -> SqlPool:
+    return request.app.state.sql_pool
 
 
 def rows_as_dicts(cur) -> list[dict]:

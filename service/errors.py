@@ -1,20 +1,28 @@
-"""Errors as JSON `{"error": {"code", "message"}}` with the right status; never a traceback."""
+"""Errors as JSON `{"error": {"code", "message"}}` with the right status; never a traceback.
+
+Messages show a client's values through `cnnfilterdb.selection.echo` (cut short); a message is
+also cut after MESSAGE_CHARS characters whatever its source, so an error body stays small
+whatever the request held (DuckDB's messages quote the SQL, a request may hold many errors)."""
 from __future__ import annotations
 
 import logging
 
+import duckdb
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cnnfilterdb.store import StoreDamaged, damage_in
+
 log = logging.getLogger("cnnfilterdb.service")
+MESSAGE_CHARS = 1000
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
 def not_found(what: str, key) -> ApiError:
@@ -22,30 +30,33 @@ def not_found(what: str, key) -> ApiError:
 
 
 def _body(code: str, message: str) -> dict:
+    if len(message) > MESSAGE_CHARS:
+        message = f"{message[:MESSAGE_CHARS]}... ({len(message):,} characters)"
     return {"error": {"code": code, "message": message}}
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, e: ApiError):
-        return JSONResponse(_body(e.code, e.message), status_code=e.status)
+        return JSONResponse(_body(e.code, e.message), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, e: RequestValidationError):
         # A value outside a documented set (group_by, metric, weights, basis) or an unknown field of
         # `where` is a 400 that lists the valid ones; other malformed input is a 422.
+        from cnnfilterdb.selection import FILTER_FIELDS, echo
+
         parts, status = [], 422
         for err in e.errors():
             loc = [str(x) for x in err.get("loc", ()) if x != "body"]
             where = ".".join(loc) or "request"
             if err.get("type") == "literal_error":
                 status = 400
-                parts.append(f"unknown {where} {err.get('input')!r}; {err.get('msg', '').replace('Input should be', 'valid:')}")
-            elif err.get("type") == "extra_forbidden":
-                from cnnfilterdb.selection import FILTER_FIELDS
-
+                parts.append(f"unknown {where} {echo(err.get('input'))}; {err.get('msg', '').replace('Input should be', 'valid:')}")
+            elif err.get("type") == "extra_forbidden":  # the last element of loc is the client's name
                 status = 400
-                parts.append(f"unknown field {where}; known fields of where: {FILTER_FIELDS}")
+                parts.append(f"unknown field {echo(loc[-1])} in {'.'.join(loc[:-1]) or 'the request'}; "
+                             f"known fields of where: {FILTER_FIELDS}")
             else:
                 parts.append(f"{where}: {err.get('msg', 'invalid')}")
         return JSONResponse(_body("invalid_request", "; ".join(parts)), status_code=status)
@@ -60,3 +71,15 @@ def install(app: FastAPI) -> None:
     async def unexpected(_: Request, e: Exception):
         log.exception("unhandled error")
         return JSONResponse(_body("internal_error", "internal error; see the service log"), status_code=500)
+
+    @app.exception_handler(StoreDamaged)
+    async def store_damaged(_: Request, e: StoreDamaged):
+        return JSONResponse(_body("store_damaged", str(e)), status_code=503)
+
+    @app.exception_handler(duckdb.IOException)
+    @app.exception_handler(duckdb.InvalidInputException)
+    @app.exception_handler(duckdb.PermissionException)
+    async def duckdb_read_error(request: Request, e: duckdb.Error):
+        # DuckDB could not read a shard behind the filters view; anything else is unexpected.
+        damage = damage_in(request.app.state.catalog.root, e)
+        return await (unexpected(request, e) if damage is None else store_damaged(request, damage))

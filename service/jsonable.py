@@ -1,5 +1,6 @@
 """DuckDB values to JSON values. NaN and +-Inf become null (JSON has no such numbers); dates and
-times ISO 8601; decimals floats; bytes hex; MAPs objects; nested lists and structs recursively."""
+times ISO 8601 (with their offset when timezone-aware); decimals floats; bytes hex; MAPs objects;
+nested lists and structs recursively, at most MAX_DEPTH levels deep."""
 from __future__ import annotations
 
 import datetime as dt
@@ -10,7 +11,24 @@ import uuid
 from typing import Any
 
 
+# Deeper values cannot be answered anyway: pydantic's JSON serializer stops near 255 levels (a
+# response model adds a few). The cap also bounds the recursion below.
+MAX_DEPTH = 200
+
+
+class NestingError(ValueError):
+    """A value nested more than MAX_DEPTH levels deep: a client's error (its query or parameters),
+    for the caller to answer with a 400."""
+
+
 def jsonable(v: Any) -> Any:
+    """``v`` as a JSON value; raises NestingError if its lists, structs and maps nest more than
+    MAX_DEPTH levels deep (the levels of ``v`` itself count: a row as a list is one)."""
+    return _jsonable(v, MAX_DEPTH)
+
+
+def _jsonable(v: Any, levels: int) -> Any:
+    """``levels``: how many more levels of lists, structs and maps ``v`` may hold."""
     if v is None or isinstance(v, (bool, int, str)):
         return v
     if isinstance(v, float):
@@ -26,12 +44,15 @@ def jsonable(v: Any) -> Any:
         return bytes(v).hex()
     if isinstance(v, uuid.UUID):
         return str(v)
+    if isinstance(v, (dict, list, tuple)) and levels == 0:
+        raise NestingError(f"a value nested more than {MAX_DEPTH} levels deep (lists, structs, maps) "
+                           "has no JSON form in this API")
     if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
+        return {str(k): _jsonable(x, levels - 1) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
+        return [_jsonable(x, levels - 1) for x in v]
     if hasattr(v, "tolist"):  # numpy scalars and arrays
-        return jsonable(v.tolist())
+        return _jsonable(v.tolist(), levels)
     return str(v)
 
 

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from cnnfilterdb import __version__
 
 from . import errors
 from .catalog import LiveCatalog
+from .head import HeadAsGet
 from .routers import analysis, layers, meta, models, sql
 from .settings import Settings
+from .usersql.pool import SqlLimits, SqlPool
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -20,7 +24,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     tune_allocator()
     warm_up()  # the scan kernels load now, not on the first analysis request
     settings = settings or Settings()
+    sql_pool = SqlPool(settings.db, settings.sql_workers, SqlLimits(
+        timeout_s=settings.sql_timeout_s, memory_limit=settings.sql_memory_limit,
+        address_space_bytes=int(settings.sql_worker_memory_cap)))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        sql_pool.start()  # in the background; without a lifespan (tests) the first query starts it
+        yield
+        sql_pool.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="CNN Filter DB",
         version=__version__,
         description="Trained 3x3 convolution filters (CNN-Filter-DB) over HTTP. Read-only; errors are "
@@ -28,7 +43,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.catalog = LiveCatalog(settings)
+    app.state.sql_pool = sql_pool
     errors.install(app)
+    app.add_middleware(HeadAsGet)
     for r in (meta.router, models.router, layers.router, analysis.router, sql.router):
         app.include_router(r)
     return app

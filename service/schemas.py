@@ -27,10 +27,21 @@ class BasisSummary(BaseModel):
     range: tuple[float, float]
 
 
+class SqlSandbox(BaseModel):
+    chroot: bool = Field(description="the SQL workers see the store as their whole filesystem")
+    landlock_abi: int = Field(description="Landlock ABI in force (0: none): no file written, no TCP")
+    address_space_bytes: int = Field(description="each worker's address-space cap")
+
+
 class Limits(BaseModel):
+    sql_workers: int = Field(description="user SQL statements that may run at once; more get a 429")
     sql_timeout_s: float
     sql_default_rows: int
     sql_max_rows: int
+    sql_max_bytes: int = Field(description="cap on the JSON bytes of a /v1/sql result's rows")
+    sql_memory_limit: str
+    sql_worker_memory_cap_bytes: int
+    sql_sandbox: SqlSandbox | None = Field(None, description="as reported by a running SQL worker (null before the first)")
     page_max: int
     filters_json_max: int
 
@@ -155,8 +166,10 @@ class SqlResponse(BaseModel):
     columns: list[str]
     types: list[str]
     rows: list[list[Any]]
-    truncated: bool = Field(description="true when the result had more than max_rows rows")
-    max_rows: int
+    truncated: bool = Field(description="true when rows were left out (see truncated_reason)")
+    truncated_reason: str | None = Field(description="max_rows or max_bytes, with the cap; null when complete")
+    max_rows: int = Field(description="the row cap applied")
+    max_bytes: int = Field(description="the cap applied to the JSON bytes of rows")
     elapsed_ms: float
 
 

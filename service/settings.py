@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import ByteSize, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,13 +15,16 @@ class Settings(BaseSettings):
     port: int = 8000
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
 
-    # POST /v1/sql
-    sql_timeout_s: float = Field(5.0, gt=0, description="a query running longer is interrupted")
+    # POST /v1/sql and `cnnfilterdb sql`: confined worker processes (service/usersql/)
+    sql_workers: int = Field(2, ge=1, le=64, description="worker processes running user SQL; more concurrent queries get a 429")
+    sql_timeout_s: float = Field(5.0, gt=0, description="a query running longer is interrupted, or its worker killed")
     sql_default_rows: int = Field(1000, ge=1, description="row cap when a request gives no max_rows")
     sql_max_rows: int = Field(100_000, ge=1, description="the largest max_rows a request may ask for")
-    sql_memory_limit: str = Field("1GB", description="memory of the DuckDB instance that runs user SQL")
+    sql_max_bytes: int = Field(16_000_000, ge=1000, description="cap on the JSON bytes of a result's rows")
+    sql_memory_limit: str = Field("1GB", description="DuckDB's memory_limit in each SQL worker")
+    sql_worker_memory_cap: ByteSize = Field("3GiB", description="address-space cap (RLIMIT_AS) of each SQL worker: its hard memory limit")
 
-    # The DuckDB instance behind every endpoint
+    # The DuckDB instance behind every other endpoint
     duckdb_memory_limit: str = Field("2GB", description="memory of the DuckDB instance of the other endpoints")
     duckdb_threads: int = Field(2, ge=1, description="threads of each DuckDB instance")
 

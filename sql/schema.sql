@@ -1,7 +1,7 @@
 -- Tables of the catalog (<db>/catalog.duckdb).
 -- The layout version of this file: a program refuses a catalog of another version (store.py).
 CREATE TABLE _store (schema_version INTEGER NOT NULL);
-INSERT INTO _store VALUES (1);
+INSERT INTO _store VALUES (2);
 -- The public SQL surface is SPEC section 4:
 -- models, layers, filters (a view over Parquet shards, see views.sql) and basis.
 -- Tables whose names start with an underscore are bookkeeping of the store, not public surface.
@@ -84,7 +84,9 @@ CREATE TABLE _layer_histograms (
     basis_version INTEGER NOT NULL,
     bins          INTEGER NOT NULL,
     n_layers      INTEGER NOT NULL,
-    path          VARCHAR NOT NULL      -- relative to the store directory
+    path          VARCHAR NOT NULL,     -- relative to the store directory
+    bytes         BIGINT NOT NULL,
+    sha256        VARCHAR NOT NULL      -- hex, of the whole file as written (cnnfilterdb verify)
 );
 
 -- The Parquet files behind the filters view, relative to the store directory.
@@ -93,7 +95,8 @@ CREATE TABLE _shards (
     n_rows          BIGINT NOT NULL,
     filter_id_first BIGINT NOT NULL,
     filter_id_last  BIGINT NOT NULL,
-    bytes           BIGINT NOT NULL
+    bytes           BIGINT NOT NULL,
+    sha256          VARCHAR NOT NULL    -- hex, of the whole file as written (cnnfilterdb verify)
 );
 
 -- One row per source file of each committed ingest.

@@ -1,5 +1,6 @@
 -- Views of the catalog. {filters_source} is replaced by the store writer with the list of
--- Parquet shards (absolute paths, so the catalog opens from any working directory).
+-- Parquet shards, relative to the store directory (a store can be copied or moved): a reader
+-- resolves them with `SET file_search_path = '<store>'`, or by running from the store directory.
 
 CREATE OR REPLACE VIEW filters AS
 SELECT

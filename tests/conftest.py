@@ -23,12 +23,19 @@ def run_cli(*args: str, capsys=None) -> tuple[int, str, str]:
     return p.returncode, p.stdout, p.stderr
 
 
+def open_catalog(db: Path) -> duckdb.DuckDBPyConnection:
+    """The store's catalog, read-only, as every program of the project opens it."""
+    from cnnfilterdb.store import FilterStore
+
+    return FilterStore(db).connect()
+
+
 def store_snapshot(db: Path) -> dict | None:
     """Everything a reader can see of a store, plus its files: equal snapshots = unchanged store."""
     cat = db / "catalog.duckdb"
     if not cat.exists():
         return None
-    with duckdb.connect(str(cat), read_only=True) as con:
+    with open_catalog(db) as con:
         # The files readers can reach (an unreferenced leftover is garbage the next ingest removes).
         files = sorted(p for (p,) in con.execute("SELECT path FROM _shards UNION ALL SELECT path FROM _layer_histograms").fetchall())
         assert all((db / f).is_file() for f in files)
@@ -71,4 +78,4 @@ def sample_v01(tmp_path_factory) -> Path:
                            version="0.1.0", shape="9")
 
 
-__all__ = ["run_cli", "store_snapshot", "cli_main"]
+__all__ = ["run_cli", "store_snapshot", "cli_main", "open_catalog"]

@@ -13,7 +13,7 @@ import pytest
 from cnnfilterdb.analysis import Analysis
 
 from . import reference
-from .conftest import cli_main
+from .conftest import cli_main, open_catalog
 
 RTOL = 1e-9
 
@@ -109,7 +109,7 @@ def test_parameters_match_reference(client, frame, params):
 
 def test_stored_layer_histograms_equal_a_scan(store):
     """The fast path (per-layer histograms) and the exact scan give identical results."""
-    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+    with open_catalog(store) as con:
         # few long runs of consecutive layers per group (task, model_id), many short ones
         # (depth_bin, layer_id), and a selection with holes
         for group_by, where in [("task", None), ("depth_bin", None), ("model_id", None), ("layer_id", None),
@@ -124,7 +124,7 @@ def test_stored_layer_histograms_equal_a_scan(store):
 
 
 def test_per_layer_histograms_equal_numpy(store, frame):
-    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+    with open_catalog(store) as con:
         n, rel = con.execute("SELECT n_layers, path FROM _layer_histograms").fetchone()
         ranges = dict((r[0], r[1:]) for r in con.execute("SELECT layer_id, filter_id_first, filter_id_last FROM layers").fetchall())
     packed = np.load(store / rel)  # prefix sums over the layers in layer_id order, row 0 zeros
@@ -181,7 +181,7 @@ def test_pca_of_a_selection(client, frame):
 
 def test_degenerate(client, store):
     got = client.get("/v1/quality/degenerate").json()
-    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+    with open_catalog(store) as con:
         want = [r[0] for r in con.execute("""SELECT layer_id FROM layers WHERE sparsity > 0.5 OR variance_entropy_norm < 0.5
                                              OR variance_entropy_norm > 1.0 ORDER BY layer_id""").fetchall()]
     assert [l["layer_id"] for l in got["layers"]] == want and got["total"] == len(want) >= 4
@@ -242,8 +242,8 @@ def test_scans_across_many_row_groups_and_shards(tmp_path, monkeypatch, sample_v
                                                                           row_group_rows=1_000))
     db = tmp_path / "db"
     assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
-    with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as small, \
-            duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as big:
+    with open_catalog(db) as small, \
+            open_catalog(store) as big:
         assert small.execute("SELECT count(*) FROM _shards").fetchone()[0] == 3
         assert small.execute("SELECT range_min, range_max FROM basis").fetchone() == \
             big.execute("SELECT range_min, range_max FROM basis").fetchone()

@@ -16,7 +16,7 @@ import pytest
 
 from ingest.sample import write_sample_h5
 
-from .conftest import REPO, cli_main, store_snapshot
+from .conftest import REPO, cli_main, store_snapshot, open_catalog
 
 DUCKDB_SHELL = str(Path(sys.executable).parent / "duckdb")
 
@@ -49,7 +49,7 @@ def _wait_for(pred, timeout=30.0):
 
 
 def _counts(db: Path) -> tuple:
-    with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as con:
+    with open_catalog(db) as con:
         return con.execute("SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM layers), "
                            "(SELECT count(*) FROM filters)").fetchone()
 
@@ -114,7 +114,7 @@ def test_sigkill_leaves_previous_store(point, base_store, big_h5, full_ingest_se
     # The next ingest cleans up and succeeds.
     assert cli_main(["ingest", str(big_h5), "--db", str(db)]) == 0
     assert not _staging(db)
-    with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as con:
+    with open_catalog(db) as con:
         referenced = {r[0] for r in con.execute("SELECT path FROM _shards UNION ALL SELECT path FROM _layer_histograms").fetchall()}
     on_disk = {f"shards/{q.name}" for q in (db / "shards").iterdir()}
     # Every file is referenced, but the previous commit's histograms (a reader of the previous
@@ -132,7 +132,7 @@ cat = os.path.join(db, "catalog.duckdb")
 with open(out, "w") as f:
     while not os.path.exists(stop):
         try:
-            with duckdb.connect(cat, read_only=True) as con:
+            with duckdb.connect(cat, read_only=True, config={"file_search_path": db}) as con:
                 row = con.execute("SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM layers), "
                                   "(SELECT count(*) FROM filters), (SELECT sum(w0 * w4) FROM filters)").fetchone()
             # Checked after reading: if the staging catalog is still there, the commit (its rename)
@@ -145,8 +145,9 @@ with open(out, "w") as f:
 """
 
 SHELL_LOOP = r"""
+cd "$1"  # the views name their shards relative to the store
 while [ ! -f "$3" ]; do
-  "$4" -readonly -csv -noheader "$1/catalog.duckdb" \
+  "$4" -readonly -csv -noheader catalog.duckdb \
      -c "SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM layers), (SELECT count(*) FROM filters)" >> "$2" 2>&1
 done
 """
@@ -161,7 +162,8 @@ def test_readers_keep_working_during_ingest(base_store, big_h5, tmp_path):
     reader = subprocess.Popen([sys.executable, "-c", READER, str(db), str(reader_log), str(stop)])
     shell_loop = subprocess.Popen(["bash", "-c", SHELL_LOOP, "loop", str(db), str(shell_log), str(stop), DUCKDB_SHELL])
     # A shell session opened before the ingest, kept open across the commit.
-    session = subprocess.Popen([DUCKDB_SHELL, "-readonly", "-csv", "-noheader", str(db / "catalog.duckdb")],
+    session = subprocess.Popen([DUCKDB_SHELL, "-readonly", "-csv", "-noheader",
+                                "-cmd", f"SET file_search_path = '{db}'", str(db / "catalog.duckdb")],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(0.5)

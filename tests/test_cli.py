@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from .conftest import REPO, cli_main
+from .conftest import REPO, cli_main, open_catalog
 
 DUCKDB_SHELL = str(Path(sys.executable).parent / "duckdb")
 
@@ -25,7 +25,7 @@ def store(tmp_path_factory, sample_v1) -> Path:
 def test_info(store, capsys):
     assert cli_main(["info", "--db", str(store), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+    with open_catalog(store) as con:
         models, layers, filters = con.execute(
             "SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM layers), (SELECT count(*) FROM filters)").fetchone()
     assert (info["models"], info["layers"], info["filters"]) == (models, layers, filters) == (12, layers, 60_000)
@@ -46,7 +46,7 @@ def test_sql(store, capsys):
     assert cli_main(["sql", "SELECT task, count(*) AS n FROM models GROUP BY task ORDER BY task",
                      "--db", str(store), "--format", "json"]) == 0
     got = json.loads(capsys.readouterr().out)
-    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+    with open_catalog(store) as con:
         want = con.execute("SELECT task, count(*) FROM models GROUP BY task ORDER BY task").fetchall()
     assert got["columns"] == ["task", "n"] and [tuple(r) for r in got["rows"]] == want
     assert got["truncated"] is False
@@ -55,7 +55,7 @@ def test_sql(store, capsys):
 def test_sql_is_read_only(store, capsys):
     assert cli_main(["sql", "DELETE FROM models", "--db", str(store)]) == 1
     assert "read-only" in capsys.readouterr().err
-    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+    with open_catalog(store) as con:
         assert con.execute("SELECT count(*) FROM models").fetchone()[0] == 12
 
 
@@ -80,12 +80,14 @@ def test_readme_queries_in_the_duckdb_shell(store, tmp_path):
     assert len(queries) == 3
     outputs = []
     for q in queries:
-        p = subprocess.run([DUCKDB_SHELL, "-readonly", "-json", str(store / "catalog.duckdb"), "-c", q],
+        # As the README says: the views' shard paths resolve against the store directory.
+        p = subprocess.run([DUCKDB_SHELL, "-readonly", "-json", "-cmd", f"SET file_search_path = '{store}'",
+                            str(store / "catalog.duckdb"), "-c", q],
                            capture_output=True, text=True, cwd=tmp_path)
         assert p.returncode == 0 and not p.stderr, p.stderr
         outputs.append(json.loads(p.stdout))
     by_task, one_layer, sparsest = outputs
-    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+    with open_catalog(store) as con:
         n_task = con.execute("SELECT count(*) FROM filters JOIN models USING (model_id) WHERE task = 'Classification'").fetchone()[0]
         first, last = con.execute("SELECT filter_id_first, filter_id_last FROM layers WHERE layer_id = 5").fetchone()
         top = con.execute("SELECT layer_id FROM layers ORDER BY sparsity DESC, layer_id LIMIT 10").fetchall()
@@ -98,7 +100,7 @@ def test_readme_queries_in_the_duckdb_shell(store, tmp_path):
 def test_demo_builds_a_labelled_sample(tmp_path, capsys):
     db = tmp_path / "demo"
     assert cli_main(["demo", "--db", str(db), "--models", "6", "--filters", "20000", "--no-serve"]) == 0
-    with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as con:
+    with open_catalog(db) as con:
         assert con.execute("SELECT count(*) FROM models WHERE source LIKE 'SAMPLE%'").fetchone()[0] == 6
         assert con.execute("SELECT count(*) FROM filters").fetchone()[0] == 20_000
         assert con.execute("SELECT count(*) FROM layers WHERE sparsity = 1").fetchone()[0] >= 1

@@ -16,6 +16,7 @@ from ingest.progress import Progress
 from ingest.sample import write_sample_h5
 
 from . import reference
+from .conftest import open_catalog
 
 
 def _ingest(src, db, block_rows=None, monkeypatch=None):
@@ -31,7 +32,7 @@ def _file_filters(src) -> np.ndarray:
 
 
 def _store_filters(db) -> tuple[np.ndarray, np.ndarray]:
-    with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as con:
+    with open_catalog(db) as con:
         ids = con.execute("SELECT filter_id FROM filters ORDER BY filter_id").fetchnumpy()["filter_id"]
         W = con.execute("SELECT w FROM filters ORDER BY filter_id").fetchnumpy()["w"]
     return ids, np.array([np.asarray(w, dtype=np.float32) for w in W])
@@ -58,7 +59,7 @@ def test_store_reproduces_file_v1(sample_v1, tmp_path, monkeypatch, block_rows):
     np.testing.assert_array_equal(ids, np.arange(len(X)))
     assert np.array_equal(W.view(np.uint32), X.view(np.uint32))
 
-    con = duckdb.connect(str(db / "catalog.duckdb"), read_only=True)
+    con = open_catalog(db)
     # Layers: one per /meta row, with its range, count, depth and bin.
     layers = con.execute("SELECT * FROM layers ORDER BY filter_id_first").df()
     assert len(layers) == len(meta)
@@ -119,7 +120,7 @@ def test_v01_layout(sample_v01, tmp_path):
     _ingest(sample_v01, db)
     meta = pd.read_hdf(sample_v01, "meta").reset_index().drop_duplicates("model_id")
     assert "Datatype" in meta.columns and "Visual Category" not in meta.columns
-    with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as con:
+    with open_catalog(db) as con:
         got = dict(con.execute("SELECT model_id, visual_category FROM models").fetchall())
     want = {r.model_id: ("fractals" if r.Datatype == "formula" else r.Datatype) for r in meta.itertuples()}
     assert got == want
@@ -145,7 +146,7 @@ def test_quality_matches_reference(sample_v1, tmp_path, monkeypatch, block_rows)
     db = tmp_path / "db"
     _ingest(sample_v1, db, block_rows, monkeypatch)
     X = _file_filters(sample_v1)
-    with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as con:
+    with open_catalog(db) as con:
         rows = con.execute("""SELECT filter_id_first, filter_id_last, sparsity, variance_entropy,
                               variance_entropy_norm, variance_entropy_clean FROM layers""").fetchall()
     kinds = set()
@@ -172,7 +173,7 @@ def test_basis_matches_sklearn(sample_v1, tmp_path):
     db = tmp_path / "db"
     _ingest(sample_v1, db)
     want = reference.basis(_file_filters(sample_v1))
-    with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as con:
+    with open_catalog(db) as con:
         n, mean, comps, evr, lo, hi, version = con.execute(
             "SELECT n_filters, mean, components, explained_variance_ratio, range_min, range_max, version FROM basis").fetchone()
     assert n == 60_000 and version == 1
@@ -191,7 +192,7 @@ def test_second_ingest_appends_and_refits(sample_v1, sample_v01, tmp_path):
     ids, W = _store_filters(db)
     np.testing.assert_array_equal(ids, np.arange(len(X)))
     assert np.array_equal(W.view(np.uint32), X.view(np.uint32))
-    with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as con:
+    with open_catalog(db) as con:
         assert con.execute("SELECT count(*), count(DISTINCT model) FROM models").fetchone() == (21, 21)
         n, comps, version, lo = con.execute("SELECT n_filters, components, version, range_min FROM basis").fetchone()
         # Each file's layers keep their own filters.

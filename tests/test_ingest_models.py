@@ -18,7 +18,7 @@ from ingest import ingest_paths
 from ingest.progress import Progress
 
 from . import reference
-from .conftest import REPO, cli_main, store_snapshot
+from .conftest import REPO, cli_main, store_snapshot, open_catalog
 
 MODELS = REPO.parent / "shared" / "models"
 import torch  # noqa: E402  (the torch extra; .ci/run installs it)
@@ -32,7 +32,7 @@ FACTS = {
 
 
 def _con(db: Path):
-    return duckdb.connect(str(db / "catalog.duckdb"), read_only=True)
+    return open_catalog(db)
 
 
 def _ingest(paths, db, **kw):

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from service.main import create_app
 from service.settings import Settings
 
-from .conftest import cli_main
+from .conftest import cli_main, open_catalog
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def client(v1_client):
 
 @pytest.fixture(scope="module")
 def con(store):
-    c = duckdb.connect(str(store / "catalog.duckdb"), read_only=True)
+    c = open_catalog(store)
     yield c
     c.close()
 

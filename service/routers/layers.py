@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import io
-from typing import Literal
+import itertools
+from typing import Iterator, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -79,18 +80,33 @@ def layer_filters(
     return Response(content=to_json(page), media_type="application/json")
 
 
-def _npy_stream(catalog: LiveCatalog, first: int, last: int, n: int):
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (n, 3, 3)})
-    yield header.getvalue()
-    with catalog.cursor() as cur:
-        reader = cur.execute(f"SELECT {WEIGHTS} FROM filters WHERE filter_id BETWEEN ? AND ? ORDER BY filter_id",
-                             [first, last]).to_arrow_reader(NPY_BATCH_ROWS)
-        for batch in reader:
+def _npy_stream(catalog: LiveCatalog, first: int, last: int, n: int) -> Iterator[bytes]:
+    """The filters first..last as a .npy, in chunks. The query runs and its first batch is read
+    here, before the response starts, so that a shard that cannot be read is an error status (503)
+    rather than a cut stream."""
+    cur = catalog.generation().cursor()
+    try:
+        batches = iter(cur.execute(f"SELECT {WEIGHTS} FROM filters WHERE filter_id BETWEEN ? AND ? "
+                                   "ORDER BY filter_id", [first, last]).to_arrow_reader(NPY_BATCH_ROWS))
+        head = next(batches, None)
+    except BaseException:
+        cur.close()
+        raise
+    return _npy_chunks(cur, n, [head] if head is not None else [], batches)
+
+
+def _npy_chunks(cur, n: int, head: list, batches) -> Iterator[bytes]:
+    try:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (n, 3, 3)})
+        yield header.getvalue()
+        for batch in itertools.chain(head, batches):
             W = np.empty((batch.num_rows, 9), dtype="<f4")
             for j in range(9):
                 W[:, j] = batch.column(j).to_numpy(zero_copy_only=False)
             yield W.tobytes()
+    finally:
+        cur.close()
 
 
 @router.get("/v1/filters/{filter_id}", response_model=Filter, tags=["filters"])

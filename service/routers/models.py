@@ -5,6 +5,8 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
+from cnnfilterdb.selection import echo
+
 from ..catalog import LiveCatalog
 from ..deps import get_catalog, get_settings, respond, rows_as_dicts
 from ..errors import ApiError, not_found
@@ -59,7 +61,7 @@ def list_models(
     unknown = sorted(set(request.query_params) - set(FILTER_COLUMNS) - set(PAGING))
     if unknown:
         raise ApiError(400, "unknown_parameter",
-                       f"unknown query parameter(s) {unknown}; known: {FILTER_COLUMNS + PAGING}")
+                       f"unknown query parameter(s) {echo(unknown)}; known: {FILTER_COLUMNS + PAGING}")
     limit = min(limit or settings.page_default, settings.page_max)  # the response shows the limit used
     given = {"task": task, "task_raw": task_raw, "visual_category": visual_category,
              "training_dataset": training_dataset, "pretraining_dataset": pretraining_dataset, "name": name,

@@ -1,0 +1,223 @@
+"""A bounded pool of SQL worker processes (``worker.py``), each running one statement at a time.
+
+- **Bounded**: ``size`` workers; a request that finds none idle is refused at once (``PoolBusy``,
+  the service answers 429 with ``Retry-After``) rather than queued behind slow queries.
+- **Hard deadline**: a worker that has not answered ``grace_s`` after the time limit (an operator
+  that ignores DuckDB's interrupt) is killed with SIGKILL and replaced; so is one that died (its
+  address-space cap, its CPU-time limit). The caller gets a 4xx naming the limit either way.
+- A worker is replaced in a background thread; the slot stays busy until the new one is ready.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import protocol
+
+START_TIMEOUT_S = 30.0
+log = logging.getLogger("cnnfilterdb.service")
+
+
+@dataclass(frozen=True)
+class SqlLimits:
+    timeout_s: float
+    memory_limit: str          # DuckDB's memory_limit inside each worker
+    address_space_bytes: int   # RLIMIT_AS of each worker: the hard cap on its memory
+    threads: int = 1
+    grace_s: float = 0.5       # after the time limit, before the worker is killed
+
+
+@dataclass
+class SqlResult:
+    columns: list[str]
+    types: list[str]
+    n_rows: int
+    rows_json: bytes           # the rows as one JSON array, encoded by the worker
+    truncated: bool
+    truncated_reason: str | None
+    elapsed_ms: float
+
+
+class SqlFailed(Exception):
+    """A statement refused or failed: ``status`` (4xx/503), ``code``, a one-line ``message``."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class PoolBusy(SqlFailed):
+    def __init__(self, size: int, retry_after_s: int):
+        super().__init__(429, "sql_busy", f"all {size} SQL workers are busy; retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class _Worker:
+    def __init__(self, store: Path, limits: SqlLimits):
+        config = {"memory_limit": limits.memory_limit, "threads": limits.threads,
+                  "address_space_bytes": limits.address_space_bytes}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CNNFILTERDB_")}
+        env["MALLOC_ARENA_MAX"] = "2"  # glibc reserves 64 MiB of address space per arena otherwise
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.usersql.worker", str(store), json.dumps(config)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True, start_new_session=True)
+        self.to_fd, self.from_fd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        self.hello = protocol.recv(self.from_fd, time.monotonic() + START_TIMEOUT_S)
+
+    def call(self, request: dict, deadline: float) -> tuple[dict, bytes | None]:
+        protocol.send(self.to_fd, request)
+        header = protocol.recv(self.from_fd, deadline)
+        rows = protocol.recv_bytes(self.from_fd, deadline) if header.get("ok") else None
+        return header, rows
+
+    def kill(self) -> int | None:
+        try:
+            self.proc.kill()
+        except ProcessLookupError:
+            pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        try:
+            return self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def _kill_all(workers: set) -> None:
+    for w in list(workers):
+        w.kill()
+
+
+class SqlPool:
+    """Run user SQL on ``size`` confined worker processes of the store at ``store``."""
+
+    def __init__(self, store: str | os.PathLike, size: int, limits: SqlLimits):
+        self.store, self.size, self.limits = Path(store).resolve(), size, limits
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._all: set[_Worker] = set()
+        self._lock = threading.Lock()
+        self._started = False
+        self._closed = False
+        self._busy = 0      # requests holding or waiting for a worker
+        self._spawning = 0  # workers being started
+        self.sandbox: dict | None = None  # what the first worker reported of its confinement
+        self._finalizer = weakref.finalize(self, _kill_all, self._all)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, wait: bool = False) -> None:
+        """Start the workers (in the background unless ``wait``); idempotent."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            self._spawning += self.size
+        for i in range(self.size):
+            if wait and i == 0:
+                self._spawn()
+            else:
+                threading.Thread(target=self._spawn, daemon=True).start()
+
+    def _spawn_more(self) -> None:
+        """Start workers for the slots that have none (a failed start is retried here)."""
+        with self._lock:
+            missing = self.size - len(self._all) - self._spawning
+            self._spawning += max(missing, 0)
+        for _ in range(missing):
+            threading.Thread(target=self._spawn, daemon=True).start()
+
+    def _spawn(self) -> None:
+        """Start one worker (the caller has counted it in ``_spawning``)."""
+        try:
+            w = _Worker(self.store, self.limits)
+        except (OSError, protocol.WorkerGone, ValueError) as e:
+            log.error("a SQL worker did not start: %s", e)
+            w = None
+        with self._lock:
+            self._spawning -= 1
+            if w is None:
+                return
+            if self._closed:
+                w.kill()
+                return
+            self._all.add(w)
+            if self.sandbox is None:
+                self.sandbox = {k: w.hello[k] for k in ("chroot", "landlock_abi", "address_space_bytes")}
+        self._idle.put(w)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            workers = list(self._all)
+            self._all.clear()
+        for w in workers:
+            w.kill()
+
+    # -- one statement ---------------------------------------------------------------------------
+    def run(self, sql: str, params: list | dict | None, max_rows: int, max_bytes: int) -> SqlResult:
+        if not self._started:
+            self.start(wait=True)
+        w = self._acquire()
+        try:
+            return self._run_on(w, sql, params, max_rows, max_bytes)
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+    def _acquire(self) -> _Worker:
+        """An idle worker; PoolBusy at once when every worker runs a statement (a slot whose
+        worker is being replaced is waited for: it will be free in well under a second)."""
+        with self._lock:
+            if self._busy >= self.size:
+                raise PoolBusy(self.size, max(1, round(self.limits.timeout_s / 2)))
+            self._busy += 1
+        self._spawn_more()
+        try:
+            return self._idle.get(timeout=START_TIMEOUT_S)
+        except queue.Empty:
+            with self._lock:
+                self._busy -= 1
+            raise SqlFailed(503, "sql_unavailable", "no SQL worker could be started; see the service log") from None
+
+    def _run_on(self, w: _Worker, sql: str, params, max_rows: int, max_bytes: int) -> SqlResult:
+        lim = self.limits
+        request = {"sql": sql, "params": params, "max_rows": max_rows, "max_bytes": max_bytes,
+                   "timeout_s": lim.timeout_s}
+        try:
+            header, rows = w.call(request, time.monotonic() + lim.timeout_s + lim.grace_s)
+        except (protocol.WorkerGone, OSError, ValueError):
+            self._replace(w)
+            code = w.proc.returncode
+            if code is None or code == -signal.SIGKILL or code == -signal.SIGXCPU:
+                raise SqlFailed(400, "sql_timeout", f"the query ran longer than the time limit of {lim.timeout_s:g} s "
+                                                    "and was stopped") from None
+            raise SqlFailed(400, "sql_out_of_memory",
+                            f"the query ended the worker that ran it (exit {code}): it exceeded the memory cap "
+                            f"of {lim.address_space_bytes / 2**30:.2f} GiB or another limit; the worker was replaced") from None
+        self._idle.put(w)
+        if not header.get("ok"):
+            raise SqlFailed(int(header["status"]), str(header["code"]), str(header["message"]))
+        return SqlResult(header["columns"], header["types"], header["n_rows"], rows, header["truncated"],
+                         header["truncated_reason"], header["elapsed_ms"])
+
+    def _replace(self, w: _Worker) -> None:
+        w.kill()
+        with self._lock:
+            self._all.discard(w)
+        if not self._closed:
+            self._spawn_more()
+
+    def describe(self) -> dict:
+        return {"workers": self.size, **asdict(self.limits), "sandbox": self.sandbox}

@@ -1,0 +1,185 @@
+"""A SQL worker: the process that runs user SQL, one statement at a time.
+
+Started by ``pool.py`` as ``python -m service.usersql.worker STORE CONFIG_JSON``. It lowers its
+priority, confines itself to the store (``confine.py``: chroot, no writes, capped memory), opens the
+catalog read-only as its only database, then answers requests on stdin/stdout (``protocol.py``):
+
+request  ``{"sql", "params", "max_rows", "max_bytes", "timeout_s"}``
+reply    ``{"ok": true, "columns", "types", "n_rows", "truncated", "truncated_reason", "elapsed_ms"}``
+         followed by one frame holding the rows as a JSON array; or
+         ``{"ok": false, "status", "code", "message"}``.
+
+The rows are encoded here, under both caps (rows and bytes), so neither process ever holds more
+than the cap of them. Each request runs on a fresh cursor (its own temporary catalog and
+variables, dropped afterwards): nothing one request creates is seen by the next.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import protocol
+from .confine import Confinement, confine, limit_cpu_seconds, lower_priority
+from .guard import SqlRefused, check_reading, first_line
+
+CATALOG = "catalog.duckdb"  # == cnnfilterdb.store.CATALOG (not imported: the worker loads little)
+SHARDS = "shards"
+FETCH_ROWS = 1024
+
+
+def _json_row(row: tuple) -> bytes:
+    from service.jsonable import jsonable
+
+    return json.dumps(jsonable(list(row)), separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+
+
+class Catalog:
+    """The catalog as committed now, reopened when an ingest has renamed a new one over it."""
+
+    def __init__(self, base: Path, config: dict):
+        self.base, self.config = base, config
+        self.con = None
+        self.key = None
+
+    def connection(self):
+        import duckdb
+
+        try:
+            st = os.stat(self.base / CATALOG)
+        except FileNotFoundError:
+            raise SqlRefused(503, "store_unavailable", "the store has no catalog yet (run `cnnfilterdb ingest`)") from None
+        key = (st.st_ino, st.st_mtime_ns)
+        if key != self.key:
+            if self.con is not None:
+                self.con.close()
+                self.con = None
+            cfg = self.config
+            con = duckdb.connect(str(self.base / CATALOG), read_only=True, config={
+                "autoload_known_extensions": False, "autoinstall_known_extensions": False,
+                "allow_community_extensions": False, "allow_persistent_secrets": False,
+                "secret_directory": "/nonexistent", "extension_directory": "/nonexistent",
+                "temp_directory": "",  # no spilling: a query that needs more memory fails instead
+                "memory_limit": cfg["memory_limit"], "threads": cfg["threads"],
+            })
+            try:
+                con.execute("SET GLOBAL file_search_path = ?", [str(self.base)])
+                con.execute("SET allowed_directories = ?", [[str(self.base / SHARDS) + os.sep]])
+                con.execute("SET enable_external_access = false")
+                con.execute("SET lock_configuration = true")
+            except Exception:
+                con.close()
+                raise
+            self.con, self.key = con, key
+        return self.con
+
+
+def run(catalog: Catalog, req: dict, threads: int) -> tuple[dict, bytes | None]:
+    import duckdb
+
+    timeout = float(req["timeout_s"])
+    cur = timer = None
+    t0 = time.perf_counter()
+    try:
+        try:
+            cur = catalog.connection().cursor()
+        except duckdb.Error as e:
+            raise SqlRefused(503, "store_unavailable", f"cannot open the catalog: {first_line(e)}") from None
+        timer = threading.Timer(timeout, cur.interrupt)
+        check_reading(cur, req["sql"])
+        # The kernel's backstop for operators that ignore the interrupt: CPU time of this query.
+        limit_cpu_seconds(timeout * threads + 2)
+        timer.start()
+        cur.execute(req["sql"], req.get("params") or None)
+        description = cur.description or []
+        parts, size, truncated, reason = [], 2, False, None
+        max_rows, max_bytes = int(req["max_rows"]), int(req["max_bytes"])
+        while description and not truncated:
+            batch = cur.fetchmany(FETCH_ROWS)
+            if not batch:
+                break
+            for row in batch:
+                if len(parts) == max_rows:
+                    truncated, reason = True, f"max_rows: more than {max_rows} rows"
+                    break
+                encoded = _json_row(row)
+                if size + len(encoded) + 1 > max_bytes:
+                    truncated, reason = True, f"max_bytes: the rows would exceed {max_bytes} bytes of JSON"
+                    break
+                parts.append(encoded)
+                size += len(encoded) + 1
+        elapsed = (time.perf_counter() - t0) * 1000
+        header = {"ok": True, "columns": [d[0] for d in description], "types": [str(d[1]) for d in description],
+                  "n_rows": len(parts), "truncated": truncated, "truncated_reason": reason,
+                  "elapsed_ms": round(elapsed, 3)}
+        return header, b"[" + b",".join(parts) + b"]"
+    except SqlRefused as e:
+        return {"ok": False, "status": e.status, "code": e.code, "message": e.message}, None
+    except duckdb.InterruptException:
+        return _fail(400, "sql_timeout", f"the query ran longer than the time limit of {timeout:g} s and was interrupted")
+    except (duckdb.OutOfMemoryException, MemoryError) as e:
+        return _fail(400, "sql_out_of_memory",
+                     f"the query exceeded the memory limit ({catalog.config['memory_limit']}): {first_line(e)}")
+    except duckdb.PermissionException as e:
+        return _fail(403, "sql_forbidden", first_line(e))
+    except RecursionError:
+        return _fail(400, "sql_result_too_deep", "a result value is nested too deeply to encode as JSON")
+    except duckdb.Error as e:
+        return _fail(400, "sql_error", first_line(e))
+    except (ValueError, TypeError, OverflowError) as e:  # a value Python or JSON cannot hold
+        return _fail(400, "sql_error", f"cannot encode a result value: {first_line(e)}")
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if cur is not None:
+            cur.close()
+
+
+def _fail(status: int, code: str, message: str) -> tuple[dict, None]:
+    return {"ok": False, "status": status, "code": code, "message": message}, None
+
+
+def preload() -> None:
+    """Import now what a query may need later: after ``confine`` the installation is out of reach."""
+    import datetime  # noqa: F401
+    import decimal  # noqa: F401  (DuckDB converts DECIMAL values and parameters with it)
+    import uuid  # noqa: F401
+
+    import duckdb  # noqa: F401
+    import pytz  # TIMESTAMPTZ results: DuckDB converts them with pytz, which reads its zone files lazily
+
+    import service.jsonable  # noqa: F401
+
+    for tz in ("UTC", "Etc/UTC"):
+        pytz.timezone(tz)
+
+
+def main(argv: list[str]) -> int:
+    store, config = Path(argv[0]), json.loads(argv[1])
+    out = os.dup(1)
+    os.dup2(2, 1)  # a stray print goes to stderr, never into the frames
+    lower_priority()  # before DuckDB starts threads: they inherit it
+    preload()
+    conf: Confinement = confine(store, int(config["address_space_bytes"]))
+    base = Path("/") if conf.chroot else store.resolve()
+    if not conf.chroot:
+        os.chdir(base)
+    catalog = Catalog(base, config)
+    protocol.send(out, {"ok": True, "ready": True, "chroot": conf.chroot, "landlock_abi": conf.landlock_abi,
+                        "address_space_bytes": conf.address_space_bytes, "pid": os.getpid()})
+    while True:
+        try:
+            req = protocol.recv(0)
+        except protocol.WorkerGone:
+            return 0
+        header, rows = run(catalog, req, int(config["threads"]))
+        protocol.send(out, header)
+        if rows is not None:
+            protocol.send(out, rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

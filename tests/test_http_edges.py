@@ -1,0 +1,155 @@
+"""Edges of the HTTP surface and the CLI (issue 9): HEAD on GET routes, error bodies that do not
+echo huge input, timezone-aware and deeply nested values, a full disk during an ingest."""
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import json
+
+import duckdb
+import pytest
+from pydantic import ValidationError
+
+from service.jsonable import MAX_DEPTH, NestingError, jsonable
+from service.schemas import SqlRequest
+
+from .conftest import cli_main, store_snapshot
+
+BIG = 5_000_000
+
+
+@pytest.mark.parametrize("path", ["/health", "/v1/stats", "/v1/models", "/v1/models/0", "/v1/no-such-route",
+                                  "/v1/models/999999"])
+def test_head_answers_like_get_without_a_body(v1_client, path):
+    get, head = v1_client.get(path), v1_client.head(path)
+    assert head.status_code == get.status_code
+    assert head.content == b""
+    assert dict(head.headers) == dict(get.headers)
+    assert head.headers["content-type"] == "application/json"
+    assert int(head.headers["content-length"]) == len(get.content) > 0
+
+
+def test_head_on_a_post_route_is_refused_as_get_is(v1_client):
+    r = v1_client.head("/v1/divergence")
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and r.content == b""
+
+
+def test_head_is_not_in_the_openapi_schema(v1_client):
+    paths = v1_client.get("/openapi.json").json()["paths"]
+    assert not any("head" in ops for ops in paths.values())
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"group_by": "task", "where": {"task": "x" * BIG}}, 404, "no filters match"),
+    ({"group_by": "task", "where": {"y" * BIG: 1}}, 400, "unknown field"),
+    ({"group_by": "z" * BIG}, 400, "unknown group_by"),
+])
+def test_error_bodies_do_not_echo_huge_input(v1_client, body, status, words):
+    r = v1_client.post("/v1/divergence", json=body)
+    assert r.status_code == status
+    assert len(r.content) < 2048
+    message = r.json()["error"]["message"]
+    assert words in message and "characters)" in message
+
+
+def test_echoed_values_are_cut_short():
+    from cnnfilterdb.selection import SelectionError, where_sql
+
+    with pytest.raises(SelectionError, match="unknown field") as e:
+        where_sql({"y" * BIG: 1})
+    assert len(str(e.value)) < 500 and "known fields: ['task'" in str(e.value)
+    with pytest.raises(SelectionError) as e:
+        where_sql({"task": {"gte": ["w" * BIG] * 1000}})
+    assert len(str(e.value)) < 500
+
+
+def test_many_errors_in_one_request_give_a_short_body(v1_client):
+    r = v1_client.post("/v1/divergence", json={"group_by": "task", "where": {f"f{i}": 1 for i in range(10_000)}})
+    assert r.status_code == 400 and len(r.content) < 2048 and "unknown field" in r.json()["error"]["message"]
+
+
+def test_unknown_query_parameters_are_cut_short(v1_client):
+    r = v1_client.get("/v1/models", params={"q" * 10_000: "1"})
+    assert r.status_code == 400 and len(r.content) < 2048 and "unknown query parameter" in r.json()["error"]["message"]
+
+
+def test_timezone_aware_values_convert():
+    with duckdb.connect() as con:
+        (v,) = con.execute("SELECT TIMESTAMPTZ '2024-01-02 03:04:05+00'").fetchone()
+        (now,) = con.execute("SELECT now()").fetchone()
+    (text,) = jsonable([v])  # in the connection's time zone, with its offset
+    assert dt.datetime.fromisoformat(text) == dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    assert dt.datetime.fromisoformat(jsonable(now)).tzinfo is not None
+
+
+def _nested_sql(levels: int) -> str:
+    return "SELECT " + "[" * levels + "1" + "]" * levels
+
+
+def _nested_list(levels: int):
+    v = 1
+    for _ in range(levels):
+        v = [v]
+    return v
+
+
+def test_values_up_to_the_depth_cap_convert():
+    with duckdb.connect() as con:
+        (v,) = con.execute(_nested_sql(MAX_DEPTH)).fetchone()
+    assert jsonable(v) == _nested_list(MAX_DEPTH)
+    assert jsonable({"k": _nested_list(MAX_DEPTH - 1)}) == {"k": _nested_list(MAX_DEPTH - 1)}
+
+
+@pytest.mark.parametrize("levels", [300, 5000])
+def test_deeper_values_raise_nesting_error(levels):
+    if levels <= 1000:  # DuckDB's expression depth limit
+        with duckdb.connect() as con:
+            (v,) = con.execute(_nested_sql(levels)).fetchone()
+        with pytest.raises(NestingError, match=f"more than {MAX_DEPTH} levels"):
+            jsonable([v])
+    with pytest.raises(NestingError):
+        jsonable(_nested_list(levels))
+
+
+def _nested_json(levels: int) -> str:
+    return "[" * levels + '"a"' + "]" * levels
+
+
+@pytest.mark.parametrize("levels", [300, 5000])
+@pytest.mark.parametrize("path, body", [
+    ("/v1/divergence", '{"group_by": "task", "where": {"task": %s}}'),
+    ("/v1/divergence", '{"group_by": "task", "where": %s}'),
+    ("/v1/pca", '{"where": {"conv_depth": {"gte": %s}}}'),
+    ("/v1/pca", '{"where": {"task": %s}}'),
+])
+def test_deeply_nested_requests_are_client_errors(v1_client, levels, path, body):
+    r = v1_client.post(path, content=body % _nested_json(levels), headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text[:300]
+    assert set(r.json()["error"]) == {"code", "message"} and len(r.content) < 2048
+
+
+@pytest.mark.parametrize("levels", [300, 5000])
+def test_sql_request_params_nested_deep(levels):
+    body = '{"sql": "SELECT len(?)", "params": [%s]}' % _nested_json(levels)
+    if levels < 1000:  # FastAPI parses with json.loads (a deeper body is a 400, as above), then validates
+        assert SqlRequest.model_validate(json.loads(body)).params == [json.loads(_nested_json(levels))]
+    with pytest.raises(ValidationError, match="recursion limit"):  # pydantic's own parser: a 422
+        SqlRequest.model_validate_json(body)
+
+
+def test_ingest_disk_full_is_one_line_and_changes_nothing(tmp_path, sample_v1, sample_v01, capsys, monkeypatch):
+    from ingest.shards import ShardWriter
+
+    db = tmp_path / "db"
+    assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    before = store_snapshot(db)
+    capsys.readouterr()
+
+    def disk_full(self, *args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ShardWriter, "_append", disk_full)
+    assert cli_main(["ingest", str(sample_v01), "--db", str(db)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"cnnfilterdb: error: No space left on device ({db})\n"
+    assert store_snapshot(db) == before

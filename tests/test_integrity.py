@@ -1,0 +1,132 @@
+"""A store that checks itself (issue 9): the catalog records the size and sha256 of every file it
+references, `cnnfilterdb verify` recomputes them, and a missing or damaged file is a 503
+`store_damaged` naming it (service) or one line and exit 1 (CLI), never a 500 or a traceback."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import duckdb
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.settings import Settings
+
+from .conftest import cli_main, run_cli
+
+
+@pytest.fixture
+def store(tmp_path, sample_v1) -> Path:
+    """A store of its own for each test, to damage."""
+    db = tmp_path / "db"
+    assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    return db
+
+
+def _files(db: Path) -> tuple[str, str]:
+    """(the shard, the histogram file), relative to the store."""
+    with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as con:
+        (shard,), = con.execute("SELECT path FROM _shards").fetchall()
+        (histograms,), = con.execute("SELECT path FROM _layer_histograms").fetchall()
+    return shard, histograms
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def _damage(db: Path, how: str) -> str:
+    """Damage one file of the store; returns its path relative to the store."""
+    shard, histograms = _files(db)
+    if how == "shard flipped":
+        _flip_byte(db / shard, (db / shard).stat().st_size // 2)
+    elif how == "histograms flipped":
+        _flip_byte(db / histograms, (db / histograms).stat().st_size // 2)
+    elif how == "shard truncated":
+        os.truncate(db / shard, (db / shard).stat().st_size // 2)
+    elif how == "shard missing":
+        (db / shard).unlink()
+    return histograms if how == "histograms flipped" else shard
+
+
+def test_the_catalog_records_every_files_sha256(store, capsys):
+    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+        files = con.execute("SELECT path, bytes, sha256 FROM _shards UNION ALL "
+                            "SELECT path, bytes, sha256 FROM _layer_histograms").fetchall()
+    assert len(files) == 2
+    for rel, size, sha256 in files:
+        data = (store / rel).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (size, sha256)
+    assert cli_main(["verify", "--db", str(store)]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("intact: 2 file(s)") and len(out.out.splitlines()) == 1 and out.err == ""
+
+
+@pytest.mark.parametrize("how, problem", [("shard flipped", "checksum differs"), ("histograms flipped", "checksum differs"),
+                                          ("shard truncated", "size differs"), ("shard missing", "missing")])
+def test_verify_names_the_damaged_file(store, capsys, how, problem):
+    rel = _damage(store, how)
+    assert cli_main(["verify", "--db", str(store)]) == 1
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [out.out.strip()] and out.out.startswith(f"{rel}: {problem}")
+    assert out.err == ""
+
+
+def test_verify_without_a_store_is_one_line(tmp_path):
+    code, out, err = run_cli("verify", "--db", str(tmp_path / "nothing"))
+    assert code == 1 and out == "" and err.startswith("cnnfilterdb: error: ") and len(err.splitlines()) == 1
+
+
+def _damaged_answer(r, store: Path, rel: str) -> None:
+    """A 503 store_damaged, one line naming the file relative to the store (no absolute path)."""
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["code"] == "store_damaged" and error["message"].startswith(f"{rel}: ")
+    assert "cnnfilterdb verify" in error["message"] and "\n" not in error["message"]
+    assert str(store) not in error["message"]
+
+
+SHARD_READERS = [("get", "/v1/filters/5", None), ("get", "/v1/layers/3/filters", None),
+                 ("get", "/v1/layers/3/filters?format=npy", None),
+                 ("post", "/v1/divergence", {"group_by": "task", "bins": 33})]
+
+
+@pytest.mark.parametrize("how", ["shard missing", "shard truncated"])
+@pytest.mark.parametrize("when", ["before the service opened the catalog", "while it serves"])
+def test_a_damaged_shard_is_a_503_naming_it(store, how, when):
+    client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
+    if when == "while it serves":
+        for method, url, body in SHARD_READERS:
+            assert client.request(method, url, json=body).status_code == 200
+    rel = _damage(store, how)
+    for method, url, body in SHARD_READERS:
+        _damaged_answer(client.request(method, url, json=body), store, rel)
+    r = client.get("/v1/layers/3")
+    if when == "while it serves":  # the catalog alone answers it, and the shard's size was checked at open
+        assert r.status_code == 200
+    else:
+        _damaged_answer(r, store, rel)
+
+
+def test_flipped_histograms_are_a_503_naming_the_file(store):
+    """The service checks the histogram file's sha256 when it maps a catalog generation, rather
+    than answering default-parameter queries with wrong counts."""
+    rel = _damage(store, "histograms flipped")
+    client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
+    _damaged_answer(client.post("/v1/divergence", json={"group_by": "task"}), store, rel)
+    _damaged_answer(client.get("/v1/layers/3"), store, rel)
+
+
+@pytest.mark.parametrize("how, args", [("histograms flipped", []), ("shard truncated", ["--bins", "33"]),
+                                       ("shard missing", ["--bins", "33"])])
+def test_drift_on_a_damaged_store_is_one_line(store, how, args):
+    rel = _damage(store, how)
+    code, out, err = run_cli("drift", "--group-by", "task", *args, "--db", str(store))
+    assert code == 1 and out == "", err
+    assert err.splitlines() == [err.strip()] and err.startswith(f"cnnfilterdb: error: {rel}: ")
