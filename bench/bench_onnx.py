@@ -58,9 +58,9 @@ def main() -> None:
             db = work / f"db{k}"
             times.append(_time(lambda db=db: ingest_paths([src], db, Progress(enabled=False))))
         t_ingest = min(times)
-        import duckdb
+        from cnnfilterdb.store import FilterStore
 
-        with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as con:
+        with FilterStore(db).connect() as con:  # resolves the views' store-relative shard paths
             n = con.execute("SELECT count(*) FROM filters").fetchone()[0]
         print(f"model: {src.stat().st_size / 1e6:.0f} MB, {n_convs} convolutions, {n:,} 3x3 filters")
         print(f"onnx.load          : {t_load:7.3f} s")

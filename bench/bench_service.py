@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import duckdb
 import httpx
 import numpy as np
 
@@ -81,7 +80,9 @@ def main() -> None:
             t = time.perf_counter()
             build_store(db, int(args.filters))
             print(f"built a store of {int(args.filters):,} filters in {time.perf_counter() - t:.1f} s")
-        with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as con:
+        from cnnfilterdb.store import FilterStore
+
+        with FilterStore(db).connect() as con:  # resolves the views' store-relative shard paths
             ids = {"models": [r[0] for r in con.execute("SELECT model_id FROM models").fetchall()],
                    "layers": [r[0] for r in con.execute("SELECT layer_id FROM layers").fetchall()]}
             n_filters = con.execute("SELECT count(*) FROM filters").fetchone()[0]

@@ -8,6 +8,8 @@ Two ways to the per-group coefficient histograms, with identical results:
   filters once (twice for a selection's basis: its range first), see ``scan.py``.
 
 The PCA basis of any selection comes from the per-layer moments of its layers, without a scan.
+The histogram file is used only once its sha256 is the one the catalog recorded: a missing or
+damaged store file raises StoreDamaged naming it (store.py), never a wrong answer from it.
 """
 from __future__ import annotations
 

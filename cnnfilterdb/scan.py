@@ -106,7 +106,6 @@ def _map_units(paths, groups, work: Callable, threads: int | None):
             if f is None or local.path != path or local.uses >= REMAP_ROW_GROUPS:
                 if f is not None:
                     f.close()
-                local.file = None
                 f = local.file = pq.ParquetFile(path, memory_map=True, metadata=_footer(path))
                 local.path, local.uses = path, 0
             local.uses += 1
@@ -116,8 +115,11 @@ def _map_units(paths, groups, work: Callable, threads: int | None):
 
     units = _units(paths, groups)
     threads = threads or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    pool = ThreadPoolExecutor(max_workers=threads)
+    try:
         yield from pool.map(lambda u: read_and_work(*u), units)
+    finally:
+        pool.shutdown(cancel_futures=True)  # after an error (a damaged shard), nothing more is read
 
 
 def _kernel_basis(basis: Basis) -> tuple[np.ndarray, np.ndarray]:

@@ -64,7 +64,6 @@ class StoreDamaged(StoreError):
 
     def __init__(self, rel: str, problem: str):
         super().__init__(f"{rel}: {problem}; the store is damaged: run `cnnfilterdb verify` to check every file")
-        self.rel, self.problem = rel, problem
 
 
 def first_line(e: BaseException) -> str:
@@ -77,14 +76,23 @@ def store_name(path: Path) -> str:
     return f"{SHARDS}/{Path(path).name}"
 
 
-def file_sha256(path: Path) -> str:
-    """The file's sha256 (hex), read in blocks of HASH_READ_BYTES (hashlib releases the GIL)."""
-    digest = hashlib.sha256()
+def sha256_update(digest, path: Path, offset: int = 0) -> int:
+    """Feed the bytes of the file from ``offset`` to its end to ``digest`` (a hashlib sha256), read
+    in blocks of HASH_READ_BYTES (hashlib releases the GIL); returns the offset of the end."""
     block = bytearray(HASH_READ_BYTES)
     view = memoryview(block)
     with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
         while n := f.readinto(block):
             digest.update(view[:n])
+            offset += n
+    return offset
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256 (hex)."""
+    digest = hashlib.sha256()
+    sha256_update(digest, path)
     return digest.hexdigest()
 
 
@@ -223,7 +231,6 @@ class FilterStore:
                     "range": [basis.range_min, basis.range_max],
                 },
             }
-
 
     def verify(self) -> Verification:
         """A scrub: every table of the catalog read (DuckDB checks its blocks' checksums), then the

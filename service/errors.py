@@ -2,7 +2,9 @@
 
 Messages show a client's values through `cnnfilterdb.selection.echo` (cut short); a message is
 also cut after MESSAGE_CHARS characters whatever its source, so an error body stays small
-whatever the request held (DuckDB's messages quote the SQL, a request may hold many errors)."""
+whatever the request held (DuckDB's messages quote the SQL, a request may hold many errors).
+A store file that is missing or cannot be read is a 503 `store_damaged` naming it relative to the
+store (`cnnfilterdb.store.StoreDamaged`, and DuckDB's errors reading a shard)."""
 from __future__ import annotations
 
 import logging

@@ -52,6 +52,9 @@ def _damage(db: Path, how: str) -> str:
         os.truncate(db / shard, (db / shard).stat().st_size // 2)
     elif how == "shard missing":
         (db / shard).unlink()
+    elif how == "catalog flipped":  # a byte of its first block: DuckDB's own block checksum fails
+        _flip_byte(db / "catalog.duckdb", 100)
+        return "catalog.duckdb"
     return histograms if how == "histograms flipped" else shard
 
 
@@ -69,7 +72,8 @@ def test_the_catalog_records_every_files_sha256(store, capsys):
 
 
 @pytest.mark.parametrize("how, problem", [("shard flipped", "checksum differs"), ("histograms flipped", "checksum differs"),
-                                          ("shard truncated", "size differs"), ("shard missing", "missing")])
+                                          ("shard truncated", "size differs"), ("shard missing", "missing"),
+                                          ("catalog flipped", "unreadable")])
 def test_verify_names_the_damaged_file(store, capsys, how, problem):
     rel = _damage(store, how)
     assert cli_main(["verify", "--db", str(store)]) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -194,3 +195,36 @@ def test_concurrent_requests(client, con):
 
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(one, range(48))) == {want}
+
+
+def test_a_moved_store_works_unchanged(store, tmp_path):
+    """The catalog names its files relative to the store: a copy elsewhere, with the original gone,
+    answers every kind of read (views, scans, per-layer histograms, user SQL, the CLI, the shell)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from .conftest import run_cli
+
+    original, copy = tmp_path / "original" / "db", tmp_path / "moved" / "db"
+    shutil.copytree(store, original)
+    copy.parent.mkdir()
+    shutil.move(original, copy)
+    assert not original.exists()
+    with TestClient(create_app(Settings(db=copy)), raise_server_exceptions=False) as client:
+        for path in ["/v1/filters/31337", "/v1/layers/3/filters", "/v1/layers/3/filters?format=npy", "/v1/stats"]:
+            r = client.get(path)
+            assert r.status_code == 200, (path, r.text[:300])
+        for body in [{"group_by": "task"}, {"group_by": "task", "bins": 33}, {"group_by": "task", "basis": "selection"}]:
+            r = client.post("/v1/divergence", json=body)
+            assert r.status_code == 200, (body, r.text[:300])
+        r = client.post("/v1/sql", json={"sql": "SELECT count(*) FROM filters"})
+        assert r.status_code == 200 and r.json()["rows"] == [[60_000]]
+    code, out, err = run_cli("sql", "SELECT count(*) AS n FROM filters", "--db", str(copy), "--format", "json")
+    assert code == 0 and json.loads(out)["rows"] == [[60_000]], err
+    code, out, err = run_cli("drift", "--group-by", "task", "--bins", "20", "--db", str(copy))
+    assert code == 0, err
+    shell = str(Path(sys.executable).parent / "duckdb")
+    p = subprocess.run([shell, "-readonly", "-csv", "-noheader", "catalog.duckdb", "-c", "SELECT count(*) FROM filters"],
+                       capture_output=True, text=True, cwd=copy)
+    assert p.returncode == 0 and p.stdout.strip() == "60000", p.stderr

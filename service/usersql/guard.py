@@ -21,6 +21,7 @@ import duckdb
 READING = duckdb.StatementType.SELECT
 EXPLAIN = duckdb.StatementType.EXPLAIN
 CREATE = duckdb.StatementType.CREATE
+READ_ONLY = "read-only: one reading statement (SELECT, or EXPLAIN [ANALYZE] of a SELECT) per request"
 
 
 class SqlRefused(Exception):
@@ -87,7 +88,7 @@ def check_reading(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise SqlRefused(400, "sql_one_statement", f"send exactly one statement per request (got {n})")
     *generated, last = statements
     if any(s.type != CREATE or s.query for s in generated) or (generated and last.type != READING):
-        raise SqlRefused(403, "sql_read_only", "only reading statements (SELECT, EXPLAIN of a SELECT) are allowed")
+        raise SqlRefused(403, "sql_read_only", f"{READ_ONLY}; this text holds other statements than that")
     if last.type == EXPLAIN:
         try:
             inner = con.extract_statements(_explained(last.query))
@@ -96,7 +97,6 @@ def check_reading(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         if len(inner) != 1 or inner[0].type != READING:
             kind = inner[0].type.name if len(inner) == 1 else f"{len(inner)} statements"
             raise SqlRefused(403, "sql_read_only",
-                             f"EXPLAIN is allowed of a SELECT only (EXPLAIN ANALYZE runs its statement); got {kind}")
+                             f"{READ_ONLY}; EXPLAIN only of a SELECT (EXPLAIN ANALYZE runs its statement); got {kind}")
     elif last.type != READING:
-        raise SqlRefused(403, "sql_read_only",
-                         f"only reading statements (SELECT, EXPLAIN of a SELECT) are allowed; got {last.type.name}")
+        raise SqlRefused(403, "sql_read_only", f"{READ_ONLY}; got {last.type.name}")

@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..jsonable import NestingError, jsonable
 from . import protocol
 from .confine import Confinement, confine, limit_cpu_seconds, lower_priority
 from .guard import SqlRefused, check_reading, first_line
@@ -32,8 +33,6 @@ FETCH_ROWS = 1024
 
 
 def _json_row(row: tuple) -> bytes:
-    from service.jsonable import jsonable
-
     return json.dumps(jsonable(list(row)), separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
 
@@ -125,8 +124,8 @@ def run(catalog: Catalog, req: dict, threads: int) -> tuple[dict, bytes | None]:
                      f"the query exceeded the memory limit ({catalog.config['memory_limit']}): {first_line(e)}")
     except duckdb.PermissionException as e:
         return _fail(403, "sql_forbidden", first_line(e))
-    except RecursionError:
-        return _fail(400, "sql_result_too_deep", "a result value is nested too deeply to encode as JSON")
+    except NestingError as e:
+        return _fail(400, "sql_result_too_deep", f"a result value cannot be sent as JSON: {first_line(e)}")
     except duckdb.Error as e:
         return _fail(400, "sql_error", first_line(e))
     except (ValueError, TypeError, OverflowError) as e:  # a value Python or JSON cannot hold
@@ -150,8 +149,6 @@ def preload() -> None:
 
     import duckdb  # noqa: F401
     import pytz  # TIMESTAMPTZ results: DuckDB converts them with pytz, which reads its zone files lazily
-
-    import service.jsonable  # noqa: F401
 
     for tz in ("UTC", "Etc/UTC"):
         pytz.timezone(tz)
