@@ -9,6 +9,19 @@ from pathlib import Path
 from .store import FilterStore, StoreError, default_db
 
 
+def _bounded(kind, lo, hi):
+    """An argparse type: a finite number of ``kind`` in [lo, hi]."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not lo <= v <= hi:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text} is not between {lo} and {hi}")
+        return v
+    return parse
+
+
 def _db_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, default=None,
                    help="store directory (default: $CNNFILTERDB_DB or ./filterdb)")
@@ -218,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("query")
     _db_arg(s)
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    s.add_argument("--max-rows", type=int, default=100)
-    s.add_argument("--timeout", type=float, default=60.0, help="seconds before the query is stopped (default 60)")
+    s.add_argument("--max-rows", type=_bounded(int, 0, 10_000_000), default=100)
+    s.add_argument("--timeout", type=_bounded(float, 0.001, 86_400), default=60.0,
+                   help="seconds before the query is stopped (default 60)")
     s.set_defaults(func=cmd_sql)
 
     s = sub.add_parser("verify", help="check every file the catalog references (size, sha256) and the catalog "

@@ -1,15 +1,15 @@
 """The FastAPI application and `cnnfilterdb serve`."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
 from cnnfilterdb import __version__
 
 from . import errors
+from .body_limit import BodyLimit
 from .catalog import LiveCatalog
 from .head import HeadAsGet
 from .routers import analysis, layers, meta, models, sql
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sql_pool = sql_pool
     errors.install(app)
     app.add_middleware(HeadAsGet)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     for r in (meta.router, models.router, layers.router, analysis.router, sql.router):
         app.include_router(r)
     return app
@@ -68,5 +69,5 @@ def run(db: Path, host: str, port: int, overrides: dict | None = None) -> int:
         os.environ[f"CNNFILTERDB_{key.upper()}"] = str(value)
     settings = Settings()
     uvicorn.run("service.main:app_factory", factory=True, host=host, port=port,
-                workers=settings.workers, log_level="info")
+                workers=settings.workers, log_level="info", limit_concurrency=settings.max_connections)
     return 0

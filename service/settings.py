@@ -17,16 +17,21 @@ class Settings(BaseSettings):
 
     # POST /v1/sql and `cnnfilterdb sql`: confined worker processes (service/usersql/)
     sql_workers: int = Field(2, ge=1, le=64, description="worker processes running user SQL; more concurrent queries get a 429")
-    sql_timeout_s: float = Field(5.0, gt=0, description="a query running longer is interrupted, or its worker killed")
+    sql_timeout_s: float = Field(5.0, gt=0, le=86_400, description="a query running longer is interrupted, or its worker killed")
     sql_default_rows: int = Field(1000, ge=1, description="row cap when a request gives no max_rows")
-    sql_max_rows: int = Field(100_000, ge=1, description="the largest max_rows a request may ask for")
-    sql_max_bytes: int = Field(16_000_000, ge=1000, description="cap on the JSON bytes of a result's rows")
+    sql_max_rows: int = Field(100_000, ge=1, le=10_000_000, description="the largest max_rows a request may ask for")
+    sql_max_bytes: int = Field(16_000_000, ge=1000, le=2**30, description="cap on the JSON bytes of a result's rows")
     sql_memory_limit: str = Field("1GB", description="DuckDB's memory_limit in each SQL worker")
     sql_worker_memory_cap: ByteSize = Field("3GiB", description="address-space cap (RLIMIT_AS) of each SQL worker: its hard memory limit")
 
     # The DuckDB instance behind every other endpoint
     duckdb_memory_limit: str = Field("2GB", description="memory of the DuckDB instance of the other endpoints")
     duckdb_threads: int = Field(2, ge=1, description="threads of each DuckDB instance")
+
+    # Requests
+    max_body_bytes: int = Field(1_000_000, ge=1000, description="a larger request body is a 413, refused before it is read")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="a request body stalling longer is a 408")
+    max_connections: int = Field(500, ge=1, description="concurrent connections and requests; more get a 503 (uvicorn)")
 
     # Paging and response sizes
     page_default: int = Field(50, ge=1)

@@ -16,11 +16,14 @@ still could not write, because the process that runs it cannot.
 """
 from __future__ import annotations
 
+import re
+
 import duckdb
 
 READING = duckdb.StatementType.SELECT
 EXPLAIN = duckdb.StatementType.EXPLAIN
 CREATE = duckdb.StatementType.CREATE
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 READ_ONLY = "read-only: one reading statement (SELECT, or EXPLAIN [ANALYZE] of a SELECT) per request"
 
 
@@ -38,20 +41,31 @@ def first_line(e: BaseException) -> str:
 
 
 def _tokens(sql: str) -> list[tuple[int, str, str]]:
-    """(position, kind, text) of each token."""
+    """(position, kind, text) of each token. The tokenizer gives positions only, and skips
+    comments: a token's text is its first character for operators (brackets and ``;`` are
+    tokens of their own) and its leading word for keywords, never what follows it."""
     try:
         toks = duckdb.tokenize(sql)
     except duckdb.Error as e:
         raise SqlRefused(400, "sql_error", first_line(e)) from None
-    ends = [p for p, _ in toks[1:]] + [len(sql)]
-    return [(p, kind.name, sql[p:end].strip()) for (p, kind), end in zip(toks, ends)]
+    out = []
+    for p, kind in toks:
+        if kind.name == "operator":
+            text = sql[p]
+        elif kind.name == "keyword":
+            m = _WORD.match(sql, p)
+            text = m.group(0) if m else sql[p]
+        else:
+            text = ""
+        out.append((p, kind.name, text))
+    return out
 
 
 def _count_statements(sql: str) -> int:
     """Statements the user wrote: non-empty runs of tokens between top-level ``;``."""
     count, pending = 0, False
     for _, kind, text in _tokens(sql):
-        if kind == "operator" and text.startswith(";"):
+        if kind == "operator" and text == ";":
             count += pending
             pending = False
         else:
@@ -65,10 +79,11 @@ def _explained(statement_text: str) -> str:
     i = 1  # toks[0] is EXPLAIN
     if i < len(toks) and toks[i][2].upper() in ("ANALYZE", "ANALYSE"):
         i += 1
-    elif i < len(toks) and toks[i][2].startswith("("):
+    elif i < len(toks) and toks[i][2] == "(":
         depth = 0
         while i < len(toks):
-            depth += toks[i][2].count("(") - toks[i][2].count(")") if toks[i][1] == "operator" else 0
+            if toks[i][1] == "operator":
+                depth += {"(": 1, ")": -1}.get(toks[i][2], 0)
             i += 1
             if depth <= 0:
                 break

@@ -62,6 +62,17 @@ class PoolBusy(SqlFailed):
         self.retry_after_s = retry_after_s
 
 
+def _ended(returncode: int | None, lim: SqlLimits) -> SqlFailed:
+    """What to tell the client whose query ended its worker (now replaced)."""
+    if returncode is None or returncode in (-signal.SIGKILL, -signal.SIGXCPU):  # killed at the deadline
+        return SqlFailed(400, "sql_timeout", f"the query ran longer than the time limit of {lim.timeout_s:g} s "
+                                             "and was stopped")
+    how = f"signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+    return SqlFailed(400, "sql_worker_crashed",
+                     f"the query crashed the process that ran it ({how}; its memory cap is "
+                     f"{lim.address_space_bytes / 2**30:.2f} GiB); the process was replaced")
+
+
 class _Worker:
     def __init__(self, store: Path, limits: SqlLimits):
         config = {"memory_limit": limits.memory_limit, "threads": limits.threads,
@@ -199,13 +210,7 @@ class SqlPool:
             header, rows = w.call(request, time.monotonic() + lim.timeout_s + lim.grace_s)
         except (protocol.WorkerGone, OSError, ValueError):
             self._replace(w)
-            code = w.proc.returncode
-            if code is None or code == -signal.SIGKILL or code == -signal.SIGXCPU:
-                raise SqlFailed(400, "sql_timeout", f"the query ran longer than the time limit of {lim.timeout_s:g} s "
-                                                    "and was stopped") from None
-            raise SqlFailed(400, "sql_out_of_memory",
-                            f"the query ended the worker that ran it (exit {code}): it exceeded the memory cap "
-                            f"of {lim.address_space_bytes / 2**30:.2f} GiB or another limit; the worker was replaced") from None
+            raise _ended(w.proc.returncode, lim) from None
         self._idle.put(w)
         if not header.get("ok"):
             raise SqlFailed(int(header["status"]), str(header["code"]), str(header["message"]))
