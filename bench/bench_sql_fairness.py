@@ -151,11 +151,11 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
+        base_lat, base_err, _, _ = asyncio.run(phase(base, model_ids, args.seconds, 0))
+        load_lat, load_err, outcomes, busy_lat = asyncio.run(phase(base, model_ids, args.seconds, args.sql_clients))
         limits = httpx.get(base + "/v1/stats").json()["limits"]
         print(f"store: {n_filters:,} filters, {len(model_ids)} models; SQL: {limits['sql_workers']} workers, "
               f"{limits['sql_timeout_s']:g} s limit, sandbox {limits['sql_sandbox']}")
-        base_lat, base_err, _, _ = asyncio.run(phase(base, model_ids, args.seconds, 0))
-        load_lat, load_err, outcomes, busy_lat = asyncio.run(phase(base, model_ids, args.seconds, args.sql_clients))
         print(f"probes alone, then with {args.sql_clients} SQL clients, {args.seconds:g} s each:")
         report("alone", base_lat)
         report("under load", load_lat)

@@ -10,7 +10,7 @@ Each of these layers holds on its own (``tests/test_sql_hostile.py`` tests them 
    files, configuration locked; a fresh cursor per request, so no object outlives its request.
 3. ``confine.py``: that process is chrooted to the store (every path it sees is relative to the
    store), may write no file and open no TCP connection (Landlock), has a capped address space
-   (``RLIMIT_AS``), a CPU-time limit per query, and the idle scheduling class.
+   (``RLIMIT_AS``), a CPU-time limit per query, and the lowest priority (nice 19).
 4. ``pool.py``: a fixed number of such workers; a full pool answers 429 at once; a worker that
    overruns the time limit by ``grace_s`` is killed and replaced, whatever its query does.
 """
