@@ -13,6 +13,7 @@ from .body_limit import BodyLimit
 from .catalog import LiveCatalog
 from .head import HeadAsGet
 from .routers import analysis, layers, meta, models, sql
+from .schemas import ErrorResponse
 from .settings import Settings
 from .usersql.pool import SqlLimits, SqlPool
 
@@ -36,6 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         lifespan=lifespan,
+        # Any route: a body over the size limit, or one that stalls (service/body_limit.py).
+        responses={408: {"model": ErrorResponse, "description": "the request body stalled"},
+                   413: {"model": ErrorResponse, "description": "the request body is over max_body_bytes"}},
         title="CNN Filter DB",
         version=__version__,
         description="Trained 3x3 convolution filters (CNN-Filter-DB) over HTTP. Read-only; errors are "

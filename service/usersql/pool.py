@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import protocol
@@ -117,11 +117,11 @@ class SqlPool:
 
     def __init__(self, store: str | os.PathLike, size: int, limits: SqlLimits):
         self.store, self.size, self.limits = Path(store).resolve(), size, limits
-        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._idle: queue.Queue[tuple[int, _Worker]] = queue.Queue()
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
         self._started = False
-        self._closed = False
+        self._epoch = 0     # incremented by close(): workers of an older epoch are discarded
         self._busy = 0      # requests holding or waiting for a worker
         self._spawning = 0  # workers being started
         self.sandbox: dict | None = None  # what the first worker reported of its confinement
@@ -135,21 +135,33 @@ class SqlPool:
                 return
             self._started = True
             self._spawning += self.size
+            epoch = self._epoch
         for i in range(self.size):
             if wait and i == 0:
-                self._spawn()
+                self._spawn(epoch)
             else:
-                threading.Thread(target=self._spawn, daemon=True).start()
+                threading.Thread(target=self._spawn, args=(epoch,), daemon=True).start()
+
+    def close(self) -> None:
+        """Stop every worker. A later ``run`` starts the pool again."""
+        with self._lock:
+            self._epoch += 1
+            self._started = False
+            workers = list(self._all)
+            self._all.clear()
+        for w in workers:
+            w.kill()
 
     def _spawn_more(self) -> None:
         """Start workers for the slots that have none (a failed start is retried here)."""
         with self._lock:
             missing = self.size - len(self._all) - self._spawning
             self._spawning += max(missing, 0)
+            epoch = self._epoch
         for _ in range(missing):
-            threading.Thread(target=self._spawn, daemon=True).start()
+            threading.Thread(target=self._spawn, args=(epoch,), daemon=True).start()
 
-    def _spawn(self) -> None:
+    def _spawn(self, epoch: int) -> None:
         """Start one worker (the caller has counted it in ``_spawning``)."""
         try:
             w = _Worker(self.store, self.limits)
@@ -158,26 +170,18 @@ class SqlPool:
             w = None
         with self._lock:
             self._spawning -= 1
-            if w is None:
+            if w is not None and epoch == self._epoch:
+                self._all.add(w)
+                if self.sandbox is None:
+                    self.sandbox = {k: w.hello[k] for k in ("chroot", "landlock_abi", "address_space_bytes")}
+                self._idle.put((epoch, w))
                 return
-            if self._closed:
-                w.kill()
-                return
-            self._all.add(w)
-            if self.sandbox is None:
-                self.sandbox = {k: w.hello[k] for k in ("chroot", "landlock_abi", "address_space_bytes")}
-        self._idle.put(w)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            workers = list(self._all)
-            self._all.clear()
-        for w in workers:
+        if w is not None:  # the pool was closed meanwhile
             w.kill()
 
     # -- one statement ---------------------------------------------------------------------------
     def run(self, sql: str, params: list | dict | None, max_rows: int, max_bytes: int) -> SqlResult:
+        """Run one statement on an idle worker: its result, or SqlFailed (PoolBusy when none is idle)."""
         if not self._started:
             self.start(wait=True)
         w = self._acquire()
@@ -195,8 +199,13 @@ class SqlPool:
                 raise PoolBusy(self.size, max(1, round(self.limits.timeout_s / 2)))
             self._busy += 1
         self._spawn_more()
+        deadline = time.monotonic() + START_TIMEOUT_S
         try:
-            return self._idle.get(timeout=START_TIMEOUT_S)
+            while True:
+                epoch, w = self._idle.get(timeout=max(deadline - time.monotonic(), 0))
+                if epoch == self._epoch:
+                    return w
+                w.kill()  # left over from before a close()
         except queue.Empty:
             with self._lock:
                 self._busy -= 1
@@ -211,7 +220,7 @@ class SqlPool:
         except (protocol.WorkerGone, OSError, ValueError):
             self._replace(w)
             raise _ended(w.proc.returncode, lim) from None
-        self._idle.put(w)
+        self._idle.put((self._epoch, w))
         if not header.get("ok"):
             raise SqlFailed(int(header["status"]), str(header["code"]), str(header["message"]))
         return SqlResult(header["columns"], header["types"], header["n_rows"], rows, header["truncated"],
@@ -221,8 +230,4 @@ class SqlPool:
         w.kill()
         with self._lock:
             self._all.discard(w)
-        if not self._closed:
-            self._spawn_more()
-
-    def describe(self) -> dict:
-        return {"workers": self.size, **asdict(self.limits), "sandbox": self.sandbox}
+        self._spawn_more()
