@@ -82,7 +82,7 @@ class LiveCatalog:
             con.execute("SET allowed_directories = ?", [[str(self.root / SHARDS) + os.sep, SHARDS + os.sep]])
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
-            check_schema(con.cursor().execute("USE catalog"), self.path)
+            check_schema(con.cursor().execute("USE catalog"), Path(CATALOG))  # clients see store-relative names
         except Exception:
             con.close()
             raise
@@ -105,10 +105,15 @@ class LiveCatalog:
                 except StoreDamaged:
                     raise  # a file the snapshot checks: 503 store_damaged naming it (errors.py)
                 except StoreError as e:
-                    raise ApiError(503, "store_unavailable", str(e)) from None
+                    raise ApiError(503, "store_unavailable", self._relative(str(e))) from None
                 except duckdb.Error as e:
-                    raise ApiError(503, "store_unavailable", f"cannot open the catalog: {str(e).splitlines()[0]}") from None
+                    raise ApiError(503, "store_unavailable",
+                                   f"cannot open the catalog: {self._relative(str(e).splitlines()[0])}") from None
             return self._current
+
+    def _relative(self, message: str) -> str:
+        """A message with the store's absolute path taken out: clients see store-relative names."""
+        return message.replace(str(self.root) + os.sep, "")
 
     @contextmanager
     def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:

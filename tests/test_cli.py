@@ -159,6 +159,7 @@ def test_a_catalog_of_another_layout_is_refused(tmp_path, sample_v01, capsys):
     assert "layout version 99" in capsys.readouterr().err
     r = TestClient(create_app(Settings(db=db))).get("/v1/stats")
     assert r.status_code == 503 and "layout version 99" in r.json()["error"]["message"]
+    assert str(tmp_path) not in r.text  # a client sees store-relative names only
     assert (db / "catalog.duckdb").read_bytes() == before
     shutil.rmtree(db)
 
