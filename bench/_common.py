@@ -7,3 +7,42 @@ def peak_rss() -> int:
     process image (ru_maxrss also counts the parent's memory at fork, which exec keeps on Linux)."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+
+def build_sample_store(db, n: int, seed: int) -> None:
+    """A store of ``n`` filters of the synthetic sample (max(40, n / 1e5) models) at ``db``."""
+    from ingest import ingest_paths
+    from ingest.sample import write_sample_h5
+
+    src = db.parent / f"bench-sample-{seed}.h5"
+    write_sample_h5(src, n_models=max(40, n // 100_000), n_filters=n, seed=seed)
+    ingest_paths([src], db)
+    src.unlink()
+
+
+def start_service(db, env: dict | None = None):
+    """`cnnfilterdb serve` on a free loopback port, answering /health: (process, base URL)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    repo = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "cnnfilterdb.cli", "serve", "--db", str(db), "--port", str(port)],
+                              env={**os.environ, "PYTHONPATH": str(repo), **(env or {})},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return server, base

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,15 +22,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import build_sample_store, start_service  # noqa: E402
 
-def build_store(db: Path, n: int) -> None:
-    from ingest import ingest_paths
-    from ingest.sample import write_sample_h5
 
-    src = db.parent / "bench-service.h5"
-    write_sample_h5(src, n_models=max(40, n // 100_000), n_filters=n, seed=7)
-    ingest_paths([src], db)
-    src.unlink()
 
 
 async def client(base: str, ids: dict, stop_at: float, lat: dict, errors: list, rng: random.Random) -> None:
@@ -78,7 +69,7 @@ def main() -> None:
         if db is None:
             db = work / "db"
             t = time.perf_counter()
-            build_store(db, int(args.filters))
+            build_sample_store(db, int(args.filters), seed=7)
             print(f"built a store of {int(args.filters):,} filters in {time.perf_counter() - t:.1f} s")
         from cnnfilterdb.store import FilterStore
 
@@ -87,19 +78,7 @@ def main() -> None:
                    "layers": [r[0] for r in con.execute("SELECT layer_id FROM layers").fetchall()]}
             n_filters = con.execute("SELECT count(*) FROM filters").fetchone()[0]
             mean_layer = con.execute("SELECT avg(least(n_filters, 1000)) FROM layers").fetchone()[0]
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {**os.environ, "PYTHONPATH": str(REPO), "CNNFILTERDB_WORKERS": str(args.workers)}
-        server = subprocess.Popen([sys.executable, "-m", "cnnfilterdb.cli", "serve", "--db", str(db), "--port", str(port)],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        server, base = start_service(db, {"CNNFILTERDB_WORKERS": str(args.workers)})
         lat, errors, elapsed = asyncio.run(run_clients(base, ids, args.clients, args.seconds))
         total = sum(len(v) for v in lat.values())
         print(f"store: {n_filters:,} filters, {len(ids['models'])} models, {len(ids['layers'])} layers "

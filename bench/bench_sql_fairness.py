@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,18 +31,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import build_sample_store, start_service  # noqa: E402
+
 # Runs far past 5 s (1e12 pairs), in constant memory: the worker is interrupted at the limit.
 SLOW_SQL = "SELECT count(*) FROM range(1000000) a, range(1000000) b WHERE (a.range * b.range) % 1000003 = 7"
 
 
-def build_store(db: Path, n: int) -> None:
-    from ingest import ingest_paths
-    from ingest.sample import write_sample_h5
-
-    src = db.parent / "bench-fairness.h5"
-    write_sample_h5(src, n_models=max(40, n // 100_000), n_filters=n, seed=11)
-    ingest_paths([src], db)
-    src.unlink()
 
 
 async def probe(c: httpx.AsyncClient, model_ids: list, stop_at: float, lat: dict, errors: list, rng) -> None:
@@ -131,26 +122,14 @@ def main() -> None:
         if db is None:
             db = work / "db"
             t = time.perf_counter()
-            build_store(db, int(args.filters))
+            build_sample_store(db, int(args.filters), seed=11)
             print(f"built a store of {int(args.filters):,} filters in {time.perf_counter() - t:.1f} s")
         from cnnfilterdb.store import FilterStore
 
         with FilterStore(db).connect() as con:
             model_ids = [r[0] for r in con.execute("SELECT model_id FROM models").fetchall()]
             n_filters = con.execute("SELECT coalesce(sum(n_rows), 0) FROM _shards").fetchone()[0]
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "cnnfilterdb.cli", "serve", "--db", str(db), "--port", str(port)],
-                                  env={**os.environ, "PYTHONPATH": str(REPO)},
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        server, base = start_service(db, None)
         base_lat, base_err, _, _ = asyncio.run(phase(base, model_ids, args.seconds, 0))
         load_lat, load_err, outcomes, busy_lat = asyncio.run(phase(base, model_ids, args.seconds, args.sql_clients))
         limits = httpx.get(base + "/v1/stats").json()["limits"]

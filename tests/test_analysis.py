@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import duckdb
 import h5py
 import numpy as np
 import pandas as pd

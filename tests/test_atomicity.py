@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from ingest.sample import write_sample_h5

@@ -8,7 +8,6 @@ import pickle
 import shutil
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import onnx
 import pytest

@@ -7,7 +7,6 @@ import math
 import time
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
