@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -129,8 +130,10 @@ def cmd_drift(args) -> int:
         raise StoreError(f"--where is not JSON: {e}") from None
     store = FilterStore(args.db or default_db())
     with store.connect() as con:
+        analysis = Analysis(con, store.root)
+        analysis.snapshot.shard_paths(con)  # what the service checks when it opens a catalog: every shard there
         try:
-            out = Analysis(con, store.root).divergence(args.group_by, where, args.metric, args.bins, args.weights, args.basis)
+            out = analysis.divergence(args.group_by, where, args.metric, args.bins, args.weights, args.basis)
         except SelectionError as e:
             raise StoreError(str(e)) from None
     if args.json:
@@ -189,18 +192,23 @@ def _serve(db: Path, host: str, port: int, overrides: dict | None = None) -> int
     from service.main import run
 
     print(f"serving {db} on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs; "
-          f"shell: duckdb -readonly {db / 'catalog.duckdb'})", file=sys.stderr)
+          f"shell: cd {db} && duckdb -readonly catalog.duckdb)", file=sys.stderr)
     return run(db=db, host=host, port=port, overrides=overrides)
 
 
-# Service settings that `serve` takes as flags (the rest: CNNFILTERDB_* variables, service/settings.py).
-SERVE_SETTINGS = ["workers", "sql_workers", "sql_timeout_s", "sql_default_rows", "sql_max_rows", "sql_max_bytes",
-                  "sql_memory_limit", "duckdb_memory_limit", "duckdb_threads", "page_max", "filters_json_max"]
-
-
 def cmd_serve(args) -> int:
-    overrides = {k: getattr(args, k) for k in SERVE_SETTINGS if getattr(args, k) is not None}
-    return _serve((args.db or default_db()).resolve(), args.host, args.port, overrides)
+    from pydantic import ValidationError
+
+    from service.settings import LIMITS, Settings
+
+    overrides = {k: getattr(args, k) for k in LIMITS if getattr(args, k) is not None}
+    db = (args.db or default_db()).resolve()
+    try:
+        Settings(db=db, **overrides)  # checked here: one line for a bad value, before anything starts
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise StoreError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    return _serve(db, args.host, args.port, overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("query")
     _db_arg(s)
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    s.add_argument("--max-rows", type=_bounded(int, 0, 10_000_000), default=100)
+    s.add_argument("--max-rows", type=_bounded(int, 0, 10_000_000), default=100,
+                   help="rows shown at most (default 100); the result says when it was cut")
     s.add_argument("--timeout", type=_bounded(float, 0.001, 86_400), default=60.0,
                    help="seconds before the query is stopped (default 60)")
     s.set_defaults(func=cmd_sql)
@@ -267,11 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(s)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    from service.settings import Settings
+    from service.settings import LIMITS, Settings
 
-    for name in SERVE_SETTINGS:
+    for name in LIMITS:  # every limit of the service (service/settings.py), checked by Settings
         field = Settings.model_fields[name]
-        s.add_argument("--" + name.replace("_", "-"), dest=name, type=field.annotation, default=None,
+        s.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
                        help=f"{field.description or name} (default {field.default}; env CNNFILTERDB_{name.upper()})")
     s.set_defaults(func=cmd_serve)
     return p
@@ -286,6 +295,18 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except StoreError as e:
         print(f"cnnfilterdb: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as e:
+        import duckdb
+
+        if not isinstance(e, duckdb.Error):
+            raise
+        # e.g. a catalog damaged past what opening it reads: one line, files relative to the store
+        message = FilterStore(getattr(args, "db", None) or default_db()).relative(str(e).strip().splitlines()[0])
+        print(f"cnnfilterdb: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cnnfilterdb: interrupted; the store is unchanged", file=sys.stderr)

@@ -64,6 +64,7 @@ class StoreDamaged(StoreError):
 
     def __init__(self, rel: str, problem: str):
         super().__init__(f"{rel}: {problem}; the store is damaged: run `cnnfilterdb verify` to check every file")
+        self.rel, self.problem = rel, problem
 
 
 def first_line(e: BaseException) -> str:
@@ -193,8 +194,11 @@ class FilterStore:
         if not self.exists():
             raise StoreError(f"{self.root}: no store here (no {CATALOG}); create one with `cnnfilterdb ingest`")
         # The views name their shards relative to the store: resolve them here, wherever it is.
-        con = duckdb.connect(str(self.catalog_path), read_only=True,
-                             config={"file_search_path": str(self.root), **(config or {})})
+        try:
+            con = duckdb.connect(str(self.catalog_path), read_only=True,
+                                 config={"file_search_path": str(self.root), **(config or {})})
+        except duckdb.Error as e:
+            raise StoreDamaged(CATALOG, f"unreadable ({self.relative(first_line(e))})") from None
         try:
             check_schema(con, self.catalog_path)
         except StoreError:
@@ -202,8 +206,9 @@ class FilterStore:
             raise
         return con
 
-    def shard_paths(self, con: duckdb.DuckDBPyConnection) -> list[Path]:
-        return [self.root / p for (p,) in con.execute("SELECT path FROM _shards ORDER BY filter_id_first").fetchall()]
+    def relative(self, message: str) -> str:
+        """``message`` with this store's absolute path taken out (files named relative to it)."""
+        return message.replace(str(self.root) + os.sep, "")
 
     def info(self) -> dict:
         """Counts, basis and sizes of the store."""
@@ -244,8 +249,10 @@ class FilterStore:
                 for (table,) in tables:
                     for _ in con.execute(f'SELECT * FROM "{table}"').to_arrow_reader():
                         pass
+        except StoreDamaged as e:
+            return Verification(0, 0, [f"{e.rel}: {e.problem}"])
         except duckdb.Error as e:
-            return Verification(0, 0, [f"{CATALOG}: unreadable ({first_line(e)})"])
+            return Verification(0, 0, [f"{CATALOG}: unreadable ({self.relative(first_line(e))})"])
         problems = [f"{rel}: {problem}" for rel, size, sha256 in files
                     if (problem := file_problem(self.root, rel, size, sha256)) is not None]
         return Verification(len(files), sum(size for _, size, _ in files), problems)

@@ -31,6 +31,12 @@ def not_found(what: str, key) -> ApiError:
     return ApiError(404, "not_found", f"no {what} {key}")
 
 
+def _is_type_tag(loc_item) -> bool:
+    """A location item that names a member of a union type (``str``, ``list[...]``,
+    ``function-before[...]``) rather than a field or an index: not for a client's eyes."""
+    return isinstance(loc_item, str) and ("[" in loc_item or loc_item in ("str", "int", "float", "bool"))
+
+
 def _body(code: str, message: str) -> dict:
     if len(message) > MESSAGE_CHARS:
         message = f"{message[:MESSAGE_CHARS]}... ({len(message):,} characters)"
@@ -48,19 +54,29 @@ def install(app: FastAPI) -> None:
         # `where` is a 400 that lists the valid ones; other malformed input is a 422.
         from cnnfilterdb.selection import FILTER_FIELDS, echo
 
-        parts, status = [], 422
+        parts, status, unions, bounded = [], 422, set(), set()
         for err in e.errors():
-            loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+            raw = [x for x in err.get("loc", ()) if x != "body"]
+            loc = [str(x) for x in raw if not _is_type_tag(x)]  # pydantic's names of union members
             where = ".".join(loc) or "request"
+            in_bounds = any(isinstance(x, str) and x.startswith("Bounds[") for x in raw)
             if err.get("type") == "literal_error":
                 status = 400
                 parts.append(f"unknown {where} {echo(err.get('input'))}; {err.get('msg', '').replace('Input should be', 'valid:')}")
+            elif err.get("type") == "extra_forbidden" and in_bounds:
+                status = 400
+                parts.append(f"unknown bound {echo(loc[-1])} in {'.'.join(loc[:-1])}; valid: gte, gt, lte, lt")
+                bounded.add(".".join(loc[:-1]))
             elif err.get("type") == "extra_forbidden":  # the last element of loc is the client's name
                 status = 400
                 parts.append(f"unknown field {echo(loc[-1])} in {'.'.join(loc[:-1]) or 'the request'}; "
                              f"known fields of where: {FILTER_FIELDS}")
+            elif len(raw) != len(loc) and len(loc) >= 2 and loc[0] == "where":
+                unions.add(".".join(loc[:2]))  # a where value that fits no form: said once, below
             else:
                 parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        parts += [f"{u}: not a value, a list of values or an object of bounds (gte, gt, lte, lt) of the "
+                  "field's type" for u in sorted(unions - bounded)]
         return JSONResponse(_body("invalid_request", "; ".join(parts)), status_code=status)
 
     @app.exception_handler(StarletteHTTPException)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 
 class ErrorDetail(BaseModel):
@@ -33,17 +33,19 @@ class SqlSandbox(BaseModel):
     address_space_bytes: int = Field(description="each worker's address-space cap")
 
 
-class Limits(BaseModel):
-    sql_workers: int = Field(description="user SQL statements that may run at once; more get a 429")
-    sql_timeout_s: float
-    sql_default_rows: int
-    sql_max_rows: int
-    sql_max_bytes: int = Field(description="cap on the JSON bytes of a /v1/sql result's rows")
-    sql_memory_limit: str
-    sql_worker_memory_cap_bytes: int
-    sql_sandbox: SqlSandbox | None = Field(None, description="as reported by a running SQL worker (null before the first)")
-    page_max: int
-    filters_json_max: int
+def _limits_model() -> type[BaseModel]:
+    """The limits of /v1/stats: every setting in service/settings.LIMITS, as the service runs
+    with it, and the SQL workers' sandbox."""
+    from .settings import LIMITS, Settings
+
+    fields = {name: (int if name == "sql_worker_memory_cap" else Settings.model_fields[name].annotation,
+                     Field(description=Settings.model_fields[name].description)) for name in LIMITS}
+    fields["sql_sandbox"] = (SqlSandbox | None, Field(None, description="as reported by a running SQL worker "
+                                                                        "(null before the first has started)"))
+    return create_model("Limits", **fields)
+
+
+Limits = _limits_model()
 
 
 class Stats(BaseModel):

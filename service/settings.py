@@ -34,7 +34,12 @@ class Settings(BaseSettings):
     max_connections: int = Field(500, ge=1, description="concurrent connections and requests; more get a 503 (uvicorn)")
 
     # Paging and response sizes
-    page_default: int = Field(50, ge=1)
-    page_max: int = Field(1000, ge=1)
+    page_default: int = Field(50, ge=1, description="page size of lists when a request gives no limit")
+    page_max: int = Field(1000, ge=1, description="the largest page a request may ask for")
     filters_json_max: int = Field(100_000, ge=1, description="largest page of filters as JSON")
     field_values_max: int = Field(1000, ge=1, description="distinct values listed per field in /v1/fields")
+
+
+# The limits in force: every setting but where the store is and where to listen. `serve` takes
+# each as a flag, and /v1/stats shows them all (cnnfilterdb/cli.py, service/routers/meta.py).
+LIMITS = tuple(name for name in Settings.model_fields if name not in ("db", "host", "port"))

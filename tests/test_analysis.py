@@ -206,7 +206,7 @@ def test_similar_models(client, frame):
     ({"group_by": "task", "weights": "equal"}, 400, "'uniform'"),
     ({"group_by": "task", "basis": "local"}, 400, "'selection'"),
     ({"group_by": "task", "where": {"colour": "red"}}, 400, "known fields of where"),
-    ({"group_by": "task", "where": {"conv_depth": {"between": [1, 2]}}}, 400, "unknown field"),
+    ({"group_by": "task", "where": {"conv_depth": {"between": [1, 2]}}}, 400, "unknown bound 'between'"),
     ({"group_by": "task", "where": {"task": "No Such Task"}}, 404, "no filters match"),
     ({"group_by": "task", "bins": 0}, 422, "bins"),
     ({}, 422, "group_by"),

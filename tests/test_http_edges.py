@@ -158,3 +158,13 @@ def test_ingest_disk_full_is_one_line_and_changes_nothing(tmp_path, sample_v1, s
     err = capsys.readouterr().err
     assert err == f"cnnfilterdb: error: No space left on device ({db})\n"
     assert store_snapshot(db) == before
+
+
+@pytest.mark.parametrize("where, status, message", [
+    ({"conv_depth": {"gte": "x"}}, 422, "where.conv_depth: not a value, a list of values or an object of bounds"),
+    ({"conv_depth": {"foo": 1}}, 400, "unknown bound 'foo' in where.conv_depth; valid: gte, gt, lte, lt"),
+    ({"task": [1, {"a": 1}]}, 422, "where.task: not a value, a list of values or an object of bounds"),
+])
+def test_a_where_value_of_no_valid_form_is_said_plainly(v1_client, where, status, message):
+    r = v1_client.post("/v1/pca", json={"where": where})
+    assert r.status_code == status and r.json()["error"]["message"].startswith(message), r.text

@@ -98,7 +98,8 @@ def _damaged_answer(r, store: Path, rel: str) -> None:
 
 SHARD_READERS = [("get", "/v1/filters/5", None), ("get", "/v1/layers/3/filters", None),
                  ("get", "/v1/layers/3/filters?format=npy", None),
-                 ("post", "/v1/divergence", {"group_by": "task", "bins": 33})]
+                 ("post", "/v1/divergence", {"group_by": "task", "bins": 33}),
+                 ("post", "/v1/sql", {"sql": "SELECT sum(w0) FROM filters"})]
 
 
 @pytest.mark.parametrize("how", ["shard missing", "shard truncated"])
@@ -128,9 +129,31 @@ def test_flipped_histograms_are_a_503_naming_the_file(store):
 
 
 @pytest.mark.parametrize("how, args", [("histograms flipped", []), ("shard truncated", ["--bins", "33"]),
-                                       ("shard missing", ["--bins", "33"])])
+                                       ("shard missing", ["--bins", "33"]), ("shard missing", [])])
 def test_drift_on_a_damaged_store_is_one_line(store, how, args):
     rel = _damage(store, how)
     code, out, err = run_cli("drift", "--group-by", "task", *args, "--db", str(store))
     assert code == 1 and out == "", err
     assert err.splitlines() == [err.strip()] and err.startswith(f"cnnfilterdb: error: {rel}: ")
+
+
+def test_user_sql_naming_a_shard_the_store_does_not_have_is_the_users_error(store):
+    client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
+    r = client.post("/v1/sql", json={"sql": "SELECT * FROM read_parquet('shards/no-such-shard.parquet')"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "sql_error", r.text
+
+
+@pytest.mark.parametrize("keep", [4096, 1 / 3])
+@pytest.mark.parametrize("command", [["info"], ["sql", "SELECT count(*) FROM layers"], ["drift", "--group-by", "task"],
+                                     ["verify"]])
+def test_a_truncated_catalog_is_one_line_on_the_cli(store, command, keep):
+    cat = store / "catalog.duckdb"
+    with open(cat, "r+b") as f:
+        f.truncate(keep if keep > 1 else int(cat.stat().st_size * keep))
+    code, out, err = run_cli(*command, "--db", str(store))
+    said = (out + err).strip()
+    if code == 0:  # what this command reads of the catalog survived the cut (`verify` reads it all)
+        assert command[0] != "verify" and keep < 1 and "Traceback" not in said
+        return
+    assert code == 1 and "Traceback" not in said and len(said.splitlines()) == 1, said
+    assert "catalog.duckdb" in said and str(store) not in said

@@ -238,7 +238,9 @@ def test_no_absolute_path_is_visible(client, store):
 
 
 def test_sandbox_is_reported(client):
+    assert client.post("/v1/sql", json={"sql": "SELECT 1"}).status_code == 200  # a worker has started
     s = client.get("/v1/stats").json()["limits"]
+    assert s["sql_worker_memory_cap"] == 1536 * 2**20 and s["max_body_bytes"] == 1_000_000
     assert s["sql_workers"] == 2 and s["sql_max_bytes"] == 1_000_000
     assert s["sql_sandbox"] == {"chroot": True, "landlock_abi": s["sql_sandbox"]["landlock_abi"],
                                 "address_space_bytes": 1536 * 2**20}

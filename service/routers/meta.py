@@ -7,7 +7,7 @@ from ..catalog import LiveCatalog
 from ..deps import get_catalog, get_settings, get_sql_pool, respond
 from ..jsonable import jsonable
 from ..schemas import ErrorResponse, FieldInfo, Fields, Health, Limits, Stats
-from ..settings import Settings
+from ..settings import LIMITS, Settings
 from ..usersql.pool import SqlPool
 
 router = APIRouter(responses={503: {"model": ErrorResponse}})
@@ -39,12 +39,7 @@ def stats(catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Depe
                                     "range": (b[3], b[4])}
     return respond(Stats(models=models, layers=layers, filters=int(filters), shards=shards, shard_bytes=int(shard_bytes),
                  ingests=ingests, last_ingest_at=jsonable(last), basis=basis,
-                 limits=Limits(sql_workers=settings.sql_workers, sql_timeout_s=settings.sql_timeout_s,
-                               sql_default_rows=settings.sql_default_rows, sql_max_rows=settings.sql_max_rows,
-                               sql_max_bytes=settings.sql_max_bytes, sql_memory_limit=settings.sql_memory_limit,
-                               sql_worker_memory_cap_bytes=int(settings.sql_worker_memory_cap),
-                               sql_sandbox=sql_pool.sandbox, page_max=settings.page_max,
-                               filters_json_max=settings.filters_json_max)))
+                 limits=Limits(**settings.model_dump(include=set(LIMITS)), sql_sandbox=sql_pool.sandbox)))
 
 
 @router.get("/v1/fields", response_model=Fields, tags=["meta"])

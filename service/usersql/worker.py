@@ -127,6 +127,9 @@ def run(catalog: Catalog, req: dict, threads: int) -> tuple[dict, bytes | None]:
     except NestingError as e:
         return _fail(400, "sql_result_too_deep", f"a result value cannot be sent as JSON: {first_line(e)}")
     except duckdb.Error as e:
+        damage = _damaged_shard(cur, e)
+        if damage is not None:
+            return _fail(503, "store_damaged", str(damage))
         return _fail(400, "sql_error", first_line(e))
     except (ValueError, TypeError, OverflowError) as e:  # a value Python or JSON cannot hold
         return _fail(400, "sql_error", f"cannot encode a result value: {first_line(e)}")
@@ -138,6 +141,21 @@ def run(catalog: Catalog, req: dict, threads: int) -> tuple[dict, bytes | None]:
             timer.cancel()
         if cur is not None:
             cur.close()
+
+
+def _damaged_shard(con, e):
+    """StoreDamaged when ``e`` is DuckDB failing to read one of the store's own shards (a name the
+    catalog lists: a query of some other path under shards/ is the user's own error)."""
+    from cnnfilterdb.store import damage_in
+
+    damage = None if con is None else damage_in(Path("/"), e)
+    if damage is None:
+        return None
+    try:
+        listed = con.cursor().execute("SELECT count(*) FROM _shards WHERE path = ?", [damage.rel]).fetchone()[0]
+    except Exception:  # noqa: BLE001 - the catalog itself is unreadable: report the query's error
+        return None
+    return damage if listed else None
 
 
 def _fail(status: int, code: str, message: str) -> tuple[dict, None]:
@@ -152,6 +170,8 @@ def preload() -> None:
 
     import duckdb  # noqa: F401
     import pytz  # TIMESTAMPTZ results: DuckDB converts them with pytz, which reads its zone files lazily
+
+    import cnnfilterdb.store  # noqa: F401  (naming a damaged shard)
 
     for tz in ("UTC", "Etc/UTC"):
         pytz.timezone(tz)
@@ -180,9 +200,12 @@ def main(argv: list[str]) -> int:
         except protocol.WorkerGone:
             return 0
         header, rows = run(catalog, req, int(config["threads"]))
-        protocol.send(out, header)
-        if rows is not None:
-            protocol.send(out, rows)
+        try:
+            protocol.send(out, header)
+            if rows is not None:
+                protocol.send(out, rows)
+        except OSError:  # the service stopped waiting (past the deadline) or is gone
+            return 0
 
 
 if __name__ == "__main__":
