@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from .stats.basis import Basis
 from .stats.histogram import bin_edges, coefficient_range, histogram2d_counts, histogram_counts, histogram_range
-from .store import unreadable
+from .store import StoreDamaged, store_name, unreadable
 
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 REMAP_ROW_GROUPS = 16  # 80 MB of a shard mapped per thread at most
@@ -99,6 +99,7 @@ def _map_units(paths, groups, work: Callable, threads: int | None):
     measured 10% slower: each munmap stops the other threads' CPUs to flush their TLBs).
     """
     local = threading.local()
+    n_layer_slots = len(groups.group_of_layer)
 
     def read_and_work(path, row_group, g_lo, g_hi):
         with _reading(path):
@@ -111,6 +112,11 @@ def _map_units(paths, groups, work: Callable, threads: int | None):
             local.uses += 1
             table = f.read_row_group(row_group, columns=["layer_id"] + WEIGHT_COLUMNS, use_threads=False)
         cols = [table.column(i).to_numpy() for i in range(10)]  # one chunk each: zero-copy views
+        # The kernels index group_of_layer by these ids unchecked (numba): ids a damaged shard
+        # holds outside the store's range would read and write out of bounds.
+        if len(cols[0]) and not (0 <= cols[0].min() and cols[0].max() < n_layer_slots):
+            raise StoreDamaged(store_name(path), f"row group {row_group} holds layer ids outside the store's "
+                                                 f"[0, {n_layer_slots - 1}]")
         return work(cols[0], tuple(cols[1:]), g_lo, g_hi)
 
     units = _units(paths, groups)

@@ -81,6 +81,12 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
             params.append(value)
         else:
             raise SelectionError(f"where.{name}: a value, a list of values or an object of bounds, got {echo(value)}")
+    for v in params:  # JSON may carry lone UTF-16 surrogates: no SQL string can hold one
+        if isinstance(v, str) and not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise SelectionError(f"where: {echo(v)} is not valid Unicode (a lone surrogate)") from None
     return " AND ".join(parts) or "true", params
 
 

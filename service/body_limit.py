@@ -1,4 +1,4 @@
-"""Request bodies within bounds: at most ``max_bytes``, each part arriving within ``timeout_s``.
+"""Request bodies within bounds: at most ``max_bytes``, all of it arriving within ``timeout_s``.
 
 Without it a client could make the service buffer a body of any size (the route's own checks run
 only after the whole body is read) or hold a connection open forever by sending it slowly. A body
@@ -33,11 +33,12 @@ class BodyLimit:
             await response(scope, receive, send)
             return
         received = 0
+        deadline = asyncio.get_running_loop().time() + self.timeout_s  # for the whole body, not each part
 
         async def bounded_receive() -> Message:
             nonlocal received
             try:
-                message = await asyncio.wait_for(receive(), self.timeout_s)
+                message = await asyncio.wait_for(receive(), max(deadline - asyncio.get_running_loop().time(), 0.001))
             except asyncio.TimeoutError:
                 raise HTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s") from None
             if message["type"] == "http.request":

@@ -19,7 +19,10 @@ and would hand back the old instance.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +57,10 @@ class LiveCatalog:
         self.path = self.root / CATALOG
         self._lock = threading.Lock()
         self._current: Generation | None = None
+        # DuckDB's spill files (a layer's filters sorted for an .npy): in a directory of this
+        # service's own, bounded by duckdb_spill_max, removed when the service ends.
+        self.spill_dir = Path(tempfile.mkdtemp(prefix="cnnfilterdb-spill-"))
+        weakref.finalize(self, shutil.rmtree, self.spill_dir, True)
 
     def _open(self, st: os.stat_result) -> Generation:
         s = self.settings
@@ -73,6 +80,8 @@ class LiveCatalog:
             "allow_community_extensions": False,
             "memory_limit": memory_limit,
             "threads": threads,
+            "temp_directory": str(self.spill_dir),
+            "max_temp_directory_size": self.settings.duckdb_spill_max,
         })
         try:
             # ATTACH takes no parameters; the path is the service's own setting, quoted as a literal.
@@ -106,9 +115,8 @@ class LiveCatalog:
                     raise  # a file the snapshot checks: 503 store_damaged naming it (errors.py)
                 except StoreError as e:
                     raise ApiError(503, "store_unavailable", self._relative(str(e))) from None
-                except duckdb.Error as e:
-                    raise ApiError(503, "store_unavailable",
-                                   f"cannot open the catalog: {self._relative(str(e).splitlines()[0])}") from None
+                except duckdb.Error as e:  # the catalog file itself is damaged
+                    raise StoreDamaged(CATALOG, f"unreadable ({self._relative(str(e).splitlines()[0])})") from None
             return self._current
 
     def _relative(self, message: str) -> str:

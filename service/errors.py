@@ -95,10 +95,20 @@ def install(app: FastAPI) -> None:
     async def store_damaged(_: Request, e: StoreDamaged):
         return JSONResponse(_body("store_damaged", str(e)), status_code=503)
 
-    @app.exception_handler(duckdb.IOException)
-    @app.exception_handler(duckdb.InvalidInputException)
-    @app.exception_handler(duckdb.PermissionException)
-    async def duckdb_read_error(request: Request, e: duckdb.Error):
-        # DuckDB could not read a shard behind the filters view; anything else is unexpected.
-        damage = damage_in(request.app.state.catalog.root, e)
-        return await (unexpected(request, e) if damage is None else store_damaged(request, damage))
+    @app.exception_handler(duckdb.Error)
+    async def duckdb_error(request: Request, e: duckdb.Error):
+        # The service's own queries: DuckDB failing to read a store file (a shard named in the
+        # message; a corrupt page raises the base class, "TProtocolException: Invalid data") is
+        # a damaged store; running out of its memory or spill space, a busy one; anything else
+        # is unexpected.
+        root = request.app.state.catalog.root
+        if (damage := damage_in(root, e)) is not None:
+            return await store_damaged(request, damage)
+        if type(e) in (duckdb.Error, duckdb.IOException, duckdb.InvalidInputException):
+            message = str(e).strip().splitlines()[0].replace(str(root) + "/", "") if str(e).strip() else type(e).__name__
+            return JSONResponse(_body("store_damaged", f"a store file could not be read ({message}); "
+                                                       "run `cnnfilterdb verify` to check every file"), status_code=503)
+        if isinstance(e, duckdb.OutOfMemoryException):
+            return JSONResponse(_body("service_busy", "the service ran out of memory for this request; retry later"),
+                                status_code=503, headers={"Retry-After": "5"})
+        return await unexpected(request, e)

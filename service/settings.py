@@ -27,10 +27,12 @@ class Settings(BaseSettings):
     # The DuckDB instance behind every other endpoint
     duckdb_memory_limit: str = Field("2GB", description="memory of the DuckDB instance of the other endpoints")
     duckdb_threads: int = Field(2, ge=1, description="threads of each DuckDB instance")
+    duckdb_spill_max: str = Field("4GB", description="disk the DuckDB instance of the other endpoints may spill to "
+                                                     "(a temporary directory of the service's own, removed at exit)")
 
     # Requests
     max_body_bytes: int = Field(1_000_000, ge=1000, description="a larger request body is a 413, refused before it is read")
-    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="a request body stalling longer is a 408")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="a request body not received within this is a 408")
     max_connections: int = Field(500, ge=1, description="concurrent connections and requests; more get a 503 (uvicorn)")
 
     # Paging and response sizes

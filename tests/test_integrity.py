@@ -157,3 +157,60 @@ def test_a_truncated_catalog_is_one_line_on_the_cli(store, command, keep):
         return
     assert code == 1 and "Traceback" not in said and len(said.splitlines()) == 1, said
     assert "catalog.duckdb" in said and str(store) not in said
+
+
+def test_the_histograms_checked_are_the_histograms_used(store):
+    """The service reads the histogram file into memory when it opens a catalog generation: bytes
+    flipped or a file truncated afterwards change no answer and crash nothing (a mapping would
+    give wrong counts, or SIGBUS)."""
+    client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
+    before = client.post("/v1/divergence", json={"group_by": "task"}).json()["matrix"]
+    _, histograms = _files(store)
+    _flip_byte(store / histograms, (store / histograms).stat().st_size - 100)
+    assert client.post("/v1/divergence", json={"group_by": "task"}).json()["matrix"] == before
+    os.truncate(store / histograms, 1000)
+    assert client.post("/v1/divergence", json={"group_by": "task"}).json()["matrix"] == before
+    assert client.get("/v1/models/0/similar").status_code == 200
+
+
+def test_layer_ids_outside_the_store_stop_a_scan(store):
+    """The compiled kernels index by layer id unchecked: a row group whose ids fall outside the
+    store's range (a damaged shard) is refused before it reaches them."""
+    from cnnfilterdb.scan import LayerGroups, scan_range
+    from cnnfilterdb.store import FilterStore, StoreDamaged, load_basis
+
+    with FilterStore(store).connect() as con:
+        basis = load_basis(con)
+    shard, _ = _files(store)
+    too_few = LayerGroups.of([0], [0], 1, 0)  # as if the store had one layer: the shard's ids exceed it
+    with pytest.raises(StoreDamaged, match=r"layer ids outside the store's \[0, 1\]"):
+        scan_range([store / shard], too_few, basis)
+
+
+def test_the_services_spill_files_stay_in_its_own_bounded_directory(store):
+    app = create_app(Settings(db=store, duckdb_spill_max="1GB"))
+    catalog = app.state.catalog
+    with catalog.cursor() as cur:
+        temp, cap = cur.execute("SELECT current_setting('temp_directory'), current_setting('max_temp_directory_size')").fetchone()
+    assert Path(temp) == catalog.spill_dir and catalog.spill_dir.is_dir() and not str(catalog.spill_dir).startswith(str(store))
+    assert cap == "953.6 MiB"  # DuckDB's way of saying 1GB
+    spill = catalog.spill_dir
+    del app, catalog, cur
+    import gc
+
+    gc.collect()
+    assert not spill.exists()  # removed with the service
+
+
+def test_a_lone_surrogate_in_where_is_a_400(store):
+    client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
+    for path, body in [("/v1/pca", b'{"where": {"model": "\\udfff"}}'),
+                       ("/v1/divergence", b'{"group_by": "task", "where": {"task": ["a", "\\ud800"]}}')]:
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "surrogate" in r.json()["error"]["message"], r.text
+
+
+def test_non_finite_thresholds_are_refused(store):
+    client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
+    for q in ["entropy_norm_lt=nan", "entropy_norm_gt=inf", "entropy_norm_lt=1e999"]:
+        assert client.get(f"/v1/quality/degenerate?{q}").status_code == 422, q

@@ -78,8 +78,10 @@ def density2d(req: Density2dRequest, catalog: LiveCatalog = Depends(get_catalog)
 @router.get("/v1/quality/degenerate", response_model=DegenerateResponse)
 def degenerate(
     sparsity_gt: float = Query(0.5, ge=0, le=1, description="flag layers with sparsity above this"),
-    entropy_norm_lt: float = Query(0.5, description="flag layers with variance_entropy_norm below this (redundant)"),
-    entropy_norm_gt: float | None = Query(1.0, description="flag layers with variance_entropy_norm above this (random-like)"),
+    entropy_norm_lt: float = Query(0.5, allow_inf_nan=False,
+                                   description="flag layers with variance_entropy_norm below this (redundant)"),
+    entropy_norm_gt: float | None = Query(1.0, allow_inf_nan=False,
+                                          description="flag layers with variance_entropy_norm above this (random-like)"),
     limit: int = Query(100, ge=1, le=10_000),
     offset: int = Query(0, ge=0, le=2**40),
     catalog: LiveCatalog = Depends(get_catalog),
