@@ -35,6 +35,11 @@ MAX_BINS = 10_000
 # histograms (groups x 9 x bins int64, 160 MB at most) and the d x d matrix of a divergence.
 MAX_HISTOGRAM_CELLS = 20_000_000
 MAX_GROUPS = 1_000
+# The pairwise work of a divergence matrix, d (d - 1) / 2 pairs x 9 components x bins: about 1e8
+# cells a second here for the slowest metrics, so at most a few seconds (a review's 973 groups x
+# 2283 bins took 137 s and 1 GB); and the cells a /v1/histograms response may list (16 MB of JSON).
+MAX_PAIR_CELLS = 400_000_000
+MAX_RESPONSE_CELLS = 2_000_000
 
 
 @dataclass
@@ -217,7 +222,8 @@ class Analysis:
 
     # -- histograms ----------------------------------------------------------------------------
     def group_histograms(self, where: dict | None, group_by: str | None, bins: int = DEFAULT_BINS,
-                         basis: str = "global", max_groups: int | None = None) -> GroupHistograms:
+                         basis: str = "global", max_groups: int | None = None,
+                         max_pair_cells: int | None = None, max_cells: int | None = None) -> GroupHistograms:
         if basis not in BASES:
             raise SelectionError(f"unknown basis {basis!r}; known: {list(BASES)}")
         if not isinstance(bins, int) or not 1 <= bins <= MAX_BINS:
@@ -228,10 +234,16 @@ class Analysis:
         if max_groups is not None and len(sel.labels) > max_groups:
             raise SelectionError(f"group_by {group_by} gives {len(sel.labels)} groups; a divergence matrix "
                                  f"takes at most {max_groups}: narrow the selection with where")
-        if len(sel.labels) * 9 * bins > MAX_HISTOGRAM_CELLS:
-            raise SelectionError(f"group_by {group_by} gives {len(sel.labels)} groups; with {bins} bins that is "
-                                 f"{len(sel.labels) * 9 * bins:,} histogram cells, over the limit of "
-                                 f"{MAX_HISTOGRAM_CELLS:,}: narrow the selection with where, or use fewer bins")
+        d = len(sel.labels)
+        max_cells = MAX_HISTOGRAM_CELLS if max_cells is None else max_cells
+        if d * 9 * bins > max_cells:
+            raise SelectionError(f"group_by {group_by} gives {d} groups; with {bins} bins that is "
+                                 f"{d * 9 * bins:,} histogram cells, over the limit of "
+                                 f"{max_cells:,}: narrow the selection with where, or use fewer bins")
+        if max_pair_cells is not None and d * (d - 1) // 2 * 9 * bins > max_pair_cells:
+            raise SelectionError(f"group_by {group_by} gives {d} groups; with {bins} bins their {d * (d - 1) // 2:,} "
+                                 f"pairs are {d * (d - 1) // 2 * 9 * bins:,} cells to compare, over the limit of "
+                                 f"{max_pair_cells:,}: narrow the selection with where, or use fewer bins")
         if basis == "global":
             b = self.global_basis()
             lo, hi = b.range_min, b.range_max
@@ -259,7 +271,7 @@ class Analysis:
         if group_by is None:
             raise SelectionError("group_by is required")
         t0 = time.perf_counter()
-        h = self.group_histograms(where, group_by, bins, basis, max_groups=MAX_GROUPS)
+        h = self.group_histograms(where, group_by, bins, basis, max_groups=MAX_GROUPS, max_pair_cells=MAX_PAIR_CELLS)
         w = component_weights(weights, h.basis.explained_variance_ratio)
         D = divergence_matrix(h.counts, w, metric, h.bin_width)
         sel = h.selection
@@ -297,7 +309,7 @@ class Analysis:
 
     def histograms(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_BINS,
                    basis: str = "global") -> dict:
-        h = self.group_histograms(where, group_by, bins, basis)
+        h = self.group_histograms(where, group_by, bins, basis, max_cells=MAX_RESPONSE_CELLS)
         edges = np.linspace(h.lo, h.hi, h.bins + 1).tolist()
         return {
             "group_by": group_by,

@@ -57,6 +57,7 @@ class LiveCatalog:
         self.path = self.root / CATALOG
         self._lock = threading.Lock()
         self._current: Generation | None = None
+        self.analysis_slots = threading.BoundedSemaphore(settings.analysis_concurrency)
         # DuckDB's spill files (a layer's filters sorted for an .npy): in a directory of this
         # service's own, bounded by duckdb_spill_max, removed when the service ends.
         self.spill_dir = Path(tempfile.mkdtemp(prefix="cnnfilterdb-spill-"))

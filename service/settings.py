@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     duckdb_spill_max: str = Field("4GB", description="disk the DuckDB instance of the other endpoints may spill to "
                                                      "(a temporary directory of the service's own, removed at exit)")
 
+    # The analysis endpoints (limits per request: cnnfilterdb/analysis.py)
+    analysis_concurrency: int = Field(2, ge=1, le=64, description="analyses computed at once; others wait their turn")
+    analysis_wait_s: float = Field(10.0, ge=0, le=600, description="how long a request waits for its turn before a 429")
+
     # Requests
     max_body_bytes: int = Field(1_000_000, ge=1000, description="a larger request body is a 413, refused before it is read")
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description="a request body not received within this is a 408")

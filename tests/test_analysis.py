@@ -267,7 +267,17 @@ def test_query_size_limits(client, monkeypatch):
     r = client.post("/v1/divergence", json={"group_by": "layer_id"})
     assert r.status_code == 400 and f"{n_layers} groups" in r.json()["error"]["message"]
     assert client.post("/v1/divergence", json={"group_by": "layer_id", "where": {"conv_depth": 1}}).status_code == 200
-    monkeypatch.setattr(analysis, "MAX_HISTOGRAM_CELLS", 9 * 70 * n_layers - 1)
+    monkeypatch.setattr(analysis, "MAX_RESPONSE_CELLS", 9 * 70 * n_layers - 1)
     r = client.post("/v1/histograms", json={"group_by": "layer_id"})
     assert r.status_code == 400 and "histogram cells" in r.json()["error"]["message"]
     assert client.post("/v1/histograms", json={"group_by": "layer_id", "bins": 60}).status_code == 200
+    monkeypatch.setattr(analysis, "MAX_GROUPS", 10**6)
+    monkeypatch.setattr(analysis, "MAX_HISTOGRAM_CELLS", 9 * 70 * n_layers - 1)
+    r = client.post("/v1/divergence", json={"group_by": "layer_id"})
+    assert r.status_code == 400 and "histogram cells" in r.json()["error"]["message"]
+    monkeypatch.setattr(analysis, "MAX_HISTOGRAM_CELLS", 10**9)
+    pairs = n_layers * (n_layers - 1) // 2
+    monkeypatch.setattr(analysis, "MAX_PAIR_CELLS", pairs * 9 * 70 - 1)
+    r = client.post("/v1/divergence", json={"group_by": "layer_id", "metric": "wasserstein"})
+    assert r.status_code == 400 and f"{pairs:,} pairs" in r.json()["error"]["message"], r.text
+    assert client.post("/v1/divergence", json={"group_by": "layer_id", "bins": 60}).status_code == 200

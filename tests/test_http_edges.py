@@ -168,3 +168,22 @@ def test_ingest_disk_full_is_one_line_and_changes_nothing(tmp_path, sample_v1, s
 def test_a_where_value_of_no_valid_form_is_said_plainly(v1_client, where, status, message):
     r = v1_client.post("/v1/pca", json={"where": where})
     assert r.status_code == status and r.json()["error"]["message"].startswith(message), r.text
+
+
+def test_analyses_beyond_the_concurrency_limit_wait_then_get_a_429(v1_store):
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    client = TestClient(create_app(Settings(db=v1_store, analysis_concurrency=1, analysis_wait_s=0.2)),
+                        raise_server_exceptions=False)
+    slots = client.app.state.catalog.analysis_slots
+    assert slots.acquire(timeout=1)  # as if one analysis were running
+    try:
+        r = client.post("/v1/divergence", json={"group_by": "task"})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "analysis_busy" and r.headers["retry-after"] == "1"
+        assert client.get("/v1/models/0").status_code == 200  # the other endpoints are not held up
+    finally:
+        slots.release()
+    assert client.post("/v1/divergence", json={"group_by": "task"}).status_code == 200

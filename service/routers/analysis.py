@@ -20,11 +20,26 @@ from ..schemas import (DegenerateResponse, Density2dRequest, Density2dResponse, 
                        PcaRequest, PcaResponse, SimilarResponse, Weights)
 
 router = APIRouter(tags=["analysis"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-                                                 422: {"model": ErrorResponse}})
+                                                 422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
 
 
 @contextmanager
 def analysis(catalog: LiveCatalog) -> Iterator[Analysis]:
+    # At most analysis_concurrency computations at once (each is bounded in time and memory by the
+    # limits of cnnfilterdb/analysis.py; together they stay bounded too); a request waits for a
+    # turn up to analysis_wait_s, then gets a 429.
+    if not catalog.analysis_slots.acquire(timeout=catalog.settings.analysis_wait_s):
+        raise ApiError(429, "analysis_busy", f"{catalog.settings.analysis_concurrency} analyses are running; retry soon",
+                       headers={"Retry-After": "1"})
+    try:
+        with _analysis(catalog) as a:
+            yield a
+    finally:
+        catalog.analysis_slots.release()
+
+
+@contextmanager
+def _analysis(catalog: LiveCatalog) -> Iterator[Analysis]:
     gen = catalog.generation()
     cur = gen.cursor()  # of the same generation as the snapshot
     try:
