@@ -32,6 +32,9 @@ class BodyLimit:
                                     status_code=413, headers={"Connection": "close"})
             await response(scope, receive, send)
             return
+        if scope["method"] in ("GET", "HEAD") and declared is None:  # no body to bound: no per-request task
+            await self.app(scope, receive, send)
+            return
         received = 0
         deadline = asyncio.get_running_loop().time() + self.timeout_s  # for the whole body, not each part
 
