@@ -1,8 +1,9 @@
 """A SQL worker: the process that runs user SQL, one statement at a time.
 
 Started by ``pool.py`` as ``python -m service.usersql.worker STORE CONFIG_JSON``. It lowers its
-priority, confines itself to the store (``confine.py``: chroot, no writes, capped memory), opens the
-catalog read-only as its only database, then answers requests on stdin/stdout (``protocol.py``):
+priority, confines itself to the store (``confine.py``: chroot, no writes, capped memory), then
+answers requests on stdin/stdout (``protocol.py``), each on the catalog opened read-only as the only
+database of a DuckDB instance of its own (``Catalog``):
 
 request  ``{"sql", "params", "max_rows", "max_bytes", "timeout_s"}``
 reply    ``{"ok": true, "columns", "types", "n_rows", "truncated", "truncated_reason", "elapsed_ms"}``
@@ -10,8 +11,8 @@ reply    ``{"ok": true, "columns", "types", "n_rows", "truncated", "truncated_re
          ``{"ok": false, "status", "code", "message"}``.
 
 The rows are encoded here, under both caps (rows and bytes), so neither process ever holds more
-than the cap of them. Each request runs on a fresh cursor (its own temporary catalog and
-variables, dropped afterwards): nothing one request creates is seen by the next.
+than the cap of them. The instance is closed with its request: nothing one request creates or
+switches on is seen by the next.
 """
 from __future__ import annotations
 
