@@ -50,6 +50,17 @@ class Generation:
         return cur
 
 
+SPILL_PREFIX = "cnnfilterdb-spill-"
+
+
+def _remove_orphaned_spill_dirs() -> None:
+    """Spill directories of services that no longer run (their pid is in the name)."""
+    for d in Path(tempfile.gettempdir()).glob(f"{SPILL_PREFIX}*-*"):
+        pid = d.name[len(SPILL_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)
+
+
 class LiveCatalog:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -59,9 +70,15 @@ class LiveCatalog:
         self._current: Generation | None = None
         self.analysis_slots = threading.BoundedSemaphore(settings.analysis_concurrency)
         # DuckDB's spill files (a layer's filters sorted for an .npy): in a directory of this
-        # service's own, bounded by duckdb_spill_max, removed when the service ends.
-        self.spill_dir = Path(tempfile.mkdtemp(prefix="cnnfilterdb-spill-"))
-        weakref.finalize(self, shutil.rmtree, self.spill_dir, True)
+        # service's own, bounded by duckdb_spill_max, removed when the service ends (close(), or
+        # at exit); one a killed service left behind is removed by the next one.
+        _remove_orphaned_spill_dirs()
+        self.spill_dir = Path(tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.spill_dir, True)
+
+    def close(self) -> None:
+        """Remove the spill directory (the service's shutdown)."""
+        self._cleanup()
 
     def _open(self, st: os.stat_result) -> Generation:
         s = self.settings

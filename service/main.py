@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sql_pool.start()  # in the background; without a lifespan (tests) the first query starts it
         yield
         sql_pool.close()
+        app.state.catalog.close()
 
     app = FastAPI(
         lifespan=lifespan,

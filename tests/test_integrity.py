@@ -214,3 +214,20 @@ def test_non_finite_thresholds_are_refused(store):
     client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
     for q in ["entropy_norm_lt=nan", "entropy_norm_gt=inf", "entropy_norm_lt=1e999"]:
         assert client.get(f"/v1/quality/degenerate?{q}").status_code == 422, q
+
+
+def test_a_spill_directory_left_by_a_killed_service_is_removed_by_the_next(store, tmp_path):
+    import subprocess
+    import tempfile
+
+    from service.catalog import SPILL_PREFIX
+
+    dead = subprocess.Popen(["true"])  # a pid that no longer runs
+    dead.wait()
+    orphan = Path(tempfile.gettempdir()) / f"{SPILL_PREFIX}{dead.pid}-test"
+    orphan.mkdir()
+    (orphan / "duckdb_temp_storage.tmp").write_bytes(b"x")
+    app = create_app(Settings(db=store))
+    assert not orphan.exists() and app.state.catalog.spill_dir.is_dir()
+    app.state.catalog.close()
+    assert not app.state.catalog.spill_dir.exists()
