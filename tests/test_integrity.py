@@ -4,10 +4,13 @@ references, `cnnfilterdb verify` recomputes them, and a missing or damaged file 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
@@ -231,3 +234,31 @@ def test_a_spill_directory_left_by_a_killed_service_is_removed_by_the_next(store
     assert not orphan.exists() and app.state.catalog.spill_dir.is_dir()
     app.state.catalog.close()
     assert not app.state.catalog.spill_dir.exists()
+
+
+def test_filter_ids_that_contradict_the_catalog_are_a_503_not_a_wrong_page(store):
+    """A shard rewritten with some of layer 4's filter ids moved into layer 3's range (and the
+    catalog's record of it updated, so that only the contents disagree): the layer's JSON page and
+    its .npy do not answer with rows of another layer."""
+    import pyarrow.parquet as pq
+
+    from ingest.shards import PARQUET_OPTIONS
+    from cnnfilterdb.store import file_sha256
+
+    shard, _ = _files(store)
+    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+        first4 = con.execute("SELECT filter_id_first FROM layers WHERE layer_id = 4").fetchone()[0]
+    table = pq.read_table(store / shard)
+    ids = table.column("filter_id").to_numpy().copy()
+    ids[(ids >= first4) & (ids < first4 + 5)] -= 5  # now duplicates of layer 3's last five ids
+    table = table.set_column(table.schema.get_field_index("filter_id"), "filter_id", pa.array(ids, table.schema.field("filter_id").type))
+    with pq.ParquetWriter(store / shard, table.schema, **PARQUET_OPTIONS) as writer:
+        writer.write_table(table, row_group_size=128 * 1024)
+    with duckdb.connect(str(store / "catalog.duckdb")) as con:
+        con.execute("UPDATE _shards SET bytes = ?, sha256 = ? WHERE path = ?",
+                    [(store / shard).stat().st_size, file_sha256(store / shard), shard])
+    client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
+    r = client.get("/v1/layers/3/filters?limit=100000")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "store_damaged", r.text[:300]
+    with pytest.raises(Exception):  # the stream is cut: never an .npy whose rows contradict its header
+        np.load(io.BytesIO(client.get("/v1/layers/3/filters?format=npy").content))

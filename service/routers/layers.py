@@ -10,6 +10,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic_core import to_json
 
+from cnnfilterdb.store import SHARDS, StoreDamaged
+
 from ..catalog import LiveCatalog
 from ..deps import get_catalog, get_settings, respond, rows_as_dicts
 from ..errors import not_found
@@ -73,6 +75,9 @@ def layer_filters(
         if lo <= last:
             res = cur.execute(f"SELECT filter_id, {WEIGHTS} FROM filters WHERE filter_id BETWEEN ? AND ? "
                               "ORDER BY filter_id", [lo, hi]).fetchnumpy()
+            if len(res["filter_id"]) != hi - lo + 1:  # filter ids of a damaged shard
+                raise StoreDamaged(SHARDS, f"layer {layer_id}'s filters {lo}..{hi} read back as "
+                                           f"{len(res['filter_id'])} rows")
             W = np.stack([res[f"w{i}"] for i in range(9)], axis=1)
             items = _as_filters(res["filter_id"], W, layer["model_id"], layer_id)
     nxt = f"{request.url.path}?offset={offset + limit}&limit={limit}" if hi < last else None
@@ -100,11 +105,17 @@ def _npy_chunks(cur, n: int, head: list, batches) -> Iterator[bytes]:
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (n, 3, 3)})
         yield header.getvalue()
+        sent = 0
         for batch in itertools.chain(head, batches):
+            sent += batch.num_rows
+            if sent > n:  # a damaged shard's filter ids: never a body that contradicts its header
+                raise StoreDamaged(SHARDS, f"more than the layer's {n} filters read back")
             W = np.empty((batch.num_rows, 9), dtype="<f4")
             for j in range(9):
                 W[:, j] = batch.column(j).to_numpy(zero_copy_only=False)
             yield W.tobytes()
+        if sent != n:  # raised mid-stream, this ends the connection: the client sees a cut body
+            raise StoreDamaged(SHARDS, f"{sent} of the layer's {n} filters read back")
     finally:
         cur.close()
 
