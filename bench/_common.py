@@ -20,6 +20,19 @@ def build_sample_store(db, n: int, seed: int) -> None:
     src.unlink()
 
 
+def bench_store(db, work, n: int, seed: int):
+    """The store to benchmark: ``db`` if given, else a sample store of ``n`` filters built in ``work``."""
+    import time
+
+    if db is not None:
+        return db
+    db = work / "db"
+    t = time.perf_counter()
+    build_sample_store(db, n, seed)
+    print(f"built a store of {n:,} filters in {time.perf_counter() - t:.1f} s")
+    return db
+
+
 def start_service(db, env: dict | None = None):
     """`cnnfilterdb serve` on a free loopback port, answering /health: (process, base URL)."""
     import os

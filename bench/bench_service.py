@@ -22,7 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import build_sample_store, start_service  # noqa: E402
+from bench._common import bench_store, start_service  # noqa: E402
 
 
 
@@ -65,12 +65,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cnnfilterdb-load-"))
     server = None
     try:
-        db = args.db
-        if db is None:
-            db = work / "db"
-            t = time.perf_counter()
-            build_sample_store(db, int(args.filters), seed=7)
-            print(f"built a store of {int(args.filters):,} filters in {time.perf_counter() - t:.1f} s")
+        db = bench_store(args.db, work, int(args.filters), seed=7)
         from cnnfilterdb.store import FilterStore
 
         with FilterStore(db).connect() as con:  # resolves the views' store-relative shard paths

@@ -31,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import build_sample_store, start_service  # noqa: E402
+from bench._common import bench_store, start_service  # noqa: E402
 
 # Runs far past 5 s (1e12 pairs), in constant memory: the worker is interrupted at the limit.
 SLOW_SQL = "SELECT count(*) FROM range(1000000) a, range(1000000) b WHERE (a.range * b.range) % 1000003 = 7"
@@ -118,12 +118,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cnnfilterdb-fair-"))
     server = None
     try:
-        db = args.db
-        if db is None:
-            db = work / "db"
-            t = time.perf_counter()
-            build_sample_store(db, int(args.filters), seed=11)
-            print(f"built a store of {int(args.filters):,} filters in {time.perf_counter() - t:.1f} s")
+        db = bench_store(args.db, work, int(args.filters), seed=11)
         from cnnfilterdb.store import FilterStore
 
         with FilterStore(db).connect() as con:
@@ -143,7 +138,7 @@ def main() -> None:
               f"p99 {np.percentile(b, 99):.1f} ms" if len(b) else f"  SQL outcomes: {dict(outcomes)}")
         print(f"  errors: {len(base_err) + len(load_err)}", (base_err + load_err)[:5])
         print(f"  peak RSS of the live SQL workers: {[f'{p / 2**20:.0f} MiB' for p in sql_worker_peaks()]} "
-              f"(cap {limits['sql_worker_memory_cap_bytes'] / 2**30:.0f} GiB of address space each)")
+              f"(cap {limits['sql_worker_memory_cap'] / 2**30:.0f} GiB of address space each)")
     finally:
         if server is not None:
             server.terminate()

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .store import FilterStore, StoreError, default_db
+from .store import FilterStore, StoreError, default_db, first_line, relative_to_store
 
 
 def _bounded(kind, lo, hi):
@@ -131,7 +131,7 @@ def cmd_drift(args) -> int:
     store = FilterStore(args.db or default_db())
     with store.connect() as con:
         analysis = Analysis(con, store.root)
-        analysis.snapshot.shard_paths(con)  # what the service checks when it opens a catalog: every shard there
+        analysis.snapshot.prepare(con)  # as the service does when it opens a catalog: every file checked
         try:
             out = analysis.divergence(args.group_by, where, args.metric, args.bins, args.weights, args.basis)
         except SelectionError as e:
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(e, duckdb.Error):
             raise
         # e.g. a catalog damaged past what opening it reads: one line, files relative to the store
-        message = FilterStore(getattr(args, "db", None) or default_db()).relative(str(e).strip().splitlines()[0])
+        message = relative_to_store(FilterStore(getattr(args, "db", None) or default_db()).root, first_line(e))
         print(f"cnnfilterdb: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

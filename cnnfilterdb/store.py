@@ -71,6 +71,12 @@ def first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+def relative_to_store(root: Path, message: str) -> str:
+    """``message`` with the store's absolute path taken out: files named relative to the store,
+    as clients and users see them."""
+    return message.replace(str(root) + os.sep, "")
+
+
 def store_name(path: Path) -> str:
     """A store file's name as the catalog records it, relative to the store: every file the
     catalog references is in ``shards/``."""
@@ -170,15 +176,6 @@ class Verification:
     problems: list[str]  # one line per damaged or missing file: "<path relative to the store>: <what is wrong>"
 
 
-@dataclass
-class ShardInfo:
-    path: str  # relative to the store directory
-    n_rows: int
-    filter_id_first: int
-    filter_id_last: int
-    bytes: int
-
-
 class FilterStore:
     """Read access to a store directory."""
 
@@ -198,17 +195,13 @@ class FilterStore:
             con = duckdb.connect(str(self.catalog_path), read_only=True,
                                  config={"file_search_path": str(self.root), **(config or {})})
         except duckdb.Error as e:
-            raise StoreDamaged(CATALOG, f"unreadable ({self.relative(first_line(e))})") from None
+            raise StoreDamaged(CATALOG, f"unreadable ({relative_to_store(self.root, first_line(e))})") from None
         try:
             check_schema(con, self.catalog_path)
         except StoreError:
             con.close()
             raise
         return con
-
-    def relative(self, message: str) -> str:
-        """``message`` with this store's absolute path taken out (files named relative to it)."""
-        return message.replace(str(self.root) + os.sep, "")
 
     def info(self) -> dict:
         """Counts, basis and sizes of the store."""
@@ -252,7 +245,7 @@ class FilterStore:
         except StoreDamaged as e:
             return Verification(0, 0, [f"{e.rel}: {e.problem}"])
         except duckdb.Error as e:
-            return Verification(0, 0, [f"{CATALOG}: unreadable ({self.relative(first_line(e))})"])
+            return Verification(0, 0, [f"{CATALOG}: unreadable ({relative_to_store(self.root, first_line(e))})"])
         problems = [f"{rel}: {problem}" for rel, size, sha256 in files
                     if (problem := file_problem(self.root, rel, size, sha256)) is not None]
         return Verification(len(files), sum(size for _, size, _ in files), problems)

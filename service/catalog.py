@@ -31,7 +31,8 @@ from typing import Iterator
 import duckdb
 
 from cnnfilterdb.analysis import Snapshot
-from cnnfilterdb.store import CATALOG, SHARDS, StoreDamaged, StoreError, check_schema, sql_string
+from cnnfilterdb.store import (CATALOG, SHARDS, StoreDamaged, StoreError, check_schema, first_line,
+                               relative_to_store, sql_string)
 
 from .errors import ApiError
 from .settings import Settings
@@ -132,14 +133,10 @@ class LiveCatalog:
                 except StoreDamaged:
                     raise  # a file the snapshot checks: 503 store_damaged naming it (errors.py)
                 except StoreError as e:
-                    raise ApiError(503, "store_unavailable", self._relative(str(e))) from None
+                    raise ApiError(503, "store_unavailable", relative_to_store(self.root, str(e))) from None
                 except duckdb.Error as e:  # the catalog file itself is damaged
-                    raise StoreDamaged(CATALOG, f"unreadable ({self._relative(str(e).splitlines()[0])})") from None
+                    raise StoreDamaged(CATALOG, f"unreadable ({relative_to_store(self.root, first_line(e))})") from None
             return self._current
-
-    def _relative(self, message: str) -> str:
-        """A message with the store's absolute path taken out: clients see store-relative names."""
-        return message.replace(str(self.root) + os.sep, "")
 
     @contextmanager
     def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cnnfilterdb.store import StoreDamaged, damage_in
+from cnnfilterdb.store import StoreDamaged, damage_in, first_line, relative_to_store
 
 log = logging.getLogger("cnnfilterdb.service")
 MESSAGE_CHARS = 1000
@@ -105,7 +105,7 @@ def install(app: FastAPI) -> None:
         if (damage := damage_in(root, e)) is not None:
             return await store_damaged(request, damage)
         if type(e) in (duckdb.Error, duckdb.IOException, duckdb.InvalidInputException):
-            message = str(e).strip().splitlines()[0].replace(str(root) + "/", "") if str(e).strip() else type(e).__name__
+            message = relative_to_store(root, first_line(e))
             return JSONResponse(_body("store_damaged", f"a store file could not be read ({message}); "
                                                        "run `cnnfilterdb verify` to check every file"), status_code=503)
         if isinstance(e, duckdb.OutOfMemoryException):

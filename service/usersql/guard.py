@@ -20,6 +20,8 @@ import re
 
 import duckdb
 
+from cnnfilterdb.store import first_line
+
 READING = duckdb.StatementType.SELECT
 EXPLAIN = duckdb.StatementType.EXPLAIN
 CREATE = duckdb.StatementType.CREATE
@@ -33,11 +35,6 @@ class SqlRefused(Exception):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _tokens(sql: str) -> list[tuple[int, str, str]]:

@@ -23,13 +23,13 @@ import threading
 import time
 from pathlib import Path
 
+from cnnfilterdb.store import CATALOG, SHARDS, damage_in, first_line
+
 from ..jsonable import NestingError, jsonable
 from . import protocol
 from .confine import Confinement, confine, limit_cpu_seconds, lower_priority
-from .guard import SqlRefused, check_reading, first_line
+from .guard import SqlRefused, check_reading
 
-CATALOG = "catalog.duckdb"  # == cnnfilterdb.store.CATALOG (not imported: the worker loads little)
-SHARDS = "shards"
 FETCH_ROWS = 1024
 
 
@@ -147,8 +147,6 @@ def run(catalog: Catalog, req: dict, threads: int) -> tuple[dict, bytes | None]:
 def _damaged_shard(con, e):
     """StoreDamaged when ``e`` is DuckDB failing to read one of the store's own shards (a name the
     catalog lists: a query of some other path under shards/ is the user's own error)."""
-    from cnnfilterdb.store import damage_in
-
     damage = None if con is None else damage_in(Path("/"), e)
     if damage is None:
         return None
@@ -172,7 +170,6 @@ def preload() -> None:
     import duckdb  # noqa: F401
     import pytz  # TIMESTAMPTZ results: DuckDB converts them with pytz, which reads its zone files lazily
 
-    import cnnfilterdb.store  # noqa: F401  (naming a damaged shard)
 
     for tz in ("UTC", "Etc/UTC"):
         pytz.timezone(tz)
