@@ -12,7 +12,7 @@ from . import errors
 from .body_limit import BodyLimit
 from .catalog import LiveCatalog
 from .head import HeadAsGet
-from .routers import analysis, layers, meta, models, sql
+from .routers import analysis, dashboard, layers, meta, models, plots, sql
 from .schemas import ErrorResponse
 from .settings import Settings
 from .usersql.pool import SqlLimits, SqlPool
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
-    for r in (meta.router, models.router, layers.router, analysis.router, sql.router):
+    for r in (meta.router, models.router, layers.router, analysis.router, plots.router, sql.router, dashboard.router):
         app.include_router(r)
     return app
 
