@@ -26,6 +26,7 @@ from .selection import EmptySelectionError, Selection, SelectionError, select
 from .stats.basis import Basis, fit_basis
 from .stats.divergence import (DEFAULT_BINS, METRICS, WEIGHTS, component_weights, distances_to,
                                divergence_matrix, drift)
+from .stats.kde import DEFAULT_KDE_BINS, histogram_quantiles, kde_from_histogram, silverman_bandwidth
 from .stats.moments import pool
 from .store import StoreDamaged, file_problem, load_basis, unreadable
 
@@ -40,6 +41,10 @@ MAX_GROUPS = 1_000
 # 2283 bins took 137 s and 1 GB); and the cells a /v1/histograms response may list (16 MB of JSON).
 MAX_PAIR_CELLS = 400_000_000
 MAX_RESPONSE_CELLS = 2_000_000
+MAX_DENSITY2D_BINS = 1000
+# The thresholds of a degenerate layer (SPEC 6.4): sparsity above, normalized variance entropy
+# below (redundant) or above (random-like).
+DEGENERATE_THRESHOLDS = {"sparsity_gt": 0.5, "entropy_norm_lt": 0.5, "entropy_norm_gt": 1.0}
 
 
 @dataclass
@@ -232,8 +237,8 @@ class Analysis:
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection" + (f" (where: {where})" if where else ""))
         if max_groups is not None and len(sel.labels) > max_groups:
-            raise SelectionError(f"group_by {group_by} gives {len(sel.labels)} groups; a divergence matrix "
-                                 f"takes at most {max_groups}: narrow the selection with where")
+            raise SelectionError(f"group_by {group_by} gives {len(sel.labels)} groups; at most {max_groups} "
+                                 f"here: narrow the selection with where")
         d = len(sel.labels)
         max_cells = MAX_HISTOGRAM_CELLS if max_cells is None else max_cells
         if d * 9 * bins > max_cells:
@@ -263,7 +268,8 @@ class Analysis:
 
     # -- the statistics --------------------------------------------------------------------------
     def divergence(self, group_by: str, where: dict | None = None, metric: str = "kl_sym",
-                   bins: int = DEFAULT_BINS, weights: str = "explained_variance", basis: str = "global") -> dict:
+                   bins: int = DEFAULT_BINS, weights: str = "explained_variance", basis: str = "global",
+                   max_groups: int = MAX_GROUPS) -> dict:
         if metric not in METRICS:
             raise SelectionError(f"unknown metric {metric!r}; known: {list(METRICS)}")
         if weights not in WEIGHTS:
@@ -271,7 +277,7 @@ class Analysis:
         if group_by is None:
             raise SelectionError("group_by is required")
         t0 = time.perf_counter()
-        h = self.group_histograms(where, group_by, bins, basis, max_groups=MAX_GROUPS, max_pair_cells=MAX_PAIR_CELLS)
+        h = self.group_histograms(where, group_by, bins, basis, max_groups=max_groups, max_pair_cells=MAX_PAIR_CELLS)
         w = component_weights(weights, h.basis.explained_variance_ratio)
         D = divergence_matrix(h.counts, w, metric, h.bin_width)
         sel = h.selection
@@ -296,6 +302,85 @@ class Analysis:
             "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
         }
 
+    def kde(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_KDE_BINS,
+            basis: str = "global", max_groups: int | None = None) -> dict:
+        """Per group and component, the Gaussian KDE of the coefficients with Silverman's bandwidth
+        (the ridge plots; the math in ``stats/kde.py``), from an exact histogram of ``bins`` bins
+        over the basis range and the group's exact standard deviation (from its layers' moments).
+
+        Returns
+        -------
+        dict with ``grid`` (bins,) the bin centres, and per group ``density`` (9, bins),
+        ``bandwidth`` (9,), ``std`` (9,), ``quartiles`` (9, 2): the 25th and 75th percentiles.
+        """
+        h = self.group_histograms(where, group_by, bins, basis, max_groups=max_groups, max_cells=MAX_RESPONSE_CELLS)
+        sel, b = h.selection, h.basis
+        moments = self.snapshot.layer_moments(self.cur)
+        pos = np.searchsorted(moments.layer_ids, sel.layer_ids)
+        std = np.zeros((len(sel.labels), 9))
+        for g in range(len(sel.labels)):  # the coefficients' variances: diag(C S C^T) / (n - 1)
+            m = pool(moments.n[pos][sel.layer_group == g], moments.mean[pos][sel.layer_group == g],
+                     moments.scatter[pos][sel.layer_group == g])
+            if m.n >= 2:
+                std[g] = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", b.components, m.scatter, b.components), 0) / (m.n - 1))
+        n = h.counts.sum(axis=2)  # (groups, 9): the values in range (all of them: the range is the basis's)
+        q = histogram_quantiles(h.counts, h.lo, h.hi, np.array([0.01, 0.25, 0.75, 0.99]))
+        bw = silverman_bandwidth(n, std, q)
+        density = kde_from_histogram(h.counts.reshape(-1, bins), h.lo, h.hi, bw.reshape(-1)).reshape(h.counts.shape)
+        edges = np.linspace(h.lo, h.hi, bins + 1)
+        return {
+            "group_by": group_by, "range": [h.lo, h.hi], "bins": bins, "grid": ((edges[:-1] + edges[1:]) / 2).tolist(),
+            "basis": {"kind": basis, "version": b.version if basis == "global" else None},
+            "groups": [{"label": lab, "n_filters": int(nf), "n_models": int(nm), "bandwidth": bw[g].tolist(),
+                        "std": std[g].tolist(), "quartiles": q[g, :, 1:3].tolist(), "density": density[g].tolist()}
+                       for g, (lab, nf, nm) in enumerate(zip(sel.labels, sel.n_filters, sel.n_models))],
+            "method": h.method,
+        }
+
+    def layer_quality(self, where: dict | None = None, color_by: str = "task") -> dict:
+        """Every selected layer's quality metrics (SPEC 6.4) and its value of ``color_by``.
+
+        Returns
+        -------
+        dict with ``layers``: columns layer_id, model_id, label, n_filters, sparsity,
+        variance_entropy_norm (one list each, layer_id order); ``labels`` the distinct values of
+        ``color_by`` in natural order with ``n_models`` each; ``thresholds`` the degenerate ones.
+        """
+        from .selection import GROUP_FIELDS, natural_order, where_sql
+
+        if color_by not in GROUP_FIELDS:
+            raise SelectionError(f"unknown color_by {color_by!r}; known: {GROUP_FIELDS}")
+        cond, params = where_sql(where)
+        rows = self.cur.execute(f"SELECT layer_id, model_id, {color_by} AS label, n_filters, sparsity, "
+                                f"variance_entropy_norm FROM layers_with_models WHERE {cond} ORDER BY layer_id",
+                                params).fetchall()
+        if not rows:
+            raise EmptySelectionError("no layers match the selection")
+        cols = ["layer_id", "model_id", "label", "n_filters", "sparsity", "variance_entropy_norm"]
+        layers = {c: [r[i] for r in rows] for i, c in enumerate(cols)}
+        models: dict = {}
+        for lab, mid in zip(layers["label"], layers["model_id"]):
+            models.setdefault(lab, set()).add(mid)
+        labels = natural_order(list(models))
+        return {"color_by": color_by, "labels": labels, "n_models": [len(models[v]) for v in labels],
+                "layers": layers, "thresholds": dict(DEGENERATE_THRESHOLDS)}
+
+    def layer_filters(self, layer_id: int, limit: int) -> tuple[dict, np.ndarray]:
+        """A layer (layer_id, model_id, model, conv_depth, n_filters) and its first ``limit``
+        filters, (min(limit, n_filters), 3, 3) float32 in filter_id order. LookupError: no such layer."""
+        row = self.cur.execute("SELECT layer_id, model_id, model, conv_depth, n_filters, filter_id_first "
+                               "FROM layers_with_models WHERE layer_id = ?", [layer_id]).fetchone()
+        if row is None:
+            raise LookupError(layer_id)
+        layer = dict(zip(("layer_id", "model_id", "model", "conv_depth", "n_filters", "filter_id_first"), row))
+        first, n = layer["filter_id_first"], min(limit, layer["n_filters"])
+        res = self.cur.execute("SELECT w0, w1, w2, w3, w4, w5, w6, w7, w8 FROM filters WHERE filter_id BETWEEN ? AND ? "
+                               "ORDER BY filter_id", [first, first + n - 1]).fetchnumpy()
+        W = np.stack([np.asarray(res[f"w{i}"], dtype=np.float32) for i in range(9)], axis=1)
+        if len(W) != n:  # filter ids of a damaged shard
+            raise StoreDamaged("shards", f"layer {layer_id}'s first {n} filters read back as {len(W)} rows")
+        return layer, W.reshape(n, 3, 3)
+
     def pca(self, where: dict | None = None) -> dict:
         sel = select(self.cur, where, None)
         b = self.selection_basis(sel)
@@ -305,6 +390,8 @@ class Analysis:
             "components": [c.reshape(3, 3).tolist() for c in b.components],
             "explained_variance": b.explained_variance.tolist(),
             "explained_variance_ratio": b.explained_variance_ratio.tolist(),
+            # scikit-learn's get_covariance() with all 9 components: the sample covariance (9, 9)
+            "covariance": (b.components.T @ np.diag(b.explained_variance) @ b.components).tolist(),
         }
 
     def histograms(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_BINS,
@@ -323,14 +410,29 @@ class Analysis:
         }
 
     def density2d(self, where: dict | None = None, components: tuple[int, int] = (0, 1), bins: int = DEFAULT_BINS,
-                  basis: str = "global") -> dict:
-        """2-D histogram of two components' coefficients over the basis range (the paper's scatter density)."""
+                  basis: str = "global", value_range: tuple[float, float] | None = None) -> dict:
+        """2-D histogram of two components' coefficients (the paper's scatter density).
+
+        Parameters
+        ----------
+        components : (i, j), the coefficients on the first and second axis of ``counts``.
+        bins : bins per axis.
+        value_range : (lo, hi) of both axes; default the basis range (the notebook: (-3.3, 3.3)).
+
+        Returns
+        -------
+        dict with ``counts`` (bins, bins) int: np.histogram2d(c_i, c_j, bins, [value_range] * 2),
+        rows indexed by c_i; ``edges`` (bins + 1,); ``range``; ``n_filters``; ``basis``.
+        """
         if basis not in BASES:
             raise SelectionError(f"unknown basis {basis!r}; known: {list(BASES)}")
-        if not isinstance(bins, int) or not 1 <= bins <= 1000:
-            raise SelectionError(f"bins must be an integer from 1 to 1000, got {bins!r}")
+        if not isinstance(bins, int) or not 1 <= bins <= MAX_DENSITY2D_BINS:
+            raise SelectionError(f"bins must be an integer from 1 to {MAX_DENSITY2D_BINS}, got {bins!r}")
         if len(components) != 2 or not all(isinstance(c, int) and 0 <= c < 9 for c in components):
             raise SelectionError(f"components must be two indices from 0 to 8, got {components!r}")
+        if value_range is not None and not (len(value_range) == 2 and all(np.isfinite(value_range))
+                                            and value_range[0] < value_range[1]):
+            raise SelectionError(f"range must be two finite numbers lo < hi, got {value_range!r}")
         sel = select(self.cur, where, None)
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection")
@@ -342,12 +444,16 @@ class Analysis:
         else:
             b = self.selection_basis(sel)
             lo, hi, _ = scan_range(paths, groups, b)
+        if value_range is not None:
+            lo, hi = float(value_range[0]), float(value_range[1])
         counts = scan_histogram2d(paths, groups, b, lo, hi, bins, tuple(components))
         return {"components": list(components), "range": [lo, hi], "bins": bins,
                 "edges": np.linspace(lo, hi, bins + 1).tolist(), "n_filters": int(sel.n_filters.sum()),
                 "counts": counts.tolist(), "basis": {"kind": basis, "version": b.version if basis == "global" else None}}
 
-    def degenerate(self, sparsity_gt: float = 0.5, entropy_norm_lt: float = 0.5, entropy_norm_gt: float | None = 1.0,
+    def degenerate(self, sparsity_gt: float = DEGENERATE_THRESHOLDS["sparsity_gt"],
+                   entropy_norm_lt: float = DEGENERATE_THRESHOLDS["entropy_norm_lt"],
+                   entropy_norm_gt: float | None = DEGENERATE_THRESHOLDS["entropy_norm_gt"],
                    where: dict | None = None, limit: int = 100, offset: int = 0) -> dict:
         """Layers over any of the thresholds: sparsity > sparsity_gt, variance_entropy_norm <
         entropy_norm_lt (redundant), variance_entropy_norm > entropy_norm_gt (random-like; None: off)."""

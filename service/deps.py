@@ -1,4 +1,5 @@
-"""Dependencies injected into the routers: the settings, the live catalog, the SQL worker pool."""
+"""Dependencies injected into the routers: the settings, the live catalog, the SQL worker pool,
+the cache of rendered figures."""
 from __future__ import annotations
 
 from fastapi import Request
@@ -6,6 +7,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from .catalog import LiveCatalog
+from .figure_cache import FigureCache
 from .settings import Settings
 from .usersql.pool import SqlPool
 
@@ -20,6 +22,10 @@ def get_catalog(request: Request) -> LiveCatalog:
 
 def get_sql_pool(request: Request) -> SqlPool:
     return request.app.state.sql_pool
+
+
+def get_figure_cache(request: Request) -> FigureCache:
+    return request.app.state.figure_cache
 
 
 def rows_as_dicts(cur) -> list[dict]:

@@ -56,7 +56,7 @@ def install(app: FastAPI) -> None:
 
         parts, status, unions, bounded = [], 422, set(), set()
         for err in e.errors():
-            raw = [x for x in err.get("loc", ()) if x != "body"]
+            raw = [x for x in err.get("loc", ()) if x not in ("body", "query")]
             loc = [str(x) for x in raw if not _is_type_tag(x)]  # pydantic's names of union members
             where = ".".join(loc) or "request"
             in_bounds = any(isinstance(x, str) and x.startswith("Bounds[") for x in raw)

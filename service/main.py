@@ -11,6 +11,7 @@ from cnnfilterdb import __version__
 from . import errors
 from .body_limit import BodyLimit
 from .catalog import LiveCatalog
+from .figure_cache import FigureCache
 from .head import HeadAsGet
 from .routers import analysis, dashboard, layers, meta, models, plots, sql
 from .schemas import ErrorResponse
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.catalog = LiveCatalog(settings)
     app.state.sql_pool = sql_pool
+    app.state.figure_cache = FigureCache(settings.figure_cache_bytes)
     errors.install(app)
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     # The analysis endpoints (limits per request: cnnfilterdb/analysis.py)
     analysis_concurrency: int = Field(2, ge=1, le=64, description="analyses computed at once; others wait their turn")
     analysis_wait_s: float = Field(10.0, ge=0, le=600, description="how long a request waits for its turn before a 429")
+    figure_cache_bytes: int = Field(64_000_000, ge=0, description="rendered figures kept in memory, by ETag (GET /v1/plots)")
 
     # Requests
     max_body_bytes: int = Field(1_000_000, ge=1000, description="a larger request body is a 413, refused before it is read")

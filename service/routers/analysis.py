@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from cnnfilterdb.analysis import Analysis
 from cnnfilterdb.selection import EmptySelectionError, SelectionError
 
-from ..catalog import LiveCatalog
+from ..catalog import Generation, LiveCatalog
 from ..deps import get_catalog, respond
 from ..errors import ApiError, not_found
 from ..jsonable import jsonable
@@ -24,7 +24,7 @@ router = APIRouter(tags=["analysis"], responses={400: {"model": ErrorResponse}, 
 
 
 @contextmanager
-def analysis(catalog: LiveCatalog) -> Iterator[Analysis]:
+def analysis(catalog: LiveCatalog, gen: Generation | None = None) -> Iterator[Analysis]:
     # At most analysis_concurrency computations at once (each is bounded in time and memory by the
     # limits of cnnfilterdb/analysis.py; together they stay bounded too); a request waits for a
     # turn up to analysis_wait_s, then gets a 429.
@@ -32,15 +32,14 @@ def analysis(catalog: LiveCatalog) -> Iterator[Analysis]:
         raise ApiError(429, "analysis_busy", f"{catalog.settings.analysis_concurrency} analyses are running; retry soon",
                        headers={"Retry-After": "1"})
     try:
-        with _analysis(catalog) as a:
+        with _analysis(catalog, gen or catalog.generation()) as a:
             yield a
     finally:
         catalog.analysis_slots.release()
 
 
 @contextmanager
-def _analysis(catalog: LiveCatalog) -> Iterator[Analysis]:
-    gen = catalog.generation()
+def _analysis(catalog: LiveCatalog, gen: Generation) -> Iterator[Analysis]:
     cur = gen.cursor()  # of the same generation as the snapshot
     try:
         # The generation's snapshot (basis, shards, per-layer histograms) is read once and kept:

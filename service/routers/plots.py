@@ -1,6 +1,122 @@
-"""GET /v1/plots/{figure}.{png|svg|pdf}: the paper's figures (cnnfilterdb/figures.py) over HTTP."""
+"""GET /v1/plots/{figure}.{png|svg|pdf}: the paper's figures (cnnfilterdb/figures.py, plots.py).
+
+The query parameters are the analysis endpoints' (``where`` as JSON), validated as theirs are
+and giving the same errors. A figure depends only on its parameters and the catalog generation,
+so its ETag is their digest: a request whose ``If-None-Match`` holds it is a 304 without any
+computation, and rendered bytes are kept by ETag (service/figure_cache.py).
+"""
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hashlib
+import json
 
-router = APIRouter(tags=["plots"])
+import matplotlib
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from cnnfilterdb import __version__
+from cnnfilterdb.plots import FIGURES, FORMATS, MAX_DPI, MAX_INCHES, MEDIA_TYPES, PlotRequest, draw, render
+from cnnfilterdb.selection import SelectionError
+
+from ..catalog import LiveCatalog
+from ..deps import get_catalog, get_figure_cache
+from ..errors import ApiError, not_found
+from ..figure_cache import FigureCache
+from ..schemas import BasisKind, ErrorResponse, GroupField, Metric, Weights, Where
+from .analysis import analysis
+
+router = APIRouter(tags=["plots"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+                                              422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
+
+
+def _pair(text: str | None, name: str, kind):
+    if text is None:
+        return None
+    try:
+        a, b = (kind(x) for x in text.split(","))
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name}: two numbers separated by a comma, got {text[:100]!r}") from None
+    return a, b
+
+
+def _where(text: str | None) -> dict | None:
+    """The ``where`` query parameter: a JSON object validated as the analysis bodies' ``where``
+    (the same messages for the same mistakes)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ApiError(400, "invalid_request", f"where: not JSON ({e.msg} at character {e.pos})") from None
+    if value is None:
+        return None
+    try:
+        return Where.model_validate(value).conditions()
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("where", *err["loc"])} for err in e.errors()]) from None
+
+
+@router.get("/v1/plots/{figure}.{fmt}",
+            responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()},
+                             "description": "the figure; ETag and Cache-Control: no-cache"},
+                       304: {"description": "If-None-Match holds the figure's ETag"}})
+def plot(
+    request: Request,
+    figure: str = Path(..., description=f"one of: {', '.join(FIGURES)}"),
+    fmt: str = Path(..., description=f"one of: {', '.join(FORMATS)}"),
+    group_by: str | None = Query(None, description="the grouping (kl_combined, drift_box: several, comma-separated)"),
+    where: str | None = Query(None, description='the selection as JSON, e.g. {"task": ["Classification"]}'),
+    metric: Metric | None = Query(None),
+    bins: int | None = Query(None, ge=1, le=10_000, description="histogram bins (ridge: the KDE's grid; default "
+                                                                "the figure's)"),
+    weights: Weights | None = Query(None),
+    basis: BasisKind | None = Query(None),
+    components: str | None = Query(None, description="density2d: two components, e.g. 0,1"),
+    range: str | None = Query(None, description="density2d: lo,hi of both axes (default -3.3,3.3, the notebook's)"),
+    layer_id: int | None = Query(None, ge=0, le=2**31 - 1, description="layer_filters: the layer"),
+    color_by: GroupField | None = Query(None, description="quality: the field that colours the layers"),
+    dpi: int | None = Query(None, ge=10, le=MAX_DPI, description="dots per inch (default 100)"),
+    width: float | None = Query(None, ge=0.5, le=MAX_INCHES, description="inches (default the figure's)"),
+    height: float | None = Query(None, ge=0.5, le=MAX_INCHES, description="inches (default the figure's)"),
+    catalog: LiveCatalog = Depends(get_catalog),
+    cache: FigureCache = Depends(get_figure_cache),
+):
+    """A figure of the paper (SPEC 10) as PNG, SVG (text as text) or PDF (TrueType fonts); every
+    parameter optional. ETag + If-None-Match give a 304."""
+    if figure not in FIGURES:
+        raise ApiError(404, "not_found", f"no figure {figure[:100]!r}; the figures: {', '.join(FIGURES)}")
+    if fmt not in FORMATS:
+        raise ApiError(404, "not_found", f"no format {fmt[:20]!r}; the formats: {', '.join(FORMATS)}")
+    known = {"group_by", "where", "metric", "bins", "weights", "basis", "components", "range", "layer_id", "color_by",
+             "dpi", "width", "height"}
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise ApiError(400, "invalid_request", f"unknown query parameter(s) {', '.join(u[:50] for u in unknown[:10])}; "
+                                               f"known: {', '.join(sorted(known))}")
+    try:
+        req = PlotRequest.of(figure, group_by=group_by, where=_where(where), metric=metric, bins=bins, weights=weights,
+                             basis=basis, components=_pair(components, "components", int),
+                             range=_pair(range, "range", float), layer_id=layer_id, color_by=color_by, dpi=dpi,
+                             width=width, height=height)
+    except SelectionError as e:
+        raise ApiError(400, "invalid_selection", str(e)) from None
+
+    gen = catalog.generation()
+    key = json.dumps([gen.inode, gen.mtime_ns, fmt, req.resolved(), __version__, matplotlib.__version__],
+                     sort_keys=True, default=str)
+    etag = '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if etag in {t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")}:
+        return Response(status_code=304, headers=headers)
+    data = cache.get(etag)
+    if data is None:
+        with analysis(catalog, gen) as a:
+            try:
+                data = render(draw(a, req), fmt, req.dpi)
+            except LookupError:  # layer_filters of a layer that is not there
+                raise not_found("layer", req.layer_id) from None
+        cache.put(etag, data)
+    headers["Content-Disposition"] = f'inline; filename="{figure}.{fmt}"'
+    return Response(content=data, media_type=MEDIA_TYPES[fmt], headers=headers)

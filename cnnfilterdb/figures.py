@@ -1,0 +1,290 @@
+"""The paper's figures (SPEC 10), as pure functions: an analysis result in, a matplotlib Figure out.
+
+Each function takes the dict an ``Analysis`` method returns (the same numbers as the JSON
+endpoint of the same request) and draws it with the notebook's parameters; none touches pyplot,
+a display or matplotlib's global state (figures are built with the object API on the Agg canvas,
+so threads may draw at once). Turning a figure into bytes, with fixed metadata so that the same
+figure always gives the same bytes, is ``plots.render``.
+
+Labels carry the group's model count, "Classification (555)". Heatmaps of unordered fields (task,
+visual category, ...) sort their rows and columns ascending by the column mean, as the notebook's
+``np.argsort(np.mean(D, axis=0))`` (stable, so ties keep the natural order); ordered fields (depth
+bins, depths, ids) keep their natural order.
+"""
+from __future__ import annotations
+
+import colorcet  # noqa: F401  (registers the "cet_" colour maps; its cm dict is used below)
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.gridspec import GridSpec
+
+FIELD_TITLES = {"task": "Task", "visual_category": "Visual Category",
+                "depth_bin": "Relative Depth of Convolution Layer", "conv_depth": "Convolution Depth",
+                "training_dataset": "Training Dataset", "pretraining_dataset": "Pre-training Dataset",
+                "name": "Architecture", "model": "Model", "model_id": "Model id", "producer": "Producer",
+                "layer_id": "Layer id"}
+ORDERED_FIELDS = ("depth_bin", "conv_depth", "layer_id", "model_id")
+KL_COMBINED_TITLE = "Distribution shifts of trained 3x3 convolution filters"
+MAX_FILTERS_DRAWN = 256  # layer_filters: the first filters of a layer, 16 to a row
+
+
+Size = tuple[float | None, float | None]
+
+
+def _figsize(figsize: Size | None, default: tuple[float, float]) -> tuple[float, float]:
+    """A figure's size in inches: the caller's width and height where given, else the default."""
+    w, h = figsize or (None, None)
+    return (w or default[0], h or default[1])
+
+
+def _fire():
+    return colorcet.cm["fire"]
+
+
+def _fire_dark_bad():
+    """The fire map with empty (masked, log of 0) cells in its darkest colour, as the notebook's."""
+    cmap = _fire().copy()
+    cmap.set_bad(cmap(0.0))
+    cmap.set_under(cmap(0.0))
+    return cmap
+
+
+def field_title(field: str | None) -> str:
+    return FIELD_TITLES.get(field, str(field).replace("_", " ").title()) if field else "All filters"
+
+
+def group_labels(labels: list, n_models: list) -> list[str]:
+    """ "Classification (555)": each label with its group's model count."""
+    return [f"{'(none)' if v is None else v} ({n})" for v, n in zip(labels, n_models)]
+
+
+def heatmap_order(result: dict) -> np.ndarray:
+    """The display order of a divergence result's groups (module docstring)."""
+    D = np.asarray(result["matrix"], dtype=np.float64)
+    if result["group_by"] in ORDERED_FIELDS:
+        return np.arange(len(D))
+    return np.argsort(np.mean(D, axis=0), kind="stable")
+
+
+def _label_inches(labels: list[str], fontsize: float) -> float:
+    """A bound on the width of the longest label: DejaVu Sans averages under 0.62 em a character.
+    Laid out by this arithmetic rather than by a layout engine, which measures every text twice
+    and took half the time of a heatmap."""
+    return 0.62 * fontsize / 72 * max((len(t) for t in labels), default=0)
+
+
+def _draw_heatmap(fig: Figure, box: tuple[float, float, float, float], result: dict, title: str | None) -> None:
+    """The heatmap of a divergence result in ``box`` (x, y, width, height inches from the bottom
+    left): a square matrix with its labels left and below, its colour bar right."""
+    x, y, w, h = box
+    W, H = fig.get_size_inches()
+    order = heatmap_order(result)
+    D = np.asarray(result["matrix"], dtype=np.float64)[np.ix_(order, order)]
+    labels = [group_labels(result["labels"], result["n_models"])[i] for i in order]
+    n = len(labels)
+    fontsize = float(np.clip(0.8 * 72 * min(w, h) * 0.6 / max(n, 1), 4, 10))  # rows no closer than the text
+    margin = _label_inches(labels, fontsize) + 0.15
+    top, bar = (0.45 if title else 0.1), 1.0
+    side = max(min(w - margin - bar, h - margin - top), 0.5)
+    left, bottom = x + margin + (w - margin - bar - side) / 2, y + margin + (h - margin - top - side) / 2
+    ax = fig.add_axes((left / W, bottom / H, side / W, side / H))
+    cax = fig.add_axes(((left + side + 0.15) / W, bottom / H, 0.2 / W, side / H))
+    im = ax.imshow(D, cmap=_fire(), aspect="auto", interpolation="nearest")
+    ax.set_xticks(np.arange(n), labels, rotation=90, fontsize=fontsize)
+    ax.set_yticks(np.arange(n), labels, fontsize=fontsize)
+    if title:
+        ax.set_title(title)
+    fig.colorbar(im, cax=cax)
+
+
+def divergence(result: dict, figsize: Size | None = None) -> Figure:
+    """One divergence matrix (``Analysis.divergence``) as the notebook's heatmap: fire colour map,
+    x labels rotated 90 degrees, a colour bar."""
+    W, H = _figsize(figsize, (10, 10))
+    fig = Figure(figsize=(W, H))
+    _draw_heatmap(fig, (0.1, 0.1, W - 0.2, H - 0.2), result,
+                  f"{field_title(result['group_by'])}: {result['metric']} divergence")
+    return fig
+
+
+def kl_combined(results: list[dict], figsize: Size | None = None) -> Figure:
+    """The seed README's headline figure: the heatmaps of several groupings in one row (by
+    default Task, Visual Category, Relative Depth of Convolution Layer) under one title."""
+    k = len(results)
+    W, H = _figsize(figsize, (8 * k, 8.6))
+    fig = Figure(figsize=(W, H))
+    for i, r in enumerate(results):
+        _draw_heatmap(fig, (0.1 + i * (W - 0.2) / k, 0.1, (W - 0.2) / k, H - 0.8), r, field_title(r["group_by"]))
+    fig.suptitle(KL_COMBINED_TITLE, fontsize="x-large", y=1 - 0.25 / H, va="top")
+    return fig
+
+
+def upper_triangle(result: dict) -> np.ndarray:
+    """The values a drift statistic is over: the upper triangle of the matrix, diagonal excluded."""
+    D = np.asarray(result["matrix"], dtype=np.float64)
+    return D[np.triu_indices(len(D), k=1)]
+
+
+def drift_box(results: list[dict], figsize: Size | None = None) -> Figure:
+    """Horizontal box plots (with means) of the upper-triangle divergences of several groupings."""
+    fig = Figure(figsize=_figsize(figsize, (8, 1.5 + 1.1 * len(results))), layout="constrained")
+    ax = fig.add_subplot()
+    # top to bottom in the order given
+    ax.boxplot([upper_triangle(r) for r in results][::-1], orientation="horizontal", showmeans=True,
+               tick_labels=[field_title(r["group_by"]) for r in results][::-1])
+    ax.set_xlabel("Drift D")
+    ax.grid(True)
+    return fig
+
+
+def ridge(result: dict, figsize: Size | None = None) -> Figure:
+    """Ridge plot of ``Analysis.kde``: a row per group, a column per coefficient c0..c8, each panel
+    the group's KDE filled in ``C{row % 10}`` (alpha .7, outline #f0f0f0); x shared over the
+    range, y not shared; the rows overlap."""
+    groups = result["groups"]
+    n = len(groups)
+    x = np.asarray(result["grid"])
+    W, H = _figsize(figsize, (18, 1 + 0.5 * n))
+    fig = Figure(figsize=(W, H))
+    gs = GridSpec(n, 9, figure=fig, hspace=-0.5, wspace=0.05, left=0.16, right=0.99, top=1 - 0.45 / H, bottom=0.35 / H)
+    labels = group_labels([g["label"] for g in groups], [g["n_models"] for g in groups])
+    for row, g in enumerate(groups):
+        for col in range(9):
+            ax = fig.add_subplot(gs[row, col])
+            y = np.asarray(g["density"][col])
+            ax.fill_between(x, y, alpha=0.7, color=f"C{row % 10}")
+            ax.plot(x, y, color="#f0f0f0", lw=1)
+            ax.set_xlim(x[0], x[-1])
+            ax.set_ylim(bottom=0)
+            ax.patch.set_alpha(0)
+            ax.set_yticks([])
+            for side in ("top", "right", "left"):
+                ax.spines[side].set_visible(False)
+            if row < n - 1:
+                ax.set_xticks([])
+                ax.spines["bottom"].set_visible(False)
+            if row == 0:
+                ax.set_title(f"c{col}")
+            if col == 0:
+                ax.text(-0.08, 0.1, labels[row], transform=ax.transAxes, ha="right", va="bottom")
+    return fig
+
+
+def eigenimages(pca: dict, figsize: Size | None = None) -> Figure:
+    """The 9 principal components as 3x3 images (``seismic``, -1..1), titled v_i, each with its
+    explained variance ratio (``:.2f``) under it, one colour bar."""
+    fig = Figure(figsize=_figsize(figsize, (18, 2.8)), layout="constrained")
+    axes = fig.subplots(1, 9)
+    evr = pca["explained_variance_ratio"]
+    for i, ax in enumerate(axes):
+        im = ax.imshow(np.asarray(pca["components"][i]).reshape(3, 3), cmap="seismic", vmin=-1, vmax=1)
+        ax.set_title(f"$v_{i}$")
+        ax.set_xlabel(f"{evr[i]:.2f}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=list(axes), fraction=0.015, pad=0.01)
+    return fig
+
+
+def explained_variance(pcas: list[tuple[str, dict]], figsize: Size | None = None) -> Figure:
+    """Cumulative explained variance ratio of one or more PCAs (label, ``Analysis.pca`` result)."""
+    fig = Figure(figsize=_figsize(figsize, (6, 4)), layout="constrained")
+    ax = fig.add_subplot()
+    for label, pca in pcas:
+        ax.plot(np.arange(1, 10), np.cumsum(pca["explained_variance_ratio"]), marker="o", label=label)
+    ax.set_xlabel("most-significant n components")
+    ax.set_ylabel("cumulative explained variance ratio")
+    ax.set_xticks(np.arange(1, 10))
+    ax.grid(True)
+    if len(pcas) > 1:
+        ax.legend()
+    return fig
+
+
+def covariance(pca: dict, figsize: Size | None = None) -> Figure:
+    """The 9 x 9 covariance of the peak-scaled filters (scikit-learn's ``get_covariance()``)."""
+    fig = Figure(figsize=_figsize(figsize, (6, 5)), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(np.asarray(pca["covariance"]))
+    ax.set_xlabel("Principal Component")
+    ax.set_ylabel("Principal Component")
+    fig.colorbar(im, ax=ax)
+    return fig
+
+
+def density2d(result: dict, figsize: Size | None = None) -> Figure:
+    """The 2-D histogram of two coefficients (``Analysis.density2d``) divided by its maximum, on a
+    log scale from 1e-5 to 1, fire with empty cells dark, no ticks. Unlike the notebook's
+    ``imshow``, which puts its second coefficient increasing downwards, c_j increases upwards."""
+    counts = np.asarray(result["counts"], dtype=np.float64)
+    peak = counts.max()
+    image = (counts / peak if peak > 0 else counts).T  # rows: c_j, columns: c_i
+    lo, hi = result["range"]
+    i, j = result["components"]
+    fig = Figure(figsize=_figsize(figsize, (6, 6)), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(np.ma.masked_less_equal(image, 0), cmap=_fire_dark_bad(), norm=LogNorm(vmin=1e-5, vmax=1),
+              origin="lower", extent=(lo, hi, lo, hi), interpolation="nearest")
+    ax.set_facecolor(_fire()(0.0))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(f"$c_{i}$ →")
+    ax.set_ylabel(f"$c_{j}$ →")
+    return fig
+
+
+def filter_mosaic(filters: np.ndarray, cols: int = 16) -> np.ndarray:
+    """Filters (n, 3, 3), each scaled to its own absolute peak (an all-zero one stays zero), tiled
+    row-major into one image (rows * 4 - 1, cols * 4 - 1) with NaN gaps one pixel wide."""
+    f = np.asarray(filters, dtype=np.float64)
+    peak = np.abs(f).reshape(len(f), 9).max(axis=1, initial=0.0)
+    scaled = f / np.where(peak > 0, peak, 1.0)[:, None, None]
+    rows = max(1, -(-len(f) // cols))
+    tiles = np.full((rows * cols, 4, 4), np.nan)
+    tiles[:len(f), :3, :3] = scaled
+    return tiles.reshape(rows, cols, 4, 4).transpose(0, 2, 1, 3).reshape(rows * 4, cols * 4)[:-1, :-1]
+
+
+def layer_filters(filters: np.ndarray, layer: dict, figsize: Size | None = None) -> Figure:
+    """A layer's filters (n, 3, 3) as a grid of 3x3 images (``seismic``, -1..1), each scaled to its
+    own absolute peak, 16 to a row (``filter_mosaic``); the first MAX_FILTERS_DRAWN of them."""
+    f = np.asarray(filters)[:MAX_FILTERS_DRAWN]
+    mosaic = filter_mosaic(f)
+    cmap = colormaps["seismic"].copy()
+    cmap.set_bad("white")
+    fig = Figure(figsize=_figsize(figsize, (10, 1.0 + 10 * mosaic.shape[0] / mosaic.shape[1])), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
+    shown = f"the first {len(f)} of {layer['n_filters']:,}" if len(f) < layer["n_filters"] else f"{len(f):,}"
+    ax.set_title(f"layer {layer['layer_id']} of {layer['model']} (depth {layer['conv_depth']}): {shown} filters, "
+                 "each scaled to its peak")
+    return fig
+
+
+def quality(result: dict, figsize: Size | None = None) -> Figure:
+    """Every layer's sparsity against its normalized variance entropy (``Analysis.layer_quality``),
+    coloured by a field, with the degenerate thresholds as dashed lines."""
+    layers, labels = result["layers"], result["labels"]
+    t = result["thresholds"]
+    fig = Figure(figsize=_figsize(figsize, (8, 6)), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.asarray(layers["sparsity"], dtype=np.float64)  # None -> nan: not drawn
+    y = np.asarray(layers["variance_entropy_norm"], dtype=np.float64)
+    index = {v: i for i, v in enumerate(labels)}
+    which = np.array([index[v] for v in layers["label"]])
+    for k, text in enumerate(group_labels(labels, result["n_models"])):
+        mask = which == k
+        ax.scatter(x[mask], y[mask], s=12, alpha=0.7, color=f"C{k % 10}", label=text)
+    ax.axvline(t["sparsity_gt"], color="0.3", ls="--", lw=1)
+    ax.axhline(t["entropy_norm_lt"], color="0.3", ls="--", lw=1)
+    if t.get("entropy_norm_gt") is not None:
+        ax.axhline(t["entropy_norm_gt"], color="0.3", ls=":", lw=1)
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("normalized variance entropy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(title=field_title(result["color_by"]), fontsize="small", loc="best")
+    return fig

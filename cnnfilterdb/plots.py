@@ -1,0 +1,195 @@
+"""A figure request, end to end: which analysis each figure draws with which defaults (the
+notebook's, SPEC 10), and the figure as PNG, SVG or PDF bytes. The service's
+``GET /v1/plots/{figure}.{format}`` and ``cnnfilterdb plot``/``report`` both go through ``draw``
+and ``render``, so the same request gives the same bytes everywhere.
+
+Bytes are reproducible: the files carry no date or version metadata, SVG element ids come from a
+fixed salt, so the same figure of the same catalog generation is the same bytes. Text stays text:
+SVG keeps it as ``<text>`` (``svg.fonttype = "none"``), PDF embeds TrueType fonts
+(``pdf.fonttype = 42``), as journals ask.
+"""
+from __future__ import annotations
+
+import io
+import threading
+from dataclasses import dataclass, field
+
+import matplotlib
+from matplotlib.figure import Figure
+
+from . import figures
+from .analysis import Analysis
+from .selection import GROUP_FIELDS, SelectionError
+from .stats.divergence import DEFAULT_BINS
+from .stats.kde import DEFAULT_KDE_BINS
+
+FIGURES = ("kl_combined", "divergence", "ridge", "eigenimages", "explained_variance", "covariance", "drift_box",
+           "density2d", "layer_filters", "quality")
+FORMATS = ("png", "svg", "pdf")
+# The figures `cnnfilterdb report` writes: the notebook's set, in its order, then the headline.
+NOTEBOOK_FIGURES = ("explained_variance", "covariance", "eigenimages", "ridge", "divergence", "drift_box",
+                    "density2d", "kl_combined")
+
+ANALYSIS = ("where", "metric", "bins", "weights", "basis")
+SIZE = ("dpi", "width", "height")
+# The request parameters each figure takes (besides dpi, width, height); any other is an error.
+PARAMETERS: dict[str, tuple[str, ...]] = {
+    "kl_combined": ("group_by",) + ANALYSIS,
+    "divergence": ("group_by",) + ANALYSIS,
+    "drift_box": ("group_by",) + ANALYSIS,
+    "ridge": ("group_by", "where", "bins", "basis"),
+    "eigenimages": ("where",),
+    "explained_variance": ("where",),
+    "covariance": ("where",),
+    "density2d": ("where", "components", "bins", "basis", "range"),
+    "layer_filters": ("layer_id",),
+    "quality": ("where", "color_by"),
+}
+DEFAULT_GROUP_BY = {"kl_combined": ("task", "visual_category", "depth_bin"), "drift_box": ("task", "visual_category"),
+                    "divergence": ("task",), "ridge": ("task",)}
+DEFAULT_BINS_OF = {"ridge": DEFAULT_KDE_BINS, "density2d": 512}  # the notebook's; else the analysis default
+DEFAULT_RANGE_OF = {"density2d": (-3.3, 3.3)}
+# The most groups a figure can label legibly (a larger selection is a 400 naming the limit),
+# and the most groupings in one row of heatmaps or one box plot.
+MAX_LABELS = {"kl_combined": 80, "divergence": 80, "ridge": 40, "quality": 20}
+MAX_GROUPINGS = 6
+MAX_PIXELS = 25_000_000
+MAX_DPI = 600
+MAX_INCHES = 100.0
+
+
+@dataclass(frozen=True)
+class PlotRequest:
+    """A validated figure request; None means the figure's default (``resolved`` fills them in)."""
+    figure: str
+    group_by: tuple[str, ...] | None = None
+    where: dict | None = None
+    metric: str = "kl_sym"
+    bins: int | None = None
+    weights: str = "explained_variance"
+    basis: str = "global"
+    components: tuple[int, int] = (0, 1)
+    range: tuple[float, float] | None = None
+    layer_id: int | None = None
+    color_by: str = "task"
+    dpi: int = 100
+    width: float | None = None
+    height: float | None = None
+    given: frozenset = field(default=frozenset(), compare=False, repr=False)
+
+    @classmethod
+    def of(cls, figure: str, **params) -> PlotRequest:
+        """From a figure name and the parameters a caller gave (None: not given). Raises
+        LookupError for an unknown figure, SelectionError for a parameter the figure does not take
+        or a value out of range."""
+        if figure not in FIGURES:
+            raise LookupError(f"no figure {figure!r}; the figures: {', '.join(FIGURES)}")
+        given = {k: v for k, v in params.items() if v is not None}
+        allowed = PARAMETERS[figure] + SIZE
+        unknown = sorted(set(given) - set(allowed))
+        if unknown:
+            raise SelectionError(f"{figure} takes no {', '.join(unknown)}; its parameters: {', '.join(allowed)}")
+        if isinstance(given.get("group_by"), str):
+            given["group_by"] = tuple(g.strip() for g in given["group_by"].split(","))
+        req = cls(figure=figure, given=frozenset(given), **given)
+        req._check()
+        return req
+
+    def _check(self) -> None:
+        if self.group_by is not None:
+            for g in self.group_by:
+                if g not in GROUP_FIELDS:
+                    raise SelectionError(f"unknown group_by {g!r}; known: {GROUP_FIELDS}")
+            several = self.figure in ("kl_combined", "drift_box")
+            if not several and len(self.group_by) != 1:
+                raise SelectionError(f"{self.figure} takes one group_by, got {len(self.group_by)}")
+            if several and not 1 <= len(self.group_by) <= MAX_GROUPINGS:
+                raise SelectionError(f"{self.figure} takes 1 to {MAX_GROUPINGS} groupings in group_by, "
+                                     f"got {len(self.group_by)}")
+        if self.figure == "layer_filters" and self.layer_id is None:
+            raise SelectionError("layer_filters needs layer_id")
+        if not 10 <= self.dpi <= MAX_DPI:
+            raise SelectionError(f"dpi must be from 10 to {MAX_DPI}, got {self.dpi}")
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if v is not None and not 0.5 <= v <= MAX_INCHES:
+                raise SelectionError(f"{name} must be from 0.5 to {MAX_INCHES:g} inches, got {v}")
+
+    def resolved(self) -> dict:
+        """Every parameter the figure takes, defaults filled in: what the figure depends on (the
+        service's ETag), besides the catalog generation."""
+        out = {"figure": self.figure}
+        for name in PARAMETERS[self.figure] + SIZE:
+            v = getattr(self, name)
+            if v is None and name == "group_by":
+                v = DEFAULT_GROUP_BY.get(self.figure)
+            elif v is None and name == "bins":
+                v = DEFAULT_BINS_OF.get(self.figure, DEFAULT_BINS)
+            elif v is None and name == "range":
+                v = DEFAULT_RANGE_OF.get(self.figure)
+            out[name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+
+def draw(a: Analysis, req: PlotRequest) -> Figure:
+    """The figure of a request, computed with ``a`` (one catalog generation)."""
+    p = req.resolved()
+    f = req.figure
+    size = (req.width, req.height)
+    if f in ("kl_combined", "divergence", "drift_box"):
+        limit = MAX_LABELS.get(f)
+        results = [a.divergence(g, p["where"], p["metric"], p["bins"], p["weights"], p["basis"],
+                                **({"max_groups": limit} if limit else {})) for g in p["group_by"]]
+        fig = (figures.kl_combined(results, size) if f == "kl_combined" else
+               figures.divergence(results[0], size) if f == "divergence" else figures.drift_box(results, size))
+    elif f == "ridge":
+        fig = figures.ridge(a.kde(p["where"], p["group_by"][0], p["bins"], p["basis"], max_groups=MAX_LABELS[f]), size)
+    elif f == "eigenimages":
+        fig = figures.eigenimages(a.pca(p["where"]), size)
+    elif f == "covariance":
+        fig = figures.covariance(a.pca(p["where"]), size)
+    elif f == "explained_variance":
+        pcas = [("all filters", a.pca(None))]
+        if p["where"]:
+            pcas.append(("selection", a.pca(p["where"])))
+        fig = figures.explained_variance(pcas, size)
+    elif f == "density2d":
+        fig = figures.density2d(a.density2d(p["where"], tuple(p["components"]), p["bins"], p["basis"],
+                                            tuple(p["range"]) if p["range"] else None), size)
+    elif f == "layer_filters":
+        layer, W = a.layer_filters(p["layer_id"], figures.MAX_FILTERS_DRAWN)
+        fig = figures.layer_filters(W, layer, size)
+    else:  # quality
+        result = a.layer_quality(p["where"], p["color_by"])
+        if len(result["labels"]) > MAX_LABELS[f]:
+            raise SelectionError(f"color_by {p['color_by']} gives {len(result['labels'])} values; at most "
+                                 f"{MAX_LABELS[f]} here: narrow the selection with where, or colour by another field")
+        fig = figures.quality(result, size)
+    w, h = fig.get_size_inches()
+    if w * h * req.dpi ** 2 > MAX_PIXELS:
+        raise SelectionError(f"the figure would be {w * req.dpi:,.0f} x {h * req.dpi:,.0f} pixels, over the limit of "
+                             f"{MAX_PIXELS:,}: lower dpi, width or height")
+    return fig
+
+
+# rcParams are process-wide: the few that only saving reads are set around the save, under a
+# lock, so that concurrent saves never see each other's (PNG reads none of them).
+_SAVE_RC = {"svg.fonttype": "none", "svg.hashsalt": "cnnfilterdb", "pdf.fonttype": 42, "ps.fonttype": 42}
+_SAVE_LOCK = threading.Lock()
+_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None},
+             "pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}}
+MEDIA_TYPES = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
+
+
+def render(fig: Figure, fmt: str, dpi: int = 100) -> bytes:
+    """The figure as ``fmt`` (png, svg or pdf) bytes, the same bytes for the same figure."""
+    if fmt not in FORMATS:
+        raise SelectionError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    buf = io.BytesIO()
+    if fmt == "png":
+        fig.savefig(buf, format="png", dpi=dpi, metadata=_METADATA["png"])
+    else:
+        with _SAVE_LOCK, matplotlib.rc_context(_SAVE_RC):
+            fig.savefig(buf, format=fmt, dpi=dpi, metadata=_METADATA[fmt])
+    return buf.getvalue()
+
