@@ -365,6 +365,13 @@ class Analysis:
         return {"color_by": color_by, "labels": labels, "n_models": [len(models[v]) for v in labels],
                 "layers": layers, "thresholds": dict(DEGENERATE_THRESHOLDS)}
 
+    def first_layer_id(self) -> int:
+        """The store's lowest layer id (EmptySelectionError for a store with no layers)."""
+        row = self.cur.execute("SELECT min(layer_id) FROM layers").fetchone()
+        if row[0] is None:
+            raise EmptySelectionError("the store holds no layers")
+        return int(row[0])
+
     def layer_filters(self, layer_id: int, limit: int) -> tuple[dict, np.ndarray]:
         """A layer (layer_id, model_id, model, conv_depth, n_filters) and its first ``limit``
         filters, (min(limit, n_filters), 3, 3) float32 in filter_id order. LookupError: no such layer."""

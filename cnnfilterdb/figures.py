@@ -132,8 +132,11 @@ def drift_box(results: list[dict], figsize: Size | None = None) -> Figure:
     fig = Figure(figsize=_figsize(figsize, (8, 1.5 + 1.1 * len(results))), layout="constrained")
     ax = fig.add_subplot()
     # top to bottom in the order given
-    ax.boxplot([upper_triangle(r) for r in results][::-1], orientation="horizontal", showmeans=True,
-               tick_labels=[field_title(r["group_by"]) for r in results][::-1])
+    parts = ax.boxplot([upper_triangle(r) for r in results][::-1], orientation="horizontal", showmeans=True,
+                       tick_labels=[field_title(r["group_by"]) for r in results][::-1])
+    for role in ("medians", "means", "boxes"):  # named, bottom to top (an SVG keeps them as ids)
+        for k, artist in enumerate(parts[role]):
+            artist.set_gid(f"{role}-{k}")
     ax.set_xlabel("Drift D")
     ax.grid(True)
     return fig

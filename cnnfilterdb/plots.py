@@ -106,8 +106,6 @@ class PlotRequest:
             if several and not 1 <= len(self.group_by) <= MAX_GROUPINGS:
                 raise SelectionError(f"{self.figure} takes 1 to {MAX_GROUPINGS} groupings in group_by, "
                                      f"got {len(self.group_by)}")
-        if self.figure == "layer_filters" and self.layer_id is None:
-            raise SelectionError("layer_filters needs layer_id")
         if not 10 <= self.dpi <= MAX_DPI:
             raise SelectionError(f"dpi must be from 10 to {MAX_DPI}, got {self.dpi}")
         for name in ("width", "height"):
@@ -157,7 +155,8 @@ def draw(a: Analysis, req: PlotRequest) -> Figure:
         fig = figures.density2d(a.density2d(p["where"], tuple(p["components"]), p["bins"], p["basis"],
                                             tuple(p["range"]) if p["range"] else None), size)
     elif f == "layer_filters":
-        layer, W = a.layer_filters(p["layer_id"], figures.MAX_FILTERS_DRAWN)
+        layer_id = p["layer_id"] if p["layer_id"] is not None else a.first_layer_id()  # a figure with no parameters
+        layer, W = a.layer_filters(layer_id, figures.MAX_FILTERS_DRAWN)
         fig = figures.layer_filters(W, layer, size)
     else:  # quality
         result = a.layer_quality(p["where"], p["color_by"])

@@ -291,6 +291,8 @@ class PcaResponse(BaseModel):
     components: list[list[list[float]]] = Field(description="9 eigen-images, 3x3 each, by decreasing variance")
     explained_variance: list[float]
     explained_variance_ratio: list[float]
+    covariance: list[list[float]] = Field(description="9 x 9 covariance of the peak-scaled filters "
+                                                      "(scikit-learn's get_covariance())")
 
 
 class HistogramsRequest(BaseModel):
@@ -321,6 +323,8 @@ class Density2dRequest(BaseModel):
     components: list[Component] = Field([0, 1], min_length=2, max_length=2, description="two component indices, 0..8")
     bins: int = Field(70, ge=1, le=1000)
     basis: BasisKind = "global"
+    range: tuple[Real, Real] | None = Field(None, description="lo, hi of both axes (default: the basis range; "
+                                                             "the notebook's figure: -3.3, 3.3)")
 
 
 class Density2dResponse(BaseModel):
@@ -331,6 +335,34 @@ class Density2dResponse(BaseModel):
     n_filters: int
     counts: list[list[int]] = Field(description="bins x bins; rows: the first component")
     basis: BasisRef
+
+
+class KdeRequest(BaseModel):
+    group_by: GroupField | None = None
+    where: Where | None = None
+    bins: int = Field(2048, ge=16, le=8192, description="bins of the exact histogram the KDE is computed from; "
+                                                        "its centres are the grid")
+    basis: BasisKind = "global"
+
+
+class GroupKde(BaseModel):
+    label: Any
+    n_filters: int
+    n_models: int
+    bandwidth: list[float] = Field(description="per component: Silverman's rule (KDEpy's)")
+    std: list[float] = Field(description="per component: the coefficients' standard deviation (ddof=1), exact")
+    quartiles: list[list[float]] = Field(description="per component: 25th and 75th percentiles (within a bin)")
+    density: list[list[float]] = Field(description="9 components x bins: the density at each grid point")
+
+
+class KdeResponse(BaseModel):
+    group_by: str | None
+    range: tuple[float, float]
+    bins: int
+    grid: list[float]
+    basis: BasisRef
+    groups: list[GroupKde]
+    method: Literal["layer_histograms", "scan"]
 
 
 class DegenerateLayer(Layer):

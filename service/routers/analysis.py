@@ -1,4 +1,4 @@
-"""The paper's statistics: /v1/divergence, /v1/pca, /v1/histograms, /v1/density2d,
+"""The paper's statistics: /v1/divergence, /v1/pca, /v1/histograms, /v1/kde, /v1/density2d,
 /v1/quality/degenerate, /v1/models/{model_id}/similar. The math is in cnnfilterdb/ (analysis.py,
 scan.py, stats/); this module maps requests to it and its errors to statuses."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Iterator
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from cnnfilterdb.analysis import Analysis
+from cnnfilterdb.analysis import DEGENERATE_THRESHOLDS, Analysis
 from cnnfilterdb.selection import EmptySelectionError, SelectionError
 
 from ..catalog import Generation, LiveCatalog
@@ -16,7 +16,8 @@ from ..deps import get_catalog, respond
 from ..errors import ApiError, not_found
 from ..jsonable import jsonable
 from ..schemas import (DegenerateResponse, Density2dRequest, Density2dResponse, DivergenceRequest,
-                       DivergenceResponse, ErrorResponse, HistogramsRequest, HistogramsResponse, Metric,
+                       DivergenceResponse, ErrorResponse, HistogramsRequest, HistogramsResponse, KdeRequest,
+                       KdeResponse, Metric,
                        PcaRequest, PcaResponse, SimilarResponse, Weights)
 
 router = APIRouter(tags=["analysis"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
@@ -85,16 +86,25 @@ def histograms(req: HistogramsRequest, catalog: LiveCatalog = Depends(get_catalo
 def density2d(req: Density2dRequest, catalog: LiveCatalog = Depends(get_catalog)):
     """2-D histogram of two components' coefficients (the paper's scatter density)."""
     with analysis(catalog) as a:
-        out = a.density2d(_where(req), tuple(req.components), req.bins, req.basis)
+        out = a.density2d(_where(req), tuple(req.components), req.bins, req.basis, req.range)
     return respond(Density2dResponse(**jsonable(out)))
+
+
+@router.post("/v1/kde", response_model=KdeResponse)
+def kde(req: KdeRequest, catalog: LiveCatalog = Depends(get_catalog)):
+    """Per group and component: the Gaussian KDE of the coefficients, Silverman's bandwidth (the ridge plots)."""
+    with analysis(catalog) as a:
+        out = a.kde(_where(req), req.group_by, req.bins, req.basis)
+    return respond(KdeResponse(**jsonable(out)))
 
 
 @router.get("/v1/quality/degenerate", response_model=DegenerateResponse)
 def degenerate(
-    sparsity_gt: float = Query(0.5, ge=0, le=1, description="flag layers with sparsity above this"),
-    entropy_norm_lt: float = Query(0.5, allow_inf_nan=False,
+    sparsity_gt: float = Query(DEGENERATE_THRESHOLDS["sparsity_gt"], ge=0, le=1,
+                               description="flag layers with sparsity above this"),
+    entropy_norm_lt: float = Query(DEGENERATE_THRESHOLDS["entropy_norm_lt"], allow_inf_nan=False,
                                    description="flag layers with variance_entropy_norm below this (redundant)"),
-    entropy_norm_gt: float | None = Query(1.0, allow_inf_nan=False,
+    entropy_norm_gt: float | None = Query(DEGENERATE_THRESHOLDS["entropy_norm_gt"], allow_inf_nan=False,
                                           description="flag layers with variance_entropy_norm above this (random-like)"),
     limit: int = Query(100, ge=1, le=10_000),
     offset: int = Query(0, ge=0, le=2**40),

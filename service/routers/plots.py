@@ -17,7 +17,8 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from cnnfilterdb import __version__
-from cnnfilterdb.plots import FIGURES, FORMATS, MAX_DPI, MAX_INCHES, MEDIA_TYPES, PlotRequest, draw, render
+from cnnfilterdb.plots import (FIGURES, FORMATS, MAX_DPI, MAX_INCHES, MEDIA_TYPES, PARAMETERS, SIZE, PlotRequest, draw,
+                               render)
 from cnnfilterdb.selection import SelectionError
 
 from ..catalog import LiveCatalog
@@ -50,6 +51,8 @@ def _where(text: str | None) -> dict | None:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         raise ApiError(400, "invalid_request", f"where: not JSON ({e.msg} at character {e.pos})") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_request", "where: nested too deeply") from None
     if value is None:
         return None
     try:
@@ -61,7 +64,9 @@ def _where(text: str | None) -> dict | None:
 @router.get("/v1/plots/{figure}.{fmt}",
             responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()},
                              "description": "the figure; ETag and Cache-Control: no-cache"},
-                       304: {"description": "If-None-Match holds the figure's ETag"}})
+                       304: {"description": "If-None-Match holds the figure's ETag"}},
+            description="The parameters each figure takes (any other is a 400):\n\n" + "\n".join(
+                f"- `{f}`: {', '.join(PARAMETERS[f] + SIZE)}" for f in FIGURES))
 def plot(
     request: Request,
     figure: str = Path(..., description=f"one of: {', '.join(FIGURES)}"),
@@ -75,7 +80,7 @@ def plot(
     basis: BasisKind | None = Query(None),
     components: str | None = Query(None, description="density2d: two components, e.g. 0,1"),
     range: str | None = Query(None, description="density2d: lo,hi of both axes (default -3.3,3.3, the notebook's)"),
-    layer_id: int | None = Query(None, ge=0, le=2**31 - 1, description="layer_filters: the layer"),
+    layer_id: int | None = Query(None, ge=0, le=2**31 - 1, description="layer_filters: the layer (default the first)"),
     color_by: GroupField | None = Query(None, description="quality: the field that colours the layers"),
     dpi: int | None = Query(None, ge=10, le=MAX_DPI, description="dots per inch (default 100)"),
     width: float | None = Query(None, ge=0.5, le=MAX_INCHES, description="inches (default the figure's)"),
