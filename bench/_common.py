@@ -33,8 +33,9 @@ def bench_store(db, work, n: int, seed: int):
     return db
 
 
-def start_service(db, env: dict | None = None):
-    """`cnnfilterdb serve` on a free loopback port, answering /health: (process, base URL)."""
+def start_service(db, env: dict | None = None, repo=None):
+    """`cnnfilterdb serve` on a free loopback port, answering /health: (process, base URL); the
+    code of ``repo`` (default this checkout: another revision's worktree, to compare)."""
     import os
     import socket
     import subprocess
@@ -44,12 +45,12 @@ def start_service(db, env: dict | None = None):
 
     import httpx
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(repo or Path(__file__).resolve().parents[1])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "cnnfilterdb.cli", "serve", "--db", str(db), "--port", str(port)],
-                              env={**os.environ, "PYTHONPATH": str(repo), **(env or {})},
+    server = subprocess.Popen([sys.executable, "-m", "cnnfilterdb.cli", "serve", "--db", str(Path(db).resolve()), "--port", str(port)],
+                              env={**os.environ, "PYTHONPATH": str(repo), **(env or {})}, cwd=repo,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):

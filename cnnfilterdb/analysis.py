@@ -424,7 +424,8 @@ class Analysis:
         ----------
         components : (i, j), the coefficients on the first and second axis of ``counts``.
         bins : bins per axis.
-        value_range : (lo, hi) of both axes; default the basis range (the notebook: (-3.3, 3.3)).
+        value_range : the ends of both axes, in either order; default the basis range (the
+            notebook: (-3.3, 3.3)); as numpy's, an empty range is widened by 0.5 each side.
 
         Returns
         -------
@@ -437,9 +438,8 @@ class Analysis:
             raise SelectionError(f"bins must be an integer from 1 to {MAX_DENSITY2D_BINS}, got {bins!r}")
         if len(components) != 2 or not all(isinstance(c, int) and 0 <= c < 9 for c in components):
             raise SelectionError(f"components must be two indices from 0 to 8, got {components!r}")
-        if value_range is not None and not (len(value_range) == 2 and all(np.isfinite(value_range))
-                                            and value_range[0] < value_range[1]):
-            raise SelectionError(f"range must be two finite numbers lo < hi, got {value_range!r}")
+        if value_range is not None and not (len(value_range) == 2 and all(np.isfinite(value_range))):
+            raise SelectionError(f"range must be two finite numbers, got {value_range!r}")
         sel = select(self.cur, where, None)
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection")
@@ -452,7 +452,7 @@ class Analysis:
             b = self.selection_basis(sel)
             lo, hi, _ = scan_range(paths, groups, b)
         if value_range is not None:
-            lo, hi = float(value_range[0]), float(value_range[1])
+            lo, hi = float(min(value_range)), float(max(value_range))
         counts = scan_histogram2d(paths, groups, b, lo, hi, bins, tuple(components))
         return {"components": list(components), "range": [lo, hi], "bins": bins,
                 "edges": np.linspace(lo, hi, bins + 1).tolist(), "n_filters": int(sel.n_filters.sum()),

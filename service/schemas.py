@@ -323,8 +323,8 @@ class Density2dRequest(BaseModel):
     components: list[Component] = Field([0, 1], min_length=2, max_length=2, description="two component indices, 0..8")
     bins: int = Field(70, ge=1, le=1000)
     basis: BasisKind = "global"
-    range: tuple[Real, Real] | None = Field(None, description="lo, hi of both axes (default: the basis range; "
-                                                             "the notebook's figure: -3.3, 3.3)")
+    range: tuple[Real, Real] | None = Field(None, description="the ends of both axes, in either order (default: the "
+                                                             "basis range; the notebook's figure: -3.3, 3.3)")
 
 
 class Density2dResponse(BaseModel):
