@@ -155,6 +155,99 @@ def cmd_drift(args) -> int:
     return 0
 
 
+def _json_where(text: str | None) -> dict | None:
+    """``--where``: a JSON selection (``null`` or nothing: all filters); one line if not JSON."""
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError as e:
+        raise StoreError(f"--where is not JSON ({e.msg} at character {e.pos})") from None
+
+
+def _pair(text: str | None, name: str, kind):
+    """``--components``/``--range``: two numbers separated by a comma (None: not given)."""
+    if text is None:
+        return None
+    try:
+        a, b = (kind(x) for x in text.split(","))
+    except ValueError:
+        raise StoreError(f"--{name}: two numbers separated by a comma, got {text[:100]!r}") from None
+    return a, b
+
+
+def _open_analysis(store: FilterStore):
+    """The store's catalog and an Analysis on it, its snapshot read as the service reads it."""
+    from .analysis import Analysis
+
+    con = store.connect()
+    try:
+        analysis = Analysis(con, store.root)
+        analysis.snapshot.prepare(con)  # every file checked, as when the service opens a catalog
+    except BaseException:
+        con.close()
+        raise
+    return con, analysis
+
+
+def cmd_plot(args) -> int:
+    """One figure to a file, the same bytes as GET /v1/plots/{figure}.{fmt} with the same
+    parameters (both are plots.draw + plots.render); only the options given are passed, so a
+    parameter the figure does not take is the same error as over HTTP."""
+    from . import plots
+    from .report import write_atomic
+    from .selection import SelectionError
+
+    out = Path(args.output)
+    fmt = out.suffix.lower().removeprefix(".")
+    if fmt not in plots.FORMATS:
+        raise StoreError(f"{out}: unknown format {out.suffix or '(no suffix)'!r}; the file must end in "
+                         f"{', '.join('.' + f for f in plots.FORMATS)}")
+    params = {"group_by": args.group_by, "where": _json_where(args.where), "metric": args.metric, "bins": args.bins,
+              "weights": args.weights, "basis": args.basis, "components": _pair(args.components, "components", int),
+              "range": _pair(args.range, "range", float), "layer_id": args.layer_id, "color_by": args.color_by,
+              "dpi": args.dpi, "width": args.width, "height": args.height}
+    try:
+        req = plots.PlotRequest.of(args.figure, **params)
+    except LookupError as e:  # an unknown figure
+        raise StoreError(str(e)) from None
+    except SelectionError as e:
+        raise StoreError(str(e)) from None
+    if not out.parent.is_dir():
+        raise StoreError(f"{out}: no such directory {str(out.parent)!r}")
+    store = FilterStore(args.db or default_db())
+    con, analysis = _open_analysis(store)
+    with con:
+        try:
+            data = plots.render(plots.draw(analysis, req), fmt, req.dpi)
+        except SelectionError as e:
+            raise StoreError(str(e)) from None
+        except LookupError:  # layer_filters of a layer that is not there
+            raise StoreError(f"no layer {req.layer_id}") from None
+    try:
+        write_atomic(out, data)
+    except OSError as e:
+        raise StoreError(f"{out}: {e.strerror or e}") from None
+    print(f"wrote {out} ({len(data):,} bytes, {fmt}, {req.figure})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    """Every figure of the notebook (and quality) and an offline index.html (cnnfilterdb/report.py)."""
+    from .report import write_report
+    from .selection import SelectionError
+
+    store = FilterStore(args.db or default_db())
+    info = store.info()
+    con, analysis = _open_analysis(store)
+    with con:
+        try:
+            write_report(analysis, info, Path(args.output), args.format, args.dpi, log=print)
+        except SelectionError as e:
+            raise StoreError(str(e)) from None
+        except OSError as e:
+            raise StoreError(f"{getattr(e, 'filename', None) or args.output}: {e.strerror or e}") from None
+    return 0
+
+
 def _print_table(columns: list[str], rows: list[tuple]) -> None:
     cells = [[str(c) for c in columns]] + [["NULL" if v is None else str(v) for v in r] for r in rows]
     widths = [min(60, max(len(r[i]) for r in cells)) for i in range(len(columns))]
@@ -261,6 +354,43 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(s)
     s.set_defaults(func=cmd_drift)
 
+    from .plots import FIGURES, MAX_DPI, NOTEBOOK_FIGURES
+    s = sub.add_parser("plot", help="draw one of the paper's figures (SPEC 10) to a PNG, SVG or PDF file: the same "
+                                    "bytes as the service's GET /v1/plots/{figure}.{format}",
+                       description="Draw one of the paper's figures to FILE (.png, .svg or .pdf). Every option is "
+                                   "optional (the notebook's defaults); a figure takes only its own parameters.")
+    # Checked by the command, not by argparse choices: an unknown figure is one line and exit 1, as
+    # every other bad request; the metavar lists them in --help.
+    s.add_argument("figure", metavar="{" + ",".join(FIGURES) + "}", help="the figure")
+    s.add_argument("-o", "--output", required=True, metavar="FILE", help="the file; its suffix gives the format")
+    _db_arg(s)
+    s.add_argument("--group-by", default=None, metavar="G[,G...]",
+                   help="the grouping (kl_combined, drift_box: several, comma-separated)")
+    s.add_argument("--where", default=None, metavar="JSON", help='the selection, e.g. \'{"task": ["Classification"]}\'')
+    s.add_argument("--metric", default=None, help="kl_sym (default), js, hellinger, wasserstein")
+    s.add_argument("--bins", type=int, default=None, help="histogram bins (ridge: the KDE's grid; default the figure's)")
+    s.add_argument("--weights", default=None, help="explained_variance (default) or uniform")
+    s.add_argument("--basis", default=None, help="global (default) or selection")
+    s.add_argument("--components", default=None, metavar="I,J", help="density2d: two components (default 0,1)")
+    s.add_argument("--range", default=None, metavar="LO,HI",
+                   help="density2d: both axes' range (default -3.3,3.3; write --range=-3,3 for a negative LO)")
+    s.add_argument("--layer-id", type=int, default=None, help="layer_filters: the layer")
+    s.add_argument("--color-by", default=None, metavar="FIELD", help="quality: the field that colours the layers")
+    s.add_argument("--dpi", type=int, default=None, help=f"dots per inch, 10 to {MAX_DPI} (default 100)")
+    s.add_argument("--width", type=float, default=None, metavar="IN", help="inches (default the figure's)")
+    s.add_argument("--height", type=float, default=None, metavar="IN", help="inches (default the figure's)")
+    s.set_defaults(func=cmd_plot)
+
+    s = sub.add_parser("report", help="write the notebook's figures and an offline index.html showing them with "
+                                      "the store's counts and drift statistics",
+                       description=f"Write {', '.join(NOTEBOOK_FIGURES)} and quality as DIR/FIGURE.FORMAT with "
+                                   "their default parameters, and DIR/index.html (self-contained, opens from disk).")
+    s.add_argument("-o", "--output", required=True, metavar="DIR", help="the directory (created if missing)")
+    _db_arg(s)
+    s.add_argument("--format", choices=["png", "svg"], default="png", help="the figures' format (default png)")
+    s.add_argument("--dpi", type=_bounded(int, 10, MAX_DPI), default=None, help="dots per inch (default 100)")
+    s.set_defaults(func=cmd_report)
+
     s = sub.add_parser("demo", help="build a clearly labelled synthetic sample store and serve it")
     _db_arg(s)
     s.add_argument("--models", type=int, default=40)
@@ -290,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime import tune_allocator
 
     tune_allocator()
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

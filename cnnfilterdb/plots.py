@@ -13,15 +13,16 @@ from __future__ import annotations
 import io
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import matplotlib
-from matplotlib.figure import Figure
-
-from . import figures
-from .analysis import Analysis
 from .selection import GROUP_FIELDS, SelectionError
 from .stats.divergence import DEFAULT_BINS
 from .stats.kde import DEFAULT_KDE_BINS
+
+if TYPE_CHECKING:  # matplotlib (a second to import) loads with the first figure drawn, not with a request's checks
+    from matplotlib.figure import Figure
+
+    from .analysis import Analysis
 
 FIGURES = ("kl_combined", "divergence", "ridge", "eigenimages", "explained_variance", "covariance", "drift_box",
            "density2d", "layer_filters", "quality")
@@ -131,6 +132,8 @@ class PlotRequest:
 
 def draw(a: Analysis, req: PlotRequest) -> Figure:
     """The figure of a request, computed with ``a`` (one catalog generation)."""
+    from . import figures
+
     p = req.resolved()
     f = req.figure
     size = (req.width, req.height)
@@ -182,6 +185,8 @@ MEDIA_TYPES = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/p
 
 def render(fig: Figure, fmt: str, dpi: int = 100) -> bytes:
     """The figure as ``fmt`` (png, svg or pdf) bytes, the same bytes for the same figure."""
+    import matplotlib
+
     if fmt not in FORMATS:
         raise SelectionError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     buf = io.BytesIO()
