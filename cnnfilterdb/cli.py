@@ -284,8 +284,8 @@ def cmd_demo(args) -> int:
 def _serve(db: Path, host: str, port: int, overrides: dict | None = None) -> int:
     from service.main import run
 
-    print(f"serving {db} on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs; "
-          f"shell: cd {db} && duckdb -readonly catalog.duckdb)", file=sys.stderr)
+    print(f"serving {db}\n  dashboard  http://{host}:{port}/\n  OpenAPI    http://{host}:{port}/docs\n"
+          f"  shell      cd {db} && duckdb -readonly catalog.duckdb", file=sys.stderr)
     return run(db=db, host=host, port=port, overrides=overrides)
 
 

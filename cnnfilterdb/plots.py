@@ -178,7 +178,7 @@ def draw(a: Analysis, req: PlotRequest) -> Figure:
 # lock, so that concurrent saves never see each other's (PNG reads none of them).
 _SAVE_RC = {"svg.fonttype": "none", "svg.hashsalt": "cnnfilterdb", "pdf.fonttype": 42, "ps.fonttype": 42}
 _SAVE_LOCK = threading.Lock()
-_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None},
+_METADATA = {"svg": {"Date": None, "Creator": None},
              "pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}}
 MEDIA_TYPES = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
 
@@ -191,7 +191,17 @@ def render(fig: Figure, fmt: str, dpi: int = 100) -> bytes:
         raise SelectionError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     buf = io.BytesIO()
     if fmt == "png":
-        fig.savefig(buf, format="png", dpi=dpi, metadata=_METADATA["png"])
+        # Agg's RGBA buffer written as RGB (the figures are opaque) at zlib level 3: a third of the
+        # time of savefig's RGBA at level 6, for PNGs 10% larger; no metadata but the resolution.
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from PIL import Image
+
+        fig.set_dpi(dpi)
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(buf, format="png", compress_level=3,
+                                                                        dpi=(dpi, dpi))
     else:
         with _SAVE_LOCK, matplotlib.rc_context(_SAVE_RC):
             fig.savefig(buf, format=fmt, dpi=dpi, metadata=_METADATA[fmt])

@@ -43,7 +43,7 @@ def test_plot_png_decodes(v1_store, tmp_path, capsys):
     data = _plot(v1_store, tmp_path / "d.png", "divergence", "--dpi", "50", capsys=capsys)
     assert data.startswith(PNG_SIGNATURE)
     image = matplotlib.image.imread(io.BytesIO(data), format="png")
-    assert image.shape == (500, 500, 4)  # the heatmap's 10 x 10 inches at 50 dpi
+    assert image.shape == (500, 500, 3)  # the heatmap's 10 x 10 inches at 50 dpi, RGB (opaque)
 
 
 def test_plot_svg_keeps_text(v1_store, tasks, tmp_path, capsys):
