@@ -20,11 +20,13 @@ from .usersql.pool import SqlLimits, SqlPool
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    from cnnfilterdb.runtime import tune_allocator
+    from cnnfilterdb.plots import warm_up as load_matplotlib
+    from cnnfilterdb.runtime import freeze_startup_objects, tune_allocator
     from cnnfilterdb.stats.histogram import warm_up
 
     tune_allocator()
     warm_up()  # the scan kernels load now, not on the first analysis request
+    load_matplotlib()  # and matplotlib, not in the first figure request
     settings = settings or Settings()
     sql_pool = SqlPool(settings.db, settings.sql_workers, SqlLimits(
         timeout_s=settings.sql_timeout_s, memory_limit=settings.sql_memory_limit,
@@ -33,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         sql_pool.start()  # in the background; without a lifespan (tests) the first query starts it
+        freeze_startup_objects()  # what the service keeps for its lifetime: out of full collections
         yield
         sql_pool.close()
         app.state.catalog.close()

@@ -3,12 +3,15 @@
 The query parameters are the analysis endpoints' (``where`` as JSON), validated as theirs are
 and giving the same errors. A figure depends only on its parameters and the catalog generation,
 so its ETag is their digest: a request whose ``If-None-Match`` holds it is a 304 without any
-computation, and rendered bytes are kept by ETag (service/figure_cache.py).
+computation, and rendered bytes are kept by ETag (service/figure_cache.py). A figure computed for
+the request says how long it took in ``Server-Timing: render;dur=<ms>``.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import time
 
 import matplotlib
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -117,11 +120,17 @@ def plot(
         return Response(status_code=304, headers=headers)
     data = cache.get(etag)
     if data is None:
+        t0 = time.perf_counter()
         with analysis(catalog, gen) as a:
             try:
                 data = render(draw(a, req), fmt, req.dpi)
             except LookupError:  # layer_filters of a layer that is not there
                 raise not_found("layer", req.layer_id) from None
+            # A figure is a web of reference cycles holding its pixel buffers (8 MB for
+            # kl_combined): freed now rather than by a later full collection, the service's peak
+            # memory after 48 figures rose by 24 MB instead of 66 MB (2 ms a figure).
+            gc.collect()
         cache.put(etag, data)
+        headers["Server-Timing"] = f"render;dur={(time.perf_counter() - t0) * 1000:.1f}"
     headers["Content-Disposition"] = f'inline; filename="{figure}.{fmt}"'
     return Response(content=data, media_type=MEDIA_TYPES[fmt], headers=headers)
