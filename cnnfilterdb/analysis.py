@@ -269,7 +269,7 @@ class Analysis:
     # -- the statistics --------------------------------------------------------------------------
     def divergence(self, group_by: str, where: dict | None = None, metric: str = "kl_sym",
                    bins: int = DEFAULT_BINS, weights: str = "explained_variance", basis: str = "global",
-                   max_groups: int = MAX_GROUPS) -> dict:
+                   max_groups: int | None = None) -> dict:
         if metric not in METRICS:
             raise SelectionError(f"unknown metric {metric!r}; known: {list(METRICS)}")
         if weights not in WEIGHTS:
@@ -277,7 +277,8 @@ class Analysis:
         if group_by is None:
             raise SelectionError("group_by is required")
         t0 = time.perf_counter()
-        h = self.group_histograms(where, group_by, bins, basis, max_groups=max_groups, max_pair_cells=MAX_PAIR_CELLS)
+        h = self.group_histograms(where, group_by, bins, basis, max_groups=MAX_GROUPS if max_groups is None else max_groups,
+                                  max_pair_cells=MAX_PAIR_CELLS)
         w = component_weights(weights, h.basis.explained_variance_ratio)
         D = divergence_matrix(h.counts, w, metric, h.bin_width)
         sel = h.selection

@@ -45,10 +45,8 @@ def _fire():
 
 def _fire_dark_bad():
     """The fire map with empty (masked, log of 0) cells in its darkest colour, as the notebook's."""
-    cmap = _fire().copy()
-    cmap.set_bad(cmap(0.0))
-    cmap.set_under(cmap(0.0))
-    return cmap
+    fire = _fire()
+    return fire.with_extremes(bad=fire(0.0), under=fire(0.0))
 
 
 def field_title(field: str | None) -> str:
@@ -255,9 +253,8 @@ def layer_filters(filters: np.ndarray, layer: dict, figsize: Size | None = None)
     own absolute peak, 16 to a row (``filter_mosaic``); the first MAX_FILTERS_DRAWN of them."""
     f = np.asarray(filters)[:MAX_FILTERS_DRAWN]
     mosaic = filter_mosaic(f)
-    cmap = colormaps["seismic"].copy()
-    cmap.set_bad("white")
-    fig = Figure(figsize=_figsize(figsize, (10, 1.0 + 10 * mosaic.shape[0] / mosaic.shape[1])), layout="constrained")
+    cmap = colormaps["seismic"].with_extremes(bad="white")
+    fig = Figure(figsize=_figsize(figsize, (10, 0.7 + 9.0 * mosaic.shape[0] / mosaic.shape[1])), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     ax.set_axis_off()

@@ -1,0 +1,974 @@
+// CNN Filter DB dashboard: views over the service's JSON API and figures, routed by the URL's hash
+// (#/explore?group_by=task&...), so every view's state can be shared as a link. No dependencies.
+// Text from the API is only ever inserted as text (textContent / text nodes), never as HTML.
+
+const main = document.getElementById('main');
+const APP = 'CNN Filter DB';
+
+// ---- DOM --------------------------------------------------------------------------------------
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v == null || v === false) continue;
+    if (k === 'class') el.className = v;
+    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (k === 'value') el.value = v;
+    else if (k === 'checked' || k === 'selected' || k === 'disabled' || k === 'hidden') el[k] = Boolean(v);
+    else el.setAttribute(k, v === true ? '' : String(v));
+  }
+  add(el, children);
+  return el;
+}
+
+function add(el, ...children) {
+  for (const c of [children].flat(Infinity)) {
+    if (c == null || c === false) continue;
+    el.append(c instanceof Node ? c : String(c));  // a string is appended as a text node
+  }
+  return el;
+}
+
+function fill(el, ...children) {
+  el.replaceChildren();
+  return add(el, children);
+}
+
+// ---- formatting -------------------------------------------------------------------------------
+
+const intFmt = new Intl.NumberFormat('en-US');
+const fmtInt = (n) => (n == null ? '—' : intFmt.format(n));
+
+function fmtNum(x, digits = 4) {
+  if (x == null) return '—';
+  if (typeof x !== 'number') return String(x);
+  if (Number.isInteger(x) && Math.abs(x) < 1e15) return intFmt.format(x);
+  const a = Math.abs(x);
+  if (a !== 0 && (a < 1e-3 || a >= 1e6)) return x.toExponential(digits - 1);
+  return String(Number(x.toPrecision(digits)));
+}
+
+function fmtBytes(n) {
+  if (n == null) return '—';
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
+const fmtValue = (v) => (v === null ? '(none)' : String(v));
+
+function cellText(v) {
+  if (v === null || v === undefined) return h('span', { class: 'null', title: 'no value' }, '—');
+  if (typeof v === 'number') return fmtNum(v);
+  return typeof v === 'object' ? JSON.stringify(v) : String(v);
+}
+
+function sqlCell(v) {  // a SQL result as the service sent it: every digit, NULL for null
+  if (v === null || v === undefined) return h('span', { class: 'null' }, 'NULL');
+  return typeof v === 'object' ? JSON.stringify(v) : String(v);
+}
+
+// ---- the API ----------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(path, { method = 'GET', body, signal } = {}) {
+  const init = { method, signal, headers: { Accept: 'application/json' } };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers['Content-Type'] = 'application/json';
+  }
+  let r;
+  try {
+    r = await fetch(path, init);
+  } catch (e) {
+    if (e.name === 'AbortError') throw e;
+    throw new ApiError(0, 'network_error', `the service did not answer (${e.message})`);
+  }
+  const text = await r.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+  if (!r.ok) {
+    const err = data && data.error;
+    throw new ApiError(r.status, err?.code || 'http_error', err?.message || `${r.status} ${r.statusText}`);
+  }
+  return data;
+}
+
+const cached = new Map();
+function once(path) {  // metadata read once per page load
+  if (!cached.has(path)) cached.set(path, api(path).catch((e) => { cached.delete(path); throw e; }));
+  return cached.get(path);
+}
+
+function errorBox(e) {
+  const status = e.status ? `${e.status} ` : '';
+  return h('div', { class: 'error-box', role: 'alert' },
+    h('strong', null, `${status}${e.code || 'error'}`), ': ', e.message || String(e));
+}
+
+const isAbort = (e) => e && e.name === 'AbortError';
+
+// Runs an async loader into `el`: a loading note, then its content or the error in place.
+async function load(el, signal, loader) {
+  fill(el, h('p', { class: 'loading' }, 'Loading…'));
+  try {
+    const content = await loader();
+    if (!signal?.aborted) fill(el, content);
+  } catch (e) {
+    if (!isAbort(e) && !signal?.aborted) fill(el, errorBox(e));
+  }
+}
+
+// ---- figures ----------------------------------------------------------------------------------
+
+function plotUrl(figure, query = {}, ext = 'png') {
+  const p = new URLSearchParams();
+  for (const [k, v] of Object.entries(query)) if (v != null && v !== '') p.set(k, v);
+  const qs = p.toString();
+  return `/v1/plots/${figure}.${ext}${qs ? `?${qs}` : ''}`;
+}
+
+// A figure of the plots endpoint: shown while it renders, and its JSON error in place if it fails.
+function Figure({ caption, cls = '' }) {
+  const img = h('img');
+  const status = h('div', { class: 'fig-status', role: 'status' });
+  const downloads = h('span', { class: 'fig-downloads' });
+  const el = h('figure', { class: `fig ${cls}` },
+    h('div', { class: 'fig-frame' }, img, status),
+    h('figcaption', null, h('span', null, caption), downloads));
+  let url = null;
+  img.addEventListener('load', () => {
+    el.classList.remove('is-loading', 'is-error');
+    fill(status);
+  });
+  img.addEventListener('error', async () => {
+    const failed = url;
+    if (!failed) return;
+    let e;
+    try {
+      await api(failed);
+      e = new ApiError(0, 'image_error', 'the figure could not be decoded');
+    } catch (err) { e = err; }
+    if (failed !== url) return;  // another figure was asked for meanwhile
+    el.classList.remove('is-loading');
+    el.classList.add('is-error');
+    fill(status, errorBox(e));
+  });
+  return {
+    el,
+    img,
+    set(newUrl, alt) {
+      img.alt = alt;
+      if (newUrl === url) return;
+      url = newUrl;
+      el.classList.remove('is-error');
+      el.classList.add('is-loading');
+      fill(status, h('span', { class: 'loading' }, 'Rendering…'));
+      img.src = newUrl;
+      const other = (ext) => newUrl.replace(/\.png(\?|$)/, `.${ext}$1`);
+      fill(downloads, 'Download ',
+        h('a', { href: newUrl, download: '' }, 'PNG'), ' · ',
+        h('a', { href: other('svg'), download: '' }, 'SVG'), ' · ',
+        h('a', { href: other('pdf'), download: '' }, 'PDF'));
+    },
+  };
+}
+
+// ---- routing ----------------------------------------------------------------------------------
+
+function hashOf(path, params) {
+  const p = params instanceof URLSearchParams ? params : new URLSearchParams();
+  if (!(params instanceof URLSearchParams)) {
+    for (const [k, v] of Object.entries(params || {})) if (v != null && v !== '') p.set(k, v);
+  }
+  const qs = p.toString();
+  return `#${path}${qs ? `?${qs}` : ''}`;
+}
+
+function parseHash() {
+  let s = location.hash.slice(1) || '/';
+  if (!s.startsWith('/')) s = `/${s}`;
+  const i = s.indexOf('?');
+  return { path: i < 0 ? s : s.slice(0, i), params: new URLSearchParams(i < 0 ? '' : s.slice(i + 1)) };
+}
+
+// Changes the URL (a history entry, or in place) and shows it, without waiting for hashchange.
+function go(path, params, { replace = false } = {}) {
+  const hash = hashOf(path, params);
+  if (hash === location.hash) return;
+  history[replace ? 'replaceState' : 'pushState'](null, '', hash);
+  route();
+}
+
+const routes = [
+  [/^\/$/, 'home', viewHome],
+  [/^\/explore$/, 'explore', viewExplore],
+  [/^\/degenerate$/, 'degenerate', viewDegenerate],
+  [/^\/layer\/(\d+)$/, 'layer', viewLayer],
+  [/^\/models$/, 'models', viewModels],
+  [/^\/model\/(\d+)$/, 'model', viewModel],
+  [/^\/sql$/, 'sql', viewSql],
+];
+const NAV_OF = { layer: 'models', model: 'models' };
+
+let current = null;
+let firstRoute = true;
+
+function route() {
+  const { path, params } = parseHash();
+  let match = null;
+  for (const [re, name, view] of routes) {
+    const m = path.match(re);
+    if (m) { match = { name, view, args: m.slice(1), key: `${name}/${m.slice(1).join('/')}` }; break; }
+  }
+  if (match && current && current.key === match.key && current.update) {
+    current.update(params);
+    return;
+  }
+  current?.controller.abort();
+  const controller = new AbortController();
+  const name = match ? match.name : 'notfound';
+  for (const a of document.querySelectorAll('.nav a[data-view]')) {
+    if (a.dataset.view === (NAV_OF[name] || name)) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+  const view = match ? match.view : viewNotFound;
+  const ctx = { params, args: match ? match.args : [], signal: controller.signal };
+  main.replaceChildren();
+  main.dataset.view = name;
+  const out = view(ctx) || {};
+  current = { key: match ? match.key : null, controller, update: out.update };
+  if (!firstRoute) {
+    const h1 = main.querySelector('h1');
+    if (h1) { h1.setAttribute('tabindex', '-1'); h1.focus({ preventScroll: true }); }
+    window.scrollTo(0, 0);
+  }
+  firstRoute = false;
+}
+
+function setTitle(title) {
+  document.title = title ? `${title} · ${APP}` : APP;
+}
+
+function header(title, ...sub) {
+  setTitle(title);
+  return h('div', { class: 'page-head' }, h('h1', null, title), sub.length ? h('p', { class: 'lede' }, sub) : null);
+}
+
+// A table of rows: columns [{key, label, num, render(row)}].
+function dataTable(columns, rows, { caption, sort, onSort } = {}) {
+  const thead = h('tr', null, columns.map((c) => {
+    const th = h('th', { scope: 'col', class: c.num ? 'num' : null });
+    if (onSort && c.sortable !== false) {
+      const dir = sort && sort.key === c.key ? sort.dir : null;
+      th.setAttribute('aria-sort', dir === 'asc' ? 'ascending' : dir === 'desc' ? 'descending' : 'none');
+      add(th, h('button', { type: 'button', class: 'sort', 'data-key': c.key, onclick: () => onSort(c.key) },
+        c.label, h('span', { class: 'sort-ind', 'aria-hidden': 'true' }, dir === 'asc' ? '▲' : dir === 'desc' ? '▼' : '↕')));
+    } else {
+      add(th, c.label);
+    }
+    return th;
+  }));
+  const body = rows.map((r) => h('tr', null, columns.map((c) =>
+    h('td', { class: [c.num ? 'num' : '', c.nowrap ? 'nowrap' : ''].join(' ').trim() || null }, c.render ? c.render(r) : cellText(r[c.key])))));
+  return h('div', { class: 'table-wrap' },
+    h('table', { class: 'data' }, caption ? h('caption', { class: 'visually-hidden' }, caption) : null, h('thead', null, thead), h('tbody', null, body)));
+}
+
+function defList(pairs) {
+  return h('dl', { class: 'kv' }, pairs.filter(Boolean).map(([k, v]) => [h('dt', null, k), h('dd', null, v)]));
+}
+
+const layerLink = (id) => h('a', { href: `#/layer/${Number(id)}` }, `Layer ${id}`);
+const modelLink = (id, text) => h('a', { href: `#/model/${Number(id)}` }, text ?? `Model ${id}`);
+
+// ---- Overview ---------------------------------------------------------------------------------
+
+function viewHome({ signal }) {
+  const counts = h('div', { class: 'cards', 'aria-live': 'polite' });
+  const fig = Figure({ caption: 'Symmetric KL divergence between the filter distributions of the groups of three fields; axis labels carry each group\'s model count.', cls: 'fig-wide' });
+  fig.set(plotUrl('kl_combined'), 'Three heatmaps of the symmetric KL divergence between the distributions of trained 3×3 convolution filters, between groups by task, by visual category and by relative depth of the convolution layer');
+  add(main,
+    header('Distribution shifts of trained 3×3 convolution filters',
+      'The store at a glance, and the paper\'s headline figure. Open the ', h('a', { href: '#/explore' }, 'explorer'),
+      ' to draw it for any selection and grouping.'),
+    h('section', { 'aria-labelledby': 'h-counts' }, h('h2', { id: 'h-counts', class: 'visually-hidden' }, 'The store'), counts),
+    h('section', { class: 'panel', 'aria-labelledby': 'h-kl' },
+      h('div', { class: 'panel-head' }, h('h2', { id: 'h-kl' }, 'Divergence between groups'),
+        h('span', { class: 'panel-links' }, 'Explore by ',
+          h('a', { href: hashOf('/explore', { group_by: 'task' }) }, 'task'), ' · ',
+          h('a', { href: hashOf('/explore', { group_by: 'visual_category' }) }, 'visual category'), ' · ',
+          h('a', { href: hashOf('/explore', { group_by: 'depth_bin' }) }, 'depth'))),
+      fig.el));
+  load(counts, signal, async () => {
+    const s = await api('/v1/stats', { signal });
+    const card = (label, value, note, id) => h('div', { class: 'card', 'data-stat': id },
+      h('div', { class: 'card-label' }, label), h('div', { class: 'card-value' }, value), note ? h('div', { class: 'card-note' }, note) : null);
+    const b = s.basis;
+    return [
+      card('Models', fmtInt(s.models), null, 'models'),
+      card('Layers', fmtInt(s.layers), null, 'layers'),
+      card('Filters', fmtInt(s.filters), '3×3 kernels', 'filters'),
+      card('Shards', fmtInt(s.shards), fmtBytes(s.shard_bytes), 'shards'),
+      card('Basis', b ? `v${b.version}` : 'none', b ? `PCA of ${fmtInt(b.n_filters)} filters; c0–c1 explain ${fmtNum(100 * (b.explained_variance_ratio[0] + b.explained_variance_ratio[1]), 3)}%` : 'no filters yet', 'basis'),
+      card('Last ingest', s.last_ingest_at ? s.last_ingest_at.slice(0, 10) : '—',
+        `${s.last_ingest_at ? `${s.last_ingest_at.slice(11, 16)} · ` : ''}${fmtInt(s.ingests)} ingest${s.ingests === 1 ? '' : 's'}`, 'ingest'),
+    ];
+  });
+}
+
+// ---- Explorer ---------------------------------------------------------------------------------
+
+const METRICS = [['kl_sym', 'Symmetric KL'], ['js', 'Jensen–Shannon'], ['hellinger', 'Hellinger'], ['wasserstein', 'Wasserstein']];
+const BASES = [['global', 'Global PCA'], ['selection', 'The selection\'s own PCA']];
+const FIELD_LABELS = {
+  task: 'Task', visual_category: 'Visual category', training_dataset: 'Training dataset',
+  pretraining_dataset: 'Pretraining dataset', name: 'Architecture', model: 'Model', model_id: 'Model id',
+  producer: 'Producer', conv_depth: 'Conv depth', depth_bin: 'Relative depth', layer_id: 'Layer id',
+};
+const fieldLabel = (f) => FIELD_LABELS[f] || f;
+
+function exploreState(params) {
+  const s = {
+    group_by: params.get('group_by') || 'task',
+    metric: params.get('metric') || 'kl_sym',
+    bins: params.get('bins') || '70',
+    basis: params.get('basis') || 'global',
+    whereRaw: params.get('where') || '',
+    where: {},
+    whereError: null,
+  };
+  if (s.whereRaw) {
+    try {
+      const w = JSON.parse(s.whereRaw);
+      if (w && typeof w === 'object' && !Array.isArray(w)) s.where = w;
+      else s.whereError = 'where must be a JSON object {field: [values]}';
+    } catch {
+      s.whereError = 'where is not valid JSON';
+    }
+  }
+  return s;
+}
+
+function exploreParams(s) {
+  const where = Object.keys(s.where).length ? JSON.stringify(s.where) : '';
+  return { group_by: s.group_by, where: s.whereError ? s.whereRaw : where, metric: s.metric, bins: s.bins, basis: s.basis };
+}
+
+const BOUNDS = { gte: '≥', gt: '>', lte: '≤', lt: '<' };
+function condText(v) {  // a where condition that is not a list: a value or bounds
+  if (v && typeof v === 'object' && Object.keys(v).every((k) => k in BOUNDS)) {
+    return Object.entries(v).map(([k, x]) => `${BOUNDS[k]} ${fmtValue(x)}`).join(' and ');
+  }
+  return `is ${JSON.stringify(v)}`;
+}
+
+function describeWhere(where) {
+  const parts = Object.entries(where).map(([f, v]) => `${fieldLabel(f)} ${Array.isArray(v) ? `is ${v.map(fmtValue).join(' or ')}` : condText(v)}`);
+  return parts.length ? `filters where ${parts.join(' and ')}` : 'all filters';
+}
+
+function viewExplore({ params, signal }) {
+  let state = exploreState(params);
+  const nav = (s, opts) => go('/explore', exploreParams(s), opts);
+
+  // Controls
+  const groupSel = h('select', { id: 'x-group', name: 'group_by' }, h('option', { value: state.group_by }, fieldLabel(state.group_by)));
+  const metricSel = h('select', { id: 'x-metric', name: 'metric' }, METRICS.map(([v, t]) => h('option', { value: v }, t)));
+  const binsIn = h('input', { id: 'x-bins', name: 'bins', type: 'number', min: 1, max: 10000, step: 1, inputmode: 'numeric' });
+  const basisSel = h('select', { id: 'x-basis', name: 'basis' }, BASES.map(([v, t]) => h('option', { value: v }, t)));
+  groupSel.addEventListener('change', () => nav({ ...state, group_by: groupSel.value }));
+  metricSel.addEventListener('change', () => nav({ ...state, metric: metricSel.value }));
+  basisSel.addEventListener('change', () => nav({ ...state, basis: basisSel.value }));
+  binsIn.addEventListener('change', () => { if (binsIn.checkValidity()) nav({ ...state, bins: binsIn.value }); });
+  const form = h('form', { class: 'controls', onsubmit: (e) => { e.preventDefault(); nav({ ...state, bins: binsIn.value }); } },
+    h('div', { class: 'control' }, h('label', { for: 'x-group' }, 'Group by'), groupSel),
+    h('div', { class: 'control' }, h('label', { for: 'x-metric' }, 'Metric'), metricSel),
+    h('div', { class: 'control control-narrow' }, h('label', { for: 'x-bins' }, 'Bins'), binsIn),
+    h('div', { class: 'control' }, h('label', { for: 'x-basis' }, 'Basis'), basisSel),
+    h('button', { type: 'submit', class: 'btn visually-hidden' }, 'Update'),
+    h('p', { class: 'muted share-note' }, 'The address bar holds this view: copy it to share the figures.'));
+
+  // Selection: chips, then a field and its values
+  const chips = h('ul', { class: 'chips', 'aria-label': 'Selection' });
+  const pickField = h('select', { id: 'x-pick-field' });
+  const valueFilter = h('input', { id: 'x-value-filter', type: 'search', placeholder: 'Filter values', autocomplete: 'off' });
+  const valueList = h('div', { class: 'value-list' });
+  const valueBox = h('fieldset', { class: 'values' }, h('legend', null, 'Values'), h('div', { class: 'value-filter' },
+    h('label', { for: 'x-value-filter', class: 'visually-hidden' }, 'Filter the values'), valueFilter), valueList);
+  const applyBtn = h('button', { type: 'button', class: 'btn btn-primary', id: 'x-apply' }, 'Apply to selection');
+  const clearBtn = h('button', { type: 'button', class: 'btn', id: 'x-clear' }, 'Clear selection');
+  let fields = [];
+
+  function renderChips() {
+    const items = [];
+    for (const [f, v] of Object.entries(state.where)) {
+      const vals = Array.isArray(v) ? v : [v];
+      for (const x of vals) {
+        const text = Array.isArray(v) ? `${fieldLabel(f)}: ${fmtValue(x)}` : `${fieldLabel(f)} ${condText(x)}`;
+        items.push(h('li', { class: 'chip' }, h('span', null, text),
+          h('button', { type: 'button', class: 'chip-x', 'aria-label': `Remove ${text}`, title: 'Remove', onclick: () => {
+            const where = { ...state.where };
+            if (Array.isArray(v) && v.length > 1) where[f] = v.filter((y) => y !== x);
+            else delete where[f];
+            nav({ ...state, where, whereError: null });
+          } }, '×')));
+      }
+    }
+    fill(chips, items.length ? items : h('li', { class: 'chip-empty' }, 'All filters (no selection)'));
+    clearBtn.disabled = !items.length;
+  }
+
+  function renderValues() {
+    const f = fields.find((x) => x.name === pickField.value);
+    if (!f) { fill(valueList); return; }
+    const chosen = new Set((Array.isArray(state.where[f.name]) ? state.where[f.name] : []).map((v) => JSON.stringify(v)));
+    const q = valueFilter.value.trim().toLowerCase();
+    const vals = f.values.filter((v) => !q || fmtValue(v.value).toLowerCase().includes(q));
+    fill(valueList, vals.length ? vals.map((v, i) => {
+      const id = `x-v-${i}`;
+      return h('div', { class: 'value' },
+        h('input', { type: 'checkbox', id, 'data-value': JSON.stringify(v.value), checked: chosen.has(JSON.stringify(v.value)) }),
+        h('label', { for: id }, fmtValue(v.value), ' ', h('span', { class: 'muted' }, `${fmtInt(v.models)} model${v.models === 1 ? '' : 's'}, ${fmtInt(v.filters)} filters`)));
+    }) : h('p', { class: 'muted' }, 'No value matches.'),
+    f.truncated ? h('p', { class: 'muted' }, `The first ${fmtInt(f.values.length)} of ${fmtInt(f.n_distinct)} values.`) : null);
+    valueBox.querySelector('legend').textContent = `Values of ${fieldLabel(f.name)}`;
+  }
+  pickField.addEventListener('change', () => { valueFilter.value = ''; renderValues(); });
+  valueFilter.addEventListener('input', renderValues);
+  applyBtn.addEventListener('click', () => {
+    const f = pickField.value;
+    const checked = [...valueList.querySelectorAll('input[type=checkbox]')];
+    const visible = new Set(checked.map((c) => c.dataset.value));
+    // Values hidden by the filter box stay as they were.
+    const prev = (Array.isArray(state.where[f]) ? state.where[f] : []).filter((v) => !visible.has(JSON.stringify(v)));
+    const vals = prev.concat(checked.filter((c) => c.checked).map((c) => JSON.parse(c.dataset.value)));
+    const where = { ...state.where };
+    if (vals.length) where[f] = vals; else delete where[f];
+    nav({ ...state, where, whereError: null });
+  });
+  clearBtn.addEventListener('click', () => nav({ ...state, where: {}, whereError: null, whereRaw: '' }));
+
+  const selection = h('section', { class: 'panel selection', 'aria-labelledby': 'h-sel' },
+    h('h2', { id: 'h-sel' }, 'Selection'), chips,
+    h('div', { class: 'picker' },
+      h('div', { class: 'control' }, h('label', { for: 'x-pick-field' }, 'Field'), pickField),
+      valueBox,
+      h('div', { class: 'picker-actions' }, applyBtn, clearBtn)));
+
+  // Results
+  const heat = Figure({ caption: 'Divergence between the groups (rows and columns sorted by their mean, depth in natural order).', cls: 'fig-heat' });
+  const ridge = Figure({ caption: 'Density of each principal-component coefficient c0…c8 per group (Gaussian KDE, Silverman\'s bandwidth).', cls: 'fig-wide' });
+  const eigen = Figure({ caption: 'The selection\'s eigen-images v0…v8 with their explained variance ratio.', cls: 'fig-wide' });
+  const density = Figure({ caption: 'Density of the first two coefficients (c0 right, c1 up; log colour scale).', cls: 'fig-square' });
+  const variance = Figure({ caption: 'Cumulative explained variance ratio of the principal components: the global basis and the selection\'s own.', cls: 'fig-square' });
+  const drift = h('div', { class: 'drift', 'aria-live': 'polite' });
+  const whereNote = h('p', { class: 'lede', id: 'x-where-note' });
+  add(main,
+    header('Explorer', 'Distribution shifts between groups of any selection of filters.'),
+    h('section', { class: 'panel', 'aria-label': 'Parameters' }, form),
+    selection,
+    whereNote,
+    h('div', { class: 'grid-heat' },
+      h('section', { class: 'panel', 'aria-labelledby': 'h-heat' }, h('h2', { id: 'h-heat' }, 'Divergence heatmap'), heat.el),
+      h('section', { class: 'panel', 'aria-labelledby': 'h-drift' }, h('h2', { id: 'h-drift' }, 'Drift statistics'), drift)),
+    h('section', { class: 'panel', 'aria-labelledby': 'h-ridge' }, h('h2', { id: 'h-ridge' }, 'Ridge plot'), ridge.el),
+    h('section', { class: 'panel', 'aria-labelledby': 'h-eigen' }, h('h2', { id: 'h-eigen' }, 'Eigen-images'), eigen.el),
+    h('div', { class: 'grid-even' },
+      h('section', { class: 'panel', 'aria-labelledby': 'h-density' }, h('h2', { id: 'h-density' }, 'Density of c0 and c1'), density.el),
+      h('section', { class: 'panel', 'aria-labelledby': 'h-variance' }, h('h2', { id: 'h-variance' }, 'Explained variance'), variance.el)));
+
+  let driftCtl = null;
+  function show() {
+    const p = exploreParams(state);
+    groupSel.value = state.group_by;
+    metricSel.value = state.metric;
+    binsIn.value = state.bins;
+    basisSel.value = state.basis;
+    renderChips();
+    renderValues();
+    const gl = fieldLabel(state.group_by);
+    const sel = describeWhere(state.where);
+    whereNote.textContent = state.whereError ? `The selection in the URL is not usable: ${state.whereError}.` : `Showing ${sel}, grouped by ${gl}.`;
+    const metricName = (METRICS.find(([v]) => v === state.metric) || [0, state.metric])[1];
+    heat.set(plotUrl('divergence', { group_by: p.group_by, where: p.where, metric: p.metric, bins: p.bins, basis: p.basis }),
+      `Heatmap of the ${metricName} divergence between the groups by ${gl} of ${sel}`);
+    ridge.set(plotUrl('ridge', { group_by: p.group_by, where: p.where, basis: p.basis }),
+      `Ridge plot: per group by ${gl}, the density of each of the nine principal-component coefficients of ${sel}`);
+    eigen.set(plotUrl('eigenimages', { where: p.where }), `The nine eigen-images (3×3 principal components) of ${sel}, with their explained variance ratios`);
+    density.set(plotUrl('density2d', { where: p.where, basis: p.basis }), `Two-dimensional density of the first two principal-component coefficients of ${sel}`);
+    variance.set(plotUrl('explained_variance', { where: p.where }), `Line chart of the cumulative explained variance ratio of the principal components of ${sel}`);
+
+    driftCtl?.abort();
+    driftCtl = new AbortController();
+    const ctl = driftCtl;
+    signal.addEventListener('abort', () => ctl.abort(), { once: true });
+    if (state.whereError) { fill(drift, errorBox(new ApiError(0, 'invalid_where', state.whereError))); return; }
+    const body = { group_by: state.group_by, metric: state.metric, bins: /^\d+$/.test(state.bins) ? Number(state.bins) : state.bins, basis: state.basis };
+    if (Object.keys(state.where).length) body.where = state.where;
+    load(drift, ctl.signal, async () => {
+      const r = await api('/v1/divergence', { method: 'POST', body, signal: ctl.signal });
+      const d = r.drift;
+      const stat = (k) => (d ? fmtNum(d[k]) : '—');
+      return [
+        h('table', { class: 'data stats', id: 'drift-table' },
+          h('caption', { class: 'visually-hidden' }, 'Drift statistics of the divergence matrix'),
+          h('tbody', null, [
+            ['Groups', fmtInt(r.labels.length)], ['Drift mean', stat('mean')], ['Median', stat('median')],
+            ['Q1', stat('q1')], ['Q3', stat('q3')], ['Min', stat('min')], ['Max', stat('max')],
+            ['Metric', `${r.metric} (${r.weights} weights)`], ['Bins', fmtInt(r.bins)],
+            ['Basis', `${r.basis.kind}${r.basis.version != null ? ` v${r.basis.version}` : ''}`],
+            ['Method', r.method], ['Elapsed', `${fmtNum(r.elapsed_ms, 3)} ms`],
+          ].map(([k, v]) => h('tr', null, h('th', { scope: 'row' }, k), h('td', { class: 'num' }, v))))),
+        d ? null : h('p', { class: 'muted' }, 'Drift needs at least two groups.'),
+        r.empty_groups?.length ? h('p', { class: 'muted' }, `No filters for: ${r.empty_groups.map(fmtValue).join(', ')}`) : null,
+        h('h3', null, 'Groups'),
+        h('div', { class: 'scroll-y', tabindex: 0, role: 'region', 'aria-label': 'Groups' }, dataTable([
+          { key: 'label', label: gl },
+          { key: 'models', label: 'Models', num: true },
+          { key: 'layers', label: 'Layers', num: true },
+          { key: 'filters', label: 'Filters', num: true },
+        ], r.labels.map((l, i) => ({ label: fmtValue(l), models: r.n_models[i], layers: r.n_layers[i], filters: r.n_filters[i] })))),
+      ];
+    });
+  }
+
+  once('/v1/fields').then((f) => {
+    if (signal.aborted) return;
+    fields = f.fields;
+    fill(groupSel, fields.map((x) => h('option', { value: x.name }, fieldLabel(x.name))));
+    fill(pickField, fields.map((x) => h('option', { value: x.name }, fieldLabel(x.name))));
+    groupSel.value = state.group_by;
+    if (groupSel.value !== state.group_by) add(groupSel, h('option', { value: state.group_by }, state.group_by)).value = state.group_by;
+    renderValues();
+  }).catch((e) => { if (!signal.aborted) add(selection, errorBox(e)); });
+
+  show();
+  return { update(params2) { state = exploreState(params2); show(); } };
+}
+
+// ---- Degenerate layers ------------------------------------------------------------------------
+
+const DEGEN_DEFAULTS = { sparsity_gt: '0.5', entropy_norm_lt: '0.5', entropy_norm_gt: '1.0', limit: '100', offset: '0' };
+const DEGEN_COLUMNS = [
+  { key: 'layer_id', label: 'Layer', num: true, render: (r) => layerLink(r.layer_id) },
+  { key: 'model', label: 'Model', nowrap: true, render: (r) => modelLink(r.model_id, r.model) },
+  { key: 'conv_depth', label: 'Depth', num: true },
+  { key: 'depth_bin', label: 'Depth bin' },
+  { key: 'n_filters', label: 'Filters', num: true },
+  { key: 'sparsity', label: 'Sparsity', num: true },
+  { key: 'variance_entropy_norm', label: 'Entropy (norm.)', num: true },
+  { key: 'flags', label: 'Flags', sortable: false, render: (r) => [
+    r.sparse ? h('span', { class: 'badge badge-warn' }, 'sparse') : null,
+    r.low_entropy ? h('span', { class: 'badge badge-info' }, 'low entropy') : null,
+    r.random_like ? h('span', { class: 'badge badge-alt' }, 'random-like') : null] },
+];
+
+function sortRows(rows, key, dir) {
+  const sign = dir === 'desc' ? -1 : 1;
+  return [...rows].sort((a, b) => {
+    const x = a[key];
+    const y = b[key];
+    if (x == null && y == null) return 0;
+    if (x == null) return 1;  // missing values last, either way
+    if (y == null) return -1;
+    const c = typeof x === 'number' && typeof y === 'number' ? x - y : String(x).localeCompare(String(y), 'en', { numeric: true });
+    return sign * c || a.layer_id - b.layer_id;
+  });
+}
+
+function viewDegenerate({ params, signal }) {
+  const inputs = {};
+  const num = (name, label, attrs) => {
+    inputs[name] = h('input', { id: `d-${name}`, name, type: 'number', step: 'any', ...attrs });
+    return h('div', { class: 'control control-narrow' }, h('label', { for: `d-${name}` }, label), inputs[name]);
+  };
+  const form = h('form', { class: 'controls', onsubmit: (e) => {
+    e.preventDefault();
+    const p = { ...Object.fromEntries(Object.entries(inputs).map(([k, el]) => [k, el.value])), offset: '0', sort: state.sort, dir: state.sort ? state.dir : '', color_by: state.color_by };
+    go('/degenerate', p);
+  } },
+  num('sparsity_gt', 'Sparsity >', { min: 0, max: 1 }),
+  num('entropy_norm_lt', 'Entropy (norm.) <', {}),
+  num('entropy_norm_gt', 'Entropy (norm.) >', {}),
+  num('limit', 'Rows', { min: 1, max: 10000, step: 1 }),
+  h('button', { type: 'submit', class: 'btn btn-primary' }, 'Apply'));
+  const result = h('div', { 'aria-live': 'polite' });
+  const fig = Figure({ caption: 'Every layer\'s sparsity against its normalized variance entropy; the lines are the default thresholds.', cls: 'fig-square' });
+  const colorSel = h('select', { id: 'd-color', name: 'color_by' });
+  colorSel.addEventListener('change', () => go('/degenerate', { ...state.q, sort: state.sort, dir: state.sort ? state.dir : '', color_by: colorSel.value }));
+  once('/v1/fields').then((f) => {
+    if (signal.aborted) return;
+    fill(colorSel, f.fields.filter((x) => x.n_distinct <= 40).map((x) => h('option', { value: x.name }, fieldLabel(x.name))));
+    colorSel.value = state.color_by;
+  }).catch(() => {});
+  add(main,
+    header('Degenerate layers', 'Layers whose filters are mostly zero (sparse), nearly all alike (low variance entropy) or random-like (high entropy).'),
+    h('section', { class: 'panel', 'aria-label': 'Thresholds' }, form),
+    h('section', { class: 'panel', 'aria-labelledby': 'h-layers' }, h('h2', { id: 'h-layers' }, 'Layers over the thresholds'), result),
+    h('section', { class: 'panel', 'aria-labelledby': 'h-quality' },
+      h('div', { class: 'panel-head' }, h('h2', { id: 'h-quality' }, 'Quality of every layer'),
+        h('div', { class: 'control inline' }, h('label', { for: 'd-color' }, 'Colour by'), colorSel)),
+      fig.el));
+
+  let state = {};
+  let data = null;
+  let queryKey = null;
+  let ctl = null;
+
+  function renderTable(focusKey) {
+    const rows = state.sort ? sortRows(data.layers, state.sort, state.dir) : data.layers;
+    const from = data.total ? data.offset + 1 : 0;
+    const to = data.offset + data.layers.length;
+    const pageParams = (offset) => ({ ...state.q, offset: String(offset), sort: state.sort, dir: state.sort ? state.dir : '', color_by: state.color_by });
+    fill(result,
+      h('p', { class: 'muted', id: 'd-count' }, `${fmtInt(from)}–${fmtInt(to)} of ${fmtInt(data.total)} layers`),
+      rows.length ? dataTable(DEGEN_COLUMNS, rows, {
+        sort: { key: state.sort, dir: state.dir },
+        onSort: (key) => {
+          const dir = state.sort === key && state.dir === 'asc' ? 'desc' : 'asc';
+          go('/degenerate', { ...state.q, sort: key, dir, color_by: state.color_by }, { replace: true });
+        },
+      }) : h('p', null, 'No layer is over the thresholds.'),
+      h('nav', { class: 'pager', 'aria-label': 'Pages' },
+        data.offset > 0 ? h('a', { href: hashOf('/degenerate', pageParams(Math.max(0, data.offset - data.limit))) }, '← Previous') : null,
+        to < data.total ? h('a', { href: hashOf('/degenerate', pageParams(data.offset + data.limit)) }, 'Next →') : null));
+    if (focusKey) result.querySelector(`button.sort[data-key="${focusKey}"]`)?.focus();
+  }
+
+  function show(params2) {
+    const q = {};
+    for (const k of Object.keys(DEGEN_DEFAULTS)) q[k] = params2.get(k) ?? DEGEN_DEFAULTS[k];
+    const sort = params2.get('sort') || '';
+    state = { q, sort, dir: params2.get('dir') === 'desc' ? 'desc' : 'asc', color_by: params2.get('color_by') || 'task' };
+    for (const [k, el] of Object.entries(inputs)) el.value = q[k];
+    if (colorSel.options.length) colorSel.value = state.color_by;
+    const colorName = fieldLabel(state.color_by).toLowerCase();
+    fig.set(plotUrl('quality', { color_by: state.color_by === 'task' ? '' : state.color_by }),
+      `Scatter plot of every layer's sparsity against its normalized variance entropy, coloured by ${colorName}, with the degenerate thresholds drawn as lines`);
+    const key = JSON.stringify(q);
+    if (key === queryKey && data) {  // only the order changed
+      const active = document.activeElement;
+      renderTable(active?.classList.contains('sort') ? active.dataset.key : null);
+      return;
+    }
+    queryKey = key;
+    ctl?.abort();
+    ctl = new AbortController();
+    const c = ctl;
+    signal.addEventListener('abort', () => c.abort(), { once: true });
+    data = null;
+    fill(result, h('p', { class: 'loading' }, 'Loading…'));
+    api(`/v1/quality/degenerate?${new URLSearchParams(q)}`, { signal: c.signal }).then((d) => {
+      if (c.signal.aborted) return;
+      data = d;
+      renderTable(null);
+    }).catch((e) => { if (!isAbort(e) && !c.signal.aborted) fill(result, errorBox(e)); });
+  }
+  show(params);
+  return { update: show };
+}
+
+// ---- Layer ------------------------------------------------------------------------------------
+
+function viewLayer({ args, signal }) {
+  const id = Number(args[0]);
+  const body = h('div');
+  const fig = Figure({ caption: 'Each filter of the layer as a 3×3 image, scaled to its own absolute peak (blue negative, red positive).', cls: 'fig-wide' });
+  add(main, header(`Layer ${id}`), body);
+  load(body, signal, async () => {
+    const l = await api(`/v1/layers/${id}`, { signal });
+    fig.set(plotUrl('layer_filters', { layer_id: id }), `The ${fmtInt(l.n_filters)} 3×3 filters of layer ${id} of model ${l.model}, each drawn as a small image`);
+    main.querySelector('.page-head').append(h('p', { class: 'lede' }, 'Convolution layer ', fmtInt(l.conv_depth), ' of model ', modelLink(l.model_id, l.model), '.'));
+    return [
+      h('div', { class: 'grid-layer' },
+        h('section', { class: 'panel', 'aria-labelledby': 'h-metrics' }, h('h2', { id: 'h-metrics' }, 'Quality metrics'),
+          h('div', { id: 'layer-metrics' }, defList([
+            ['Sparsity', fmtNum(l.sparsity)],
+            ['Variance entropy', fmtNum(l.variance_entropy)],
+            ['Variance entropy (normalized)', fmtNum(l.variance_entropy_norm)],
+            ['Variance entropy (clean)', fmtNum(l.variance_entropy_clean)],
+            ['Orthogonality', fmtNum(l.orthogonality)],
+          ])),
+          h('h2', null, 'Layer'),
+          defList([
+            ['Model', modelLink(l.model_id, l.model)],
+            ['Conv depth', `${fmtInt(l.conv_depth)} (relative ${fmtNum(l.conv_depth_norm, 3)}, bin ${l.depth_bin})`],
+            ['Filters', `${fmtInt(l.n_filters)} (ids ${fmtInt(l.filter_id_first)}–${fmtInt(l.filter_id_last)})`],
+            ['Channels in / out', `${fmtInt(l.in_channels)} / ${fmtInt(l.out_channels)}`],
+            ['Groups', fmtInt(l.groups)],
+          ]),
+          h('p', { class: 'downloads' },
+            h('a', { class: 'btn', id: 'npy-link', href: `/v1/layers/${id}/filters?format=npy`, download: `layer-${id}.npy` }, 'Download filters (.npy)'), ' ',
+            h('a', { href: `/v1/layers/${id}/filters?limit=100` }, 'as JSON'))),
+        h('section', { class: 'panel', 'aria-labelledby': 'h-filters' }, h('h2', { id: 'h-filters' }, 'Filters'), fig.el)),
+    ];
+  });
+}
+
+// ---- Models -----------------------------------------------------------------------------------
+
+const MODEL_TEXT = ['model', 'name', 'task', 'task_raw', 'visual_category', 'training_dataset', 'pretraining_dataset', 'producer', 'paper'];
+
+async function allModels(query, signal) {
+  let url = `/v1/models?${new URLSearchParams({ ...query, limit: '1000' })}`;
+  const items = [];
+  let total = 0;
+  for (let page = 0; url && page < 100; page++) {
+    const r = await api(url, { signal });
+    items.push(...r.items);
+    total = r.total;
+    url = r.next && r.next.startsWith('/v1/models') ? r.next : null;
+  }
+  return { items, total };
+}
+
+function viewModels({ params, signal }) {
+  const search = h('input', { id: 'm-q', type: 'search', name: 'q', autocomplete: 'off', placeholder: 'name, task, dataset…' });
+  const taskSel = h('select', { id: 'm-task', name: 'task' }, h('option', { value: '' }, 'Any task'));
+  const catSel = h('select', { id: 'm-cat', name: 'visual_category' }, h('option', { value: '' }, 'Any visual category'));
+  const count = h('p', { class: 'muted', id: 'm-count', 'aria-live': 'polite' });
+  const list = h('div');
+  let state = {};
+  let models = null;
+  let fetchKey = null;
+  let timer = null;
+  const current = () => ({ q: search.value.trim(), task: taskSel.value, visual_category: catSel.value });
+
+  search.addEventListener('input', () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => go('/models', current(), { replace: true }), 150);
+  });
+  taskSel.addEventListener('change', () => go('/models', current()));
+  catSel.addEventListener('change', () => go('/models', current()));
+  add(main,
+    header('Models', 'Every model of the store; search filters the list as you type.'),
+    h('section', { class: 'panel' },
+      h('form', { class: 'controls', role: 'search', onsubmit: (e) => { e.preventDefault(); clearTimeout(timer); go('/models', current()); } },
+        h('div', { class: 'control control-wide' }, h('label', { for: 'm-q' }, 'Search'), search),
+        h('div', { class: 'control' }, h('label', { for: 'm-task' }, 'Task'), taskSel),
+        h('div', { class: 'control' }, h('label', { for: 'm-cat' }, 'Visual category'), catSel))),
+    h('section', { class: 'panel' }, count, list));
+
+  once('/v1/fields').then((f) => {
+    if (signal.aborted) return;
+    const opts = (name) => (f.fields.find((x) => x.name === name)?.values || []).filter((v) => v.value !== null)
+      .map((v) => h('option', { value: v.value }, `${v.value} (${fmtInt(v.models)})`));
+    add(taskSel, opts('task'));
+    add(catSel, opts('visual_category'));
+    taskSel.value = state.task || '';
+    catSel.value = state.visual_category || '';
+  }).catch(() => {});
+
+  function listContent() {
+    const q = state.q.toLowerCase();
+    const rows = q ? models.items.filter((m) => MODEL_TEXT.some((k) => m[k] != null && String(m[k]).toLowerCase().includes(q))) : models.items;
+    count.textContent = `${fmtInt(rows.length)} of ${fmtInt(models.total)} models${q ? ` matching “${state.q}”` : ''}`;
+    return rows.length ? dataTable([
+      { key: 'model', label: 'Model', render: (m) => modelLink(m.model_id, m.model) },
+      { key: 'name', label: 'Architecture' },
+      { key: 'task', label: 'Task' },
+      { key: 'visual_category', label: 'Visual category' },
+      { key: 'training_dataset', label: 'Training dataset' },
+      { key: 'n_layers', label: 'Layers', num: true },
+      { key: 'n_filters', label: 'Filters', num: true },
+    ], rows, { caption: 'Models' }) : h('p', null, 'No model matches.');
+  }
+
+  function show(params2) {
+    state = { q: params2.get('q') || '', task: params2.get('task') || '', visual_category: params2.get('visual_category') || '' };
+    if (document.activeElement !== search) search.value = state.q;
+    taskSel.value = state.task;
+    catSel.value = state.visual_category;
+    const query = {};
+    if (state.task) query.task = state.task;
+    if (state.visual_category) query.visual_category = state.visual_category;
+    const key = JSON.stringify(query);
+    if (key === fetchKey && models) { fill(list, listContent()); return; }
+    fetchKey = key;
+    models = null;
+    load(list, signal, async () => {
+      const m = await allModels(query, signal);
+      if (fetchKey !== key) throw new DOMException('stale', 'AbortError');
+      models = m;
+      return listContent();
+    });
+  }
+  show(params);
+  return { update: show };
+}
+
+function viewModel({ args, signal }) {
+  const id = Number(args[0]);
+  const meta = h('div');
+  const layers = h('div', { id: 'model-layers' });
+  const similar = h('div', { id: 'model-similar' });
+  add(main, header(`Model ${id}`),
+    h('div', { class: 'grid-model' },
+      h('section', { class: 'panel', 'aria-labelledby': 'h-meta' }, h('h2', { id: 'h-meta' }, 'Metadata'), meta),
+      h('section', { class: 'panel', 'aria-labelledby': 'h-similar' }, h('h2', { id: 'h-similar' }, 'Most similar models'), similar)),
+    h('section', { class: 'panel', 'aria-labelledby': 'h-mlayers' }, h('h2', { id: 'h-mlayers' }, 'Layers'), layers));
+  load(meta, signal, async () => {
+    const m = await api(`/v1/models/${id}`, { signal });
+    setTitle(m.model);
+    main.querySelector('h1').textContent = m.model;
+    const link = (u) => (/^https?:\/\//i.test(u) ? h('a', { href: u, rel: 'noopener noreferrer', target: '_blank' }, u) : u);
+    const counts = (o) => Object.entries(o || {}).map(([k, v]) => `${k}: ${fmtInt(v)}`).join(', ') || '—';
+    main.querySelector('.page-head').append(h('p', { class: 'lede' },
+      h('a', { href: hashOf('/explore', { group_by: 'depth_bin', where: JSON.stringify({ model_id: [id] }) }) }, 'Explore this model\'s filters by depth'),
+      ' · ', h('a', { href: hashOf('/explore', { group_by: 'task', where: JSON.stringify({ name: [m.name] }) }) }, `All ${m.name ?? 'unnamed'} models by task`)));
+    return defList([
+      ['Model id', String(m.model_id)], ['Architecture', m.name ?? '—'], ['Task', m.task_raw && m.task_raw !== m.task ? `${m.task} (${m.task_raw})` : m.task ?? '—'],
+      ['Visual category', m.visual_category ?? '—'], ['Training dataset', m.training_dataset ?? '—'],
+      ['Pretraining dataset', m.pretraining_dataset ?? '—'], ['Producer', m.producer ?? '—'],
+      ['Opset / depth', `${m.op_set ?? '—'} / ${m.depth ?? '—'}`], ['Paper', m.paper ?? '—'], ['Accessible', m.accessible ?? '—'],
+      ['Dataset URL', m.dataset_url ? link(m.dataset_url) : '—'],
+      ['3×3 filters', `${fmtInt(m.n_filters)} in ${fmtInt(m.n_layers)} layers (${m.filter_share_3x3 != null ? fmtNum(100 * m.filter_share_3x3, 3) : '—'}% of ${fmtInt(m.total_filters)} filters)`],
+      ['Kernel sizes', counts(m.kernel_counts)], ['Operators', counts(m.op_counts)],
+      ['Source', m.source], m.sha256 ? ['SHA-256', h('code', null, m.sha256)] : null,
+      m.extra ? ['Extra', h('code', null, JSON.stringify(m.extra))] : null,
+    ]);
+  });
+  load(layers, signal, async () => {
+    const r = await api(`/v1/models/${id}/layers`, { signal });
+    return dataTable([
+      { key: 'layer_id', label: 'Layer', num: true, render: (l) => layerLink(l.layer_id) },
+      { key: 'conv_depth', label: 'Depth', num: true },
+      { key: 'depth_bin', label: 'Depth bin' },
+      { key: 'n_filters', label: 'Filters', num: true },
+      { key: 'sparsity', label: 'Sparsity', num: true },
+      { key: 'variance_entropy_norm', label: 'Entropy (norm.)', num: true },
+      { key: 'orthogonality', label: 'Orthogonality', num: true },
+    ], r.items);
+  });
+  load(similar, signal, async () => {
+    const r = await api(`/v1/models/${id}/similar?k=5`, { signal });
+    return [
+      r.similar.length ? h('ol', { class: 'similar' }, r.similar.map((s) => h('li', null,
+        modelLink(s.model_id, s.model ?? `Model ${s.model_id}`), ' ', h('span', { class: 'muted' }, `${r.metric} ${fmtNum(s.distance)}`)))) : h('p', null, 'No other model.'),
+      h('p', { class: 'muted' }, `Distance between the models' filter distributions (${r.metric}, ${r.weights} weights, global basis).`),
+    ];
+  });
+}
+
+// ---- SQL console ------------------------------------------------------------------------------
+
+const SQL_EXAMPLES = [
+  ['Models per task', 'SELECT task, count(*) AS models FROM models GROUP BY task ORDER BY models DESC'],
+  ['Sparsest layers', 'SELECT layer_id, model_id, n_filters, sparsity FROM layers ORDER BY sparsity DESC LIMIT 20'],
+  ['Filters per depth bin', 'SELECT depth_bin, sum(n_filters) AS filters FROM layers_with_models GROUP BY depth_bin ORDER BY depth_bin'],
+];
+
+function viewSql({ params, signal }) {
+  const ta = h('textarea', { id: 'sql-q', name: 'sql', rows: 6, spellcheck: 'false', autocomplete: 'off', 'aria-describedby': 'sql-hint' });
+  const maxRows = h('input', { id: 'sql-max', name: 'max_rows', type: 'number', min: 0, step: 1, placeholder: 'default' });
+  const runBtn = h('button', { type: 'submit', class: 'btn btn-primary', id: 'sql-run' }, 'Run');
+  const out = h('div', { id: 'sql-result', 'aria-live': 'polite' });
+  const limits = h('div', { id: 'sql-limits' });
+  let ctl = null;
+  let lastRun = null;
+
+  function submit() {
+    const q = ta.value.trim();
+    if (!q) return;
+    const p = { q, max_rows: maxRows.value };
+    const hash = hashOf('/sql', p);
+    if (hash !== location.hash) history.pushState(null, '', hash);
+    run(q, maxRows.value);
+  }
+  ta.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); submit(); }
+  });
+  const form = h('form', { class: 'sql-form', onsubmit: (e) => { e.preventDefault(); submit(); } },
+    h('label', { for: 'sql-q' }, 'Query'), ta,
+    h('div', { class: 'sql-actions' },
+      runBtn,
+      h('div', { class: 'control control-narrow inline' }, h('label', { for: 'sql-max' }, 'Max rows'), maxRows),
+      h('span', { class: 'muted', id: 'sql-hint' }, 'Ctrl+Enter runs the query. One read-only statement (SELECT).')));
+  add(main,
+    header('SQL console', 'Read-only SQL over the store: tables ', h('code', null, 'models'), ', ', h('code', null, 'layers'), ', ',
+      h('code', null, 'layers_with_models'), ', ', h('code', null, 'filters'), ', ', h('code', null, 'basis'), '.'),
+    h('div', { class: 'grid-sql' },
+      h('section', { class: 'panel' }, form,
+        h('p', { class: 'examples' }, 'Examples: ', SQL_EXAMPLES.map(([t, q], i) => [i ? ' · ' : '', h('a', { href: hashOf('/sql', { q }) }, t)]))),
+      h('section', { class: 'panel', 'aria-labelledby': 'h-limits' }, h('h2', { id: 'h-limits' }, 'Limits in force'), limits)),
+    h('section', { class: 'panel', 'aria-labelledby': 'h-result' }, h('h2', { id: 'h-result' }, 'Result'), out));
+
+  load(limits, signal, async () => {
+    const s = await once('/v1/stats');
+    const L = s.limits;
+    const sb = L.sql_sandbox;
+    return defList([
+      ['Rows', `${fmtInt(L.sql_default_rows)} by default, at most ${fmtInt(L.sql_max_rows)}`],
+      ['Result size', `${fmtBytes(L.sql_max_bytes)} of JSON rows`],
+      ['Time', `${fmtNum(L.sql_timeout_s)} s per query`],
+      ['Memory', `${L.sql_memory_limit} (DuckDB), ${fmtBytes(L.sql_worker_memory_cap)} address space`],
+      ['Concurrency', `${fmtInt(L.sql_workers)} queries at once`],
+      ['Sandbox', sb ? `${sb.chroot ? 'chroot' : 'no chroot'}, Landlock ABI ${sb.landlock_abi}` : 'read-only statements only'],
+    ]);
+  });
+
+  function run(q, max) {
+    ctl?.abort();
+    ctl = new AbortController();
+    const c = ctl;
+    signal.addEventListener('abort', () => c.abort(), { once: true });
+    lastRun = `${q}\u0000${max}`;
+    runBtn.disabled = true;
+    const body = { sql: q };
+    if (max !== '' && max != null) body.max_rows = Number(max);
+    const t0 = performance.now();
+    load(out, c.signal, async () => {
+      try {
+        const r = await api('/v1/sql', { method: 'POST', body, signal: c.signal });
+        const numeric = r.types.map((t) => /INT|DOUBLE|FLOAT|DECIMAL|REAL|NUMERIC/i.test(t));
+        const head = h('tr', null, r.columns.map((col, i) => h('th', { scope: 'col', title: r.types[i], class: numeric[i] ? 'num' : null }, col)));
+        const rows = r.rows.map((row) => h('tr', null, row.map((v, i) => h('td', { class: numeric[i] ? 'num' : null }, sqlCell(v)))));
+        return [
+          h('p', { class: 'muted', id: 'sql-summary' },
+            `${fmtInt(r.rows.length)} row${r.rows.length === 1 ? '' : 's'} · ${fmtNum(r.elapsed_ms, 3)} ms at the service (${fmtNum(performance.now() - t0, 3)} ms here) · caps: ${fmtInt(r.max_rows)} rows, ${fmtBytes(r.max_bytes)}`),
+          r.truncated ? h('p', { class: 'warn-box', role: 'status' }, `Truncated: ${r.truncated_reason}`) : null,
+          h('div', { class: 'table-wrap' }, h('table', { class: 'data', id: 'sql-table' },
+            h('thead', null, head), h('tbody', null, rows))),
+        ];
+      } finally {
+        if (ctl === c) runBtn.disabled = false;
+      }
+    });
+  }
+
+  function show(params2) {
+    const q = params2.get('q') || '';
+    const max = params2.get('max_rows') || '';
+    ta.value = q || ta.value || SQL_EXAMPLES[0][1];
+    maxRows.value = max;
+    if (q && `${q}\u0000${max}` !== lastRun) run(q, max);
+    else if (!q) fill(out, h('p', { class: 'muted' }, 'Run a query to see its rows here.'));
+  }
+  show(params);
+  return { update: show };
+}
+
+// ---- Not found --------------------------------------------------------------------------------
+
+function viewNotFound() {
+  add(main, header('Page not found', 'No view at this address. Go to the ', h('a', { href: '#/' }, 'overview'), '.'));
+}
+
+// ---- start ------------------------------------------------------------------------------------
+
+document.getElementById('skip-link').addEventListener('click', (e) => {
+  e.preventDefault();  // the hash holds the view's state: focus the content without changing it
+  main.focus();
+  main.scrollIntoView();
+});
+window.addEventListener('hashchange', route);
+route();

@@ -1,0 +1,497 @@
+"""The dashboard at `/` (service/routers/dashboard.py, service/static/): its static route over
+plain HTTP, then every view in a real browser, Debian's chromium driven by playwright, against the
+real service (uvicorn on a free localhost port) over the session's sample store.
+
+Each browser test checks that no request leaves the service and (on the pages that should load
+cleanly) that the console shows no error; it saves a full-page screenshot to tests/artifacts/.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STATIC = REPO / "service" / "static"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+PAGE_BUDGET = 300_000  # bytes of HTML + JS + CSS (issue 10)
+FIGURE_TIMEOUT_MS = 30_000
+
+
+# ---- the static route, over plain HTTP ---------------------------------------------------------
+
+def test_assets_are_flat_small_and_local():
+    files = sorted(p.name for p in STATIC.iterdir())
+    assert not [p for p in STATIC.iterdir() if p.is_dir()], "package-data ships static/* only: keep it flat"
+    assert {"index.html", "app.js", "app.css"} <= set(files)
+    sizes = {n: (STATIC / n).stat().st_size for n in ("index.html", "app.js", "app.css")}
+    assert sum(sizes.values()) < PAGE_BUDGET, sizes
+    for name in sizes:
+        text = (STATIC / name).read_text()
+        # No CDN, no external font or script: nothing addressed to another host.
+        assert not re.search(r"https?://|[\"'(=]\s*//[a-z0-9-]", text, re.I), name
+        assert "@import" not in text and "innerHTML" not in text and "outerHTML" not in text, name
+    html = (STATIC / "index.html").read_text()
+    assert re.findall(r'(?:src|href)="(/static/[^"]+)"', html) and all(
+        (STATIC / u.removeprefix("/static/")).is_file() for u in re.findall(r'(?:src|href)="(/static/[^"]+)"', html))
+
+
+@pytest.mark.parametrize("path, content_type", [
+    ("/", "text/html; charset=utf-8"),
+    ("/static/index.html", "text/html; charset=utf-8"),
+    ("/static/app.js", "text/javascript; charset=utf-8"),
+    ("/static/app.css", "text/css; charset=utf-8"),
+    ("/static/favicon.svg", "image/svg+xml"),
+])
+def test_static_content_types_and_revalidation(v1_client, path, content_type):
+    r = v1_client.get(path)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == content_type
+    assert r.headers["cache-control"] == "no-cache" and r.headers["x-content-type-options"] == "nosniff"
+    name = "index.html" if path == "/" else path.removeprefix("/static/")
+    assert r.content == (STATIC / name).read_bytes()
+    etag = r.headers["etag"]
+    assert re.fullmatch(r'"[0-9a-f]{32}"', etag)
+    again = v1_client.get(path, headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+    assert v1_client.get(path, headers={"If-None-Match": '"other"'}).status_code == 200
+    head = v1_client.head(path)
+    assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"]) == len(r.content)
+
+
+def test_index_forbids_other_origins(v1_client):
+    csp = v1_client.get("/").headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "img-src 'self'" in csp
+
+
+def test_unknown_static_file_is_a_json_404(v1_client):
+    for path in ["/static/nope.js", "/static/app.JS", "/static/", "/static/index.html/x"]:
+        r = v1_client.get(path)
+        assert r.status_code == 404, path
+        assert r.headers["content-type"] == "application/json"
+        assert r.json()["error"]["code"] == "not_found"
+
+
+def raw_get(base: str, raw_path: str) -> tuple[int, str, bytes]:
+    """A request with its path sent exactly as written (httpx and browsers remove dot segments)."""
+    u = urlsplit(base)
+    con = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    try:
+        con.putrequest("GET", raw_path, skip_accept_encoding=True)
+        con.endheaders()
+        r = con.getresponse()
+        return r.status, r.getheader("content-type", ""), r.read()
+    finally:
+        con.close()
+
+
+TRAVERSALS = ["/static/../main.py", "/static/%2e%2e/main.py", "/static/%2E%2E/main.py", "/static/..%2fmain.py",
+              "/static/..%2Fmain.py", "/static/%2e%2e%2fmain.py", "/static/..%2f..%2fservice%2fmain.py",
+              "/static/..%5cmain.py", "/static/..", "/static/%2e%2e", "/static/.", "/static//etc/passwd",
+              "/static/%2fetc%2fpasswd", "/static/%2Fetc%2Fpasswd", "/static//work/main/service/main.py",
+              "/static/app.js%00", "/static/app.js%00.png", "/static/./app.js/../../main.py",
+              "/static/" + "%2e%2e%2f" * 8 + "etc%2fpasswd"]
+
+
+def test_no_path_traversal(server):
+    secret = (REPO / "service" / "main.py").read_bytes()[:40]
+    for raw in TRAVERSALS:
+        status, ctype, body = raw_get(server, raw)
+        assert status == 404, (raw, status, body[:200])
+        assert ctype == "application/json" and json.loads(body)["error"]["code"] == "not_found", raw
+        assert secret not in body and b"root:" not in body, raw
+    assert raw_get(server, "/static/app.js")[0] == 200  # the same client does reach a real asset
+
+
+# ---- the live service and the browser ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(v1_store):
+    """The real service (uvicorn, lifespan included) on a free localhost port; its base URL."""
+    import uvicorn
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(Settings(db=v1_store)), log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True, name="dashboard-uvicorn")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=15)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM.is_file() and shutil.which(str(CHROMIUM))):
+        pytest.fail(f"{CHROMIUM} is missing: the dashboard's browser tests drive Debian's chromium; "
+                    "install it with `apt-get install chromium` (.ci/run does)", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@dataclass
+class Tab:
+    page: object
+    base: str
+    console_errors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+
+    def goto(self, hash_or_path: str):
+        url = self.base + ("/" + hash_or_path if hash_or_path.startswith("#") else hash_or_path)
+        self.page.goto(url)
+        self.page.wait_for_selector("main h1")
+
+    def hash_params(self) -> tuple[str, dict]:
+        h = self.page.evaluate("location.hash")[1:]
+        path, _, qs = h.partition("?")
+        return path, {k: v[0] for k, v in parse_qs(qs).items()}
+
+    def outside_requests(self) -> list[str]:
+        return [u for u in self.requests if not u.startswith(self.base + "/")]
+
+    def assert_clean(self, allow: re.Pattern | None = None):
+        assert self.outside_requests() == [], "requests left the service"
+        errors = [e for e in self.console_errors if not (allow and allow.search(e))]
+        assert errors == [], errors
+
+    def screenshot(self, name: str):
+        # Every image decoded and painted first (a full-page capture does not wait for those
+        # outside the viewport).
+        self.page.evaluate("() => Promise.all([...document.images].map(i => i.decode().catch(() => null)))")
+        self.page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        self.page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
+
+
+@pytest.fixture
+def tab(browser, server):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = ctx.new_page()
+    page.set_default_timeout(FIGURE_TIMEOUT_MS)
+    t = Tab(page, server)
+    page.on("console", lambda m: t.console_errors.append(f"console: {m.text} ({m.location.get('url')})")
+            if m.type == "error" else None)
+    page.on("pageerror", lambda e: t.console_errors.append(f"pageerror: {e}"))
+    page.on("request", lambda r: t.requests.append(r.url))
+    yield t
+    ctx.close()
+    assert t.outside_requests() == [], "requests left the service"
+
+
+def wait_figure(tab: Tab, figure: str) -> str:
+    """Waits until the figure's image (an <img> of /v1/plots/{figure}.png) has loaded and decoded;
+    returns its src."""
+    sel = f'img[src^="/v1/plots/{figure}.png"]'
+    tab.page.wait_for_function(
+        """sel => { const i = document.querySelector(sel);
+                    const f = i && i.closest('figure');
+                    if (f && f.classList.contains('is-error')) return true;
+                    return i && i.complete && i.naturalWidth > 0 && !f.classList.contains('is-loading'); }""",
+        arg=sel, timeout=FIGURE_TIMEOUT_MS)
+    state = tab.page.evaluate("""sel => { const i = document.querySelector(sel), f = i.closest('figure');
+        return {w: i.naturalWidth, h: i.naturalHeight, alt: i.alt, src: i.getAttribute('src'),
+                error: f.classList.contains('is-error') ? f.innerText : null}; }""", sel)
+    assert state["error"] is None, f"{figure}: {state['error']}"
+    assert state["w"] > 0 and state["h"] > 0, state
+    assert len(state["alt"]) > 20, f"{figure} needs a meaningful alt text: {state['alt']!r}"
+    return state["src"]
+
+
+def api_get(base: str, path: str):
+    import httpx
+
+    r = httpx.get(base + path, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+# ---- the views ---------------------------------------------------------------------------------
+
+def test_home(tab):
+    tab.goto("/")
+    src = wait_figure(tab, "kl_combined")
+    assert src == "/v1/plots/kl_combined.png"
+    stats = api_get(tab.base, "/v1/stats")
+    page = tab.page
+    page.wait_for_selector('[data-stat="filters"]')
+    assert page.inner_text('[data-stat="models"] .card-value') == f"{stats['models']:,}"
+    assert page.inner_text('[data-stat="layers"] .card-value') == f"{stats['layers']:,}"
+    assert page.inner_text('[data-stat="filters"] .card-value') == f"{stats['filters']:,}"
+    assert page.inner_text('[data-stat="shards"] .card-value') == f"{stats['shards']:,}"
+    assert f"v{stats['basis']['version']}" in page.inner_text('[data-stat="basis"]')
+    # Every image has a text alternative; the page names itself and marks the current view.
+    assert page.evaluate("[...document.images].every(i => i.alt && i.alt.length > 20)")
+    assert page.title().endswith("CNN Filter DB")
+    assert page.get_attribute('nav a[href="#/"]', "aria-current") == "page"
+    tab.screenshot("home")
+    tab.assert_clean()
+
+
+def test_explorer_grouping_selection_and_sharing(tab):
+    page = tab.page
+    tab.goto("#/explore?group_by=task")
+    first = wait_figure(tab, "divergence")
+    assert parse_qs(urlsplit(first).query)["group_by"] == ["task"]
+    page.wait_for_selector("#drift-table")
+    assert page.inner_text("#drift-table").count("\n") >= 10
+    page.wait_for_selector('#x-group option[value="visual_category"]', state="attached")
+
+    # Another grouping: a new heatmap URL, and it loads.
+    page.select_option("#x-group", "visual_category")
+    page.wait_for_selector('img[src^="/v1/plots/divergence.png"][src*="group_by=visual_category"]', state="attached")
+    second = wait_figure(tab, "divergence")
+    assert second != first and parse_qs(urlsplit(second).query)["group_by"] == ["visual_category"]
+    assert tab.hash_params() == ("/explore", {"group_by": "visual_category", "metric": "kl_sym", "bins": "70",
+                                              "basis": "global"})
+    fields = {f["name"]: f for f in api_get(tab.base, "/v1/fields")["fields"]}
+    n_cats = len(fields["visual_category"]["values"])
+    page.wait_for_function("n => document.querySelector('#drift-table')?.innerText.includes('Groups\\t' + n)",
+                           arg=n_cats)
+
+    # A selection from the pickers: task in {GAN, Segmentation} -> chips, where in the URL and the figures.
+    page.select_option("#x-pick-field", "task")
+    page.check('.value-list input[data-value="\\"GAN\\""]')
+    page.check('.value-list input[data-value="\\"Segmentation\\""]')
+    page.click("#x-apply")
+    page.wait_for_function("() => document.querySelectorAll('.chips .chip').length === 2")
+    path, params = tab.hash_params()
+    assert json.loads(params["where"]) == {"task": ["GAN", "Segmentation"]}
+    heat = wait_figure(tab, "divergence")
+    q = parse_qs(urlsplit(heat).query)
+    assert json.loads(q["where"][0]) == {"task": ["GAN", "Segmentation"]} and q["group_by"] == ["visual_category"]
+    assert q["metric"] == ["kl_sym"] and q["bins"] == ["70"] and q["basis"] == ["global"]
+    ridge = wait_figure(tab, "ridge")
+    assert parse_qs(urlsplit(ridge).query)["group_by"] == ["visual_category"]
+    eig = wait_figure(tab, "eigenimages")
+    assert json.loads(parse_qs(urlsplit(eig).query)["where"][0]) == {"task": ["GAN", "Segmentation"]}
+    wait_figure(tab, "density2d")
+    # The drift statistics are the endpoint's for the same request.
+    import httpx
+    want = httpx.post(tab.base + "/v1/divergence", json={"group_by": "visual_category", "where":
+                      {"task": ["GAN", "Segmentation"]}}, timeout=30).json()
+    page.wait_for_function("n => document.querySelector('#drift-table')?.innerText.includes('Groups\\t' + n)",
+                           arg=len(want["labels"]))
+    assert f"{want['drift']['max']:.4g}" in page.inner_text("#drift-table")
+    tab.screenshot("explore")
+    tab.assert_clean()
+
+    # The URL is the state: opened afresh it shows the same selection and figures.
+    page.reload()
+    page.wait_for_function("() => document.querySelectorAll('.chips .chip').length === 2")
+    assert wait_figure(tab, "divergence") == heat
+    assert page.input_value("#x-group") == "visual_category"
+
+    # Removing a chip narrows the where; the browser's Back restores it.
+    page.click('.chip-x[aria-label="Remove Task: GAN"]')
+    page.wait_for_function("() => document.querySelectorAll('.chips .chip').length === 1")
+    assert json.loads(tab.hash_params()[1]["where"]) == {"task": ["Segmentation"]}
+    page.go_back()
+    page.wait_for_function("() => document.querySelectorAll('.chips .chip').length === 2")
+
+
+def test_explorer_shows_api_errors_in_place(tab):
+    page = tab.page
+    tab.goto("#/explore?group_by=task&bins=0")
+    box = page.wait_for_selector(".drift .error-box")
+    assert "422" in box.inner_text() and "bins" in box.inner_text()
+    fig_error = page.wait_for_selector('figure:has(img[src^="/v1/plots/divergence.png"]) .error-box')
+    assert "bins" in fig_error.inner_text()
+    tab.screenshot("explore-error")
+    tab.goto('#/explore?group_by=task&where={"no_such_field":[1]}')
+    box = page.wait_for_selector(".drift .error-box")
+    assert "400" in box.inner_text() and "no_such_field" in box.inner_text()
+    assert tab.outside_requests() == []
+
+
+def test_sql_console(tab):
+    page = tab.page
+    tab.goto("#/sql")
+    page.wait_for_selector("#sql-limits dl")
+    assert "5 s per query" in page.inner_text("#sql-limits")
+    page.fill("#sql-q", "SELECT task, count(*) FROM models GROUP BY task")
+    page.press("#sql-q", "Control+Enter")
+    page.wait_for_selector("#sql-table")
+    tasks = {v["value"]: v["models"] for v in next(f for f in api_get(tab.base, "/v1/fields")["fields"]
+                                                    if f["name"] == "task")["values"]}
+    header = page.eval_on_selector_all("#sql-table thead th", "ths => ths.map(t => t.innerText)")
+    assert header == ["task", "count_star()"]
+    rows = page.eval_on_selector_all("#sql-table tbody tr", "trs => trs.map(tr => [...tr.cells].map(c => c.innerText))")
+    assert {r[0]: int(r[1]) for r in rows} == tasks
+    assert f"{len(tasks)} rows" in page.inner_text("#sql-summary") and "1,000 rows" in page.inner_text("#sql-summary")
+    assert tab.hash_params() == ("/sql", {"q": "SELECT task, count(*) FROM models GROUP BY task"})
+    tab.screenshot("sql")
+    tab.assert_clean()
+
+    # A 400 (syntax error) and a 403 (not read-only): the message in place, the page still usable.
+    page.fill("#sql-q", "SELEC 1")
+    page.click("#sql-run")
+    box = page.wait_for_selector("#sql-result .error-box")
+    assert "400" in box.inner_text() and "syntax error" in box.inner_text()
+    tab.screenshot("sql-error")
+    page.fill("#sql-q", "DROP TABLE models")
+    page.click("#sql-run")
+    page.wait_for_function("() => document.querySelector('#sql-result .error-box')?.innerText.includes('read-only')")
+    assert "403" in page.inner_text("#sql-result .error-box")
+    tab.assert_clean(allow=re.compile(r"Failed to load resource: the server responded with a status of 40[03]"))
+
+    # A shared link runs its query.
+    page.goto(tab.base + "/#/sql?q=" + "SELECT%2042%20AS%20answer")
+    page.wait_for_function("() => document.querySelector('#sql-table')?.innerText.includes('42')")
+
+
+def test_layer_page(tab):
+    page = tab.page
+    degenerate = {d["layer_id"] for d in api_get(tab.base, "/v1/quality/degenerate")["layers"]}
+    layers = api_get(tab.base, "/v1/models/0/layers")["items"]
+    layer = max((x for x in layers if x["layer_id"] not in degenerate), key=lambda x: x["n_filters"])
+    layer_id = layer["layer_id"]
+    tab.goto(f"#/layer/{layer_id}")
+    src = wait_figure(tab, "layer_filters")
+    assert src == f"/v1/plots/layer_filters.png?layer_id={layer_id}"
+    metrics = page.inner_text("#layer-metrics")
+    assert "Sparsity" in metrics and "Variance entropy (normalized)" in metrics
+    assert f"{layer['sparsity']:.4g}" in metrics
+    href = page.get_attribute("#npy-link", "href")
+    assert href == f"/v1/layers/{layer_id}/filters?format=npy"
+    r = page.request.get(tab.base + href)
+    assert r.status == 200 and r.headers["content-type"] == "application/x-npy" and r.body()[:6] == b"\x93NUMPY"
+    assert page.get_attribute(f'a[href="#/model/{layer["model_id"]}"]', "href")
+    tab.screenshot("layer")
+    tab.assert_clean()
+
+    tab.goto("#/layer/99999999")
+    box = page.wait_for_selector(".error-box")
+    assert "404" in box.inner_text() and "no layer 99999999" in box.inner_text()
+
+
+def test_degenerate_table_sorts(tab):
+    page = tab.page
+    tab.goto("#/degenerate")
+    page.wait_for_selector("#d-count")
+    wait_figure(tab, "quality")
+    total = api_get(tab.base, "/v1/quality/degenerate")["total"]
+    assert total >= 2
+    col = "table.data tbody tr td:nth-child(6)"  # sparsity
+
+    def sparsities():
+        return [float(x) for x in page.eval_on_selector_all(col, "tds => tds.map(t => t.innerText.replace(/,/g, ''))")]
+
+    assert len(sparsities()) == total
+    th = 'th:has(button.sort[data-key="sparsity"])'
+    assert page.get_attribute(th, "aria-sort") == "none"
+    page.click('button.sort[data-key="sparsity"]')
+    page.wait_for_function(f"() => document.querySelector('{th}').getAttribute('aria-sort') === 'ascending'")
+    assert sparsities() == sorted(sparsities())
+    # Enter on the (still focused) header sorts the other way.
+    assert page.evaluate("document.activeElement.dataset.key") == "sparsity"
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"() => document.querySelector('{th}').getAttribute('aria-sort') === 'descending'")
+    assert sparsities() == sorted(sparsities(), reverse=True)
+    assert tab.hash_params()[1]["sort"] == "sparsity" and tab.hash_params()[1]["dir"] == "desc"
+    tab.screenshot("degenerate")
+    tab.assert_clean()
+    # Each row links to its layer page.
+    first = page.eval_on_selector("table.data tbody tr td a", "a => a.getAttribute('href')")
+    page.click("table.data tbody tr td a")
+    page.wait_for_selector("#layer-metrics")
+    assert page.evaluate("location.hash") == first
+
+
+def test_models_search_and_model_page(tab):
+    page = tab.page
+    models = api_get(tab.base, "/v1/models?limit=1000")["items"]
+    text = ["model", "name", "task", "task_raw", "visual_category", "training_dataset", "pretraining_dataset",
+            "producer", "paper"]
+    tab.goto("#/models")
+    page.wait_for_selector("table.data tbody tr")
+    assert page.locator("table.data tbody tr").count() == len(models)
+    page.fill("#m-q", "VGG")
+    want = [m for m in models if any("vgg" in str(m[k] or "").lower() for k in text)]
+    assert 0 < len(want) < len(models)
+    page.wait_for_function(f"() => document.querySelectorAll('table.data tbody tr').length === {len(want)}")
+    page.wait_for_function("() => location.hash.includes('q=VGG')")
+    tab.screenshot("models")
+
+    target = want[0]
+    page.click(f'a[href="#/model/{target["model_id"]}"]')
+    page.wait_for_selector("#model-layers table tbody tr")
+    page.wait_for_selector("#model-similar ol li")
+    assert page.inner_text("main h1") == target["model"]
+    assert page.locator("#model-layers table tbody tr").count() == target["n_layers"]
+    similar = api_get(tab.base, f"/v1/models/{target['model_id']}/similar?k=5")["similar"]
+    links = page.eval_on_selector_all("#model-similar ol li a", "as => as.map(a => a.getAttribute('href'))")
+    assert links == [f"#/model/{s['model_id']}" for s in similar] and len(links) == 5
+    tab.screenshot("model")
+    tab.assert_clean()
+    # A similar model's link opens its page; Back returns to the search, still filtered.
+    page.click("#model-similar ol li a")
+    page.wait_for_function(f"() => document.querySelector('main h1').innerText === {json.dumps(similar[0]['model'])}")
+    page.go_back()
+    page.go_back()
+    page.wait_for_function(f"() => document.querySelectorAll('table.data tbody tr').length === {len(want)}")
+    assert page.input_value("#m-q") == "VGG"
+
+
+def test_keyboard_navigation(tab):
+    page = tab.page
+    tab.goto("/")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "skip-link"
+    box = page.locator("#skip-link").bounding_box()
+    assert box and box["y"] >= 0, "the skip link shows when focused"
+    # Tab on to the nav's links; Enter follows one.
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Models":
+            break
+    assert page.evaluate("document.activeElement.closest('nav') !== null && document.activeElement.tagName") == "A"
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline not in ("none", ""), "focus is visible"
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => location.hash === '#/models'")
+    page.wait_for_selector("table.data tbody tr")
+    assert page.evaluate("document.activeElement.tagName") == "H1"
+    assert page.get_attribute('nav a[href="#/models"]', "aria-current") == "page"
+    # The skip link moves focus to the content and keeps the view's URL.
+    page.focus("#skip-link")
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main" and page.evaluate("location.hash") == "#/models"
+    # Form controls are labelled.
+    tab.goto("#/explore")
+    page.wait_for_selector('#x-group option[value="depth_bin"]', state="attached")
+    unlabelled = page.evaluate("""[...document.querySelectorAll('main input, main select, main textarea')]
+        .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.outerHTML)""")
+    assert unlabelled == []
+    tab.assert_clean()
+
+
+def test_unknown_view(tab):
+    tab.goto("#/no/such/view")
+    assert tab.page.inner_text("main h1") == "Page not found"
+    tab.assert_clean()
