@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .scan import LayerGroups, scan_histogram2d, scan_histograms, scan_range
-from .selection import EmptySelectionError, Selection, SelectionError, select
+from .selection import (GROUP_FIELDS, EmptySelectionError, Selection, SelectionError, natural_order, select,
+                        where_sql)
 from .stats.basis import Basis, fit_basis
 from .stats.divergence import (DEFAULT_BINS, METRICS, WEIGHTS, component_weights, distances_to,
                                divergence_matrix, drift)
@@ -347,8 +348,6 @@ class Analysis:
         variance_entropy_norm (one list each, layer_id order); ``labels`` the distinct values of
         ``color_by`` in natural order with ``n_models`` each; ``thresholds`` the degenerate ones.
         """
-        from .selection import GROUP_FIELDS, natural_order, where_sql
-
         if color_by not in GROUP_FIELDS:
             raise SelectionError(f"unknown color_by {color_by!r}; known: {GROUP_FIELDS}")
         cond, params = where_sql(where)
@@ -465,8 +464,6 @@ class Analysis:
                    where: dict | None = None, limit: int = 100, offset: int = 0) -> dict:
         """Layers over any of the thresholds: sparsity > sparsity_gt, variance_entropy_norm <
         entropy_norm_lt (redundant), variance_entropy_norm > entropy_norm_gt (random-like; None: off)."""
-        from .selection import where_sql
-
         cond, params = where_sql(where)
         flags = ("(sparsity > ?) AS sparse, (variance_entropy_norm < ?) AS low_entropy, "
                  "coalesce(variance_entropy_norm > ?, false) AS random_like")

@@ -163,17 +163,6 @@ def _json_where(text: str | None) -> dict | None:
         raise StoreError(f"--where is not JSON ({e.msg} at character {e.pos})") from None
 
 
-def _pair(text: str | None, name: str, kind):
-    """``--components``/``--range``: two numbers separated by a comma (None: not given)."""
-    if text is None:
-        return None
-    try:
-        a, b = (kind(x) for x in text.split(","))
-    except ValueError:
-        raise StoreError(f"--{name}: two numbers separated by a comma, got {text[:100]!r}") from None
-    return a, b
-
-
 def _open_analysis(store: FilterStore):
     """The store's catalog and an Analysis on it, its snapshot read as the service reads it."""
     from .analysis import Analysis
@@ -202,8 +191,8 @@ def cmd_plot(args) -> int:
         raise StoreError(f"{out}: unknown format {out.suffix or '(no suffix)'!r}; the file must end in "
                          f"{', '.join('.' + f for f in plots.FORMATS)}")
     params = {"group_by": args.group_by, "where": _json_where(args.where), "metric": args.metric, "bins": args.bins,
-              "weights": args.weights, "basis": args.basis, "components": _pair(args.components, "components", int),
-              "range": _pair(args.range, "range", float), "layer_id": args.layer_id, "color_by": args.color_by,
+              "weights": args.weights, "basis": args.basis, "components": args.components,
+              "range": args.range, "layer_id": args.layer_id, "color_by": args.color_by,
               "dpi": args.dpi, "width": args.width, "height": args.height}
     try:
         req = plots.PlotRequest.of(args.figure, **params)

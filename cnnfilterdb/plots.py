@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .selection import GROUP_FIELDS, SelectionError
@@ -76,11 +76,11 @@ class PlotRequest:
     dpi: int = 100
     width: float | None = None
     height: float | None = None
-    given: frozenset = field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
     def of(cls, figure: str, **params) -> PlotRequest:
-        """From a figure name and the parameters a caller gave (None: not given). Raises
+        """From a figure name and the parameters a caller gave (None: not given; ``group_by``,
+        ``components`` and ``range`` also as comma-separated text, as a URL or a flag has them). Raises
         LookupError for an unknown figure, SelectionError for a parameter the figure does not take
         or a value out of range."""
         if figure not in FIGURES:
@@ -92,7 +92,10 @@ class PlotRequest:
             raise SelectionError(f"{figure} takes no {', '.join(unknown)}; its parameters: {', '.join(allowed)}")
         if isinstance(given.get("group_by"), str):
             given["group_by"] = tuple(g.strip() for g in given["group_by"].split(","))
-        req = cls(figure=figure, given=frozenset(given), **given)
+        for name, kind in (("components", int), ("range", float)):
+            if isinstance(given.get(name), str):
+                given[name] = _pair(given[name], name, kind)
+        req = cls(figure=figure, **given)
         req._check()
         return req
 
@@ -128,6 +131,15 @@ class PlotRequest:
                 v = DEFAULT_RANGE_OF.get(self.figure)
             out[name] = list(v) if isinstance(v, tuple) else v
         return out
+
+
+def _pair(text: str, name: str, kind) -> tuple:
+    """``components`` or ``range`` as a query string or a flag gives them: "0,1", "-3.3,3.3"."""
+    try:
+        a, b = (kind(x) for x in text.split(","))
+    except ValueError:
+        raise SelectionError(f"{name}: two numbers separated by a comma, got {text[:100]!r}") from None
+    return a, b
 
 
 def draw(a: Analysis, req: PlotRequest) -> Figure:

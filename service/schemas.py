@@ -308,14 +308,18 @@ class GroupHistogram(BaseModel):
     counts: list[list[int]] = Field(description="9 components x bins")
 
 
-class HistogramsResponse(BaseModel):
+class GroupedOverRange(BaseModel):
+    """What a per-group result over the basis range states of itself."""
     group_by: str | None
     range: tuple[float, float]
     bins: int
-    edges: list[float]
     basis: BasisRef
-    groups: list[GroupHistogram]
     method: Literal["layer_histograms", "scan"]
+
+
+class HistogramsResponse(GroupedOverRange):
+    edges: list[float]
+    groups: list[GroupHistogram]
 
 
 class Density2dRequest(BaseModel):
@@ -355,14 +359,9 @@ class GroupKde(BaseModel):
     density: list[list[float]] = Field(description="9 components x bins: the density at each grid point")
 
 
-class KdeResponse(BaseModel):
-    group_by: str | None
-    range: tuple[float, float]
-    bins: int
-    grid: list[float]
-    basis: BasisRef
+class KdeResponse(GroupedOverRange):
+    grid: list[float] = Field(description="the bin centres, where the densities are given")
     groups: list[GroupKde]
-    method: Literal["layer_histograms", "scan"]
 
 
 class DegenerateLayer(Layer):

@@ -87,7 +87,7 @@ MORE_ERRORS = [
     (["plot", "divergence"], "x", "the file must end in .png, .svg, .pdf"),
     (["plot", "layer_filters", "--layer-id", "1", "--where", "{}"], "x.svg", "layer_filters takes no where"),
     (["plot", "divergence", "--where", '{"no_field": 1}'], "x.png", "unknown field(s) in where"),
-    (["plot", "density2d", "--components", "1"], "x.png", "--components: two numbers separated by a comma"),
+    (["plot", "density2d", "--components", "1"], "x.png", "components: two numbers separated by a comma"),
     (["plot", "layer_filters", "--layer-id", "999999"], "x.pdf", "no layer 999999"),
     (["plot", "divergence", "--dpi", "5000"], "x.png", "dpi must be from 10 to 600"),
     (["plot", "divergence"], "no/such/dir/x.png", "no such directory"),

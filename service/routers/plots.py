@@ -35,16 +35,6 @@ router = APIRouter(tags=["plots"], responses={400: {"model": ErrorResponse}, 404
                                               422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
 
 
-def _pair(text: str | None, name: str, kind):
-    if text is None:
-        return None
-    try:
-        a, b = (kind(x) for x in text.split(","))
-    except ValueError:
-        raise ApiError(400, "invalid_request", f"{name}: two numbers separated by a comma, got {text[:100]!r}") from None
-    return a, b
-
-
 def _where(text: str | None) -> dict | None:
     """The ``where`` query parameter: a JSON object validated as the analysis bodies' ``where``
     (the same messages for the same mistakes)."""
@@ -105,8 +95,7 @@ def plot(
                                                f"known: {', '.join(sorted(known))}")
     try:
         req = PlotRequest.of(figure, group_by=group_by, where=_where(where), metric=metric, bins=bins, weights=weights,
-                             basis=basis, components=_pair(components, "components", int),
-                             range=_pair(range, "range", float), layer_id=layer_id, color_by=color_by, dpi=dpi,
+                             basis=basis, components=components, range=range, layer_id=layer_id, color_by=color_by, dpi=dpi,
                              width=width, height=height)
     except SelectionError as e:
         raise ApiError(400, "invalid_selection", str(e)) from None
