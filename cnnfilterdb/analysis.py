@@ -21,18 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
+from .limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS
 from .scan import LayerGroups, scan_histogram2d, scan_histograms, scan_range
 from .selection import (GROUP_FIELDS, EmptySelectionError, Selection, SelectionError, natural_order, select,
                         where_sql)
 from .stats.basis import Basis, fit_basis
 from .stats.divergence import (DEFAULT_BINS, METRICS, WEIGHTS, component_weights, distances_to,
                                divergence_matrix, drift)
-from .stats.kde import DEFAULT_KDE_BINS, histogram_quantiles, kde_from_histogram, silverman_bandwidth
+from .stats.histogram import histogram_range
+from .stats.kde import histogram_quantiles, kde_from_histogram, silverman_bandwidth
 from .stats.moments import pool
 from .store import StoreDamaged, file_problem, load_basis, unreadable
 
 BASES = ("global", "selection")
-MAX_BINS = 10_000
 # Bounds on what one query may build, so that memory stays bounded whatever the store: the
 # histograms (groups x 9 x bins int64, 160 MB at most) and the d x d matrix of a divergence.
 MAX_HISTOGRAM_CELLS = 20_000_000
@@ -42,7 +43,6 @@ MAX_GROUPS = 1_000
 # 2283 bins took 137 s and 1 GB); and the cells a /v1/histograms response may list (16 MB of JSON).
 MAX_PAIR_CELLS = 400_000_000
 MAX_RESPONSE_CELLS = 2_000_000
-MAX_DENSITY2D_BINS = 1000
 # The thresholds of a degenerate layer (SPEC 6.4): sparsity above, normalized variance entropy
 # below (redundant) or above (random-like).
 DEGENERATE_THRESHOLDS = {"sparsity_gt": 0.5, "entropy_norm_lt": 0.5, "entropy_norm_gt": 1.0}
@@ -270,7 +270,10 @@ class Analysis:
     # -- the statistics --------------------------------------------------------------------------
     def divergence(self, group_by: str, where: dict | None = None, metric: str = "kl_sym",
                    bins: int = DEFAULT_BINS, weights: str = "explained_variance", basis: str = "global",
-                   max_groups: int | None = None) -> dict:
+                   max_groups: int | None = None, max_pair_cells: int | None = None) -> dict:
+        """The d x d matrix between the groups of a selection and its drift statistics (SPEC 6.2);
+        at most ``max_groups`` groups and ``max_pair_cells`` cells of pairwise work (defaults:
+        MAX_GROUPS, MAX_PAIR_CELLS)."""
         if metric not in METRICS:
             raise SelectionError(f"unknown metric {metric!r}; known: {list(METRICS)}")
         if weights not in WEIGHTS:
@@ -279,7 +282,7 @@ class Analysis:
             raise SelectionError("group_by is required")
         t0 = time.perf_counter()
         h = self.group_histograms(where, group_by, bins, basis, max_groups=MAX_GROUPS if max_groups is None else max_groups,
-                                  max_pair_cells=MAX_PAIR_CELLS)
+                                  max_pair_cells=MAX_PAIR_CELLS if max_pair_cells is None else max_pair_cells)
         w = component_weights(weights, h.basis.explained_variance_ratio)
         D = divergence_matrix(h.counts, w, metric, h.bin_width)
         sel = h.selection
@@ -315,16 +318,11 @@ class Analysis:
         dict with ``grid`` (bins,) the bin centres, and per group ``density`` (9, bins),
         ``bandwidth`` (9,), ``std`` (9,), ``quartiles`` (9, 2): the 25th and 75th percentiles.
         """
-        h = self.group_histograms(where, group_by, bins, basis, max_groups=max_groups, max_cells=MAX_RESPONSE_CELLS)
+        # floats in JSON: about twice the bytes of the histograms' integers
+        h = self.group_histograms(where, group_by, bins, basis, max_groups=MAX_GROUPS if max_groups is None else max_groups,
+                                  max_cells=MAX_RESPONSE_CELLS // 2)
         sel, b = h.selection, h.basis
-        moments = self.snapshot.layer_moments(self.cur)
-        pos = np.searchsorted(moments.layer_ids, sel.layer_ids)
-        std = np.zeros((len(sel.labels), 9))
-        for g in range(len(sel.labels)):  # the coefficients' variances: diag(C S C^T) / (n - 1)
-            m = pool(moments.n[pos][sel.layer_group == g], moments.mean[pos][sel.layer_group == g],
-                     moments.scatter[pos][sel.layer_group == g])
-            if m.n >= 2:
-                std[g] = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", b.components, m.scatter, b.components), 0) / (m.n - 1))
+        std = self._coefficient_std(sel, b)
         n = h.counts.sum(axis=2)  # (groups, 9): the values in range (all of them: the range is the basis's)
         q = histogram_quantiles(h.counts, h.lo, h.hi, np.array([0.01, 0.25, 0.75, 0.99]))
         bw = silverman_bandwidth(n, std, q)
@@ -339,15 +337,39 @@ class Analysis:
             "method": h.method,
         }
 
-    def layer_quality(self, where: dict | None = None, color_by: str = "task") -> dict:
+    def _coefficient_std(self, sel: Selection, b: Basis) -> np.ndarray:
+        """(groups, 9): each group's standard deviation (ddof=1) of each coefficient, exact, from
+        its layers' moments projected on the components: with layer counts n_i, projected means
+        p_i = C m_i and projected within-layer scatter s_i = diag(C S_i C^T), a group's scatter
+        is sum s_i + sum n_i (p_i - p)^2, p its pooled mean (Chan et al.'s merge, see moments.py)."""
+        moments = self.snapshot.layer_moments(self.cur)
+        pos = np.searchsorted(moments.layer_ids, sel.layer_ids)
+        C, g, d = b.components, sel.layer_group, len(sel.labels)
+        n = moments.n[pos]
+        p = moments.mean[pos] @ C.T                                    # (layers, 9)
+        s = np.einsum("ij,ljk,ik->li", C, moments.scatter[pos], C)     # (layers, 9)
+        N = np.bincount(g, weights=n, minlength=d)
+        mean = np.stack([np.bincount(g, weights=n * p[:, i], minlength=d) for i in range(9)], axis=1)
+        mean /= np.maximum(N, 1)[:, None]
+        dev = p - mean[g]
+        scatter = np.stack([np.bincount(g, weights=s[:, i] + n * dev[:, i] ** 2, minlength=d) for i in range(9)], axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            std = np.sqrt(np.maximum(scatter, 0) / (N - 1)[:, None])
+        return np.where((N >= 2)[:, None], std, 0.0)
+
+    def layer_quality(self, where: dict | None = None, color_by: str = "task", thresholds: dict | None = None) -> dict:
         """Every selected layer's quality metrics (SPEC 6.4) and its value of ``color_by``.
 
         Returns
         -------
         dict with ``layers``: columns layer_id, model_id, label, n_filters, sparsity,
         variance_entropy_norm (one list each, layer_id order); ``labels`` the distinct values of
-        ``color_by`` in natural order with ``n_models`` each; ``thresholds`` the degenerate ones.
+        ``color_by`` in natural order with ``n_models`` each; ``thresholds`` the degenerate ones
+        (DEGENERATE_THRESHOLDS, with those given in ``thresholds``).
         """
+        bad = set(thresholds or {}) - set(DEGENERATE_THRESHOLDS)
+        if bad:
+            raise SelectionError(f"unknown threshold(s) {sorted(bad)}; known: {list(DEGENERATE_THRESHOLDS)}")
         if color_by not in GROUP_FIELDS:
             raise SelectionError(f"unknown color_by {color_by!r}; known: {GROUP_FIELDS}")
         cond, params = where_sql(where)
@@ -363,7 +385,7 @@ class Analysis:
             models.setdefault(lab, set()).add(mid)
         labels = natural_order(list(models))
         return {"color_by": color_by, "labels": labels, "n_models": [len(models[v]) for v in labels],
-                "layers": layers, "thresholds": dict(DEGENERATE_THRESHOLDS)}
+                "layers": layers, "thresholds": {**DEGENERATE_THRESHOLDS, **(thresholds or {})}}
 
     def first_layer_id(self) -> int:
         """The store's lowest layer id (EmptySelectionError for a store with no layers)."""
@@ -453,6 +475,11 @@ class Analysis:
             lo, hi, _ = scan_range(paths, groups, b)
         if value_range is not None:
             lo, hi = float(min(value_range)), float(max(value_range))
+        lo, hi = histogram_range(lo, hi)  # numpy widens an empty range; the response says so
+        width = (hi - lo) / bins
+        if not (np.isfinite(width) and width > 0 and lo + width > lo and hi - width < hi):
+            raise SelectionError(f"range [{lo!r}, {hi!r}] cannot hold {bins} bins of a float64 width: "
+                                 "give a range of ordinary numbers")
         counts = scan_histogram2d(paths, groups, b, lo, hi, bins, tuple(components))
         return {"components": list(components), "range": [lo, hi], "bins": bins,
                 "edges": np.linspace(lo, hi, bins + 1).tolist(), "n_filters": int(sel.n_filters.sum()),

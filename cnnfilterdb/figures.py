@@ -26,8 +26,11 @@ FIELD_TITLES = {"task": "Task", "visual_category": "Visual Category",
                 "name": "Architecture", "model": "Model", "model_id": "Model id", "producer": "Producer",
                 "layer_id": "Layer id"}
 ORDERED_FIELDS = ("depth_bin", "conv_depth", "layer_id", "model_id")
+METRIC_TITLES = {"kl_sym": "symmetric KL divergence", "js": "Jensen-Shannon divergence",
+                 "hellinger": "Hellinger distance", "wasserstein": "Wasserstein distance"}
 KL_COMBINED_TITLE = "Distribution shifts of trained 3x3 convolution filters"
 MAX_FILTERS_DRAWN = 256  # layer_filters: the first filters of a layer, 16 to a row
+MAX_CURVE_POINTS = 2048  # ridge: points drawn per curve (an SVG of 9 x 40 finer curves ran to 80 MB)
 
 
 Size = tuple[float | None, float | None]
@@ -53,9 +56,19 @@ def field_title(field: str | None) -> str:
     return FIELD_TITLES.get(field, str(field).replace("_", " ").title()) if field else "All filters"
 
 
+MAX_LABEL_CHARS = 60
+
+
+def literal(text: str) -> str:
+    """A store's text as matplotlib should draw it: as is. A ``$`` would start mathtext (a label
+    "$\\foo$" failed every figure it was in); long text is cut at MAX_LABEL_CHARS."""
+    text = text if len(text) <= MAX_LABEL_CHARS else text[:MAX_LABEL_CHARS - 1] + "…"
+    return text.replace("$", r"\$")
+
+
 def group_labels(labels: list, n_models: list) -> list[str]:
     """ "Classification (555)": each label with its group's model count."""
-    return [f"{'(none)' if v is None else v} ({n})" for v, n in zip(labels, n_models)]
+    return [f"{'(none)' if v is None else literal(str(v))} ({n})" for v, n in zip(labels, n_models)]
 
 
 def heatmap_order(result: dict) -> np.ndarray:
@@ -73,49 +86,68 @@ def _label_inches(labels: list[str], fontsize: float) -> float:
     return 0.62 * fontsize / 72 * max((len(t) for t in labels), default=0)
 
 
+def _heatmap_layout(labels: list[str], w: float, h: float, titled: bool) -> tuple[float, ...]:
+    """The largest font size (10 pt down to 4) at which a square heatmap with its labels, title
+    and colour bar fills at least half of a w x h inch box and its rows are not closer than the
+    text: (fontsize, label margin, colour bar width, title height, side), in inches but the first."""
+    n = max(len(labels), 1)
+    for fontsize in np.arange(10.0, 3.9, -0.5):
+        em = fontsize / 72
+        margin = _label_inches(labels, fontsize) + 1.2 * em
+        bar = 0.15 + 0.15 + 6 * 0.62 * em + 1.5 * em  # pad, bar, tick labels "0.0125", its label
+        top = 3.0 * em if titled else 0.1
+        side = min(w - margin - bar, h - margin - top)
+        if side >= 0.5 * min(w, h) and side / n >= 1.05 * em:
+            break
+    return fontsize, margin, bar, top, max(side, 0.2)
+
+
 def _draw_heatmap(fig: Figure, box: tuple[float, float, float, float], result: dict, title: str | None) -> None:
     """The heatmap of a divergence result in ``box`` (x, y, width, height inches from the bottom
-    left): a square matrix with its labels left and below, its colour bar right."""
+    left): a square matrix (colour scale from 0: a divergence is not negative) with its labels left
+    and below, its colour bar right; fonts shrink to fit a small box."""
     x, y, w, h = box
     W, H = fig.get_size_inches()
     order = heatmap_order(result)
     D = np.asarray(result["matrix"], dtype=np.float64)[np.ix_(order, order)]
     labels = [group_labels(result["labels"], result["n_models"])[i] for i in order]
     n = len(labels)
-    fontsize = float(np.clip(0.8 * 72 * min(w, h) * 0.6 / max(n, 1), 4, 10))  # rows no closer than the text
-    margin = _label_inches(labels, fontsize) + 0.15
-    top, bar = (0.45 if title else 0.1), 1.0
-    side = max(min(w - margin - bar, h - margin - top), 0.5)
+    fontsize, margin, bar, top, side = _heatmap_layout(labels, w, h, bool(title))
     left, bottom = x + margin + (w - margin - bar - side) / 2, y + margin + (h - margin - top - side) / 2
     ax = fig.add_axes((left / W, bottom / H, side / W, side / H))
-    cax = fig.add_axes(((left + side + 0.15) / W, bottom / H, 0.2 / W, side / H))
-    im = ax.imshow(D, cmap=_fire(), aspect="auto", interpolation="nearest")
+    cax = fig.add_axes(((left + side + 0.15) / W, bottom / H, 0.15 / W, side / H))
+    vmax = float(np.nanmax(D)) if n and np.nanmax(D) > 0 else 1.0
+    im = ax.imshow(D, cmap=_fire(), vmin=0, vmax=vmax, aspect="auto", interpolation="nearest")
     ax.set_xticks(np.arange(n), labels, rotation=90, fontsize=fontsize)
     ax.set_yticks(np.arange(n), labels, fontsize=fontsize)
     if title:
-        ax.set_title(title)
-    fig.colorbar(im, cax=cax)
+        ax.set_title(title, fontsize=fontsize + 1)
+    cb = fig.colorbar(im, cax=cax)
+    cb.ax.tick_params(labelsize=fontsize)
+    cb.set_label(METRIC_TITLES.get(result["metric"], result["metric"]), fontsize=fontsize)
 
 
-def divergence(result: dict, figsize: Size | None = None) -> Figure:
+def divergence(result: dict, figsize: Size | None = None, subtitle: str | None = None) -> Figure:
     """One divergence matrix (``Analysis.divergence``) as the notebook's heatmap: fire colour map,
-    x labels rotated 90 degrees, a colour bar."""
+    x labels rotated 90 degrees, a colour bar; ``subtitle`` (e.g. the selection) under the title."""
     W, H = _figsize(figsize, (10, 10))
     fig = Figure(figsize=(W, H))
-    _draw_heatmap(fig, (0.1, 0.1, W - 0.2, H - 0.2), result,
-                  f"{field_title(result['group_by'])}: {result['metric']} divergence")
+    title = f"{field_title(result['group_by'])}: {METRIC_TITLES.get(result['metric'], result['metric'])}"
+    _draw_heatmap(fig, (0.1, 0.1, W - 0.2, H - 0.2), result, title + (f"\n{subtitle}" if subtitle else ""))
     return fig
 
 
-def kl_combined(results: list[dict], figsize: Size | None = None) -> Figure:
+def kl_combined(results: list[dict], figsize: Size | None = None, subtitle: str | None = None) -> Figure:
     """The seed README's headline figure: the heatmaps of several groupings in one row (by
     default Task, Visual Category, Relative Depth of Convolution Layer) under one title."""
     k = len(results)
     W, H = _figsize(figsize, (8 * k, 8.6))
     fig = Figure(figsize=(W, H))
+    size = float(np.clip(2.2 * W / k, 8, 16))  # the title: 16 pt on the default 24-inch figure
+    top = (1.9 if subtitle else 1.0) * size / 72 + 0.2
     for i, r in enumerate(results):
-        _draw_heatmap(fig, (0.1 + i * (W - 0.2) / k, 0.1, (W - 0.2) / k, H - 0.8), r, field_title(r["group_by"]))
-    fig.suptitle(KL_COMBINED_TITLE, fontsize="x-large", y=1 - 0.25 / H, va="top")
+        _draw_heatmap(fig, (0.1 + i * (W - 0.2) / k, 0.05, (W - 0.2) / k, H - top - 0.05), r, field_title(r["group_by"]))
+    fig.suptitle(KL_COMBINED_TITLE + (f"\n{subtitle}" if subtitle else ""), fontsize=size, y=1 - 0.1 / H, va="top")
     return fig
 
 
@@ -125,10 +157,12 @@ def upper_triangle(result: dict) -> np.ndarray:
     return D[np.triu_indices(len(D), k=1)]
 
 
-def drift_box(results: list[dict], figsize: Size | None = None) -> Figure:
+def drift_box(results: list[dict], figsize: Size | None = None, subtitle: str | None = None) -> Figure:
     """Horizontal box plots (with means) of the upper-triangle divergences of several groupings."""
     fig = Figure(figsize=_figsize(figsize, (8, 1.5 + 1.1 * len(results))), layout="constrained")
     ax = fig.add_subplot()
+    if subtitle:
+        ax.set_title(subtitle)
     # top to bottom in the order given
     parts = ax.boxplot([upper_triangle(r) for r in results][::-1], orientation="horizontal", showmeans=True,
                        tick_labels=[field_title(r["group_by"]) for r in results][::-1])
@@ -140,21 +174,31 @@ def drift_box(results: list[dict], figsize: Size | None = None) -> Figure:
     return fig
 
 
-def ridge(result: dict, figsize: Size | None = None) -> Figure:
+def ridge(result: dict, figsize: Size | None = None, subtitle: str | None = None) -> Figure:
     """Ridge plot of ``Analysis.kde``: a row per group, a column per coefficient c0..c8, each panel
     the group's KDE filled in ``C{row % 10}`` (alpha .7, outline #f0f0f0); x shared over the
-    range, y not shared; the rows overlap."""
+    range, y not shared; the rows overlap. Labels and ticks shrink with a narrow figure."""
+    from matplotlib.ticker import MaxNLocator
+
     groups = result["groups"]
     n = len(groups)
-    x = np.asarray(result["grid"])
+    step = -(-len(result["grid"]) // MAX_CURVE_POINTS)  # a finer grid is drawn at every step-th point
+    x = np.asarray(result["grid"])[::step]
     W, H = _figsize(figsize, (18, 1 + 0.5 * n))
-    fig = Figure(figsize=(W, H))
-    gs = GridSpec(n, 9, figure=fig, hspace=-0.5, wspace=0.05, left=0.16, right=0.99, top=1 - 0.45 / H, bottom=0.35 / H)
+    fontsize = float(np.clip(W / 18 * 10, 5, 10))
     labels = group_labels([g["label"] for g in groups], [g["n_models"] for g in groups])
+    left = (_label_inches(labels, fontsize) + 0.2) / W
+    top = ((3.8 if subtitle else 2.4) * fontsize / 72 + 0.05) / H
+    fig = Figure(figsize=(W, H))
+    # margins as shares of the height, kept apart however short the figure (a 400 is not the
+    # place for a 0.5-inch ridge plot: it draws, squeezed)
+    top, bottom = min(top, 0.45), min(0.35 / H, 0.3)
+    gs = GridSpec(n, 9, figure=fig, hspace=-0.5, wspace=0.05, left=min(left, 0.5), right=0.99, top=1 - top,
+                  bottom=bottom)
     for row, g in enumerate(groups):
         for col in range(9):
             ax = fig.add_subplot(gs[row, col])
-            y = np.asarray(g["density"][col])
+            y = np.asarray(g["density"][col])[::step]
             ax.fill_between(x, y, alpha=0.7, color=f"C{row % 10}")
             ax.plot(x, y, color="#f0f0f0", lw=1)
             ax.set_xlim(x[0], x[-1])
@@ -166,17 +210,24 @@ def ridge(result: dict, figsize: Size | None = None) -> Figure:
             if row < n - 1:
                 ax.set_xticks([])
                 ax.spines["bottom"].set_visible(False)
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=3 if W < 12 else 5))
+                ax.tick_params(labelsize=fontsize)
             if row == 0:
-                ax.set_title(f"c{col}")
+                ax.set_title(f"c{col}", fontsize=fontsize + 1)
             if col == 0:
-                ax.text(-0.08, 0.1, labels[row], transform=ax.transAxes, ha="right", va="bottom")
+                ax.text(-0.08, 0.1, labels[row], transform=ax.transAxes, ha="right", va="bottom", fontsize=fontsize)
+    if subtitle:
+        fig.suptitle(subtitle, fontsize=fontsize + 1, y=1 - 0.05 / H, va="top")
     return fig
 
 
-def eigenimages(pca: dict, figsize: Size | None = None) -> Figure:
+def eigenimages(pca: dict, figsize: Size | None = None, subtitle: str | None = None) -> Figure:
     """The 9 principal components as 3x3 images (``seismic``, -1..1), titled v_i, each with its
     explained variance ratio (``:.2f``) under it, one colour bar."""
-    fig = Figure(figsize=_figsize(figsize, (18, 2.8)), layout="constrained")
+    fig = Figure(figsize=_figsize(figsize, (18, 3.2)), layout="constrained")
+    fig.suptitle("Principal components of the peak-scaled filters (explained variance ratio under each)"
+                 + (f"\n{subtitle}" if subtitle else ""), fontsize="medium")
     axes = fig.subplots(1, 9)
     evr = pca["explained_variance_ratio"]
     for i, ax in enumerate(axes):
@@ -185,11 +236,12 @@ def eigenimages(pca: dict, figsize: Size | None = None) -> Figure:
         ax.set_xlabel(f"{evr[i]:.2f}")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(im, ax=list(axes), fraction=0.015, pad=0.01)
+    fig.colorbar(im, ax=list(axes), fraction=0.02, pad=0.02, aspect=12)
     return fig
 
 
-def explained_variance(pcas: list[tuple[str, dict]], figsize: Size | None = None) -> Figure:
+def explained_variance(pcas: list[tuple[str, dict]], figsize: Size | None = None,
+                       subtitle: str | None = None) -> Figure:
     """Cumulative explained variance ratio of one or more PCAs (label, ``Analysis.pca`` result)."""
     fig = Figure(figsize=_figsize(figsize, (6, 4)), layout="constrained")
     ax = fig.add_subplot()
@@ -200,14 +252,18 @@ def explained_variance(pcas: list[tuple[str, dict]], figsize: Size | None = None
     ax.set_xticks(np.arange(1, 10))
     ax.grid(True)
     if len(pcas) > 1:
-        ax.legend()
+        ax.legend(title=subtitle)
     return fig
 
 
-def covariance(pca: dict, figsize: Size | None = None) -> Figure:
-    """The 9 x 9 covariance of the peak-scaled filters (scikit-learn's ``get_covariance()``)."""
+def covariance(pca: dict, figsize: Size | None = None, subtitle: str | None = None) -> Figure:
+    """The 9 x 9 covariance of the peak-scaled filters (scikit-learn's ``get_covariance()``): its
+    rows and columns are the filter's 9 weights (row-major), though both axes say "Principal
+    Component", as the notebook's (SPEC 10); the title says what is drawn."""
     fig = Figure(figsize=_figsize(figsize, (6, 5)), layout="constrained")
     ax = fig.add_subplot()
+    ax.set_title("Covariance of the peak-scaled filters' 9 weights" + (f"\n{subtitle}" if subtitle else ""),
+                 fontsize="medium")
     im = ax.imshow(np.asarray(pca["covariance"]))
     ax.set_xlabel("Principal Component")
     ax.set_ylabel("Principal Component")
@@ -215,7 +271,7 @@ def covariance(pca: dict, figsize: Size | None = None) -> Figure:
     return fig
 
 
-def density2d(result: dict, figsize: Size | None = None) -> Figure:
+def density2d(result: dict, figsize: Size | None = None, subtitle: str | None = None) -> Figure:
     """The 2-D histogram of two coefficients (``Analysis.density2d``) divided by its maximum, on a
     log scale from 1e-5 to 1, fire with empty cells dark, no ticks. Unlike the notebook's
     ``imshow``, which puts its second coefficient increasing downwards, c_j increases upwards."""
@@ -231,8 +287,10 @@ def density2d(result: dict, figsize: Size | None = None) -> Figure:
     ax.set_facecolor(_fire()(0.0))
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_xlabel(f"$c_{i}$ →")
-    ax.set_ylabel(f"$c_{j}$ →")
+    ax.set_xlabel(f"$c_{i}$ → ({lo:g} to {hi:g})")
+    ax.set_ylabel(f"$c_{j}$ → ({lo:g} to {hi:g})")
+    if subtitle:
+        ax.set_title(subtitle, fontsize="medium")
     return fig
 
 
@@ -253,24 +311,25 @@ def layer_filters(filters: np.ndarray, layer: dict, figsize: Size | None = None)
     own absolute peak, 16 to a row (``filter_mosaic``); the first MAX_FILTERS_DRAWN of them."""
     f = np.asarray(filters)[:MAX_FILTERS_DRAWN]
     mosaic = filter_mosaic(f)
-    cmap = colormaps["seismic"].with_extremes(bad="white")
+    cmap = colormaps["seismic"].with_extremes(bad="#c8c8c8")  # gaps grey: a zero weight is white
     fig = Figure(figsize=_figsize(figsize, (10, 0.7 + 9.0 * mosaic.shape[0] / mosaic.shape[1])), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
     shown = f"the first {len(f)} of {layer['n_filters']:,}" if len(f) < layer["n_filters"] else f"{len(f):,}"
-    ax.set_title(f"layer {layer['layer_id']} of {layer['model']} (depth {layer['conv_depth']}): {shown} filters, "
-                 "each scaled to its peak")
+    zero = int((np.abs(np.asarray(f, dtype=np.float64)).reshape(len(f), 9).max(axis=1, initial=0.0) == 0).sum())
+    ax.set_title(f"layer {layer['layer_id']} of {literal(layer['model'])} (depth {layer['conv_depth']}): {shown} filters, "
+                 f"each scaled to its peak" + (f"; {zero:,} of them all zero" if zero else ""))
     return fig
 
 
-def quality(result: dict, figsize: Size | None = None) -> Figure:
+def quality(result: dict, figsize: Size | None = None, subtitle: str | None = None) -> Figure:
     """Every layer's sparsity against its normalized variance entropy (``Analysis.layer_quality``),
     coloured by a field, with the degenerate thresholds as dashed lines."""
     layers, labels = result["layers"], result["labels"]
     t = result["thresholds"]
-    fig = Figure(figsize=_figsize(figsize, (8, 6)), layout="constrained")
+    fig = Figure(figsize=_figsize(figsize, (9.5, 6)), layout="constrained")
     ax = fig.add_subplot()
     x = np.asarray(layers["sparsity"], dtype=np.float64)  # None -> nan: not drawn
     y = np.asarray(layers["variance_entropy_norm"], dtype=np.float64)
@@ -286,5 +345,8 @@ def quality(result: dict, figsize: Size | None = None) -> Figure:
     ax.set_xlabel("sparsity")
     ax.set_ylabel("normalized variance entropy")
     ax.grid(True, alpha=0.3)
-    ax.legend(title=field_title(result["color_by"]), fontsize="small", loc="best")
+    # outside the axes: degenerate layers sit in the corners a legend would take
+    ax.legend(title=field_title(result["color_by"]), fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    if subtitle:
+        ax.set_title(subtitle, fontsize="medium")
     return fig

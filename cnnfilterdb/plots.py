@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .selection import GROUP_FIELDS, SelectionError
 from .stats.divergence import DEFAULT_BINS
-from .stats.kde import DEFAULT_KDE_BINS
+from .limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_KDE_BINS, MIN_KDE_BINS
 
 if TYPE_CHECKING:  # matplotlib (a second to import) loads with the first figure drawn, not with a request's checks
     from matplotlib.figure import Figure
@@ -44,17 +44,26 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
     "covariance": ("where",),
     "density2d": ("where", "components", "bins", "basis", "range"),
     "layer_filters": ("layer_id",),
-    "quality": ("where", "color_by"),
+    "quality": ("where", "color_by", "sparsity_gt", "entropy_norm_lt", "entropy_norm_gt"),
 }
+# Every parameter some figure takes, in a stable order (the service's known query parameters).
+PARAMETER_NAMES = tuple(dict.fromkeys(name for names in PARAMETERS.values() for name in names)) + SIZE
 DEFAULT_GROUP_BY = {"kl_combined": ("task", "visual_category", "depth_bin"), "drift_box": ("task", "visual_category"),
                     "divergence": ("task",), "ridge": ("task",)}
 DEFAULT_BINS_OF = {"ridge": DEFAULT_KDE_BINS, "density2d": 512}  # the notebook's; else the analysis default
 DEFAULT_RANGE_OF = {"density2d": (-3.3, 3.3)}
+# The bins a figure accepts: those of the JSON endpoint it draws (/v1/kde, /v1/density2d, /v1/divergence).
+BINS_RANGE = {"ridge": (MIN_KDE_BINS, MAX_KDE_BINS), "density2d": (1, MAX_DENSITY2D_BINS)}
 # The most groups a figure can label legibly (a larger selection is a 400 naming the limit),
 # and the most groupings in one row of heatmaps or one box plot.
 MAX_LABELS = {"kl_combined": 80, "divergence": 80, "ridge": 40, "quality": 20}
 MAX_GROUPINGS = 6
-MAX_PIXELS = 25_000_000
+MAX_PIXELS = 6_000_000  # 24 x 8.6 in at 170 dpi, 7 x 2.6 in at 500: Agg and its image resampling take ~50 B a pixel
+
+
+class PlotParameterError(SelectionError):
+    """A parameter a figure does not take, or one out of its range (the service: a 400
+    invalid_request, as for the analysis endpoints' malformed requests)."""
 MAX_DPI = 600
 MAX_INCHES = 100.0
 
@@ -73,6 +82,9 @@ class PlotRequest:
     range: tuple[float, float] | None = None
     layer_id: int | None = None
     color_by: str = "task"
+    sparsity_gt: float | None = None
+    entropy_norm_lt: float | None = None
+    entropy_norm_gt: float | None = None
     dpi: int = 100
     width: float | None = None
     height: float | None = None
@@ -89,9 +101,11 @@ class PlotRequest:
         allowed = PARAMETERS[figure] + SIZE
         unknown = sorted(set(given) - set(allowed))
         if unknown:
-            raise SelectionError(f"{figure} takes no {', '.join(unknown)}; its parameters: {', '.join(allowed)}")
+            raise PlotParameterError(f"{figure} takes no {', '.join(unknown)}; its parameters: {', '.join(allowed)}")
         if isinstance(given.get("group_by"), str):
             given["group_by"] = tuple(g.strip() for g in given["group_by"].split(","))
+        if "group_by" in given:  # a grouping named twice is drawn once
+            given["group_by"] = tuple(dict.fromkeys(given["group_by"]))
         for name, kind in (("components", int), ("range", float)):
             if isinstance(given.get(name), str):
                 given[name] = _pair(given[name], name, kind)
@@ -106,16 +120,22 @@ class PlotRequest:
                     raise SelectionError(f"unknown group_by {g!r}; known: {GROUP_FIELDS}")
             several = self.figure in ("kl_combined", "drift_box")
             if not several and len(self.group_by) != 1:
-                raise SelectionError(f"{self.figure} takes one group_by, got {len(self.group_by)}")
+                raise PlotParameterError(f"{self.figure} takes one group_by, got {len(self.group_by)}")
             if several and not 1 <= len(self.group_by) <= MAX_GROUPINGS:
-                raise SelectionError(f"{self.figure} takes 1 to {MAX_GROUPINGS} groupings in group_by, "
+                raise PlotParameterError(f"{self.figure} takes 1 to {MAX_GROUPINGS} groupings in group_by, "
                                      f"got {len(self.group_by)}")
         if not 10 <= self.dpi <= MAX_DPI:
-            raise SelectionError(f"dpi must be from 10 to {MAX_DPI}, got {self.dpi}")
+            raise PlotParameterError(f"dpi must be from 10 to {MAX_DPI}, got {self.dpi}")
         for name in ("width", "height"):
             v = getattr(self, name)
             if v is not None and not 0.5 <= v <= MAX_INCHES:
-                raise SelectionError(f"{name} must be from 0.5 to {MAX_INCHES:g} inches, got {v}")
+                raise PlotParameterError(f"{name} must be from 0.5 to {MAX_INCHES:g} inches, got {v}")
+        if self.width and self.height:  # known before any work (else checked once the figure is built)
+            _check_pixels(self.width, self.height, self.dpi)
+        if self.bins is not None:
+            lo, hi = BINS_RANGE.get(self.figure, (1, MAX_BINS))
+            if not lo <= self.bins <= hi:
+                raise PlotParameterError(f"bins must be from {lo} to {hi} for {self.figure}, got {self.bins}")
 
     def resolved(self) -> dict:
         """Every parameter the figure takes, defaults filled in: what the figure depends on (the
@@ -138,8 +158,26 @@ def _pair(text: str, name: str, kind) -> tuple:
     try:
         a, b = (kind(x) for x in text.split(","))
     except ValueError:
-        raise SelectionError(f"{name}: two numbers separated by a comma, got {text[:100]!r}") from None
+        raise PlotParameterError(f"{name}: two numbers separated by a comma, got {text[:100]!r}") from None
     return a, b
+
+
+def describe_where(where: dict | None, limit: int = 140) -> str | None:
+    """A selection as a figure's subtitle: "where task in [GAN, Segmentation], conv_depth >= 2"."""
+    if not where:
+        return None
+    ops = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<"}
+    parts = []
+    for name, value in where.items():
+        if isinstance(value, dict):
+            parts.append(" and ".join(f"{name} {ops.get(k, k)} {v}" for k, v in value.items()) or f"{name} (any)")
+        elif isinstance(value, list):
+            parts.append(f"{name} in [{', '.join('null' if v is None else str(v) for v in value)}]")
+        else:
+            parts.append(f"{name} is null" if value is None else f"{name} = {value}")
+    text = "where " + ", ".join(parts)
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return text.replace("$", r"\$")  # drawn as is, not as mathtext
 
 
 def draw(a: Analysis, req: PlotRequest) -> Figure:
@@ -149,41 +187,55 @@ def draw(a: Analysis, req: PlotRequest) -> Figure:
     p = req.resolved()
     f = req.figure
     size = (req.width, req.height)
+    note = describe_where(p.get("where"))
     if f in ("kl_combined", "divergence", "drift_box"):
+        from .analysis import MAX_PAIR_CELLS
+
         limit = MAX_LABELS.get(f)
-        results = [a.divergence(g, p["where"], p["metric"], p["bins"], p["weights"], p["basis"],
-                                **({"max_groups": limit} if limit else {})) for g in p["group_by"]]
-        fig = (figures.kl_combined(results, size) if f == "kl_combined" else
-               figures.divergence(results[0], size) if f == "divergence" else figures.drift_box(results, size))
+        # one request's pairwise work stays within one divergence's, however many groupings
+        budget = MAX_PAIR_CELLS // len(p["group_by"])
+        results = [a.divergence(g, p["where"], p["metric"], p["bins"], p["weights"], p["basis"], max_groups=limit,
+                                max_pair_cells=budget) for g in p["group_by"]]
+        if f == "drift_box" and (single := [r["group_by"] for r in results if len(r["labels"]) < 2]):
+            raise SelectionError(f"drift_box compares pairs of groups; {', '.join(single)} gives fewer than 2 groups "
+                                 "in this selection")
+        fig = (figures.kl_combined(results, size, note) if f == "kl_combined" else
+               figures.divergence(results[0], size, note) if f == "divergence" else
+               figures.drift_box(results, size, note))
     elif f == "ridge":
-        fig = figures.ridge(a.kde(p["where"], p["group_by"][0], p["bins"], p["basis"], max_groups=MAX_LABELS[f]), size)
+        fig = figures.ridge(a.kde(p["where"], p["group_by"][0], p["bins"], p["basis"], max_groups=MAX_LABELS[f]),
+                            size, note)
     elif f == "eigenimages":
-        fig = figures.eigenimages(a.pca(p["where"]), size)
+        fig = figures.eigenimages(a.pca(p["where"]), size, note)
     elif f == "covariance":
-        fig = figures.covariance(a.pca(p["where"]), size)
+        fig = figures.covariance(a.pca(p["where"]), size, note)
     elif f == "explained_variance":
         pcas = [("all filters", a.pca(None))]
         if p["where"]:
             pcas.append(("selection", a.pca(p["where"])))
-        fig = figures.explained_variance(pcas, size)
+        fig = figures.explained_variance(pcas, size, note)
     elif f == "density2d":
         fig = figures.density2d(a.density2d(p["where"], tuple(p["components"]), p["bins"], p["basis"],
-                                            tuple(p["range"]) if p["range"] else None), size)
+                                            tuple(p["range"]) if p["range"] else None), size, note)
     elif f == "layer_filters":
         layer_id = p["layer_id"] if p["layer_id"] is not None else a.first_layer_id()  # a figure with no parameters
         layer, W = a.layer_filters(layer_id, figures.MAX_FILTERS_DRAWN)
         fig = figures.layer_filters(W, layer, size)
     else:  # quality
-        result = a.layer_quality(p["where"], p["color_by"])
+        thresholds = {k: p[k] for k in ("sparsity_gt", "entropy_norm_lt", "entropy_norm_gt") if p[k] is not None}
+        result = a.layer_quality(p["where"], p["color_by"], thresholds)
         if len(result["labels"]) > MAX_LABELS[f]:
             raise SelectionError(f"color_by {p['color_by']} gives {len(result['labels'])} values; at most "
                                  f"{MAX_LABELS[f]} here: narrow the selection with where, or colour by another field")
-        fig = figures.quality(result, size)
-    w, h = fig.get_size_inches()
-    if w * h * req.dpi ** 2 > MAX_PIXELS:
-        raise SelectionError(f"the figure would be {w * req.dpi:,.0f} x {h * req.dpi:,.0f} pixels, over the limit of "
-                             f"{MAX_PIXELS:,}: lower dpi, width or height")
+        fig = figures.quality(result, size, note)
+    _check_pixels(*fig.get_size_inches(), req.dpi)
     return fig
+
+
+def _check_pixels(w: float, h: float, dpi: int) -> None:
+    if w * h * dpi ** 2 > MAX_PIXELS:
+        raise PlotParameterError(f"the figure would be {w * dpi:,.0f} x {h * dpi:,.0f} pixels, over the limit of "
+                                 f"{MAX_PIXELS:,}: lower dpi, width or height")
 
 
 # rcParams are process-wide: the few that only saving reads are set around the save, under a

@@ -72,17 +72,20 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` all or nothing: a temporary file next to it (created with the
     umask's permissions, as an ordinary file), then ``os.replace``; removed again on any failure."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    tmp = path.with_name(f".cnnfilterdb-{secrets.token_hex(4)}.tmp")  # short: any valid name of path fits
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as e:  # named by the file asked for, not the temporary one
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def _groups_text(result: dict) -> str:

@@ -67,6 +67,10 @@ class StoreDamaged(StoreError):
         self.rel, self.problem = rel, problem
 
 
+# The models of the synthetic sample (`cnnfilterdb demo`): ingest/h5.py marks their source.
+SAMPLE_MODELS = "starts_with(source, 'SAMPLE')"
+
+
 def first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
@@ -213,6 +217,7 @@ class FilterStore:
             return {
                 "db": str(self.root),
                 "models": one("SELECT count(*) FROM models"),
+                "sample_models": one(f"SELECT count(*) FROM models WHERE {SAMPLE_MODELS}"),
                 "layers": one("SELECT count(*) FROM layers"),
                 "filters": int(n_filters),
                 "shards": one("SELECT count(*) FROM _shards"),

@@ -23,7 +23,7 @@ class FigureCache:
             return data
 
     def put(self, key: str, data: bytes) -> None:
-        if len(data) > self.max_bytes:
+        if len(data) > self.max_bytes // 8:  # no one figure may push out most of the others
             return
         with self._lock:
             if key in self._entries:

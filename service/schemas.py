@@ -5,6 +5,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
+from cnnfilterdb.limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_KDE_BINS, MIN_KDE_BINS
+
 
 class ErrorDetail(BaseModel):
     code: str
@@ -50,6 +52,7 @@ Limits = _limits_model()
 
 class Stats(BaseModel):
     models: int
+    sample_models: int = Field(description="models of the synthetic sample (`cnnfilterdb demo`): not real data")
     layers: int
     filters: int
     shards: int
@@ -241,7 +244,7 @@ class DivergenceRequest(BaseModel):
     group_by: GroupField
     where: Where | None = None
     metric: Metric = "kl_sym"
-    bins: int = Field(70, ge=1, le=10_000)
+    bins: int = Field(70, ge=1, le=MAX_BINS)
     weights: Weights = "explained_variance"
     basis: BasisKind = "global"
 
@@ -298,7 +301,7 @@ class PcaResponse(BaseModel):
 class HistogramsRequest(BaseModel):
     group_by: GroupField | None = None
     where: Where | None = None
-    bins: int = Field(70, ge=1, le=10_000)
+    bins: int = Field(70, ge=1, le=MAX_BINS)
     basis: BasisKind = "global"
 
 
@@ -325,7 +328,7 @@ class HistogramsResponse(GroupedOverRange):
 class Density2dRequest(BaseModel):
     where: Where | None = None
     components: list[Component] = Field([0, 1], min_length=2, max_length=2, description="two component indices, 0..8")
-    bins: int = Field(70, ge=1, le=1000)
+    bins: int = Field(70, ge=1, le=MAX_DENSITY2D_BINS)
     basis: BasisKind = "global"
     range: tuple[Real, Real] | None = Field(None, description="the ends of both axes, in either order (default: the "
                                                              "basis range; the notebook's figure: -3.3, 3.3)")
@@ -344,7 +347,7 @@ class Density2dResponse(BaseModel):
 class KdeRequest(BaseModel):
     group_by: GroupField | None = None
     where: Where | None = None
-    bins: int = Field(2048, ge=16, le=8192, description="bins of the exact histogram the KDE is computed from; "
+    bins: int = Field(DEFAULT_KDE_BINS, ge=MIN_KDE_BINS, le=MAX_KDE_BINS, description="bins of the exact histogram the KDE is computed from; "
                                                         "its centres are the grid")
     basis: BasisKind = "global"
 

@@ -18,7 +18,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.image import imread
 
 from cnnfilterdb.analysis import Analysis
-from cnnfilterdb.plots import FIGURES, NOTEBOOK_FIGURES, PlotRequest, draw, render
+from cnnfilterdb.plots import FIGURES, MAX_PIXELS, NOTEBOOK_FIGURES, PlotRequest, draw, render
 
 from .conftest import open_catalog
 
@@ -326,7 +326,7 @@ def test_more_groups_than_a_figure_labels_is_a_400_with_the_limit(client, con):
     ("layer_id=3", "divergence takes no layer_id"),
     ("group_by=task,visual_category", "takes one group_by"),
     ("dpi=5", "dpi"),
-    ("dpi=600&width=100&height=100", "over the limit of 25,000,000"),
+    ("dpi=600&width=100&height=100", f"over the limit of {MAX_PIXELS:,}"),
     ("width=1e308", "width"),
     ("width=nan", "width"),
     ("bins=0", "bins"),
@@ -347,7 +347,8 @@ def test_hostile_parameters_are_4xx_with_a_message(client, query, words):
                                   "/v1/plots/density2d.png?range=-inf,inf", "/v1/plots/layer_filters.png?layer_id=-1",
                                   "/v1/plots/layer_filters.png?layer_id=99999999", "/v1/plots/../sql.png",
                                   "/v1/plots/%2e%2e%2fsql.png", "/v1/plots/divergence.png%00.svg",
-                                  "/v1/plots/" + "a" * 10_000 + ".png", "/v1/plots/drift_box.png?group_by=" + ",".join(["task"] * 7),
+                                  "/v1/plots/" + "a" * 10_000 + ".png", "/v1/plots/drift_box.png?group_by=" + ",".join(["task", "visual_category", "depth_bin", "training_dataset",
+                                                                                  "pretraining_dataset", "name", "producer"]),
                                   "/v1/plots/quality.png?color_by=nope", "/v1/plots/ridge.png?bins=99999"])
 def test_hostile_paths_are_4xx(client, path):
     r = client.get(path)
@@ -372,3 +373,144 @@ def test_figures_do_not_touch_pyplot():
 
     src = open(cnnfilterdb.figures.__file__).read() + open(cnnfilterdb.plots.__file__).read()
     assert not re.search(r"^\s*(import matplotlib\.pyplot|from matplotlib import pyplot)", src, re.M)
+
+
+# ---- found by a hostile review ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hostile_labels_client(tmp_path_factory, sample_v01):
+    """A store whose labels are mathtext, HTML and very long text."""
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    from .conftest import cli_main
+
+    work = tmp_path_factory.mktemp("hostile-labels")
+    db = work / "db"
+    assert cli_main(["ingest", str(sample_v01), "--db", str(db)]) == 0
+    rng = np.random.default_rng(7)
+    for k, (task, category) in enumerate([("$\\foo$", "$x^{$"), ("<script>alert(1)</script>", "{" * 500 + "$" * 3),
+                                          ("a" * 5000, "$\\alpha$")]):
+        np.savez(work / f"m{k}.npz", conv=rng.normal(size=(8, 4, 3, 3)).astype(np.float32))
+        assert cli_main(["ingest", str(work / f"m{k}.npz"), "--db", str(db), "--model", f"hostile-{k}-$\\bar$",
+                         "--task", task, "--visual-category", category]) == 0
+    return TestClient(create_app(Settings(db=db)), raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("url", ["/v1/plots/kl_combined.png", "/v1/plots/kl_combined.svg", "/v1/plots/divergence.pdf",
+                                 "/v1/plots/ridge.png", "/v1/plots/quality.png", "/v1/plots/drift_box.png",
+                                 "/v1/plots/divergence.png?group_by=model",
+                                 "/v1/plots/eigenimages.png?where=" + quote(json.dumps({"task": ["$\\foo$", "x"]}))])
+def test_labels_are_drawn_as_text_not_mathtext(hostile_labels_client, url):
+    r = hostile_labels_client.get(url)
+    assert r.status_code == 200, r.text[:300]
+    if url.endswith(".svg"):
+        texts = [el.text or "" for el in ET.fromstring(r.content).iter("{http://www.w3.org/2000/svg}text")]
+        assert any(t.startswith("$\\foo$ (") for t in texts)  # literally, dollars and backslash
+        assert any(t.startswith("<script>alert(1)</script> (") for t in texts)  # text (escaped by the XML writer)
+        assert max(len(t) for t in texts) < 100  # 5000 characters cut
+
+
+def test_a_queue_of_waiting_analyses_is_bounded(v1_store):
+    """Requests beyond analysis_concurrency running + analysis_queue waiting get a 429 at once,
+    rather than each holding a server thread for analysis_wait_s."""
+    import threading
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    client = TestClient(create_app(Settings(db=v1_store, analysis_concurrency=1, analysis_queue=1,
+                                            analysis_wait_s=30)), raise_server_exceptions=False)
+    catalog = client.app.state.catalog
+    assert catalog.analysis_slots.acquire()  # the one turn, taken
+    try:
+        waiting = []
+        t = threading.Thread(target=lambda: waiting.append(client.get("/v1/plots/divergence.png?metric=js")))
+        t.start()
+        deadline = time.monotonic() + 10
+        while catalog.analysis_queue._value != 0 and time.monotonic() < deadline:  # the waiter is queued
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        r = client.post("/v1/divergence", json={"group_by": "task"})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert "1 waiting" in r.json()["error"]["message"]
+        assert time.monotonic() - t0 < 5  # at once, not after analysis_wait_s
+    finally:
+        catalog.analysis_slots.release()
+    t.join(30)
+    assert waiting[0].status_code == 200  # the queued request got its turn
+
+
+def test_many_groupings_share_one_requests_budget(client, con, monkeypatch):
+    import cnnfilterdb.analysis as analysis
+
+    n = con.execute("SELECT count(DISTINCT visual_category) FROM models").fetchone()[0]
+    one = n * (n - 1) // 2 * 9 * 70
+    monkeypatch.setattr(analysis, "MAX_PAIR_CELLS", 2 * one)  # one grouping fits, the same twice would too...
+    assert client.get("/v1/plots/drift_box.png?group_by=visual_category,visual_category").status_code == 200  # drawn once
+    monkeypatch.setattr(analysis, "MAX_PAIR_CELLS", one + one // 2)  # ...but two distinct ones share the budget
+    r = client.get("/v1/plots/drift_box.png?group_by=visual_category,task&metric=js")
+    assert r.status_code == 400 and "cells to compare" in _error(r)["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/plots/ridge.png?height=0.5", "/v1/plots/ridge.png?height=0.6&width=0.5"])
+def test_tiny_figures_draw(client, path):
+    assert client.get(path).status_code == 200
+
+
+@pytest.mark.parametrize("body", [{"range": [1e308, 1e308]}, {"range": [1e16, 1e16]},
+                                  {"range": [-1.7976931348623157e308, 1.7976931348623157e308]},
+                                  {"range": [5e-324, 5e-324], "bins": 4}])
+def test_density2d_ranges_that_hold_no_bins_are_a_400(client, body):
+    r = client.post("/v1/density2d", json=body)
+    if body.get("bins") == 4:  # widened by numpy's rule, and the response says so
+        assert r.status_code == 200 and r.json()["range"] == [-0.5, 0.5]
+    else:
+        assert r.status_code == 400 and "cannot hold" in _error(r)["message"]
+    lo, hi = body["range"]
+    assert client.get(f"/v1/plots/density2d.png?range={lo!r},{hi!r}").status_code == (200 if body.get("bins") else 400)
+
+
+def test_ridge_and_kde_take_the_same_bins(client):
+    for bins in (1, 15, 8193, 10_000):
+        assert client.get(f"/v1/plots/ridge.png?bins={bins}").status_code == 400
+        assert client.post("/v1/kde", json={"bins": bins}).status_code in (400, 422)
+    assert client.get("/v1/plots/ridge.png?bins=16").status_code == 200
+
+
+def test_figure_cache_keeps_no_entry_over_an_eighth_of_it():
+    from service.figure_cache import FigureCache
+
+    cache = FigureCache(800)
+    cache.put("a", b"x" * 100)
+    cache.put("big", b"x" * 101)
+    assert cache.get("a") is not None and cache.get("big") is None
+
+
+def test_if_none_match_star_and_security_headers(client):
+    r = client.get("/v1/plots/divergence.svg", headers={"If-None-Match": "*"})
+    assert r.status_code == 304
+    r = client.get("/v1/plots/divergence.svg")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["content-security-policy"].startswith("default-src 'none'")
+    page = client.get("/static/index.html")
+    assert page.headers["content-security-policy"] == client.get("/").headers["content-security-policy"]
+
+
+def test_kde_std_of_many_groups_equals_a_direct_computation(client, con):
+    """The per-group standard deviations, pooled from moments in one vectorized pass, equal
+    np.std of the coefficients, group by group (here: every model)."""
+    want = client.post("/v1/kde", json={"group_by": "model_id", "bins": 16}).json()
+    mean, comp = con.execute("SELECT mean, components FROM basis").fetchone()
+    mean, C = np.array(mean), np.array(comp).reshape(9, 9)
+    for g in want["groups"][:6]:
+        W = con.execute("SELECT w0, w1, w2, w3, w4, w5, w6, w7, w8 FROM filters WHERE model_id = ?",
+                        [g["label"]]).fetchnumpy()
+        X = np.stack([W[f"w{i}"] for i in range(9)], axis=1).astype(np.float64)
+        peak = np.abs(X).max(axis=1)
+        c = (X / np.where(peak > 0, peak, 1.0)[:, None] - mean) @ C.T
+        assert g["std"] == pytest.approx(np.std(c, axis=0, ddof=1), rel=1e-9)

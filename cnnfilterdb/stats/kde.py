@@ -28,7 +28,6 @@ import numpy as np
 
 IQR_OF_NORMAL = 1.3489795003921634     # norm.ppf(.75) - norm.ppf(.25)
 P1_P99_OF_NORMAL = 4.6526957480816815  # norm.ppf(.99) - norm.ppf(.01)
-DEFAULT_KDE_BINS = 2048
 
 
 def histogram_quantiles(counts: np.ndarray, lo: float, hi: float, q: np.ndarray) -> np.ndarray:

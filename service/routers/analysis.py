@@ -27,11 +27,22 @@ router = APIRouter(tags=["analysis"], responses={400: {"model": ErrorResponse}, 
 @contextmanager
 def analysis(catalog: LiveCatalog, gen: Generation | None = None) -> Iterator[Analysis]:
     # At most analysis_concurrency computations at once (each is bounded in time and memory by the
-    # limits of cnnfilterdb/analysis.py; together they stay bounded too); a request waits for a
-    # turn up to analysis_wait_s, then gets a 429.
-    if not catalog.analysis_slots.acquire(timeout=catalog.settings.analysis_wait_s):
-        raise ApiError(429, "analysis_busy", f"{catalog.settings.analysis_concurrency} analyses are running; retry soon",
-                       headers={"Retry-After": "1"})
+    # limits of cnnfilterdb/analysis.py; together they stay bounded too); at most analysis_queue
+    # requests wait for a turn, each up to analysis_wait_s, then get a 429. The queue is bounded
+    # because a waiting request holds one of the server's threads: 80 waiting figure requests
+    # stalled every endpoint, /health included, for 14 s.
+    settings = catalog.settings
+    busy = ApiError(429, "analysis_busy", f"{settings.analysis_concurrency} analyses are running and "
+                                          f"{settings.analysis_queue} waiting; retry soon", headers={"Retry-After": "1"})
+    if not catalog.analysis_slots.acquire(blocking=False):
+        if catalog.analysis_queue is None or not catalog.analysis_queue.acquire(blocking=False):
+            raise busy
+        try:
+            turn = catalog.analysis_slots.acquire(timeout=settings.analysis_wait_s)
+        finally:
+            catalog.analysis_queue.release()
+        if not turn:
+            raise busy
     try:
         with _analysis(catalog, gen or catalog.generation()) as a:
             yield a

@@ -85,7 +85,9 @@ def get_assets() -> Assets:
 
 
 def _serve(request: Request, asset: Asset, extra: dict[str, str] | None = None) -> Response:
-    headers = {"ETag": asset.etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", **(extra or {})}
+    # Every asset with the page's policy: /static/index.html is the page too
+    headers = {"ETag": asset.etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+               "Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer", **(extra or {})}
     inm = request.headers.get("if-none-match")
     if inm is not None and (inm.strip() == "*" or asset.etag in [t.strip().removeprefix("W/") for t in inm.split(",")]):
         return Response(status_code=304, headers=headers)
@@ -95,8 +97,7 @@ def _serve(request: Request, asset: Asset, extra: dict[str, str] | None = None) 
 @router.get("/")
 def index(request: Request, assets: Assets = Depends(get_assets)):
     """The dashboard's single page; its views are routed in the browser (`#/explore?...`)."""
-    return _serve(request, assets.get("index.html"),
-                  {"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer"})
+    return _serve(request, assets.get("index.html"))
 
 
 @router.get("/static/{name}")

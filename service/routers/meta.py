@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
+from cnnfilterdb.store import SAMPLE_MODELS
+
 from ..catalog import LiveCatalog
 from ..deps import get_catalog, get_settings, get_sql_pool, respond
 from ..jsonable import jsonable
@@ -29,15 +31,16 @@ def health(catalog: LiveCatalog = Depends(get_catalog)):
 def stats(catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Depends(get_settings),
           sql_pool: SqlPool = Depends(get_sql_pool)):
     with catalog.cursor() as cur:
-        models, layers, filters, shards, shard_bytes, ingests, last = cur.execute("""
-            SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM layers),
+        models, sample_models, layers, filters, shards, shard_bytes, ingests, last = cur.execute(f"""
+            SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM models WHERE {SAMPLE_MODELS}),
+                   (SELECT count(*) FROM layers),
                    (SELECT coalesce(sum(n_rows), 0) FROM _shards), (SELECT count(*) FROM _shards),
                    (SELECT coalesce(sum(bytes), 0) FROM _shards), (SELECT count(*) FROM _ingests),
                    (SELECT max(committed_at) FROM _ingests)""").fetchone()
         b = cur.execute("SELECT version, n_filters, explained_variance_ratio, range_min, range_max FROM basis").fetchone()
     basis = None if b is None else {"version": b[0], "n_filters": b[1], "explained_variance_ratio": b[2],
                                     "range": (b[3], b[4])}
-    return respond(Stats(models=models, layers=layers, filters=int(filters), shards=shards, shard_bytes=int(shard_bytes),
+    return respond(Stats(models=models, sample_models=sample_models, layers=layers, filters=int(filters), shards=shards, shard_bytes=int(shard_bytes),
                  ingests=ingests, last_ingest_at=jsonable(last), basis=basis,
                  limits=Limits(**settings.model_dump(include=set(LIMITS)), sql_sandbox=sql_pool.sandbox)))
 

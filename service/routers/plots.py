@@ -20,8 +20,9 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from cnnfilterdb import __version__
-from cnnfilterdb.plots import (FIGURES, FORMATS, MAX_DPI, MAX_INCHES, MEDIA_TYPES, PARAMETERS, SIZE, PlotRequest, draw,
-                               render)
+from cnnfilterdb.limits import MAX_BINS
+from cnnfilterdb.plots import (FIGURES, FORMATS, MAX_DPI, MAX_INCHES, MEDIA_TYPES, PARAMETER_NAMES, PARAMETERS, SIZE,
+                               PlotParameterError, PlotRequest, draw, render)
 from cnnfilterdb.selection import SelectionError
 
 from ..catalog import LiveCatalog
@@ -67,7 +68,7 @@ def plot(
     group_by: str | None = Query(None, description="the grouping (kl_combined, drift_box: several, comma-separated)"),
     where: str | None = Query(None, description='the selection as JSON, e.g. {"task": ["Classification"]}'),
     metric: Metric | None = Query(None),
-    bins: int | None = Query(None, ge=1, le=10_000, description="histogram bins (ridge: the KDE's grid; default "
+    bins: int | None = Query(None, ge=1, le=MAX_BINS, description="histogram bins (ridge: the KDE's grid; default "
                                                                 "the figure's)"),
     weights: Weights | None = Query(None),
     basis: BasisKind | None = Query(None),
@@ -75,6 +76,11 @@ def plot(
     range: str | None = Query(None, description="density2d: lo,hi of both axes (default -3.3,3.3, the notebook's)"),
     layer_id: int | None = Query(None, ge=0, le=2**31 - 1, description="layer_filters: the layer (default the first)"),
     color_by: GroupField | None = Query(None, description="quality: the field that colours the layers"),
+    sparsity_gt: float | None = Query(None, ge=0, le=1, description="quality: the sparsity threshold drawn (0.5)"),
+    entropy_norm_lt: float | None = Query(None, ge=-1e6, le=1e6, allow_inf_nan=False,
+                                          description="quality: the low normalized entropy threshold drawn (0.5)"),
+    entropy_norm_gt: float | None = Query(None, ge=-1e6, le=1e6, allow_inf_nan=False,
+                                          description="quality: the high (random-like) threshold drawn (1.0)"),
     dpi: int | None = Query(None, ge=10, le=MAX_DPI, description="dots per inch (default 100)"),
     width: float | None = Query(None, ge=0.5, le=MAX_INCHES, description="inches (default the figure's)"),
     height: float | None = Query(None, ge=0.5, le=MAX_INCHES, description="inches (default the figure's)"),
@@ -87,16 +93,17 @@ def plot(
         raise ApiError(404, "not_found", f"no figure {figure[:100]!r}; the figures: {', '.join(FIGURES)}")
     if fmt not in FORMATS:
         raise ApiError(404, "not_found", f"no format {fmt[:20]!r}; the formats: {', '.join(FORMATS)}")
-    known = {"group_by", "where", "metric", "bins", "weights", "basis", "components", "range", "layer_id", "color_by",
-             "dpi", "width", "height"}
-    unknown = sorted(set(request.query_params) - known)
+    unknown = sorted(set(request.query_params) - set(PARAMETER_NAMES))
     if unknown:
         raise ApiError(400, "invalid_request", f"unknown query parameter(s) {', '.join(u[:50] for u in unknown[:10])}; "
-                                               f"known: {', '.join(sorted(known))}")
+                                               f"{figure} takes: {', '.join(PARAMETERS[figure] + SIZE)}")
     try:
         req = PlotRequest.of(figure, group_by=group_by, where=_where(where), metric=metric, bins=bins, weights=weights,
-                             basis=basis, components=components, range=range, layer_id=layer_id, color_by=color_by, dpi=dpi,
-                             width=width, height=height)
+                             basis=basis, components=components, range=range, layer_id=layer_id, color_by=color_by,
+                             sparsity_gt=sparsity_gt, entropy_norm_lt=entropy_norm_lt,
+                             entropy_norm_gt=entropy_norm_gt, dpi=dpi, width=width, height=height)
+    except PlotParameterError as e:
+        raise ApiError(400, "invalid_request", str(e)) from None
     except SelectionError as e:
         raise ApiError(400, "invalid_selection", str(e)) from None
 
@@ -104,8 +111,11 @@ def plot(
     key = json.dumps([gen.inode, gen.mtime_ns, fmt, req.resolved(), __version__, matplotlib.__version__],
                      sort_keys=True, default=str)
     etag = '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if etag in {t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")}:
+    # An SVG opened on its own is a document: it may run nothing and load nothing.
+    headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+               "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"}
+    if_none_match = {t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")}
+    if etag in if_none_match or "*" in if_none_match:
         return Response(status_code=304, headers=headers)
     data = cache.get(etag)
     if data is None:

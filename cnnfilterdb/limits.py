@@ -1,0 +1,8 @@
+"""The bounds of what one analysis request may ask for, in one place: the engine checks them
+(analysis.py), the HTTP schemas and the figure requests (plots.py) declare the same, and this
+module imports nothing, so that checking a request costs no import of the engine."""
+
+MAX_BINS = 10_000                     # histogram bins of a divergence or /v1/histograms
+MAX_DENSITY2D_BINS = 1_000            # bins per axis of a 2-D histogram
+MIN_KDE_BINS, MAX_KDE_BINS = 16, 8_192  # the fine histogram a KDE is computed from
+DEFAULT_KDE_BINS = 2_048
