@@ -250,6 +250,8 @@ def cmd_demo(args) -> int:
     from ingest import ingest_paths
     from ingest.sample import write_sample_h5
 
+    if not args.no_serve:
+        _check_port(args.host, args.port)  # before the sample is built, not after
     db = (args.db or default_db()).resolve()
     if FilterStore(db).exists() and not args.rebuild:
         print(f"using the existing store at {db} (--rebuild to write it anew)", file=sys.stderr)
@@ -270,9 +272,33 @@ def cmd_demo(args) -> int:
     return _serve(db, args.host, args.port)
 
 
+def _listen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_bounded(int, 1, 65535), default=8000, help="port (default 8000)")
+
+
+def _check_port(host: str, port: int) -> None:
+    """One line now if the address is taken, rather than a banner, uvicorn's bind error and the
+    SQL workers' broken pipes."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise StoreError(f"--host {host}: {e.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise StoreError(f"cannot listen on {host}:{port} ({e.strerror}); choose another with --port") from None
+
+
 def _serve(db: Path, host: str, port: int, overrides: dict | None = None) -> int:
     from service.main import run
 
+    _check_port(host, port)
     print(f"serving {db}\n  dashboard  http://{host}:{port}/\n  OpenAPI    http://{host}:{port}/docs\n"
           f"  shell      cd {db} && duckdb -readonly catalog.duckdb", file=sys.stderr)
     return run(db=db, host=host, port=port, overrides=overrides)
@@ -373,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="write the notebook's figures and an offline index.html showing them with "
                                       "the store's counts and drift statistics",
                        description=f"Write {', '.join(NOTEBOOK_FIGURES)} and quality as DIR/FIGURE.FORMAT with "
-                                   "their default parameters, and DIR/index.html (self-contained, opens from disk).")
+                                   "their default parameters, and DIR/index.html showing them (it needs nothing but "
+                                   "the files beside it: open it from disk, offline).")
     s.add_argument("-o", "--output", required=True, metavar="DIR", help="the directory (created if missing)")
     _db_arg(s)
     s.add_argument("--format", choices=["png", "svg"], default="png", help="the figures' format (default png)")
@@ -382,19 +409,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="build a clearly labelled synthetic sample store and serve it")
     _db_arg(s)
-    s.add_argument("--models", type=int, default=40)
-    s.add_argument("--filters", type=int, default=1_000_000)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--models", type=int, default=40, help="models in the sample (default 40)")
+    s.add_argument("--filters", type=int, default=1_000_000, help="filters in the sample (default 1,000,000)")
+    s.add_argument("--seed", type=int, default=0, help="random seed of the sample (default 0)")
     s.add_argument("--rebuild", action="store_true", help="write the sample store anew")
     s.add_argument("--no-serve", action="store_true", help="build the store, do not start the service")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    _listen_args(s)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("serve", help="run the HTTP service")
     _db_arg(s)
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    _listen_args(s)
     from service.settings import LIMITS, Settings
 
     for name in LIMITS:  # every limit of the service (service/settings.py), checked by Settings

@@ -174,3 +174,20 @@ def test_every_package_is_in_the_distribution():
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = set(find_packages(str(REPO), include=["cnnfilterdb*", "ingest*", "service*", "sql*"]))
     assert listed == found
+
+
+@pytest.mark.parametrize("command", [["serve"], ["demo", "--filters", "1000", "--models", "2"]])
+def test_a_taken_port_is_one_line_before_any_work(tmp_path, command):
+    import socket
+
+    from .conftest import run_cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run_cli(*command, "--db", str(tmp_path / "db"), "--port", str(port))
+    assert code == 1
+    assert err.strip().splitlines() == [f"cnnfilterdb: error: cannot listen on 127.0.0.1:{port} (Address already in use); "
+                                        "choose another with --port"]
+    assert not (tmp_path / "db").exists()  # the demo built nothing
