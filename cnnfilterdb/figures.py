@@ -86,23 +86,26 @@ def _label_inches(labels: list[str], fontsize: float) -> float:
     return 0.62 * fontsize / 72 * max((len(t) for t in labels), default=0)
 
 
-def _heatmap_layout(labels: list[str], w: float, h: float, titled: bool) -> tuple[float, ...]:
-    """The largest font size (10 pt down to 4) at which a square heatmap with its labels, title
-    and colour bar fills at least half of a w x h inch box and its rows are not closer than the
-    text: (fontsize, label margin, colour bar width, title height, side), in inches but the first."""
+def _heatmap_layout(labels: list[str], w: float, h: float, titled: bool,
+                    fontsize: float | None = None) -> tuple[float, ...]:
+    """The largest font size (10 pt down to 4; or the one given) at which a square heatmap with its
+    labels, title and colour bar fills at least half of a w x h inch box and its rows are not
+    closer than the text: (fontsize, label margin, colour bar width, title height, side), in
+    inches but the first."""
     n = max(len(labels), 1)
-    for fontsize in np.arange(10.0, 3.9, -0.5):
-        em = fontsize / 72
-        margin = _label_inches(labels, fontsize) + 1.2 * em
+    for size in ([fontsize] if fontsize else np.arange(10.0, 3.9, -0.5)):
+        em = size / 72
+        margin = _label_inches(labels, size) + 1.2 * em
         bar = 0.15 + 0.15 + 6 * 0.62 * em + 1.5 * em  # pad, bar, tick labels "0.0125", its label
         top = 3.0 * em if titled else 0.1
         side = min(w - margin - bar, h - margin - top)
         if side >= 0.5 * min(w, h) and side / n >= 1.05 * em:
             break
-    return fontsize, margin, bar, top, max(side, 0.2)
+    return float(size), margin, bar, top, max(side, 0.2)
 
 
-def _draw_heatmap(fig: Figure, box: tuple[float, float, float, float], result: dict, title: str | None) -> None:
+def _draw_heatmap(fig: Figure, box: tuple[float, float, float, float], result: dict, title: str | None,
+                  fontsize: float | None = None) -> None:
     """The heatmap of a divergence result in ``box`` (x, y, width, height inches from the bottom
     left): a square matrix (colour scale from 0: a divergence is not negative) with its labels left
     and below, its colour bar right; fonts shrink to fit a small box."""
@@ -112,7 +115,7 @@ def _draw_heatmap(fig: Figure, box: tuple[float, float, float, float], result: d
     D = np.asarray(result["matrix"], dtype=np.float64)[np.ix_(order, order)]
     labels = [group_labels(result["labels"], result["n_models"])[i] for i in order]
     n = len(labels)
-    fontsize, margin, bar, top, side = _heatmap_layout(labels, w, h, bool(title))
+    fontsize, margin, bar, top, side = _heatmap_layout(labels, w, h, bool(title), fontsize)
     left, bottom = x + margin + (w - margin - bar - side) / 2, y + margin + (h - margin - top - side) / 2
     ax = fig.add_axes((left / W, bottom / H, side / W, side / H))
     cax = fig.add_axes(((left + side + 0.15) / W, bottom / H, 0.15 / W, side / H))
@@ -145,8 +148,12 @@ def kl_combined(results: list[dict], figsize: Size | None = None, subtitle: str 
     fig = Figure(figsize=(W, H))
     size = float(np.clip(2.2 * W / k, 8, 16))  # the title: 16 pt on the default 24-inch figure
     top = (1.9 if subtitle else 1.0) * size / 72 + 0.2
-    for i, r in enumerate(results):
-        _draw_heatmap(fig, (0.1 + i * (W - 0.2) / k, 0.05, (W - 0.2) / k, H - top - 0.05), r, field_title(r["group_by"]))
+    boxes = [(0.1 + i * (W - 0.2) / k, 0.05, (W - 0.2) / k, H - top - 0.05) for i in range(k)]
+    # one font size for every panel: the largest at which each fits
+    fontsize = min(_heatmap_layout(group_labels(r["labels"], r["n_models"]), b[2], b[3], True)[0]
+                   for r, b in zip(results, boxes))
+    for r, b in zip(results, boxes):
+        _draw_heatmap(fig, b, r, field_title(r["group_by"]), fontsize)
     fig.suptitle(KL_COMBINED_TITLE + (f"\n{subtitle}" if subtitle else ""), fontsize=size, y=1 - 0.1 / H, va="top")
     return fig
 
@@ -319,7 +326,7 @@ def layer_filters(filters: np.ndarray, layer: dict, figsize: Size | None = None)
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
     shown = f"the first {len(f)} of {layer['n_filters']:,}" if len(f) < layer["n_filters"] else f"{len(f):,}"
     zero = int((np.abs(np.asarray(f, dtype=np.float64)).reshape(len(f), 9).max(axis=1, initial=0.0) == 0).sum())
-    ax.set_title(f"layer {layer['layer_id']} of {literal(layer['model'])} (depth {layer['conv_depth']}): {shown} filters, "
+    ax.set_title(f"layer {layer['layer_id']} of {literal(layer['model'])} (depth {layer['conv_depth']})\n{shown} filters, "
                  f"each scaled to its peak" + (f"; {zero:,} of them all zero" if zero else ""))
     return fig
 

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     # The analysis endpoints (limits per request: cnnfilterdb/analysis.py)
     analysis_concurrency: int = Field(2, ge=1, le=64, description="analyses computed at once; others wait their turn")
     analysis_wait_s: float = Field(10.0, ge=0, le=600, description="how long a request waits for its turn before a 429")
-    analysis_queue: int = Field(8, ge=0, le=1024, description="requests that may wait for a turn at once; more get a 429 "
+    analysis_queue: int = Field(16, ge=0, le=1024, description="requests that may wait for a turn at once; more get a 429 "
                                                               "at once (a waiting request holds one of the server's threads)")
     figure_cache_bytes: int = Field(64_000_000, ge=0, description="rendered figures kept in memory, by ETag (GET /v1/plots)")
 

@@ -233,11 +233,34 @@ def api_get(base: str, path: str):
 
 # ---- the views ---------------------------------------------------------------------------------
 
+def assert_sample_banner(tab: Tab, stats: dict):
+    """The fixture store is the synthetic sample: every view says so under the header."""
+    assert stats["sample_models"] == stats["models"] > 0
+    banner = tab.page.wait_for_selector("#sample-banner:not([hidden])")
+    text = banner.inner_text()
+    assert "synthetic sample store" in text and f"{stats['models']} models" in text and "cnnfilterdb demo" in text
+    assert "not real data" in text
+    box = banner.bounding_box()
+    header = tab.page.locator(".site-header").bounding_box()
+    assert box["height"] > 20 and abs(box["y"] - (header["y"] + header["height"])) < 2, "right under the header"
+
+
+def download_links(tab: Tab, figure: str) -> list[dict]:
+    return tab.page.eval_on_selector_all(
+        f'figure:has(img[src^="/v1/plots/{figure}.png"]) .fig-downloads a',
+        "as => as.map(a => ({href: a.getAttribute('href'), download: a.getAttribute('download')}))")
+
+
 def test_home(tab):
     tab.goto("/")
     src = wait_figure(tab, "kl_combined")
-    assert src == "/v1/plots/kl_combined.png"
+    # Drawn for its panel (legible text), downloaded at the paper's size.
+    assert src == "/v1/plots/kl_combined.png?width=16&height=6.4"
+    name = "kl_combined-task-visual_category-depth_bin"
+    assert download_links(tab, "kl_combined") == [
+        {"href": f"/v1/plots/kl_combined.{ext}", "download": f"{name}.{ext}"} for ext in ("png", "svg", "pdf")]
     stats = api_get(tab.base, "/v1/stats")
+    assert_sample_banner(tab, stats)
     page = tab.page
     page.wait_for_selector('[data-stat="filters"]')
     assert page.inner_text('[data-stat="models"] .card-value') == f"{stats['models']:,}"
@@ -286,6 +309,13 @@ def test_explorer_grouping_selection_and_sharing(tab):
     q = parse_qs(urlsplit(heat).query)
     assert json.loads(q["where"][0]) == {"task": ["GAN", "Segmentation"]} and q["group_by"] == ["visual_category"]
     assert q["metric"] == ["kl_sym"] and q["bins"] == ["70"] and q["basis"] == ["global"]
+    assert q["width"] == ["8"] and q["height"] == ["8"]  # the panel's size; the downloads the paper's
+    links = download_links(tab, "divergence")
+    assert [a["download"] for a in links] == [f"divergence-visual_category-kl_sym-task_GAN_Segmentation.{e}"
+                                              for e in ("png", "svg", "pdf")]
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", a["download"]) for a in links)
+    down = parse_qs(urlsplit(links[0]["href"]).query)
+    assert "width" not in down and "height" not in down and down["where"] == q["where"]
     ridge = wait_figure(tab, "ridge")
     assert parse_qs(urlsplit(ridge).query)["group_by"] == ["visual_category"]
     eig = wait_figure(tab, "eigenimages")
@@ -313,6 +343,22 @@ def test_explorer_grouping_selection_and_sharing(tab):
     assert json.loads(tab.hash_params()[1]["where"]) == {"task": ["Segmentation"]}
     page.go_back()
     page.wait_for_function("() => document.querySelectorAll('.chips .chip').length === 2")
+
+
+def test_explorer_with_one_group(tab):
+    """A selection that leaves one group: a 1x1 heatmap, the drift panel says why there is no
+    drift, the other figures draw."""
+    page = tab.page
+    tab.goto('#/explore?group_by=task&where={"task":["GAN"]}')
+    heat = wait_figure(tab, "divergence")
+    assert json.loads(parse_qs(urlsplit(heat).query)["where"][0]) == {"task": ["GAN"]}
+    note = page.wait_for_selector("#x-one-group")
+    assert "one group" in note.inner_text() and "GAN" in note.inner_text()
+    page.wait_for_function("() => document.querySelector('#drift-table')?.innerText.includes('Groups\\t1')")
+    for figure in ("ridge", "eigenimages", "density2d", "explained_variance"):
+        wait_figure(tab, figure)
+    tab.screenshot("explore-one-group")
+    tab.assert_clean()
 
 
 def test_explorer_shows_api_errors_in_place(tab):
@@ -346,7 +392,44 @@ def test_sql_console(tab):
     assert f"{len(tasks)} rows" in page.inner_text("#sql-summary") and "1,000 rows" in page.inner_text("#sql-summary")
     assert tab.hash_params() == ("/sql", {"q": "SELECT task, count(*) FROM models GROUP BY task"})
     tab.screenshot("sql")
+    assert_sample_banner(tab, api_get(tab.base, "/v1/stats"))
     tab.assert_clean()
+
+    # Arrays: compact JSON of numbers at 6 significant digits, left-aligned, the exact value in the
+    # title; plain floats likewise; integers as they are.
+    page.fill("#sql-q", "SELECT as_3x3(w) AS k, w[1] AS x, layer_id, 1.0/3 AS third FROM filters ORDER BY filter_id LIMIT 3")
+    page.click("#sql-run")
+    page.wait_for_function("() => document.querySelector('#sql-table th')?.innerText === 'k'")
+    want = tab.page.request.post(tab.base + "/v1/sql", data={"sql": page.input_value("#sql-q")}).json()["rows"]
+    cells = page.eval_on_selector_all("#sql-table tbody tr", """trs => trs.map(tr => [...tr.cells].map(c =>
+        ({text: c.innerText, title: c.getAttribute('title'), align: getComputedStyle(c).textAlign})))""")
+    heads = page.eval_on_selector_all("#sql-table th", "ths => ths.map(t => getComputedStyle(t).textAlign)")
+    assert heads == ["left", "right", "right", "right"]
+    for row, got in zip(want, cells):
+        k, x, layer_id, third = got
+        shown = json.loads(k["text"])
+        assert re.fullmatch(r"\[\[[^ ]+\]\]", k["text"]) and len(shown) == 3 and all(len(r) == 3 for r in shown)
+        assert all(len(re.sub(r"[-.]|e.*", "", repr(v)).lstrip("0")) <= 6 for r in shown for v in r), k["text"]
+        assert shown == [[float(f"{v:.6g}") for v in r] for r in row[0]]
+        assert json.loads(k["title"]) == row[0] and k["align"] == "left"
+        assert x["text"] == f"{row[1]:.6g}" and float(x["title"]) == row[1] and x["align"] == "right"
+        assert layer_id["text"] == str(row[2]) and layer_id["title"] is None
+        assert third["text"] == "0.333333" and third["title"] == "0.3333333333333333"
+    tab.screenshot("sql-arrays")
+
+    # A long, wide result scrolls in its box under a header that stays in view.
+    page.set_viewport_size({"width": 900, "height": 700})
+    page.fill("#sql-q", "SELECT *, as_3x3(w) AS kernel FROM filters LIMIT 200")
+    page.click("#sql-run")
+    page.wait_for_function("() => document.querySelectorAll('#sql-table tbody tr').length === 200")
+    page.eval_on_selector("#sql-wrap", "w => { w.scrollTop = 2000; w.scrollLeft = 300; }")
+    geo = page.eval_on_selector("#sql-wrap", """w => ({wrap: w.getBoundingClientRect().top,
+        th: w.querySelector('thead th').getBoundingClientRect().top, scrollTop: w.scrollTop, scrollLeft: w.scrollLeft,
+        wide: w.scrollWidth > w.clientWidth})""")
+    assert geo["scrollTop"] > 0 and geo["wide"] and geo["scrollLeft"] > 0
+    assert abs(geo["th"] - geo["wrap"]) <= 2, geo
+    tab.screenshot("sql-wide")
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     # A 400 (syntax error) and a 403 (not read-only): the message in place, the page still usable.
     page.fill("#sql-q", "SELEC 1")
@@ -374,6 +457,21 @@ def test_layer_page(tab):
     tab.goto(f"#/layer/{layer_id}")
     src = wait_figure(tab, "layer_filters")
     assert src == f"/v1/plots/layer_filters.png?layer_id={layer_id}"
+    assert [a["download"] for a in download_links(tab, "layer_filters")] == [
+        f"layer_filters-layer-{layer_id}.{e}" for e in ("png", "svg", "pdf")]
+    # A click saves the figure under that name (the service's Content-Disposition names it after
+    # the figure alone, so the page saves it through a blob).
+    for ext, magic in (("png", b"\x89PNG"), ("svg", b"<?xml"), ("pdf", b"%PDF")):
+        with page.expect_download() as dl:
+            page.click(f'.fig-downloads a[download$=".{ext}"]')
+        assert dl.value.suggested_filename == f"layer_filters-layer-{layer_id}.{ext}"
+        assert Path(dl.value.path()).read_bytes()[:len(magic)] == magic, ext
+    # A layer is reached from several views: no nav entry is marked current.
+    assert page.eval_on_selector_all("nav a[aria-current]", "as => as.length") == 0
+    page.wait_for_selector("#layer-lede")
+    lede = page.inner_text("#layer-lede")
+    assert lede.startswith(f"Layer {layer_id}: the convolution at depth {layer['conv_depth']} (relative depth ")
+    assert f"of model {layer['model']}" in lede
     metrics = page.inner_text("#layer-metrics")
     assert "Sparsity" in metrics and "Variance entropy (normalized)" in metrics
     assert f"{layer['sparsity']:.4g}" in metrics
@@ -414,8 +512,45 @@ def test_degenerate_table_sorts(tab):
     page.wait_for_function(f"() => document.querySelector('{th}').getAttribute('aria-sort') === 'descending'")
     assert sparsities() == sorted(sparsities(), reverse=True)
     assert tab.hash_params()[1]["sort"] == "sparsity" and tab.hash_params()[1]["dir"] == "desc"
+    # Float noise (e.g. 7e-17) shows as 0, the exact value in the title; at most 4 significant digits.
+    entropy = page.eval_on_selector_all("table.data tbody tr td:nth-child(7)",
+                                        "tds => tds.map(t => ({text: t.innerText, title: t.querySelector('[title]')?.title}))")
+    layers = {d["layer_id"]: d for d in api_get(tab.base, "/v1/quality/degenerate")["layers"]}
+    for cell, row in zip(entropy, sorted(layers.values(), key=lambda d: (-d["sparsity"], d["layer_id"]))):
+        v = row["variance_entropy_norm"]
+        assert cell["text"] == ("0" if abs(v) < 5e-5 else f"{float(f'{v:.4g}')}".removesuffix(".0")), (cell, v)
+        assert "e-" not in cell["text"]
+    assert any(abs(d["variance_entropy_norm"]) < 5e-5 and d["variance_entropy_norm"] != 0 for d in layers.values())
+    assert any(c["title"] and "e-" in c["title"] for c in entropy)
+    # Labels on one line (no "<" alone on a line).
+    for sel in ('label[for="d-entropy_norm_lt"]', 'label[for="d-entropy_norm_gt"]', 'label[for="d-sparsity_gt"]'):
+        assert page.evaluate(f"(() => {{ const l = document.querySelector('{sel}'); return l.getClientRects().length === 1 && "
+                             f"l.getBoundingClientRect().height < 1.6 * parseFloat(getComputedStyle(l).lineHeight || 20); }})()"), sel
+    # Colour by: only the fields the figure can colour (at most 20 values).
+    fields = {f["name"]: f["n_distinct"] for f in api_get(tab.base, "/v1/fields")["fields"]}
+    page.wait_for_selector('#d-color option[value="task"]', state="attached")
+    options = page.eval_on_selector_all("#d-color option", "os => os.map(o => o.value)")
+    assert options == [n for n, k in fields.items() if k <= 20] and "layer_id" not in options and fields["layer_id"] > 20
     tab.screenshot("degenerate")
     tab.assert_clean()
+
+    # The figure's lines follow the form's thresholds.
+    page.fill("#d-sparsity_gt", "0.3")
+    page.fill("#d-entropy_norm_lt", "0.7")
+    page.fill("#d-entropy_norm_gt", "0.95")
+    page.click('form.controls button[type="submit"]')
+    page.wait_for_selector('img[src^="/v1/plots/quality.png"][src*="sparsity_gt=0.3"]', state="attached")
+    q = parse_qs(urlsplit(wait_figure(tab, "quality")).query)
+    assert q["sparsity_gt"] == ["0.3"] and q["entropy_norm_lt"] == ["0.7"] and q["entropy_norm_gt"] == ["0.95"]
+    assert download_links(tab, "quality")[0]["download"] == \
+        "quality-task-sparsity_gt_0.3-entropy_norm_lt_0.7-entropy_norm_gt_0.95.png"
+    page.wait_for_function("() => location.hash.includes('sparsity_gt=0.3')")
+    page.select_option("#d-color", "visual_category")
+    q = parse_qs(urlsplit(page.wait_for_selector('img[src*="color_by=visual_category"]', state="attached")
+                          .get_attribute("src")).query)
+    assert q["sparsity_gt"] == ["0.3"] and q["color_by"] == ["visual_category"]
+    wait_figure(tab, "quality")
+    page.wait_for_selector("table.data tbody tr")
     # Each row links to its layer page.
     first = page.eval_on_selector("table.data tbody tr td a", "a => a.getAttribute('href')")
     page.click("table.data tbody tr td a")

@@ -131,5 +131,5 @@ def plot(
             gc.collect()
         cache.put(etag, data)
         headers["Server-Timing"] = f"render;dur={(time.perf_counter() - t0) * 1000:.1f}"
-    headers["Content-Disposition"] = f'inline; filename="{figure}.{fmt}"'
+    headers["Content-Disposition"] = "inline"  # a page's download attribute names the file
     return Response(content=data, media_type=MEDIA_TYPES[fmt], headers=headers)

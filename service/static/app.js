@@ -58,16 +58,35 @@ function fmtBytes(n) {
 
 const fmtValue = (v) => (v === null ? '(none)' : String(v));
 
+// A quality metric: at most 4 significant digits, |x| < 5e-5 as 0 (float noise such as 1.892e-15),
+// the exact value in the title.
+function fmtMetric(x) {
+  if (x == null) return h('span', { class: 'null', title: 'no value' }, '—');
+  if (typeof x !== 'number') return String(x);
+  const text = Math.abs(x) < 5e-5 ? '0' : String(Number(x.toPrecision(4)));
+  return text === String(x) ? text : h('span', { title: String(x) }, text);
+}
+
+// SQL results: floats at up to 6 significant digits, integers as they are, arrays and structs as
+// compact JSON of such numbers; the exact value in the cell's title.
+const short6 = (x) => (typeof x === 'number' && Number.isFinite(x) && !Number.isInteger(x) ? Number(x.toPrecision(6)) : x);
+
 function cellText(v) {
   if (v === null || v === undefined) return h('span', { class: 'null', title: 'no value' }, '—');
   if (typeof v === 'number') return fmtNum(v);
   return typeof v === 'object' ? JSON.stringify(v) : String(v);
 }
 
-function sqlCell(v) {  // a SQL result as the service sent it: every digit, NULL for null
-  if (v === null || v === undefined) return h('span', { class: 'null' }, 'NULL');
-  return typeof v === 'object' ? JSON.stringify(v) : String(v);
+function sqlCell(v, num) {  // a <td> of a SQL result; NULL for null
+  if (v === null || v === undefined) return h('td', { class: num ? 'num' : null }, h('span', { class: 'null' }, 'NULL'));
+  const full = typeof v === 'object' ? JSON.stringify(v) : String(v);
+  const text = typeof v === 'object' ? JSON.stringify(v, (k, x) => short6(x)) : String(short6(v));
+  return h('td', { class: typeof v === 'number' ? 'num' : 'val', title: text !== full ? full : null }, text);
 }
+
+// A file name from a view's parameters: letters, digits, '.', '_' and '-' only.
+const fileName = (...parts) => parts.filter((x) => x != null && x !== '').map((x) => String(x))
+  .join('-').replace(/[^A-Za-z0-9._-]+/g, '_').replace(/_+/g, '_').slice(0, 120) || 'figure';
 
 // ---- the API ----------------------------------------------------------------------------------
 
@@ -79,18 +98,28 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, { method = 'GET', body, signal } = {}) {
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// retryBusy: a 429 analysis_busy (every analysis turn taken) is asked again after its Retry-After.
+async function api(path, { method = 'GET', body, signal, retryBusy = true } = {}) {
   const init = { method, signal, headers: { Accept: 'application/json' } };
   if (body !== undefined) {
     init.body = JSON.stringify(body);
     init.headers['Content-Type'] = 'application/json';
   }
   let r;
-  try {
-    r = await fetch(path, init);
-  } catch (e) {
-    if (e.name === 'AbortError') throw e;
-    throw new ApiError(0, 'network_error', `the service did not answer (${e.message})`);
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      r = await fetch(path, init);
+    } catch (e) {
+      if (e.name === 'AbortError') throw e;
+      throw new ApiError(0, 'network_error', `the service did not answer (${e.message})`);
+    }
+    if (!(retryBusy && r.status === 429 && attempt < 20)) break;
+    const text = await r.clone().text();
+    if (!text.includes('analysis_busy')) break;
+    await sleep(1000 * (Number(r.headers.get('Retry-After')) || 1));
+    if (signal?.aborted) throw new DOMException('aborted', 'AbortError');
   }
   const text = await r.text();
   let data = null;
@@ -136,6 +165,20 @@ function plotUrl(figure, query = {}, ext = 'png') {
   return `/v1/plots/${figure}.${ext}${qs ? `?${qs}` : ''}`;
 }
 
+// At most FIGURE_LOADS figure requests of this page at once: the service computes two analyses at
+// a time and queues a few more, so a view of six figures asks in turn instead of all at once.
+const FIGURE_LOADS = 2;
+const figureTurns = { free: FIGURE_LOADS, waiting: [] };
+function takeTurn() {
+  return new Promise((resolve) => {
+    if (figureTurns.free > 0) { figureTurns.free -= 1; resolve(); } else figureTurns.waiting.push(resolve);
+  });
+}
+function giveTurn() {
+  const next = figureTurns.waiting.shift();
+  if (next) next(); else figureTurns.free += 1;
+}
+
 // A figure of the plots endpoint: shown while it renders, and its JSON error in place if it fails.
 function Figure({ caption, cls = '' }) {
   const img = h('img');
@@ -145,19 +188,39 @@ function Figure({ caption, cls = '' }) {
     h('div', { class: 'fig-frame' }, img, status),
     h('figcaption', null, h('span', null, caption), downloads));
   let url = null;
+  let holding = false;  // this figure holds one of the page's turns
+  const release = () => { if (holding) { holding = false; giveTurn(); } };
+  const load = (want) => {  // the image of `want`, when a turn is free (a newer want replaces it)
+    if (holding) { img.src = want; return; }
+    takeTurn().then(() => {
+      if (url !== want) { giveTurn(); return; }
+      holding = true;
+      img.removeAttribute('src');
+      img.src = want;
+    });
+  };
   img.addEventListener('load', () => {
+    release();
     el.classList.remove('is-loading', 'is-error');
     fill(status);
   });
+  let retries = 0;
   img.addEventListener('error', async () => {
     const failed = url;
+    release();
     if (!failed) return;
     let e;
     try {
-      await api(failed);
+      await api(failed, { retryBusy: false });
       e = new ApiError(0, 'image_error', 'the figure could not be decoded');
     } catch (err) { e = err; }
     if (failed !== url) return;  // another figure was asked for meanwhile
+    if (e.status === 429 && retries < 20) {  // the service's analyses are all busy: its turn comes
+      retries += 1;
+      await sleep(1000);
+      if (failed === url) load(failed);
+      return;
+    }
     el.classList.remove('is-loading');
     el.classList.add('is-error');
     fill(status, errorBox(e));
@@ -165,21 +228,53 @@ function Figure({ caption, cls = '' }) {
   return {
     el,
     img,
-    set(newUrl, alt) {
+    // newUrl: the figure as shown (it may be drawn at the panel's size); opts.download: the
+    // paper-sized figure the links offer (default newUrl); opts.name: the files' base name.
+    set(newUrl, alt, opts = {}) {
       img.alt = alt;
       if (newUrl === url) return;
       url = newUrl;
+      retries = 0;
       el.classList.remove('is-error');
       el.classList.add('is-loading');
       fill(status, h('span', { class: 'loading' }, 'Rendering…'));
-      img.src = newUrl;
-      const other = (ext) => newUrl.replace(/\.png(\?|$)/, `.${ext}$1`);
-      fill(downloads, 'Download ',
-        h('a', { href: newUrl, download: '' }, 'PNG'), ' · ',
-        h('a', { href: other('svg'), download: '' }, 'SVG'), ' · ',
-        h('a', { href: other('pdf'), download: '' }, 'PDF'));
+      load(newUrl);
+      const base = opts.download || newUrl;
+      const name = opts.name || fileName(base.match(/\/v1\/plots\/([A-Za-z0-9_]+)\./)?.[1]);
+      const link = (ext) => {
+        const href = base.replace(/\.png(\?|$)/, `.${ext}$1`);
+        return h('a', { href, download: `${name}.${ext}`, onclick: (e) => saveAs(e, href, `${name}.${ext}`, downloads) }, ext.toUpperCase());
+      };
+      fill(downloads, 'Download ', link('png'), ' · ', link('svg'), ' · ', link('pdf'));
     },
   };
+}
+
+// A plain click fetches the figure first and saves it under the view's name, so that a failure
+// (a 4xx with its JSON message) shows next to the links instead of downloading as a file.
+async function saveAs(e, href, name, where) {
+  if (e.button || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) return;  // open in a tab etc.: the link itself
+  e.preventDefault();
+  const a = e.currentTarget;
+  a.setAttribute('aria-busy', 'true');
+  where.querySelector('.error-box')?.remove();
+  try {
+    const r = await fetch(href);
+    if (!r.ok) {
+      await api(href);  // its JSON error
+      throw new ApiError(r.status, 'http_error', `${r.status} ${r.statusText}`);
+    }
+    const url = URL.createObjectURL(await r.blob());
+    const tmp = h('a', { href: url, download: name, hidden: true });
+    document.body.append(tmp);
+    tmp.click();
+    tmp.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  } catch (err) {
+    where.append(errorBox(err));
+  } finally {
+    a.removeAttribute('aria-busy');
+  }
 }
 
 // ---- routing ----------------------------------------------------------------------------------
@@ -217,7 +312,7 @@ const routes = [
   [/^\/model\/(\d+)$/, 'model', viewModel],
   [/^\/sql$/, 'sql', viewSql],
 ];
-const NAV_OF = { layer: 'models', model: 'models' };
+const NAV_OF = { model: 'models' };  // a layer page: no nav entry (it is reached from several)
 
 let current = null;
 let firstRoute = true;
@@ -295,7 +390,10 @@ const modelLink = (id, text) => h('a', { href: `#/model/${Number(id)}` }, text ?
 function viewHome({ signal }) {
   const counts = h('div', { class: 'cards', 'aria-live': 'polite' });
   const fig = Figure({ caption: 'Symmetric KL divergence between the filter distributions of the groups of three fields; axis labels carry each group\'s model count.', cls: 'fig-wide' });
-  fig.set(plotUrl('kl_combined'), 'Three heatmaps of the symmetric KL divergence between the distributions of trained 3×3 convolution filters, between groups by task, by visual category and by relative depth of the convolution layer');
+  // Drawn for the panel (the service lays the figure out again: its text stays legible), the
+  // downloads the paper-sized figure.
+  fig.set(plotUrl('kl_combined', { width: 16, height: 6.4 }), 'Three heatmaps of the symmetric KL divergence between the distributions of trained 3×3 convolution filters, between groups by task, by visual category and by relative depth of the convolution layer',
+    { download: plotUrl('kl_combined'), name: 'kl_combined-task-visual_category-depth_bin' });
   add(main,
     header('Distribution shifts of trained 3×3 convolution filters',
       'The store at a glance, and the paper\'s headline figure. Open the ', h('a', { href: '#/explore' }, 'explorer'),
@@ -369,6 +467,11 @@ function condText(v) {  // a where condition that is not a list: a value or boun
     return Object.entries(v).map(([k, x]) => `${BOUNDS[k]} ${fmtValue(x)}`).join(' and ');
   }
   return `is ${JSON.stringify(v)}`;
+}
+
+function whereName(where) {  // a selection in a file name: task_GAN_Segmentation
+  return Object.entries(where).map(([f, v]) => [f, ...(Array.isArray(v) ? v : [v]).map((x) =>
+    (x && typeof x === 'object' ? Object.entries(x).flat().join('_') : fmtValue(x)))].join('_')).join('-');
 }
 
 function describeWhere(where) {
@@ -499,13 +602,23 @@ function viewExplore({ params, signal }) {
     const sel = describeWhere(state.where);
     whereNote.textContent = state.whereError ? `The selection in the URL is not usable: ${state.whereError}.` : `Showing ${sel}, grouped by ${gl}.`;
     const metricName = (METRICS.find(([v]) => v === state.metric) || [0, state.metric])[1];
-    heat.set(plotUrl('divergence', { group_by: p.group_by, where: p.where, metric: p.metric, bins: p.bins, basis: p.basis }),
-      `Heatmap of the ${metricName} divergence between the groups by ${gl} of ${sel}`);
-    ridge.set(plotUrl('ridge', { group_by: p.group_by, where: p.where, basis: p.basis }),
-      `Ridge plot: per group by ${gl}, the density of each of the nine principal-component coefficients of ${sel}`);
-    eigen.set(plotUrl('eigenimages', { where: p.where }), `The nine eigen-images (3×3 principal components) of ${sel}, with their explained variance ratios`);
-    density.set(plotUrl('density2d', { where: p.where, basis: p.basis }), `Two-dimensional density of the first two principal-component coefficients of ${sel}`);
-    variance.set(plotUrl('explained_variance', { where: p.where }), `Line chart of the cumulative explained variance ratio of the principal components of ${sel}`);
+    // The heatmap, ridge plot and eigen-images are drawn about their panels' size (the paper's are
+    // 10 and 18 inches wide); the downloads are the paper-sized figures.
+    const where = whereName(state.where);
+    const heatQ = { group_by: p.group_by, where: p.where, metric: p.metric, bins: p.bins, basis: p.basis };
+    heat.set(plotUrl('divergence', { ...heatQ, width: 8, height: 8 }),
+      `Heatmap of the ${metricName} divergence between the groups by ${gl} of ${sel}`,
+      { download: plotUrl('divergence', heatQ), name: fileName('divergence', p.group_by, p.metric, where) });
+    const ridgeQ = { group_by: p.group_by, where: p.where, basis: p.basis };
+    ridge.set(plotUrl('ridge', { ...ridgeQ, width: 12 }),
+      `Ridge plot: per group by ${gl}, the density of each of the nine principal-component coefficients of ${sel}`,
+      { download: plotUrl('ridge', ridgeQ), name: fileName('ridge', p.group_by, where) });
+    eigen.set(plotUrl('eigenimages', { where: p.where, width: 12 }), `The nine eigen-images (3×3 principal components) of ${sel}, with their explained variance ratios`,
+      { download: plotUrl('eigenimages', { where: p.where }), name: fileName('eigenimages', where) });
+    density.set(plotUrl('density2d', { where: p.where, basis: p.basis }), `Two-dimensional density of the first two principal-component coefficients of ${sel}`,
+      { name: fileName('density2d', p.basis !== 'global' ? p.basis : '', where) });
+    variance.set(plotUrl('explained_variance', { where: p.where }), `Line chart of the cumulative explained variance ratio of the principal components of ${sel}`,
+      { name: fileName('explained_variance', where) });
 
     driftCtl?.abort();
     driftCtl = new AbortController();
@@ -519,6 +632,9 @@ function viewExplore({ params, signal }) {
       const d = r.drift;
       const stat = (k) => (d ? fmtNum(d[k]) : '—');
       return [
+        d ? null : h('p', { class: 'note-box', id: 'x-one-group' }, r.labels.length === 1
+          ? `This selection leaves one group (${gl}: ${fmtValue(r.labels[0])}), so there is nothing to compare: the heatmap is a single cell and there is no drift. Widen the selection or group by another field.`
+          : 'Drift needs at least two groups: this selection has none with filters.'),
         h('table', { class: 'data stats', id: 'drift-table' },
           h('caption', { class: 'visually-hidden' }, 'Drift statistics of the divergence matrix'),
           h('tbody', null, [
@@ -528,7 +644,6 @@ function viewExplore({ params, signal }) {
             ['Basis', `${r.basis.kind}${r.basis.version != null ? ` v${r.basis.version}` : ''}`],
             ['Method', r.method], ['Elapsed', `${fmtNum(r.elapsed_ms, 3)} ms`],
           ].map(([k, v]) => h('tr', null, h('th', { scope: 'row' }, k), h('td', { class: 'num' }, v))))),
-        d ? null : h('p', { class: 'muted' }, 'Drift needs at least two groups.'),
         r.empty_groups?.length ? h('p', { class: 'muted' }, `No filters for: ${r.empty_groups.map(fmtValue).join(', ')}`) : null,
         h('h3', null, 'Groups'),
         h('div', { class: 'scroll-y', tabindex: 0, role: 'region', 'aria-label': 'Groups' }, dataTable([
@@ -564,8 +679,8 @@ const DEGEN_COLUMNS = [
   { key: 'conv_depth', label: 'Depth', num: true },
   { key: 'depth_bin', label: 'Depth bin' },
   { key: 'n_filters', label: 'Filters', num: true },
-  { key: 'sparsity', label: 'Sparsity', num: true },
-  { key: 'variance_entropy_norm', label: 'Entropy (norm.)', num: true },
+  { key: 'sparsity', label: 'Sparsity', num: true, render: (r) => fmtMetric(r.sparsity) },
+  { key: 'variance_entropy_norm', label: 'Entropy norm.', num: true, render: (r) => fmtMetric(r.variance_entropy_norm) },
   { key: 'flags', label: 'Flags', sortable: false, render: (r) => [
     r.sparse ? h('span', { class: 'badge badge-warn' }, 'sparse') : null,
     r.low_entropy ? h('span', { class: 'badge badge-info' }, 'low entropy') : null,
@@ -589,7 +704,7 @@ function viewDegenerate({ params, signal }) {
   const inputs = {};
   const num = (name, label, attrs) => {
     inputs[name] = h('input', { id: `d-${name}`, name, type: 'number', step: 'any', ...attrs });
-    return h('div', { class: 'control control-narrow' }, h('label', { for: `d-${name}` }, label), inputs[name]);
+    return h('div', { class: 'control control-fit' }, h('label', { for: `d-${name}` }, label), inputs[name]);
   };
   const form = h('form', { class: 'controls', onsubmit: (e) => {
     e.preventDefault();
@@ -597,17 +712,18 @@ function viewDegenerate({ params, signal }) {
     go('/degenerate', p);
   } },
   num('sparsity_gt', 'Sparsity >', { min: 0, max: 1 }),
-  num('entropy_norm_lt', 'Entropy (norm.) <', {}),
-  num('entropy_norm_gt', 'Entropy (norm.) >', {}),
+  num('entropy_norm_lt', 'Entropy norm. <', {}),
+  num('entropy_norm_gt', 'Entropy norm. >', {}),
   num('limit', 'Rows', { min: 1, max: 10000, step: 1 }),
   h('button', { type: 'submit', class: 'btn btn-primary' }, 'Apply'));
   const result = h('div', { 'aria-live': 'polite' });
-  const fig = Figure({ caption: 'Every layer\'s sparsity against its normalized variance entropy; the lines are the default thresholds.', cls: 'fig-square' });
-  const colorSel = h('select', { id: 'd-color', name: 'color_by' });
+  const fig = Figure({ caption: 'Every layer\'s sparsity against its normalized variance entropy; the lines are the thresholds above (dotted: the random-like one).', cls: 'fig-square' });
+  const colorSel = h('select', { id: 'd-color', name: 'color_by', title: 'The fields of at most 20 values (the figure colours up to 20 groups)' });
   colorSel.addEventListener('change', () => go('/degenerate', { ...state.q, sort: state.sort, dir: state.sort ? state.dir : '', color_by: colorSel.value }));
   once('/v1/fields').then((f) => {
     if (signal.aborted) return;
-    fill(colorSel, f.fields.filter((x) => x.n_distinct <= 40).map((x) => h('option', { value: x.name }, fieldLabel(x.name))));
+    // The figure colours at most 20 groups: only the fields with that few values.
+    fill(colorSel, f.fields.filter((x) => x.n_distinct <= 20).map((x) => h('option', { value: x.name }, fieldLabel(x.name))));
     colorSel.value = state.color_by;
   }).catch(() => {});
   add(main,
@@ -652,8 +768,11 @@ function viewDegenerate({ params, signal }) {
     for (const [k, el] of Object.entries(inputs)) el.value = q[k];
     if (colorSel.options.length) colorSel.value = state.color_by;
     const colorName = fieldLabel(state.color_by).toLowerCase();
-    fig.set(plotUrl('quality', { color_by: state.color_by === 'task' ? '' : state.color_by }),
-      `Scatter plot of every layer's sparsity against its normalized variance entropy, coloured by ${colorName}, with the degenerate thresholds drawn as lines`);
+    // The lines follow the form's thresholds (a value the figure does not take: its error in place).
+    const lines = { sparsity_gt: q.sparsity_gt, entropy_norm_lt: q.entropy_norm_lt, entropy_norm_gt: q.entropy_norm_gt };
+    fig.set(plotUrl('quality', { color_by: state.color_by === 'task' ? '' : state.color_by, ...lines }),
+      `Scatter plot of every layer's sparsity against its normalized variance entropy, coloured by ${colorName}, with the thresholds (sparsity above ${q.sparsity_gt}, normalized entropy below ${q.entropy_norm_lt}${q.entropy_norm_gt !== '' ? ` or above ${q.entropy_norm_gt}` : ''}) drawn as lines`,
+      { name: fileName('quality', state.color_by, `sparsity_gt_${q.sparsity_gt}`, `entropy_norm_lt_${q.entropy_norm_lt}`, q.entropy_norm_gt !== '' ? `entropy_norm_gt_${q.entropy_norm_gt}` : '') });
     const key = JSON.stringify(q);
     if (key === queryKey && data) {  // only the order changed
       const active = document.activeElement;
@@ -686,17 +805,19 @@ function viewLayer({ args, signal }) {
   add(main, header(`Layer ${id}`), body);
   load(body, signal, async () => {
     const l = await api(`/v1/layers/${id}`, { signal });
-    fig.set(plotUrl('layer_filters', { layer_id: id }), `The ${fmtInt(l.n_filters)} 3×3 filters of layer ${id} of model ${l.model}, each drawn as a small image`);
-    main.querySelector('.page-head').append(h('p', { class: 'lede' }, 'Convolution layer ', fmtInt(l.conv_depth), ' of model ', modelLink(l.model_id, l.model), '.'));
+    fig.set(plotUrl('layer_filters', { layer_id: id }), `The ${fmtInt(l.n_filters)} 3×3 filters of layer ${id} of model ${l.model}, each drawn as a small image`,
+      { name: fileName('layer_filters', 'layer', id) });
+    main.querySelector('.page-head').append(h('p', { class: 'lede', id: 'layer-lede' }, `Layer ${id}: the convolution at depth ${fmtInt(l.conv_depth)}`,
+      l.conv_depth_norm != null ? ` (relative depth ${fmtNum(l.conv_depth_norm, 2)})` : '', ' of model ', modelLink(l.model_id, l.model), '.'));
     return [
       h('div', { class: 'grid-layer' },
         h('section', { class: 'panel', 'aria-labelledby': 'h-metrics' }, h('h2', { id: 'h-metrics' }, 'Quality metrics'),
           h('div', { id: 'layer-metrics' }, defList([
-            ['Sparsity', fmtNum(l.sparsity)],
-            ['Variance entropy', fmtNum(l.variance_entropy)],
-            ['Variance entropy (normalized)', fmtNum(l.variance_entropy_norm)],
-            ['Variance entropy (clean)', fmtNum(l.variance_entropy_clean)],
-            ['Orthogonality', fmtNum(l.orthogonality)],
+            ['Sparsity', fmtMetric(l.sparsity)],
+            ['Variance entropy', fmtMetric(l.variance_entropy)],
+            ['Variance entropy (normalized)', fmtMetric(l.variance_entropy_norm)],
+            ['Variance entropy (clean)', fmtMetric(l.variance_entropy_clean)],
+            ['Orthogonality', fmtMetric(l.orthogonality)],
           ])),
           h('h2', null, 'Layer'),
           defList([
@@ -844,9 +965,9 @@ function viewModel({ args, signal }) {
       { key: 'conv_depth', label: 'Depth', num: true },
       { key: 'depth_bin', label: 'Depth bin' },
       { key: 'n_filters', label: 'Filters', num: true },
-      { key: 'sparsity', label: 'Sparsity', num: true },
-      { key: 'variance_entropy_norm', label: 'Entropy (norm.)', num: true },
-      { key: 'orthogonality', label: 'Orthogonality', num: true },
+      { key: 'sparsity', label: 'Sparsity', num: true, render: (l) => fmtMetric(l.sparsity) },
+      { key: 'variance_entropy_norm', label: 'Entropy norm.', num: true, render: (l) => fmtMetric(l.variance_entropy_norm) },
+      { key: 'orthogonality', label: 'Orthogonality', num: true, render: (l) => fmtMetric(l.orthogonality) },
     ], r.items);
   });
   load(similar, signal, async () => {
@@ -929,14 +1050,15 @@ function viewSql({ params, signal }) {
     load(out, c.signal, async () => {
       try {
         const r = await api('/v1/sql', { method: 'POST', body, signal: c.signal });
-        const numeric = r.types.map((t) => /INT|DOUBLE|FLOAT|DECIMAL|REAL|NUMERIC/i.test(t));
+        // Right-aligned: scalar numbers only (not FLOAT[3][3], STRUCT(...), MAP(...)).
+        const numeric = r.types.map((t) => /INT|DOUBLE|FLOAT|DECIMAL|REAL|NUMERIC/i.test(t) && !/\[|STRUCT|MAP|UNION/i.test(t));
         const head = h('tr', null, r.columns.map((col, i) => h('th', { scope: 'col', title: r.types[i], class: numeric[i] ? 'num' : null }, col)));
-        const rows = r.rows.map((row) => h('tr', null, row.map((v, i) => h('td', { class: numeric[i] ? 'num' : null }, sqlCell(v)))));
+        const rows = r.rows.map((row) => h('tr', null, row.map((v, i) => sqlCell(v, numeric[i]))));
         return [
           h('p', { class: 'muted', id: 'sql-summary' },
             `${fmtInt(r.rows.length)} row${r.rows.length === 1 ? '' : 's'} · ${fmtNum(r.elapsed_ms, 3)} ms at the service (${fmtNum(performance.now() - t0, 3)} ms here) · caps: ${fmtInt(r.max_rows)} rows, ${fmtBytes(r.max_bytes)}`),
           r.truncated ? h('p', { class: 'warn-box', role: 'status' }, `Truncated: ${r.truncated_reason}`) : null,
-          h('div', { class: 'table-wrap' }, h('table', { class: 'data', id: 'sql-table' },
+          h('div', { class: 'table-wrap sql-wrap', id: 'sql-wrap', tabindex: 0, role: 'region', 'aria-label': 'Result rows' }, h('table', { class: 'data', id: 'sql-table' },
             h('thead', null, head), h('tbody', null, rows))),
         ];
       } finally {
@@ -972,3 +1094,16 @@ document.getElementById('skip-link').addEventListener('click', (e) => {
 });
 window.addEventListener('hashchange', route);
 route();
+
+// A store of the synthetic sample (`cnnfilterdb demo`) says so on every view.
+once('/v1/stats').then((s) => {
+  const n = s.sample_models || 0;
+  if (!n) return;
+  const demo = h('code', null, 'cnnfilterdb demo');
+  const text = n >= s.models
+    ? ['This is a synthetic sample store: its ', fmtInt(n), ` model${n === 1 ? '' : 's'} (made by `, demo, `) ${n === 1 ? 'is' : 'are'} not real data.`]
+    : ['This store holds ', fmtInt(n), ` synthetic sample model${n === 1 ? '' : 's'} (made by `, demo, '): not real data.'];
+  const banner = document.getElementById('sample-banner');
+  fill(banner, h('div', { class: 'wrap' }, h('strong', null, 'Synthetic data. '), text));
+  banner.hidden = false;
+}).catch(() => {});
