@@ -238,10 +238,12 @@ def _check_pixels(w: float, h: float, dpi: int) -> None:
                                  f"{MAX_PIXELS:,}: lower dpi, width or height")
 
 
-# rcParams are process-wide: the few that only saving reads are set around the save, under a
-# lock, so that concurrent saves never see each other's (PNG reads none of them).
-_SAVE_RC = {"svg.fonttype": "none", "svg.hashsalt": "cnnfilterdb", "pdf.fonttype": 42, "ps.fonttype": 42}
-_SAVE_LOCK = threading.Lock()
+# rcParams are process-wide: the few that drawing and saving read are set around each render,
+# under a lock, so that concurrent renders never see each other's (drawing holds the GIL for most
+# of its time anyway). Text unhinted: 20% less time to draw a heatmap, whose labels dominate it.
+_RENDER_RC = {"svg.fonttype": "none", "svg.hashsalt": "cnnfilterdb", "pdf.fonttype": 42, "ps.fonttype": 42,
+              "text.hinting": "no_hinting"}
+_RENDER_LOCK = threading.Lock()
 _METADATA = {"svg": {"Date": None, "Creator": None},
              "pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}}
 MEDIA_TYPES = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
@@ -263,11 +265,12 @@ def render(fig: Figure, fmt: str, dpi: int = 100) -> bytes:
 
         fig.set_dpi(dpi)
         canvas = FigureCanvasAgg(fig)
-        canvas.draw()
+        with _RENDER_LOCK, matplotlib.rc_context(_RENDER_RC):
+            canvas.draw()
         Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(buf, format="png", compress_level=3,
                                                                         dpi=(dpi, dpi))
     else:
-        with _SAVE_LOCK, matplotlib.rc_context(_SAVE_RC):
+        with _RENDER_LOCK, matplotlib.rc_context(_RENDER_RC):
             fig.savefig(buf, format=fmt, dpi=dpi, metadata=_METADATA[fmt])
     return buf.getvalue()
 
