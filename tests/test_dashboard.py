@@ -255,7 +255,7 @@ def test_home(tab):
     tab.goto("/")
     src = wait_figure(tab, "kl_combined")
     # Drawn for its panel (legible text), downloaded at the paper's size.
-    assert src == "/v1/plots/kl_combined.png?width=16&height=6.4"
+    assert src == "/v1/plots/kl_combined.png?width=16&height=5.4"
     name = "kl_combined-task-visual_category-depth_bin"
     assert download_links(tab, "kl_combined") == [
         {"href": f"/v1/plots/kl_combined.{ext}", "download": f"{name}.{ext}"} for ext in ("png", "svg", "pdf")]

@@ -392,7 +392,7 @@ function viewHome({ signal }) {
   const fig = Figure({ caption: 'Symmetric KL divergence between the filter distributions of the groups of three fields; axis labels carry each group\'s model count.', cls: 'fig-wide' });
   // Drawn for the panel (the service lays the figure out again: its text stays legible), the
   // downloads the paper-sized figure.
-  fig.set(plotUrl('kl_combined', { width: 16, height: 6.4 }), 'Three heatmaps of the symmetric KL divergence between the distributions of trained 3×3 convolution filters, between groups by task, by visual category and by relative depth of the convolution layer',
+  fig.set(plotUrl('kl_combined', { width: 16, height: 5.4 }), 'Three heatmaps of the symmetric KL divergence between the distributions of trained 3×3 convolution filters, between groups by task, by visual category and by relative depth of the convolution layer',
     { download: plotUrl('kl_combined'), name: 'kl_combined-task-visual_category-depth_bin' });
   add(main,
     header('Distribution shifts of trained 3×3 convolution filters',
