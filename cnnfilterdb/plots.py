@@ -46,8 +46,6 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
     "layer_filters": ("layer_id",),
     "quality": ("where", "color_by", "sparsity_gt", "entropy_norm_lt", "entropy_norm_gt"),
 }
-# Every parameter some figure takes, in a stable order (the service's known query parameters).
-PARAMETER_NAMES = tuple(dict.fromkeys(name for names in PARAMETERS.values() for name in names)) + SIZE
 DEFAULT_GROUP_BY = {"kl_combined": ("task", "visual_category", "depth_bin"), "drift_box": ("task", "visual_category"),
                     "divergence": ("task",), "ridge": ("task",)}
 DEFAULT_BINS_OF = {"ridge": DEFAULT_KDE_BINS, "density2d": 512}  # the notebook's; else the analysis default

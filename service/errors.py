@@ -49,7 +49,7 @@ def install(app: FastAPI) -> None:
         return JSONResponse(_body(e.code, e.message), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, e: RequestValidationError):
+    async def validation_error(request: Request, e: RequestValidationError):
         # A value outside a documented set (group_by, metric, weights, basis) or an unknown field of
         # `where` is a 400 that lists the valid ones; other malformed input is a 422.
         from cnnfilterdb.selection import FILTER_FIELDS, echo
@@ -67,6 +67,11 @@ def install(app: FastAPI) -> None:
                 status = 400
                 parts.append(f"unknown bound {echo(loc[-1])} in {'.'.join(loc[:-1])}; valid: gte, gt, lte, lt")
                 bounded.add(".".join(loc[:-1]))
+            elif err.get("type") == "extra_forbidden" and len(loc) == 1:  # a body key the endpoint lacks
+                from .strict import body_fields
+
+                status = 400
+                parts.append(f"unknown field {echo(loc[0])} in the request; known: {', '.join(body_fields(request) or [])}")
             elif err.get("type") == "extra_forbidden":  # the last element of loc is the client's name
                 status = 400
                 parts.append(f"unknown field {echo(loc[-1])} in {'.'.join(loc[:-1]) or 'the request'}; "

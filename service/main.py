@@ -4,7 +4,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from cnnfilterdb import __version__
 
@@ -16,6 +16,7 @@ from .head import HeadAsGet
 from .routers import analysis, dashboard, layers, meta, models, plots, sql
 from .schemas import ErrorResponse
 from .settings import Settings
+from .strict import reject_unknown_query_parameters
 from .usersql.pool import SqlLimits, SqlPool
 
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query_parameters)],  # every endpoint: service/strict.py
         # Any route: a body over the size limit, or one that stalls (service/body_limit.py).
         responses={408: {"model": ErrorResponse, "description": "the request body stalled"},
                    413: {"model": ErrorResponse, "description": "the request body is over max_body_bytes"}},

@@ -7,6 +7,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from cnnfilterdb.limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_KDE_BINS, MIN_KDE_BINS
 
+from .strict import StrictModel
+
 
 class ErrorDetail(BaseModel):
     code: str
@@ -161,7 +163,7 @@ class FilterPage(BaseModel):
     next: str | None
 
 
-class SqlRequest(BaseModel):
+class SqlRequest(StrictModel):
     sql: str = Field(min_length=1, max_length=100_000, description="one read-only statement (SELECT)")
     params: list[Any] = Field(default_factory=list, description="values for ? or $n placeholders")
     max_rows: int | None = Field(None, ge=0, description="row cap; default, and ceiling it is capped at, in /v1/stats limits")
@@ -240,7 +242,7 @@ class Where(BaseModel):
         return out
 
 
-class DivergenceRequest(BaseModel):
+class DivergenceRequest(StrictModel):
     group_by: GroupField
     where: Where | None = None
     metric: Metric = "kl_sym"
@@ -284,7 +286,7 @@ class DivergenceResponse(BaseModel):
     elapsed_ms: float
 
 
-class PcaRequest(BaseModel):
+class PcaRequest(StrictModel):
     where: Where | None = None
 
 
@@ -298,7 +300,7 @@ class PcaResponse(BaseModel):
                                                       "(scikit-learn's get_covariance())")
 
 
-class HistogramsRequest(BaseModel):
+class HistogramsRequest(StrictModel):
     group_by: GroupField | None = None
     where: Where | None = None
     bins: int = Field(70, ge=1, le=MAX_BINS)
@@ -325,7 +327,7 @@ class HistogramsResponse(GroupedOverRange):
     groups: list[GroupHistogram]
 
 
-class Density2dRequest(BaseModel):
+class Density2dRequest(StrictModel):
     where: Where | None = None
     components: list[Component] = Field([0, 1], min_length=2, max_length=2, description="two component indices, 0..8")
     bins: int = Field(70, ge=1, le=MAX_DENSITY2D_BINS)
@@ -344,7 +346,7 @@ class Density2dResponse(BaseModel):
     basis: BasisRef
 
 
-class KdeRequest(BaseModel):
+class KdeRequest(StrictModel):
     group_by: GroupField | None = None
     where: Where | None = None
     bins: int = Field(DEFAULT_KDE_BINS, ge=MIN_KDE_BINS, le=MAX_KDE_BINS, description="bins of the exact histogram the KDE is computed from; "

@@ -322,7 +322,7 @@ def test_more_groups_than_a_figure_labels_is_a_400_with_the_limit(client, con):
 
 
 @pytest.mark.parametrize("query,words", [
-    ("groupby=task", "unknown query parameter(s) groupby"),
+    ("groupby=task", "unknown query parameter(s) 'groupby'"),
     ("layer_id=3", "divergence takes no layer_id"),
     ("group_by=task,visual_category", "takes one group_by"),
     ("dpi=5", "dpi"),

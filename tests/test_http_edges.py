@@ -187,3 +187,35 @@ def test_analyses_beyond_the_concurrency_limit_wait_then_get_a_429(v1_store):
     finally:
         slots.release()
     assert client.post("/v1/divergence", json={"group_by": "task"}).status_code == 200
+
+
+def test_every_endpoint_refuses_unknown_query_parameters_and_body_fields(v1_client):
+    """A typo is a 400 naming it and the known ones, on every endpoint of the API (issue 11:
+    `{"groupby": "task"}` used to return an ungrouped answer). The endpoints and what each
+    declares are read from the OpenAPI document."""
+    spec = v1_client.get("/openapi.json").json()
+    paths = {"{model_id}": "1", "{layer_id}": "1", "{filter_id}": "1", "{figure}": "covariance", "{fmt}": "png"}
+    bodies = {"/v1/divergence": {"group_by": "task"}, "/v1/sql": {"sql": "SELECT 1"}}
+    checked = 0
+    for template, operations in spec["paths"].items():
+        path = template
+        for k, v in paths.items():
+            path = path.replace(k, v)
+        for method, op in operations.items():
+            known = [p["name"] for p in op.get("parameters", []) if p["in"] == "query"]
+            body = bodies.get(template, {}) if method == "post" else None
+            r = v1_client.request(method.upper(), path + "?groupbyy=1", json=body)
+            assert r.status_code == 400, (template, r.status_code, r.text[:200])
+            message = r.json()["error"]["message"]
+            assert "groupbyy" in message and all(k in message for k in known), (template, message)
+            if method == "post":
+                ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+                fields = list(spec["components"]["schemas"][ref]["properties"])
+                r = v1_client.post(path, json={**body, "groupbyy": 1})
+                message = r.json()["error"]["message"]
+                assert r.status_code == 400 and "unknown field 'groupbyy' in the request; known: " in message
+                assert all(f in message for f in fields), (template, message)
+            checked += 1
+    assert checked >= 17  # every operation of the API, POSTs included
+    # the dashboard's pages are not the API: a query string there is the browser's business
+    assert v1_client.get("/?utm=1").status_code == 200

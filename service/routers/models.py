@@ -5,11 +5,9 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from cnnfilterdb.selection import echo
-
 from ..catalog import LiveCatalog
 from ..deps import get_catalog, get_settings, respond, rows_as_dicts
-from ..errors import ApiError, not_found
+from ..errors import not_found
 from ..jsonable import jsonable, parse_json_column
 from ..schemas import ErrorResponse, Layer, LayerList, Model, ModelPage
 from ..settings import Settings
@@ -20,7 +18,6 @@ router = APIRouter(tags=["models"], responses={404: {"model": ErrorResponse}, 40
 # Query parameters of /v1/models that filter on a models column (repeat one for several values).
 FILTER_COLUMNS = ["task", "task_raw", "visual_category", "training_dataset", "pretraining_dataset", "name",
                   "model", "producer", "paper", "accessible"]
-PAGING = ["limit", "after"]
 
 MODEL_COLUMNS = """model_id, model, name, task, task_raw, visual_category, training_dataset, pretraining_dataset,
     producer, op_set, depth, paper, accessible, dataset_url, total_filters, filter_share_3x3, n_filters, n_layers,
@@ -58,10 +55,6 @@ def list_models(
     paper: list[str] = Query([]), accessible: list[str] = Query([]),
 ):
     """Models, filtered by any categorical field (`?task=Classification&task=GAN`), in model_id order."""
-    unknown = sorted(set(request.query_params) - set(FILTER_COLUMNS) - set(PAGING))
-    if unknown:
-        raise ApiError(400, "unknown_parameter",
-                       f"unknown query parameter(s) {echo(unknown)}; known: {FILTER_COLUMNS + PAGING}")
     limit = min(limit or settings.page_default, settings.page_max)  # the response shows the limit used
     given = {"task": task, "task_raw": task_raw, "visual_category": visual_category,
              "training_dataset": training_dataset, "pretraining_dataset": pretraining_dataset, "name": name,

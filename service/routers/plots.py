@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from cnnfilterdb import __version__
 from cnnfilterdb.limits import MAX_BINS
-from cnnfilterdb.plots import (FIGURES, FORMATS, MAX_DPI, MAX_INCHES, MEDIA_TYPES, PARAMETER_NAMES, PARAMETERS, SIZE,
+from cnnfilterdb.plots import (FIGURES, FORMATS, MAX_DPI, MAX_INCHES, MEDIA_TYPES, PARAMETERS, SIZE,
                                PlotParameterError, PlotRequest, draw, render)
 from cnnfilterdb.selection import SelectionError
 
@@ -93,10 +93,6 @@ def plot(
         raise ApiError(404, "not_found", f"no figure {figure[:100]!r}; the figures: {', '.join(FIGURES)}")
     if fmt not in FORMATS:
         raise ApiError(404, "not_found", f"no format {fmt[:20]!r}; the formats: {', '.join(FORMATS)}")
-    unknown = sorted(set(request.query_params) - set(PARAMETER_NAMES))
-    if unknown:
-        raise ApiError(400, "invalid_request", f"unknown query parameter(s) {', '.join(u[:50] for u in unknown[:10])}; "
-                                               f"{figure} takes: {', '.join(PARAMETERS[figure] + SIZE)}")
     try:
         req = PlotRequest.of(figure, group_by=group_by, where=_where(where), metric=metric, bins=bins, weights=weights,
                              basis=basis, components=components, range=range, layer_id=layer_id, color_by=color_by,

@@ -1,0 +1,52 @@
+"""Strict requests: a query parameter or a body field the endpoint does not declare is a 400
+naming it and the known ones, never silently ignored (a typo such as ``groupby`` would otherwise
+give an ungrouped answer). Query parameters: an app-wide dependency reads the matched route's
+declared parameters (FastAPI's own dependant), so there is one check for every endpoint. Body
+fields: request models forbid extra keys (``StrictModel``); errors.py words the message from the
+route's body model."""
+from __future__ import annotations
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict
+
+from cnnfilterdb.selection import echo
+
+from .errors import ApiError
+
+
+class StrictModel(BaseModel):
+    """A request body: unknown keys are an error."""
+    model_config = ConfigDict(extra="forbid")
+
+
+def declared_query_parameters(route) -> list[str]:
+    """The query parameters a route declares, its dependencies' included, in declaration order."""
+    def walk(dependant) -> list[str]:
+        names = [p.alias for p in dependant.query_params]
+        for sub in dependant.dependencies:
+            names += walk(sub)
+        return names
+
+    dependant = getattr(route, "dependant", None)
+    return list(dict.fromkeys(walk(dependant))) if dependant is not None else []
+
+
+def reject_unknown_query_parameters(request: Request) -> None:
+    route = request.scope.get("route")
+    if route is None or not getattr(route, "include_in_schema", True):  # the dashboard's pages
+        return
+    known = declared_query_parameters(route)
+    unknown = sorted(set(request.query_params) - set(known))
+    if unknown:
+        raise ApiError(400, "unknown_parameter", f"unknown query parameter(s) {', '.join(echo(u) for u in unknown[:10])}; "
+                                                 + (f"known: {', '.join(known)}" if known else "this endpoint takes none"))
+
+
+def body_fields(request: Request) -> list[str] | None:
+    """The fields of the matched route's request body model, or None."""
+    route = request.scope.get("route")
+    field = getattr(route, "body_field", None)
+    model = getattr(getattr(field, "field_info", None), "annotation", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return None
