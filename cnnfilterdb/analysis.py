@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS
+from .limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_RANGE_ABS
 from .scan import LayerGroups, scan_histogram2d, scan_histograms, scan_range
 from .selection import (GROUP_FIELDS, EmptySelectionError, Selection, SelectionError, natural_order, select,
                         where_sql)
@@ -460,8 +460,9 @@ class Analysis:
             raise SelectionError(f"bins must be an integer from 1 to {MAX_DENSITY2D_BINS}, got {bins!r}")
         if len(components) != 2 or not all(isinstance(c, int) and 0 <= c < 9 for c in components):
             raise SelectionError(f"components must be two indices from 0 to 8, got {components!r}")
-        if value_range is not None and not (len(value_range) == 2 and all(np.isfinite(value_range))):
-            raise SelectionError(f"range must be two finite numbers, got {value_range!r}")
+        if value_range is not None and not (len(value_range) == 2 and all(np.isfinite(value_range))
+                                            and max(abs(v) for v in value_range) <= MAX_RANGE_ABS):
+            raise SelectionError(f"range must be two numbers within +-{MAX_RANGE_ABS:g}, got {value_range!r}")
         sel = select(self.cur, where, None)
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection")
@@ -508,19 +509,25 @@ class Analysis:
                 "total": total, "limit": limit, "offset": offset,
                 "layers": [dict(zip(cols, r)) for r in cur.fetchall()]}
 
-    def similar(self, model_id: int, k: int = 5, metric: str = "kl_sym", weights: str = "explained_variance") -> dict:
-        """The k models whose filter distributions are nearest to model_id's (global basis, default bins)."""
+    def similar(self, model_id: int, k: int = 5, metric: str = "kl_sym", weights: str = "explained_variance",
+                where: dict | None = None) -> dict:
+        """The k models nearest to model_id's filter distribution (global basis, default bins),
+        among the models of the selection ``where`` (default: all), with their task and visual
+        category. LookupError: no such model; EmptySelectionError: no other model in ``where``."""
         if metric not in METRICS:
             raise SelectionError(f"unknown metric {metric!r}; known: {list(METRICS)}")
-        h = self.group_histograms(None, "model_id", DEFAULT_BINS, "global")
-        labels = h.selection.labels
-        if model_id not in labels:
+        target = self.group_histograms({"model_id": model_id}, "model_id", DEFAULT_BINS, "global") \
+            if self.cur.execute("SELECT 1 FROM models WHERE model_id = ?", [model_id]).fetchone() else None
+        if target is None or not target.selection.labels:
             raise LookupError(model_id)
-        i = labels.index(model_id)
+        h = self.group_histograms(where, "model_id", DEFAULT_BINS, "global")  # the candidates
+        labels = h.selection.labels
         w = component_weights(weights, h.basis.explained_variance_ratio)
-        d = distances_to(h.counts[i], h.counts, w, metric, h.bin_width)
-        order = [j for j in np.argsort(d, kind="stable") if j != i][:k]
-        names = dict(self.cur.execute("SELECT model_id, model FROM models").fetchall())
+        d = distances_to(target.counts[0], h.counts, w, metric, h.bin_width)
+        order = [j for j in np.argsort(d, kind="stable") if labels[j] != model_id][:k]
+        if not order and k > 0:
+            raise EmptySelectionError(f"no model but {model_id} in the selection")
+        meta = {r[0]: r[1:] for r in self.cur.execute("SELECT model_id, model, task, visual_category FROM models").fetchall()}
         return {"model_id": model_id, "metric": metric, "weights": weights, "method": h.method,
-                "similar": [{"model_id": labels[j], "model": names.get(labels[j]), "distance": float(d[j])}
-                            for j in order]}
+                "similar": [{"model_id": labels[j], "model": meta[labels[j]][0], "task": meta[labels[j]][1],
+                             "visual_category": meta[labels[j]][2], "distance": float(d[j])} for j in order]}

@@ -6,3 +6,4 @@ MAX_BINS = 10_000                     # histogram bins of a divergence or /v1/hi
 MAX_DENSITY2D_BINS = 1_000            # bins per axis of a 2-D histogram
 MIN_KDE_BINS, MAX_KDE_BINS = 16, 8_192  # the fine histogram a KDE is computed from
 DEFAULT_KDE_BINS = 2_048
+MAX_RANGE_ABS = 1e6                   # ends of a 2-D histogram's range (coefficients of peak-scaled filters are within +-3)

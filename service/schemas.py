@@ -5,7 +5,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
-from cnnfilterdb.limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_KDE_BINS, MIN_KDE_BINS
+from cnnfilterdb.limits import (DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_KDE_BINS, MAX_RANGE_ABS,
+                                MIN_KDE_BINS)
 
 from .strict import StrictModel
 
@@ -199,6 +200,7 @@ def _not_bool(v):
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1), BeforeValidator(_not_bool)]
 Real = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_not_bool)]
 Component = Annotated[int, Field(ge=0, le=8), BeforeValidator(_not_bool)]
+RangeEnd = Annotated[float, Field(ge=-MAX_RANGE_ABS, le=MAX_RANGE_ABS), BeforeValidator(_not_bool)]
 
 
 class Bounds(BaseModel, Generic[T]):
@@ -332,7 +334,7 @@ class Density2dRequest(StrictModel):
     components: list[Component] = Field([0, 1], min_length=2, max_length=2, description="two component indices, 0..8")
     bins: int = Field(70, ge=1, le=MAX_DENSITY2D_BINS)
     basis: BasisKind = "global"
-    range: tuple[Real, Real] | None = Field(None, description="the ends of both axes, in either order (default: the "
+    range: tuple[RangeEnd, RangeEnd] | None = Field(None, description="the ends of both axes, in either order (default: the "
                                                              "basis range; the notebook's figure: -3.3, 3.3)")
 
 
@@ -387,6 +389,8 @@ class SimilarModel(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
     model_id: int
     model: str | None
+    task: str | None
+    visual_category: str | None
     distance: float
 
 

@@ -281,3 +281,35 @@ def test_query_size_limits(client, monkeypatch):
     r = client.post("/v1/divergence", json={"group_by": "layer_id", "metric": "wasserstein"})
     assert r.status_code == 400 and f"{pairs:,} pairs" in r.json()["error"]["message"], r.text
     assert client.post("/v1/divergence", json={"group_by": "layer_id", "bins": 60}).status_code == 200
+
+
+def test_similar_among_a_selection_with_task_and_category(client, frame, store):
+    """where chooses the candidate models; each neighbour names its task and visual category."""
+    from urllib.parse import quote
+
+    where = {"task": ["GAN", "Segmentation"]}
+    got = client.get(f"/v1/models/3/similar?k=3&where={quote(json.dumps(where))}").json()
+    labels, groups = _groups(frame, "model_id")
+    D = reference.divergence(groups, _all(frame))["matrix"]
+    i = labels.index(3)
+    with open_catalog(store) as con:
+        meta = {m: (t, v) for m, t, v in con.execute("SELECT model_id, task, visual_category FROM models").fetchall()}
+    candidates = [j for j in np.argsort(D[i], kind="stable") if j != i and meta[labels[j]][0] in where["task"]][:3]
+    assert [s["model_id"] for s in got["similar"]] == [labels[j] for j in candidates]
+    np.testing.assert_allclose([s["distance"] for s in got["similar"]], D[i][candidates], rtol=RTOL)
+    assert all((s["task"], s["visual_category"]) == meta[s["model_id"]] for s in got["similar"])
+    assert client.get(f"/v1/models/3/similar?where={quote(json.dumps({'model_id': 3}))}").status_code == 404
+    r = client.get(f"/v1/models/3/similar?where={quote(json.dumps({'taskk': 'GAN'}))}")
+    assert r.status_code == 400 and "taskk" in r.json()["error"]["message"]
+
+
+def test_degenerate_takes_a_where(client, store):
+    from urllib.parse import quote
+
+    everything = client.get("/v1/quality/degenerate").json()["layers"]
+    with open_catalog(store) as con:
+        task = dict(con.execute("SELECT layer_id, task FROM layers_with_models").fetchall())
+    some = task[everything[0]["layer_id"]]
+    got = client.get(f"/v1/quality/degenerate?where={quote(json.dumps({'task': some}))}").json()
+    assert [l["layer_id"] for l in got["layers"]] == [l["layer_id"] for l in everything if task[l["layer_id"]] == some]
+    assert got["total"] == len(got["layers"]) >= 1

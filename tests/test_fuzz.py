@@ -38,5 +38,8 @@ def test_api_never_fails(case):
     # meaningless statement ("0") is rightly a 400, so that one check is off for /v1/sql. So is
     # which figure takes which parameter, and the pixel cap of dpi x width x height (/v1/plots),
     # and the cap on the cells of a response, groups x bins, which the store decides (/v1/kde).
-    excluded = [positive_data_acceptance] if case.path in ("/v1/sql", "/v1/plots/{figure}.{fmt}", "/v1/kde") else []
+    # A `where` query parameter is JSON inside a string: its grammar is beyond the schema too.
+    where_in_query = bool(case.query and "where" in case.query)
+    excluded = [positive_data_acceptance] if where_in_query or case.path in (
+        "/v1/sql", "/v1/plots/{figure}.{fmt}", "/v1/kde") else []
     case.validate_response(response, excluded_checks=excluded)

@@ -3,10 +3,13 @@
 scan.py, stats/); this module maps requests to it and its errors to statuses."""
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from typing import Iterator
 
 from fastapi import APIRouter, Depends, Path, Query
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from cnnfilterdb.analysis import DEGENERATE_THRESHOLDS, Analysis
 from cnnfilterdb.selection import EmptySelectionError, SelectionError
@@ -17,8 +20,9 @@ from ..errors import ApiError, not_found
 from ..jsonable import jsonable
 from ..schemas import (DegenerateResponse, Density2dRequest, Density2dResponse, DivergenceRequest,
                        DivergenceResponse, ErrorResponse, HistogramsRequest, HistogramsResponse, KdeRequest,
-                       KdeResponse, Metric,
-                       PcaRequest, PcaResponse, SimilarResponse, Weights)
+                       KdeResponse, Metric, PcaRequest, PcaResponse, SimilarResponse, Weights, Where)
+
+WHERE_QUERY = 'a selection as JSON, as the analysis bodies\' where, e.g. {"task": ["Classification"]}'
 
 router = APIRouter(tags=["analysis"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
                                                  422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
@@ -64,6 +68,25 @@ def _analysis(catalog: LiveCatalog, gen: Generation) -> Iterator[Analysis]:
             raise ApiError(400, "invalid_selection", str(e)) from None
     finally:
         cur.close()
+
+
+def where_query(text: str | None) -> dict | None:
+    """A ``where`` query parameter (GET routes): a JSON object validated as the analysis bodies'
+    ``where`` (the same messages for the same mistakes)."""
+    if text is None or not text.strip():  # given empty: no selection
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ApiError(400, "invalid_request", f"where: not JSON ({e.msg} at character {e.pos})") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_request", "where: nested too deeply") from None
+    if value is None:
+        return None
+    try:
+        return Where.model_validate(value).conditions()
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("where", *err["loc"])} for err in e.errors()]) from None
 
 
 def _where(req) -> dict | None:
@@ -117,23 +140,27 @@ def degenerate(
                                    description="flag layers with variance_entropy_norm below this (redundant)"),
     entropy_norm_gt: float | None = Query(DEGENERATE_THRESHOLDS["entropy_norm_gt"], allow_inf_nan=False,
                                           description="flag layers with variance_entropy_norm above this (random-like)"),
+    where: str | None = Query(None, description=WHERE_QUERY),
     limit: int = Query(100, ge=1, le=10_000),
     offset: int = Query(0, ge=0, le=2**40),
     catalog: LiveCatalog = Depends(get_catalog),
 ):
     """Layers over any of the thresholds (defaults: sparsity > 0.5, variance_entropy_norm < 0.5 or > 1.0)."""
     with analysis(catalog) as a:
-        out = a.degenerate(sparsity_gt, entropy_norm_lt, entropy_norm_gt, None, limit, offset)
+        out = a.degenerate(sparsity_gt, entropy_norm_lt, entropy_norm_gt, where_query(where), limit, offset)
     return respond(DegenerateResponse(**jsonable(out)))
 
 
 @router.get("/v1/models/{model_id}/similar", response_model=SimilarResponse, tags=["models"])
 def similar(model_id: int = Path(..., ge=0, le=2**31 - 1), k: int = Query(5, ge=1, le=1000), metric: Metric = "kl_sym",
-            weights: Weights = "explained_variance", catalog: LiveCatalog = Depends(get_catalog)):
+            weights: Weights = "explained_variance",
+            where: str | None = Query(None, description="the candidate models: " + WHERE_QUERY),
+            catalog: LiveCatalog = Depends(get_catalog)):
     """The k models whose filter distributions (all their layers, global basis) are nearest."""
+    selection = where_query(where)
     with analysis(catalog) as a:
         try:
-            out = a.similar(model_id, k, metric, weights)
+            out = a.similar(model_id, k, metric, weights, selection)
         except LookupError:
             raise not_found("model", model_id) from None
     return respond(SimilarResponse(**jsonable(out)))

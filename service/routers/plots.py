@@ -15,9 +15,7 @@ import time
 
 import matplotlib
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import ValidationError
 
 from cnnfilterdb import __version__
 from cnnfilterdb.limits import MAX_BINS
@@ -29,30 +27,11 @@ from ..catalog import LiveCatalog
 from ..deps import get_catalog, get_figure_cache
 from ..errors import ApiError, not_found
 from ..figure_cache import FigureCache
-from ..schemas import BasisKind, ErrorResponse, GroupField, Metric, Weights, Where
-from .analysis import analysis
+from ..schemas import BasisKind, ErrorResponse, GroupField, Metric, Weights
+from .analysis import analysis, where_query
 
 router = APIRouter(tags=["plots"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
                                               422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
-
-
-def _where(text: str | None) -> dict | None:
-    """The ``where`` query parameter: a JSON object validated as the analysis bodies' ``where``
-    (the same messages for the same mistakes)."""
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ApiError(400, "invalid_request", f"where: not JSON ({e.msg} at character {e.pos})") from None
-    except RecursionError:
-        raise ApiError(400, "invalid_request", "where: nested too deeply") from None
-    if value is None:
-        return None
-    try:
-        return Where.model_validate(value).conditions()
-    except ValidationError as e:
-        raise RequestValidationError([{**err, "loc": ("where", *err["loc"])} for err in e.errors()]) from None
 
 
 @router.get("/v1/plots/{figure}.{fmt}",
@@ -94,7 +73,7 @@ def plot(
     if fmt not in FORMATS:
         raise ApiError(404, "not_found", f"no format {fmt[:20]!r}; the formats: {', '.join(FORMATS)}")
     try:
-        req = PlotRequest.of(figure, group_by=group_by, where=_where(where), metric=metric, bins=bins, weights=weights,
+        req = PlotRequest.of(figure, group_by=group_by, where=where_query(where), metric=metric, bins=bins, weights=weights,
                              basis=basis, components=components, range=range, layer_id=layer_id, color_by=color_by,
                              sparsity_gt=sparsity_gt, entropy_norm_lt=entropy_norm_lt,
                              entropy_norm_gt=entropy_norm_gt, dpi=dpi, width=width, height=height)
