@@ -139,13 +139,15 @@ def cmd_drift(args) -> int:
     if args.json:
         print(json.dumps(out, default=str))
         return 0
-    labels = [str(x) for x in out["labels"]]
+    # Rows carry the full label and the group's model count; columns are numbered like the rows,
+    # so that no label is cut to fit a column.
+    labels = [f"{'(none)' if v is None else v} ({m})" for v, m in zip(out["labels"], out["n_models"])]
     print(f"{out['metric']} divergence by {out['group_by']} ({out['weights']} weights, {out['bins']} bins, "
           f"{out['basis']['kind']} basis; {out['method']}, {out['elapsed_ms']:.0f} ms)")
-    w = max([len(x) for x in labels] + [8])
-    print(" " * (w + 2) + " ".join(f"{x[:9]:>9}" for x in labels))
-    for lab, row, n in zip(labels, out["matrix"], out["n_filters"]):
-        print(f"{lab:<{w}}  " + " ".join(f"{v:9.5f}" for v in row) + f"   n={n:,}")
+    w = max(len(x) for x in labels) + 5
+    print(" " * w + "  " + " ".join(f"{f'[{j + 1}]':>9}" for j in range(len(labels))) + "   filters")
+    for j, (lab, row, n) in enumerate(zip(labels, out["matrix"], out["n_filters"])):
+        print(f"{f'[{j + 1}] {lab}':<{w}}  " + " ".join(f"{v:9.5f}" for v in row) + f"   {n:,}")
     if out["drift"]:
         d = out["drift"]
         print(f"drift: mean {d['mean']:.5f}  median {d['median']:.5f}  q1 {d['q1']:.5f}  q3 {d['q3']:.5f}  "

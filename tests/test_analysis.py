@@ -226,6 +226,12 @@ def test_drift_cli_matches_the_api(store, client, capsys):
     assert cli_main(["drift", "--group-by", "depth_bin", "--db", str(store)]) == 0
     out = capsys.readouterr().out
     assert "drift: mean" in out and "[0.0, 0.1]" in out
+    # full labels with their model counts, whatever their length (issue 11, point 6)
+    assert cli_main(["drift", "--group-by", "model", "--db", str(store)]) == 0
+    out = capsys.readouterr().out
+    api = client.post("/v1/divergence", json={"group_by": "model"}).json()
+    for k, (label, n) in enumerate(zip(api["labels"], api["n_models"])):
+        assert f"[{k + 1}] {label} ({n})" in out
     assert cli_main(["drift", "--group-by", "colour", "--db", str(store)]) == 1
 
 
