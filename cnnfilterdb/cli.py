@@ -121,17 +121,11 @@ def cmd_verify(args) -> int:
 
 
 def cmd_drift(args) -> int:
-    from .analysis import Analysis
     from .selection import SelectionError
 
-    try:
-        where = json.loads(args.where) if args.where else None
-    except json.JSONDecodeError as e:
-        raise StoreError(f"--where is not JSON: {e}") from None
-    store = FilterStore(args.db or default_db())
-    with store.connect() as con:
-        analysis = Analysis(con, store.root)
-        analysis.snapshot.prepare(con)  # as the service does when it opens a catalog: every file checked
+    where = _json_where(args.where)
+    con, analysis = _open_analysis(FilterStore(args.db or default_db()))
+    with con:
         try:
             out = analysis.divergence(args.group_by, where, args.metric, args.bins, args.weights, args.basis)
         except SelectionError as e:
