@@ -23,15 +23,16 @@ import numpy as np
 
 from .limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_RANGE_ABS
 from .scan import LayerGroups, scan_histogram2d, scan_histograms, scan_range
-from .selection import (GROUP_FIELDS, EmptySelectionError, Selection, SelectionError, natural_order, select,
-                        where_sql)
+from .selection import (GROUP_FIELDS, EmptySelectionError, Selection, SelectionError, layers_at, natural_order,
+                        select, where_sql)
 from .stats.basis import Basis, fit_basis
 from .stats.divergence import (DEFAULT_BINS, METRICS, WEIGHTS, component_weights, distances_to,
                                divergence_matrix, drift)
 from .stats.histogram import histogram_range
 from .stats.kde import histogram_quantiles, kde_from_histogram, silverman_bandwidth
 from .stats.moments import pool
-from .store import StoreDamaged, file_problem, load_basis, unreadable
+from .store import (StoreDamaged, basis_version_at, check_version, current_version, file_problem, load_basis,
+                    unreadable)
 
 BASES = ("global", "selection")
 # Bounds on what one query may build, so that memory stays bounded whatever the store: the
@@ -59,13 +60,15 @@ class LayerHistograms:
     cumulative: np.ndarray  # (n_layers + 1, 9 * bins) int64; row 0 is zeros
 
     @classmethod
-    def load(cls, cur, root: Path) -> LayerHistograms | None:
+    def load(cls, cur, root: Path, version: int) -> LayerHistograms | None:
         """Read the store's file into memory and check it: its size and sha256 those the catalog
         recorded, its shape and layer ids those of the catalog; otherwise raise StoreDamaged naming
-        it. None if the store has none (fewer than 2 filters). Read, not mapped: the bytes checked
+        it. Those of store version ``version``'s basis; None if it has none (fewer than 2 filters).
+        Read, not mapped: the bytes checked
         are the bytes used, whatever happens to the file later (a mapping of a file truncated
         underneath ends the process with SIGBUS). 13 MB for 2e7 filters; ~0.5 GB for 1e5 layers."""
-        row = cur.execute("SELECT basis_version, bins, n_layers, path, bytes, sha256 FROM _layer_histograms").fetchone()
+        row = cur.execute("SELECT basis_version, bins, n_layers, path, bytes, sha256 FROM _layer_histograms "
+                          "WHERE basis_version = ?", [basis_version_at(cur, version)]).fetchone()
         if row is None:
             return None
         version, bins, n, rel, size, sha256 = row
@@ -86,7 +89,7 @@ class LayerHistograms:
             raise StoreDamaged(rel, f"{packed.dtype} {packed.shape}, the catalog has int64 {(n + 1, 1 + 9 * bins)}")
         # The ids from the catalog, which commits them with the file: column 0 of the file read
         # down its rows would touch every page of it. Its ends are checked against them.
-        ids = np.asarray(cur.execute("SELECT layer_id FROM layers ORDER BY layer_id").fetchnumpy()["layer_id"],
+        ids = np.asarray(cur.execute(f"SELECT layer_id FROM layers_at({int(version)}) ORDER BY layer_id").fetchnumpy()["layer_id"],
                          dtype=np.int64)
         if len(ids) != n or (n and (packed[1, 0] != ids[0] or packed[n, 0] != ids[-1])):
             raise StoreDamaged(rel, "its layer ids are not the catalog's")
@@ -129,16 +132,23 @@ class LayerMoments:
 
 
 class Snapshot:
-    """What a committed catalog holds that only the next commit changes: the global basis, the
-    shard files, the largest layer id, the per-layer moments and histograms. Each is read on first
-    use and then kept, by whoever holds the snapshot for as long as that catalog generation
-    serves (the service: per generation; the CLI: per command). Files are checked against the
-    catalog when first used (shards: their size; histograms: their sha256): a missing or damaged
-    one raises StoreDamaged naming it."""
+    """One store version as a catalog holds it: its global basis, the shard files, the largest
+    layer id, the per-layer moments and histograms. A version never changes once committed, so
+    each is read on first use and then kept, by whoever holds the snapshot (the service: per
+    catalog generation and version; the CLI: per command). Files are checked against the catalog
+    when first used (shards: their size; histograms: their sha256): a missing or damaged one
+    raises StoreDamaged naming it."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, version: int):
         self.root = Path(root)
+        self.version = int(version)
         self._cache: dict = {}
+
+    @classmethod
+    def at(cls, cur, root: Path, as_of: int | None = None) -> "Snapshot":
+        """The snapshot of store version ``as_of`` (default the current one); VersionError if the
+        store does not hold it."""
+        return cls(root, current_version(cur) if as_of is None else check_version(cur, as_of))
 
     def _get(self, key: str, load):
         if key not in self._cache:
@@ -146,7 +156,7 @@ class Snapshot:
         return self._cache[key]
 
     def basis(self, cur) -> Basis | None:
-        return self._get("basis", lambda: load_basis(cur))
+        return self._get("basis", lambda: load_basis(cur, self.version))
 
     def shard_paths(self, cur) -> list[Path]:
         """The shards in filter_id order, each there with the size the catalog recorded (a stat;
@@ -162,10 +172,10 @@ class Snapshot:
 
     def max_layer_id(self, cur) -> int:
         return self._get("max_layer_id", lambda: int(cur.execute(
-            "SELECT coalesce(max(layer_id), 0) FROM layers").fetchone()[0]))
+            "SELECT coalesce(max(layer_id), 0) FROM _layers").fetchone()[0]))  # of every version: ids are never reused
 
     def layer_histograms(self, cur) -> LayerHistograms | None:
-        return self._get("layer_histograms", lambda: LayerHistograms.load(cur, self.root))
+        return self._get("layer_histograms", lambda: LayerHistograms.load(cur, self.root, self.version))
 
     def layer_moments(self, cur) -> LayerMoments:
         return self._get("layer_moments", lambda: LayerMoments.load(cur))
@@ -175,7 +185,7 @@ class Snapshot:
         query costs what a repeated one does: it also runs DuckDB's first plan of the selection."""
         self.basis(cur), self.shard_paths(cur), self.max_layer_id(cur), self.layer_histograms(cur)
         self.layer_moments(cur)
-        select(cur, None, None)
+        select(cur, None, None, self.version)
 
 
 @dataclass
@@ -199,8 +209,14 @@ class Analysis:
 
     def __init__(self, cur, root: Path, snapshot: Snapshot | None = None, use_layer_histograms: bool = True):
         self.cur = cur
-        self.snapshot = snapshot or Snapshot(root)
+        self.snapshot = snapshot or Snapshot.at(cur, root)
+        self.version = self.snapshot.version  # every query reads the store as of this version
+        self.layers = layers_at(self.version)
         self.use_layer_histograms = use_layer_histograms  # False: always scan (tests, benchmarks)
+
+    def select(self, where: dict | None, group_by: str | None = None) -> Selection:
+        """The selected layers of this version, grouped (see selection.select)."""
+        return select(self.cur, where, group_by, self.version)
 
     # -- building blocks -----------------------------------------------------------------------
     def shard_paths(self) -> list[Path]:
@@ -234,7 +250,7 @@ class Analysis:
             raise SelectionError(f"unknown basis {basis!r}; known: {list(BASES)}")
         if not isinstance(bins, int) or not 1 <= bins <= MAX_BINS:
             raise SelectionError(f"bins must be an integer from 1 to {MAX_BINS}, got {bins!r}")
-        sel = select(self.cur, where, group_by)
+        sel = self.select(where, group_by)
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection" + (f" (where: {where})" if where else ""))
         if max_groups is not None and len(sel.labels) > max_groups:
@@ -287,6 +303,7 @@ class Analysis:
         D = divergence_matrix(h.counts, w, metric, h.bin_width)
         sel = h.selection
         return {
+            "store_version": self.version,
             "group_by": group_by,
             "labels": sel.labels,
             "n_filters": sel.n_filters.tolist(),
@@ -329,6 +346,7 @@ class Analysis:
         density = kde_from_histogram(h.counts.reshape(-1, bins), h.lo, h.hi, bw.reshape(-1)).reshape(h.counts.shape)
         edges = np.linspace(h.lo, h.hi, bins + 1)
         return {
+            "store_version": self.version,
             "group_by": group_by, "range": [h.lo, h.hi], "bins": bins, "grid": ((edges[:-1] + edges[1:]) / 2).tolist(),
             "basis": {"kind": basis, "version": b.version if basis == "global" else None},
             "groups": [{"label": lab, "n_filters": int(nf), "n_models": int(nm), "bandwidth": bw[g].tolist(),
@@ -374,7 +392,7 @@ class Analysis:
             raise SelectionError(f"unknown color_by {color_by!r}; known: {GROUP_FIELDS}")
         cond, params = where_sql(where)
         rows = self.cur.execute(f"SELECT layer_id, model_id, {color_by} AS label, n_filters, sparsity, "
-                                f"variance_entropy_norm FROM layers_with_models WHERE {cond} ORDER BY layer_id",
+                                f"variance_entropy_norm FROM {self.layers} WHERE {cond} ORDER BY layer_id",
                                 params).fetchall()
         if not rows:
             raise EmptySelectionError("no layers match the selection")
@@ -384,12 +402,12 @@ class Analysis:
         for lab, mid in zip(layers["label"], layers["model_id"]):
             models.setdefault(lab, set()).add(mid)
         labels = natural_order(list(models))
-        return {"color_by": color_by, "labels": labels, "n_models": [len(models[v]) for v in labels],
+        return {"store_version": self.version, "color_by": color_by, "labels": labels, "n_models": [len(models[v]) for v in labels],
                 "layers": layers, "thresholds": {**DEGENERATE_THRESHOLDS, **(thresholds or {})}}
 
     def first_layer_id(self) -> int:
         """The store's lowest layer id (EmptySelectionError for a store with no layers)."""
-        row = self.cur.execute("SELECT min(layer_id) FROM layers").fetchone()
+        row = self.cur.execute(f"SELECT min(layer_id) FROM {self.layers}").fetchone()
         if row[0] is None:
             raise EmptySelectionError("the store holds no layers")
         return int(row[0])
@@ -398,12 +416,12 @@ class Analysis:
         """A layer (layer_id, model_id, model, conv_depth, n_filters) and its first ``limit``
         filters, (min(limit, n_filters), 3, 3) float32 in filter_id order. LookupError: no such layer."""
         row = self.cur.execute("SELECT layer_id, model_id, model, conv_depth, n_filters, filter_id_first "
-                               "FROM layers_with_models WHERE layer_id = ?", [layer_id]).fetchone()
+                               f"FROM {self.layers} WHERE layer_id = ?", [layer_id]).fetchone()
         if row is None:
             raise LookupError(layer_id)
         layer = dict(zip(("layer_id", "model_id", "model", "conv_depth", "n_filters", "filter_id_first"), row))
         first, n = layer["filter_id_first"], min(limit, layer["n_filters"])
-        res = self.cur.execute("SELECT w0, w1, w2, w3, w4, w5, w6, w7, w8 FROM filters WHERE filter_id BETWEEN ? AND ? "
+        res = self.cur.execute("SELECT w0, w1, w2, w3, w4, w5, w6, w7, w8 FROM _all_filters WHERE filter_id BETWEEN ? AND ? "
                                "ORDER BY filter_id", [first, first + n - 1]).fetchnumpy()
         W = np.stack([np.asarray(res[f"w{i}"], dtype=np.float32) for i in range(9)], axis=1)
         if len(W) != n:  # filter ids of a damaged shard
@@ -411,9 +429,10 @@ class Analysis:
         return layer, W.reshape(n, 3, 3)
 
     def pca(self, where: dict | None = None) -> dict:
-        sel = select(self.cur, where, None)
+        sel = self.select(where)
         b = self.selection_basis(sel)
         return {
+            "store_version": self.version,
             "n_filters": b.n_filters,
             "mean": b.mean.reshape(3, 3).tolist(),
             "components": [c.reshape(3, 3).tolist() for c in b.components],
@@ -428,6 +447,7 @@ class Analysis:
         h = self.group_histograms(where, group_by, bins, basis, max_cells=MAX_RESPONSE_CELLS)
         edges = np.linspace(h.lo, h.hi, h.bins + 1).tolist()
         return {
+            "store_version": self.version,
             "group_by": group_by,
             "range": [h.lo, h.hi],
             "bins": h.bins,
@@ -463,7 +483,7 @@ class Analysis:
         if value_range is not None and not (len(value_range) == 2 and all(np.isfinite(value_range))
                                             and max(abs(v) for v in value_range) <= MAX_RANGE_ABS):
             raise SelectionError(f"range must be two numbers within +-{MAX_RANGE_ABS:g}, got {value_range!r}")
-        sel = select(self.cur, where, None)
+        sel = self.select(where)
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection")
         groups = self.groups_of(sel)
@@ -482,7 +502,7 @@ class Analysis:
             raise SelectionError(f"range [{lo!r}, {hi!r}] cannot hold {bins} bins of a float64 width: "
                                  "give a range of ordinary numbers")
         counts = scan_histogram2d(paths, groups, b, lo, hi, bins, tuple(components))
-        return {"components": list(components), "range": [lo, hi], "bins": bins,
+        return {"store_version": self.version, "components": list(components), "range": [lo, hi], "bins": bins,
                 "edges": np.linspace(lo, hi, bins + 1).tolist(), "n_filters": int(sel.n_filters.sum()),
                 "counts": counts.tolist(), "basis": {"kind": basis, "version": b.version if basis == "global" else None}}
 
@@ -499,12 +519,12 @@ class Analysis:
         base = (f"SELECT layer_id, model_id, model, conv_depth, conv_depth_norm, depth_bin, filter_id_first, "
                 f"filter_id_last, n_filters, in_channels, out_channels, groups, sparsity, variance_entropy, "
                 f"variance_entropy_norm, variance_entropy_clean, orthogonality, {flags} "
-                f"FROM layers_with_models WHERE ({cond})")
+                f"FROM {self.layers} WHERE ({cond})")
         q = f"SELECT * FROM ({base}) WHERE sparse OR low_entropy OR random_like"
         total = self.cur.execute(f"SELECT count(*) FROM ({q})", fparams + params).fetchone()[0]
         cur = self.cur.execute(f"{q} ORDER BY layer_id LIMIT ? OFFSET ?", fparams + params + [limit, offset])
         cols = [d[0] for d in cur.description]
-        return {"thresholds": {"sparsity_gt": sparsity_gt, "entropy_norm_lt": entropy_norm_lt,
+        return {"store_version": self.version, "thresholds": {"sparsity_gt": sparsity_gt, "entropy_norm_lt": entropy_norm_lt,
                                "entropy_norm_gt": entropy_norm_gt},
                 "total": total, "limit": limit, "offset": offset,
                 "layers": [dict(zip(cols, r)) for r in cur.fetchall()]}
@@ -517,7 +537,7 @@ class Analysis:
         if metric not in METRICS:
             raise SelectionError(f"unknown metric {metric!r}; known: {list(METRICS)}")
         target = self.group_histograms({"model_id": model_id}, "model_id", DEFAULT_BINS, "global") \
-            if self.cur.execute("SELECT 1 FROM models WHERE model_id = ?", [model_id]).fetchone() else None
+            if self.cur.execute(f"SELECT 1 FROM models_at({self.version}) WHERE model_id = ?", [model_id]).fetchone() else None
         if target is None or not target.selection.labels:
             raise LookupError(model_id)
         h = self.group_histograms(where, "model_id", DEFAULT_BINS, "global")  # the candidates
@@ -527,7 +547,9 @@ class Analysis:
         order = [j for j in np.argsort(d, kind="stable") if labels[j] != model_id][:k]
         if not order and k > 0:
             raise EmptySelectionError(f"no model but {model_id} in the selection")
-        meta = {r[0]: r[1:] for r in self.cur.execute("SELECT model_id, model, task, visual_category FROM models").fetchall()}
-        return {"model_id": model_id, "metric": metric, "weights": weights, "method": h.method,
+        meta = {r[0]: r[1:] for r in self.cur.execute(f"SELECT model_id, model, task, visual_category "
+                                                      f"FROM models_at({self.version})").fetchall()}
+        return {"store_version": self.version, "basis": {"kind": "global", "version": h.basis.version},
+                "model_id": model_id, "metric": metric, "weights": weights, "method": h.method,
                 "similar": [{"model_id": labels[j], "model": meta[labels[j]][0], "task": meta[labels[j]][1],
                              "visual_category": meta[labels[j]][2], "distance": float(d[j])} for j in order]}

@@ -16,8 +16,12 @@ import numpy as np
 import pandas as pd
 
 GROUP_FIELDS = ["task", "visual_category", "training_dataset", "pretraining_dataset", "name", "model",
-                "model_id", "producer", "conv_depth", "layer_id", "depth_bin"]
-FILTER_FIELDS = GROUP_FIELDS + ["task_raw", "conv_depth_norm"]
+                "model_id", "producer", "conv_depth", "layer_id", "depth_bin", "sample", "version_added"]
+# sample: a model of the synthetic sample (`cnnfilterdb demo`); version_added: the store version
+# that ingested the model; source: the file it came from; sha256: that file's.
+FILTER_FIELDS = GROUP_FIELDS + ["task_raw", "conv_depth_norm", "source", "sha256"]
+LAYER_GROUP_FIELDS = ["conv_depth", "depth_bin", "layer_id"]  # the others are the model's
+BOOLEAN_FIELDS = {"sample"}  # compared with true/false; every other field with numbers or strings
 BOUNDS = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<"}
 ECHO_CHARS = 100
 _ECHO = reprlib.Repr()  # bounded in length and depth whatever it is given
@@ -43,8 +47,15 @@ def echo(value: Any) -> str:
     return text
 
 
+def _plain(name: str, value: Any) -> bool:
+    """A value the field ``name`` can equal: true/false for boolean fields, else a number or a string."""
+    if isinstance(value, bool):
+        return name in BOOLEAN_FIELDS
+    return isinstance(value, (str, int, float))
+
+
 def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
-    """SQL condition over layers_with_models and its parameters."""
+    """SQL condition over layers_with_models (at any version) and its parameters."""
     if where is None:
         return "true", []
     if not isinstance(where, dict):
@@ -64,7 +75,7 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
                 parts.append(f"{name} {BOUNDS[key]} ?")
                 params.append(bound)
         elif isinstance(value, list):
-            if not all(v is None or isinstance(v, (str, int, float)) for v in value):
+            if not all(v is None or _plain(name, v) for v in value):
                 raise SelectionError(f"where.{name}: a list of plain values")
             vals = [v for v in value if v is not None]
             alts = []
@@ -76,7 +87,7 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
             parts.append("(" + (" OR ".join(alts) or "false") + ")")
         elif value is None:
             parts.append(f"{name} IS NULL")
-        elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        elif _plain(name, value):
             parts.append(f"{name} = ?")
             params.append(value)
         else:
@@ -117,12 +128,19 @@ class Selection:
     empty_groups: list = field(default_factory=list)  # values asked for in where[group_by] with no layer
 
 
-def select(cur, where: dict | None, group_by: str | None) -> Selection:
+def layers_at(version: int) -> str:
+    """The relation of layers with their models' metadata at store version ``version`` (an int
+    the caller resolved against the store, see analysis.Snapshot)."""
+    return f"layers_with_models_at({int(version)})"
+
+
+def select(cur, where: dict | None, group_by: str | None, version: int) -> Selection:
+    """The layers of store version ``version`` that ``where`` selects, grouped by ``group_by``."""
     if group_by is not None and group_by not in GROUP_FIELDS:
         raise SelectionError(f"unknown group_by {echo(group_by)}; known: {GROUP_FIELDS}")
     cond, params = where_sql(where)
     label = group_by or "'all'"
-    cols = cur.execute(f"SELECT layer_id, {label} AS label, n_filters, model_id FROM layers_with_models "
+    cols = cur.execute(f"SELECT layer_id, {label} AS label, n_filters, model_id FROM {layers_at(version)} "
                        f"WHERE {cond} ORDER BY layer_id", params).fetchnumpy()
     raw = cols["label"]
     if hasattr(raw, "mask"):  # NULL labels arrive masked

@@ -2,10 +2,13 @@
 
 Layout of a store directory ``<db>``::
 
-    catalog.duckdb        models, layers, basis, views and macros (the SQL entry point)
+    catalog.duckdb        models, layers, basis, versions, views and macros (the SQL entry point)
     shards/*.parquet      the filters, immutable, sorted by filter_id, named after their ingest
-    shards/*-histograms.npy   the per-layer coefficient histograms of the current basis
-    .ingest.lock          held (flock) by the one ingest that may run at a time
+    shards/*-histograms.npy   the per-layer coefficient histograms of each kept basis
+    .ingest.lock          held (flock) by the one writer (ingest, label, remove, compact) at a time
+
+Every commit is a numbered store version (sql/schema.sql: ``_versions``); nothing a version sees
+is changed in place afterwards, so a question asked ``as_of`` a version reads what it read then.
 
 How a commit stays atomic while readers keep reading:
 
@@ -51,7 +54,7 @@ LOCK = ".ingest.lock"
 STAGING_SUFFIX = ".staging"
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 ENV_DB = "CNNFILTERDB_DB"
-SCHEMA_VERSION = 2  # of sql/schema.sql
+SCHEMA_VERSION = 3  # of sql/schema.sql
 HASH_READ_BYTES = 1 << 20
 
 
@@ -67,8 +70,9 @@ class StoreDamaged(StoreError):
         self.rel, self.problem = rel, problem
 
 
-# The models of the synthetic sample (`cnnfilterdb demo`): ingest/h5.py marks their source.
-SAMPLE_MODELS = "starts_with(source, 'SAMPLE')"
+# The models of the synthetic sample (`cnnfilterdb demo`): ingest/h5.py marks their source, the
+# views derive the column `sample` from it (sql/views.sql).
+SAMPLE_MODELS = "sample"
 
 
 def first_line(e: BaseException) -> str:
@@ -212,10 +216,11 @@ class FilterStore:
         with self.connect() as con:
             one = lambda q: con.execute(q).fetchone()[0]  # noqa: E731
             shard_bytes = one("SELECT coalesce(sum(bytes), 0) FROM _shards")
-            n_filters = one("SELECT coalesce(sum(n_rows), 0) FROM _shards")
+            n_filters = one("SELECT coalesce(sum(n_filters), 0) FROM layers")
             basis = load_basis(con)
             return {
                 "db": str(self.root),
+                "version": current_version(con),
                 "models": one("SELECT count(*) FROM models"),
                 "sample_models": one(f"SELECT count(*) FROM models WHERE {SAMPLE_MODELS}"),
                 "layers": one("SELECT count(*) FROM layers"),
@@ -256,10 +261,41 @@ class FilterStore:
         return Verification(len(files), sum(size for _, size, _ in files), problems)
 
 
-def load_basis(con: duckdb.DuckDBPyConnection) -> Basis | None:
-    row = con.execute(
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The catalog's store version (0: nothing committed yet)."""
+    return int(con.execute("SELECT coalesce(max(version), 0) FROM _versions").fetchone()[0])
+
+
+def basis_version_at(con: duckdb.DuckDBPyConnection, version: int) -> int | None:
+    """The global basis of a store version (None: it held fewer than 2 filters)."""
+    row = con.execute("SELECT basis_version FROM _versions WHERE version = ?", [version]).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+class VersionError(StoreError):
+    """A store version that is not in the store (never was, or compacted away)."""
+
+
+def check_version(con: duckdb.DuckDBPyConnection, version: int) -> int:
+    """``version`` if the store holds it, else VersionError saying which ones it holds."""
+    row = con.execute("SELECT compacted FROM _versions WHERE version = ?", [version]).fetchone()
+    lo, hi = con.execute("SELECT min(version) FILTER (WHERE NOT compacted), max(version) FROM _versions").fetchone()
+    kept = "none" if hi is None else f"{lo} to {hi}"
+    if row is None:
+        raise VersionError(f"no store version {version}; this store holds versions {kept} (GET /v1/versions, "
+                           "`cnnfilterdb log`)")
+    if row[0]:
+        raise VersionError(f"store version {version} was compacted away (`cnnfilterdb compact`); this store holds "
+                           f"versions {kept}")
+    return version
+
+
+def load_basis(con: duckdb.DuckDBPyConnection, version: int | None = None) -> Basis | None:
+    """The global basis of store version ``version`` (default the current one); None if it has none."""
+    bv = basis_version_at(con, current_version(con) if version is None else version)
+    row = None if bv is None else con.execute(
         "SELECT n_filters, mean, components, explained_variance, explained_variance_ratio, "
-        "range_min, range_max, version FROM basis"
+        "range_min, range_max, version FROM _basis WHERE version = ?", [bv]
     ).fetchone()
     if row is None:
         return None
@@ -268,10 +304,13 @@ def load_basis(con: duckdb.DuckDBPyConnection) -> Basis | None:
 
 
 class StoreTransaction:
-    """One all-or-nothing ingest: ``with StoreTransaction(root) as tx: ...; tx.commit()``.
+    """One all-or-nothing change of the store, committed as its next version:
+    ``with StoreTransaction(root) as tx: ...; tx.commit("ingest")``.
 
-    Leaving the block without ``commit()`` (an error, Ctrl-C) discards everything written.
-    A SIGKILL leaves only unreferenced staging files, removed by the next transaction.
+    Inside the block, the views (``models``, ``layers``, ...) of the staging catalog show the
+    version being built (``tx.version``), so a writer sees what it added. Leaving the block
+    without ``commit()`` (an error, Ctrl-C) discards everything written. A SIGKILL leaves only
+    unreferenced staging files, removed by the next transaction.
     """
 
     def __init__(self, root: str | os.PathLike):
@@ -280,6 +319,7 @@ class StoreTransaction:
         self.ingest_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         self.staging_path = self.root / f"{CATALOG}.{self.ingest_id}{STAGING_SUFFIX}"
         self.con: duckdb.DuckDBPyConnection | None = None
+        self.version = 0  # the version this transaction commits (set on entering)
         self._lock_fd: int | None = None
         self._created_root = False
         self._new_shards: list[Path] = []
@@ -299,7 +339,8 @@ class StoreTransaction:
         except BlockingIOError:
             os.close(self._lock_fd)
             self._lock_fd = None
-            raise StoreError(f"{self.root}: another ingest is running on this store (lock {LOCK} is held)") from None
+            raise StoreError(f"{self.root}: another writer (ingest, label, remove, compact) is running on this "
+                             f"store (lock {LOCK} is held)") from None
         try:
             self._remove_garbage()
             if self.catalog_path.exists():
@@ -311,6 +352,9 @@ class StoreTransaction:
                 self.con.execute(sql.read("schema"))
             # Macros are (re)applied so that a store picks up their current definitions.
             self.con.execute(sql.read("macros"))
+            self.base_version = current_version(self.con)
+            self.version = self.base_version + 1
+            self._write_views(basis_version_at(self.con, self.base_version))
         except BaseException:
             self._abort()
             raise
@@ -337,7 +381,7 @@ class StoreTransaction:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def _remove_garbage(self) -> None:
-        """Delete what dead ingests left: staging catalogs and shards no catalog references."""
+        """Delete what dead writers left: staging catalogs and store files no catalog references."""
         for p in self.root.glob(f"{CATALOG}.*{STAGING_SUFFIX}*"):
             p.unlink(missing_ok=True)
         referenced: set[str] = set()
@@ -350,8 +394,15 @@ class StoreTransaction:
                 p.unlink(missing_ok=True)
 
     # -- what an ingest asks for ---------------------------------------------------------------
+    def next_model_id(self) -> int:
+        """Ids are never reused, not even those of removed models: older versions still name them."""
+        return int(self.con.execute("SELECT coalesce(max(model_id) + 1, 0) FROM _models").fetchone()[0])
+
+    def next_layer_id(self) -> int:
+        return int(self.con.execute("SELECT coalesce(max(layer_id) + 1, 0) FROM _layers").fetchone()[0])
+
     def next_id(self, table: str, column: str) -> int:
-        return int(self.con.execute(f"SELECT coalesce(max({column}) + 1, 0) FROM {table}").fetchone()[0])
+        return {"models": self.next_model_id, "layers": self.next_layer_id}[table]()
 
     def next_filter_id(self) -> int:
         return int(self.con.execute("SELECT coalesce(max(filter_id_last) + 1, 0) FROM _shards").fetchone()[0])
@@ -387,15 +438,61 @@ class StoreTransaction:
 
     def record_ingest(self, source: str, kind: str, sha256: str | None, n_models: int, n_filters: int) -> None:
         self.con.execute(
-            "INSERT INTO _ingests VALUES (?, ?, ?, ?, now()::TIMESTAMP, ?, ?)",
-            [self.ingest_id, source, kind, sha256, n_models, n_filters],
+            "INSERT INTO _ingests VALUES (?, ?, ?, ?, ?, now()::TIMESTAMP, ?, ?)",
+            [self.ingest_id, self.version, source, kind, sha256, n_models, n_filters],
         )
 
+    # -- curation -----------------------------------------------------------------------------
+    def relabel(self, model_id: int, values: dict) -> bool:
+        """Give the current model ``model_id`` new metadata ``values`` (models columns) from this
+        version on; its previous row stays, closed, for the versions before. False if nothing
+        differs."""
+        cols = list(values)
+        current = self.con.execute(f"SELECT {', '.join(cols)}, version_from FROM _models "
+                                   "WHERE model_id = ? AND version_to IS NULL", [model_id]).fetchone()
+        if current is None:
+            raise StoreError(f"model_id {model_id} is not in the store")
+        if list(current[:-1]) == [values[c] for c in cols]:
+            return False
+        assignments = ", ".join(f"? AS {c}" for c in cols)
+        if current[-1] == self.version:  # already a row of this version: change it
+            self.con.execute(f"UPDATE _models SET {', '.join(f'{c} = ?' for c in cols)} "
+                             "WHERE model_id = ? AND version_to IS NULL", [*values.values(), model_id])
+            return True
+        self.con.execute(f"INSERT INTO _models SELECT * REPLACE ({assignments}, ? AS version_from) FROM _models "
+                         "WHERE model_id = ? AND version_to IS NULL", [*values.values(), self.version, model_id])
+        self.con.execute("UPDATE _models SET version_to = ? WHERE model_id = ? AND version_to IS NULL "
+                         "AND version_from < ?", [self.version, model_id, self.version])
+        return True
+
+    def remove(self, model_id: int) -> None:
+        """Take the model out of this version on (older versions keep it, and its shards stay
+        until `cnnfilterdb compact`)."""
+        self.con.execute("DELETE FROM _models WHERE model_id = ? AND version_from = ?", [model_id, self.version])
+        self.con.execute("UPDATE _models SET version_to = ? WHERE model_id = ? AND version_to IS NULL",
+                         [self.version, model_id])
+
     # -- commit ---------------------------------------------------------------------------------
-    def commit(self, progress=None) -> None:
-        """Refresh views and the basis, then atomically replace the catalog."""
-        self._write_views()
-        self._refresh_basis(progress)
+    def commit(self, action: str = "ingest", progress=None) -> int:
+        """Record this version (what it added, relabelled, removed), refit the global basis if the
+        filters changed, then atomically replace the catalog. Returns the version committed."""
+        v, b = self.version, self.base_version
+        names = lambda sql, args: [m for (m,) in self.con.execute(sql, args).fetchall()]  # noqa: E731
+        added = names("SELECT model FROM models_at(?) WHERE model_id NOT IN (SELECT model_id FROM models_at(?)) "
+                      "ORDER BY model_id", [v, b])
+        removed = names("SELECT model FROM models_at(?) WHERE model_id NOT IN (SELECT model_id FROM models_at(?)) "
+                        "ORDER BY model_id", [b, v])
+        changed = names("SELECT model FROM _models WHERE version_from = ? AND version_to IS NULL AND model_id IN "
+                        "(SELECT model_id FROM models_at(?)) ORDER BY model_id", [v, b])
+        basis_version = basis_version_at(self.con, b)
+        if added or removed or basis_version is None:
+            basis_version = self._refresh_basis(progress)
+        n_models, n_filters = self.con.execute(
+            "SELECT count(*), coalesce(sum(n_filters), 0) FROM models_at(?)", [v]).fetchone()
+        self.con.execute("INSERT INTO _versions VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, ?, false)",
+                         [v, action, change_summary(added, changed, removed), len(added), len(changed), len(removed),
+                          n_models, n_filters, basis_version])
+        self._write_views(basis_version)
         self.con.execute("CHECKPOINT")
         self.con.close()
         self.con = None
@@ -403,11 +500,13 @@ class StoreTransaction:
         os.replace(self.staging_path, self.catalog_path)
         fsync_path(self.root)
         self._committed = True
+        return v
 
     def _shard_rel_paths(self) -> list[str]:
         return [p for (p,) in self.con.execute("SELECT path FROM _shards ORDER BY filter_id_first").fetchall()]
 
-    def _write_views(self) -> None:
+    def _write_views(self, basis_version: int | None) -> None:
+        """The views of sql/views.sql at this transaction's version."""
         rels = self._shard_rel_paths()
         if rels:
             # Relative to the store, so that a copied or moved store works unchanged; readers
@@ -418,35 +517,50 @@ class StoreTransaction:
         else:
             weights = ", ".join(f"NULL::FLOAT AS {w}" for w in WEIGHT_COLUMNS)
             source = f"(SELECT NULL::BIGINT AS filter_id, NULL::INTEGER AS model_id, NULL::INTEGER AS layer_id, {weights} WHERE false)"
-        self.con.execute(sql.read("views").replace("{filters_source}", source))
+        # The filters of models not in this version (removed ones; their shards are kept for older
+        # versions): a literal list, so that a scan of the view costs no join.
+        gone = [m for (m,) in self.con.execute(
+            "SELECT DISTINCT model_id FROM _models EXCEPT SELECT model_id FROM models_at(?) ORDER BY 1",
+            [self.version]).fetchall()]
+        condition = f"model_id NOT IN ({', '.join(map(str, gone))})" if gone else "true"
+        text = sql.read("views")
+        for key, value in {"version": str(int(self.version)), "filters_condition": condition,
+                           "basis_version": "NULL" if basis_version is None else str(int(basis_version)),
+                           "filters_source": source}.items():
+            text = text.replace("{" + key + "}", value)
+        self.con.execute(text)
 
-    def _refresh_basis(self, progress=None) -> None:
-        """Refit the global basis from the per-layer moments, then scan all filters for its range."""
+    def _refresh_basis(self, progress=None) -> int | None:
+        """Fit the global basis of this version from its layers' moments, then scan its filters for
+        the basis range and the per-layer histograms; returns the new basis version (None: fewer
+        than 2 filters). Older bases stay for the versions that use them."""
         from .scan import LayerGroups, scan_histograms, scan_range
 
-        rows = self.con.execute("SELECT n, mean, scatter FROM _layer_moments").fetchall()
-        version = int(self.con.execute("SELECT coalesce(max(version), 0) + 1 FROM basis").fetchone()[0])
-        self.con.execute("DELETE FROM basis")
-        self.con.execute("DELETE FROM _layer_histograms")
+        v = self.version
+        rows = self.con.execute("SELECT n, mean, scatter FROM _layer_moments SEMI JOIN layers_at(?) USING (layer_id) "
+                                "ORDER BY layer_id", [v]).fetchall()
+        version = int(self.con.execute("SELECT coalesce(max(version), 0) + 1 FROM _basis").fetchone()[0])
         if not rows:
-            return
+            return None
         ns = np.array([r[0] for r in rows])
         means = np.array([r[1] for r in rows])
         scatters = np.array([r[2] for r in rows]).reshape(-1, 9, 9)
         total = pool(ns, means, scatters)
         if total.n < 2:
-            return
+            return None
         basis = fit_basis(total)
         # One exact scan for the range, then one for the per-layer histograms of the default
         # parameters (counts add across layers, so any grouping's histograms are their sums).
         paths = [self.root / r for r in self._shard_rel_paths()]
-        layer_ids = np.array([r[0] for r in self.con.execute("SELECT layer_id FROM layers ORDER BY layer_id").fetchall()])
-        groups = LayerGroups.of(layer_ids, np.arange(len(layer_ids)), len(layer_ids), int(layer_ids.max()))
+        layer_ids = np.array([r[0] for r in self.con.execute("SELECT layer_id FROM layers_at(?) ORDER BY layer_id",
+                                                             [v]).fetchall()])
+        max_layer_id = int(self.con.execute("SELECT max(layer_id) FROM _layers").fetchone()[0])
+        groups = LayerGroups.of(layer_ids, np.arange(len(layer_ids)), len(layer_ids), max_layer_id)
         lo, hi, _ = scan_range(paths, groups, basis)
         if progress is not None:
             progress(basis.n_filters)
         self.con.execute(
-            "INSERT INTO basis VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO _basis VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
             [version, basis.n_filters, basis.mean.tolist(), basis.components.tolist(),
              basis.explained_variance.tolist(), basis.explained_variance_ratio.tolist(), lo, hi],
         )
@@ -459,10 +573,20 @@ class StoreTransaction:
         packed[1:, 0] = layer_ids
         np.cumsum(counts.reshape(len(layer_ids), -1), axis=0, out=packed[1:, 1:])
         path = self.root / SHARDS / f"{self.ingest_id}-histograms.npy"
-        self._new_shards.append(path)  # removed with the shards if the ingest does not commit
+        self._new_shards.append(path)  # removed with the shards if the transaction does not commit
         np.save(path, packed)
         fsync_path(path)
-        self.con.execute("DELETE FROM _layer_histograms")
         self.con.execute("INSERT INTO _layer_histograms VALUES (?, ?, ?, ?, ?, ?)",
                          [version, DEFAULT_BINS, len(layer_ids), store_name(path), path.stat().st_size,
                           file_sha256(path)])
+        return version
+
+
+def change_summary(added: list[str], changed: list[str], removed: list[str], show: int = 3) -> str:
+    """A version's changes in words: "added 2 models (a, b); relabelled 1 (c)"."""
+    def part(verb: str, names: list[str]) -> str:
+        shown = ", ".join(names[:show]) + (f", ... {len(names) - show} more" if len(names) > show else "")
+        return f"{verb} {len(names)} model{'s' if len(names) != 1 else ''} ({shown})"
+    parts = [part(verb, names) for verb, names in (("added", added), ("relabelled", changed), ("removed", removed))
+             if names]
+    return "; ".join(parts) or "no change"

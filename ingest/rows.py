@@ -38,7 +38,8 @@ def insert_models(tx: StoreTransaction, rows: list[dict]) -> None:
              "op_counts": list((r.get("op_counts") or {}).items())} for r in rows]
     t = pa.Table.from_pylist([{k: r.get(k) for k in MODEL_SCHEMA.names} for r in rows], schema=MODEL_SCHEMA)
     tx.con.register("_new_models", t)
-    tx.con.execute("INSERT INTO models BY NAME SELECT * REPLACE (extra::JSON AS extra) FROM _new_models")
+    tx.con.execute("INSERT INTO _models BY NAME SELECT * REPLACE (extra::JSON AS extra), ? AS version_added, "
+                   "? AS version_from FROM _new_models", [tx.version, tx.version])
     tx.con.unregister("_new_models")
 
 
@@ -46,7 +47,7 @@ def insert_layers(tx: StoreTransaction, rows: list[dict]) -> None:
     """Rows keyed by the layers columns but depth_bin, which the depth_bin macro derives."""
     t = pa.Table.from_pylist([{k: r.get(k) for k in LAYER_SCHEMA.names} for r in rows], schema=LAYER_SCHEMA)
     tx.con.register("_new_layers", t)
-    tx.con.execute("INSERT INTO layers BY NAME SELECT *, depth_bin(conv_depth_norm) AS depth_bin FROM _new_layers")
+    tx.con.execute("INSERT INTO _layers BY NAME SELECT *, depth_bin(conv_depth_norm) AS depth_bin FROM _new_layers")
     tx.con.unregister("_new_layers")
 
 

@@ -24,7 +24,8 @@ import tempfile
 import threading
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -38,17 +39,38 @@ from .errors import ApiError
 from .settings import Settings
 
 
+OLDER_SNAPSHOTS = 8  # snapshots of older store versions (as_of) kept per generation
+
+
 @dataclass
 class Generation:
     inode: int
     mtime_ns: int
     con: duckdb.DuckDBPyConnection
-    snapshot: Snapshot  # basis, shards, per-layer histograms: read once per generation
+    snapshot: Snapshot  # the current version's basis, shards, per-layer histograms: read once per generation
+    older: OrderedDict = field(default_factory=OrderedDict)  # version -> Snapshot, least recently used first
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         cur = self.con.cursor()
         cur.execute("USE catalog")  # cursors start in the in-memory main database
         return cur
+
+    def snapshot_at(self, cur, as_of: int | None) -> Snapshot:
+        """The snapshot of store version ``as_of`` (None: the current one); VersionError
+        (a 404) if the store does not hold it."""
+        if as_of is None or as_of == self.snapshot.version:
+            return self.snapshot
+        with self.lock:
+            if as_of in self.older:
+                self.older.move_to_end(as_of)
+                return self.older[as_of]
+        snapshot = Snapshot.at(cur, self.snapshot.root, as_of)
+        with self.lock:
+            self.older[as_of] = snapshot
+            while len(self.older) > OLDER_SNAPSHOTS:
+                self.older.popitem(last=False)
+        return snapshot
 
 
 SPILL_PREFIX = "cnnfilterdb-spill-"
@@ -84,10 +106,10 @@ class LiveCatalog:
 
     def _open(self, st: os.stat_result) -> Generation:
         s = self.settings
-        gen = Generation(st.st_ino, st.st_mtime_ns, self._sandbox(s.duckdb_memory_limit, s.duckdb_threads),
-                         Snapshot(self.root))
-        cur = gen.cursor()
+        con = self._sandbox(s.duckdb_memory_limit, s.duckdb_threads)
+        cur = con.cursor().execute("USE catalog")
         try:
+            gen = Generation(st.st_ino, st.st_mtime_ns, con, Snapshot.at(cur, self.root))
             gen.snapshot.prepare(cur)  # ~10 ms, once per commit, instead of in the first request
         finally:
             cur.close()

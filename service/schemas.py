@@ -8,6 +8,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from cnnfilterdb.limits import (DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_KDE_BINS, MAX_RANGE_ABS,
                                 MIN_KDE_BINS)
 
+from cnnfilterdb.analysis import BASES
+from cnnfilterdb.selection import GROUP_FIELDS
+from cnnfilterdb.stats.divergence import METRICS, WEIGHTS
+
 from .strict import StrictModel
 
 
@@ -54,6 +58,7 @@ Limits = _limits_model()
 
 
 class Stats(BaseModel):
+    store_version: int = Field(description="the current store version (GET /v1/versions lists them)")
     models: int
     sample_models: int = Field(description="models of the synthetic sample (`cnnfilterdb demo`): not real data")
     layers: int
@@ -108,6 +113,8 @@ class Model(BaseModel):
     n_layers: int
     source: str
     sha256: str | None
+    sample: bool = Field(description="a model of the synthetic sample (`cnnfilterdb demo`), not real data")
+    version_added: int = Field(description="the store version that ingested it")
     kernel_counts: dict[str, int]
     op_counts: dict[str, int]
     extra: dict[str, Any] | None
@@ -182,11 +189,10 @@ class SqlResponse(BaseModel):
 
 
 # ---- analysis ----------------------------------------------------------------------------------
-GroupField = Literal["task", "visual_category", "training_dataset", "pretraining_dataset", "name", "model",
-                     "model_id", "producer", "conv_depth", "layer_id", "depth_bin"]
-Metric = Literal["kl_sym", "js", "hellinger", "wasserstein"]
-Weights = Literal["explained_variance", "uniform"]
-BasisKind = Literal["global", "selection"]
+GroupField = Literal[tuple(GROUP_FIELDS)]  # type: ignore[valid-type]
+Metric = Literal[METRICS]  # type: ignore[valid-type]
+Weights = Literal[WEIGHTS]  # type: ignore[valid-type]
+BasisKind = Literal[BASES]  # type: ignore[valid-type]
 T = TypeVar("T")
 
 
@@ -215,6 +221,7 @@ class Bounds(BaseModel, Generic[T]):
 TextCondition = str | list[str | None] | Bounds[str] | None
 IntCondition = Int32 | list[Int32 | None] | Bounds[Int32] | None
 RealCondition = Real | list[Real | None] | Bounds[Real] | None
+BoolCondition = bool | list[bool | None] | None
 
 
 class Where(BaseModel):
@@ -234,6 +241,10 @@ class Where(BaseModel):
     conv_depth_norm: RealCondition = None
     layer_id: IntCondition = None
     depth_bin: TextCondition = None
+    sample: BoolCondition = Field(None, description="true: the models of the synthetic sample (`cnnfilterdb demo`)")
+    version_added: IntCondition = Field(None, description="the store version that ingested the model")
+    source: TextCondition = Field(None, description="the file the model came from")
+    sha256: TextCondition = Field(None, description="the sha256 of that file (model files only)")
 
     def conditions(self) -> dict:
         """The fields given (an explicit null means IS NULL), bounds as plain dicts."""
@@ -244,7 +255,14 @@ class Where(BaseModel):
         return out
 
 
-class DivergenceRequest(StrictModel):
+class AsOf(StrictModel):
+    """A request that reads the store as of one of its versions."""
+    as_of: int | None = Field(None, ge=1, le=2**31 - 1,
+                              description="the store version to read (GET /v1/versions); default the current one. "
+                                          "The same request as_of the same version gives the same result, bit for bit")
+
+
+class DivergenceRequest(AsOf):
     group_by: GroupField
     where: Where | None = None
     metric: Metric = "kl_sym"
@@ -268,7 +286,11 @@ class BasisRef(BaseModel):
     n_filters: int | None = None
 
 
-class DivergenceResponse(BaseModel):
+class Versioned(BaseModel):
+    store_version: int = Field(description="the store version this result was computed on (cite it; as_of repeats it)")
+
+
+class DivergenceResponse(Versioned):
     group_by: str
     labels: list[Any]
     n_filters: list[int]
@@ -288,11 +310,11 @@ class DivergenceResponse(BaseModel):
     elapsed_ms: float
 
 
-class PcaRequest(StrictModel):
+class PcaRequest(AsOf):
     where: Where | None = None
 
 
-class PcaResponse(BaseModel):
+class PcaResponse(Versioned):
     n_filters: int
     mean: list[list[float]] = Field(description="3x3")
     components: list[list[list[float]]] = Field(description="9 eigen-images, 3x3 each, by decreasing variance")
@@ -302,7 +324,7 @@ class PcaResponse(BaseModel):
                                                       "(scikit-learn's get_covariance())")
 
 
-class HistogramsRequest(StrictModel):
+class HistogramsRequest(AsOf):
     group_by: GroupField | None = None
     where: Where | None = None
     bins: int = Field(70, ge=1, le=MAX_BINS)
@@ -315,7 +337,7 @@ class GroupHistogram(BaseModel):
     counts: list[list[int]] = Field(description="9 components x bins")
 
 
-class GroupedOverRange(BaseModel):
+class GroupedOverRange(Versioned):
     """What a per-group result over the basis range states of itself."""
     group_by: str | None
     range: tuple[float, float]
@@ -329,7 +351,7 @@ class HistogramsResponse(GroupedOverRange):
     groups: list[GroupHistogram]
 
 
-class Density2dRequest(StrictModel):
+class Density2dRequest(AsOf):
     where: Where | None = None
     components: list[Component] = Field([0, 1], min_length=2, max_length=2, description="two component indices, 0..8")
     bins: int = Field(70, ge=1, le=MAX_DENSITY2D_BINS)
@@ -338,7 +360,7 @@ class Density2dRequest(StrictModel):
                                                              "basis range; the notebook's figure: -3.3, 3.3)")
 
 
-class Density2dResponse(BaseModel):
+class Density2dResponse(Versioned):
     components: list[int]
     range: tuple[float, float]
     bins: int
@@ -348,7 +370,7 @@ class Density2dResponse(BaseModel):
     basis: BasisRef
 
 
-class KdeRequest(StrictModel):
+class KdeRequest(AsOf):
     group_by: GroupField | None = None
     where: Where | None = None
     bins: int = Field(DEFAULT_KDE_BINS, ge=MIN_KDE_BINS, le=MAX_KDE_BINS, description="bins of the exact histogram the KDE is computed from; "
@@ -377,7 +399,7 @@ class DegenerateLayer(Layer):
     random_like: bool | None
 
 
-class DegenerateResponse(BaseModel):
+class DegenerateResponse(Versioned):
     thresholds: dict[str, float | None]
     total: int
     limit: int
@@ -394,8 +416,9 @@ class SimilarModel(BaseModel):
     distance: float
 
 
-class SimilarResponse(BaseModel):
+class SimilarResponse(Versioned):
     model_config = ConfigDict(protected_namespaces=())
+    basis: BasisRef
     model_id: int
     metric: str
     weights: str

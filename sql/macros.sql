@@ -18,3 +18,19 @@ END;
 
 -- A filter's nine weights as a 3x3 array, row-major: as_3x3(w)[r][c] (1-based, as in SQL).
 CREATE OR REPLACE MACRO as_3x3(w) AS [w[1:3], w[4:6], w[7:9]];
+
+-- The store at any kept version v: models_at(v), layers_at(v), layers_with_models_at(v).
+-- `sample` marks the models of the synthetic sample (`cnnfilterdb demo`; ingest/h5.py).
+CREATE OR REPLACE MACRO models_at(v) AS TABLE
+SELECT * EXCLUDE (version_from, version_to), starts_with(source, 'SAMPLE') AS sample FROM _models
+WHERE version_from <= v AND (version_to IS NULL OR version_to > v);
+
+CREATE OR REPLACE MACRO layers_at(v) AS TABLE
+SELECT l.* FROM _layers l SEMI JOIN models_at(v) m USING (model_id);
+
+-- Layers with their model's metadata: the usual starting point of a grouping.
+CREATE OR REPLACE MACRO layers_with_models_at(v) AS TABLE
+SELECT l.*, m.model, m.name, m.task, m.task_raw, m.visual_category, m.training_dataset,
+       m.pretraining_dataset, m.producer, m.source, m.sample,
+       m.sha256, m.version_added
+FROM _layers l JOIN models_at(v) m USING (model_id);

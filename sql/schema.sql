@@ -1,14 +1,35 @@
 -- Tables of the catalog (<db>/catalog.duckdb).
 -- The layout version of this file: a program refuses a catalog of another version (store.py).
 CREATE TABLE _store (schema_version INTEGER NOT NULL);
-INSERT INTO _store VALUES (2);
--- The public SQL surface is SPEC section 4:
--- models, layers, filters (a view over Parquet shards, see views.sql) and basis.
--- Tables whose names start with an underscore are bookkeeping of the store, not public surface.
+INSERT INTO _store VALUES (3);
+-- The public SQL surface is SPEC section 4: models, layers, filters and basis, views of the
+-- current store version (views.sql), and models_at(v), layers_at(v), layers_with_models_at(v):
+-- the same at any kept store version v. Tables whose names start with an underscore are
+-- bookkeeping of the store, not public surface.
+--
+-- Store versions. Every commit (an ingest, a relabelling, a removal) is a numbered version.
+-- Nothing a version can see is ever changed in place: a model's metadata is a row per span of
+-- versions (version_from <= v < version_to), a layer is present while its model is, the shards
+-- and moments are immutable, and each basis is kept with its histograms. So a question asked of
+-- version v reads exactly what it read when v was current (`as_of`).
+CREATE TABLE _versions (
+    version        INTEGER PRIMARY KEY,       -- 1, 2, ...: one per commit
+    committed_at   TIMESTAMP NOT NULL,        -- UTC
+    action         VARCHAR NOT NULL,          -- ingest | label | remove
+    summary        VARCHAR NOT NULL,          -- what it added or changed, in words
+    models_added   INTEGER NOT NULL,
+    models_changed INTEGER NOT NULL,          -- relabelled
+    models_removed INTEGER NOT NULL,
+    n_models       INTEGER NOT NULL,          -- present at this version
+    n_filters      BIGINT NOT NULL,
+    basis_version  INTEGER,                   -- the global basis of this version (null: fewer than 2 filters)
+    compacted      BOOLEAN NOT NULL DEFAULT false  -- its history reclaimed by `cnnfilterdb compact`
+);
 
-CREATE TABLE models (
-    model_id            INTEGER PRIMARY KEY,
-    model               VARCHAR NOT NULL UNIQUE,   -- unique string id of the model
+-- Every version of every model's metadata. model_id is unique among the rows of one version.
+CREATE TABLE _models (
+    model_id            INTEGER NOT NULL,
+    model               VARCHAR NOT NULL,          -- unique string id of the model (among one version's)
     name                VARCHAR,                   -- architecture name, not unique
     task                VARCHAR,                   -- normalized: every '*Segmentation*' label is 'Segmentation'
     task_raw            VARCHAR,                   -- the label as it was in the source
@@ -29,12 +50,17 @@ CREATE TABLE models (
     sha256              VARCHAR,                   -- of the source model file, when ingested from one
     kernel_counts       MAP(VARCHAR, BIGINT),      -- '(X, Y) filters' columns: kernel shape -> count
     op_counts           MAP(VARCHAR, BIGINT),      -- operator -> count (ONNX operator names)
-    extra               JSON                       -- any other original column
+    extra               JSON,                      -- any other original column
+    version_added       INTEGER NOT NULL,          -- the store version that ingested the model
+    version_from        INTEGER NOT NULL,          -- this row holds from this version ...
+    version_to          INTEGER,                   -- ... to the one before this (null: still current)
+    PRIMARY KEY (model_id, version_from)
 );
 
-CREATE TABLE layers (
+-- Every layer ever ingested (immutable); a layer is in a version when its model is.
+CREATE TABLE _layers (
     layer_id                INTEGER PRIMARY KEY,
-    model_id                INTEGER NOT NULL REFERENCES models (model_id),
+    model_id                INTEGER NOT NULL,
     conv_depth              INTEGER NOT NULL,
     conv_depth_norm         DOUBLE NOT NULL,
     depth_bin               VARCHAR NOT NULL,      -- depth_bin(conv_depth_norm), see macros.sql
@@ -51,9 +77,10 @@ CREATE TABLE layers (
     orthogonality           DOUBLE
 );
 
--- The current global PCA basis (SPEC 6.1); one row, replaced when the store's content changes.
-CREATE TABLE basis (
-    version                  INTEGER NOT NULL,
+-- Every global PCA basis (SPEC 6.1) a kept store version uses; a new one is fitted when the
+-- store's filters change (not when metadata does). The view basis is the current one.
+CREATE TABLE _basis (
+    version                  INTEGER PRIMARY KEY,
     fitted_at                TIMESTAMP NOT NULL,
     n_filters                BIGINT NOT NULL,
     mean                     DOUBLE[9],
@@ -73,7 +100,7 @@ CREATE TABLE _layer_moments (
     scatter  DOUBLE[81] NOT NULL                   -- sum of outer products of centered rows, row-major 9x9
 );
 
--- Per-layer coefficient histograms under the current basis, for the default parameters (global
+-- Per-layer coefficient histograms under each kept basis, for the default parameters (global
 -- basis, DEFAULT_BINS bins over the basis range): counts add across layers, so the histograms of
 -- any grouping of whole layers are sums of these. They live in an immutable .npy file beside
 -- the shards (memory-mapped on first use: no read through the catalog), written by the ingest
@@ -81,7 +108,7 @@ CREATE TABLE _layer_moments (
 -- order: row k + 1 holds the k-th layer's layer_id, then the (9, bins) counts of layers 0..k summed;
 -- row 0 is (-1, zeros). A layer's own counts are the difference of its row and the one before.
 CREATE TABLE _layer_histograms (
-    basis_version INTEGER NOT NULL,
+    basis_version INTEGER PRIMARY KEY,
     bins          INTEGER NOT NULL,
     n_layers      INTEGER NOT NULL,
     path          VARCHAR NOT NULL,     -- relative to the store directory
@@ -89,7 +116,8 @@ CREATE TABLE _layer_histograms (
     sha256        VARCHAR NOT NULL      -- hex, of the whole file as written (cnnfilterdb verify)
 );
 
--- The Parquet files behind the filters view, relative to the store directory.
+-- The Parquet files behind the filters view, relative to the store directory: those of every
+-- kept version (a row group holding only layers a version lacks is skipped by its statistics).
 CREATE TABLE _shards (
     path            VARCHAR PRIMARY KEY,
     n_rows          BIGINT NOT NULL,
@@ -102,6 +130,7 @@ CREATE TABLE _shards (
 -- One row per source file of each committed ingest.
 CREATE TABLE _ingests (
     ingest_id    VARCHAR NOT NULL,
+    version      INTEGER NOT NULL,     -- the store version it committed
     source       VARCHAR NOT NULL,
     kind         VARCHAR NOT NULL,
     sha256       VARCHAR,

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from cnnfilterdb.analysis import DEGENERATE_THRESHOLDS, Analysis
 from cnnfilterdb.selection import EmptySelectionError, SelectionError
+from cnnfilterdb.store import VersionError
 
 from ..catalog import Generation, LiveCatalog
 from ..deps import get_catalog, respond
@@ -23,13 +24,14 @@ from ..schemas import (DegenerateResponse, Density2dRequest, Density2dResponse, 
                        KdeResponse, Metric, PcaRequest, PcaResponse, SimilarResponse, Weights, Where)
 
 WHERE_QUERY = 'a selection as JSON, as the analysis bodies\' where, e.g. {"task": ["Classification"]}'
+AS_OF = Query(None, ge=1, le=2**31 - 1, description="the store version to read (GET /v1/versions); default the current one")
 
 router = APIRouter(tags=["analysis"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
                                                  422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
 
 
 @contextmanager
-def analysis(catalog: LiveCatalog, gen: Generation | None = None) -> Iterator[Analysis]:
+def analysis(catalog: LiveCatalog, gen: Generation | None = None, as_of: int | None = None) -> Iterator[Analysis]:
     # At most analysis_concurrency computations at once (each is bounded in time and memory by the
     # limits of cnnfilterdb/analysis.py; together they stay bounded too); at most analysis_queue
     # requests wait for a turn, each up to analysis_wait_s, then get a 429. The queue is bounded
@@ -48,20 +50,25 @@ def analysis(catalog: LiveCatalog, gen: Generation | None = None) -> Iterator[An
         if not turn:
             raise busy
     try:
-        with _analysis(catalog, gen or catalog.generation()) as a:
+        with _analysis(catalog, gen or catalog.generation(), as_of) as a:
             yield a
     finally:
         catalog.analysis_slots.release()
 
 
 @contextmanager
-def _analysis(catalog: LiveCatalog, gen: Generation) -> Iterator[Analysis]:
+def _analysis(catalog: LiveCatalog, gen: Generation, as_of: int | None) -> Iterator[Analysis]:
     cur = gen.cursor()  # of the same generation as the snapshot
     try:
-        # The generation's snapshot (basis, shards, per-layer histograms) is read once and kept:
-        # repeated default-parameter queries then read no filter and only the histogram rows they sum.
+        # The generation's snapshot of a version (basis, shards, per-layer histograms) is read once
+        # and kept: repeated default-parameter queries then read no filter and only the histogram
+        # rows they sum.
         try:
-            yield Analysis(cur, catalog.root, snapshot=gen.snapshot)
+            snapshot = gen.snapshot_at(cur, as_of)
+        except VersionError as e:
+            raise ApiError(404, "unknown_version", str(e)) from None
+        try:
+            yield Analysis(cur, catalog.root, snapshot=snapshot)
         except EmptySelectionError as e:
             raise ApiError(404, "empty_selection", str(e)) from None
         except SelectionError as e:
@@ -96,7 +103,7 @@ def _where(req) -> dict | None:
 @router.post("/v1/divergence", response_model=DivergenceResponse)
 def divergence(req: DivergenceRequest, catalog: LiveCatalog = Depends(get_catalog)):
     """The d x d divergence matrix between the groups of a selection, with drift statistics (SPEC 6.2)."""
-    with analysis(catalog) as a:
+    with analysis(catalog, as_of=req.as_of) as a:
         out = a.divergence(req.group_by, _where(req), req.metric, req.bins, req.weights, req.basis)
     return respond(DivergenceResponse(**jsonable(out)))
 
@@ -104,14 +111,14 @@ def divergence(req: DivergenceRequest, catalog: LiveCatalog = Depends(get_catalo
 @router.post("/v1/pca", response_model=PcaResponse)
 def pca(req: PcaRequest, catalog: LiveCatalog = Depends(get_catalog)):
     """PCA of a selection's peak-scaled filters: mean, eigen-images, explained variance (SPEC 6.1)."""
-    with analysis(catalog) as a:
+    with analysis(catalog, as_of=req.as_of) as a:
         return respond(PcaResponse(**a.pca(_where(req))))
 
 
 @router.post("/v1/histograms", response_model=HistogramsResponse)
 def histograms(req: HistogramsRequest, catalog: LiveCatalog = Depends(get_catalog)):
     """Per group and component: the coefficient histogram over the basis range (ridge plots)."""
-    with analysis(catalog) as a:
+    with analysis(catalog, as_of=req.as_of) as a:
         out = a.histograms(_where(req), req.group_by, req.bins, req.basis)
     return respond(HistogramsResponse(**jsonable(out)))
 
@@ -119,7 +126,7 @@ def histograms(req: HistogramsRequest, catalog: LiveCatalog = Depends(get_catalo
 @router.post("/v1/density2d", response_model=Density2dResponse)
 def density2d(req: Density2dRequest, catalog: LiveCatalog = Depends(get_catalog)):
     """2-D histogram of two components' coefficients (the paper's scatter density)."""
-    with analysis(catalog) as a:
+    with analysis(catalog, as_of=req.as_of) as a:
         out = a.density2d(_where(req), tuple(req.components), req.bins, req.basis, req.range)
     return respond(Density2dResponse(**jsonable(out)))
 
@@ -127,7 +134,7 @@ def density2d(req: Density2dRequest, catalog: LiveCatalog = Depends(get_catalog)
 @router.post("/v1/kde", response_model=KdeResponse)
 def kde(req: KdeRequest, catalog: LiveCatalog = Depends(get_catalog)):
     """Per group and component: the Gaussian KDE of the coefficients, Silverman's bandwidth (the ridge plots)."""
-    with analysis(catalog) as a:
+    with analysis(catalog, as_of=req.as_of) as a:
         out = a.kde(_where(req), req.group_by, req.bins, req.basis)
     return respond(KdeResponse(**jsonable(out)))
 
@@ -143,10 +150,11 @@ def degenerate(
     where: str | None = Query(None, description=WHERE_QUERY),
     limit: int = Query(100, ge=1, le=10_000),
     offset: int = Query(0, ge=0, le=2**40),
+    as_of: int | None = AS_OF,
     catalog: LiveCatalog = Depends(get_catalog),
 ):
     """Layers over any of the thresholds (defaults: sparsity > 0.5, variance_entropy_norm < 0.5 or > 1.0)."""
-    with analysis(catalog) as a:
+    with analysis(catalog, as_of=as_of) as a:
         out = a.degenerate(sparsity_gt, entropy_norm_lt, entropy_norm_gt, where_query(where), limit, offset)
     return respond(DegenerateResponse(**jsonable(out)))
 
@@ -155,10 +163,10 @@ def degenerate(
 def similar(model_id: int = Path(..., ge=0, le=2**31 - 1), k: int = Query(5, ge=1, le=1000), metric: Metric = "kl_sym",
             weights: Weights = "explained_variance",
             where: str | None = Query(None, description="the candidate models: " + WHERE_QUERY),
-            catalog: LiveCatalog = Depends(get_catalog)):
+            as_of: int | None = AS_OF, catalog: LiveCatalog = Depends(get_catalog)):
     """The k models whose filter distributions (all their layers, global basis) are nearest."""
     selection = where_query(where)
-    with analysis(catalog) as a:
+    with analysis(catalog, as_of=as_of) as a:
         try:
             out = a.similar(model_id, k, metric, weights, selection)
         except LookupError:

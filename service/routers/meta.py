@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
+from cnnfilterdb.selection import GROUP_FIELDS, LAYER_GROUP_FIELDS
 from cnnfilterdb.store import SAMPLE_MODELS
 
 from ..catalog import LiveCatalog
@@ -14,10 +15,8 @@ from ..usersql.pool import SqlPool
 
 router = APIRouter(responses={503: {"model": ErrorResponse}})
 
-# Fields a selection can filter and group on: (name, level, SQL expression over layers_with_models).
-MODEL_FIELDS = ["task", "visual_category", "training_dataset", "pretraining_dataset", "name", "model",
-                "model_id", "producer"]
-LAYER_FIELDS = ["conv_depth", "depth_bin", "layer_id"]
+# The fields a selection can group on, by level (columns of layers_with_models).
+MODEL_FIELDS = [f for f in GROUP_FIELDS if f not in LAYER_GROUP_FIELDS]
 
 
 @router.get("/health", response_model=Health, tags=["meta"])
@@ -31,16 +30,17 @@ def health(catalog: LiveCatalog = Depends(get_catalog)):
 def stats(catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Depends(get_settings),
           sql_pool: SqlPool = Depends(get_sql_pool)):
     with catalog.cursor() as cur:
-        models, sample_models, layers, filters, shards, shard_bytes, ingests, last = cur.execute(f"""
-            SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM models WHERE {SAMPLE_MODELS}),
+        version, models, sample_models, layers, filters, shards, shard_bytes, ingests, last = cur.execute(f"""
+            SELECT (SELECT coalesce(max(version), 0) FROM _versions),
+                   (SELECT count(*) FROM models), (SELECT count(*) FROM models WHERE {SAMPLE_MODELS}),
                    (SELECT count(*) FROM layers),
-                   (SELECT coalesce(sum(n_rows), 0) FROM _shards), (SELECT count(*) FROM _shards),
+                   (SELECT coalesce(sum(n_filters), 0) FROM layers), (SELECT count(*) FROM _shards),
                    (SELECT coalesce(sum(bytes), 0) FROM _shards), (SELECT count(*) FROM _ingests),
                    (SELECT max(committed_at) FROM _ingests)""").fetchone()
         b = cur.execute("SELECT version, n_filters, explained_variance_ratio, range_min, range_max FROM basis").fetchone()
     basis = None if b is None else {"version": b[0], "n_filters": b[1], "explained_variance_ratio": b[2],
                                     "range": (b[3], b[4])}
-    return respond(Stats(models=models, sample_models=sample_models, layers=layers, filters=int(filters), shards=shards, shard_bytes=int(shard_bytes),
+    return respond(Stats(store_version=version, models=models, sample_models=sample_models, layers=layers, filters=int(filters), shards=shards, shard_bytes=int(shard_bytes),
                  ingests=ingests, last_ingest_at=jsonable(last), basis=basis,
                  limits=Limits(**settings.model_dump(include=set(LIMITS)), sql_sandbox=sql_pool.sandbox)))
 
@@ -50,7 +50,7 @@ def fields(catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Dep
     """Every field a selection can filter or group on, with its distinct values and their counts."""
     out = []
     with catalog.cursor() as cur:
-        for level, names in (("model", MODEL_FIELDS), ("layer", LAYER_FIELDS)):
+        for level, names in (("model", MODEL_FIELDS), ("layer", LAYER_GROUP_FIELDS)):
             for name in names:
                 # Field names come from the lists above, never from the request.
                 order = "min(conv_depth_norm)" if name == "depth_bin" else "value"

@@ -21,7 +21,7 @@ FILTER_COLUMNS = ["task", "task_raw", "visual_category", "training_dataset", "pr
 
 MODEL_COLUMNS = """model_id, model, name, task, task_raw, visual_category, training_dataset, pretraining_dataset,
     producer, op_set, depth, paper, accessible, dataset_url, total_filters, filter_share_3x3, n_filters, n_layers,
-    source, sha256,
+    source, sha256, sample, version_added,
     -- MAPs as JSON text: parsed in Python 2x faster than DuckDB's conversion of MAP values
     kernel_counts::JSON::VARCHAR AS kernel_counts, op_counts::JSON::VARCHAR AS op_counts, extra::VARCHAR AS extra"""
 LAYER_COLUMNS = """l.layer_id, l.model_id, m.model, l.conv_depth, l.conv_depth_norm, l.depth_bin, l.filter_id_first,
