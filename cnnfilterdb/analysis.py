@@ -60,15 +60,15 @@ class LayerHistograms:
     cumulative: np.ndarray  # (n_layers + 1, 9 * bins) int64; row 0 is zeros
 
     @classmethod
-    def load(cls, cur, root: Path, version: int) -> LayerHistograms | None:
+    def load(cls, cur, root: Path, store_version: int) -> LayerHistograms | None:
         """Read the store's file into memory and check it: its size and sha256 those the catalog
         recorded, its shape and layer ids those of the catalog; otherwise raise StoreDamaged naming
-        it. Those of store version ``version``'s basis; None if it has none (fewer than 2 filters).
+        it. Those of store version ``store_version``'s basis; None if it has none (fewer than 2 filters).
         Read, not mapped: the bytes checked
         are the bytes used, whatever happens to the file later (a mapping of a file truncated
         underneath ends the process with SIGBUS). 13 MB for 2e7 filters; ~0.5 GB for 1e5 layers."""
         row = cur.execute("SELECT basis_version, bins, n_layers, path, bytes, sha256 FROM _layer_histograms "
-                          "WHERE basis_version = ?", [basis_version_at(cur, version)]).fetchone()
+                          "WHERE basis_version = ?", [basis_version_at(cur, store_version)]).fetchone()
         if row is None:
             return None
         version, bins, n, rel, size, sha256 = row
@@ -89,7 +89,7 @@ class LayerHistograms:
             raise StoreDamaged(rel, f"{packed.dtype} {packed.shape}, the catalog has int64 {(n + 1, 1 + 9 * bins)}")
         # The ids from the catalog, which commits them with the file: column 0 of the file read
         # down its rows would touch every page of it. Its ends are checked against them.
-        ids = np.asarray(cur.execute(f"SELECT layer_id FROM layers_at({int(version)}) ORDER BY layer_id").fetchnumpy()["layer_id"],
+        ids = np.asarray(cur.execute(f"SELECT layer_id FROM layers_at({int(store_version)}) ORDER BY layer_id").fetchnumpy()["layer_id"],
                          dtype=np.int64)
         if len(ids) != n or (n and (packed[1, 0] != ids[0] or packed[n, 0] != ids[-1])):
             raise StoreDamaged(rel, "its layer ids are not the catalog's")

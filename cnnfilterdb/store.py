@@ -272,6 +272,14 @@ def basis_version_at(con: duckdb.DuckDBPyConnection, version: int) -> int | None
     return None if row is None or row[0] is None else int(row[0])
 
 
+def list_versions(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Every store version, oldest first: version, committed_at, action, summary, models_added,
+    models_changed, models_removed, n_models, n_filters, basis_version, compacted."""
+    cur = con.execute("SELECT * FROM _versions ORDER BY version")
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
 class VersionError(StoreError):
     """A store version that is not in the store (never was, or compacted away)."""
 
@@ -473,9 +481,18 @@ class StoreTransaction:
                          [self.version, model_id])
 
     # -- commit ---------------------------------------------------------------------------------
-    def commit(self, action: str = "ingest", progress=None) -> int:
+    def commit(self, action: str | None = "ingest", progress=None) -> int:
         """Record this version (what it added, relabelled, removed), refit the global basis if the
-        filters changed, then atomically replace the catalog. Returns the version committed."""
+        filters changed, then atomically replace the catalog. Returns the version committed.
+
+        ``action`` None: a change of no version's content (compact): no version is recorded, and
+        the files the new catalog no longer references are deleted once it is in place."""
+        if action is None:
+            self.version = self.base_version
+            self._write_views(basis_version_at(self.con, self.version))
+            self._replace_catalog()
+            self._remove_garbage()
+            return self.version
         v, b = self.version, self.base_version
         names = lambda sql, args: [m for (m,) in self.con.execute(sql, args).fetchall()]  # noqa: E731
         added = names("SELECT model FROM models_at(?) WHERE model_id NOT IN (SELECT model_id FROM models_at(?)) "
@@ -493,6 +510,11 @@ class StoreTransaction:
                          [v, action, change_summary(added, changed, removed), len(added), len(changed), len(removed),
                           n_models, n_filters, basis_version])
         self._write_views(basis_version)
+        self._replace_catalog()
+        return v
+
+    def _replace_catalog(self) -> None:
+        """The commit point: the staging catalog, checkpointed and fsynced, renamed over the catalog."""
         self.con.execute("CHECKPOINT")
         self.con.close()
         self.con = None
@@ -500,7 +522,6 @@ class StoreTransaction:
         os.replace(self.staging_path, self.catalog_path)
         fsync_path(self.root)
         self._committed = True
-        return v
 
     def _shard_rel_paths(self) -> list[str]:
         return [p for (p,) in self.con.execute("SELECT path FROM _shards ORDER BY filter_id_first").fetchall()]

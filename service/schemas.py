@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, create_model
 
 from cnnfilterdb.limits import (DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_KDE_BINS, MAX_RANGE_ABS,
                                 MIN_KDE_BINS)
@@ -55,6 +55,25 @@ def _limits_model() -> type[BaseModel]:
 
 
 Limits = _limits_model()
+
+
+class StoreVersion(BaseModel):
+    version: int = Field(description="1, 2, ...: one per commit")
+    committed_at: str = Field(description="UTC, ISO 8601")
+    action: Literal["ingest", "label", "remove"]
+    summary: str = Field(description="what it added, relabelled or removed, in words")
+    models_added: int
+    models_changed: int = Field(description="relabelled")
+    models_removed: int
+    n_models: int = Field(description="models present at this version")
+    n_filters: int
+    basis_version: int | None = Field(description="the global basis of this version (null: fewer than 2 filters)")
+    compacted: bool = Field(description="forgotten by `cnnfilterdb compact`: as_of this version is a 404")
+
+
+class Versions(BaseModel):
+    current: int = Field(description="the current store version (0: nothing committed)")
+    versions: list[StoreVersion]
 
 
 class Stats(BaseModel):
@@ -221,7 +240,7 @@ class Bounds(BaseModel, Generic[T]):
 TextCondition = str | list[str | None] | Bounds[str] | None
 IntCondition = Int32 | list[Int32 | None] | Bounds[Int32] | None
 RealCondition = Real | list[Real | None] | Bounds[Real] | None
-BoolCondition = bool | list[bool | None] | None
+BoolCondition = StrictBool | list[StrictBool | None] | None
 
 
 class Where(BaseModel):
@@ -257,8 +276,8 @@ class Where(BaseModel):
 
 class AsOf(StrictModel):
     """A request that reads the store as of one of its versions."""
-    as_of: int | None = Field(None, ge=1, le=2**31 - 1,
-                              description="the store version to read (GET /v1/versions); default the current one. "
+    as_of: Annotated[int, BeforeValidator(_not_bool)] | None = Field(
+        None, ge=1, le=2**31 - 1, description="the store version to read (GET /v1/versions); default the current one. "
                                           "The same request as_of the same version gives the same result, bit for bit")
 
 

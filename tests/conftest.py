@@ -40,7 +40,8 @@ def store_snapshot(db: Path) -> dict | None:
         files = sorted(p for (p,) in con.execute("SELECT path FROM _shards UNION ALL SELECT path FROM _layer_histograms").fetchall())
         assert all((db / f).is_file() for f in files)
         tables = {}
-        for t in ["models", "layers", "basis", "_shards", "_ingests", "_layer_moments"]:
+        for t in ["models", "layers", "basis", "_shards", "_ingests", "_layer_moments", "_versions", "_models",
+                  "_basis", "_layer_histograms"]:
             tables[t] = con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
         digest = con.execute(
             "SELECT count(*), sum(filter_id), sum(hash(w0, w1, w2, w3, w4, w5, w6, w7, w8, layer_id, model_id)) FROM filters"

@@ -28,7 +28,7 @@ from ..deps import get_catalog, get_figure_cache
 from ..errors import ApiError, not_found
 from ..figure_cache import FigureCache
 from ..schemas import BasisKind, ErrorResponse, GroupField, Metric, Weights
-from .analysis import analysis, where_query
+from .analysis import AS_OF, analysis, where_query
 
 router = APIRouter(tags=["plots"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
                                               422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
@@ -63,6 +63,7 @@ def plot(
     dpi: int | None = Query(None, ge=10, le=MAX_DPI, description="dots per inch (default 100)"),
     width: float | None = Query(None, ge=0.5, le=MAX_INCHES, description="inches (default the figure's)"),
     height: float | None = Query(None, ge=0.5, le=MAX_INCHES, description="inches (default the figure's)"),
+    as_of: int | None = AS_OF,
     catalog: LiveCatalog = Depends(get_catalog),
     cache: FigureCache = Depends(get_figure_cache),
 ):
@@ -83,7 +84,7 @@ def plot(
         raise ApiError(400, "invalid_selection", str(e)) from None
 
     gen = catalog.generation()
-    key = json.dumps([gen.inode, gen.mtime_ns, fmt, req.resolved(), __version__, matplotlib.__version__],
+    key = json.dumps([gen.inode, gen.mtime_ns, as_of, fmt, req.resolved(), __version__, matplotlib.__version__],
                      sort_keys=True, default=str)
     etag = '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
     # An SVG opened on its own is a document: it may run nothing and load nothing.
@@ -95,7 +96,7 @@ def plot(
     data = cache.get(etag)
     if data is None:
         t0 = time.perf_counter()
-        with analysis(catalog, gen) as a:
+        with analysis(catalog, gen, as_of) as a:
             try:
                 data = render(draw(a, req), fmt, req.dpi)
             except LookupError:  # layer_filters of a layer that is not there

@@ -1,0 +1,235 @@
+"""Curation of a store: relabel models, remove them, reclaim the space of old versions.
+
+Each is one all-or-nothing transaction (``StoreTransaction``), like an ingest: every model named
+is checked before anything is written, a failure or a kill leaves the store as it was, and
+``label`` and ``remove`` commit a new store version (``compact`` changes no version's content).
+
+- ``label_models``: new metadata from this version on; the previous values stay in the history
+  (``models_at(v)`` of an older version still shows them). The basis is not refitted: it depends
+  on the filters only.
+- ``remove_models``: the models leave the current version; the basis and the per-layer
+  histograms are refitted over what remains. Their shards stay on disk for the older versions.
+- ``compact``: forget the versions before the last ``keep_versions``: their history rows,
+  bases and histogram files go, and the filters of models no kept version holds are taken out
+  of the shards (a shard is rewritten without them, or dropped if nothing of it remains).
+"""
+from __future__ import annotations
+
+import csv
+import difflib
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from cnnfilterdb.store import FilterStore, StoreError, StoreTransaction, file_sha256, fsync_path
+
+from .h5 import normalize_task
+from .model_files import META_FIELDS
+from .shards import PARQUET_OPTIONS, SCHEMA
+
+# What `label` may change: the metadata a user gives at ingest, but the model's unique name.
+LABEL_FIELDS = [f for f in META_FIELDS if f != "model"]
+
+
+def _model_ids(tx: StoreTransaction, models: list[str]) -> dict[str, int]:
+    """model name (or model_id) -> model_id among the current models; StoreError naming every
+    unknown one with the nearest known names (a case-insensitive match first)."""
+    known = dict(tx.con.execute("SELECT model, model_id FROM models").fetchall())
+    out, unknown = {}, []
+    for m in models:
+        if m in known:
+            out[m] = known[m]
+        elif m.isdigit() and int(m) in known.values():
+            out[m] = int(m)
+        else:
+            unknown.append(m)
+    if unknown:
+        hints = []
+        for m in unknown[:5]:
+            near = [k for k in known if k.casefold() == m.casefold()] or difflib.get_close_matches(m, list(known), 3)
+            hints.append(f"{m!r}" + (f" (did you mean {', '.join(map(repr, near))}?)" if near else ""))
+        raise StoreError(f"no such model in the store: {', '.join(hints)}"
+                         + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+    return out
+
+
+def _label_values(values: dict, where: str) -> dict:
+    """The models columns a label sets: a task sets task_raw as given and task normalized."""
+    unknown = sorted(set(values) - set(LABEL_FIELDS))
+    if unknown:
+        raise StoreError(f"{where}: cannot label {unknown}; the fields are {LABEL_FIELDS}")
+    out = dict(values)
+    if "task" in out:
+        out["task_raw"], out["task"] = out["task"], normalize_task(out["task"])
+    return out
+
+
+def read_label_manifest(path: Path) -> list[tuple[str, dict]]:
+    """A CSV with a `model` column and any of LABEL_FIELDS: (model, values) per row; an empty cell
+    leaves that field as it is."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise StoreError(f"{path}: cannot read the manifest ({e})") from None
+    if not rows or "model" not in rows[0]:
+        raise StoreError(f"{path}: a label manifest needs a header with a 'model' column and any of {LABEL_FIELDS}")
+    out = []
+    for i, r in enumerate(rows, start=2):
+        model = (r.pop("model") or "").strip()
+        if not model:
+            raise StoreError(f"{path}: line {i} has no model")
+        values = {k: v.strip() for k, v in r.items() if k is not None and v is not None and v.strip()}
+        _label_values(values, f"{path}: line {i}")  # checked here to name the line
+        out.append((model, values))
+    return out
+
+
+def label_models(db: Path, changes: list[tuple[str, dict]]) -> dict:
+    """Relabel models, all or nothing, as one new store version.
+
+    Parameters
+    ----------
+    db : the store directory.
+    changes : (model name or model_id, {field: value}) pairs; fields among LABEL_FIELDS (a value
+        None clears the field).
+
+    Returns
+    -------
+    dict with ``version`` (None if nothing changed: no version is committed), ``changed`` the
+    names of the models whose metadata changed, ``unchanged`` those already so labelled.
+    """
+    changes = [(m, _label_values(v, "label")) for m, v in changes]
+    if not any(v for _, v in changes):
+        raise StoreError(f"nothing to label: give at least one of {['--' + f.replace('_', '-') for f in LABEL_FIELDS]}")
+    with StoreTransaction(db) as tx:
+        ids = _model_ids(tx, [m for m, _ in changes])
+        changed, unchanged = [], []
+        for m, values in changes:
+            (changed if tx.relabel(ids[m], values) else unchanged).append(m)
+        version = tx.commit("label") if changed else None
+    return {"db": str(Path(db).resolve()), "version": version, "changed": changed, "unchanged": unchanged}
+
+
+def remove_models(db: Path, models: list[str]) -> dict:
+    """Take models out of the store as one new store version (older versions keep them).
+
+    Returns
+    -------
+    dict with ``version``, ``removed`` (names), and the store's ``models`` and ``filters`` left.
+    """
+    if not models:
+        raise StoreError("name at least one model to remove")
+    with StoreTransaction(db) as tx:
+        ids = _model_ids(tx, models)
+        for model_id in dict.fromkeys(ids.values()):
+            tx.remove(model_id)
+        version = tx.commit("remove")
+    n_models, n_filters = _counts_at(db, version)
+    return {"db": str(Path(db).resolve()), "version": version, "removed": list(ids), "models": n_models,
+            "filters": n_filters}
+
+
+def _counts_at(db: Path, version: int) -> tuple[int, int]:
+    with FilterStore(db).connect() as con:
+        return con.execute("SELECT n_models, n_filters FROM _versions WHERE version = ?", [version]).fetchone()
+
+
+def compact(db: Path, keep_versions: int) -> dict:
+    """Keep the last ``keep_versions`` store versions and reclaim the space of the older ones.
+
+    Returns
+    -------
+    dict with ``kept`` [first, last] versions, ``compacted`` how many versions were forgotten,
+    ``shards_rewritten``, ``shards_dropped``, ``bytes_before``, ``bytes_after`` (the store's files).
+    """
+    if not isinstance(keep_versions, int) or keep_versions < 1:
+        raise StoreError(f"--keep-versions must be at least 1, got {keep_versions!r}")
+    with StoreTransaction(db) as tx:
+        con, current = tx.con, tx.base_version
+        if current == 0:
+            raise StoreError(f"{tx.root}: the store has no version to compact")
+        first = max(1, current - keep_versions + 1)
+        before = _store_bytes(con)
+        forgotten = con.execute("SELECT count(*) FROM _versions WHERE version < ? AND NOT compacted",
+                                [first]).fetchone()[0]
+        con.execute("UPDATE _versions SET compacted = true WHERE version < ?", [first])
+        # Rows no kept version sees; then what belongs only to models no kept version holds.
+        con.execute("DELETE FROM _models WHERE version_to IS NOT NULL AND version_to <= ?", [first])
+        con.execute("CREATE TEMP TABLE _gone AS SELECT layer_id, filter_id_first, filter_id_last FROM _layers "
+                    "WHERE model_id NOT IN (SELECT model_id FROM _models)")
+        con.execute("DELETE FROM _layer_moments WHERE layer_id IN (SELECT layer_id FROM _gone)")
+        con.execute("DELETE FROM _layers WHERE layer_id IN (SELECT layer_id FROM _gone)")
+        con.execute("DELETE FROM _layer_histograms WHERE basis_version NOT IN "
+                    "(SELECT basis_version FROM _versions WHERE NOT compacted AND basis_version IS NOT NULL)")
+        con.execute("DELETE FROM _basis WHERE version NOT IN (SELECT basis_version FROM _layer_histograms) "
+                    "AND version NOT IN (SELECT basis_version FROM _versions WHERE NOT compacted "
+                    "AND basis_version IS NOT NULL)")
+        rewritten, dropped = _compact_shards(tx)
+        con.execute("DROP TABLE _gone")
+        tx.commit(None)
+    with FilterStore(db).connect() as con:
+        after = _store_bytes(con)
+    return {"db": str(Path(db).resolve()), "kept": [first, current], "compacted": forgotten,
+            "shards_rewritten": rewritten, "shards_dropped": dropped, "bytes_before": before, "bytes_after": after}
+
+
+def _store_bytes(con) -> int:
+    """The bytes of the files the catalog references (shards and histograms)."""
+    return int(con.execute("SELECT (SELECT coalesce(sum(bytes), 0) FROM _shards) + "
+                              "(SELECT coalesce(sum(bytes), 0) FROM _layer_histograms)").fetchone()[0])
+
+
+def _compact_shards(tx: StoreTransaction) -> tuple[int, int]:
+    """Take the filters of the layers in _gone out of the shards: a shard holding some is
+    rewritten without them (row group by row group: memory stays one row group), one holding
+    only those is dropped. Returns (rewritten, dropped)."""
+    con = tx.con
+    shards = con.execute("""
+        SELECT s.path, s.n_rows, s.filter_id_first, s.filter_id_last, coalesce(sum(g.filter_id_last - g.filter_id_first + 1), 0)
+        FROM _shards s LEFT JOIN _gone g ON g.filter_id_first BETWEEN s.filter_id_first AND s.filter_id_last
+        GROUP BY ALL ORDER BY s.filter_id_first""").fetchall()
+    gone_layers = np.array([r[0] for r in con.execute("SELECT layer_id FROM _gone").fetchall()], dtype=np.int64)
+    rewritten = dropped = 0
+    for rel, n_rows, first, last, n_gone in shards:
+        if n_gone == 0:
+            continue
+        con.execute("DELETE FROM _shards WHERE path = ?", [rel])
+        if n_gone >= n_rows:
+            dropped += 1
+            continue
+        path = tx.new_shard_path()
+        kept, lo, hi = _rewrite_without(tx.root / rel, path, gone_layers)
+        tx.add_shard(path, kept, lo, hi, file_sha256(path))
+        rewritten += 1
+    return rewritten, dropped
+
+
+def _rewrite_without(src: Path, dst: Path, gone_layers: np.ndarray) -> tuple[int, int, int]:
+    """Copy the shard ``src`` to ``dst`` without the rows of ``gone_layers``; (rows, first id, last id)."""
+    import pyarrow.compute as pc
+
+    f = pq.ParquetFile(src)
+    kept, lo, hi = 0, None, None
+    with pq.ParquetWriter(dst, SCHEMA, **PARQUET_OPTIONS) as w:
+        for i in range(f.num_row_groups):
+            t = f.read_row_group(i)
+            t = t.filter(pc.invert(pc.is_in(t.column("layer_id"), value_set=_as_int32(gone_layers))))
+            if t.num_rows:
+                w.write_table(t.cast(SCHEMA), row_group_size=1 << 17)
+                ids = t.column("filter_id")
+                lo = ids[0].as_py() if lo is None else lo
+                hi = ids[-1].as_py()
+                kept += t.num_rows
+    fsync_path(dst)
+    return kept, lo, hi
+
+
+def _as_int32(a: np.ndarray):
+    import pyarrow as pa
+
+    return pa.array(a.astype(np.int32), pa.int32())
+
+
+__all__ = ["LABEL_FIELDS", "label_models", "read_label_manifest", "remove_models", "compact"]
