@@ -23,8 +23,8 @@ import numpy as np
 
 from .limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_RANGE_ABS
 from .scan import LayerGroups, scan_histogram2d, scan_histograms, scan_range
-from .selection import (GROUP_FIELDS, EmptySelectionError, Selection, SelectionError, layers_at, natural_order,
-                        select, where_sql)
+from .selection import (GROUP_FIELDS, EmptySelectionError, Selection, SelectionError, check_values, layers_at,
+                        natural_order, select, where_sql)
 from .stats.basis import Basis, fit_basis
 from .stats.divergence import (DEFAULT_BINS, METRICS, WEIGHTS, component_weights, distances_to,
                                divergence_matrix, drift)
@@ -391,6 +391,7 @@ class Analysis:
         if color_by not in GROUP_FIELDS:
             raise SelectionError(f"unknown color_by {color_by!r}; known: {GROUP_FIELDS}")
         cond, params = where_sql(where)
+        check_values(self.cur, where, self.version)
         rows = self.cur.execute(f"SELECT layer_id, model_id, {color_by} AS label, n_filters, sparsity, "
                                 f"variance_entropy_norm FROM {self.layers} WHERE {cond} ORDER BY layer_id",
                                 params).fetchall()
@@ -513,6 +514,7 @@ class Analysis:
         """Layers over any of the thresholds: sparsity > sparsity_gt, variance_entropy_norm <
         entropy_norm_lt (redundant), variance_entropy_norm > entropy_norm_gt (random-like; None: off)."""
         cond, params = where_sql(where)
+        check_values(self.cur, where, self.version)
         flags = ("(sparsity > ?) AS sparse, (variance_entropy_norm < ?) AS low_entropy, "
                  "coalesce(variance_entropy_norm > ?, false) AS random_like")
         fparams = [sparsity_gt, entropy_norm_lt, entropy_norm_gt if entropy_norm_gt is not None else float("inf")]

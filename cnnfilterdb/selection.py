@@ -7,6 +7,7 @@ names come from the fixed list below, never from the request.
 """
 from __future__ import annotations
 
+import difflib
 import re
 import reprlib
 from dataclasses import dataclass, field
@@ -22,6 +23,11 @@ GROUP_FIELDS = ["task", "visual_category", "training_dataset", "pretraining_data
 FILTER_FIELDS = GROUP_FIELDS + ["task_raw", "conv_depth_norm", "source", "sha256"]
 LAYER_GROUP_FIELDS = ["conv_depth", "depth_bin", "layer_id"]  # the others are the model's
 BOOLEAN_FIELDS = {"sample"}  # compared with true/false; every other field with numbers or strings
+# The categorical fields: a value of one that the store does not hold is a typo until shown
+# otherwise (check_values); ids and numbers are not checked (an empty range is a fine question).
+TEXT_FIELDS = ["task", "task_raw", "visual_category", "training_dataset", "pretraining_dataset", "name", "model",
+               "producer", "depth_bin", "source", "sha256"]
+SUGGESTIONS = 3
 BOUNDS = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<"}
 ECHO_CHARS = 100
 _ECHO = reprlib.Repr()  # bounded in length and depth whatever it is given
@@ -101,6 +107,44 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
     return " AND ".join(parts) or "true", params
 
 
+def nearest(value: str, known: list[str], n: int = SUGGESTIONS) -> list[str]:
+    """The known values nearest to ``value``: those equal but for case first, then difflib's
+    closest matches (case-insensitive); none for a value too long to be a typo of one."""
+    if len(value) > 1000:
+        return []
+    same = [k for k in known if k.casefold() == value.casefold()]
+    folded: dict[str, list[str]] = {}
+    for k in known:
+        folded.setdefault(k.casefold(), []).append(k)
+    close = difflib.get_close_matches(value.casefold(), list(folded), n, cutoff=0.6)
+    return list(dict.fromkeys(same + [k for c in close for k in folded[c]]))[:n]
+
+
+def check_values(cur, where: dict | None, version: int) -> None:
+    """Raise EmptySelectionError naming the first text value of ``where`` (TEXT_FIELDS, as a
+    value or in a list) that no layer of store version ``version`` holds, with the nearest
+    values it does hold."""
+    for name, value in (where or {}).items():
+        if name not in TEXT_FIELDS:
+            continue
+        asked = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] \
+            if isinstance(value, list) else []
+        if not asked:
+            continue
+        held = {v for (v,) in cur.execute(f"SELECT DISTINCT {name} FROM {layers_at(version)} "
+                                          f"WHERE {name} IN ({', '.join('?' * len(asked))})", asked).fetchall()}
+        missing = [v for v in asked if v not in held]
+        if not missing:
+            continue
+        known = [v for (v,) in cur.execute(f"SELECT DISTINCT {name} FROM {layers_at(version)} "
+                                           f"WHERE {name} IS NOT NULL LIMIT 100000").fetchall()]
+        near = nearest(missing[0], known)
+        hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else \
+            f"; GET /v1/fields lists the values of {name}"
+        raise EmptySelectionError(f"where.{name}: {echo(missing[0])} is not a {name} of any model in the store "
+                                  f"(store version {version}){hint}")
+
+
 def natural_order(labels: list) -> list:
     """Labels in natural order: numbers by value, depth bins by their lower edge, text alphabetically; null last."""
     def key(v):
@@ -135,10 +179,12 @@ def layers_at(version: int) -> str:
 
 
 def select(cur, where: dict | None, group_by: str | None, version: int) -> Selection:
-    """The layers of store version ``version`` that ``where`` selects, grouped by ``group_by``."""
+    """The layers of store version ``version`` that ``where`` selects, grouped by ``group_by``.
+    EmptySelectionError for a text value the store does not hold (check_values)."""
     if group_by is not None and group_by not in GROUP_FIELDS:
         raise SelectionError(f"unknown group_by {echo(group_by)}; known: {GROUP_FIELDS}")
     cond, params = where_sql(where)
+    check_values(cur, where, version)
     label = group_by or "'all'"
     cols = cur.execute(f"SELECT layer_id, {label} AS label, n_filters, model_id FROM {layers_at(version)} "
                        f"WHERE {cond} ORDER BY layer_id", params).fetchnumpy()

@@ -76,13 +76,18 @@ def test_divergence_matches_reference(client, frame, group_by):
 
 def test_divergence_of_a_selection(client, frame):
     where = {"task": ["Segmentation", "Object Detection", "GAN", "No Such Task"], "conv_depth": {"gte": 2}}
+    # A value no model has is a typo until shown otherwise: a 404 naming it.
+    r = client.post("/v1/divergence", json={"group_by": "task", "where": where})
+    assert r.status_code == 404 and "where.task: 'No Such Task' is not a task of any model" in r.json()["error"]["message"]
+    # A value the store holds but this selection does not: listed among empty_groups.
+    held = sorted(set(frame.task.dropna()) - set(frame[frame.conv_depth >= 2].task.dropna()))
+    where["task"] = where["task"][:3] + held[:1] + ["Segmentation"]
     got = client.post("/v1/divergence", json={"group_by": "task", "where": where}).json()
     sub = frame[frame.task.isin(where["task"]) & (frame.conv_depth >= 2)]
     labels, groups = _groups(sub, "task")
     want = reference.divergence(groups, _all(frame))  # the global basis
     assert got["labels"] == labels
     np.testing.assert_allclose(got["matrix"], want["matrix"], rtol=RTOL, atol=0)
-    assert "No Such Task" in got["empty_groups"]
     assert set(got["empty_groups"]) == set(where["task"]) - set(labels)
 
 
@@ -167,8 +172,10 @@ def test_density2d(client, frame):
 
 
 def test_pca_of_a_selection(client, frame):
-    got = client.post("/v1/pca", json={"where": {"visual_category": ["natural", "faces", "textures"]}}).json()
-    sub = frame[frame.visual_category.isin(["natural", "faces", "textures"])]
+    cats = sorted(set(frame.visual_category.dropna()) & {"natural", "faces", "textures"})
+    assert len(cats) >= 2
+    got = client.post("/v1/pca", json={"where": {"visual_category": cats}}).json()
+    sub = frame[frame.visual_category.isin(cats)]
     from sklearn.decomposition import PCA
 
     pca = PCA(9, svd_solver="full").fit(reference.scale(_all(sub)))
@@ -176,6 +183,22 @@ def test_pca_of_a_selection(client, frame):
     np.testing.assert_allclose(np.array(got["components"]).reshape(9, 9), pca.components_, rtol=0, atol=1e-9)
     np.testing.assert_allclose(got["explained_variance_ratio"], pca.explained_variance_ratio_, rtol=RTOL)
     np.testing.assert_allclose(np.array(got["mean"]).ravel(), pca.mean_, rtol=0, atol=1e-12)
+
+
+def test_an_unknown_value_is_a_404_suggesting_the_nearest(client, frame):
+    for where, hint in [({"visual_category": "Natural"}, "did you mean 'natural'?"),
+                        ({"task": ["Classification", "clasification"]}, "did you mean 'Classification'?"),
+                        ({"depth_bin": "(0.1, 0.2)"}, "did you mean '(0.1, 0.2]'"),
+                        ({"task": "zzzz"}, "GET /v1/fields lists the values of task")]:
+        for path, body in [("/v1/divergence", {"group_by": "task", "where": where}), ("/v1/pca", {"where": where}),
+                           ("/v1/kde", {"where": where})]:
+            r = client.post(path, json=body)
+            assert r.status_code == 404, (path, where, r.text)
+            assert r.json()["error"]["code"] == "empty_selection" and hint in r.json()["error"]["message"], r.text
+        q = json.dumps(where)
+        for path in ["/v1/quality/degenerate?where=", "/v1/models/0/similar?where=", "/v1/plots/divergence.svg?where="]:
+            r = client.get(path + q)
+            assert r.status_code == 404 and hint in r.json()["error"]["message"], (path, r.text)
 
 
 def test_degenerate(client, store):
@@ -207,7 +230,7 @@ def test_similar_models(client, frame):
     ({"group_by": "task", "basis": "local"}, 400, "'selection'"),
     ({"group_by": "task", "where": {"colour": "red"}}, 400, "known fields of where"),
     ({"group_by": "task", "where": {"conv_depth": {"between": [1, 2]}}}, 400, "unknown bound 'between'"),
-    ({"group_by": "task", "where": {"task": "No Such Task"}}, 404, "no filters match"),
+    ({"group_by": "task", "where": {"task": "No Such Task"}}, 404, "is not a task of any model"),
     ({"group_by": "task", "bins": 0}, 422, "bins"),
     ({}, 422, "group_by"),
 ])

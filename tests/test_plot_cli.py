@@ -122,7 +122,7 @@ def test_plot_failure_keeps_the_old_file(v1_store, tmp_path, capsys):
     out.write_bytes(b"old")
     assert cli_main(["plot", "divergence", "--group-by", "task", "--where", '{"task": ["no such task"]}',
                      "--db", str(v1_store), "-o", str(out)]) == 1
-    assert "no filters match" in capsys.readouterr().err
+    assert "is not a task of any model" in capsys.readouterr().err
     assert out.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["d.png"]
 
 
