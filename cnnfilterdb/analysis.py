@@ -406,6 +406,16 @@ class Analysis:
         return {"store_version": self.version, "color_by": color_by, "labels": labels, "n_models": [len(models[v]) for v in labels],
                 "layers": layers, "thresholds": {**DEGENERATE_THRESHOLDS, **(thresholds or {})}}
 
+    def export_plan(self, where: dict | None) -> dict:
+        """What ``export.export_chunks`` needs to stream the filters of a selection: ``paths``
+        (the shards, filter_id order), ``layer_ids`` (n_layers,) ascending, ``max_layer_id``,
+        ``n_rows`` (the selected filters, as the catalog counts them), ``store_version``.
+        An empty selection is an empty export, not an error."""
+        sel = self.select(where)
+        return {"paths": self.shard_paths(), "layer_ids": sel.layer_ids,
+                "max_layer_id": self.snapshot.max_layer_id(self.cur), "n_rows": int(sel.n_filters.sum()),
+                "store_version": self.version}
+
     def first_layer_id(self) -> int:
         """The store's lowest layer id (EmptySelectionError for a store with no layers)."""
         row = self.cur.execute(f"SELECT min(layer_id) FROM {self.layers}").fetchone()

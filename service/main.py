@@ -13,7 +13,7 @@ from .body_limit import BodyLimit
 from .catalog import LiveCatalog
 from .figure_cache import FigureCache
 from .head import HeadAsGet
-from .routers import analysis, dashboard, layers, meta, models, plots, sql, versions
+from .routers import analysis, dashboard, export, layers, meta, models, plots, sql, versions
 from .schemas import ErrorResponse
 from .settings import Settings
 from .strict import reject_unknown_query_parameters
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
-    for r in (meta.router, versions.router, models.router, layers.router, analysis.router, plots.router, sql.router, dashboard.router):
+    for r in (meta.router, versions.router, models.router, layers.router, export.router, analysis.router, plots.router, sql.router, dashboard.router):
         app.include_router(r)
     return app
 

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     analysis_wait_s: float = Field(10.0, ge=0, le=600, description="how long a request waits for its turn before a 429")
     analysis_queue: int = Field(16, ge=0, le=1024, description="requests that may wait for a turn at once; more get a 429 "
                                                               "at once (a waiting request holds one of the server's threads)")
+    export_concurrency: int = Field(2, ge=1, le=64, description="exports (GET /v1/filters) streaming at once; more get a 429")
     figure_cache_bytes: int = Field(64_000_000, ge=0, description="rendered figures kept in memory, by ETag (GET /v1/plots)")
 
     # Requests

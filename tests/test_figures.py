@@ -154,7 +154,7 @@ def test_ridge_kde_agrees_with_kdepy_on_the_raw_coefficients(client, con):
 
 
 def test_eigenimages_explained_variance_covariance_draw_the_pca(analysis, client, con):
-    where = {"visual_category": ["natural", "faces"]}
+    where = {"visual_category": ["natural", "fractals"]}
     pca = client.post("/v1/pca", json={"where": where}).json()
     fig = _fig(analysis, "eigenimages", where=where)
     images = [ax for ax in fig.axes if ax.images]
@@ -402,7 +402,7 @@ def hostile_labels_client(tmp_path_factory, sample_v01):
 @pytest.mark.parametrize("url", ["/v1/plots/kl_combined.png", "/v1/plots/kl_combined.svg", "/v1/plots/divergence.pdf",
                                  "/v1/plots/ridge.png", "/v1/plots/quality.png", "/v1/plots/drift_box.png",
                                  "/v1/plots/divergence.png?group_by=model",
-                                 "/v1/plots/eigenimages.png?where=" + quote(json.dumps({"task": ["$\\foo$", "x"]}))])
+                                 "/v1/plots/eigenimages.png?where=" + quote(json.dumps({"task": ["$\\foo$", "<script>alert(1)</script>"]}))])
 def test_labels_are_drawn_as_text_not_mathtext(hostile_labels_client, url):
     r = hostile_labels_client.get(url)
     assert r.status_code == 200, r.text[:300]

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from cnnfilterdb.analysis import DEGENERATE_THRESHOLDS, Analysis
+from cnnfilterdb.analysis import DEGENERATE_THRESHOLDS, Analysis, Snapshot
 from cnnfilterdb.selection import EmptySelectionError, SelectionError
 from cnnfilterdb.store import VersionError
 
@@ -56,6 +56,15 @@ def analysis(catalog: LiveCatalog, gen: Generation | None = None, as_of: int | N
         catalog.analysis_slots.release()
 
 
+def snapshot_at(gen: Generation, cur, as_of: int | None) -> Snapshot:
+    """The generation's snapshot of store version ``as_of`` (None: the current one), or a 404
+    saying which versions the store holds."""
+    try:
+        return gen.snapshot_at(cur, as_of)
+    except VersionError as e:
+        raise ApiError(404, "unknown_version", str(e)) from None
+
+
 @contextmanager
 def _analysis(catalog: LiveCatalog, gen: Generation, as_of: int | None) -> Iterator[Analysis]:
     cur = gen.cursor()  # of the same generation as the snapshot
@@ -63,10 +72,7 @@ def _analysis(catalog: LiveCatalog, gen: Generation, as_of: int | None) -> Itera
         # The generation's snapshot of a version (basis, shards, per-layer histograms) is read once
         # and kept: repeated default-parameter queries then read no filter and only the histogram
         # rows they sum.
-        try:
-            snapshot = gen.snapshot_at(cur, as_of)
-        except VersionError as e:
-            raise ApiError(404, "unknown_version", str(e)) from None
+        snapshot = snapshot_at(gen, cur, as_of)
         try:
             yield Analysis(cur, catalog.root, snapshot=snapshot)
         except EmptySelectionError as e:

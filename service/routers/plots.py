@@ -4,7 +4,8 @@ The query parameters are the analysis endpoints' (``where`` as JSON), validated 
 and giving the same errors. A figure depends only on its parameters and the catalog generation,
 so its ETag is their digest: a request whose ``If-None-Match`` holds it is a 304 without any
 computation, and rendered bytes are kept by ETag (service/figure_cache.py). A figure computed for
-the request says how long it took in ``Server-Timing: render;dur=<ms>``.
+the request says how long it took in ``Server-Timing: render;dur=<ms>``; every figure names the
+store version it shows in ``X-Store-Version``.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from ..deps import get_catalog, get_figure_cache
 from ..errors import ApiError, not_found
 from ..figure_cache import FigureCache
 from ..schemas import BasisKind, ErrorResponse, GroupField, Metric, Weights
-from .analysis import AS_OF, analysis, where_query
+from .analysis import AS_OF, analysis, snapshot_at, where_query
 
 router = APIRouter(tags=["plots"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
                                               422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
@@ -84,11 +85,18 @@ def plot(
         raise ApiError(400, "invalid_selection", str(e)) from None
 
     gen = catalog.generation()
+    if as_of is not None:  # a version the store does not hold is a 404, also for a conditional request
+        cur = gen.cursor()
+        try:
+            snapshot_at(gen, cur, as_of)
+        finally:
+            cur.close()
     key = json.dumps([gen.inode, gen.mtime_ns, as_of, fmt, req.resolved(), __version__, matplotlib.__version__],
                      sort_keys=True, default=str)
     etag = '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
     # An SVG opened on its own is a document: it may run nothing and load nothing.
     headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+               "X-Store-Version": str(as_of or gen.snapshot.version),
                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"}
     if_none_match = {t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")}
     if etag in if_none_match or "*" in if_none_match:
