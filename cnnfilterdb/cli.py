@@ -60,6 +60,7 @@ def cmd_info(args) -> int:
     b = info["bytes"]
     ratio = b["shards"] / b["raw_float32"] if b["raw_float32"] else 0.0
     print(f"store      {info['db']}")
+    print(f"version    {info['version']}  (`cnnfilterdb log` lists them)")
     print(f"models     {info['models']:,}")
     print(f"layers     {info['layers']:,}")
     print(f"filters    {info['filters']:,}  in {info['shards']} shard(s)")
@@ -124,7 +125,7 @@ def cmd_drift(args) -> int:
     from .selection import SelectionError
 
     where = _json_where(args.where)
-    con, analysis = _open_analysis(FilterStore(args.db or default_db()))
+    con, analysis = _open_analysis(FilterStore(args.db or default_db()), args.as_of)
     with con:
         try:
             out = analysis.divergence(args.group_by, where, args.metric, args.bins, args.weights, args.basis)
@@ -137,7 +138,8 @@ def cmd_drift(args) -> int:
     # so that no label is cut to fit a column.
     labels = [f"{'(none)' if v is None else v} ({m})" for v, m in zip(out["labels"], out["n_models"])]
     print(f"{out['metric']} divergence by {out['group_by']} ({out['weights']} weights, {out['bins']} bins, "
-          f"{out['basis']['kind']} basis; {out['method']}, {out['elapsed_ms']:.0f} ms)")
+          f"{out['basis']['kind']} basis; store version {out['store_version']}; {out['method']}, "
+          f"{out['elapsed_ms']:.0f} ms)")
     w = max(len(x) for x in labels) + 5
     print(" " * w + "  " + " ".join(f"{f'[{j + 1}]':>9}" for j in range(len(labels))) + "   filters")
     for j, (lab, row, n) in enumerate(zip(labels, out["matrix"], out["n_filters"])):
@@ -151,6 +153,87 @@ def cmd_drift(args) -> int:
     return 0
 
 
+def cmd_log(args) -> int:
+    """The store versions, newest first (as git log)."""
+    from .store import list_versions
+
+    with FilterStore(args.db or default_db()).connect() as con:
+        versions = list_versions(con)
+    if args.json:
+        print(json.dumps(versions, default=str))
+        return 0
+    for v in reversed(versions):
+        basis = "no basis" if v["basis_version"] is None else f"basis {v['basis_version']}"
+        gone = "  (compacted: as_of no longer possible)" if v["compacted"] else ""
+        print(f"version {v['version']}  {v['committed_at']:%Y-%m-%d %H:%M:%S} UTC  {v['action']}: {v['summary']}")
+        print(f"    {v['n_models']:,} models, {v['n_filters']:,} filters, {basis}{gone}")
+    return 0
+
+
+def _label_changes(args) -> list[tuple[str, dict]]:
+    from ingest.curate import LABEL_FIELDS, read_label_manifest
+
+    values = {f: getattr(args, f) for f in LABEL_FIELDS if getattr(args, f) is not None}
+    if args.manifest:
+        if args.models or values:
+            raise StoreError("--manifest gives the models and their metadata: no models or metadata flags with it")
+        return read_label_manifest(Path(args.manifest))
+    if not args.models:
+        raise StoreError("name the models to label (or give --manifest CSV)")
+    return [(m, values) for m in args.models]
+
+
+def cmd_label(args) -> int:
+    from ingest.curate import label_models
+
+    result = label_models(args.db or default_db(), _label_changes(args))
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_remove(args) -> int:
+    from ingest.curate import remove_models
+
+    print(json.dumps(remove_models(args.db or default_db(), args.models)))
+    return 0
+
+
+def cmd_compact(args) -> int:
+    from ingest.curate import compact
+
+    print(json.dumps(compact(args.db or default_db(), args.keep_versions)))
+    return 0
+
+
+def cmd_export(args) -> int:
+    """The filters of a selection to a file (the format from its suffix), atomically: the same
+    rows as GET /v1/filters."""
+    from .export import FORMATS, write_export
+    from .selection import SelectionError
+
+    by_suffix = {suffix: fmt for fmt, (_, suffix) in FORMATS.items()} | {".arrow": "arrow"}
+    out = Path(args.output)
+    fmt = args.format or by_suffix.get(out.suffix.lower())
+    if fmt is None:
+        raise StoreError(f"{out}: the suffix gives the format: one of {', '.join(sorted(by_suffix))} (or --format)")
+    where = _json_where(args.where)
+    con, analysis = _open_analysis(FilterStore(args.db or default_db()), args.as_of)
+    with con:
+        try:
+            plan = analysis.export_plan(where)
+        except SelectionError as e:
+            raise StoreError(str(e)) from None
+    version = plan.pop("store_version")
+    rows = write_export(out, **plan, fmt=fmt, metadata={"store_version": str(version), "where": json.dumps(where)})
+    print(json.dumps({"path": str(out), "format": fmt, "rows": rows, "store_version": version}))
+    return 0
+
+
+def _as_of_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--as-of", type=_bounded(int, 1, 2**31 - 1), default=None, metavar="VERSION",
+                   help="read the store as of this version (`cnnfilterdb log`); default the current one")
+
+
 def _json_where(text: str | None) -> dict | None:
     """``--where``: a JSON selection (``null`` or nothing: all filters); one line if not JSON."""
     try:
@@ -159,13 +242,14 @@ def _json_where(text: str | None) -> dict | None:
         raise StoreError(f"--where is not JSON ({e.msg} at character {e.pos})") from None
 
 
-def _open_analysis(store: FilterStore):
-    """The store's catalog and an Analysis on it, its snapshot read as the service reads it."""
-    from .analysis import Analysis
+def _open_analysis(store: FilterStore, as_of: int | None = None):
+    """The store's catalog and an Analysis on it as of store version ``as_of`` (default the
+    current one), its snapshot read as the service reads it."""
+    from .analysis import Analysis, Snapshot
 
     con = store.connect()
     try:
-        analysis = Analysis(con, store.root)
+        analysis = Analysis(con, store.root, snapshot=Snapshot.at(con, store.root, as_of))
         analysis.snapshot.prepare(con)  # every file checked, as when the service opens a catalog
     except BaseException:
         con.close()
@@ -199,7 +283,7 @@ def cmd_plot(args) -> int:
     if not out.parent.is_dir():
         raise StoreError(f"{out}: no such directory {str(out.parent)!r}")
     store = FilterStore(args.db or default_db())
-    con, analysis = _open_analysis(store)
+    con, analysis = _open_analysis(store, args.as_of)
     with con:
         try:
             data = plots.render(plots.draw(analysis, req), fmt, req.dpi)
@@ -222,12 +306,14 @@ def cmd_report(args) -> int:
 
     store = FilterStore(args.db or default_db())
     info = store.info()
-    con, analysis = _open_analysis(store)
+    con, analysis = _open_analysis(store, args.as_of)
     with con:
         try:
             write_report(analysis, info, Path(args.output), args.format, args.dpi, log=print)
         except SelectionError as e:
             raise StoreError(str(e)) from None
+        except BrokenPipeError:
+            raise  # its progress lines piped into a closed reader: main() ends quietly
         except OSError as e:
             raise StoreError(f"{getattr(e, 'filename', None) or args.output}: {e.strerror or e}") from None
     return 0
@@ -242,22 +328,43 @@ def _print_table(columns: list[str], rows: list[tuple]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
+# The demo's own store: the synthetic sample never goes where real models are (./filterdb,
+# $CNNFILTERDB_DB) unless --db says so.
+DEMO_DB = Path("filterdb-sample")
+
+
+def demo_db(db: Path | None) -> Path:
+    """The directory of the demo's sample store: ``--db`` if given, else ./filterdb-sample."""
+    return (db or DEMO_DB).resolve()
+
+
 def cmd_demo(args) -> int:
-    from ingest import ingest_paths
+    from ingest import ingest_paths, sample_and_real
     from ingest.sample import write_sample_h5
 
     if not args.no_serve:
         _check_port(args.host, args.port)  # before the sample is built, not after
-    db = (args.db or default_db()).resolve()
+    db = demo_db(args.db)
+    n_sample = n_real = 0
+    if FilterStore(db).exists():
+        with FilterStore(db).connect() as con:
+            n_sample, n_real = sample_and_real(con)
     if FilterStore(db).exists() and not args.rebuild:
-        print(f"using the existing store at {db} (--rebuild to write it anew)", file=sys.stderr)
+        what = (f"{n_sample} synthetic sample models, not real data" if not n_real else
+                f"{n_real} real model(s) and {n_sample} synthetic sample model(s)")
+        print(f"using the existing store at {db}: {what} (--rebuild to write the sample anew)", file=sys.stderr)
     else:
+        if n_real:
+            raise StoreError(f"{db} holds {n_real} real model(s): --rebuild would delete them; "
+                             "give the sample a directory of its own (--db)")
         if FilterStore(db).exists():
             import shutil
 
             shutil.rmtree(db)
         db.mkdir(parents=True, exist_ok=True)
         sample = db / "SAMPLE-synthetic-dataset.h5"
+        print(f"building the demo's sample store in {db} (synthetic sample data, not real models; "
+              "--db to choose another directory)", file=sys.stderr)
         print(f"writing a synthetic SAMPLE dataset ({args.models} models, {args.filters:,} filters; "
               f"not real data) to {sample}", file=sys.stderr)
         write_sample_h5(sample, n_models=args.models, n_filters=args.filters, seed=args.seed)
@@ -363,7 +470,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--basis", default="global", help="global (default) or selection")
     s.add_argument("--json", action="store_true")
     _db_arg(s)
+    _as_of_arg(s)
     s.set_defaults(func=cmd_drift)
+
+    s = sub.add_parser("export", help="write the filters of a selection to a file (.parquet, .arrows, .npy, .csv): "
+                                      "filter_id, model_id, layer_id and the 9 weights, streamed, no row cap")
+    s.add_argument("-o", "--output", required=True, metavar="FILE", help="the file; its suffix gives the format")
+    s.add_argument("--where", default=None, metavar="JSON", help='the selection, e.g. \'{"visual_category": "natural"}\'')
+    s.add_argument("--format", default=None, choices=["parquet", "arrow", "npy", "csv"], help="instead of the suffix")
+    _db_arg(s)
+    _as_of_arg(s)
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("log", help="the store versions: what each commit added, relabelled or removed, and its basis")
+    _db_arg(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_log)
+
+    from ingest.curate import LABEL_FIELDS
+    s = sub.add_parser("label", help="change models' metadata (a new store version; the old values stay in the history)")
+    s.add_argument("models", nargs="*", metavar="MODEL", help="model names (the `model` column) or model_ids")
+    for name in LABEL_FIELDS:
+        s.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
+    s.add_argument("--manifest", help="CSV, one row per model: a 'model' column and any of the metadata names "
+                                      "(an empty cell leaves the field as it is)")
+    _db_arg(s)
+    s.set_defaults(func=cmd_label)
+
+    s = sub.add_parser("remove", help="take models out of the store (a new store version; older versions keep them)")
+    s.add_argument("models", nargs="+", metavar="MODEL", help="model names (the `model` column) or model_ids")
+    _db_arg(s)
+    s.set_defaults(func=cmd_remove)
+
+    s = sub.add_parser("compact", help="forget store versions older than the last N and reclaim their space "
+                                       "(removed models' filters, old bases)")
+    s.add_argument("--keep-versions", type=_bounded(int, 1, 2**31 - 1), required=True, metavar="N")
+    _db_arg(s)
+    s.set_defaults(func=cmd_compact)
 
     from .plots import FIGURES, MAX_DPI, NOTEBOOK_FIGURES
     s = sub.add_parser("plot", help="draw one of the paper's figures (SPEC 10) to a PNG, SVG or PDF file: the same "
@@ -390,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dpi", type=int, default=None, help=f"dots per inch, 10 to {MAX_DPI} (default 100)")
     s.add_argument("--width", type=float, default=None, metavar="IN", help="inches (default the figure's)")
     s.add_argument("--height", type=float, default=None, metavar="IN", help="inches (default the figure's)")
+    _as_of_arg(s)
     s.set_defaults(func=cmd_plot)
 
     s = sub.add_parser("report", help="write the notebook's figures and an offline index.html showing them with "
@@ -401,10 +545,14 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(s)
     s.add_argument("--format", choices=["png", "svg"], default="png", help="the figures' format (default png)")
     s.add_argument("--dpi", type=_bounded(int, 10, MAX_DPI), default=None, help="dots per inch (default 100)")
+    _as_of_arg(s)
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("demo", help="build a clearly labelled synthetic sample store and serve it")
-    _db_arg(s)
+    s = sub.add_parser("demo", help="build a clearly labelled synthetic sample store (in ./filterdb-sample, apart "
+                                    "from real data) and serve it")
+    s.add_argument("--db", type=Path, default=None,
+                   help=f"the sample store's directory (default ./{DEMO_DB}, apart from real data: "
+                        "not $CNNFILTERDB_DB or ./filterdb)")
     s.add_argument("--models", type=int, default=40, help="models in the sample (default 40)")
     s.add_argument("--filters", type=int, default=1_000_000, help="filters in the sample (default 1,000,000)")
     s.add_argument("--seed", type=int, default=0, help="random seed of the sample (default 0)")
@@ -433,7 +581,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        # Flushed here, not at exit: a reader that went away after the last print (`| head`) is
+        # a BrokenPipeError caught below, not an "Exception ignored" line at interpreter shutdown.
+        sys.stdout.flush()
+        return code
     except StoreError as e:
         print(f"cnnfilterdb: error: {e}", file=sys.stderr)
         return 1

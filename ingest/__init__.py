@@ -7,10 +7,10 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from cnnfilterdb.store import StoreError, StoreTransaction, file_sha256
+from cnnfilterdb.store import SAMPLE_MODELS, StoreError, StoreTransaction, default_db, file_sha256
 
 from .h5 import ingest_h5, is_hdf5, read_contents
-from .model_files import META_FIELDS, ingest_model_file, stored_model_with
+from .model_files import META_FIELDS, ingest_model_file, metadata_differences, relabel_hint, stored_model_with
 from .models import detect, read_model
 from .progress import Progress
 from .shards import ShardWriter
@@ -72,13 +72,38 @@ def _sources(paths: list[Path], meta: dict, manifest: Path | None) -> list[Sourc
     return out
 
 
+def sample_and_real(con) -> tuple[int, int]:
+    """(synthetic sample models, real models) of a catalog (or of a transaction's staging one)."""
+    n_sample, n = con.execute(f"SELECT count(*) FILTER (WHERE {SAMPLE_MODELS}), count(*) FROM models").fetchone()
+    return int(n_sample), int(n - n_sample)
+
+
+def mixing_warnings(before: tuple[int, int], after: tuple[int, int]) -> list[str]:
+    """A warning when an ingest puts real models and the synthetic sample of `cnnfilterdb demo`
+    into one store (either way round): every analysis would compare them with each other.
+    ``before``, ``after``: (sample models, real models) of the store."""
+    added_sample, added_real = after[0] - before[0], after[1] - before[1]
+    if added_real > 0 and after[0] > 0:
+        return [f"this store holds {after[0]} synthetic sample models (from `cnnfilterdb demo`); the {added_real} "
+                "real model(s) added to it will be compared with them: use a store of their own (--db)"]
+    if added_sample > 0 and after[1] > 0:
+        return [f"the {added_sample} synthetic sample models (not real data) added here are in a store holding "
+                f"{after[1]} real model(s), which will be compared with them: keep the sample in a store of its "
+                "own (--db; `cnnfilterdb demo` builds ./filterdb-sample)"]
+    return []
+
+
 def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, meta: dict | None = None,
                  manifest: Path | None = None, skip_bad: bool = False) -> dict:
     """Ingest every source into the store at ``db`` in one all-or-nothing transaction.
 
     Directories are walked recursively (files that are no filter source are ignored there).
     With ``skip_bad``, a file that fails its checks (read before anything of it is written) is
-    skipped and reported; the others are ingested. A re-ingested model file (same sha256) is a no-op.
+    skipped and reported; the others are ingested. A re-ingested model file (same sha256) is a
+    no-op; if the metadata given for it differs from the stored one's, its entry says which and
+    the command that relabels it. A dataset.h5 adds its models not yet in the store and lists
+    those present (and any that differ from the stored ones). ``warnings`` (also printed as notes):
+    real models and the synthetic sample mixed in one store.
     """
     progress = progress or Progress()
     meta = {k: v for k, v in (meta or {}).items() if v is not None}
@@ -111,25 +136,33 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
         sources.append(s)
 
     added_models = added_filters = 0
-    files = []
+    files, notes, warnings = [], [], []
     total_bytes = sum(s.path.stat().st_size for s in sources)
+    db_arg = None if Path(db).resolve() == default_db().resolve() else Path(db)  # for the commands suggested
     with threadpool_limits(limits=1, user_api="blas"), StoreTransaction(db) as tx:
         # The ingest runs its own threads (shard writer, scans); BLAS threads on top of them
         # only oversubscribe the cores for the small products of the statistics.
+        before = sample_and_real(tx.con)
         bar = progress.bar(total_bytes, "files", unit="B")
         writer: ShardWriter | None = None
         try:
             for s in sources:
+                entry: dict = {}  # what the file's result says besides its counts
                 try:
                     if s.kind == "dataset.h5":
                         if writer is not None:  # the h5 reader numbers its filters after all registered shards
                             writer.close()
                             writer = None
-                        models, filters = ingest_h5(s.path, tx, progress)
+                        h5 = ingest_h5(s.path, tx, progress)
+                        models, filters = len(h5.added), h5.n_filters
+                        entry.update(_h5_entry(s.path, h5, notes))
                     else:
                         sha = file_sha256(s.path)
-                        if stored_model_with(tx, sha) is not None:
-                            models, filters = 0, 0  # the same file again: nothing to do
+                        stored = stored_model_with(tx, sha)
+                        if stored is not None:
+                            models, filters = 0, 0  # the same file again: nothing to write
+                            entry.update(_known_file_entry(s.path, stored, metadata_differences(tx, stored, s.meta),
+                                                           db_arg, notes))
                         else:
                             m = read_model(s.path, s.kind)  # every check, before anything of it is written
                             if writer is None:
@@ -140,8 +173,9 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
                         raise
                     skipped.append({"path": str(s.path), "reason": str(e).removeprefix(f"{s.path}: ")})
                     continue
+                status = entry.pop("status", None) or ("added" if models else "already in the store")
                 files.append({"path": str(s.path), "kind": s.kind, "models": models, "filters": filters,
-                              "status": "added" if models else "already in the store"})
+                              "status": status, **entry})
                 added_models += models
                 added_filters += filters
                 bar.update(s.path.stat().st_size)
@@ -150,11 +184,43 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
             if writer is not None:
                 writer.close()
         if added_models:
+            warnings = mixing_warnings(before, sample_and_real(tx.con))
             tx.commit()
     for sk in skipped:
         progress.note(f"skipped {sk['path']}: {sk['reason']}")
+    for note in notes:
+        progress.note(note)
+    for w in warnings:
+        progress.note(f"warning: {w}")
     return {"db": str(Path(db).resolve()), "models_added": added_models, "filters_added": added_filters,
-            "files": files, "skipped": skipped, "ignored": ignored}
+            "files": files, "skipped": skipped, "ignored": ignored, "warnings": warnings}
 
 
-__all__ = ["ingest_paths", "detect_kind", "read_contents", "Progress"]
+def _known_file_entry(path: Path, model: str, differences: dict, db: Path | None, notes: list[str]) -> dict:
+    """The result entry of a model file already in the store (same sha256) as ``model``."""
+    if not differences:
+        return {"model": model}
+    hint = relabel_hint(model, differences, db)
+    said = ", ".join(f"{k} {d['stored']!r} (given {d['given']!r})" for k, d in differences.items())
+    notes.append(f"{path}: already in the store as model {model!r}, with other metadata: {said}; to relabel: {hint}")
+    return {"model": model, "status": "already in the store, with other metadata",
+            "metadata_differs": differences, "relabel": hint}
+
+
+def _h5_entry(path: Path, h5, notes: list[str]) -> dict:
+    """The result entry of a dataset.h5: its models added, present, and present but different."""
+    entry = h5.summary()
+    n_present, n_differ = len(h5.present), len(h5.differs)
+    if h5.added and n_present:
+        entry["status"] = f"added {len(h5.added)} model(s); {n_present} already in the store"
+        notes.append(f"{path}: added {len(h5.added)} model(s); {n_present} of its {len(h5.added) + n_present} "
+                     f"models were already in the store (e.g. {h5.present[0]!r}) and are left as stored")
+    if n_differ:
+        d = h5.differs[0]
+        said = ", ".join(f"{k} {v['stored']!r} (file {v['file']!r})" for k, v in d["fields"].items())
+        notes.append(f"{path}: {n_differ} model(s) of the file are in the store with other metadata or filter "
+                     f"counts, left as stored (e.g. {d['model']!r}: stored {said})")
+    return entry
+
+
+__all__ = ["ingest_paths", "detect_kind", "read_contents", "sample_and_real", "Progress"]

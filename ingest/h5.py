@@ -245,51 +245,131 @@ def _as_number(path: Path, model: str, column: str, v, kind):
         raise _fail(path, f"/meta model {model!r}: column {column!r} value {v!r} is not a {kind.__name__}") from None
 
 
-def ingest_h5(path: Path, tx: StoreTransaction, progress: Progress) -> tuple[int, int]:
-    """Stream one dataset.h5 into the transaction; returns (models, filters) added (0, 0 if present)."""
-    c = read_contents(path)
-    present = {m for (m,) in tx.con.execute("SELECT model FROM models").fetchall()}
-    names = [m["model"] for m in c.models]
-    dup = [n for n in names if n in present]
-    if dup and len(dup) == len(names):
-        return 0, 0
-    if dup:
-        raise _fail(path, f"{len(dup)} of {len(names)} models are already in the store (e.g. {dup[0]!r}); "
-                          "remove them from the file or ingest into another store")
+# Models columns compared when a file's model is already in the store under its name: what the
+# file states of it (not where it came from: `source` names the file, which may have moved).
+COMPARED = ["name", "task", "task_raw", "visual_category", "training_dataset", "pretraining_dataset", "producer",
+            "op_set", "depth", "paper", "accessible", "dataset_url", "total_filters", "filter_share_3x3",
+            "kernel_counts", "op_counts", "extra", "n_filters", "n_layers"]
+FIRST = 5  # names listed in a result's {count, first} summaries
 
-    # Ids: keep the file's filter and model ids on an empty store, shift them past existing ones otherwise.
-    model_offset = tx.next_id("models", "model_id")
-    layer_base = tx.next_id("layers", "layer_id")
-    next_filter = tx.next_filter_id()
-    filter_offset = 0 if next_filter == 0 else next_filter - c.layers[0].first
+
+@dataclass
+class H5Ingest:
+    """What ``ingest_h5`` did with one file: its models added, and those already in the store
+    under their names, either identical (``present``: skipped) or not (``differs``: left as
+    stored, each with the fields that differ)."""
+    added: list[str] = field(default_factory=list)
+    n_filters: int = 0
+    present: list[str] = field(default_factory=list)
+    differs: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {"added_models": {"count": len(self.added), "first": self.added[:FIRST]},
+                "present": {"count": len(self.present), "first": self.present[:FIRST]},
+                "differs": {"count": len(self.differs), "first": self.differs[:FIRST]}}
+
+
+def _same(field_name: str, stored, given) -> bool:
+    if field_name in ("kernel_counts", "op_counts"):
+        return dict(stored or {}) == dict(given or {})
+    if field_name == "extra":
+        return (None if stored is None else json.loads(stored)) == (None if given is None else json.loads(given))
+    return stored == given
+
+
+def _stored_differences(tx: StoreTransaction, models: list[dict]) -> dict[str, dict]:
+    """For each of ``models`` (the file's, with n_filters and n_layers) stored under its name:
+    {field: {"stored": ..., "file": ...}} for every compared field that differs ({} if none)."""
+    if not models:
+        return {}
+    rows = tx.con.execute(f"SELECT model, {', '.join(COMPARED)} FROM models WHERE list_contains(?, model)",
+                          [[m["model"] for m in models]]).fetchall()
+    stored = {r[0]: dict(zip(COMPARED, r[1:])) for r in rows}
+    out = {}
+    for m in models:
+        s = stored[m["model"]]
+        out[m["model"]] = {k: {"stored": _plain_json(k, s[k]), "file": _plain_json(k, m.get(k))}
+                           for k in COMPARED if not _same(k, s[k], m.get(k))}
+    return out
+
+
+def _plain_json(field_name: str, v):
+    return json.loads(v) if field_name == "extra" and v is not None else v
+
+
+def ingest_h5(path: Path, tx: StoreTransaction, progress: Progress) -> H5Ingest:
+    """Stream one dataset.h5 into the transaction: its models not yet in the store (by ``model``
+    name) are added; those present are skipped, and reported with the fields that differ when
+    the stored model is not as in the file (left as stored: `cnnfilterdb label` changes metadata).
+    A file whose models are all present is a no-op."""
+    c = read_contents(path)
     file_models = {m["file_model_id"] for m in c.models}
-    states = []
-    for i, layer in enumerate(c.layers):
+    for layer in c.layers:
         if layer.model_id not in file_models:
             raise _fail(path, f"/meta row {layer.row}: model_id {layer.model_id} has no model row")
-        states.append(LayerState(layer_base + i, model_offset + layer.model_id))
-
-    _stream_filters(c, states, filter_offset, tx, progress)
-
     counts: dict[int, tuple[int, int]] = {}
     for l in c.layers:
         n, k = counts.get(l.model_id, (0, 0))
         counts[l.model_id] = (n + l.n, k + 1)
+    for m in c.models:
+        m["n_filters"], m["n_layers"] = counts[m["file_model_id"]]
+
+    in_store = {m for (m,) in tx.con.execute("SELECT model FROM models").fetchall()}
+    result = H5Ingest()
+    differences = _stored_differences(tx, [m for m in c.models if m["model"] in in_store])
+    for name, fields in differences.items():
+        result.present.append(name)
+        if fields:
+            result.differs.append({"model": name, "fields": fields})
+    new = [m for m in c.models if m["model"] not in in_store]
+    if not new:
+        return result
+
+    # Ids: on an empty store the file's filter and model ids are kept; otherwise they follow the
+    # store's. Layers of models already present are left out, and the filter ids close up over
+    # them: each run of consecutive layers that are written keeps its own spacing, and the next
+    # run starts right after it. So a model's filter and layer ids stay as contiguous as in the file.
+    new_ids = {m["file_model_id"] for m in new}
+    model_offset = tx.next_id("models", "model_id")
+    if len(new) == len(c.models):
+        model_ids = {fid: model_offset + fid for fid in new_ids}
+    else:  # numbered in the file's order, without gaps for the models left out
+        model_ids = {fid: model_offset + k for k, fid in enumerate(sorted(new_ids))}
+    layer_base = tx.next_id("layers", "layer_id")
+    next_filter = tx.next_filter_id()
+    layers, offsets = [], []
+    offset, previous_written = None, False
+    for layer in c.layers:
+        if layer.model_id not in new_ids:
+            previous_written = False
+            continue
+        if offset is None:
+            offset = 0 if next_filter == 0 else next_filter - layer.first
+        elif not previous_written:
+            offset = layers[-1].last + offset + 1 - layer.first
+        layers.append(layer)
+        offsets.append(offset)
+        previous_written = True
+    states = [LayerState(layer_base + i, model_ids[l.model_id]) for i, l in enumerate(layers)]
+    sub = H5Contents(c.path, c.filters_name, c.n_rows, c.dtype, c.sample, new, layers)
+
+    _stream_filters(sub, states, np.array(offsets, dtype=np.int64), tx, progress)
+
     source = str(c.path.resolve())
     if c.sample:
         source = f"SAMPLE ({c.sample}): {source}"
     insert_models(tx, [{**{k: v for k, v in m.items() if k != "file_model_id"},
-                        "model_id": model_offset + m["file_model_id"], "n_filters": counts[m["file_model_id"]][0],
-                        "n_layers": counts[m["file_model_id"]][1], "source": source, "sha256": None}
-                       for m in c.models])
+                        "model_id": model_ids[m["file_model_id"]], "source": source, "sha256": None}
+                       for m in new])
     insert_layers(tx, [{"layer_id": st.layer_id, "model_id": st.model_id, "conv_depth": l.conv_depth,
-                        "conv_depth_norm": l.conv_depth_norm, "filter_id_first": l.first + filter_offset,
-                        "filter_id_last": l.last + filter_offset, "n_filters": l.n, **st.quality_row()}
-                       for st, l in zip(states, c.layers)])
+                        "conv_depth_norm": l.conv_depth_norm, "filter_id_first": l.first + off,
+                        "filter_id_last": l.last + off, "n_filters": l.n, **st.quality_row()}
+                       for st, l, off in zip(states, layers, offsets)])
     tx.insert_layer_moments([s.layer_id for s in states], [s.scaled for s in states])
-    n_filters = sum(l.n for l in c.layers)
-    tx.record_ingest(str(path.resolve()), "dataset.h5", None, len(c.models), n_filters)
-    return len(c.models), n_filters
+    result.added = [m["model"] for m in new]
+    result.n_filters = sum(l.n for l in layers)
+    tx.record_ingest(str(path.resolve()), "dataset.h5", None, len(new), result.n_filters)
+    return result
 
 
 def _read_block(ds: h5py.Dataset, a: int, b: int, path: Path, raw: np.ndarray | None = None) -> np.ndarray:
@@ -312,8 +392,9 @@ def _transpose_into(X: np.ndarray, out: np.ndarray, step: int = 1 << 14) -> None
         out[:, s:s + step] = X[s:s + step].T
 
 
-def _stream_filters(c: H5Contents, states: list[LayerState], filter_offset: int,
+def _stream_filters(c: H5Contents, states: list[LayerState], offsets: np.ndarray,
                     tx: StoreTransaction, progress: Progress) -> None:
+    """The filters of ``c.layers`` into the shards, layer j's ids shifted by ``offsets[j]``."""
     firsts = np.array([l.first for l in c.layers], dtype=np.int64)
     lasts = np.array([l.last for l in c.layers], dtype=np.int64)
     total = int((lasts - firsts + 1).sum())
@@ -344,7 +425,7 @@ def _stream_filters(c: H5Contents, states: list[LayerState], filter_offset: int,
                     # and every reduction below runs over contiguous memory. Filters that no
                     # layer claims (gaps between layers) are not stored.
                     _transpose_into(X[lo:hi], batch.w[:, o:o + n])
-                    batch.filter_id[o:o + n] = np.arange(a + lo + filter_offset, a + hi + filter_offset)
+                    batch.filter_id[o:o + n] = np.arange(a + lo + offsets[j], a + hi + offsets[j])
                     batch.model_id[o:o + n] = states[j].model_id
                     batch.layer_id[o:o + n] = states[j].layer_id
                     batch.n += n

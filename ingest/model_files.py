@@ -23,6 +23,35 @@ def stored_model_with(tx: StoreTransaction, sha: str) -> str | None:
     return row[0] if row else None
 
 
+def metadata_differences(tx: StoreTransaction, model: str, meta: dict) -> dict[str, dict]:
+    """The metadata given for a file already in the store (flags or manifest) that differs from
+    its stored model's: {field: {"stored": value, "given": value}}. A field not given is no
+    difference; a task is compared as it was given (task_raw), not as normalized."""
+    given = {k: v for k, v in meta.items() if k in META_FIELDS and v is not None}
+    if not given:
+        return {}
+    columns = [("coalesce(task_raw, task)" if k == "task" else k) for k in given]
+    row = tx.con.execute(f"SELECT {', '.join(columns)} FROM models WHERE model = ?", [model]).fetchone()
+    return {k: {"stored": stored, "given": v} for (k, v), stored in zip(given.items(), row) if stored != v}
+
+
+def relabel_hint(model: str, differences: dict[str, dict], db: Path | None = None) -> str:
+    """The command that gives the stored model the metadata given now (`cnnfilterdb label`);
+    a different model name is not a label: the model is removed and the file ingested again."""
+    import shlex
+
+    db_arg = f" --db {shlex.quote(str(db))}" if db is not None else ""
+    fields = {k: d["given"] for k, d in differences.items() if k != "model"}
+    hints = []
+    if fields:
+        hints.append(f"cnnfilterdb label {shlex.quote(model)}"
+                     + "".join(f" --{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in fields.items()) + db_arg)
+    if "model" in differences:
+        hints.append(f"cnnfilterdb remove {shlex.quote(model)}{db_arg}, then ingest the file again with "
+                     f"--model {shlex.quote(str(differences['model']['given']))}")
+    return "; ".join(hints)
+
+
 def ingest_model_file(path: Path, kind: str, m: ExtractedModel, meta: dict, tx: StoreTransaction,
                       writer: ShardWriter, sha: str) -> tuple[int, int]:
     """Add one model read by ``read_model`` (every check done, nothing written yet); returns (1, filters)."""

@@ -11,6 +11,8 @@ float32 (out, in/groups, kh, kw), its groups and its conv level, and the model-l
   nodes (nodes fed only by constants have none); the sorted distinct depths holding any 4-D
   convolution (Conv, ConvTranspose, ConvInteger, QLinearConv, any kernel size) are the levels.
 - PyTorch / safetensors / npz: every 4-D weight is a convolution, in file order; each is a level.
+  ``producer`` only when the file states it (a checkpoint's or the safetensors metadata's
+  entries, ``stated_producer``), never the version of the library reading it.
 """
 from __future__ import annotations
 
@@ -198,6 +200,29 @@ def _dequantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: 
 
 
 # ---- 4-D weights in file order ---------------------------------------------------------------------
+# Entries of a checkpoint dict or of safetensors metadata that name the framework that wrote the
+# file, with its version: "<framework>_version" -> "<framework> <version>" (a Lightning
+# checkpoint records "pytorch-lightning_version"). The reader's own version is never used.
+FRAMEWORK_VERSION_KEYS = ("pytorch_version", "torch_version", "pytorch-lightning_version", "lightning_version")
+
+
+def stated_producer(meta: dict) -> str | None:
+    """The producer a file states itself, else None: a "producer" entry as it is; "producer_name"
+    (and "producer_version", as ONNX names them); or a framework's recorded version."""
+    def text(key: str) -> str | None:
+        v = meta.get(key)
+        return (v.strip() or None) if isinstance(v, str) else None
+
+    if text("producer"):
+        return text("producer")
+    if text("producer_name"):
+        return " ".join(x for x in (text("producer_name"), text("producer_version")) if x)
+    for key in FRAMEWORK_VERSION_KEYS:
+        if text(key):
+            return f"{key.removesuffix('_version')} {text(key)}"
+    return None
+
+
 def _from_arrays(kind: str, items: list[tuple[str, np.ndarray]], producer: str | None) -> ExtractedModel:
     convs = [(name, a) for name, a in items if a.ndim == 4]
     out = [ExtractedConv(name, np.ascontiguousarray(a, dtype=np.float32), 1, k) for k, (name, a) in enumerate(convs)]
@@ -221,7 +246,8 @@ def read_torch(path: Path) -> ExtractedModel:
         raise _fail(path, "holds no state dict (a mapping of names to tensors, or a checkpoint containing one)")
     items = [(k, v.detach().cpu().numpy()) for k, v in state.items() if isinstance(v, torch.Tensor)
              and v.is_floating_point()]
-    return _from_arrays("torch", items, f"pytorch {torch.__version__}")
+    # Not the torch reading it: torch.save records no version, so only a checkpoint's own entries say.
+    return _from_arrays("torch", items, stated_producer(obj) if isinstance(obj, dict) else None)
 
 
 def _find_state_dict(obj):
@@ -251,8 +277,9 @@ def read_safetensors(path: Path) -> ExtractedModel:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
     order = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    metadata = header.get("__metadata__")
     return _from_arrays("safetensors", [(k, tensors[k]) for k in order if np.issubdtype(tensors[k].dtype, np.floating)],
-                        "safetensors")
+                        stated_producer(metadata) if isinstance(metadata, dict) else None)
 
 
 def read_npz(path: Path) -> ExtractedModel:
@@ -261,7 +288,8 @@ def read_npz(path: Path) -> ExtractedModel:
             items = [(k, z[k]) for k in z.files]
     except Exception as e:
         raise _fail(path, f"not a readable .npz file ({type(e).__name__}: {str(e)[:200]})") from None
-    return _from_arrays("npz", [(k, a) for k, a in items if np.issubdtype(a.dtype, np.floating)], "numpy")
+    # An .npz states no producer (numpy is its format, not what made the weights).
+    return _from_arrays("npz", [(k, a) for k, a in items if np.issubdtype(a.dtype, np.floating)], None)
 
 
 READERS = {"onnx": read_onnx, "torch": read_torch, "safetensors": read_safetensors, "npz": read_npz}

@@ -59,19 +59,23 @@ def _layer_sizes(rng: np.random.Generator, budget: int, n_layers: int) -> list[i
 def write_sample_h5(path: str | Path, n_models: int = 40, n_filters: int = 1_000_000, seed: int = 0,
                     version: str = "1.0.0", dtype=np.float32, shape: str = "3x3",
                     degenerate: bool = True, filters_name: str | None = None,
-                    block_rows: int = 1 << 21) -> Path:
+                    block_rows: int = 1 << 21, extra_models: int = 0) -> Path:
     """Write a synthetic dataset.h5 of about ``n_filters`` filters over ``n_models`` models.
 
     ``version`` "1.0.0" or "0.1.0" picks the column names (``Visual Category``/``Datatype``,
     ``fractals``/``formula``) and the dataset name (``/filters``/``/filter``) unless
     ``filters_name`` is given; ``shape`` "3x3" or "9" picks (N, 3, 3) or (N, 9).
+    ``extra_models``: a newer release of the same dataset: the file written without them
+    (the same models, metadata and filters, in the same places), then as many models more,
+    of about ``n_filters / n_models`` filters each (drawn from a random stream of their own).
     """
     path = Path(path)
-    rng = np.random.default_rng(seed)
+    rng_base, rng_extra = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     budget = max(1, n_filters // n_models)
     rows, plan = [], []
     next_id = 0
-    for mid in range(n_models):
+    for mid in range(n_models + extra_models):
+        rng = rng_base if mid < n_models else rng_extra
         arch = ARCHITECTURES[mid % len(ARCHITECTURES)]
         task = int(rng.integers(len(TASKS)))
         cat = int(rng.integers(len(CATEGORIES)))
@@ -114,7 +118,7 @@ def write_sample_h5(path: str | Path, n_models: int = 40, n_filters: int = 1_000
             depth_norm = depth / (n_levels - 1) if n_levels > 1 else 0.0
             rows.append({"model_id": mid, "conv_depth": depth, "conv_depth_norm": depth_norm,
                          **model_meta, "filter_ids": f"{next_id}:{next_id + size - 1}"})
-            plan.append((next_id, size, task, cat, depth_norm, mid, li))
+            plan.append((next_id, size, task, cat, depth_norm, mid, li, rng))
             next_id += size
 
     meta = pd.DataFrame(rows).set_index(["model_id", "conv_depth", "conv_depth_norm"])
@@ -136,7 +140,7 @@ def write_sample_h5(path: str | Path, n_models: int = 40, n_filters: int = 1_000
         ds = f.create_dataset(name, shape=(next_id, *tail), dtype=dtype,
                               chunks=(min(next_id, 1 << 16), *tail))
         buf, buf_start = [], 0
-        for k, (start, size, task, cat, depth_norm, mid, li) in enumerate(plan):
+        for k, (start, size, task, cat, depth_norm, mid, li, rng) in enumerate(plan):
             W = _layer_filters(rng, size, task, cat, depth_norm)
             kind = degenerate_kinds.get(k)
             if kind == "zero":

@@ -276,8 +276,8 @@ class Where(BaseModel):
 
 class AsOf(StrictModel):
     """A request that reads the store as of one of its versions."""
-    as_of: Annotated[int, BeforeValidator(_not_bool)] | None = Field(
-        None, ge=1, le=2**31 - 1, description="the store version to read (GET /v1/versions); default the current one. "
+    as_of: Annotated[int, Field(ge=1, le=2**31 - 1), BeforeValidator(_not_bool)] | None = Field(
+        None, description="the store version to read (GET /v1/versions); default the current one. "
                                           "The same request as_of the same version gives the same result, bit for bit")
 
 

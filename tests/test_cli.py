@@ -191,3 +191,77 @@ def test_a_taken_port_is_one_line_before_any_work(tmp_path, command):
     assert err.strip().splitlines() == [f"cnnfilterdb: error: cannot listen on 127.0.0.1:{port} (Address already in use); "
                                         "choose another with --port"]
     assert not (tmp_path / "db").exists()  # the demo built nothing
+
+
+@pytest.mark.parametrize("command", [
+    ["sql", "SELECT * FROM filters LIMIT 100000", "--max-rows", "100000"],
+    ["sql", "SELECT * FROM filters LIMIT 100000", "--max-rows", "100000", "--format", "csv"],
+    ["info"],
+    ["drift", "--group-by", "model"],
+])
+def test_output_piped_into_head_ends_quietly(store, command):
+    """`cnnfilterdb ... | head -1`: the reader goes away early; no BrokenPipeError traceback."""
+    import os
+    import shlex
+
+    cli = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "cnnfilterdb.cli", *command, "--db", str(store)])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.run(f'{cli} | head -1; echo "exit ${{PIPESTATUS[0]}}"', shell=True, executable="/bin/bash",
+                       capture_output=True, text=True, env=env)
+    assert p.stderr == ""
+    first, status = p.stdout.splitlines()
+    assert first and status in ("exit 0", "exit 141")
+
+
+def test_demo_builds_its_store_apart(tmp_path, monkeypatch, capsys):
+    """The demo's store is ./filterdb-sample, not ./filterdb nor $CNNFILTERDB_DB; --db overrides."""
+    from cnnfilterdb.cli import demo_db
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CNNFILTERDB_DB", str(tmp_path / "real"))
+    assert demo_db(None) == tmp_path / "filterdb-sample"
+    assert demo_db(Path("elsewhere")) == tmp_path / "elsewhere"
+    assert cli_main(["demo", "--models", "3", "--filters", "3000", "--no-serve"]) == 0
+    err = capsys.readouterr().err
+    assert f"building the demo's sample store in {tmp_path / 'filterdb-sample'}" in err
+    assert "synthetic sample data" in err
+    assert (tmp_path / "filterdb-sample" / "catalog.duckdb").is_file()
+    assert not (tmp_path / "real").exists() and not (tmp_path / "filterdb").exists()
+    assert cli_main(["demo", "--no-serve"]) == 0  # the same store again: used as it is
+    assert f"using the existing store at {tmp_path / 'filterdb-sample'}: 3 synthetic sample models" in capsys.readouterr().err
+
+
+def test_demo_rebuild_leaves_a_store_of_real_models(tmp_path, capsys):
+    """--rebuild deletes the sample store to write it anew; never a store holding real models."""
+    import numpy as np
+
+    from .conftest import store_snapshot
+
+    np.savez(tmp_path / "real.npz", conv=np.random.default_rng(0).normal(size=(4, 2, 3, 3)).astype(np.float32))
+    db = tmp_path / "db"
+    assert cli_main(["ingest", str(tmp_path / "real.npz"), "--db", str(db)]) == 0
+    before = store_snapshot(db)
+    capsys.readouterr()
+    assert cli_main(["demo", "--db", str(db), "--rebuild", "--no-serve", "--models", "2", "--filters", "1000"]) == 1
+    assert "holds 1 real model(s): --rebuild would delete them" in capsys.readouterr().err
+    assert store_snapshot(db) == before
+
+
+def test_readme_export_copy_in_the_duckdb_shell(store, tmp_path):
+    """The README's `COPY ... TO 'out.parquet'` runs in the real shell on the catalog opened
+    read-only, from another directory, and writes the selection's filters there."""
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- export-copy -->(.*?)<!-- /export-copy -->", text, re.S).group(1)
+    copy, = [q.strip() for q in re.findall(r"```sql\n(.*?)```", block, re.S)]
+    p = subprocess.run([DUCKDB_SHELL, "-readonly", "-cmd", f"SET file_search_path = '{store}'",
+                        str(store / "catalog.duckdb"), "-c", copy], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0 and not p.stderr, p.stderr
+    with open_catalog(store) as con:
+        want = con.execute("SELECT filter_id, model_id, layer_id, w0, w1, w2, w3, w4, w5, w6, w7, w8 FROM filters "
+                           "JOIN models USING (model_id) WHERE task = 'Classification' ORDER BY filter_id").fetchall()
+    with duckdb.connect() as con:
+        got = con.execute(f"SELECT * FROM '{tmp_path / 'out.parquet'}' ORDER BY filter_id").fetchall()
+        types = [t for _, t, *_ in con.execute(f"DESCRIBE SELECT * FROM '{tmp_path / 'out.parquet'}'").fetchall()]
+    assert got == want and len(want) > 0
+    assert types == ["BIGINT", "INTEGER", "INTEGER"] + ["FLOAT"] * 9
+    assert not list(store.glob("out.*"))

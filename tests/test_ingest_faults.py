@@ -1,6 +1,8 @@
 """Bad input: a one-line error naming the file and the fault, a non-zero exit, the store unchanged."""
 from __future__ import annotations
 
+import json
+
 import warnings
 
 import h5py
@@ -8,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import cli_main, run_cli, store_snapshot
+from .conftest import cli_main, open_catalog, run_cli, store_snapshot
 
 
 def _write(path, meta: pd.DataFrame | None, filters: np.ndarray | None, name="filters"):
@@ -108,10 +110,12 @@ def test_exit_code_and_message_from_the_console(parts, sample_v1, tmp_path):
     assert not (tmp_path / "db").exists()
 
 
-def test_existing_models_in_a_new_file_are_refused(sample_v1, tmp_path, capsys):
-    """A file that repeats some (not all) models of the store is refused as a whole."""
+def test_existing_models_in_a_new_file_are_reported_and_the_new_ones_added(sample_v1, tmp_path, capsys):
+    """A file that repeats some (not all) models of the store: the new ones are added, the
+    present ones (same name, same metadata and filters) reported and left alone."""
     db = tmp_path / "db"
     assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    capsys.readouterr()
     meta = pd.read_hdf(sample_v1, "meta")
     with h5py.File(sample_v1) as f:
         X = f["filters"][...]
@@ -120,6 +124,12 @@ def test_existing_models_in_a_new_file_are_refused(sample_v1, tmp_path, capsys):
     meta["model"] = [f"new-{mid}" if mid % 2 else name for mid, name in zip(meta.index.get_level_values(0), meta["model"])]
     src = _write(tmp_path / "mixed.h5", meta, X)
     before = store_snapshot(db)
-    assert cli_main(["ingest", str(src), "--db", str(db)]) != 0
-    assert "already in the store" in capsys.readouterr().err
-    assert store_snapshot(db) == before
+    assert cli_main(["ingest", str(src), "--db", str(db)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    n_new = sum(1 for m in meta["model"].unique() if m.startswith("new-"))
+    assert result["models_added"] == n_new and result["files"][0]["present"]["count"] == meta["model"].nunique() - n_new
+    with open_catalog(db) as con:
+        assert con.execute("SELECT count(*) FROM models").fetchone()[0] == len(before["tables"]["models"]) + n_new
+        # The models already there are unchanged, row for row.
+        old = con.execute("SELECT * FROM models WHERE NOT starts_with(model, 'new-') ORDER BY ALL").fetchall()
+    assert old == sorted(before["tables"]["models"])

@@ -212,3 +212,150 @@ def test_reingest_same_file_is_a_noop(sample_v1, tmp_path):
     result = _ingest(sample_v1, db)
     assert result["models_added"] == 0
     assert store_snapshot(db) == before
+
+
+def _rewrite_h5(src, dst, keep=None, task_of=None, drop_a_layer_of=None):
+    """A dataset.h5 of ``src``'s models in ``keep`` (file model_ids; default all), their filters
+    packed in file order, with the Task of the models in ``task_of`` replaced and the last layer
+    of the model ``drop_a_layer_of`` left out; marked as a sample as ``src`` is."""
+    import warnings
+
+    meta = pd.read_hdf(src, "meta").reset_index()
+    X = _file_filters(src)
+    if keep is not None:
+        meta = meta[meta.model_id.isin(keep)]
+    if drop_a_layer_of is not None:
+        meta = meta.drop(meta[meta.model_id == drop_a_layer_of].index[-1])
+    for mid, task in (task_of or {}).items():
+        meta.loc[meta.model_id == mid, "Task"] = task
+    parts, ids, n = [], [], 0
+    for r in meta["filter_ids"]:
+        a, b = map(int, r.split(":"))
+        parts.append(X[a:b + 1])
+        ids.append(f"{n}:{n + b - a}")
+        n += b - a + 1
+    meta = meta.assign(filter_ids=ids).set_index(["model_id", "conv_depth", "conv_depth_norm"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
+        meta.to_hdf(dst, key="meta", mode="w")
+    with h5py.File(src) as f_src, h5py.File(dst, "a") as f:
+        f.attrs.update(f_src.attrs)
+        f.create_dataset("filters", data=np.concatenate(parts))
+    return dst
+
+
+def _models_filters(db) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """model -> (its filter ids, its filters (n, 9), its layer ids), in filter id order."""
+    with open_catalog(db) as con:
+        rows = con.execute("SELECT model, filter_id, layer_id, w FROM filters JOIN models USING (model_id) "
+                           "ORDER BY filter_id").fetchall()
+    out: dict[str, list] = {}
+    for model, fid, lid, w in rows:
+        out.setdefault(model, []).append((fid, lid, w))
+    return {m: (np.array([r[0] for r in v]), np.array([r[2] for r in v], dtype=np.float32), np.array([r[1] for r in v]))
+            for m, v in out.items()}
+
+
+def _file_models_filters(src) -> dict[str, np.ndarray]:
+    meta = pd.read_hdf(src, "meta").reset_index()
+    X = _file_filters(src)
+    out: dict[str, list] = {}
+    for model, ids in zip(meta["model"], meta["filter_ids"]):
+        a, b = map(int, ids.split(":"))
+        out.setdefault(model, []).append(X[a:b + 1])
+    return {m: np.concatenate(v) for m, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory):
+    """An older dataset.h5 and a newer one: the same 5 models, then 3 more."""
+    d = tmp_path_factory.mktemp("releases")
+    old = write_sample_h5(d / "old.h5", n_models=5, n_filters=20_000, seed=7)
+    new = write_sample_h5(d / "new.h5", n_models=5, n_filters=20_000, seed=7, extra_models=3)
+    return old, new
+
+
+def test_a_newer_dataset_adds_its_new_models(releases, tmp_path):
+    from .conftest import store_snapshot
+
+    old, new = releases
+    assert np.array_equal(_file_filters(new)[:20_000], _file_filters(old))  # a superset, as a newer release is
+    db = tmp_path / "db"
+    first = _ingest(old, db)
+    second = _ingest(new, db)
+    new_names = list(_file_models_filters(new))
+    assert (first["models_added"], second["models_added"]) == (5, 3)
+    entry, = second["files"]
+    assert entry["status"] == "added 3 model(s); 5 already in the store"
+    assert entry["present"] == {"count": 5, "first": new_names[:5]}
+    assert entry["added_models"] == {"count": 3, "first": new_names[5:]}
+    assert entry["differs"] == {"count": 0, "first": []}
+    # The store holds the newer file, nothing twice: the same filters under the same ids.
+    X = _file_filters(new)
+    assert first["filters_added"] + second["filters_added"] == len(X)
+    ids, W = _store_filters(db)
+    np.testing.assert_array_equal(ids, np.arange(len(X)))
+    assert np.array_equal(W.view(np.uint32), X.view(np.uint32))
+    with open_catalog(db) as con:
+        assert con.execute("SELECT count(*), count(DISTINCT model) FROM models").fetchone() == (8, 8)
+        assert con.execute("SELECT sum(n_filters) FROM models").fetchone()[0] == len(X)
+    # Both files again: nothing to do.
+    before = store_snapshot(db)
+    for src, n in [(new, 8), (old, 5)]:
+        again = _ingest(src, db)
+        assert again["models_added"] == 0 and again["files"][0]["status"] == "already in the store"
+        assert again["files"][0]["present"]["count"] == n
+    assert store_snapshot(db) == before
+
+
+def test_new_models_between_present_ones_get_contiguous_ids(releases, tmp_path):
+    """Models present in the store may sit anywhere in the newer file: the new ones' filter and
+    layer ids close up over them, each model's contiguous, and its filters are the file's."""
+    _, new = releases
+    db = tmp_path / "db"
+    _ingest(_rewrite_h5(new, tmp_path / "some.h5", keep=[1, 3, 6]), db)
+    result = _ingest(new, db)
+    assert result["models_added"] == 5 and result["files"][0]["present"]["count"] == 3
+    want = _file_models_filters(new)
+    got = _models_filters(db)
+    assert set(got) == set(want)
+    all_ids = np.concatenate([ids for ids, _, _ in got.values()])
+    np.testing.assert_array_equal(np.sort(all_ids), np.arange(sum(len(w) for w in want.values())))
+    for model, (ids, W, layer_ids) in got.items():
+        assert np.array_equal(W.view(np.uint32), want[model].view(np.uint32)), model
+        np.testing.assert_array_equal(ids, np.arange(ids[0], ids[0] + len(ids)))
+        lids = np.unique(layer_ids)
+        np.testing.assert_array_equal(lids, np.arange(lids[0], lids[0] + len(lids)))
+    with open_catalog(db) as con:
+        # Every layer's range holds exactly its filters; the new models' ids follow the store's
+        # (the first file kept its own: 1, 3, 6), without gaps for the models left out.
+        assert con.execute("""SELECT count(*) FROM filters f JOIN layers l USING (layer_id)
+                              WHERE f.filter_id NOT BETWEEN l.filter_id_first AND l.filter_id_last""").fetchone()[0] == 0
+        assert con.execute("SELECT sum(n_filters) FROM layers").fetchone()[0] == len(all_ids)
+        assert sorted(i for (i,) in con.execute("SELECT model_id FROM models").fetchall()) == [1, 3, 6, 7, 8, 9, 10, 11]
+
+
+def test_present_models_that_differ_are_reported_not_changed(releases, tmp_path):
+    import io
+
+    old, new = releases
+    db = tmp_path / "db"
+    names = list(_file_models_filters(new))
+    _ingest(_rewrite_h5(old, tmp_path / "edited.h5", task_of={0: "GAN-like"}, drop_a_layer_of=2), db)
+    with open_catalog(db) as con:
+        stored = con.execute("SELECT model, task, n_filters, n_layers FROM models ORDER BY model_id").fetchall()
+    err = io.StringIO()
+    result = ingest_paths([new], db, Progress(enabled=False, stream=err))
+    entry, = result["files"]
+    assert result["models_added"] == 3 and entry["present"]["count"] == 5
+    differs = {d["model"]: d["fields"] for d in entry["differs"]["first"]}
+    assert entry["differs"]["count"] == 2 and set(differs) == {names[0], names[2]}
+    file_task = pd.read_hdf(new, "meta").reset_index().drop_duplicates("model_id")["Task"].tolist()[0]
+    assert differs[names[0]]["task_raw"] == {"stored": "GAN-like", "file": file_task}
+    assert set(differs[names[2]]) == {"n_filters", "n_layers"}
+    assert differs[names[2]]["n_layers"]["file"] == differs[names[2]]["n_layers"]["stored"] + 1
+    assert "2 model(s) of the file are in the store with other metadata or filter counts, left as stored" in err.getvalue()
+    with open_catalog(db) as con:  # left as they were
+        assert con.execute("SELECT model, task, n_filters, n_layers FROM models WHERE model_id < 5 "
+                           "ORDER BY model_id").fetchall() == stored
+        assert con.execute("SELECT count(*) FROM models").fetchone()[0] == 8

@@ -447,3 +447,90 @@ def test_a_second_ingest_waits_for_no_one(tmp_path, sample_v01, capsys):
         os.close(fd)
     assert store_snapshot(db) == before
     assert cli_main(["ingest", str(MODELS / "pnet.pt"), "--db", str(db)]) == 0
+
+
+def test_producer_is_only_what_the_file_states(tmp_path):
+    """Not the version of the torch (or numpy) reading the file: null unless the file says."""
+    torch = pytest.importorskip("torch")
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(11)
+    w = lambda: rng.normal(size=(4, 2, 3, 3)).astype(np.float32)  # noqa: E731  (every file its own sha256)
+    torch.save({"conv.weight": torch.from_numpy(w())}, tmp_path / "plain.pt")
+    torch.save({"state_dict": {"conv.weight": torch.from_numpy(w())}, "epoch": 3,
+                "pytorch-lightning_version": "2.1.0"}, tmp_path / "lightning.pt")
+    save_file({"conv.weight": w()}, str(tmp_path / "bare.safetensors"))
+    save_file({"conv.weight": w()}, str(tmp_path / "hf.safetensors"), metadata={"format": "pt"})
+    save_file({"conv.weight": w()}, str(tmp_path / "stated.safetensors"), metadata={"producer": "exporter 3.1"})
+    np.savez(tmp_path / "arrays.npz", conv=w())
+    db = tmp_path / "db"
+    _ingest([tmp_path], db)
+    with _con(db) as con:
+        got = dict(con.execute("SELECT model, producer FROM models").fetchall())
+    assert got == {"plain": None, "lightning": "pytorch-lightning 2.1.0", "bare": None, "hf": None,
+                   "stated": "exporter 3.1", "arrays": None}
+
+
+def test_reingest_with_other_metadata_says_how_to_relabel(tmp_path, capsys):
+    import shlex
+
+    np.savez(tmp_path / "m.npz", conv=np.random.default_rng(12).normal(size=(4, 2, 3, 3)).astype(np.float32))
+    db = tmp_path / "db"
+    assert cli_main(["ingest", str(tmp_path / "m.npz"), "--db", str(db), "--task", "Classification"]) == 0
+    before = store_snapshot(db)
+    capsys.readouterr()
+    assert cli_main(["ingest", str(tmp_path / "m.npz"), "--db", str(db), "--task", "Detection",
+                     "--visual-category", "natural images"]) == 0
+    captured = capsys.readouterr()
+    entry, = json.loads(captured.out)["files"]
+    assert entry["models"] == 0 and entry["status"] == "already in the store, with other metadata"
+    assert entry["model"] == "m"
+    assert entry["metadata_differs"] == {"task": {"stored": "Classification", "given": "Detection"},
+                                         "visual_category": {"stored": None, "given": "natural images"}}
+    hint = f"cnnfilterdb label m --task Detection --visual-category 'natural images' --db {shlex.quote(str(db))}"
+    assert entry["relabel"] == hint
+    assert "task 'Classification' (given 'Detection')" in captured.err and hint in captured.err
+    assert store_snapshot(db) == before
+    # The same metadata as stored, or none: plainly already there.
+    for flags in (["--task", "Classification"], []):
+        assert cli_main(["ingest", str(tmp_path / "m.npz"), "--db", str(db), *flags]) == 0
+        entry, = json.loads(capsys.readouterr().out)["files"]
+        assert entry["status"] == "already in the store" and "metadata_differs" not in entry
+    # Another model name is no label: remove it and ingest again.
+    assert cli_main(["ingest", str(tmp_path / "m.npz"), "--db", str(db), "--model", "m2"]) == 0
+    entry, = json.loads(capsys.readouterr().out)["files"]
+    assert entry["relabel"] == f"cnnfilterdb remove m --db {shlex.quote(str(db))}, then ingest the file again with --model m2"
+    # The command given does relabel it.
+    assert cli_main(shlex.split(hint)[1:]) == 0
+    capsys.readouterr()
+    assert cli_main(["ingest", str(tmp_path / "m.npz"), "--db", str(db), "--task", "Detection",
+                     "--visual-category", "natural images"]) == 0
+    assert json.loads(capsys.readouterr().out)["files"][0]["status"] == "already in the store"
+
+
+def test_real_models_and_the_sample_in_one_store_warn(tmp_path, sample_v01):
+    import io
+
+    np.savez(tmp_path / "real.npz", conv=np.random.default_rng(13).normal(size=(4, 2, 3, 3)).astype(np.float32))
+    np.savez(tmp_path / "real2.npz", conv=np.random.default_rng(14).normal(size=(4, 2, 3, 3)).astype(np.float32))
+
+    def ingest(path, db):
+        err = io.StringIO()
+        result = ingest_paths([path], db, Progress(enabled=False, stream=err))
+        return result["warnings"], err.getvalue()
+
+    # Real models into a store holding the sample.
+    assert ingest(sample_v01, tmp_path / "sample") == ([], "")
+    warnings, err = ingest(tmp_path / "real.npz", tmp_path / "sample")
+    assert warnings == ["this store holds 9 synthetic sample models (from `cnnfilterdb demo`); the 1 real model(s) "
+                        "added to it will be compared with them: use a store of their own (--db)"]
+    assert err == f"warning: {warnings[0]}\n"
+    # The sample into a store of real models.
+    assert ingest(tmp_path / "real.npz", tmp_path / "real") == ([], "")
+    warnings, err = ingest(sample_v01, tmp_path / "real")
+    assert len(warnings) == 1 and warnings[0].startswith("the 9 synthetic sample models (not real data) added here "
+                                                         "are in a store holding 1 real model(s)")
+    assert err == f"warning: {warnings[0]}\n"
+    # Real with real: nothing to say.
+    assert ingest(tmp_path / "real.npz", tmp_path / "real2") == ([], "")
+    assert ingest(tmp_path / "real2.npz", tmp_path / "real2") == ([], "")

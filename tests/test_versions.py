@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnfilterdb.analysis import Analysis, Snapshot
+from cnnfilterdb.analysis import Analysis
 from cnnfilterdb.store import StoreError
 from ingest.curate import compact, label_models, remove_models
 from ingest.sample import write_sample_h5
