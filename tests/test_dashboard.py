@@ -267,6 +267,7 @@ def test_home(tab):
     assert page.inner_text('[data-stat="layers"] .card-value') == f"{stats['layers']:,}"
     assert page.inner_text('[data-stat="filters"] .card-value') == f"{stats['filters']:,}"
     assert page.inner_text('[data-stat="shards"] .card-value') == f"{stats['shards']:,}"
+    assert page.inner_text('[data-stat="version"] .card-value') == f"{stats['store_version']:,}"
     assert f"v{stats['basis']['version']}" in page.inner_text('[data-stat="basis"]')
     # Every image has a text alternative; the page names itself and marks the current view.
     assert page.evaluate("[...document.images].every(i => i.alt && i.alt.length > 20)")

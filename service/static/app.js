@@ -412,6 +412,7 @@ function viewHome({ signal }) {
       h('div', { class: 'card-label' }, label), h('div', { class: 'card-value' }, value), note ? h('div', { class: 'card-note' }, note) : null);
     const b = s.basis;
     return [
+      card('Store version', fmtInt(s.store_version), 'cite it: results repeat with as_of', 'version'),
       card('Models', fmtInt(s.models), null, 'models'),
       card('Layers', fmtInt(s.layers), null, 'layers'),
       card('Filters', fmtInt(s.filters), '3×3 kernels', 'filters'),
@@ -642,7 +643,7 @@ function viewExplore({ params, signal }) {
             ['Q1', stat('q1')], ['Q3', stat('q3')], ['Min', stat('min')], ['Max', stat('max')],
             ['Metric', `${r.metric} (${r.weights} weights)`], ['Bins', fmtInt(r.bins)],
             ['Basis', `${r.basis.kind}${r.basis.version != null ? ` v${r.basis.version}` : ''}`],
-            ['Method', r.method], ['Elapsed', `${fmtNum(r.elapsed_ms, 3)} ms`],
+            ['Store version', fmtInt(r.store_version)], ['Method', r.method], ['Elapsed', `${fmtNum(r.elapsed_ms, 3)} ms`],
           ].map(([k, v]) => h('tr', null, h('th', { scope: 'row' }, k), h('td', { class: 'num' }, v))))),
         r.empty_groups?.length ? h('p', { class: 'muted' }, `No filters for: ${r.empty_groups.map(fmtValue).join(', ')}`) : null,
         h('h3', null, 'Groups'),
