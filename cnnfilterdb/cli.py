@@ -5,9 +5,10 @@ import argparse
 import json
 import os
 import sys
+import re
 from pathlib import Path
 
-from .store import FilterStore, StoreError, default_db, first_line, relative_to_store
+from .store import DEMO_DB, FilterStore, StoreError, default_db, first_line, relative_to_store
 
 
 def _bounded(kind, lo, hi):
@@ -144,6 +145,8 @@ def cmd_drift(args) -> int:
     print(" " * w + "  " + " ".join(f"{f'[{j + 1}]':>9}" for j in range(len(labels))) + "   filters")
     for j, (lab, row, n) in enumerate(zip(labels, out["matrix"], out["n_filters"])):
         print(f"{f'[{j + 1}] {lab}':<{w}}  " + " ".join(f"{v:9.5f}" for v in row) + f"   {n:,}")
+    if len(out["labels"]) < 2:
+        print(f"one group only: nothing to compare (widen --where, or group by another field than {out['group_by']})")
     if out["drift"]:
         d = out["drift"]
         print(f"drift: mean {d['mean']:.5f}  median {d['median']:.5f}  q1 {d['q1']:.5f}  q3 {d['q3']:.5f}  "
@@ -155,18 +158,21 @@ def cmd_drift(args) -> int:
 
 def cmd_log(args) -> int:
     """The store versions, newest first (as git log)."""
-    from .store import list_versions
+    from .store import list_versions, store_id
 
     with FilterStore(args.db or default_db()).connect() as con:
         versions = list_versions(con)
+        sid = store_id(con)
     if args.json:
         print(json.dumps(versions, default=str))
         return 0
+    print(f"store {sid}")
     for v in reversed(versions):
         basis = "no basis" if v["basis_version"] is None else f"basis {v['basis_version']}"
         gone = "  (compacted: as_of no longer possible)" if v["compacted"] else ""
         print(f"version {v['version']}  {v['committed_at']:%Y-%m-%d %H:%M:%S} UTC  {v['action']}: {v['summary']}")
-        print(f"    {v['n_models']:,} models, {v['n_filters']:,} filters, {basis}{gone}")
+        print(f"    {v['n_models']:,} model{'s' if v['n_models'] != 1 else ''}, {v['n_filters']:,} filters, "
+              f"{basis}{gone}")
     return 0
 
 
@@ -330,12 +336,11 @@ def _print_table(columns: list[str], rows: list[tuple]) -> None:
 
 # The demo's own store: the synthetic sample never goes where real models are (./filterdb,
 # $CNNFILTERDB_DB) unless --db says so.
-DEMO_DB = Path("filterdb-sample")
 
 
 def demo_db(db: Path | None) -> Path:
     """The directory of the demo's sample store: ``--db`` if given, else ./filterdb-sample."""
-    return (db or DEMO_DB).resolve()
+    return (db or Path(DEMO_DB)).resolve()
 
 
 def cmd_demo(args) -> int:
@@ -574,12 +579,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_FLAG = re.compile(r"--[a-z][a-z0-9_-]*(?==|$)")
+
+
+def _dashed(arg: str) -> str:
+    """``--as_of`` as ``--as-of``: flags are spelled with dashes, their HTTP names (as_of,
+    group_by) with underscores; both are taken."""
+    m = _FLAG.match(arg)
+    return arg if m is None else m.group(0).replace("_", "-") + arg[m.end():]
+
+
 def main(argv: list[str] | None = None) -> int:
     from .runtime import tune_allocator
 
     tune_allocator()
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args([_dashed(a) for a in argv])
     try:
         code = args.func(args)
         # Flushed here, not at exit: a reader that went away after the last print (`| head`) is

@@ -182,7 +182,9 @@ def select(cur, where: dict | None, group_by: str | None, version: int) -> Selec
     """The layers of store version ``version`` that ``where`` selects, grouped by ``group_by``.
     EmptySelectionError for a text value the store does not hold (check_values)."""
     if group_by is not None and group_by not in GROUP_FIELDS:
-        raise SelectionError(f"unknown group_by {echo(group_by)}; known: {GROUP_FIELDS}")
+        near = nearest(group_by, GROUP_FIELDS) if isinstance(group_by, str) else []
+        hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+        raise SelectionError(f"unknown group_by {echo(group_by)}{hint}; known: {GROUP_FIELDS}")
     cond, params = where_sql(where)
     check_values(cur, where, version)
     label = group_by or "'all'"

@@ -54,6 +54,7 @@ LOCK = ".ingest.lock"
 STAGING_SUFFIX = ".staging"
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 ENV_DB = "CNNFILTERDB_DB"
+DEMO_DB = "filterdb-sample"  # where `cnnfilterdb demo` builds its sample store: never with real data
 SCHEMA_VERSION = 3  # of sql/schema.sql
 HASH_READ_BYTES = 1 << 20
 
@@ -77,6 +78,17 @@ SAMPLE_MODELS = "sample"
 
 def first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def first_paragraph(e: BaseException, limit: int = 500) -> str:
+    """The error's lines up to its first blank one, joined: a DuckDB error with its hint
+    ('Did you mean "filters"?', 'Candidate bindings: ...') but not the query it quotes."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    lines = text.split("\n\n", 1)[0].splitlines()
+    out = "; ".join(line.strip() for line in lines if line.strip())
+    return out if len(out) <= limit else out[:limit] + "..."
 
 
 def relative_to_store(root: Path, message: str) -> str:
@@ -197,7 +209,9 @@ class FilterStore:
     def connect(self, config: dict | None = None) -> duckdb.DuckDBPyConnection:
         """A read-only connection to the catalog."""
         if not self.exists():
-            raise StoreError(f"{self.root}: no store here (no {CATALOG}); create one with `cnnfilterdb ingest`")
+            hint = f" (the sample of `cnnfilterdb demo` is in ./{DEMO_DB}: --db {DEMO_DB})" \
+                if (Path(DEMO_DB) / CATALOG).is_file() and self.root != Path(DEMO_DB).resolve() else ""
+            raise StoreError(f"{self.root}: no store here (no {CATALOG}); create one with `cnnfilterdb ingest`{hint}")
         # The views name their shards relative to the store: resolve them here, wherever it is.
         try:
             con = duckdb.connect(str(self.catalog_path), read_only=True,
@@ -220,6 +234,7 @@ class FilterStore:
             basis = load_basis(con)
             return {
                 "db": str(self.root),
+                "store_id": store_id(con),
                 "version": current_version(con),
                 "models": one("SELECT count(*) FROM models"),
                 "sample_models": one(f"SELECT count(*) FROM models WHERE {SAMPLE_MODELS}"),
@@ -259,6 +274,11 @@ class FilterStore:
         problems = [f"{rel}: {problem}" for rel, size, sha256 in files
                     if (problem := file_problem(self.root, rel, size, sha256)) is not None]
         return Verification(len(files), sum(size for _, size, _ in files), problems)
+
+
+def store_id(con: duckdb.DuckDBPyConnection) -> str:
+    """The store's id (a UUID given when it was created)."""
+    return con.execute("SELECT store_id FROM _store").fetchone()[0]
 
 
 def current_version(con: duckdb.DuckDBPyConnection) -> int:

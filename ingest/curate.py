@@ -16,12 +16,12 @@ is checked before anything is written, a failure or a kill leaves the store as i
 from __future__ import annotations
 
 import csv
-import difflib
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from cnnfilterdb.selection import nearest
 from cnnfilterdb.store import FilterStore, StoreError, StoreTransaction, file_sha256, fsync_path
 
 from .h5 import normalize_task
@@ -46,8 +46,13 @@ def _model_ids(tx: StoreTransaction, models: list[str]) -> dict[str, int]:
             unknown.append(m)
     if unknown:
         hints = []
+        removed = dict(tx.con.execute("SELECT model, max(version_to) FROM _models GROUP BY model "
+                                      "HAVING bool_and(version_to IS NOT NULL)").fetchall())
         for m in unknown[:5]:
-            near = [k for k in known if k.casefold() == m.casefold()] or difflib.get_close_matches(m, list(known), 3)
+            if m in removed:
+                hints.append(f"{m!r} (removed in store version {removed[m]})")
+                continue
+            near = nearest(m, list(known))
             hints.append(f"{m!r}" + (f" (did you mean {', '.join(map(repr, near))}?)" if near else ""))
         raise StoreError(f"no such model in the store: {', '.join(hints)}"
                          + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))

@@ -49,7 +49,7 @@ def relabel_hint(model: str, differences: dict[str, dict], db: Path | None = Non
     if "model" in differences:
         hints.append(f"cnnfilterdb remove {shlex.quote(model)}{db_arg}, then ingest the file again with "
                      f"--model {shlex.quote(str(differences['model']['given']))}")
-    return "; ".join(hints)
+    return " or ".join(hints) if len(hints) == 1 else f"{hints[0]}; and to rename it: {hints[1]}"
 
 
 def ingest_model_file(path: Path, kind: str, m: ExtractedModel, meta: dict, tx: StoreTransaction,

@@ -72,11 +72,14 @@ class StoreVersion(BaseModel):
 
 
 class Versions(BaseModel):
+    store_id: str = Field(description="the store's id (a UUID given when it was created): cite a result as store "
+                                      "<store_id>, version <store_version>")
     current: int = Field(description="the current store version (0: nothing committed)")
     versions: list[StoreVersion]
 
 
 class Stats(BaseModel):
+    store_id: str = Field(description="the store's id (a UUID given when it was created)")
     store_version: int = Field(description="the current store version (GET /v1/versions lists them)")
     models: int
     sample_models: int = Field(description="models of the synthetic sample (`cnnfilterdb demo`): not real data")

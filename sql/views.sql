@@ -18,6 +18,10 @@ CREATE OR REPLACE VIEW _all_filters AS
 SELECT filter_id, model_id, layer_id, w0, w1, w2, w3, w4, w5, w6, w7, w8
 FROM {filters_source};
 
+-- The filters of any kept version v (of the layers present at v).
+CREATE OR REPLACE MACRO filters_at(v) AS TABLE
+SELECT f.* FROM _all_filters f SEMI JOIN layers_at(v) l USING (layer_id);
+
 CREATE OR REPLACE VIEW filters AS
 SELECT *, [w0, w1, w2, w3, w4, w5, w6, w7, w8]::FLOAT[9] AS w
 FROM _all_filters

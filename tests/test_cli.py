@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from .conftest import REPO, cli_main, open_catalog
+from .conftest import REPO, cli_main, open_catalog, run_cli
 
 DUCKDB_SHELL = str(Path(sys.executable).parent / "duckdb")
 
@@ -265,3 +265,16 @@ def test_readme_export_copy_in_the_duckdb_shell(store, tmp_path):
     assert got == want and len(want) > 0
     assert types == ["BIGINT", "INTEGER", "INTEGER"] + ["FLOAT"] * 9
     assert not list(store.glob("out.*"))
+
+
+def test_flags_take_underscores_and_mistakes_get_hints(v1_store):
+    code, out, err = run_cli("drift", "--group_by", "task", "--as_of", "1", "--json", "--db", str(v1_store))
+    assert code == 0, err
+    assert json.loads(out)["store_version"] == 1
+    code, _, err = run_cli("drift", "--group-by", "Task", "--db", str(v1_store))
+    assert code == 1 and "unknown group_by 'Task' (did you mean 'task'?)" in err
+    code, _, err = run_cli("sql", "SELECT count(*) FROM filter", "--db", str(v1_store))
+    assert code == 1 and 'Did you mean "filters"' in err
+    # A flag's value is left alone, underscores and all.
+    code, out, err = run_cli("sql", "SELECT 'a_b' AS x", "--format", "csv", "--db", str(v1_store))
+    assert code == 0 and "a_b" in out

@@ -116,6 +116,12 @@ def test_versions_listed_over_http_and_cli(store, tmp_path):
     assert cli_main(["ingest", str(_npz_model(tmp_path / "a.npz", 2)), "--db", str(store)]) == 0
     assert cli_main(["label", "a", "--task", "Classification", "--db", str(store)]) == 0
     assert cli_main(["remove", "a", "--db", str(store)]) == 0
+    code, _, err = run_cli("remove", "a", "--db", str(store))
+    assert code == 1 and "'a' (removed in store version 4)" in err
+    with open_catalog(store) as con:  # the filters of a version, removed models' included
+        assert con.execute("SELECT count(*) FROM filters_at(3) WHERE layer_id IN (SELECT layer_id FROM layers_at(3) "
+                           "WHERE model_id = 12)").fetchone()[0] == 32 * 3 + 32 * 32
+        assert con.execute("SELECT count(*) FROM filters WHERE model_id = 12").fetchone()[0] == 0
     r = _client(store).get("/v1/versions")
     assert r.status_code == 200
     body = r.json()
@@ -136,8 +142,11 @@ def test_versions_listed_over_http_and_cli(store, tmp_path):
     code, out, _ = run_cli("log", "--db", str(store))
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].startswith("version 4 ") and "remove: removed 1 model (a)" in lines[0]
-    assert "12 models" in lines[1] and "basis 3" in lines[1]
+    with open_catalog(store) as con:
+        sid = con.execute("SELECT store_id FROM _store").fetchone()[0]
+    assert lines[0] == f"store {sid}" and body["store_id"] == sid and len(sid) == 36
+    assert lines[1].startswith("version 4 ") and "remove: removed 1 model (a)" in lines[1]
+    assert "12 models" in lines[2] and "basis 3" in lines[2]
     code, out, _ = run_cli("log", "--json", "--db", str(store))
     assert [x["version"] for x in json.loads(out)] == [1, 2, 3, 4]
 

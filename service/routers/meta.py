@@ -30,8 +30,8 @@ def health(catalog: LiveCatalog = Depends(get_catalog)):
 def stats(catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Depends(get_settings),
           sql_pool: SqlPool = Depends(get_sql_pool)):
     with catalog.cursor() as cur:
-        version, models, sample_models, layers, filters, shards, shard_bytes, ingests, last = cur.execute(f"""
-            SELECT (SELECT coalesce(max(version), 0) FROM _versions),
+        sid, version, models, sample_models, layers, filters, shards, shard_bytes, ingests, last = cur.execute(f"""
+            SELECT (SELECT store_id FROM _store), (SELECT coalesce(max(version), 0) FROM _versions),
                    (SELECT count(*) FROM models), (SELECT count(*) FROM models WHERE {SAMPLE_MODELS}),
                    (SELECT count(*) FROM layers),
                    (SELECT coalesce(sum(n_filters), 0) FROM layers), (SELECT count(*) FROM _shards),
@@ -40,7 +40,7 @@ def stats(catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Depe
         b = cur.execute("SELECT version, n_filters, explained_variance_ratio, range_min, range_max FROM basis").fetchone()
     basis = None if b is None else {"version": b[0], "n_filters": b[1], "explained_variance_ratio": b[2],
                                     "range": (b[3], b[4])}
-    return respond(Stats(store_version=version, models=models, sample_models=sample_models, layers=layers, filters=int(filters), shards=shards, shard_bytes=int(shard_bytes),
+    return respond(Stats(store_id=sid, store_version=version, models=models, sample_models=sample_models, layers=layers, filters=int(filters), shards=shards, shard_bytes=int(shard_bytes),
                  ingests=ingests, last_ingest_at=jsonable(last), basis=basis,
                  limits=Limits(**settings.model_dump(include=set(LIMITS)), sql_sandbox=sql_pool.sandbox)))
 

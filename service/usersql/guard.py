@@ -20,7 +20,7 @@ import re
 
 import duckdb
 
-from cnnfilterdb.store import first_line
+from cnnfilterdb.store import first_paragraph
 
 READING = duckdb.StatementType.SELECT
 EXPLAIN = duckdb.StatementType.EXPLAIN
@@ -44,7 +44,7 @@ def _tokens(sql: str) -> list[tuple[int, str, str]]:
     try:
         toks = duckdb.tokenize(sql)
     except duckdb.Error as e:
-        raise SqlRefused(400, "sql_error", first_line(e)) from None
+        raise SqlRefused(400, "sql_error", first_paragraph(e)) from None
     out = []
     for p, kind in toks:
         if kind.name == "operator":
@@ -94,7 +94,7 @@ def check_reading(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as e:
-        raise SqlRefused(400, "sql_error", first_line(e)) from None
+        raise SqlRefused(400, "sql_error", first_paragraph(e)) from None
     n = _count_statements(sql)
     if n != 1 or not statements:
         raise SqlRefused(400, "sql_one_statement", f"send exactly one statement per request (got {n})")
@@ -105,7 +105,7 @@ def check_reading(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         try:
             inner = con.extract_statements(_explained(last.query))
         except duckdb.Error as e:
-            raise SqlRefused(400, "sql_error", first_line(e)) from None
+            raise SqlRefused(400, "sql_error", first_paragraph(e)) from None
         if len(inner) != 1 or inner[0].type != READING:
             kind = inner[0].type.name if len(inner) == 1 else f"{len(inner)} statements"
             raise SqlRefused(403, "sql_read_only",

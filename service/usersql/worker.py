@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from cnnfilterdb.store import CATALOG, SHARDS, damage_in, first_line
+from cnnfilterdb.store import CATALOG, SHARDS, damage_in, first_line, first_paragraph
 
 from ..jsonable import NestingError, jsonable
 from . import protocol
@@ -131,7 +131,7 @@ def run(catalog: Catalog, req: dict, threads: int) -> tuple[dict, bytes | None]:
         damage = _damaged_shard(cur, e)
         if damage is not None:
             return _fail(503, "store_damaged", str(damage))
-        return _fail(400, "sql_error", first_line(e))
+        return _fail(400, "sql_error", first_paragraph(e))
     except (ValueError, TypeError, OverflowError) as e:  # a value Python or JSON cannot hold
         return _fail(400, "sql_error", f"cannot encode a result value: {first_line(e)}")
     except Exception as e:  # noqa: BLE001 - anything else DuckDB's Python binding raises (e.g. a
