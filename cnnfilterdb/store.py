@@ -55,7 +55,7 @@ STAGING_SUFFIX = ".staging"
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 ENV_DB = "CNNFILTERDB_DB"
 DEMO_DB = "filterdb-sample"  # where `cnnfilterdb demo` builds its sample store: never with real data
-SCHEMA_VERSION = 3  # of sql/schema.sql
+SCHEMA_VERSION = 4  # of sql/schema.sql
 HASH_READ_BYTES = 1 << 20
 
 
@@ -262,6 +262,8 @@ class FilterStore:
             with self.connect() as con:
                 files = con.execute("SELECT path, bytes, sha256 FROM _shards UNION ALL "
                                     "SELECT path, bytes, sha256 FROM _layer_histograms ORDER BY path").fetchall()
+                rows, layer_rows = con.execute("SELECT (SELECT coalesce(sum(n_rows), 0) FROM _shards), "
+                                               "(SELECT coalesce(sum(n_filters), 0) FROM _layers)").fetchone()
                 tables = con.execute("SELECT table_name FROM duckdb_tables() "
                                      "WHERE database_name = current_database()").fetchall()
                 for (table,) in tables:
@@ -273,6 +275,8 @@ class FilterStore:
             return Verification(0, 0, [f"{CATALOG}: unreadable ({relative_to_store(self.root, first_line(e))})"])
         problems = [f"{rel}: {problem}" for rel, size, sha256 in files
                     if (problem := file_problem(self.root, rel, size, sha256)) is not None]
+        if rows != layer_rows:  # every stored filter belongs to a layer the catalog keeps, and back
+            problems.append(f"{CATALOG}: the shards hold {rows:,} filters, its layers {layer_rows:,}")
         return Verification(len(files), sum(size for _, size, _ in files), problems)
 
 

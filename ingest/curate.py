@@ -159,6 +159,7 @@ def compact(db: Path, keep_versions: int) -> dict:
         before = _store_bytes(con)
         forgotten = con.execute("SELECT count(*) FROM _versions WHERE version < ? AND NOT compacted",
                                 [first]).fetchone()[0]
+        first = max(first, con.execute("SELECT min(version) FROM _versions WHERE NOT compacted").fetchone()[0])
         con.execute("UPDATE _versions SET compacted = true WHERE version < ?", [first])
         # Rows no kept version sees; then what belongs only to models no kept version holds.
         con.execute("DELETE FROM _models WHERE version_to IS NOT NULL AND version_to <= ?", [first])
@@ -191,9 +192,15 @@ def _compact_shards(tx: StoreTransaction) -> tuple[int, int]:
     rewritten without them (row group by row group: memory stays one row group), one holding
     only those is dropped. Returns (rewritten, dropped)."""
     con = tx.con
+    # A layer may run across shards (a shard ends every shard_rows filters): each shard counts
+    # the gone filters of every layer overlapping its filter_id range.
     shards = con.execute("""
-        SELECT s.path, s.n_rows, s.filter_id_first, s.filter_id_last, coalesce(sum(g.filter_id_last - g.filter_id_first + 1), 0)
-        FROM _shards s LEFT JOIN _gone g ON g.filter_id_first BETWEEN s.filter_id_first AND s.filter_id_last
+        SELECT s.path, s.n_rows, s.filter_id_first, s.filter_id_last,
+               -- least/greatest skip NULLs: the shards no gone layer overlaps are counted apart
+               coalesce(sum(least(g.filter_id_last, s.filter_id_last) - greatest(g.filter_id_first, s.filter_id_first) + 1)
+                        FILTER (WHERE g.layer_id IS NOT NULL), 0)
+        FROM _shards s LEFT JOIN _gone g
+          ON g.filter_id_first <= s.filter_id_last AND g.filter_id_last >= s.filter_id_first
         GROUP BY ALL ORDER BY s.filter_id_first""").fetchall()
     gone_layers = np.array([r[0] for r in con.execute("SELECT layer_id FROM _gone").fetchall()], dtype=np.int64)
     rewritten = dropped = 0
@@ -206,6 +213,9 @@ def _compact_shards(tx: StoreTransaction) -> tuple[int, int]:
             continue
         path = tx.new_shard_path()
         kept, lo, hi = _rewrite_without(tx.root / rel, path, gone_layers)
+        if kept != n_rows - n_gone:  # the catalog's layers and the shard disagree: stop, change nothing
+            raise StoreError(f"{rel}: {kept:,} rows would remain, the catalog expects {n_rows - n_gone:,}; the store "
+                             "is damaged: run `cnnfilterdb verify`")
         tx.add_shard(path, kept, lo, hi, file_sha256(path))
         rewritten += 1
     return rewritten, dropped

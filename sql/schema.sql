@@ -3,7 +3,7 @@
 -- store_id names the store (a random UUID given when it was created): "store <id>, version 7"
 -- identifies a result across copies and other stores.
 CREATE TABLE _store (schema_version INTEGER NOT NULL, store_id VARCHAR NOT NULL);
-INSERT INTO _store VALUES (3, uuid()::VARCHAR);
+INSERT INTO _store VALUES (4, uuid()::VARCHAR);
 -- The public SQL surface is SPEC section 4: models, layers, filters and basis, views of the
 -- current store version (views.sql), and models_at(v), layers_at(v), layers_with_models_at(v):
 -- the same at any kept store version v. Tables whose names start with an underscore are

@@ -332,3 +332,53 @@ def _wait_for(pred, timeout=60.0):
         if time.monotonic() - t > timeout:
             raise TimeoutError
         time.sleep(0.002)
+
+
+def test_compact_with_layers_across_shards(sample_v1, tmp_path):
+    """Shards end every shard_rows filters, mid-layer: compaction takes out exactly the removed
+    models' rows, whatever shards they lie in, and keeps every other row."""
+    import functools
+
+    from ingest import ingest_paths
+    from ingest.shards import ShardWriter
+
+    db = tmp_path / "db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ShardWriter, "__init__", functools.partialmethod(ShardWriter.__init__, shard_rows=7_000,
+                                                                    row_group_rows=1_000))
+        ingest_paths([sample_v1], db)
+    with open_catalog(db) as con:
+        crossing = con.execute("SELECT count(*) FROM layers l JOIN _shards s ON l.filter_id_first < s.filter_id_first "
+                               "AND l.filter_id_last >= s.filter_id_first").fetchone()[0]
+        assert crossing >= 3  # layers that run across shards
+        # Every third model, but those the requests of _answers name (task Classification, model 0).
+        gone = "model_id % 3 = 1 AND task IS DISTINCT FROM 'Classification'"
+        models = [m for (m,) in con.execute(f"SELECT model FROM models WHERE {gone}").fetchall()]
+        keep_digest = con.execute(f"SELECT count(*), sum(hash(filter_id, w0, w4, w8)) FROM filters "
+                                  f"WHERE model_id NOT IN (SELECT model_id FROM models WHERE {gone})").fetchone()
+    assert len(models) >= 2
+    remove_models(db, models)
+    client = _client(db)
+    current = _answers(client, None)
+    result = compact(db, keep_versions=1)
+    assert result["shards_rewritten"] + result["shards_dropped"] >= 2
+    assert cli_main(["verify", "--db", str(db)]) == 0
+    with open_catalog(db) as con:
+        assert con.execute("SELECT count(*), sum(hash(filter_id, w0, w4, w8)) FROM filters").fetchone() == keep_digest
+        assert con.execute("SELECT sum(n_rows) FROM _shards").fetchone()[0] == keep_digest[0]
+    assert _answers(_client(db), None) == current
+    # The scan path too (other bins, the selection's basis): the same as before compaction.
+    r = _client(db).post("/v1/divergence", json={"group_by": "task", "bins": 31, "basis": "selection"})
+    assert r.status_code == 200
+
+
+def test_verify_finds_shards_and_layers_that_disagree(store):
+    with open_catalog(store) as con:
+        assert con.execute("SELECT sum(n_rows) FROM _shards").fetchone()[0] == \
+            con.execute("SELECT sum(n_filters) FROM _layers").fetchone()[0]
+    import duckdb
+
+    with duckdb.connect(str(store / "catalog.duckdb")) as con:  # a catalog damaged by hand
+        con.execute("UPDATE _shards SET n_rows = n_rows - 5")
+    code, out, _ = run_cli("verify", "--db", str(store))
+    assert code == 1 and "the shards hold" in out
