@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from .scan import REMAP_ROW_GROUPS, LayerGroups, _footer, _layer_spans, _reading, _units
+from .scan import REMAP_ROW_GROUPS, HeldShards, LayerGroups, _layer_spans, _reading, _units
 from .store import SHARDS, StoreDamaged, fsync_path, store_name
 
 COLUMNS = ["filter_id", "model_id", "layer_id"] + [f"w{i}" for i in range(9)]
@@ -129,7 +129,8 @@ def export_chunks(paths: list[Path], layer_ids: np.ndarray, max_layer_id: int, n
     units = [(path, row_group) for path, row_group, _, _ in _units(list(paths), groups)]
     schema = SCHEMA.with_metadata(metadata) if metadata else SCHEMA
     encode = {"parquet": _parquet, "arrow": _arrow, "npy": _npy, "csv": _csv}[fmt]
-    return encode(_row_groups(units, selected, n_rows, threads, _prepare[fmt]), schema, n_rows)
+    held = HeldShards([path for path, _ in units])  # readable to the end, even if unlinked from now on
+    return encode(_row_groups(units, held, selected, n_rows, threads, _prepare[fmt]), schema, n_rows)
 
 
 def write_export(path: Path, paths: list[Path], layer_ids: np.ndarray, max_layer_id: int, n_rows: int, fmt: str,
@@ -212,7 +213,8 @@ def _prepare_csv(columns: list[pa.Array]) -> bytes:
 _prepare = {"parquet": _table, "arrow": _table, "npy": _prepare_npy, "csv": _prepare_csv}
 
 
-def _row_groups(units: list[tuple[Path, int]], selected: np.ndarray, n_rows: int, threads: int | None, prepare):
+def _row_groups(units: list[tuple[Path, int]], held: HeldShards, selected: np.ndarray, n_rows: int,
+                threads: int | None, prepare):
     """(rows, prepare(columns of the selected rows)) of each row group of ``units``, in order.
 
     Row groups are read in a pool of threads, at most LOOKAHEAD_PER_THREAD per thread ahead of the
@@ -231,8 +233,7 @@ def _row_groups(units: list[tuple[Path, int]], selected: np.ndarray, n_rows: int
                 if f is not None:
                     f.close()
                 # The old file is dropped here: its mapping goes with the last reference to it.
-                f = local.file = open_files[threading.get_ident()] = \
-                    pq.ParquetFile(path, memory_map=True, metadata=_footer(path))
+                f = local.file = open_files[threading.get_ident()] = held.open(path)
                 local.path, local.uses = path, 0
             local.uses += 1
             table = f.read_row_group(row_group, columns=COLUMNS, use_threads=False)
@@ -287,6 +288,7 @@ def _row_groups(units: list[tuple[Path, int]], selected: np.ndarray, n_rows: int
         for f in open_files.values():
             f.close()
         open_files.clear()
+        held.close()
 
 
 # -- encoding -----------------------------------------------------------------------------------

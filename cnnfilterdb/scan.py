@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,6 +72,37 @@ def _layer_spans(path: Path) -> tuple[tuple[int, int], ...]:
     return tuple(spans)
 
 
+class HeldShards:
+    """The shard files of one scan or export, each opened once (a descriptor) for as long as it
+    runs, and mapped through that descriptor: a shard unlinked meanwhile (`cnnfilterdb compact`
+    replacing it, a reader of an older catalog still at work) stays readable to the end."""
+
+    def __init__(self, paths: list[Path]):
+        self.fds: dict[Path, int] = {}
+        # Closed by close(), or else when the holder is collected (an export never iterated).
+        self._finalizer = weakref.finalize(self, _close_fds, self.fds)
+        try:
+            for path in dict.fromkeys(paths):
+                with _reading(path):
+                    self.fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            self.close()
+            raise
+
+    def open(self, path: Path) -> pq.ParquetFile:
+        """The shard, memory-mapped (through /proc/self/fd: the open file, not the name)."""
+        return pq.ParquetFile(f"/proc/self/fd/{self.fds[path]}", memory_map=True, metadata=_footer(path))
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _close_fds(fds: dict) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
+
+
 def _units(paths: list[Path], groups: LayerGroups) -> list[tuple[Path, int, int, int]]:
     """(path, row group, first group, last group) of the row groups holding selected layers."""
     units = []
@@ -107,7 +139,7 @@ def _map_units(paths, groups, work: Callable, threads: int | None):
             if f is None or local.path != path or local.uses >= REMAP_ROW_GROUPS:
                 if f is not None:
                     f.close()
-                f = local.file = pq.ParquetFile(path, memory_map=True, metadata=_footer(path))
+                f = local.file = held.open(path)
                 local.path, local.uses = path, 0
             local.uses += 1
             table = f.read_row_group(row_group, columns=["layer_id"] + WEIGHT_COLUMNS, use_threads=False)
@@ -120,12 +152,14 @@ def _map_units(paths, groups, work: Callable, threads: int | None):
         return work(cols[0], tuple(cols[1:]), g_lo, g_hi)
 
     units = _units(paths, groups)
+    held = HeldShards([u[0] for u in units])
     threads = threads or min(4, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max_workers=threads)
     try:
         yield from pool.map(lambda u: read_and_work(*u), units)
     finally:
         pool.shutdown(cancel_futures=True)  # after an error (a damaged shard), nothing more is read
+        held.close()
 
 
 def _kernel_basis(basis: Basis) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import cnnfilterdb.export as export
+import cnnfilterdb.scan as scan
 from cnnfilterdb.export import COLUMNS, FORMATS, NPY_DTYPE, export_chunks, write_export
 from cnnfilterdb.store import StoreDamaged
 
@@ -194,8 +195,8 @@ def test_truncated_shard_is_store_damage_naming_it(store, tmp_path):
     with pytest.raises(StoreDamaged, match=f"^shards/{victim.name}: unreadable"):
         copy.export(layer_ids, "parquet")
     # A fresh process: the footer is gone, found when the export is asked for, before any byte.
-    export._footer.cache_clear()
-    export._layer_spans.cache_clear()
+    scan._footer.cache_clear()
+    scan._layer_spans.cache_clear()
     with pytest.raises(StoreDamaged, match=f"^shards/{victim.name}: unreadable"):
         export_chunks(copy.paths, np.asarray(layer_ids), copy.max_layer_id, copy.n_rows(layer_ids), "csv")
 
@@ -380,3 +381,61 @@ def test_http_export_slots_are_bounded_and_released(small_store):
     else:
         raise AssertionError("the export slot was not released")
     assert client.get("/v1/filters?format=npy").status_code == 200
+
+
+def test_an_export_reads_to_the_end_when_its_shards_are_unlinked(small_store, tmp_path):
+    """`compact` deletes the shards it replaced once its catalog is committed: an export (or a
+    scan) already running keeps reading the files it opened."""
+    db = tmp_path / "db"
+    shutil.copytree(small_store, db)
+    store = Store(db)
+    layer_ids = np.array([l[0] for l in store.layers], dtype=np.int64)
+    n = sum(l[4] for l in store.layers)
+    whole = b"".join(export_chunks(store.paths, layer_ids, store.max_layer_id, n, "npy"))
+    chunks = export_chunks(store.paths, layer_ids, store.max_layer_id, n, "npy")
+    first = next(chunks)
+    for p in store.paths:
+        p.unlink()
+    assert first + b"".join(chunks) == whole
+
+
+def test_abandoned_and_head_exports_give_their_slot_back(small_store):
+    """Over real HTTP (uvicorn): a HEAD reads nothing, and a client that leaves mid-download
+    frees the export's slot at once (not when Python's garbage collector runs)."""
+    import gc
+    import socket
+
+    import httpx
+    import uvicorn
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(Settings(db=small_store, export_concurrency=1))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.02)
+    base = f"http://127.0.0.1:{port}"
+    gc.disable()  # the slots must come back without the garbage collector's help
+    try:
+        for _ in range(3):
+            r = httpx.head(base + "/v1/filters?format=csv")
+            assert r.status_code == 200 and int(r.headers["x-rows"]) > 0 and r.content == b""
+        for _ in range(3):  # a download dropped after its first bytes
+            with socket.create_connection(("127.0.0.1", port)) as c:
+                c.sendall(b"GET /v1/filters?format=csv HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert c.recv(65536).startswith(b"HTTP/1.1 200")
+            deadline = time.monotonic() + 30
+            while (r := httpx.get(base + "/v1/filters?format=npy&where=%7B%22layer_id%22%3A%201%7D")).status_code == 429:
+                assert time.monotonic() < deadline, "the abandoned export kept its slot"
+                time.sleep(0.05)
+            assert r.status_code == 200
+    finally:
+        gc.enable()
+        srv.should_exit = True
+        thread.join(timeout=10)
