@@ -223,6 +223,7 @@ def cmd_export(args) -> int:
     if fmt is None:
         raise StoreError(f"{out}: the suffix gives the format: one of {', '.join(sorted(by_suffix))} (or --format)")
     where = _json_where(args.where)
+    _writable(out)
     con, analysis = _open_analysis(FilterStore(args.db or default_db()), args.as_of)
     with con:
         try:
@@ -230,9 +231,23 @@ def cmd_export(args) -> int:
         except SelectionError as e:
             raise StoreError(str(e)) from None
     version = plan.pop("store_version")
-    rows = write_export(out, **plan, fmt=fmt, metadata={"store_version": str(version), "where": json.dumps(where)})
+    try:
+        rows = write_export(out, **plan, fmt=fmt, metadata={"store_version": str(version), "where": json.dumps(where)})
+    except OSError as e:
+        raise StoreError(f"{out}: {e.strerror or e}") from None
     print(json.dumps({"path": str(out), "format": fmt, "rows": rows, "store_version": version}))
     return 0
+
+
+def _writable(out: Path) -> None:
+    """One line and exit 1, before any work, for an output path that cannot be written (a missing
+    directory, a device or a directory: cnnfilterdb/atomic.py)."""
+    from .atomic import destination
+
+    try:
+        destination(out)
+    except OSError as e:
+        raise StoreError(f"{out}: {e.strerror}") from None
 
 
 def _as_of_arg(p: argparse.ArgumentParser) -> None:
@@ -286,8 +301,7 @@ def cmd_plot(args) -> int:
         raise StoreError(str(e)) from None
     except SelectionError as e:
         raise StoreError(str(e)) from None
-    if not out.parent.is_dir():
-        raise StoreError(f"{out}: no such directory {str(out.parent)!r}")
+    _writable(out)
     store = FilterStore(args.db or default_db())
     con, analysis = _open_analysis(store, args.as_of)
     with con:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import io
 import os
 import threading
-import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,8 +41,9 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from .atomic import atomic_file, destination
 from .scan import REMAP_ROW_GROUPS, HeldShards, LayerGroups, _layer_spans, _reading, _units
-from .store import SHARDS, StoreDamaged, fsync_path, store_name
+from .store import SHARDS, StoreDamaged, store_name
 
 COLUMNS = ["filter_id", "model_id", "layer_id"] + [f"w{i}" for i in range(9)]
 FORMATS: dict[str, tuple[str, str]] = {
@@ -153,26 +153,14 @@ def write_export(path: Path, paths: list[Path], layer_ids: np.ndarray, max_layer
     n_rows : int
         The number of rows written.
     """
-    path = Path(path)
+    destination(path)  # a path that cannot be written is refused before any shard is read
     chunks = export_chunks(paths, layer_ids, max_layer_id, n_rows, fmt, metadata)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.partial"
-    # Created as open() creates files (mode 0666 less the umask), not 0600 as mkstemp would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path) as f:
             for chunk in chunks:
                 f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    finally:
         chunks.close()  # stops the reading threads now, not when the generator is collected
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_path(path.parent)  # the rename itself must survive a power cut
     return n_rows
 
 

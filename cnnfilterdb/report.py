@@ -10,14 +10,13 @@ temporary file in the same directory, then renamed): an interrupted report never
 """
 from __future__ import annotations
 
-import os
-import secrets
 import shlex
 from html import escape
 from pathlib import Path
 from typing import Callable
 
 from . import __version__, plots
+from .atomic import atomic_file
 from .analysis import Analysis
 from .figures import field_title, group_labels
 from .selection import SelectionError
@@ -69,23 +68,9 @@ def format_stat(v: float) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` all or nothing: a temporary file next to it (created with the
-    umask's permissions, as an ordinary file), then ``os.replace``; removed again on any failure."""
-    path = Path(path)
-    tmp = path.with_name(f".cnnfilterdb-{secrets.token_hex(4)}.tmp")  # short: any valid name of path fits
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    except OSError as e:  # named by the file asked for, not the temporary one
-        raise OSError(e.errno, e.strerror, str(path)) from None
+    """Write ``data`` to ``path`` all or nothing (see cnnfilterdb/atomic.py)."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def _groups_text(result: dict) -> str:

@@ -40,7 +40,7 @@ def _model_ids(tx: StoreTransaction, models: list[str]) -> dict[str, int]:
     for m in models:
         if m in known:
             out[m] = known[m]
-        elif m.isdigit() and int(m) in known.values():
+        elif m.isascii() and m.isdigit() and int(m) in known.values():
             out[m] = int(m)
         else:
             unknown.append(m)
@@ -64,6 +64,17 @@ def _label_values(values: dict, where: str) -> dict:
     unknown = sorted(set(values) - set(LABEL_FIELDS))
     if unknown:
         raise StoreError(f"{where}: cannot label {unknown}; the fields are {LABEL_FIELDS}")
+    for field, v in values.items():
+        if v is None:
+            continue
+        if not v.strip():
+            raise StoreError(f"{where}: {field} is empty; give a value (a manifest's empty cell leaves a field as it is)")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise StoreError(f"{where}: {field} {v!r} is not valid UTF-8 text") from None
+        if "\0" in v:
+            raise StoreError(f"{where}: {field} holds a NUL character")
     out = dict(values)
     if "task" in out:
         out["task_raw"], out["task"] = out["task"], normalize_task(out["task"])
@@ -74,18 +85,30 @@ def read_label_manifest(path: Path) -> list[tuple[str, dict]]:
     """A CSV with a `model` column and any of LABEL_FIELDS: (model, values) per row; an empty cell
     leaves that field as it is."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        # utf-8-sig: a spreadsheet's CSV starts with a byte-order mark; strict: an unclosed quote is an error
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f, strict=True))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise StoreError(f"{path}: cannot read the manifest ({e})") from None
-    if not rows or "model" not in rows[0]:
+    header = [h.strip() for h in rows[0]] if rows else []
+    if "model" not in header:
         raise StoreError(f"{path}: a label manifest needs a header with a 'model' column and any of {LABEL_FIELDS}")
-    out = []
-    for i, r in enumerate(rows, start=2):
-        model = (r.pop("model") or "").strip()
+    if len(set(header)) < len(header):
+        raise StoreError(f"{path}: the header names a column twice: {sorted({h for h in header if header.count(h) > 1})}")
+    out, seen = [], {}
+    for i, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue  # a blank line
+        if len(row) != len(header):
+            raise StoreError(f"{path}: line {i} has {len(row)} cells, the header {len(header)}")
+        r = dict(zip(header, row))
+        model = r.pop("model").strip()
         if not model:
             raise StoreError(f"{path}: line {i} has no model")
-        values = {k: v.strip() for k, v in r.items() if k is not None and v is not None and v.strip()}
+        if model in seen:
+            raise StoreError(f"{path}: line {i} labels {model!r} again (line {seen[model]}): one row per model")
+        seen[model] = i
+        values = {k: v.strip() for k, v in r.items() if v.strip()}
         _label_values(values, f"{path}: line {i}")  # checked here to name the line
         out.append((model, values))
     return out
@@ -106,6 +129,8 @@ def label_models(db: Path, changes: list[tuple[str, dict]]) -> dict:
     names of the models whose metadata changed, ``unchanged`` those already so labelled.
     """
     changes = [(m, _label_values(v, "label")) for m, v in changes]
+    if len({m for m, _ in changes}) < len(changes):
+        raise StoreError("label: a model is named twice; name each once")
     if not any(v for _, v in changes):
         raise StoreError(f"nothing to label: give at least one of {['--' + f.replace('_', '-') for f in LABEL_FIELDS]}")
     with StoreTransaction(db) as tx:

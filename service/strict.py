@@ -6,6 +6,9 @@ fields: request models forbid extra keys (``StrictModel``); errors.py words the 
 route's body model."""
 from __future__ import annotations
 
+from types import UnionType
+from typing import Union, get_args, get_origin
+
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict
 
@@ -31,6 +34,25 @@ def declared_query_parameters(route) -> list[str]:
     return list(dict.fromkeys(walk(dependant))) if dependant is not None else []
 
 
+def list_query_parameters(route) -> set[str]:
+    """The query parameters of a route that take several values (``task=a&task=b``)."""
+    def walk(dependant) -> set[str]:
+        names = {p.alias for p in dependant.query_params if _is_sequence(p.field_info.annotation)}
+        for sub in dependant.dependencies:
+            names |= walk(sub)
+        return names
+
+    dependant = getattr(route, "dependant", None)
+    return walk(dependant) if dependant is not None else set()
+
+
+def _is_sequence(annotation) -> bool:
+    if get_origin(annotation) in (list, tuple, set, frozenset):
+        return True
+    return any(_is_sequence(a) for a in get_args(annotation) if a is not type(None)) \
+        if get_origin(annotation) in (Union, UnionType) else False
+
+
 def reject_unknown_query_parameters(request: Request) -> None:
     route = request.scope.get("route")
     if route is None or not getattr(route, "include_in_schema", True):  # the dashboard's pages
@@ -40,6 +62,12 @@ def reject_unknown_query_parameters(request: Request) -> None:
     if unknown:
         raise ApiError(400, "unknown_parameter", f"unknown query parameter(s) {', '.join(echo(u) for u in unknown[:10])}; "
                                                  + (f"known: {', '.join(known)}" if known else "this endpoint takes none"))
+    # A parameter of one value given twice (as_of=3&as_of=2) would silently take the last.
+    repeated = [name for name in dict.fromkeys(request.query_params)
+                if len(request.query_params.getlist(name)) > 1 and name not in list_query_parameters(route)]
+    if repeated:
+        raise ApiError(400, "repeated_parameter", f"query parameter(s) given more than once: "
+                                                  f"{', '.join(echo(r) for r in repeated[:10])}; each takes one value")
 
 
 def body_fields(request: Request) -> list[str] | None:

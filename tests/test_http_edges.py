@@ -219,3 +219,11 @@ def test_every_endpoint_refuses_unknown_query_parameters_and_body_fields(v1_clie
     assert checked >= 17  # every operation of the API, POSTs included
     # the dashboard's pages are not the API: a query string there is the browser's business
     assert v1_client.get("/?utm=1").status_code == 200
+
+
+def test_a_null_bound_and_a_repeated_parameter_are_refused(v1_client):
+    r = v1_client.post("/v1/pca", json={"where": {"task": {"gte": None}}})
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("where.task")
+    r = v1_client.get("/v1/filters", params=[("where", "{}"), ("as_of", "1"), ("as_of", "1")])
+    assert r.status_code == 400 and r.json()["error"]["code"] == "repeated_parameter" and "'as_of'" in r.text
+    assert v1_client.get("/v1/models", params=[("task", "GAN"), ("task", "Classification")]).status_code == 200

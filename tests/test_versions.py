@@ -382,3 +382,46 @@ def test_verify_finds_shards_and_layers_that_disagree(store):
         con.execute("UPDATE _shards SET n_rows = n_rows - 5")
     code, out, _ = run_cli("verify", "--db", str(store))
     assert code == 1 and "the shards hold" in out
+
+
+def test_label_refuses_what_it_cannot_take(store, tmp_path):
+    before = store_snapshot(store)
+    with open_catalog(store) as con:
+        m0, m1 = [m for (m,) in con.execute("SELECT model FROM models ORDER BY model_id LIMIT 2").fetchall()]
+    bad_manifests = {
+        "twice.csv": (f"model,task\n{m0},GAN\n{m0},Classification\n", f"labels {m0!r} again (line 2)"),
+        "header.csv": (f"model,task,task\n{m0},GAN,Classification\n", "names a column twice: ['task']"),
+        "quote.csv": (f'model,task\n{m0},"GAN\n', "cannot read the manifest"),
+        "nul.csv": (f"model,task\n{m0},G\0AN\n", "NUL"),
+        "cells.csv": (f"model,task\n{m0},GAN,extra\n", "line 2 has 3 cells, the header 2"),
+    }
+    for name, (text, words) in bad_manifests.items():
+        (tmp_path / name).write_text(text)
+        code, _, err = run_cli("label", "--manifest", str(tmp_path / name), "--db", str(store))
+        assert code == 1 and words in err and "Traceback" not in err, (name, err)
+    for args, words in [((m0, "--task", " "), "task is empty"), (("\u00b2", "--task", "GAN"), "no such model"),
+                        (("\u0663", "--task", "GAN"), "no such model"), ((m0, m0, "--task", "GAN"), "named twice"),
+                        ((m0, "--task", "bad\udcff"), "not valid UTF-8")]:
+        code, _, err = run_cli("label", *args, "--db", str(store))
+        assert code == 1 and words in err and "Traceback" not in err, (args, err)
+    assert store_snapshot(store) == before
+    # A spreadsheet's CSV (a byte-order mark, CRLF line ends) is read.
+    (tmp_path / "excel.csv").write_bytes(f"\ufeffmodel,task\r\n{m1},GAN\r\n".encode())
+    assert cli_main(["label", "--manifest", str(tmp_path / "excel.csv"), "--db", str(store)]) == 0
+    with open_catalog(store) as con:
+        assert con.execute("SELECT task FROM models WHERE model = ?", [m1]).fetchone()[0] == "GAN"
+
+
+def test_export_and_plot_refuse_outputs_that_are_not_files(store, tmp_path):
+    target = tmp_path / "target.csv"
+    target.write_text("old")
+    (tmp_path / "link.csv").symlink_to(target)
+    assert cli_main(["export", "-o", str(tmp_path / "link.csv"), "--where", '{"model_id": 1}', "--db", str(store)]) == 0
+    assert (tmp_path / "link.csv").is_symlink() and target.read_text().startswith("filter_id,model_id")
+    (tmp_path / "dir.png").mkdir()
+    for out, words in [(tmp_path / "dir.png", "not a regular file"), (tmp_path / "no" / "x.png", "no such directory"),
+                       (Path("/dev/null"), "not a regular file")]:
+        for command in (["export", "-o", str(out), "--format", "npy"], ["plot", "divergence", "-o", str(out)]):
+            code, _, err = run_cli(*command, "--db", str(store))
+            assert code == 1 and (words in err or "unknown format" in err) and "Traceback" not in err, (command, err)
+    assert Path("/dev/null").is_char_device()
