@@ -61,6 +61,7 @@ def cmd_info(args) -> int:
     b = info["bytes"]
     ratio = b["shards"] / b["raw_float32"] if b["raw_float32"] else 0.0
     print(f"store      {info['db']}")
+    print(f"id         {info['store_id']}")
     print(f"version    {info['version']}  (`cnnfilterdb log` lists them)")
     print(f"models     {info['models']:,}")
     print(f"layers     {info['layers']:,}")

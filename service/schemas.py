@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, create_model, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, create_model
 
 from cnnfilterdb.limits import (DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_KDE_BINS, MAX_RANGE_ABS,
                                 MIN_KDE_BINS)
@@ -234,18 +234,11 @@ RangeEnd = Annotated[float, Field(ge=-MAX_RANGE_ABS, le=MAX_RANGE_ABS), BeforeVa
 class Bounds(BaseModel, Generic[T]):
     """{gte, gt, lte, lt}: every bound given must hold."""
     model_config = ConfigDict(extra="forbid")
-    gte: T | None = None
-    gt: T | None = None
-    lte: T | None = None
-    lt: T | None = None
-
-    @model_validator(mode="after")
-    def _no_null_bound(self):
-        # A bound given as null would be dropped, selecting everything: refused instead.
-        null = sorted(k for k in self.model_fields_set if getattr(self, k) is None)
-        if null:
-            raise ValueError(f"a bound must be a value, not null: {', '.join(null)}")
-        return self
+    # Not nullable: a bound given as null would be dropped, selecting everything.
+    gte: T = None
+    gt: T = None
+    lte: T = None
+    lt: T = None
 
 
 TextCondition = str | list[str | None] | Bounds[str] | None
