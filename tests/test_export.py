@@ -246,22 +246,6 @@ def test_write_export_is_atomic(store, tmp_path, fmt):
 
 # -- GET /v1/filters and `cnnfilterdb export` -------------------------------------------------------
 
-def _rows_of(fmt: str, data: bytes) -> dict[str, np.ndarray]:
-    """The columns of an export file, as numpy arrays (weights as float32)."""
-    if fmt == "parquet":
-        t = pq.read_table(io.BytesIO(data))
-    elif fmt == "arrow":
-        t = pa.ipc.open_stream(data).read_all()
-    elif fmt == "csv":
-        t = pa_csv.read_csv(io.BytesIO(data), convert_options=pa_csv.ConvertOptions(
-            column_types={c: pa.float32() for c in COLUMNS[3:]}))
-    else:
-        a = np.load(io.BytesIO(data))
-        return {"filter_id": a["filter_id"], "model_id": a["model_id"], "layer_id": a["layer_id"],
-                **{f"w{i}": a["w"].reshape(-1, 9)[:, i] for i in range(9)}}
-    return {c: t.column(c).to_numpy() for c in COLUMNS}
-
-
 def _sql_rows(db, where_sql: str, params: list, version: str = "") -> dict[str, np.ndarray]:
     """The same selection by DuckDB: every stored filter of the selected layers, filter_id order."""
     layers = f"layers_with_models_at({version})" if version else "layers_with_models"
@@ -303,7 +287,7 @@ def test_http_export_equals_the_sql_selection(http, small_store, fmt):
     assert r.headers["x-store-version"] == "1"
     assert r.headers["content-disposition"] == f'attachment; filename="filters-v1{FORMATS[fmt][1]}"'
     assert r.headers["content-type"].startswith(FORMATS[fmt][0])
-    _same(_rows_of(fmt, r.content), want)
+    _same(decode(r.content, fmt), want)
     if fmt == "parquet":
         meta = pq.read_schema(io.BytesIO(r.content)).metadata
         assert meta[b"store_version"] == b"1" and json.loads(meta[b"where"]) == {"task": task, "conv_depth": {"gte": 1}}
@@ -311,7 +295,7 @@ def test_http_export_equals_the_sql_selection(http, small_store, fmt):
 
 def test_http_export_of_everything_and_of_nothing(http, small_store):
     r = http.get("/v1/filters?format=npy")
-    _same(_rows_of("npy", r.content), _sql_rows(small_store, "true", []))
+    _same(decode(r.content, "npy"), _sql_rows(small_store, "true", []))
     r = http.get("/v1/filters", params={"where": '{"conv_depth": {"gt": 100000}}', "format": "parquet"})
     assert r.status_code == 200 and r.headers["x-rows"] == "0" and pq.read_table(io.BytesIO(r.content)).num_rows == 0
 
@@ -339,7 +323,7 @@ def test_export_as_of_an_older_version(small_store, tmp_path):
     for as_of, version in [("1", "1"), (None, "")]:
         out = tmp_path / f"v{as_of}.parquet"
         assert cli_main(["export", "-o", str(out), "--db", str(db)] + (["--as-of", as_of] if as_of else [])) == 0
-        _same(_rows_of("parquet", out.read_bytes()), _sql_rows(db, "true", [], version or "2"))
+        _same(decode(out.read_bytes(), "parquet"), _sql_rows(db, "true", [], version or "2"))
     assert pq.read_table(tmp_path / "v1.parquet").num_rows > pq.read_table(tmp_path / "vNone.parquet").num_rows
 
 
