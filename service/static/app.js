@@ -412,14 +412,13 @@ function viewHome({ signal }) {
       h('div', { class: 'card-label' }, label), h('div', { class: 'card-value' }, value), note ? h('div', { class: 'card-note' }, note) : null);
     const b = s.basis;
     return [
-      card('Store version', fmtInt(s.store_version), 'cite it: results repeat with as_of', 'version'),
+      card('Store version', fmtInt(s.store_version),
+        `${s.last_ingest_at ? `last ingest ${s.last_ingest_at.slice(0, 10)} ${s.last_ingest_at.slice(11, 16)} · ` : ''}cite it: results repeat with as_of`, 'version'),
       card('Models', fmtInt(s.models), null, 'models'),
       card('Layers', fmtInt(s.layers), null, 'layers'),
       card('Filters', fmtInt(s.filters), '3×3 kernels', 'filters'),
       card('Shards', fmtInt(s.shards), fmtBytes(s.shard_bytes), 'shards'),
       card('Basis', b ? `v${b.version}` : 'none', b ? `PCA of ${fmtInt(b.n_filters)} filters; c0–c1 explain ${fmtNum(100 * (b.explained_variance_ratio[0] + b.explained_variance_ratio[1]), 3)}%` : 'no filters yet', 'basis'),
-      card('Last ingest', s.last_ingest_at ? s.last_ingest_at.slice(0, 10) : '—',
-        `${s.last_ingest_at ? `${s.last_ingest_at.slice(11, 16)} · ` : ''}${fmtInt(s.ingests)} ingest${s.ingests === 1 ? '' : 's'}`, 'ingest'),
     ];
   });
 }
