@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_RANGE_ABS
-from .scan import LayerGroups, scan_histogram2d, scan_histograms, scan_range
+from .scan import HeldShards, LayerGroups, scan_histogram2d, scan_histograms, scan_range
 from .selection import (GROUP_FIELDS, EmptySelectionError, Selection, SelectionError, check_values, layers_at,
                         natural_order, select, where_sql)
 from .stats.basis import Basis, fit_basis
@@ -170,6 +170,12 @@ class Snapshot:
 
         return self._get("shards", load)
 
+    def held_shards(self, cur) -> HeldShards:
+        """The shards, open for as long as this snapshot lives: every scan of a request (a
+        selection's basis scans twice) reads the files its catalog names, even if `compact`
+        unlinks them meanwhile (their space returns when the last snapshot holding them goes)."""
+        return self._get("held", lambda: HeldShards(self.shard_paths(cur)))
+
     def max_layer_id(self, cur) -> int:
         return self._get("max_layer_id", lambda: int(cur.execute(
             "SELECT coalesce(max(layer_id), 0) FROM _layers").fetchone()[0]))  # of every version: ids are never reused
@@ -183,7 +189,7 @@ class Snapshot:
     def prepare(self, cur) -> None:
         """Read everything now (the service, when a catalog generation opens), so that its first
         query costs what a repeated one does: it also runs DuckDB's first plan of the selection."""
-        self.basis(cur), self.shard_paths(cur), self.max_layer_id(cur), self.layer_histograms(cur)
+        self.basis(cur), self.held_shards(cur), self.max_layer_id(cur), self.layer_histograms(cur)
         self.layer_moments(cur)
         select(cur, None, None, self.version)
 
@@ -221,6 +227,9 @@ class Analysis:
     # -- building blocks -----------------------------------------------------------------------
     def shard_paths(self) -> list[Path]:
         return self.snapshot.shard_paths(self.cur)
+
+    def held_shards(self) -> HeldShards:
+        return self.snapshot.held_shards(self.cur)
 
     def groups_of(self, sel: Selection) -> LayerGroups:
         return LayerGroups.of(sel.layer_ids, sel.layer_group, len(sel.labels), self.snapshot.max_layer_id(self.cur))
@@ -277,10 +286,10 @@ class Analysis:
         else:
             b = self.selection_basis(sel)
             groups = self.groups_of(sel)
-            lo, hi, _ = scan_range(self.shard_paths(), groups, b)
+            lo, hi, _ = scan_range(self.shard_paths(), groups, b, held=self.held_shards())
             b.range_min, b.range_max = lo, hi
         paths = self.shard_paths()
-        counts = scan_histograms(paths, groups, b, lo, hi, bins)
+        counts = scan_histograms(paths, groups, b, lo, hi, bins, held=self.held_shards())
         return GroupHistograms(sel, b, basis, lo, hi, bins, counts, "scan")
 
     # -- the statistics --------------------------------------------------------------------------
@@ -412,7 +421,7 @@ class Analysis:
         ``n_rows`` (the selected filters, as the catalog counts them), ``store_version``.
         An empty selection is an empty export, not an error."""
         sel = self.select(where)
-        return {"paths": self.shard_paths(), "layer_ids": sel.layer_ids,
+        return {"paths": self.shard_paths(), "held": self.held_shards(), "layer_ids": sel.layer_ids,
                 "max_layer_id": self.snapshot.max_layer_id(self.cur), "n_rows": int(sel.n_filters.sum()),
                 "store_version": self.version}
 
@@ -504,7 +513,7 @@ class Analysis:
             lo, hi = b.range_min, b.range_max
         else:
             b = self.selection_basis(sel)
-            lo, hi, _ = scan_range(paths, groups, b)
+            lo, hi, _ = scan_range(paths, groups, b, held=self.held_shards())
         if value_range is not None:
             lo, hi = float(min(value_range)), float(max(value_range))
         lo, hi = histogram_range(lo, hi)  # numpy widens an empty range; the response says so
@@ -512,7 +521,7 @@ class Analysis:
         if not (np.isfinite(width) and width > 0 and lo + width > lo and hi - width < hi):
             raise SelectionError(f"range [{lo!r}, {hi!r}] cannot hold {bins} bins of a float64 width: "
                                  "give a range of ordinary numbers")
-        counts = scan_histogram2d(paths, groups, b, lo, hi, bins, tuple(components))
+        counts = scan_histogram2d(paths, groups, b, lo, hi, bins, tuple(components), held=self.held_shards())
         return {"store_version": self.version, "components": list(components), "range": [lo, hi], "bins": bins,
                 "edges": np.linspace(lo, hi, bins + 1).tolist(), "n_filters": int(sel.n_filters.sum()),
                 "counts": counts.tolist(), "basis": {"kind": basis, "version": b.version if basis == "global" else None}}

@@ -76,7 +76,8 @@ CSV_OPTIONS = pa_csv.WriteOptions(include_header=False, quoting_style="none", ba
 
 
 def export_chunks(paths: list[Path], layer_ids: np.ndarray, max_layer_id: int, n_rows: int, fmt: str,
-                  metadata: dict[str, str] | None = None, threads: int | None = None) -> Iterator[bytes]:
+                  metadata: dict[str, str] | None = None, threads: int | None = None,
+                  held: HeldShards | None = None) -> Iterator[bytes]:
     """The selected filters (rows whose layer_id is in layer_ids), in filter_id order, encoded as fmt, as a
     stream of byte chunks whose concatenation is the whole file.
 
@@ -101,6 +102,8 @@ def export_chunks(paths: list[Path], layer_ids: np.ndarray, max_layer_id: int, n
         Key-value metadata of the schema (parquet and arrow; ignored by npy and csv).
     threads : int, optional
         Threads reading (and for npy and csv encoding) row groups; default min(4, cores).
+    held : HeldShards, optional
+        The shards already held open (an analysis snapshot's); default opened here.
 
     Returns
     -------
@@ -129,12 +132,14 @@ def export_chunks(paths: list[Path], layer_ids: np.ndarray, max_layer_id: int, n
     units = [(path, row_group) for path, row_group, _, _ in _units(list(paths), groups)]
     schema = SCHEMA.with_metadata(metadata) if metadata else SCHEMA
     encode = {"parquet": _parquet, "arrow": _arrow, "npy": _npy, "csv": _csv}[fmt]
-    held = HeldShards([path for path, _ in units])  # readable to the end, even if unlinked from now on
-    return encode(_row_groups(units, held, selected, n_rows, threads, _prepare[fmt]), schema, n_rows)
+    own = held is None
+    if own:  # readable to the end, even if unlinked from now on
+        held = HeldShards([path for path, _ in units])
+    return encode(_row_groups(units, held, own, selected, n_rows, threads, _prepare[fmt]), schema, n_rows)
 
 
 def write_export(path: Path, paths: list[Path], layer_ids: np.ndarray, max_layer_id: int, n_rows: int, fmt: str,
-                 metadata: dict[str, str] | None = None) -> int:
+                 metadata: dict[str, str] | None = None, held: HeldShards | None = None) -> int:
     """Write the export of the selected filters (see ``export_chunks``) to ``path`` atomically.
 
     The file is written as a temporary file in the same directory, fsynced, then renamed over
@@ -145,7 +150,7 @@ def write_export(path: Path, paths: list[Path], layer_ids: np.ndarray, max_layer
     ----------
     path : Path
         The destination file; its directory must exist.
-    paths, layer_ids, max_layer_id, n_rows, fmt, metadata
+    paths, layer_ids, max_layer_id, n_rows, fmt, metadata, held
         As for ``export_chunks``.
 
     Returns
@@ -154,7 +159,7 @@ def write_export(path: Path, paths: list[Path], layer_ids: np.ndarray, max_layer
         The number of rows written.
     """
     destination(path)  # a path that cannot be written is refused before any shard is read
-    chunks = export_chunks(paths, layer_ids, max_layer_id, n_rows, fmt, metadata)
+    chunks = export_chunks(paths, layer_ids, max_layer_id, n_rows, fmt, metadata, held=held)
     try:
         with atomic_file(path) as f:
             for chunk in chunks:
@@ -201,7 +206,7 @@ def _prepare_csv(columns: list[pa.Array]) -> bytes:
 _prepare = {"parquet": _table, "arrow": _table, "npy": _prepare_npy, "csv": _prepare_csv}
 
 
-def _row_groups(units: list[tuple[Path, int]], held: HeldShards, selected: np.ndarray, n_rows: int,
+def _row_groups(units: list[tuple[Path, int]], held: HeldShards, own: bool, selected: np.ndarray, n_rows: int,
                 threads: int | None, prepare):
     """(rows, prepare(columns of the selected rows)) of each row group of ``units``, in order.
 
@@ -276,7 +281,8 @@ def _row_groups(units: list[tuple[Path, int]], held: HeldShards, selected: np.nd
         for f in open_files.values():
             f.close()
         open_files.clear()
-        held.close()
+        if own:  # not a snapshot's: it outlives this export
+            held.close()
 
 
 # -- encoding -----------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def _units(paths: list[Path], groups: LayerGroups) -> list[tuple[Path, int, int,
     return units
 
 
-def _map_units(paths, groups, work: Callable, threads: int | None):
+def _map_units(paths, groups, work: Callable, threads: int | None, held: HeldShards | None = None):
     """work(layer_id, weight columns, first group, last group) over the selected row groups, in
     threads; yields the results in order.
 
@@ -152,14 +152,16 @@ def _map_units(paths, groups, work: Callable, threads: int | None):
         return work(cols[0], tuple(cols[1:]), g_lo, g_hi)
 
     units = _units(paths, groups)
-    held = HeldShards([u[0] for u in units])
+    own = held is None  # else the caller's (a snapshot's), open for longer than this scan
+    held = HeldShards([u[0] for u in units]) if own else held
     threads = threads or min(4, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max_workers=threads)
     try:
         yield from pool.map(lambda u: read_and_work(*u), units)
     finally:
         pool.shutdown(cancel_futures=True)  # after an error (a damaged shard), nothing more is read
-        held.close()
+        if own:
+            held.close()
 
 
 def _kernel_basis(basis: Basis) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +169,8 @@ def _kernel_basis(basis: Basis) -> tuple[np.ndarray, np.ndarray]:
     return C, C @ basis.mean
 
 
-def scan_range(paths: list[Path], groups: LayerGroups, basis: Basis, threads: int | None = None) -> tuple[float, float, int]:
+def scan_range(paths: list[Path], groups: LayerGroups, basis: Basis, threads: int | None = None,
+               held: HeldShards | None = None) -> tuple[float, float, int]:
     """(min, max) of all 9 coefficients of the selected filters, and their count."""
     C, shift = _kernel_basis(basis)
 
@@ -175,13 +178,13 @@ def scan_range(paths: list[Path], groups: LayerGroups, basis: Basis, threads: in
         return coefficient_range(layer, cols, groups.group_of_layer, C, shift)
 
     lo, hi, n = np.inf, -np.inf, 0
-    for a, b, k in _map_units(paths, groups, work, threads):
+    for a, b, k in _map_units(paths, groups, work, threads, held):
         lo, hi, n = min(lo, a), max(hi, b), n + k
     return lo, hi, n
 
 
 def scan_histograms(paths: list[Path], groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int,
-                    threads: int | None = None) -> np.ndarray:
+                    threads: int | None = None, held: HeldShards | None = None) -> np.ndarray:
     """Counts (n_groups, 9, bins), int64: per group and component, np.histogram(c, bins, (lo, hi))."""
     C, shift = _kernel_basis(basis)
     lo, hi = histogram_range(lo, hi)
@@ -193,13 +196,14 @@ def scan_histograms(paths: list[Path], groups: LayerGroups, basis: Basis, lo: fl
         return g_lo, counts
 
     out = np.zeros((groups.n_groups, 9, bins), dtype=np.int64)
-    for g_lo, counts in _map_units(paths, groups, work, threads):
+    for g_lo, counts in _map_units(paths, groups, work, threads, held):
         out[g_lo:g_lo + len(counts)] += counts
     return out
 
 
 def scan_histogram2d(paths: list[Path], groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int,
-                     components: tuple[int, int], threads: int | None = None) -> np.ndarray:
+                     components: tuple[int, int], threads: int | None = None,
+                     held: HeldShards | None = None) -> np.ndarray:
     """Counts (bins, bins), int64, of the selected filters' coefficients (components[0], components[1]):
     np.histogram2d(c_i, c_j, bins, range=[(lo, hi), (lo, hi)]), a value outside on either axis dropped."""
     C, shift = _kernel_basis(basis)
@@ -213,6 +217,6 @@ def scan_histogram2d(paths: list[Path], groups: LayerGroups, basis: Basis, lo: f
         return counts
 
     out = np.zeros((bins, bins), dtype=np.int64)
-    for counts in _map_units(paths, groups, work, threads):
+    for counts in _map_units(paths, groups, work, threads, held):
         out += counts
     return out

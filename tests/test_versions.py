@@ -425,3 +425,21 @@ def test_export_and_plot_refuse_outputs_that_are_not_files(store, tmp_path):
             code, _, err = run_cli(*command, "--db", str(store))
             assert code == 1 and (words in err or "unknown format" in err) and "Traceback" not in err, (command, err)
     assert Path("/dev/null").is_char_device()
+
+
+def test_a_snapshot_reads_its_shards_after_compact_unlinks_them(store, tmp_path):
+    """A request's snapshot (the service's catalog generation) holds its shards open: scans on it
+    (a selection's basis scans twice) still read them after `compact` has deleted them."""
+    other = write_sample_h5(tmp_path / "other.h5", n_models=6, n_filters=40_000, seed=8)
+    assert cli_main(["ingest", str(other), "--db", str(store)]) == 0
+    with open_catalog(store) as con:
+        old = Analysis(con, store)
+        old.snapshot.prepare(con)
+        before = old.divergence("task", bins=31, basis="selection")
+        gone = [m for (m,) in con.execute("SELECT model FROM models WHERE model_id < 12").fetchall()]
+        # Other processes, as they would be (the catalog is open read-only here).
+        assert run_cli("remove", *gone, "--db", str(store))[0] == 0
+        assert run_cli("compact", "--keep-versions", "1", "--db", str(store))[0] == 0
+        assert not all(p.exists() for p in old.shard_paths())  # the first ingest's shard is gone
+        again = old.divergence("task", bins=31, basis="selection")
+        assert again["matrix"] == before["matrix"] and again["store_version"] == 2
