@@ -224,7 +224,7 @@ def cmd_export(args) -> int:
     if fmt is None:
         raise StoreError(f"{out}: the suffix gives the format: one of {', '.join(sorted(by_suffix))} (or --format)")
     where = _json_where(args.where)
-    _writable(out)
+    _writable(args.output, args.db)
     con, analysis = _open_analysis(FilterStore(args.db or default_db()), args.as_of)
     with con:
         try:
@@ -240,15 +240,19 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _writable(out: Path) -> None:
+def _writable(out: str, db: Path | None) -> None:
     """One line and exit 1, before any work, for an output path that cannot be written (a missing
-    directory, a device or a directory: cnnfilterdb/atomic.py)."""
+    directory, a device or a directory: cnnfilterdb/atomic.py) or that lies inside the store (its
+    own files, or one a later writer would delete as garbage)."""
     from .atomic import destination
 
     try:
-        destination(out)
+        target = destination(out).resolve()
     except OSError as e:
         raise StoreError(f"{out}: {e.strerror}") from None
+    root = FilterStore(db or default_db()).root
+    if target == root or root in target.parents:
+        raise StoreError(f"{out}: inside the store {root}; write outputs elsewhere")
 
 
 def _as_of_arg(p: argparse.ArgumentParser) -> None:
@@ -257,11 +261,26 @@ def _as_of_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _json_where(text: str | None) -> dict | None:
-    """``--where``: a JSON selection (``null`` or nothing: all filters); one line if not JSON."""
+    """``--where``: a JSON selection (``null`` or nothing: all filters), checked by the HTTP API's
+    own model of it (the same values refused, e.g. NaN bounds, "yes" for a boolean); one line if
+    it is not JSON or not valid."""
+    from pydantic import ValidationError
+
+    from service.errors import is_type_tag
+    from service.schemas import Where
+
     try:
-        return json.loads(text) if text else None
+        value = json.loads(text) if text else None
     except json.JSONDecodeError as e:
         raise StoreError(f"--where is not JSON ({e.msg} at character {e.pos})") from None
+    if value is None:
+        return None
+    try:
+        return Where.model_validate(value).conditions()
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"] if not is_type_tag(x))
+        raise StoreError(f"--where: {('where.' + loc) if loc else 'where'}: {err['msg']}") from None
 
 
 def _open_analysis(store: FilterStore, as_of: int | None = None):
@@ -302,7 +321,7 @@ def cmd_plot(args) -> int:
         raise StoreError(str(e)) from None
     except SelectionError as e:
         raise StoreError(str(e)) from None
-    _writable(out)
+    _writable(args.output, args.db)
     store = FilterStore(args.db or default_db())
     con, analysis = _open_analysis(store, args.as_of)
     with con:
@@ -325,6 +344,10 @@ def cmd_report(args) -> int:
     from .report import write_report
     from .selection import SelectionError
 
+    out = Path(args.output)
+    root = FilterStore(args.db or default_db()).root
+    if out.resolve() == root or root in out.resolve().parents:
+        raise StoreError(f"{out}: inside the store {root}; write the report elsewhere")
     store = FilterStore(args.db or default_db())
     info = store.info()
     con, analysis = _open_analysis(store, args.as_of)

@@ -427,17 +427,23 @@ class StoreTransaction:
 
     # -- what an ingest asks for ---------------------------------------------------------------
     def next_model_id(self) -> int:
-        """Ids are never reused, not even those of removed models: older versions still name them."""
-        return int(self.con.execute("SELECT coalesce(max(model_id) + 1, 0) FROM _models").fetchone()[0])
+        """Ids are never reused, not even those of removed models: older versions still name them,
+        and those `compact` forgot are above the floor it recorded (_store)."""
+        return int(self.con.execute("SELECT greatest(coalesce(max(model_id) + 1, 0), "
+                                    "(SELECT min_next_model_id FROM _store)) FROM _models").fetchone()[0])
 
     def next_layer_id(self) -> int:
-        return int(self.con.execute("SELECT coalesce(max(layer_id) + 1, 0) FROM _layers").fetchone()[0])
-
-    def next_id(self, table: str, column: str) -> int:
-        return {"models": self.next_model_id, "layers": self.next_layer_id}[table]()
+        return int(self.con.execute("SELECT greatest(coalesce(max(layer_id) + 1, 0), "
+                                    "(SELECT min_next_layer_id FROM _store)) FROM _layers").fetchone()[0])
 
     def next_filter_id(self) -> int:
-        return int(self.con.execute("SELECT coalesce(max(filter_id_last) + 1, 0) FROM _shards").fetchone()[0])
+        return int(self.con.execute("SELECT greatest(coalesce(max(filter_id_last) + 1, 0), "
+                                    "(SELECT min_next_filter_id FROM _store)) FROM _shards").fetchone()[0])
+
+    def keep_id_floors(self) -> None:
+        """Record the next ids as floors, before rows that hold the largest ones are deleted."""
+        self.con.execute("UPDATE _store SET min_next_model_id = ?, min_next_layer_id = ?, min_next_filter_id = ?",
+                         [self.next_model_id(), self.next_layer_id(), self.next_filter_id()])
 
     def new_shard_path(self) -> Path:
         """A new shard's path, unique in the store (several writers may serve one transaction)."""

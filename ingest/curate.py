@@ -16,6 +16,7 @@ is checked before anything is written, a failure or a kill leaves the store as i
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +37,20 @@ def _model_ids(tx: StoreTransaction, models: list[str]) -> dict[str, int]:
     """model name (or model_id) -> model_id among the current models; StoreError naming every
     unknown one with the nearest known names (a case-insensitive match first)."""
     known = dict(tx.con.execute("SELECT model, model_id FROM models").fetchall())
+    ids = set(known.values())
     out, unknown = {}, []
     for m in models:
-        if m in known:
-            out[m] = known[m]
-        elif m.isascii() and m.isdigit() and int(m) in known.values():
-            out[m] = int(m)
+        as_id = int(m) if m.isascii() and m.isdigit() and len(m) <= 10 and int(m) in ids else None
+        if m in known and as_id is not None and known[m] != as_id:
+            raise StoreError(f"{m!r} is both the name of model_id {known[m]} and a model_id: name the model "
+                             f"{m!r} by its id {known[m]}, or model_id {m} by its name")
+        if m in known or as_id is not None:
+            out[m] = known[m] if m in known else as_id
         else:
             unknown.append(m)
+    twice = sorted(i for i, n in Counter(out.values()).items() if n > 1)
+    if twice:
+        raise StoreError(f"a model is named twice (by name and by id): model_id {twice[0]}; name each once")
     if unknown:
         hints = []
         removed = dict(tx.con.execute("SELECT model, max(version_to) FROM _models GROUP BY model "
@@ -185,6 +192,7 @@ def compact(db: Path, keep_versions: int) -> dict:
         forgotten = con.execute("SELECT count(*) FROM _versions WHERE version < ? AND NOT compacted",
                                 [first]).fetchone()[0]
         first = max(first, con.execute("SELECT min(version) FROM _versions WHERE NOT compacted").fetchone()[0])
+        tx.keep_id_floors()
         con.execute("UPDATE _versions SET compacted = true WHERE version < ?", [first])
         # Rows no kept version sees; then what belongs only to models no kept version holds.
         con.execute("DELETE FROM _models WHERE version_to IS NOT NULL AND version_to <= ?", [first])

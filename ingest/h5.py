@@ -330,12 +330,12 @@ def ingest_h5(path: Path, tx: StoreTransaction, progress: Progress) -> H5Ingest:
     # them: each run of consecutive layers that are written keeps its own spacing, and the next
     # run starts right after it. So a model's filter and layer ids stay as contiguous as in the file.
     new_ids = {m["file_model_id"] for m in new}
-    model_offset = tx.next_id("models", "model_id")
+    model_offset = tx.next_model_id()
     if len(new) == len(c.models):
         model_ids = {fid: model_offset + fid for fid in new_ids}
     else:  # numbered in the file's order, without gaps for the models left out
         model_ids = {fid: model_offset + k for k, fid in enumerate(sorted(new_ids))}
-    layer_base = tx.next_id("layers", "layer_id")
+    layer_base = tx.next_layer_id()
     next_filter = tx.next_filter_id()
     layers, offsets = [], []
     offset, previous_written = None, False

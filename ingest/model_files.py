@@ -55,8 +55,8 @@ def relabel_hint(model: str, differences: dict[str, dict], db: Path | None = Non
 def ingest_model_file(path: Path, kind: str, m: ExtractedModel, meta: dict, tx: StoreTransaction,
                       writer: ShardWriter, sha: str) -> tuple[int, int]:
     """Add one model read by ``read_model`` (every check done, nothing written yet); returns (1, filters)."""
-    model_id = tx.next_id("models", "model_id")
-    layer_id = tx.next_id("layers", "layer_id")
+    model_id = tx.next_model_id()
+    layer_id = tx.next_layer_id()
     next_filter = max(tx.next_filter_id(), writer.next_filter_id)
     name = meta.get("model") or path.stem
     taken = lambda s: tx.con.execute("SELECT count(*) FROM models WHERE model = ?", [s]).fetchone()[0] > 0  # noqa: E731

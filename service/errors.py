@@ -31,7 +31,7 @@ def not_found(what: str, key) -> ApiError:
     return ApiError(404, "not_found", f"no {what} {key}")
 
 
-def _is_type_tag(loc_item) -> bool:
+def is_type_tag(loc_item) -> bool:
     """A location item that names a member of a union type (``str``, ``list[...]``,
     ``function-before[...]``) rather than a field or an index: not for a client's eyes."""
     return isinstance(loc_item, str) and ("[" in loc_item or loc_item in ("str", "int", "float", "bool"))
@@ -57,7 +57,7 @@ def install(app: FastAPI) -> None:
         parts, status, unions, bounded = [], 422, set(), set()
         for err in e.errors():
             raw = [x for x in err.get("loc", ()) if x not in ("body", "query")]
-            loc = [str(x) for x in raw if not _is_type_tag(x)]  # pydantic's names of union members
+            loc = [str(x) for x in raw if not is_type_tag(x)]  # pydantic's names of union members
             where = ".".join(loc) or "request"
             in_bounds = any(isinstance(x, str) and x.startswith("Bounds[") for x in raw)
             if err.get("type") == "literal_error":
@@ -76,6 +76,9 @@ def install(app: FastAPI) -> None:
                 status = 400
                 parts.append(f"unknown field {echo(loc[-1])} in {'.'.join(loc[:-1]) or 'the request'}; "
                              f"known fields of where: {FILTER_FIELDS}")
+            elif err.get("type") == "json_invalid":
+                error = (err.get("ctx") or {}).get("error", "invalid")
+                parts.append(f"the body is not JSON ({error} at character {raw[-1] if raw else 0})")
             elif len(raw) != len(loc) and len(loc) >= 2 and loc[0] == "where":
                 unions.add(".".join(loc[:2]))  # a where value that fits no form: said once, below
             else:
@@ -86,7 +89,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+        code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
                 413: "request_too_large"}.get(e.status_code, "http_error")
         # Keep the exception's headers (405 carries the required `Allow`).
         return JSONResponse(_body(code, str(e.detail)), status_code=e.status_code, headers=getattr(e, "headers", None))

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     analysis_queue: int = Field(16, ge=0, le=1024, description="requests that may wait for a turn at once; more get a 429 "
                                                               "at once (a waiting request holds one of the server's threads)")
     export_concurrency: int = Field(2, ge=1, le=64, description="exports (GET /v1/filters) streaming at once; more get a 429")
+    export_send_timeout_s: float = Field(60.0, gt=0, le=3600, description="an export whose client takes no data for this "
+                                                                     "long is cut off (its slot freed)")
     figure_cache_bytes: int = Field(64_000_000, ge=0, description="rendered figures kept in memory, by ETag (GET /v1/plots)")
 
     # Requests

@@ -9,12 +9,47 @@ from __future__ import annotations
 from types import UnionType
 from typing import Union, get_args, get_origin
 
+import json
+
 from fastapi import Request
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from pydantic import BaseModel, ConfigDict
 
 from cnnfilterdb.selection import echo
 
 from .errors import ApiError
+
+
+class StrictJsonRequest(Request):
+    """A request whose JSON body may not name a key twice in one object: json.loads would keep
+    the last ({"group_by": "task", "group_by": "model"} grouped by model, silently)."""
+
+    async def json(self):
+        if not hasattr(self, "_json"):
+            self._json = json.loads(await self.body(), object_pairs_hook=_unique_keys)
+        return self._json
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:  # an HTTPException: FastAPI passes it through its body parsing
+            raise HTTPException(400, f"the request body names {echo(key)} twice in one object")
+        seen.add(key)
+    return dict(pairs)
+
+
+class StrictJsonRoute(APIRoute):
+    """The route class of the routers that take a JSON body (FastAPI's custom-route pattern)."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request):
+            return await handler(StrictJsonRequest(request.scope, request.receive))
+
+        return strict_handler
 
 
 class StrictModel(BaseModel):

@@ -1,9 +1,12 @@
 -- Tables of the catalog (<db>/catalog.duckdb).
 -- The layout version of this file: a program refuses a catalog of another version (store.py).
 -- store_id names the store (a random UUID given when it was created): "store <id>, version 7"
--- identifies a result across copies and other stores.
-CREATE TABLE _store (schema_version INTEGER NOT NULL, store_id VARCHAR NOT NULL);
-INSERT INTO _store VALUES (4, uuid()::VARCHAR);
+-- identifies a result across copies and other stores. The id floors: ids are never reused, not
+-- even after `compact` has forgotten every row that held them (a cited id keeps its meaning).
+CREATE TABLE _store (schema_version INTEGER NOT NULL, store_id VARCHAR NOT NULL,
+                     min_next_model_id BIGINT NOT NULL, min_next_layer_id BIGINT NOT NULL,
+                     min_next_filter_id BIGINT NOT NULL);
+INSERT INTO _store VALUES (4, uuid()::VARCHAR, 0, 0, 0);
 -- The public SQL surface is SPEC section 4: models, layers, filters and basis, views of the
 -- current store version (views.sql), and models_at(v), layers_at(v), layers_with_models_at(v):
 -- the same at any kept store version v. Tables whose names start with an underscore are

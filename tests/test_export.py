@@ -423,3 +423,41 @@ def test_abandoned_and_head_exports_give_their_slot_back(small_store):
         gc.enable()
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_client_that_stops_reading_loses_its_export_slot(small_store):
+    """A client that takes no data for export_send_timeout_s is cut off: its slot comes back."""
+    import socket
+
+    import httpx
+    import uvicorn
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(Settings(db=small_store, export_concurrency=1, export_send_timeout_s=1.0))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.02)
+    base = f"http://127.0.0.1:{port}"
+    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        stalled.connect(("127.0.0.1", port))
+        stalled.sendall(b"GET /v1/filters?format=csv HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
+        time.sleep(0.5)
+        assert httpx.get(base + "/v1/filters?format=npy").status_code == 429  # it holds the one slot
+        deadline = time.monotonic() + 30
+        while (r := httpx.get(base + "/v1/filters?format=npy")).status_code == 429:
+            assert time.monotonic() < deadline, "a client that never reads kept its export slot"
+            time.sleep(0.2)
+        assert r.status_code == 200
+    finally:
+        stalled.close()
+        srv.should_exit = True
+        thread.join(timeout=10)

@@ -227,3 +227,14 @@ def test_a_null_bound_and_a_repeated_parameter_are_refused(v1_client):
     r = v1_client.get("/v1/filters", params=[("where", "{}"), ("as_of", "1"), ("as_of", "1")])
     assert r.status_code == 400 and r.json()["error"]["code"] == "repeated_parameter" and "'as_of'" in r.text
     assert v1_client.get("/v1/models", params=[("task", "GAN"), ("task", "Classification")]).status_code == 200
+
+
+def test_a_key_given_twice_in_a_body_is_refused(v1_client):
+    for path, body, key in [("/v1/divergence", '{"group_by": "task", "group_by": "model"}', "group_by"),
+                            ("/v1/pca", '{"where": {"conv_depth": {"gte": null, "gte": 1}}}', "gte"),
+                            ("/v1/sql", '{"sql": "SELECT 1", "sql": "SELECT 2"}', "sql")]:
+        r = v1_client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"] == {
+            "code": "invalid_request", "message": f"the request body names '{key}' twice in one object"}
+    r = v1_client.post("/v1/pca", content='{"where":', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("the body is not JSON (")

@@ -443,3 +443,61 @@ def test_a_snapshot_reads_its_shards_after_compact_unlinks_them(store, tmp_path)
         assert not all(p.exists() for p in old.shard_paths())  # the first ingest's shard is gone
         again = old.divergence("task", bins=31, basis="selection")
         assert again["matrix"] == before["matrix"] and again["store_version"] == 2
+
+
+def test_outputs_are_refused_inside_the_store_and_odd_paths_handled(store, tmp_path):
+    before = store_snapshot(store)
+    shard = next((store / "shards").glob("*.parquet"))
+    for out in [shard, store / "catalog.duckdb", store / "shards" / "mine.parquet", store / "x.csv"]:
+        for command in (["export", "-o", str(out), "--format", "csv"], ["plot", "divergence", "-o", str(out) + ".png"]):
+            code, _, err = run_cli(*command, "--db", str(store))
+            assert code == 1 and "inside the store" in err, (command, err)
+    code, _, err = run_cli("report", "-o", str(store / "report"), "--db", str(store))
+    assert code == 1 and "inside the store" in err
+    assert store_snapshot(store) == before
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    for out, words in [(tmp_path / "a", "loop of symbolic links"), (str(tmp_path / "new.csv") + "/", "trailing /")]:
+        code, _, err = run_cli("export", "-o", str(out), "--format", "csv", "--db", str(store))
+        assert code == 1 and words in err, err
+    assert (tmp_path / "a").is_symlink()
+    long_name = tmp_path / ("\N{GRINNING FACE}" * 62 + ".csv")  # 252 bytes: a valid name
+    private = tmp_path / "private.csv"
+    private.write_text("old")
+    private.chmod(0o600)
+    for out in (long_name, private):
+        assert cli_main(["export", "-o", str(out), "--where", '{"model_id": 2}', "--db", str(store)]) == 0
+    assert (private.stat().st_mode & 0o777) == 0o600 and private.read_text().startswith("filter_id")
+
+
+def test_ids_are_never_reused_after_compact(store, tmp_path):
+    with open_catalog(store) as con:
+        models = [m for (m,) in con.execute("SELECT model FROM models").fetchall()]
+        top = con.execute("SELECT max(model_id), (SELECT max(layer_id) FROM layers), "
+                          "(SELECT max(filter_id_last) FROM layers) FROM models").fetchone()
+    remove_models(store, models)
+    compact(store, keep_versions=1)
+    assert cli_main(["ingest", str(_npz_model(tmp_path / "new.npz", 5)), "--db", str(store)]) == 0
+    with open_catalog(store) as con:
+        got = con.execute("SELECT min(model_id), (SELECT min(layer_id) FROM layers), "
+                          "(SELECT min(filter_id_first) FROM layers) FROM models").fetchone()
+    assert got == (top[0] + 1, top[1] + 1, top[2] + 1)
+
+
+def test_label_names_models_unambiguously(store, tmp_path):
+    assert cli_main(["ingest", str(_npz_model(tmp_path / "n.npz", 3)), "--model", "1", "--db", str(store)]) == 0
+    before = store_snapshot(store)
+    for args, words in [(("1",), "is both the name of model_id 12 and a model_id"),
+                        (("9" * 5000,), "no such model"),
+                        (("0", "sample-s3-0000-resnet-18"), "named twice")]:
+        code, _, err = run_cli("label", *args, "--task", "GAN", "--db", str(store))
+        assert code == 1 and words in err and "Traceback" not in err, (args[0][:20], err)
+    assert store_snapshot(store) == before
+
+
+def test_cli_where_is_checked_as_over_http(store):
+    for where, words in [('{"conv_depth_norm": {"lt": NaN}}', "where.conv_depth_norm"),
+                         ('{"sample": "yes"}', "where.sample: Input should be a valid boolean"),
+                         ('{"colour": 1}', "where.colour")]:
+        code, _, err = run_cli("drift", "--group-by", "task", "--where", where, "--db", str(store))
+        assert code == 1 and words in err, err

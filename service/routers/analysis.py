@@ -18,6 +18,7 @@ from cnnfilterdb.store import VersionError
 from ..catalog import Generation, LiveCatalog
 from ..deps import get_catalog, respond
 from ..errors import ApiError, not_found
+from ..strict import StrictJsonRoute
 from ..jsonable import jsonable
 from ..schemas import (DegenerateResponse, Density2dRequest, Density2dResponse, DivergenceRequest,
                        DivergenceResponse, ErrorResponse, HistogramsRequest, HistogramsResponse, KdeRequest,
@@ -26,7 +27,7 @@ from ..schemas import (DegenerateResponse, Density2dRequest, Density2dResponse, 
 WHERE_QUERY = 'a selection as JSON, as the analysis bodies\' where, e.g. {"task": ["Classification"]}'
 AS_OF = Query(None, ge=1, le=2**31 - 1, description="the store version to read (GET /v1/versions); default the current one")
 
-router = APIRouter(tags=["analysis"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+router = APIRouter(route_class=StrictJsonRoute, tags=["analysis"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
                                                  422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
 
 

@@ -67,7 +67,8 @@ def export_filters(
         chunks.close()
         catalog.export_slots.release()
         return Response(media_type=media, headers=headers)
-    return ClosingStream(_releasing(chunks, catalog), media_type=media, headers=headers)
+    return ClosingStream(_releasing(chunks, catalog), catalog.settings.export_send_timeout_s, media_type=media,
+                         headers=headers)
 
 
 def _releasing(chunks: Iterator[bytes], catalog: LiveCatalog) -> Iterator[bytes]:
@@ -83,15 +84,23 @@ class ClosingStream(StreamingResponse):
     """A StreamingResponse that closes its iterator however the response ends. Starlette leaves
     the sync iterator of a response whose client went away to the garbage collector, and with it
     the export's slot, reading threads and open files (a review found every slot taken for good
-    after two abandoned downloads)."""
+    after two abandoned downloads). A client that stops reading is dropped after
+    ``send_timeout_s`` without progress: it would hold its slot (and shards) forever."""
 
-    def __init__(self, chunks: Iterator[bytes], **kwargs):
+    def __init__(self, chunks: Iterator[bytes], send_timeout_s: float, **kwargs):
         super().__init__(chunks, **kwargs)
         self._chunks = chunks
+        self._send_timeout_s = send_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def timed_send(message) -> None:
+            with anyio.fail_after(self._send_timeout_s):
+                await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, timed_send)
+        except* TimeoutError:
+            pass  # the client stopped reading: the response is cut off, the stream closed below
         finally:
             with anyio.CancelScope(shield=True):
                 await run_in_threadpool(_close, self._chunks)

@@ -16,9 +16,10 @@ from ..deps import get_settings, get_sql_pool
 from ..errors import ApiError
 from ..schemas import ErrorResponse, SqlRequest, SqlResponse
 from ..settings import Settings
+from ..strict import StrictJsonRoute
 from ..usersql.pool import PoolBusy, SqlFailed, SqlPool
 
-router = APIRouter(tags=["sql"], responses={400: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+router = APIRouter(route_class=StrictJsonRoute, tags=["sql"], responses={400: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
                                             422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
                                             503: {"model": ErrorResponse}})
 
