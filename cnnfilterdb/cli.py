@@ -280,6 +280,10 @@ def _json_where(text: str | None) -> dict | None:
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"] if not is_type_tag(x))
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            from .selection import FILTER_FIELDS
+
+            raise StoreError(f"--where: unknown field(s) in where: {loc!r}; known fields: {FILTER_FIELDS}") from None
         raise StoreError(f"--where: {('where.' + loc) if loc else 'where'}: {err['msg']}") from None
 
 

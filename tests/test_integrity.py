@@ -112,9 +112,17 @@ def test_a_damaged_shard_is_a_503_naming_it(store, how, when):
     if when == "while it serves":
         for method, url, body in SHARD_READERS:
             assert client.request(method, url, json=body).status_code == 200
+        before = client.post("/v1/divergence", json={"group_by": "task", "bins": 33}).json()
     rel = _damage(store, how)
     for method, url, body in SHARD_READERS:
-        _damaged_answer(client.request(method, url, json=body), store, rel)
+        r = client.request(method, url, json=body)
+        if when == "while it serves" and how == "shard missing" and url == "/v1/divergence":
+            # The analysis engine reads the shards its catalog generation holds open (a file
+            # `compact` unlinks stays readable to the requests of the catalog that named it): the
+            # same answer, from the same bytes. A new catalog generation would be a 503.
+            assert r.status_code == 200 and r.json()["matrix"] == before["matrix"]
+            continue
+        _damaged_answer(r, store, rel)
     r = client.get("/v1/layers/3")
     if when == "while it serves":  # the catalog alone answers it, and the shard's size was checked at open
         assert r.status_code == 200
