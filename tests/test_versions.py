@@ -498,6 +498,6 @@ def test_label_names_models_unambiguously(store, tmp_path):
 def test_cli_where_is_checked_as_over_http(store):
     for where, words in [('{"conv_depth_norm": {"lt": NaN}}', "where.conv_depth_norm"),
                          ('{"sample": "yes"}', "where.sample: Input should be a valid boolean"),
-                         ('{"colour": 1}', "where.colour")]:
+                         ('{"colour": 1}', "unknown field(s) in where: 'colour'")]:
         code, _, err = run_cli("drift", "--group-by", "task", "--where", where, "--db", str(store))
         assert code == 1 and words in err, err
