@@ -13,7 +13,7 @@ from .body_limit import BodyLimit
 from .catalog import LiveCatalog
 from .figure_cache import FigureCache
 from .head import HeadAsGet
-from .routers import analysis, dashboard, export, layers, meta, models, plots, sql, versions
+from .routers import analysis, dashboard, docs, export, layers, meta, models, plots, sql, versions
 from .schemas import ErrorResponse
 from .settings import Settings
 from .strict import reject_unknown_query_parameters
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={408: {"model": ErrorResponse, "description": "the request body stalled"},
                    413: {"model": ErrorResponse, "description": "the request body is over max_body_bytes"}},
         title="CNN Filter DB",
+        docs_url=None, redoc_url=None,  # served offline by routers/docs.py
         version=__version__,
         description="Trained 3x3 convolution filters (CNN-Filter-DB) over HTTP. Read-only; errors are "
                     '`{"error": {"code", "message"}}`; NaN and infinities are encoded as null.',
@@ -59,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
-    for r in (meta.router, versions.router, models.router, layers.router, export.router, analysis.router, plots.router, sql.router, dashboard.router):
+    for r in (meta.router, versions.router, models.router, layers.router, export.router, analysis.router, plots.router, sql.router, docs.router, dashboard.router):
         app.include_router(r)
     return app
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,7 +175,7 @@ class Tab:
         return path, {k: v[0] for k, v in parse_qs(qs).items()}
 
     def outside_requests(self) -> list[str]:
-        return [u for u in self.requests if not u.startswith(self.base + "/")]
+        return [u for u in self.requests if not u.startswith((self.base + "/", "blob:" + self.base + "/"))]
 
     def assert_clean(self, allow: re.Pattern | None = None):
         assert self.outside_requests() == [], "requests left the service"
@@ -630,4 +631,22 @@ def test_keyboard_navigation(tab):
 def test_unknown_view(tab):
     tab.goto("#/no/such/view")
     assert tab.page.inner_text("main h1") == "Page not found"
+    tab.assert_clean()
+
+
+@pytest.mark.parametrize("page_path, ready", [
+    ("/docs", ".opblock"),                 # Swagger UI: one block per operation
+    ("/redoc", "[data-section-id]"),       # ReDoc: one section per operation
+])
+def test_api_docs_render_offline(tab, page_path, ready):
+    """/docs and /redoc render every operation from assets of the service: no request leaves it."""
+    tab.page.goto(tab.base + page_path)
+    tab.page.wait_for_selector(ready)
+    n_operations = sum(len(methods) for methods in httpx.get(tab.base + "/openapi.json").json()["paths"].values())
+    if page_path == "/docs":
+        tab.page.wait_for_function(f"document.querySelectorAll('.opblock').length >= {n_operations}")
+        assert "/v1/divergence" in tab.page.inner_text("body")
+    else:
+        tab.page.wait_for_function("document.body.innerText.includes('/v1/divergence')")
+    tab.page.screenshot(path=str(ARTIFACTS / f"docs{page_path.replace('/', '-')}.png"))
     tab.assert_clean()
