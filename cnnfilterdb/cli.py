@@ -247,10 +247,16 @@ def _writable(out: str, db: Path | None) -> None:
     from .atomic import destination
 
     try:
-        target = destination(out).resolve()
+        target = destination(out)
     except OSError as e:
         raise StoreError(f"{out}: {e.strerror}") from None
+    _outside_store(target, out, db)
+
+
+def _outside_store(target: Path, out, db: Path | None) -> None:
+    """StoreError if ``target`` (the output ``out`` names) is the store or inside it."""
     root = FilterStore(db or default_db()).root
+    target = Path(target).resolve()
     if target == root or root in target.parents:
         raise StoreError(f"{out}: inside the store {root}; write outputs elsewhere")
 
@@ -348,10 +354,7 @@ def cmd_report(args) -> int:
     from .report import write_report
     from .selection import SelectionError
 
-    out = Path(args.output)
-    root = FilterStore(args.db or default_db()).root
-    if out.resolve() == root or root in out.resolve().parents:
-        raise StoreError(f"{out}: inside the store {root}; write the report elsewhere")
+    _outside_store(Path(args.output), args.output, args.db)
     store = FilterStore(args.db or default_db())
     info = store.info()
     con, analysis = _open_analysis(store, args.as_of)

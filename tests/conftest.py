@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 import os
 import subprocess
 import sys
@@ -79,4 +80,32 @@ def sample_v01(tmp_path_factory) -> Path:
                            version="0.1.0", shape="9")
 
 
-__all__ = ["run_cli", "store_snapshot", "cli_main", "open_catalog"]
+@contextmanager
+def serving(app):
+    """The app served by uvicorn (lifespan included) on a free loopback port, in a thread:
+    yields (base URL, port); stopped on leaving."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True, name="test-uvicorn")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+__all__ = ["run_cli", "store_snapshot", "cli_main", "open_catalog", "serving"]

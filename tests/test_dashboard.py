@@ -11,15 +11,14 @@ import http.client
 import json
 import re
 import shutil
-import socket
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+
+from .conftest import serving
 
 REPO = Path(__file__).resolve().parents[1]
 STATIC = REPO / "service" / "static"
@@ -121,26 +120,11 @@ def test_no_path_traversal(server):
 @pytest.fixture(scope="module")
 def server(v1_store):
     """The real service (uvicorn, lifespan included) on a free localhost port; its base URL."""
-    import uvicorn
-
     from service.main import create_app
     from service.settings import Settings
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(Settings(db=v1_store)), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True, name="dashboard-uvicorn")
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=15)
-    sock.close()
+    with serving(create_app(Settings(db=v1_store))) as (base, _):
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import cnnfilterdb.scan as scan
 from cnnfilterdb.export import COLUMNS, FORMATS, NPY_DTYPE, export_chunks, write_export
 from cnnfilterdb.store import StoreDamaged
 
-from .conftest import open_catalog
+from .conftest import open_catalog, serving
 
 METADATA = {"cnnfilterdb.selection": '{"task": "GAN"}', "cnnfilterdb.store_version": "7"}
 
@@ -390,39 +390,27 @@ def test_abandoned_and_head_exports_give_their_slot_back(small_store):
     import socket
 
     import httpx
-    import uvicorn
 
     from service.main import create_app
     from service.settings import Settings
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    app = create_app(Settings(db=small_store, export_concurrency=1))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.02)
-    base = f"http://127.0.0.1:{port}"
-    gc.disable()  # the slots must come back without the garbage collector's help
-    try:
-        for _ in range(3):
-            r = httpx.head(base + "/v1/filters?format=csv")
-            assert r.status_code == 200 and int(r.headers["x-rows"]) > 0 and r.content == b""
-        for _ in range(3):  # a download dropped after its first bytes
-            with socket.create_connection(("127.0.0.1", port)) as c:
-                c.sendall(b"GET /v1/filters?format=csv HTTP/1.1\r\nHost: x\r\n\r\n")
-                assert c.recv(65536).startswith(b"HTTP/1.1 200")
-            deadline = time.monotonic() + 30
-            while (r := httpx.get(base + "/v1/filters?format=npy&where=%7B%22layer_id%22%3A%201%7D")).status_code == 429:
-                assert time.monotonic() < deadline, "the abandoned export kept its slot"
-                time.sleep(0.05)
-            assert r.status_code == 200
-    finally:
-        gc.enable()
-        srv.should_exit = True
-        thread.join(timeout=10)
+    with serving(create_app(Settings(db=small_store, export_concurrency=1))) as (base, port):
+        gc.disable()  # the slots must come back without the garbage collector's help
+        try:
+            for _ in range(3):
+                r = httpx.head(base + "/v1/filters?format=csv")
+                assert r.status_code == 200 and int(r.headers["x-rows"]) > 0 and r.content == b""
+            for _ in range(3):  # a download dropped after its first bytes
+                with socket.create_connection(("127.0.0.1", port)) as c:
+                    c.sendall(b"GET /v1/filters?format=csv HTTP/1.1\r\nHost: x\r\n\r\n")
+                    assert c.recv(65536).startswith(b"HTTP/1.1 200")
+                deadline = time.monotonic() + 30
+                while (r := httpx.get(base + "/v1/filters?format=npy&where=%7B%22layer_id%22%3A%201%7D")).status_code == 429:
+                    assert time.monotonic() < deadline, "the abandoned export kept its slot"
+                    time.sleep(0.05)
+                assert r.status_code == 200
+        finally:
+            gc.enable()
 
 
 def test_a_client_that_stops_reading_loses_its_export_slot(small_store):
@@ -430,24 +418,13 @@ def test_a_client_that_stops_reading_loses_its_export_slot(small_store):
     import socket
 
     import httpx
-    import uvicorn
 
     from service.main import create_app
     from service.settings import Settings
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     app = create_app(Settings(db=small_store, export_concurrency=1, export_send_timeout_s=1.0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.02)
-    base = f"http://127.0.0.1:{port}"
-    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    try:
+    with serving(app) as (base, port), socket.socket(socket.AF_INET, socket.SOCK_STREAM) as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(("127.0.0.1", port))
         stalled.sendall(b"GET /v1/filters?format=csv HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
         time.sleep(0.5)
@@ -457,7 +434,3 @@ def test_a_client_that_stops_reading_loses_its_export_slot(small_store):
             assert time.monotonic() < deadline, "a client that never reads kept its export slot"
             time.sleep(0.2)
         assert r.status_code == 200
-    finally:
-        stalled.close()
-        srv.should_exit = True
-        thread.join(timeout=10)

@@ -10,6 +10,7 @@ once (each holds a disk stream and a few reading threads); more get a 429.
 from __future__ import annotations
 
 import json
+import time
 from typing import Iterator, Literal
 
 import anyio
@@ -109,8 +110,6 @@ class ClosingStream(StreamingResponse):
 def _close(chunks) -> None:
     """Close a generator that another thread may still be advancing (the read of the chunk that
     was being sent when the client left): retried until that step is over."""
-    import time
-
     while True:
         try:
             chunks.close()
