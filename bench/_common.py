@@ -11,8 +11,8 @@ def peak_rss() -> int:
 
 def build_sample_store(db, n: int, seed: int) -> None:
     """A store of ``n`` filters of the synthetic sample (max(40, n / 1e5) models) at ``db``."""
-    from ingest import ingest_paths
-    from ingest.sample import write_sample_h5
+    from cnnfilterdb.ingest import ingest_paths
+    from cnnfilterdb.ingest.sample import write_sample_h5
 
     src = db.parent / f"bench-sample-{seed}.h5"
     write_sample_h5(src, n_models=max(40, n // 100_000), n_filters=n, seed=seed)

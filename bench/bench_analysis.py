@@ -137,8 +137,8 @@ def main() -> None:
     try:
         db = args.db
         if db is None:
-            from ingest import ingest_paths
-            from ingest.sample import write_sample_h5
+            from cnnfilterdb.ingest import ingest_paths
+            from cnnfilterdb.ingest.sample import write_sample_h5
 
             db = work / "db"
             src = write_sample_h5(work / "a.h5", n_models=max(40, int(args.filters) // 100_000),

@@ -24,7 +24,7 @@ from pathlib import Path
 import h5py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ingest.sample import write_sample_h5  # noqa: E402
+from cnnfilterdb.ingest.sample import write_sample_h5  # noqa: E402
 
 TARGET_RATIO, TARGET_RSS, TARGET_SIZE = 4.0, 2 * 2**30, 1.1
 
@@ -55,8 +55,8 @@ CHILD = """
 import sys, time, json
 from bench._common import peak_rss  # the child runs in the repository
 from pathlib import Path
-from ingest import ingest_paths
-from ingest.progress import Progress
+from cnnfilterdb.ingest import ingest_paths
+from cnnfilterdb.ingest.progress import Progress
 from cnnfilterdb.runtime import tune_allocator
 tune_allocator()  # as the CLI does at start
 t = time.perf_counter()

@@ -43,8 +43,8 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=100)
     args = ap.parse_args()
     from cnnfilterdb.runtime import tune_allocator
-    from ingest import ingest_paths
-    from ingest.progress import Progress
+    from cnnfilterdb.ingest import ingest_paths
+    from cnnfilterdb.ingest.progress import Progress
 
     tune_allocator()
     work = Path(tempfile.mkdtemp(prefix="cnnfilterdb-onnx-"))

@@ -32,8 +32,8 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
 def cmd_ingest(args) -> int:
     import duckdb
 
-    from ingest import ingest_paths
-    from ingest.model_files import META_FIELDS
+    from cnnfilterdb.ingest import ingest_paths
+    from cnnfilterdb.ingest.model_files import META_FIELDS
 
     meta = {k: getattr(args, k) for k in META_FIELDS}
     if args.manifest and (args.paths or any(meta.values())):
@@ -82,8 +82,8 @@ def cmd_info(args) -> int:
 def cmd_sql(args) -> int:
     """One read-only statement, run like the service's POST /v1/sql: in a confined worker process
     (service/usersql/) under a time limit and memory cap, so it cannot write either."""
-    from service.settings import Settings
-    from service.usersql.pool import SqlFailed, SqlLimits, SqlPool
+    from cnnfilterdb.service.settings import Settings
+    from cnnfilterdb.service.usersql.pool import SqlFailed, SqlLimits, SqlPool
 
     store = FilterStore(args.db or default_db())
     store.connect().close()  # a clear error for a missing store or another layout, before a worker starts
@@ -178,7 +178,7 @@ def cmd_log(args) -> int:
 
 
 def _label_changes(args) -> list[tuple[str, dict]]:
-    from ingest.curate import LABEL_FIELDS, read_label_manifest
+    from cnnfilterdb.ingest.curate import LABEL_FIELDS, read_label_manifest
 
     values = {f: getattr(args, f) for f in LABEL_FIELDS if getattr(args, f) is not None}
     if args.manifest:
@@ -191,7 +191,7 @@ def _label_changes(args) -> list[tuple[str, dict]]:
 
 
 def cmd_label(args) -> int:
-    from ingest.curate import label_models
+    from cnnfilterdb.ingest.curate import label_models
 
     result = label_models(args.db or default_db(), _label_changes(args))
     print(json.dumps(result))
@@ -199,14 +199,14 @@ def cmd_label(args) -> int:
 
 
 def cmd_remove(args) -> int:
-    from ingest.curate import remove_models
+    from cnnfilterdb.ingest.curate import remove_models
 
     print(json.dumps(remove_models(args.db or default_db(), args.models)))
     return 0
 
 
 def cmd_compact(args) -> int:
-    from ingest.curate import compact
+    from cnnfilterdb.ingest.curate import compact
 
     print(json.dumps(compact(args.db or default_db(), args.keep_versions)))
     return 0
@@ -272,8 +272,8 @@ def _json_where(text: str | None) -> dict | None:
     it is not JSON or not valid."""
     from pydantic import ValidationError
 
-    from service.errors import is_type_tag
-    from service.schemas import Where
+    from cnnfilterdb.service.errors import is_type_tag
+    from cnnfilterdb.service.schemas import Where
 
     try:
         value = json.loads(text) if text else None
@@ -389,8 +389,8 @@ def demo_db(db: Path | None) -> Path:
 
 
 def cmd_demo(args) -> int:
-    from ingest import ingest_paths, sample_and_real
-    from ingest.sample import write_sample_h5
+    from cnnfilterdb.ingest import ingest_paths, sample_and_real
+    from cnnfilterdb.ingest.sample import write_sample_h5
 
     if not args.no_serve:
         _check_port(args.host, args.port)  # before the sample is built, not after
@@ -449,7 +449,7 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _serve(db: Path, host: str, port: int, overrides: dict | None = None) -> int:
-    from service.main import run
+    from cnnfilterdb.service.main import run
 
     _check_port(host, port)
     print(f"serving {db}\n  dashboard  http://{host}:{port}/\n  OpenAPI    http://{host}:{port}/docs\n"
@@ -460,7 +460,7 @@ def _serve(db: Path, host: str, port: int, overrides: dict | None = None) -> int
 def cmd_serve(args) -> int:
     from pydantic import ValidationError
 
-    from service.settings import LIMITS, Settings
+    from cnnfilterdb.service.settings import LIMITS, Settings
 
     overrides = {k: getattr(args, k) for k in LIMITS if getattr(args, k) is not None}
     db = (args.db or default_db()).resolve()
@@ -537,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_log)
 
-    from ingest.curate import LABEL_FIELDS
+    from cnnfilterdb.ingest.curate import LABEL_FIELDS
     s = sub.add_parser("label", help="change models' metadata (a new store version; the old values stay in the history)")
     s.add_argument("models", nargs="*", metavar="MODEL", help="model names (the `model` column) or model_ids")
     for name in LABEL_FIELDS:
@@ -614,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the HTTP service")
     _db_arg(s)
     _listen_args(s)
-    from service.settings import LIMITS, Settings
+    from cnnfilterdb.service.settings import LIMITS, Settings
 
     for name in LIMITS:  # every limit of the service (service/settings.py), checked by Settings
         field = Settings.model_fields[name]

@@ -42,7 +42,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-import sql
+from cnnfilterdb import sql
 
 from .stats.basis import Basis, fit_basis
 from .stats.divergence import DEFAULT_BINS

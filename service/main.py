@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def app_factory() -> FastAPI:
-    """For `uvicorn --factory service.main:app_factory`: settings from CNNFILTERDB_* variables."""
+    """For `uvicorn --factory cnnfilterdb.service.main:app_factory`: settings from CNNFILTERDB_* variables."""
     return create_app(Settings())
 
 
@@ -81,6 +81,6 @@ def run(db: Path, host: str, port: int, overrides: dict | None = None) -> int:
     for key, value in (overrides or {}).items():
         os.environ[f"CNNFILTERDB_{key.upper()}"] = str(value)
     settings = Settings()
-    uvicorn.run("service.main:app_factory", factory=True, host=host, port=port,
+    uvicorn.run("cnnfilterdb.service.main:app_factory", factory=True, host=host, port=port,
                 workers=settings.workers, log_level="info", limit_concurrency=settings.max_connections)
     return 0

@@ -12,7 +12,7 @@ import pytest
 from cnnfilterdb.analysis import Analysis
 
 from . import reference
-from .conftest import cli_main, open_catalog
+from .helpers import cli_main, open_catalog
 
 RTOL = 1e-9
 
@@ -264,7 +264,7 @@ def test_scans_across_many_row_groups_and_shards(tmp_path, monkeypatch, sample_v
     equal the one-shard store's, bit for bit."""
     import functools
 
-    from ingest.shards import ShardWriter
+    from cnnfilterdb.ingest.shards import ShardWriter
 
     monkeypatch.setattr(ShardWriter, "__init__", functools.partialmethod(ShardWriter.__init__, shard_rows=20_000,
                                                                           row_group_rows=1_000))

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.sample import write_sample_h5
+from cnnfilterdb.ingest.sample import write_sample_h5
 
-from .conftest import REPO, cli_main, store_snapshot, open_catalog
+from .helpers import cli_main, store_snapshot, open_catalog
 
 DUCKDB_SHELL = str(Path(sys.executable).parent / "duckdb")
 
@@ -34,7 +34,7 @@ def base_store(tmp_path_factory, sample_v01) -> Path:
 
 
 def _spawn_ingest(src: Path, db: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)
     return subprocess.Popen([sys.executable, "-m", "cnnfilterdb.cli", "ingest", str(src), "--db", str(db)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 

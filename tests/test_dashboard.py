@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from .conftest import serving
+from .helpers import serving
 
 REPO = Path(__file__).resolve().parents[1]
 STATIC = REPO / "service" / "static"
@@ -120,8 +120,8 @@ def test_no_path_traversal(server):
 @pytest.fixture(scope="module")
 def server(v1_store):
     """The real service (uvicorn, lifespan included) on a free localhost port; its base URL."""
-    from service.main import create_app
-    from service.settings import Settings
+    from cnnfilterdb.service.main import create_app
+    from cnnfilterdb.service.settings import Settings
 
     with serving(create_app(Settings(db=v1_store))) as (base, _):
         yield base

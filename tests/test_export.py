@@ -26,15 +26,15 @@ import cnnfilterdb.scan as scan
 from cnnfilterdb.export import COLUMNS, FORMATS, NPY_DTYPE, export_chunks, write_export
 from cnnfilterdb.store import StoreDamaged
 
-from .conftest import open_catalog, serving
+from .helpers import open_catalog, serving
 
 METADATA = {"cnnfilterdb.selection": '{"task": "GAN"}', "cnnfilterdb.store_version": "7"}
 
 
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory, sample_v1):
-    from ingest import ingest_paths
-    from ingest.shards import ShardWriter
+    from cnnfilterdb.ingest import ingest_paths
+    from cnnfilterdb.ingest.shards import ShardWriter
 
     db = tmp_path_factory.mktemp("export") / "db"
     with pytest.MonkeyPatch.context() as mp:
@@ -269,8 +269,8 @@ def _same(a: dict, b: dict) -> None:
 def http(small_store):
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
-    from service.settings import Settings
+    from cnnfilterdb.service.main import create_app
+    from cnnfilterdb.service.settings import Settings
 
     return TestClient(create_app(Settings(db=small_store)), raise_server_exceptions=False)
 
@@ -301,7 +301,7 @@ def test_http_export_of_everything_and_of_nothing(http, small_store):
 
 
 def test_cli_export_equals_http(http, small_store, tmp_path):
-    from .conftest import cli_main
+    from .helpers import cli_main
 
     where = '{"visual_category": ["natural", "fractals"]}'
     for fmt, name in [("parquet", "x.parquet"), ("npy", "x.npy"), ("csv", "x.csv"), ("arrow", "x.arrows")]:
@@ -311,9 +311,9 @@ def test_cli_export_equals_http(http, small_store, tmp_path):
 
 
 def test_export_as_of_an_older_version(small_store, tmp_path):
-    from ingest.curate import remove_models
+    from cnnfilterdb.ingest.curate import remove_models
 
-    from .conftest import cli_main
+    from .helpers import cli_main
 
     db = tmp_path / "db"
     shutil.copytree(small_store, db)
@@ -345,8 +345,8 @@ def test_http_export_bad_requests(http, query, status, words):
 def test_http_export_slots_are_bounded_and_released(small_store):
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
-    from service.settings import Settings
+    from cnnfilterdb.service.main import create_app
+    from cnnfilterdb.service.settings import Settings
 
     app = create_app(Settings(db=small_store, export_concurrency=1))
     client = TestClient(app, raise_server_exceptions=False)
@@ -391,8 +391,8 @@ def test_abandoned_and_head_exports_give_their_slot_back(small_store):
 
     import httpx
 
-    from service.main import create_app
-    from service.settings import Settings
+    from cnnfilterdb.service.main import create_app
+    from cnnfilterdb.service.settings import Settings
 
     with serving(create_app(Settings(db=small_store, export_concurrency=1))) as (base, port):
         gc.disable()  # the slots must come back without the garbage collector's help
@@ -419,8 +419,8 @@ def test_a_client_that_stops_reading_loses_its_export_slot(small_store):
 
     import httpx
 
-    from service.main import create_app
-    from service.settings import Settings
+    from cnnfilterdb.service.main import create_app
+    from cnnfilterdb.service.settings import Settings
 
     app = create_app(Settings(db=small_store, export_concurrency=1, export_send_timeout_s=1.0))
     with serving(app) as (base, port), socket.socket(socket.AF_INET, socket.SOCK_STREAM) as stalled:

@@ -21,7 +21,7 @@ from matplotlib.image import imread
 from cnnfilterdb.analysis import Analysis
 from cnnfilterdb.plots import FIGURES, MAX_PIXELS, NOTEBOOK_FIGURES, PlotRequest, draw, render
 
-from .conftest import open_catalog
+from .helpers import open_catalog
 
 
 @pytest.fixture(scope="module")
@@ -382,10 +382,10 @@ def hostile_labels_client(tmp_path_factory, sample_v01):
     """A store whose labels are mathtext, HTML and very long text."""
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
-    from service.settings import Settings
+    from cnnfilterdb.service.main import create_app
+    from cnnfilterdb.service.settings import Settings
 
-    from .conftest import cli_main
+    from .helpers import cli_main
 
     work = tmp_path_factory.mktemp("hostile-labels")
     db = work / "db"
@@ -421,8 +421,8 @@ def test_a_queue_of_waiting_analyses_is_bounded(v1_store):
 
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
-    from service.settings import Settings
+    from cnnfilterdb.service.main import create_app
+    from cnnfilterdb.service.settings import Settings
 
     client = TestClient(create_app(Settings(db=v1_store, analysis_concurrency=1, analysis_queue=1,
                                             analysis_wait_s=30)), raise_server_exceptions=False)
@@ -488,7 +488,7 @@ def test_ridge_and_kde_take_the_same_bins(client):
 
 
 def test_figure_cache_keeps_no_entry_over_an_eighth_of_it():
-    from service.figure_cache import FigureCache
+    from cnnfilterdb.service.figure_cache import FigureCache
 
     cache = FigureCache(800)
     cache.put("a", b"x" * 100)

@@ -11,11 +11,11 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
-from ingest import ingest_paths
-from ingest.progress import Progress
-from ingest.sample import write_sample_h5
-from service.main import create_app
-from service.settings import Settings
+from cnnfilterdb.ingest import ingest_paths
+from cnnfilterdb.ingest.progress import Progress
+from cnnfilterdb.ingest.sample import write_sample_h5
+from cnnfilterdb.service.main import create_app
+from cnnfilterdb.service.settings import Settings
 
 # schemathesis builds its tests at collection time, so the store is made at import.
 _work = Path(tempfile.mkdtemp(prefix="cnnfilterdb-fuzz-"))

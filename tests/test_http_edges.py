@@ -10,10 +10,10 @@ import duckdb
 import pytest
 from pydantic import ValidationError
 
-from service.jsonable import MAX_DEPTH, NestingError, jsonable
-from service.schemas import SqlRequest
+from cnnfilterdb.service.jsonable import MAX_DEPTH, NestingError, jsonable
+from cnnfilterdb.service.schemas import SqlRequest
 
-from .conftest import cli_main, store_snapshot
+from .helpers import cli_main, store_snapshot
 
 BIG = 900_000  # under the service's 1 MB body limit: the route itself answers (see test_over_the_body_limit)
 
@@ -143,7 +143,7 @@ def test_sql_request_params_nested_deep(levels):
 
 
 def test_ingest_disk_full_is_one_line_and_changes_nothing(tmp_path, sample_v1, sample_v01, capsys, monkeypatch):
-    from ingest.shards import ShardWriter
+    from cnnfilterdb.ingest.shards import ShardWriter
 
     db = tmp_path / "db"
     assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
@@ -173,8 +173,8 @@ def test_a_where_value_of_no_valid_form_is_said_plainly(v1_client, where, status
 def test_analyses_beyond_the_concurrency_limit_wait_then_get_a_429(v1_store):
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
-    from service.settings import Settings
+    from cnnfilterdb.service.main import create_app
+    from cnnfilterdb.service.settings import Settings
 
     client = TestClient(create_app(Settings(db=v1_store, analysis_concurrency=1, analysis_wait_s=0.2)),
                         raise_server_exceptions=False)

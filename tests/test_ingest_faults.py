@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import cli_main, open_catalog, run_cli, store_snapshot
+from .helpers import cli_main, open_catalog, run_cli, store_snapshot
 
 
 def _write(path, meta: pd.DataFrame | None, filters: np.ndarray | None, name="filters"):

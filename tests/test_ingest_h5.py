@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import ingest.h5 as h5mod
-from ingest import ingest_paths
-from ingest.progress import Progress
-from ingest.sample import write_sample_h5
+import cnnfilterdb.ingest.h5 as h5mod
+from cnnfilterdb.ingest import ingest_paths
+from cnnfilterdb.ingest.progress import Progress
+from cnnfilterdb.ingest.sample import write_sample_h5
 
 from . import reference
-from .conftest import open_catalog
+from .helpers import open_catalog
 
 
 def _ingest(src, db, block_rows=None, monkeypatch=None):
@@ -204,7 +204,7 @@ def test_second_ingest_appends_and_refits(sample_v1, sample_v01, tmp_path):
 
 
 def test_reingest_same_file_is_a_noop(sample_v1, tmp_path):
-    from .conftest import store_snapshot
+    from .helpers import store_snapshot
 
     db = tmp_path / "db"
     _ingest(sample_v1, db)
@@ -276,7 +276,7 @@ def releases(tmp_path_factory):
 
 
 def test_a_newer_dataset_adds_its_new_models(releases, tmp_path):
-    from .conftest import store_snapshot
+    from .helpers import store_snapshot
 
     old, new = releases
     assert np.array_equal(_file_filters(new)[:20_000], _file_filters(old))  # a superset, as a newer release is

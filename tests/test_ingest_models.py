@@ -13,11 +13,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ingest import ingest_paths
-from ingest.progress import Progress
+from cnnfilterdb.ingest import ingest_paths
+from cnnfilterdb.ingest.progress import Progress
 
 from . import reference
-from .conftest import REPO, cli_main, store_snapshot, open_catalog
+from .helpers import REPO, cli_main, store_snapshot, open_catalog
 
 MODELS = REPO.parent / "shared" / "models"
 import torch  # noqa: E402  (the torch extra; .ci/run installs it)

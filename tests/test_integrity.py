@@ -14,10 +14,10 @@ import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import create_app
-from service.settings import Settings
+from cnnfilterdb.service.main import create_app
+from cnnfilterdb.service.settings import Settings
 
-from .conftest import cli_main, run_cli
+from .helpers import cli_main, run_cli
 
 
 @pytest.fixture
@@ -231,7 +231,7 @@ def test_a_spill_directory_left_by_a_killed_service_is_removed_by_the_next(store
     import subprocess
     import tempfile
 
-    from service.catalog import SPILL_PREFIX
+    from cnnfilterdb.service.catalog import SPILL_PREFIX
 
     dead = subprocess.Popen(["true"])  # a pid that no longer runs
     dead.wait()
@@ -250,7 +250,7 @@ def test_filter_ids_that_contradict_the_catalog_are_a_503_not_a_wrong_page(store
     its .npy do not answer with rows of another layer."""
     import pyarrow.parquet as pq
 
-    from ingest.shards import PARQUET_OPTIONS
+    from cnnfilterdb.ingest.shards import PARQUET_OPTIONS
     from cnnfilterdb.store import file_sha256
 
     shard, _ = _files(store)

@@ -19,7 +19,7 @@ from cnnfilterdb.analysis import Analysis
 from cnnfilterdb.figures import group_labels
 from cnnfilterdb.selection import SelectionError
 
-from .conftest import cli_main, open_catalog, run_cli
+from .helpers import cli_main, open_catalog, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

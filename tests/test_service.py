@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import create_app
-from service.settings import Settings
+from cnnfilterdb.service.main import create_app
+from cnnfilterdb.service.settings import Settings
 
-from .conftest import cli_main, open_catalog
+from .helpers import cli_main, open_catalog
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_a_moved_store_works_unchanged(store, tmp_path):
     import subprocess
     import sys
 
-    from .conftest import run_cli
+    from .helpers import run_cli
 
     original, copy = tmp_path / "original" / "db", tmp_path / "moved" / "db"
     shutil.copytree(store, original)

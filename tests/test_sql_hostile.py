@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import create_app
-from service.settings import Settings
+from cnnfilterdb.service.main import create_app
+from cnnfilterdb.service.settings import Settings
 
-from .conftest import REPO, cli_main, store_snapshot
+from .helpers import REPO, cli_main, store_snapshot
 
 TIMEOUT_S = 1.0
 
@@ -356,8 +356,8 @@ def test_each_layer_holds_alone(store, tmp_path):
     script = r"""
 import json, os, socket, sys
 from pathlib import Path
-from service.usersql.worker import Catalog, preload
-from service.usersql.confine import confine
+from cnnfilterdb.service.usersql.worker import Catalog, preload
+from cnnfilterdb.service.usersql.confine import confine
 store, statements = Path(sys.argv[1]), json.loads(sys.argv[2])
 preload()
 conf = confine(store, 2 << 30)

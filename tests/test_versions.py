@@ -17,10 +17,10 @@ import pytest
 
 from cnnfilterdb.analysis import Analysis
 from cnnfilterdb.store import StoreError
-from ingest.curate import compact, label_models, remove_models
-from ingest.sample import write_sample_h5
+from cnnfilterdb.ingest.curate import compact, label_models, remove_models
+from cnnfilterdb.ingest.sample import write_sample_h5
 
-from .conftest import REPO, cli_main, open_catalog, run_cli, store_snapshot
+from .helpers import REPO, cli_main, open_catalog, run_cli, store_snapshot
 
 # Requests whose answers must repeat: the layer-histogram path and the scan path (another basis,
 # other bins), every analysis endpoint and a figure's bytes.
@@ -39,8 +39,8 @@ GETS = ["/v1/models/0/similar?k=4", "/v1/quality/degenerate?limit=5"]
 def _client(db: Path):
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
-    from service.settings import Settings
+    from cnnfilterdb.service.main import create_app
+    from cnnfilterdb.service.settings import Settings
 
     return TestClient(create_app(Settings(db=db)), raise_server_exceptions=False)
 
@@ -339,8 +339,8 @@ def test_compact_with_layers_across_shards(sample_v1, tmp_path):
     models' rows, whatever shards they lie in, and keeps every other row."""
     import functools
 
-    from ingest import ingest_paths
-    from ingest.shards import ShardWriter
+    from cnnfilterdb.ingest import ingest_paths
+    from cnnfilterdb.ingest.shards import ShardWriter
 
     db = tmp_path / "db"
     with pytest.MonkeyPatch.context() as mp:

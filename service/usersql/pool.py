@@ -80,7 +80,7 @@ class _Worker:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CNNFILTERDB_")}
         env["MALLOC_ARENA_MAX"] = "2"  # glibc reserves 64 MiB of address space per arena otherwise
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.usersql.worker", str(store), json.dumps(config)],
+            [sys.executable, "-m", "cnnfilterdb.service.usersql.worker", str(store), json.dumps(config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True, start_new_session=True)
         self.to_fd, self.from_fd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         self.hello = protocol.recv(self.from_fd, time.monotonic() + START_TIMEOUT_S)

@@ -1,6 +1,6 @@
 """A SQL worker: the process that runs user SQL, one statement at a time.
 
-Started by ``pool.py`` as ``python -m service.usersql.worker STORE CONFIG_JSON``. It lowers its
+Started by ``pool.py`` as ``python -m cnnfilterdb.service.usersql.worker STORE CONFIG_JSON``. It lowers its
 priority, confines itself to the store (``confine.py``: chroot, no writes, capped memory), then
 answers requests on stdin/stdout (``protocol.py``), each on the catalog opened read-only as the only
 database of a DuckDB instance of its own (``Catalog``):

@@ -1,0 +1,79 @@
+"""What the tests share beside their fixtures: the CLI run as a user runs it, the store's catalog
+opened read-only, a snapshot of everything a reader can see of a store, the app over real HTTP."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from cnnfilterdb.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run the CLI in a subprocess (as a user would), returning (exit code, stdout, stderr)."""
+    p = subprocess.run([sys.executable, "-m", "cnnfilterdb.cli", *args], capture_output=True, text=True)
+    return p.returncode, p.stdout, p.stderr
+
+
+def open_catalog(db: Path) -> duckdb.DuckDBPyConnection:
+    """The store's catalog, read-only, as every program of the project opens it."""
+    from cnnfilterdb.store import FilterStore
+
+    return FilterStore(db).connect()
+
+
+def store_snapshot(db: Path) -> dict | None:
+    """Everything a reader can see of a store, plus its files: equal snapshots = unchanged store."""
+    cat = db / "catalog.duckdb"
+    if not cat.exists():
+        return None
+    with open_catalog(db) as con:
+        # The files readers can reach (an unreferenced leftover is garbage the next ingest removes).
+        files = sorted(p for (p,) in con.execute("SELECT path FROM _shards UNION ALL SELECT path FROM _layer_histograms").fetchall())
+        assert all((db / f).is_file() for f in files)
+        tables = {}
+        for t in ["models", "layers", "basis", "_shards", "_ingests", "_layer_moments", "_versions", "_models",
+                  "_basis", "_layer_histograms"]:
+            tables[t] = con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+        digest = con.execute(
+            "SELECT count(*), sum(filter_id), sum(hash(w0, w1, w2, w3, w4, w5, w6, w7, w8, layer_id, model_id)) FROM filters"
+        ).fetchone()
+    return {"files": files, "tables": tables, "filters": digest,
+            "catalog_sha": hashlib.sha256(cat.read_bytes()).hexdigest()}
+
+
+@contextmanager
+def serving(app):
+    """The app served by uvicorn (lifespan included) on a free loopback port, in a thread:
+    yields (base URL, port); stopped on leaving."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True, name="test-uvicorn")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+__all__ = ["REPO", "cli_main", "open_catalog", "run_cli", "serving", "store_snapshot"]
