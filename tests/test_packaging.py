@@ -8,6 +8,7 @@ The repository keeps the design's top-level folders (``ingest/``, ``service/``, 
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import zipfile
@@ -88,3 +89,34 @@ def test_the_layers_import_downwards(folder):
         package = ".".join([FOLDERS[folder], *rel.parts[:-1]])  # the package the module is in
         wrong += [f"{f.relative_to(REPO)} imports {m}" for m in _imports(f, package) if m.startswith(above)]
     assert not wrong
+
+
+def test_the_wheel_works_installed(wheel, tmp_path):
+    """The wheel's files alone (as in the Docker image, no editable install): the SQL files and the
+    static assets are found as package data, the SQL worker starts as ``-m cnnfilterdb.service...``."""
+    site = tmp_path / "site"
+    wheel.extractall(site)
+    h5 = tmp_path / "s.h5"
+    script = f"""
+import json, subprocess, sys
+import cnnfilterdb, cnnfilterdb.ingest, cnnfilterdb.service, cnnfilterdb.sql
+assert all(m.__file__.startswith({str(site)!r}) for m in (cnnfilterdb, cnnfilterdb.ingest, cnnfilterdb.service, cnnfilterdb.sql))
+from cnnfilterdb.ingest.sample import write_sample_h5
+write_sample_h5({str(h5)!r}, n_models=3, n_filters=3000, seed=1)
+from cnnfilterdb.cli import main
+assert main(["ingest", {str(h5)!r}, "--db", "db"]) == 0
+out = subprocess.run([sys.executable, "-m", "cnnfilterdb.cli", "sql", "SELECT count(*) AS n FROM filters", "--db", "db",
+                      "--format", "json"], capture_output=True, text=True, check=True).stdout
+assert json.loads(out)["rows"] == [[3000]], out
+from fastapi.testclient import TestClient
+from cnnfilterdb.service.main import create_app
+from cnnfilterdb.service.settings import Settings
+with TestClient(create_app(Settings(db="db"))) as c:
+    assert c.get("/static/app.js").status_code == 200
+    assert c.get("/docs").status_code == 200
+    assert c.get("/v1/stats").json()["filters"] == 3000
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
+    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-3000:]
