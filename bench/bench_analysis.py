@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[1]  # the children run here, to import bench._common
 
 ENGINE = r"""
 import json, sys, time
@@ -50,7 +49,7 @@ if mode == "scan":
         out[basis] = {"seconds": runs[0], "repeated": runs[1], "matrix": r["matrix"], "method": r["method"]}
 elif mode == "prepared":
     from cnnfilterdb.analysis import Snapshot
-    snapshot = Snapshot(db)
+    snapshot = Snapshot.at(con, db)  # the current version
     snapshot.prepare(con)  # as the service does when it opens a catalog generation
     t = time.perf_counter()
     r = Analysis(con, db, snapshot=snapshot).divergence(group_by)

@@ -23,7 +23,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# bench._common is in the repository, not in the installed package: the repository goes on the
+# path (after the installed package) so that `python bench/bench_export.py` finds it from any directory.
+sys.path.append(str(REPO))
 
 EXPORT = r"""
 import json, sys, time

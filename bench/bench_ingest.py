@@ -23,8 +23,7 @@ from pathlib import Path
 
 import h5py
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cnnfilterdb.ingest.sample import write_sample_h5  # noqa: E402
+from cnnfilterdb.ingest.sample import write_sample_h5
 
 TARGET_RATIO, TARGET_RSS, TARGET_SIZE = 4.0, 2 * 2**30, 1.1
 

@@ -20,7 +20,9 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# bench._common is in the repository, not in the installed package: the repository goes on the
+# path (after the installed package) so that `python bench/bench_service.py` finds it from any directory.
+sys.path.append(str(REPO))
 
 from bench._common import bench_store, start_service  # noqa: E402
 

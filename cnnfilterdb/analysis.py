@@ -1,4 +1,4 @@
-"""The paper's statistics over any selection of the store (SPEC 6), for the service and the CLI.
+"""The paper's statistics over any selection of the store (docs/method.md#statistics), for the service and the CLI.
 
 Two ways to the per-group coefficient histograms, with identical results:
 
@@ -44,7 +44,7 @@ MAX_GROUPS = 1_000
 # 2283 bins took 137 s and 1 GB); and the cells a /v1/histograms response may list (16 MB of JSON).
 MAX_PAIR_CELLS = 400_000_000
 MAX_RESPONSE_CELLS = 2_000_000
-# The thresholds of a degenerate layer (SPEC 6.4): sparsity above, normalized variance entropy
+# The thresholds of a degenerate layer (docs/method.md#degenerate): sparsity above, normalized variance entropy
 # below (redundant) or above (random-like).
 DEGENERATE_THRESHOLDS = {"sparsity_gt": 0.5, "entropy_norm_lt": 0.5, "entropy_norm_gt": 1.0}
 
@@ -196,9 +196,10 @@ class Snapshot:
 
 @dataclass
 class GroupHistograms:
+    """The coefficient histograms of a selection's groups in one basis, on one grid."""
+
     selection: Selection
     basis: Basis
-    basis_kind: str
     lo: float
     hi: float
     bins: int
@@ -281,7 +282,7 @@ class Analysis:
             lh = self.snapshot.layer_histograms(self.cur) if self.use_layer_histograms else None
             if bins == DEFAULT_BINS and lh is not None and lh.bins == bins and lh.basis_version == b.version:
                 counts = lh.group_sums(sel.layer_ids, sel.layer_group, len(sel.labels))
-                return GroupHistograms(sel, b, basis, lo, hi, bins, counts, "layer_histograms")
+                return GroupHistograms(sel, b, lo, hi, bins, counts, "layer_histograms")
             groups = self.groups_of(sel)
         else:
             b = self.selection_basis(sel)
@@ -290,13 +291,13 @@ class Analysis:
             b.range_min, b.range_max = lo, hi
         paths = self.shard_paths()
         counts = scan_histograms(paths, groups, b, lo, hi, bins, held=self.held_shards())
-        return GroupHistograms(sel, b, basis, lo, hi, bins, counts, "scan")
+        return GroupHistograms(sel, b, lo, hi, bins, counts, "scan")
 
     # -- the statistics --------------------------------------------------------------------------
     def divergence(self, group_by: str, where: dict | None = None, metric: str = "kl_sym",
                    bins: int = DEFAULT_BINS, weights: str = "explained_variance", basis: str = "global",
                    max_groups: int | None = None, max_pair_cells: int | None = None) -> dict:
-        """The d x d matrix between the groups of a selection and its drift statistics (SPEC 6.2);
+        """The d x d matrix between the groups of a selection and its drift statistics (docs/method.md#divergence, #drift);
         at most ``max_groups`` groups and ``max_pair_cells`` cells of pairwise work (defaults:
         MAX_GROUPS, MAX_PAIR_CELLS)."""
         if metric not in METRICS:
@@ -385,7 +386,7 @@ class Analysis:
         return np.where((N >= 2)[:, None], std, 0.0)
 
     def layer_quality(self, where: dict | None = None, color_by: str = "task", thresholds: dict | None = None) -> dict:
-        """Every selected layer's quality metrics (SPEC 6.4) and its value of ``color_by``.
+        """Every selected layer's quality metrics (docs/method.md#layer-quality) and its value of ``color_by``.
 
         Returns
         -------

@@ -1,4 +1,5 @@
-"""The ``cnnfilterdb`` command line (SPEC section 8)."""
+"""The ``cnnfilterdb`` command line: the one place that wires the ingest, the engine and the
+service together (README.md, "Using it")."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,8 @@ import sys
 import re
 from pathlib import Path
 
-from .store import DEMO_DB, FilterStore, StoreError, default_db, first_line, relative_to_store
+from .errors import UserError
+from .store import DEMO_DB, FilterStore, default_db, first_line, relative_to_store
 
 
 def _bounded(kind, lo, hi):
@@ -37,9 +39,9 @@ def cmd_ingest(args) -> int:
 
     meta = {k: getattr(args, k) for k in META_FIELDS}
     if args.manifest and (args.paths or any(meta.values())):
-        raise StoreError("--manifest gives the files and their metadata: no paths or metadata flags with it")
+        raise UserError("--manifest gives the files and their metadata: no paths or metadata flags with it")
     if not args.manifest and not args.paths:
-        raise StoreError("nothing to ingest: give files or folders, or --manifest CSV")
+        raise UserError("nothing to ingest: give files or folders, or --manifest CSV")
     db = args.db or default_db()
     try:
         result = ingest_paths([Path(p) for p in args.paths], db, meta=meta,
@@ -48,7 +50,7 @@ def cmd_ingest(args) -> int:
         # A full disk, a permission, an I/O error (Parquet, numpy or DuckDB writing): the transaction
         # has rolled back. One line, naming the file, or the store when the error names none.
         what = (getattr(e, "strerror", None) or str(e) or type(e).__name__).splitlines()[0]
-        raise StoreError(f"{what} ({getattr(e, 'filename', None) or db})") from None
+        raise UserError(f"{what} ({getattr(e, 'filename', None) or db})") from None
     print(json.dumps(result))
     return 0
 
@@ -93,7 +95,7 @@ def cmd_sql(args) -> int:
     try:
         result = pool.run(args.query, None, args.max_rows, defaults.sql_max_bytes)
     except SqlFailed as e:
-        raise StoreError(f"SQL ({e.code}): {e.message}") from None
+        raise UserError(f"SQL ({e.code}): {e.message}") from None
     finally:
         pool.close()
     columns, rows = result.columns, json.loads(result.rows_json)
@@ -132,7 +134,7 @@ def cmd_drift(args) -> int:
         try:
             out = analysis.divergence(args.group_by, where, args.metric, args.bins, args.weights, args.basis)
         except SelectionError as e:
-            raise StoreError(str(e)) from None
+            raise UserError(str(e)) from None
     if args.json:
         print(json.dumps(out, default=str))
         return 0
@@ -183,10 +185,10 @@ def _label_changes(args) -> list[tuple[str, dict]]:
     values = {f: getattr(args, f) for f in LABEL_FIELDS if getattr(args, f) is not None}
     if args.manifest:
         if args.models or values:
-            raise StoreError("--manifest gives the models and their metadata: no models or metadata flags with it")
+            raise UserError("--manifest gives the models and their metadata: no models or metadata flags with it")
         return read_label_manifest(Path(args.manifest))
     if not args.models:
-        raise StoreError("name the models to label (or give --manifest CSV)")
+        raise UserError("name the models to label (or give --manifest CSV)")
     return [(m, values) for m in args.models]
 
 
@@ -222,7 +224,7 @@ def cmd_export(args) -> int:
     out = Path(args.output)
     fmt = args.format or by_suffix.get(out.suffix.lower())
     if fmt is None:
-        raise StoreError(f"{out}: the suffix gives the format: one of {', '.join(sorted(by_suffix))} (or --format)")
+        raise UserError(f"{out}: the suffix gives the format: one of {', '.join(sorted(by_suffix))} (or --format)")
     where = _json_where(args.where)
     _writable(args.output, args.db)
     con, analysis = _open_analysis(FilterStore(args.db or default_db()), args.as_of)
@@ -230,12 +232,12 @@ def cmd_export(args) -> int:
         try:
             plan = analysis.export_plan(where)
         except SelectionError as e:
-            raise StoreError(str(e)) from None
+            raise UserError(str(e)) from None
     version = plan.pop("store_version")
     try:
         rows = write_export(out, **plan, fmt=fmt, metadata={"store_version": str(version), "where": json.dumps(where)})
     except OSError as e:
-        raise StoreError(f"{out}: {e.strerror or e}") from None
+        raise UserError(f"{out}: {e.strerror or e}") from None
     print(json.dumps({"path": str(out), "format": fmt, "rows": rows, "store_version": version}))
     return 0
 
@@ -249,7 +251,7 @@ def _writable(out: str, db: Path | None) -> None:
     try:
         target = destination(out)
     except OSError as e:
-        raise StoreError(f"{out}: {e.strerror}") from None
+        raise UserError(f"{out}: {e.strerror}") from None
     _outside_store(target, out, db)
 
 
@@ -258,7 +260,7 @@ def _outside_store(target: Path, out, db: Path | None) -> None:
     root = FilterStore(db or default_db()).root
     target = Path(target).resolve()
     if target == root or root in target.parents:
-        raise StoreError(f"{out}: inside the store {root}; write outputs elsewhere")
+        raise UserError(f"{out}: inside the store {root}; write outputs elsewhere")
 
 
 def _as_of_arg(p: argparse.ArgumentParser) -> None:
@@ -278,7 +280,7 @@ def _json_where(text: str | None) -> dict | None:
     try:
         value = json.loads(text) if text else None
     except json.JSONDecodeError as e:
-        raise StoreError(f"--where is not JSON ({e.msg} at character {e.pos})") from None
+        raise UserError(f"--where is not JSON ({e.msg} at character {e.pos})") from None
     if value is None:
         return None
     try:
@@ -289,8 +291,8 @@ def _json_where(text: str | None) -> dict | None:
         if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
             from .selection import FILTER_FIELDS
 
-            raise StoreError(f"--where: unknown field(s) in where: {loc!r}; known fields: {FILTER_FIELDS}") from None
-        raise StoreError(f"--where: {('where.' + loc) if loc else 'where'}: {err['msg']}") from None
+            raise UserError(f"--where: unknown field(s) in where: {loc!r}; known fields: {FILTER_FIELDS}") from None
+        raise UserError(f"--where: {('where.' + loc) if loc else 'where'}: {err['msg']}") from None
 
 
 def _open_analysis(store: FilterStore, as_of: int | None = None):
@@ -319,7 +321,7 @@ def cmd_plot(args) -> int:
     out = Path(args.output)
     fmt = out.suffix.lower().removeprefix(".")
     if fmt not in plots.FORMATS:
-        raise StoreError(f"{out}: unknown format {out.suffix or '(no suffix)'!r}; the file must end in "
+        raise UserError(f"{out}: unknown format {out.suffix or '(no suffix)'!r}; the file must end in "
                          f"{', '.join('.' + f for f in plots.FORMATS)}")
     params = {"group_by": args.group_by, "where": _json_where(args.where), "metric": args.metric, "bins": args.bins,
               "weights": args.weights, "basis": args.basis, "components": args.components,
@@ -328,9 +330,9 @@ def cmd_plot(args) -> int:
     try:
         req = plots.PlotRequest.of(args.figure, **params)
     except LookupError as e:  # an unknown figure
-        raise StoreError(str(e)) from None
+        raise UserError(str(e)) from None
     except SelectionError as e:
-        raise StoreError(str(e)) from None
+        raise UserError(str(e)) from None
     _writable(args.output, args.db)
     store = FilterStore(args.db or default_db())
     con, analysis = _open_analysis(store, args.as_of)
@@ -338,13 +340,13 @@ def cmd_plot(args) -> int:
         try:
             data = plots.render(plots.draw(analysis, req), fmt, req.dpi)
         except SelectionError as e:
-            raise StoreError(str(e)) from None
+            raise UserError(str(e)) from None
         except LookupError:  # layer_filters of a layer that is not there
-            raise StoreError(f"no layer {req.layer_id}") from None
+            raise UserError(f"no layer {req.layer_id}") from None
     try:
         write_atomic(out, data)
     except OSError as e:
-        raise StoreError(f"{out}: {e.strerror or e}") from None
+        raise UserError(f"{out}: {e.strerror or e}") from None
     print(f"wrote {out} ({len(data):,} bytes, {fmt}, {req.figure})")
     return 0
 
@@ -362,11 +364,11 @@ def cmd_report(args) -> int:
         try:
             write_report(analysis, info, Path(args.output), args.format, args.dpi, log=print)
         except SelectionError as e:
-            raise StoreError(str(e)) from None
+            raise UserError(str(e)) from None
         except BrokenPipeError:
             raise  # its progress lines piped into a closed reader: main() ends quietly
         except OSError as e:
-            raise StoreError(f"{getattr(e, 'filename', None) or args.output}: {e.strerror or e}") from None
+            raise UserError(f"{getattr(e, 'filename', None) or args.output}: {e.strerror or e}") from None
     return 0
 
 
@@ -405,7 +407,7 @@ def cmd_demo(args) -> int:
         print(f"using the existing store at {db}: {what} (--rebuild to write the sample anew)", file=sys.stderr)
     else:
         if n_real:
-            raise StoreError(f"{db} holds {n_real} real model(s): --rebuild would delete them; "
+            raise UserError(f"{db} holds {n_real} real model(s): --rebuild would delete them; "
                              "give the sample a directory of its own (--db)")
         if FilterStore(db).exists():
             import shutil
@@ -438,14 +440,14 @@ def _check_port(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise StoreError(f"--host {host}: {e.strerror}") from None
+        raise UserError(f"--host {host}: {e.strerror}") from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:
             s.bind(address)
         except OSError as e:
-            raise StoreError(f"cannot listen on {host}:{port} ({e.strerror}); choose another with --port") from None
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another with --port") from None
 
 
 def _serve(db: Path, host: str, port: int, overrides: dict | None = None) -> int:
@@ -468,7 +470,7 @@ def cmd_serve(args) -> int:
         Settings(db=db, **overrides)  # checked here: one line for a bad value, before anything starts
     except ValidationError as e:
         err = e.errors()[0]
-        raise StoreError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+        raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
     return _serve(db, args.host, args.port, overrides)
 
 
@@ -511,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(s)
     s.set_defaults(func=cmd_verify)
 
-    s = sub.add_parser("drift", help="the divergence matrix between groups of filters (SPEC 6.2)")
+    s = sub.add_parser("drift", help="the divergence matrix between groups of filters (docs/method.md#divergence)")
     s.add_argument("--group-by", required=True, help="task, visual_category, depth_bin, model, ...")
     s.add_argument("--where", help='a JSON selection, e.g. \'{"task": ["Classification", "GAN"], "conv_depth": {"gte": 2}}\'')
     s.add_argument("--metric", default="kl_sym", help="kl_sym (default), js, hellinger, wasserstein")
@@ -559,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_compact)
 
     from .plots import FIGURES, MAX_DPI, NOTEBOOK_FIGURES
-    s = sub.add_parser("plot", help="draw one of the paper's figures (SPEC 10) to a PNG, SVG or PDF file: the same "
+    s = sub.add_parser("plot", help="draw one of the paper's figures (docs/method.md#figures) to a PNG, SVG or PDF file: the same "
                                     "bytes as the service's GET /v1/plots/{figure}.{format}",
                        description="Draw one of the paper's figures to FILE (.png, .svg or .pdf). Every option is "
                                    "optional (the notebook's defaults); a figure takes only its own parameters.")
@@ -646,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         # a BrokenPipeError caught below, not an "Exception ignored" line at interpreter shutdown.
         sys.stdout.flush()
         return code
-    except StoreError as e:
+    except UserError as e:  # the store's, the ingest's: one line, no traceback
         print(f"cnnfilterdb: error: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as cat does

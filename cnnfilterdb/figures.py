@@ -1,4 +1,4 @@
-"""The paper's figures (SPEC 10), as pure functions: an analysis result in, a matplotlib Figure out.
+"""The paper's figures (docs/method.md#figures), as pure functions: an analysis result in, a matplotlib Figure out.
 
 Each function takes the dict an ``Analysis`` method returns (the same numbers as the JSON
 endpoint of the same request) and draws it with the notebook's parameters; none touches pyplot,
@@ -266,7 +266,7 @@ def explained_variance(pcas: list[tuple[str, dict]], figsize: Size | None = None
 def covariance(pca: dict, figsize: Size | None = None, subtitle: str | None = None) -> Figure:
     """The 9 x 9 covariance of the peak-scaled filters (scikit-learn's ``get_covariance()``): its
     rows and columns are the filter's 9 weights (row-major), though both axes say "Principal
-    Component", as the notebook's (SPEC 10); the title says what is drawn."""
+    Component", as the notebook's (docs/method.md#fig-covariance); the title says what is drawn."""
     fig = Figure(figsize=_figsize(figsize, (6, 5)), layout="constrained")
     ax = fig.add_subplot()
     ax.set_title("Covariance of the peak-scaled filters' 9 weights" + (f"\n{subtitle}" if subtitle else ""),

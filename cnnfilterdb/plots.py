@@ -1,5 +1,5 @@
 """A figure request, end to end: which analysis each figure draws with which defaults (the
-notebook's, SPEC 10), and the figure as PNG, SVG or PDF bytes. The service's
+notebook's, docs/method.md#figures), and the figure as PNG, SVG or PDF bytes. The service's
 ``GET /v1/plots/{figure}.{format}`` and ``cnnfilterdb plot``/``report`` both go through ``draw``
 and ``render``, so the same request gives the same bytes everywhere.
 

@@ -1,4 +1,4 @@
-"""``cnnfilterdb report``: the notebook's figures for a store (SPEC 10), and an ``index.html``
+"""``cnnfilterdb report``: the notebook's figures for a store (docs/method.md#figures), and an ``index.html``
 that shows them with the store's counts and the drift statistics, opened from disk, offline.
 
 The figures go through ``plots.draw`` and ``plots.render`` with their default parameters, so each

@@ -1,6 +1,6 @@
 """A selection of layers (`where`) and their grouping (`group_by`), as parameterized SQL.
 
-Every field a query can filter or group on is an attribute of a layer or of its model (SPEC 6.3),
+Every field a query can filter or group on is an attribute of a layer or of its model (docs/method.md#groupings),
 so a selection is a set of layers. ``where`` maps a field to a value, a list of values, or an
 object of bounds {"gte", "gt", "lte", "lt"}; values are always bound as parameters, and field
 names come from the fixed list below, never from the request.
@@ -61,7 +61,17 @@ def _plain(name: str, value: Any) -> bool:
 
 
 def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
-    """SQL condition over layers_with_models (at any version) and its parameters."""
+    """SQL condition over layers_with_models (at any version) and its parameters.
+
+    Parameters
+    ----------
+    where : field -> value | [values] | {gte, gt, lte, lt}, or None (everything).
+
+    Returns
+    -------
+    (condition, params): a SQL boolean expression with ``?`` placeholders, and their values in
+    order. SelectionError for an unknown field or a malformed value.
+    """
     if where is None:
         return "true", []
     if not isinstance(where, dict):
@@ -162,7 +172,6 @@ def natural_order(labels: list) -> list:
 @dataclass
 class Selection:
     """The selected layers, their group, and per-group counts (groups in natural order)."""
-    group_by: str | None
     labels: list                       # one per group
     layer_ids: np.ndarray              # selected layers
     layer_group: np.ndarray            # group index of each selected layer
@@ -180,7 +189,21 @@ def layers_at(version: int) -> str:
 
 def select(cur, where: dict | None, group_by: str | None, version: int) -> Selection:
     """The layers of store version ``version`` that ``where`` selects, grouped by ``group_by``.
-    EmptySelectionError for a text value the store does not hold (check_values)."""
+
+    Parameters
+    ----------
+    cur : a cursor on the catalog.
+    where : as ``where_sql``.
+    group_by : one of GROUP_FIELDS, or None (one group, labelled 'all').
+    version : the store version (resolved by the caller).
+
+    Returns
+    -------
+    Selection: labels (d,) in natural order; layer_ids (L,) ascending and layer_group (L,) the
+    group of each; n_filters, n_models, n_layers (d,) int64 per group. SelectionError for an
+    unknown ``group_by``; EmptySelectionError for a text value the store does not hold
+    (check_values).
+    """
     if group_by is not None and group_by not in GROUP_FIELDS:
         near = nearest(group_by, GROUP_FIELDS) if isinstance(group_by, str) else []
         hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
@@ -213,4 +236,4 @@ def select(cur, where: dict | None, group_by: str | None, version: int) -> Selec
     if group_by is not None and where and group_by in where:
         asked = where[group_by] if isinstance(where[group_by], list) else [where[group_by]]
         empty = [v for v in asked if not isinstance(v, dict) and v not in index]
-    return Selection(group_by, labels, layer_ids, layer_group, n_filters, n_models, n_layers, empty)
+    return Selection(labels, layer_ids, layer_group, n_filters, n_models, n_layers, empty)

@@ -1,4 +1,4 @@
-"""The store on disk (SPEC section 4) and its all-or-nothing commit.
+"""The store on disk (docs/method.md#store) and its all-or-nothing commit.
 
 Layout of a store directory ``<db>``::
 
@@ -44,9 +44,9 @@ import numpy as np
 
 from cnnfilterdb import sql
 
-from .stats.basis import Basis, fit_basis
-from .stats.divergence import DEFAULT_BINS
-from .stats.moments import Moments, pool
+from .errors import UserError
+from .stats.basis import Basis
+from .stats.moments import Moments
 
 CATALOG = "catalog.duckdb"
 SHARDS = "shards"
@@ -59,8 +59,9 @@ SCHEMA_VERSION = 4  # of sql/schema.sql
 HASH_READ_BYTES = 1 << 20
 
 
-class StoreError(Exception):
-    """A fault the user can act on; its message is one line naming what and where."""
+class StoreError(UserError):
+    """A fault of the store (missing, damaged, locked, an unknown version or model): one line
+    naming what and where."""
 
 
 class StoreDamaged(StoreError):
@@ -323,7 +324,13 @@ def check_version(con: duckdb.DuckDBPyConnection, version: int) -> int:
 
 
 def load_basis(con: duckdb.DuckDBPyConnection, version: int | None = None) -> Basis | None:
-    """The global basis of store version ``version`` (default the current one); None if it has none."""
+    """The global basis of store version ``version`` (default the current one).
+
+    Returns
+    -------
+    Basis with mean (9,), components (9, 9), explained_variance (9,), explained_variance_ratio
+    (9,), range_min, range_max and its version; None if the version has none (< 2 filters).
+    """
     bv = basis_version_at(con, current_version(con) if version is None else version)
     row = None if bv is None else con.execute(
         "SELECT n_filters, mean, components, explained_variance, explained_variance_ratio, "
@@ -460,6 +467,8 @@ class StoreTransaction:
         )
 
     def insert_layer_moments(self, layer_ids: list[int], moments: list[Moments]) -> None:
+        """Record each layer's moments of its peak-scaled filters (count, mean (9,), scatter (9, 9)),
+        which the basis of any set of layers is pooled from (refit.py, analysis.py)."""
         if not layer_ids:
             return
         import pyarrow as pa
@@ -475,6 +484,7 @@ class StoreTransaction:
         self.con.unregister("_new_moments")
 
     def record_ingest(self, source: str, kind: str, sha256: str | None, n_models: int, n_filters: int) -> None:
+        """Record that this transaction ingested ``source`` (its kind, sha256, models and filters)."""
         self.con.execute(
             "INSERT INTO _ingests VALUES (?, ?, ?, ?, ?, now()::TIMESTAMP, ?, ?)",
             [self.ingest_id, self.version, source, kind, sha256, n_models, n_filters],
@@ -512,8 +522,9 @@ class StoreTransaction:
 
     # -- commit ---------------------------------------------------------------------------------
     def commit(self, action: str | None = "ingest", progress=None) -> int:
-        """Record this version (what it added, relabelled, removed), refit the global basis if the
-        filters changed, then atomically replace the catalog. Returns the version committed.
+        """Record this version (what it added, relabelled, removed), refit the global basis and the
+        per-layer histograms if the filters changed (refit.py), then atomically replace the
+        catalog. Returns the version committed.
 
         ``action`` None: a change of no version's content (compact): no version is recorded, and
         the files the new catalog no longer references are deleted once it is in place."""
@@ -582,54 +593,25 @@ class StoreTransaction:
         self.con.execute(text)
 
     def _refresh_basis(self, progress=None) -> int | None:
-        """Fit the global basis of this version from its layers' moments, then scan its filters for
-        the basis range and the per-layer histograms; returns the new basis version (None: fewer
-        than 2 filters). Older bases stay for the versions that use them."""
-        from .scan import LayerGroups, scan_histograms, scan_range
+        """Refit the global basis of this version and its per-layer histograms (refit.py), and
+        record both in the catalog; returns the new basis version (None: fewer than 2 filters).
+        Older bases stay for the versions that use them."""
+        from .refit import refit  # refit.py reads the shards through scan.py, which imports this module
 
-        v = self.version
-        rows = self.con.execute("SELECT n, mean, scatter FROM _layer_moments SEMI JOIN layers_at(?) USING (layer_id) "
-                                "ORDER BY layer_id", [v]).fetchall()
-        version = int(self.con.execute("SELECT coalesce(max(version), 0) + 1 FROM _basis").fetchone()[0])
-        if not rows:
-            return None
-        ns = np.array([r[0] for r in rows])
-        means = np.array([r[1] for r in rows])
-        scatters = np.array([r[2] for r in rows]).reshape(-1, 9, 9)
-        total = pool(ns, means, scatters)
-        if total.n < 2:
-            return None
-        basis = fit_basis(total)
-        # One exact scan for the range, then one for the per-layer histograms of the default
-        # parameters (counts add across layers, so any grouping's histograms are their sums).
-        paths = [self.root / r for r in self._shard_rel_paths()]
-        layer_ids = np.array([r[0] for r in self.con.execute("SELECT layer_id FROM layers_at(?) ORDER BY layer_id",
-                                                             [v]).fetchall()])
-        max_layer_id = int(self.con.execute("SELECT max(layer_id) FROM _layers").fetchone()[0])
-        groups = LayerGroups.of(layer_ids, np.arange(len(layer_ids)), len(layer_ids), max_layer_id)
-        lo, hi, _ = scan_range(paths, groups, basis)
-        if progress is not None:
-            progress(basis.n_filters)
-        self.con.execute(
-            "INSERT INTO _basis VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
-            [version, basis.n_filters, basis.mean.tolist(), basis.components.tolist(),
-             basis.explained_variance.tolist(), basis.explained_variance_ratio.tolist(), lo, hi],
-        )
-        counts = scan_histograms(paths, groups, basis, lo, hi, DEFAULT_BINS)
-
-        # Stored as prefix sums over the layers in layer_id order, so that a run of consecutive
-        # layers (a model's, typically) sums with one subtraction (see analysis.LayerHistograms).
-        packed = np.zeros((len(layer_ids) + 1, 1 + 9 * DEFAULT_BINS), dtype="<i8")
-        packed[0, 0] = -1
-        packed[1:, 0] = layer_ids
-        np.cumsum(counts.reshape(len(layer_ids), -1), axis=0, out=packed[1:, 1:])
         path = self.root / SHARDS / f"{self.ingest_id}-histograms.npy"
         self._new_shards.append(path)  # removed with the shards if the transaction does not commit
-        np.save(path, packed)
-        fsync_path(path)
+        r = refit(self.con, self.version, [self.root / p for p in self._shard_rel_paths()], path, progress)
+        if r is None:
+            return None
+        b = r.basis
+        version = int(self.con.execute("SELECT coalesce(max(version), 0) + 1 FROM _basis").fetchone()[0])
+        self.con.execute(
+            "INSERT INTO _basis VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
+            [version, b.n_filters, b.mean.tolist(), b.components.tolist(), b.explained_variance.tolist(),
+             b.explained_variance_ratio.tolist(), b.range_min, b.range_max],
+        )
         self.con.execute("INSERT INTO _layer_histograms VALUES (?, ?, ?, ?, ?, ?)",
-                         [version, DEFAULT_BINS, len(layer_ids), store_name(path), path.stat().st_size,
-                          file_sha256(path)])
+                         [version, r.bins, len(r.layer_ids), store_name(r.path), r.bytes, r.sha256])
         return version
 
 

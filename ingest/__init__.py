@@ -7,8 +7,9 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from cnnfilterdb.store import SAMPLE_MODELS, StoreError, StoreTransaction, default_db, file_sha256
+from cnnfilterdb.store import SAMPLE_MODELS, StoreTransaction, default_db, file_sha256
 
+from .errors import IngestError
 from .h5 import ingest_h5, is_hdf5, read_contents
 from .model_files import META_FIELDS, ingest_model_file, metadata_differences, relabel_hint, stored_model_with
 from .models import detect, read_model
@@ -43,16 +44,16 @@ def read_manifest(manifest: Path) -> list[Source]:
         with open(manifest, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise StoreError(f"{manifest}: cannot read the manifest ({e})") from None
+        raise IngestError(f"{manifest}: cannot read the manifest ({e})") from None
     if not rows or "path" not in rows[0]:
-        raise StoreError(f"{manifest}: a manifest needs a header with a 'path' column (and any of {META_FIELDS})")
+        raise IngestError(f"{manifest}: a manifest needs a header with a 'path' column (and any of {META_FIELDS})")
     unknown = sorted(set(rows[0]) - {"path"} - set(META_FIELDS))
     if unknown:
-        raise StoreError(f"{manifest}: unknown column(s) {unknown}; known: ['path'] + {META_FIELDS}")
+        raise IngestError(f"{manifest}: unknown column(s) {unknown}; known: ['path'] + {META_FIELDS}")
     out = []
     for i, r in enumerate(rows, start=2):
         if not (r.get("path") or "").strip():
-            raise StoreError(f"{manifest}: line {i} has no path")
+            raise IngestError(f"{manifest}: line {i} has no path")
         p = Path(r["path"].strip())
         out.append(Source(p if p.is_absolute() else manifest.parent / p,
                           {k: (v.strip() or None) for k, v in r.items() if k != "path" and v is not None}, True))
@@ -104,18 +105,33 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
     the command that relabels it. A dataset.h5 adds its models not yet in the store and lists
     those present (and any that differ from the stored ones). ``warnings`` (also printed as notes):
     real models and the synthetic sample mixed in one store.
+
+    Parameters
+    ----------
+    paths : files and directories to ingest (ignored when ``manifest`` is given).
+    db : the store directory (created if missing).
+    progress : where bars and notes go (default: a bar on a terminal).
+    meta : metadata for every file (META_FIELDS: task, visual_category, ...; ``model`` for one file).
+    manifest : a CSV with a ``path`` column and META_FIELDS, one row per file.
+    skip_bad : skip and report a file that fails its checks instead of failing the ingest.
+
+    Returns
+    -------
+    dict with ``db``, ``models_added``, ``filters_added``, ``files`` (one entry per file: path,
+    kind, models, filters, status, ...), ``skipped`` (path, reason), ``ignored``, ``warnings``.
+    IngestError for a bad input (a StoreError: nothing was written).
     """
     progress = progress or Progress()
     meta = {k: v for k, v in (meta or {}).items() if v is not None}
     if "model" in meta and len(paths) > 1:
-        raise StoreError("--model names one model; for several files use a manifest")
+        raise IngestError("--model names one model; for several files use a manifest")
     sources, skipped, ignored = [], [], []
     for s in _sources(paths, meta, manifest):
         if not s.path.is_file():
             if skip_bad:
                 skipped.append({"path": str(s.path), "reason": "no such file"})
                 continue
-            raise StoreError(f"{s.path}: no such file")
+            raise IngestError(f"{s.path}: no such file")
         s.kind = detect_kind(s.path)
         if s.kind is None:
             hint = SUFFIX_KINDS.get(s.path.suffix.lower())
@@ -127,8 +143,8 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
                     read_contents(s.path)
                 elif hint is not None:
                     read_model(s.path, hint)
-                raise StoreError(f"{s.path}: not a recognized filter source (dataset.h5, ONNX, PyTorch, safetensors or .npz)")
-            except StoreError as e:
+                raise IngestError(f"{s.path}: not a recognized filter source (dataset.h5, ONNX, PyTorch, safetensors or .npz)")
+            except IngestError as e:
                 if not skip_bad:
                     raise
                 skipped.append({"path": str(s.path), "reason": str(e).removeprefix(f"{s.path}: ")})
@@ -168,7 +184,7 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
                             if writer is None:
                                 writer = ShardWriter(tx, batch_rows=MODEL_BATCH_ROWS)
                             models, filters = ingest_model_file(s.path, s.kind, m, s.meta, tx, writer, sha)
-                except StoreError as e:
+                except IngestError as e:
                     if not skip_bad:
                         raise
                     skipped.append({"path": str(s.path), "reason": str(e).removeprefix(f"{s.path}: ")})
@@ -223,4 +239,4 @@ def _h5_entry(path: Path, h5, notes: list[str]) -> dict:
     return entry
 
 
-__all__ = ["ingest_paths", "detect_kind", "read_contents", "sample_and_real", "Progress"]
+__all__ = ["ingest_paths", "detect_kind", "read_contents", "sample_and_real", "Progress", "IngestError"]

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from cnnfilterdb.selection import nearest
 from cnnfilterdb.store import FilterStore, StoreError, StoreTransaction, file_sha256, fsync_path
 
+from .errors import IngestError
 from .h5 import normalize_task
 from .model_files import META_FIELDS
 from .shards import PARQUET_OPTIONS, SCHEMA
@@ -70,18 +71,18 @@ def _label_values(values: dict, where: str) -> dict:
     """The models columns a label sets: a task sets task_raw as given and task normalized."""
     unknown = sorted(set(values) - set(LABEL_FIELDS))
     if unknown:
-        raise StoreError(f"{where}: cannot label {unknown}; the fields are {LABEL_FIELDS}")
+        raise IngestError(f"{where}: cannot label {unknown}; the fields are {LABEL_FIELDS}")
     for field, v in values.items():
         if v is None:
             continue
         if not v.strip():
-            raise StoreError(f"{where}: {field} is empty; give a value (a manifest's empty cell leaves a field as it is)")
+            raise IngestError(f"{where}: {field} is empty; give a value (a manifest's empty cell leaves a field as it is)")
         try:
             v.encode("utf-8")
         except UnicodeEncodeError:
-            raise StoreError(f"{where}: {field} {v!r} is not valid UTF-8 text") from None
+            raise IngestError(f"{where}: {field} {v!r} is not valid UTF-8 text") from None
         if "\0" in v:
-            raise StoreError(f"{where}: {field} holds a NUL character")
+            raise IngestError(f"{where}: {field} holds a NUL character")
     out = dict(values)
     if "task" in out:
         out["task_raw"], out["task"] = out["task"], normalize_task(out["task"])
@@ -96,24 +97,24 @@ def read_label_manifest(path: Path) -> list[tuple[str, dict]]:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f, strict=True))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise StoreError(f"{path}: cannot read the manifest ({e})") from None
+        raise IngestError(f"{path}: cannot read the manifest ({e})") from None
     header = [h.strip() for h in rows[0]] if rows else []
     if "model" not in header:
-        raise StoreError(f"{path}: a label manifest needs a header with a 'model' column and any of {LABEL_FIELDS}")
+        raise IngestError(f"{path}: a label manifest needs a header with a 'model' column and any of {LABEL_FIELDS}")
     if len(set(header)) < len(header):
-        raise StoreError(f"{path}: the header names a column twice: {sorted({h for h in header if header.count(h) > 1})}")
+        raise IngestError(f"{path}: the header names a column twice: {sorted({h for h in header if header.count(h) > 1})}")
     out, seen = [], {}
     for i, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue  # a blank line
         if len(row) != len(header):
-            raise StoreError(f"{path}: line {i} has {len(row)} cells, the header {len(header)}")
+            raise IngestError(f"{path}: line {i} has {len(row)} cells, the header {len(header)}")
         r = dict(zip(header, row))
         model = r.pop("model").strip()
         if not model:
-            raise StoreError(f"{path}: line {i} has no model")
+            raise IngestError(f"{path}: line {i} has no model")
         if model in seen:
-            raise StoreError(f"{path}: line {i} labels {model!r} again (line {seen[model]}): one row per model")
+            raise IngestError(f"{path}: line {i} labels {model!r} again (line {seen[model]}): one row per model")
         seen[model] = i
         values = {k: v.strip() for k, v in r.items() if v.strip()}
         _label_values(values, f"{path}: line {i}")  # checked here to name the line

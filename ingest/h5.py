@@ -1,4 +1,4 @@
-"""Reader of the original CNN-Filter-DB ``dataset.h5`` (SPEC section 3), v0.1.0 and v1.0.0.
+"""Reader of the original CNN-Filter-DB ``dataset.h5`` (docs/method.md#dataset-h5), v0.1.0 and v1.0.0.
 
 ``/filters`` (or ``/filter``) holds float16/32/64 filters shaped (N, 3, 3) or (N, 9); ``/meta`` is a
 pandas DataFrame (PyTables) with one row per convolution layer and a MultiIndex
@@ -20,8 +20,9 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from cnnfilterdb.store import StoreError, StoreTransaction
+from cnnfilterdb.store import StoreTransaction
 
+from .errors import file_error
 from .progress import Progress
 from .rows import LayerState, insert_layers, insert_models, iter_pieces
 from .sample import SAMPLE_ATTR
@@ -109,10 +110,6 @@ class H5Contents:
     layers: list[H5Layer] = field(default_factory=list)  # sorted by first
 
 
-def _fail(path: Path, message: str) -> StoreError:
-    return StoreError(f"{path}: {message}")
-
-
 def is_hdf5(path: Path) -> bool:
     try:
         return h5py.is_hdf5(path)
@@ -121,31 +118,38 @@ def is_hdf5(path: Path) -> bool:
 
 
 def read_contents(path: Path) -> H5Contents:
-    """Open and validate everything but the filter values: datasets, /meta, the filter_ids ranges."""
+    """Open and validate everything but the filter values: datasets, /meta, the filter_ids ranges.
+
+    Returns
+    -------
+    H5Contents: the filters dataset's name, rows and dtype, the models (one dict of models
+    columns each) and the layers sorted by their first filter. IngestError naming the file for
+    anything not in the layout of docs/method.md#dataset-h5.
+    """
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise _fail(path, f"not a readable HDF5 file ({e})") from None
+        raise file_error(path, f"not a readable HDF5 file ({e})") from None
     with f:
         name = "filters" if "filters" in f else ("filter" if "filter" in f else None)
         if name is None:
-            raise _fail(path, "no /filters (or /filter) dataset")
+            raise file_error(path, "no /filters (or /filter) dataset")
         if "meta" not in f:
-            raise _fail(path, "no /meta table")
+            raise file_error(path, "no /meta table")
         ds = f[name]
         if not isinstance(ds, h5py.Dataset):
-            raise _fail(path, f"/{name} is not a dataset")
+            raise file_error(path, f"/{name} is not a dataset")
         if ds.shape[1:] not in ((3, 3), (9,)):
-            raise _fail(path, f"/{name} has shape {ds.shape}; expected (N, 3, 3) or (N, 9)")
+            raise file_error(path, f"/{name} has shape {ds.shape}; expected (N, 3, 3) or (N, 9)")
         if ds.dtype not in (np.float16, np.float32, np.float64):
-            raise _fail(path, f"/{name} has dtype {ds.dtype}; expected float16, float32 or float64")
+            raise file_error(path, f"/{name} has dtype {ds.dtype}; expected float16, float32 or float64")
         contents = H5Contents(path, name, int(ds.shape[0]), ds.dtype, _text(f.attrs.get(SAMPLE_ATTR)))
     try:
         meta = pd.read_hdf(path, "meta")
     except Exception as e:  # PyTables raises many types for corrupt tables
-        raise _fail(path, f"/meta is not a readable pandas table ({type(e).__name__}: {e})") from None
+        raise file_error(path, f"/meta is not a readable pandas table ({type(e).__name__}: {e})") from None
     if not isinstance(meta, pd.DataFrame):
-        raise _fail(path, "/meta is not a pandas DataFrame")
+        raise file_error(path, "/meta is not a pandas DataFrame")
     _parse_meta(contents, meta)
     return contents
 
@@ -157,12 +161,12 @@ def _parse_meta(c: H5Contents, meta: pd.DataFrame) -> None:
         if all(n in meta.columns for n in INDEX_COLUMNS):
             meta = meta.set_index(INDEX_COLUMNS)
         else:
-            raise _fail(path, f"/meta index lacks {missing_index}; expected a MultiIndex {INDEX_COLUMNS}")
+            raise file_error(path, f"/meta index lacks {missing_index}; expected a MultiIndex {INDEX_COLUMNS}")
     meta = meta.reset_index()
     if "filter_ids" not in meta.columns:
-        raise _fail(path, "/meta has no filter_ids column")
+        raise file_error(path, "/meta has no filter_ids column")
     if len(meta) == 0:
-        raise _fail(path, "/meta has no rows")
+        raise file_error(path, "/meta has no rows")
 
     layers: list[H5Layer] = []
     for row, (mid, depth, depth_norm, ids) in enumerate(
@@ -170,24 +174,24 @@ def _parse_meta(c: H5Contents, meta: pd.DataFrame) -> None:
     ):
         m = re.fullmatch(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*", _text(ids) or "")
         if not m:
-            raise _fail(path, f"/meta row {row} (model_id {mid}): filter_ids {ids!r} is not 'first:last'")
+            raise file_error(path, f"/meta row {row} (model_id {mid}): filter_ids {ids!r} is not 'first:last'")
         first, last = int(m.group(1)), int(m.group(2))
         if first > last:
-            raise _fail(path, f"/meta row {row} (model_id {mid}): filter_ids {first}:{last} is reversed")
+            raise file_error(path, f"/meta row {row} (model_id {mid}): filter_ids {first}:{last} is reversed")
         if first < 0 or last >= c.n_rows:
-            raise _fail(path, f"/meta row {row} (model_id {mid}): filter_ids {first}:{last} out of range "
+            raise file_error(path, f"/meta row {row} (model_id {mid}): filter_ids {first}:{last} out of range "
                               f"(/{c.filters_name} has {c.n_rows} filters)")
         try:
             depth_i, depth_norm_f = int(depth), float(depth_norm)
         except (TypeError, ValueError):
-            raise _fail(path, f"/meta row {row} (model_id {mid}): conv_depth/conv_depth_norm not numeric") from None
+            raise file_error(path, f"/meta row {row} (model_id {mid}): conv_depth/conv_depth_norm not numeric") from None
         if not (0.0 <= depth_norm_f <= 1.0):
-            raise _fail(path, f"/meta row {row} (model_id {mid}): conv_depth_norm {depth_norm_f} outside [0, 1]")
+            raise file_error(path, f"/meta row {row} (model_id {mid}): conv_depth_norm {depth_norm_f} outside [0, 1]")
         layers.append(H5Layer(row, int(mid), depth_i, depth_norm_f, first, last))
     layers.sort(key=lambda l: l.first)
     for a, b in zip(layers, layers[1:]):
         if b.first <= a.last:
-            raise _fail(path, f"/meta rows {a.row} and {b.row}: filter_ids {a.first}:{a.last} and "
+            raise file_error(path, f"/meta rows {a.row} and {b.row}: filter_ids {a.first}:{a.last} and "
                               f"{b.first}:{b.last} overlap")
     c.layers = layers
 
@@ -200,7 +204,7 @@ def _parse_meta(c: H5Contents, meta: pd.DataFrame) -> None:
         mid = int(rec["model_id"])
         model = _text(rec.get("model")) or f"{path.stem}:{mid}"
         if model in seen_names:
-            raise _fail(path, f"/meta: model {model!r} appears under model_id {seen_names[model]} and {mid}")
+            raise file_error(path, f"/meta: model {model!r} appears under model_id {seen_names[model]} and {mid}")
         seen_names[model] = mid
         out: dict = {"file_model_id": mid, "model": model}
         raw_task = _text(rec.get("Task"))
@@ -242,7 +246,7 @@ def _as_number(path: Path, model: str, column: str, v, kind):
             return int(x)
         return x
     except (TypeError, ValueError):
-        raise _fail(path, f"/meta model {model!r}: column {column!r} value {v!r} is not a {kind.__name__}") from None
+        raise file_error(path, f"/meta model {model!r}: column {column!r} value {v!r} is not a {kind.__name__}") from None
 
 
 # Models columns compared when a file's model is already in the store under its name: what the
@@ -306,7 +310,7 @@ def ingest_h5(path: Path, tx: StoreTransaction, progress: Progress) -> H5Ingest:
     file_models = {m["file_model_id"] for m in c.models}
     for layer in c.layers:
         if layer.model_id not in file_models:
-            raise _fail(path, f"/meta row {layer.row}: model_id {layer.model_id} has no model row")
+            raise file_error(path, f"/meta row {layer.row}: model_id {layer.model_id} has no model row")
     counts: dict[int, tuple[int, int]] = {}
     for l in c.layers:
         n, k = counts.get(l.model_id, (0, 0))
@@ -382,7 +386,7 @@ def _read_block(ds: h5py.Dataset, a: int, b: int, path: Path, raw: np.ndarray | 
             ds.read_direct(raw, source_sel=np.s_[a:b], dest_sel=np.s_[0:n])
             X = raw[:n]
     except (OSError, RuntimeError, ValueError, TypeError) as e:
-        raise _fail(path, f"cannot read filters {a}..{b - 1} ({e}); the file may be truncated") from None
+        raise file_error(path, f"cannot read filters {a}..{b - 1} ({e}); the file may be truncated") from None
     return np.asarray(X, dtype=np.float32).reshape(n, 9)
 
 
@@ -412,7 +416,7 @@ def _stream_filters(c: H5Contents, states: list[LayerState], offsets: np.ndarray
                 # Checked after the cast to float32: a float64 beyond float32's range is an Inf too.
                 if not np.isfinite(X).all():
                     i = int(np.argmax(~np.isfinite(X).all(axis=1)))
-                    raise _fail(c.path, f"filter {a + i} (/{c.filters_name}[{a + i}]) is not finite: {X[i].tolist()}")
+                    raise file_error(c.path, f"filter {a + i} (/{c.filters_name}[{a + i}]) is not finite: {X[i].tolist()}")
                 while li < len(c.layers) and lasts[li] < a:
                     li += 1
                 batch = writer.take()

@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 
 from cnnfilterdb.stats.quality import orthogonality
-from cnnfilterdb.store import StoreError, StoreTransaction
+from cnnfilterdb.store import StoreTransaction
 
+from .errors import IngestError
 from .models import CONV_OPS, ExtractedModel
 from .rows import LayerState, insert_layers, insert_models
 from .shards import ShardWriter
@@ -62,7 +63,7 @@ def ingest_model_file(path: Path, kind: str, m: ExtractedModel, meta: dict, tx: 
     taken = lambda s: tx.con.execute("SELECT count(*) FROM models WHERE model = ?", [s]).fetchone()[0] > 0  # noqa: E731
     if taken(name):
         if meta.get("model"):
-            raise StoreError(f"{path}: a model named {name!r} is already in the store (from another file)")
+            raise IngestError(f"{path}: a model named {name!r} is already in the store (from another file)")
         name = f"{name}-{sha[:8]}"
 
     layers = []

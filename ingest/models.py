@@ -1,4 +1,4 @@
-"""Readers of model files (SPEC section 5): ONNX, PyTorch state dicts, safetensors, NumPy .npz.
+"""Readers of model files (docs/method.md#model-files): ONNX, PyTorch state dicts, safetensors, NumPy .npz.
 
 Each returns an ``ExtractedModel``: its convolutions in graph order, each with its weight as
 float32 (out, in/groups, kh, kw), its groups and its conv level, and the model-level counts.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnfilterdb.store import StoreError
+from .errors import file_error
 
 CONV_OPS = {"Conv", "ConvInteger", "QLinearConv"}          # whose filters are extracted
 LEVEL_OPS = CONV_OPS | {"ConvTranspose"}                    # convolutions that make levels
@@ -54,10 +54,6 @@ class ExtractedModel:
             key = f"({c.weight.shape[2]}, {c.weight.shape[3]}) filters"
             counts[key] = counts.get(key, 0) + int(c.weight.shape[0] * c.weight.shape[1])
         return counts
-
-
-def _fail(path: Path, message: str) -> StoreError:
-    return StoreError(f"{path}: {message}")
 
 
 # ---- detection ---------------------------------------------------------------------------------
@@ -96,13 +92,13 @@ def read_onnx(path: Path) -> ExtractedModel:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise _fail(path, f"not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
+        raise file_error(path, f"not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
     try:
         from onnx.external_data_helper import load_external_data_for_model
 
         load_external_data_for_model(model, str(path.parent))
     except Exception as e:
-        raise _fail(path, f"cannot load its external data ({type(e).__name__}: {str(e)[:200]})") from None
+        raise file_error(path, f"cannot load its external data ({type(e).__name__}: {str(e)[:200]})") from None
     g = model.graph
     producer_of = {}
     for i, n in enumerate(g.node):
@@ -132,7 +128,7 @@ def read_onnx(path: Path) -> ExtractedModel:
             if node.op_type == "Constant":
                 attr = {a.name: a for a in node.attribute}
                 if "value" not in attr:
-                    raise _fail(path, f"weight of {conv}: Constant {node.name!r} holds no tensor value")
+                    raise file_error(path, f"weight of {conv}: Constant {node.name!r} holds no tensor value")
                 arr = numpy_helper.to_array(attr["value"].t)
             elif node.op_type == "Identity":
                 arr = resolve(node.input[0], conv)
@@ -146,12 +142,12 @@ def read_onnx(path: Path) -> ExtractedModel:
                 axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
                 arr = _dequantize(x, scale, zp, axis)
             else:
-                raise _fail(path, f"weight of {conv} is computed by a {node.op_type} node ({node.name!r}); "
+                raise file_error(path, f"weight of {conv} is computed by a {node.op_type} node ({node.name!r}); "
                                   "only initializers, Constant, Identity, Cast and DequantizeLinear are resolved")
         elif name in graph_inputs:
-            raise _fail(path, f"weight of {conv} is the graph input {name!r}, not a constant: cannot be resolved")
+            raise file_error(path, f"weight of {conv} is the graph input {name!r}, not a constant: cannot be resolved")
         else:
-            raise _fail(path, f"weight of {conv}: tensor {name!r} is defined nowhere in the graph")
+            raise file_error(path, f"weight of {conv}: tensor {name!r} is defined nowhere in the graph")
         cache[name] = arr
         return arr
 
@@ -170,7 +166,7 @@ def read_onnx(path: Path) -> ExtractedModel:
         elif n.op_type == "QLinearConv":
             w = _dequantize(w, resolve(n.input[4], label), resolve(n.input[5], label), 0)
         if i not in depth:
-            raise _fail(path, f"{label} is not reachable from the graph inputs")
+            raise file_error(path, f"{label} is not reachable from the graph inputs")
         convs_raw.append((label, w, groups, depth[i], n.op_type))
     levels = sorted({d for *_, d, _ in convs_raw})
     convs = [ExtractedConv(label, np.ascontiguousarray(w, dtype=np.float32), groups, levels.index(d), op)
@@ -233,17 +229,17 @@ def read_torch(path: Path) -> ExtractedModel:
     try:
         import torch
     except ImportError:
-        raise _fail(path, "is a PyTorch file, and reading it needs torch: pip install 'cnnfilterdb[torch]'") from None
+        raise file_error(path, "is a PyTorch file, and reading it needs torch: pip install 'cnnfilterdb[torch]'") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         msg = str(e).strip().splitlines()
         reason = "it holds objects that only running pickled code could build" if "weights_only" in str(e) \
             else (msg[0][:200] if msg else type(e).__name__)
-        raise _fail(path, f"cannot be loaded safely with torch.load(weights_only=True): {reason}") from None
+        raise file_error(path, f"cannot be loaded safely with torch.load(weights_only=True): {reason}") from None
     state = _find_state_dict(obj)
     if state is None:
-        raise _fail(path, "holds no state dict (a mapping of names to tensors, or a checkpoint containing one)")
+        raise file_error(path, "holds no state dict (a mapping of names to tensors, or a checkpoint containing one)")
     items = [(k, v.detach().cpu().numpy()) for k, v in state.items() if isinstance(v, torch.Tensor)
              and v.is_floating_point()]
     # Not the torch reading it: torch.save records no version, so only a checkpoint's own entries say.
@@ -272,7 +268,7 @@ def read_safetensors(path: Path) -> ExtractedModel:
     try:
         tensors = load_file(str(path))
     except Exception as e:
-        raise _fail(path, f"not a readable safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
+        raise file_error(path, f"not a readable safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
     with open(path, "rb") as f:  # file order, as written (load_file returns a dict in header order)
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
@@ -287,7 +283,7 @@ def read_npz(path: Path) -> ExtractedModel:
         with np.load(path, allow_pickle=False) as z:
             items = [(k, z[k]) for k in z.files]
     except Exception as e:
-        raise _fail(path, f"not a readable .npz file ({type(e).__name__}: {str(e)[:200]})") from None
+        raise file_error(path, f"not a readable .npz file ({type(e).__name__}: {str(e)[:200]})") from None
     # An .npz states no producer (numpy is its format, not what made the weights).
     return _from_arrays("npz", [(k, a) for k, a in items if np.issubdtype(a.dtype, np.floating)], None)
 
@@ -296,14 +292,22 @@ READERS = {"onnx": read_onnx, "torch": read_torch, "safetensors": read_safetenso
 
 
 def read_model(path: Path, kind: str) -> ExtractedModel:
+    """Read and check a model file: every 4-D convolution with its weight (out, in/groups, kh, kw)
+    float32, groups and conv level. IngestError naming the file if it cannot be read, holds a NaN
+    or Inf weight, or holds no 3x3 convolution.
+
+    Parameters
+    ----------
+    path : the file; kind : 'onnx', 'torch', 'safetensors' or 'npz' (``detect``).
+    """
     m = READERS[kind](path)
     bad = [c.name for c in m.convs if not np.isfinite(c.weight).all()]
     if bad:
         c = next(c for c in m.convs if c.name == bad[0])
         i = int(np.argmax(~np.isfinite(c.weight.reshape(-1))))
-        raise _fail(path, f"weight of {bad[0]} has a NaN or Inf value (element {i} of shape {c.weight.shape})")
+        raise file_error(path, f"weight of {bad[0]} has a NaN or Inf value (element {i} of shape {c.weight.shape})")
     if not any(c.weight.shape[2:] == (3, 3) and c.op in CONV_OPS for c in m.convs):
-        raise _fail(path, f"holds no 3x3 convolution ({len(m.convs)} 4-D convolution(s), kernels "
+        raise file_error(path, f"holds no 3x3 convolution ({len(m.convs)} 4-D convolution(s), kernels "
                           f"{sorted({c.weight.shape[2:] for c in m.convs}) or 'none'})")
     return m
 

@@ -2,7 +2,7 @@
 
 It is not real data: filters are drawn from a few 3x3 prototypes whose mixture depends on the
 model's task and visual category and on the layer depth, so that groupings differ measurably.
-Every metadata column of SPEC section 3 is present, and a few layers are degenerate on purpose
+Every metadata column of docs/method.md#dataset-h5 is present, and a few layers are degenerate on purpose
 (all zero, mostly sparse, rank one, white noise). The file carries a root attribute
 ``cnnfilterdb_sample`` so that the ingest marks its models as a sample in ``models.source``.
 """

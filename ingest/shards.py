@@ -1,6 +1,6 @@
 """Writer of the filter shards: Parquet files sorted by filter_id, written in a background thread.
 
-Encodings were chosen by measurement (bench/, SPEC section 9): trained float32 weights are
+Encodings were chosen by measurement (bench/, docs/method.md#scale): trained float32 weights are
 random-like and barely compress, so the nine weight columns are PLAIN and uncompressed (about
 1.6e7 rows/s, 1.00x raw float32); filter_id is DELTA_BINARY_PACKED (sorted, nearly free) and
 model_id/layer_id are dictionary/RLE encoded (long runs, nearly free). Statistics are written for
@@ -66,7 +66,6 @@ class ShardWriter:
         self._hashed = 0
         self._rows = 0
         self._first = self._last = -1
-        self.rows_written = 0
         self._finished: list[tuple[Path, int, int, int, str]] = []  # path, rows, first and last id, sha256
         self._next_id = 0
         self._current: Batch | None = None  # the batch write_rows is filling
@@ -169,7 +168,6 @@ class ShardWriter:
             self._hashed = sha256_update(self._digest, self._path, self._hashed)
             self._rows += take
             self._last = int(filter_ids[start + take - 1])
-            self.rows_written += take
             start += take
             if self._rows >= self.shard_rows:
                 self._finish_shard()

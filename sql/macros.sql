@@ -1,6 +1,6 @@
 -- Macros persisted in the catalog: usable in the DuckDB shell as in the service.
 
--- SPEC 6.3: conv_depth_norm cut into ten bins '[0.0, 0.1]', '(0.1, 0.2]', ..., '(0.9, 1.0]'.
+-- docs/method.md#groupings: conv_depth_norm cut into ten bins '[0.0, 0.1]', '(0.1, 0.2]', ..., '(0.9, 1.0]'.
 -- Compared against the decimal literals so that 0.3 falls in '(0.2, 0.3]' (no x*10 rounding).
 CREATE OR REPLACE MACRO depth_bin(x) AS CASE
     WHEN x IS NULL THEN NULL

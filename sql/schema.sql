@@ -7,7 +7,7 @@ CREATE TABLE _store (schema_version INTEGER NOT NULL, store_id VARCHAR NOT NULL,
                      min_next_model_id BIGINT NOT NULL, min_next_layer_id BIGINT NOT NULL,
                      min_next_filter_id BIGINT NOT NULL);
 INSERT INTO _store VALUES (4, uuid()::VARCHAR, 0, 0, 0);
--- The public SQL surface is SPEC section 4: models, layers, filters and basis, views of the
+-- The public SQL surface is docs/method.md#tables: models, layers, filters and basis, views of the
 -- current store version (views.sql), and models_at(v), layers_at(v), layers_with_models_at(v):
 -- the same at any kept store version v. Tables whose names start with an underscore are
 -- bookkeeping of the store, not public surface.
@@ -75,14 +75,14 @@ CREATE TABLE _layers (
     in_channels             INTEGER,               -- null where unknown (dataset.h5)
     out_channels            INTEGER,
     groups                  INTEGER,
-    sparsity                DOUBLE,                -- quality metrics, SPEC 6.4
+    sparsity                DOUBLE,                -- quality metrics, docs/method.md#layer-quality
     variance_entropy        DOUBLE,
     variance_entropy_norm   DOUBLE,
     variance_entropy_clean  DOUBLE,
     orthogonality           DOUBLE
 );
 
--- Every global PCA basis (SPEC 6.1) a kept store version uses; a new one is fitted when the
+-- Every global PCA basis (docs/method.md#basis) a kept store version uses; a new one is fitted when the
 -- store's filters change (not when metadata does). The view basis is the current one.
 CREATE TABLE _basis (
     version                  INTEGER PRIMARY KEY,

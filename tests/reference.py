@@ -1,4 +1,4 @@
-"""An independent, deliberately slow reference of the paper's statistics (SPEC 6.1, 6.4).
+"""An independent, deliberately slow reference of the paper's statistics (docs/method.md#basis, #layer-quality).
 
 Written from the specification with textbook tools (numpy SVD, scikit-learn PCA, scipy entropy),
 sharing no code with the product.

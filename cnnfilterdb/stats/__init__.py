@@ -1,1 +1,1 @@
-"""The paper's statistics (SPEC section 6), in numpy: moments, PCA basis, layer quality."""
+"""The paper's statistics (docs/method.md#statistics), in numpy: moments, PCA basis, layer quality."""

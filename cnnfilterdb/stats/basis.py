@@ -1,4 +1,4 @@
-"""The PCA basis of peak-scaled filters (SPEC 6.1).
+"""The PCA basis of peak-scaled filters (docs/method.md#basis).
 
 1. Scale each filter f (9,) by its absolute peak: f / max|f|; an all-zero filter stays zero.
 2. PCA with 9 components of the scaled filters X (n, 9): centered by their mean, no whitening.
@@ -23,8 +23,19 @@ N_COMPONENTS = 9
 
 
 def peak_scale_columns(Xt: np.ndarray, peaks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Step 1: filters given as the columns of ``Xt`` (9, n) divided by their absolute ``peaks`` (n,);
-    an all-zero filter stays zero. ``out`` (float64, may be ``Xt`` itself) avoids an allocation."""
+    """Step 1: filters given as the columns of ``Xt`` divided by their absolute peaks; an all-zero
+    filter stays zero.
+
+    Parameters
+    ----------
+    Xt : (9, n) filters, one per column.
+    peaks : (n,) max_j |Xt[j, i]| of each filter (``quality.column_peaks``).
+    out : (9, n) float64, may be ``Xt`` itself: avoids an allocation.
+
+    Returns
+    -------
+    (9, n) the scaled filters (``out`` if given).
+    """
     return np.divide(Xt, np.where(peaks > 0, peaks, 1.0), out=out)
 
 
@@ -41,7 +52,17 @@ class Basis:
 
 
 def fit_basis(m: Moments) -> Basis:
-    """PCA basis from the moments of peak-scaled filters; requires m.n >= 2."""
+    """Steps 2 and 3's basis (without its range) from the moments of peak-scaled filters.
+
+    Parameters
+    ----------
+    m : Moments of the scaled filters (n >= 2, else ValueError): mean (9,), scatter (9, 9).
+
+    Returns
+    -------
+    Basis with mean (9,), components (9, 9) one per row, explained_variance (9,) and
+    explained_variance_ratio (9,); range_min and range_max None (they need a scan).
+    """
     if m.n < 2:
         raise ValueError(f"a basis needs at least 2 filters, got {m.n}")
     eigval, eigvec = np.linalg.eigh(m.covariance())
@@ -53,8 +74,3 @@ def fit_basis(m: Moments) -> Basis:
     total = variance.sum()
     ratio = variance / total if total > 0 else np.zeros_like(variance)
     return Basis(m.n, m.mean.copy(), components, variance, ratio)
-
-
-def coefficients(X_scaled: np.ndarray, basis: Basis) -> np.ndarray:
-    """(X_scaled - mean) @ components.T, shape (n, 9)."""
-    return (X_scaled - basis.mean) @ basis.components.T

@@ -1,4 +1,4 @@
-"""Distribution shift between groups of filters (SPEC 6.2).
+"""Distribution shift between groups of filters (docs/method.md#divergence).
 
 For each group and each of the 9 basis components, the coefficients are binned into a histogram
 over the basis range (numpy semantics, see ``histogram.py``). A histogram with counts c (bins,)
@@ -33,9 +33,18 @@ WEIGHTS = ("explained_variance", "uniform")
 
 
 def probabilities(counts: np.ndarray, bin_width: float) -> np.ndarray:
-    """Histogram counts (..., bins) to probability vectors, as described in the module docstring.
+    """Histogram counts to probability vectors, as described in the module docstring.
 
     A histogram with no values (n = 0) has no density; it becomes uniform after the epsilon step.
+
+    Parameters
+    ----------
+    counts : (..., bins) counts over equal bins.
+    bin_width : the width b of a bin.
+
+    Returns
+    -------
+    (..., bins) float64, each vector summing to 1 with no zero entry.
     """
     counts = np.asarray(counts, dtype=np.float64)
     n = counts.sum(axis=-1, keepdims=True)
@@ -50,7 +59,18 @@ def _kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def metric_values(P: np.ndarray, Q: np.ndarray, metric: str, bin_width: float) -> np.ndarray:
-    """The metric between probability vectors P and Q (..., bins), over the last axis."""
+    """The metric between probability vectors, over the last axis.
+
+    Parameters
+    ----------
+    P, Q : (..., bins) probability vectors (``probabilities``), of one shape.
+    metric : one of METRICS.
+    bin_width : the bins' width (``wasserstein`` only).
+
+    Returns
+    -------
+    (...) the metric of each pair of vectors.
+    """
     if metric == "kl_sym":
         return _kl(P, Q) + _kl(Q, P)
     if metric == "js":
@@ -64,6 +84,8 @@ def metric_values(P: np.ndarray, Q: np.ndarray, metric: str, bin_width: float) -
 
 
 def component_weights(kind: str, explained_variance_ratio: np.ndarray) -> np.ndarray:
+    """The weights w (9,) of the components: the basis's explained variance ratio
+    (``explained_variance``) or 1/9 each (``uniform``); ValueError for another ``kind``."""
     if kind == "explained_variance":
         return np.asarray(explained_variance_ratio, dtype=np.float64)
     if kind == "uniform":
@@ -72,7 +94,19 @@ def component_weights(kind: str, explained_variance_ratio: np.ndarray) -> np.nda
 
 
 def divergence_matrix(counts: np.ndarray, weights: np.ndarray, metric: str, bin_width: float) -> np.ndarray:
-    """D (d, d) from histogram counts (d groups, 9 components, bins)."""
+    """The divergence matrix between groups.
+
+    Parameters
+    ----------
+    counts : (d, 9, bins) histogram counts of d groups over one range.
+    weights : (9,) component weights (``component_weights``).
+    metric : one of METRICS.
+    bin_width : the bins' width.
+
+    Returns
+    -------
+    D : (d, d) float64, symmetric, zero on the diagonal.
+    """
     P = probabilities(counts, bin_width)  # (d, 9, bins)
     d = len(P)
     D = np.zeros((d, d))
@@ -90,14 +124,34 @@ def divergence_matrix(counts: np.ndarray, weights: np.ndarray, metric: str, bin_
 
 def distances_to(counts_one: np.ndarray, counts_many: np.ndarray, weights: np.ndarray, metric: str,
                  bin_width: float) -> np.ndarray:
-    """D(one, each of many): counts_one (9, bins), counts_many (k, 9, bins) -> (k,)."""
+    """D(one, each of many), as ``divergence_matrix``'s entries.
+
+    Parameters
+    ----------
+    counts_one : (9, bins) counts of one group; counts_many : (k, 9, bins) of k others.
+    weights, metric, bin_width : as ``divergence_matrix``.
+
+    Returns
+    -------
+    (k,) float64.
+    """
     P = probabilities(counts_one, bin_width)[None]
     Q = probabilities(counts_many, bin_width)
     return metric_values(np.broadcast_to(P, Q.shape), Q, metric, bin_width) @ weights
 
 
 def drift(D: np.ndarray) -> dict | None:
-    """mean, median, quartiles, min and max of the upper triangle of D (None with fewer than 2 groups)."""
+    """The drift statistics of a divergence matrix.
+
+    Parameters
+    ----------
+    D : (d, d) divergence matrix.
+
+    Returns
+    -------
+    dict of floats mean, median, q1, q3 (np.percentile 25, 75), min, max over the upper triangle
+    of D (diagonal excluded); None with fewer than 2 groups.
+    """
     if len(D) < 2:
         return None
     u = D[np.triu_indices(len(D), k=1)]

@@ -1,7 +1,7 @@
 """Coefficients and their equal-width histograms, compiled: the inner loops of every scan.
 
 For the filters x (9,) of a row group, given as nine float32 columns, and a basis (components C
-(9, 9), one per row; mean mu (9,)), the coefficients are (SPEC 6.1)
+(9, 9), one per row; mean mu (9,)), the coefficients are (docs/method.md#coefficients)
 
     c = C (x / p - mu) = (C x) / p - C mu,    p = max_j |x_j|  (p = 1 for an all-zero filter),
 
@@ -34,6 +34,7 @@ def histogram_range(lo: float, hi: float) -> tuple[float, float]:
 
 
 def bin_edges(lo: float, hi: float, bins: int) -> np.ndarray:
+    """The edges (bins + 1,) float64 of ``bins`` equal bins over [lo, hi]: np.histogram's."""
     return np.linspace(lo, hi, bins + 1, endpoint=True, dtype=np.float64)
 
 
@@ -106,7 +107,19 @@ def _run_end(layer, start, n):
 
 @njit(nogil=True, cache=True)
 def coefficient_range(layer, cols, group_of_layer, C, shift):
-    """(min, max, n) over all nine coefficients of the rows whose layer has a group >= 0."""
+    """(min, max, n) over all nine coefficients of the rows whose layer has a group >= 0.
+
+    Parameters
+    ----------
+    layer : (n,) int layer id of each row, rows of one layer contiguous.
+    cols : nine (n,) float32 weight columns w0..w8.
+    group_of_layer : (max_layer_id + 2,) int64, the group of each layer id, -1: not selected.
+    C : (9, 9) float64 components, one per row; shift : (9,) C @ mean.
+
+    Returns
+    -------
+    (min, max, count): floats (inf, -inf when no row is selected) and the selected rows.
+    """
     n = len(layer)
     x, c, inv, _ = _block_buffers()
     lo_k = np.full(BLOCK, np.inf)  # per-lane extremes: the loops stay vectorizable
@@ -136,7 +149,12 @@ def coefficient_range(layer, cols, group_of_layer, C, shift):
 def histogram_counts(layer, cols, group_of_layer, g_lo, C, shift, lo, hi, edges, counts):
     """counts[g - g_lo, i, b] += the rows of group g whose coefficient i falls in bin b.
 
-    counts: (span, 9, bins) int64 with span covering the groups of the selected rows.
+    Parameters
+    ----------
+    layer, cols, group_of_layer, C, shift : as ``coefficient_range``.
+    g_lo : the first group of ``counts``.
+    lo, hi : the range, lo < hi (``histogram_range``); edges : (bins + 1,) ``bin_edges(lo, hi, bins)``.
+    counts : (span, 9, bins) int64, added to in place; span covers the groups of the selected rows.
     """
     n = len(layer)
     bins = counts.shape[2]
@@ -162,7 +180,14 @@ def histogram_counts(layer, cols, group_of_layer, g_lo, C, shift, lo, hi, edges,
 @njit(nogil=True, cache=True)
 def histogram2d_counts(layer, cols, group_of_layer, C, shift, lo, hi, edges, ci, cj, counts):
     """counts[a, b] += the selected rows whose coefficients (ci, cj) fall in bins (a, b);
-    a row with either coefficient outside [lo, hi] is dropped (np.histogram2d). counts (bins, bins)."""
+    a row with either coefficient outside [lo, hi] is dropped (np.histogram2d).
+
+    Parameters
+    ----------
+    layer, cols, group_of_layer, C, shift, lo, hi, edges : as ``histogram_counts``.
+    ci, cj : the components (0..8) of the first and second axis.
+    counts : (bins, bins) int64, added to in place.
+    """
     n = len(layer)
     bins = counts.shape[0]
     scale = bins / (hi - lo)
@@ -185,7 +210,16 @@ def histogram2d_counts(layer, cols, group_of_layer, C, shift, lo, hi, edges, ci,
 
 @njit(nogil=True, cache=True)
 def coefficients_of(cols, C, shift):
-    """The coefficients (9, n) of all rows, exactly as the kernels compute them (for checks)."""
+    """The coefficients of all rows, exactly as the kernels compute them (for checks).
+
+    Parameters
+    ----------
+    cols : nine (n,) float32 weight columns; C : (9, 9) components; shift : (9,) C @ mean.
+
+    Returns
+    -------
+    (9, n) float64, one column per row.
+    """
     n = len(cols[0])
     out = np.empty((9, n))
     x, c, inv, _ = _block_buffers()

@@ -1,4 +1,4 @@
-"""Gaussian kernel density estimates from exact fine histograms: the ridge plots (SPEC 10).
+"""Gaussian kernel density estimates from exact fine histograms: the ridge plots (docs/method.md#kde).
 
 The notebook draws each group's coefficient densities with KDEpy's
 ``FFTKDE(kernel="gaussian", bw="silverman")``, which needs every value in memory. FFTKDE itself

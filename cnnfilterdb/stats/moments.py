@@ -80,10 +80,18 @@ class Moments:
 
 
 def pool(ns: np.ndarray, means: np.ndarray, scatters: np.ndarray) -> Moments:
-    """Moments of the union of k parts given as arrays: counts (k,), means (k, d), scatters (k, d, d).
+    """Moments of the union of k parts given as arrays.
 
     The closed form of repeated ``merge``: within-part scatter plus between-part scatter,
     S = sum_i S_i + sum_i n_i (m_i - m)(m_i - m)^T with m = sum_i n_i m_i / N.
+
+    Parameters
+    ----------
+    ns : (k,) counts; means : (k, d) means; scatters : (k, d, d) scatter matrices.
+
+    Returns
+    -------
+    Moments with n = N, mean (d,), scatter (d, d) (n = 0 for no rows).
     """
     ns = np.asarray(ns, dtype=np.float64)
     d = means.shape[1] if means.ndim == 2 else 9

@@ -1,4 +1,4 @@
-"""Layer quality (SPEC 6.4), on the raw, unscaled filters of one layer.
+"""Layer quality (docs/method.md#layer-quality), on the raw, unscaled filters of one layer.
 
 For a layer with filters W of shape (n, 9):
 
@@ -28,12 +28,22 @@ SPARSITY_THRESHOLD = 0.01
 
 
 def expected_random_entropy(n: int) -> float:
-    """h(n) = 1.2618047 / (1 + exp(-0.88767525 * (log2(n) - 2.30436435))) - 0.31050834."""
+    """h(n) = 1.2618047 / (1 + exp(-0.88767525 * (log2(n) - 2.30436435))) - 0.31050834: the
+    expected variance entropy of a random layer of ``n`` >= 1 filters (negative for n <= 2)."""
     return 1.2618047 / (1.0 + math.exp(-0.88767525 * (math.log2(n) - 2.30436435))) - 0.31050834
 
 
 def variance_entropy(m: Moments) -> float | None:
-    """Base-10 entropy of the normalized covariance spectrum of the rows summarized by ``m``."""
+    """Base-10 entropy of the normalized covariance spectrum of the rows summarized by ``m``.
+
+    Parameters
+    ----------
+    m : Moments of the raw filters (n, scatter (9, 9)).
+
+    Returns
+    -------
+    float in [0, log10(9)]; 0.0 if every filter is the same; None if m.n < 2.
+    """
     if m.n < 2:
         return None
     v = np.clip(np.linalg.eigvalsh(m.scatter), 0.0, None) / (m.n - 1)
@@ -124,9 +134,17 @@ class LayerQualityAccumulator:
 
 
 def orthogonality(weight: np.ndarray) -> float | None:
-    """1 - mean |cosine similarity| over pairs of distinct output channels of ``weight`` (out, ...).
+    """1 - mean |cosine similarity| over pairs of distinct output channels of ``weight``.
 
-    A channel of all zeros has no direction; its cosines count as 0. Null with fewer than 2 outputs.
+    A channel of all zeros has no direction; its cosines count as 0.
+
+    Parameters
+    ----------
+    weight : (out, in/groups, kh, kw) a convolution's weight (any shape whose first axis is out).
+
+    Returns
+    -------
+    float in [0, 1]; None with fewer than 2 output channels.
     """
     out = weight.shape[0]
     if out < 2:

@@ -1,0 +1,668 @@
+"""The Python API (README.md, "In a notebook"): ``cnnfilterdb.open(path)`` gives the HTTP API's operations on a
+store directory, in this process, on the same engine (``cnnfilterdb.analysis``), returning numpy
+arrays, pandas DataFrames and result objects with a ``plot()``. ``cnnfilterdb.Client(url)``
+(``client.py``) has the same methods over HTTP and returns the same types.
+
+Example
+-------
+>>> import cnnfilterdb
+>>> db = cnnfilterdb.open(path)
+>>> d = db.divergence("task")
+>>> d.matrix.shape == (len(d.labels), len(d.labels))
+True
+>>> W = db.filters({"task": d.labels[0]})
+>>> W.dtype, W.shape[1:]
+(dtype('float32'), (3, 3))
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from .analysis import DEGENERATE_THRESHOLDS, Analysis, Snapshot
+from .limits import DEFAULT_KDE_BINS
+from .results import (DegenerateResult, Density2dResult, DivergenceResult, FilterBatches, HistogramsResult,
+                      KdeResult, PcaResult, SimilarResult, finish_models, frame, layers_query, models_query, plain,
+                      version_arg, versions_frame)
+from .selection import SelectionError
+from .stats.divergence import DEFAULT_BINS
+from .store import (CATALOG, FilterStore, StoreDamaged, check_schema, check_version, current_version, default_db,
+                    first_line, list_versions, relative_to_store, sql_string, store_id)
+
+__all__ = ["open", "FilterDB"]
+
+OLDER_SNAPSHOTS = 8  # snapshots of store versions kept (as_of), as the service keeps them
+FILTER_BATCH = 1 << 16  # filters per batch of iter_filters (2.4 MB)
+ATTACHED = "catalog"  # the name the catalog is attached under
+
+
+def _attach(store: FilterStore):
+    """The store's catalog, read-only, as the service opens it: ATTACHed READ_ONLY to an
+    in-memory database, shards resolved from the store directory. Not ``duckdb.connect`` of the
+    file: DuckDB keeps one instance per file path and process, which would refuse a writer of this
+    process (an ingest, ``label``) another configuration, and hand back the old catalog after a commit."""
+    import duckdb
+
+    con = duckdb.connect(":memory:", config={"file_search_path": str(store.root)})
+    try:
+        con.execute(f"ATTACH {sql_string(str(store.catalog_path))} AS {ATTACHED} (READ_ONLY)")
+    except duckdb.Error as e:
+        con.close()
+        raise StoreDamaged(CATALOG, f"unreadable ({relative_to_store(store.root, first_line(e))})") from None
+    try:
+        with con.cursor() as cur:
+            check_schema(cur.execute(f"USE {ATTACHED}"), store.catalog_path)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+class _Generation:
+    """One catalog file as committed (a commit renames a new file into place; none is written in
+    place): its read-only connection, its current version and the snapshots of the versions read."""
+
+    def __init__(self, store: FilterStore, st: os.stat_result):
+        self.key = (st.st_ino, st.st_mtime_ns)
+        self.con = _attach(store)
+        try:
+            with self.cursor() as cur:
+                self.current = current_version(cur)
+        except BaseException:
+            self.con.close()
+            raise
+        self.snapshots: OrderedDict[int, Snapshot] = OrderedDict()
+        self.lock = threading.Lock()
+
+    @contextmanager
+    def cursor(self) -> Iterator:
+        cur = self.con.cursor()
+        try:
+            cur.execute(f"USE {ATTACHED}")  # cursors start in the in-memory main database
+            yield cur
+        finally:
+            cur.close()
+
+    def snapshot_at(self, cur, root: Path, as_of: int | None) -> Snapshot:
+        """The snapshot of store version ``as_of`` (None: the current one; VersionError if the
+        store does not hold it), read once and kept, as the service keeps them."""
+        version = self.current if as_of is None else as_of
+        with self.lock:
+            if version in self.snapshots:
+                self.snapshots.move_to_end(version)
+                return self.snapshots[version]
+        snapshot = Snapshot.at(cur, root, as_of)
+        with self.lock:
+            snapshot = self.snapshots.setdefault(version, snapshot)
+            while len(self.snapshots) > OLDER_SNAPSHOTS:
+                self.snapshots.popitem(last=False)
+        return snapshot
+
+
+class FilterDB:
+    """A store, open for reading: the HTTP API's operations, in this process.
+
+    Every method reads the store as it is committed when it is called (an ingest's commit is
+    seen by the next call), or as of store version ``as_of`` (``versions()`` lists them): the same
+    request as of the same version gives the same result, bit for bit. Selections (``where``) are
+    the HTTP API's: a dict of field -> value | [values] | {"gte", "gt", "lte", "lt"} over the
+    fields of ``cnnfilterdb.selection.FILTER_FIELDS``; a bad one raises ``SelectionError`` naming
+    the field and the valid ones, a text value no model has ``EmptySelectionError`` with the
+    nearest known values; an unknown version ``cnnfilterdb.store.VersionError``.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        The store directory; default as the command line's: ``$CNNFILTERDB_DB`` or ``./filterdb``.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.store = FilterStore(default_db() if path is None else path)
+        self.root = self.store.root
+        self._lock = threading.Lock()
+        self._gen: _Generation | None = None
+        self._generation()  # a missing or foreign store is an error now, not at the first query
+
+    def __repr__(self) -> str:
+        return f"FilterDB({str(self.root)!r})"
+
+    # -- connection ------------------------------------------------------------------------------
+    def _generation(self) -> _Generation:
+        """The catalog as committed now: reopened when a commit has renamed a new one into place."""
+        if not self.store.exists():
+            self.close()
+            self.store.connect()  # raises StoreError saying what is missing
+        st = os.stat(self.store.catalog_path)
+        with self._lock:
+            gen = self._gen
+            if gen is None or gen.key != (st.st_ino, st.st_mtime_ns):
+                # The old generation is left to the queries still using it (another thread's), as
+                # the service leaves its: it closes when the last of them lets go of it.
+                self._gen = gen = _Generation(self.store, st)
+            return gen
+
+    @contextmanager
+    def _cursor(self) -> Iterator:
+        with self._generation().cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def _analysis(self, as_of) -> Iterator[Analysis]:
+        as_of = version_arg(as_of)
+        gen = self._generation()
+        with gen.cursor() as cur:
+            yield Analysis(cur, self.root, snapshot=gen.snapshot_at(cur, self.root, as_of))
+
+    def close(self) -> None:
+        """Close the catalog connection (a later call opens it again)."""
+        with self._lock:
+            if self._gen is not None:
+                self._gen.con.close()
+                self._gen = None
+
+    def __enter__(self) -> FilterDB:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- listings --------------------------------------------------------------------------------
+    def _listing(self, query: tuple[str, list], order: str) -> pd.DataFrame:
+        sql, params = query
+        with self._cursor() as cur:
+            cur.execute(f"{sql} ORDER BY {order}", params)
+            columns, types = [d[0] for d in cur.description], [str(d[1]) for d in cur.description]
+            return frame(columns, types, cur.fetchall())
+
+    def _version(self, as_of) -> int | None:
+        as_of = version_arg(as_of)
+        if as_of is not None:
+            with self._cursor() as cur:
+                check_version(cur, as_of)
+        return as_of
+
+    def models(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
+        """The models a selection holds, in model_id order, with the columns of GET /v1/models.
+
+        Parameters
+        ----------
+        where : dict, optional
+            A selection (see the class); a condition on a layer's field (``conv_depth``,
+            ``depth_bin``, ``layer_id``, ``conv_depth_norm``) keeps the models with such a layer.
+            Default: every model.
+        as_of : int, optional
+            A store version; default the current one.
+
+        Returns
+        -------
+        DataFrame, one row per model: model_id, model, name, task, ..., n_filters, n_layers,
+        kernel_counts and op_counts (dicts), extra (parsed JSON).
+
+        Example
+        -------
+        >>> import cnnfilterdb
+        >>> db = cnnfilterdb.open(path)
+        >>> db.models().columns[:4].tolist()
+        ['model_id', 'model', 'name', 'task']
+        >>> gan = db.models({"task": "GAN"})
+        >>> bool((gan.task == "GAN").all())
+        True
+        """
+        version = self._version(as_of)
+        return finish_models(self._listing(models_query(plain(where), version), "model_id"))
+
+    def layers(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
+        """The layers a selection holds, in layer_id order, with the columns of GET
+        /v1/models/{model_id}/layers: the layer, its model's name, its quality metrics
+        (docs/method.md#layer-quality).
+
+        Parameters
+        ----------
+        where : dict, optional
+            A selection (see the class); default every layer.
+        as_of : int, optional
+            A store version; default the current one.
+
+        Returns
+        -------
+        DataFrame, one row per layer: layer_id, model_id, model, conv_depth, conv_depth_norm,
+        depth_bin, filter_id_first, filter_id_last, n_filters, in_channels, out_channels, groups,
+        sparsity, variance_entropy, variance_entropy_norm, variance_entropy_clean, orthogonality.
+
+        Example
+        -------
+        >>> import cnnfilterdb
+        >>> db = cnnfilterdb.open(path)
+        >>> first = db.layers({"conv_depth": 0})
+        >>> bool((first.conv_depth == 0).all()), first.layer_id.is_monotonic_increasing
+        (True, True)
+        """
+        version = self._version(as_of)
+        return self._listing(layers_query(plain(where), version), "layer_id")
+
+    # -- filters ---------------------------------------------------------------------------------
+    def iter_filters(self, where: dict | None = None, batch: int = FILTER_BATCH,
+                     as_of: int | None = None) -> FilterBatches:
+        """The filters of a selection, batch by batch, in bounded memory whatever its size.
+
+        The selection is checked and the shards opened now; the filters are read as the batches
+        are consumed (the export's reader, ``cnnfilterdb/export.py``: a few row groups ahead).
+
+        Parameters
+        ----------
+        where : dict, optional
+            A selection (see the class); default every filter.
+        batch : int, default 65536
+            Filters per batch.
+        as_of : int, optional
+            A store version; default the current one.
+
+        Returns
+        -------
+        FilterBatches
+            An iterator of ``(k, 3, 3)`` float32 arrays, k = ``batch`` but for the last, in
+            filter_id order; ``n_rows`` the selection's filter count, ``store_version``;
+            ``close()`` stops early.
+
+        Example
+        -------
+        >>> import cnnfilterdb
+        >>> db = cnnfilterdb.open(path)
+        >>> batches = db.iter_filters({"conv_depth": 0}, batch=1000)
+        >>> sizes = [len(w) for w in batches]
+        >>> sum(sizes) == batches.n_rows, max(sizes)
+        (True, 1000)
+        """
+        from .export import export_chunks
+
+        with self._analysis(as_of) as a:
+            plan = a.export_plan(plain(where))
+        version = plan.pop("store_version")
+        return FilterBatches(export_chunks(**plan, fmt="npy"), batch, version)
+
+    def filters(self, where: dict | None = None, as_of: int | None = None):
+        """The filters of a selection as one array.
+
+        Parameters
+        ----------
+        where : dict, optional
+            A selection (see the class); default every filter (36 bytes each: mind the memory,
+            or use ``iter_filters``).
+        as_of : int, optional
+            A store version; default the current one.
+
+        Returns
+        -------
+        ndarray of float32, shape (n, 3, 3)
+            In filter_id order, the stored weights bit for bit (``w[r, c]`` is ``w{3r + c}``).
+
+        Example
+        -------
+        >>> import cnnfilterdb
+        >>> db = cnnfilterdb.open(path)
+        >>> W = db.filters({"model_id": 0})
+        >>> W.dtype, W.shape[1:], len(W) == int(db.models({"model_id": 0}).n_filters.iloc[0])
+        (dtype('float32'), (3, 3), True)
+        """
+        return self.iter_filters(where, FILTER_BATCH, as_of).collect()
+
+    # -- statistics ------------------------------------------------------------------------------
+    def divergence(self, group_by: str, where: dict | None = None, metric: str = "kl_sym", bins: int = DEFAULT_BINS,
+                   weights: str = "explained_variance", basis: str = "global",
+                   as_of: int | None = None) -> DivergenceResult:
+        """The divergence matrix between the groups of a selection and its drift
+        (docs/method.md#divergence; POST /v1/divergence).
+
+        Each group's coefficients ``c = (f / max|f| - mean) @ components.T`` are binned per
+        component into ``bins`` bins over the basis range, taken as densities (empty bins set to
+        float32 epsilon, normalized), and ``D(A, B) = sum_i w_i * metric(p_A_i, p_B_i)``, with
+        ``w`` the basis' explained variance ratio (or uniform).
+
+        Parameters
+        ----------
+        group_by : str
+            A field of ``cnnfilterdb.selection.GROUP_FIELDS`` (task, visual_category, depth_bin, ...).
+        where : dict, optional
+            A selection (see the class); default every filter.
+        metric : str, default "kl_sym"
+            One of ``cnnfilterdb.stats.divergence.METRICS``: kl_sym (KL(p||q) + KL(q||p)), js,
+            hellinger, wasserstein.
+        bins : int, default 70
+        weights : str, default "explained_variance"
+            One of ``cnnfilterdb.stats.divergence.WEIGHTS``.
+        basis : str, default "global"
+            One of ``cnnfilterdb.analysis.BASES``: the basis of all filters, or the selection's own.
+        as_of : int, optional
+            A store version; default the current one.
+
+        Returns
+        -------
+        DivergenceResult
+            ``matrix`` (d x d DataFrame labelled by group), ``drift``, ``labels``, ``n_filters``,
+            ``n_models``, ``store_version``, ...; ``plot()`` draws the heatmap.
+
+        Example
+        -------
+        >>> import cnnfilterdb
+        >>> db = cnnfilterdb.open(path)
+        >>> d = db.divergence("depth_bin", metric="js")
+        >>> d.labels[0]
+        '[0.0, 0.1]'
+        >>> bool((d.matrix.values.diagonal() == 0).all()), d.drift["min"] <= d.drift["max"]
+        (True, True)
+        """
+        where = plain(where)
+        with self._analysis(as_of) as a:
+            return DivergenceResult(a.divergence(group_by, where, metric, bins, weights, basis), where)
+
+    def pca(self, where: dict | None = None, as_of: int | None = None) -> PcaResult:
+        """The PCA of a selection's peak-scaled filters ``f / max|f|`` (docs/method.md#basis;
+        POST /v1/pca),
+        from the per-layer moments (no filter is read).
+
+        Parameters
+        ----------
+        where : dict, optional
+            A selection (see the class); default every filter (the global basis).
+        as_of : int, optional
+            A store version; default the current one.
+
+        Returns
+        -------
+        PcaResult
+            ``mean`` (3, 3), ``components`` (9, 3, 3), ``explained_variance(_ratio)`` (9,),
+            ``covariance`` (9, 9), ``n_filters``; ``plot(kind)`` draws the eigen-images.
+
+        Example
+        -------
+        >>> import cnnfilterdb
+        >>> db = cnnfilterdb.open(path)
+        >>> p = db.pca()
+        >>> p.components.shape, round(float(p.explained_variance_ratio.sum()), 9)
+        ((9, 3, 3), 1.0)
+        """
+        where = plain(where)
+        with self._analysis(as_of) as a:
+            return PcaResult(a.pca(where), where)
+
+    def histograms(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_BINS,
+                   basis: str = "global", as_of: int | None = None) -> HistogramsResult:
+        """Per group and component, the histogram of the coefficients over the basis range
+        (numpy's semantics: equal bins, the last closed; POST /v1/histograms).
+
+        Parameters
+        ----------
+        where : dict, optional
+            A selection (see the class); default every filter.
+        group_by : str, optional
+            A field of ``GROUP_FIELDS``; default one group of everything selected.
+        bins : int, default 70
+        basis : str, default "global"
+            One of ``cnnfilterdb.analysis.BASES``.
+        as_of : int, optional
+            A store version; default the current one.
+
+        Returns
+        -------
+        HistogramsResult
+            ``counts`` (groups, 9, bins) int64, ``edges`` (bins + 1,), ``labels``, ``n_filters``.
+
+        Example
+        -------
+        >>> import cnnfilterdb
+        >>> db = cnnfilterdb.open(path)
+        >>> h = db.histograms(group_by="task", bins=30)
+        >>> h.counts.shape[1:], bool((h.counts.sum(axis=2) == h.n_filters[:, None]).all())
+        ((9, 30), True)
+        """
+        where = plain(where)
+        with self._analysis(as_of) as a:
+            return HistogramsResult(a.histograms(where, group_by, bins, basis), where)
+
+    def kde(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_KDE_BINS,
+            basis: str = "global", as_of: int | None = None) -> KdeResult:
+        """Per group and component, the Gaussian KDE of the coefficients with Silverman's
+        bandwidth (the ridge plots; POST /v1/kde), from an exact histogram of ``bins`` bins and
+        the group's exact standard deviation: ``bw = min(std, IQR / 1.349) * (3 n / 4) ** (-1/5)``.
+
+        Parameters
+        ----------
+        where : dict, optional
+            A selection (see the class); default every filter.
+        group_by : str, optional
+            A field of ``GROUP_FIELDS``; default one group.
+        bins : int, default 2048
+            Bins of the histogram; their centres are the grid.
+        basis : str, default "global"
+        as_of : int, optional
+            A store version; default the current one.
+
+        Returns
+        -------
+        KdeResult
+            ``grid`` (bins,), ``density`` (groups, 9, bins), ``bandwidth`` and ``std`` (groups, 9);
+            ``plot()`` draws the ridge plot.
+
+        Example
+        -------
+        >>> import cnnfilterdb
+        >>> db = cnnfilterdb.open(path)
+        >>> k = db.kde(group_by="visual_category", bins=256)
+        >>> k.density.shape[1:], k.grid.shape
+        ((9, 256), (256,))
+        """
+        where = plain(where)
+        with self._analysis(as_of) as a:
+            return KdeResult(a.kde(where, group_by, bins, basis), where)
+
+    def density2d(self, where: dict | None = None, components: tuple[int, int] = (0, 1), bins: int = DEFAULT_BINS,
+                  basis: str = "global", range: tuple[float, float] | None = None,
+                  as_of: int | None = None) -> Density2dResult:
+        """The 2-D histogram of two components' coefficients (the paper's scatter density;
+        POST /v1/density2d): ``np.histogram2d(c_i, c_j, bins, [range, range])``.
+
+        Parameters
+        ----------
+        where : dict, optional
+            A selection (see the class); default every filter.
+        components : (int, int), default (0, 1)
+        bins : int, default 70
+            Bins per axis (the notebook's figure: 512).
+        basis : str, default "global"
+        range : (float, float), optional
+            The ends of both axes; default the basis range (the notebook's: (-3.3, 3.3)).
+        as_of : int, optional
+            A store version; default the current one.
+
+        Returns
+        -------
+        Density2dResult
+            ``counts`` (bins, bins) int64 (rows c_i), ``edges`` (bins + 1,), ``range``;
+            ``plot()`` draws the density.
+
+        Example
+        -------
+        >>> import cnnfilterdb
+        >>> db = cnnfilterdb.open(path)
+        >>> h = db.density2d(components=(0, 1), bins=64)
+        >>> h.counts.shape, int(h.counts.sum()) == h.n_filters
+        ((64, 64), True)
+        """
+        where = plain(where)
+        value_range = None if range is None else tuple(plain(list(range)))
+        with self._analysis(as_of) as a:
+            return Density2dResult(a.density2d(where, tuple(plain(list(components))), bins, basis, value_range),
+                                   where)
+
+    def degenerate(self, sparsity_gt: float = DEGENERATE_THRESHOLDS["sparsity_gt"],
+                   entropy_norm_lt: float = DEGENERATE_THRESHOLDS["entropy_norm_lt"],
+                   entropy_norm_gt: float | None = DEGENERATE_THRESHOLDS["entropy_norm_gt"],
+                   where: dict | None = None, limit: int = 100, offset: int = 0,
+                   as_of: int | None = None) -> DegenerateResult:
+        """The layers over any of the thresholds (docs/method.md#degenerate;
+        GET /v1/quality/degenerate):
+        ``sparsity > sparsity_gt``, ``variance_entropy_norm < entropy_norm_lt`` (redundant) or
+        ``variance_entropy_norm > entropy_norm_gt`` (random-like; None: not checked).
+
+        Parameters
+        ----------
+        sparsity_gt, entropy_norm_lt, entropy_norm_gt : float
+            The thresholds; defaults ``cnnfilterdb.analysis.DEGENERATE_THRESHOLDS``.
+        where : dict, optional
+            The layers to look at (see the class); default all.
+        limit, offset : int
+            The page of flagged layers (layer_id order).
+        as_of : int, optional
+            A store version; default the current one.
+
+        Returns
+        -------
+        DegenerateResult
+            ``layers`` (DataFrame with the flags sparse, low_entropy, random_like), ``total``.
+
+        Example
+        -------
+        >>> import cnnfilterdb
+        >>> db = cnnfilterdb.open(path)
+        >>> g = db.degenerate(limit=5)
+        >>> len(g.layers) == min(5, g.total), bool(g.layers[["sparse", "low_entropy", "random_like"]].any(axis=1).all())
+        (True, True)
+        """
+        for name, v in (("limit", limit), ("offset", offset)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "limit" else 0):
+                raise SelectionError(f"{name} must be an integer >= {1 if name == 'limit' else 0}, got {v!r}")
+        where = plain(where)
+        with self._analysis(as_of) as a:
+            return DegenerateResult(a.degenerate(sparsity_gt, entropy_norm_lt, entropy_norm_gt, where, limit, offset),
+                                    where)
+
+    def similar(self, model_id: int, k: int = 5, metric: str = "kl_sym", weights: str = "explained_variance",
+                where: dict | None = None, as_of: int | None = None) -> SimilarResult:
+        """The k models whose filter distributions (all their layers, global basis, default
+        bins) are nearest to one model's: ``D(model, other)`` as in ``divergence``
+        (GET /v1/models/{model_id}/similar).
+
+        Parameters
+        ----------
+        model_id : int
+        k : int, default 5
+        metric : str, default "kl_sym"
+            One of ``cnnfilterdb.stats.divergence.METRICS``.
+        weights : str, default "explained_variance"
+        where : dict, optional
+            The candidate models (see the class); default all.
+        as_of : int, optional
+            A store version; default the current one.
+
+        Returns
+        -------
+        SimilarResult
+            ``similar``: DataFrame of model_id, model, task, visual_category, distance, nearest first.
+
+        Raises
+        ------
+        LookupError
+            No model ``model_id`` in the store (at ``as_of``).
+
+        Example
+        -------
+        >>> import cnnfilterdb
+        >>> db = cnnfilterdb.open(path)
+        >>> s = db.similar(0, k=3)
+        >>> len(s.similar), 0 in s.similar.model_id.tolist(), s.similar.distance.is_monotonic_increasing
+        (3, False, True)
+        """
+        where = plain(where)
+        model_id = plain(model_id)
+        with self._analysis(as_of) as a:
+            try:
+                return SimilarResult(a.similar(model_id, k, metric, weights, where), where)
+            except LookupError:
+                raise LookupError(f"no model {model_id}") from None
+
+    # -- SQL and versions ------------------------------------------------------------------------
+    def sql(self, query: str, params: list | dict | None = None, max_rows: int | None = None) -> pd.DataFrame:
+        """One SQL query on the store's catalog, opened read-only (the views ``models``,
+        ``layers``, ``layers_with_models``, ``filters``, ``basis``, ``versions``, the macros
+        ``models_at(v)``, ``filters_at(v)``, ``as_3x3``, ...: see the README). Unlike POST
+        /v1/sql it runs in this process, with its rights, without the service's sandbox, time
+        limit or row cap: the catalog cannot be written, but ``COPY ... TO`` writes a file.
+
+        Parameters
+        ----------
+        query : str
+        params : list or dict, optional
+            Values for its ``?`` (or ``$name``) placeholders.
+        max_rows : int, optional
+            Return at most this many rows (default all).
+
+        Returns
+        -------
+        DataFrame (DuckDB's ``.df()``)
+
+        Example
+        -------
+        >>> import cnnfilterdb
+        >>> db = cnnfilterdb.open(path)
+        >>> n = db.sql("SELECT count(*) AS n FROM models WHERE task = ?", ["GAN"]).n.iloc[0]
+        >>> int(n) == len(db.models({"task": "GAN"}))
+        True
+        """
+        with self._cursor() as cur:
+            cur.execute(query, params)
+            if cur.description is None:  # a statement without a result
+                return pd.DataFrame()
+            if max_rows is None:
+                return cur.df()
+            return frame([d[0] for d in cur.description], [str(d[1]) for d in cur.description],
+                         cur.fetchmany(max_rows))
+
+    def versions(self) -> pd.DataFrame:
+        """The store versions, oldest first (GET /v1/versions): version, committed_at (UTC),
+        action, summary, models added/changed/removed, n_models, n_filters, basis_version,
+        compacted. ``.attrs`` holds ``store_id`` and ``current``; any version not compacted is
+        readable with ``as_of``.
+
+        Example
+        -------
+        >>> import cnnfilterdb
+        >>> db = cnnfilterdb.open(path)
+        >>> v = db.versions()
+        >>> int(v.version.iloc[0]), v.action.iloc[0], v.attrs["current"] == int(v.version.iloc[-1])
+        (1, 'ingest', True)
+        """
+        with self._cursor() as cur:
+            rows, sid = list_versions(cur), store_id(cur)
+        return versions_frame(rows, sid, rows[-1]["version"] if rows else 0)
+
+
+def open(path: str | os.PathLike | None = None) -> FilterDB:  # noqa: A001 - cnnfilterdb.open, the name a notebook types
+    """Open a store for reading: ``db = cnnfilterdb.open("filterdb")``.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        The store directory; default as the command line's: ``$CNNFILTERDB_DB`` or ``./filterdb``.
+
+    Returns
+    -------
+    FilterDB
+
+    Raises
+    ------
+    cnnfilterdb.store.StoreError
+        No store at ``path``, or one of another layout.
+
+    Example
+    -------
+    >>> import cnnfilterdb
+    >>> cnnfilterdb.open(path)
+    FilterDB('...')
+    """
+    return FilterDB(path)

@@ -1,0 +1,336 @@
+"""``cnnfilterdb.Client(url)``: the Python API (``cnnfilterdb/api.py``) over HTTP.
+
+The same methods as ``cnnfilterdb.open(path)``, with the same parameters and defaults, returning
+the same types, built from the JSON of the service's endpoints (``POST /v1/divergence`` and the
+other analyses, ``GET /v1/filters?format=npy`` streamed, ``POST /v1/sql``, ``GET /v1/versions``);
+``models`` and ``layers`` are read through ``POST /v1/sql``, page by page, with the same query
+the local API runs. Inputs are checked by the service: an error is a ``ServiceError`` carrying
+its message, also an instance of the exception the local API raises for the same mistake
+(``SelectionError``, ``EmptySelectionError``, ``VersionError``, ``LookupError``). A 429 (the
+service busy) is retried after its ``Retry-After``, ``retries`` times.
+
+Example
+-------
+>>> import cnnfilterdb
+>>> client = cnnfilterdb.Client(url)
+>>> d = client.divergence("task")
+>>> d.matrix.equals(cnnfilterdb.open(path).divergence("task").matrix)
+True
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from typing import Any
+
+import pandas as pd
+
+from .analysis import DEGENERATE_THRESHOLDS
+from .limits import DEFAULT_KDE_BINS
+from .results import (DegenerateResult, Density2dResult, DivergenceResult, FilterBatches, HistogramsResult,
+                      KdeResult, PcaResult, SimilarResult, finish_models, frame, layers_query, models_query, plain,
+                      version_arg, versions_frame)
+from .selection import EmptySelectionError, SelectionError
+from .stats.divergence import DEFAULT_BINS
+from .store import VersionError, check_version
+
+__all__ = ["Client", "ServiceError", "InvalidRequest", "EmptySelection", "UnknownVersion", "NotFound",
+           "ServiceBusy"]
+
+FILTER_BATCH = 1 << 16
+SQL_PAGE = 10_000          # rows per /v1/sql request of models() and layers()
+MAX_RETRY_WAIT_S = 30.0    # the longest Retry-After honoured
+NO_THRESHOLD = 1.7976931348623157e308  # entropy_norm_gt=None: no finite value is above it
+
+
+class ServiceError(Exception):
+    """An error answer of the service: ``status`` (HTTP), ``code`` and the service's ``message``."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+    def __str__(self) -> str:
+        return f"{self.message} (HTTP {self.status} {self.code})"
+
+
+class InvalidRequest(ServiceError, SelectionError):
+    """A 400/422: a bad where, group_by, metric, bins, ... (locally: SelectionError)."""
+
+
+class EmptySelection(ServiceError, EmptySelectionError):
+    """A 404 empty_selection: no filters, or a text value no model has (locally: EmptySelectionError)."""
+
+
+class UnknownVersion(ServiceError, VersionError):
+    """A 404 unknown_version: as_of a version the store does not hold (locally: VersionError)."""
+
+
+class NotFound(ServiceError, LookupError):
+    """A 404 not_found: no such model (locally: LookupError)."""
+
+
+class ServiceBusy(ServiceError):
+    """A 429 still, after the retries."""
+
+
+_ERRORS = {"invalid_request": InvalidRequest, "invalid_selection": InvalidRequest, "empty_selection": EmptySelection,
+           "unknown_version": UnknownVersion, "not_found": NotFound}
+
+
+def _error(resp) -> ServiceError:
+    try:
+        body = resp.json()["error"]
+        code, message = str(body["code"]), str(body["message"])
+    except Exception:  # noqa: BLE001 - not the service's JSON (a proxy's page): the status and the start of it
+        code, message = "http_error", f"HTTP {resp.status_code}: {resp.text[:300]}"
+    cls = ServiceBusy if resp.status_code == 429 else _ERRORS.get(code, ServiceError)
+    return cls(resp.status_code, code, message)
+
+
+def _where_param(where: dict | None) -> str | None:
+    return None if where is None else json.dumps(where)
+
+
+class _RemoteCursor:
+    """Enough of a DuckDB cursor (execute, fetchone, fetchall) over POST /v1/sql for the engine's
+    catalog checks (``store.check_version``) to run against the service's store."""
+
+    def __init__(self, client: Client):
+        self.client = client
+        self.rows: list = []
+
+    def execute(self, query: str, params: list | None = None) -> _RemoteCursor:
+        self.rows = self.client._sql_json(query, params, SQL_PAGE)["rows"]
+        return self
+
+    def fetchone(self):
+        return tuple(self.rows[0]) if self.rows else None
+
+    def fetchall(self) -> list[tuple]:
+        return [tuple(r) for r in self.rows]
+
+
+class Client:
+    """The Python API over HTTP: ``cnnfilterdb.open``'s methods on a running service.
+
+    Parameters
+    ----------
+    url : str, default "http://127.0.0.1:8000"
+        The service (``cnnfilterdb serve``).
+    timeout : float, default 60
+        Seconds per request (an analysis waits up to the service's ``analysis_wait_s`` for its turn).
+    retries : int, default 3
+        How many times a 429 is retried, after its Retry-After (at most 30 s).
+    **httpx_options
+        Passed to ``httpx.Client`` (headers, auth, verify, transport, ...).
+
+    Every method is documented on ``cnnfilterdb.api.FilterDB``; the results are the same types.
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 60.0, retries: int = 3, **httpx_options):
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, **httpx_options)
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    def _send(self, method: str, path: str, *, body: dict | None = None, params: dict | None = None,
+              stream: bool = False):
+        params = None if params is None else {k: v for k, v in params.items() if v is not None}
+        for attempt in range(self.retries + 1):
+            req = self._http.build_request(method, path, json=body, params=params)
+            resp = self._http.send(req, stream=stream)
+            if resp.status_code < 400:
+                return resp
+            if stream:
+                resp.read()
+            resp.close()
+            if resp.status_code == 429 and attempt < self.retries:
+                try:
+                    wait = float(resp.headers.get("Retry-After", "1"))
+                except ValueError:
+                    wait = 1.0
+                time.sleep(min(max(wait, 0.0), MAX_RETRY_WAIT_S))
+                continue
+            raise _error(resp)
+        raise AssertionError("unreachable")
+
+    def _post(self, path: str, body: dict) -> dict:
+        return self._send("POST", path, body=plain(body)).json()
+
+    def _get(self, path: str, params: dict | None = None) -> dict:
+        return self._send("GET", path, params=params).json()
+
+    def _sql_json(self, query: str, params: list | None, max_rows: int) -> dict:
+        return self._post("/v1/sql", {"sql": query, "params": list(params or []), "max_rows": max_rows})
+
+    # -- listings --------------------------------------------------------------------------------
+    def _version(self, as_of) -> int | None:
+        as_of = version_arg(as_of)
+        if as_of is not None:
+            check_version(_RemoteCursor(self), as_of)
+        return as_of
+
+    def _listing(self, query: tuple[str, list], key: str) -> pd.DataFrame:
+        """Every row of ``query``, in ``key`` order, page after page (keyset paging: each page
+        is within the service's row and byte caps)."""
+        sql, params = query
+        rows: list = []
+        after = None
+        while True:
+            page = self._sql_json(f"SELECT * FROM ({sql}) AS t" + (f" WHERE {key} > ?" if after is not None else "")
+                                  + f" ORDER BY {key} LIMIT {SQL_PAGE}",
+                                  params + ([after] if after is not None else []), SQL_PAGE)
+            columns, types = page["columns"], page["types"]
+            rows += page["rows"]
+            if not page["truncated"] and len(page["rows"]) < SQL_PAGE:
+                return frame(columns, types, rows)
+            if not page["rows"]:
+                raise ServiceError(200, "sql_result_too_large", f"one row is over the service's caps: "
+                                                                f"{page['truncated_reason']}")
+            after = page["rows"][-1][columns.index(key)]
+
+    def models(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
+        """The models a selection holds (``FilterDB.models``), read through POST /v1/sql."""
+        version = self._version(as_of)
+        return finish_models(self._listing(models_query(plain(where), version), "model_id"))
+
+    def layers(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
+        """The layers a selection holds (``FilterDB.layers``), read through POST /v1/sql."""
+        version = self._version(as_of)
+        return self._listing(layers_query(plain(where), version), "layer_id")
+
+    # -- filters ---------------------------------------------------------------------------------
+    def iter_filters(self, where: dict | None = None, batch: int = FILTER_BATCH,
+                     as_of: int | None = None) -> FilterBatches:
+        """The filters of a selection, batch by batch (``FilterDB.iter_filters``), streamed from
+        GET /v1/filters?format=npy as they are consumed.
+
+        Example
+        -------
+        >>> import cnnfilterdb
+        >>> batches = cnnfilterdb.Client(url).iter_filters({"conv_depth": 0}, batch=1000)
+        >>> sum(len(w) for w in batches) == batches.n_rows
+        True
+        """
+        resp = self._send("GET", "/v1/filters", params={"format": "npy", "where": _where_param(plain(where)),
+                                                        "as_of": version_arg(as_of)}, stream=True)
+        version = resp.headers.get("X-Store-Version")
+        return FilterBatches(resp.iter_bytes(), batch, int(version) if version else None, on_close=resp.close)
+
+    def filters(self, where: dict | None = None, as_of: int | None = None):
+        """The filters of a selection as one ``(n, 3, 3)`` float32 array (``FilterDB.filters``)."""
+        return self.iter_filters(where, FILTER_BATCH, as_of).collect()
+
+    # -- statistics ------------------------------------------------------------------------------
+    def divergence(self, group_by: str, where: dict | None = None, metric: str = "kl_sym", bins: int = DEFAULT_BINS,
+                   weights: str = "explained_variance", basis: str = "global",
+                   as_of: int | None = None) -> DivergenceResult:
+        """The divergence matrix between groups (``FilterDB.divergence``; POST /v1/divergence)."""
+        where = plain(where)
+        return DivergenceResult(self._post("/v1/divergence", {
+            "group_by": group_by, "where": where, "metric": metric, "bins": bins, "weights": weights, "basis": basis,
+            "as_of": version_arg(as_of)}), where)
+
+    def pca(self, where: dict | None = None, as_of: int | None = None) -> PcaResult:
+        """The PCA of a selection (``FilterDB.pca``; POST /v1/pca)."""
+        where = plain(where)
+        return PcaResult(self._post("/v1/pca", {"where": where, "as_of": version_arg(as_of)}), where)
+
+    def histograms(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_BINS,
+                   basis: str = "global", as_of: int | None = None) -> HistogramsResult:
+        """Per group and component, the coefficient histograms (``FilterDB.histograms``; POST /v1/histograms)."""
+        where = plain(where)
+        return HistogramsResult(self._post("/v1/histograms", {
+            "where": where, "group_by": group_by, "bins": bins, "basis": basis, "as_of": version_arg(as_of)}), where)
+
+    def kde(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_KDE_BINS,
+            basis: str = "global", as_of: int | None = None) -> KdeResult:
+        """Per group and component, the Gaussian KDE (``FilterDB.kde``; POST /v1/kde)."""
+        where = plain(where)
+        return KdeResult(self._post("/v1/kde", {
+            "where": where, "group_by": group_by, "bins": bins, "basis": basis, "as_of": version_arg(as_of)}), where)
+
+    def density2d(self, where: dict | None = None, components: tuple[int, int] = (0, 1), bins: int = DEFAULT_BINS,
+                  basis: str = "global", range: tuple[float, float] | None = None,
+                  as_of: int | None = None) -> Density2dResult:
+        """The 2-D histogram of two components (``FilterDB.density2d``; POST /v1/density2d)."""
+        where = plain(where)
+        return Density2dResult(self._post("/v1/density2d", {
+            "where": where, "components": components, "bins": bins, "basis": basis, "range": range,
+            "as_of": version_arg(as_of)}), where)
+
+    def degenerate(self, sparsity_gt: float = DEGENERATE_THRESHOLDS["sparsity_gt"],
+                   entropy_norm_lt: float = DEGENERATE_THRESHOLDS["entropy_norm_lt"],
+                   entropy_norm_gt: float | None = DEGENERATE_THRESHOLDS["entropy_norm_gt"],
+                   where: dict | None = None, limit: int = 100, offset: int = 0,
+                   as_of: int | None = None) -> DegenerateResult:
+        """The layers over the thresholds (``FilterDB.degenerate``; GET /v1/quality/degenerate)."""
+        where = plain(where)
+        data = self._get("/v1/quality/degenerate", {
+            "sparsity_gt": sparsity_gt, "entropy_norm_lt": entropy_norm_lt,
+            # a query string cannot say null: "not checked" is a threshold no finite value is above
+            "entropy_norm_gt": NO_THRESHOLD if entropy_norm_gt is None else entropy_norm_gt,
+            "where": _where_param(where), "limit": limit, "offset": offset, "as_of": version_arg(as_of)})
+        if entropy_norm_gt is None:
+            data["thresholds"]["entropy_norm_gt"] = None
+        return DegenerateResult(data, where)
+
+    def similar(self, model_id: int, k: int = 5, metric: str = "kl_sym", weights: str = "explained_variance",
+                where: dict | None = None, as_of: int | None = None) -> SimilarResult:
+        """The k nearest models (``FilterDB.similar``; GET /v1/models/{model_id}/similar)."""
+        where = plain(where)
+        return SimilarResult(self._get(f"/v1/models/{int(plain(model_id))}/similar", {
+            "k": k, "metric": metric, "weights": weights, "where": _where_param(where),
+            "as_of": version_arg(as_of)}), where)
+
+    # -- SQL and versions ------------------------------------------------------------------------
+    def sql(self, query: str, params: list | None = None, max_rows: int | None = None) -> pd.DataFrame:
+        """One read-only query (POST /v1/sql: the service's sandbox, time limit and caps).
+
+        Parameters
+        ----------
+        query : str
+        params : list, optional
+            Values for its ``?`` / ``$n`` placeholders.
+        max_rows : int, optional
+            At most this many rows; default as many as the service allows (``sql_max_rows``).
+
+        Returns
+        -------
+        DataFrame, typed from the result's DuckDB types; ``.attrs["truncated"]`` says whether
+        rows were left out (a warning says why).
+
+        Example
+        -------
+        >>> import cnnfilterdb
+        >>> cnnfilterdb.Client(url).sql("SELECT 6 * 7 AS answer").answer.tolist()
+        [42]
+        """
+        out = self._sql_json(query, params, 2**62 if max_rows is None else max_rows)
+        df = frame(out["columns"], out["types"], out["rows"])
+        df.attrs["truncated"] = bool(out["truncated"])
+        if out["truncated"] and (max_rows is None or len(df) < max_rows):
+            warnings.warn(f"the service returned the first {len(df):,} rows only ({out['truncated_reason']})",
+                          stacklevel=2)
+        return df
+
+    def versions(self) -> pd.DataFrame:
+        """The store versions, oldest first (``FilterDB.versions``; GET /v1/versions)."""
+        out: dict[str, Any] = self._get("/v1/versions")
+        return versions_frame(out["versions"], out["store_id"], out["current"])

@@ -1,0 +1,601 @@
+"""The Python API's results (``cnnfilterdb.open`` and ``cnnfilterdb.Client`` return the same types).
+
+Each result is built from the dict an ``Analysis`` method returns, which is also the JSON body of
+the HTTP endpoint of the same request: the local API passes the engine's dict, the client the
+endpoint's JSON, and both become the same attributes (numpy arrays, pandas DataFrames, plain
+values). ``to_dict()`` gives the dict back; ``plot()`` draws the figure the service draws for the
+same request (``cnnfilterdb/figures.py``), as a matplotlib ``Figure``.
+
+Also here, shared by both: the listings' SQL (``models``, ``layers``), DuckDB rows to DataFrames,
+and the reading of the ``.npy`` stream of filters (``FilterBatches``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import operator
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from .selection import EmptySelectionError, SelectionError, where_sql
+
+__all__ = ["Result", "DivergenceResult", "PcaResult", "HistogramsResult", "KdeResult", "Density2dResult",
+           "DegenerateResult", "SimilarResult", "FilterBatches"]
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and tuples as lists, recursively: a
+    ``where`` built from a DataFrame's values (``np.int32``) selects what the same Python values
+    select, locally and as JSON."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def version_arg(as_of: Any) -> int | None:
+    """``as_of`` as an int (None: the current version); TypeError for what is not an integer."""
+    if as_of is None:
+        return None
+    if isinstance(as_of, bool):
+        raise TypeError("as_of must be a store version (an integer), not a bool")
+    try:
+        return operator.index(as_of)
+    except TypeError:
+        raise TypeError(f"as_of must be a store version (an integer), got {as_of!r}") from None
+
+
+# -- listings: the same SQL for the local API and the client ------------------------------------
+
+# The columns of GET /v1/models and of /v1/models/{id}/layers, in their order.
+MODEL_COLUMNS = ["model_id", "model", "name", "task", "task_raw", "visual_category", "training_dataset",
+                 "pretraining_dataset", "producer", "op_set", "depth", "paper", "accessible", "dataset_url",
+                 "total_filters", "filter_share_3x3", "n_filters", "n_layers", "source", "sha256", "sample",
+                 "version_added", "kernel_counts", "op_counts", "extra"]
+LAYER_COLUMNS = ["layer_id", "model_id", "model", "conv_depth", "conv_depth_norm", "depth_bin", "filter_id_first",
+                 "filter_id_last", "n_filters", "in_channels", "out_channels", "groups", "sparsity", "variance_entropy",
+                 "variance_entropy_norm", "variance_entropy_clean", "orthogonality"]
+# Their types, for results that arrive as JSON (degenerate layers).
+LAYER_TYPES = ["INTEGER", "INTEGER", "VARCHAR", "INTEGER", "DOUBLE", "VARCHAR", "BIGINT", "BIGINT", "BIGINT",
+               "INTEGER", "INTEGER", "INTEGER", "DOUBLE", "DOUBLE", "DOUBLE", "DOUBLE", "DOUBLE"]
+
+
+def models_query(where: dict | None, version: int | None) -> tuple[str, list]:
+    """SELECT of the models ``where`` selects (unordered) and its parameters. A condition on a
+    model's field selects on the model; one on a layer's (``conv_depth``, ``depth_bin``,
+    ``layer_id``, ``conv_depth_norm``) keeps the models with a layer that meets it."""
+    where_sql(where)  # every field and value checked first (SelectionError)
+    at = "models" if version is None else f"models_at({int(version)})"
+    layers = "layers_with_models" if version is None else f"layers_with_models_at({int(version)})"
+    own = {k: v for k, v in (where or {}).items() if k in MODEL_COLUMNS}
+    rest = {k: v for k, v in (where or {}).items() if k not in MODEL_COLUMNS}
+    cond, params = where_sql(own)
+    if rest:
+        layer_cond, layer_params = where_sql(rest)
+        cond += f" AND model_id IN (SELECT model_id FROM {layers} WHERE {layer_cond})"
+        params += layer_params
+    return f"SELECT {', '.join(MODEL_COLUMNS)} FROM {at} WHERE {cond}", params
+
+
+def layers_query(where: dict | None, version: int | None) -> tuple[str, list]:
+    """SELECT of the layers ``where`` selects (unordered), with their model's name, and its parameters."""
+    cond, params = where_sql(where)
+    at = "layers_with_models" if version is None else f"layers_with_models_at({int(version)})"
+    return f"SELECT {', '.join(LAYER_COLUMNS)} FROM {at} WHERE {cond}", params
+
+
+def finish_models(df: pd.DataFrame) -> pd.DataFrame:
+    """``extra`` (JSON text in the catalog) parsed, as GET /v1/models gives it."""
+    df["extra"] = pd.Series([json.loads(v) if isinstance(v, str) else v for v in df["extra"]],
+                            index=df.index, dtype=object)
+    for c in ("kernel_counts", "op_counts"):
+        df[c] = pd.Series([v if v is not None else {} for v in df[c]], index=df.index, dtype=object)
+    return df
+
+
+# -- rows to DataFrames ---------------------------------------------------------------------------
+
+_INTS = {"TINYINT": "int8", "SMALLINT": "int16", "INTEGER": "int32", "BIGINT": "int64", "UTINYINT": "uint8",
+         "USMALLINT": "uint16", "UINTEGER": "uint32", "UBIGINT": "uint64"}
+_FLOATS = {"FLOAT": "float32", "REAL": "float32", "DOUBLE": "float64"}
+
+
+def _column(values: list, duck_type: str):
+    t = duck_type.upper()
+    missing = any(v is None for v in values)
+    if t in _INTS:  # as DuckDB's own .df(): a nullable integer column only where there are nulls
+        return pd.array(values, dtype=_INTS[t].capitalize().replace("Ui", "UI")) if missing \
+            else np.array(values, dtype=_INTS[t])
+    if t in _FLOATS or t.startswith("DECIMAL"):
+        return np.array([np.nan if v is None else v for v in values], dtype=_FLOATS.get(t, "float64"))
+    if t == "BOOLEAN":
+        return pd.array(values, dtype="boolean") if missing else np.array(values, dtype=bool)
+    if t.startswith("TIMESTAMP") or t == "DATE":
+        return pd.to_datetime(pd.Series(values, dtype=object), utc="TIME ZONE" in t).astype(
+            "datetime64[us, UTC]" if "TIME ZONE" in t else "datetime64[us]")
+    if t == "VARCHAR":
+        return values  # pandas' own text column
+    return pd.array(values, dtype=object)  # maps, lists, structs, JSON text: Python objects
+
+
+def frame(columns: list[str], types: list[str], rows: list) -> pd.DataFrame:
+    """A DataFrame of ``rows`` (sequences, in ``columns`` order), each column typed from its
+    DuckDB type as DuckDB's ``.df()`` types it: integers as int (nullable Int where there are
+    nulls), floats as float (null: NaN), booleans, timestamps as datetime64, the rest as Python
+    objects. The local API and the client both build their frames here, from DuckDB's rows or
+    from the JSON of /v1/sql, so that the same rows give equal frames."""
+    cols = list(zip(*rows)) if rows else [() for _ in columns]
+    data = {}
+    for name, t, values in zip(columns, types, cols):
+        data[name] = _column(list(values), t)
+    return pd.DataFrame(data, columns=list(columns))
+
+
+def records(rows: list[dict], columns: list[str], types: list[str]) -> pd.DataFrame:
+    """A DataFrame of dict rows (an endpoint's list of objects), typed as ``frame`` types."""
+    return frame(columns, types, [[r.get(c) for c in columns] for r in rows])
+
+
+def _floats(x, shape: tuple | None = None) -> np.ndarray:
+    """Floats from the engine or JSON (numpy reads JSON's null, NaN's stand-in, as NaN)."""
+    a = np.array(x, dtype=np.float64)
+    return a.reshape(shape) if shape is not None else a
+
+
+def _index(labels: list, name: str | None) -> pd.Index:
+    return pd.Index(labels, name=name, dtype=object if any(v is None for v in labels) else None, tupleize_cols=False)
+
+
+# -- results ----------------------------------------------------------------------------------------
+
+
+class Result:
+    """An analysis result: the engine's dict (the JSON of the HTTP endpoint) as attributes.
+
+    Every key of the dict is an attribute; lists of numbers become numpy arrays and tables
+    pandas DataFrames (see each subclass). ``where`` is the selection asked for, ``to_dict()``
+    the dict as the endpoint returns it.
+    """
+
+    def __init__(self, data: dict, where: dict | None = None):
+        if isinstance(data.get("basis"), dict):  # as the endpoints' BasisRef: n_filters always there
+            data = {**data, "basis": {**data["basis"], "n_filters": data["basis"].get("n_filters")}}
+        self._data = data
+        self.where = where
+        for key, value in data.items():
+            setattr(self, key, value)
+        self._convert()
+
+    def _convert(self) -> None:
+        pass
+
+    def to_dict(self) -> dict:
+        """The result as the engine and the HTTP endpoint give it (JSON-able)."""
+        return dict(self._data)
+
+    def _subtitle(self, subtitle: str | None) -> str | None:
+        from .plots import describe_where
+
+        return describe_where(self.where) if subtitle is None else subtitle or None
+
+    def __repr__(self) -> str:
+        keys = [k for k in ("group_by", "metric", "n_filters", "bins", "store_version") if k in self._data]
+        shown = ", ".join(f"{k}={_short(getattr(self, k))}" for k in keys)
+        return f"{type(self).__name__}({shown})"
+
+
+def _short(v) -> str:
+    if isinstance(v, np.ndarray):
+        return f"array(shape={v.shape})" if v.size > 6 else repr(v.tolist())
+    return repr(v)
+
+
+def _group_frame(labels: list, group_by: str | None, **columns) -> pd.DataFrame:
+    return pd.DataFrame(columns, index=_index(labels, group_by or "group"))
+
+
+class DivergenceResult(Result):
+    """``divergence``: the d x d matrix between the groups of a selection
+    (docs/method.md#divergence).
+
+    Attributes
+    ----------
+    matrix : DataFrame, shape (d, d)
+        ``D[a, b] = sum_i w_i * metric(p_a_i, p_b_i)`` over the 9 components, indexed and
+        labelled by group on both axes (natural order); symmetric, zero diagonal.
+    labels : list, length d
+    n_filters, n_models, n_layers : ndarray of int64, shape (d,)
+    groups : DataFrame, the three counts per group
+    drift : dict or None
+        mean, median, q1, q3, min, max of the upper triangle (None below 2 groups).
+    component_weights, explained_variance_ratio : ndarray, shape (9,)
+    range : tuple (lo, hi), the coefficients' range the histograms cover
+    group_by, metric, weights, bins, basis, empty_groups, method, elapsed_ms, store_version
+    """
+
+    def _convert(self) -> None:
+        d = self._data
+        self.labels = list(d["labels"])
+        for k in ("n_filters", "n_models", "n_layers"):
+            setattr(self, k, np.asarray(d[k], dtype=np.int64))
+        n = len(self.labels)
+        self.matrix = pd.DataFrame(_floats(d["matrix"], (n, n)), index=_index(self.labels, d["group_by"]),
+                                   columns=_index(self.labels, d["group_by"]))
+        self.component_weights = _floats(d["component_weights"])
+        self.explained_variance_ratio = _floats(d["explained_variance_ratio"])
+        self.range = tuple(d["range"])
+        self.groups = _group_frame(self.labels, d["group_by"], n_filters=self.n_filters, n_models=self.n_models,
+                                   n_layers=self.n_layers)
+
+    def plot(self, figsize: tuple[float, float] | None = None, subtitle: str | None = None):
+        """The heatmap of GET /v1/plots/divergence.png for the same request: colorcet's ``fire``,
+        unordered fields sorted by column mean (ordered ones, e.g. depth bins, as they are),
+        labels with their model counts. ``subtitle`` defaults to the selection; "" for none.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        from . import figures
+
+        return figures.divergence(self._data, figsize, self._subtitle(subtitle))
+
+
+class PcaResult(Result):
+    """``pca``: the PCA of a selection's peak-scaled filters (docs/method.md#basis).
+
+    Attributes
+    ----------
+    mean : ndarray, shape (3, 3)
+    components : ndarray, shape (9, 3, 3)
+        The eigen-images, by decreasing variance, each with its largest entry positive.
+    explained_variance, explained_variance_ratio : ndarray, shape (9,)
+    covariance : ndarray, shape (9, 9)
+        ``components.T @ diag(explained_variance) @ components`` (scikit-learn's ``get_covariance()``).
+    n_filters, store_version : int
+    """
+
+    KINDS = ("eigenimages", "covariance", "explained_variance")
+
+    def _convert(self) -> None:
+        d = self._data
+        self.mean = _floats(d["mean"], (3, 3))
+        self.components = _floats(d["components"], (9, 3, 3))
+        self.explained_variance = _floats(d["explained_variance"])
+        self.explained_variance_ratio = _floats(d["explained_variance_ratio"])
+        self.covariance = _floats(d["covariance"], (9, 9))
+
+    def plot(self, kind: str = "eigenimages", figsize: tuple[float, float] | None = None,
+             subtitle: str | None = None):
+        """A figure of this PCA: ``eigenimages`` (the 9 components, ``seismic``), ``covariance``
+        (9 x 9) or ``explained_variance`` (cumulative ratio); as GET /v1/plots/{kind}.png.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        from . import figures
+
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown kind {kind!r}; known: {list(self.KINDS)}")
+        if kind == "explained_variance":
+            return figures.explained_variance([("selection" if self.where else "all filters", self._data)], figsize,
+                                              self._subtitle(subtitle))
+        return getattr(figures, kind)(self._data, figsize, self._subtitle(subtitle))
+
+
+class HistogramsResult(Result):
+    """``histograms``: per group and component, the coefficient histogram over the basis range.
+
+    Attributes
+    ----------
+    counts : ndarray of int64, shape (groups, 9, bins)
+        ``np.histogram(c_i, bins, range)`` of each group's coefficients ``c_i``.
+    edges : ndarray, shape (bins + 1,)
+    labels : list; n_filters : ndarray of int64, shape (groups,); groups : DataFrame of n_filters
+    range, bins, basis, group_by, method, store_version
+    """
+
+    def _convert(self) -> None:
+        d = self._data
+        groups = d["groups"]
+        self.labels = [g["label"] for g in groups]
+        self.n_filters = np.asarray([g["n_filters"] for g in groups], dtype=np.int64)
+        self.counts = np.asarray([g["counts"] for g in groups], dtype=np.int64).reshape(len(groups), 9, d["bins"])
+        self.edges = _floats(d["edges"])
+        self.range = tuple(d["range"])
+        self.groups = _group_frame(self.labels, d["group_by"], n_filters=self.n_filters)
+
+
+class KdeResult(Result):
+    """``kde``: per group and component, the Gaussian KDE of the coefficients (the ridge plots).
+
+    Attributes
+    ----------
+    grid : ndarray, shape (bins,), the bin centres where the densities are given
+    density : ndarray, shape (groups, 9, bins)
+    bandwidth, std : ndarray, shape (groups, 9)
+        Silverman's ``bw = min(std, IQR / 1.349) * (3 n / 4) ** (-1/5)``, and the exact ``std`` (ddof=1).
+    quartiles : ndarray, shape (groups, 9, 2)
+    labels : list; n_filters, n_models : ndarray of int64; groups : DataFrame of both
+    range, bins, basis, group_by, method, store_version
+    """
+
+    def _convert(self) -> None:
+        d = self._data
+        groups = d["groups"]
+        g, bins = len(groups), d["bins"]
+        self.labels = [x["label"] for x in groups]
+        self.n_filters = np.asarray([x["n_filters"] for x in groups], dtype=np.int64)
+        self.n_models = np.asarray([x["n_models"] for x in groups], dtype=np.int64)
+        self.grid = _floats(d["grid"])
+        self.density = _floats([x["density"] for x in groups], (g, 9, bins))
+        self.bandwidth = _floats([x["bandwidth"] for x in groups], (g, 9))
+        self.std = _floats([x["std"] for x in groups], (g, 9))
+        self.quartiles = _floats([x["quartiles"] for x in groups], (g, 9, 2))
+        self.range = tuple(d["range"])
+        self.groups = _group_frame(self.labels, d["group_by"], n_filters=self.n_filters, n_models=self.n_models)
+
+    def plot(self, figsize: tuple[float, float] | None = None, subtitle: str | None = None):
+        """The ridge plot of GET /v1/plots/ridge.png for the same request (a row per group, a
+        column per coefficient c0..c8).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        from . import figures
+
+        return figures.ridge(self._data, figsize, self._subtitle(subtitle))
+
+
+class Density2dResult(Result):
+    """``density2d``: the 2-D histogram of two components' coefficients (the paper's scatter density).
+
+    Attributes
+    ----------
+    counts : ndarray of int64, shape (bins, bins)
+        ``np.histogram2d(c_i, c_j, bins, [range, range])``: rows c_i, columns c_j.
+    edges : ndarray, shape (bins + 1,); range : tuple (lo, hi); components : tuple (i, j)
+    bins, n_filters, basis, store_version
+    """
+
+    def _convert(self) -> None:
+        d = self._data
+        self.counts = np.asarray(d["counts"], dtype=np.int64).reshape(d["bins"], d["bins"])
+        self.edges = _floats(d["edges"])
+        self.range = tuple(d["range"])
+        self.components = tuple(d["components"])
+
+    def plot(self, figsize: tuple[float, float] | None = None, subtitle: str | None = None):
+        """The figure of GET /v1/plots/density2d.png: counts / max on a log scale (1e-5 to 1),
+        colorcet's ``fire``, c_j increasing upwards.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        from . import figures
+
+        return figures.density2d(self._data, figsize, self._subtitle(subtitle))
+
+
+DEGENERATE_COLUMNS = LAYER_COLUMNS + ["sparse", "low_entropy", "random_like"]
+DEGENERATE_TYPES = LAYER_TYPES + ["BOOLEAN"] * 3
+
+
+class DegenerateResult(Result):
+    """``degenerate``: the layers over any of the thresholds (docs/method.md#degenerate), a page
+    of them.
+
+    Attributes
+    ----------
+    layers : DataFrame
+        One row per layer (layer_id order): the layer's columns (``layers()``'s), its quality
+        metrics and the flags ``sparse`` (sparsity > sparsity_gt), ``low_entropy``
+        (variance_entropy_norm < entropy_norm_lt), ``random_like`` (> entropy_norm_gt).
+    thresholds : dict; total : int, the layers flagged (all pages); limit, offset, store_version
+    """
+
+    def _convert(self) -> None:
+        self.layers = records(self._data["layers"], DEGENERATE_COLUMNS, DEGENERATE_TYPES)
+
+
+SIMILAR_COLUMNS = ["model_id", "model", "task", "visual_category", "distance"]
+SIMILAR_TYPES = ["INTEGER", "VARCHAR", "VARCHAR", "VARCHAR", "DOUBLE"]
+
+
+class SimilarResult(Result):
+    """``similar``: the k models whose filter distributions are nearest to one model's.
+
+    Attributes
+    ----------
+    similar : DataFrame
+        model_id, model, task, visual_category, distance; nearest first.
+    model_id, metric, weights, basis, method, store_version
+    """
+
+    def _convert(self) -> None:
+        self.similar = records(self._data["similar"], SIMILAR_COLUMNS, SIMILAR_TYPES)
+
+
+def versions_frame(rows: list[dict], store_id: str, current: int) -> pd.DataFrame:
+    """The store versions (GET /v1/versions' ``versions``) as a DataFrame, oldest first;
+    ``attrs`` holds ``store_id`` and ``current``."""
+    df = pd.DataFrame.from_records(rows)
+    if len(df):
+        df["committed_at"] = pd.to_datetime(pd.Series([v.isoformat() if isinstance(v, dt.datetime) else v
+                                                       for v in df["committed_at"]])).astype("datetime64[us]")
+    df.attrs.update(store_id=store_id, current=current)
+    return df
+
+
+# -- filters as (n, 3, 3) float32 batches, from an .npy stream ------------------------------------
+
+
+class FilterBatches:
+    """The filters of a selection, in filter_id order, as ``(k, 3, 3)`` float32 arrays of
+    ``batch`` rows (the last one shorter): an iterator over the ``.npy`` stream of the export
+    (``cnnfilterdb/export.py``, or GET /v1/filters?format=npy), read as it is consumed, so that
+    memory stays bounded whatever the selection's size.
+
+    Attributes
+    ----------
+    n_rows : int, the number of filters of the selection (from the stream's header)
+    store_version : int or None, the store version read
+
+    ``close()`` (or leaving a ``with`` block) stops the reading early.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], batch: int, store_version: int | None = None,
+                 on_close: Callable[[], None] | None = None):
+        from .export import NPY_DTYPE
+
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise ValueError(f"batch must be a positive integer, got {batch!r}")
+        self.batch = int(batch)
+        self.store_version = store_version
+        self._chunks = chunks
+        self._on_close = on_close
+        self._closed = False
+        try:
+            head = b""
+            while True:  # the header: magic, version, its length, then the dict
+                start, length = _npy_header_span(head)
+                if length is not None and len(head) >= start + length:
+                    break
+                chunk = next(chunks, None)
+                if chunk is None:
+                    raise EOFError("the filters' .npy stream ended within its header")
+                head += chunk
+            fp = io.BytesIO(head)
+            version = np.lib.format.read_magic(fp)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(fp)
+            if dtype != NPY_DTYPE or fortran or len(shape) != 1:
+                raise ValueError(f"not an export of filters: {dtype} {shape}")
+            self.n_rows = int(shape[0])
+            self._rest = head[fp.tell():]
+            self._it = self._batches()
+        except BaseException:
+            self.close()
+            raise
+
+    def _batches(self) -> Iterator[np.ndarray]:
+        from .export import NPY_DTYPE
+
+        size = NPY_DTYPE.itemsize
+        pending: list[np.ndarray] = []
+        held = sent = 0
+        rest = b""
+        try:
+            for chunk in _chain_first(self._rest, self._chunks):
+                data = rest + chunk if rest else chunk
+                k = len(data) // size
+                rest = data[k * size:]
+                if k:
+                    if sent + held + k > self.n_rows:
+                        raise ValueError(f"the stream holds more than the {self.n_rows:,} filters its header states")
+                    pending.append(np.frombuffer(data, dtype=NPY_DTYPE, count=k)["w"])
+                    held += k
+                while held >= self.batch:
+                    out, pending, held = _take(pending, self.batch)
+                    sent += len(out)
+                    yield out
+            if rest:
+                raise EOFError("the filters' .npy stream ended within a row")
+            if held:
+                out, pending, held = _take(pending, held)
+                sent += len(out)
+                yield out
+            if sent != self.n_rows:
+                raise EOFError(f"the filters' stream ended after {sent:,} of its {self.n_rows:,} filters")
+        finally:
+            self.close()
+
+    def __iter__(self) -> FilterBatches:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._it)
+
+    def __len__(self) -> int:
+        """The number of batches."""
+        return -(-self.n_rows // self.batch)
+
+    def collect(self) -> np.ndarray:
+        """Every remaining filter in one ``(n, 3, 3)`` float32 array."""
+        out = np.empty((self.n_rows, 3, 3), dtype=np.float32)
+        at = 0
+        for w in self:
+            out[at:at + len(w)] = w
+            at += len(w)
+        return out[:at]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+    def __enter__(self) -> FilterBatches:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FilterBatches(n_rows={self.n_rows}, batch={self.batch}, store_version={self.store_version})"
+
+
+def _npy_header_span(head: bytes) -> tuple[int, int | None]:
+    """(offset of the header dict, its length) of an .npy file starting with ``head``; length None
+    while too few bytes are there to tell."""
+    if len(head) >= 6 and head[:6] != b"\x93NUMPY":
+        raise ValueError("not an .npy stream")
+    if len(head) < 8:
+        return 0, None
+    if head[6] == 1:
+        return 10, (int.from_bytes(head[8:10], "little") if len(head) >= 10 else None)
+    return 12, (int.from_bytes(head[8:12], "little") if len(head) >= 12 else None)
+
+
+def _chain_first(first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from chunks
+
+
+def _take(pending: list[np.ndarray], n: int) -> tuple[np.ndarray, list[np.ndarray], int]:
+    """The first n rows of the pending pieces as one C-contiguous (n, 3, 3) float32 array, the
+    pieces left, and their row count."""
+    out = np.empty((n, 3, 3), dtype=np.float32)
+    at = 0
+    while at < n:
+        piece = pending[0]
+        k = min(n - at, len(piece))
+        out[at:at + k] = piece[:k]
+        at += k
+        if k == len(piece):
+            pending.pop(0)
+        else:
+            pending[0] = piece[k:]
+    return out, pending, sum(len(p) for p in pending)
+
+
+# The exceptions the engine raises for bad input, re-exported for callers of either API.
+__all__ += ["SelectionError", "EmptySelectionError"]
