@@ -1,4 +1,4 @@
-"""Model files into the store: the real models of ../shared/models reproduce their README's facts,
+"""Model files into the store: the real models of tests/data/models reproduce their README's facts,
 and models built here cover branching graphs, quantized and grouped convolutions, external data,
 safetensors and npz; bad files leave the store unchanged."""
 from __future__ import annotations
@@ -19,10 +19,10 @@ from cnnfilterdb.ingest.progress import Progress
 from . import reference
 from .helpers import REPO, cli_main, store_snapshot, open_catalog
 
-MODELS = REPO.parent / "shared" / "models"
-import torch  # noqa: E402  (the torch extra; .ci/run installs it)
+# Real pretrained models copied unchanged from PyPI packages, with their licences (README.md there).
+MODELS = REPO / "tests" / "data" / "models"
 
-# The README of ../shared/models: 3x3 layers, 3x3 filters, conv levels.
+# The facts of tests/data/models/README.md: 3x3 layers, 3x3 filters, conv levels.
 FACTS = {
     "pnet.pt": (3, 702, 5), "rnet.pt": (2, 1428, 3), "onet.pt": (3, 6240, 4),
     "ch_PP-OCRv4_det_infer.onnx": (12, 11904, 53), "ch_PP-OCRv4_rec_infer.onnx": (7, 480, 38),
@@ -52,17 +52,24 @@ def _ingested_layers(src: Path, db: Path) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def shared_store(tmp_path_factory):
-    db = tmp_path_factory.mktemp("shared") / "db"
+def torch():
+    """PyTorch, for the tests that read or write .pt files (the optional extra cnnfilterdb[torch];
+    .ci/run installs it)."""
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def real_models_store(tmp_path_factory, torch):
+    db = tmp_path_factory.mktemp("real_models") / "db"
     result = _ingest([MODELS], db, meta={"task": "Detection"})
-    assert result["ignored"] == [str(MODELS / "README.md")]
+    assert result["ignored"] == [str(MODELS / f) for f in ("LICENSE-facenet-pytorch", "LICENSE-rapidocr", "README.md")]
     return db
 
 
 @pytest.mark.parametrize("file", sorted(FACTS))
-def test_shared_models_reproduce_their_facts(shared_store, file):
+def test_real_models_reproduce_their_facts(real_models_store, file, torch):
     n_layers, n_filters, levels = FACTS[file]
-    with _con(shared_store) as con:
+    with _con(real_models_store) as con:
         model_id, stored_layers, stored_filters, depth, sha = con.execute(
             "SELECT model_id, n_layers, n_filters, depth, sha256 FROM models WHERE source = ?",
             [str((MODELS / file).resolve())]).fetchone()
@@ -98,8 +105,8 @@ def _onnx_3x3_weights(path: Path) -> list[np.ndarray]:
             if n.op_type == "Conv" and consts[n.input[1]].ndim == 4 and consts[n.input[1]].shape[2:] == (3, 3)]
 
 
-def test_shared_models_metadata_and_quality(shared_store):
-    with _con(shared_store) as con:
+def test_real_models_metadata_and_quality(real_models_store):
+    with _con(real_models_store) as con:
         row = con.execute("SELECT producer, op_set, kernel_counts, op_counts, total_filters, filter_share_3x3, task "
                           "FROM models WHERE model = 'ch_ppocr_mobile_v2.0_cls_infer'").fetchone()
         producer, op_set, kernels, ops, total, share, task = row
@@ -292,7 +299,7 @@ def test_flags_manifest_and_reingest_noop(tmp_path):
     assert store_snapshot(db) == before
 
 
-def test_basis_and_histograms_are_refreshed(tmp_path, sample_v01):
+def test_basis_and_histograms_are_refreshed(tmp_path, sample_v01, torch):
     """After a model ingest, the global basis and the per-layer histograms cover the new filters."""
     db = tmp_path / "db"
     assert cli_main(["ingest", str(sample_v01), "--db", str(db)]) == 0
@@ -318,7 +325,7 @@ class Evil:
         return (os.system, ("echo pwned > /tmp/cnnfilterdb-pwned",))
 
 
-def _bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
+def _bad_files(tmp: Path, torch) -> dict[str, tuple[Path, str]]:
     rng = np.random.default_rng(7)
     out = {}
     p = tmp / "notes.onnx"
@@ -356,8 +363,8 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.fixture(scope="module")
-def bad_files(tmp_path_factory):
-    return _bad_files(tmp_path_factory.mktemp("bad"))
+def bad_files(tmp_path_factory, torch):
+    return _bad_files(tmp_path_factory.mktemp("bad"), torch)
 
 
 @pytest.mark.parametrize("case", ["not a model", "no 3x3", "truncated onnx", "truncated torch", "nan",
@@ -415,7 +422,7 @@ def test_without_torch_the_error_says_how_to_install(tmp_path, monkeypatch, caps
     assert "pip install 'cnnfilterdb[torch]'" in capsys.readouterr().err
 
 
-def test_h5_and_model_files_in_one_ingest(tmp_path, sample_v01):
+def test_h5_and_model_files_in_one_ingest(tmp_path, sample_v01, torch):
     """One command, mixed sources: ids stay unique and contiguous, each layer holds its own filters."""
     db = tmp_path / "db"
     result = _ingest([MODELS / "pnet.pt", sample_v01, MODELS / "rnet.pt"], db)
@@ -430,7 +437,7 @@ def test_h5_and_model_files_in_one_ingest(tmp_path, sample_v01):
         assert con.execute("SELECT n_filters FROM basis").fetchone()[0] == 32_130
 
 
-def test_a_second_ingest_waits_for_no_one(tmp_path, sample_v01, capsys):
+def test_a_second_ingest_waits_for_no_one(tmp_path, sample_v01, capsys, torch):
     """While one ingest holds the store's lock, another is refused at once with a clear error."""
     import fcntl
     import os
@@ -449,9 +456,8 @@ def test_a_second_ingest_waits_for_no_one(tmp_path, sample_v01, capsys):
     assert cli_main(["ingest", str(MODELS / "pnet.pt"), "--db", str(db)]) == 0
 
 
-def test_producer_is_only_what_the_file_states(tmp_path):
+def test_producer_is_only_what_the_file_states(tmp_path, torch):
     """Not the version of the torch (or numpy) reading the file: null unless the file says."""
-    torch = pytest.importorskip("torch")
     from safetensors.numpy import save_file
 
     rng = np.random.default_rng(11)
