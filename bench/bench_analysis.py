@@ -110,7 +110,8 @@ D = np.zeros((len(labels), len(labels)))
 for a in range(len(labels)):
     for b in range(len(labels)):
         if a != b:
-            D[a, b] = sum(pca.explained_variance_ratio_[i] * (scipy.stats.entropy(P[a][i], P[b][i]) + scipy.stats.entropy(P[b][i], P[a][i])) for i in range(9))
+            D[a, b] = sum(pca.explained_variance_ratio_[i]
+                          * (scipy.stats.entropy(P[a][i], P[b][i]) + scipy.stats.entropy(P[b][i], P[a][i])) for i in range(9))
 secs = time.perf_counter() - t
 print(json.dumps({"seconds": secs, "load_seconds": load, "matrix": D.tolist(), "n": len(X),
                   "rss": peak_rss()}))

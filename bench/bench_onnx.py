@@ -39,9 +39,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=float, default=100)
     args = ap.parse_args()
-    from cnnfilterdb.runtime import tune_allocator
     from cnnfilterdb.ingest import ingest_paths
     from cnnfilterdb.ingest.progress import Progress
+    from cnnfilterdb.runtime import tune_allocator
 
     tune_allocator()
     work = Path(tempfile.mkdtemp(prefix="cnnfilterdb-onnx-"))

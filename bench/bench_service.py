@@ -27,8 +27,6 @@ sys.path.append(str(REPO))
 from bench._common import bench_store, start_service  # noqa: E402
 
 
-
-
 async def client(base: str, ids: dict, stop_at: float, lat: dict, errors: list, rng: random.Random) -> None:
     async with httpx.AsyncClient(base_url=base, timeout=30) as c:
         while time.monotonic() < stop_at:

@@ -23,16 +23,23 @@ import numpy as np
 
 from .limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_RANGE_ABS
 from .scan import HeldShards, LayerGroups, scan_histogram2d, scan_histograms, scan_range
-from .selection import (GROUP_FIELDS, EmptySelectionError, Selection, SelectionError, check_values, layers_at,
-                        natural_order, select, where_sql)
+from .selection import (
+    GROUP_FIELDS,
+    EmptySelectionError,
+    Selection,
+    SelectionError,
+    check_values,
+    layers_at,
+    natural_order,
+    select,
+    where_sql,
+)
 from .stats.basis import Basis, fit_basis
-from .stats.divergence import (DEFAULT_BINS, METRICS, WEIGHTS, component_weights, distances_to,
-                               divergence_matrix, drift)
+from .stats.divergence import DEFAULT_BINS, METRICS, WEIGHTS, component_weights, distances_to, divergence_matrix, drift
 from .stats.histogram import histogram_range
 from .stats.kde import histogram_quantiles, kde_from_histogram, silverman_bandwidth
 from .stats.moments import pool
-from .store import (StoreDamaged, basis_version_at, check_version, current_version, file_problem, load_basis,
-                    unreadable)
+from .store import StoreDamaged, basis_version_at, check_version, current_version, file_problem, load_basis, unreadable
 
 BASES = ("global", "selection")
 # Bounds on what one query may build, so that memory stays bounded whatever the store: the
@@ -145,7 +152,7 @@ class Snapshot:
         self._cache: dict = {}
 
     @classmethod
-    def at(cls, cur, root: Path, as_of: int | None = None) -> "Snapshot":
+    def at(cls, cur, root: Path, as_of: int | None = None) -> Snapshot:
         """The snapshot of store version ``as_of`` (default the current one); VersionError if the
         store does not hold it."""
         return cls(root, current_version(cur) if as_of is None else check_version(cur, as_of))

@@ -28,9 +28,23 @@ import pandas as pd
 
 from .analysis import DEGENERATE_THRESHOLDS
 from .limits import DEFAULT_KDE_BINS
-from .results import (DegenerateResult, Density2dResult, DivergenceResult, FilterBatches, HistogramsResult,
-                      KdeResult, PcaResult, SimilarResult, finish_models, frame, layers_query, models_query, plain,
-                      version_arg, versions_frame)
+from .results import (
+    DegenerateResult,
+    Density2dResult,
+    DivergenceResult,
+    FilterBatches,
+    HistogramsResult,
+    KdeResult,
+    PcaResult,
+    SimilarResult,
+    finish_models,
+    frame,
+    layers_query,
+    models_query,
+    plain,
+    version_arg,
+    versions_frame,
+)
 from .selection import EmptySelectionError, SelectionError
 from .stats.divergence import DEFAULT_BINS
 from .store import VersionError, check_version
@@ -83,7 +97,7 @@ def _error(resp) -> ServiceError:
     try:
         body = resp.json()["error"]
         code, message = str(body["code"]), str(body["message"])
-    except Exception:  # noqa: BLE001 - not the service's JSON (a proxy's page): the status and the start of it
+    except Exception:
         code, message = "http_error", f"HTTP {resp.status_code}: {resp.text[:300]}"
     cls = ServiceBusy if resp.status_code == 429 else _ERRORS.get(code, ServiceError)
     return cls(resp.status_code, code, message)

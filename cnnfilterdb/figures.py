@@ -13,7 +13,7 @@ bins, depths, ids) keep their natural order.
 """
 from __future__ import annotations
 
-import colorcet  # noqa: F401  (registers the "cet_" colour maps; its cm dict is used below)
+import colorcet
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import LogNorm

@@ -15,9 +15,9 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_KDE_BINS, MIN_KDE_BINS
 from .selection import GROUP_FIELDS, SelectionError
 from .stats.divergence import DEFAULT_BINS
-from .limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_KDE_BINS, MIN_KDE_BINS
 
 if TYPE_CHECKING:  # matplotlib (a second to import) loads with the first figure drawn, not with a request's checks
     from matplotlib.figure import Figure

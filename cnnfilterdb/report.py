@@ -11,13 +11,13 @@ temporary file in the same directory, then renamed): an interrupted report never
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from html import escape
 from pathlib import Path
-from typing import Callable
 
 from . import __version__, plots
-from .atomic import atomic_file
 from .analysis import Analysis
+from .atomic import atomic_file
 from .figures import field_title, group_labels
 from .selection import SelectionError
 

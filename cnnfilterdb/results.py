@@ -15,7 +15,8 @@ import datetime as dt
 import io
 import json
 import operator
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -38,7 +38,7 @@ class LayerGroups:
     n_groups: int
 
     @classmethod
-    def of(cls, layer_ids, group_idx, n_groups: int, max_layer_id: int) -> "LayerGroups":
+    def of(cls, layer_ids, group_idx, n_groups: int, max_layer_id: int) -> LayerGroups:
         g = np.full(max_layer_id + 2, -1, dtype=np.int64)
         g[np.asarray(layer_ids, dtype=np.int64)] = np.asarray(group_idx, dtype=np.int64)
         return cls(g, n_groups)

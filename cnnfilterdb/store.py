@@ -355,7 +355,7 @@ class StoreTransaction:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
         self.catalog_path = self.root / CATALOG
-        self.ingest_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        self.ingest_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         self.staging_path = self.root / f"{CATALOG}.{self.ingest_id}{STAGING_SUFFIX}"
         self.con: duckdb.DuckDBPyConnection | None = None
         self.version = 0  # the version this transaction commits (set on entering)
@@ -365,7 +365,7 @@ class StoreTransaction:
         self._committed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> "StoreTransaction":
+    def __enter__(self) -> StoreTransaction:
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root}: exists and is not a directory")
         if not self.root.exists():

@@ -238,7 +238,7 @@ def _compact_shards(tx: StoreTransaction) -> tuple[int, int]:
         GROUP BY ALL ORDER BY s.filter_id_first""").fetchall()
     gone_layers = np.array([r[0] for r in con.execute("SELECT layer_id FROM _gone").fetchall()], dtype=np.int64)
     rewritten = dropped = 0
-    for rel, n_rows, first, last, n_gone in shards:
+    for rel, n_rows, _first, _last, n_gone in shards:
         if n_gone == 0:
             continue
         con.execute("DELETE FROM _shards WHERE path = ?", [rel])

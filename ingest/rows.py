@@ -1,8 +1,8 @@
 """What every reader writes besides the filters: model and layer rows, and per-layer statistics."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa

@@ -140,7 +140,7 @@ def write_sample_h5(path: str | Path, n_models: int = 40, n_filters: int = 1_000
         ds = f.create_dataset(name, shape=(next_id, *tail), dtype=dtype,
                               chunks=(min(next_id, 1 << 16), *tail))
         buf, buf_start = [], 0
-        for k, (start, size, task, cat, depth_norm, mid, li, rng) in enumerate(plan):
+        for k, (_start, size, task, cat, depth_norm, _model, _layer, rng) in enumerate(plan):
             W = _layer_filters(rng, size, task, cat, depth_norm)
             kind = degenerate_kinds.get(k)
             if kind == "zero":

@@ -72,7 +72,7 @@ class ShardWriter:
         self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
         self._thread.start()
 
-    def take(self) -> "Batch":
+    def take(self) -> Batch:
         """An empty batch from the pool (waits while all are being written)."""
         self._raise_if_failed()
         batch = self._free.get()
@@ -106,7 +106,7 @@ class ShardWriter:
         if n:
             self._next_id = int(filter_ids[-1]) + 1
 
-    def write(self, batch: "Batch") -> None:
+    def write(self, batch: Batch) -> None:
         """Queue the first ``batch.n`` rows of the batch; the caller must not touch it afterwards."""
         self._raise_if_failed()
         if batch.n:

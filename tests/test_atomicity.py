@@ -15,7 +15,7 @@ import pytest
 
 from cnnfilterdb.ingest.sample import write_sample_h5
 
-from .helpers import cli_main, store_snapshot, open_catalog
+from .helpers import cli_main, open_catalog, store_snapshot
 
 DUCKDB_SHELL = str(Path(sys.executable).parent / "duckdb")
 

@@ -5,8 +5,8 @@ HTTP surface (bytes, ETag/304, text as text, errors) holds."""
 from __future__ import annotations
 
 import io
-import math
 import json
+import math
 import re
 import xml.etree.ElementTree as ET
 from urllib.parse import quote
@@ -348,8 +348,10 @@ def test_hostile_parameters_are_4xx_with_a_message(client, query, words):
                                   "/v1/plots/density2d.png?range=-inf,inf", "/v1/plots/layer_filters.png?layer_id=-1",
                                   "/v1/plots/layer_filters.png?layer_id=99999999", "/v1/plots/../sql.png",
                                   "/v1/plots/%2e%2e%2fsql.png", "/v1/plots/divergence.png%00.svg",
-                                  "/v1/plots/" + "a" * 10_000 + ".png", "/v1/plots/drift_box.png?group_by=" + ",".join(["task", "visual_category", "depth_bin", "training_dataset",
-                                                                                  "pretraining_dataset", "name", "producer"]),
+                                  "/v1/plots/" + "a" * 10_000 + ".png",
+                                  "/v1/plots/drift_box.png?group_by=" + ",".join(
+                                      ["task", "visual_category", "depth_bin", "training_dataset", "pretraining_dataset", "name",
+                                       "producer"]),
                                   "/v1/plots/quality.png?color_by=nope", "/v1/plots/ridge.png?bins=99999"])
 def test_hostile_paths_are_4xx(client, path):
     r = client.get(path)
@@ -369,8 +371,8 @@ def test_kde_endpoint_limits(client):
 
 
 def test_figures_do_not_touch_pyplot():
-    import cnnfilterdb.figures  # noqa: F401
-    import cnnfilterdb.plots  # noqa: F401
+    import cnnfilterdb.figures
+    import cnnfilterdb.plots
 
     src = open(cnnfilterdb.figures.__file__).read() + open(cnnfilterdb.plots.__file__).read()
     assert not re.search(r"^\s*(import matplotlib\.pyplot|from matplotlib import pyplot)", src, re.M)
@@ -402,7 +404,8 @@ def hostile_labels_client(tmp_path_factory, sample_v01):
 @pytest.mark.parametrize("url", ["/v1/plots/kl_combined.png", "/v1/plots/kl_combined.svg", "/v1/plots/divergence.pdf",
                                  "/v1/plots/ridge.png", "/v1/plots/quality.png", "/v1/plots/drift_box.png",
                                  "/v1/plots/divergence.png?group_by=model",
-                                 "/v1/plots/eigenimages.png?where=" + quote(json.dumps({"task": ["$\\foo$", "<script>alert(1)</script>"]}))])
+                                 "/v1/plots/eigenimages.png?where="
+                                 + quote(json.dumps({"task": ["$\\foo$", "<script>alert(1)</script>"]}))])
 def test_labels_are_drawn_as_text_not_mathtext(hostile_labels_client, url):
     r = hostile_labels_client.get(url)
     assert r.status_code == 200, r.text[:300]

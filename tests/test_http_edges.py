@@ -83,7 +83,7 @@ def test_timezone_aware_values_convert():
         (v,) = con.execute("SELECT TIMESTAMPTZ '2024-01-02 03:04:05+00'").fetchone()
         (now,) = con.execute("SELECT now()").fetchone()
     (text,) = jsonable([v])  # in the connection's time zone, with its offset
-    assert dt.datetime.fromisoformat(text) == dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    assert dt.datetime.fromisoformat(text) == dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     assert dt.datetime.fromisoformat(jsonable(now)).tzinfo is not None
 
 
@@ -135,7 +135,7 @@ def test_deeply_nested_requests_are_client_errors(v1_client, levels, path, body)
 
 @pytest.mark.parametrize("levels", [300, 5000])
 def test_sql_request_params_nested_deep(levels):
-    body = '{"sql": "SELECT len(?)", "params": [%s]}' % _nested_json(levels)
+    body = f'{{"sql": "SELECT len(?)", "params": [{_nested_json(levels)}]}}'
     if levels < 1000:  # FastAPI parses with json.loads (a deeper body is a 400, as above), then validates
         assert SqlRequest.model_validate(json.loads(body)).params == [json.loads(_nested_json(levels))]
     with pytest.raises(ValidationError, match="recursion limit"):  # pydantic's own parser: a 422

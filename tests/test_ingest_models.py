@@ -17,7 +17,7 @@ from cnnfilterdb.ingest import ingest_paths
 from cnnfilterdb.ingest.progress import Progress
 
 from . import reference
-from .helpers import REPO, cli_main, store_snapshot, open_catalog
+from .helpers import REPO, cli_main, open_catalog, store_snapshot
 
 # Real pretrained models copied unchanged from PyPI packages, with their licences (README.md there).
 MODELS = REPO / "tests" / "data" / "models"
@@ -115,7 +115,7 @@ def test_real_models_metadata_and_quality(real_models_store):
         assert total == sum(v for k, v in kernels.items() if k != "(1, 1) filters") and share == 88 / total
         q = con.execute("SELECT layer_id, sparsity, variance_entropy, variance_entropy_clean, orthogonality, "
                         "out_channels, in_channels, groups FROM layers").fetchall()
-        for lid, sparsity, h, h_clean, ortho, out_c, in_c, groups in q:
+        for lid, sparsity, h, _h_clean, ortho, out_c, _in_c, _groups in q:
             W = _layer_filters(con, lid)
             want = reference.layer_quality(W)
             assert abs(sparsity - want["sparsity"]) <= 1e-12
@@ -428,7 +428,8 @@ def test_h5_and_model_files_in_one_ingest(tmp_path, sample_v01, torch):
     result = _ingest([MODELS / "pnet.pt", sample_v01, MODELS / "rnet.pt"], db)
     assert result["models_added"] == 2 + 9 and result["filters_added"] == 702 + 30_000 + 1428
     with _con(db) as con:
-        n, lo, hi, distinct = con.execute("SELECT count(*), min(filter_id), max(filter_id), count(DISTINCT filter_id) FROM filters").fetchone()
+        n, lo, hi, distinct = con.execute(
+            "SELECT count(*), min(filter_id), max(filter_id), count(DISTINCT filter_id) FROM filters").fetchone()
         assert (n, lo, hi, distinct) == (32_130, 0, 32_129, 32_130)
         assert con.execute("""SELECT count(*) FROM filters f JOIN layers l USING (layer_id)
                               WHERE f.filter_id NOT BETWEEN l.filter_id_first AND l.filter_id_last

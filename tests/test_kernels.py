@@ -10,8 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnfilterdb.stats.histogram import (bin_edges, coefficient_range, coefficients_of, histogram2d_counts,
-                                         histogram_counts, histogram_range)
+from cnnfilterdb.stats.histogram import (
+    bin_edges,
+    coefficient_range,
+    coefficients_of,
+    histogram2d_counts,
+    histogram_counts,
+    histogram_range,
+)
 
 IDENTITY = np.eye(9)
 NO_SHIFT = np.zeros(9)

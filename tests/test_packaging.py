@@ -120,3 +120,10 @@ print("ok")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
     p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-3000:]
+
+
+def test_ruff_is_clean():
+    """The linter's rules (pyproject's [tool.ruff]) hold over the whole repository."""
+    p = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", str(REPO)],
+                       capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-2000:]

@@ -105,7 +105,8 @@ def test_model_layers_and_layer(client, con):
 
 
 def test_layer_filters_json_and_npy(client, con):
-    lid, first, last = con.execute("SELECT layer_id, filter_id_first, filter_id_last FROM layers ORDER BY n_filters DESC LIMIT 1").fetchone()
+    lid, first, last = con.execute(
+        "SELECT layer_id, filter_id_first, filter_id_last FROM layers ORDER BY n_filters DESC LIMIT 1").fetchone()
     W = np.array([np.asarray(w, dtype=np.float32) for (w,) in
                   con.execute("SELECT w FROM filters WHERE layer_id = ? ORDER BY filter_id", [lid]).fetchall()])
     page = client.get(f"/v1/layers/{lid}/filters?offset=3&limit=5").json()

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from cnnfilterdb.analysis import Analysis
-from cnnfilterdb.store import StoreError
 from cnnfilterdb.ingest.curate import compact, label_models, remove_models
 from cnnfilterdb.ingest.sample import write_sample_h5
+from cnnfilterdb.store import StoreError
 
 from .helpers import REPO, cli_main, open_catalog, run_cli, store_snapshot
 

@@ -32,7 +32,7 @@ class Moments:
             self.scatter = np.zeros((self.d, self.d))
 
     @classmethod
-    def of_columns(cls, Xt: np.ndarray) -> "Moments":
+    def of_columns(cls, Xt: np.ndarray) -> Moments:
         """Moments of the columns of ``Xt`` (d, n), float64: the layout the ingest works in,
         where every reduction runs over contiguous memory."""
         d, n = Xt.shape
@@ -43,7 +43,7 @@ class Moments:
         return cls(d=d, n=n, mean=mean, scatter=Xc @ Xc.T)
 
     @classmethod
-    def of_augmented(cls, Z: np.ndarray) -> "Moments":
+    def of_augmented(cls, Z: np.ndarray) -> Moments:
         """Moments of the columns of ``Z[:-1]``, where ``Z`` is (d + 1, n) float64 with a last row of ones.
 
         One matrix product G = Z Z^T yields n = G[d, d], the sums G[:d, d] and the raw products
@@ -62,7 +62,7 @@ class Moments:
             return cls.of_columns(Z[:d])
         return cls(d=d, n=int(round(n)), mean=sums / n, scatter=scatter)
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Moments) -> Moments:
         """Moments of the union of both row sets (returns a new object)."""
         if other.n == 0:
             return Moments(self.d, self.n, self.mean.copy(), self.scatter.copy())
