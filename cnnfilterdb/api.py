@@ -17,92 +17,38 @@ True
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 
 import pandas as pd
 
-from .analysis import DEGENERATE_THRESHOLDS, Analysis, Snapshot
+from .analysis import DEGENERATE_THRESHOLDS, Analysis
 from .limits import DEFAULT_KDE_BINS
-from .results import (DegenerateResult, Density2dResult, DivergenceResult, FilterBatches, HistogramsResult,
-                      KdeResult, PcaResult, SimilarResult, finish_models, frame, layers_query, models_query, plain,
-                      version_arg, versions_frame)
+from .reader import CatalogReader
+from .results import (
+    DegenerateResult,
+    Density2dResult,
+    DivergenceResult,
+    FilterBatches,
+    HistogramsResult,
+    KdeResult,
+    PcaResult,
+    SimilarResult,
+    finish_models,
+    frame,
+    layers_query,
+    models_query,
+    plain,
+    version_arg,
+    versions_frame,
+)
 from .selection import SelectionError
 from .stats.divergence import DEFAULT_BINS
-from .store import (CATALOG, FilterStore, StoreDamaged, check_schema, check_version, current_version, default_db,
-                    first_line, list_versions, relative_to_store, sql_string, store_id)
+from .store import FilterStore, check_version, default_db, list_versions, store_id
 
 __all__ = ["open", "FilterDB"]
 
-OLDER_SNAPSHOTS = 8  # snapshots of store versions kept (as_of), as the service keeps them
 FILTER_BATCH = 1 << 16  # filters per batch of iter_filters (2.4 MB)
-ATTACHED = "catalog"  # the name the catalog is attached under
-
-
-def _attach(store: FilterStore):
-    """The store's catalog, read-only, as the service opens it: ATTACHed READ_ONLY to an
-    in-memory database, shards resolved from the store directory. Not ``duckdb.connect`` of the
-    file: DuckDB keeps one instance per file path and process, which would refuse a writer of this
-    process (an ingest, ``label``) another configuration, and hand back the old catalog after a commit."""
-    import duckdb
-
-    con = duckdb.connect(":memory:", config={"file_search_path": str(store.root)})
-    try:
-        con.execute(f"ATTACH {sql_string(str(store.catalog_path))} AS {ATTACHED} (READ_ONLY)")
-    except duckdb.Error as e:
-        con.close()
-        raise StoreDamaged(CATALOG, f"unreadable ({relative_to_store(store.root, first_line(e))})") from None
-    try:
-        with con.cursor() as cur:
-            check_schema(cur.execute(f"USE {ATTACHED}"), store.catalog_path)
-    except BaseException:
-        con.close()
-        raise
-    return con
-
-
-class _Generation:
-    """One catalog file as committed (a commit renames a new file into place; none is written in
-    place): its read-only connection, its current version and the snapshots of the versions read."""
-
-    def __init__(self, store: FilterStore, st: os.stat_result):
-        self.key = (st.st_ino, st.st_mtime_ns)
-        self.con = _attach(store)
-        try:
-            with self.cursor() as cur:
-                self.current = current_version(cur)
-        except BaseException:
-            self.con.close()
-            raise
-        self.snapshots: OrderedDict[int, Snapshot] = OrderedDict()
-        self.lock = threading.Lock()
-
-    @contextmanager
-    def cursor(self) -> Iterator:
-        cur = self.con.cursor()
-        try:
-            cur.execute(f"USE {ATTACHED}")  # cursors start in the in-memory main database
-            yield cur
-        finally:
-            cur.close()
-
-    def snapshot_at(self, cur, root: Path, as_of: int | None) -> Snapshot:
-        """The snapshot of store version ``as_of`` (None: the current one; VersionError if the
-        store does not hold it), read once and kept, as the service keeps them."""
-        version = self.current if as_of is None else as_of
-        with self.lock:
-            if version in self.snapshots:
-                self.snapshots.move_to_end(version)
-                return self.snapshots[version]
-        snapshot = Snapshot.at(cur, root, as_of)
-        with self.lock:
-            snapshot = self.snapshots.setdefault(version, snapshot)
-            while len(self.snapshots) > OLDER_SNAPSHOTS:
-                self.snapshots.popitem(last=False)
-        return snapshot
 
 
 class FilterDB:
@@ -125,46 +71,28 @@ class FilterDB:
     def __init__(self, path: str | os.PathLike | None = None):
         self.store = FilterStore(default_db() if path is None else path)
         self.root = self.store.root
-        self._lock = threading.Lock()
-        self._gen: _Generation | None = None
-        self._generation()  # a missing or foreign store is an error now, not at the first query
+        self._reader = CatalogReader(self.root)
+        self._reader.generation()  # a missing or foreign store is an error now, not at the first query
 
     def __repr__(self) -> str:
         return f"FilterDB({str(self.root)!r})"
 
     # -- connection ------------------------------------------------------------------------------
-    def _generation(self) -> _Generation:
-        """The catalog as committed now: reopened when a commit has renamed a new one into place."""
-        if not self.store.exists():
-            self.close()
-            self.store.connect()  # raises StoreError saying what is missing
-        st = os.stat(self.store.catalog_path)
-        with self._lock:
-            gen = self._gen
-            if gen is None or gen.key != (st.st_ino, st.st_mtime_ns):
-                # The old generation is left to the queries still using it (another thread's), as
-                # the service leaves its: it closes when the last of them lets go of it.
-                self._gen = gen = _Generation(self.store, st)
-            return gen
-
     @contextmanager
     def _cursor(self) -> Iterator:
-        with self._generation().cursor() as cur:
+        with closing(self._reader.generation().cursor()) as cur:
             yield cur
 
     @contextmanager
     def _analysis(self, as_of) -> Iterator[Analysis]:
         as_of = version_arg(as_of)
-        gen = self._generation()
-        with gen.cursor() as cur:
-            yield Analysis(cur, self.root, snapshot=gen.snapshot_at(cur, self.root, as_of))
+        gen = self._reader.generation()
+        with closing(gen.cursor()) as cur:
+            yield Analysis(cur, self.root, snapshot=gen.snapshot_at(cur, as_of))
 
     def close(self) -> None:
         """Close the catalog connection (a later call opens it again)."""
-        with self._lock:
-            if self._gen is not None:
-                self._gen.con.close()
-                self._gen = None
+        self._reader.close()
 
     def __enter__(self) -> FilterDB:
         return self
@@ -642,7 +570,7 @@ class FilterDB:
         return versions_frame(rows, sid, rows[-1]["version"] if rows else 0)
 
 
-def open(path: str | os.PathLike | None = None) -> FilterDB:  # noqa: A001 - cnnfilterdb.open, the name a notebook types
+def open(path: str | os.PathLike | None = None) -> FilterDB:
     """Open a store for reading: ``db = cnnfilterdb.open("filterdb")``.
 
     Parameters

@@ -42,7 +42,7 @@ class BodyLimit:
             nonlocal received
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - asyncio.get_running_loop().time(), 0.001))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise HTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

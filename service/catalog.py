@@ -1,7 +1,9 @@
-"""The service's view of the store: one sandboxed, read-only DuckDB instance per catalog generation.
+"""The service's view of the store: one confined, read-only DuckDB instance per catalog generation.
 
 Every endpoint but ``/v1/sql`` reads through a cursor of that instance (user SQL runs in confined
-worker processes instead, see ``service/usersql/``). The instance is read-only by DuckDB's own
+worker processes instead, see ``service/usersql/``). The generations, their snapshots and the cache
+of older versions' snapshots are the engine's ``cnnfilterdb.reader`` (shared with the Python API);
+this module adds the service's confinement and limits. The instance is read-only by DuckDB's own
 settings, not by inspecting SQL text:
 
 - the catalog is ATTACHed READ_ONLY (writes fail in DuckDB's binder);
@@ -9,12 +11,11 @@ settings, not by inspecting SQL text:
   no other file, no network, no ATTACH/COPY/INSTALL; ``file_search_path`` = the store, against
   which the views' relative shard paths resolve (a store works wherever it is moved);
 - extension autoload/autoinstall off, community extensions off;
-- ``memory_limit`` and ``threads`` set, then ``lock_configuration = true``: no SET/RESET afterwards.
+- ``memory_limit``, ``threads`` and a bounded spill directory set, then ``lock_configuration =
+  true``: no SET/RESET afterwards.
 
 An ingest commits by renaming a new catalog over the old one; ``LiveCatalog.generation()`` notices
-the new inode and opens a new instance, while requests in flight finish on the old one. The main
-database is in-memory (not the catalog file itself) because DuckDB caches file databases per path
-and would hand back the old instance.
+the new inode and opens a new instance, while requests in flight finish on the old one.
 """
 from __future__ import annotations
 
@@ -23,54 +24,19 @@ import shutil
 import tempfile
 import threading
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 
-from cnnfilterdb.analysis import Snapshot
-from cnnfilterdb.store import (CATALOG, SHARDS, StoreDamaged, StoreError, check_schema, first_line,
-                               relative_to_store, sql_string)
+from cnnfilterdb.reader import CatalogReader, Generation, attach
+from cnnfilterdb.store import CATALOG, StoreDamaged, StoreError, first_line, relative_to_store
 
 from .errors import ApiError
 from .settings import Settings
 
-
-OLDER_SNAPSHOTS = 8  # snapshots of older store versions (as_of) kept per generation
-
-
-@dataclass
-class Generation:
-    inode: int
-    mtime_ns: int
-    con: duckdb.DuckDBPyConnection
-    snapshot: Snapshot  # the current version's basis, shards, per-layer histograms: read once per generation
-    older: OrderedDict = field(default_factory=OrderedDict)  # version -> Snapshot, least recently used first
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        cur = self.con.cursor()
-        cur.execute("USE catalog")  # cursors start in the in-memory main database
-        return cur
-
-    def snapshot_at(self, cur, as_of: int | None) -> Snapshot:
-        """The snapshot of store version ``as_of`` (None: the current one); VersionError
-        (a 404) if the store does not hold it."""
-        if as_of is None or as_of == self.snapshot.version:
-            return self.snapshot
-        with self.lock:
-            if as_of in self.older:
-                self.older.move_to_end(as_of)
-                return self.older[as_of]
-        snapshot = Snapshot.at(cur, self.snapshot.root, as_of)
-        with self.lock:
-            self.older[as_of] = snapshot
-            while len(self.older) > OLDER_SNAPSHOTS:
-                self.older.popitem(last=False)
-        return snapshot
+__all__ = ["Generation", "LiveCatalog"]
 
 
 SPILL_PREFIX = "cnnfilterdb-spill-"
@@ -85,12 +51,12 @@ def _remove_orphaned_spill_dirs() -> None:
 
 
 class LiveCatalog:
+    """The store as committed now, for the service's requests, with its concurrency limits."""
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.root = Path(settings.db).resolve()
         self.path = self.root / CATALOG
-        self._lock = threading.Lock()
-        self._current: Generation | None = None
         self.analysis_slots = threading.BoundedSemaphore(settings.analysis_concurrency)
         self.analysis_queue = threading.BoundedSemaphore(settings.analysis_queue) if settings.analysis_queue else None
         self.export_slots = threading.BoundedSemaphore(settings.export_concurrency)
@@ -100,67 +66,35 @@ class LiveCatalog:
         _remove_orphaned_spill_dirs()
         self.spill_dir = Path(tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.spill_dir, True)
+        self._reader = CatalogReader(self.root, self._sandbox)
 
     def close(self) -> None:
         """Remove the spill directory (the service's shutdown)."""
         self._cleanup()
 
-    def _open(self, st: os.stat_result) -> Generation:
+    def _sandbox(self, root: Path) -> duckdb.DuckDBPyConnection:
         s = self.settings
-        con = self._sandbox(s.duckdb_memory_limit, s.duckdb_threads)
-        cur = con.cursor().execute("USE catalog")
-        try:
-            gen = Generation(st.st_ino, st.st_mtime_ns, con, Snapshot.at(cur, self.root))
-            gen.snapshot.prepare(cur)  # ~10 ms, once per commit, instead of in the first request
-        finally:
-            cur.close()
-        return gen
-
-    def _sandbox(self, memory_limit: str, threads: int) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect(":memory:", config={
-            "autoload_known_extensions": False,
-            "autoinstall_known_extensions": False,
-            "allow_community_extensions": False,
-            "memory_limit": memory_limit,
-            "threads": threads,
+        return attach(root, confine=True, config={
+            "memory_limit": s.duckdb_memory_limit,
+            "threads": s.duckdb_threads,
             "temp_directory": str(self.spill_dir),
-            "max_temp_directory_size": self.settings.duckdb_spill_max,
+            "max_temp_directory_size": s.duckdb_spill_max,
         })
-        try:
-            # ATTACH takes no parameters; the path is the service's own setting, quoted as a literal.
-            con.execute(f"ATTACH {sql_string(str(self.path))} AS catalog (READ_ONLY)")
-            con.execute(f"SET GLOBAL file_search_path = {sql_string(str(self.root))}")  # cursors inherit GLOBAL only
-            # Both spellings: DuckDB checks a view's relative shard path before resolving it.
-            con.execute("SET allowed_directories = ?", [[str(self.root / SHARDS) + os.sep, SHARDS + os.sep]])
-            con.execute("SET enable_external_access = false")
-            con.execute("SET lock_configuration = true")
-            check_schema(con.cursor().execute("USE catalog"), Path(CATALOG))  # clients see store-relative names
-        except Exception:
-            con.close()
-            raise
-        return con
 
     def generation(self) -> Generation:
         """The instance of the catalog as committed now (reopened after an ingest's commit)."""
+        if not self.path.exists():
+            raise ApiError(503, "store_unavailable", "the store has no catalog yet (run `cnnfilterdb ingest`)")
         try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
+            return self._reader.generation()
+        except StoreDamaged:
+            raise  # a file the snapshot checks: 503 store_damaged naming it (errors.py)
+        except StoreError as e:
+            raise ApiError(503, "store_unavailable", relative_to_store(self.root, str(e))) from None
+        except FileNotFoundError:  # removed between the check and the open
             raise ApiError(503, "store_unavailable", "the store has no catalog yet (run `cnnfilterdb ingest`)") from None
-        cur = self._current
-        if cur is not None and cur.inode == st.st_ino and cur.mtime_ns == st.st_mtime_ns:
-            return cur
-        with self._lock:
-            cur = self._current
-            if cur is None or cur.inode != st.st_ino or cur.mtime_ns != st.st_mtime_ns:
-                try:
-                    self._current = self._open(st)
-                except StoreDamaged:
-                    raise  # a file the snapshot checks: 503 store_damaged naming it (errors.py)
-                except StoreError as e:
-                    raise ApiError(503, "store_unavailable", relative_to_store(self.root, str(e))) from None
-                except duckdb.Error as e:  # the catalog file itself is damaged
-                    raise StoreDamaged(CATALOG, f"unreadable ({relative_to_store(self.root, first_line(e))})") from None
-            return self._current
+        except duckdb.Error as e:  # the catalog file itself is damaged
+            raise StoreDamaged(CATALOG, f"unreadable ({relative_to_store(self.root, first_line(e))})") from None
 
     @contextmanager
     def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:

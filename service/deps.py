@@ -28,11 +28,6 @@ def get_figure_cache(request: Request) -> FigureCache:
     return request.app.state.figure_cache
 
 
-def rows_as_dicts(cur) -> list[dict]:
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
-
-
 def respond(model: BaseModel) -> Response:
     """Serialize a response model once, in pydantic's core (FastAPI would validate it again and
     encode it in Python: 10x slower for a page of filters). The route's response_model still

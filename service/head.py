@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-
 HEAD_FLAG = "cnnfilterdb.head"  # in the scope of a GET that stands for a HEAD
 
 

@@ -10,7 +10,6 @@ import math
 import uuid
 from typing import Any
 
-
 # Deeper values cannot be answered anyway: pydantic's JSON serializer stops near 255 levels (a
 # response model adds a few). The cap also bounds the recursion below.
 MAX_DEPTH = 200

@@ -45,13 +45,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         dependencies=[Depends(reject_unknown_query_parameters)],  # every endpoint: service/strict.py
         # Any route: a body over the size limit, or one that stalls (service/body_limit.py).
-        responses={408: {"model": ErrorResponse, "description": "the request body stalled"},
-                   413: {"model": ErrorResponse, "description": "the request body is over max_body_bytes"}},
+        responses={408: {"model": ErrorResponse, "description": "Request timeout: the request body did not "
+                                                                 "arrive within body_timeout_s"},
+                   413: {"model": ErrorResponse, "description": "Request too large: the body is over max_body_bytes"}},
         title="CNN Filter DB",
         docs_url=None, redoc_url=None,  # served offline by routers/docs.py
         version=__version__,
         description="Trained 3x3 convolution filters (CNN-Filter-DB) over HTTP. Read-only; errors are "
-                    '`{"error": {"code", "message"}}`; NaN and infinities are encoded as null.',
+                    '`{"error": {"code", "message"}}`; NaN and infinities are encoded as null.\n\n'
+                    "GET /v1/fields lists what a selection (`where`) can filter and a `group_by` can group "
+                    "on. A parameter or field an endpoint does not take is a 400 naming the known ones. "
+                    "Results name the store version they were computed on; pass it back as `as_of` to "
+                    "get the same result again.",
+        openapi_tags=[
+            {"name": "meta", "description": "The store: its health, counts, fields and versions."},
+            {"name": "models", "description": "The models and their metadata."},
+            {"name": "layers", "description": "The 3x3 convolution layers, their quality metrics and filters."},
+            {"name": "filters", "description": "Single filters, and any selection of them as a file."},
+            {"name": "analysis", "description": "The paper's statistics on any selection of filters: PCA, "
+                                                "histograms and densities of the coefficients, divergences "
+                                                "between groups, degenerate layers, similar models."},
+            {"name": "plots", "description": "The paper's figures, drawn on any selection."},
+            {"name": "sql", "description": "Read-only SQL on the store's views."},
+        ],
     )
     app.state.settings = settings
     app.state.catalog = LiveCatalog(settings)
@@ -60,7 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
-    for r in (meta.router, versions.router, models.router, layers.router, export.router, analysis.router, plots.router, sql.router, docs.router, dashboard.router):
+    for r in (meta.router, versions.router, models.router, layers.router, export.router, analysis.router, plots.router,
+              sql.router, docs.router, dashboard.router):
         app.include_router(r)
     return app
 

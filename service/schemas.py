@@ -5,14 +5,48 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, create_model
 
-from cnnfilterdb.limits import (DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_KDE_BINS, MAX_RANGE_ABS,
-                                MIN_KDE_BINS)
-
 from cnnfilterdb.analysis import BASES
+from cnnfilterdb.limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_KDE_BINS, MAX_RANGE_ABS, MIN_KDE_BINS
 from cnnfilterdb.selection import GROUP_FIELDS
 from cnnfilterdb.stats.divergence import METRICS, WEIGHTS
 
 from .strict import StrictModel
+
+# What each field of a selection (and of /v1/models' filters) means: the descriptions of `where`'s
+# properties and of the query parameters of GET /v1/models.
+FIELD_DESCRIPTIONS = {
+    "task": "the task the model was trained for, e.g. Classification (every label containing Segmentation "
+            "is stored as Segmentation, the source's label in task_raw)",
+    "task_raw": "the task as the source labelled it",
+    "visual_category": "the kind of images the model was trained on, e.g. natural, faces, fractals",
+    "training_dataset": "the dataset the model was trained on, e.g. ImageNet1k",
+    "pretraining_dataset": "the dataset the model was pretrained on, if any",
+    "name": "the model's architecture, e.g. ResNet-18 (many models share one)",
+    "model": "the model's unique name",
+    "model_id": "the model's id",
+    "producer": "the software that saved the model file, with its version, e.g. pytorch 1.10",
+    "paper": "the paper that published the model",
+    "accessible": "whether the model's weights are publicly available, as the source states it",
+    "conv_depth": "the layer's convolution level in its model: 0 is the first",
+    "conv_depth_norm": "the layer's relative depth: conv_depth divided by the model's last level, 0 (first) to 1 (last)",
+    "layer_id": "the layer's id",
+    "depth_bin": "conv_depth_norm in ten bins labelled [0.0, 0.1], (0.1, 0.2], ..., (0.9, 1.0]",
+    "sample": "true: the models of the synthetic sample (`cnnfilterdb demo`), not real data",
+    "version_added": "the store version that ingested the model",
+    "source": "the file the model came from",
+    "sha256": "the sha256 of that file (model files only)",
+}
+# The analysis options, described once for the request bodies and the GET endpoints' parameters.
+# Their allowed values are the schema's enums.
+GROUP_BY_TEXT = "the field whose values split the selection into groups (GET /v1/fields lists each field's values)"
+WHERE_BODY_TEXT = ("the filters to analyse: a selection (see Where); absent or null: every filter in the store")
+METRIC_TEXT = ("the divergence between two groups' histograms, per component: kl_sym is the paper's symmetric "
+               "Kullback-Leibler divergence (natural log)")
+WEIGHTS_TEXT = ("how the 9 components' divergences are summed: explained_variance weights each by its share of "
+                "the variance (the paper's)")
+BASIS_TEXT = ("the PCA basis the filters are projected on: global is fitted on every filter in the store (the "
+              "paper's); selection on the selected filters only")
+BINS_TEXT = "histogram bins per component, equal in width over the basis range (the smallest to the largest coefficient)"
 
 
 class ErrorDetail(BaseModel):
@@ -22,6 +56,25 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# What an error status means, as /docs lists it under each operation (a router may say more).
+ERROR_STATUSES = {
+    400: "Bad request: a parameter or field the endpoint does not take, or a value outside its allowed set "
+         "(the message names it and lists the valid ones)",
+    403: "Refused: the statement would write, or reach a file, the network or an extension",
+    404: "Not found: no such id, figure or store version; for a selection, a value no model has (the message "
+         "suggests the nearest) or no filters at all",
+    422: "Invalid value: the wrong type, or out of its range",
+    429: "Busy: as many requests of this kind are running as the service allows; retry after Retry-After seconds",
+    503: "Store unavailable: none ingested yet, or a store file missing or damaged (named)",
+}
+
+
+def error_responses(*statuses: int, said: dict[int, str] | None = None) -> dict[int, dict]:
+    """The ``responses`` of a router: each status with ErrorResponse and what it means there
+    (``said``: status -> description, where the router says more than ERROR_STATUSES)."""
+    return {s: {"model": ErrorResponse, "description": (said or {}).get(s, ERROR_STATUSES[s])} for s in statuses}
 
 
 class Health(BaseModel):
@@ -193,10 +246,28 @@ class FilterPage(BaseModel):
     next: str | None
 
 
+def _not_bool(v):
+    # JSON Schema's integer admits 4.0 (so pydantic's lax mode stays on) but not true/false.
+    if isinstance(v, bool):
+        raise ValueError("a number, not a boolean")
+    return v
+
+
+Integer = Annotated[int, BeforeValidator(_not_bool)]  # a request's integer: true is not 1
+
+
 class SqlRequest(StrictModel):
-    sql: str = Field(min_length=1, max_length=100_000, description="one read-only statement (SELECT)")
-    params: list[Any] = Field(default_factory=list, description="values for ? or $n placeholders")
-    max_rows: int | None = Field(None, ge=0, description="row cap; default, and ceiling it is capped at, in /v1/stats limits")
+    # (The schema lists an example's keys alphabetically: params before sql.)
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"sql": "SELECT task, count(*) AS models FROM models WHERE n_filters > ? GROUP BY task ORDER BY models DESC",
+         "params": [1000]}]})
+    sql: str = Field(min_length=1, max_length=100_000, description="one reading statement (SELECT, or EXPLAIN of "
+                                                                   "one) in DuckDB's SQL, on the store's views")
+    params: list[Any] = Field(default_factory=list, description="values for the statement's ? (or $1, $2, ...) "
+                                                                "placeholders, in order")
+    max_rows: Annotated[int, Field(ge=0), BeforeValidator(_not_bool)] | None = Field(
+        None, description="the most rows to return (default sql_default_rows, at most sql_max_rows: GET /v1/stats "
+                          "limits; a larger value is capped)")
 
 
 class SqlResponse(BaseModel):
@@ -218,13 +289,6 @@ BasisKind = Literal[BASES]  # type: ignore[valid-type]
 T = TypeVar("T")
 
 
-def _not_bool(v):
-    # JSON Schema's integer admits 4.0 (so pydantic's lax mode stays on) but not true/false.
-    if isinstance(v, bool):
-        raise ValueError("a number, not a boolean")
-    return v
-
-
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1), BeforeValidator(_not_bool)]
 Real = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_not_bool)]
 Component = Annotated[int, Field(ge=0, le=8), BeforeValidator(_not_bool)]
@@ -232,42 +296,62 @@ RangeEnd = Annotated[float, Field(ge=-MAX_RANGE_ABS, le=MAX_RANGE_ABS), BeforeVa
 
 
 class Bounds(BaseModel, Generic[T]):
-    """{gte, gt, lte, lt}: every bound given must hold."""
+    """A range of values: {gte, gt, lte, lt}, every bound given must hold (text compares
+    alphabetically)."""
     model_config = ConfigDict(extra="forbid")
     # Not nullable: a bound given as null would be dropped, selecting everything.
-    gte: T = None
-    gt: T = None
-    lte: T = None
-    lt: T = None
+    gte: T = Field(None, description="greater than or equal to")
+    gt: T = Field(None, description="greater than")
+    lte: T = Field(None, description="less than or equal to")
+    lt: T = Field(None, description="less than")
 
 
-TextCondition = str | list[str | None] | Bounds[str] | None
-IntCondition = Int32 | list[Int32 | None] | Bounds[Int32] | None
-RealCondition = Real | list[Real | None] | Bounds[Real] | None
+def _bounds(kind: Any, title: str, schema_name: str) -> type[Bounds]:
+    """Bounds of one type, named for the OpenAPI document: ``schema_name`` is its key under
+    components/schemas, ``title`` (Bounds[...]) what /docs shows and the tag pydantic gives the
+    union member in an error's location (errors.py recognizes it). Left to pydantic, both would
+    spell out the whole annotation of Int32 or Real."""
+    base = Bounds[kind]
+    return type(base)(title, (base,), {"__qualname__": schema_name, "__module__": __name__})
+
+
+TextBounds = _bounds(str, "Bounds[str]", "TextBounds")
+IntBounds = _bounds(Int32, "Bounds[int]", "IntBounds")
+RealBounds = _bounds(Real, "Bounds[float]", "RealBounds")
+TextCondition = str | list[str | None] | TextBounds | None
+IntCondition = Int32 | list[Int32 | None] | IntBounds | None
+RealCondition = Real | list[Real | None] | RealBounds | None
 BoolCondition = StrictBool | list[StrictBool | None] | None
 
 
+def _condition(field: str) -> Any:
+    return Field(None, description=FIELD_DESCRIPTIONS[field])
+
+
 class Where(BaseModel):
-    """A selection: field -> value | [values] | {gte, gt, lte, lt}; all conditions must hold.
-    Text fields take strings, numeric fields numbers; null selects missing values."""
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    task: TextCondition = None
-    task_raw: TextCondition = None
-    visual_category: TextCondition = None
-    training_dataset: TextCondition = None
-    pretraining_dataset: TextCondition = None
-    name: TextCondition = None
-    model: TextCondition = None
-    model_id: IntCondition = None
-    producer: TextCondition = None
-    conv_depth: IntCondition = None
-    conv_depth_norm: RealCondition = None
-    layer_id: IntCondition = None
-    depth_bin: TextCondition = None
-    sample: BoolCondition = Field(None, description="true: the models of the synthetic sample (`cnnfilterdb demo`)")
-    version_added: IntCondition = Field(None, description="the store version that ingested the model")
-    source: TextCondition = Field(None, description="the file the model came from")
-    sha256: TextCondition = Field(None, description="the sha256 of that file (model files only)")
+    """A selection of filters by their model's and layer's fields: each field given is a value, a
+    list of values (any of them) or bounds {gte, gt, lte, lt}, and every field given must hold.
+    Text fields take strings, numeric fields numbers; null selects missing values. A value no model
+    has is a 404 suggesting the nearest ones (GET /v1/fields lists them)."""
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={
+        "examples": [{"task": "Classification", "conv_depth": {"gte": 1}}]})
+    task: TextCondition = _condition("task")
+    task_raw: TextCondition = _condition("task_raw")
+    visual_category: TextCondition = _condition("visual_category")
+    training_dataset: TextCondition = _condition("training_dataset")
+    pretraining_dataset: TextCondition = _condition("pretraining_dataset")
+    name: TextCondition = _condition("name")
+    model: TextCondition = _condition("model")
+    model_id: IntCondition = _condition("model_id")
+    producer: TextCondition = _condition("producer")
+    conv_depth: IntCondition = _condition("conv_depth")
+    conv_depth_norm: RealCondition = _condition("conv_depth_norm")
+    layer_id: IntCondition = _condition("layer_id")
+    depth_bin: TextCondition = _condition("depth_bin")
+    sample: BoolCondition = _condition("sample")
+    version_added: IntCondition = _condition("version_added")
+    source: TextCondition = _condition("source")
+    sha256: TextCondition = _condition("sha256")
 
     def conditions(self) -> dict:
         """The fields given (an explicit null means IS NULL), bounds as plain dicts."""
@@ -286,12 +370,14 @@ class AsOf(StrictModel):
 
 
 class DivergenceRequest(AsOf):
-    group_by: GroupField
-    where: Where | None = None
-    metric: Metric = "kl_sym"
-    bins: int = Field(70, ge=1, le=MAX_BINS)
-    weights: Weights = "explained_variance"
-    basis: BasisKind = "global"
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"group_by": "task", "where": {"conv_depth": {"gte": 1}}, "metric": "kl_sym"}]})
+    group_by: GroupField = Field(description=GROUP_BY_TEXT)
+    where: Where | None = Field(None, description=WHERE_BODY_TEXT)
+    metric: Metric = Field("kl_sym", description=METRIC_TEXT)
+    bins: Integer = Field(70, ge=1, le=MAX_BINS, description=BINS_TEXT)
+    weights: Weights = Field("explained_variance", description=WEIGHTS_TEXT)
+    basis: BasisKind = Field("global", description=BASIS_TEXT)
 
 
 class Drift(BaseModel):
@@ -334,7 +420,8 @@ class DivergenceResponse(Versioned):
 
 
 class PcaRequest(AsOf):
-    where: Where | None = None
+    model_config = ConfigDict(json_schema_extra={"examples": [{"where": {"task": "Classification"}}]})
+    where: Where | None = Field(None, description=WHERE_BODY_TEXT)
 
 
 class PcaResponse(Versioned):
@@ -348,10 +435,11 @@ class PcaResponse(Versioned):
 
 
 class HistogramsRequest(AsOf):
-    group_by: GroupField | None = None
-    where: Where | None = None
-    bins: int = Field(70, ge=1, le=MAX_BINS)
-    basis: BasisKind = "global"
+    model_config = ConfigDict(json_schema_extra={"examples": [{"group_by": "task", "bins": 70}]})
+    group_by: GroupField | None = Field(None, description=GROUP_BY_TEXT + "; absent or null: one group of all")
+    where: Where | None = Field(None, description=WHERE_BODY_TEXT)
+    bins: Integer = Field(70, ge=1, le=MAX_BINS, description=BINS_TEXT)
+    basis: BasisKind = Field("global", description=BASIS_TEXT)
 
 
 class GroupHistogram(BaseModel):
@@ -375,12 +463,16 @@ class HistogramsResponse(GroupedOverRange):
 
 
 class Density2dRequest(AsOf):
-    where: Where | None = None
-    components: list[Component] = Field([0, 1], min_length=2, max_length=2, description="two component indices, 0..8")
-    bins: int = Field(70, ge=1, le=MAX_DENSITY2D_BINS)
-    basis: BasisKind = "global"
+    model_config = ConfigDict(json_schema_extra={"examples": [{"components": [0, 1], "bins": 100,
+                                                               "range": [-3.3, 3.3]}]})
+    where: Where | None = Field(None, description=WHERE_BODY_TEXT)
+    components: list[Component] = Field([0, 1], min_length=2, max_length=2,
+                                        description="the two components, 0 (the most variance) to 8: the first is "
+                                                    "the rows of counts, the second the columns")
+    bins: Integer = Field(70, ge=1, le=MAX_DENSITY2D_BINS, description="bins per axis, equal in width over range")
+    basis: BasisKind = Field("global", description=BASIS_TEXT)
     range: tuple[RangeEnd, RangeEnd] | None = Field(None, description="the ends of both axes, in either order (default: the "
-                                                             "basis range; the notebook's figure: -3.3, 3.3)")
+                                                             "basis range; the paper's figure: -3.3, 3.3)")
 
 
 class Density2dResponse(Versioned):
@@ -394,11 +486,12 @@ class Density2dResponse(Versioned):
 
 
 class KdeRequest(AsOf):
-    group_by: GroupField | None = None
-    where: Where | None = None
-    bins: int = Field(DEFAULT_KDE_BINS, ge=MIN_KDE_BINS, le=MAX_KDE_BINS, description="bins of the exact histogram the KDE is computed from; "
-                                                        "its centres are the grid")
-    basis: BasisKind = "global"
+    model_config = ConfigDict(json_schema_extra={"examples": [{"group_by": "task"}]})
+    group_by: GroupField | None = Field(None, description=GROUP_BY_TEXT + "; absent or null: one group of all")
+    where: Where | None = Field(None, description=WHERE_BODY_TEXT)
+    bins: Integer = Field(DEFAULT_KDE_BINS, ge=MIN_KDE_BINS, le=MAX_KDE_BINS,
+                          description="bins of the exact histogram the KDE is computed from; its centres are the grid")
+    basis: BasisKind = Field("global", description=BASIS_TEXT)
 
 
 class GroupKde(BaseModel):

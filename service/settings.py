@@ -11,8 +11,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CNNFILTERDB_", extra="ignore")
 
     db: Path = Field(Path("./filterdb"), description="store directory (CNNFILTERDB_DB)")
-    host: str = "127.0.0.1"
-    port: int = 8000
+    # Where to listen is not a setting: `serve --host/--port` hand it to uvicorn (main.run).
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
 
     # POST /v1/sql and `cnnfilterdb sql`: confined worker processes (service/usersql/)
@@ -52,6 +51,6 @@ class Settings(BaseSettings):
     field_values_max: int = Field(1000, ge=1, description="distinct values listed per field in /v1/fields")
 
 
-# The limits in force: every setting but where the store is and where to listen. `serve` takes
-# each as a flag, and /v1/stats shows them all (cnnfilterdb/cli.py, service/routers/meta.py).
-LIMITS = tuple(name for name in Settings.model_fields if name not in ("db", "host", "port"))
+# The limits in force: every setting but where the store is. `serve` takes each as a flag, and
+# /v1/stats shows them all (cnnfilterdb/cli.py, service/routers/meta.py).
+LIMITS = tuple(name for name in Settings.model_fields if name != "db")

@@ -6,15 +6,14 @@ fields: request models forbid extra keys (``StrictModel``); errors.py words the 
 route's body model."""
 from __future__ import annotations
 
+import json
 from types import UnionType
 from typing import Union, get_args, get_origin
 
-import json
-
 from fastapi import Request
 from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
 from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException
 
 from cnnfilterdb.selection import echo
 

@@ -17,6 +17,7 @@ import pytest
 
 from cnnfilterdb.analysis import Analysis
 from cnnfilterdb.ingest.curate import compact, label_models, remove_models
+from cnnfilterdb.ingest.errors import IngestError
 from cnnfilterdb.ingest.sample import write_sample_h5
 from cnnfilterdb.store import StoreError
 
@@ -183,7 +184,7 @@ def test_label_checks_every_model_first(store, tmp_path):
     with pytest.raises(StoreError, match=r"no such model in the store: .*did you mean '" + m0 + "'"):
         label_models(store, [(m0, {"task": "GAN"}), (m0.upper(), {"task": "GAN"})])
     assert store_snapshot(store) == before
-    with pytest.raises(StoreError, match="cannot label \\['model'\\]"):
+    with pytest.raises(IngestError, match="cannot label \\['model'\\]"):
         label_models(store, [(m0, {"model": "x"})])
     code, _, err = run_cli("label", m0, "--db", str(store))
     assert code == 1 and "nothing to label" in err

@@ -4,10 +4,10 @@ scan.py, stats/); this module maps requests to it and its errors to statuses."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -18,17 +18,31 @@ from cnnfilterdb.store import VersionError
 from ..catalog import Generation, LiveCatalog
 from ..deps import get_catalog, respond
 from ..errors import ApiError, not_found
-from ..strict import StrictJsonRoute
 from ..jsonable import jsonable
-from ..schemas import (DegenerateResponse, Density2dRequest, Density2dResponse, DivergenceRequest,
-                       DivergenceResponse, ErrorResponse, HistogramsRequest, HistogramsResponse, KdeRequest,
-                       KdeResponse, Metric, PcaRequest, PcaResponse, SimilarResponse, Weights, Where)
+from ..params import AS_OF, MODEL_ID, WHERE_TEXT
+from ..schemas import (
+    METRIC_TEXT,
+    WEIGHTS_TEXT,
+    DegenerateResponse,
+    Density2dRequest,
+    Density2dResponse,
+    DivergenceRequest,
+    DivergenceResponse,
+    HistogramsRequest,
+    HistogramsResponse,
+    KdeRequest,
+    KdeResponse,
+    Metric,
+    PcaRequest,
+    PcaResponse,
+    SimilarResponse,
+    Weights,
+    Where,
+    error_responses,
+)
+from ..strict import StrictJsonRoute
 
-WHERE_QUERY = 'a selection as JSON, as the analysis bodies\' where, e.g. {"task": ["Classification"]}'
-AS_OF = Query(None, ge=1, le=2**31 - 1, description="the store version to read (GET /v1/versions); default the current one")
-
-router = APIRouter(route_class=StrictJsonRoute, tags=["analysis"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-                                                 422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
+router = APIRouter(route_class=StrictJsonRoute, tags=["analysis"], responses=error_responses(400, 404, 422, 429, 503))
 
 
 @contextmanager
@@ -107,71 +121,97 @@ def _where(req) -> dict | None:
     return req.where.conditions() if req.where is not None else None
 
 
-@router.post("/v1/divergence", response_model=DivergenceResponse)
+@router.post("/v1/divergence", response_model=DivergenceResponse,
+             summary="The divergence matrix between the groups of a selection, with drift statistics")
 def divergence(req: DivergenceRequest, catalog: LiveCatalog = Depends(get_catalog)):
-    """The d x d divergence matrix between the groups of a selection, with drift statistics (SPEC 6.2)."""
+    """The paper's measure of how differently groups of models learn filters. The selected filters
+    are split by `group_by` (natural order of the labels); each group's filters are projected on the
+    9 PCA components of the basis, and per component binned into a histogram over the basis range
+    (`bins` bins). The divergence of two groups is the sum over the components of `metric` between
+    their histograms, weighted by `weights`. The d x d `matrix` holds every pair; `drift`
+    summarizes its upper triangle (mean, median, quartiles, min, max)."""
     with analysis(catalog, as_of=req.as_of) as a:
         out = a.divergence(req.group_by, _where(req), req.metric, req.bins, req.weights, req.basis)
     return respond(DivergenceResponse(**jsonable(out)))
 
 
-@router.post("/v1/pca", response_model=PcaResponse)
+@router.post("/v1/pca", response_model=PcaResponse, summary="The principal components of a selection's filters")
 def pca(req: PcaRequest, catalog: LiveCatalog = Depends(get_catalog)):
-    """PCA of a selection's peak-scaled filters: mean, eigen-images, explained variance (SPEC 6.1)."""
+    """PCA with 9 components of the selected filters, each first scaled by its absolute peak
+    (f / max|f|): their mean, the components as 3x3 eigen-images by decreasing variance, the
+    explained variance (and its ratio) and the 9 x 9 covariance."""
     with analysis(catalog, as_of=req.as_of) as a:
         return respond(PcaResponse(**a.pca(_where(req))))
 
 
-@router.post("/v1/histograms", response_model=HistogramsResponse)
+@router.post("/v1/histograms", response_model=HistogramsResponse,
+             summary="Histograms of the filters' PCA coefficients, per group and component")
 def histograms(req: HistogramsRequest, catalog: LiveCatalog = Depends(get_catalog)):
-    """Per group and component: the coefficient histogram over the basis range (ridge plots)."""
+    """The selected filters projected on the basis' 9 components: per group (`group_by`; absent,
+    one group) and component, the counts of their coefficients in `bins` equal bins over the basis
+    range, with the bin edges. The data of the paper's ridge plots."""
     with analysis(catalog, as_of=req.as_of) as a:
         out = a.histograms(_where(req), req.group_by, req.bins, req.basis)
     return respond(HistogramsResponse(**jsonable(out)))
 
 
-@router.post("/v1/density2d", response_model=Density2dResponse)
+@router.post("/v1/density2d", response_model=Density2dResponse,
+             summary="A 2-D histogram of two PCA components' coefficients")
 def density2d(req: Density2dRequest, catalog: LiveCatalog = Depends(get_catalog)):
-    """2-D histogram of two components' coefficients (the paper's scatter density)."""
+    """The selected filters projected on two of the basis' components: the counts in a bins x bins
+    grid over `range` (default the basis range), with the edges. The paper's scatter density."""
     with analysis(catalog, as_of=req.as_of) as a:
         out = a.density2d(_where(req), tuple(req.components), req.bins, req.basis, req.range)
     return respond(Density2dResponse(**jsonable(out)))
 
 
-@router.post("/v1/kde", response_model=KdeResponse)
+@router.post("/v1/kde", response_model=KdeResponse,
+             summary="Kernel density estimates of the filters' PCA coefficients, per group and component")
 def kde(req: KdeRequest, catalog: LiveCatalog = Depends(get_catalog)):
-    """Per group and component: the Gaussian KDE of the coefficients, Silverman's bandwidth (the ridge plots)."""
+    """Per group (`group_by`; absent, one group) and component: the Gaussian kernel density of the
+    coefficients with Silverman's bandwidth, on the centres of `bins` bins over the basis range, with
+    each component's standard deviation and quartiles. The curves of the paper's ridge plots."""
     with analysis(catalog, as_of=req.as_of) as a:
         out = a.kde(_where(req), req.group_by, req.bins, req.basis)
     return respond(KdeResponse(**jsonable(out)))
 
 
-@router.get("/v1/quality/degenerate", response_model=DegenerateResponse)
+@router.get("/v1/quality/degenerate", response_model=DegenerateResponse,
+            summary="Layers flagged as sparse, redundant or random-like")
 def degenerate(
     sparsity_gt: float = Query(DEGENERATE_THRESHOLDS["sparsity_gt"], ge=0, le=1,
-                               description="flag layers with sparsity above this"),
+                               description="sparse: a layer whose sparsity (the share of its filters that are "
+                                           "all near zero, 0..1) is above this"),
     entropy_norm_lt: float = Query(DEGENERATE_THRESHOLDS["entropy_norm_lt"], allow_inf_nan=False,
-                                   description="flag layers with variance_entropy_norm below this (redundant)"),
+                                   description="redundant (low diversity): variance_entropy_norm below this"),
     entropy_norm_gt: float | None = Query(DEGENERATE_THRESHOLDS["entropy_norm_gt"], allow_inf_nan=False,
-                                          description="flag layers with variance_entropy_norm above this (random-like)"),
-    where: str | None = Query(None, description=WHERE_QUERY),
-    limit: int = Query(100, ge=1, le=10_000),
-    offset: int = Query(0, ge=0, le=2**40),
+                                          description="random-like: variance_entropy_norm above this"),
+    where: str | None = Query(None, description=f"the layers to check: {WHERE_TEXT}; none: every layer"),
+    limit: int = Query(100, ge=1, le=10_000, description="layers per page"),
+    offset: int = Query(0, ge=0, le=2**40, description="how many flagged layers to skip"),
     as_of: int | None = AS_OF,
     catalog: LiveCatalog = Depends(get_catalog),
 ):
-    """Layers over any of the thresholds (defaults: sparsity > 0.5, variance_entropy_norm < 0.5 or > 1.0)."""
+    """The layers of the selection that meet any of the thresholds, in layer order, with their
+    quality metrics and which flags they raise (`sparse`, `low_entropy`, `random_like`).
+    variance_entropy_norm is a layer's variance entropy over that expected of random filters:
+    near 0 its filters are alike, near 1 and above random-like."""
     with analysis(catalog, as_of=as_of) as a:
         out = a.degenerate(sparsity_gt, entropy_norm_lt, entropy_norm_gt, where_query(where), limit, offset)
     return respond(DegenerateResponse(**jsonable(out)))
 
 
-@router.get("/v1/models/{model_id}/similar", response_model=SimilarResponse, tags=["models"])
-def similar(model_id: int = Path(..., ge=0, le=2**31 - 1), k: int = Query(5, ge=1, le=1000), metric: Metric = "kl_sym",
-            weights: Weights = "explained_variance",
-            where: str | None = Query(None, description="the candidate models: " + WHERE_QUERY),
+@router.get("/v1/models/{model_id}/similar", response_model=SimilarResponse,
+            summary="The models whose filters are distributed most like one model's")
+def similar(model_id: int = MODEL_ID,
+            k: int = Query(5, ge=1, le=1000, description="how many models to return"),
+            metric: Metric = Query("kl_sym", description=METRIC_TEXT),
+            weights: Weights = Query("explained_variance", description=WEIGHTS_TEXT),
+            where: str | None = Query(None, description=f"the candidate models: {WHERE_TEXT}; none: every model"),
             as_of: int | None = AS_OF, catalog: LiveCatalog = Depends(get_catalog)):
-    """The k models whose filter distributions (all their layers, global basis) are nearest."""
+    """Each model's filters (all its layers) as histograms of their coefficients on the global
+    basis, compared as in POST /v1/divergence: the k models nearest to this one, nearest first,
+    with their distance."""
     selection = where_query(where)
     with analysis(catalog, as_of=as_of) as a:
         try:

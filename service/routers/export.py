@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
@@ -25,29 +26,33 @@ from ..catalog import LiveCatalog
 from ..deps import get_catalog
 from ..errors import ApiError
 from ..head import HEAD_FLAG
-from ..schemas import ErrorResponse
-from .analysis import AS_OF, WHERE_QUERY, analysis, where_query
+from ..params import AS_OF, WHERE_TEXT
+from ..schemas import error_responses
+from .analysis import analysis, where_query
 
 ExportFormat = Literal[tuple(FORMATS)]  # type: ignore[valid-type]
 
-router = APIRouter(tags=["filters"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-                                                422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
+router = APIRouter(tags=["filters"], responses=error_responses(400, 404, 422, 429, 503))
 
 
 @router.get("/v1/filters",
             responses={200: {"content": {media: {} for media, _ in FORMATS.values()},
                              "description": "filter_id, model_id, layer_id, w0..w8 of every selected filter, in "
                                             "filter_id order; X-Store-Version and X-Rows name the version and count"}},
-            response_class=StreamingResponse)
+            response_class=StreamingResponse, summary="Every filter of a selection, as one file")
 def export_filters(
     request: Request,
-    where: str | None = Query(None, description=WHERE_QUERY + "; none: every filter"),
-    format: ExportFormat = Query("parquet", description="parquet, arrow (IPC stream), npy (a structured array: "
-                                                        "filter_id, model_id, layer_id, w (3, 3)) or csv"),
+    where: str | None = Query(None, description=f"the filters to export: {WHERE_TEXT}; none: every filter"),
+    format: ExportFormat = Query("parquet", description="the file format: arrow is an Arrow IPC stream; npy a "
+                                                        "NumPy structured array (filter_id, model_id, layer_id, "
+                                                        "w (3, 3))"),
     as_of: int | None = AS_OF,
     catalog: LiveCatalog = Depends(get_catalog),
 ):
-    """Export the filters of a selection, streamed, without a row cap."""
+    """The selected filters with their ids, in filter_id order, streamed as a download, with no row
+    cap: columns filter_id, model_id, layer_id and the weights w0..w8 (row-major 3x3). The
+    `X-Store-Version` and `X-Rows` headers give the version read and the number of filters. At most
+    export_concurrency exports run at once (GET /v1/stats limits); more get a 429."""
     selection = where_query(where)
     if not catalog.export_slots.acquire(blocking=False):
         raise ApiError(429, "export_busy", f"{catalog.settings.export_concurrency} exports are running; retry later",

@@ -3,39 +3,44 @@ from __future__ import annotations
 
 import io
 import itertools
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic_core import to_json
 
 from cnnfilterdb.store import SHARDS, StoreDamaged
 
+from .. import queries
 from ..catalog import LiveCatalog
-from ..deps import get_catalog, get_settings, respond, rows_as_dicts
+from ..deps import get_catalog, get_settings, respond
 from ..errors import not_found
-from ..schemas import ErrorResponse, Filter, FilterPage, Layer
+from ..params import FILTER_ID, LAYER_ID
+from ..schemas import Filter, FilterPage, Layer, error_responses
 from ..settings import Settings
-from .models import LAYER_COLUMNS, layer_out
+from .models import layer_out
 
-router = APIRouter(tags=["layers"], responses={404: {"model": ErrorResponse}, 400: {"model": ErrorResponse},
-                                               422: {"model": ErrorResponse}})
+# Tagged per route: /v1/filters/{filter_id} is listed with the filters only.
+router = APIRouter(responses=error_responses(400, 404, 422, 503,
+                                             said={404: "Not found: no layer (or filter) of that id"}))
 
-WEIGHTS = ", ".join(f"w{i}" for i in range(9))
 NPY_BATCH_ROWS = 1 << 16
 
 
 def _layer(cur, layer_id: int) -> dict:
-    cur.execute(f"SELECT {LAYER_COLUMNS} FROM layers l JOIN models m USING (model_id) WHERE l.layer_id = ?", [layer_id])
-    rows = rows_as_dicts(cur)
-    if not rows:
+    row = queries.layer(cur, layer_id)
+    if row is None:
         raise not_found("layer", layer_id)
-    return rows[0]
+    return row
 
 
-@router.get("/v1/layers/{layer_id}", response_model=Layer)
-def get_layer(layer_id: int = Path(..., ge=0, le=2**31 - 1), catalog: LiveCatalog = Depends(get_catalog)):
+@router.get("/v1/layers/{layer_id}", response_model=Layer, tags=["layers"],
+            summary="One layer and its quality metrics")
+def get_layer(layer_id: int = LAYER_ID, catalog: LiveCatalog = Depends(get_catalog)):
+    """A 3x3 convolution layer: its model, depth, shape, range of filter ids and quality metrics
+    (sparsity, variance entropy, orthogonality)."""
     with catalog.cursor() as cur:
         return respond(layer_out(_layer(cur, layer_id)))
 
@@ -47,18 +52,24 @@ def _as_filters(ids, W, model_id: int, layer_id: int) -> list[dict]:
     return [{"filter_id": i, "model_id": model_id, "layer_id": layer_id, "w": w} for i, w in zip(np.asarray(ids).tolist(), W)]
 
 
-@router.get("/v1/layers/{layer_id}/filters", response_model=FilterPage,
+@router.get("/v1/layers/{layer_id}/filters", response_model=FilterPage, tags=["layers"],
+            summary="A layer's filters, as JSON pages or one .npy file",
             responses={200: {"content": {"application/x-npy": {}},
                              "description": "JSON page, or with format=npy the whole layer as a (n, 3, 3) float32 .npy"}})
 def layer_filters(
     request: Request,
-    layer_id: int = Path(..., ge=0, le=2**31 - 1),
-    format: Literal["json", "npy"] = Query("json", description="json: a page of 3x3 arrays; npy: the whole layer, streamed"),
-    offset: int = Query(0, ge=0, le=2**40),
-    limit: int | None = Query(None, ge=1, description="page size for JSON (default 1000, capped at the maximum in /v1/stats limits)"),
+    layer_id: int = LAYER_ID,
+    format: Literal["json", "npy"] = Query("json", description="json: a page of filters, each a 3x3 array; npy: "
+                                                               "the whole layer as one (n, 3, 3) float32 array"),
+    offset: int = Query(0, ge=0, le=2**40, description="JSON: how many of the layer's filters to skip (default 0)"),
+    limit: int | None = Query(None, ge=1, description="JSON: filters per page (default 1000; at most filters_json_max "
+                                                      "of GET /v1/stats limits, a larger limit is capped)"),
     catalog: LiveCatalog = Depends(get_catalog),
     settings: Settings = Depends(get_settings),
 ):
+    """The layer's filters in filter_id order, each a 3x3 array of weights (row-major, as trained).
+    As JSON a page at a time (`next` is the URL of the next page, null on the last); with
+    `format=npy` the whole layer as a NumPy file, streamed (`numpy.load` reads it)."""
     if format == "npy":
         with catalog.cursor() as cur:
             layer = _layer(cur, layer_id)
@@ -73,8 +84,7 @@ def layer_filters(
         first, last, n = layer["filter_id_first"], layer["filter_id_last"], layer["n_filters"]
         lo, hi = first + offset, min(last, first + offset + limit - 1)
         if lo <= last:
-            res = cur.execute(f"SELECT filter_id, {WEIGHTS} FROM filters WHERE filter_id BETWEEN ? AND ? "
-                              "ORDER BY filter_id", [lo, hi]).fetchnumpy()
+            res = queries.filter_weights(cur, lo, hi)
             if len(res["filter_id"]) != hi - lo + 1:  # filter ids of a damaged shard
                 raise StoreDamaged(SHARDS, f"layer {layer_id}'s filters {lo}..{hi} read back as "
                                            f"{len(res['filter_id'])} rows")
@@ -91,8 +101,7 @@ def _npy_stream(catalog: LiveCatalog, first: int, last: int, n: int) -> Iterator
     rather than a cut stream."""
     cur = catalog.generation().cursor()
     try:
-        batches = iter(cur.execute(f"SELECT {WEIGHTS} FROM filters WHERE filter_id BETWEEN ? AND ? "
-                                   "ORDER BY filter_id", [first, last]).to_arrow_reader(NPY_BATCH_ROWS))
+        batches = iter(queries.filter_weight_batches(cur, first, last, NPY_BATCH_ROWS))
         head = next(batches, None)
     except BaseException:
         cur.close()
@@ -120,12 +129,12 @@ def _npy_chunks(cur, n: int, head: list, batches) -> Iterator[bytes]:
         cur.close()
 
 
-@router.get("/v1/filters/{filter_id}", response_model=Filter, tags=["filters"])
-def get_filter(filter_id: int = Path(..., ge=0, le=2**63 - 1), catalog: LiveCatalog = Depends(get_catalog)):
+@router.get("/v1/filters/{filter_id}", response_model=Filter, tags=["filters"], summary="One filter's 3x3 weights")
+def get_filter(filter_id: int = FILTER_ID, catalog: LiveCatalog = Depends(get_catalog)):
+    """A filter's weights as a 3x3 array (row-major, as trained), with its model and layer."""
     with catalog.cursor() as cur:
-        res = cur.execute(f"SELECT filter_id, model_id, layer_id, {WEIGHTS} FROM filters WHERE filter_id = ?",
-                          [filter_id]).fetchall()
-    if not res:
+        row = queries.filter_row(cur, filter_id)
+    if row is None:
         raise not_found("filter", filter_id)
-    fid, mid, lid, *w = res[0]
+    fid, mid, lid, *w = row
     return respond(Filter(**_as_filters([fid], [w], mid, lid)[0]))

@@ -4,64 +4,58 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from cnnfilterdb.selection import GROUP_FIELDS, LAYER_GROUP_FIELDS
-from cnnfilterdb.store import SAMPLE_MODELS
 
+from .. import queries
 from ..catalog import LiveCatalog
 from ..deps import get_catalog, get_settings, get_sql_pool, respond
 from ..jsonable import jsonable
-from ..schemas import ErrorResponse, FieldInfo, Fields, Health, Limits, Stats
+from ..schemas import FieldInfo, Fields, Health, Limits, Stats, error_responses
 from ..settings import LIMITS, Settings
 from ..usersql.pool import SqlPool
 
-router = APIRouter(responses={503: {"model": ErrorResponse}})
+router = APIRouter(responses=error_responses(503))
 
 # The fields a selection can group on, by level (columns of layers_with_models).
 MODEL_FIELDS = [f for f in GROUP_FIELDS if f not in LAYER_GROUP_FIELDS]
 
 
-@router.get("/health", response_model=Health, tags=["meta"])
+@router.get("/health", response_model=Health, tags=["meta"], summary="Whether the service can read its store")
 def health(catalog: LiveCatalog = Depends(get_catalog)):
+    """`ok` with the version of the global basis when the store is readable; a 503 otherwise (no
+    store yet, or a damaged one)."""
     with catalog.cursor() as cur:
-        row = cur.execute("SELECT max(version) FROM basis").fetchone()
-    return respond(Health(status="ok", basis_version=row[0]))
+        version = queries.basis_version(cur)
+    return respond(Health(status="ok", basis_version=version))
 
 
-@router.get("/v1/stats", response_model=Stats, tags=["meta"])
+@router.get("/v1/stats", response_model=Stats, tags=["meta"],
+            summary="The store's counts and version, its basis, and the service's limits")
 def stats(catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Depends(get_settings),
           sql_pool: SqlPool = Depends(get_sql_pool)):
+    """How many models, layers, filters and shards the store holds, its current version and last
+    ingest, the global PCA basis in brief, and every limit the service enforces (page sizes, caps,
+    timeouts, concurrency), as it runs with them."""
     with catalog.cursor() as cur:
-        sid, version, models, sample_models, layers, filters, shards, shard_bytes, ingests, last = cur.execute(f"""
-            SELECT (SELECT store_id FROM _store), (SELECT coalesce(max(version), 0) FROM _versions),
-                   (SELECT count(*) FROM models), (SELECT count(*) FROM models WHERE {SAMPLE_MODELS}),
-                   (SELECT count(*) FROM layers),
-                   (SELECT coalesce(sum(n_filters), 0) FROM layers), (SELECT count(*) FROM _shards),
-                   (SELECT coalesce(sum(bytes), 0) FROM _shards), (SELECT count(*) FROM _ingests),
-                   (SELECT max(committed_at) FROM _ingests)""").fetchone()
-        b = cur.execute("SELECT version, n_filters, explained_variance_ratio, range_min, range_max FROM basis").fetchone()
-    basis = None if b is None else {"version": b[0], "n_filters": b[1], "explained_variance_ratio": b[2],
-                                    "range": (b[3], b[4])}
-    return respond(Stats(store_id=sid, store_version=version, models=models, sample_models=sample_models, layers=layers, filters=int(filters), shards=shards, shard_bytes=int(shard_bytes),
-                 ingests=ingests, last_ingest_at=jsonable(last), basis=basis,
-                 limits=Limits(**settings.model_dump(include=set(LIMITS)), sql_sandbox=sql_pool.sandbox)))
+        counts = queries.store_counts(cur)
+        basis = queries.basis_summary(cur)
+    return respond(Stats(**{**counts, "filters": int(counts["filters"]), "shard_bytes": int(counts["shard_bytes"]),
+                            "last_ingest_at": jsonable(counts["last_ingest_at"])}, basis=basis,
+                         limits=Limits(**settings.model_dump(include=set(LIMITS)), sql_sandbox=sql_pool.sandbox)))
 
 
-@router.get("/v1/fields", response_model=Fields, tags=["meta"])
+@router.get("/v1/fields", response_model=Fields, tags=["meta"],
+            summary="The fields a selection can filter or group on, with their values")
 def fields(catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Depends(get_settings)):
-    """Every field a selection can filter or group on, with its distinct values and their counts."""
+    """Every field a selection (`where`) can filter on and a `group_by` can group on, model fields
+    first, then layer fields, each with its type, its distinct values in order and how many models,
+    layers and filters hold each value (the first field_values_max values)."""
     out = []
     with catalog.cursor() as cur:
         for level, names in (("model", MODEL_FIELDS), ("layer", LAYER_GROUP_FIELDS)):
-            for name in names:
-                # Field names come from the lists above, never from the request.
-                order = "min(conv_depth_norm)" if name == "depth_bin" else "value"
-                rows = cur.execute(f"""
-                    SELECT {name} AS value, count(DISTINCT model_id), count(*), sum(n_filters)
-                    FROM layers_with_models GROUP BY {name} ORDER BY {order} NULLS LAST
-                    LIMIT {settings.field_values_max + 1}""").fetchall()
-                n_distinct = cur.execute(f"SELECT count(DISTINCT {name}) FROM layers_with_models").fetchone()[0]
-                typ = cur.execute(f"SELECT typeof({name}) FROM layers_with_models LIMIT 1").fetchone()
+            for name in names:  # from the lists above, never from the request
+                rows, n_distinct, typ = queries.field_values(cur, name, settings.field_values_max)
                 values = [{"value": jsonable(v), "models": m, "layers": l, "filters": int(f or 0)}
                           for v, m, l, f in rows[: settings.field_values_max]]
-                out.append(FieldInfo(name=name, level=level, type=typ[0] if typ else "NULL", n_distinct=n_distinct,
+                out.append(FieldInfo(name=name, level=level, type=typ or "NULL", n_distinct=n_distinct,
                                      values=values, truncated=len(rows) > settings.field_values_max))
     return respond(Fields(fields=out))

@@ -20,40 +20,59 @@ from fastapi.responses import Response
 
 from cnnfilterdb import __version__
 from cnnfilterdb.limits import MAX_BINS
-from cnnfilterdb.plots import (FIGURES, FORMATS, MAX_DPI, MAX_INCHES, MEDIA_TYPES, PARAMETERS, SIZE,
-                               PlotParameterError, PlotRequest, draw, render)
+from cnnfilterdb.plots import (
+    FIGURES,
+    FORMATS,
+    MAX_DPI,
+    MAX_INCHES,
+    MEDIA_TYPES,
+    PARAMETERS,
+    SIZE,
+    PlotParameterError,
+    PlotRequest,
+    draw,
+    render,
+)
 from cnnfilterdb.selection import SelectionError
 
 from ..catalog import LiveCatalog
 from ..deps import get_catalog, get_figure_cache
 from ..errors import ApiError, not_found
 from ..figure_cache import FigureCache
-from ..schemas import BasisKind, ErrorResponse, GroupField, Metric, Weights
-from .analysis import AS_OF, analysis, snapshot_at, where_query
+from ..params import AS_OF, WHERE_TEXT
+from ..schemas import BASIS_TEXT, METRIC_TEXT, WEIGHTS_TEXT, BasisKind, GroupField, Metric, Weights, error_responses
+from .analysis import analysis, snapshot_at, where_query
 
-router = APIRouter(tags=["plots"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-                                              422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
+router = APIRouter(tags=["plots"], responses=error_responses(400, 404, 422, 429, 503))
 
 
-@router.get("/v1/plots/{figure}.{fmt}",
+@router.get("/v1/plots/{figure}.{fmt}", response_class=Response,  # not JSON: the figure's own media types
             responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()},
-                             "description": "the figure; ETag and Cache-Control: no-cache"},
-                       304: {"description": "If-None-Match holds the figure's ETag"}},
-            description="The parameters each figure takes (any other is a 400):\n\n" + "\n".join(
-                f"- `{f}`: {', '.join(PARAMETERS[f] + SIZE)}" for f in FIGURES))
+                             "description": "The figure, with its ETag (Cache-Control: no-cache)"},
+                       304: {"description": "Not modified: If-None-Match holds the figure's ETag"}},
+            summary="One of the paper's figures, drawn on any selection",
+            description=(
+                "A figure of the paper, drawn from the store as the analysis endpoints compute it, in the "
+                "format `fmt` (SVG keeps text as text, PDF embeds its fonts). Every parameter is optional (the "
+                "defaults draw the paper's figure); each figure takes the parameters listed below, any other is "
+                "a 400. The same request gives the same bytes: send the response's ETag as If-None-Match to get "
+                "a 304 when nothing changed. X-Store-Version names the store version drawn.\n\n"
+                "The parameters each figure takes:\n\n"
+                + "\n".join(f"- `{f}`: {', '.join(PARAMETERS[f] + SIZE)}" for f in FIGURES)))
 def plot(
     request: Request,
-    figure: str = Path(..., description=f"one of: {', '.join(FIGURES)}"),
-    fmt: str = Path(..., description=f"one of: {', '.join(FORMATS)}"),
-    group_by: str | None = Query(None, description="the grouping (kl_combined, drift_box: several, comma-separated)"),
-    where: str | None = Query(None, description='the selection as JSON, e.g. {"task": ["Classification"]}'),
-    metric: Metric | None = Query(None),
+    figure: str = Path(..., description="the figure", json_schema_extra={"enum": list(FIGURES)}),
+    fmt: str = Path(..., description="the file format", json_schema_extra={"enum": list(FORMATS)}),
+    group_by: str | None = Query(None, description="the field the figure groups by (kl_combined, drift_box: several, "
+                                                   "comma-separated; GET /v1/fields lists them)"),
+    where: str | None = Query(None, description=f"the filters drawn: {WHERE_TEXT}; none: every filter"),
+    metric: Metric | None = Query(None, description=METRIC_TEXT),
     bins: int | None = Query(None, ge=1, le=MAX_BINS, description="histogram bins (ridge: the KDE's grid; default "
                                                                 "the figure's)"),
-    weights: Weights | None = Query(None),
-    basis: BasisKind | None = Query(None),
+    weights: Weights | None = Query(None, description=WEIGHTS_TEXT),
+    basis: BasisKind | None = Query(None, description=BASIS_TEXT),
     components: str | None = Query(None, description="density2d: two components, e.g. 0,1"),
-    range: str | None = Query(None, description="density2d: lo,hi of both axes (default -3.3,3.3, the notebook's)"),
+    range: str | None = Query(None, description="density2d: lo,hi of both axes (default -3.3,3.3, the paper's)"),
     layer_id: int | None = Query(None, ge=0, le=2**31 - 1, description="layer_filters: the layer (default the first)"),
     color_by: GroupField | None = Query(None, description="quality: the field that colours the layers"),
     sparsity_gt: float | None = Query(None, ge=0, le=1, description="quality: the sparsity threshold drawn (0.5)"),
@@ -68,8 +87,6 @@ def plot(
     catalog: LiveCatalog = Depends(get_catalog),
     cache: FigureCache = Depends(get_figure_cache),
 ):
-    """A figure of the paper (SPEC 10) as PNG, SVG (text as text) or PDF (TrueType fonts); every
-    parameter optional. ETag + If-None-Match give a 304."""
     if figure not in FIGURES:
         raise ApiError(404, "not_found", f"no figure {figure[:100]!r}; the figures: {', '.join(FIGURES)}")
     if fmt not in FORMATS:
@@ -91,7 +108,7 @@ def plot(
             snapshot_at(gen, cur, as_of)
         finally:
             cur.close()
-    key = json.dumps([gen.inode, gen.mtime_ns, as_of, fmt, req.resolved(), __version__, matplotlib.__version__],
+    key = json.dumps([*gen.key, as_of, fmt, req.resolved(), __version__, matplotlib.__version__],
                      sort_keys=True, default=str)
     etag = '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
     # An SVG opened on its own is a document: it may run nothing and load nothing.

@@ -14,18 +14,26 @@ from fastapi.responses import Response
 
 from ..deps import get_settings, get_sql_pool
 from ..errors import ApiError
-from ..schemas import ErrorResponse, SqlRequest, SqlResponse
+from ..schemas import SqlRequest, SqlResponse, error_responses
 from ..settings import Settings
 from ..strict import StrictJsonRoute
 from ..usersql.pool import PoolBusy, SqlFailed, SqlPool
 
-router = APIRouter(route_class=StrictJsonRoute, tags=["sql"], responses={400: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
-                                            422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
-                                            503: {"model": ErrorResponse}})
+router = APIRouter(route_class=StrictJsonRoute, tags=["sql"], responses=error_responses(
+    400, 403, 422, 429, 503,
+    said={400: "Bad request: not valid SQL, more than one statement, over the time limit, or a result too large",
+          429: "Busy: every SQL worker is running a query; retry after Retry-After seconds",
+          503: "Unavailable: no SQL worker could be started, or the store cannot be read"}))
 
 
-@router.post("/v1/sql", response_model=SqlResponse)
+@router.post("/v1/sql", response_model=SqlResponse, summary="The result of one read-only SQL query on the store")
 def run_sql(req: SqlRequest, pool: SqlPool = Depends(get_sql_pool), settings: Settings = Depends(get_settings)):
+    """Runs one reading statement (SELECT, or EXPLAIN of one) in DuckDB's SQL on the store's views
+    (`models`, `layers`, `filters`, `basis`, `layers_with_models`, `versions`, and the `*_at(v)`
+    macros of older versions). Read-only: nothing can be written, and no other file, the network or
+    an extension can be reached. A query is stopped after sql_timeout_s; rows beyond `max_rows` or
+    sql_max_bytes of JSON are left out and `truncated` says so (the limits: GET /v1/stats). A 429
+    when every SQL worker is busy."""
     # Capped at the service's ceiling; the response's max_rows is the cap applied.
     max_rows = min(settings.sql_default_rows if req.max_rows is None else req.max_rows, settings.sql_max_rows)
     try:

@@ -134,7 +134,7 @@ def run(catalog: Catalog, req: dict, threads: int) -> tuple[dict, bytes | None]:
         return _fail(400, "sql_error", first_paragraph(e))
     except (ValueError, TypeError, OverflowError) as e:  # a value Python or JSON cannot hold
         return _fail(400, "sql_error", f"cannot encode a result value: {first_line(e)}")
-    except Exception as e:  # noqa: BLE001 - anything else DuckDB's Python binding raises (e.g. a
+    except Exception as e:
         # parameter it cannot convert) is about this request; the worker stays up for the next
         return _fail(400, "sql_error", f"{type(e).__name__}: {first_line(e)}")
     finally:
@@ -152,7 +152,7 @@ def _damaged_shard(con, e):
         return None
     try:
         listed = con.cursor().execute("SELECT count(*) FROM _shards WHERE path = ?", [damage.rel]).fetchone()[0]
-    except Exception:  # noqa: BLE001 - the catalog itself is unreadable: report the query's error
+    except Exception:
         return None
     return damage if listed else None
 
@@ -162,14 +162,14 @@ def _fail(status: int, code: str, message: str) -> tuple[dict, None]:
 
 
 def preload() -> None:
-    """Import now what a query may need later: after ``confine`` the installation is out of reach."""
-    import datetime  # noqa: F401
-    import decimal  # noqa: F401  (DuckDB converts DECIMAL values and parameters with it)
-    import uuid  # noqa: F401
+    """Import now what a query may need later: after ``confine`` the installation is out of reach.
+    The imports are unused here on purpose: each loads a module into ``sys.modules`` for later."""
+    import datetime  # noqa: F401 - preload: DuckDB converts DATE, TIME, TIMESTAMP and INTERVAL values with it
+    import decimal  # noqa: F401 - preload: DuckDB converts DECIMAL values and parameters with it
+    import uuid  # noqa: F401 - preload: DuckDB converts UUID values with it
 
-    import duckdb  # noqa: F401
+    import duckdb  # noqa: F401 - preload: the extension module and its libraries, before the chroot
     import pytz  # TIMESTAMPTZ results: DuckDB converts them with pytz, which reads its zone files lazily
-
 
     for tz in ("UTC", "Etc/UTC"):
         pytz.timezone(tz)

@@ -1,0 +1,150 @@
+"""The SQL the routers run on the serving catalog (a cursor of ``catalog.Generation``), in one
+place: small functions taking a cursor and parameters and returning rows. Column and field names
+come from the fixed lists here or from the engine's (``cnnfilterdb.selection``), never from a
+request; every value is bound as a parameter. The analysis endpoints read through the engine
+(``cnnfilterdb.analysis``), the versions through ``cnnfilterdb.store``, user SQL through
+``usersql/``: none of their SQL is here."""
+from __future__ import annotations
+
+from typing import Any
+
+from cnnfilterdb.store import SAMPLE_MODELS
+
+# The columns of a model as /v1/models returns it.
+MODEL_COLUMNS = """model_id, model, name, task, task_raw, visual_category, training_dataset, pretraining_dataset,
+    producer, op_set, depth, paper, accessible, dataset_url, total_filters, filter_share_3x3, n_filters, n_layers,
+    source, sha256, sample, version_added,
+    -- MAPs as JSON text: parsed in Python 2x faster than DuckDB's conversion of MAP values
+    kernel_counts::JSON::VARCHAR AS kernel_counts, op_counts::JSON::VARCHAR AS op_counts, extra::VARCHAR AS extra"""
+# The columns of a layer (l: layers, m: its model).
+LAYER_COLUMNS = """l.layer_id, l.model_id, m.model, l.conv_depth, l.conv_depth_norm, l.depth_bin, l.filter_id_first,
+    l.filter_id_last, l.n_filters, l.in_channels, l.out_channels, l.groups, l.sparsity, l.variance_entropy,
+    l.variance_entropy_norm, l.variance_entropy_clean, l.orthogonality"""
+# A filter's nine weights, row-major.
+WEIGHTS = ", ".join(f"w{i}" for i in range(9))
+# The models columns /v1/models filters on (a query parameter each; repeat one for several values).
+FILTER_COLUMNS = ["task", "task_raw", "visual_category", "training_dataset", "pretraining_dataset", "name",
+                  "model", "producer", "paper", "accessible"]
+
+
+def rows_as_dicts(cur) -> list[dict]:
+    """The rows of the cursor's last query, as column -> value."""
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+# ---- models and layers -------------------------------------------------------------------------
+
+def _models_where(values: dict[str, list]) -> tuple[str, list]:
+    """A condition on FILTER_COLUMNS: each column given must hold one of its values."""
+    where, params = [], []
+    for column in FILTER_COLUMNS:  # column names from the fixed list; values bound as parameters
+        given = values.get(column)
+        if given:
+            where.append(f"{column} IN ({', '.join('?' * len(given))})")
+            params.extend(given)
+    return " AND ".join(where) or "true", params
+
+
+def count_models(cur, values: dict[str, list]) -> int:
+    """How many models hold one of the given values in each column given (FILTER_COLUMNS)."""
+    cond, params = _models_where(values)
+    return cur.execute(f"SELECT count(*) FROM models WHERE {cond}", params).fetchone()[0]
+
+
+def model_page(cur, values: dict[str, list], after: int | None, limit: int) -> list[dict]:
+    """Up to ``limit`` of those models with model_id > ``after`` (None: from the first), in model_id order."""
+    cond, params = _models_where(values)
+    if after is not None:
+        cond += " AND model_id > ?"
+        params.append(after)
+    cur.execute(f"SELECT {MODEL_COLUMNS} FROM models WHERE {cond} ORDER BY model_id LIMIT ?", params + [limit])
+    return rows_as_dicts(cur)
+
+
+def model(cur, model_id: int) -> dict | None:
+    cur.execute(f"SELECT {MODEL_COLUMNS} FROM models WHERE model_id = ?", [model_id])
+    rows = rows_as_dicts(cur)
+    return rows[0] if rows else None
+
+
+def model_exists(cur, model_id: int) -> bool:
+    return cur.execute("SELECT count(*) FROM models WHERE model_id = ?", [model_id]).fetchone()[0] > 0
+
+
+def model_layers(cur, model_id: int) -> list[dict]:
+    """The model's layers, in filter order."""
+    cur.execute(f"""SELECT {LAYER_COLUMNS} FROM layers l JOIN models m USING (model_id)
+                    WHERE l.model_id = ? ORDER BY l.filter_id_first""", [model_id])
+    return rows_as_dicts(cur)
+
+
+def layer(cur, layer_id: int) -> dict | None:
+    cur.execute(f"SELECT {LAYER_COLUMNS} FROM layers l JOIN models m USING (model_id) WHERE l.layer_id = ?", [layer_id])
+    rows = rows_as_dicts(cur)
+    return rows[0] if rows else None
+
+
+# ---- filters -----------------------------------------------------------------------------------
+
+def filter_weights(cur, first: int, last: int) -> dict[str, Any]:
+    """The filters first..last: numpy columns filter_id, w0..w8, in filter_id order."""
+    return cur.execute(f"SELECT filter_id, {WEIGHTS} FROM filters WHERE filter_id BETWEEN ? AND ? "
+                       "ORDER BY filter_id", [first, last]).fetchnumpy()
+
+
+def filter_weight_batches(cur, first: int, last: int, batch_rows: int):
+    """The weights w0..w8 of the filters first..last in filter_id order, as Arrow record batches of
+    ``batch_rows`` rows (a reader: the rows are read as it is iterated)."""
+    return cur.execute(f"SELECT {WEIGHTS} FROM filters WHERE filter_id BETWEEN ? AND ? "
+                       "ORDER BY filter_id", [first, last]).to_arrow_reader(batch_rows)
+
+
+def filter_row(cur, filter_id: int) -> tuple | None:
+    """(filter_id, model_id, layer_id, w0, ..., w8) of one filter, or None."""
+    rows = cur.execute(f"SELECT filter_id, model_id, layer_id, {WEIGHTS} FROM filters WHERE filter_id = ?",
+                       [filter_id]).fetchall()
+    return rows[0] if rows else None
+
+
+# ---- the store ---------------------------------------------------------------------------------
+
+def basis_version(cur) -> int | None:
+    """The version of the global basis (None: no basis yet)."""
+    return cur.execute("SELECT max(version) FROM basis").fetchone()[0]
+
+
+def store_counts(cur) -> dict[str, Any]:
+    """The store's id, its current version and its counts, as /v1/stats reports them."""
+    names = ("store_id", "store_version", "models", "sample_models", "layers", "filters", "shards", "shard_bytes",
+             "ingests", "last_ingest_at")
+    row = cur.execute(f"""
+        SELECT (SELECT store_id FROM _store), (SELECT coalesce(max(version), 0) FROM _versions),
+               (SELECT count(*) FROM models), (SELECT count(*) FROM models WHERE {SAMPLE_MODELS}),
+               (SELECT count(*) FROM layers),
+               (SELECT coalesce(sum(n_filters), 0) FROM layers), (SELECT count(*) FROM _shards),
+               (SELECT coalesce(sum(bytes), 0) FROM _shards), (SELECT count(*) FROM _ingests),
+               (SELECT max(committed_at) FROM _ingests)""").fetchone()
+    return dict(zip(names, row))
+
+
+def basis_summary(cur) -> dict[str, Any] | None:
+    """The global basis in brief (version, n_filters, explained_variance_ratio, range), or None."""
+    b = cur.execute("SELECT version, n_filters, explained_variance_ratio, range_min, range_max FROM basis").fetchone()
+    return None if b is None else {"version": b[0], "n_filters": b[1], "explained_variance_ratio": b[2],
+                                   "range": (b[3], b[4])}
+
+
+def field_values(cur, name: str, max_values: int) -> tuple[list[tuple], int, str | None]:
+    """A field of layers_with_models (``name`` from the engine's fixed lists, never a request's):
+    up to ``max_values + 1`` rows (value, models, layers, filters) in the field's order (depth bins
+    by depth, others by value, null last), its number of distinct values, and its SQL type (None:
+    no layers)."""
+    order = "min(conv_depth_norm)" if name == "depth_bin" else "value"
+    rows = cur.execute(f"""
+        SELECT {name} AS value, count(DISTINCT model_id), count(*), sum(n_filters)
+        FROM layers_with_models GROUP BY {name} ORDER BY {order} NULLS LAST
+        LIMIT {int(max_values) + 1}""").fetchall()
+    n_distinct = cur.execute(f"SELECT count(DISTINCT {name}) FROM layers_with_models").fetchone()[0]
+    typ = cur.execute(f"SELECT typeof({name}) FROM layers_with_models LIMIT 1").fetchone()
+    return rows, n_distinct, typ[0] if typ else None
