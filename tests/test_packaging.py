@@ -93,9 +93,13 @@ def test_the_layers_import_downwards(folder):
 
 def test_the_wheel_works_installed(wheel, tmp_path):
     """The wheel's files alone (as in the Docker image, no editable install): the SQL files and the
-    static assets are found as package data, the SQL worker starts as ``-m cnnfilterdb.service...``."""
+    static assets are found as package data, the SQL worker starts as ``-m cnnfilterdb.service...``,
+    also from a working directory that holds a ``cnnfilterdb`` folder of its own (the image's source
+    tree, which has no ``service``: a decoy here)."""
     site = tmp_path / "site"
     wheel.extractall(site)
+    (tmp_path / "cnnfilterdb").mkdir()
+    (tmp_path / "cnnfilterdb" / "__init__.py").write_text('raise ImportError("the decoy in the working directory")\n')
     h5 = tmp_path / "s.h5"
     script = f"""
 import json, subprocess, sys
@@ -105,7 +109,7 @@ from cnnfilterdb.ingest.sample import write_sample_h5
 write_sample_h5({str(h5)!r}, n_models=3, n_filters=3000, seed=1)
 from cnnfilterdb.cli import main
 assert main(["ingest", {str(h5)!r}, "--db", "db"]) == 0
-out = subprocess.run([sys.executable, "-m", "cnnfilterdb.cli", "sql", "SELECT count(*) AS n FROM filters", "--db", "db",
+out = subprocess.run([sys.executable, "-P", "-m", "cnnfilterdb.cli", "sql", "SELECT count(*) AS n FROM filters", "--db", "db",
                       "--format", "json"], capture_output=True, text=True, check=True).stdout
 assert json.loads(out)["rows"] == [[3000]], out
 from fastapi.testclient import TestClient
@@ -118,7 +122,7 @@ with TestClient(create_app(Settings(db="db"))) as c:
 print("ok")
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
-    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-P", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-3000:]
 
 

@@ -79,8 +79,10 @@ class _Worker:
                   "address_space_bytes": limits.address_space_bytes}
         env = {k: v for k, v in os.environ.items() if not k.startswith("CNNFILTERDB_")}
         env["MALLOC_ARENA_MAX"] = "2"  # glibc reserves 64 MiB of address space per arena otherwise
+        # -P: the worker imports the installed package, never a `cnnfilterdb` folder in the working
+        # directory (the Docker image's /app holds the source tree, which has no `service`).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cnnfilterdb.service.usersql.worker", str(store), json.dumps(config)],
+            [sys.executable, "-P", "-m", "cnnfilterdb.service.usersql.worker", str(store), json.dumps(config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True, start_new_session=True)
         self.to_fd, self.from_fd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         self.hello = protocol.recv(self.from_fd, time.monotonic() + START_TIMEOUT_S)
