@@ -22,9 +22,9 @@ from contextlib import closing, contextmanager
 
 import pandas as pd
 
-from .analysis import DEGENERATE_THRESHOLDS, Analysis
+from .analysis import DEGENERATE_THRESHOLDS, Analysis, check_similar
 from .limits import DEFAULT_KDE_BINS
-from .reader import CatalogReader
+from .reader import ATTACHED, CatalogReader, attach
 from .results import (
     DegenerateResult,
     Density2dResult,
@@ -42,7 +42,6 @@ from .results import (
     version_arg,
     versions_frame,
 )
-from .selection import SelectionError
 from .stats.divergence import DEFAULT_BINS
 from .store import FilterStore, check_version, default_db, list_versions, store_id
 
@@ -91,7 +90,8 @@ class FilterDB:
             yield Analysis(cur, self.root, snapshot=gen.snapshot_at(cur, as_of))
 
     def close(self) -> None:
-        """Close the catalog connection (a later call opens it again)."""
+        """Let go of the catalog connection (a later call opens it again; calls in flight in other
+        threads finish on it)."""
         self._reader.close()
 
     def __enter__(self) -> FilterDB:
@@ -423,10 +423,8 @@ class FilterDB:
         ((64, 64), True)
         """
         where = plain(where)
-        value_range = None if range is None else tuple(plain(list(range)))
-        with self._analysis(as_of) as a:
-            return Density2dResult(a.density2d(where, tuple(plain(list(components))), bins, basis, value_range),
-                                   where)
+        with self._analysis(as_of) as a:  # components and range checked by the engine (check_density2d)
+            return Density2dResult(a.density2d(where, components, bins, basis, range), where)
 
     def degenerate(self, sparsity_gt: float = DEGENERATE_THRESHOLDS["sparsity_gt"],
                    entropy_norm_lt: float = DEGENERATE_THRESHOLDS["entropy_norm_lt"],
@@ -462,10 +460,7 @@ class FilterDB:
         >>> len(g.layers) == min(5, g.total), bool(g.layers[["sparse", "low_entropy", "random_like"]].any(axis=1).all())
         (True, True)
         """
-        for name, v in (("limit", limit), ("offset", offset)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "limit" else 0):
-                raise SelectionError(f"{name} must be an integer >= {1 if name == 'limit' else 0}, got {v!r}")
-        where = plain(where)
+        where = plain(where)  # the thresholds, limit and offset are checked by the engine (check_degenerate)
         with self._analysis(as_of) as a:
             return DegenerateResult(a.degenerate(sparsity_gt, entropy_norm_lt, entropy_norm_gt, where, limit, offset),
                                     where)
@@ -507,7 +502,7 @@ class FilterDB:
         (3, False, True)
         """
         where = plain(where)
-        model_id = plain(model_id)
+        model_id, k = check_similar(model_id, k)
         with self._analysis(as_of) as a:
             try:
                 return SimilarResult(a.similar(model_id, k, metric, weights, where), where)
@@ -520,7 +515,8 @@ class FilterDB:
         ``layers``, ``layers_with_models``, ``filters``, ``basis``, ``versions``, the macros
         ``models_at(v)``, ``filters_at(v)``, ``as_3x3``, ...: see the README). Unlike POST
         /v1/sql it runs in this process, with its rights, without the service's sandbox, time
-        limit or row cap: the catalog cannot be written, but ``COPY ... TO`` writes a file.
+        limit or row cap: the catalog cannot be written, but ``COPY ... TO`` writes a file. Each
+        call has a DuckDB instance of its own: its SET, USE or temporary tables last one call.
 
         Parameters
         ----------
@@ -542,7 +538,9 @@ class FilterDB:
         >>> int(n) == len(db.models({"task": "GAN"}))
         True
         """
-        with self._cursor() as cur:
+        # An instance of its own, closed after the query: what the query does to its session
+        # (SET, USE, DETACH, temporary tables) cannot reach the engine's reads.
+        with closing(attach(self.root)) as con, closing(con.cursor().execute(f"USE {ATTACHED}")) as cur:
             cur.execute(query, params)
             if cur.description is None:  # a statement without a result
                 return pd.DataFrame()

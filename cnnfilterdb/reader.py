@@ -27,7 +27,7 @@ from pathlib import Path
 import duckdb
 
 from .analysis import Snapshot
-from .store import CATALOG, SHARDS, FilterStore, StoreDamaged, check_schema, first_line, relative_to_store, sql_string
+from .store import CATALOG, SHARDS, FilterStore, StoreDamaged, StoreError, check_schema, first_line, relative_to_store, sql_string
 
 OLDER_SNAPSHOTS = 8  # snapshots of older store versions (as_of) kept per generation
 ATTACHED = "catalog"  # the name the catalog is attached under
@@ -135,6 +135,8 @@ class CatalogReader:
         message says how to create a store), StoreDamaged if it cannot be read."""
         try:
             st = os.stat(self.path)
+        except NotADirectoryError:
+            raise StoreError(f"{self.root}: not a store directory (a store is a directory holding {CATALOG})") from None
         except FileNotFoundError:
             FilterStore(self.root).connect()  # raises StoreError saying what is missing
             raise
@@ -156,8 +158,8 @@ class CatalogReader:
             return gen
 
     def close(self) -> None:
-        """Close the current generation's instance (the next ``generation()`` opens a new one)."""
+        """Let go of the current generation (the next ``generation()`` opens a new one). Calls in
+        flight in other threads finish on it, as on a generation a commit replaced: its instance
+        closes when the last of them lets go of it."""
         with self._lock:
-            if self._current is not None:
-                self._current.con.close()
-                self._current = None
+            self._current = None
