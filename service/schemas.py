@@ -486,7 +486,7 @@ class Density2dResponse(Versioned):
 
 
 class KdeRequest(AsOf):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"group_by": "task"}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"group_by": "task", "bins": 64}]})
     group_by: GroupField | None = Field(None, description=GROUP_BY_TEXT + "; absent or null: one group of all")
     where: Where | None = Field(None, description=WHERE_BODY_TEXT)
     bins: Integer = Field(DEFAULT_KDE_BINS, ge=MIN_KDE_BINS, le=MAX_KDE_BINS,
