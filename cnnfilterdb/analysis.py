@@ -15,13 +15,25 @@ from __future__ import annotations
 
 import hashlib
 import io
+import operator
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_RANGE_ABS
+from .limits import (
+    DEFAULT_KDE_BINS,
+    MAX_BINS,
+    MAX_DEGENERATE_LIMIT,
+    MAX_DENSITY2D_BINS,
+    MAX_ID,
+    MAX_KDE_BINS,
+    MAX_OFFSET,
+    MAX_RANGE_ABS,
+    MAX_SIMILAR_K,
+    MIN_KDE_BINS,
+)
 from .scan import HeldShards, LayerGroups, scan_histogram2d, scan_histograms, scan_range
 from .selection import (
     GROUP_FIELDS,
@@ -29,6 +41,7 @@ from .selection import (
     Selection,
     SelectionError,
     check_values,
+    echo,
     layers_at,
     natural_order,
     select,
@@ -54,6 +67,81 @@ MAX_RESPONSE_CELLS = 2_000_000
 # The thresholds of a degenerate layer (docs/method.md#degenerate): sparsity above, normalized variance entropy
 # below (redundant) or above (random-like).
 DEGENERATE_THRESHOLDS = {"sparsity_gt": 0.5, "entropy_norm_lt": 0.5, "entropy_norm_gt": 1.0}
+
+# -- the parameters of the analyses, checked once here for the Python API, the CLI and the Client
+# (the service's schemas declare the same bounds, from limits.py): each returns the value as a
+# Python number, or raises SelectionError naming the parameter.
+BINS_RANGE = {"histogram": (1, MAX_BINS), "kde": (MIN_KDE_BINS, MAX_KDE_BINS), "density2d": (1, MAX_DENSITY2D_BINS)}
+
+
+def integer(name: str, value, lo: int, hi: int) -> int:
+    """``value`` as a Python int from ``lo`` to ``hi``: an int or a numpy integer, not a bool,
+    a float, a string or None."""
+    expected = f"{name} must be an integer from {lo:,} to {hi:,}"
+    if isinstance(value, (bool, np.bool_)):
+        raise SelectionError(f"{expected}, got {value!r} (a bool)")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise SelectionError(f"{expected}, got {echo(value)}") from None
+    if not lo <= v <= hi:
+        raise SelectionError(f"{expected}, got {v:,}")
+    return v
+
+
+def real(name: str, value, lo: float | None = None, hi: float | None = None) -> float:
+    """``value`` as a finite Python float (within ``lo``..``hi`` if given): an int, a float or
+    a numpy number, not a bool, a string, None or nan."""
+    within = f" from {lo:g} to {hi:g}" if lo is not None and hi is not None else ""
+    expected = f"{name} must be a finite number{within}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise SelectionError(f"{expected}, got {echo(value)}")
+    try:
+        v = float(value)
+    except OverflowError:
+        raise SelectionError(f"{expected}, got {echo(value)}") from None
+    if not np.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise SelectionError(f"{expected}, got {v!r}")
+    return v
+
+
+def check_bins(bins, kind: str = "histogram") -> int:
+    """The bins of a histogram (divergence, histograms), a KDE or a 2-D histogram (``kind``)."""
+    lo, hi = BINS_RANGE[kind]
+    return integer("bins", bins, lo, hi)
+
+
+def _pair(name: str, value, what: str) -> list:
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise SelectionError(f"{name} must be a pair of {what}, got {echo(value)}")
+    return list(value)
+
+
+def check_density2d(components, value_range) -> tuple[tuple[int, int], tuple[float, float] | None]:
+    """``components``: two distinct component indices 0..8; ``value_range``: None or two finite
+    numbers within +-MAX_RANGE_ABS."""
+    i, j = (integer(f"components[{n}]", c, 0, 8)
+            for n, c in enumerate(_pair("components", components, "component indices from 0 to 8")))
+    if i == j:
+        raise SelectionError(f"components must be two different components, got {i} and {j}")
+    if value_range is None:
+        return (i, j), None
+    lo, hi = (real(f"range[{n}]", v, -MAX_RANGE_ABS, MAX_RANGE_ABS)
+              for n, v in enumerate(_pair("range", value_range, f"finite numbers within +-{MAX_RANGE_ABS:g}")))
+    return (i, j), (lo, hi)
+
+
+def check_degenerate(sparsity_gt, entropy_norm_lt, entropy_norm_gt, limit, offset) -> tuple:
+    """The thresholds (finite numbers; sparsity 0..1; entropy_norm_gt None: not checked) and the page."""
+    return (real("sparsity_gt", sparsity_gt, 0.0, 1.0), real("entropy_norm_lt", entropy_norm_lt),
+            None if entropy_norm_gt is None else real("entropy_norm_gt", entropy_norm_gt),
+            integer("limit", limit, 1, MAX_DEGENERATE_LIMIT), integer("offset", offset, 0, MAX_OFFSET))
+
+
+def check_similar(model_id, k) -> tuple[int, int]:
+    """A model id (0..MAX_ID) and how many models (1..MAX_SIMILAR_K)."""
+    return integer("model_id", model_id, 0, MAX_ID), integer("k", k, 1, MAX_SIMILAR_K)
+
 
 
 @dataclass
@@ -265,8 +353,7 @@ class Analysis:
                          max_pair_cells: int | None = None, max_cells: int | None = None) -> GroupHistograms:
         if basis not in BASES:
             raise SelectionError(f"unknown basis {basis!r}; known: {list(BASES)}")
-        if not isinstance(bins, int) or not 1 <= bins <= MAX_BINS:
-            raise SelectionError(f"bins must be an integer from 1 to {MAX_BINS}, got {bins!r}")
+        bins = check_bins(bins)
         sel = self.select(where, group_by)
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection" + (f" (where: {where})" if where else ""))
@@ -352,6 +439,7 @@ class Analysis:
         dict with ``grid`` (bins,) the bin centres, and per group ``density`` (9, bins),
         ``bandwidth`` (9,), ``std`` (9,), ``quartiles`` (9, 2): the 25th and 75th percentiles.
         """
+        bins = check_bins(bins, "kde")
         # floats in JSON: about twice the bytes of the histograms' integers
         h = self.group_histograms(where, group_by, bins, basis, max_groups=MAX_GROUPS if max_groups is None else max_groups,
                                   max_cells=MAX_RESPONSE_CELLS // 2)
@@ -504,13 +592,8 @@ class Analysis:
         """
         if basis not in BASES:
             raise SelectionError(f"unknown basis {basis!r}; known: {list(BASES)}")
-        if not isinstance(bins, int) or not 1 <= bins <= MAX_DENSITY2D_BINS:
-            raise SelectionError(f"bins must be an integer from 1 to {MAX_DENSITY2D_BINS}, got {bins!r}")
-        if len(components) != 2 or not all(isinstance(c, int) and 0 <= c < 9 for c in components):
-            raise SelectionError(f"components must be two indices from 0 to 8, got {components!r}")
-        if value_range is not None and not (len(value_range) == 2 and all(np.isfinite(value_range))
-                                            and max(abs(v) for v in value_range) <= MAX_RANGE_ABS):
-            raise SelectionError(f"range must be two numbers within +-{MAX_RANGE_ABS:g}, got {value_range!r}")
+        bins = check_bins(bins, "density2d")
+        components, value_range = check_density2d(components, value_range)
         sel = self.select(where)
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection")
@@ -540,6 +623,8 @@ class Analysis:
                    where: dict | None = None, limit: int = 100, offset: int = 0) -> dict:
         """Layers over any of the thresholds: sparsity > sparsity_gt, variance_entropy_norm <
         entropy_norm_lt (redundant), variance_entropy_norm > entropy_norm_gt (random-like; None: off)."""
+        sparsity_gt, entropy_norm_lt, entropy_norm_gt, limit, offset = check_degenerate(
+            sparsity_gt, entropy_norm_lt, entropy_norm_gt, limit, offset)
         cond, params = where_sql(where)
         check_values(self.cur, where, self.version)
         flags = ("(sparsity > ?) AS sparse, (variance_entropy_norm < ?) AS low_entropy, "
@@ -563,8 +648,11 @@ class Analysis:
         """The k models nearest to model_id's filter distribution (global basis, default bins),
         among the models of the selection ``where`` (default: all), with their task and visual
         category. LookupError: no such model; EmptySelectionError: no other model in ``where``."""
+        model_id, k = check_similar(model_id, k)
         if metric not in METRICS:
-            raise SelectionError(f"unknown metric {metric!r}; known: {list(METRICS)}")
+            raise SelectionError(f"unknown metric {echo(metric)}; known: {list(METRICS)}")
+        if weights not in WEIGHTS:
+            raise SelectionError(f"unknown weights {echo(weights)}; known: {list(WEIGHTS)}")
         target = self.group_histograms({"model_id": model_id}, "model_id", DEFAULT_BINS, "global") \
             if self.cur.execute(f"SELECT 1 FROM models_at({self.version}) WHERE model_id = ?", [model_id]).fetchone() else None
         if target is None or not target.selection.labels:

@@ -58,8 +58,10 @@ class FilterDB:
     request as of the same version gives the same result, bit for bit. Selections (``where``) are
     the HTTP API's: a dict of field -> value | [values] | {"gte", "gt", "lte", "lt"} over the
     fields of ``cnnfilterdb.selection.FILTER_FIELDS``; a bad one raises ``SelectionError`` naming
-    the field and the valid ones, a text value no model has ``EmptySelectionError`` with the
-    nearest known values; an unknown version ``cnnfilterdb.store.VersionError``.
+    the field and the valid ones; in an analysis, a text value no model has raises
+    ``EmptySelectionError`` with the nearest known values (the listings ``models``, ``layers``,
+    ``filters`` return what matches, possibly nothing, as GET /v1/models does); an unknown
+    version raises ``cnnfilterdb.store.VersionError``.
 
     Parameters
     ----------

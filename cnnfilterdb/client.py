@@ -20,13 +20,16 @@ True
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
 
-from .analysis import DEGENERATE_THRESHOLDS
+from .analysis import DEGENERATE_THRESHOLDS, check_bins, check_degenerate, check_density2d, check_similar
 from .limits import DEFAULT_KDE_BINS
 from .results import (
     DegenerateResult,
@@ -37,6 +40,7 @@ from .results import (
     KdeResult,
     PcaResult,
     SimilarResult,
+    check_batch,
     finish_models,
     frame,
     layers_query,
@@ -45,16 +49,17 @@ from .results import (
     version_arg,
     versions_frame,
 )
-from .selection import EmptySelectionError, SelectionError
+from .selection import EmptySelectionError, SelectionError, where_sql
 from .stats.divergence import DEFAULT_BINS
 from .store import VersionError, check_version
 
 __all__ = ["Client", "ServiceError", "InvalidRequest", "EmptySelection", "UnknownVersion", "NotFound",
-           "ServiceBusy"]
+           "ServiceBusy", "ServiceUnavailable"]
 
 FILTER_BATCH = 1 << 16
 SQL_PAGE = 10_000          # rows per /v1/sql request of models() and layers()
 MAX_RETRY_WAIT_S = 30.0    # the longest Retry-After honoured
+DEFAULT_RETRY_WAIT_S = 1.0  # the wait for a Retry-After that is not a finite number of seconds >= 0
 NO_THRESHOLD = 1.7976931348623157e308  # entropy_norm_gt=None: no finite value is above it
 
 
@@ -89,6 +94,26 @@ class ServiceBusy(ServiceError):
     """A 429 still, after the retries."""
 
 
+class ServiceUnavailable(ServiceError):
+    """No answer: the service could not be reached (not running, wrong URL) or did not answer in time
+    (``status`` 0)."""
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def retry_wait(value: str | None) -> float:
+    """The seconds to wait for a ``Retry-After`` header: a finite number >= 0, at most
+    MAX_RETRY_WAIT_S; DEFAULT_RETRY_WAIT_S for anything else (absent, a date, nan, -1, ...)."""
+    try:
+        wait = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return DEFAULT_RETRY_WAIT_S
+    if not math.isfinite(wait) or wait < 0:
+        return DEFAULT_RETRY_WAIT_S
+    return min(wait, MAX_RETRY_WAIT_S)
+
+
 _ERRORS = {"invalid_request": InvalidRequest, "invalid_selection": InvalidRequest, "empty_selection": EmptySelection,
            "unknown_version": UnknownVersion, "not_found": NotFound}
 
@@ -107,6 +132,14 @@ def _where_param(where: dict | None) -> str | None:
     return None if where is None else json.dumps(where)
 
 
+def _checked(where: dict | None) -> dict | None:
+    """``where`` as the local API takes it (numpy scalars as Python values), checked by the engine
+    (SelectionError) before it is sent: JSON would turn a key 1 into "1" and a nan into NaN."""
+    where = plain(where)
+    where_sql(where)
+    return where
+
+
 class _RemoteCursor:
     """Enough of a DuckDB cursor (execute, fetchone, fetchall) over POST /v1/sql for the engine's
     catalog checks (``store.check_version``) to run against the service's store."""
@@ -116,7 +149,9 @@ class _RemoteCursor:
         self.rows: list = []
 
     def execute(self, query: str, params: list | None = None) -> _RemoteCursor:
-        self.rows = self.client._sql_json(query, params, SQL_PAGE)["rows"]
+        out = self.client._sql_json(query, params, SQL_PAGE)
+        with self.client._expect("/v1/sql"):
+            self.rows = list(out["rows"])
         return self
 
     def fetchone(self):
@@ -168,27 +203,65 @@ class Client:
         params = None if params is None else {k: v for k, v in params.items() if v is not None}
         for attempt in range(self.retries + 1):
             req = self._http.build_request(method, path, json=body, params=params)
-            resp = self._http.send(req, stream=stream)
+            with self._transport(path):
+                resp = self._http.send(req, stream=stream)
+                if resp.status_code >= 400 and stream:
+                    resp.read()
             if resp.status_code < 400:
                 return resp
-            if stream:
-                resp.read()
             resp.close()
             if resp.status_code == 429 and attempt < self.retries:
-                try:
-                    wait = float(resp.headers.get("Retry-After", "1"))
-                except ValueError:
-                    wait = 1.0
-                time.sleep(min(max(wait, 0.0), MAX_RETRY_WAIT_S))
+                time.sleep(retry_wait(resp.headers.get("Retry-After")))
                 continue
             raise _error(resp)
         raise AssertionError("unreachable")
 
+    @contextmanager
+    def _transport(self, path: str) -> Iterator[None]:
+        """httpx's errors of the connection (refused, reset, timed out) as ServiceUnavailable."""
+        import httpx
+
+        try:
+            yield
+        except httpx.TimeoutException as e:
+            raise ServiceUnavailable(0, "timeout", f"no answer from {self.url}{path} in time "
+                                                   f"({type(e).__name__}: {e}); is the service running "
+                                                   f"(cnnfilterdb serve --db PATH) and not overloaded?") from e
+        except httpx.TransportError as e:
+            raise ServiceUnavailable(0, "unavailable", f"cannot reach the service at {self.url} "
+                                                       f"({type(e).__name__}: {e}); start it with "
+                                                       f"`cnnfilterdb serve --db PATH`, or give Client the "
+                                                       f"URL it serves on") from e
+
+    @contextmanager
+    def _expect(self, path: str, status: int = 200) -> Iterator[None]:
+        """An answer that is not the JSON expected (a proxy's HTML page, a body without its keys)
+        as a ServiceError naming the URL, not a KeyError from inside."""
+        try:
+            yield
+        except ServiceError:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, EOFError) as e:
+            raise ServiceError(status, "unexpected_response", f"unexpected response from {self.url}{path}: "
+                                                              f"{type(e).__name__}: {str(e)[:200]}") from None
+
+    def _json(self, resp, path: str) -> dict:
+        with self._expect(path, resp.status_code):
+            data = resp.json()
+        if not isinstance(data, dict):
+            raise ServiceError(resp.status_code, "unexpected_response", f"unexpected response from {self.url}{path}: "
+                                                                        f"not a JSON object ({type(data).__name__})")
+        return data
+
     def _post(self, path: str, body: dict) -> dict:
-        return self._send("POST", path, body=plain(body)).json()
+        return self._json(self._send("POST", path, body=body), path)
 
     def _get(self, path: str, params: dict | None = None) -> dict:
-        return self._send("GET", path, params=params).json()
+        return self._json(self._send("GET", path, params=params), path)
+
+    def _result(self, cls, path: str, data: dict, where: dict | None):
+        with self._expect(path):
+            return cls(data, where)
 
     def _sql_json(self, query: str, params: list | None, max_rows: int) -> dict:
         return self._post("/v1/sql", {"sql": query, "params": list(params or []), "max_rows": max_rows})
@@ -210,24 +283,25 @@ class Client:
             page = self._sql_json(f"SELECT * FROM ({sql}) AS t" + (f" WHERE {key} > ?" if after is not None else "")
                                   + f" ORDER BY {key} LIMIT {SQL_PAGE}",
                                   params + ([after] if after is not None else []), SQL_PAGE)
-            columns, types = page["columns"], page["types"]
-            rows += page["rows"]
-            if not page["truncated"] and len(page["rows"]) < SQL_PAGE:
-                return frame(columns, types, rows)
-            if not page["rows"]:
-                raise ServiceError(200, "sql_result_too_large", f"one row is over the service's caps: "
-                                                                f"{page['truncated_reason']}")
-            after = page["rows"][-1][columns.index(key)]
+            with self._expect("/v1/sql"):
+                columns, types = page["columns"], page["types"]
+                rows += page["rows"]
+                if not page["truncated"] and len(page["rows"]) < SQL_PAGE:
+                    return frame(columns, types, rows)
+                if not page["rows"]:
+                    raise ServiceError(200, "sql_result_too_large", f"one row is over the service's caps: "
+                                                                    f"{page['truncated_reason']}")
+                after = page["rows"][-1][columns.index(key)]
 
     def models(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
         """The models a selection holds (``FilterDB.models``), read through POST /v1/sql."""
-        version = self._version(as_of)
-        return finish_models(self._listing(models_query(plain(where), version), "model_id"))
+        where = _checked(where)
+        return finish_models(self._listing(models_query(where, self._version(as_of)), "model_id"))
 
     def layers(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
         """The layers a selection holds (``FilterDB.layers``), read through POST /v1/sql."""
-        version = self._version(as_of)
-        return self._listing(layers_query(plain(where), version), "layer_id")
+        where = _checked(where)
+        return self._listing(layers_query(where, self._version(as_of)), "layer_id")
 
     # -- filters ---------------------------------------------------------------------------------
     def iter_filters(self, where: dict | None = None, batch: int = FILTER_BATCH,
@@ -242,10 +316,22 @@ class Client:
         >>> sum(len(w) for w in batches) == batches.n_rows
         True
         """
-        resp = self._send("GET", "/v1/filters", params={"format": "npy", "where": _where_param(plain(where)),
+        batch = check_batch(batch)
+        resp = self._send("GET", "/v1/filters", params={"format": "npy", "where": _where_param(_checked(where)),
                                                         "as_of": version_arg(as_of)}, stream=True)
-        version = resp.headers.get("X-Store-Version")
-        return FilterBatches(resp.iter_bytes(), batch, int(version) if version else None, on_close=resp.close)
+        try:
+            with self._expect("/v1/filters"):
+                version = resp.headers.get("X-Store-Version")
+                version = int(version) if version else None
+                return FilterBatches(self._chunks(resp, "/v1/filters"), batch, version, on_close=resp.close)
+        except BaseException:
+            resp.close()
+            raise
+
+    def _chunks(self, resp, path: str) -> Iterator[bytes]:
+        """The body's bytes as they arrive; a connection lost meanwhile is ServiceUnavailable."""
+        with self._transport(path):
+            yield from resp.iter_bytes()
 
     def filters(self, where: dict | None = None, as_of: int | None = None):
         """The filters of a selection as one ``(n, 3, 3)`` float32 array (``FilterDB.filters``)."""
@@ -256,38 +342,40 @@ class Client:
                    weights: str = "explained_variance", basis: str = "global",
                    as_of: int | None = None) -> DivergenceResult:
         """The divergence matrix between groups (``FilterDB.divergence``; POST /v1/divergence)."""
-        where = plain(where)
-        return DivergenceResult(self._post("/v1/divergence", {
+        where, bins = _checked(where), check_bins(bins)
+        return self._result(DivergenceResult, "/v1/divergence", self._post("/v1/divergence", {
             "group_by": group_by, "where": where, "metric": metric, "bins": bins, "weights": weights, "basis": basis,
             "as_of": version_arg(as_of)}), where)
 
     def pca(self, where: dict | None = None, as_of: int | None = None) -> PcaResult:
         """The PCA of a selection (``FilterDB.pca``; POST /v1/pca)."""
-        where = plain(where)
-        return PcaResult(self._post("/v1/pca", {"where": where, "as_of": version_arg(as_of)}), where)
+        where = _checked(where)
+        return self._result(PcaResult, "/v1/pca", self._post("/v1/pca", {"where": where, "as_of": version_arg(as_of)}),
+                            where)
 
     def histograms(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_BINS,
                    basis: str = "global", as_of: int | None = None) -> HistogramsResult:
         """Per group and component, the coefficient histograms (``FilterDB.histograms``; POST /v1/histograms)."""
-        where = plain(where)
-        return HistogramsResult(self._post("/v1/histograms", {
+        where, bins = _checked(where), check_bins(bins)
+        return self._result(HistogramsResult, "/v1/histograms", self._post("/v1/histograms", {
             "where": where, "group_by": group_by, "bins": bins, "basis": basis, "as_of": version_arg(as_of)}), where)
 
     def kde(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_KDE_BINS,
             basis: str = "global", as_of: int | None = None) -> KdeResult:
         """Per group and component, the Gaussian KDE (``FilterDB.kde``; POST /v1/kde)."""
-        where = plain(where)
-        return KdeResult(self._post("/v1/kde", {
+        where, bins = _checked(where), check_bins(bins, "kde")
+        return self._result(KdeResult, "/v1/kde", self._post("/v1/kde", {
             "where": where, "group_by": group_by, "bins": bins, "basis": basis, "as_of": version_arg(as_of)}), where)
 
     def density2d(self, where: dict | None = None, components: tuple[int, int] = (0, 1), bins: int = DEFAULT_BINS,
                   basis: str = "global", range: tuple[float, float] | None = None,
                   as_of: int | None = None) -> Density2dResult:
         """The 2-D histogram of two components (``FilterDB.density2d``; POST /v1/density2d)."""
-        where = plain(where)
-        return Density2dResult(self._post("/v1/density2d", {
-            "where": where, "components": components, "bins": bins, "basis": basis, "range": range,
-            "as_of": version_arg(as_of)}), where)
+        where, bins = _checked(where), check_bins(bins, "density2d")
+        components, range = check_density2d(components, range)
+        return self._result(Density2dResult, "/v1/density2d", self._post("/v1/density2d", {
+            "where": where, "components": list(components), "bins": bins, "basis": basis,
+            "range": None if range is None else list(range), "as_of": version_arg(as_of)}), where)
 
     def degenerate(self, sparsity_gt: float = DEGENERATE_THRESHOLDS["sparsity_gt"],
                    entropy_norm_lt: float = DEGENERATE_THRESHOLDS["entropy_norm_lt"],
@@ -295,21 +383,26 @@ class Client:
                    where: dict | None = None, limit: int = 100, offset: int = 0,
                    as_of: int | None = None) -> DegenerateResult:
         """The layers over the thresholds (``FilterDB.degenerate``; GET /v1/quality/degenerate)."""
-        where = plain(where)
+        where = _checked(where)
+        sparsity_gt, entropy_norm_lt, entropy_norm_gt, limit, offset = check_degenerate(
+            sparsity_gt, entropy_norm_lt, entropy_norm_gt, limit, offset)
         data = self._get("/v1/quality/degenerate", {
             "sparsity_gt": sparsity_gt, "entropy_norm_lt": entropy_norm_lt,
             # a query string cannot say null: "not checked" is a threshold no finite value is above
             "entropy_norm_gt": NO_THRESHOLD if entropy_norm_gt is None else entropy_norm_gt,
             "where": _where_param(where), "limit": limit, "offset": offset, "as_of": version_arg(as_of)})
-        if entropy_norm_gt is None:
-            data["thresholds"]["entropy_norm_gt"] = None
-        return DegenerateResult(data, where)
+        with self._expect("/v1/quality/degenerate"):
+            if entropy_norm_gt is None:
+                data["thresholds"]["entropy_norm_gt"] = None
+        return self._result(DegenerateResult, "/v1/quality/degenerate", data, where)
 
     def similar(self, model_id: int, k: int = 5, metric: str = "kl_sym", weights: str = "explained_variance",
                 where: dict | None = None, as_of: int | None = None) -> SimilarResult:
         """The k nearest models (``FilterDB.similar``; GET /v1/models/{model_id}/similar)."""
-        where = plain(where)
-        return SimilarResult(self._get(f"/v1/models/{int(plain(model_id))}/similar", {
+        where = _checked(where)
+        model_id, k = check_similar(model_id, k)
+        path = f"/v1/models/{model_id}/similar"
+        return self._result(SimilarResult, path, self._get(path, {
             "k": k, "metric": metric, "weights": weights, "where": _where_param(where),
             "as_of": version_arg(as_of)}), where)
 
@@ -337,8 +430,9 @@ class Client:
         [42]
         """
         out = self._sql_json(query, params, 2**62 if max_rows is None else max_rows)
-        df = frame(out["columns"], out["types"], out["rows"])
-        df.attrs["truncated"] = bool(out["truncated"])
+        with self._expect("/v1/sql"):
+            df = frame(out["columns"], out["types"], out["rows"])
+            df.attrs["truncated"] = bool(out["truncated"])
         if out["truncated"] and (max_rows is None or len(df) < max_rows):
             warnings.warn(f"the service returned the first {len(df):,} rows only ({out['truncated_reason']})",
                           stacklevel=2)
@@ -347,4 +441,5 @@ class Client:
     def versions(self) -> pd.DataFrame:
         """The store versions, oldest first (``FilterDB.versions``; GET /v1/versions)."""
         out: dict[str, Any] = self._get("/v1/versions")
-        return versions_frame(out["versions"], out["store_id"], out["current"])
+        with self._expect("/v1/versions"):
+            return versions_frame(out["versions"], out["store_id"], out["current"])

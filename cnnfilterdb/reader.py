@@ -9,8 +9,12 @@ Python API (``api.py``) read through it.
 The catalog is ATTACHed READ_ONLY to an in-memory database rather than opened as a file: DuckDB
 keeps one instance per file path and process, which would hand back the old catalog after a commit
 and refuse a writer of the same process (an ingest, ``label``) another configuration. Writes fail
-in DuckDB's binder. With ``confine=True`` the instance also reads no file but the store's shards
-(``enable_external_access = false``, ``allowed_directories``) and its settings are locked.
+in DuckDB's binder. With ``confine=True`` the instance also reaches no file but the store's shards
+(``enable_external_access = false``, ``allowed_directories``), loads no extension, and its settings
+are locked. It runs only SQL the engine composes (user SQL runs in the service's worker
+processes), so two limits of DuckDB's allow-list are a second line, not the first: an allowed
+directory is writable too, and the relative entry ``shards/`` (DuckDB checks a view's relative
+path before resolving it) also matches a ``shards/`` folder of the working directory.
 
 Each generation keeps the snapshot of its current version (basis, shards, per-layer histograms,
 read once) and the snapshots of up to ``OLDER_SNAPSHOTS`` older versions (``as_of``), the least

@@ -442,6 +442,13 @@ def versions_frame(rows: list[dict], store_id: str, current: int) -> pd.DataFram
 # -- filters as (n, 3, 3) float32 batches, from an .npy stream ------------------------------------
 
 
+def check_batch(batch: Any) -> int:
+    """``batch`` (filters per batch) as a positive int; ValueError otherwise."""
+    if isinstance(batch, (bool, np.bool_)) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    return int(batch)
+
+
 class FilterBatches:
     """The filters of a selection, in filter_id order, as ``(k, 3, 3)`` float32 arrays of
     ``batch`` rows (the last one shorter): an iterator over the ``.npy`` stream of the export
@@ -460,9 +467,7 @@ class FilterBatches:
                  on_close: Callable[[], None] | None = None):
         from .export import NPY_DTYPE
 
-        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-            raise ValueError(f"batch must be a positive integer, got {batch!r}")
-        self.batch = int(batch)
+        self.batch = check_batch(batch)
         self.store_version = store_version
         self._chunks = chunks
         self._on_close = on_close

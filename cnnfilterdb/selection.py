@@ -53,11 +53,46 @@ def echo(value: Any) -> str:
     return text
 
 
-def _plain(name: str, value: Any) -> bool:
-    """A value the field ``name`` can equal: true/false for boolean fields, else a number or a string."""
+INT_FIELDS = {"model_id", "conv_depth", "layer_id", "version_added"}
+REAL_FIELDS = {"conv_depth_norm"}
+INT32 = (-(2**31), 2**31 - 1)  # the catalog's INTEGER (the service's Where: Int32)
+_KINDS = {"text": "a string", "int": "an integer", "real": "a finite number", "bool": "true or false (a bool)"}
+
+
+def field_kind(name: str) -> str:
+    """What the values of a FILTER_FIELDS field are, as the service's ``Where`` model types them:
+    "text", "int" (32-bit, not a bool), "real" (finite, not a bool) or "bool"."""
+    if name in BOOLEAN_FIELDS:
+        return "bool"
+    if name in INT_FIELDS:
+        return "int"
+    if name in REAL_FIELDS:
+        return "real"
+    return "text"
+
+
+def _typed(name: str, kind: str, value: Any) -> bool:
+    """Whether ``value`` (not None) is a value of a field of ``kind``."""
+    if kind == "bool":
+        return isinstance(value, bool)
     if isinstance(value, bool):
-        return name in BOOLEAN_FIELDS
-    return isinstance(value, (str, int, float))
+        return False
+    if kind == "text":
+        return isinstance(value, str)
+    if kind == "int":
+        return isinstance(value, int) and INT32[0] <= value <= INT32[1]
+    if isinstance(value, int):  # real
+        try:
+            return np.isfinite(float(value))
+        except OverflowError:
+            return False
+    return isinstance(value, float) and np.isfinite(value)
+
+
+def _check_value(where_name: str, kind: str, value: Any) -> None:
+    if not _typed(where_name, kind, value):
+        extra = " within 32 bits" if kind == "int" and isinstance(value, int) and not isinstance(value, bool) else ""
+        raise SelectionError(f"where.{where_name}: expected {_KINDS[kind]}{extra}, got {echo(value)}")
 
 
 def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
@@ -76,23 +111,32 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
         return "true", []
     if not isinstance(where, dict):
         raise SelectionError("where must be an object of field -> value | [values] | {gte, gt, lte, lt}")
+    bad_keys = [k for k in where if not isinstance(k, str)]
+    if bad_keys:
+        raise SelectionError(f"where: field names must be strings, got {echo(bad_keys[0])}; "
+                             f"known fields: {FILTER_FIELDS}")
     unknown = sorted(set(where) - set(FILTER_FIELDS))
     if unknown:
         raise SelectionError(f"unknown field(s) in where: {echo(unknown)}; known fields: {FILTER_FIELDS}")
     parts, params = [], []
     for name, value in where.items():
+        kind = field_kind(name)
         if isinstance(value, dict):  # bounds; an empty object bounds nothing
-            bad = sorted(set(value) - set(BOUNDS))
+            if kind == "bool":
+                raise SelectionError(f"where.{name}: true, false, null or a list of them (no bounds), "
+                                     f"got {echo(value)}")
+            bad = [k for k in value if k not in BOUNDS]
             if bad:
                 raise SelectionError(f"where.{name}: bounds must be among {list(BOUNDS)}, got {echo(bad)}")
             for key, bound in value.items():
-                if not isinstance(bound, (int, float, str)) or isinstance(bound, bool):
-                    raise SelectionError(f"where.{name}.{key}: a number or a string, got {echo(bound)}")
+                if not _typed(name, kind, bound):
+                    raise SelectionError(f"where.{name}.{key}: expected {_KINDS[kind]}, got {echo(bound)}")
                 parts.append(f"{name} {BOUNDS[key]} ?")
                 params.append(bound)
         elif isinstance(value, list):
-            if not all(v is None or _plain(name, v) for v in value):
-                raise SelectionError(f"where.{name}: a list of plain values")
+            for v in value:
+                if v is not None:
+                    _check_value(name, kind, v)
             vals = [v for v in value if v is not None]
             alts = []
             if vals:
@@ -103,11 +147,10 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
             parts.append("(" + (" OR ".join(alts) or "false") + ")")
         elif value is None:
             parts.append(f"{name} IS NULL")
-        elif _plain(name, value):
+        else:
+            _check_value(name, kind, value)
             parts.append(f"{name} = ?")
             params.append(value)
-        else:
-            raise SelectionError(f"where.{name}: a value, a list of values or an object of bounds, got {echo(value)}")
     for v in params:  # JSON may carry lone UTF-16 surrogates: no SQL string can hold one
         if isinstance(v, str) and not v.isascii():
             try:

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from cnnfilterdb.analysis import DEGENERATE_THRESHOLDS, Analysis, Snapshot
+from cnnfilterdb.limits import MAX_DEGENERATE_LIMIT, MAX_OFFSET, MAX_SIMILAR_K
 from cnnfilterdb.selection import EmptySelectionError, SelectionError
 from cnnfilterdb.store import VersionError
 
@@ -187,8 +188,8 @@ def degenerate(
     entropy_norm_gt: float | None = Query(DEGENERATE_THRESHOLDS["entropy_norm_gt"], allow_inf_nan=False,
                                           description="random-like: variance_entropy_norm above this"),
     where: str | None = Query(None, description=f"the layers to check: {WHERE_TEXT}; none: every layer"),
-    limit: int = Query(100, ge=1, le=10_000, description="layers per page"),
-    offset: int = Query(0, ge=0, le=2**40, description="how many flagged layers to skip"),
+    limit: int = Query(100, ge=1, le=MAX_DEGENERATE_LIMIT, description="layers per page"),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET, description="how many flagged layers to skip"),
     as_of: int | None = AS_OF,
     catalog: LiveCatalog = Depends(get_catalog),
 ):
@@ -204,7 +205,7 @@ def degenerate(
 @router.get("/v1/models/{model_id}/similar", response_model=SimilarResponse,
             summary="The models whose filters are distributed most like one model's")
 def similar(model_id: int = MODEL_ID,
-            k: int = Query(5, ge=1, le=1000, description="how many models to return"),
+            k: int = Query(5, ge=1, le=MAX_SIMILAR_K, description="how many models to return"),
             metric: Metric = Query("kl_sym", description=METRIC_TEXT),
             weights: Weights = Query("explained_variance", description=WEIGHTS_TEXT),
             where: str | None = Query(None, description=f"the candidate models: {WHERE_TEXT}; none: every model"),
