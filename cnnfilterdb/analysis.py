@@ -118,12 +118,10 @@ def _pair(name: str, value, what: str) -> list:
 
 
 def check_density2d(components, value_range) -> tuple[tuple[int, int], tuple[float, float] | None]:
-    """``components``: two distinct component indices 0..8; ``value_range``: None or two finite
-    numbers within +-MAX_RANGE_ABS."""
+    """``components``: two component indices 0..8 (the same twice is the diagonal, as the service's
+    schema allows); ``value_range``: None or two finite numbers within +-MAX_RANGE_ABS."""
     i, j = (integer(f"components[{n}]", c, 0, 8)
             for n, c in enumerate(_pair("components", components, "component indices from 0 to 8")))
-    if i == j:
-        raise SelectionError(f"components must be two different components, got {i} and {j}")
     if value_range is None:
         return (i, j), None
     lo, hi = (real(f"range[{n}]", v, -MAX_RANGE_ABS, MAX_RANGE_ABS)

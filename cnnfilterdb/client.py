@@ -4,10 +4,15 @@ The same methods as ``cnnfilterdb.open(path)``, with the same parameters and def
 the same types, built from the JSON of the service's endpoints (``POST /v1/divergence`` and the
 other analyses, ``GET /v1/filters?format=npy`` streamed, ``POST /v1/sql``, ``GET /v1/versions``);
 ``models`` and ``layers`` are read through ``POST /v1/sql``, page by page, with the same query
-the local API runs. Inputs are checked by the service: an error is a ``ServiceError`` carrying
-its message, also an instance of the exception the local API raises for the same mistake
-(``SelectionError``, ``EmptySelectionError``, ``VersionError``, ``LookupError``). A 429 (the
-service busy) is retried after its ``Retry-After``, ``retries`` times.
+the local API runs. ``where`` and the analyses' numbers (bins, k, model_id, thresholds, components,
+range) are checked first by the engine's own checks, as the local API checks them (nothing is
+coerced: a mistake is an ``InvalidRequest`` without a request); the rest by the service. An
+error is a ``ServiceError`` carrying its message, also an instance of the exception the local
+API raises for the same mistake (``SelectionError``, ``EmptySelectionError``, ``VersionError``,
+``LookupError``). No service at the URL, or no answer in time: ``ServiceUnavailable``; an answer
+that is not the service's JSON: a ``ServiceError`` "unexpected response from <url>". A 429 (the
+service busy) is retried after its ``Retry-After`` (a finite number of seconds >= 0, at most
+MAX_RETRY_WAIT_S; anything else: 1 s), ``retries`` times.
 
 Example
 -------
@@ -75,7 +80,9 @@ class ServiceError(Exception):
 
 
 class InvalidRequest(ServiceError, SelectionError):
-    """A 400/422: a bad where, group_by, metric, bins, ... (locally: SelectionError)."""
+    """A 400/422: a bad where, group_by, metric, bins, ... (locally: SelectionError). The engine's
+    checks of ``where`` and of the analyses' numbers run before sending: their mistakes raise
+    this (a 422, the engine's message) without a request."""
 
 
 class EmptySelection(ServiceError, EmptySelectionError):
@@ -132,11 +139,24 @@ def _where_param(where: dict | None) -> str | None:
     return None if where is None else json.dumps(where)
 
 
+@contextmanager
+def _invalid() -> Iterator[None]:
+    """The engine's checks of the parameters, run before a request is sent (as the local API runs
+    them): a SelectionError is an InvalidRequest, as the service's 422 for the same mistake."""
+    try:
+        yield
+    except ServiceError:
+        raise
+    except SelectionError as e:
+        raise InvalidRequest(422, "invalid_request", str(e)) from None
+
+
 def _checked(where: dict | None) -> dict | None:
     """``where`` as the local API takes it (numpy scalars as Python values), checked by the engine
-    (SelectionError) before it is sent: JSON would turn a key 1 into "1" and a nan into NaN."""
-    where = plain(where)
-    where_sql(where)
+    before it is sent (InvalidRequest): JSON would turn a key 1 into "1" and a nan into NaN."""
+    with _invalid():
+        where = plain(where)
+        where_sql(where)
     return where
 
 
@@ -342,7 +362,9 @@ class Client:
                    weights: str = "explained_variance", basis: str = "global",
                    as_of: int | None = None) -> DivergenceResult:
         """The divergence matrix between groups (``FilterDB.divergence``; POST /v1/divergence)."""
-        where, bins = _checked(where), check_bins(bins)
+        where = _checked(where)
+        with _invalid():
+            bins = check_bins(bins)
         return self._result(DivergenceResult, "/v1/divergence", self._post("/v1/divergence", {
             "group_by": group_by, "where": where, "metric": metric, "bins": bins, "weights": weights, "basis": basis,
             "as_of": version_arg(as_of)}), where)
@@ -356,14 +378,18 @@ class Client:
     def histograms(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_BINS,
                    basis: str = "global", as_of: int | None = None) -> HistogramsResult:
         """Per group and component, the coefficient histograms (``FilterDB.histograms``; POST /v1/histograms)."""
-        where, bins = _checked(where), check_bins(bins)
+        where = _checked(where)
+        with _invalid():
+            bins = check_bins(bins)
         return self._result(HistogramsResult, "/v1/histograms", self._post("/v1/histograms", {
             "where": where, "group_by": group_by, "bins": bins, "basis": basis, "as_of": version_arg(as_of)}), where)
 
     def kde(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_KDE_BINS,
             basis: str = "global", as_of: int | None = None) -> KdeResult:
         """Per group and component, the Gaussian KDE (``FilterDB.kde``; POST /v1/kde)."""
-        where, bins = _checked(where), check_bins(bins, "kde")
+        where = _checked(where)
+        with _invalid():
+            bins = check_bins(bins, "kde")
         return self._result(KdeResult, "/v1/kde", self._post("/v1/kde", {
             "where": where, "group_by": group_by, "bins": bins, "basis": basis, "as_of": version_arg(as_of)}), where)
 
@@ -371,8 +397,11 @@ class Client:
                   basis: str = "global", range: tuple[float, float] | None = None,
                   as_of: int | None = None) -> Density2dResult:
         """The 2-D histogram of two components (``FilterDB.density2d``; POST /v1/density2d)."""
-        where, bins = _checked(where), check_bins(bins, "density2d")
-        components, range = check_density2d(components, range)
+        where = _checked(where)
+        with _invalid():
+            bins = check_bins(bins, "density2d")
+        with _invalid():
+            components, range = check_density2d(components, range)
         return self._result(Density2dResult, "/v1/density2d", self._post("/v1/density2d", {
             "where": where, "components": list(components), "bins": bins, "basis": basis,
             "range": None if range is None else list(range), "as_of": version_arg(as_of)}), where)
@@ -384,8 +413,9 @@ class Client:
                    as_of: int | None = None) -> DegenerateResult:
         """The layers over the thresholds (``FilterDB.degenerate``; GET /v1/quality/degenerate)."""
         where = _checked(where)
-        sparsity_gt, entropy_norm_lt, entropy_norm_gt, limit, offset = check_degenerate(
-            sparsity_gt, entropy_norm_lt, entropy_norm_gt, limit, offset)
+        with _invalid():
+            sparsity_gt, entropy_norm_lt, entropy_norm_gt, limit, offset = check_degenerate(
+                sparsity_gt, entropy_norm_lt, entropy_norm_gt, limit, offset)
         data = self._get("/v1/quality/degenerate", {
             "sparsity_gt": sparsity_gt, "entropy_norm_lt": entropy_norm_lt,
             # a query string cannot say null: "not checked" is a threshold no finite value is above
@@ -400,7 +430,8 @@ class Client:
                 where: dict | None = None, as_of: int | None = None) -> SimilarResult:
         """The k nearest models (``FilterDB.similar``; GET /v1/models/{model_id}/similar)."""
         where = _checked(where)
-        model_id, k = check_similar(model_id, k)
+        with _invalid():
+            model_id, k = check_similar(model_id, k)
         path = f"/v1/models/{model_id}/similar"
         return self._result(SimilarResult, path, self._get(path, {
             "k": k, "metric": metric, "weights": weights, "where": _where_param(where),

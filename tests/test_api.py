@@ -422,8 +422,10 @@ def test_bad_input_raises_the_engines_errors(db, remote, v1_client, name, args, 
     with pytest.raises(cnnfilterdb.ServiceError) as over_http:
         getattr(remote, name)(*args, **kwargs)
     assert isinstance(over_http.value, exc)  # `except SelectionError` catches both
-    assert over_http.value.message == server and server in str(over_http.value) and text in server
-    assert over_http.value.status in (400, 404)
+    assert text in server and text in str(over_http.value)
+    # the service's message, or the engine's when the client's own check of where stopped it first
+    assert over_http.value.message in (server, str(local.value))
+    assert over_http.value.status in (400, 404, 422)
 
 
 def test_more_bad_input(db, remote, v1_client):
@@ -505,3 +507,203 @@ def test_the_docstring_examples_run(v1_store, server):
     assert api.failed == 0 and api.attempted > 30
     client = _doctest(cnnfilterdb.client, path=str(v1_store), url=server)
     assert client.failed == 0 and client.attempted >= 8
+
+
+# -- the engine checks every input at the boundary: the local API, the CLI and the client alike ----
+
+BAD_WHERE = [
+    ({"model_id": "abc"}, "where.model_id: expected an integer, got 'abc'"),
+    ({"task": 5}, "where.task: expected a string, got 5"),
+    ({"conv_depth": {"gte": "x"}}, "where.conv_depth.gte: expected an integer, got 'x'"),
+    ({"sha256": {"gt": 5}}, "where.sha256.gt: expected a string, got 5"),
+    ({"sample": "yes"}, "where.sample: expected true or false"),
+    ({"sample": 1}, "where.sample: expected true or false"),
+    ({1: "a", "x": "b"}, "where: field names must be strings, got 1"),
+    ({"model_id": True}, "where.model_id: expected an integer, got True"),
+    ({"model_id": 2.5}, "where.model_id: expected an integer, got 2.5"),
+    ({"model_id": 2**31}, "where.model_id: expected an integer within 32 bits"),
+    ({"conv_depth_norm": float("nan")}, "where.conv_depth_norm: expected a finite number, got nan"),
+    ({"conv_depth_norm": {"lt": True}}, "where.conv_depth_norm.lt: expected a finite number, got True"),
+    ({"task": ["GAN", 3]}, "where.task: expected a string, got 3"),
+    ({"layer_id": [1, "2"]}, "where.layer_id: expected an integer, got '2'"),
+    ({"sample": {"gte": True}}, "where.sample: true, false, null or a list of them (no bounds)"),
+    ({"sample": [True, "no"]}, "where.sample: expected true or false"),
+    ({"conv_depth": {"gte": None}}, "where.conv_depth.gte: expected an integer, got None"),
+    ({"conv_depth": {"above": 1, 2: 3}}, "where.conv_depth: bounds must be among"),
+]
+
+
+@pytest.mark.parametrize("where, text", BAD_WHERE, ids=[t[:40] for _, t in BAD_WHERE])
+def test_where_values_are_checked_against_their_fields_type(db, remote, v1_client, where, text):
+    for call in (lambda api: api.layers(where), lambda api: api.models(where), lambda api: api.pca(where),
+                 lambda api: api.divergence("task", where=where), lambda api: api.degenerate(where=where),
+                 lambda api: api.filters(where)):
+        with pytest.raises(SelectionError) as local:
+            call(db)
+        assert text in str(local.value)
+        with pytest.raises(cnnfilterdb.client.InvalidRequest) as over_http:  # checked before sending
+            call(remote)
+        assert isinstance(over_http.value, SelectionError) and text in str(over_http.value)
+    # The service's Where rejects the same (but for what JSON cannot say, and pydantic's lax mode
+    # taking a numeric string as a number: the engine does not coerce).
+    if all(isinstance(k, str) for k in where) and "nan" not in text and "got '2'" not in text:
+        r = v1_client.post("/v1/pca", json={"where": where})
+        assert r.status_code in (400, 422), r.text
+
+
+def test_where_values_of_the_right_type_still_select(db, remote):
+    for where in ({"conv_depth_norm": 0}, {"conv_depth_norm": {"gte": 0, "lt": 1.5}}, {"sample": [True, False, None]},
+                  {"conv_depth": {"gte": 1}, "task": ["GAN", None]}, {"model_id": [np.int32(0), 1]},
+                  {"task": {"gte": "A"}}, {"sample": np.bool_(True)}):
+        local = db.layers(where)
+        assert rows(remote.layers(where)) == rows(local)
+
+
+BAD_PARAMS = [
+    ("histograms", (), {"bins": True}, "bins must be an integer from 1 to 10,000, got True (a bool)"),
+    ("histograms", (), {"bins": 70.0}, "bins must be an integer"),
+    ("histograms", (), {"bins": 10_001}, "bins must be an integer from 1 to 10,000, got 10,001"),
+    ("divergence", ("task",), {"bins": True}, "bins must be an integer"),
+    ("divergence", ("task",), {"bins": "70"}, "bins must be an integer"),
+    ("kde", (), {"bins": 8}, "bins must be an integer from 16 to 8,192, got 8"),
+    ("kde", (), {"bins": 10_000}, "bins must be an integer from 16 to 8,192"),
+    ("kde", (), {"bins": False}, "bins must be an integer"),
+    ("density2d", (), {"bins": 1001}, "bins must be an integer from 1 to 1,000"),
+    ("density2d", (), {"components": (True, 1)}, "components[0] must be an integer"),
+    ("density2d", (), {"components": (0, 9)}, "components[1] must be an integer from 0 to 8, got 9"),
+    ("density2d", (), {"components": (0, 1.0)}, "components[1] must be an integer"),
+    ("density2d", (), {"components": 5}, "components must be a pair"),
+    ("density2d", (), {"components": (0, 1, 2)}, "components must be a pair"),
+    ("density2d", (), {"components": "01"}, "components must be a pair"),
+    ("density2d", (), {"range": ("a", 1)}, "range[0] must be a finite number"),
+    ("density2d", (), {"range": (0, float("inf"))}, "range[1] must be a finite number"),
+    ("density2d", (), {"range": (True, 1)}, "range[0] must be a finite number"),
+    ("density2d", (), {"range": (0,)}, "range must be a pair"),
+    ("density2d", (), {"range": (-1e7, 1)}, "range[0] must be a finite number from -1e+06 to 1e+06"),
+    ("similar", ("3",), {}, "model_id must be an integer"),
+    ("similar", (3.0,), {}, "model_id must be an integer"),
+    ("similar", (True,), {}, "model_id must be an integer from 0 to 2,147,483,647, got True (a bool)"),
+    ("similar", (None,), {}, "model_id must be an integer"),
+    ("similar", (-1,), {}, "model_id must be an integer from 0"),
+    ("similar", (0,), {"k": 0}, "k must be an integer from 1 to 1,000, got 0"),
+    ("similar", (0,), {"k": 1001}, "k must be an integer from 1 to 1,000"),
+    ("similar", (0,), {"k": True}, "k must be an integer"),
+    ("similar", (0,), {"k": 2.0}, "k must be an integer"),
+    ("degenerate", (), {"sparsity_gt": True}, "sparsity_gt must be a finite number from 0 to 1, got True"),
+    ("degenerate", (), {"sparsity_gt": 2}, "sparsity_gt must be a finite number from 0 to 1, got 2.0"),
+    ("degenerate", (), {"entropy_norm_lt": float("nan")}, "entropy_norm_lt must be a finite number, got nan"),
+    ("degenerate", (), {"entropy_norm_gt": "1"}, "entropy_norm_gt must be a finite number, got '1'"),
+    ("degenerate", (), {"entropy_norm_gt": float("inf")}, "entropy_norm_gt must be a finite number"),
+    ("degenerate", (), {"limit": 10_001}, "limit must be an integer from 1 to 10,000"),
+    ("degenerate", (), {"limit": True}, "limit must be an integer"),
+    ("degenerate", (), {"offset": -1}, "offset must be an integer from 0"),
+]
+
+
+@pytest.mark.parametrize("name, args, kwargs, text", BAD_PARAMS, ids=[f"{b[0]}-{b[3][:30]}" for b in BAD_PARAMS])
+def test_analysis_parameters_are_checked_as_the_service_checks_them(db, remote, name, args, kwargs, text):
+    with pytest.raises(SelectionError) as local:
+        getattr(db, name)(*args, **kwargs)
+    assert text in str(local.value)
+    with pytest.raises(cnnfilterdb.client.InvalidRequest) as over_http:  # the same check, before sending
+        getattr(remote, name)(*args, **kwargs)
+    assert isinstance(over_http.value, SelectionError) and text in str(over_http.value)
+
+
+def test_the_service_declares_the_engines_bounds(v1_client):
+    from cnnfilterdb.limits import MAX_DEGENERATE_LIMIT, MAX_SIMILAR_K
+
+    assert v1_client.get(f"/v1/models/0/similar?k={MAX_SIMILAR_K + 1}").status_code == 422
+    assert v1_client.get(f"/v1/models/0/similar?k={MAX_SIMILAR_K}").status_code == 200
+    assert v1_client.get(f"/v1/quality/degenerate?limit={MAX_DEGENERATE_LIMIT + 1}").status_code == 422
+    for kind, body in (("kde", {"bins": 8}), ("density2d", {"components": [0, 9]}), ("histograms", {"bins": True})):
+        assert v1_client.post(f"/v1/{kind}", json=body).status_code == 422
+
+
+def test_numpy_integers_are_integers(db, remote):
+    for api in (db, remote):
+        assert api.histograms(bins=np.int64(30)).counts.shape[-1] == 30
+        assert api.kde(bins=np.int32(32)).grid.shape == (32,)
+        assert api.density2d(components=np.array([1, 0]), bins=np.int16(8), range=(np.float32(-2), 2)).counts.shape \
+            == (8, 8)
+        assert len(api.similar(np.int64(0), k=np.int64(2)).similar) == 2
+    assert db.similar(0, k=2).to_dict() == remote.similar(0, k=2).to_dict()
+
+
+# -- the client: no service, a timeout, an answer that is not the service's, Retry-After -----------
+
+def _mock_client(handler, **kwargs):
+    import httpx
+
+    return cnnfilterdb.Client("http://filterdb.test", transport=httpx.MockTransport(handler), **kwargs)
+
+
+def test_the_client_says_when_there_is_no_service():
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with cnnfilterdb.Client(f"http://127.0.0.1:{port}") as c:
+        for call in (c.versions, c.pca, lambda: c.models({"task": "GAN"}), c.filters):
+            with pytest.raises(cnnfilterdb.client.ServiceUnavailable) as e:
+                call()
+            assert isinstance(e.value, cnnfilterdb.ServiceError)
+            assert f"http://127.0.0.1:{port}" in str(e.value) and "cnnfilterdb serve --db" in str(e.value)
+
+
+def test_the_client_says_when_the_service_does_not_answer_in_time():
+    import httpx
+
+    def handler(request):
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with _mock_client(handler) as c, pytest.raises(cnnfilterdb.client.ServiceUnavailable) as e:
+        c.pca()
+    assert "no answer from http://filterdb.test/v1/pca" in str(e.value) and "cnnfilterdb serve" in str(e.value)
+
+
+@pytest.mark.parametrize("content, ctype", [
+    (b"<html><body>Welcome to nginx</body></html>", "text/html"),
+    (b"{}", "application/json"),
+    (b"[1, 2]", "application/json"),
+    (b'{"columns": ["a"]}', "application/json"),
+    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "application/octet-stream"),
+], ids=["html", "empty-object", "list", "missing-keys", "binary"])
+def test_the_client_says_when_an_answer_is_not_the_services(content, ctype):
+    import httpx
+
+    def handler(request):
+        return httpx.Response(200, content=content, headers={"Content-Type": ctype})
+
+    with _mock_client(handler) as c:
+        for path, call in (("/v1/versions", c.versions), ("/v1/pca", c.pca), ("/v1/kde", c.kde),
+                           ("/v1/divergence", lambda: c.divergence("task")), ("/v1/sql", lambda: c.sql("SELECT 1")),
+                           ("/v1/sql", c.models), ("/v1/models/0/similar", lambda: c.similar(0)),
+                           ("/v1/quality/degenerate", c.degenerate), ("/v1/filters", c.filters)):
+            with pytest.raises(cnnfilterdb.ServiceError) as e:
+                call()
+            assert type(e.value) is cnnfilterdb.ServiceError, e.value
+            assert f"unexpected response from http://filterdb.test{path}" in str(e.value)
+
+
+def test_retry_after_is_a_finite_number_of_seconds(monkeypatch):
+    import httpx
+
+    from cnnfilterdb.client import MAX_RETRY_WAIT_S, retry_wait
+
+    for header, wait in ((None, 1.0), ("2.5", 2.5), ("0", 0.0), ("nan", 1.0), ("inf", 1.0), ("-5", 1.0),
+                         ("Wed, 21 Oct 2015 07:28:00 GMT", 1.0), ("1e9", MAX_RETRY_WAIT_S), ("", 1.0)):
+        assert retry_wait(header) == wait, header
+    assert MAX_RETRY_WAIT_S <= 60
+    waits = []
+    monkeypatch.setattr(cnnfilterdb.client.time, "sleep", waits.append)
+    headers = iter(["nan", "-1", "1e400"])
+
+    def handler(request):
+        return httpx.Response(429, json={"error": {"code": "analysis_busy", "message": "busy"}},
+                              headers={"Retry-After": next(headers)})
+
+    with _mock_client(handler, retries=2) as c, pytest.raises(cnnfilterdb.client.ServiceBusy, match="busy"):
+        c.pca()
+    assert waits == [1.0, 1.0]
