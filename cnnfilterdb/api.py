@@ -22,7 +22,8 @@ from contextlib import closing, contextmanager
 
 import pandas as pd
 
-from .analysis import DEGENERATE_THRESHOLDS, Analysis, check_similar
+from .analysis import DEGENERATE_THRESHOLDS, Analysis
+from .checks import check_similar
 from .limits import DEFAULT_KDE_BINS
 from .reader import ATTACHED, CatalogReader, attach
 from .results import (

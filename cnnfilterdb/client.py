@@ -34,7 +34,8 @@ from typing import Any
 
 import pandas as pd
 
-from .analysis import DEGENERATE_THRESHOLDS, check_bins, check_degenerate, check_density2d, check_similar
+from .analysis import DEGENERATE_THRESHOLDS
+from .checks import check_bins, check_degenerate, check_density2d, check_similar
 from .limits import DEFAULT_KDE_BINS
 from .results import (
     DegenerateResult,
