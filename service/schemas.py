@@ -48,14 +48,58 @@ BASIS_TEXT = ("the PCA basis the filters are projected on: global is fitted on e
               "paper's); selection on the selected filters only")
 BINS_TEXT = "histogram bins per component, equal in width over the basis range (the smallest to the largest coefficient)"
 
+# What the responses' shared fields mean, described once (docs/method.md has the statistics).
+STORE_VERSION_TEXT = "the store version this result was computed on (cite it; as_of repeats it)"
+ELAPSED_MS_TEXT = "the time the computation took on the server, in milliseconds"
+GROUP_BY_OUT_TEXT = "the field the selection was grouped by, as asked"
+GROUP_BY_OPTIONAL_OUT_TEXT = "the field the selection was grouped by, as asked; null: one group of the whole selection"
+LABELS_TEXT = ("the d groups' values of group_by in natural order (numbers by value, depth bins by their lower edge, "
+               "text alphabetically, null last; a null value is a group of its own): index i of every per-group list "
+               "and row and column i of matrix")
+GROUP_LABEL_TEXT = "the group's value of group_by (null: the group of missing values; 'all' when group_by is null)"
+GROUP_N_FILTERS_TEXT = "the 3x3 filters of the group"
+GROUP_N_MODELS_TEXT = "the models with at least one layer in the group"
+PER_GROUP_TEXT = "per group, in the order of labels: "
+METRIC_OUT_TEXT = "the divergence used between two histograms, as asked (kl_sym: the paper's symmetric KL, natural log)"
+WEIGHTS_OUT_TEXT = "how the 9 components' divergences were weighted, as asked (explained_variance: the paper's)"
+RANGE_TEXT = ("[lo, hi]: the ends of the histograms' bins, in coefficient units: the basis range, the smallest and the "
+              "largest of the 9 coefficients of the basis's filters")
+BINS_OUT_TEXT = "histogram bins per component, equal in width over range"
+EDGES_TEXT = "the bins + 1 bin edges, np.linspace(range[0], range[1], bins + 1), shared by every group and component"
+BASIS_REF_TEXT = "the PCA basis the filters were projected on (global: the store version's; selection: the selection's own)"
+METHOD_TEXT = ("how the histograms were computed: layer_histograms summed the per-layer histograms stored at ingest (global "
+               "basis, default 70 bins: no filter read); scan read the selected filters")
+EXPLAINED_VARIANCE_RATIO_TEXT = ("the basis's share of the variance per component: 9 values by decreasing variance, "
+                                 "summing to 1")
+PAGE_LIMIT_TEXT = "the page size used (a larger limit asked for is capped)"
+PAGE_OFFSET_TEXT = "how many items were skipped before this page"
+NEXT_PAGE_TEXT = "URL of the next page, null on the last"
+MODEL_ID_TEXT = "the model's id (unique in the store, never reused)"
+MODEL_NAME_TEXT = "the model's unique name"
+LAYER_ID_TEXT = "the layer's id (unique in the store, never reused)"
+FILTER_COUNT_TEXT = "3x3 filters"
+UNKNOWN = "; null: not stated by the source"
+# The layer quality metrics (docs/method.md#layer-quality), computed at ingest on the raw filters.
+SPARSITY_TEXT = ("the share of the layer's filters, 0 to 1, whose every |w| < 0.01 x the largest |w| of the layer; "
+                 "null where not computed")
+VARIANCE_ENTROPY_TEXT = ("the base-10 entropy of the layer's filters' variance over 9 principal directions (the "
+                         "normalized eigenvalues of their covariance), 0 (all in one direction) to log10(9) = 0.954 "
+                         "(equal in all); null with fewer than 2 filters")
+VARIANCE_ENTROPY_NORM_TEXT = ("variance_entropy divided by the expected entropy of a random layer with as many filters: "
+                              "near 0 redundant, near 1 and above random-like; null where that expectation is not "
+                              "positive (2 filters) or with fewer than 2 filters")
+VARIANCE_ENTROPY_CLEAN_TEXT = "variance_entropy of the layer's non-sparse filters only; null if fewer than 2 of them"
+ORTHOGONALITY_TEXT = ("1 - the mean |cosine| between pairs of distinct output channels (each flattened), 0 to 1, 1 "
+                      "orthogonal; null with fewer than 2 output channels or an unknown shape (dataset.h5 layers)")
+
 
 class ErrorDetail(BaseModel):
-    code: str
-    message: str
+    code: str = Field(description="what went wrong, as a stable machine-readable code, e.g. not_found, analysis_busy")
+    message: str = Field(description="what went wrong, in words: names the parameter or value, and the valid ones")
 
 
 class ErrorResponse(BaseModel):
-    error: ErrorDetail
+    error: ErrorDetail = Field(description="the error")
 
 
 # What an error status means, as /docs lists it under each operation (a router may say more).
@@ -78,15 +122,17 @@ def error_responses(*statuses: int, said: dict[int, str] | None = None) -> dict[
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
-    basis_version: int | None
+    status: Literal["ok"] = Field(description="always ok: the store is readable (otherwise the answer is a 503)")
+    basis_version: int | None = Field(description="the version of the current global PCA basis (null: none yet, "
+                                                  "fewer than 2 filters)")
 
 
 class BasisSummary(BaseModel):
-    version: int
-    n_filters: int
-    explained_variance_ratio: list[float]
-    range: tuple[float, float]
+    version: int = Field(description="the basis's version (a new one is fitted when a commit changes the filters)")
+    n_filters: int = Field(description="the 3x3 filters it was fitted on: every filter of the store version")
+    explained_variance_ratio: list[float] = Field(description=EXPLAINED_VARIANCE_RATIO_TEXT)
+    range: tuple[float, float] = Field(description="[min, max] over all 9 coefficients of all its filters: the "
+                                                   "default range of the histograms")
 
 
 class SqlSandbox(BaseModel):
@@ -113,13 +159,14 @@ Limits = _limits_model()
 class StoreVersion(BaseModel):
     version: int = Field(description="1, 2, ...: one per commit")
     committed_at: str = Field(description="UTC, ISO 8601")
-    action: Literal["ingest", "label", "remove"]
+    action: Literal["ingest", "label", "remove"] = Field(description="the commit's kind: an ingest of model files, "
+                                                                     "a relabelling, or a removal of models")
     summary: str = Field(description="what it added, relabelled or removed, in words")
-    models_added: int
+    models_added: int = Field(description="models it ingested")
     models_changed: int = Field(description="relabelled")
-    models_removed: int
+    models_removed: int = Field(description="models it removed")
     n_models: int = Field(description="models present at this version")
-    n_filters: int
+    n_filters: int = Field(description="3x3 filters present at this version")
     basis_version: int | None = Field(description="the global basis of this version (null: fewer than 2 filters)")
     compacted: bool = Field(description="forgotten by `cnnfilterdb compact`: as_of this version is a 404")
 
@@ -128,122 +175,134 @@ class Versions(BaseModel):
     store_id: str = Field(description="the store's id (a UUID given when it was created): cite a result as store "
                                       "<store_id>, version <store_version>")
     current: int = Field(description="the current store version (0: nothing committed)")
-    versions: list[StoreVersion]
+    versions: list[StoreVersion] = Field(description="every version of the store, oldest first")
 
 
 class Stats(BaseModel):
     store_id: str = Field(description="the store's id (a UUID given when it was created)")
     store_version: int = Field(description="the current store version (GET /v1/versions lists them)")
-    models: int
+    models: int = Field(description="models in the current store version")
     sample_models: int = Field(description="models of the synthetic sample (`cnnfilterdb demo`): not real data")
-    layers: int
-    filters: int
-    shards: int
-    shard_bytes: int
-    ingests: int
-    last_ingest_at: str | None
-    basis: BasisSummary | None
-    limits: Limits
+    layers: int = Field(description="3x3 convolution layers of those models")
+    filters: int = Field(description="3x3 filters of those layers")
+    shards: int = Field(description="Parquet files holding the filters of every kept store version")
+    shard_bytes: int = Field(description="their total size, in bytes")
+    ingests: int = Field(description="source files ingested: one per file of each committed ingest")
+    last_ingest_at: str | None = Field(description="when the last ingest was committed, UTC, ISO 8601 (null: never)")
+    basis: BasisSummary | None = Field(description="the current global PCA basis in brief (null: none yet, fewer "
+                                                   "than 2 filters)")
+    limits: Limits = Field(description="every limit the service enforces (page sizes, caps, timeouts, concurrency), "
+                                       "as it runs with them")
 
 
 class FieldValue(BaseModel):
-    value: Any
-    models: int
-    layers: int
-    filters: int
+    value: Any = Field(description="one value of the field, as a selection or group_by takes it (null: missing)")
+    models: int = Field(description="models with this value")
+    layers: int = Field(description="layers with this value")
+    filters: int = Field(description="3x3 filters of those layers")
 
 
 class FieldInfo(BaseModel):
-    name: str
-    level: Literal["model", "layer"]
-    type: str
-    n_distinct: int
-    values: list[FieldValue]
+    name: str = Field(description="the field's name, as where and group_by take it")
+    level: Literal["model", "layer"] = Field(description="model: a label of the model; layer: a property of each layer")
+    type: str = Field(description="its SQL (DuckDB) type, e.g. VARCHAR, INTEGER (NULL: no layers in the store)")
+    n_distinct: int = Field(description="how many distinct values it has, null not counted")
+    values: list[FieldValue] = Field(description="its values in order (depth bins by depth, others by value, null "
+                                                 "last), with their counts: the first field_values_max")
     truncated: bool = Field(description="true when only the first field_values_max values are listed")
 
 
 class Fields(BaseModel):
-    fields: list[FieldInfo]
+    fields: list[FieldInfo] = Field(description="every field a selection can filter or group on: model fields first, "
+                                                "then layer fields")
 
 
 class Model(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
-    model_id: int
-    model: str
-    name: str | None
-    task: str | None
-    task_raw: str | None
-    visual_category: str | None
-    training_dataset: str | None
-    pretraining_dataset: str | None
-    producer: str | None
-    op_set: int | None
-    depth: int | None
-    paper: str | None
-    accessible: str | None
-    dataset_url: str | None
-    total_filters: int | None
-    filter_share_3x3: float | None
-    n_filters: int
-    n_layers: int
-    source: str
-    sha256: str | None
+    model_id: int = Field(description=MODEL_ID_TEXT)
+    model: str = Field(description=MODEL_NAME_TEXT)
+    name: str | None = Field(description=FIELD_DESCRIPTIONS["name"] + UNKNOWN)
+    task: str | None = Field(description=FIELD_DESCRIPTIONS["task"] + UNKNOWN)
+    task_raw: str | None = Field(description=FIELD_DESCRIPTIONS["task_raw"] + UNKNOWN)
+    visual_category: str | None = Field(description=FIELD_DESCRIPTIONS["visual_category"] + UNKNOWN)
+    training_dataset: str | None = Field(description=FIELD_DESCRIPTIONS["training_dataset"] + UNKNOWN)
+    pretraining_dataset: str | None = Field(description=FIELD_DESCRIPTIONS["pretraining_dataset"] + "; null: none "
+                                                                                                  "or not stated")
+    producer: str | None = Field(description=FIELD_DESCRIPTIONS["producer"] + "; null: the file does not state it")
+    op_set: int | None = Field(description="the ONNX opset the model declares (its first); null: not stated, e.g. "
+                                          "not an ONNX model")
+    depth: int | None = Field(description="the number of conv levels (distinct graph depths holding a convolution)"
+                                          + UNKNOWN)
+    paper: str | None = Field(description=FIELD_DESCRIPTIONS["paper"] + UNKNOWN)
+    accessible: str | None = Field(description=FIELD_DESCRIPTIONS["accessible"] + UNKNOWN)
+    dataset_url: str | None = Field(description="where the training dataset is published" + UNKNOWN)
+    total_filters: int | None = Field(description="the model's filters of every kernel size except 1x1, as in the "
+                                                  "source" + UNKNOWN)
+    filter_share_3x3: float | None = Field(description="the 3x3 filters' share of total_filters, 0 to 1" + UNKNOWN)
+    n_filters: int = Field(description="the model's 3x3 filters stored")
+    n_layers: int = Field(description="the model's 3x3 convolution layers stored")
+    source: str = Field(description=FIELD_DESCRIPTIONS["source"])
+    sha256: str | None = Field(description="the sha256 (hex) of the model file it was ingested from; null for "
+                                           "dataset.h5 models")
     sample: bool = Field(description="a model of the synthetic sample (`cnnfilterdb demo`), not real data")
     version_added: int = Field(description="the store version that ingested it")
-    kernel_counts: dict[str, int]
-    op_counts: dict[str, int]
-    extra: dict[str, Any] | None
+    kernel_counts: dict[str, int] = Field(description="kernel shape -> the model's filters of that shape (the "
+                                                      "source's '(X, Y) filters' counts)")
+    op_counts: dict[str, int] = Field(description="ONNX operator name -> how many the model has")
+    extra: dict[str, Any] | None = Field(description="any other column of the source's metadata, by name (null: none)")
 
 
 class ModelPage(BaseModel):
     total: int = Field(description="models matching the filters")
-    limit: int
-    items: list[Model]
+    limit: int = Field(description=PAGE_LIMIT_TEXT)
+    items: list[Model] = Field(description="this page's models, in model_id order")
     next: str | None = Field(description="URL of the next page (keyset paging on model_id), null at the end")
 
 
 class Layer(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
-    layer_id: int
-    model_id: int
-    model: str
-    conv_depth: int
-    conv_depth_norm: float
-    depth_bin: str
-    filter_id_first: int
-    filter_id_last: int
-    n_filters: int
-    in_channels: int | None
-    out_channels: int | None
-    groups: int | None
-    sparsity: float | None
-    variance_entropy: float | None
-    variance_entropy_norm: float | None
-    variance_entropy_clean: float | None
-    orthogonality: float | None
+    layer_id: int = Field(description=LAYER_ID_TEXT)
+    model_id: int = Field(description="its model's id")
+    model: str = Field(description="its model's unique name")
+    conv_depth: int = Field(description=FIELD_DESCRIPTIONS["conv_depth"])
+    conv_depth_norm: float = Field(description=FIELD_DESCRIPTIONS["conv_depth_norm"])
+    depth_bin: str = Field(description=FIELD_DESCRIPTIONS["depth_bin"])
+    filter_id_first: int = Field(description="the id of the layer's first filter")
+    filter_id_last: int = Field(description="the id of its last filter: its filters are filter_id_first..filter_id_last, "
+                                            "both included")
+    n_filters: int = Field(description="the layer's 3x3 filters (filter_id_last - filter_id_first + 1)")
+    in_channels: int | None = Field(description="input channels of the convolution; null where unknown (dataset.h5)")
+    out_channels: int | None = Field(description="output channels of the convolution; null where unknown (dataset.h5)")
+    groups: int | None = Field(description="the convolution's groups (1: ordinary; in_channels: depthwise); null where "
+                                           "unknown (dataset.h5)")
+    sparsity: float | None = Field(description=SPARSITY_TEXT)
+    variance_entropy: float | None = Field(description=VARIANCE_ENTROPY_TEXT)
+    variance_entropy_norm: float | None = Field(description=VARIANCE_ENTROPY_NORM_TEXT)
+    variance_entropy_clean: float | None = Field(description=VARIANCE_ENTROPY_CLEAN_TEXT)
+    orthogonality: float | None = Field(description=ORTHOGONALITY_TEXT)
 
 
 class LayerList(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
-    model_id: int
-    items: list[Layer]
+    model_id: int = Field(description=MODEL_ID_TEXT)
+    items: list[Layer] = Field(description="the model's 3x3 convolution layers, first to last")
 
 
 class Filter(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
-    filter_id: int
-    model_id: int
-    layer_id: int
+    filter_id: int = Field(description="the filter's id (unique in the store, never reused)")
+    model_id: int = Field(description="its model's id")
+    layer_id: int = Field(description="its layer's id")
     w: list[list[float]] = Field(description="3x3, row-major")
 
 
 class FilterPage(BaseModel):
-    layer_id: int
-    n_filters: int
-    offset: int
-    limit: int
-    items: list[Filter]
-    next: str | None
+    layer_id: int = Field(description=LAYER_ID_TEXT)
+    n_filters: int = Field(description="the layer's 3x3 filters, on every page")
+    offset: int = Field(description=PAGE_OFFSET_TEXT)
+    limit: int = Field(description=PAGE_LIMIT_TEXT + " (at most filters_json_max)")
+    items: list[Filter] = Field(description="this page's filters, in filter_id order")
+    next: str | None = Field(description=NEXT_PAGE_TEXT)
 
 
 def _not_bool(v):
@@ -271,14 +330,14 @@ class SqlRequest(StrictModel):
 
 
 class SqlResponse(BaseModel):
-    columns: list[str]
-    types: list[str]
-    rows: list[list[Any]]
+    columns: list[str] = Field(description="the result's column names, in order")
+    types: list[str] = Field(description="their DuckDB types, in the same order")
+    rows: list[list[Any]] = Field(description="the result's rows, each a list of values in the order of columns")
     truncated: bool = Field(description="true when rows were left out (see truncated_reason)")
     truncated_reason: str | None = Field(description="max_rows or max_bytes, with the cap; null when complete")
     max_rows: int = Field(description="the row cap applied")
     max_bytes: int = Field(description="the cap applied to the JSON bytes of rows")
-    elapsed_ms: float
+    elapsed_ms: float = Field(description="the time the query took in its worker, in milliseconds")
 
 
 # ---- analysis ----------------------------------------------------------------------------------
@@ -380,43 +439,52 @@ class DivergenceRequest(AsOf):
     basis: BasisKind = Field("global", description=BASIS_TEXT)
 
 
+DRIFT_OF = " of the divergences between the d (d - 1) / 2 pairs of groups (matrix's upper triangle, diagonal excluded)"
+
+
 class Drift(BaseModel):
-    mean: float
-    median: float
-    q1: float
-    q3: float
-    min: float
-    max: float
+    mean: float = Field(description="the mean" + DRIFT_OF)
+    median: float = Field(description="the median" + DRIFT_OF)
+    q1: float = Field(description="the first quartile (25th percentile, linear interpolation)" + DRIFT_OF)
+    q3: float = Field(description="the third quartile (75th percentile, linear interpolation)" + DRIFT_OF)
+    min: float = Field(description="the smallest" + DRIFT_OF)
+    max: float = Field(description="the largest" + DRIFT_OF)
 
 
 class BasisRef(BaseModel):
-    kind: BasisKind
-    version: int | None
-    n_filters: int | None = None
+    kind: BasisKind = Field(description="global: the store version's basis (the paper's); selection: the PCA of the "
+                                        "selected filters")
+    version: int | None = Field(description="the global basis's version; null for a selection's basis")
+    n_filters: int | None = Field(None, description="the 3x3 filters the basis was fitted on (given by POST "
+                                                    "/v1/divergence; null elsewhere)")
 
 
 class Versioned(BaseModel):
-    store_version: int = Field(description="the store version this result was computed on (cite it; as_of repeats it)")
+    store_version: int = Field(description=STORE_VERSION_TEXT)
 
 
 class DivergenceResponse(Versioned):
-    group_by: str
-    labels: list[Any]
-    n_filters: list[int]
-    n_models: list[int]
-    n_layers: list[int]
-    matrix: list[list[float]]
-    metric: str
-    weights: str
-    component_weights: list[float]
-    explained_variance_ratio: list[float]
-    range: tuple[float, float]
-    bins: int
-    basis: BasisRef
-    drift: Drift | None
+    group_by: str = Field(description=GROUP_BY_OUT_TEXT)
+    labels: list[Any] = Field(description=LABELS_TEXT)
+    n_filters: list[int] = Field(description=PER_GROUP_TEXT + GROUP_N_FILTERS_TEXT)
+    n_models: list[int] = Field(description=PER_GROUP_TEXT + GROUP_N_MODELS_TEXT)
+    n_layers: list[int] = Field(description=PER_GROUP_TEXT + "the layers in the group")
+    matrix: list[list[float]] = Field(description="d x d, row i column j = divergence between groups i and j (in the "
+                                                  "order of labels): symmetric, zero on the diagonal, 0 = identical "
+                                                  "distributions")
+    metric: str = Field(description=METRIC_OUT_TEXT)
+    weights: str = Field(description=WEIGHTS_OUT_TEXT)
+    component_weights: list[float] = Field(description="the 9 weights w_i of the components' divergences in each "
+                                                       "entry of matrix, sum_i w_i * metric_i (explained_variance: the "
+                                                       "basis's explained_variance_ratio; uniform: 1/9 each)")
+    explained_variance_ratio: list[float] = Field(description=EXPLAINED_VARIANCE_RATIO_TEXT)
+    range: tuple[float, float] = Field(description=RANGE_TEXT)
+    bins: int = Field(description=BINS_OUT_TEXT)
+    basis: BasisRef = Field(description=BASIS_REF_TEXT)
+    drift: Drift | None = Field(description="summary statistics of matrix's upper triangle; null with fewer than 2 groups")
     empty_groups: list[Any] = Field(description="values asked for in where[group_by] that hold no filters")
-    method: Literal["layer_histograms", "scan"]
-    elapsed_ms: float
+    method: Literal["layer_histograms", "scan"] = Field(description=METHOD_TEXT)
+    elapsed_ms: float = Field(description=ELAPSED_MS_TEXT)
 
 
 class PcaRequest(AsOf):
@@ -425,11 +493,12 @@ class PcaRequest(AsOf):
 
 
 class PcaResponse(Versioned):
-    n_filters: int
+    n_filters: int = Field(description="the selection's 3x3 filters, which the PCA was fitted on")
     mean: list[list[float]] = Field(description="3x3")
     components: list[list[list[float]]] = Field(description="9 eigen-images, 3x3 each, by decreasing variance")
-    explained_variance: list[float]
-    explained_variance_ratio: list[float]
+    explained_variance: list[float] = Field(description="the variance along each of the 9 components, decreasing "
+                                                       "(the covariance's eigenvalues)")
+    explained_variance_ratio: list[float] = Field(description=EXPLAINED_VARIANCE_RATIO_TEXT)
     covariance: list[list[float]] = Field(description="9 x 9 covariance of the peak-scaled filters "
                                                       "(scikit-learn's get_covariance())")
 
@@ -443,23 +512,23 @@ class HistogramsRequest(AsOf):
 
 
 class GroupHistogram(BaseModel):
-    label: Any
-    n_filters: int
+    label: Any = Field(description=GROUP_LABEL_TEXT)
+    n_filters: int = Field(description=GROUP_N_FILTERS_TEXT)
     counts: list[list[int]] = Field(description="9 components x bins")
 
 
 class GroupedOverRange(Versioned):
     """What a per-group result over the basis range states of itself."""
-    group_by: str | None
-    range: tuple[float, float]
-    bins: int
-    basis: BasisRef
-    method: Literal["layer_histograms", "scan"]
+    group_by: str | None = Field(description=GROUP_BY_OPTIONAL_OUT_TEXT)
+    range: tuple[float, float] = Field(description=RANGE_TEXT)
+    bins: int = Field(description=BINS_OUT_TEXT)
+    basis: BasisRef = Field(description=BASIS_REF_TEXT)
+    method: Literal["layer_histograms", "scan"] = Field(description=METHOD_TEXT)
 
 
 class HistogramsResponse(GroupedOverRange):
-    edges: list[float]
-    groups: list[GroupHistogram]
+    edges: list[float] = Field(description=EDGES_TEXT)
+    groups: list[GroupHistogram] = Field(description="one per group, in natural order of their labels")
 
 
 class Density2dRequest(AsOf):
@@ -476,13 +545,14 @@ class Density2dRequest(AsOf):
 
 
 class Density2dResponse(Versioned):
-    components: list[int]
-    range: tuple[float, float]
-    bins: int
-    edges: list[float]
-    n_filters: int
+    components: list[int] = Field(description="the two components [i, j], as asked: counts' rows are i, its columns j")
+    range: tuple[float, float] = Field(description="[lo, hi] of both axes, in coefficient units: the range asked for, "
+                                                   "else the basis range (an empty range widened by 0.5 each side)")
+    bins: int = Field(description="bins per axis, equal in width over range")
+    edges: list[float] = Field(description="the bins + 1 bin edges of both axes")
+    n_filters: int = Field(description="the selection's 3x3 filters (counts leaves out those outside range)")
     counts: list[list[int]] = Field(description="bins x bins; rows: the first component")
-    basis: BasisRef
+    basis: BasisRef = Field(description=BASIS_REF_TEXT)
 
 
 class KdeRequest(AsOf):
@@ -495,9 +565,9 @@ class KdeRequest(AsOf):
 
 
 class GroupKde(BaseModel):
-    label: Any
-    n_filters: int
-    n_models: int
+    label: Any = Field(description=GROUP_LABEL_TEXT)
+    n_filters: int = Field(description=GROUP_N_FILTERS_TEXT)
+    n_models: int = Field(description=GROUP_N_MODELS_TEXT)
     bandwidth: list[float] = Field(description="per component: Silverman's rule (KDEpy's)")
     std: list[float] = Field(description="per component: the coefficients' standard deviation (ddof=1), exact")
     quartiles: list[list[float]] = Field(description="per component: 25th and 75th percentiles (within a bin)")
@@ -506,37 +576,43 @@ class GroupKde(BaseModel):
 
 class KdeResponse(GroupedOverRange):
     grid: list[float] = Field(description="the bin centres, where the densities are given")
-    groups: list[GroupKde]
+    groups: list[GroupKde] = Field(description="one per group, in natural order of their labels")
 
 
 class DegenerateLayer(Layer):
-    sparse: bool | None
-    low_entropy: bool | None
-    random_like: bool | None
+    sparse: bool | None = Field(description="sparsity > sparsity_gt; null where sparsity is null")
+    low_entropy: bool | None = Field(description="variance_entropy_norm < entropy_norm_lt (redundant); null where "
+                                                 "variance_entropy_norm is null")
+    random_like: bool | None = Field(description="variance_entropy_norm > entropy_norm_gt (random-like); false when that "
+                                                 "threshold is off or variance_entropy_norm is null")
 
 
 class DegenerateResponse(Versioned):
-    thresholds: dict[str, float | None]
-    total: int
-    limit: int
-    offset: int
-    layers: list[DegenerateLayer]
+    thresholds: dict[str, float | None] = Field(description="the thresholds applied: sparsity_gt, entropy_norm_lt, "
+                                                            "entropy_norm_gt (null: the random-like test off)")
+    total: int = Field(description="the layers over any threshold, on every page")
+    limit: int = Field(description=PAGE_LIMIT_TEXT)
+    offset: int = Field(description=PAGE_OFFSET_TEXT)
+    layers: list[DegenerateLayer] = Field(description="this page of them, in layer_id order, with the thresholds each "
+                                                      "one crossed")
 
 
 class SimilarModel(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
-    model_id: int
-    model: str | None
-    task: str | None
-    visual_category: str | None
-    distance: float
+    model_id: int = Field(description=MODEL_ID_TEXT)
+    model: str | None = Field(description=MODEL_NAME_TEXT)
+    task: str | None = Field(description=FIELD_DESCRIPTIONS["task"] + UNKNOWN)
+    visual_category: str | None = Field(description=FIELD_DESCRIPTIONS["visual_category"] + UNKNOWN)
+    distance: float = Field(description="the divergence between the asked model's histograms and this one's (metric, "
+                                        "weights; global basis, 70 bins): smaller is nearer, 0 identical")
 
 
 class SimilarResponse(Versioned):
     model_config = ConfigDict(protected_namespaces=())
-    basis: BasisRef
-    model_id: int
-    metric: str
-    weights: str
-    method: str
-    similar: list[SimilarModel]
+    basis: BasisRef = Field(description="the global basis the models' filters were projected on")
+    model_id: int = Field(description="the model asked about")
+    metric: str = Field(description=METRIC_OUT_TEXT)
+    weights: str = Field(description=WEIGHTS_OUT_TEXT)
+    method: str = Field(description=METHOD_TEXT)
+    similar: list[SimilarModel] = Field(description="the k nearest models, nearest first (ties in natural order), the "
+                                                    "model itself excluded")

@@ -85,6 +85,23 @@ def test_every_property_of_every_request_body_has_a_description(spec):
     assert not missing, f"request properties without a description: {missing}"
 
 
+def test_every_property_of_every_response_has_a_description(spec):
+    """The Schemas section and each operation's 200 response: what every field of a result means
+    (units, shapes, when it is null), nested ones included (Layer, Drift, BasisRef, ...)."""
+    seen: dict[str, dict] = {}
+    responses = 0
+    for _, op in _operations(spec):
+        for content in op.get("responses", {}).get("200", {}).get("content", {}).values():
+            _request_schemas(spec, content.get("schema", {}), seen)
+            responses += 1
+    assert responses >= 20, responses
+    assert {"DivergenceResponse", "Drift", "BasisRef", "Layer", "DegenerateLayer", "Model", "FieldValue",
+            "StoreVersion", "SqlResponse", "Limits"} <= set(seen), sorted(seen)
+    missing = [f"{name}.{prop}" for name, schema in seen.items()
+               for prop, sub in schema.get("properties", {}).items() if not str(sub.get("description", "")).strip()]
+    assert not missing, f"response properties without a description: {missing}"
+
+
 def test_schema_names_are_readable(spec):
     """The Schemas section of /docs lists every component by name: no generic's full annotation."""
     unreadable = [name for name in spec["components"]["schemas"] if len(name) > 40 or "Annotated" in name]
