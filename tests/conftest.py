@@ -8,7 +8,7 @@ import pytest
 
 from cnnfilterdb.ingest.sample import write_sample_h5
 
-from .helpers import cli_main
+from .helpers import cli_main, open_catalog
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +38,11 @@ def v1_client(v1_store):
 def sample_v01(tmp_path_factory) -> Path:
     return write_sample_h5(tmp_path_factory.mktemp("h5") / "v01.h5", n_models=9, n_filters=30_000, seed=4,
                            version="0.1.0", shape="9")
+
+
+@pytest.fixture(scope="module")
+def con(v1_store):
+    """The catalog of v1_store, read-only, for one test module (a module may define its own)."""
+    c = open_catalog(v1_store)
+    yield c
+    c.close()

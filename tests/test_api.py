@@ -24,7 +24,7 @@ from cnnfilterdb.results import LAYER_COLUMNS, MODEL_COLUMNS
 from cnnfilterdb.selection import EmptySelectionError, SelectionError
 from cnnfilterdb.store import StoreError, VersionError
 
-from .helpers import cli_main, open_catalog, serving
+from .helpers import cli_main, serving
 
 PNG = b"\x89PNG\r\n\x1a\n"
 WEIGHTS = ", ".join(f"w{i}" for i in range(9))
@@ -34,13 +34,6 @@ WEIGHTS = ", ".join(f"w{i}" for i in range(9))
 def db(v1_store):
     with cnnfilterdb.open(v1_store) as d:
         yield d
-
-
-@pytest.fixture(scope="module")
-def con(v1_store):
-    c = open_catalog(v1_store)
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")

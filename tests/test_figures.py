@@ -21,15 +21,6 @@ from matplotlib.image import imread
 from cnnfilterdb.analysis import Analysis
 from cnnfilterdb.plots import FIGURES, MAX_PIXELS, NOTEBOOK_FIGURES, PlotRequest, draw, render
 
-from .helpers import open_catalog
-
-
-@pytest.fixture(scope="module")
-def con(v1_store):
-    c = open_catalog(v1_store)
-    yield c
-    c.close()
-
 
 @pytest.fixture(scope="module")
 def analysis(con, v1_store):

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from cnnfilterdb.service.main import create_app
 from cnnfilterdb.service.settings import Settings
 
-from .helpers import cli_main, open_catalog
+from .helpers import cli_main
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +25,6 @@ def store(v1_store):
 @pytest.fixture(scope="module")
 def client(v1_client):
     return v1_client
-
-
-@pytest.fixture(scope="module")
-def con(store):
-    c = open_catalog(store)
-    yield c
-    c.close()
 
 
 def _dicts(con, q, params=()):
