@@ -238,3 +238,26 @@ def test_a_key_given_twice_in_a_body_is_refused(v1_client):
             "code": "invalid_request", "message": f"the request body names '{key}' twice in one object"}
     r = v1_client.post("/v1/pca", content='{"where":', headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["error"]["message"].startswith("the body is not JSON (")
+
+
+@pytest.mark.parametrize("name", ["../settings.py", "..%2F..%2Fetc%2Fpasswd", "%2e%2e", "swagger-ui-bundle.js%00.css",
+                                  "SWAGGER-UI.CSS", "x" * 5000, "swagger-ui-bundle.js.map", "oauth2-redirect.html"])
+def test_docs_assets_are_a_fixed_list(v1_client, name):
+    """/docs/assets/{name} serves three files of the fastapi-offline package; any other name is a
+    404 naming it (cut), never a file of the package or the file system."""
+    for method in ("GET", "HEAD"):
+        r = v1_client.request(method, f"/docs/assets/{name}")
+        assert r.status_code == 404, (method, name, r.status_code)
+        if method == "GET":
+            assert r.json()["error"]["code"] == "not_found" and len(r.text) < 400
+
+
+def test_docs_assets_served(v1_client):
+    from cnnfilterdb.service.routers.docs import ASSET_NAMES
+
+    for name, media in ASSET_NAMES.items():
+        r = v1_client.get(f"/docs/assets/{name}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith(media) and len(r.content) > 10_000
+        assert b"cdn.redoc.ly" not in r.content  # nothing the page would fetch from outside
+        h = v1_client.head(f"/docs/assets/{name}")
+        assert h.status_code == 200 and h.content == b""
