@@ -25,7 +25,7 @@ from .checks import check_bins, check_degenerate, check_density2d, check_similar
 from .limits import (
     DEFAULT_KDE_BINS,
 )
-from .scan import HeldShards, LayerGroups, scan_histogram2d, scan_histograms, scan_range
+from .scan import HeldShards, LayerGroups, ShardScanner, scan_histogram2d, scan_range
 from .selection import (
     GROUP_FIELDS,
     EmptySelectionError,
@@ -224,8 +224,12 @@ class GroupHistograms:
 class Analysis:
     """Queries on one read-only catalog connection (a cursor), with the shard files under ``root``."""
 
-    def __init__(self, cur, root: Path, snapshot: Snapshot | None = None, use_layer_histograms: bool = True):
+    def __init__(self, cur, root: Path, snapshot: Snapshot | None = None, use_layer_histograms: bool = True,
+                 scanner=None):
         self.cur = cur
+        # Runs the range and histogram scans of group_histograms: default the local shards
+        # (scan.ShardScanner); cnnfilterdb.spark passes its SparkScanner.
+        self._scanner = scanner
         self.snapshot = snapshot or Snapshot.at(cur, root)
         self.version = self.snapshot.version  # every query reads the store as of this version
         self.layers = layers_at(self.version)
@@ -241,6 +245,12 @@ class Analysis:
 
     def held_shards(self) -> HeldShards:
         return self.snapshot.held_shards(self.cur)
+
+    @property
+    def scanner(self):
+        if self._scanner is None:
+            self._scanner = ShardScanner(self.shard_paths(), self.held_shards())
+        return self._scanner
 
     def groups_of(self, sel: Selection) -> LayerGroups:
         return LayerGroups.of(sel.layer_ids, sel.layer_group, len(sel.labels), self.snapshot.max_layer_id(self.cur))
@@ -296,11 +306,10 @@ class Analysis:
         else:
             b = self.selection_basis(sel)
             groups = self.groups_of(sel)
-            lo, hi, _ = scan_range(self.shard_paths(), groups, b, held=self.held_shards())
+            lo, hi, _ = self.scanner.range(groups, b)
             b.range_min, b.range_max = lo, hi
-        paths = self.shard_paths()
-        counts = scan_histograms(paths, groups, b, lo, hi, bins, held=self.held_shards())
-        return GroupHistograms(sel, b, lo, hi, bins, counts, "scan")
+        counts = self.scanner.histograms(groups, b, lo, hi, bins)
+        return GroupHistograms(sel, b, lo, hi, bins, counts, self.scanner.method)
 
     # -- the statistics --------------------------------------------------------------------------
     def divergence(self, group_by: str, where: dict | None = None, metric: str = "kl_sym",

@@ -19,7 +19,8 @@ catalog to the caller (it records the basis and the file).
    of its entry of largest absolute value (scikit-learn's ``svd_flip``: that entry positive).
    explained_variance_ratio = eigenvalues / their sum (zeros if the sum is 0). Mean: m.
    (stats/basis.py: ``fit_basis``.)
-3. Range. One exact scan of the version's filters x (9,) (scan.py: ``scan_range``): the
+3. Range. One exact scan of the version's filters x (9,) (a scanner's ``range``: scan.py's
+   ShardScanner on this machine, cnnfilterdb.spark's SparkScanner on a cluster): the
    coefficients c = components (x / p - mean), p = max_j |x_j| (p = 1 for an all-zero filter),
    and (lo, hi) = (min, max) over all 9 coefficients of all N filters.
 4. Histograms. A second exact scan: per layer and component, ``DEFAULT_BINS`` (70) equal bins
@@ -49,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .scan import LayerGroups, scan_histograms, scan_range
+from .scan import LayerGroups
 from .stats.basis import Basis, fit_basis
 from .stats.divergence import DEFAULT_BINS
 from .stats.moments import Moments, pool
@@ -110,7 +111,7 @@ def pack_histograms(layer_ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return packed
 
 
-def refit(cur, version: int, shard_paths: list[Path], histogram_path: Path,
+def refit(cur, version: int, scanner, histogram_path: Path,
           progress: Callable[[int], None] | None = None) -> Refit | None:
     """Fit the global basis of store version ``version`` from its layers' moments, scan its
     filters for the range and the per-layer histograms, and write the histogram file.
@@ -119,7 +120,8 @@ def refit(cur, version: int, shard_paths: list[Path], histogram_path: Path,
     ----------
     cur : a cursor on the staging catalog, at the pending version (its views and macros show it).
     version : the pending store version.
-    shard_paths : the absolute paths of the shards the version's filters are in.
+    scanner : runs the two scans over the version's shards: ``range(groups, basis)`` and
+        ``histograms(groups, basis, lo, hi, bins)`` (scan.ShardScanner, spark.SparkScanner).
     histogram_path : where to write the histogram file (the caller removes it if it does not commit).
     progress : called with the number of filters once the range scan is done, if given.
 
@@ -137,11 +139,11 @@ def refit(cur, version: int, shard_paths: list[Path], histogram_path: Path,
                                                     [version]).fetchall()])
     max_layer_id = int(cur.execute("SELECT max(layer_id) FROM _layers").fetchone()[0])
     groups = LayerGroups.of(layer_ids, np.arange(len(layer_ids)), len(layer_ids), max_layer_id)
-    lo, hi, _ = scan_range(shard_paths, groups, basis)
+    lo, hi, _ = scanner.range(groups, basis)
     basis.range_min, basis.range_max = lo, hi
     if progress is not None:
         progress(basis.n_filters)
-    counts = scan_histograms(shard_paths, groups, basis, lo, hi, DEFAULT_BINS)
+    counts = scanner.histograms(groups, basis, lo, hi, DEFAULT_BINS)
     np.save(histogram_path, pack_histograms(layer_ids, counts))
     fsync_path(histogram_path)
     return Refit(basis, layer_ids, DEFAULT_BINS, histogram_path, histogram_path.stat().st_size,

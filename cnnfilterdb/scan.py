@@ -164,7 +164,34 @@ def _map_units(paths, groups, work: Callable, threads: int | None, held: HeldSha
             held.close()
 
 
-def _kernel_basis(basis: Basis) -> tuple[np.ndarray, np.ndarray]:
+class ShardScanner:
+    """The exact scans of this module over local shard files, as the refit (refit.py) and the
+    analyses (analysis.py) call them. ``cnnfilterdb.spark.SparkScanner`` has the same two methods
+    and runs the same kernels as Spark jobs.
+
+    Parameters
+    ----------
+    paths : the shard files, in filter_id order.
+    held : the shards held open by a snapshot (analysis.Snapshot.held_shards), or None: each scan
+        opens them for its own duration.
+    """
+
+    method = "scan"  # how the analyses' results name where their histograms came from
+
+    def __init__(self, paths: list[Path], held: HeldShards | None = None):
+        self.paths, self.held = list(paths), held
+
+    def range(self, groups: LayerGroups, basis: Basis) -> tuple[float, float, int]:
+        """``scan_range``: (min, max) of the selected filters' coefficients, and their count."""
+        return scan_range(self.paths, groups, basis, held=self.held)
+
+    def histograms(self, groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int) -> np.ndarray:
+        """``scan_histograms``: counts (n_groups, 9, bins) int64."""
+        return scan_histograms(self.paths, groups, basis, lo, hi, bins, held=self.held)
+
+
+def kernel_basis(basis: Basis) -> tuple[np.ndarray, np.ndarray]:
+    """The kernels' form of a basis: components C (9, 9) float64, C-contiguous, and shift C @ mean (9,)."""
     C = np.ascontiguousarray(basis.components, dtype=np.float64)
     return C, C @ basis.mean
 
@@ -172,7 +199,7 @@ def _kernel_basis(basis: Basis) -> tuple[np.ndarray, np.ndarray]:
 def scan_range(paths: list[Path], groups: LayerGroups, basis: Basis, threads: int | None = None,
                held: HeldShards | None = None) -> tuple[float, float, int]:
     """(min, max) of all 9 coefficients of the selected filters, and their count."""
-    C, shift = _kernel_basis(basis)
+    C, shift = kernel_basis(basis)
 
     def work(layer, cols, g_lo, g_hi):
         return coefficient_range(layer, cols, groups.group_of_layer, C, shift)
@@ -186,7 +213,7 @@ def scan_range(paths: list[Path], groups: LayerGroups, basis: Basis, threads: in
 def scan_histograms(paths: list[Path], groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int,
                     threads: int | None = None, held: HeldShards | None = None) -> np.ndarray:
     """Counts (n_groups, 9, bins), int64: per group and component, np.histogram(c, bins, (lo, hi))."""
-    C, shift = _kernel_basis(basis)
+    C, shift = kernel_basis(basis)
     lo, hi = histogram_range(lo, hi)
     edges = bin_edges(lo, hi, bins)
 
@@ -206,7 +233,7 @@ def scan_histogram2d(paths: list[Path], groups: LayerGroups, basis: Basis, lo: f
                      held: HeldShards | None = None) -> np.ndarray:
     """Counts (bins, bins), int64, of the selected filters' coefficients (components[0], components[1]):
     np.histogram2d(c_i, c_j, bins, range=[(lo, hi), (lo, hi)]), a value outside on either axis dropped."""
-    C, shift = _kernel_basis(basis)
+    C, shift = kernel_basis(basis)
     lo, hi = histogram_range(lo, hi)
     edges = bin_edges(lo, hi, bins)
     i, j = components

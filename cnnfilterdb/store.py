@@ -5,6 +5,8 @@ Layout of a store directory ``<db>``::
     catalog.duckdb        models, layers, basis, versions, views and macros (the SQL entry point)
     shards/*.parquet      the filters, immutable, sorted by filter_id, named after their ingest
     shards/*-histograms.npy   the per-layer coefficient histograms of each kept basis
+    tables/<id>-v<N>/*.parquet  the catalog's tables at version N for any engine (tables.py)
+    tables/LATEST         names the current version's tables directory
     .ingest.lock          held (flock) by the one writer (ingest, label, remove, compact) at a time
 
 Every commit is a numbered store version (sql/schema.sql: ``_versions``); nothing a version sees
@@ -55,8 +57,14 @@ STAGING_SUFFIX = ".staging"
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 ENV_DB = "CNNFILTERDB_DB"
 DEMO_DB = "filterdb-sample"  # where `cnnfilterdb demo` builds its sample store: never with real data
-SCHEMA_VERSION = 4  # of sql/schema.sql
+SCHEMA_VERSION = 5  # of sql/schema.sql and the upgrades after it (UPGRADES)
+# Layouts this program reads; a transaction upgrades an older one in place (sql/upgrade_<n>.sql),
+# so that a store is never rebuilt for a table added to its catalog.
+READABLE_SCHEMAS = (4, 5)
+UPGRADES = {4: "upgrade_5"}
 HASH_READ_BYTES = 1 << 20
+# The kinds of commit a store version records (_versions.action); compact records none.
+ACTIONS = ("ingest", "label", "remove", "refresh")
 
 
 class StoreError(UserError):
@@ -162,15 +170,23 @@ def damage_in(root: Path, e: duckdb.Error) -> StoreDamaged | None:
     return None if m is None else unreadable(Path(root) / SHARDS / m.group(1), e)
 
 
-def check_schema(con, where: Path) -> None:
-    """Refuse a catalog written with another layout than this program's."""
+def check_schema(con, where: Path) -> int:
+    """The catalog's layout version; StoreError for one this program does not read (READABLE_SCHEMAS)."""
     try:
         version = con.execute("SELECT max(schema_version) FROM _store").fetchone()[0]
     except duckdb.Error:
         version = None
-    if version != SCHEMA_VERSION:
-        raise StoreError(f"{where}: catalog layout version {version}, this program reads version {SCHEMA_VERSION}; "
-                         "rebuild the store by ingesting its sources into a new one")
+    if version not in READABLE_SCHEMAS:
+        raise StoreError(f"{where}: catalog layout version {version}, this program reads versions "
+                         f"{', '.join(map(str, READABLE_SCHEMAS))}; rebuild the store by ingesting its sources into a new one")
+    return version
+
+
+def upgrade_schema(con, version: int) -> None:
+    """Bring a catalog of a readable layout ``version`` to SCHEMA_VERSION (a writer's staging copy)."""
+    while version != SCHEMA_VERSION:
+        con.execute(sql.read(UPGRADES[version]))
+        version = check_schema(con, Path(CATALOG))
 
 
 def default_db() -> Path:
@@ -261,8 +277,7 @@ class FilterStore:
         size and sha256 of every file the catalog references recomputed from all its bytes."""
         try:
             with self.connect() as con:
-                files = con.execute("SELECT path, bytes, sha256 FROM _shards UNION ALL "
-                                    "SELECT path, bytes, sha256 FROM _layer_histograms ORDER BY path").fetchall()
+                files = con.execute(f"SELECT path, bytes, sha256 FROM ({referenced_files(con)}) ORDER BY path").fetchall()
                 rows, layer_rows = con.execute("SELECT (SELECT coalesce(sum(n_rows), 0) FROM _shards), "
                                                "(SELECT coalesce(sum(n_filters), 0) FROM _layers)").fetchone()
                 tables = con.execute("SELECT table_name FROM duckdb_tables() "
@@ -279,6 +294,13 @@ class FilterStore:
         if rows != layer_rows:  # every stored filter belongs to a layer the catalog keeps, and back
             problems.append(f"{CATALOG}: the shards hold {rows:,} filters, its layers {layer_rows:,}")
         return Verification(len(files), sum(size for _, size, _ in files), problems)
+
+
+def referenced_files(con: duckdb.DuckDBPyConnection) -> str:
+    """A query of every store file the catalog references: path (relative to the store), bytes, sha256."""
+    files = "SELECT path, bytes, sha256 FROM _shards UNION ALL SELECT path, bytes, sha256 FROM _layer_histograms"
+    has_tables = con.execute("SELECT max(schema_version) >= 5 FROM _store").fetchone()[0]
+    return files + (" UNION ALL SELECT path, bytes, sha256 FROM _tables" if has_tables else "")
 
 
 def store_id(con: duckdb.DuckDBPyConnection) -> str:
@@ -361,7 +383,8 @@ class StoreTransaction:
         self.version = 0  # the version this transaction commits (set on entering)
         self._lock_fd: int | None = None
         self._created_root = False
-        self._new_shards: list[Path] = []
+        self._new_files: list[Path] = []  # store files this transaction wrote: removed unless it commits
+        self._new_dirs: list[Path] = []   # and the table directories it made
         self._committed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -385,10 +408,11 @@ class StoreTransaction:
             if self.catalog_path.exists():
                 shutil.copyfile(self.catalog_path, self.staging_path)
                 self.con = duckdb.connect(str(self.staging_path), config={"file_search_path": str(self.root)})
-                check_schema(self.con, self.catalog_path)
+                upgrade_schema(self.con, check_schema(self.con, self.catalog_path))
             else:
                 self.con = duckdb.connect(str(self.staging_path), config={"file_search_path": str(self.root)})
                 self.con.execute(sql.read("schema"))
+                upgrade_schema(self.con, check_schema(self.con, self.catalog_path))
             # Macros are (re)applied so that a store picks up their current definitions.
             self.con.execute(sql.read("macros"))
             self.base_version = current_version(self.con)
@@ -413,24 +437,47 @@ class StoreTransaction:
         if self.con is not None:
             self.con.close()
             self.con = None
-        for p in [self.staging_path, Path(str(self.staging_path) + ".wal"), *self._new_shards]:
+        for p in [self.staging_path, Path(str(self.staging_path) + ".wal"), *self._new_files]:
             p.unlink(missing_ok=True)
+        for d in self._new_dirs:
+            shutil.rmtree(d, ignore_errors=True)
         if self._created_root:
             # The store did not exist before: leave nothing behind.
             shutil.rmtree(self.root, ignore_errors=True)
 
     def _remove_garbage(self) -> None:
-        """Delete what dead writers left: staging catalogs and store files no catalog references."""
+        """Delete what dead writers left: staging catalogs and store files no catalog references
+        (shards, histogram files, table directories); point tables/LATEST at the current tables."""
+        from .tables import LATEST, TABLES, point_latest
+
         for p in self.root.glob(f"{CATALOG}.*{STAGING_SUFFIX}*"):
             p.unlink(missing_ok=True)
         referenced: set[str] = set()
+        current_tables = None
         if self.catalog_path.exists():
             with duckdb.connect(str(self.catalog_path), read_only=True) as con:
-                referenced = {p for (p,) in con.execute("SELECT path FROM _shards UNION ALL "
-                                                        "SELECT path FROM _layer_histograms").fetchall()}
+                check_schema(con, self.catalog_path)
+                referenced = {p for (p, _, _) in con.execute(referenced_files(con)).fetchall()}
+                if con.execute("SELECT max(schema_version) >= 5 FROM _store").fetchone()[0]:
+                    row = con.execute("SELECT any_value(path) FROM _tables WHERE version = "
+                                      "(SELECT max(version) FROM _versions)").fetchone()
+                    current_tables = None if row[0] is None else str(Path(row[0]).parent)
         for p in (self.root / SHARDS).iterdir():
             if store_name(p) not in referenced:
                 p.unlink(missing_ok=True)
+        tables = self.root / TABLES
+        if tables.is_dir():
+            for d in tables.iterdir():
+                if d.is_dir():
+                    for p in d.iterdir():
+                        if f"{TABLES}/{d.name}/{p.name}" not in referenced:
+                            p.unlink(missing_ok=True)
+                    if not any(d.iterdir()):
+                        d.rmdir()
+                elif d.name != LATEST:  # a LATEST.<pid>.tmp of a writer killed while replacing it
+                    d.unlink(missing_ok=True)
+        if current_tables is not None:  # repairs a LATEST left behind by a writer killed after its commit
+            point_latest(self.root, current_tables)
 
     # -- what an ingest asks for ---------------------------------------------------------------
     def next_model_id(self) -> int:
@@ -454,8 +501,8 @@ class StoreTransaction:
 
     def new_shard_path(self) -> Path:
         """A new shard's path, unique in the store (several writers may serve one transaction)."""
-        path = self.root / SHARDS / f"{self.ingest_id}-{len(self._new_shards):05d}.parquet"
-        self._new_shards.append(path)
+        path = self.root / SHARDS / f"{self.ingest_id}-{len(self._new_files):05d}.parquet"
+        self._new_files.append(path)
         return path
 
     def add_shard(self, path: Path, n_rows: int, filter_id_first: int, filter_id_last: int, sha256: str) -> None:
@@ -521,16 +568,22 @@ class StoreTransaction:
                          [self.version, model_id])
 
     # -- commit ---------------------------------------------------------------------------------
-    def commit(self, action: str | None = "ingest", progress=None) -> int:
+    def commit(self, action: str | None = "ingest", progress=None, scanner=None, summary: str | None = None) -> int:
         """Record this version (what it added, relabelled, removed), refit the global basis and the
         per-layer histograms if the filters changed (refit.py), then atomically replace the
         catalog. Returns the version committed.
 
         ``action`` None: a change of no version's content (compact): no version is recorded, and
-        the files the new catalog no longer references are deleted once it is in place."""
+        the files the new catalog no longer references are deleted once it is in place.
+        ``scanner``: refit with it (refit.py) even if the filters did not change (a refresh on
+        Spark, cnnfilterdb.spark); default: on this machine, when they did. ``summary``: the
+        version's summary in words (default: the models it added, relabelled and removed)."""
         if action is None:
             self.version = self.base_version
             self._write_views(basis_version_at(self.con, self.version))
+            # The shards the kept versions' tables list may have changed: all are rewritten.
+            self._write_tables([v for (v,) in self.con.execute(
+                "SELECT version FROM _versions WHERE NOT compacted ORDER BY version").fetchall()])
             self._replace_catalog()
             self._remove_garbage()
             return self.version
@@ -543,16 +596,44 @@ class StoreTransaction:
         changed = names("SELECT model FROM _models WHERE version_from = ? AND version_to IS NULL AND model_id IN "
                         "(SELECT model_id FROM models_at(?)) ORDER BY model_id", [v, b])
         basis_version = basis_version_at(self.con, b)
-        if added or removed or basis_version is None:
-            basis_version = self._refresh_basis(progress)
+        if added or removed or basis_version is None or scanner is not None:
+            basis_version = self._refresh_basis(progress, scanner)
         n_models, n_filters = self.con.execute(
             "SELECT count(*), coalesce(sum(n_filters), 0) FROM models_at(?)", [v]).fetchone()
         self.con.execute("INSERT INTO _versions VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, ?, false)",
-                         [v, action, change_summary(added, changed, removed), len(added), len(changed), len(removed),
+                         [v, action, summary or change_summary(added, changed, removed), len(added), len(changed), len(removed),
                           n_models, n_filters, basis_version])
         self._write_views(basis_version)
+        self._write_tables([v])
         self._replace_catalog()
+        from .tables import point_latest
+
+        point_latest(self.root, self._tables_dir(v))
         return v
+
+    def _tables_dir(self, version: int) -> str:
+        from .tables import directory_name
+
+        return directory_name(self.ingest_id, version)
+
+    def _write_tables(self, versions: list[int]) -> None:
+        """Write the Parquet tables of ``versions`` (tables.py) and record their files in the
+        catalog, in place of any recorded before for those versions."""
+        from .tables import write_tables
+
+        if not versions:
+            return
+        existing = self.con.execute("SELECT version, any_value(path) FROM _tables WHERE version IN "
+                                    "(SELECT version FROM _versions WHERE NOT compacted) GROUP BY version").fetchall()
+        dirs = {v: str(Path(p).parent) for v, p in existing} | {v: self._tables_dir(v) for v in versions}
+        self.con.execute(f"DELETE FROM _tables WHERE version IN ({', '.join(map(str, map(int, versions)))}) "
+                         "OR version NOT IN (SELECT version FROM _versions WHERE NOT compacted)")
+        for v in versions:
+            self._new_dirs.append(self.root / self._tables_dir(v))
+            for f in write_tables(self.con, self.root, v, self._tables_dir(v), dict(sorted(dirs.items()))):
+                self._new_files.append(self.root / f.path)
+                self.con.execute("INSERT INTO _tables VALUES (?, ?, ?, ?, ?, ?)",
+                                 [f.version, f.name, f.path, f.n_rows, f.bytes, f.sha256])
 
     def _replace_catalog(self) -> None:
         """The commit point: the staging catalog, checkpointed and fsynced, renamed over the catalog."""
@@ -564,12 +645,13 @@ class StoreTransaction:
         fsync_path(self.root)
         self._committed = True
 
-    def _shard_rel_paths(self) -> list[str]:
+    def shard_rel_paths(self) -> list[str]:
+        """The shards of every kept version, relative to the store, in filter_id order."""
         return [p for (p,) in self.con.execute("SELECT path FROM _shards ORDER BY filter_id_first").fetchall()]
 
     def _write_views(self, basis_version: int | None) -> None:
         """The views of sql/views.sql at this transaction's version."""
-        rels = self._shard_rel_paths()
+        rels = self.shard_rel_paths()
         if rels:
             # Relative to the store, so that a copied or moved store works unchanged; readers
             # resolve them with file_search_path (FilterStore.connect, the service) or from the
@@ -592,15 +674,17 @@ class StoreTransaction:
             text = text.replace("{" + key + "}", value)
         self.con.execute(text)
 
-    def _refresh_basis(self, progress=None) -> int | None:
+    def _refresh_basis(self, progress=None, scanner=None) -> int | None:
         """Refit the global basis of this version and its per-layer histograms (refit.py), and
         record both in the catalog; returns the new basis version (None: fewer than 2 filters).
         Older bases stay for the versions that use them."""
         from .refit import refit  # refit.py reads the shards through scan.py, which imports this module
+        from .scan import ShardScanner
 
         path = self.root / SHARDS / f"{self.ingest_id}-histograms.npy"
-        self._new_shards.append(path)  # removed with the shards if the transaction does not commit
-        r = refit(self.con, self.version, [self.root / p for p in self._shard_rel_paths()], path, progress)
+        self._new_files.append(path)  # removed with the shards if the transaction does not commit
+        scanner = scanner or ShardScanner([self.root / p for p in self.shard_rel_paths()])
+        r = refit(self.con, self.version, scanner, path, progress)
         if r is None:
             return None
         b = r.basis

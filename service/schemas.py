@@ -9,6 +9,7 @@ from cnnfilterdb.analysis import BASES
 from cnnfilterdb.limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_KDE_BINS, MAX_RANGE_ABS, MIN_KDE_BINS
 from cnnfilterdb.selection import GROUP_FIELDS
 from cnnfilterdb.stats.divergence import METRICS, WEIGHTS
+from cnnfilterdb.store import ACTIONS
 
 from .strict import StrictModel
 
@@ -159,8 +160,9 @@ Limits = _limits_model()
 class StoreVersion(BaseModel):
     version: int = Field(description="1, 2, ...: one per commit")
     committed_at: str = Field(description="UTC, ISO 8601")
-    action: Literal["ingest", "label", "remove"] = Field(description="the commit's kind: an ingest of model files, "
-                                                                     "a relabelling, or a removal of models")
+    action: Literal[ACTIONS] = Field(description="the commit's kind: an ingest of model files, a relabelling, a "  # type: ignore[valid-type]
+                                                 "removal of models, or a refresh (the basis and per-layer "
+                                                 "histograms refitted, `cnnfilterdb spark refresh`)")
     summary: str = Field(description="what it added, relabelled or removed, in words")
     models_added: int = Field(description="models it ingested")
     models_changed: int = Field(description="relabelled")

@@ -20,7 +20,7 @@ INSERT INTO _store VALUES (4, uuid()::VARCHAR, 0, 0, 0);
 CREATE TABLE _versions (
     version        INTEGER PRIMARY KEY,       -- 1, 2, ...: one per commit
     committed_at   TIMESTAMP NOT NULL,        -- UTC
-    action         VARCHAR NOT NULL,          -- ingest | label | remove
+    action         VARCHAR NOT NULL,          -- ingest | label | remove | refresh (store.ACTIONS)
     summary        VARCHAR NOT NULL,          -- what it added or changed, in words
     models_added   INTEGER NOT NULL,
     models_changed INTEGER NOT NULL,          -- relabelled

@@ -28,12 +28,13 @@ def store(tmp_path, sample_v1) -> Path:
     return db
 
 
-def _files(db: Path) -> tuple[str, str]:
-    """(the shard, the histogram file), relative to the store."""
+def _files(db: Path) -> tuple[str, str, str]:
+    """(the shard, the histogram file, the Parquet copy of the layers table), relative to the store."""
     with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as con:
         (shard,), = con.execute("SELECT path FROM _shards").fetchall()
         (histograms,), = con.execute("SELECT path FROM _layer_histograms").fetchall()
-    return shard, histograms
+        (layers,), = con.execute("SELECT path FROM _tables WHERE name = 'layers'").fetchall()
+    return shard, histograms, layers
 
 
 def _flip_byte(path: Path, offset: int) -> None:
@@ -46,7 +47,10 @@ def _flip_byte(path: Path, offset: int) -> None:
 
 def _damage(db: Path, how: str) -> str:
     """Damage one file of the store; returns its path relative to the store."""
-    shard, histograms = _files(db)
+    shard, histograms, layers = _files(db)
+    if how in ("table flipped", "table missing"):
+        _flip_byte(db / layers, 10) if how == "table flipped" else (db / layers).unlink()
+        return layers
     if how == "shard flipped":
         _flip_byte(db / shard, (db / shard).stat().st_size // 2)
     elif how == "histograms flipped":
@@ -64,19 +68,21 @@ def _damage(db: Path, how: str) -> str:
 def test_the_catalog_records_every_files_sha256(store, capsys):
     with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
         files = con.execute("SELECT path, bytes, sha256 FROM _shards UNION ALL "
-                            "SELECT path, bytes, sha256 FROM _layer_histograms").fetchall()
-    assert len(files) == 2
+                            "SELECT path, bytes, sha256 FROM _layer_histograms UNION ALL "
+                            "SELECT path, bytes, sha256 FROM _tables").fetchall()
+    assert len(files) == 2 + 7  # a shard, the histograms, the seven Parquet tables of version 1
     for rel, size, sha256 in files:
         data = (store / rel).read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (size, sha256)
     assert cli_main(["verify", "--db", str(store)]) == 0
     out = capsys.readouterr()
-    assert out.out.startswith("intact: 2 file(s)") and len(out.out.splitlines()) == 1 and out.err == ""
+    assert out.out.startswith("intact: 9 file(s)") and len(out.out.splitlines()) == 1 and out.err == ""
 
 
 @pytest.mark.parametrize("how, problem", [("shard flipped", "checksum differs"), ("histograms flipped", "checksum differs"),
                                           ("shard truncated", "size differs"), ("shard missing", "missing"),
-                                          ("catalog flipped", "unreadable")])
+                                          ("catalog flipped", "unreadable"), ("table flipped", "checksum differs"),
+                                          ("table missing", "missing")])
 def test_verify_names_the_damaged_file(store, capsys, how, problem):
     rel = _damage(store, how)
     assert cli_main(["verify", "--db", str(store)]) == 1
@@ -176,7 +182,7 @@ def test_the_histograms_checked_are_the_histograms_used(store):
     give wrong counts, or SIGBUS)."""
     client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
     before = client.post("/v1/divergence", json={"group_by": "task"}).json()["matrix"]
-    _, histograms = _files(store)
+    _, histograms, _ = _files(store)
     _flip_byte(store / histograms, (store / histograms).stat().st_size - 100)
     assert client.post("/v1/divergence", json={"group_by": "task"}).json()["matrix"] == before
     os.truncate(store / histograms, 1000)
@@ -192,7 +198,7 @@ def test_layer_ids_outside_the_store_stop_a_scan(store):
 
     with FilterStore(store).connect() as con:
         basis = load_basis(con)
-    shard, _ = _files(store)
+    shard, _, _ = _files(store)
     too_few = LayerGroups.of([0], [0], 1, 0)  # as if the store had one layer: the shard's ids exceed it
     with pytest.raises(StoreDamaged, match=r"layer ids outside the store's \[0, 1\]"):
         scan_range([store / shard], too_few, basis)
@@ -253,7 +259,7 @@ def test_filter_ids_that_contradict_the_catalog_are_a_503_not_a_wrong_page(store
     from cnnfilterdb.ingest.shards import PARQUET_OPTIONS
     from cnnfilterdb.store import file_sha256
 
-    shard, _ = _files(store)
+    shard, _, _ = _files(store)
     with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
         first4 = con.execute("SELECT filter_id_first FROM layers WHERE layer_id = 4").fetchone()[0]
     table = pq.read_table(store / shard)

@@ -1,0 +1,226 @@
+"""The store's scans as Spark jobs: the local engine's kernels on each task's batches, the partial
+results summed by Spark (docs/method.md#spark).
+
+Every job reads the columns it needs of the shard files (``layer_id``, ``w0..w8``; the moments
+also ``filter_id``), keeps the rows of the selected layers' id range (a filter Spark pushes down
+to the Parquet row groups' statistics), and runs ``mapInArrow``: each task passes its Arrow record
+batches to the compiled kernels of ``stats/histogram.py`` (the coefficients c = C (x / p) - C mu
+computed by the same function as on one machine) and yields one partial result per task:
+
+- ``range``: (min, max, count) of the coefficients, reduced with Spark's min, max and sum: exact,
+  since extremes do not depend on the order of the work;
+- ``histograms``: per group, the counts (9 * bins) int64, summed per group by Spark
+  (``aggregate`` + ``zip_with`` over the tasks' arrays): integers, so the sums equal the local
+  engine's counts bit for bit, whatever the partitioning;
+- ``layer_moments``: per layer, the count, mean and scatter of its peak-scaled filters within
+  the task (centered: ``Moments.of_columns``), merged per layer by Spark with Chan et al.'s
+  pairwise update (the formula of ``Moments.merge``) in order of the pieces' first filter_id,
+  so that the result is deterministic; it equals the moments computed on one machine up to
+  rounding (~1e-16 relative).
+
+Only the partial results cross the network: a task's histogram rows, never filters.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..scan import LayerGroups, kernel_basis
+from ..stats.basis import Basis
+from ..stats.histogram import bin_edges, histogram_range
+from ..stats.moments import Moments
+from .session import SparkError
+
+WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
+
+# Chan et al.'s merge of two pieces a, b of one layer (Moments.merge), as a Spark SQL lambda over
+# structs (first filter_id, n, mean (9), scatter (81)).
+_MERGE = """(a, b) -> named_struct(
+    'first', a.first,
+    'n', a.n + b.n,
+    'mean', zip_with(a.mean, b.mean, (x, y) -> x + (y - x) * (CAST(b.n AS DOUBLE) / (a.n + b.n))),
+    'scatter', transform(sequence(0, 80), k -> a.scatter[k] + b.scatter[k]
+        + (b.mean[k div 9] - a.mean[k div 9]) * (b.mean[k % 9] - a.mean[k % 9])
+          * (CAST(a.n AS DOUBLE) * b.n / (a.n + b.n))))"""
+# The elementwise sum of a group's count arrays.
+_SUM = "aggregate(slice(parts, 2, size(parts)), parts[0], (a, b) -> zip_with(a, b, (x, y) -> x + y))"
+
+
+def _columns(batch, names: list[str]) -> list[np.ndarray]:
+    """The batch's columns as numpy arrays (zero-copy: the shards' columns hold no nulls)."""
+    return [batch.column(batch.schema.get_field_index(n)).to_numpy(zero_copy_only=False) for n in names]
+
+
+class SparkScanner:
+    """The scans of a store's shards as Spark jobs, with the methods of scan.ShardScanner.
+
+    Parameters
+    ----------
+    spark : a SparkSession (``session``).
+    uri : the store's location as Spark reads it (``file:///...``, ``s3a://bucket/store``, ...).
+    shards : the shard files' paths relative to the store (the catalog's ``_shards``, the tables'
+        shards.parquet), in filter_id order.
+    """
+
+    method = "spark"  # the analyses' results say where their histograms came from
+
+    def __init__(self, spark, uri: str, shards: list[str]):
+        self.spark, self.uri, self.shards = spark, uri.rstrip("/"), list(shards)
+
+    def _filters(self, columns: list[str], layer_lo: int, layer_hi: int):
+        """The shards' ``columns`` of the rows with layer_lo <= layer_id <= layer_hi."""
+        from pyspark.sql import functions as F
+
+        df = self.spark.read.parquet(*[f"{self.uri}/{rel}" for rel in self.shards]).select(*columns)
+        return df.where(F.col("layer_id").between(int(layer_lo), int(layer_hi)))
+
+    def _selected(self, groups: LayerGroups) -> tuple[int, int]:
+        ids = np.flatnonzero(groups.group_of_layer >= 0)
+        if len(ids) == 0:
+            raise SparkError("no layer is selected: nothing to scan")
+        return int(ids[0]), int(ids[-1])
+
+    # -- the jobs ------------------------------------------------------------------------------
+    def range(self, groups: LayerGroups, basis: Basis) -> tuple[float, float, int]:
+        """(min, max) of all 9 coefficients of the selected filters, and their count (scan.scan_range)."""
+        from pyspark.sql import functions as F
+
+        C, shift = kernel_basis(basis)
+        group_of_layer = self.spark.sparkContext.broadcast(groups.group_of_layer)
+
+        def task(batches):
+            import pyarrow as pa
+
+            from cnnfilterdb.stats.histogram import coefficient_range
+
+            g = group_of_layer.value
+            lo, hi, n = np.inf, -np.inf, 0
+            for b in batches:
+                layer, *cols = _columns(b, ["layer_id", *WEIGHT_COLUMNS])
+                a, z, k = coefficient_range(layer, tuple(cols), g, C, shift)
+                lo, hi, n = min(lo, a), max(hi, z), n + k
+            yield pa.RecordBatch.from_pydict({"lo": [float(lo)], "hi": [float(hi)], "n": [int(n)]})
+
+        try:
+            df = self._filters(["layer_id", *WEIGHT_COLUMNS], *self._selected(groups))
+            row = df.mapInArrow(task, "lo double, hi double, n long").agg(
+                F.min("lo"), F.max("hi"), F.sum("n")).first()
+        finally:
+            group_of_layer.unpersist()
+        return float(row[0]), float(row[1]), int(row[2] or 0)
+
+    def histograms(self, groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int) -> np.ndarray:
+        """Counts (n_groups, 9, bins) int64: per group and component, np.histogram(c, bins, (lo, hi))
+        (scan.scan_histograms)."""
+        from pyspark.sql import functions as F
+
+        C, shift = kernel_basis(basis)
+        lo, hi = histogram_range(lo, hi)
+        edges = bin_edges(lo, hi, bins)
+        cells = 9 * bins
+        group_of_layer = self.spark.sparkContext.broadcast(groups.group_of_layer)
+
+        def task(batches):
+            import pyarrow as pa
+
+            from cnnfilterdb.stats.histogram import histogram_counts
+
+            g = group_of_layer.value
+            first, acc = 0, np.zeros((0, 9, bins), dtype=np.int64)  # the groups first .. first + len(acc) - 1
+            for b in batches:
+                layer, *cols = _columns(b, ["layer_id", *WEIGHT_COLUMNS])
+                gl = g[layer]
+                gl = gl[gl >= 0]
+                if len(gl) == 0:
+                    continue
+                g_lo, g_hi = int(gl.min()), int(gl.max())
+                if len(acc) == 0:
+                    first, acc = g_lo, np.zeros((g_hi - g_lo + 1, 9, bins), dtype=np.int64)
+                elif g_lo < first or g_hi >= first + len(acc):  # widen the task's span of groups
+                    new_first = min(first, g_lo)
+                    wider = np.zeros((max(first + len(acc), g_hi + 1) - new_first, 9, bins), dtype=np.int64)
+                    wider[first - new_first:first - new_first + len(acc)] = acc
+                    first, acc = new_first, wider
+                histogram_counts(layer, tuple(cols), g, first, C, shift, lo, hi, edges, acc)
+            flat = acc.reshape(len(acc), cells)
+            rows = np.flatnonzero(flat.any(axis=1))
+            values = pa.array(flat[rows].ravel(), pa.int64())
+            offsets = pa.array(np.arange(len(rows) + 1, dtype=np.int32) * cells, pa.int32())
+            yield pa.RecordBatch.from_arrays([pa.array(rows + first, pa.int32()), pa.ListArray.from_arrays(offsets, values)],
+                                             names=["group", "counts"])
+
+        try:
+            df = self._filters(["layer_id", *WEIGHT_COLUMNS], *self._selected(groups))
+            parts = df.mapInArrow(task, "group int, counts array<bigint>").groupBy("group").agg(
+                F.collect_list("counts").alias("parts"))
+            table = parts.select("group", F.expr(_SUM).alias("counts")).toArrow()
+        finally:
+            group_of_layer.unpersist()
+        out = np.zeros((groups.n_groups, 9, bins), dtype=np.int64)
+        if table.num_rows:
+            rows = table.column("group").to_numpy()
+            out[rows] = table.column("counts").combine_chunks().flatten().to_numpy().reshape(-1, 9, bins)
+        return out
+
+    def layer_moments(self, layer_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each given layer's moments of its peak-scaled filters, from its filters.
+
+        Parameters
+        ----------
+        layer_ids : (L,) ascending layer ids.
+
+        Returns
+        -------
+        (layer_ids (L',), n (L',), mean (L', 9), scatter (L', 9, 9)): float64 but layer_ids and n,
+        in layer_id order, for the layers that hold filters (L' <= L).
+        """
+        from pyspark.sql import functions as F
+
+        layer_ids = np.asarray(layer_ids, dtype=np.int64)
+        if len(layer_ids) == 0:
+            raise SparkError("no layer is selected: nothing to scan")
+        wanted = self.spark.sparkContext.broadcast(layer_ids)
+
+        def task(batches):
+            import pyarrow as pa
+
+            from cnnfilterdb.stats.basis import peak_scale_columns
+            from cnnfilterdb.stats.quality import column_peaks
+
+            ids = wanted.value
+            pieces: dict[int, list] = {}  # layer -> [first filter_id, Moments], in the task's order
+            for b in batches:
+                fid, layer, *cols = _columns(b, ["filter_id", "layer_id", *WEIGHT_COLUMNS])
+                x32 = np.stack(cols)                   # (9, n) float32, the peaks from it (as the ingest)
+                peaks = column_peaks(x32).astype(np.float64)
+                x = peak_scale_columns(x32.astype(np.float64), peaks)
+                cut = np.concatenate([[0], np.flatnonzero(np.diff(layer)) + 1, [len(layer)]])
+                for s, e in zip(cut[:-1], cut[1:]):
+                    lid = int(layer[s])
+                    i = np.searchsorted(ids, lid)
+                    if i == len(ids) or ids[i] != lid:
+                        continue
+                    m = Moments.of_columns(x[:, s:e])
+                    if lid in pieces:
+                        pieces[lid][1] = pieces[lid][1].merge(m)
+                    else:
+                        pieces[lid] = [int(fid[s]), m]
+            yield pa.RecordBatch.from_pydict({
+                "layer_id": pa.array(list(pieces), pa.int32()),
+                "first": pa.array([p[0] for p in pieces.values()], pa.int64()),
+                "n": pa.array([p[1].n for p in pieces.values()], pa.int64()),
+                "mean": pa.array([p[1].mean.tolist() for p in pieces.values()], pa.list_(pa.float64())),
+                "scatter": pa.array([p[1].scatter.ravel().tolist() for p in pieces.values()], pa.list_(pa.float64())),
+            })
+
+        schema = "layer_id int, first bigint, n bigint, mean array<double>, scatter array<double>"
+        try:
+            df = self._filters(["filter_id", "layer_id", *WEIGHT_COLUMNS], int(layer_ids[0]), int(layer_ids[-1]))
+            parts = df.mapInArrow(task, schema).groupBy("layer_id").agg(
+                F.array_sort(F.collect_list(F.struct("first", "n", "mean", "scatter"))).alias("p"))
+            merged = parts.select("layer_id", F.expr(f"aggregate(slice(p, 2, size(p)), p[0], {_MERGE})").alias("m"))
+            table = merged.select("layer_id", "m.n", "m.mean", "m.scatter").orderBy("layer_id").toArrow()
+        finally:
+            wanted.unpersist()
+        flat = lambda name, width: table.column(name).combine_chunks().flatten().to_numpy().reshape(-1, width)  # noqa: E731
+        return (table.column("layer_id").to_numpy().astype(np.int64), table.column("n").to_numpy().astype(np.int64),
+                flat("mean", 9), flat("scatter", 81).reshape(-1, 9, 9))

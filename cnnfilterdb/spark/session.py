@@ -1,0 +1,79 @@
+"""A SparkSession for the store's jobs, and Spark's failures as one-line errors."""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+from ..errors import UserError
+from ..store import first_line
+
+# Rows per Arrow batch handed to a task's kernels: large enough that the per-batch cost (a
+# Python call, the kernels' dispatch) is small against 6 ns a row, small enough (5 MB) to stay
+# in cache-friendly pieces.
+ARROW_BATCH_ROWS = 131_072
+
+DEFAULTS = {
+    "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH_ROWS),
+    "spark.ui.showConsoleProgress": "false",   # no progress bars over the CLI's output
+    "spark.sql.session.timeZone": "UTC",       # the catalog's timestamps are UTC
+}
+LOCAL_DEFAULTS = {
+    "spark.ui.enabled": "false",               # no web UI (and its port) for a local run
+    "spark.driver.bindAddress": "127.0.0.1",
+}
+
+
+class SparkError(UserError):
+    """Spark is missing, could not start, or failed a job: one line saying which and what to do."""
+
+
+def require_pyspark():
+    """The pyspark module, or SparkError saying how to install it."""
+    try:
+        import pyspark
+    except ImportError:
+        raise SparkError("the Spark jobs need PySpark: pip install 'cnnfilterdb[spark]' (and a Java runtime, "
+                         "e.g. apt-get install openjdk-17-jre-headless)") from None
+    return pyspark
+
+
+def session(master: str, app_name: str = "cnnfilterdb", conf: dict[str, str] | None = None):
+    """A SparkSession on ``master`` (``local[2]``, ``spark://host:7077``, ``yarn``, ...).
+
+    Parameters
+    ----------
+    master : the Spark master URL.
+    app_name : the application's name in the cluster's UI.
+    conf : Spark settings over DEFAULTS (and, for a local master, LOCAL_DEFAULTS).
+
+    Returns
+    -------
+    pyspark.sql.SparkSession (the active one if it already runs: Spark allows one per process).
+    SparkError if PySpark is missing or Spark cannot start (no Java runtime, a bad master URL).
+    """
+    require_pyspark()
+    from pyspark.sql import SparkSession
+
+    # The executors' Python must be one where cnnfilterdb is installed: on this machine, this
+    # interpreter; on a cluster, set PYSPARK_PYTHON (or spark.pyspark.python) to the nodes' one.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    local = master.startswith("local")
+    if local:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        cores = master[len("local["):-1] if master.startswith("local[") else "1"
+        partitions = {"spark.sql.shuffle.partitions": cores if cores.isdigit() else str(os.cpu_count() or 1)}
+    settings = {**DEFAULTS, **(LOCAL_DEFAULTS | partitions if local else {}), **(conf or {})}
+    # PySpark warns about pandas >= 3 on import of its pandas helpers; these jobs exchange Arrow
+    # batches only (mapInArrow, toArrow) and never convert through pandas.
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+    builder = SparkSession.builder.master(master).appName(app_name)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as e:  # PySpark's, py4j's and Java's errors alike
+        raise SparkError(f"Spark did not start on master {master!r}: {first_line(e)} (is a Java runtime installed? "
+                         "`java -version`; Spark 4 needs Java 17 or 21)") from None
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark

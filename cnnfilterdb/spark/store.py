@@ -1,0 +1,160 @@
+"""A store as a Spark driver sees it, through its Parquet tables; and its refresh on Spark.
+
+``SparkStore.open`` reads ``tables/LATEST`` and the tables of the version it names (or of
+``as_of``) through Spark, so the store may be anywhere Spark reads; the driver keeps them in an
+in-memory DuckDB database shaped as the engine's catalog (``_versions``, ``_basis``,
+``_layer_moments``, ``layers_with_models_at(v)``), and runs the local engine's ``Analysis`` on it
+with the scans on Spark (``SparkScanner``). So a divergence on Spark is the local one's code: the
+same selection, basis, checks and JSON, with ``method`` "spark".
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+from ..analysis import Analysis, Snapshot
+from ..selection import SelectionError
+from ..store import StoreError, StoreTransaction, VersionError, first_line
+from ..tables import LATEST, TABLES
+from .jobs import SparkScanner
+from .session import SparkError
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def store_uri(location: str | os.PathLike) -> str:
+    """A store's location as Spark reads it: a URI (``s3a://bucket/store``, ``hdfs://nn/store``,
+    ``file:///data/store``) as given, a local path as the ``file://`` URI of its absolute path."""
+    text = str(location)
+    return text.rstrip("/") if _URI.match(text) else Path(text).resolve().as_uri()
+
+
+class SparkStore:
+    """One store version, read through its Parquet tables by Spark.
+
+    Attributes: ``uri``, ``version``, ``directory`` (its tables, relative to the store),
+    ``shards`` (relative paths, filter_id order), ``catalog`` (the in-memory DuckDB connection),
+    ``scanner`` (SparkScanner).
+    """
+
+    def __init__(self, spark, uri: str, directory: str, tables: dict):
+        import duckdb
+
+        self.spark, self.uri, self.directory = spark, uri, directory
+        con = duckdb.connect(":memory:")
+        for name, table in tables.items():
+            con.register(f"_arrow_{name}", table)
+        con.execute("CREATE TABLE _versions AS SELECT * EXCLUDE (tables) FROM _arrow_versions")
+        con.execute("CREATE TABLE _basis AS SELECT * FROM _arrow_basis")
+        con.execute("CREATE TABLE _layer_moments AS SELECT * FROM _arrow_layer_moments")
+        con.execute("CREATE TABLE _lwm AS SELECT * FROM _arrow_layers_with_models")
+        con.execute("CREATE VIEW _layers AS SELECT * EXCLUDE (model, name, task, task_raw, visual_category, "
+                    "training_dataset, pretraining_dataset, producer, source, sample, sha256, version_added) FROM _lwm")
+        # The file holds the one version it was written for: the macro's argument is that version.
+        con.execute("CREATE MACRO layers_with_models_at(v) AS TABLE SELECT * FROM _lwm")
+        for name in tables:
+            con.unregister(f"_arrow_{name}")
+        self.catalog = con
+        self.version = int(con.execute("SELECT max(version) FROM _versions").fetchone()[0])
+        self.shards = tables["shards"].sort_by("filter_id_first").column("path").to_pylist()
+        self.scanner = SparkScanner(spark, uri, self.shards)
+
+    @classmethod
+    def open(cls, spark, location: str | os.PathLike, as_of: int | None = None) -> SparkStore:
+        """The store at ``location`` (a URI or a local path, ``store_uri``) as of store version
+        ``as_of`` (default the current one); StoreError if it has no tables, VersionError if it
+        does not hold ``as_of``."""
+        uri = store_uri(location)
+        latest = _read(spark, uri, f"{TABLES}/{LATEST}", "text",
+                       f"{uri}: no {TABLES}/{LATEST}: not a store, or one whose last commit predates its Parquet "
+                       "tables (catalog layout 4); any commit writes them, e.g. `cnnfilterdb spark refresh`")
+        directory = latest.column(0)[0].as_py().strip()
+        if as_of is not None:
+            versions = _read(spark, uri, f"{directory}/versions.parquet")
+            rows = {v: (t, c) for v, t, c in zip(versions.column("version").to_pylist(), versions.column("tables").to_pylist(),
+                                                  versions.column("compacted").to_pylist())}
+            kept = sorted(v for v, (t, _) in rows.items() if t is not None)
+            held = f"{kept[0]} to {kept[-1]}" if kept else "none"
+            if as_of not in rows:
+                raise VersionError(f"no store version {as_of}; this store holds versions {held} (`cnnfilterdb log`)")
+            if rows[as_of][0] is None:
+                raise VersionError(f"store version {as_of} was compacted away (`cnnfilterdb compact`); this store "
+                                   f"holds versions {held}")
+            directory = rows[as_of][0]
+        names = ["versions", "basis", "layer_moments", "layers_with_models", "shards"]
+        return cls(spark, uri, directory, {n: _read(spark, uri, f"{directory}/{n}.parquet") for n in names})
+
+    def analysis(self) -> Analysis:
+        """The local engine's analyses on this version, their scans on Spark."""
+        cur = self.catalog.cursor()
+        return Analysis(cur, Path("."), snapshot=Snapshot(Path("."), self.version), use_layer_histograms=False,
+                        scanner=self.scanner)
+
+    def divergence(self, group_by: str, where: dict | None = None, metric: str = "kl_sym", bins: int = 70,
+                   weights: str = "explained_variance", basis: str = "global") -> dict:
+        """``Analysis.divergence`` (docs/method.md#divergence) with its scans as Spark jobs: the same
+        keys and values as ``cnnfilterdb drift --json``; ``method`` is "spark"."""
+        try:
+            return self.analysis().divergence(group_by, where, metric, bins, weights, basis)
+        except (SelectionError, SparkError):
+            raise
+        except Exception as e:  # a failed job (a shard missing or unreadable where Spark reads it)
+            raise SparkError(f"a Spark job failed: {first_line(e)}") from None
+
+
+def _read(spark, uri: str, rel: str, kind: str = "parquet", missing: str | None = None):
+    """The table at ``uri/rel`` read by Spark, as an Arrow table; StoreError if it is missing."""
+    from pyspark.errors import AnalysisException
+
+    try:
+        reader = spark.read.text if kind == "text" else spark.read.parquet
+        return reader(f"{uri}/{rel}").toArrow()
+    except AnalysisException as e:
+        if "PATH_NOT_FOUND" in str(e) or "does not exist" in str(e):
+            raise StoreError(missing or f"{uri}: {rel} is missing; the store is damaged: run `cnnfilterdb verify`") from None
+        raise SparkError(f"Spark could not read {uri}/{rel}: {first_line(e)}") from None
+
+
+def refresh(db: str | os.PathLike, spark, uri: str | None = None) -> dict:
+    """Refit the current version's global basis and per-layer histograms with the scans on Spark,
+    and commit them as a new store version (action "refresh"), all or nothing, as an ingest would.
+
+    The basis is fitted from the catalog's per-layer moments (refit.py, step 1, as on one
+    machine); its range and the histograms come from the two scans, run as Spark jobs over the
+    shards: so the version's basis, range and histogram file are those a local refit writes.
+
+    Parameters
+    ----------
+    db : the store directory the catalog is committed in (local or mounted on the driver).
+    spark : a SparkSession.
+    uri : where the executors read the same store (default: ``db`` as a file:// URI), e.g.
+        ``s3a://bucket/store`` for a store synchronised there.
+
+    Returns
+    -------
+    dict: db, version (the new one), basis_version, n_filters, range [lo, hi], uri, master,
+    elapsed_s.
+    """
+    t0 = time.perf_counter()
+    master = spark.sparkContext.master
+    with StoreTransaction(db) as tx:
+        if tx.base_version == 0:
+            raise StoreError(f"{tx.root}: the store has no version to refresh")
+        target = store_uri(uri or tx.root)
+        scanner = SparkScanner(spark, target, tx.shard_rel_paths())
+        try:
+            version = tx.commit("refresh", scanner=scanner,
+                                summary=f"basis and per-layer histograms refitted on Spark ({master})")
+        except (StoreError, SparkError):
+            raise
+        except Exception as e:
+            raise SparkError(f"a Spark job failed: {first_line(e)}; the store is unchanged") from None
+    from ..store import FilterStore, load_basis
+
+    with FilterStore(db).connect() as con:
+        b = load_basis(con, version)
+    return {"db": str(Path(db).resolve()), "version": version, "basis_version": None if b is None else b.version,
+            "n_filters": None if b is None else b.n_filters, "range": None if b is None else [b.range_min, b.range_max],
+            "uri": target, "master": master, "elapsed_s": round(time.perf_counter() - t0, 3)}
