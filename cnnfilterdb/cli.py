@@ -135,7 +135,37 @@ def cmd_drift(args) -> int:
             out = analysis.divergence(args.group_by, where, args.metric, args.bins, args.weights, args.basis)
         except SelectionError as e:
             raise UserError(str(e)) from None
-    if args.json:
+    return _print_divergence(out, args.json)
+
+
+def cmd_spark_divergence(args) -> int:
+    from .selection import SelectionError
+    from .spark import SparkStore
+    from .spark.session import running
+
+    where = _json_where(args.where)
+    with running(args.master) as spark:
+        try:
+            store = SparkStore.open(spark, args.store or args.db or default_db(), args.as_of)
+            out = store.divergence(args.group_by, where, args.metric, args.bins, args.weights, args.basis)
+        except SelectionError as e:
+            raise UserError(str(e)) from None
+    return _print_divergence(out, args.json)
+
+
+def cmd_spark_refresh(args) -> int:
+    from .spark import refresh
+    from .spark.session import running
+
+    with running(args.master) as spark:
+        out = refresh(args.db or default_db(), spark, args.store)
+    print(json.dumps(out))
+    return 0
+
+
+def _print_divergence(out: dict, as_json: bool) -> int:
+    """A divergence result (``Analysis.divergence``) as JSON, or as a table with its drift statistics."""
+    if as_json:
         print(json.dumps(out, default=str))
         return 0
     # Rows carry the full label and the group's model count; columns are numbered like the rows,
@@ -474,6 +504,24 @@ def cmd_serve(args) -> int:
     return _serve(db, args.host, args.port, overrides)
 
 
+def _divergence_args(s: argparse.ArgumentParser) -> None:
+    """The options of a divergence (``drift``, ``spark divergence``)."""
+    s.add_argument("--group-by", required=True, help="task, visual_category, depth_bin, model, ...")
+    s.add_argument("--where", help='a JSON selection, e.g. \'{"task": ["Classification", "GAN"], "conv_depth": {"gte": 2}}\'')
+    s.add_argument("--metric", default="kl_sym", help="kl_sym (default), js, hellinger, wasserstein")
+    s.add_argument("--bins", type=int, default=70)
+    s.add_argument("--weights", default="explained_variance", help="explained_variance (default) or uniform")
+    s.add_argument("--basis", default="global", help="global (default) or selection")
+    s.add_argument("--json", action="store_true")
+    _db_arg(s)
+    _as_of_arg(s)
+
+
+def _spark_args(s: argparse.ArgumentParser, store_help: str) -> None:
+    s.add_argument("--master", required=True, help="the Spark master URL: local[2], spark://host:7077, yarn, ...")
+    s.add_argument("--store", metavar="URI", default=None, help=store_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnnfilterdb", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -514,16 +562,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("drift", help="the divergence matrix between groups of filters (docs/method.md#divergence)")
-    s.add_argument("--group-by", required=True, help="task, visual_category, depth_bin, model, ...")
-    s.add_argument("--where", help='a JSON selection, e.g. \'{"task": ["Classification", "GAN"], "conv_depth": {"gte": 2}}\'')
-    s.add_argument("--metric", default="kl_sym", help="kl_sym (default), js, hellinger, wasserstein")
-    s.add_argument("--bins", type=int, default=70)
-    s.add_argument("--weights", default="explained_variance", help="explained_variance (default) or uniform")
-    s.add_argument("--basis", default="global", help="global (default) or selection")
-    s.add_argument("--json", action="store_true")
-    _db_arg(s)
-    _as_of_arg(s)
+    _divergence_args(s)
     s.set_defaults(func=cmd_drift)
+
+    spark = sub.add_parser("spark", help="the store's scans as Apache Spark jobs (docs/method.md#spark; needs "
+                                         "pip install 'cnnfilterdb[spark]' and a Java runtime)")
+    spark_sub = spark.add_subparsers(dest="spark_command", required=True)
+    s = spark_sub.add_parser("divergence", help="`drift` with its scans on Spark: the same options and JSON; "
+                                                "reads the store through its Parquet tables")
+    _divergence_args(s)
+    _spark_args(s, "where Spark reads the store (s3a://bucket/store, hdfs://..., file:///...): default --db")
+    s.set_defaults(func=cmd_spark_divergence)
+    s = spark_sub.add_parser("refresh", help="refit the basis and per-layer histograms with the scans on Spark; "
+                                             "commits a new store version, all or nothing")
+    _db_arg(s)
+    _spark_args(s, "where the executors read the same store, if not at --db (e.g. s3a://bucket/store)")
+    s.set_defaults(func=cmd_spark_refresh)
 
     s = sub.add_parser("export", help="write the filters of a selection to a file (.parquet, .arrows, .npy, .csv): "
                                       "filter_id, model_id, layer_id and the 9 weights, streamed, no row cap")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..errors import UserError
 from ..store import first_line
@@ -77,3 +79,19 @@ def session(master: str, app_name: str = "cnnfilterdb", conf: dict[str, str] | N
                          "`java -version`; Spark 4 needs Java 17 or 21)") from None
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+@contextmanager
+def running(master: str, conf: dict[str, str] | None = None) -> Iterator:
+    """``session(master, conf=conf)`` for a block, stopped after it unless it was already running
+    (a notebook's, a test's: Spark allows one session per process, and that one is theirs)."""
+    require_pyspark()
+    from pyspark.sql import SparkSession
+
+    mine = SparkSession.getActiveSession() is None
+    spark = session(master, conf=conf)
+    try:
+        yield spark
+    finally:
+        if mine:
+            spark.stop()
