@@ -39,7 +39,7 @@ def _shipped_files() -> dict[str, Path]:
     for folder, package in FOLDERS.items():
         prefix = package.replace(".", "/")
         for f in (REPO / folder).rglob("*"):
-            if f.is_file() and "__pycache__" not in f.parts and f.suffix in {".py", ".sql", ".html", ".js", ".css", ".svg"}:
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix in {".py", ".sql", ".html", ".js", ".css", ".svg", ".properties"}:
                 files[f"{prefix}/{f.relative_to(REPO / folder).as_posix()}"] = f
     return files
 

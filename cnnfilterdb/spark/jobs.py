@@ -22,6 +22,8 @@ Only the partial results cross the network: a task's histogram rows, never filte
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..scan import LayerGroups, kernel_basis
@@ -43,6 +45,14 @@ _MERGE = """(a, b) -> named_struct(
           * (CAST(a.n AS DOUBLE) * b.n / (a.n + b.n))))"""
 # The elementwise sum of a group's count arrays.
 _SUM = "aggregate(slice(parts, 2, size(parts)), parts[0], (a, b) -> zip_with(a, b, (x, y) -> x + y))"
+
+
+def _map(df, task, schema: str):
+    """``_map(df, task, schema)``, without PySpark's warning about pandas >= 3 (these jobs
+    exchange Arrow batches only, never pandas frames)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+        return df.mapInArrow(task, schema)
 
 
 def _columns(batch, names: list[str]) -> list[np.ndarray]:
@@ -102,7 +112,7 @@ class SparkScanner:
 
         try:
             df = self._filters(["layer_id", *WEIGHT_COLUMNS], *self._selected(groups))
-            row = df.mapInArrow(task, "lo double, hi double, n long").agg(
+            row = _map(df, task, "lo double, hi double, n long").agg(
                 F.min("lo"), F.max("hi"), F.sum("n")).first()
         finally:
             group_of_layer.unpersist()
@@ -150,7 +160,7 @@ class SparkScanner:
 
         try:
             df = self._filters(["layer_id", *WEIGHT_COLUMNS], *self._selected(groups))
-            parts = df.mapInArrow(task, "group int, counts array<bigint>").groupBy("group").agg(
+            parts = _map(df, task, "group int, counts array<bigint>").groupBy("group").agg(
                 F.collect_list("counts").alias("parts"))
             table = parts.select("group", F.expr(_SUM).alias("counts")).toArrow()
         finally:
@@ -215,7 +225,7 @@ class SparkScanner:
         schema = "layer_id int, first bigint, n bigint, mean array<double>, scatter array<double>"
         try:
             df = self._filters(["filter_id", "layer_id", *WEIGHT_COLUMNS], int(layer_ids[0]), int(layer_ids[-1]))
-            parts = df.mapInArrow(task, schema).groupBy("layer_id").agg(
+            parts = _map(df, task, schema).groupBy("layer_id").agg(
                 F.array_sort(F.collect_list(F.struct("first", "n", "mean", "scatter"))).alias("p"))
             merged = parts.select("layer_id", F.expr(f"aggregate(slice(p, 2, size(p)), p[0], {_MERGE})").alias("m"))
             table = merged.select("layer_id", "m.n", "m.mean", "m.scatter").orderBy("layer_id").toArrow()

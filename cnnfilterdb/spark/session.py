@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from ..errors import UserError
 from ..store import first_line
@@ -24,6 +26,11 @@ LOCAL_DEFAULTS = {
     "spark.ui.enabled": "false",               # no web UI (and its port) for a local run
     "spark.driver.bindAddress": "127.0.0.1",
 }
+
+
+# The master URLs Spark 4 accepts (SparkSubmit refuses anything else with a Java stack trace).
+MASTER_URL = re.compile(r"local(\[(\d+|\*)(,\s*\d+)?\])?|local-cluster\[\d+,\s*\d+,\s*\d+\]|(spark|k8s)://\S+|yarn")
+LOCAL_LOG4J_URI = Path(__file__).with_name("log4j2.properties").as_uri()
 
 
 class SparkError(UserError):
@@ -57,6 +64,9 @@ def session(master: str, app_name: str = "cnnfilterdb", conf: dict[str, str] | N
     require_pyspark()
     from pyspark.sql import SparkSession
 
+    if not MASTER_URL.fullmatch(master):
+        raise SparkError(f"--master {master!r} is not a Spark master URL: local[N], local[*], spark://host:7077, yarn "
+                         "or k8s://https://host:port")
     # The executors' Python must be one where cnnfilterdb is installed: on this machine, this
     # interpreter; on a cluster, set PYSPARK_PYTHON (or spark.pyspark.python) to the nodes' one.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -65,7 +75,8 @@ def session(master: str, app_name: str = "cnnfilterdb", conf: dict[str, str] | N
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         cores = master[len("local["):-1] if master.startswith("local[") else "1"
         partitions = {"spark.sql.shuffle.partitions": cores if cores.isdigit() else str(os.cpu_count() or 1)}
-    settings = {**DEFAULTS, **(LOCAL_DEFAULTS | partitions if local else {}), **(conf or {})}
+    settings = {**DEFAULTS, **(LOCAL_DEFAULTS | partitions if local else {}),
+                "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOCAL_LOG4J_URI}", **(conf or {})}
     # PySpark warns about pandas >= 3 on import of its pandas helpers; these jobs exchange Arrow
     # batches only (mapInArrow, toArrow) and never convert through pandas.
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)

@@ -1,0 +1,283 @@
+"""The store's exact scans on Apache Spark (issue 13, docs/method.md#spark), on ``local[2]``: the
+jobs' integer histograms equal the local engine's bit for bit, their moments and divergence
+matrices to 1e-12; a selection with where, an empty selection, an older version, a store of
+several shards and ingests; the refresh commits what a local refit writes; the README's Spark
+SQL gives the DuckDB shell's rows."""
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnfilterdb.analysis import Analysis, Snapshot
+from cnnfilterdb.ingest import ingest_paths
+from cnnfilterdb.ingest.shards import ShardWriter
+from cnnfilterdb.scan import LayerGroups, ShardScanner
+from cnnfilterdb.selection import EmptySelectionError
+from cnnfilterdb.spark import SparkStore, session, store_uri
+from cnnfilterdb.spark.session import SparkError
+from cnnfilterdb.store import FilterStore, StoreError, VersionError
+
+from . import reference
+from .helpers import REPO, cli_main, open_catalog, store_snapshot
+
+
+@pytest.fixture(scope="module")
+def spark():
+    s = session("local[2]")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, sample_v1, sample_v01) -> Path:
+    """Two ingests into small shards (20,000 rows, row groups of 1,000: layers split across row
+    groups, shards and Spark's partitions), a relabelling and a removal (the removed model's
+    filters stay in the shards): five shards, four versions."""
+    db = tmp_path_factory.mktemp("spark") / "db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ShardWriter, "__init__", functools.partialmethod(ShardWriter.__init__, shard_rows=20_000,
+                                                                    row_group_rows=1_000))
+        ingest_paths([sample_v1], db)
+        ingest_paths([sample_v01], db)
+    with open_catalog(db) as con:
+        first, second = [m for (m,) in con.execute("SELECT model FROM models ORDER BY model_id LIMIT 2").fetchall()]
+    assert cli_main(["label", first, "--task", "Classification", "--db", str(db)]) == 0
+    assert cli_main(["remove", second, "--db", str(db)]) == 0
+    with open_catalog(db) as con:
+        assert con.execute("SELECT count(*) FROM _shards").fetchone()[0] == 5
+        assert con.execute("SELECT max(version) FROM _versions").fetchone()[0] == 4
+    return db
+
+
+@pytest.fixture(scope="module")
+def spark_store(spark, store) -> SparkStore:
+    return SparkStore.open(spark, store)
+
+
+def _local(db: Path, as_of: int | None = None) -> tuple:
+    con = open_catalog(db)
+    return con, Analysis(con, db, snapshot=Snapshot.at(con, db, as_of), use_layer_histograms=False)
+
+
+def _all_layers(con, version: int) -> LayerGroups:
+    """Every layer of the version its own group: the refresh's per-layer histograms."""
+    ids = np.array([r[0] for r in con.execute(f"SELECT layer_id FROM layers_at({version}) ORDER BY layer_id").fetchall()])
+    max_id = con.execute("SELECT max(layer_id) FROM _layers").fetchone()[0]
+    return LayerGroups.of(ids, np.arange(len(ids)), len(ids), max_id)
+
+
+def test_store_uri():
+    assert store_uri("s3a://bucket/store/") == "s3a://bucket/store"
+    assert store_uri("hdfs://nn:8020/x") == "hdfs://nn:8020/x"
+    assert store_uri("relative/dir").startswith("file:///") and store_uri("relative/dir").endswith("/relative/dir")
+
+
+def test_per_layer_histograms_and_range_are_the_local_engines(spark_store, store):
+    con, local = _local(store)
+    with con:
+        groups = _all_layers(con, local.version)
+        basis = local.global_basis()
+        scanner = ShardScanner(local.shard_paths())
+        assert spark_store.scanner.range(groups, basis) == scanner.range(groups, basis)
+        for bins in (70, 33):
+            a = spark_store.scanner.histograms(groups, basis, basis.range_min, basis.range_max, bins)
+            b = scanner.histograms(groups, basis, basis.range_min, basis.range_max, bins)
+            assert a.dtype == np.int64 and a.shape == (groups.n_groups, 9, bins)
+            np.testing.assert_array_equal(a, b)
+        # and the counts are numpy's: np.histogram of the reference's coefficients, layer by layer
+        W = con.execute("SELECT layer_id, w0, w1, w2, w3, w4, w5, w6, w7, w8 FROM filters ORDER BY filter_id").fetchnumpy()
+    X = np.stack([W[f"w{i}"] for i in range(9)], axis=1).astype(np.float64)
+    coeffs = (reference.scale(X) - basis.mean) @ basis.components.T
+    ids = np.flatnonzero(groups.group_of_layer >= 0)
+    for layer in ids[[0, len(ids) // 2, -1]]:
+        rows = W["layer_id"] == layer
+        for i in range(9):
+            expect, _ = np.histogram(coeffs[rows, i], 70, range=(basis.range_min, basis.range_max))
+            np.testing.assert_array_equal(a_layer := spark_store.scanner.histograms(
+                LayerGroups.of([layer], [0], 1, int(ids[-1])), basis, basis.range_min, basis.range_max, 70)[0, i], expect)
+            assert a_layer.sum() == rows.sum()
+
+
+def test_layer_moments_are_the_ingests_to_1e_12(spark_store, store):
+    con, local = _local(store)
+    with con:
+        stored = local.snapshot.layer_moments(con)
+        ids = np.array([r[0] for r in con.execute("SELECT layer_id FROM layers ORDER BY layer_id").fetchall()])
+    layer_ids, n, mean, scatter = spark_store.scanner.layer_moments(ids)
+    np.testing.assert_array_equal(layer_ids, ids)
+    pos = np.searchsorted(stored.layer_ids, ids)
+    np.testing.assert_array_equal(n, stored.n[pos])
+    norm = np.maximum(np.abs(stored.scatter[pos]).max(axis=(1, 2)), 1e-300)[:, None, None]
+    assert (np.abs(scatter - stored.scatter[pos]) / norm).max() < 1e-12
+    assert np.abs(mean - stored.mean[pos]).max() < 1e-12
+    # pooled, they give the store's basis to 1e-12
+    from cnnfilterdb.stats.basis import fit_basis
+    from cnnfilterdb.stats.moments import pool
+
+    b = fit_basis(pool(n, mean, scatter))
+    with open_catalog(store) as con:
+        g = Analysis(con, store).global_basis()
+    np.testing.assert_allclose(b.explained_variance, g.explained_variance, rtol=1e-12)
+    np.testing.assert_allclose(np.abs(b.components @ g.components.T), np.eye(9), atol=1e-10)
+
+
+CASES = [
+    dict(group_by="task"),
+    dict(group_by="model", where={"task": ["GAN", "Segmentation"]}, metric="js", bins=33),
+    dict(group_by="depth_bin", where={"conv_depth": {"gte": 1}}, basis="selection", weights="uniform"),
+    dict(group_by="visual_category", metric="hellinger", bins=120, basis="selection"),
+    dict(group_by="layer_id", where={"model_id": 3}, metric="wasserstein"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["group_by"] for c in CASES])
+def test_divergence_is_the_local_engines(spark_store, store, case):
+    got = spark_store.divergence(**case)
+    con, local = _local(store)
+    with con:
+        expect = local.divergence(**case)
+    assert got["method"] == "spark" and expect["method"] == "scan"
+    for key in expect:
+        if key in ("method", "elapsed_ms", "matrix"):
+            continue
+        assert got[key] == expect[key], key
+    a, b = np.array(got["matrix"]), np.array(expect["matrix"])
+    assert a.shape == b.shape and len(a) >= 2
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+
+
+def test_an_older_version(spark, store):
+    old = SparkStore.open(spark, store, as_of=2)
+    assert old.version == 2
+    got = old.divergence("task")
+    con, local = _local(store, as_of=2)
+    with con:
+        expect = local.divergence("task")
+    assert got["store_version"] == 2 and got["n_filters"] == expect["n_filters"] and got["labels"] == expect["labels"]
+    np.testing.assert_allclose(got["matrix"], expect["matrix"], rtol=1e-12, atol=0)
+    with pytest.raises(VersionError, match="no store version 9; this store holds versions 1 to 4"):
+        SparkStore.open(spark, store, as_of=9)
+
+
+def test_an_empty_selection_is_a_clear_error(spark_store, store, capsys):
+    with pytest.raises(EmptySelectionError, match="no filters match the selection"):
+        spark_store.divergence("task", where={"conv_depth": {"gt": 10_000}})
+    with pytest.raises(EmptySelectionError, match="'GANs' is not a task of any model.*did you mean 'GAN'"):
+        spark_store.divergence("task", where={"task": "GANs"})
+    assert cli_main(["spark", "divergence", "--master", "local[2]", "--db", str(store), "--group-by", "task",
+                     "--where", '{"model_id": 99999}']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cnnfilterdb: error: no filters match the selection") and len(err.splitlines()) == 1
+
+
+def test_cli_divergence_json_is_drifts(store, spark, capsys):
+    args = ["--group-by", "visual_category", "--where", '{"task": "GAN"}', "--metric", "js", "--json", "--db", str(store)]
+    assert cli_main(["drift", *args]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert cli_main(["spark", "divergence", "--master", "local[2]", *args]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert set(got) == set(local) and got["method"] == "spark"
+    np.testing.assert_allclose(got["matrix"], local["matrix"], rtol=1e-12, atol=0)
+    assert {k: v for k, v in got.items() if k not in ("method", "elapsed_ms", "matrix")} == \
+        {k: v for k, v in local.items() if k not in ("method", "elapsed_ms", "matrix")}
+    # the store given as a URI (what an s3a:// or hdfs:// path is to Spark)
+    assert cli_main(["spark", "divergence", "--master", "local[2]", *args[:-2], "--store", store.as_uri()]) == 0
+    assert json.loads(capsys.readouterr().out)["matrix"] == got["matrix"]
+
+
+def test_refresh_commits_what_a_local_refit_writes(spark, store, tmp_path, capsys):
+    db = tmp_path / "db"
+    shutil.copytree(store, db)
+    with open_catalog(db) as con:
+        before = con.execute("SELECT * EXCLUDE (version, fitted_at) FROM basis").fetchall()
+        (old_file,) = con.execute("SELECT path FROM _layer_histograms WHERE basis_version = "
+                                  "(SELECT basis_version FROM _versions WHERE version = 4)").fetchone()
+    drift_before = json.loads(_run_json(["drift", "--group-by", "model", "--json", "--db", str(db)], capsys))
+    out = json.loads(_run_json(["spark", "refresh", "--master", "local[2]", "--db", str(db)], capsys))
+    assert out["version"] == 5 and out["master"].startswith("local")
+    with open_catalog(db) as con:
+        action, summary, bv = con.execute("SELECT action, summary, basis_version FROM versions WHERE version = 5").fetchone()
+        assert action == "refresh" and "refitted on Spark" in summary and bv == out["basis_version"]
+        # the same basis, bit for bit (fitted from the same moments), the same range (exact scans)
+        assert con.execute("SELECT * EXCLUDE (version, fitted_at) FROM basis").fetchall() == before
+        (new_file,) = con.execute("SELECT path FROM _layer_histograms WHERE basis_version = ?", [bv]).fetchone()
+    assert new_file != old_file
+    np.testing.assert_array_equal(np.load(db / new_file), np.load(db / old_file))
+    assert FilterStore(db).verify().problems == []
+    drift_after = json.loads(_run_json(["drift", "--group-by", "model", "--json", "--db", str(db)], capsys))
+    assert drift_after["matrix"] == drift_before["matrix"] and drift_after["method"] == "layer_histograms"
+
+
+def test_a_failed_refresh_leaves_the_store_unchanged(spark, store, tmp_path, capsys):
+    db = tmp_path / "db"
+    shutil.copytree(store, db)
+    before = store_snapshot(db)
+    files = sorted(p.relative_to(db) for p in db.rglob("*"))
+    assert cli_main(["spark", "refresh", "--master", "local[2]", "--db", str(db), "--store", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cnnfilterdb: error: ") and "nowhere" in err and len(err.splitlines()) == 1
+    assert store_snapshot(db) == before and sorted(p.relative_to(db) for p in db.rglob("*")) == files
+
+
+def test_a_store_without_tables_a_missing_shard_a_bad_master(spark, store, tmp_path, capsys, monkeypatch):
+    with pytest.raises(StoreError, match="no tables/LATEST: not a store"):
+        SparkStore.open(spark, tmp_path)
+    assert cli_main(["spark", "divergence", "--master", "local[2]", "--db", str(tmp_path), "--group-by", "task"]) == 1
+    assert "no tables/LATEST" in capsys.readouterr().err
+    # a shard gone where Spark reads the store: one line naming it, not a Java stack trace
+    db = tmp_path / "db"
+    shutil.copytree(store, db)
+    with open_catalog(db) as con:
+        (shard,) = con.execute("SELECT path FROM _shards ORDER BY filter_id_first LIMIT 1").fetchone()
+    (db / shard).unlink()
+    with pytest.raises(SparkError, match=f"a Spark job failed: .*{re.escape(shard)}") as e:
+        SparkStore.open(spark, db).divergence("task")
+    assert "\n" not in str(e.value)
+    for master in ["bogus", "local[two]", "spark:/x", ""]:
+        assert cli_main(["spark", "refresh", "--master", master, "--db", str(store)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"cnnfilterdb: error: --master {master!r} is not a Spark master URL") and err.count("\n") == 1
+    monkeypatch.setitem(sys.modules, "pyspark", None)  # the extra not installed
+    assert cli_main(["spark", "refresh", "--master", "local[2]", "--db", str(store)]) == 1
+    assert "pip install 'cnnfilterdb[spark]'" in capsys.readouterr().err
+
+
+def _run_json(argv: list[str], capsys) -> str:
+    assert cli_main(argv) == 0
+    return capsys.readouterr().out
+
+
+def _readme_spark() -> tuple[str, list[str]]:
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- spark-sql -->(.*?)<!-- /spark-sql -->", text, re.S).group(1)
+    (setup,) = re.findall(r"```python\n(.*?)```", block, re.S)
+    return setup, [q.strip() for q in re.findall(r"```sql\n(.*?)```", block, re.S)]
+
+
+def test_readme_spark_sql_gives_the_duckdb_rows(spark, store):
+    """The README's PySpark setup (the tables, nothing of this package) and its three queries give
+    the rows the DuckDB shell's queries give on the catalog."""
+    setup, queries = _readme_spark()
+    assert len(queries) == 3
+    exec(setup.replace('store = "filterdb"', f"store = {str(store)!r}"), {})
+    by_task, one_layer, sparsest = [spark.sql(q).toArrow().to_pylist() for q in queries]
+    with open_catalog(store) as con:
+        rows = {r[0]: (r[1], [float(x) for x in r[2]]) for r in con.execute(
+            "SELECT f.filter_id, m.model, f.w FROM filters f JOIN models m USING (model_id) "
+            "WHERE m.task = 'Classification'").fetchall()}
+        assert len(by_task) == 10
+        for r in by_task:
+            assert rows[r["filter_id"]] == (r["model"], [float(x) for x in r["w"]])
+        expect = con.execute("SELECT filter_id, as_3x3(w) FROM filters WHERE layer_id = 5 ORDER BY filter_id").fetchall()
+        assert [(r["filter_id"], r["w3x3"]) for r in one_layer] == [(i, [list(row) for row in w]) for i, w in expect]
+        cols = "layer_id, model, task, conv_depth, depth_bin, n_filters, sparsity, variance_entropy, " \
+               "variance_entropy_norm, variance_entropy_clean"
+        expect = con.execute(f"SELECT {cols} FROM layers_with_models ORDER BY sparsity DESC, layer_id LIMIT 10").fetchall()
+        assert [tuple(r.values()) for r in sparsest] == expect
