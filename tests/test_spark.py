@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from cnnfilterdb.analysis import Analysis, Snapshot
@@ -22,7 +24,7 @@ from cnnfilterdb.scan import LayerGroups, ShardScanner
 from cnnfilterdb.selection import EmptySelectionError
 from cnnfilterdb.spark import SparkStore, session, store_uri
 from cnnfilterdb.spark.session import SparkError
-from cnnfilterdb.store import FilterStore, StoreError, VersionError
+from cnnfilterdb.store import FilterStore, StoreDamaged, StoreError, VersionError
 
 from . import reference
 from .helpers import REPO, cli_main, open_catalog, store_snapshot
@@ -240,6 +242,17 @@ def test_a_store_without_tables_a_missing_shard_a_bad_master(spark, store, tmp_p
     with pytest.raises(SparkError, match=f"a Spark job failed: .*{re.escape(shard)}") as e:
         SparkStore.open(spark, db).divergence("task")
     assert "\n" not in str(e.value)
+    # a forged LATEST, a forged shard path: named, never followed out of the store
+    latest = (db / "tables" / "LATEST").read_text()
+    (db / "tables" / "LATEST").write_text("../../etc\n")
+    with pytest.raises(StoreDamaged, match=r"tables/LATEST: names '../../etc', not a tables directory"):
+        SparkStore.open(spark, db)
+    (db / "tables" / "LATEST").write_text(latest)
+    shards = db / latest.strip() / "shards.parquet"
+    t = pq.read_table(shards)
+    pq.write_table(t.set_column(0, "path", pa.array(["/etc/passwd"] + t.column("path").to_pylist()[1:])), shards)
+    with pytest.raises(StoreDamaged, match="shards.parquet: names '/etc/passwd', not a shard of the store"):
+        SparkStore.open(spark, db)
     for master in ["bogus", "local[two]", "spark:/x", ""]:
         assert cli_main(["spark", "refresh", "--master", master, "--db", str(store)]) == 1
         err = capsys.readouterr().err

@@ -16,12 +16,16 @@ from pathlib import Path
 
 from ..analysis import Analysis, Snapshot
 from ..selection import SelectionError
-from ..store import StoreError, StoreTransaction, VersionError, first_line
+from ..store import SHARDS, StoreDamaged, StoreError, StoreTransaction, VersionError, first_line
 from ..tables import LATEST, TABLES
 from .jobs import SparkScanner
 from .session import SparkError
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# What the tables may name, relative to the store (store.py, tables.py): anything else (a path out
+# of the store, an absolute one) is a damaged or forged file, not read.
+_TABLES_DIR = re.compile(rf"{TABLES}/[0-9A-Za-z]+-[0-9a-f]+-v[0-9]+")
+_SHARD = re.compile(rf"{SHARDS}/[0-9A-Za-z-]+\.parquet")
 
 
 def store_uri(location: str | os.PathLike) -> str:
@@ -59,6 +63,8 @@ class SparkStore:
         self.catalog = con
         self.version = int(con.execute("SELECT max(version) FROM _versions").fetchone()[0])
         self.shards = tables["shards"].sort_by("filter_id_first").column("path").to_pylist()
+        if bad := [p for p in self.shards if not isinstance(p, str) or not _SHARD.fullmatch(p)]:
+            raise StoreDamaged(f"{directory}/shards.parquet", f"names {bad[0]!r}, not a shard of the store")
         self.scanner = SparkScanner(spark, uri, self.shards)
 
     @classmethod
@@ -70,19 +76,23 @@ class SparkStore:
         latest = _read(spark, uri, f"{TABLES}/{LATEST}", "text",
                        f"{uri}: no {TABLES}/{LATEST}: not a store, or one whose last commit predates its Parquet "
                        "tables (catalog layout 4); any commit writes them, e.g. `cnnfilterdb spark refresh`")
-        directory = latest.column(0)[0].as_py().strip()
+        directory = latest.column(0)[0].as_py().strip() if latest.num_rows else ""
+        if not _TABLES_DIR.fullmatch(directory):
+            raise StoreDamaged(f"{TABLES}/{LATEST}", f"names {directory[:100]!r}, not a tables directory of the store")
         if as_of is not None:
             versions = _read(spark, uri, f"{directory}/versions.parquet")
-            rows = {v: (t, c) for v, t, c in zip(versions.column("version").to_pylist(), versions.column("tables").to_pylist(),
-                                                  versions.column("compacted").to_pylist())}
-            kept = sorted(v for v, (t, _) in rows.items() if t is not None)
+            tables_of = dict(zip(versions.column("version").to_pylist(), versions.column("tables").to_pylist()))
+            kept = sorted(v for v, t in tables_of.items() if t is not None)  # null: compacted away
             held = f"{kept[0]} to {kept[-1]}" if kept else "none"
-            if as_of not in rows:
+            if as_of not in tables_of:
                 raise VersionError(f"no store version {as_of}; this store holds versions {held} (`cnnfilterdb log`)")
-            if rows[as_of][0] is None:
+            if tables_of[as_of] is None:
                 raise VersionError(f"store version {as_of} was compacted away (`cnnfilterdb compact`); this store "
                                    f"holds versions {held}")
-            directory = rows[as_of][0]
+            if not _TABLES_DIR.fullmatch(tables_of[as_of]):
+                raise StoreDamaged(f"{directory}/versions.parquet",
+                                   f"names {tables_of[as_of][:100]!r}, not a tables directory of the store")
+            directory = tables_of[as_of]
         names = ["versions", "basis", "layer_moments", "layers_with_models", "shards"]
         return cls(spark, uri, directory, {n: _read(spark, uri, f"{directory}/{n}.parquet") for n in names})
 
