@@ -144,7 +144,7 @@ def cmd_spark_divergence(args) -> int:
     from .spark.session import running
 
     where = _json_where(args.where)
-    with running(args.master) as spark:
+    with running(args.master, dict(args.conf)) as spark:
         try:
             store = SparkStore.open(spark, args.store or args.db or default_db(), args.as_of)
             out = store.divergence(args.group_by, where, args.metric, args.bins, args.weights, args.basis)
@@ -157,7 +157,7 @@ def cmd_spark_refresh(args) -> int:
     from .spark import refresh
     from .spark.session import running
 
-    with running(args.master) as spark:
+    with running(args.master, dict(args.conf)) as spark:
         out = refresh(args.db or default_db(), spark, args.store)
     print(json.dumps(out))
     return 0
@@ -520,6 +520,16 @@ def _divergence_args(s: argparse.ArgumentParser) -> None:
 def _spark_args(s: argparse.ArgumentParser, store_help: str) -> None:
     s.add_argument("--master", required=True, help="the Spark master URL: local[2], spark://host:7077, yarn, ...")
     s.add_argument("--store", metavar="URI", default=None, help=store_help)
+    s.add_argument("--conf", metavar="KEY=VALUE", type=_spark_setting, action="append", default=[],
+                   help="a Spark setting, as spark-submit's --conf (repeat it), e.g. "
+                        "spark.jars.packages=org.apache.hadoop:hadoop-aws:3.4.1")
+
+
+def _spark_setting(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
 
 
 def build_parser() -> argparse.ArgumentParser:

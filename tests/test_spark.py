@@ -183,7 +183,7 @@ def test_cli_divergence_json_is_drifts(store, spark, capsys):
     args = ["--group-by", "visual_category", "--where", '{"task": "GAN"}', "--metric", "js", "--json", "--db", str(store)]
     assert cli_main(["drift", *args]) == 0
     local = json.loads(capsys.readouterr().out)
-    assert cli_main(["spark", "divergence", "--master", "local[2]", *args]) == 0
+    assert cli_main(["spark", "divergence", "--master", "local[2]", "--conf", "spark.sql.shuffle.partitions=3", *args]) == 0
     got = json.loads(capsys.readouterr().out)
     assert set(got) == set(local) and got["method"] == "spark"
     np.testing.assert_allclose(got["matrix"], local["matrix"], rtol=1e-12, atol=0)
@@ -257,6 +257,9 @@ def test_a_store_without_tables_a_missing_shard_a_bad_master(spark, store, tmp_p
         assert cli_main(["spark", "refresh", "--master", master, "--db", str(store)]) == 1
         err = capsys.readouterr().err
         assert err.startswith(f"cnnfilterdb: error: --master {master!r} is not a Spark master URL") and err.count("\n") == 1
+    with pytest.raises(SystemExit) as e:  # argparse's usage error
+        cli_main(["spark", "refresh", "--master", "local[2]", "--conf", "no-equals-sign", "--db", str(store)])
+    assert e.value.code == 2 and "expected KEY=VALUE, got 'no-equals-sign'" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "pyspark", None)  # the extra not installed
     assert cli_main(["spark", "refresh", "--master", "local[2]", "--db", str(store)]) == 1
     assert "pip install 'cnnfilterdb[spark]'" in capsys.readouterr().err
