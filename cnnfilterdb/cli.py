@@ -146,7 +146,7 @@ def cmd_spark_divergence(args) -> int:
     where = _json_where(args.where)
     with running(args.master, dict(args.conf)) as spark:
         try:
-            store = SparkStore.open(spark, args.store or args.db or default_db(), args.as_of)
+            store = SparkStore.open(spark, args.store or args.db or default_db(), args.as_of, args.read)
             out = store.divergence(args.group_by, where, args.metric, args.bins, args.weights, args.basis)
         except SelectionError as e:
             raise UserError(str(e)) from None
@@ -158,7 +158,7 @@ def cmd_spark_refresh(args) -> int:
     from .spark.session import running
 
     with running(args.master, dict(args.conf)) as spark:
-        out = refresh(args.db or default_db(), spark, args.store)
+        out = refresh(args.db or default_db(), spark, args.store, args.read)
     print(json.dumps(out))
     return 0
 
@@ -520,6 +520,10 @@ def _divergence_args(s: argparse.ArgumentParser) -> None:
 def _spark_args(s: argparse.ArgumentParser, store_help: str) -> None:
     s.add_argument("--master", required=True, help="the Spark master URL: local[2], spark://host:7077, yarn, ...")
     s.add_argument("--store", metavar="URI", default=None, help=store_help)
+    s.add_argument("--read", choices=["arrow", "spark"], default="arrow",
+                   help="how the tasks read the shards: arrow (default: whole row groups with pyarrow's filesystems, "
+                        "local/s3/hdfs/gcs) or spark (Spark's Parquet reader and Hadoop filesystems: any storage "
+                        "Spark reads, ~15x slower)")
     s.add_argument("--conf", metavar="KEY=VALUE", type=_spark_setting, action="append", default=[],
                    help="a Spark setting, as spark-submit's --conf (repeat it), e.g. "
                         "spark.jars.packages=org.apache.hadoop:hadoop-aws:3.4.1")

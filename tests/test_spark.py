@@ -58,9 +58,11 @@ def store(tmp_path_factory, sample_v1, sample_v01) -> Path:
     return db
 
 
-@pytest.fixture(scope="module")
-def spark_store(spark, store) -> SparkStore:
-    return SparkStore.open(spark, store)
+@pytest.fixture(scope="module", params=["arrow", "spark"])
+def spark_store(request, spark, store) -> SparkStore:
+    """The store read by Spark, its jobs reading the shards with pyarrow (whole row groups) or
+    through Spark's Parquet reader: every test of it runs with both."""
+    return SparkStore.open(spark, store, read=request.param)
 
 
 def _local(db: Path, as_of: int | None = None) -> tuple:
@@ -239,8 +241,11 @@ def test_a_store_without_tables_a_missing_shard_a_bad_master(spark, store, tmp_p
     with open_catalog(db) as con:
         (shard,) = con.execute("SELECT path FROM _shards ORDER BY filter_id_first LIMIT 1").fetchone()
     (db / shard).unlink()
+    with pytest.raises(StoreError, match=f"{re.escape(shard)}: missing; the store is damaged") as e:
+        SparkStore.open(spark, db).divergence("task")  # its tasks read with pyarrow
+    assert "\n" not in str(e.value)
     with pytest.raises(SparkError, match=f"a Spark job failed: .*{re.escape(shard)}") as e:
-        SparkStore.open(spark, db).divergence("task")
+        SparkStore.open(spark, db, read="spark").divergence("task")  # through Spark's reader
     assert "\n" not in str(e.value)
     # a forged LATEST, a forged shard path: named, never followed out of the store
     latest = (db / "tables" / "LATEST").read_text()

@@ -30,6 +30,7 @@ from ..scan import LayerGroups, kernel_basis
 from ..stats.basis import Basis
 from ..stats.histogram import bin_edges, histogram_range
 from ..stats.moments import Moments
+from ..store import StoreError, first_line
 from .session import SparkError
 
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
@@ -55,6 +56,41 @@ def _map(df, task, schema: str):
         return df.mapInArrow(task, schema)
 
 
+READS = ("arrow", "spark")
+
+
+def arrow_filesystem_uri(uri: str) -> str:
+    """A store URI as pyarrow's filesystems take it: Hadoop's s3a:// and s3n:// are s3://."""
+    for hadoop in ("s3a://", "s3n://"):
+        if uri.startswith(hadoop):
+            return "s3://" + uri[len(hadoop):]
+    return uri
+
+
+def _row_groups(units, columns: list[str], layer_lo: int, layer_hi: int):
+    """The row groups that a task's units name ((path URI, row group) rows), read with pyarrow:
+    ``columns`` of the rows with layer_lo <= layer_id <= layer_hi, one table per row group."""
+    import pyarrow.compute as pc
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    opened: dict[str, pq.ParquetFile] = {}
+    try:
+        for batch in units:
+            for path, row_group in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                if path not in opened:
+                    fs, rel = pafs.FileSystem.from_uri(path)
+                    opened[path] = pq.ParquetFile(fs.open_input_file(rel))
+                table = opened[path].read_row_group(row_group, columns=columns, use_threads=False)
+                layer = table.column("layer_id")
+                if pc.min(layer).as_py() < layer_lo or pc.max(layer).as_py() > layer_hi:
+                    table = table.filter(pc.and_(pc.greater_equal(layer, layer_lo), pc.less_equal(layer, layer_hi)))
+                yield table
+    finally:
+        for f in opened.values():
+            f.close()
+
+
 def _columns(batch, names: list[str]) -> list[np.ndarray]:
     """The batch's columns as numpy arrays (zero-copy: the shards' columns hold no nulls)."""
     return [batch.column(batch.schema.get_field_index(n)).to_numpy(zero_copy_only=False) for n in names]
@@ -69,19 +105,62 @@ class SparkScanner:
     uri : the store's location as Spark reads it (``file:///...``, ``s3a://bucket/store``, ...).
     shards : the shard files' paths relative to the store (the catalog's ``_shards``, the tables'
         shards.parquet), in filter_id order.
+    read : how the tasks get the filters (READS):
+        ``arrow`` (default): Spark distributes the shards' row groups (those whose layer_id
+        statistics overlap the selection), each task reads its row groups with pyarrow's
+        filesystems (local, s3 from the AWS environment's credentials, hdfs, gcs): the kernels get
+        whole row groups, as on one machine;
+        ``spark``: Spark's Parquet reader (its Hadoop filesystems and their spark.hadoop.*
+        settings) hands each task's rows to the kernels as Arrow batches: any storage Spark
+        reads, but the rows cross from the JVM to Python, about 15x the kernels' time
+        (bench/bench_spark.py).
     """
 
     method = "spark"  # the analyses' results say where their histograms came from
 
-    def __init__(self, spark, uri: str, shards: list[str]):
-        self.spark, self.uri, self.shards = spark, uri.rstrip("/"), list(shards)
+    def __init__(self, spark, uri: str, shards: list[str], read: str = "arrow"):
+        if read not in READS:
+            raise SparkError(f"unknown read {read!r}; known: {list(READS)}")
+        self.spark, self.uri, self.shards, self.read = spark, uri.rstrip("/"), list(shards), read
 
-    def _filters(self, columns: list[str], layer_lo: int, layer_hi: int):
-        """The shards' ``columns`` of the rows with layer_lo <= layer_id <= layer_hi."""
+    def _job(self, columns: list[str], layer_lo: int, layer_hi: int, task, schema: str):
+        """The DataFrame of ``task``'s partial results: ``task`` gets an iterator of Arrow tables or
+        batches holding ``columns`` of the rows with layer_lo <= layer_id <= layer_hi."""
         from pyspark.sql import functions as F
 
-        df = self.spark.read.parquet(*[f"{self.uri}/{rel}" for rel in self.shards]).select(*columns)
-        return df.where(F.col("layer_id").between(int(layer_lo), int(layer_hi)))
+        lo, hi = int(layer_lo), int(layer_hi)
+        if self.read == "spark":
+            df = self.spark.read.parquet(*[f"{self.uri}/{rel}" for rel in self.shards]).select(*columns)
+            return _map(df.where(F.col("layer_id").between(lo, hi)), task, schema)
+        units = self._units(lo, hi)
+        # One partition per row group at most, a few per core: tasks of similar size, balanced.
+        parts = max(1, min(len(units), 4 * self.spark.sparkContext.defaultParallelism))
+        df = self.spark.createDataFrame(units, "path string, row_group int").repartition(parts)
+        return _map(df, lambda batches: task(_row_groups(batches, columns, lo, hi)), schema)
+
+    def _units(self, layer_lo: int, layer_hi: int) -> list[tuple[str, int]]:
+        """(shard URI, row group) of the row groups whose layer_id statistics overlap [layer_lo, layer_hi]."""
+        import pyarrow.fs as pafs
+        import pyarrow.parquet as pq
+
+        units = []
+        for rel in self.shards:
+            uri = f"{self.uri}/{rel}"
+            try:
+                fs, path = pafs.FileSystem.from_uri(arrow_filesystem_uri(uri))
+                with fs.open_input_file(path) as f:
+                    md = pq.ParquetFile(f).metadata
+            except FileNotFoundError:
+                raise StoreError(f"{uri}: missing; the store is damaged: run `cnnfilterdb verify`") from None
+            except (OSError, ValueError) as e:
+                raise SparkError(f"{uri}: {first_line(e)} (read='arrow' reads the shards with pyarrow's filesystems; "
+                                 "read='spark', `--read spark`, through Spark's)") from None
+            li = md.schema.to_arrow_schema().get_field_index("layer_id")
+            for i in range(md.num_row_groups):
+                st = md.row_group(i).column(li).statistics
+                if st is None or not st.has_min_max or (st.min <= layer_hi and st.max >= layer_lo):
+                    units.append((arrow_filesystem_uri(uri), i))
+        return units
 
     def _selected(self, groups: LayerGroups) -> tuple[int, int]:
         ids = np.flatnonzero(groups.group_of_layer >= 0)
@@ -111,12 +190,13 @@ class SparkScanner:
             yield pa.RecordBatch.from_pydict({"lo": [float(lo)], "hi": [float(hi)], "n": [int(n)]})
 
         try:
-            df = self._filters(["layer_id", *WEIGHT_COLUMNS], *self._selected(groups))
-            row = _map(df, task, "lo double, hi double, n long").agg(
-                F.min("lo"), F.max("hi"), F.sum("n")).first()
+            partial = self._job(["layer_id", *WEIGHT_COLUMNS], *self._selected(groups), task, "lo double, hi double, n long")
+            row = partial.agg(F.min("lo"), F.max("hi"), F.sum("n")).first()
         finally:
             group_of_layer.unpersist()
-        return float(row[0]), float(row[1]), int(row[2] or 0)
+        if not row[2]:  # nothing selected was read
+            return np.inf, -np.inf, 0
+        return float(row[0]), float(row[1]), int(row[2])
 
     def histograms(self, groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int) -> np.ndarray:
         """Counts (n_groups, 9, bins) int64: per group and component, np.histogram(c, bins, (lo, hi))
@@ -159,9 +239,8 @@ class SparkScanner:
                                              names=["group", "counts"])
 
         try:
-            df = self._filters(["layer_id", *WEIGHT_COLUMNS], *self._selected(groups))
-            parts = _map(df, task, "group int, counts array<bigint>").groupBy("group").agg(
-                F.collect_list("counts").alias("parts"))
+            partial = self._job(["layer_id", *WEIGHT_COLUMNS], *self._selected(groups), task, "group int, counts array<bigint>")
+            parts = partial.groupBy("group").agg(F.collect_list("counts").alias("parts"))
             table = parts.select("group", F.expr(_SUM).alias("counts")).toArrow()
         finally:
             group_of_layer.unpersist()
@@ -224,8 +303,8 @@ class SparkScanner:
 
         schema = "layer_id int, first bigint, n bigint, mean array<double>, scatter array<double>"
         try:
-            df = self._filters(["filter_id", "layer_id", *WEIGHT_COLUMNS], int(layer_ids[0]), int(layer_ids[-1]))
-            parts = _map(df, task, schema).groupBy("layer_id").agg(
+            partial = self._job(["filter_id", "layer_id", *WEIGHT_COLUMNS], int(layer_ids[0]), int(layer_ids[-1]), task, schema)
+            parts = partial.groupBy("layer_id").agg(
                 F.array_sort(F.collect_list(F.struct("first", "n", "mean", "scatter"))).alias("p"))
             merged = parts.select("layer_id", F.expr(f"aggregate(slice(p, 2, size(p)), p[0], {_MERGE})").alias("m"))
             table = merged.select("layer_id", "m.n", "m.mean", "m.scatter").orderBy("layer_id").toArrow()

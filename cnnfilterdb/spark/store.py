@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..analysis import Analysis, Snapshot
+from ..errors import UserError
 from ..selection import SelectionError
 from ..store import SHARDS, StoreDamaged, StoreError, StoreTransaction, VersionError, first_line
 from ..tables import LATEST, TABLES
@@ -43,7 +44,7 @@ class SparkStore:
     ``scanner`` (SparkScanner).
     """
 
-    def __init__(self, spark, uri: str, directory: str, tables: dict):
+    def __init__(self, spark, uri: str, directory: str, tables: dict, read: str = "arrow"):
         import duckdb
 
         self.spark, self.uri, self.directory = spark, uri, directory
@@ -65,13 +66,13 @@ class SparkStore:
         self.shards = tables["shards"].sort_by("filter_id_first").column("path").to_pylist()
         if bad := [p for p in self.shards if not isinstance(p, str) or not _SHARD.fullmatch(p)]:
             raise StoreDamaged(f"{directory}/shards.parquet", f"names {bad[0]!r}, not a shard of the store")
-        self.scanner = SparkScanner(spark, uri, self.shards)
+        self.scanner = SparkScanner(spark, uri, self.shards, read)
 
     @classmethod
-    def open(cls, spark, location: str | os.PathLike, as_of: int | None = None) -> SparkStore:
+    def open(cls, spark, location: str | os.PathLike, as_of: int | None = None, read: str = "arrow") -> SparkStore:
         """The store at ``location`` (a URI or a local path, ``store_uri``) as of store version
-        ``as_of`` (default the current one); StoreError if it has no tables, VersionError if it
-        does not hold ``as_of``."""
+        ``as_of`` (default the current one), its jobs reading the shards as ``read`` says
+        (SparkScanner); StoreError if it has no tables, VersionError if it does not hold ``as_of``."""
         uri = store_uri(location)
         latest = _read(spark, uri, f"{TABLES}/{LATEST}", "text",
                        f"{uri}: no {TABLES}/{LATEST}: not a store, or one whose last commit predates its Parquet "
@@ -94,7 +95,7 @@ class SparkStore:
                                    f"names {tables_of[as_of][:100]!r}, not a tables directory of the store")
             directory = tables_of[as_of]
         names = ["versions", "basis", "layer_moments", "layers_with_models", "shards"]
-        return cls(spark, uri, directory, {n: _read(spark, uri, f"{directory}/{n}.parquet") for n in names})
+        return cls(spark, uri, directory, {n: _read(spark, uri, f"{directory}/{n}.parquet") for n in names}, read)
 
     def analysis(self) -> Analysis:
         """The local engine's analyses on this version, their scans on Spark."""
@@ -108,7 +109,7 @@ class SparkStore:
         keys and values as ``cnnfilterdb drift --json``; ``method`` is "spark"."""
         try:
             return self.analysis().divergence(group_by, where, metric, bins, weights, basis)
-        except (SelectionError, SparkError):
+        except (SelectionError, UserError):  # a bad selection, a damaged store, Spark's own
             raise
         except Exception as e:  # a failed job (a shard missing or unreadable where Spark reads it)
             raise SparkError(f"a Spark job failed: {first_line(e)}") from None
@@ -127,7 +128,7 @@ def _read(spark, uri: str, rel: str, kind: str = "parquet", missing: str | None 
         raise SparkError(f"Spark could not read {uri}/{rel}: {first_line(e)}") from None
 
 
-def refresh(db: str | os.PathLike, spark, uri: str | None = None) -> dict:
+def refresh(db: str | os.PathLike, spark, uri: str | None = None, read: str = "arrow") -> dict:
     """Refit the current version's global basis and per-layer histograms with the scans on Spark,
     and commit them as a new store version (action "refresh"), all or nothing, as an ingest would.
 
@@ -141,6 +142,7 @@ def refresh(db: str | os.PathLike, spark, uri: str | None = None) -> dict:
     spark : a SparkSession.
     uri : where the executors read the same store (default: ``db`` as a file:// URI), e.g.
         ``s3a://bucket/store`` for a store synchronised there.
+    read : how the jobs read the shards (SparkScanner).
 
     Returns
     -------
@@ -153,11 +155,11 @@ def refresh(db: str | os.PathLike, spark, uri: str | None = None) -> dict:
         if tx.base_version == 0:
             raise StoreError(f"{tx.root}: the store has no version to refresh")
         target = store_uri(uri or tx.root)
-        scanner = SparkScanner(spark, target, tx.shard_rel_paths())
+        scanner = SparkScanner(spark, target, tx.shard_rel_paths(), read)
         try:
             version = tx.commit("refresh", scanner=scanner,
                                 summary=f"basis and per-layer histograms refitted on Spark ({master})")
-        except (StoreError, SparkError):
+        except UserError:
             raise
         except Exception as e:
             raise SparkError(f"a Spark job failed: {first_line(e)}; the store is unchanged") from None
