@@ -523,7 +523,7 @@ def _spark_args(s: argparse.ArgumentParser, store_help: str) -> None:
     s.add_argument("--read", choices=["arrow", "spark"], default="arrow",
                    help="how the tasks read the shards: arrow (default: whole row groups with pyarrow's filesystems, "
                         "local/s3/hdfs/gcs) or spark (Spark's Parquet reader and Hadoop filesystems: any storage "
-                        "Spark reads, ~15x slower)")
+                        "Spark reads, about 6x slower)")
     s.add_argument("--conf", metavar="KEY=VALUE", type=_spark_setting, action="append", default=[],
                    help="a Spark setting, as spark-submit's --conf (repeat it), e.g. "
                         "spark.jars.packages=org.apache.hadoop:hadoop-aws:3.4.1")

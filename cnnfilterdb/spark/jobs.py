@@ -1,11 +1,13 @@
 """The store's scans as Spark jobs: the local engine's kernels on each task's batches, the partial
 results summed by Spark (docs/method.md#spark).
 
-Every job reads the columns it needs of the shard files (``layer_id``, ``w0..w8``; the moments
-also ``filter_id``), keeps the rows of the selected layers' id range (a filter Spark pushes down
-to the Parquet row groups' statistics), and runs ``mapInArrow``: each task passes its Arrow record
-batches to the compiled kernels of ``stats/histogram.py`` (the coefficients c = C (x / p) - C mu
-computed by the same function as on one machine) and yields one partial result per task:
+Every job gets the columns it needs of the shard files (``layer_id``, ``w0..w8``; the moments
+also ``filter_id``) for the rows of the selected layers' id range, by one of two reads
+(``SparkScanner``): Spark distributes the row groups whose statistics overlap that range and the
+tasks read them whole with pyarrow (``arrow``), or Spark's Parquet reader hands the rows over
+(``spark``). Each task (``mapInArrow``) passes its Arrow tables to the compiled kernels of
+``stats/histogram.py`` (the coefficients c = C (x / p) - C mu computed by the same function as on
+one machine) and yields one partial result per task:
 
 - ``range``: (min, max, count) of the coefficients, reduced with Spark's min, max and sum: exact,
   since extremes do not depend on the order of the work;
@@ -112,7 +114,7 @@ class SparkScanner:
         whole row groups, as on one machine;
         ``spark``: Spark's Parquet reader (its Hadoop filesystems and their spark.hadoop.*
         settings) hands each task's rows to the kernels as Arrow batches: any storage Spark
-        reads, but the rows cross from the JVM to Python, about 15x the kernels' time
+        reads, but the rows cross from the JVM to Python, about 6x the time of read='arrow'
         (bench/bench_spark.py).
     """
 
