@@ -31,6 +31,7 @@ from .selection import (
     EmptySelectionError,
     Selection,
     SelectionError,
+    check_group_by,
     check_values,
     echo,
     layers_at,
@@ -58,6 +59,21 @@ MAX_RESPONSE_CELLS = 2_000_000
 # The thresholds of a degenerate layer (docs/method.md#degenerate): sparsity above, normalized variance entropy
 # below (redundant) or above (random-like).
 DEGENERATE_THRESHOLDS = {"sparsity_gt": 0.5, "entropy_norm_lt": 0.5, "entropy_norm_gt": 1.0}
+
+def check_divergence(group_by: str | None, metric: str, bins: int, weights: str, basis: str) -> None:
+    """SelectionError naming the first bad parameter of a divergence; needs no store (the CLI's
+    Spark commands check before starting Spark)."""
+    if group_by is None:
+        raise SelectionError("group_by is required")
+    check_group_by(group_by)
+    if metric not in METRICS:
+        raise SelectionError(f"unknown metric {echo(metric)}; known: {list(METRICS)}")
+    if weights not in WEIGHTS:
+        raise SelectionError(f"unknown weights {echo(weights)}; known: {list(WEIGHTS)}")
+    if basis not in BASES:
+        raise SelectionError(f"unknown basis {echo(basis)}; known: {list(BASES)}")
+    check_bins(bins)
+
 
 @dataclass
 class LayerHistograms:
@@ -318,12 +334,7 @@ class Analysis:
         """The d x d matrix between the groups of a selection and its drift statistics (docs/method.md#divergence, #drift);
         at most ``max_groups`` groups and ``max_pair_cells`` cells of pairwise work (defaults:
         MAX_GROUPS, MAX_PAIR_CELLS)."""
-        if metric not in METRICS:
-            raise SelectionError(f"unknown metric {metric!r}; known: {list(METRICS)}")
-        if weights not in WEIGHTS:
-            raise SelectionError(f"unknown weights {weights!r}; known: {list(WEIGHTS)}")
-        if group_by is None:
-            raise SelectionError("group_by is required")
+        check_divergence(group_by, metric, bins, weights, basis)
         t0 = time.perf_counter()
         h = self.group_histograms(where, group_by, bins, basis, max_groups=MAX_GROUPS if max_groups is None else max_groups,
                                   max_pair_cells=MAX_PAIR_CELLS if max_pair_cells is None else max_pair_cells)

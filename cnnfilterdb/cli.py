@@ -139,11 +139,18 @@ def cmd_drift(args) -> int:
 
 
 def cmd_spark_divergence(args) -> int:
+    from .analysis import check_divergence
     from .selection import SelectionError
     from .spark import SparkStore
     from .spark.session import running
 
     where = _json_where(args.where)
+    if args.store and args.db:
+        raise UserError("give the store as --db DIR or --store URI, not both")
+    try:  # before Spark starts (10-20 s)
+        check_divergence(args.group_by, args.metric, args.bins, args.weights, args.basis)
+    except SelectionError as e:
+        raise UserError(str(e)) from None
     with running(args.master, dict(args.conf)) as spark:
         try:
             store = SparkStore.open(spark, args.store or args.db or default_db(), args.as_of, args.read)
@@ -509,10 +516,10 @@ def _divergence_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--group-by", required=True, help="task, visual_category, depth_bin, model, ...")
     s.add_argument("--where", help='a JSON selection, e.g. \'{"task": ["Classification", "GAN"], "conv_depth": {"gte": 2}}\'')
     s.add_argument("--metric", default="kl_sym", help="kl_sym (default), js, hellinger, wasserstein")
-    s.add_argument("--bins", type=int, default=70)
+    s.add_argument("--bins", type=int, default=70, help="bins per component over the basis range (default 70)")
     s.add_argument("--weights", default="explained_variance", help="explained_variance (default) or uniform")
     s.add_argument("--basis", default="global", help="global (default) or selection")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the result as JSON (the keys of POST /v1/divergence)")
     _db_arg(s)
     _as_of_arg(s)
 
@@ -579,16 +586,20 @@ def build_parser() -> argparse.ArgumentParser:
     _divergence_args(s)
     s.set_defaults(func=cmd_drift)
 
-    spark = sub.add_parser("spark", help="the store's scans as Apache Spark jobs (docs/method.md#spark; needs "
-                                         "pip install 'cnnfilterdb[spark]' and a Java runtime)")
+    text = ("the store's scans as Apache Spark jobs (docs/method.md#spark; needs pip install 'cnnfilterdb[spark]' "
+            "and a Java runtime)")
+    spark = sub.add_parser("spark", help=text, description=text)
     spark_sub = spark.add_subparsers(dest="spark_command", required=True)
-    s = spark_sub.add_parser("divergence", help="`drift` with its scans on Spark: the same options and JSON; "
-                                                "reads the store through its Parquet tables")
+    text = ("`drift` with its scans on Spark: the same options, table and JSON; reads the store through its "
+            "Parquet tables, and always scans its filters (with default parameters and the catalog at hand, "
+            "`drift` answers from the stored per-layer histograms in milliseconds)")
+    s = spark_sub.add_parser("divergence", help=text, description=text)
     _divergence_args(s)
     _spark_args(s, "where Spark reads the store (s3a://bucket/store, hdfs://..., file:///...): default --db")
     s.set_defaults(func=cmd_spark_divergence)
-    s = spark_sub.add_parser("refresh", help="refit the basis and per-layer histograms with the scans on Spark; "
-                                             "commits a new store version, all or nothing")
+    text = ("refit the basis and per-layer histograms with the scans on Spark and commit them as a new store "
+            "version (action refresh), all or nothing; prints the commit as JSON")
+    s = spark_sub.add_parser("refresh", help=text, description=text)
     _db_arg(s)
     _spark_args(s, "where the executors read the same store, if not at --db (e.g. s3a://bucket/store)")
     s.set_defaults(func=cmd_spark_refresh)

@@ -230,6 +230,14 @@ def layers_at(version: int) -> str:
     return f"layers_with_models_at({int(version)})"
 
 
+def check_group_by(group_by: str | None) -> None:
+    """SelectionError naming the nearest known fields if ``group_by`` is not None nor one of GROUP_FIELDS."""
+    if group_by is not None and group_by not in GROUP_FIELDS:
+        near = nearest(group_by, GROUP_FIELDS) if isinstance(group_by, str) else []
+        hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+        raise SelectionError(f"unknown group_by {echo(group_by)}{hint}; known: {GROUP_FIELDS}")
+
+
 def select(cur, where: dict | None, group_by: str | None, version: int) -> Selection:
     """The layers of store version ``version`` that ``where`` selects, grouped by ``group_by``.
 
@@ -247,10 +255,7 @@ def select(cur, where: dict | None, group_by: str | None, version: int) -> Selec
     unknown ``group_by``; EmptySelectionError for a text value the store does not hold
     (check_values).
     """
-    if group_by is not None and group_by not in GROUP_FIELDS:
-        near = nearest(group_by, GROUP_FIELDS) if isinstance(group_by, str) else []
-        hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
-        raise SelectionError(f"unknown group_by {echo(group_by)}{hint}; known: {GROUP_FIELDS}")
+    check_group_by(group_by)
     cond, params = where_sql(where)
     check_values(cur, where, version)
     label = group_by or "'all'"

@@ -41,8 +41,9 @@ def spark():
 def store(tmp_path_factory, sample_v1, sample_v01) -> Path:
     """Two ingests into small shards (20,000 rows, row groups of 1,000: layers split across row
     groups, shards and Spark's partitions), a relabelling and a removal (the removed model's
-    filters stay in the shards): five shards, four versions."""
-    db = tmp_path_factory.mktemp("spark") / "db"
+    filters stay in the shards): five shards, four versions; in a directory whose name has a space
+    and a quote."""
+    db = tmp_path_factory.mktemp("spark") / "a store's dir" / "db"  # a space and a quote: URIs and SQL strings
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ShardWriter, "__init__", functools.partialmethod(ShardWriter.__init__, shard_rows=20_000,
                                                                     row_group_rows=1_000))
@@ -192,7 +193,7 @@ def test_cli_divergence_json_is_drifts(store, spark, capsys):
     assert {k: v for k, v in got.items() if k not in ("method", "elapsed_ms", "matrix")} == \
         {k: v for k, v in local.items() if k not in ("method", "elapsed_ms", "matrix")}
     # the store given as a URI (what an s3a:// or hdfs:// path is to Spark)
-    assert cli_main(["spark", "divergence", "--master", "local[2]", *args[:-2], "--store", store.as_uri()]) == 0
+    assert cli_main(["spark", "divergence", "--master", "local[2]", *args[:-2], "--store", f"file://{store}"]) == 0
     assert json.loads(capsys.readouterr().out)["matrix"] == got["matrix"]
 
 
@@ -302,3 +303,32 @@ def test_readme_spark_sql_gives_the_duckdb_rows(spark, store):
                "variance_entropy_norm, variance_entropy_clean"
         expect = con.execute(f"SELECT {cols} FROM layers_with_models ORDER BY sparsity DESC, layer_id LIMIT 10").fetchall()
         assert [tuple(r.values()) for r in sparsest] == expect
+
+
+def test_arguments_are_checked_before_spark_starts(tmp_path, capsys, monkeypatch):
+    """Bad arguments are one line at once, before any JVM: no Spark is even importable here."""
+    monkeypatch.setitem(sys.modules, "pyspark", None)
+    for args, message in [(["--group-by", "tsak"], "unknown group_by 'tsak' (did you mean 'task'?)"),
+                          (["--group-by", "task", "--metric", "kl"], "unknown metric 'kl'"),
+                          (["--group-by", "task", "--bins", "0"], "bins"),
+                          (["--group-by", "task", "--basis", "local"], "unknown basis 'local'"),
+                          (["--group-by", "task", "--where", '{"nope": 1}'], "unknown field(s) in where"),
+                          (["--group-by", "task", "--db", "x", "--store", "file:///x"], "--db DIR or --store URI, not both")]:
+        assert cli_main(["spark", "divergence", "--master", "local[2]", *args]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("cnnfilterdb: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_a_missing_directory_and_job_errors_in_one_line(spark, tmp_path):
+    from cnnfilterdb.spark.session import job_error
+
+    with pytest.raises(StoreError, match=f"{re.escape(str(tmp_path / 'nowhere'))}: no such directory"):
+        SparkStore.open(spark, tmp_path / "nowhere")
+    wrapped = ("An exception was thrown from the Python worker. Please see the stack trace below.\n"
+               "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+               "ModuleNotFoundError: No module named 'cnnfilterdb'\n\n\tat org.apache.spark.api.python.X")
+    assert job_error(Exception(wrapped)).startswith("the executors' Python has no cnnfilterdb: set PYSPARK_PYTHON")
+    raised = "Job aborted.\nTraceback (most recent call last):\nValueError: bad row group\n\tat org.apache.X\n"
+    assert job_error(Exception(raised)) == "ValueError: bad row group"
+    assert "hadoop-aws" in job_error(Exception("java.lang.ClassNotFoundException: Class org.apache.hadoop.fs.s3a."
+                                               "S3AFileSystem not found"))

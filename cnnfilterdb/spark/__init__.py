@@ -1,10 +1,11 @@
 """The store's exact scans on Apache Spark (docs/method.md#spark): for stores that outgrow one machine.
 
 A store is Parquet shards plus per-layer statistics that add up (moments, integer histograms):
-what a map-reduce engine needs. Here each scan is a Spark job over the shard files: ``mapInArrow``
-hands each task's record batches to the compiled kernels of ``stats/histogram.py`` (the local
-engine's), each task yields its partial result, and Spark sums the partials (integer counts,
-extremes, Chan et al.'s merge of moments). The driver reads the store through its Parquet tables
+what a map-reduce engine needs. Here each scan is a Spark job over the shard files: Spark
+distributes the shards' row groups, each task reads its own with pyarrow (or gets Spark's rows as
+Arrow batches: ``read="spark"``) and hands them to the compiled kernels of ``stats/histogram.py``
+(the local engine's) in ``mapInArrow``, each task yields its partial result, and Spark sums the
+partials (integer counts, extremes, Chan et al.'s merge of moments). The driver reads the store through its Parquet tables
 (``tables/``, cnnfilterdb/tables.py), so a store on any storage Spark reads (``file://``,
 ``s3a://``, ``hdfs://``) works without DuckDB on the cluster.
 

@@ -69,11 +69,21 @@ def arrow_filesystem_uri(uri: str) -> str:
     return uri
 
 
+def arrow_open(uri: str):
+    """The file at ``uri`` opened for reading with pyarrow's filesystems (a file:// URI's path
+    taken as written, as Spark takes it: not percent-decoded)."""
+    import pyarrow.fs as pafs
+
+    if uri.startswith("file://"):
+        return pafs.LocalFileSystem().open_input_file(uri[len("file://"):])
+    fs, path = pafs.FileSystem.from_uri(arrow_filesystem_uri(uri))
+    return fs.open_input_file(path)
+
+
 def _row_groups(units, columns: list[str], layer_lo: int, layer_hi: int):
     """The row groups that a task's units name ((path URI, row group) rows), read with pyarrow:
     ``columns`` of the rows with layer_lo <= layer_id <= layer_hi, one table per row group."""
     import pyarrow.compute as pc
-    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     opened: dict[str, pq.ParquetFile] = {}
@@ -81,8 +91,7 @@ def _row_groups(units, columns: list[str], layer_lo: int, layer_hi: int):
         for batch in units:
             for path, row_group in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
                 if path not in opened:
-                    fs, rel = pafs.FileSystem.from_uri(path)
-                    opened[path] = pq.ParquetFile(fs.open_input_file(rel))
+                    opened[path] = pq.ParquetFile(arrow_open(path))
                 table = opened[path].read_row_group(row_group, columns=columns, use_threads=False)
                 layer = table.column("layer_id")
                 if pc.min(layer).as_py() < layer_lo or pc.max(layer).as_py() > layer_hi:
@@ -142,18 +151,17 @@ class SparkScanner:
 
     def _units(self, layer_lo: int, layer_hi: int) -> list[tuple[str, int]]:
         """(shard URI, row group) of the row groups whose layer_id statistics overlap [layer_lo, layer_hi]."""
-        import pyarrow.fs as pafs
         import pyarrow.parquet as pq
 
         units = []
         for rel in self.shards:
             uri = f"{self.uri}/{rel}"
             try:
-                fs, path = pafs.FileSystem.from_uri(arrow_filesystem_uri(uri))
-                with fs.open_input_file(path) as f:
+                with arrow_open(uri) as f:
                     md = pq.ParquetFile(f).metadata
             except FileNotFoundError:
-                raise StoreError(f"{uri}: missing; the store is damaged: run `cnnfilterdb verify`") from None
+                raise StoreError(f"{uri}: missing; the store is damaged, or is not at this location (--store): "
+                                 "run `cnnfilterdb verify`") from None
             except (OSError, ValueError) as e:
                 raise SparkError(f"{uri}: {first_line(e)} (read='arrow' reads the shards with pyarrow's filesystems; "
                                  "read='spark', `--read spark`, through Spark's)") from None
@@ -161,7 +169,7 @@ class SparkScanner:
             for i in range(md.num_row_groups):
                 st = md.row_group(i).column(li).statistics
                 if st is None or not st.has_min_max or (st.min <= layer_hi and st.max >= layer_lo):
-                    units.append((arrow_filesystem_uri(uri), i))
+                    units.append((uri, i))
         return units
 
     def _selected(self, groups: LayerGroups) -> tuple[int, int]:

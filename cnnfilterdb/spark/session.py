@@ -21,6 +21,7 @@ DEFAULTS = {
     "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH_ROWS),
     "spark.ui.showConsoleProgress": "false",   # no progress bars over the CLI's output
     "spark.sql.session.timeZone": "UTC",       # the catalog's timestamps are UTC
+    "spark.log.level": "ERROR",                # the driver's log: errors only
 }
 LOCAL_DEFAULTS = {
     "spark.ui.enabled": "false",               # no web UI (and its port) for a local run
@@ -88,8 +89,23 @@ def session(master: str, app_name: str = "cnnfilterdb", conf: dict[str, str] | N
     except Exception as e:  # PySpark's, py4j's and Java's errors alike
         raise SparkError(f"Spark did not start on master {master!r}: {first_line(e)} (is a Java runtime installed? "
                          "`java -version`; Spark 4 needs Java 17 or 21)") from None
-    spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def job_error(e: BaseException) -> str:
+    """What a failed Spark job's error says, in one line: the Python exception a worker raised
+    (the last "SomethingError: ..." line of the traceback Spark wraps), else the first line.
+    An executor whose Python lacks this package says how to give it one."""
+    text = str(e)
+    if "No module named 'cnnfilterdb'" in text:
+        return ("the executors' Python has no cnnfilterdb: set PYSPARK_PYTHON (or spark.pyspark.python) to a Python "
+                "where cnnfilterdb[spark] is installed; cnnfilterdb.spark.session(master) does it on one machine")
+    if "S3AFileSystem not found" in text:
+        return ("Spark has no s3a filesystem: add --conf spark.jars.packages=org.apache.hadoop:hadoop-aws:<the version "
+                "of Spark's Hadoop: pyspark/jars/hadoop-client-api-<version>.jar>")
+    raised = re.findall(r"^\s*(\w+(?:Error|Exception): .+)$", text, re.M)
+    python = [line for line in raised if not line.startswith(("org.", "java.", "py4j"))]
+    return (python or [first_line(e)])[-1].strip()
 
 
 @contextmanager

@@ -17,10 +17,10 @@ from pathlib import Path
 from ..analysis import Analysis, Snapshot
 from ..errors import UserError
 from ..selection import SelectionError
-from ..store import SHARDS, StoreDamaged, StoreError, StoreTransaction, VersionError, first_line
+from ..store import SHARDS, StoreDamaged, StoreError, StoreTransaction, VersionError
 from ..tables import LATEST, TABLES
 from .jobs import SparkScanner
-from .session import SparkError
+from .session import SparkError, job_error
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # What the tables may name, relative to the store (store.py, tables.py): anything else (a path out
@@ -31,9 +31,11 @@ _SHARD = re.compile(rf"{SHARDS}/[0-9A-Za-z-]+\.parquet")
 
 def store_uri(location: str | os.PathLike) -> str:
     """A store's location as Spark reads it: a URI (``s3a://bucket/store``, ``hdfs://nn/store``,
-    ``file:///data/store``) as given, a local path as the ``file://`` URI of its absolute path."""
+    ``file:///data/store``) as given, a local path as ``file://`` and its absolute path."""
     text = str(location)
-    return text.rstrip("/") if _URI.match(text) else Path(text).resolve().as_uri()
+    # Not Path.as_uri(): Hadoop's paths take a file URI's path as written, so "%20" would stay
+    # three characters; a space or a quote is kept as it is (Spark and pyarrow read it so).
+    return text.rstrip("/") if _URI.match(text) else "file://" + str(Path(text).resolve())
 
 
 class SparkStore:
@@ -74,6 +76,8 @@ class SparkStore:
         ``as_of`` (default the current one), its jobs reading the shards as ``read`` says
         (SparkScanner); StoreError if it has no tables, VersionError if it does not hold ``as_of``."""
         uri = store_uri(location)
+        if uri.startswith("file://") and not Path(uri[len("file://"):]).is_dir():
+            raise StoreError(f"{uri[len('file://'):]}: no such directory")
         latest = _read(spark, uri, f"{TABLES}/{LATEST}", "text",
                        f"{uri}: no {TABLES}/{LATEST}: not a store, or one whose last commit predates its Parquet "
                        "tables (catalog layout 4); any commit writes them, e.g. `cnnfilterdb spark refresh`")
@@ -112,7 +116,7 @@ class SparkStore:
         except (SelectionError, UserError):  # a bad selection, a damaged store, Spark's own
             raise
         except Exception as e:  # a failed job (a shard missing or unreadable where Spark reads it)
-            raise SparkError(f"a Spark job failed: {first_line(e)}") from None
+            raise SparkError(f"a Spark job failed: {job_error(e)}") from None
 
 
 def _read(spark, uri: str, rel: str, kind: str = "parquet", missing: str | None = None):
@@ -125,7 +129,9 @@ def _read(spark, uri: str, rel: str, kind: str = "parquet", missing: str | None 
     except AnalysisException as e:
         if "PATH_NOT_FOUND" in str(e) or "does not exist" in str(e):
             raise StoreError(missing or f"{uri}: {rel} is missing; the store is damaged: run `cnnfilterdb verify`") from None
-        raise SparkError(f"Spark could not read {uri}/{rel}: {first_line(e)}") from None
+        raise SparkError(f"Spark could not read {uri}/{rel}: {job_error(e)}") from None
+    except Exception as e:  # Java's (a filesystem Spark lacks, a refused connection)
+        raise SparkError(f"Spark could not read {uri}/{rel}: {job_error(e)}") from None
 
 
 def refresh(db: str | os.PathLike, spark, uri: str | None = None, read: str = "arrow") -> dict:
@@ -158,11 +164,11 @@ def refresh(db: str | os.PathLike, spark, uri: str | None = None, read: str = "a
         scanner = SparkScanner(spark, target, tx.shard_rel_paths(), read)
         try:
             version = tx.commit("refresh", scanner=scanner,
-                                summary=f"basis and per-layer histograms refitted on Spark ({master})")
+                                summary=f"basis and per-layer histograms refitted on Spark ({master}, read={read})")
         except UserError:
             raise
         except Exception as e:
-            raise SparkError(f"a Spark job failed: {first_line(e)}; the store is unchanged") from None
+            raise SparkError(f"a Spark job failed: {job_error(e)}; the store is unchanged") from None
     from ..store import FilterStore, load_basis
 
     with FilterStore(db).connect() as con:
