@@ -332,3 +332,20 @@ def test_a_missing_directory_and_job_errors_in_one_line(spark, tmp_path):
     assert job_error(Exception(raised)) == "ValueError: bad row group"
     assert "hadoop-aws" in job_error(Exception("java.lang.ClassNotFoundException: Class org.apache.hadoop.fs.s3a."
                                                "S3AFileSystem not found"))
+
+
+def test_each_task_reads_a_contiguous_run_of_layers(spark, store):
+    """read='arrow' gives each task consecutive row groups, so that a task's per-layer partial
+    spans its own layers (a refresh of 1e7 layers must not hold the store's in every task)."""
+    import pyarrow as pa
+
+    st = SparkStore.open(spark, store)
+
+    def task(tables):
+        ids = [t.column("layer_id").to_numpy() for t in tables]
+        ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+        yield pa.RecordBatch.from_pydict({"lo": [int(ids.min()) if len(ids) else -1], "hi": [int(ids.max()) if len(ids) else -1]})
+
+    spans = sorted((r.lo, r.hi) for r in st.scanner._job(["layer_id"], 0, 10**9, task, "lo long, hi long").collect() if r.lo >= 0)
+    assert len(spans) >= 4  # several tasks
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # disjoint but for a layer cut between two

@@ -59,6 +59,7 @@ def _map(df, task, schema: str):
 
 
 READS = ("arrow", "spark")
+FOOTER_THREADS = 16  # the driver reads the shards' footers to list their row groups
 
 
 def arrow_filesystem_uri(uri: str) -> str:
@@ -144,27 +145,37 @@ class SparkScanner:
             df = self.spark.read.parquet(*[f"{self.uri}/{rel}" for rel in self.shards]).select(*columns)
             return _map(df.where(F.col("layer_id").between(lo, hi)), task, schema)
         units = self._units(lo, hi)
-        # One partition per row group at most, a few per core: tasks of similar size, balanced.
-        parts = max(1, min(len(units), 4 * self.spark.sparkContext.defaultParallelism))
-        df = self.spark.createDataFrame(units, "path string, row_group int").repartition(parts)
+        # One partition per row group at most, a few per core: tasks of similar size. Each task
+        # takes a contiguous run of row groups (parallelize slices a list in order; a shuffle
+        # would deal them round-robin), so it meets a contiguous run of layers: a task's
+        # per-layer partial spans its own layers, not the store's.
+        sc = self.spark.sparkContext
+        parts = max(1, min(len(units), 4 * sc.defaultParallelism))
+        df = self.spark.createDataFrame(sc.parallelize(units, parts), "path string, row_group int")
         return _map(df, lambda batches: task(_row_groups(batches, columns, lo, hi)), schema)
 
     def _units(self, layer_lo: int, layer_hi: int) -> list[tuple[str, int]]:
         """(shard URI, row group) of the row groups whose layer_id statistics overlap [layer_lo, layer_hi]."""
+        from concurrent.futures import ThreadPoolExecutor
+
         import pyarrow.parquet as pq
 
-        units = []
-        for rel in self.shards:
-            uri = f"{self.uri}/{rel}"
+        def footer(uri: str):
             try:
                 with arrow_open(uri) as f:
-                    md = pq.ParquetFile(f).metadata
+                    return pq.ParquetFile(f).metadata
             except FileNotFoundError:
                 raise StoreError(f"{uri}: missing; the store is damaged, or is not at this location (--store): "
                                  "run `cnnfilterdb verify`") from None
             except (OSError, ValueError) as e:
                 raise SparkError(f"{uri}: {first_line(e)} (read='arrow' reads the shards with pyarrow's filesystems; "
                                  "read='spark', `--read spark`, through Spark's)") from None
+
+        uris = [f"{self.uri}/{rel}" for rel in self.shards]
+        with ThreadPoolExecutor(FOOTER_THREADS) as pool:  # on object storage a footer is a round trip
+            footers = list(pool.map(footer, uris))
+        units = []
+        for uri, md in zip(uris, footers):
             li = md.schema.to_arrow_schema().get_field_index("layer_id")
             for i in range(md.num_row_groups):
                 st = md.row_group(i).column(li).statistics
