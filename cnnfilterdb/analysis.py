@@ -25,7 +25,7 @@ from .checks import check_bins, check_degenerate, check_density2d, check_similar
 from .limits import (
     DEFAULT_KDE_BINS,
 )
-from .scan import HeldShards, LayerGroups, ShardScanner, scan_histogram2d, scan_range
+from .scan import HeldShards, LayerGroups, ShardScanner, check_counts, scan_histogram2d, scan_range
 from .selection import (
     GROUP_FIELDS,
     EmptySelectionError,
@@ -325,6 +325,7 @@ class Analysis:
             lo, hi, _ = self.scanner.range(groups, b)
             b.range_min, b.range_max = lo, hi
         counts = self.scanner.histograms(groups, b, lo, hi, bins)
+        check_counts(counts, sel.n_filters)
         return GroupHistograms(sel, b, lo, hi, bins, counts, self.scanner.method)
 
     # -- the statistics --------------------------------------------------------------------------

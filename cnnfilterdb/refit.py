@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .scan import LayerGroups
+from .scan import LayerGroups, check_counts
 from .stats.basis import Basis, fit_basis
 from .stats.divergence import DEFAULT_BINS
 from .stats.moments import Moments, pool
@@ -135,8 +135,8 @@ def refit(cur, version: int, scanner, histogram_path: Path,
     basis = fit_basis(total)
     # One exact scan for the range, then one for the per-layer histograms of the default
     # parameters (counts add across layers, so any grouping's histograms are their sums).
-    layer_ids = np.array([r[0] for r in cur.execute("SELECT layer_id FROM layers_at(?) ORDER BY layer_id",
-                                                    [version]).fetchall()])
+    rows = cur.execute("SELECT layer_id, n_filters FROM layers_at(?) ORDER BY layer_id", [version]).fetchall()
+    layer_ids = np.array([r[0] for r in rows])
     max_layer_id = int(cur.execute("SELECT max(layer_id) FROM _layers").fetchone()[0])
     groups = LayerGroups.of(layer_ids, np.arange(len(layer_ids)), len(layer_ids), max_layer_id)
     lo, hi, _ = scanner.range(groups, basis)
@@ -144,6 +144,7 @@ def refit(cur, version: int, scanner, histogram_path: Path,
     if progress is not None:
         progress(basis.n_filters)
     counts = scanner.histograms(groups, basis, lo, hi, DEFAULT_BINS)
+    check_counts(counts, np.array([r[1] for r in rows]))  # never commit histograms of shards not as committed
     np.save(histogram_path, pack_histograms(layer_ids, counts))
     fsync_path(histogram_path)
     return Refit(basis, layer_ids, DEFAULT_BINS, histogram_path, histogram_path.stat().st_size,

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from .stats.basis import Basis
 from .stats.histogram import bin_edges, coefficient_range, histogram2d_counts, histogram_counts, histogram_range
-from .store import StoreDamaged, store_name, unreadable
+from .store import SHARDS, StoreDamaged, store_name, unreadable
 
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 REMAP_ROW_GROUPS = 16  # 80 MB of a shard mapped per thread at most
@@ -188,6 +188,18 @@ class ShardScanner:
     def histograms(self, groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int) -> np.ndarray:
         """``scan_histograms``: counts (n_groups, 9, bins) int64."""
         return scan_histograms(self.paths, groups, basis, lo, hi, bins, held=self.held)
+
+
+def check_counts(counts: np.ndarray, expected: np.ndarray) -> None:
+    """StoreDamaged unless each group's histograms hold ``expected`` (n_groups,) filters: the range
+    the counts were binned over covers every coefficient of the groups, so a shortfall or an excess
+    is a shard that does not hold what the catalog committed (a scan must not answer from it)."""
+    found = counts[:, 0, :].sum(axis=1)
+    if not np.array_equal(found, np.asarray(expected, dtype=np.int64)):
+        g = int(np.flatnonzero(found != expected)[0])
+        raise StoreDamaged(SHARDS, f"the scan found {int(found.sum()):,} filters of the selection where the catalog "
+                                   f"holds {int(np.sum(expected)):,} (group {g}: {int(found[g]):,}, not "
+                                   f"{int(expected[g]):,}): a shard is not as committed")
 
 
 def kernel_basis(basis: Basis) -> tuple[np.ndarray, np.ndarray]:

@@ -282,6 +282,7 @@ class FilterStore:
                                                "(SELECT coalesce(sum(n_filters), 0) FROM _layers)").fetchone()
                 tables = con.execute("SELECT table_name FROM duckdb_tables() "
                                      "WHERE database_name = current_database()").fetchall()
+                current_tables = current_tables_dir(con)
                 for (table,) in tables:
                     for _ in con.execute(f'SELECT * FROM "{table}"').to_arrow_reader():
                         pass
@@ -293,6 +294,8 @@ class FilterStore:
                     if (problem := file_problem(self.root, rel, size, sha256)) is not None]
         if rows != layer_rows:  # every stored filter belongs to a layer the catalog keeps, and back
             problems.append(f"{CATALOG}: the shards hold {rows:,} filters, its layers {layer_rows:,}")
+        if current_tables is not None and (problem := latest_problem(self.root, current_tables)) is not None:
+            problems.append(problem)
         return Verification(len(files), sum(size for _, size, _ in files), problems)
 
 
@@ -301,6 +304,30 @@ def referenced_files(con: duckdb.DuckDBPyConnection) -> str:
     files = "SELECT path, bytes, sha256 FROM _shards UNION ALL SELECT path, bytes, sha256 FROM _layer_histograms"
     has_tables = con.execute("SELECT max(schema_version) >= 5 FROM _store").fetchone()[0]
     return files + (" UNION ALL SELECT path, bytes, sha256 FROM _tables" if has_tables else "")
+
+
+def current_tables_dir(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The current version's Parquet tables directory, relative to the store (None: none written yet)."""
+    if not con.execute("SELECT max(schema_version) >= 5 FROM _store").fetchone()[0]:
+        return None
+    row = con.execute("SELECT any_value(path) FROM _tables WHERE version = (SELECT max(version) FROM _versions)").fetchone()
+    return None if row[0] is None else str(Path(row[0]).parent)
+
+
+def latest_problem(root: Path, directory: str) -> str | None:
+    """What is wrong with tables/LATEST against the current tables ``directory``; None if nothing."""
+    from .tables import LATEST, TABLES
+
+    path = Path(root) / TABLES / LATEST
+    try:
+        if path.is_symlink() or not path.is_file():
+            return f"{TABLES}/{LATEST}: missing or not a file"
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        return f"{TABLES}/{LATEST}: unreadable ({e.strerror})"
+    if text != directory + "\n":
+        return f"{TABLES}/{LATEST}: does not name the current version's tables ({directory})"
+    return None
 
 
 def store_id(con: duckdb.DuckDBPyConnection) -> str:
@@ -458,10 +485,9 @@ class StoreTransaction:
             with duckdb.connect(str(self.catalog_path), read_only=True) as con:
                 check_schema(con, self.catalog_path)
                 referenced = {p for (p, _, _) in con.execute(referenced_files(con)).fetchall()}
-                if con.execute("SELECT max(schema_version) >= 5 FROM _store").fetchone()[0]:
-                    row = con.execute("SELECT any_value(path) FROM _tables WHERE version = "
-                                      "(SELECT max(version) FROM _versions)").fetchone()
-                    current_tables = None if row[0] is None else str(Path(row[0]).parent)
+                current_tables = current_tables_dir(con)
+        if current_tables is not None:  # first (before deleting any tables): repairs a LATEST left behind
+            point_latest(self.root, current_tables)  # by a writer killed after its commit; compact's new one
         for p in (self.root / SHARDS).iterdir():
             if store_name(p) not in referenced:
                 p.unlink(missing_ok=True)
@@ -476,8 +502,6 @@ class StoreTransaction:
                         d.rmdir()
                 elif d.name != LATEST:  # a LATEST.<pid>.tmp of a writer killed while replacing it
                     d.unlink(missing_ok=True)
-        if current_tables is not None:  # repairs a LATEST left behind by a writer killed after its commit
-            point_latest(self.root, current_tables)
 
     # -- what an ingest asks for ---------------------------------------------------------------
     def next_model_id(self) -> int:

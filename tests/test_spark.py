@@ -259,7 +259,7 @@ def test_a_store_without_tables_a_missing_shard_a_bad_master(spark, store, tmp_p
     pq.write_table(t.set_column(0, "path", pa.array(["/etc/passwd"] + t.column("path").to_pylist()[1:])), shards)
     with pytest.raises(StoreDamaged, match="shards.parquet: names '/etc/passwd', not a shard of the store"):
         SparkStore.open(spark, db)
-    for master in ["bogus", "local[two]", "spark:/x", ""]:
+    for master in ["bogus", "local[two]", "local[0]", "spark:/x", ""]:
         assert cli_main(["spark", "refresh", "--master", master, "--db", str(store)]) == 1
         err = capsys.readouterr().err
         assert err.startswith(f"cnnfilterdb: error: --master {master!r} is not a Spark master URL") and err.count("\n") == 1
@@ -349,3 +349,41 @@ def test_each_task_reads_a_contiguous_run_of_layers(spark, store):
     spans = sorted((r.lo, r.hi) for r in st.scanner._job(["layer_id"], 0, 10**9, task, "lo long, hi long").collect() if r.lo >= 0)
     assert len(spans) >= 4  # several tasks
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # disjoint but for a layer cut between two
+
+
+def test_shards_not_as_committed_are_refused_not_answered(spark, store, tmp_path, capsys):
+    """A shard rewritten with fewer rows (valid Parquet, as a half-synced copy would be): the scans
+    count what they read against the catalog, so neither a divergence nor a refresh answers from it."""
+    db = tmp_path / "db"
+    shutil.copytree(store, db)
+    with open_catalog(db) as con:
+        (shard,) = con.execute("SELECT path FROM _shards ORDER BY filter_id_first LIMIT 1").fetchone()
+    t = pq.read_table(db / shard)
+    pq.write_table(t.slice(0, t.num_rows // 2), db / shard, row_group_size=1_000)
+    before = store_snapshot(db)
+    for read in ("arrow", "spark"):
+        with pytest.raises(StoreDamaged, match="the scan found .* filters of the selection where the catalog holds"):
+            SparkStore.open(spark, db, read=read).divergence("task")
+    assert cli_main(["spark", "refresh", "--master", "local[2]", "--db", str(db)]) == 1
+    assert "the scan found" in capsys.readouterr().err
+    assert store_snapshot(db) == before
+    assert cli_main(["drift", "--group-by", "task", "--basis", "selection", "--db", str(db)]) == 1  # the local scan too
+
+
+def test_glob_characters_and_versions_before_the_tables(spark, store, tmp_path):
+    with pytest.raises(SparkError, match="cannot go to Spark, whose Hadoop paths expand them as a pattern"):
+        SparkStore.open(spark, tmp_path / "exp[1]")
+    import duckdb
+
+    db = tmp_path / "db"
+    shutil.copytree(store, db)
+    with duckdb.connect(str(db / "catalog.duckdb")) as con:  # as written before the tables (layout 4)
+        con.execute("DROP TABLE _tables")
+        con.execute("UPDATE _store SET schema_version = 4")
+    shutil.rmtree(db / "tables")
+    with open_catalog(db) as con:
+        model = con.execute("SELECT model FROM models ORDER BY model_id LIMIT 1").fetchone()[0]
+    assert cli_main(["label", model, "--task", "GAN", "--db", str(db)]) == 0
+    assert SparkStore.open(spark, db).version == 5
+    with pytest.raises(VersionError, match="store version 4 predates the store's Parquet tables"):
+        SparkStore.open(spark, db, as_of=4)

@@ -159,3 +159,33 @@ def test_a_layout_4_store_is_read_and_upgraded_by_its_next_commit(store):
         assert con.execute("SELECT schema_version FROM _store").fetchone()[0] == 5
         assert con.execute("SELECT DISTINCT version FROM _tables").fetchall() == [(5,)]
     assert (store / _latest(store) / "layers.parquet").is_file()
+
+
+@pytest.mark.parametrize("latest", ["tables/elsewhere\n", "", None, "twice\ntwice\n"])
+def test_verify_checks_latest(store, latest, capsys):
+    path = store / TABLES / LATEST
+    if latest is None:
+        path.unlink()
+    else:
+        path.write_text(latest)
+    assert cli_main(["verify", "--db", str(store)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("tables/LATEST: ") and len(out.splitlines()) == 1
+
+
+def test_compaction_points_latest_before_it_deletes_tables(store, monkeypatch):
+    """The old tables are deleted only once LATEST names the new ones: a reader (or a crash) in
+    between never meets a LATEST naming deleted tables."""
+    import cnnfilterdb.tables as tables_module
+
+    seen = []
+    real = tables_module.point_latest
+
+    def point_latest(root, directory):
+        real(root, directory)
+        seen.append((directory, sorted(p.name for p in (store / TABLES).iterdir() if p.is_dir())))
+
+    monkeypatch.setattr(tables_module, "point_latest", point_latest)
+    assert cli_main(["compact", "--keep-versions", "1", "--db", str(store)]) == 0
+    assert any(Path(d).name in dirs and len(dirs) > 1 for d, dirs in seen)  # old ones still there when LATEST moved
+    assert FilterStore(store).verify().problems == []

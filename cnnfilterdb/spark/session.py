@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 import warnings
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ LOCAL_DEFAULTS = {
 
 
 # The master URLs Spark 4 accepts (SparkSubmit refuses anything else with a Java stack trace).
-MASTER_URL = re.compile(r"local(\[(\d+|\*)(,\s*\d+)?\])?|local-cluster\[\d+,\s*\d+,\s*\d+\]|(spark|k8s)://\S+|yarn")
+MASTER_URL = re.compile(r"local(\[([1-9]\d*|\*)(,\s*\d+)?\])?|local-cluster\[\d+,\s*\d+,\s*\d+\]|(spark|k8s)://\S+|yarn")
 LOCAL_LOG4J_URI = Path(__file__).with_name("log4j2.properties").as_uri()
 
 
@@ -87,8 +88,9 @@ def session(master: str, app_name: str = "cnnfilterdb", conf: dict[str, str] | N
     try:
         spark = builder.getOrCreate()
     except Exception as e:  # PySpark's, py4j's and Java's errors alike
-        raise SparkError(f"Spark did not start on master {master!r}: {first_line(e)} (is a Java runtime installed? "
-                         "`java -version`; Spark 4 needs Java 17 or 21)") from None
+        java = shutil.which("java") or os.environ.get("JAVA_HOME")
+        hint = "Spark's own message is above" if java else "no Java runtime found: Spark 4 needs Java 17 or 21"
+        raise SparkError(f"Spark did not start on master {master!r}: {job_error(e)} ({hint})") from None
     return spark
 
 

@@ -23,6 +23,7 @@ from .jobs import SparkScanner
 from .session import SparkError, job_error
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+GLOB = "[]{}*?\\"  # Hadoop's glob characters
 # What the tables may name, relative to the store (store.py, tables.py): anything else (a path out
 # of the store, an absolute one) is a damaged or forged file, not read.
 _TABLES_DIR = re.compile(rf"{TABLES}/[0-9A-Za-z]+-[0-9a-f]+-v[0-9]+")
@@ -33,6 +34,9 @@ def store_uri(location: str | os.PathLike) -> str:
     """A store's location as Spark reads it: a URI (``s3a://bucket/store``, ``hdfs://nn/store``,
     ``file:///data/store``) as given, a local path as ``file://`` and its absolute path."""
     text = str(location)
+    if any(c in text for c in GLOB):
+        raise SparkError(f"{text!r}: a store location with any of {' '.join(GLOB)} cannot go to Spark, whose Hadoop "
+                         "paths expand them as a pattern (another directory could match): rename it or link to it")
     # Not Path.as_uri(): Hadoop's paths take a file URI's path as written, so "%20" would stay
     # three characters; a space or a quote is kept as it is (Spark and pyarrow read it so).
     return text.rstrip("/") if _URI.match(text) else "file://" + str(Path(text).resolve())
@@ -66,6 +70,11 @@ class SparkStore:
         self.catalog = con
         self.version = int(con.execute("SELECT max(version) FROM _versions").fetchone()[0])
         self.shards = tables["shards"].sort_by("filter_id_first").column("path").to_pylist()
+        # Layer ids index an array of max_layer_id + 2 groups: a forged id must not size it. Every
+        # layer holds a filter, and ids grow with the filters', so no id exceeds the last filter_id.
+        last_filter = max(tables["shards"].column("filter_id_last").to_pylist(), default=-1)
+        if con.execute("SELECT coalesce(max(layer_id), -1) FROM _lwm").fetchone()[0] > last_filter:
+            raise StoreDamaged(f"{directory}/layers_with_models.parquet", "holds a layer id past the shards' last filter id")
         if bad := [p for p in self.shards if not isinstance(p, str) or not _SHARD.fullmatch(p)]:
             raise StoreDamaged(f"{directory}/shards.parquet", f"names {bad[0]!r}, not a shard of the store")
         self.scanner = SparkScanner(spark, uri, self.shards, read)
@@ -91,6 +100,11 @@ class SparkStore:
             held = f"{kept[0]} to {kept[-1]}" if kept else "none"
             if as_of not in tables_of:
                 raise VersionError(f"no store version {as_of}; this store holds versions {held} (`cnnfilterdb log`)")
+            compacted = dict(zip(versions.column("version").to_pylist(), versions.column("compacted").to_pylist()))
+            if tables_of[as_of] is None and not compacted[as_of]:
+                raise VersionError(f"store version {as_of} predates the store's Parquet tables (its catalog was "
+                                   f"upgraded later): `cnnfilterdb drift --as-of {as_of}` reads it from the catalog; "
+                                   f"Spark reads versions {held}")
             if tables_of[as_of] is None:
                 raise VersionError(f"store version {as_of} was compacted away (`cnnfilterdb compact`); this store "
                                    f"holds versions {held}")
