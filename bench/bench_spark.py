@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -125,13 +124,6 @@ print(json.dumps(out))
 """
 
 
-def child(code: str, *args: str) -> dict:
-    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO)
-    if p.returncode != 0:
-        raise SystemExit(p.stderr[-3000:])
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--filters", type=float, default=2e7)
@@ -146,7 +138,7 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from bench._common import bench_store
-    from bench.bench_analysis import NAIVE
+    from bench.bench_analysis import NAIVE, child
     from cnnfilterdb.store import FilterStore
 
     work = Path(tempfile.mkdtemp(prefix="cnnfilterdb-spark-"))
