@@ -164,8 +164,10 @@ def cmd_spark_refresh(args) -> int:
     from .spark import refresh
     from .spark.session import running
 
+    db = args.db or default_db()
+    FilterStore(db).connect().close()  # no store, or not readable: said before Spark starts (10-20 s)
     with running(args.master, dict(args.conf)) as spark:
-        out = refresh(args.db or default_db(), spark, args.store, args.read)
+        out = refresh(db, spark, args.store, args.read)
     print(json.dumps(out))
     return 0
 

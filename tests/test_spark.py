@@ -317,6 +317,8 @@ def test_arguments_are_checked_before_spark_starts(tmp_path, capsys, monkeypatch
         assert cli_main(["spark", "divergence", "--master", "local[2]", *args]) == 1
         err = capsys.readouterr().err
         assert err.startswith("cnnfilterdb: error: ") and message in err and err.count("\n") == 1, err
+    assert cli_main(["spark", "refresh", "--master", "local[2]", "--db", str(tmp_path / "nothing")]) == 1
+    assert "no store here" in capsys.readouterr().err and not (tmp_path / "nothing").exists()
 
 
 def test_a_missing_directory_and_job_errors_in_one_line(spark, tmp_path):
