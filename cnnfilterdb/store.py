@@ -302,13 +302,17 @@ class FilterStore:
 def referenced_files(con: duckdb.DuckDBPyConnection) -> str:
     """A query of every store file the catalog references: path (relative to the store), bytes, sha256."""
     files = "SELECT path, bytes, sha256 FROM _shards UNION ALL SELECT path, bytes, sha256 FROM _layer_histograms"
-    has_tables = con.execute("SELECT max(schema_version) >= 5 FROM _store").fetchone()[0]
-    return files + (" UNION ALL SELECT path, bytes, sha256 FROM _tables" if has_tables else "")
+    return files + (" UNION ALL SELECT path, bytes, sha256 FROM _tables" if has_tables(con) else "")
+
+
+def has_tables(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the catalog records Parquet tables (layout 5 and later: ``_tables``)."""
+    return bool(con.execute("SELECT max(schema_version) >= 5 FROM _store").fetchone()[0])
 
 
 def current_tables_dir(con: duckdb.DuckDBPyConnection) -> str | None:
     """The current version's Parquet tables directory, relative to the store (None: none written yet)."""
-    if not con.execute("SELECT max(schema_version) >= 5 FROM _store").fetchone()[0]:
+    if not has_tables(con):
         return None
     row = con.execute("SELECT any_value(path) FROM _tables WHERE version = (SELECT max(version) FROM _versions)").fetchone()
     return None if row[0] is None else str(Path(row[0]).parent)
@@ -486,8 +490,10 @@ class StoreTransaction:
                 check_schema(con, self.catalog_path)
                 referenced = {p for (p, _, _) in con.execute(referenced_files(con)).fetchall()}
                 current_tables = current_tables_dir(con)
-        if current_tables is not None:  # first (before deleting any tables): repairs a LATEST left behind
-            point_latest(self.root, current_tables)  # by a writer killed after its commit; compact's new one
+        # First, before deleting any tables: repairs a LATEST left behind by a writer killed after its
+        # commit, and moves compact's to its new tables; written only when it names other ones.
+        if current_tables is not None and latest_problem(self.root, current_tables) is not None:
+            point_latest(self.root, current_tables)
         for p in (self.root / SHARDS).iterdir():
             if store_name(p) not in referenced:
                 p.unlink(missing_ok=True)

@@ -61,8 +61,7 @@ class SparkStore:
         con.execute("CREATE TABLE _basis AS SELECT * FROM _arrow_basis")
         con.execute("CREATE TABLE _layer_moments AS SELECT * FROM _arrow_layer_moments")
         con.execute("CREATE TABLE _lwm AS SELECT * FROM _arrow_layers_with_models")
-        con.execute("CREATE VIEW _layers AS SELECT * EXCLUDE (model, name, task, task_raw, visual_category, "
-                    "training_dataset, pretraining_dataset, producer, source, sample, sha256, version_added) FROM _lwm")
+        con.execute("CREATE VIEW _layers AS SELECT layer_id FROM _lwm")  # what the engine asks of it: the largest id
         # The file holds the one version it was written for: the macro's argument is that version.
         con.execute("CREATE MACRO layers_with_models_at(v) AS TABLE SELECT * FROM _lwm")
         for name in tables:
