@@ -137,7 +137,16 @@ class BasisSummary(BaseModel):
 
 
 class SqlSandbox(BaseModel):
+    """The layers of the SQL workers' confinement in force (service/usersql/): each holds alone."""
+    statement_check: bool = Field(description="DuckDB's parser admits one reading statement (SELECT, EXPLAIN "
+                                              "[ANALYZE] of one)")
+    python_object_scans: bool = Field(description="DuckDB's scans of Python objects (pandas_scan, arrow_scan, "
+                                                  "replacement scans) are available (false: off)")
     chroot: bool = Field(description="the SQL workers see the store as their whole filesystem")
+    read_only_mount: bool = Field(description="the store is mounted read-only in the workers' own mount namespace: "
+                                              "every write fails (EROFS), Landlock or not")
+    no_capabilities: bool = Field(description="the workers hold no capability (none can remount, mount or chroot)")
+    no_new_privs: bool = Field(description="the workers cannot gain privileges by executing anything")
     landlock_abi: int = Field(description="Landlock ABI in force (0: none): no file written, no TCP")
     address_space_bytes: int = Field(description="each worker's address-space cap")
 

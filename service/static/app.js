@@ -1033,7 +1033,10 @@ function viewSql({ params, signal }) {
       ['Time', `${fmtNum(L.sql_timeout_s)} s per query`],
       ['Memory', `${L.sql_memory_limit} (DuckDB), ${fmtBytes(L.sql_worker_memory_cap)} address space`],
       ['Concurrency', `${fmtInt(L.sql_workers)} queries at once`],
-      ['Sandbox', sb ? `${sb.chroot ? 'chroot' : 'no chroot'}, Landlock ABI ${sb.landlock_abi}` : 'read-only statements only'],
+      ['Sandbox', sb ? [sb.statement_check && 'statement check', sb.chroot && 'chroot',
+                        sb.read_only_mount && 'read-only mount', sb.no_capabilities && 'no capabilities',
+                        sb.landlock_abi && `Landlock ABI ${sb.landlock_abi}`].filter(Boolean).join(', ')
+                     : 'read-only statements only'],
     ]);
   });
 

@@ -25,6 +25,9 @@ from pathlib import Path
 from . import protocol
 
 START_TIMEOUT_S = 30.0
+# What a worker reports of its confinement (worker.main, confine.Confinement), shown by /v1/stats.
+SANDBOX_KEYS = ("statement_check", "python_object_scans", "chroot", "read_only_mount", "no_capabilities",
+                "no_new_privs", "landlock_abi", "address_space_bytes")
 log = logging.getLogger("cnnfilterdb.service")
 
 
@@ -35,6 +38,9 @@ class SqlLimits:
     address_space_bytes: int   # RLIMIT_AS of each worker: the hard cap on its memory
     threads: int = 1
     grace_s: float = 0.5       # after the time limit, before the worker is killed
+    # Tests only, never from settings: layers the workers leave off ("statement_check",
+    # "read_only_mount", "landlock") to show that the others hold alone.
+    switched_off_for_tests: tuple[str, ...] = ()
 
 
 @dataclass
@@ -76,13 +82,14 @@ def _ended(returncode: int | None, lim: SqlLimits) -> SqlFailed:
 class _Worker:
     def __init__(self, store: Path, limits: SqlLimits):
         config = {"memory_limit": limits.memory_limit, "threads": limits.threads,
-                  "address_space_bytes": limits.address_space_bytes}
+                  "address_space_bytes": limits.address_space_bytes,
+                  "switched_off_for_tests": list(limits.switched_off_for_tests)}
         env = {k: v for k, v in os.environ.items() if not k.startswith("CNNFILTERDB_")}
         env["MALLOC_ARENA_MAX"] = "2"  # glibc reserves 64 MiB of address space per arena otherwise
         # -P: the worker imports the installed package, never a `cnnfilterdb` folder in the working
         # directory (the Docker image's /app holds the source tree, which has no `service`).
         self.proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "cnnfilterdb.service.usersql.worker", str(store), json.dumps(config)],
+            [sys.executable, "-P", "-m", "cnnfilterdb.service.usersql.boot", str(store), json.dumps(config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True, start_new_session=True)
         self.to_fd, self.from_fd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         self.hello = protocol.recv(self.from_fd, time.monotonic() + START_TIMEOUT_S)
@@ -175,7 +182,7 @@ class SqlPool:
             if w is not None and epoch == self._epoch:
                 self._all.add(w)
                 if self.sandbox is None:
-                    self.sandbox = {k: w.hello[k] for k in ("chroot", "landlock_abi", "address_space_bytes")}
+                    self.sandbox = {k: w.hello[k] for k in SANDBOX_KEYS}
                 self._idle.put((epoch, w))
                 return
         if w is not None:  # the pool was closed meanwhile

@@ -1,6 +1,6 @@
 """A SQL worker: the process that runs user SQL, one statement at a time.
 
-Started by ``pool.py`` as ``python -m cnnfilterdb.service.usersql.worker STORE CONFIG_JSON``. It lowers its
+Started by ``pool.py`` through ``boot.py`` (which enters the worker's own namespaces first). It lowers its
 priority, confines itself to the store (``confine.py``: chroot, no writes, capped memory), then
 answers requests on stdin/stdout (``protocol.py``), each on the catalog opened read-only as the only
 database of a DuckDB instance of its own (``Catalog``):
@@ -16,9 +16,9 @@ switches on is seen by the next.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,7 +28,7 @@ from cnnfilterdb.store import CATALOG, SHARDS, damage_in, first_line, first_para
 from ..jsonable import NestingError, jsonable
 from . import protocol
 from .confine import Confinement, confine, limit_cpu_seconds, lower_priority
-from .guard import SqlRefused, check_reading
+from .guard import SqlRefused, check_functions, check_reading
 
 FETCH_ROWS = 1024
 
@@ -58,6 +58,8 @@ class Catalog:
             "allow_community_extensions": False, "allow_persistent_secrets": False,
             "secret_directory": "/nonexistent", "extension_directory": "/nonexistent",
             "temp_directory": "",  # no spilling: a query that needs more memory fails instead
+            # no scans of the worker's own Python variables (replacement scans)
+            "python_enable_replacements": False, "python_scan_all_frames": False,
             "memory_limit": cfg["memory_limit"], "threads": cfg["threads"],
         })
         try:
@@ -71,7 +73,9 @@ class Catalog:
         return con
 
 
-def run(catalog: Catalog, req: dict, threads: int) -> tuple[dict, bytes | None]:
+def run(catalog: Catalog, req: dict, threads: int, statement_check: bool = True) -> tuple[dict, bytes | None]:
+    """Run one request; ``statement_check=False`` (tests only) skips ``check_reading``, never
+    ``check_functions``: the Python-object scans stay off whatever else is switched off."""
     import duckdb
 
     timeout = float(req["timeout_s"])
@@ -83,7 +87,9 @@ def run(catalog: Catalog, req: dict, threads: int) -> tuple[dict, bytes | None]:
         except duckdb.Error as e:
             raise SqlRefused(503, "store_unavailable", f"cannot open the catalog: {first_line(e)}") from None
         timer = threading.Timer(timeout, cur.interrupt)
-        check_reading(cur, req["sql"])
+        check_functions(req["sql"])
+        if statement_check:
+            check_reading(cur, req["sql"])
         # The kernel's backstop for operators that ignore the interrupt: CPU time of this query.
         limit_cpu_seconds(timeout * threads + 2)
         timer.start()
@@ -175,7 +181,7 @@ def preload() -> None:
         pytz.timezone(tz)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], namespaced: bool | None = None) -> int:
     store, config = Path(argv[0]), json.loads(argv[1])
     out = os.dup(1)
     # Nothing but the frames leaves through stdout, and nothing a query makes DuckDB print
@@ -185,19 +191,23 @@ def main(argv: list[str]) -> int:
     os.close(devnull)
     lower_priority()  # before DuckDB starts threads: they inherit it
     preload()
-    conf: Confinement = confine(store, int(config["address_space_bytes"]))
+    # Tests only (tests/test_sql_sandbox.py): layers switched off to show the others hold alone.
+    off = frozenset(config.get("switched_off_for_tests", ()))
+    conf: Confinement = confine(store, int(config["address_space_bytes"]), without=off - {"statement_check"},
+                                   namespaced=namespaced)
     base = Path("/") if conf.chroot else store.resolve()
     if not conf.chroot:
         os.chdir(base)
     catalog = Catalog(base, config)
-    protocol.send(out, {"ok": True, "ready": True, "chroot": conf.chroot, "landlock_abi": conf.landlock_abi,
-                        "address_space_bytes": conf.address_space_bytes, "pid": os.getpid()})
+    statement_check = "statement_check" not in off
+    protocol.send(out, {"ok": True, "ready": True, **dataclasses.asdict(conf), "statement_check": statement_check,
+                        "python_object_scans": False, "pid": os.getpid()})
     while True:
         try:
             req = protocol.recv(0)
         except protocol.WorkerGone:
             return 0
-        header, rows = run(catalog, req, int(config["threads"]))
+        header, rows = run(catalog, req, int(config["threads"]), statement_check)
         try:
             protocol.send(out, header)
             if rows is not None:
@@ -205,6 +215,3 @@ def main(argv: list[str]) -> int:
         except OSError:  # the service stopped waiting (past the deadline) or is gone
             return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
