@@ -95,7 +95,7 @@ def sql_worker_peaks() -> list[int]:
     peaks = []
     for proc in Path("/proc").iterdir():
         try:
-            if b"cnnfilterdb.service.usersql.worker" in (proc / "cmdline").read_bytes():
+            if b"cnnfilterdb.service.usersql.boot" in (proc / "cmdline").read_bytes():
                 line = next(x for x in (proc / "status").read_text().splitlines() if x.startswith("VmHWM"))
                 peaks.append(int(line.split()[1]) * 1024)
         except (OSError, StopIteration):
