@@ -60,6 +60,7 @@ class LiveCatalog:
         self.analysis_slots = threading.BoundedSemaphore(settings.analysis_concurrency)
         self.analysis_queue = threading.BoundedSemaphore(settings.analysis_queue) if settings.analysis_queue else None
         self.export_slots = threading.BoundedSemaphore(settings.export_concurrency)
+        self.exports_sending: set = set()  # the exports streaming now (routers/export.ClosingStream)
         # DuckDB's spill files (a layer's filters sorted for an .npy): in a directory of this
         # service's own, bounded by duckdb_spill_max, removed when the service ends (close(), or
         # at exit); one a killed service left behind is removed by the next one.

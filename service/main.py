@@ -98,6 +98,36 @@ def run(db: Path, host: str, port: int, overrides: dict | None = None) -> int:
     for key, value in (overrides or {}).items():
         os.environ[f"CNNFILTERDB_{key.upper()}"] = str(value)
     settings = Settings()
+    _raise_file_limit(settings.max_connections)
+    # The caps on connections and requests, the head timeout: service/connections.py (uvicorn's own
+    # limit_concurrency counted idle connections with the requests, so idle ones could starve them).
     uvicorn.run("cnnfilterdb.service.main:app_factory", factory=True, host=host, port=port,
-                workers=settings.workers, log_level="info", limit_concurrency=settings.max_connections)
+                workers=settings.workers, log_level="info",
+                http="cnnfilterdb.service.connections:GuardedH11Protocol",
+                timeout_keep_alive=settings.keep_alive_timeout_s)  # type: ignore[arg-type]  # a float is fine
     return 0
+
+
+# Files the service holds besides its connections: shards, the catalog, SQL workers' pipes, logs.
+FILES_BESIDES_CONNECTIONS = 512
+
+
+def _raise_file_limit(max_connections: int) -> None:
+    """The soft limit on open files raised to the hard one: each connection is a descriptor, and
+    at the limit the server stops accepting (asyncio pauses its listener) instead of answering. A
+    hard limit too low for max_connections is said in one line."""
+    import resource
+    import sys
+
+    needed = max_connections + FILES_BESIDES_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(soft, needed) if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # over the kernel's nr_open: the limit stays
+            pass
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        print(f"warning: the open-file limit is {soft} (ulimit -n), under max_connections + {FILES_BESIDES_CONNECTIONS}"
+              f" = {needed}: connections beyond it wait in the listen queue", file=sys.stderr)

@@ -37,12 +37,28 @@ class Settings(BaseSettings):
     export_concurrency: int = Field(2, ge=1, le=64, description="exports (GET /v1/filters) streaming at once; more get a 429")
     export_send_timeout_s: float = Field(60.0, gt=0, le=3600, description="an export whose client takes no data for this "
                                                                      "long is cut off (its slot freed)")
+    export_stall_s: float = Field(5.0, gt=0, le=3600, description="an export whose client has taken no data for this "
+                                                                 "long gives its slot to a new export that finds "
+                                                                 "none free (rather than a 429)")
+    export_nice: int = Field(10, ge=0, le=19, description="CPU niceness of the threads reading and encoding exports "
+                                                          "(higher: other requests go first under load)")
     figure_cache_bytes: int = Field(64_000_000, ge=0, description="rendered figures kept in memory, by ETag (GET /v1/plots)")
 
     # Requests
     max_body_bytes: int = Field(1_000_000, ge=1000, description="a larger request body is a 413, refused before it is read")
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description="a request body not received within this is a 408")
-    max_connections: int = Field(500, ge=1, description="concurrent connections and requests; more get a 503 (uvicorn)")
+    max_connections: int = Field(1000, ge=1, le=100_000, description="open connections (per worker process); at the cap the "
+                                 "one waiting longest for a request head is closed, or, if none waits, the new one gets "
+                                 "a 503 (service/connections.py)")
+    max_connections_per_client: int = Field(100, ge=1, le=100_000, description="open connections per client address; "
+                                            "more are answered 503 and closed at once (behind a proxy: raise it)")
+    max_requests: int = Field(500, ge=1, le=100_000, description="requests in progress at once (idle connections do "
+                                                                 "not count); more get a 503")
+    header_timeout_s: float = Field(10.0, gt=0, le=3600, description="a connection that has not sent a complete request "
+                                                                     "head this long after its first byte (or its "
+                                                                     "opening) is closed (408)")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, le=3600, description="an idle connection between requests is "
+                                                                        "closed after this long")
 
     # Paging and response sizes
     page_default: int = Field(50, ge=1, description="page size of lists when a request gives no limit")
