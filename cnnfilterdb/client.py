@@ -14,6 +14,15 @@ that is not the service's JSON: a ``ServiceError`` "unexpected response from <ur
 service busy) is retried after its ``Retry-After`` (a finite number of seconds >= 0, at most
 MAX_RETRY_WAIT_S; anything else: 1 s), ``retries`` times.
 
+Whatever the server sends, a call ends, in bounded memory, with a result or a ``ServiceError``:
+``timeout`` bounds the whole call (every connect, write and read of every request it makes, the
+waits for a 429 and the reading of the body: a server that trickles its answer is cut off at the
+deadline, ``ServiceUnavailable``); a JSON answer is read up to ``max_response_bytes`` (an error's
+up to MAX_ERROR_BYTES) and parsed only then, bodies are asked for and accepted uncompressed
+only; the ``.npy`` stream of the filters is parsed as it arrives, its header at most numpy's
+10,000 bytes and its declared count at most MAX_FILTER_ROWS and checked against what arrives;
+the pages of ``models``/``layers`` must advance.
+
 Example
 -------
 >>> import cnnfilterdb
@@ -24,12 +33,14 @@ True
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import wraps
 from typing import Any
 
 import pandas as pd
@@ -67,6 +78,16 @@ SQL_PAGE = 10_000          # rows per /v1/sql request of models() and layers()
 MAX_RETRY_WAIT_S = 30.0    # the longest Retry-After honoured
 DEFAULT_RETRY_WAIT_S = 1.0  # the wait for a Retry-After that is not a finite number of seconds >= 0
 NO_THRESHOLD = 1.7976931348623157e308  # entropy_norm_gt=None: no finite value is above it
+# What an answer may take: a JSON answer is read whole, then parsed (Python's objects take up to
+# ~20x its bytes: the cap bounds them); the service's own caps keep its answers under 20 MB
+# (sql_max_bytes 16 MB of rows, an analysis at most 2,000,000 cells).
+DEFAULT_MAX_RESPONSE_BYTES = 32 << 20
+MAX_ERROR_BYTES = 64 << 10        # an error answer: its JSON message, or the start of a proxy's page
+MAX_FILTER_ROWS = 2**36           # the most filters a .npy answer may declare (2.5 TB of float32)
+
+# The deadline of the client call running in this thread (time.monotonic()), which every network
+# operation of its requests is bounded by (_DeadlineBackend).
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("cnnfilterdb_client_deadline", default=None)
 
 
 class ServiceError(Exception):
@@ -126,14 +147,127 @@ _ERRORS = {"invalid_request": InvalidRequest, "invalid_selection": InvalidReques
            "unknown_version": UnknownVersion, "not_found": NotFound}
 
 
-def _error(resp) -> ServiceError:
+def _error(status: int, body: bytes) -> ServiceError:
+    """The ServiceError of an error answer (its body read up to MAX_ERROR_BYTES)."""
     try:
-        body = resp.json()["error"]
-        code, message = str(body["code"]), str(body["message"])
-    except Exception:
-        code, message = "http_error", f"HTTP {resp.status_code}: {resp.text[:300]}"
-    cls = ServiceBusy if resp.status_code == 429 else _ERRORS.get(code, ServiceError)
-    return cls(resp.status_code, code, message)
+        error = json.loads(body)["error"]
+        code, message = str(error["code"])[:100], str(error["message"])[:2000]
+    except Exception:  # not the service's JSON (a proxy's page, cut, nested too deep, ...)
+        code, message = "http_error", f"HTTP {status}: {body[:300].decode('utf-8', 'replace')}"
+    cls = ServiceBusy if status == 429 else _ERRORS.get(code, ServiceError)
+    return cls(status, code, message)
+
+
+class _DeadlineStream:
+    """A connection whose every read and write ends by the deadline of the client call (a
+    server trickling one byte at a time never gets past it): httpcore's NetworkStream."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        import httpcore
+
+        return self._stream.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        import httpcore
+
+        self._stream.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname: str | None = None, timeout: float | None = None):
+        import httpcore
+
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname,
+                                                      _bounded(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend:
+    """httpcore's NetworkBackend of the client's connections: the default one, its connects and
+    streams bounded by the deadline of the client call (httpx's own timeouts are per operation)."""
+
+    def __init__(self, backend):
+        self._backend = backend
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        import httpcore
+
+        return _DeadlineStream(self._backend.connect_tcp(host, port, _bounded(timeout, httpcore.ConnectTimeout),
+                                                         local_address, socket_options))
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        import httpcore
+
+        return _DeadlineStream(self._backend.connect_unix_socket(path, _bounded(timeout, httpcore.ConnectTimeout),
+                                                                 socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _bounded(timeout: float | None, exc: type[Exception]) -> float | None:
+    """``timeout`` cut to what is left of the current call's deadline; ``exc`` if nothing is."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise exc("the client call's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+def _install_deadlines(transport) -> bool:
+    """Bound the connections of an ``httpx.HTTPTransport`` (the default one, a proxy's) by the
+    call's deadline (_DeadlineBackend); False for a transport of another kind (a test's
+    MockTransport: its bodies are checked against the deadline between chunks only)."""
+    import httpx
+
+    pool = getattr(transport, "_pool", None)
+    if not isinstance(transport, httpx.HTTPTransport) or not hasattr(pool, "_network_backend"):
+        return False
+    if not isinstance(pool._network_backend, _DeadlineBackend):
+        pool._network_backend = _DeadlineBackend(pool._network_backend)
+    return True
+
+
+def _table(out: dict) -> tuple[list[str], list[str], list[list]]:
+    """The columns, types and rows of a /v1/sql answer; ValueError unless each row has a value
+    per column (a row of another length would be cut or padded, silently, by the frame)."""
+    columns, types, rows = out["columns"], out["types"], out["rows"]
+    if not (isinstance(columns, list) and isinstance(types, list) and isinstance(rows, list)
+            and len(columns) == len(types) and all(isinstance(c, str) for c in columns)
+            and all(isinstance(t, str) for t in types)):
+        raise ValueError("columns and types are not two lists of names of one length")
+    if any(not isinstance(row, list) or len(row) != len(columns) for row in rows):
+        raise ValueError(f"a row is not a list of {len(columns)} values")
+    return columns, types, rows
+
+
+def _raw(resp) -> Iterator[bytes]:
+    """The body's bytes as they arrive, not decoded (only identity is accepted); a body that httpx
+    read when the response was made (a MockTransport's ``content=``) at once."""
+    import httpx
+
+    try:
+        yield from resp.iter_raw()
+    except httpx.StreamConsumed:
+        yield resp.content
+
+
+def _call(method: Callable) -> Callable:
+    """One call of the API: its requests all end by one deadline, ``timeout`` seconds after it
+    starts (a call made by another keeps the outer one's)."""
+    @wraps(method)
+    def bounded(self, *args, **kwargs):
+        with self._deadline():
+            return method(self, *args, **kwargs)
+    return bounded
 
 
 def _where_param(where: dict | None) -> str | None:
@@ -190,21 +324,37 @@ class Client:
     url : str, default "http://127.0.0.1:8000"
         The service (``cnnfilterdb serve``).
     timeout : float, default 60
-        Seconds per request (an analysis waits up to the service's ``analysis_wait_s`` for its turn).
+        Seconds a call may take in all: its requests, their connects, writes and reads, the
+        waits for a 429's Retry-After, the reading of the answer (an analysis waits up to the
+        service's ``analysis_wait_s`` for its turn). Each batch of ``iter_filters`` is a call.
     retries : int, default 3
-        How many times a 429 is retried, after its Retry-After (at most 30 s).
+        How many times a 429 is retried, after its Retry-After (at most 30 s), within the timeout.
+    max_response_bytes : int, default 32 MiB
+        The largest JSON answer read (the service's answers are under 20 MB with its default caps;
+        raise it for a service configured with a larger ``sql_max_bytes``).
     **httpx_options
         Passed to ``httpx.Client`` (headers, auth, verify, transport, ...).
 
     Every method is documented on ``cnnfilterdb.api.FilterDB``; the results are the same types.
     """
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 60.0, retries: int = 3, **httpx_options):
+    def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 60.0, retries: int = 3,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, **httpx_options):
         import httpx
 
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValueError(f"timeout: a number of seconds > 0, not {timeout!r}")
+        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int) or max_response_bytes < 1024:
+            raise ValueError(f"max_response_bytes: an int >= 1024, not {max_response_bytes!r}")
         self.url = url.rstrip("/")
         self.retries = retries
+        self.timeout = float(timeout)
+        self.max_response_bytes = max_response_bytes
         self._http = httpx.Client(base_url=self.url, timeout=timeout, **httpx_options)
+        # Bodies as sent: a compressed one would be inflated by httpx before any cap applies.
+        self._http.headers["Accept-Encoding"] = "identity"
+        for transport in [self._http._transport, *self._http._mounts.values()]:
+            _install_deadlines(transport)
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
@@ -219,56 +369,126 @@ class Client:
         self.close()
 
     # -- HTTP ------------------------------------------------------------------------------------
-    def _send(self, method: str, path: str, *, body: dict | None = None, params: dict | None = None,
-              stream: bool = False):
+    @contextmanager
+    def _deadline(self) -> Iterator[None]:
+        """The deadline of one call, ``timeout`` from now (inside another call: that one's)."""
+        if _deadline.get() is not None:
+            yield
+            return
+        token = _deadline.set(time.monotonic() + self.timeout)
+        try:
+            yield
+        finally:
+            _deadline.reset(token)
+
+    def _left(self, path: str) -> float:
+        """The seconds left to the call's deadline; ServiceUnavailable when none are."""
+        deadline = _deadline.get()
+        left = self.timeout if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            raise self._timed_out(path, f"the call's timeout of {self.timeout:g} s passed")
+        return left
+
+    def _timed_out(self, path: str, why: str) -> ServiceUnavailable:
+        return ServiceUnavailable(0, "timeout", f"no answer from {self.url}{path} in time ({why}); is the service "
+                                                f"running (cnnfilterdb serve --db PATH) and not overloaded?")
+
+    def _send(self, method: str, path: str, *, body: dict | None = None, params: dict | None = None):
+        """The response to one request, its body not read yet (the caller closes it); the error
+        of an error answer, its body read up to MAX_ERROR_BYTES."""
         params = None if params is None else {k: v for k, v in params.items() if v is not None}
         for attempt in range(self.retries + 1):
-            req = self._http.build_request(method, path, json=body, params=params)
+            req = self._http.build_request(method, path, json=body, params=params, timeout=self._left(path))
             with self._transport(path):
-                resp = self._http.send(req, stream=stream)
-                if resp.status_code >= 400 and stream:
-                    resp.read()
+                resp = self._http.send(req, stream=True)
             if resp.status_code < 400:
+                try:
+                    self._check_encoding(resp, path)
+                except BaseException:
+                    resp.close()
+                    raise
                 return resp
-            resp.close()
+            try:
+                error = _error(resp.status_code, self._read(resp, path, MAX_ERROR_BYTES, cut=True))
+            finally:
+                resp.close()
             if resp.status_code == 429 and attempt < self.retries:
-                time.sleep(retry_wait(resp.headers.get("Retry-After")))
+                wait = retry_wait(resp.headers.get("Retry-After"))
+                if wait >= self._left(path):
+                    raise error  # busy still when the call's time is up
+                time.sleep(wait)
                 continue
-            raise _error(resp)
+            raise error
         raise AssertionError("unreachable")
+
+    def _check_encoding(self, resp, path: str) -> None:
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise ServiceError(resp.status_code, "unexpected_response",
+                               f"unexpected response from {self.url}{path}: compressed ({encoding[:40]}), though the "
+                               f"client asks for bodies as they are (Accept-Encoding: identity)")
+
+    def _read(self, resp, path: str, limit: int, cut: bool = False) -> bytes:
+        """The body of ``resp``, read as it arrives up to ``limit`` bytes (``cut``: its first
+        ``limit`` bytes; else ServiceError beyond) and by the call's deadline."""
+        declared = resp.headers.get("Content-Length", "")
+        if not cut and declared.isdigit() and int(declared) > limit:
+            raise self._too_large(resp.status_code, path, limit)
+        data = bytearray()
+        with self._transport(path):
+            for chunk in _raw(resp):
+                data += chunk
+                if len(data) > limit:
+                    if cut:
+                        break
+                    raise self._too_large(resp.status_code, path, limit)
+                self._left(path)
+        return bytes(data[:limit])
+
+    def _too_large(self, status: int, path: str, limit: int) -> ServiceError:
+        return ServiceError(status, "response_too_large",
+                            f"the answer from {self.url}{path} is over {limit:,} bytes, more than the client reads "
+                            f"(Client(max_response_bytes=...); the service's own caps keep its answers smaller)")
 
     @contextmanager
     def _transport(self, path: str) -> Iterator[None]:
-        """httpx's errors of the connection (refused, reset, timed out) as ServiceUnavailable."""
+        """httpx's errors as ServiceErrors: of the connection (refused, reset, timed out) as
+        ServiceUnavailable, any other (a body that cannot be decoded, redirects) as an unexpected response."""
         import httpx
 
         try:
             yield
         except httpx.TimeoutException as e:
-            raise ServiceUnavailable(0, "timeout", f"no answer from {self.url}{path} in time "
-                                                   f"({type(e).__name__}: {e}); is the service running "
-                                                   f"(cnnfilterdb serve --db PATH) and not overloaded?") from e
+            raise self._timed_out(path, f"{type(e).__name__}: {e}") from e
         except httpx.TransportError as e:
             raise ServiceUnavailable(0, "unavailable", f"cannot reach the service at {self.url} "
                                                        f"({type(e).__name__}: {e}); start it with "
                                                        f"`cnnfilterdb serve --db PATH`, or give Client the "
                                                        f"URL it serves on") from e
+        except httpx.HTTPError as e:
+            raise ServiceError(0, "unexpected_response", f"unexpected response from {self.url}{path}: "
+                                                         f"{type(e).__name__}: {str(e)[:200]}") from e
 
     @contextmanager
     def _expect(self, path: str, status: int = 200) -> Iterator[None]:
-        """An answer that is not the JSON expected (a proxy's HTML page, a body without its keys)
-        as a ServiceError naming the URL, not a KeyError from inside."""
+        """An answer that is not the JSON expected (a proxy's HTML page, a body without its keys,
+        nested too deep, values of the wrong kinds) as a ServiceError naming the URL, not an
+        error from inside."""
         try:
             yield
-        except ServiceError:
+        except (ServiceError, StopIteration):
             raise
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError, EOFError) as e:
+        except Exception as e:  # KeyError, TypeError, RecursionError, EOFError, ValueError, MemoryError, ...
             raise ServiceError(status, "unexpected_response", f"unexpected response from {self.url}{path}: "
                                                               f"{type(e).__name__}: {str(e)[:200]}") from None
 
     def _json(self, resp, path: str) -> dict:
+        try:
+            body = self._read(resp, path, self.max_response_bytes)
+        finally:
+            resp.close()
         with self._expect(path, resp.status_code):
-            data = resp.json()
+            data = json.loads(body)
         if not isinstance(data, dict):
             raise ServiceError(resp.status_code, "unexpected_response", f"unexpected response from {self.url}{path}: "
                                                                         f"not a JSON object ({type(data).__name__})")
@@ -305,26 +525,42 @@ class Client:
                                   + f" ORDER BY {key} LIMIT {SQL_PAGE}",
                                   params + ([after] if after is not None else []), SQL_PAGE)
             with self._expect("/v1/sql"):
-                columns, types = page["columns"], page["types"]
-                rows += page["rows"]
-                if not page["truncated"] and len(page["rows"]) < SQL_PAGE:
-                    return frame(columns, types, rows)
-                if not page["rows"]:
+                columns, types, got = _table(page)
+                if len(got) > SQL_PAGE:
+                    raise ValueError(f"a page of {len(got):,} rows, where at most {SQL_PAGE:,} were asked for")
+                if not page["truncated"] and len(got) < SQL_PAGE:
+                    return frame(columns, types, rows + got)
+                if not got:
                     raise ServiceError(200, "sql_result_too_large", f"one row is over the service's caps: "
-                                                                    f"{page['truncated_reason']}")
-                after = page["rows"][-1][columns.index(key)]
+                                                                    f"{str(page['truncated_reason'])[:300]}")
+                at = columns.index(key)
+                # Keyset paging: the keys of a page ascend, past the last page's; a server whose
+                # pages do not advance would be asked for the same page for ever.
+                last = after
+                for row in got:
+                    k = row[at]
+                    if not isinstance(k, int) or isinstance(k, bool) or (last is not None and k <= last):
+                        raise ServiceError(200, "unexpected_response",
+                                           f"unexpected response from {self.url}/v1/sql: its pages of {key} do not "
+                                           f"advance ({key} {str(k)[:40]} after {last})")
+                    last = k
+                rows += got
+                after = last
 
+    @_call
     def models(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
         """The models a selection holds (``FilterDB.models``), read through POST /v1/sql."""
         where = _checked(where)
         return finish_models(self._listing(models_query(where, self._version(as_of)), "model_id"))
 
+    @_call
     def layers(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
         """The layers a selection holds (``FilterDB.layers``), read through POST /v1/sql."""
         where = _checked(where)
         return self._listing(layers_query(where, self._version(as_of)), "layer_id")
 
     # -- filters ---------------------------------------------------------------------------------
+    @_call
     def iter_filters(self, where: dict | None = None, batch: int = FILTER_BATCH,
                      as_of: int | None = None) -> FilterBatches:
         """The filters of a selection, batch by batch (``FilterDB.iter_filters``), streamed from
@@ -339,26 +575,37 @@ class Client:
         """
         batch = check_batch(batch)
         resp = self._send("GET", "/v1/filters", params={"format": "npy", "where": _where_param(_checked(where)),
-                                                        "as_of": version_arg(as_of)}, stream=True)
+                                                        "as_of": version_arg(as_of)})
         try:
             with self._expect("/v1/filters"):
                 version = resp.headers.get("X-Store-Version")
                 version = int(version) if version else None
-                return FilterBatches(self._chunks(resp, "/v1/filters"), batch, version, on_close=resp.close)
+                batches = _RemoteBatches(self, self._chunks(resp, "/v1/filters"), batch, version, on_close=resp.close,
+                                         max_rows=MAX_FILTER_ROWS)
+                declared = resp.headers.get("X-Rows")
+                if declared is not None and declared.strip() != str(batches.n_rows):
+                    raise ValueError(f"X-Rows says {declared[:40]} filters, the stream's header {batches.n_rows:,}")
+                return batches
         except BaseException:
             resp.close()
             raise
 
     def _chunks(self, resp, path: str) -> Iterator[bytes]:
-        """The body's bytes as they arrive; a connection lost meanwhile is ServiceUnavailable."""
+        """The body's bytes as they arrive, by the deadline of the call reading them; a connection
+        lost meanwhile is ServiceUnavailable."""
         with self._transport(path):
-            yield from resp.iter_bytes()
+            for chunk in _raw(resp):
+                self._left(path)
+                yield chunk
 
+    @_call
     def filters(self, where: dict | None = None, as_of: int | None = None):
         """The filters of a selection as one ``(n, 3, 3)`` float32 array (``FilterDB.filters``)."""
-        return self.iter_filters(where, FILTER_BATCH, as_of).collect()
+        with self.iter_filters(where, FILTER_BATCH, as_of) as batches:
+            return batches.collect()
 
     # -- statistics ------------------------------------------------------------------------------
+    @_call
     def divergence(self, group_by: str, where: dict | None = None, metric: str = "kl_sym", bins: int = DEFAULT_BINS,
                    weights: str = "explained_variance", basis: str = "global",
                    as_of: int | None = None) -> DivergenceResult:
@@ -370,12 +617,14 @@ class Client:
             "group_by": group_by, "where": where, "metric": metric, "bins": bins, "weights": weights, "basis": basis,
             "as_of": version_arg(as_of)}), where)
 
+    @_call
     def pca(self, where: dict | None = None, as_of: int | None = None) -> PcaResult:
         """The PCA of a selection (``FilterDB.pca``; POST /v1/pca)."""
         where = _checked(where)
         return self._result(PcaResult, "/v1/pca", self._post("/v1/pca", {"where": where, "as_of": version_arg(as_of)}),
                             where)
 
+    @_call
     def histograms(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_BINS,
                    basis: str = "global", as_of: int | None = None) -> HistogramsResult:
         """Per group and component, the coefficient histograms (``FilterDB.histograms``; POST /v1/histograms)."""
@@ -385,6 +634,7 @@ class Client:
         return self._result(HistogramsResult, "/v1/histograms", self._post("/v1/histograms", {
             "where": where, "group_by": group_by, "bins": bins, "basis": basis, "as_of": version_arg(as_of)}), where)
 
+    @_call
     def kde(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_KDE_BINS,
             basis: str = "global", as_of: int | None = None) -> KdeResult:
         """Per group and component, the Gaussian KDE (``FilterDB.kde``; POST /v1/kde)."""
@@ -394,6 +644,7 @@ class Client:
         return self._result(KdeResult, "/v1/kde", self._post("/v1/kde", {
             "where": where, "group_by": group_by, "bins": bins, "basis": basis, "as_of": version_arg(as_of)}), where)
 
+    @_call
     def density2d(self, where: dict | None = None, components: tuple[int, int] = (0, 1), bins: int = DEFAULT_BINS,
                   basis: str = "global", range: tuple[float, float] | None = None,
                   as_of: int | None = None) -> Density2dResult:
@@ -407,6 +658,7 @@ class Client:
             "where": where, "components": list(components), "bins": bins, "basis": basis,
             "range": None if range is None else list(range), "as_of": version_arg(as_of)}), where)
 
+    @_call
     def degenerate(self, sparsity_gt: float = DEGENERATE_THRESHOLDS["sparsity_gt"],
                    entropy_norm_lt: float = DEGENERATE_THRESHOLDS["entropy_norm_lt"],
                    entropy_norm_gt: float | None = DEGENERATE_THRESHOLDS["entropy_norm_gt"],
@@ -427,6 +679,7 @@ class Client:
                 data["thresholds"]["entropy_norm_gt"] = None
         return self._result(DegenerateResult, "/v1/quality/degenerate", data, where)
 
+    @_call
     def similar(self, model_id: int, k: int = 5, metric: str = "kl_sym", weights: str = "explained_variance",
                 where: dict | None = None, as_of: int | None = None) -> SimilarResult:
         """The k nearest models (``FilterDB.similar``; GET /v1/models/{model_id}/similar)."""
@@ -439,6 +692,7 @@ class Client:
             "as_of": version_arg(as_of)}), where)
 
     # -- SQL and versions ------------------------------------------------------------------------
+    @_call
     def sql(self, query: str, params: list | None = None, max_rows: int | None = None) -> pd.DataFrame:
         """One read-only query (POST /v1/sql: the service's sandbox, time limit and caps).
 
@@ -463,15 +717,29 @@ class Client:
         """
         out = self._sql_json(query, params, 2**62 if max_rows is None else max_rows)
         with self._expect("/v1/sql"):
-            df = frame(out["columns"], out["types"], out["rows"])
+            df = frame(*_table(out))
             df.attrs["truncated"] = bool(out["truncated"])
         if out["truncated"] and (max_rows is None or len(df) < max_rows):
             warnings.warn(f"the service returned the first {len(df):,} rows only ({out['truncated_reason']})",
                           stacklevel=2)
         return df
 
+    @_call
     def versions(self) -> pd.DataFrame:
         """The store versions, oldest first (``FilterDB.versions``; GET /v1/versions)."""
         out: dict[str, Any] = self._get("/v1/versions")
         with self._expect("/v1/versions"):
             return versions_frame(out["versions"], out["store_id"], out["current"])
+
+
+class _RemoteBatches(FilterBatches):
+    """FilterBatches of GET /v1/filters: each batch read by the deadline of its own call (inside
+    ``filters()``, of that one), a stream that is not as its header says a ServiceError."""
+
+    def __init__(self, client: Client, *args, **kwargs):
+        self._client = client
+        super().__init__(*args, **kwargs)
+
+    def __next__(self):
+        with self._client._deadline(), self._client._expect("/v1/filters"):
+            return super().__next__()

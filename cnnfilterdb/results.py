@@ -449,6 +449,10 @@ def check_batch(batch: Any) -> int:
     return int(batch)
 
 
+NPY_MAX_HEADER = 10_000       # numpy's max_header_size (np.lib.format.read_array_header_*)
+COLLECT_FIRST_ROWS = 1 << 20  # rows collect() allocates before any arrive
+
+
 class FilterBatches:
     """The filters of a selection, in filter_id order, as ``(k, 3, 3)`` float32 arrays of
     ``batch`` rows (the last one shorter): an iterator over the ``.npy`` stream of the export
@@ -461,10 +465,14 @@ class FilterBatches:
     store_version : int or None, the store version read
 
     ``close()`` (or leaving a ``with`` block) stops the reading early.
+
+    A stream not as an export writes it is a ValueError or an EOFError, in memory bounded by
+    what arrived: a header of at most numpy's NPY_MAX_HEADER bytes, a declared count of at most
+    ``max_rows`` (default any), rows beyond or short of it; ``collect`` allocates as rows arrive.
     """
 
     def __init__(self, chunks: Iterator[bytes], batch: int, store_version: int | None = None,
-                 on_close: Callable[[], None] | None = None):
+                 on_close: Callable[[], None] | None = None, max_rows: int | None = None):
         from .export import NPY_DTYPE
 
         self.batch = check_batch(batch)
@@ -473,7 +481,7 @@ class FilterBatches:
         self._on_close = on_close
         self._closed = False
         try:
-            head = b""
+            head = bytearray()
             while True:  # the header: magic, version, its length, then the dict
                 start, length = _npy_header_span(head)
                 if length is not None and len(head) >= start + length:
@@ -485,11 +493,17 @@ class FilterBatches:
             fp = io.BytesIO(head)
             version = np.lib.format.read_magic(fp)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read(fp)
+            try:
+                shape, fortran, dtype = read(fp)
+            except (RecursionError, MemoryError, SyntaxError, TypeError) as e:  # a forged dict literal
+                raise ValueError(f"not an .npy header ({type(e).__name__})") from None
             if dtype != NPY_DTYPE or fortran or len(shape) != 1:
-                raise ValueError(f"not an export of filters: {dtype} {shape}")
+                raise ValueError(f"not an export of filters: {str(dtype)[:100]} {str(shape)[:100]}")
             self.n_rows = int(shape[0])
-            self._rest = head[fp.tell():]
+            if max_rows is not None and self.n_rows > max_rows:
+                raise ValueError(f"its header declares {self.n_rows:,} filters, more than the {max_rows:,} "
+                                 "a stream may hold")
+            self._rest = bytes(head[fp.tell():])
             self._it = self._batches()
         except BaseException:
             self.close()
@@ -538,10 +552,16 @@ class FilterBatches:
         return -(-self.n_rows // self.batch)
 
     def collect(self) -> np.ndarray:
-        """Every remaining filter in one ``(n, 3, 3)`` float32 array."""
-        out = np.empty((self.n_rows, 3, 3), dtype=np.float32)
+        """Every remaining filter in one ``(n, 3, 3)`` float32 array. The array grows as the
+        rows arrive (doubling, up to the count the header declares), so that a header declaring
+        more than is sent costs no more memory than what was sent."""
+        out = np.empty((min(self.n_rows, COLLECT_FIRST_ROWS), 3, 3), dtype=np.float32)
         at = 0
         for w in self:
+            if at + len(w) > len(out):
+                grown = np.empty((min(self.n_rows, max(2 * len(out), at + len(w))), 3, 3), dtype=np.float32)
+                grown[:at] = out[:at]
+                out = grown
             out[at:at + len(w)] = w
             at += len(w)
         return out[:at]
@@ -568,16 +588,21 @@ class FilterBatches:
         return f"FilterBatches(n_rows={self.n_rows}, batch={self.batch}, store_version={self.store_version})"
 
 
-def _npy_header_span(head: bytes) -> tuple[int, int | None]:
+def _npy_header_span(head: bytes | bytearray) -> tuple[int, int | None]:
     """(offset of the header dict, its length) of an .npy file starting with ``head``; length None
-    while too few bytes are there to tell."""
-    if len(head) >= 6 and head[:6] != b"\x93NUMPY":
+    while too few bytes are there to tell. ValueError for a stream that is not .npy or whose
+    header is longer than numpy reads (NPY_MAX_HEADER)."""
+    if head[:6] != b"\x93NUMPY"[:len(head)]:
         raise ValueError("not an .npy stream")
     if len(head) < 8:
         return 0, None
-    if head[6] == 1:
-        return 10, (int.from_bytes(head[8:10], "little") if len(head) >= 10 else None)
-    return 12, (int.from_bytes(head[8:12], "little") if len(head) >= 12 else None)
+    start = 10 if head[6] == 1 else 12
+    if len(head) < start:
+        return start, None
+    length = int.from_bytes(head[8:start], "little")
+    if length > NPY_MAX_HEADER:
+        raise ValueError(f"an .npy header of {length:,} bytes, longer than numpy reads ({NPY_MAX_HEADER:,})")
+    return start, length
 
 
 def _chain_first(first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
