@@ -12,7 +12,8 @@ loopback port, and for each phase runs the load in a child process while this pr
 3. idle, all held: the same with max_connections_per_client raised over --connections;
 4. exports: --export-clients clients (default 30) each downloading the whole store as CSV in a loop
    (honouring Retry-After on a 429);
-5. stalled: two clients start a CSV export and stop reading; a third client then asks for an export
+5. mixed: the idle connections of 2 (default limits) and the export clients of 4 at once;
+6. stalled: two clients start a CSV export and stop reading; a third client then asks for an export
    every 0.5 s: how long until it is served (the stalled ones' slots taken back).
 
 Prints each phase's probe p50/p99/max (target: p99 < 250 ms) and errors (must be 0), the
@@ -152,14 +153,19 @@ def report(name: str, lat: dict, errors: list, extra: str = "") -> None:
     print(f"{'':28s} errors: {len(errors)} {errors[:5] if errors else ''}{extra}")
 
 
-def with_load(base: str, seconds: float, target, *args) -> tuple[dict, list, dict]:
-    out = mp.Queue()
-    p = mp.get_context("fork").Process(target=target, args=(*args, seconds + 2, out))
-    p.start()
+def with_load(base: str, seconds: float, *loads) -> tuple[dict, list, list]:
+    """Probe while each (target, *args) of ``loads`` runs in a child process; their counts."""
+    children = []
+    for target, *args in loads:
+        out = mp.Queue()
+        p = mp.get_context("fork").Process(target=target, args=(*args, seconds + 2, out))
+        p.start()
+        children.append((p, out))
     time.sleep(2)  # the load is up
     lat, errors = probe(base, seconds, None)
-    counts = out.get(timeout=seconds + 120)
-    p.join()
+    counts = [out.get(timeout=seconds + 120) for _, out in children]
+    for p, _ in children:
+        p.join()
     return lat, errors, counts
 
 
@@ -200,9 +206,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--connections", type=int, default=600)
     ap.add_argument("--export-clients", type=int, default=30)
-    ap.add_argument("--phase", action="append", choices=["baseline", "idle", "idle-held", "exports", "stalled"])
+    ap.add_argument("--phase", action="append", choices=["baseline", "idle", "idle-held", "exports", "mixed", "stalled"])
     args = ap.parse_args()
-    phases = args.phase or ["baseline", "idle", "idle-held", "exports", "stalled"]
+    phases = args.phase or ["baseline", "idle", "idle-held", "exports", "mixed", "stalled"]
     import cnnfilterdb
 
     code = Path(cnnfilterdb.__file__).resolve().parents[1]  # the service runs the code this process imports
@@ -222,15 +228,21 @@ def main() -> None:
                     lat, errors = probe(base, args.seconds, None)
                     report("baseline (no load)", lat, errors)
                 elif phase in ("idle", "idle-held"):
-                    lat, errors, counts = with_load(base, args.seconds, hold_connections, port, args.connections)
+                    lat, errors, (counts,) = with_load(base, args.seconds, (hold_connections, port, args.connections))
                     held = "max_connections_per_client " + ("100 (default)" if phase == "idle" else str(args.connections + 100))
                     report(f"{args.connections} idle/trickling", lat, errors,
                            f"\n{'':28s} {held}; hostile connections: {counts}")
                 elif phase == "exports":
-                    lat, errors, counts = with_load(base, args.seconds, export_clients, base, args.export_clients)
+                    lat, errors, (counts,) = with_load(base, args.seconds, (export_clients, base, args.export_clients))
                     mb = counts.pop("bytes", 0) / 1e6
                     report(f"{args.export_clients} CSV export clients", lat, errors,
                            f"\n{'':28s} exports: {counts}, {mb:,.0f} MB received")
+                elif phase == "mixed":
+                    lat, errors, (held, counts) = with_load(base, args.seconds, (hold_connections, port, args.connections),
+                                                            (export_clients, base, args.export_clients))
+                    mb = counts.pop("bytes", 0) / 1e6
+                    report(f"{args.connections} idle + {args.export_clients} exports", lat, errors,
+                           f"\n{'':28s} exports: {counts}, {mb:,.0f} MB received; hostile connections: {held}")
                 else:
                     print(f"{'2 stalled exports':28s} {stalled_exports(base, port)}")
             finally:

@@ -151,7 +151,10 @@ class GuardedH11Protocol(H11Protocol):
             oldest = next(iter(_Registry.waiting))
             del _Registry.waiting[oldest]
             if not oldest.transport.is_closing():
-                oldest._close_waiting()
+                oldest._close_waiting(_raw_response(
+                    503, "Service Unavailable", "too_many_connections",
+                    f"{_Limits.max_connections} connections are open: this one, waiting longest for a request, "
+                    "is closed", retry_after=1))
                 oldest._forget()  # its count goes now, not when the event loop reports the close
                 return True
         return False
@@ -177,14 +180,15 @@ class GuardedH11Protocol(H11Protocol):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._close_waiting()
+            self._close_waiting(_raw_response(408, "Request Timeout", "request_timeout",
+                                              f"the request head did not arrive within {_Limits.header_timeout_s:g} s"))
 
-    def _close_waiting(self) -> None:
-        """Close a connection that has no request under way: a 408 if part of a head had come."""
+    def _close_waiting(self, answer: bytes) -> None:
+        """Close a connection that has no request under way, with ``answer`` if part of a head had
+        come (a connection that sent nothing is closed without a word, as at a keep-alive timeout)."""
         self._disarm_head_timer()
         if self._head_bytes:
-            self.transport.write(_raw_response(408, "Request Timeout", "request_timeout",
-                                               f"the request head did not arrive within {_Limits.header_timeout_s:g} s"))
+            self.transport.write(answer)
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
