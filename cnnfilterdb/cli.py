@@ -49,10 +49,39 @@ def cmd_ingest(args) -> int:
     except (OSError, duckdb.IOException, duckdb.FatalException) as e:
         # A full disk, a permission, an I/O error (Parquet, numpy or DuckDB writing): the transaction
         # has rolled back. One line, naming the file, or the store when the error names none.
-        what = (getattr(e, "strerror", None) or str(e) or type(e).__name__).splitlines()[0]
-        raise UserError(f"{what} ({getattr(e, 'filename', None) or db})") from None
+        raise UserError(io_fault(e, db)) from None
     print(json.dumps(result))
     return 0
+
+
+# DuckDB's message for an error of the system writing a file (a full disk, a device error)
+_DUCKDB_OS_ERROR = re.compile(r'Could not (?:write|create|open|truncate|sync|fsync)[^"]* file "([^"]+)": ([^":]+?)\.?$')
+
+
+def io_fault(e: BaseException, db: Path | None) -> str:
+    """One line for an I/O error of a command (a full disk, a permission, a device error) on the
+    store ``db``: what went wrong, and where, as the user named it: the store (a file of its own,
+    a staging copy, is not named), or the file outside it (a source, an output). The store's
+    writers roll back on any error, so the store is as it was."""
+    db = db or default_db()
+    what = first_line(e) if getattr(e, "strerror", None) is None else e.strerror
+    if re.fullmatch(r"\d+ requested and \d+ written", what):  # numpy's short write: the disk is full, most often
+        what = f"a write was cut short ({what}): is the disk full?"
+    filename = getattr(e, "filename", None)
+    try:
+        root = FilterStore(db).root
+    except UserError:
+        root = None
+    if root is not None:
+        what = relative_to_store(root, what)
+    if filename is None:
+        return f"{what} ({db})"
+    try:
+        inside = root is not None and (Path(os.fsdecode(filename)).resolve() == root
+                                       or root in Path(os.fsdecode(filename)).resolve().parents)
+    except (OSError, RuntimeError, ValueError, TypeError):
+        inside = False
+    return f"{what} ({db})" if inside else f"{what} ({os.fsdecode(filename)})"
 
 
 def cmd_info(args) -> int:
@@ -458,8 +487,22 @@ def cmd_demo(args) -> int:
               "--db to choose another directory)", file=sys.stderr)
         print(f"writing a synthetic SAMPLE dataset ({args.models} models, {args.filters:,} filters; "
               f"not real data) to {sample}", file=sys.stderr)
-        write_sample_h5(sample, n_models=args.models, n_filters=args.filters, seed=args.seed)
-        ingest_paths([sample], db)
+        try:
+            write_sample_h5(sample, n_models=args.models, n_filters=args.filters, seed=args.seed)
+            ingest_paths([sample], db)
+        except Exception as e:
+            import duckdb
+            from tables.exceptions import HDF5ExtError
+
+            if not isinstance(e, (OSError, HDF5ExtError, duckdb.IOException, duckdb.FatalException)):
+                raise
+            import shutil
+
+            shutil.rmtree(db, ignore_errors=True)  # no half-built sample left
+            if isinstance(e, HDF5ExtError):  # HDF5's back trace: its errno's message, or its last line
+                m = re.search(r"error message = '([^']+)'", str(e))
+                e = OSError(None, m.group(1) if m else first_line(e).strip(), str(sample))
+            raise UserError(io_fault(e, db)) from None
     cmd_info(argparse.Namespace(db=db, json=False))
     if args.no_serve:
         return 0
@@ -735,13 +778,20 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as e:  # a full disk, a permission, a device error: one line (the writers rolled back)
+        print(f"cnnfilterdb: error: {io_fault(e, getattr(args, 'db', None))}", file=sys.stderr)
+        return 1
     except Exception as e:
         import duckdb
 
         if not isinstance(e, duckdb.Error):
             raise
+        db = getattr(args, "db", None) or default_db()
+        if (m := _DUCKDB_OS_ERROR.search(first_line(e))) is not None:  # a full disk, ...: as io_fault says it
+            print(f"cnnfilterdb: error: {io_fault(OSError(None, m.group(2), m.group(1)), db)}", file=sys.stderr)
+            return 1
         # e.g. a catalog damaged past what opening it reads: one line, files relative to the store
-        message = relative_to_store(FilterStore(getattr(args, "db", None) or default_db()).root, first_line(e))
+        message = relative_to_store(FilterStore(db).root, first_line(e))
         print(f"cnnfilterdb: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -68,19 +68,22 @@ class PoolBusy(SqlFailed):
         self.retry_after_s = retry_after_s
 
 
-def _ended(returncode: int | None, lim: SqlLimits) -> SqlFailed:
-    """What to tell the client whose query ended its worker (now replaced)."""
-    if returncode is None or returncode in (-signal.SIGKILL, -signal.SIGXCPU):  # killed at the deadline
+def _ended(returncode: int | None, lim: SqlLimits, timed_out: bool = True) -> SqlFailed:
+    """What to tell the client whose query ended its worker (now replaced): ``timed_out``, the
+    statement's deadline had passed (the pool killed the worker); else it died of itself, or was
+    killed by someone else, before or while it ran the statement."""
+    if returncode == -signal.SIGXCPU or (timed_out and (returncode is None or returncode == -signal.SIGKILL)):
         return SqlFailed(400, "sql_timeout", f"the query ran longer than the time limit of {lim.timeout_s:g} s "
                                              "and was stopped")
-    how = f"signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+    how = "it did not exit when killed" if returncode is None else \
+        f"signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
     return SqlFailed(400, "sql_worker_crashed",
                      f"the query crashed the process that ran it ({how}; its memory cap is "
                      f"{lim.address_space_bytes / 2**30:.2f} GiB); the process was replaced")
 
 
 class _Worker:
-    def __init__(self, store: Path, limits: SqlLimits):
+    def __init__(self, store: Path, limits: SqlLimits, starting: set | None = None):
         config = {"memory_limit": limits.memory_limit, "threads": limits.threads,
                   "address_space_bytes": limits.address_space_bytes,
                   "switched_off_for_tests": list(limits.switched_off_for_tests)}
@@ -92,7 +95,16 @@ class _Worker:
             [sys.executable, "-P", "-m", "cnnfilterdb.service.usersql.boot", str(store), json.dumps(config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True, start_new_session=True)
         self.to_fd, self.from_fd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
-        self.hello = protocol.recv(self.from_fd, time.monotonic() + START_TIMEOUT_S)
+        if starting is not None:
+            starting.add(self)  # the pool's close() kills it while it starts
+        try:
+            self.hello = protocol.recv(self.from_fd, time.monotonic() + START_TIMEOUT_S)
+        except BaseException:
+            self.kill()  # never left running, to write its hello into a pipe nobody reads (a BrokenPipeError)
+            raise
+        finally:
+            if starting is not None:
+                starting.discard(self)
 
     def call(self, request: dict, deadline: float) -> tuple[dict, bytes | None]:
         protocol.send(self.to_fd, request)
@@ -133,6 +145,8 @@ class SqlPool:
         self._epoch = 0     # incremented by close(): workers of an older epoch are discarded
         self._busy = 0      # requests holding or waiting for a worker
         self._spawning = 0  # workers being started
+        self._starting: set[_Worker] = set()  # started, their hello not read yet
+        self._threads: set[threading.Thread] = set()  # starting workers in the background
         self.sandbox: dict | None = None  # what the first worker reported of its confinement
         self._finalizer = weakref.finalize(self, _kill_all, self._all)
 
@@ -149,17 +163,29 @@ class SqlPool:
             if wait and i == 0:
                 self._spawn(epoch)
             else:
-                threading.Thread(target=self._spawn, args=(epoch,), daemon=True).start()
+                self._spawn_in_background(epoch)
 
     def close(self) -> None:
-        """Stop every worker. A later ``run`` starts the pool again."""
+        """Stop every worker, those starting too (a replacement of one that crashed), and wait for
+        the threads starting them: none is left to write into a pipe nobody reads any more (the
+        BrokenPipeError of a worker outliving ``cnnfilterdb sql``). A later ``run`` starts the pool again."""
         with self._lock:
             self._epoch += 1
             self._started = False
-            workers = list(self._all)
+            workers = list(self._all) + list(self._starting)
             self._all.clear()
+            threads = list(self._threads)
         for w in workers:
             w.kill()
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(timeout=START_TIMEOUT_S)
+
+    def _spawn_in_background(self, epoch: int) -> None:
+        t = threading.Thread(target=self._spawn, args=(epoch,), daemon=True)
+        with self._lock:
+            self._threads.add(t)
+        t.start()
 
     def _spawn_more(self) -> None:
         """Start workers for the slots that have none (a failed start is retried here)."""
@@ -168,16 +194,19 @@ class SqlPool:
             self._spawning += max(missing, 0)
             epoch = self._epoch
         for _ in range(missing):
-            threading.Thread(target=self._spawn, args=(epoch,), daemon=True).start()
+            self._spawn_in_background(epoch)
 
     def _spawn(self, epoch: int) -> None:
-        """Start one worker (the caller has counted it in ``_spawning``)."""
+        """Start one worker (the caller has counted it in ``_spawning``); none once the pool is closed."""
+        w = None
         try:
-            w = _Worker(self.store, self.limits)
+            if epoch == self._epoch:
+                w = _Worker(self.store, self.limits, self._starting)
         except (OSError, protocol.WorkerGone, ValueError) as e:
-            log.error("a SQL worker did not start: %s", e)
-            w = None
+            if epoch == self._epoch:  # not one that close() stopped
+                log.error("a SQL worker did not start: %s", e)
         with self._lock:
+            self._threads.discard(threading.current_thread())
             self._spawning -= 1
             if w is not None and epoch == self._epoch:
                 self._all.add(w)
@@ -224,11 +253,12 @@ class SqlPool:
         lim = self.limits
         request = {"sql": sql, "params": params, "max_rows": max_rows, "max_bytes": max_bytes,
                    "timeout_s": lim.timeout_s}
+        deadline = time.monotonic() + lim.timeout_s + lim.grace_s
         try:
-            header, rows = w.call(request, time.monotonic() + lim.timeout_s + lim.grace_s)
-        except (protocol.WorkerGone, OSError, ValueError):
+            header, rows = w.call(request, deadline)
+        except (protocol.WorkerGone, OSError, ValueError):  # a broken pipe, a closed one, the deadline
             self._replace(w)
-            raise _ended(w.proc.returncode, lim) from None
+            raise _ended(w.proc.returncode, lim, timed_out=time.monotonic() >= deadline) from None
         self._idle.put((self._epoch, w))
         if not header.get("ok"):
             raise SqlFailed(int(header["status"]), str(header["code"]), str(header["message"]))
