@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .checks import check_bins, check_degenerate, check_density2d, check_similar
+from .checksums import Checksums
 from .limits import (
     DEFAULT_KDE_BINS,
 )
@@ -186,7 +187,8 @@ class Snapshot:
 
     def shard_paths(self, cur) -> list[Path]:
         """The shards in filter_id order, each there with the size the catalog recorded (a stat;
-        their checksums are ``cnnfilterdb verify``'s), or StoreDamaged naming the first that is not."""
+        their sha256 is ``cnnfilterdb verify``'s, their row groups' checksums the readers'), or
+        StoreDamaged naming the first that is not."""
         def load():
             rows = cur.execute("SELECT path, bytes FROM _shards ORDER BY filter_id_first").fetchall()
             for rel, size in rows:
@@ -200,7 +202,11 @@ class Snapshot:
         """The shards, open for as long as this snapshot lives: every scan of a request (a
         selection's basis scans twice) reads the files its catalog names, even if `compact`
         unlinks them meanwhile (their space returns when the last snapshot holding them goes)."""
-        return self._get("held", lambda: HeldShards(self.shard_paths(cur)))
+        return self._get("held", lambda: HeldShards(self.shard_paths(cur), self.checksums(cur)))
+
+    def checksums(self, cur) -> Checksums | None:
+        """The catalog's row group checksums of the shards (None: a catalog of a layout before 6)."""
+        return self._get("checksums", lambda: Checksums.load(cur))
 
     def max_layer_id(self, cur) -> int:
         return self._get("max_layer_id", lambda: int(cur.execute(
@@ -473,6 +479,7 @@ class Analysis:
             raise LookupError(layer_id)
         layer = dict(zip(("layer_id", "model_id", "model", "conv_depth", "n_filters", "filter_id_first"), row))
         first, n = layer["filter_id_first"], min(limit, layer["n_filters"])
+        self.held_shards().verify_filter_ids(first, first + n - 1)  # DuckDB reads them: their checksums first
         res = self.cur.execute("SELECT w0, w1, w2, w3, w4, w5, w6, w7, w8 FROM _all_filters WHERE filter_id BETWEEN ? AND ? "
                                "ORDER BY filter_id", [first, first + n - 1]).fetchnumpy()
         W = np.stack([np.asarray(res[f"w{i}"], dtype=np.float32) for i in range(9)], axis=1)

@@ -20,8 +20,11 @@ Guarantees:
   wrong file. A stream that raised part-way is incomplete and must be discarded (``write_export``
   removes it; an HTTP response is cut off).
 - Failures: a shard that cannot be read (missing, truncated, corrupt) raises StoreDamaged naming
-  it. The footers are read when ``export_chunks`` is called, before any byte is produced, so a
-  missing or truncated shard is reported before a response starts.
+  it. With the catalog's checksums (``held`` or ``checksums``; the engine always passes them), each
+  row group's bytes are hashed before they are decoded, and one that differs from what was
+  committed raises StoreDamaged naming the shard and the row group (cnnfilterdb/checksums.py). The
+  footers are read (and checked) when ``export_chunks`` is called, before any byte is produced, so
+  a missing or truncated shard is reported before a response starts.
 - A consumer may stop early: closing the generator (``GeneratorExit``) shuts the reading threads
   down and closes the shards before ``close()`` returns.
 - ``write_export`` is atomic: the file appears complete at its path, or not at all.
@@ -42,7 +45,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from .atomic import atomic_file, destination
-from .scan import REMAP_ROW_GROUPS, HeldShards, LayerGroups, _layer_spans, _reading, _units
+from .checksums import Checksums
+from .scan import REMAP_ROW_GROUPS, HeldShards, LayerGroups, ShardReader, _layer_spans, _reading, _units
 from .store import SHARDS, StoreDamaged, store_name
 
 COLUMNS = ["filter_id", "model_id", "layer_id"] + [f"w{i}" for i in range(9)]
@@ -77,7 +81,7 @@ CSV_OPTIONS = pa_csv.WriteOptions(include_header=False, quoting_style="none", ba
 
 def export_chunks(paths: list[Path], layer_ids: np.ndarray, max_layer_id: int, n_rows: int, fmt: str,
                   metadata: dict[str, str] | None = None, threads: int | None = None,
-                  held: HeldShards | None = None) -> Iterator[bytes]:
+                  held: HeldShards | None = None, checksums: Checksums | None = None) -> Iterator[bytes]:
     """The selected filters (rows whose layer_id is in layer_ids), in filter_id order, encoded as fmt, as a
     stream of byte chunks whose concatenation is the whole file.
 
@@ -103,7 +107,10 @@ def export_chunks(paths: list[Path], layer_ids: np.ndarray, max_layer_id: int, n
     threads : int, optional
         Threads reading (and for npy and csv encoding) row groups; default min(4, cores).
     held : HeldShards, optional
-        The shards already held open (an analysis snapshot's); default opened here.
+        The shards already held open (an analysis snapshot's, with its checksums); default opened here.
+    checksums : checksums.Checksums, optional
+        The catalog's row group checksums, for shards opened here (``held`` carries its own);
+        default none: unchecked.
 
     Returns
     -------
@@ -134,7 +141,7 @@ def export_chunks(paths: list[Path], layer_ids: np.ndarray, max_layer_id: int, n
     encode = {"parquet": _parquet, "arrow": _arrow, "npy": _npy, "csv": _csv}[fmt]
     own = held is None
     if own:  # readable to the end, even if unlinked from now on
-        held = HeldShards([path for path, _ in units])
+        held = HeldShards([path for path, _ in units], checksums)
     return encode(_row_groups(units, held, own, selected, n_rows, threads, _prepare[fmt]), schema, n_rows)
 
 
@@ -216,7 +223,7 @@ def _row_groups(units: list[tuple[Path, int]], held: HeldShards, own: bool, sele
     ``scan._map_units`` does, so that the mapped pages never add up.
     """
     local = threading.local()
-    open_files: dict[int, pq.ParquetFile] = {}  # each thread's current file, closed at the end
+    open_files: dict[int, ShardReader] = {}  # each thread's current file, closed at the end
     n_layer_slots = len(selected)
 
     def read(path: Path, row_group: int):

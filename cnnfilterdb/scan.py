@@ -5,7 +5,10 @@ filter or group on is an attribute of a layer or of its model. A scan reads only
 whose layer_id statistics overlap the selection, one whole row group at a time per thread, and
 hands it to the compiled kernels of ``stats/histogram.py`` (they release the GIL). Nothing is held
 but one row group per thread and the result. A shard that cannot be read (missing, truncated,
-corrupt) raises StoreDamaged naming it.
+corrupt) raises StoreDamaged naming it. Given the catalog's checksums (``checksums.Checksums``: the
+engine always passes them, through a snapshot's ``HeldShards`` or ``ShardScanner``), each row
+group's bytes are hashed before they are decoded, on every read, and a shard whose footer or row
+group differs from what was committed raises StoreDamaged naming it and the row group.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .checksums import Checksums, ShardChecks, read_footer, verify_row_groups
 from .stats.basis import Basis
 from .stats.histogram import bin_edges, coefficient_range, histogram2d_counts, histogram_counts, histogram_range
 from .store import SHARDS, StoreDamaged, store_name, unreadable
@@ -54,10 +58,18 @@ def _reading(path: Path):
 
 
 @lru_cache(maxsize=1024)
-def _footer(path: Path) -> pq.FileMetaData:
+def _footer_and_hash(path: Path) -> tuple[pq.FileMetaData, int]:
     """A shard's footer, parsed once per process (~1 ms each time otherwise): shards are
-    immutable and their names never reused."""
-    return pq.ParquetFile(path).metadata
+    immutable and their names never reused; and the xxh3 of the bytes it was parsed from, which
+    every holder of checksums compares with the catalog's (``HeldShards``)."""
+    return read_footer(path)
+
+
+def _footer(path: Path) -> pq.FileMetaData:
+    return _footer_and_hash(path)[0]
+
+
+_footer.cache_clear = _footer_and_hash.cache_clear  # as if a new process: the footers are read again
 
 
 @lru_cache(maxsize=1024)
@@ -75,26 +87,94 @@ def _layer_spans(path: Path) -> tuple[tuple[int, int], ...]:
 class HeldShards:
     """The shard files of one scan or export, each opened once (a descriptor) for as long as it
     runs, and mapped through that descriptor: a shard unlinked meanwhile (`cnnfilterdb compact`
-    replacing it, a reader of an older catalog still at work) stays readable to the end."""
+    replacing it, a reader of an older catalog still at work) stays readable to the end.
 
-    def __init__(self, paths: list[Path]):
+    With ``checksums`` (the catalog's), every footer is checked when the shards are opened and
+    whenever a reader is made, and every row group a reader reads is hashed before it is decoded;
+    None (a catalog of a layout before 6) reads unchecked."""
+
+    def __init__(self, paths: list[Path], checksums: Checksums | None = None):
         self.fds: dict[Path, int] = {}
+        self.checksums = checksums
         # Closed by close(), or else when the holder is collected (an export never iterated).
         self._finalizer = weakref.finalize(self, _close_fds, self.fds)
         try:
             for path in dict.fromkeys(paths):
                 with _reading(path):
                     self.fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                self.checks(path)
         except BaseException:
             self.close()
             raise
 
-    def open(self, path: Path) -> pq.ParquetFile:
+    def checks(self, path: Path) -> ShardChecks | None:
+        """The shard's recorded checksums, its parsed footer checked against them (None: unchecked)."""
+        if self.checksums is None:
+            return None
+        checks = self.checksums.of(path)
+        with _reading(path):
+            footer_hash = _footer_and_hash(path)[1]
+        checks.check_footer(footer_hash)
+        return checks
+
+    def open(self, path: Path) -> ShardReader:
         """The shard, memory-mapped (through /proc/self/fd: the open file, not the name)."""
-        return pq.ParquetFile(f"/proc/self/fd/{self.fds[path]}", memory_map=True, metadata=_footer(path))
+        return ShardReader(path, self.fds[path], self.checks(path))
+
+    def verify(self, path: Path, row_groups) -> None:
+        """Hash the shard's ``row_groups`` against the catalog's checksums (no decoding): what a
+        reader other than ours (DuckDB's SQL) is about to read. Nothing if unchecked."""
+        if (checks := self.checks(path)) is not None:
+            verify_row_groups(path, checks, row_groups, self.fds[path])
+
+    def verify_filter_ids(self, first: int, last: int) -> None:
+        """``verify`` the row groups of every held shard whose filter_id statistics overlap
+        [first, last] (a row group without statistics counts as overlapping): those DuckDB reads
+        for the filters of that range."""
+        if self.checksums is None:
+            return
+        for path in self.fds:
+            with _reading(path):
+                md = _footer(path)
+            fi = md.schema.to_arrow_schema().get_field_index("filter_id")
+            touched = []
+            for i in range(md.num_row_groups):
+                st = md.row_group(i).column(fi).statistics
+                if st is None or not st.has_min_max or (st.min <= last and st.max >= first):
+                    touched.append(i)
+            if touched:
+                self.verify(path, touched)
 
     def close(self) -> None:
         self._finalizer()
+
+
+class ShardReader:
+    """One shard memory-mapped for reading whole row groups, each hashed (``checks``: the recorded
+    checksums; None: unchecked) on the very mapping that is then decoded: the hash faults the pages
+    in, the decoding finds them mapped, nothing is copied."""
+
+    def __init__(self, path: Path, fd: int, checks: ShardChecks | None):
+        self.path, self.checks = path, checks
+        self.source = pa.memory_map(f"/proc/self/fd/{fd}")
+        try:
+            self.file = pq.ParquetFile(self.source, metadata=_footer(path))
+        except BaseException:
+            self.source.close()
+            raise
+
+    def read_row_group(self, row_group: int, columns: list[str], use_threads: bool = False) -> pa.Table:
+        if self.checks is not None:
+            offset, length, _ = self.checks.span(row_group)
+            if offset + length > self.source.size():
+                raise StoreDamaged(self.checks.rel, f"row group {row_group}: ends past the end of the file")
+            self.source.seek(offset)
+            self.checks.check(row_group, self.source.read_buffer(length))
+        return self.file.read_row_group(row_group, columns=columns, use_threads=use_threads)
+
+    def close(self) -> None:
+        self.file.close()
+        self.source.close()
 
 
 def _close_fds(fds: dict) -> None:
@@ -120,7 +200,8 @@ def _units(paths: list[Path], groups: LayerGroups) -> list[tuple[Path, int, int,
     return units
 
 
-def _map_units(paths, groups, work: Callable, threads: int | None, held: HeldShards | None = None):
+def _map_units(paths, groups, work: Callable, threads: int | None, held: HeldShards | None = None,
+               checksums: Checksums | None = None):
     """work(layer_id, weight columns, first group, last group) over the selected row groups, in
     threads; yields the results in order.
 
@@ -153,7 +234,7 @@ def _map_units(paths, groups, work: Callable, threads: int | None, held: HeldSha
 
     units = _units(paths, groups)
     own = held is None  # else the caller's (a snapshot's), open for longer than this scan
-    held = HeldShards([u[0] for u in units]) if own else held
+    held = HeldShards([u[0] for u in units], checksums) if own else held
     threads = threads or min(4, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max_workers=threads)
     try:
@@ -174,20 +255,22 @@ class ShardScanner:
     paths : the shard files, in filter_id order.
     held : the shards held open by a snapshot (analysis.Snapshot.held_shards), or None: each scan
         opens them for its own duration.
+    checksums : the catalog's row group checksums (checksums.Checksums), when ``held`` is None
+        (a held one carries its own); None: unchecked.
     """
 
     method = "scan"  # how the analyses' results name where their histograms came from
 
-    def __init__(self, paths: list[Path], held: HeldShards | None = None):
-        self.paths, self.held = list(paths), held
+    def __init__(self, paths: list[Path], held: HeldShards | None = None, checksums: Checksums | None = None):
+        self.paths, self.held, self.checksums = list(paths), held, checksums
 
     def range(self, groups: LayerGroups, basis: Basis) -> tuple[float, float, int]:
         """``scan_range``: (min, max) of the selected filters' coefficients, and their count."""
-        return scan_range(self.paths, groups, basis, held=self.held)
+        return scan_range(self.paths, groups, basis, held=self.held, checksums=self.checksums)
 
     def histograms(self, groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int) -> np.ndarray:
         """``scan_histograms``: counts (n_groups, 9, bins) int64."""
-        return scan_histograms(self.paths, groups, basis, lo, hi, bins, held=self.held)
+        return scan_histograms(self.paths, groups, basis, lo, hi, bins, held=self.held, checksums=self.checksums)
 
 
 def check_counts(counts: np.ndarray, expected: np.ndarray) -> None:
@@ -209,7 +292,7 @@ def kernel_basis(basis: Basis) -> tuple[np.ndarray, np.ndarray]:
 
 
 def scan_range(paths: list[Path], groups: LayerGroups, basis: Basis, threads: int | None = None,
-               held: HeldShards | None = None) -> tuple[float, float, int]:
+               held: HeldShards | None = None, checksums: Checksums | None = None) -> tuple[float, float, int]:
     """(min, max) of all 9 coefficients of the selected filters, and their count."""
     C, shift = kernel_basis(basis)
 
@@ -217,13 +300,14 @@ def scan_range(paths: list[Path], groups: LayerGroups, basis: Basis, threads: in
         return coefficient_range(layer, cols, groups.group_of_layer, C, shift)
 
     lo, hi, n = np.inf, -np.inf, 0
-    for a, b, k in _map_units(paths, groups, work, threads, held):
+    for a, b, k in _map_units(paths, groups, work, threads, held, checksums):
         lo, hi, n = min(lo, a), max(hi, b), n + k
     return lo, hi, n
 
 
 def scan_histograms(paths: list[Path], groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int,
-                    threads: int | None = None, held: HeldShards | None = None) -> np.ndarray:
+                    threads: int | None = None, held: HeldShards | None = None,
+                    checksums: Checksums | None = None) -> np.ndarray:
     """Counts (n_groups, 9, bins), int64: per group and component, np.histogram(c, bins, (lo, hi))."""
     C, shift = kernel_basis(basis)
     lo, hi = histogram_range(lo, hi)
@@ -235,14 +319,14 @@ def scan_histograms(paths: list[Path], groups: LayerGroups, basis: Basis, lo: fl
         return g_lo, counts
 
     out = np.zeros((groups.n_groups, 9, bins), dtype=np.int64)
-    for g_lo, counts in _map_units(paths, groups, work, threads, held):
+    for g_lo, counts in _map_units(paths, groups, work, threads, held, checksums):
         out[g_lo:g_lo + len(counts)] += counts
     return out
 
 
 def scan_histogram2d(paths: list[Path], groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int,
                      components: tuple[int, int], threads: int | None = None,
-                     held: HeldShards | None = None) -> np.ndarray:
+                     held: HeldShards | None = None, checksums: Checksums | None = None) -> np.ndarray:
     """Counts (bins, bins), int64, of the selected filters' coefficients (components[0], components[1]):
     np.histogram2d(c_i, c_j, bins, range=[(lo, hi), (lo, hi)]), a value outside on either axis dropped."""
     C, shift = kernel_basis(basis)
@@ -256,6 +340,6 @@ def scan_histogram2d(paths: list[Path], groups: LayerGroups, basis: Basis, lo: f
         return counts
 
     out = np.zeros((bins, bins), dtype=np.int64)
-    for counts in _map_units(paths, groups, work, threads, held):
+    for counts in _map_units(paths, groups, work, threads, held, checksums):
         out += counts
     return out

@@ -27,7 +27,11 @@ How a commit stays atomic while readers keep reading:
 Integrity: the catalog records the size and sha256 of every file it references, computed when
 the file was written. ``FilterStore.verify`` recomputes them all (``cnnfilterdb verify``); readers
 check what is cheap when they open a catalog (each shard's size, the histogram file's sha256) and
-turn a missing or unreadable file into ``StoreDamaged`` naming it relative to the store.
+turn a missing or unreadable file into ``StoreDamaged`` naming it relative to the store. Each
+commit also records an xxh3 per row group (and footer) of every shard (``_row_groups``, layout 6;
+checksums.py), which the engine's reads check before decoding: a shard whose bytes changed is
+``StoreDamaged`` naming it and the row group, never an answer (DuckDB's own SQL reads of the shards
+are not checked: docs/method.md#checksums).
 """
 from __future__ import annotations
 
@@ -57,11 +61,11 @@ STAGING_SUFFIX = ".staging"
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 ENV_DB = "CNNFILTERDB_DB"
 DEMO_DB = "filterdb-sample"  # where `cnnfilterdb demo` builds its sample store: never with real data
-SCHEMA_VERSION = 5  # of sql/schema.sql and the upgrades after it (UPGRADES)
+SCHEMA_VERSION = 6  # of sql/schema.sql and the upgrades after it (UPGRADES)
 # Layouts this program reads; a transaction upgrades an older one in place (sql/upgrade_<n>.sql),
 # so that a store is never rebuilt for a table added to its catalog.
-READABLE_SCHEMAS = (4, 5)
-UPGRADES = {4: "upgrade_5"}
+READABLE_SCHEMAS = (4, 5, 6)
+UPGRADES = {4: "upgrade_5", 5: "upgrade_6"}
 HASH_READ_BYTES = 1 << 20
 # The kinds of commit a store version records (_versions.action); compact records none.
 ACTIONS = ("ingest", "label", "remove", "refresh")
@@ -608,6 +612,7 @@ class StoreTransaction:
         ``scanner``: refit with it (refit.py) even if the filters did not change (a refresh on
         Spark, cnnfilterdb.spark); default: on this machine, when they did. ``summary``: the
         version's summary in words (default: the models it added, relabelled and removed)."""
+        self.record_checksums()
         if action is None:
             self.version = self.base_version
             self._write_views(basis_version_at(self.con, self.version))
@@ -675,6 +680,27 @@ class StoreTransaction:
         fsync_path(self.root)
         self._committed = True
 
+    def record_checksums(self) -> None:
+        """Record in ``_row_groups`` the row group checksums of every shard that has none yet (those
+        this transaction wrote; all of a store of layout 5 at its first commit, each checked against
+        its sha256 first), and forget those of shards no longer listed (cnnfilterdb/checksums.py)."""
+        from .checksums import shard_checksums
+
+        self.con.execute("DELETE FROM _row_groups WHERE path NOT IN (SELECT path FROM _shards)")
+        missing = self.con.execute("SELECT path, sha256 FROM _shards WHERE path NOT IN "
+                                   "(SELECT path FROM _row_groups) ORDER BY filter_id_first").fetchall()
+        written = {store_name(p) for p in self._new_files}
+        for rel, sha256 in missing:
+            rows = shard_checksums(self.root / rel, None if rel in written else sha256)
+            self.con.executemany("INSERT INTO _row_groups VALUES (?, ?, ?, ?, ?)", [(rel, *r) for r in rows])
+
+    def checksums(self):
+        """The row group checksums of the shards (``record_checksums`` first): checksums.Checksums."""
+        from .checksums import Checksums
+
+        self.record_checksums()
+        return Checksums.load(self.con)
+
     def shard_rel_paths(self) -> list[str]:
         """The shards of every kept version, relative to the store, in filter_id order."""
         return [p for (p,) in self.con.execute("SELECT path FROM _shards ORDER BY filter_id_first").fetchall()]
@@ -713,7 +739,7 @@ class StoreTransaction:
 
         path = self.root / SHARDS / f"{self.ingest_id}-histograms.npy"
         self._new_files.append(path)  # removed with the shards if the transaction does not commit
-        scanner = scanner or ShardScanner([self.root / p for p in self.shard_rel_paths()])
+        scanner = scanner or ShardScanner([self.root / p for p in self.shard_rel_paths()], checksums=self.checksums())
         r = refit(self.con, self.version, scanner, path, progress)
         if r is None:
             return None

@@ -11,10 +11,13 @@ commits, one directory ``tables/<ingest id>-v<v>/`` holding the rows the catalog
     versions.parquet            every store version up to v, with ``tables``: the directory of
                                 each kept version's tables (null: compacted away)
     shards.parquet              the filter shards: path relative to the store, n_rows, filter ids,
-                                bytes, sha256 (every kept version's; a version's filters are those
-                                of its layers)
+                                bytes, sha256, row_groups (how many row_groups.parquet checks; every
+                                kept version's; a version's filters are those of its layers)
     layer_moments.parquet       the moments of v's layers' peak-scaled filters: n, mean (9),
                                 scatter (81, row-major 9 x 9): the basis of any selection pools them
+    row_groups.parquet          the checksum of each row group of every listed shard: path,
+                                row_group (-1: the footer), byte_offset, byte_length, xxh3
+                                (cnnfilterdb/checksums.py; Spark's tasks check them)
 
 and ``tables/LATEST`` holds one line, the current version's directory relative to the store.
 
@@ -49,8 +52,10 @@ TABLE_QUERIES: dict[str, str] = {
     "basis": "SELECT * FROM _basis WHERE version IS NOT DISTINCT FROM {bv}",
     "versions": "SELECT v.*, d.tables FROM _versions v LEFT JOIN _table_dirs d USING (version) "
                 "WHERE v.version <= {v} ORDER BY v.version",
-    "shards": "SELECT * FROM _shards ORDER BY filter_id_first",
+    "shards": "SELECT s.*, (SELECT count(*) FROM _row_groups r WHERE r.path = s.path AND r.row_group >= 0) AS row_groups "
+              "FROM _shards s ORDER BY filter_id_first",
     "layer_moments": "SELECT m.* FROM _layer_moments m SEMI JOIN layers_at({v}) USING (layer_id) ORDER BY layer_id",
+    "row_groups": "SELECT * FROM _row_groups ORDER BY path, row_group",
 }
 
 

@@ -70,13 +70,13 @@ def test_the_catalog_records_every_files_sha256(store, capsys):
         files = con.execute("SELECT path, bytes, sha256 FROM _shards UNION ALL "
                             "SELECT path, bytes, sha256 FROM _layer_histograms UNION ALL "
                             "SELECT path, bytes, sha256 FROM _tables").fetchall()
-    assert len(files) == 2 + 7  # a shard, the histograms, the seven Parquet tables of version 1
+    assert len(files) == 2 + 8  # a shard, the histograms, the eight Parquet tables of version 1
     for rel, size, sha256 in files:
         data = (store / rel).read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (size, sha256)
     assert cli_main(["verify", "--db", str(store)]) == 0
     out = capsys.readouterr()
-    assert out.out.startswith("intact: 9 file(s)") and len(out.out.splitlines()) == 1 and out.err == ""
+    assert out.out.startswith("intact: 10 file(s)") and len(out.out.splitlines()) == 1 and out.err == ""
 
 
 @pytest.mark.parametrize("how, problem", [("shard flipped", "checksum differs"), ("histograms flipped", "checksum differs"),
@@ -134,6 +134,22 @@ def test_a_damaged_shard_is_a_503_naming_it(store, how, when):
         assert r.status_code == 200
     else:
         _damaged_answer(r, store, rel)
+
+
+def test_a_flipped_shard_byte_is_a_503_naming_its_row_group(store):
+    """A byte flipped in a shard's data pages (issue 20): every reader of the engine checks the
+    row group's checksum first (tests/test_checksums.py has every region and read); the user's own
+    SQL reads through DuckDB, which checks none (docs/method.md#checksums)."""
+    rel = _damage(store, "shard flipped")
+    client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
+    for method, url, body in SHARD_READERS:
+        if url == "/v1/sql":
+            continue
+        r = client.request(method, url, json=body)
+        _damaged_answer(r, store, rel)
+        assert "row group " in r.json()["error"]["message"], r.text
+    code, out, err = run_cli("drift", "--group-by", "task", "--bins", "33", "--db", str(store))
+    assert code == 1 and err.startswith(f"cnnfilterdb: error: {rel}: row group ") and len(err.splitlines()) == 1
 
 
 def test_flipped_histograms_are_a_503_naming_the_file(store):
@@ -256,6 +272,7 @@ def test_filter_ids_that_contradict_the_catalog_are_a_503_not_a_wrong_page(store
     its .npy do not answer with rows of another layer."""
     import pyarrow.parquet as pq
 
+    from cnnfilterdb.checksums import shard_checksums
     from cnnfilterdb.ingest.shards import PARQUET_OPTIONS
     from cnnfilterdb.store import file_sha256
 
@@ -271,6 +288,10 @@ def test_filter_ids_that_contradict_the_catalog_are_a_503_not_a_wrong_page(store
     with duckdb.connect(str(store / "catalog.duckdb")) as con:
         con.execute("UPDATE _shards SET bytes = ?, sha256 = ? WHERE path = ?",
                     [(store / shard).stat().st_size, file_sha256(store / shard), shard])
+        # and its row groups' checksums: only the contents disagree with the catalog's layers
+        con.execute("DELETE FROM _row_groups WHERE path = ?", [shard])
+        con.executemany("INSERT INTO _row_groups VALUES (?, ?, ?, ?, ?)",
+                        [(shard, *r) for r in shard_checksums(store / shard)])
     client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
     r = client.get("/v1/layers/3/filters?limit=100000")
     assert r.status_code == 503 and r.json()["error"]["code"] == "store_damaged", r.text[:300]

@@ -245,8 +245,9 @@ def test_a_store_without_tables_a_missing_shard_a_bad_master(spark, store, tmp_p
     with pytest.raises(StoreError, match=f"{re.escape(shard)}: missing; the store is damaged") as e:
         SparkStore.open(spark, db).divergence("task")  # its tasks read with pyarrow
     assert "\n" not in str(e.value)
-    with pytest.raises(SparkError, match=f"a Spark job failed: .*{re.escape(shard)}") as e:
-        SparkStore.open(spark, db, read="spark").divergence("task")  # through Spark's reader
+    # read='spark': its checksum pass (pyarrow, before Spark's reader) finds it first
+    with pytest.raises(StoreError, match=f"{re.escape(shard)}: missing; the store is damaged") as e:
+        SparkStore.open(spark, db, read="spark").divergence("task")
     assert "\n" not in str(e.value)
     # a forged LATEST, a forged shard path: named, never followed out of the store
     latest = (db / "tables" / "LATEST").read_text()
@@ -362,6 +363,7 @@ def test_shards_not_as_committed_are_refused_not_answered(spark, store, tmp_path
         (shard,) = con.execute("SELECT path FROM _shards ORDER BY filter_id_first LIMIT 1").fetchone()
     t = pq.read_table(db / shard)
     pq.write_table(t.slice(0, t.num_rows // 2), db / shard, row_group_size=1_000)
+    _record_checksums(db, shard)  # a copy whose checksums were taken after the cut: only the counts disagree
     before = store_snapshot(db)
     for read in ("arrow", "spark"):
         with pytest.raises(StoreDamaged, match="the scan found .* filters of the selection where the catalog holds"):
@@ -370,6 +372,24 @@ def test_shards_not_as_committed_are_refused_not_answered(spark, store, tmp_path
     assert "the scan found" in capsys.readouterr().err
     assert store_snapshot(db) == before
     assert cli_main(["drift", "--group-by", "task", "--basis", "selection", "--db", str(db)]) == 1  # the local scan too
+
+
+def _record_checksums(db: Path, shard: str) -> None:
+    """Record the row group checksums of ``shard`` as it is now, in the catalog and in the current
+    tables' row_groups.parquet."""
+    import duckdb
+
+    from cnnfilterdb.checksums import shard_checksums
+
+    rows = [(shard, *r) for r in shard_checksums(db / shard)]
+    with duckdb.connect(str(db / "catalog.duckdb")) as con:
+        con.execute("DELETE FROM _row_groups WHERE path = ?", [shard])
+        con.executemany("INSERT INTO _row_groups VALUES (?, ?, ?, ?, ?)", rows)
+    table = db / (db / "tables" / "LATEST").read_text().strip() / "row_groups.parquet"
+    t = pq.read_table(table)
+    kept = [r for r in t.to_pylist() if r["path"] != shard]
+    new = kept + [dict(zip(t.column_names, r)) for r in rows]
+    pq.write_table(pa.Table.from_pylist(new, schema=t.schema), table)
 
 
 def test_glob_characters_and_versions_before_the_tables(spark, store, tmp_path):
@@ -381,6 +401,7 @@ def test_glob_characters_and_versions_before_the_tables(spark, store, tmp_path):
     shutil.copytree(store, db)
     with duckdb.connect(str(db / "catalog.duckdb")) as con:  # as written before the tables (layout 4)
         con.execute("DROP TABLE _tables")
+        con.execute("DROP TABLE _row_groups")
         con.execute("UPDATE _store SET schema_version = 4")
     shutil.rmtree(db / "tables")
     with open_catalog(db) as con:

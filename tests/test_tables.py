@@ -76,6 +76,10 @@ def test_every_version_has_its_tables_equal_to_the_catalog(store):
                     assert set(in_file) <= set(expected) and sum(r[1] for r in in_file) >= con.execute(
                         f"SELECT sum(n_filters) FROM layers_at({version})").fetchone()[0]
                     continue
+                if name == "row_groups" and version < max(recorded):  # the checksums of the shards at that commit
+                    assert set(in_file) <= set(expected) and {r[0] for r in in_file} == {
+                        r[0] for r in con.execute(f"SELECT path FROM read_parquet('{store / files['shards'][0]}')").fetchall()}
+                    continue
                 # (Parquet has no fixed-size arrays: DOUBLE[9] reads back as DOUBLE[], a list)
                 assert _plain(in_file) == _plain(expected), (version, name)
         # The versions file of the current tables names every version's tables directory.
@@ -148,6 +152,7 @@ def test_a_layout_4_store_is_read_and_upgraded_by_its_next_commit(store):
     catalog = store / "catalog.duckdb"
     with duckdb.connect(str(catalog)) as con:
         con.execute("DROP TABLE _tables")
+        con.execute("DROP TABLE _row_groups")
         con.execute("UPDATE _store SET schema_version = 4")
     shutil.rmtree(store / TABLES)
     assert cli_main(["verify", "--db", str(store)]) == 0
@@ -156,7 +161,7 @@ def test_a_layout_4_store_is_read_and_upgraded_by_its_next_commit(store):
         model = con.execute("SELECT model FROM models ORDER BY model_id LIMIT 1").fetchone()[0]
     assert cli_main(["label", model, "--task", "Segmentation", "--db", str(store)]) == 0
     with open_catalog(store) as con:
-        assert con.execute("SELECT schema_version FROM _store").fetchone()[0] == 5
+        assert con.execute("SELECT schema_version FROM _store").fetchone()[0] == 6
         assert con.execute("SELECT DISTINCT version FROM _tables").fetchall() == [(5,)]
     assert (store / _latest(store) / "layers.parquet").is_file()
 

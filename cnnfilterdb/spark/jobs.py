@@ -21,18 +21,26 @@ one machine) and yields one partial result per task:
   rounding (~1e-16 relative).
 
 Only the partial results cross the network: a task's histogram rows, never filters.
+
+Checksums (cnnfilterdb/checksums.py): given the tables' row group checksums, a ``arrow`` task
+reads each of its row groups' bytes, hashes them and checks the shard's footer before decoding;
+with ``spark`` Spark's own reader decodes the pages, so a job first runs a pass of tasks that hash
+the row groups the scan reads (with pyarrow's filesystems, as ``arrow`` reads them: an extra read
+of those bytes). A difference is StoreDamaged naming the shard and row group, on the driver.
 """
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
+from ..checksums import check_footer, check_row_group, damage_of, read_footer_from
 from ..scan import LayerGroups, kernel_basis
 from ..stats.basis import Basis
 from ..stats.histogram import bin_edges, histogram_range
 from ..stats.moments import Moments
-from ..store import StoreError, first_line
+from ..store import StoreDamaged, StoreError, first_line
 from .session import SparkError
 
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
@@ -81,26 +89,66 @@ def arrow_open(uri: str):
     return fs.open_input_file(path)
 
 
+UNITS = "path string, row_group int, rel string, byte_offset long, byte_length long, xxh3 long, footer long"
+
+
+def _checked_units(units):
+    """(open pyarrow file, parsed footer, row group) of each unit of a task ((path URI, row group,
+    rel, byte_offset, byte_length, xxh3, footer) rows, UNITS), the footer and the row group's
+    bytes checked against the recorded checksums when the unit carries them (xxh3 not null)."""
+    opened: dict[str, tuple] = {}
+    try:
+        for batch in units:
+            for path, row_group, rel, offset, length, expected, footer in zip(*(c.to_pylist() for c in batch.columns)):
+                if path not in opened:
+                    f = arrow_open(path)
+                    md, footer_hash = read_footer_from(f)
+                    opened[path] = f, md
+                    if footer is not None:
+                        check_footer(rel, footer, footer_hash)
+                f, md = opened[path]
+                if expected is not None:
+                    check_row_group(rel, row_group, expected, f.read_at(length, offset))
+                yield f, md, row_group
+    finally:
+        for f, _ in opened.values():
+            f.close()
+
+
 def _row_groups(units, columns: list[str], layer_lo: int, layer_hi: int):
-    """The row groups that a task's units name ((path URI, row group) rows), read with pyarrow:
-    ``columns`` of the rows with layer_lo <= layer_id <= layer_hi, one table per row group."""
+    """The row groups that a task's units name (UNITS rows), read with pyarrow: ``columns`` of the
+    rows with layer_lo <= layer_id <= layer_hi, one table per row group, each checked (``_checked_units``)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    opened: dict[str, pq.ParquetFile] = {}
+    for f, md, row_group in _checked_units(units):
+        table = pq.ParquetFile(f, metadata=md).read_row_group(row_group, columns=columns, use_threads=False)
+        layer = table.column("layer_id")
+        if pc.min(layer).as_py() < layer_lo or pc.max(layer).as_py() > layer_hi:
+            table = table.filter(pc.and_(pc.greater_equal(layer, layer_lo), pc.less_equal(layer, layer_hi)))
+        yield table
+
+
+def _verify_task(units):
+    """A task of the checksum pass of read='spark': every unit's footer and bytes checked, its count yielded."""
+    import pyarrow as pa
+
+    n = sum(1 for _ in _checked_units(units))
+    yield pa.RecordBatch.from_pydict({"n": [n]})
+
+
+@contextmanager
+def _damage():
+    """A job's failure that is a task's StoreDamaged (a checksum that differs) raised as that
+    StoreDamaged, on the driver; any other failure as it is."""
     try:
-        for batch in units:
-            for path, row_group in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
-                if path not in opened:
-                    opened[path] = pq.ParquetFile(arrow_open(path))
-                table = opened[path].read_row_group(row_group, columns=columns, use_threads=False)
-                layer = table.column("layer_id")
-                if pc.min(layer).as_py() < layer_lo or pc.max(layer).as_py() > layer_hi:
-                    table = table.filter(pc.and_(pc.greater_equal(layer, layer_lo), pc.less_equal(layer, layer_hi)))
-                yield table
-    finally:
-        for f in opened.values():
-            f.close()
+        yield
+    except StoreError:
+        raise
+    except Exception as e:
+        if (damage := damage_of(e)) is not None:
+            raise damage from None
+        raise
 
 
 def _columns(batch, names: list[str]) -> list[np.ndarray]:
@@ -125,15 +173,19 @@ class SparkScanner:
         ``spark``: Spark's Parquet reader (its Hadoop filesystems and their spark.hadoop.*
         settings) hands each task's rows to the kernels as Arrow batches: any storage Spark
         reads, but the rows cross from the JVM to Python, about 6x the time of read='arrow'
-        (bench/bench_spark.py).
+        (bench/bench_spark.py). The checksums are checked by a pass of pyarrow tasks first.
+    checksums : the row group checksums of the shards (checksums.Checksums, from the tables'
+        row_groups.parquet or a transaction's catalog); None: unchecked (tables written before
+        catalog layout 6).
     """
 
     method = "spark"  # the analyses' results say where their histograms came from
 
-    def __init__(self, spark, uri: str, shards: list[str], read: str = "arrow"):
+    def __init__(self, spark, uri: str, shards: list[str], read: str = "arrow", checksums=None):
         if read not in READS:
             raise SparkError(f"unknown read {read!r}; known: {list(READS)}")
         self.spark, self.uri, self.shards, self.read = spark, uri.rstrip("/"), list(shards), read
+        self.checksums = checksums
 
     def _job(self, columns: list[str], layer_lo: int, layer_hi: int, task, schema: str):
         """The DataFrame of ``task``'s partial results: ``task`` gets an iterator of Arrow tables or
@@ -142,6 +194,8 @@ class SparkScanner:
 
         lo, hi = int(layer_lo), int(layer_hi)
         if self.read == "spark":
+            if self.checksums is not None:
+                self._verify(lo, hi)
             df = self.spark.read.parquet(*[f"{self.uri}/{rel}" for rel in self.shards]).select(*columns)
             return _map(df.where(F.col("layer_id").between(lo, hi)), task, schema)
         units = self._units(lo, hi)
@@ -149,21 +203,33 @@ class SparkScanner:
         # takes a contiguous run of row groups (parallelize slices a list in order; a shuffle
         # would deal them round-robin), so it meets a contiguous run of layers: a task's
         # per-layer partial spans its own layers, not the store's.
+        return _map(self._units_df(units), lambda batches: task(_row_groups(batches, columns, lo, hi)), schema)
+
+    def _units_df(self, units: list[tuple]):
         sc = self.spark.sparkContext
         parts = max(1, min(len(units), 4 * sc.defaultParallelism))
-        df = self.spark.createDataFrame(sc.parallelize(units, parts), "path string, row_group int")
-        return _map(df, lambda batches: task(_row_groups(batches, columns, lo, hi)), schema)
+        return self.spark.createDataFrame(sc.parallelize(units, parts), UNITS)
 
-    def _units(self, layer_lo: int, layer_hi: int) -> list[tuple[str, int]]:
-        """(shard URI, row group) of the row groups whose layer_id statistics overlap [layer_lo, layer_hi]."""
+    def _verify(self, layer_lo: int, layer_hi: int) -> None:
+        """The checksum pass of read='spark': the footers and bytes of the row groups whose
+        statistics overlap [layer_lo, layer_hi] (those Spark's reader decodes), hashed in tasks."""
+        from pyspark.sql import functions as F
+
+        units = self._units(layer_lo, layer_hi)
+        if units:
+            with _damage():
+                _map(self._units_df(units), _verify_task, "n long").agg(F.sum("n")).first()
+
+    def _units(self, layer_lo: int, layer_hi: int) -> list[tuple]:
+        """The row groups whose layer_id statistics overlap [layer_lo, layer_hi]: (shard URI, row
+        group, shard path relative to the store, and the row group's byte offset, length and xxh3
+        and the footer's xxh3 as recorded, or nulls without checksums) (UNITS)."""
         from concurrent.futures import ThreadPoolExecutor
-
-        import pyarrow.parquet as pq
 
         def footer(uri: str):
             try:
                 with arrow_open(uri) as f:
-                    return pq.ParquetFile(f).metadata
+                    return read_footer_from(f)
             except FileNotFoundError:
                 raise StoreError(f"{uri}: missing; the store is damaged, or is not at this location (--store): "
                                  "run `cnnfilterdb verify`") from None
@@ -175,12 +241,18 @@ class SparkScanner:
         with ThreadPoolExecutor(FOOTER_THREADS) as pool:  # on object storage a footer is a round trip
             footers = list(pool.map(footer, uris))
         units = []
-        for uri, md in zip(uris, footers):
+        for rel, uri, (md, footer_hash) in zip(self.shards, uris, footers):
+            checks = None if self.checksums is None else self.checksums.shards.get(rel)
+            if self.checksums is not None:
+                if checks is None:
+                    raise StoreDamaged(rel, "no checksums of it are recorded in the tables' row_groups.parquet")
+                checks.check_footer(footer_hash)  # the statistics below are the committed ones
             li = md.schema.to_arrow_schema().get_field_index("layer_id")
             for i in range(md.num_row_groups):
                 st = md.row_group(i).column(li).statistics
                 if st is None or not st.has_min_max or (st.min <= layer_hi and st.max >= layer_lo):
-                    units.append((uri, i))
+                    units.append((uri, i, rel, *(checks.span(i) if checks else (None, None, None)),
+                                  checks.footer if checks else None))
         return units
 
     def _selected(self, groups: LayerGroups) -> tuple[int, int]:
@@ -212,7 +284,8 @@ class SparkScanner:
 
         try:
             partial = self._job(["layer_id", *WEIGHT_COLUMNS], *self._selected(groups), task, "lo double, hi double, n long")
-            row = partial.agg(F.min("lo"), F.max("hi"), F.sum("n")).first()
+            with _damage():
+                row = partial.agg(F.min("lo"), F.max("hi"), F.sum("n")).first()
         finally:
             group_of_layer.unpersist()
         if not row[2]:  # nothing selected was read
@@ -262,7 +335,8 @@ class SparkScanner:
         try:
             partial = self._job(["layer_id", *WEIGHT_COLUMNS], *self._selected(groups), task, "group int, counts array<bigint>")
             parts = partial.groupBy("group").agg(F.collect_list("counts").alias("parts"))
-            table = parts.select("group", F.expr(_SUM).alias("counts")).toArrow()
+            with _damage():
+                table = parts.select("group", F.expr(_SUM).alias("counts")).toArrow()
         finally:
             group_of_layer.unpersist()
         out = np.zeros((groups.n_groups, 9, bins), dtype=np.int64)
@@ -328,7 +402,8 @@ class SparkScanner:
             parts = partial.groupBy("layer_id").agg(
                 F.array_sort(F.collect_list(F.struct("first", "n", "mean", "scatter"))).alias("p"))
             merged = parts.select("layer_id", F.expr(f"aggregate(slice(p, 2, size(p)), p[0], {_MERGE})").alias("m"))
-            table = merged.select("layer_id", "m.n", "m.mean", "m.scatter").orderBy("layer_id").toArrow()
+            with _damage():
+                table = merged.select("layer_id", "m.n", "m.mean", "m.scatter").orderBy("layer_id").toArrow()
         finally:
             wanted.unpersist()
         flat = lambda name, width: table.column(name).combine_chunks().flatten().to_numpy().reshape(-1, width)  # noqa: E731

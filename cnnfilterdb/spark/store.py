@@ -76,7 +76,7 @@ class SparkStore:
             raise StoreDamaged(f"{directory}/layers_with_models.parquet", "holds a layer id past the shards' last filter id")
         if bad := [p for p in self.shards if not isinstance(p, str) or not _SHARD.fullmatch(p)]:
             raise StoreDamaged(f"{directory}/shards.parquet", f"names {bad[0]!r}, not a shard of the store")
-        self.scanner = SparkScanner(spark, uri, self.shards, read)
+        self.scanner = SparkScanner(spark, uri, self.shards, read, checksums=_checksums(directory, tables))
 
     @classmethod
     def open(cls, spark, location: str | os.PathLike, as_of: int | None = None, read: str = "arrow") -> SparkStore:
@@ -112,7 +112,10 @@ class SparkStore:
                                    f"names {tables_of[as_of][:100]!r}, not a tables directory of the store")
             directory = tables_of[as_of]
         names = ["versions", "basis", "layer_moments", "layers_with_models", "shards"]
-        return cls(spark, uri, directory, {n: _read(spark, uri, f"{directory}/{n}.parquet") for n in names}, read)
+        tables = {n: _read(spark, uri, f"{directory}/{n}.parquet") for n in names}
+        if "row_groups" in tables["shards"].column_names:  # tables of layout 6 on: the checksums are there
+            tables["row_groups"] = _read(spark, uri, f"{directory}/row_groups.parquet")
+        return cls(spark, uri, directory, tables, read)
 
     def analysis(self) -> Analysis:
         """The local engine's analyses on this version, their scans on Spark."""
@@ -130,6 +133,22 @@ class SparkStore:
             raise
         except Exception as e:  # a failed job (a shard missing or unreadable where Spark reads it)
             raise SparkError(f"a Spark job failed: {job_error(e)}") from None
+
+
+def _checksums(directory: str, tables: dict):
+    """The row group checksums of the version's shards (checksums.Checksums), from its
+    row_groups.parquet; None for tables written before layout 6 (their shards.parquet has no
+    ``row_groups`` column): the scans are unchecked until the next commit writes them."""
+    from ..checksums import Checksums
+
+    if "row_groups" not in tables:
+        return None
+    t = tables["row_groups"]
+    rows = zip(*(t.column(c).to_pylist() for c in ("path", "row_group", "byte_offset", "byte_length", "xxh3")))
+    try:
+        return Checksums.from_rows(rows, tables["shards"].column("path").to_pylist())
+    except StoreDamaged as e:
+        raise StoreDamaged(f"{directory}/row_groups.parquet", e.problem) from None
 
 
 def _read(spark, uri: str, rel: str, kind: str = "parquet", missing: str | None = None):
@@ -174,7 +193,7 @@ def refresh(db: str | os.PathLike, spark, uri: str | None = None, read: str = "a
         if tx.base_version == 0:
             raise StoreError(f"{tx.root}: the store has no version to refresh")
         target = store_uri(uri or tx.root)
-        scanner = SparkScanner(spark, target, tx.shard_rel_paths(), read)
+        scanner = SparkScanner(spark, target, tx.shard_rel_paths(), read, checksums=tx.checksums())
         try:
             version = tx.commit("refresh", scanner=scanner,
                                 summary=f"basis and per-layer histograms refitted on Spark ({master}, read={read})")

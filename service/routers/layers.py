@@ -45,6 +45,12 @@ def get_layer(layer_id: int = LAYER_ID, catalog: LiveCatalog = Depends(get_catal
         return respond(layer_out(_layer(cur, layer_id)))
 
 
+def _verify(catalog: LiveCatalog, cur, first: int, last: int) -> None:
+    """Check the checksums of the row groups holding filters first..last (StoreDamaged: a 503
+    naming the shard and row group) before DuckDB reads them: it checks none itself."""
+    catalog.generation().snapshot.held_shards(cur).verify_filter_ids(first, last)
+
+
 def _as_filters(ids, W, model_id: int, layer_id: int) -> list[dict]:
     """Filters as plain dicts of the ``Filter`` shape (values straight from the store, of the
     declared types: serialized by pydantic-core without building a model per filter)."""
@@ -84,6 +90,7 @@ def layer_filters(
         first, last, n = layer["filter_id_first"], layer["filter_id_last"], layer["n_filters"]
         lo, hi = first + offset, min(last, first + offset + limit - 1)
         if lo <= last:
+            _verify(catalog, cur, lo, hi)
             res = queries.filter_weights(cur, lo, hi)
             if len(res["filter_id"]) != hi - lo + 1:  # filter ids of a damaged shard
                 raise StoreDamaged(SHARDS, f"layer {layer_id}'s filters {lo}..{hi} read back as "
@@ -99,8 +106,10 @@ def _npy_stream(catalog: LiveCatalog, first: int, last: int, n: int) -> Iterator
     """The filters first..last as a .npy, in chunks. The query runs and its first batch is read
     here, before the response starts, so that a shard that cannot be read is an error status (503)
     rather than a cut stream."""
-    cur = catalog.generation().cursor()
+    gen = catalog.generation()
+    cur = gen.cursor()
     try:
+        gen.snapshot.held_shards(cur).verify_filter_ids(first, last)  # see _verify
         batches = iter(queries.filter_weight_batches(cur, first, last, NPY_BATCH_ROWS))
         head = next(batches, None)
     except BaseException:
@@ -133,6 +142,7 @@ def _npy_chunks(cur, n: int, head: list, batches) -> Iterator[bytes]:
 def get_filter(filter_id: int = FILTER_ID, catalog: LiveCatalog = Depends(get_catalog)):
     """A filter's weights as a 3x3 array (row-major, as trained), with its model and layer."""
     with catalog.cursor() as cur:
+        _verify(catalog, cur, filter_id, filter_id)
         row = queries.filter_row(cur, filter_id)
     if row is None:
         raise not_found("filter", filter_id)
