@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 
 from cnnfilterdb.service.main import create_app
 from cnnfilterdb.service.settings import Settings
-from cnnfilterdb.service.usersql.guard import PYTHON_OBJECT_SCANS, SqlRefused, check_functions, check_reading
+from cnnfilterdb.service.usersql.guard import (
+    PYTHON_OBJECT_SCANS,
+    UNICODE_SPACES,
+    SqlRefused,
+    check_functions,
+    check_reading,
+)
 
 from .helpers import cli_main
 from .test_sql_hostile import file_digests
@@ -82,7 +88,9 @@ def test_the_bypass_over_http_leaves_the_store_untouched(client, store):
     assert file_digests(store) == before
 
 
-text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), min_size=1, max_size=30)
+# any character but lone surrogates, NUL and the Unicode spaces, which are refused (tested below)
+text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0" + "".join(UNICODE_SPACES)),
+               min_size=1, max_size=30)
 
 
 def _comment_safe(u: str) -> str:
@@ -206,3 +214,63 @@ def test_the_refused_scans_are_every_function_that_reads_through_a_pointer():
     shell = {r["function_name"] for r in json.loads(out)}
     assert pointer == set(PYTHON_OBJECT_SCANS)
     assert python - shell <= set(PYTHON_OBJECT_SCANS) and python - shell
+
+
+def test_the_unicode_spaces_are_every_character_the_parser_reads_as_a_space(con):
+    """Asked of DuckDB's parser for every code point of the Basic Multilingual Plane (none beyond
+    it is one: checked once, 75 s): is SELECT<c>1 a statement?"""
+    spaces = set()
+    for cp in [*range(0x80, 0xD800), *range(0xE000, 0x10000)]:
+        try:
+            con.extract_statements(f"SELECT{chr(cp)}1 AS x")
+        except duckdb.Error:
+            continue
+        spaces.add(chr(cp))
+    assert spaces == set(UNICODE_SPACES)
+
+
+N = "\u00a0"
+
+
+@pytest.mark.parametrize("space", sorted(UNICODE_SPACES))
+@pytest.mark.parametrize("sql", [
+    # a hostile review's bypasses: an identifier to the tokenizer, spaces to the parser
+    "EXPLAIN ANALYZE{s}CREATE{s}TEMP{s}TABLE{s}t{s}AS SELECT 42",
+    "EXPLAIN{s}ANALYZE{s}CHECKPOINT",
+    "EXPLAIN ANALYZE{s}COPY /* ' */ (WITH t(\"x{s}$$\") AS (SELECT 42) FROM t SELECT x{s}$$) TO '/shards/pwn.csv' -- $$)",
+    "EXPLAIN (ANALYZE{s}$$) SELECT x $$) CREATE TEMP TABLE t AS SELECT 42 -- $$",
+    "SELECT * FROM{s}query('SELECT 42')",
+    "{s}EXPLAIN SELECT 1", "SELECT '{s}'",
+])
+def test_unicode_spaces_are_refused_everywhere(con, sql, space):
+    text = sql.replace("{s}", space)
+    with pytest.raises(SqlRefused, match=f"U\\+{ord(space):04X}, a Unicode space, at character {text.index(space)}"):
+        check_reading(con, text)
+    with pytest.raises(SqlRefused):
+        check_functions(text)
+
+
+@pytest.mark.parametrize("sql", [
+    "EXPLAIN (ANALYZE $$) SELECT x $$) CREATE TEMP TABLE t AS SELECT 42 -- $$",
+    "EXPLAIN (ANALYZE, FORMAT 'json') SELECT 1", "EXPLAIN (ANALYZE E'x') CHECKPOINT",
+])
+def test_explain_options_hold_no_strings(con, sql):
+    with pytest.raises(SqlRefused) as e:
+        check_reading(con, sql)
+    assert e.value.code in ("sql_error", "sql_read_only")
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM json_execute_serialized_sql(json_serialize_sql('SELECT * FROM pandas_scan(NULL)'))",
+    "SELECT * FROM json_execute_serialized_sql(json_serialize_sql('SELECT 1'))",
+    "SELECT * FROM enable_logging(storage := 'file', storage_normalize := false, storage_path := '/shards/x.csv') "
+    "UNION ALL SELECT true",
+    "SELECT * FROM enable_profiling()", "SELECT * FROM checkpoint()", "SELECT * FROM force_checkpoint()",
+    "SELECT * FROM truncate_duckdb_logs()", "SELECT * FROM disable_logging()",
+])
+def test_functions_that_run_strings_or_act_on_the_instance_are_refused(client, store, sql):
+    before = file_digests(store)
+    r = client.post("/v1/sql", json={"sql": sql})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "sql_forbidden", r.text
+    assert client.post("/v1/sql", json={"sql": "SELECT 1"}).json()["rows"] == [[1]]
+    assert file_digests(store) == before

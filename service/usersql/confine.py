@@ -16,7 +16,8 @@ catalog and reads any request. Two kernel mechanisms forbid writing, each on its
 - **No writes** (Landlock, Linux >= 5.13), independent of the two above: the process may not
   create, write, truncate, rename, link or remove any file or directory, anywhere; it may read
   only beneath the directories it is given; with Landlock ABI >= 4 it may neither bind nor
-  connect TCP sockets. The restriction is irrevocable and inherited by every thread.
+  connect TCP sockets, with ABI >= 6 neither signal a process outside its domain (the service)
+  nor reach an abstract unix socket. The restriction is irrevocable and inherited by every thread.
 - **Memory**: ``RLIMIT_AS`` caps the address space; an allocation past it fails (DuckDB reports it
   as out of memory) or the process dies, and the pool replaces it.
 - **CPU**: ``RLIMIT_CPU`` is raised per query to the CPU time the query may take; a query that
@@ -54,11 +55,13 @@ LAYERS = ("read_only_mount", "landlock")  # what ``without`` may switch off
 _FS_EXECUTE, _FS_WRITE_FILE, _FS_READ_FILE, _FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 _FS_BITS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1, 5: (1 << 16) - 1}
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
+_SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1
 _READ_ONLY = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
 
 
 class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64)]
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
 
 
 class _PathBeneathAttr(ctypes.Structure):
@@ -96,9 +99,13 @@ def _landlock(readable: list[Path]) -> int:
     if abi == 0:
         return 0
     libc = ctypes.CDLL(None, use_errno=True)
+    # ABI 6 scopes: no signal to, and no abstract unix socket of, a process outside the worker's
+    # domain (the worker may run as the service's own user)
     attr = _RulesetAttr(_FS_BITS_BY_ABI.get(abi, _FS_BITS_BY_ABI[5]),
-                        (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0)
-    size = ctypes.sizeof(_RulesetAttr) if abi >= 4 else ctypes.sizeof(ctypes.c_uint64)
+                        (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0,
+                        (_SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL) if abi >= 6 else 0)
+    size = (ctypes.sizeof(_RulesetAttr) if abi >= 6 else 2 * ctypes.sizeof(ctypes.c_uint64) if abi >= 4
+            else ctypes.sizeof(ctypes.c_uint64))
     ruleset = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")

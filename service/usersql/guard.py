@@ -4,8 +4,11 @@ DuckDB's own parser and tokenizer decide, not text patterns, on the text as Duck
 UTF-8 bytes of the request. The tokenizer reports byte offsets; every slice and every token's
 text is taken from those bytes (a Python string index is a code point, not a byte: indexing the
 ``str`` with the tokenizer's offsets once let ``EXPLAIN ANALYZE /*é...*/ <any statement>`` pass).
-A text that is not valid Unicode (a lone surrogate) or holds a NUL is refused before DuckDB sees
-it. Accepted:
+A text that is not valid Unicode (a lone surrogate), holds a NUL, or holds one of the Unicode
+spaces that DuckDB's parser (not its tokenizer) turns into ASCII spaces when a first parse fails
+(``UNICODE_SPACES``: ``EXPLAIN ANALYZE<U+00A0>CREATE ...`` is one identifier to the tokenizer and
+a CREATE to the parser) is refused before DuckDB sees it, so the tokens checked are the parser's.
+Accepted:
 
 - ``SELECT`` in every form DuckDB parses as one (``FROM t``, ``VALUES``, ``DESCRIBE``, ``SHOW``,
   ``SUMMARIZE``, ``PIVOT``/``UNPIVOT``, set operations, CTEs);
@@ -18,9 +21,11 @@ under ``EXPLAIN`` the parser wraps the same expansion in a transaction. Those ge
 are accepted; statements the user wrote are counted by the tokenizer's ``;``.
 
 ``check_functions`` is a check of its own (the worker runs it whatever else is switched off): no
-call of the table functions that DuckDB's Python client adds to every instance and that read
-Python objects through raw pointers (``pandas_scan(NULL)`` crashes the process), nor of ``query``,
-which runs a statement held in a string where no check of the text can see it.
+call of the table functions that read Python objects through raw pointers (``pandas_scan(NULL)``
+crashes the process), of those that run a statement held in a string, out of any check's sight
+(``query``, ``json_execute_serialized_sql``), or of those that act on the instance rather than
+read (logging and profiling to files, checkpoints). A name counts wherever it is called: plain or
+quoted, any case, any schema.
 
 This check is one layer of several (see ``service/usersql/__init__.py``): a statement it let pass
 still could not write, because the process that runs it cannot.
@@ -39,10 +44,16 @@ CREATE = duckdb.StatementType.CREATE
 TRANSACTION = duckdb.StatementType.TRANSACTION
 _WORD = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*")
 READ_ONLY = "read-only: one reading statement (SELECT, or EXPLAIN [ANALYZE] of a SELECT) per request"
-# The table functions of DuckDB's Python client (tests/test_sql_guard.py checks this is all of
-# them), and ``query``, which parses SQL from a string at run time.
+# Every function that takes a raw pointer (tests/test_sql_guard.py checks this is all of them);
+# those that run SQL held in a string; those that write or act on the instance.
 PYTHON_OBJECT_SCANS = frozenset({"pandas_scan", "arrow_scan", "arrow_scan_dumb", "python_map_function"})
-REFUSED_FUNCTIONS = PYTHON_OBJECT_SCANS | {"query"}
+SQL_FROM_STRINGS = frozenset({"query", "json_execute_serialized_sql"})
+INSTANCE_ACTIONS = frozenset({"enable_logging", "disable_logging", "truncate_duckdb_logs", "enable_profiling",
+                              "disable_profiling", "checkpoint", "force_checkpoint"})
+REFUSED_FUNCTIONS = PYTHON_OBJECT_SCANS | SQL_FROM_STRINGS | INSTANCE_ACTIONS
+# The characters DuckDB 1.5's parser reads as spaces and its tokenizer does not (all of them:
+# tests/test_sql_guard.py asks the parser of every code point).
+UNICODE_SPACES = frozenset(map(chr, [0xA0, *range(0x2000, 0x200C), 0x202F, 0x205F, 0x2060, 0x3000, 0xFEFF]))
 
 
 class SqlRefused(Exception):
@@ -60,9 +71,13 @@ def _utf8(sql: str) -> bytes:
     except UnicodeEncodeError as e:
         raise SqlRefused(400, "sql_error", f"the SQL text is not valid Unicode: a lone surrogate "
                                            f"(U+{ord(sql[e.start]):04X}) at character {e.start}") from None
-    nul = raw.find(b"\0")
-    if nul >= 0:
+    if "\0" in sql:
         raise SqlRefused(400, "sql_error", f"the SQL text holds a NUL character at character {sql.index(chr(0))}")
+    space = next((i for i, ch in enumerate(sql) if ch in UNICODE_SPACES), None)
+    if space is not None:
+        raise SqlRefused(400, "sql_error", f"the SQL text holds U+{ord(sql[space]):04X}, a Unicode space, at character "
+                                           f"{space}: DuckDB reads it as a space in some places and not in others; "
+                                           f"write an ASCII space (in a string: chr({ord(sql[space])}))")
     return raw
 
 
@@ -122,13 +137,16 @@ def _explained(raw: bytes, tokens: list[tuple[int, str, str]]) -> str:
     if i < len(tokens) and tokens[i][2] in ("analyze", "analyse"):
         i += 1
     elif i < len(tokens) and tokens[i][2] == "(":
-        depth = 0
-        while i < len(tokens):
-            if tokens[i][1] == "operator":
-                depth += {"(": 1, ")": -1}.get(tokens[i][2], 0)
+        # (option [value], ...): words and numbers only, no strings (a string of the options
+        # would be one more place where what the check reads and what DuckDB runs could part)
+        i += 1
+        while i < len(tokens) and tokens[i][2] != ")":
+            kind, text = tokens[i][1], tokens[i][2]
+            if not (kind in ("keyword", "identifier", "numeric_const") or kind == "operator" and text == ","):
+                raise SqlRefused(400, "sql_error", "EXPLAIN's options are words and numbers separated by commas, "
+                                                   "e.g. EXPLAIN (ANALYZE, FORMAT json)")
             i += 1
-            if depth <= 0:
-                break
+        i += 1
     if i >= len(tokens):
         raise SqlRefused(400, "sql_error", "EXPLAIN of nothing")
     return raw[tokens[i][0]:].decode("utf-8")  # a token starts on a character's first byte
@@ -189,5 +207,6 @@ def check_functions(sql: str) -> None:
     for (_, kind, name), (_, next_kind, next_text) in zip(tokens, tokens[1:]):
         if kind in ("keyword", "identifier") and name in REFUSED_FUNCTIONS and next_kind == "operator" and next_text == "(":
             why = ("reads Python objects through raw pointers" if name in PYTHON_OBJECT_SCANS
-                   else "runs SQL held in a string, out of the statement check's sight")
+                   else "runs SQL held in a string, out of the statement check's sight" if name in SQL_FROM_STRINGS
+                   else "acts on the database instance rather than reading the store")
             raise SqlRefused(403, "sql_forbidden", f"{name}() is not available here: it {why}")

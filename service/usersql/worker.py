@@ -87,9 +87,9 @@ def run(catalog: Catalog, req: dict, threads: int, statement_check: bool = True)
         except duckdb.Error as e:
             raise SqlRefused(503, "store_unavailable", f"cannot open the catalog: {first_line(e)}") from None
         timer = threading.Timer(timeout, cur.interrupt)
-        check_functions(req["sql"])
         if statement_check:
             check_reading(cur, req["sql"])
+        check_functions(req["sql"])
         # The kernel's backstop for operators that ignore the interrupt: CPU time of this query.
         limit_cpu_seconds(timeout * threads + 2)
         timer.start()
