@@ -31,7 +31,19 @@ from pathlib import Path
 import duckdb
 
 from .analysis import Snapshot
-from .store import CATALOG, SHARDS, FilterStore, StoreDamaged, StoreError, check_schema, first_line, relative_to_store, sql_string
+from .store import (
+    CATALOG,
+    SHARDS,
+    FilterStore,
+    StoreDamaged,
+    StoreError,
+    check_schema,
+    check_store_path,
+    first_line,
+    relative_to_store,
+    shown_path,
+    sql_string,
+)
 
 OLDER_SNAPSHOTS = 8  # snapshots of older store versions (as_of) kept per generation
 ATTACHED = "catalog"  # the name the catalog is attached under
@@ -139,17 +151,21 @@ class CatalogReader:
         message says how to create a store), StoreDamaged if it cannot be read."""
         try:
             st = os.stat(self.path)
-        except NotADirectoryError:
-            raise StoreError(f"{self.root}: not a store directory (a store is a directory holding {CATALOG})") from None
         except FileNotFoundError:
             FilterStore(self.root).connect()  # raises StoreError saying what is missing
             raise
+        except OSError:  # not a directory, a path too long, ...: one line
+            check_store_path(self.root)
+            raise StoreError(f"{shown_path(self.path)}: not a store's catalog") from None
         gen = self._current
         if gen is not None and gen.key == (st.st_ino, st.st_mtime_ns):
             return gen
         with self._lock:
             gen = self._current
             if gen is None or gen.key != (st.st_ino, st.st_mtime_ns):
+                # Before DuckDB opens it: a FIFO would block the open forever, a link may lead
+                # into another store.
+                check_store_path(self.root)
                 con = self._connect(self.root)
                 try:
                     gen = Generation(self.root, con, st)

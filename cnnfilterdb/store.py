@@ -41,7 +41,9 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +176,85 @@ def damage_in(root: Path, e: duckdb.Error) -> StoreDamaged | None:
     return None if m is None else unreadable(Path(root) / SHARDS / m.group(1), e)
 
 
+def shown_path(path: str | os.PathLike, limit: int = 120) -> str:
+    """A path as an error message shows it: whole up to ``limit`` characters, else its start and
+    end around how long it is (a 5,000-character path is not a message)."""
+    text = str(path)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit // 2]}...{text[-limit // 4:]} ({len(text):,} characters)"
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+               (stat.S_ISREG, "a regular file"))
+
+
+def file_kind(mode: int) -> str:
+    """What a file of ``mode`` (st_mode) is, in words: "a FIFO", "a directory", ..."""
+    return next((name for test, name in _FILE_KINDS if test(mode)), "of an unknown kind")
+
+
+def check_store_path(root: str | os.PathLike) -> None:
+    """One-line StoreError, before anything opens a file of the store, for a path that cannot be
+    one: too long for the system, not a directory, unreadable; StoreDamaged for a catalog that is
+    not a regular file of the store's own (a FIFO would block its reader forever, a device or a
+    socket is no catalog, a symbolic link may point into another store). Only ``lstat`` is called:
+    nothing is opened. A missing catalog passes (the caller says how to create a store)."""
+    try:
+        st = os.stat(root)  # the store directory itself may be reached through a link
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise StoreError(f"{shown_path(root)}: {e.strerror or first_line(e)}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"{shown_path(root)}: not a store directory ({file_kind(st.st_mode)}; a store is a "
+                         f"directory holding {CATALOG})")
+    try:
+        st = os.lstat(Path(root) / CATALOG)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise StoreError(f"{shown_path(Path(root) / CATALOG)}: {e.strerror or first_line(e)}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreDamaged(CATALOG, f"{file_kind(st.st_mode)}, not a regular file; not read")
+
+
+SYMLINK_PROBLEM = "a symbolic link; a store's files and directories are its own, links are not followed"
+
+
+def symlinks_in(root: Path, rels) -> Iterator[str]:
+    """The paths (relative to the store) that are symbolic links among the store files ``rels``
+    and the directories they lie in (what lies under a link is not looked into). A store's files
+    are its own: a link (a ``tables/`` pointing at another store's) is damage, never followed.
+    Missing paths pass (the size and checksum checks say they are missing). Only ``lstat`` is called."""
+    seen: set[str] = set()   # checked: not links
+    links: set[str] = set()
+    for rel in rels:
+        parts = Path(rel).parts
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            if sub in links:
+                break
+            if sub in seen:
+                continue
+            try:
+                is_link = stat.S_ISLNK(os.lstat(Path(root) / sub).st_mode)
+            except OSError:
+                break
+            if is_link:
+                links.add(sub)
+                yield sub
+                break
+            seen.add(sub)
+
+
+def check_no_symlinks(root: Path, rels) -> None:
+    """StoreDamaged naming the first symbolic link among the store files ``rels`` (``symlinks_in``)."""
+    if (link := next(symlinks_in(root, rels), None)) is not None:
+        raise StoreDamaged(link, SYMLINK_PROBLEM)
+
+
 def check_schema(con, where: Path) -> int:
     """The catalog's layout version; StoreError for one this program does not read (READABLE_SCHEMAS)."""
     try:
@@ -221,7 +302,10 @@ class FilterStore:
     """Read access to a store directory."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root).resolve()
+        try:
+            self.root = Path(root).resolve()
+        except (OSError, RuntimeError) as e:  # a loop of links (RuntimeError before Python 3.13)
+            raise StoreError(f"{shown_path(root)}: {getattr(e, 'strerror', None) or first_line(e)}") from None
         self.catalog_path = self.root / CATALOG
 
     def exists(self) -> bool:
@@ -229,6 +313,7 @@ class FilterStore:
 
     def connect(self, config: dict | None = None) -> duckdb.DuckDBPyConnection:
         """A read-only connection to the catalog."""
+        check_store_path(self.root)  # a FIFO, a device, a link, an over-long path: one line, nothing opened
         if not self.exists():
             hint = f" (the sample of `cnnfilterdb demo` is in ./{DEMO_DB}: --db {DEMO_DB})" \
                 if (Path(DEMO_DB) / CATALOG).is_file() and self.root != Path(DEMO_DB).resolve() else ""
@@ -294,11 +379,18 @@ class FilterStore:
             return Verification(0, 0, [f"{e.rel}: {e.problem}"])
         except duckdb.Error as e:
             return Verification(0, 0, [f"{CATALOG}: unreadable ({relative_to_store(self.root, first_line(e))})"])
-        problems = [f"{rel}: {problem}" for rel, size, sha256 in files
-                    if (problem := file_problem(self.root, rel, size, sha256)) is not None]
+        from .tables import LATEST, TABLES
+
+        # A link anywhere in the layout is damage, and what it leads to is not read (not hashed).
+        links = list(symlinks_in(self.root, [SHARDS, TABLES, f"{TABLES}/{LATEST}", *(rel for rel, _, _ in files)]))
+        problems = [f"{link}: {SYMLINK_PROBLEM}" for link in links]
+        problems += [f"{rel}: {problem}" for rel, size, sha256 in files
+                     if not any(rel == link or rel.startswith(link + "/") for link in links)
+                     and (problem := file_problem(self.root, rel, size, sha256)) is not None]
         if rows != layer_rows:  # every stored filter belongs to a layer the catalog keeps, and back
             problems.append(f"{CATALOG}: the shards hold {rows:,} filters, its layers {layer_rows:,}")
-        if current_tables is not None and (problem := latest_problem(self.root, current_tables)) is not None:
+        if current_tables is not None and not {TABLES, f"{TABLES}/{LATEST}"} & set(links) \
+                and (problem := latest_problem(self.root, current_tables)) is not None:
             problems.append(problem)
         return Verification(len(files), sum(size for _, size, _ in files), problems)
 
@@ -424,6 +516,12 @@ class StoreTransaction:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> StoreTransaction:
+        from .tables import LATEST, TABLES
+
+        check_store_path(self.root)  # a FIFO or a link for a catalog: one line, nothing opened or copied
+        # A linked shards/ or tables/ would have this writer write into, and collect the garbage of,
+        # another directory (another store's tables).
+        check_no_symlinks(self.root, [SHARDS, TABLES, f"{TABLES}/{LATEST}"])
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root}: exists and is not a directory")
         if not self.root.exists():

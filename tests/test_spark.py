@@ -410,3 +410,32 @@ def test_glob_characters_and_versions_before_the_tables(spark, store, tmp_path):
     assert SparkStore.open(spark, db).version == 5
     with pytest.raises(VersionError, match="store version 4 predates the store's Parquet tables"):
         SparkStore.open(spark, db, as_of=4)
+
+
+def test_symbolic_links_in_the_store_are_refused_not_followed(spark, store, tmp_path, capsys):
+    """A store whose tables/ is a link to another store's: Spark followed it (issue 20, finding 8),
+    and a refresh would have written into, and collected the garbage of, the other store. Any link
+    in the layout (tables/, LATEST, a table file, shards/, a shard) is StoreDamaged naming it."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(store, a)
+    shutil.copytree(store, b)  # the same files: following a link would read as if nothing were wrong
+    link = re.escape("a symbolic link; a store's files and directories are its own, links are not followed")
+    latest = (a / "tables" / "LATEST").read_text().strip()
+    with open_catalog(a) as con:
+        (shard,) = con.execute("SELECT path FROM _shards ORDER BY filter_id_first LIMIT 1").fetchone()
+    b_before = store_snapshot(b), sorted(p.relative_to(b) for p in b.rglob("*"))
+    for rel in ["tables", "tables/LATEST", f"{latest}/basis.parquet", latest, "shards", shard]:
+        saved = tmp_path / "saved"
+        shutil.move(a / rel, saved)
+        (a / rel).symlink_to(b / rel)
+        for location in (a, f"file://{a}"):
+            with pytest.raises(StoreDamaged, match=f"^{re.escape(rel)}: {link}"):
+                SparkStore.open(spark, location)
+        if rel in ("tables", "shards"):
+            assert cli_main(["spark", "refresh", "--master", "local[2]", "--db", str(a)]) == 1
+            err = capsys.readouterr().err
+            assert err.startswith(f"cnnfilterdb: error: {rel}: a symbolic link") and err.count("\n") == 1, err
+        assert (store_snapshot(b), sorted(p.relative_to(b) for p in b.rglob("*"))) == b_before
+        (a / rel).unlink()
+        shutil.move(saved, a / rel)
+    assert SparkStore.open(spark, a).version == 4 and FilterStore(a).verify().problems == []

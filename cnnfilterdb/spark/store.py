@@ -17,7 +17,7 @@ from pathlib import Path
 from ..analysis import Analysis, Snapshot
 from ..errors import UserError
 from ..selection import SelectionError
-from ..store import SHARDS, StoreDamaged, StoreError, StoreTransaction, VersionError
+from ..store import CATALOG, SHARDS, StoreDamaged, StoreError, StoreTransaction, VersionError, check_no_symlinks
 from ..tables import LATEST, TABLES
 from .jobs import SparkScanner
 from .session import SparkError, job_error
@@ -76,6 +76,7 @@ class SparkStore:
             raise StoreDamaged(f"{directory}/layers_with_models.parquet", "holds a layer id past the shards' last filter id")
         if bad := [p for p in self.shards if not isinstance(p, str) or not _SHARD.fullmatch(p)]:
             raise StoreDamaged(f"{directory}/shards.parquet", f"names {bad[0]!r}, not a shard of the store")
+        _no_links(uri, self.shards)
         self.scanner = SparkScanner(spark, uri, self.shards, read, checksums=_checksums(directory, tables))
 
     @classmethod
@@ -86,6 +87,7 @@ class SparkStore:
         uri = store_uri(location)
         if uri.startswith("file://") and not Path(uri[len("file://"):]).is_dir():
             raise StoreError(f"{uri[len('file://'):]}: no such directory")
+        _no_links(uri, [CATALOG, SHARDS, f"{TABLES}/{LATEST}"])  # before Spark follows any
         latest = _read(spark, uri, f"{TABLES}/{LATEST}", "text",
                        f"{uri}: no {TABLES}/{LATEST}: not a store, or one whose last commit predates its Parquet "
                        "tables (catalog layout 4); any commit writes them, e.g. `cnnfilterdb spark refresh`")
@@ -112,6 +114,7 @@ class SparkStore:
                                    f"names {tables_of[as_of][:100]!r}, not a tables directory of the store")
             directory = tables_of[as_of]
         names = ["versions", "basis", "layer_moments", "layers_with_models", "shards"]
+        _no_links(uri, [f"{directory}/{n}.parquet" for n in names])
         tables = {n: _read(spark, uri, f"{directory}/{n}.parquet") for n in names}
         if "row_groups" in tables["shards"].column_names:  # tables of layout 6 on: the checksums are there
             tables["row_groups"] = _read(spark, uri, f"{directory}/row_groups.parquet")
@@ -133,6 +136,14 @@ class SparkStore:
             raise
         except Exception as e:  # a failed job (a shard missing or unreadable where Spark reads it)
             raise SparkError(f"a Spark job failed: {job_error(e)}") from None
+
+
+def _no_links(uri: str, rels: list[str]) -> None:
+    """StoreDamaged naming the first symbolic link among the store files ``rels`` and their
+    directories, for a store on this machine's filesystem (``file://``), before Spark reads them:
+    Spark would follow a linked ``tables/`` into another store's. (Object stores have no links.)"""
+    if uri.startswith("file://"):
+        check_no_symlinks(Path(uri[len("file://"):]), rels)
 
 
 def _checksums(directory: str, tables: dict):
@@ -193,12 +204,18 @@ def refresh(db: str | os.PathLike, spark, uri: str | None = None, read: str = "a
         if tx.base_version == 0:
             raise StoreError(f"{tx.root}: the store has no version to refresh")
         target = store_uri(uri or tx.root)
+        _no_links(store_uri(tx.root), [CATALOG, *tx.shard_rel_paths()])
+        _no_links(target, [CATALOG, SHARDS, TABLES, *tx.shard_rel_paths()])
         scanner = SparkScanner(spark, target, tx.shard_rel_paths(), read, checksums=tx.checksums())
         try:
             version = tx.commit("refresh", scanner=scanner,
                                 summary=f"basis and per-layer histograms refitted on Spark ({master}, read={read})")
         except UserError:
             raise
+        except OSError as e:
+            if isinstance(e, ConnectionError):  # the JVM's gateway gone
+                raise SparkError(f"a Spark job failed: {job_error(e)}; the store is unchanged") from None
+            raise  # writing the store (a full disk): the CLI names it; the transaction rolls back
         except Exception as e:
             raise SparkError(f"a Spark job failed: {job_error(e)}; the store is unchanged") from None
     from ..store import FilterStore, load_basis
