@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -119,6 +120,9 @@ def cmd_sql(args) -> int:
     store = FilterStore(args.db or default_db())
     store.connect().close()  # a clear error for a missing store or another layout, before a worker starts
     defaults = Settings(db=store.root)
+    # The worker's own output (DuckDB's words before a crash) is the service's log, not this one
+    # line: the error below says what happened.
+    logging.getLogger("cnnfilterdb.service").setLevel(logging.CRITICAL)
     pool = SqlPool(store.root, 1, SqlLimits(timeout_s=args.timeout, memory_limit=defaults.sql_memory_limit,
                                             address_space_bytes=int(defaults.sql_worker_memory_cap)))
     try:

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from cnnfilterdb.service.main import create_app
 from cnnfilterdb.service.settings import Settings
 
-from .helpers import REPO, cli_main, store_snapshot
+from .helpers import REPO, cli_main, run_cli, store_snapshot
 
 TIMEOUT_S = 1.0
 
@@ -508,3 +508,37 @@ def test_cli_refuses_unbounded_limits(store, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err and "not between" in err
+
+
+def test_cli_sql_after_a_worker_crash_is_one_line(store):
+    """DuckDB 1.5.6 crashes on this (signal 11 or an abort with its C++ message and paths on the
+    worker's stderr): the CLI says so in one line; the worker's words go to the service's log."""
+    code, out, err = run_cli("sql", "SELECT (repeat('[', 100000) || repeat(']', 100000))::JSON::VARIANT",
+                             "--db", str(store))
+    assert code == 1 and out == "" and err.count("\n") == 1, err
+    assert err.startswith("cnnfilterdb: error: SQL (sql_") and "Traceback" not in err and str(store) not in err, err
+
+
+def test_the_worker_stderr_is_logged_not_inherited(store, caplog):
+    from cnnfilterdb.service.usersql.pool import SqlLimits, SqlPool
+
+    pool = SqlPool(store, 1, SqlLimits(timeout_s=10.0, memory_limit="256MB", address_space_bytes=2 << 30))
+    try:
+        with caplog.at_level("WARNING", logger="cnnfilterdb.service"):
+            assert pool.run("SELECT 1", None, 10, 10_000).n_rows == 1
+            (w,) = pool._all
+            assert os.readlink(f"/proc/{w.proc.pid}/fd/2").startswith("pipe:")
+            assert os.readlink(f"/proc/{w.proc.pid}/fd/2") != os.readlink("/proc/self/fd/2")
+            os.kill(w.proc.pid, 0)
+        with caplog.at_level("WARNING", logger="cnnfilterdb.service"):
+            # what a worker writes to its stderr reaches the log, one line at a time
+            from cnnfilterdb.service.usersql.pool import _log_stderr
+
+            r, wfd = os.pipe()
+            os.write(wfd, b"terminate called after throwing\n" + b"x" * 2000 + b"\n")
+            os.close(wfd)
+            _log_stderr(os.fdopen(r, "rb"), 42)
+        lines = [rec.getMessage() for rec in caplog.records if "SQL worker 42" in rec.getMessage()]
+        assert lines[0] == "SQL worker 42: terminate called after throwing" and len(lines[1]) == len("SQL worker 42: ") + 500
+    finally:
+        pool.close()

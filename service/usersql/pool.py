@@ -93,8 +93,12 @@ class _Worker:
         # directory (the Docker image's /app holds the source tree, which has no `service`).
         self.proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "cnnfilterdb.service.usersql.boot", str(store), json.dumps(config)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True, start_new_session=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, close_fds=True,
+            start_new_session=True)
         self.to_fd, self.from_fd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        # What the worker prints (DuckDB's last words before a crash, with store paths) is the
+        # operator's, not the client's: logged, a line at a time, cut to a length.
+        threading.Thread(target=_log_stderr, args=(self.proc.stderr, self.proc.pid), daemon=True).start()
         if starting is not None:
             starting.add(self)  # the pool's close() kills it while it starts
         try:
@@ -126,6 +130,13 @@ class _Worker:
             return self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             return None
+
+
+def _log_stderr(stream, pid: int, max_line: int = 500) -> None:
+    """Log each line the worker ``pid`` writes to stderr (at most ``max_line`` characters of it)."""
+    with stream:
+        while line := stream.readline(64 * 1024):
+            log.warning("SQL worker %d: %s", pid, line.decode("utf-8", "replace").rstrip()[:max_line])
 
 
 def _kill_all(workers: set) -> None:
