@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .store import DEMO_DB, FilterStore, default_db, first_line, relative_to_store
+from .store import DEMO_DB, FilterStore, StoreDamaged, default_db, file_problem, first_line, relative_to_store
 
 
 def _bounded(kind, lo, hi):
@@ -118,7 +118,12 @@ def cmd_sql(args) -> int:
     from cnnfilterdb.service.usersql.pool import SqlFailed, SqlLimits, SqlPool
 
     store = FilterStore(args.db or default_db())
-    store.connect().close()  # a clear error for a missing store or another layout, before a worker starts
+    # A clear error for a missing store, another layout, or a shard not as committed (a FIFO in
+    # its place would hold the worker to the time limit), before a worker starts.
+    with store.connect() as con:
+        for rel, size in con.execute("SELECT path, bytes FROM _shards").fetchall():
+            if (problem := file_problem(store.root, rel, size)) is not None:
+                raise StoreDamaged(rel, problem)
     defaults = Settings(db=store.root)
     # The worker's own output (DuckDB's words before a crash) is the service's log, not this one
     # line: the error below says what happened.
@@ -764,6 +769,13 @@ def _dashed(arg: str) -> str:
     return arg if m is None else m.group(0).replace("_", "-") + arg[m.end():]
 
 
+def say_error(message: str) -> None:
+    """The one line of a failed command on stderr: a line break inside it (a path holding one)
+    is written as the escape it is."""
+    one_line = message.strip().replace("\r", "\\r").replace("\n", "\\n")
+    print(f"cnnfilterdb: error: {one_line}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .runtime import tune_allocator
 
@@ -777,13 +789,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         return code
     except UserError as e:  # the store's, the ingest's: one line, no traceback
-        print(f"cnnfilterdb: error: {e}", file=sys.stderr)
+        say_error(str(e))
         return 1
     except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as e:  # a full disk, a permission, a device error: one line (the writers rolled back)
-        print(f"cnnfilterdb: error: {io_fault(e, getattr(args, 'db', None))}", file=sys.stderr)
+        say_error(io_fault(e, getattr(args, 'db', None)))
         return 1
     except Exception as e:
         import duckdb
@@ -792,11 +804,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         db = getattr(args, "db", None) or default_db()
         if (m := _DUCKDB_OS_ERROR.search(first_line(e))) is not None:  # a full disk, ...: as io_fault says it
-            print(f"cnnfilterdb: error: {io_fault(OSError(None, m.group(2), m.group(1)), db)}", file=sys.stderr)
+            say_error(io_fault(OSError(None, m.group(2), m.group(1)), db))
             return 1
         # e.g. a catalog damaged past what opening it reads: one line, files relative to the store
         message = relative_to_store(FilterStore(db).root, first_line(e))
-        print(f"cnnfilterdb: error: {message}", file=sys.stderr)
+        say_error(message)
         return 1
     except KeyboardInterrupt:
         print("cnnfilterdb: interrupted; the store is unchanged", file=sys.stderr)

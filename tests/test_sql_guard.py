@@ -274,3 +274,9 @@ def test_functions_that_run_strings_or_act_on_the_instance_are_refused(client, s
     assert r.status_code == 403 and r.json()["error"]["code"] == "sql_forbidden", r.text
     assert client.post("/v1/sql", json={"sql": "SELECT 1"}).json()["rows"] == [[1]]
     assert file_digests(store) == before
+
+
+@pytest.mark.parametrize("sql", ["SELECT setseed(0.5)", "SELECT write_log('x')", "SELECT 1 WHERE setseed(0.1) IS NULL"])
+def test_state_changing_scalars_are_refused(client, sql):
+    r = client.post("/v1/sql", json={"sql": sql})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "sql_forbidden", r.text

@@ -542,3 +542,62 @@ def test_the_worker_stderr_is_logged_not_inherited(store, caplog):
         assert lines[0] == "SQL worker 42: terminate called after throwing" and len(lines[1]) == len("SQL worker 42: ") + 500
     finally:
         pool.close()
+
+
+def _workers_of(parent: int) -> list[int]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (proc.name.isdigit() and b"cnnfilterdb.service.usersql.boot" in (proc / "cmdline").read_bytes()
+                    and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent):
+                out.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def test_a_worker_does_not_outlive_the_cli_that_started_it(store):
+    """`cnnfilterdb sql` killed (SIGTERM: no finally runs) while its query runs: the worker sees
+    its parent gone and ends, rather than run on unwatched (a hostile review found one orphan
+    still running minutes later)."""
+    import signal
+
+    p = subprocess.Popen([sys.executable, "-m", "cnnfilterdb.cli", "sql", "--db", str(store), "--timeout", "60",
+                          "SELECT count(*) FROM range(1000000) a, range(1000000) b WHERE a.range + b.range = 7"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (workers := _workers_of(p.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert workers, "the worker did not start"
+        time.sleep(1.0)  # the query is running
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{w}").exists() and "Z" not in (Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1][:3])
+                  for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        alive = [w for w in workers if Path(f"/proc/{w}").exists()
+                 and "Z" not in Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1][:3]]
+        assert not alive, f"worker(s) {alive} outlived the CLI"
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def test_cli_sql_refuses_a_store_whose_shard_is_not_as_committed(tmp_path, sample_v01):
+    db = tmp_path / "db"
+    assert cli_main(["ingest", str(sample_v01), "--db", str(db)]) == 0
+    shard = next((db / "shards").glob("*.parquet"))
+    shard.unlink()
+    os.mkfifo(shard)  # a worker reading it would wait to its time limit
+    code, out, err = run_cli("sql", "SELECT count(*) FROM filters", "--db", str(db))
+    assert code == 1 and err.count("\n") == 1 and f"shards/{shard.name}: size differs" in err, err
+
+
+def test_cli_errors_are_one_line_even_for_paths_with_line_breaks(tmp_path):
+    odd = tmp_path / "a\nb\rc"
+    for args in (["verify", "--db", str(odd)], ["sql", "SELECT 1", "--db", str(odd)], ["log", "--db", str(odd)],
+                 ["export", "--db", str(odd), "-o", str(tmp_path / "x.csv")]):
+        code, out, err = run_cli(*args)
+        assert code == 1 and err.count("\n") == 1 and "\r" not in err and "a\\nb\\rc" in err, (args, err)

@@ -6,16 +6,18 @@ whose DuckDB starts threads as it loads. Nothing here but the standard library r
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from .confine import enter_namespaces
 
 
 def main() -> int:
+    parent = os.getppid()
     namespaced = enter_namespaces()
     from .worker import main as worker_main
 
-    return worker_main(sys.argv[1:], namespaced)
+    return worker_main(sys.argv[1:], namespaced, parent)
 
 
 if __name__ == "__main__":

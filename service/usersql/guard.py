@@ -24,7 +24,7 @@ are accepted; statements the user wrote are counted by the tokenizer's ``;``.
 call of the table functions that read Python objects through raw pointers (``pandas_scan(NULL)``
 crashes the process), of those that run a statement held in a string, out of any check's sight
 (``query``, ``json_execute_serialized_sql``), or of those that act on the instance rather than
-read (logging and profiling to files, checkpoints). A name counts wherever it is called: plain or
+read (logging, profiling, checkpoints, the random seed). A name counts wherever it is called: plain or
 quoted, any case, any schema.
 
 This check is one layer of several (see ``service/usersql/__init__.py``): a statement it let pass
@@ -48,8 +48,8 @@ READ_ONLY = "read-only: one reading statement (SELECT, or EXPLAIN [ANALYZE] of a
 # those that run SQL held in a string; those that write or act on the instance.
 PYTHON_OBJECT_SCANS = frozenset({"pandas_scan", "arrow_scan", "arrow_scan_dumb", "python_map_function"})
 SQL_FROM_STRINGS = frozenset({"query", "json_execute_serialized_sql"})
-INSTANCE_ACTIONS = frozenset({"enable_logging", "disable_logging", "truncate_duckdb_logs", "enable_profiling",
-                              "disable_profiling", "checkpoint", "force_checkpoint"})
+INSTANCE_ACTIONS = frozenset({"enable_logging", "disable_logging", "truncate_duckdb_logs", "write_log", "enable_profiling",
+                              "disable_profiling", "checkpoint", "force_checkpoint", "setseed"})
 REFUSED_FUNCTIONS = PYTHON_OBJECT_SCANS | SQL_FROM_STRINGS | INSTANCE_ACTIONS
 # The characters DuckDB 1.5's parser reads as spaces and its tokenizer does not (all of them:
 # tests/test_sql_guard.py asks the parser of every code point).

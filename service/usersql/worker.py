@@ -181,8 +181,21 @@ def preload() -> None:
         pytz.timezone(tz)
 
 
-def main(argv: list[str], namespaced: bool | None = None) -> int:
+def end_with(parent: int, every_s: float = 0.5) -> None:
+    """End this process as soon as ``parent`` is no longer its parent (the service or the CLI was
+    killed): a query must not outlive the one who waits for it. PR_SET_PDEATHSIG would follow the
+    thread that started the worker, which the pool ends at once."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def main(argv: list[str], namespaced: bool | None = None, parent: int | None = None) -> int:
     store, config = Path(argv[0]), json.loads(argv[1])
+    parent = os.getppid() if parent is None else parent
     out = os.dup(1)
     # Nothing but the frames leaves through stdout, and nothing a query makes DuckDB print
     # (enable_logging(storage='stdout')) reaches the service's log: fd 1 goes nowhere.
@@ -195,6 +208,7 @@ def main(argv: list[str], namespaced: bool | None = None) -> int:
     off = frozenset(config.get("switched_off_for_tests", ()))
     conf: Confinement = confine(store, int(config["address_space_bytes"]), without=off - {"statement_check"},
                                    namespaced=namespaced)
+    end_with(parent)  # (a thread: started once the namespaces no longer need a single one)
     base = Path("/") if conf.chroot else store.resolve()
     if not conf.chroot:
         os.chdir(base)
