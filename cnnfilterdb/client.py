@@ -21,7 +21,9 @@ deadline, ``ServiceUnavailable``); a JSON answer is read up to ``max_response_by
 up to MAX_ERROR_BYTES) and parsed only then, bodies are asked for and accepted uncompressed
 only; the ``.npy`` stream of the filters is parsed as it arrives, its header at most numpy's
 10,000 bytes and its declared count at most MAX_FILTER_ROWS and checked against what arrives;
-the pages of ``models``/``layers`` must advance.
+the pages of ``models``/``layers`` must advance, and all of a listing's pages together are
+read up to ``max_response_bytes``, as one answer is. A deadline that passes while an answer was
+arriving says so (the bytes received), not that the service did not answer.
 
 Example
 -------
@@ -88,6 +90,10 @@ MAX_FILTER_ROWS = 2**36           # the most filters a .npy answer may declare (
 # The deadline of the client call running in this thread (time.monotonic()), which every network
 # operation of its requests is bounded by (_DeadlineBackend).
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("cnnfilterdb_client_deadline", default=None)
+# The bytes of answers' bodies the call running in this thread has received: a deadline that
+# passes while data was coming is said as such, not as a service that does not answer.
+_received: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("cnnfilterdb_client_received",
+                                                                            default=None)
 
 
 class ServiceError(Exception):
@@ -376,9 +382,11 @@ class Client:
             yield
             return
         token = _deadline.set(time.monotonic() + self.timeout)
+        received = _received.set([0])
         try:
             yield
         finally:
+            _received.reset(received)
             _deadline.reset(token)
 
     def _left(self, path: str) -> float:
@@ -390,6 +398,13 @@ class Client:
         return left
 
     def _timed_out(self, path: str, why: str) -> ServiceUnavailable:
+        received = _received.get()
+        if received and received[0]:  # the service answers: the call's answers are larger or slower than its time
+            return ServiceUnavailable(0, "timeout", f"the answer from {self.url}{path} did not complete in time "
+                                                    f"({why}) though data was arriving: {received[0]:,} bytes "
+                                                    f"received in this call; a larger timeout "
+                                                    f"(Client(timeout=...)) gives a slow link or a large "
+                                                    f"answer longer")
         return ServiceUnavailable(0, "timeout", f"no answer from {self.url}{path} in time ({why}); is the service "
                                                 f"running (cnnfilterdb serve --db PATH) and not overloaded?")
 
@@ -435,9 +450,12 @@ class Client:
         if not cut and declared.isdigit() and int(declared) > limit:
             raise self._too_large(resp.status_code, path, limit)
         data = bytearray()
+        received = _received.get()
         with self._transport(path):
             for chunk in _raw(resp):
                 data += chunk
+                if received is not None:
+                    received[0] += len(chunk)
                 if len(data) > limit:
                     if cut:
                         break
@@ -482,9 +500,17 @@ class Client:
             raise ServiceError(status, "unexpected_response", f"unexpected response from {self.url}{path}: "
                                                               f"{type(e).__name__}: {str(e)[:200]}") from None
 
-    def _json(self, resp, path: str) -> dict:
+    def _json(self, resp, path: str, limit: int | None = None, too_large: Callable | None = None) -> dict:
+        """The JSON object of ``resp``, its body read up to ``limit`` bytes (max_response_bytes;
+        beyond: ``too_large(status)`` or the usual ServiceError)."""
+        limit = self.max_response_bytes if limit is None else limit
         try:
-            body = self._read(resp, path, self.max_response_bytes)
+            try:
+                body = self._read(resp, path, limit)
+            except ServiceError as e:
+                if too_large is None or e.code != "response_too_large":
+                    raise
+                raise too_large(e.status) from None
         finally:
             resp.close()
         with self._expect(path, resp.status_code):
@@ -504,8 +530,11 @@ class Client:
         with self._expect(path):
             return cls(data, where)
 
-    def _sql_json(self, query: str, params: list | None, max_rows: int) -> dict:
-        return self._post("/v1/sql", {"sql": query, "params": list(params or []), "max_rows": max_rows})
+    def _sql_json(self, query: str, params: list | None, max_rows: int, limit: int | None = None,
+                  too_large: Callable | None = None) -> dict:
+        return self._json(self._send("POST", "/v1/sql", body={"sql": query, "params": list(params or []),
+                                                              "max_rows": max_rows}),
+                          "/v1/sql", limit, too_large)
 
     # -- listings --------------------------------------------------------------------------------
     def _version(self, as_of) -> int | None:
@@ -516,14 +545,30 @@ class Client:
 
     def _listing(self, query: tuple[str, list], key: str) -> pd.DataFrame:
         """Every row of ``query``, in ``key`` order, page after page (keyset paging: each page
-        is within the service's row and byte caps)."""
+        is within the service's row and byte caps). The pages' bytes together are at most
+        max_response_bytes, as one answer's are: a server whose pages advance for ever (each
+        ``truncated``) is refused there, not read until memory runs out."""
         sql, params = query
         rows: list = []
         after = None
+        received = _received.get()
+        start = received[0] if received is not None else 0
+        pages = 0
+
+        def too_large(status: int) -> ServiceError:
+            return ServiceError(status, "response_too_large",
+                                f"the listing from {self.url}/v1/sql is over {self.max_response_bytes:,} bytes in "
+                                f"its {pages + 1:,} pages of {key}, more than the client reads "
+                                f"(Client(max_response_bytes=...) bounds a whole listing; the service's models "
+                                f"and layers are far smaller)")
+
         while True:
+            got_bytes = received[0] - start if received is not None else 0
             page = self._sql_json(f"SELECT * FROM ({sql}) AS t" + (f" WHERE {key} > ?" if after is not None else "")
                                   + f" ORDER BY {key} LIMIT {SQL_PAGE}",
-                                  params + ([after] if after is not None else []), SQL_PAGE)
+                                  params + ([after] if after is not None else []), SQL_PAGE,
+                                  max(self.max_response_bytes - got_bytes, 0), too_large)
+            pages += 1
             with self._expect("/v1/sql"):
                 columns, types, got = _table(page)
                 if len(got) > SQL_PAGE:
@@ -595,6 +640,9 @@ class Client:
         lost meanwhile is ServiceUnavailable."""
         with self._transport(path):
             for chunk in _raw(resp):
+                received = _received.get()
+                if received is not None:
+                    received[0] += len(chunk)
                 self._left(path)
                 yield chunk
 

@@ -180,6 +180,47 @@ def test_pages_that_do_not_advance_are_an_error(page):
     assert len(requests) <= 2 and mem["peak"] < 100 * MiB
 
 
+@pytest.mark.parametrize("cap", [4 * MiB, DEFAULT_MAX_RESPONSE_BYTES])
+def test_pages_that_advance_for_ever_stop_at_max_response_bytes(cap):
+    """Each page's keys advance but every page says ``truncated``: only each answer was capped, so
+    models() read page after page (2.9 GB by its 60 s timeout). Now the pages together are read up
+    to max_response_bytes, and the error names that cap."""
+    def respond(conn: Conn):
+        params = json.loads(conn.body).get("params") or []
+        after = params[-1] if params and isinstance(params[-1], int) else 0
+        conn.json(_sql_page(after + 1, SQL_PAGE, truncated=True)
+                  | {"rows": [[after + 1 + i, "x" * 300] for i in range(SQL_PAGE)]})
+
+    with hostile(respond) as (url, requests), peak_memory() as mem, elapsed_under(120):
+        kwargs = {} if cap == DEFAULT_MAX_RESPONSE_BYTES else {"max_response_bytes": cap}
+        with cnnfilterdb.Client(url, timeout=120, **kwargs) as c, pytest.raises(ServiceError) as e:
+            c.models()
+    assert type(e.value) is ServiceError and e.value.code == "response_too_large"
+    assert f"the listing from {url}/v1/sql is over {cap:,} bytes" in str(e.value)
+    assert "max_response_bytes" in str(e.value) and "overloaded" not in str(e.value)
+    page_bytes = len(json.dumps(_sql_page(1, SQL_PAGE) | {"rows": [[1, "x" * 300]] * SQL_PAGE}))
+    assert len(requests) <= cap // page_bytes + 1
+    assert mem["peak"] < 4 * cap + 32 * MiB  # the rows of the pages under the cap, and one page's bytes
+
+
+def test_a_deadline_passing_while_pages_arrive_says_so():
+    """A listing whose pages keep coming until the call's timeout: the error says data was
+    arriving (and how much), not 'no answer ... is the service running?'."""
+    def respond(conn: Conn):
+        params = json.loads(conn.body).get("params") or []
+        after = params[-1] if params and isinstance(params[-1], int) else 0
+        time.sleep(0.1)
+        conn.json(_sql_page(after + 1, 100, truncated=True))
+
+    with hostile(respond) as (url, requests), cnnfilterdb.Client(url, timeout=2) as c:
+        with pytest.raises(ServiceUnavailable) as e:
+            c.models()
+    message = str(e.value)
+    assert e.value.code == "timeout" and len(requests) > 1
+    assert message.startswith(f"the answer from {url}/v1/sql did not complete in time (")
+    assert "bytes received in this call" in message and "overloaded" not in message
+
+
 def test_a_page_of_more_rows_than_asked_is_an_error():
     with hostile(lambda conn: conn.json(_sql_page(0, SQL_PAGE + 1))) as (url, _):
         with cnnfilterdb.Client(url) as c, pytest.raises(ServiceError, match=f"a page of {SQL_PAGE + 1:,} rows"):
@@ -378,7 +419,10 @@ def test_a_trickled_answer_ends_at_the_calls_deadline(where):
             c.filters() if where == "npy body" else c.versions()
         took = time.monotonic() - t0
     path = "/v1/filters" if where == "npy body" else "/v1/versions"
-    assert e.value.code == "timeout" and str(e.value).startswith(f"no answer from {url}{path} in time (")
+    # Nothing of the answer's body had come (its head trickling): no answer; part of it had: said so.
+    said = f"no answer from {url}{path} in time (" if where == "headers" else \
+        f"the answer from {url}{path} did not complete in time ("
+    assert e.value.code == "timeout" and str(e.value).startswith(said), str(e.value)
     assert took < 30, took  # loosely: the deadline plus slack, far from the 42 s of one read at a time
 
 
@@ -396,7 +440,7 @@ def test_each_batch_of_iter_filters_has_its_own_deadline():
         batches = c.iter_filters(batch=50)
         assert batches.n_rows == 100
         assert next(batches).shape == (50, 3, 3)
-        with pytest.raises(ServiceUnavailable, match=f"no answer from {url}/v1/filters in time"):
+        with pytest.raises(ServiceUnavailable, match=f"the answer from {url}/v1/filters did not complete in time"):
             next(batches)
 
 
