@@ -56,7 +56,8 @@ class Settings(BaseSettings):
                                                                  "not count); more get a 503")
     header_timeout_s: float = Field(10.0, gt=0, le=3600, description="a connection that has not sent a complete request "
                                                                      "head this long after its first byte (or its "
-                                                                     "opening) is closed (408)")
+                                                                     "opening) is closed (with a 408 if part of a "
+                                                                     "head came)")
     keep_alive_timeout_s: float = Field(5.0, gt=0, le=3600, description="an idle connection between requests is "
                                                                         "closed after this long")
 
