@@ -14,7 +14,13 @@ loopback port, and for each phase runs the load in a child process while this pr
    (honouring Retry-After on a 429);
 5. mixed: the idle connections of 2 (default limits) and the export clients of 4 at once;
 6. stalled: two clients start a CSV export and stop reading; a third client then asks for an export
-   every 0.5 s: how long until it is served (the stalled ones' slots taken back).
+   every 0.5 s: how long until it is served (the stalled ones' slots taken back);
+7. slowbody: --connections connections (default 600), 100 from each of 127.0.0.10-15, each a POST
+   /v1/sql declaring a 100,000-byte body and sending a byte of it a second; a closed one reconnects
+   0.5 s later. With the default limits (a request's body is read before it counts against
+   max_requests; the bodies are closed at body_timeout_s, 30 s);
+8. layer-pages: --export-clients clients (default 30) each fetching the largest layer's filters as
+   one JSON page (limit=100000) in a loop, honouring Retry-After on a 429 (layer_filters_concurrency).
 
 Prints each phase's probe p50/p99/max (target: p99 < 250 ms) and errors (must be 0), the
 connections refused and closed, the exports served and refused. The probes, the load and the
@@ -85,6 +91,70 @@ async def _hold_one(port: int, trickle: bool, stop_at: float, counts: Counter) -
         finally:
             writer.close()
         await asyncio.sleep(0.5)
+
+
+SLOW_BODY_HEAD = (b"POST /v1/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100000\r\n\r\n{")
+
+
+async def _slow_body_one(port: int, address: str, stop_at: float, counts: Counter) -> None:
+    """One POST sending its body a byte a second, reopened 0.5 s after the server closes it."""
+    while time.monotonic() < stop_at:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+        except OSError:
+            counts["connect failed"] += 1
+            await asyncio.sleep(0.5)
+            continue
+        counts["opened"] += 1
+        opened = time.monotonic()
+        try:
+            writer.write(SLOW_BODY_HEAD)
+            while time.monotonic() < stop_at:
+                writer.write(b" ")
+                try:
+                    data = await asyncio.wait_for(reader.read(4096), timeout=1.0)
+                except TimeoutError:
+                    continue
+                status = data[:12].decode(errors="replace") or "closed"
+                counts[f"{status} (after {round(time.monotonic() - opened)} s)"] += 1
+                break
+        except OSError:
+            counts["reset by the server"] += 1
+        finally:
+            writer.close()
+        await asyncio.sleep(0.5)
+
+
+def slow_bodies(port: int, n: int, seconds: float, out) -> None:
+    async def main():
+        counts: Counter = Counter()
+        stop_at = time.monotonic() + seconds
+        await asyncio.gather(*(_slow_body_one(port, f"127.0.0.{10 + i % 6}", stop_at, counts) for i in range(n)))
+        return counts
+    out.put(dict(asyncio.run(main())))
+
+
+async def _page_loop(c: httpx.AsyncClient, path: str, stop_at: float, counts: Counter) -> None:
+    while time.monotonic() < stop_at:
+        try:
+            r = await c.get(path)
+            counts[str(r.status_code)] += 1
+            counts["bytes"] += len(r.content)
+            if r.status_code == 429:
+                await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+        except httpx.HTTPError as e:
+            counts[type(e).__name__] += 1
+
+
+def layer_page_clients(base: str, n: int, path: str, seconds: float, out) -> None:
+    async def main():
+        counts: Counter = Counter()
+        stop_at = time.monotonic() + seconds
+        async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=n)) as c:
+            await asyncio.gather(*(_page_loop(c, path, stop_at, counts) for _ in range(n)))
+        return counts
+    out.put(dict(asyncio.run(main())))
 
 
 def hold_connections(port: int, n: int, seconds: float, out) -> None:
@@ -206,9 +276,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--connections", type=int, default=600)
     ap.add_argument("--export-clients", type=int, default=30)
-    ap.add_argument("--phase", action="append", choices=["baseline", "idle", "idle-held", "exports", "mixed", "stalled"])
+    all_phases = ["baseline", "idle", "idle-held", "exports", "mixed", "stalled", "slowbody", "layer-pages"]
+    ap.add_argument("--phase", action="append", choices=all_phases)
     args = ap.parse_args()
-    phases = args.phase or ["baseline", "idle", "idle-held", "exports", "mixed", "stalled"]
+    phases = args.phase or all_phases
     import cnnfilterdb
 
     code = Path(cnnfilterdb.__file__).resolve().parents[1]  # the service runs the code this process imports
@@ -243,6 +314,19 @@ def main() -> None:
                     mb = counts.pop("bytes", 0) / 1e6
                     report(f"{args.connections} idle + {args.export_clients} exports", lat, errors,
                            f"\n{'':28s} exports: {counts}, {mb:,.0f} MB received; hostile connections: {held}")
+                elif phase == "slowbody":
+                    lat, errors, (counts,) = with_load(base, args.seconds, (slow_bodies, port, args.connections))
+                    report(f"{args.connections} slow bodies", lat, errors,
+                           f"\n{'':28s} from 6 addresses, default limits; hostile connections: {counts}")
+                elif phase == "layer-pages":
+                    layer_id, n = httpx.post(base + "/v1/sql", json={
+                        "sql": "SELECT layer_id, n_filters FROM layers ORDER BY n_filters DESC LIMIT 1"}).json()["rows"][0]
+                    path = f"/v1/layers/{layer_id}/filters?limit=100000"
+                    lat, errors, (counts,) = with_load(base, args.seconds,
+                                                       (layer_page_clients, base, args.export_clients, path))
+                    mb = counts.pop("bytes", 0) / 1e6
+                    report(f"{args.export_clients} layer-page clients", lat, errors,
+                           f"\n{'':28s} {path} ({min(n, 100_000):,} filters): {counts}, {mb:,.0f} MB received")
                 else:
                     print(f"{'2 stalled exports':28s} {stalled_exports(base, port)}")
             finally:

@@ -61,6 +61,8 @@ class LiveCatalog:
         self.analysis_queue = threading.BoundedSemaphore(settings.analysis_queue) if settings.analysis_queue else None
         self.export_slots = threading.BoundedSemaphore(settings.export_concurrency)
         self.exports_sending: set = set()  # the exports streaming now (routers/export.ClosingStream)
+        self.layer_filter_slots = threading.BoundedSemaphore(settings.layer_filters_concurrency)
+        self.layer_filters_sending: set = set()  # the same, of GET /v1/layers/{id}/filters (routers/layers.py)
         # DuckDB's spill files (a layer's filters sorted for an .npy): in a directory of this
         # service's own, bounded by duckdb_spill_max, removed when the service ends (close(), or
         # at exit); one a killed service left behind is removed by the next one.

@@ -11,10 +11,14 @@ for as long as they stayed. ``GuardedH11Protocol`` is uvicorn's h11 protocol wit
 * a cap per client address (``max_connections_per_client``): a connection beyond it gets a one-line
   503 and is closed at once; the address's other connections are untouched;
 * a cap on open connections in all (``max_connections``): at the cap, the connection that has waited
-  longest for a request head (idle or trickling) is closed to make room; only when none is waiting is
-  the new one refused (503). Idle connections never keep a request out;
+  longest for a request head (idle or trickling) is closed to make room, or else the request whose
+  body is arriving slowest (fewest bytes a second since its head); only when neither is there is
+  the new one refused (503). Idle connections and slow bodies never keep a request out;
 * ``max_requests``: requests in progress at once; more get a 503 (Retry-After). Connections do not
-  count: a request is refused only when that many requests are being answered.
+  count, nor requests whose body is still arriving: a request's body is read (within
+  ``body_timeout_s``, up to ``max_body_bytes``) before it is admitted, and only then does it count.
+  A review held 600 POSTs sending a body byte a second (5 addresses x 100 suffice for the 500) and
+  every /health was a 503 until the body timeout.
 
 The counts are per process (per uvicorn worker). Behind a reverse proxy every connection comes from
 the proxy's address: raise ``max_connections_per_client`` there (the proxy then bounds clients).
@@ -22,6 +26,7 @@ the proxy's address: raise ``max_connections_per_client`` there (the proxy then 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections import Counter
 from typing import Any
@@ -40,6 +45,8 @@ class _Limits:
     max_connections = 1000
     max_connections_per_client = 100
     max_requests = 500
+    max_body_bytes = 1_000_000
+    body_timeout_s = 30.0
 
     @classmethod
     def load(cls) -> None:
@@ -51,6 +58,8 @@ class _Limits:
             cls.max_connections = s.max_connections
             cls.max_connections_per_client = s.max_connections_per_client
             cls.max_requests = s.max_requests
+            cls.max_body_bytes = s.max_body_bytes
+            cls.body_timeout_s = s.body_timeout_s
             cls.loaded = True
 
 
@@ -66,22 +75,33 @@ def _raw_response(status: int, reason: str, code: str, message: str, retry_after
 
 
 class _Registry:
-    """The open connections of this process: how many per client address, and those waiting for a
-    request head, oldest first (a dict keeps insertion order)."""
+    """The open connections of this process: how many per client address, those waiting for a
+    request head, oldest first (a dict keeps insertion order), and those whose request's body is
+    arriving (not yet admitted as a request)."""
 
     per_client: Counter = Counter()
     waiting: dict[GuardedH11Protocol, None] = {}
+    bodies: dict[GuardedH11Protocol, None] = {}
     open = 0
 
 
 class _BoundedApp:
-    """The app, answering 503 at once when max_requests requests are in progress."""
+    """The app, answering 503 at once when max_requests requests are in progress. A request whose
+    body is still arriving has its body read first (``_read_body``), evictable meanwhile, and is
+    counted only once it has come."""
 
     def __init__(self, app):
         self.app = app
         self.in_progress = 0
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope, receive, send, protocol: GuardedH11Protocol | None = None) -> None:
+        if scope["type"] == "http" and protocol is not None and protocol.conn.their_state is h11.SEND_BODY:
+            declared = dict(scope["headers"]).get(b"content-length", b"")
+            if not (declared.isdigit() and int(declared) > _Limits.max_body_bytes):  # else a 413 at once (BodyLimit)
+                messages = await _read_body(protocol, receive, send)
+                if messages is None:
+                    return  # the client left, was evicted or timed out (answered)
+                receive = _replay(messages, receive)
         if scope["type"] != "http" or self.in_progress < _Limits.max_requests:
             self.in_progress += 1
             try:
@@ -97,6 +117,46 @@ class _BoundedApp:
         await send({"type": "http.response.body", "body": body})
 
 
+async def _read_body(protocol: GuardedH11Protocol, receive, send) -> list[dict] | None:
+    """The request's body messages, read within body_timeout_s while the connection is listed as
+    waiting for a body (evictable, not a request in progress); up to the first past max_body_bytes
+    (the app then answers 413). None if the client left or was evicted, or if the body did not come
+    in time (a 408 is sent)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _Limits.body_timeout_s
+    messages: list[dict] = []
+    protocol._body_started()
+    try:
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
+            except TimeoutError:
+                body = json.dumps({"error": {"code": "request_timeout", "message": "the request body did not arrive "
+                                             f"within {_Limits.body_timeout_s:g} s"}}).encode()
+                await send({"type": "http.response.start", "status": 408,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": body})
+                return None
+            if message["type"] != "http.request":
+                return None  # http.disconnect
+            messages.append(message)
+            protocol._body_received += len(message.get("body", b""))
+            if not message.get("more_body", False) or protocol._body_received > _Limits.max_body_bytes:
+                return messages
+    finally:
+        _Registry.bodies.pop(protocol, None)
+
+
+def _replay(messages: list[dict], receive):
+    """A receive that gives ``messages`` first, then what the connection sends (a disconnect)."""
+    async def replayed():
+        if messages:
+            return messages.pop(0)
+        return await receive()
+    return replayed
+
+
 _bounded_apps: dict[int, _BoundedApp] = {}
 
 
@@ -110,12 +170,14 @@ class GuardedH11Protocol(H11Protocol):
         bounded = _bounded_apps.get(id(config))
         if bounded is None:
             bounded = _bounded_apps[id(config)] = _BoundedApp(config.loaded_app)
-        self.app = bounded
+        self.app = functools.partial(bounded, protocol=self)
         self._address: str | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0  # of the request head being received
         self._refused = False  # closed at once: never counted, never handed to uvicorn
         self._forgotten = False  # no longer counted
+        self._body_since = 0.0  # when its request's body started to be read (loop time)
+        self._body_received = 0  # bytes of that body so far
 
     # -- accepting ----------------------------------------------------------------------------
 
@@ -144,9 +206,10 @@ class GuardedH11Protocol(H11Protocol):
         transport.write(_raw_response(503, "Service Unavailable", code, message, retry_after=1))
         transport.close()
 
-    @staticmethod
-    def _evict_one() -> bool:
-        """Close the connection that has waited longest for a request head; False if none waits."""
+    @classmethod
+    def _evict_one(cls) -> bool:
+        """Close the connection that has waited longest for a request head, or else the one whose
+        request's body is arriving slowest; False if there is neither."""
         while _Registry.waiting:
             oldest = next(iter(_Registry.waiting))
             del _Registry.waiting[oldest]
@@ -157,7 +220,28 @@ class GuardedH11Protocol(H11Protocol):
                     "is closed", retry_after=1))
                 oldest._forget()  # its count goes now, not when the event loop reports the close
                 return True
+        while _Registry.bodies:
+            slowest = min(_Registry.bodies, key=cls._body_rate)
+            del _Registry.bodies[slowest]
+            if not slowest.transport.is_closing():
+                slowest.transport.write(_raw_response(
+                    503, "Service Unavailable", "too_many_connections",
+                    f"{_Limits.max_connections} connections are open: this one, sending its request body "
+                    "slowest, is closed", retry_after=1))
+                slowest.transport.close()  # its request, never admitted, sees a disconnect
+                slowest._forget()
+                return True
         return False
+
+    def _body_started(self) -> None:
+        self._body_since = self.loop.time()
+        self._body_received = 0
+        _Registry.bodies[self] = None
+
+    def _body_rate(self) -> tuple[float, float]:
+        """Bytes a second of the body being read since its head (over at least a second); the
+        oldest first among equals."""
+        return self._body_received / max(self.loop.time() - self._body_since, 1.0), self._body_since
 
     # -- waiting for a request head -------------------------------------------------------------
 
@@ -219,6 +303,7 @@ class GuardedH11Protocol(H11Protocol):
             return
         self._forgotten = True
         _Registry.waiting.pop(self, None)
+        _Registry.bodies.pop(self, None)
         _Registry.open -= 1
         if self._address is not None:
             _Registry.per_client[self._address] -= 1

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
                                                                  "none free (rather than a 429)")
     export_nice: int = Field(10, ge=0, le=19, description="CPU niceness of the threads reading and encoding exports "
                                                           "(higher: other requests go first under load)")
+    layer_filters_concurrency: int = Field(2, ge=1, le=64, description="answers of GET /v1/layers/{id}/filters "
+                                           "(JSON pages and .npy) produced at once; more get a 429 at once. They "
+                                           "are produced at export_nice, and like exports are cut off after "
+                                           "export_send_timeout_s without progress, or after export_stall_s if a "
+                                           "new one needs the slot")
     figure_cache_bytes: int = Field(64_000_000, ge=0, description="rendered figures kept in memory, by ETag (GET /v1/plots)")
 
     # Requests

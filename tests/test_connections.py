@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 
 import httpx
@@ -71,15 +72,23 @@ def serve(db, *flags: str):
         p.stderr.close()
 
 
-def open_connections(port: int, n: int, trickle_every: int = 0) -> list[socket.socket]:
-    """n connections from HOSTILE; every trickle_every-th one sends part of a request head."""
+SLOW_BODY = (b"POST /v1/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Content-Length: 100000\r\n\r\n{")  # and the rest of the body never comes
+
+
+def open_connections(port: int, n: int, trickle_every: int = 0, addresses: tuple[str, ...] = (HOSTILE,),
+                     send: bytes = b"") -> list[socket.socket]:
+    """n connections from ``addresses`` in turn, each sending ``send``; every trickle_every-th one
+    sends part of a request head."""
     socks = []
     for i in range(n):
         s = socket.socket()
-        s.bind((HOSTILE, 0))
+        s.bind((addresses[i % len(addresses)], 0))
         s.connect(("127.0.0.1", port))
         if trickle_every and i % trickle_every == 0:
             s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: aaa")
+        elif send:
+            s.sendall(send)
         s.setblocking(False)
         socks.append(s)
     return socks
@@ -206,16 +215,65 @@ def test_a_keep_alive_connection_trickling_its_next_request_is_closed(v1_store):
         assert got.startswith(b"HTTP/1.1 408 ") and b"within 2 s" in got
 
 
-def test_requests_beyond_max_requests_get_a_503_while_idle_connections_do_not_count(v1_store):
-    """max_requests counts requests under way only: 90 idle connections leave room for one; a
-    request in progress (its body still coming) fills it, and the next request is a 503."""
-    with serve(v1_store, "--max-requests", "1") as (base, port):
+def test_600_slow_request_bodies_from_6_addresses_leave_the_service_answering(v1_store):
+    """A review held 600 POSTs (100 from each of 127.0.0.10-15) sending their body a byte a second:
+    each counted against max_requests (500) and every /health was a 503 until body_timeout_s. A
+    request whose body is still arriving is not a request in progress: the probes answer while
+    all 600 are held, and the 600 are then closed by the body timeout with a 408."""
+    addresses = tuple(f"127.0.0.{10 + i}" for i in range(6))
+    with serve(v1_store, "--body-timeout-s", "20") as (base, port):
+        limits = httpx.get(base + "/v1/stats").json()["limits"]
+        assert limits["max_requests"] == 500 and limits["max_connections_per_client"] == 100
+        socks = open_connections(port, 600, addresses=addresses, send=SLOW_BODY)
+        try:
+            probe(base)
+            for s in socks[::7]:
+                s.sendall(b" ")  # a byte of body now and then: still far from complete
+            probe(base)
+            assert sum(what_came(s) is not None for s in socks) == 0  # all 600 still held
+            got = wait_all_closed(socks, 90)
+            assert all(g.startswith(b"HTTP/1.1 408 ") and b"request_timeout" in g for g in got), got[0][:200]
+            probe(base, 2)
+        finally:
+            for s in socks:
+                s.close()
+
+
+def test_slow_request_bodies_give_way_to_requests_at_the_total_cap(v1_store):
+    """At max_connections, with no connection waiting for a request head, the request whose body
+    is arriving slowest is closed (503) to make room: no more than the cap stay open, and the
+    probes are served."""
+    with serve(v1_store, "--max-connections", "100", "--max-connections-per-client", "1000") as (base, port):
+        socks = open_connections(port, 100, send=SLOW_BODY)  # at the cap
+        try:
+            probe(base)  # the first probe's connection, one over the cap, closes a slow body
+            closed = [g for s in socks if (g := what_came(s)) is not None]
+            assert closed and all(g.startswith(b"HTTP/1.1 503 ") and b"body slowest" in g for g in closed), \
+                Counter(g[:60] for g in closed)
+            socks += open_connections(port, 300, send=SLOW_BODY)  # new ones evict new ones, before their heads
+            deadline = time.monotonic() + 30
+            while (still := sum(what_came(s) is None for s in socks)) > 100:
+                assert time.monotonic() < deadline, f"{still} connections open, over max_connections 100"
+                time.sleep(0.1)
+            probe(base)
+        finally:
+            for s in socks:
+                s.close()
+
+
+def test_requests_beyond_max_requests_get_a_503_while_idle_connections_do_not_count(export_store):
+    """max_requests counts requests under way only: 90 idle connections and a request whose body
+    is still coming leave room for one; an export whose client does not read fills it, and the
+    next request is a 503."""
+    with serve(export_store, "--max-requests", "1", "--export-send-timeout-s", "600") as (base, port):
         idle = open_connections(port, 90)
-        slow = socket.create_connection(("127.0.0.1", port))
+        slow_body = open_connections(port, 1, send=SLOW_BODY)[0]
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect(("127.0.0.1", port))
         try:
             probe(base, 2)
-            slow.sendall(b"POST /v1/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 100\r\n\r\n{")  # the body never completes: a request under way
+            slow.sendall(b"GET /v1/filters?format=csv HTTP/1.1\r\nHost: x\r\n\r\n")  # never read: under way
             deadline = time.monotonic() + 30
             while (r := httpx.get(base + "/health")).status_code == 200:
                 assert time.monotonic() < deadline, "the request under way was not counted"
@@ -226,8 +284,10 @@ def test_requests_beyond_max_requests_get_a_503_while_idle_connections_do_not_co
             while httpx.get(base + "/health").status_code != 200:
                 assert time.monotonic() < deadline, "the finished request was still counted"
                 time.sleep(0.1)
+            assert what_came(slow_body) is None  # the slow body, never counted, still held
         finally:
             slow.close()
+            slow_body.close()
             for s in idle:
                 s.close()
 
@@ -271,3 +331,36 @@ def test_clients_that_stop_reading_cannot_hold_every_export_slot(export_store):
         finally:
             for s in stalled:
                 s.close()
+
+
+def test_clients_that_stop_reading_cannot_hold_the_layer_filter_slots(export_store):
+    """GET /v1/layers/{id}/filters (JSON pages and .npy) is bounded like exports: one slot here,
+    held by a client that asked for a 100,000-filter page and reads nothing; another gets a 429
+    (Retry-After) until that client has taken no data for export_stall_s, then its page whole,
+    and the service answers cheap requests throughout."""
+    with serve(export_store, "--layer-filters-concurrency", "1", "--export-stall-s", "1",
+               "--export-send-timeout-s", "600") as (base, port):
+        assert httpx.get(base + "/v1/stats").json()["limits"]["layer_filters_concurrency"] == 1
+        layer_id, n = httpx.post(base + "/v1/sql", json={
+            "sql": "SELECT layer_id, n_filters FROM layers ORDER BY n_filters DESC LIMIT 1"}).json()["rows"][0]
+        page = f"/v1/layers/{layer_id}/filters?limit=100000"
+        want = min(n, 100_000)
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", port))
+        try:
+            stalled.sendall(f"GET {page} HTTP/1.1\r\nHost: x\r\n\r\n".encode())  # and never reads
+            deadline = time.monotonic() + 60
+            refused = []
+            while (r := httpx.get(base + page, timeout=60)).status_code == 429:
+                assert r.json()["error"]["code"] == "layer_filters_busy" and r.headers["retry-after"] == "1"
+                refused.append(r)
+                probe(base, 1)
+                assert time.monotonic() < deadline, "a client that reads nothing kept the slot"
+                time.sleep(0.2)
+            assert r.status_code == 200 and len(r.json()["items"]) == want
+            assert refused  # the stalled client held the slot first
+            npy = httpx.get(base + f"/v1/layers/{layer_id}/filters?format=npy", timeout=60)
+            assert npy.status_code == 200 and len(npy.content) > n * 36  # the slot came back
+        finally:
+            stalled.close()

@@ -85,11 +85,13 @@ def export_filters(
                          headers=headers)
 
 
-def _take_a_stalled_slot(catalog: LiveCatalog) -> bool:
+def _take_a_stalled_slot(catalog: LiveCatalog, slots=None, sending: set | None = None) -> bool:
     """Every slot is taken: cut off the export whose client has held up its data longest, if that
-    is export_stall_s or more, and take its slot (it comes back once that stream is closed)."""
+    is export_stall_s or more, and take its slot (it comes back once that stream is closed).
+    ``slots`` and ``sending``: another kind of answer's (the layer filter pages'), not the exports'."""
+    slots = catalog.export_slots if slots is None else slots
     now = time.monotonic()
-    stalled = [s for s in list(catalog.exports_sending)
+    stalled = [s for s in list(catalog.exports_sending if sending is None else sending)
                if s.blocked_since is not None and now - s.blocked_since >= catalog.settings.export_stall_s]
     if not stalled:
         return False
@@ -98,7 +100,7 @@ def _take_a_stalled_slot(catalog: LiveCatalog) -> bool:
         anyio.from_thread.run_sync(victim.cut_off)  # this route runs in a worker thread of the event loop
     except RuntimeError:  # not in one (called directly): no slot taken back
         return False
-    return catalog.export_slots.acquire(timeout=STALLED_RELEASE_S)
+    return slots.acquire(timeout=STALLED_RELEASE_S)
 
 
 STALLED_RELEASE_S = 10.0  # how long a request waits for the slot of the export it cut off to come back
@@ -166,13 +168,14 @@ class _Pump:
             self._thread.join()
 
 
-def _releasing(chunks: Iterator[bytes], catalog: LiveCatalog) -> Iterator[bytes]:
-    """The chunks; the export's slot is released when the stream ends, fails or is closed."""
+def _releasing(chunks: Iterator[bytes], catalog: LiveCatalog, slots=None) -> Iterator[bytes]:
+    """The chunks; the export's slot (or one of ``slots``) is released when the stream ends, fails
+    or is closed."""
     try:
         yield from chunks
     finally:
         chunks.close()
-        catalog.export_slots.release()
+        (catalog.export_slots if slots is None else slots).release()
 
 
 class ClosingStream(StreamingResponse):
