@@ -12,8 +12,11 @@ Guarantees:
 - the engine's reads (the exact scans, the exports, ``db.filters()``, the layer pages and filter
   lookups of the service, the plots of a layer's filters, the refit, Spark's tasks) hash the row
   group's bytes before they decode them, every time they read it (nothing is cached), and the
-  footer whenever it is parsed; a difference raises ``StoreDamaged`` naming the shard relative to
-  the store and the row group. A wrong answer would need an xxh3 collision of the damaged bytes
+  footer whenever it is parsed (and, before DuckDB reads the shards for the engine, every footer as
+  it is in the file then); a difference raises ``StoreDamaged`` naming the shard relative to the
+  store and the row group. The (offset, length) recorded for each row group must be the span the
+  checked footer gives (else ``StoreDamaged`` naming the catalog). A commit that rewrites a shard
+  (``compact``) reads it through the same checks. A wrong answer would need an xxh3 collision of the damaged bytes
   (2^-64 for random damage; xxh3 is no defence against someone forging a shard on purpose: the
   catalog's sha256, ``cnnfilterdb verify``, is the check of that);
 - a shard the catalog records no checksums of, in a catalog of layout 6, is ``StoreDamaged`` too;
@@ -90,6 +93,21 @@ def read_footer(path: Path):
     return parse_footer(footer), xxh3(footer)
 
 
+def footer_hash(path: Path) -> int:
+    """The xxh3 of the footer's bytes of the Parquet file at ``path``, read now and not parsed (a
+    few microseconds): the check of the footer that a reader other than ours (DuckDB) is about to
+    parse. OSError if it cannot be read or is not a Parquet file's."""
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            if size < 12:
+                raise ValueError("not a Parquet file (shorter than its magic numbers)")
+            offset, length = footer_span(os.pread(f.fileno(), 8, size - 8), size)
+        except ValueError as e:
+            raise OSError(str(e)) from None
+        return xxh3(os.pread(f.fileno(), length, offset))
+
+
 def row_group_span(md, i: int) -> tuple[int, int]:
     """(offset, length) of row group ``i``'s bytes in the file: from the first page of its first
     column chunk (dictionary or data page) to the end of its last one."""
@@ -162,6 +180,31 @@ class ShardChecks:
     def check(self, row_group: int, data) -> None:
         """StoreDamaged unless ``data`` (the bytes of ``span(row_group)``) hash as recorded."""
         check_row_group(self.rel, row_group, self.span(row_group)[2], data)
+
+    def check_spans(self, spans: np.ndarray) -> None:
+        """StoreDamaged naming the catalog unless the recorded (offset, length) of every row group
+        are ``spans`` ((n, 2) int64: ``footer_spans`` of the shard's footer, checked against its
+        checksum first): a span recorded wrong would hash other bytes than the row group's."""
+        check_spans(self.rel, self.row_groups[:, :2], spans)
+
+
+def footer_spans(md) -> np.ndarray:
+    """(offset, length) of every row group of a parsed footer (``row_group_span``), (n, 2) int64."""
+    return np.array([row_group_span(md, i) for i in range(md.num_row_groups)], dtype=np.int64).reshape(-1, 2)
+
+
+def check_spans(rel: str, recorded, spans, first: int = 0) -> None:
+    """StoreDamaged naming the catalog unless the (offset, length) it records of the row groups
+    ``first``, ``first + 1``, ... of the shard ``rel`` (``recorded``, (n, 2)) are the spans its
+    (checksum-checked) footer gives."""
+    recorded, spans = np.asarray(recorded, dtype=np.int64).reshape(-1, 2), np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    if recorded.shape != spans.shape:
+        raise StoreDamaged(CATALOG, f"it records {len(recorded)} row groups of {rel}, whose footer holds {len(spans)}")
+    if not np.array_equal(recorded, spans):
+        i = int(np.flatnonzero((recorded != spans).any(axis=1))[0])
+        raise StoreDamaged(CATALOG, f"the span it records of {rel}'s row group {first + i} (offset {recorded[i, 0]}, "
+                                    f"{recorded[i, 1]} bytes) is not the one its footer gives (offset {spans[i, 0]}, "
+                                    f"{spans[i, 1]} bytes)")
 
 
 def check_footer(rel: str, expected: int, actual: int) -> None:

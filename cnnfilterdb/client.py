@@ -73,7 +73,7 @@ from .stats.divergence import DEFAULT_BINS
 from .store import VersionError, check_version
 
 __all__ = ["Client", "ServiceError", "InvalidRequest", "EmptySelection", "UnknownVersion", "NotFound",
-           "ServiceBusy", "ServiceUnavailable"]
+           "ServiceBusy", "ServiceUnavailable", "StreamCut"]
 
 FILTER_BATCH = 1 << 16
 SQL_PAGE = 10_000          # rows per /v1/sql request of models() and layers()
@@ -127,6 +127,16 @@ class NotFound(ServiceError, LookupError):
 
 class ServiceBusy(ServiceError):
     """A 429 still, after the retries."""
+
+
+class StreamCut(ServiceError):
+    """A stream whose status was 200 ended early: the connection closed mid-body, or the body
+    ended short of what its header declared (``received`` bytes and ``rows`` filters arrived).
+    The service cut it (a damaged shard met part-way, or the service stopping): its log says why."""
+
+    def __init__(self, message: str, received: int, rows: int | None = None, how: str = ""):
+        super().__init__(200, "stream_cut", message)
+        self.received, self.rows, self.how = received, rows, how
 
 
 class ServiceUnavailable(ServiceError):
@@ -625,8 +635,9 @@ class Client:
             with self._expect("/v1/filters"):
                 version = resp.headers.get("X-Store-Version")
                 version = int(version) if version else None
-                batches = _RemoteBatches(self, self._chunks(resp, "/v1/filters"), batch, version, on_close=resp.close,
-                                         max_rows=MAX_FILTER_ROWS)
+                got = [0]  # the body's bytes received (for the message of a cut stream)
+                batches = _RemoteBatches(self, self._chunks(resp, "/v1/filters", got), batch, version,
+                                         on_close=resp.close, max_rows=MAX_FILTER_ROWS, received=got)
                 declared = resp.headers.get("X-Rows")
                 if declared is not None and declared.strip() != str(batches.n_rows):
                     raise ValueError(f"X-Rows says {declared[:40]} filters, the stream's header {batches.n_rows:,}")
@@ -635,16 +646,32 @@ class Client:
             resp.close()
             raise
 
-    def _chunks(self, resp, path: str) -> Iterator[bytes]:
-        """The body's bytes as they arrive, by the deadline of the call reading them; a connection
-        lost meanwhile is ServiceUnavailable."""
+    def _chunks(self, resp, path: str, got: list[int] | None = None) -> Iterator[bytes]:
+        """The body's bytes as they arrive, by the deadline of the call reading them (counted in
+        ``got[0]``); a connection closed or reset meanwhile is StreamCut: the status was sent, the
+        service is there, it cut the stream."""
+        import httpx
+
+        got = [0] if got is None else got
         with self._transport(path):
-            for chunk in _raw(resp):
-                received = _received.get()
-                if received is not None:
-                    received[0] += len(chunk)
-                self._left(path)
-                yield chunk
+            try:
+                yield from self._counted_chunks(resp, path, got)
+            except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+                raise self._cut(path, got[0], None, None, f"{type(e).__name__}: {str(e).strip()[:200]}") from None
+
+    def _cut(self, path: str, received: int, rows: int | None, n_rows: int | None, how: str) -> StreamCut:
+        of = "" if rows is None else f"{rows:,} of the {n_rows:,} filters it declared, "
+        return StreamCut(f"the service cut the stream of {self.url}{path} after {of}{received:,} bytes ({how}); "
+                         "the service's log says why", received, rows, how)
+
+    def _counted_chunks(self, resp, path: str, got: list[int]) -> Iterator[bytes]:
+        for chunk in _raw(resp):
+            got[0] += len(chunk)
+            received = _received.get()
+            if received is not None:
+                received[0] += len(chunk)
+            self._left(path)
+            yield chunk
 
     @_call
     def filters(self, where: dict | None = None, as_of: int | None = None):
@@ -784,10 +811,19 @@ class _RemoteBatches(FilterBatches):
     """FilterBatches of GET /v1/filters: each batch read by the deadline of its own call (inside
     ``filters()``, of that one), a stream that is not as its header says a ServiceError."""
 
-    def __init__(self, client: Client, *args, **kwargs):
+    def __init__(self, client: Client, *args, received: list[int] | None = None, **kwargs):
         self._client = client
+        self._received = [0] if received is None else received
+        self._rows = 0  # the filters handed on
         super().__init__(*args, **kwargs)
 
     def __next__(self):
         with self._client._deadline(), self._client._expect("/v1/filters"):
-            return super().__next__()
+            try:
+                out = super().__next__()
+            except StreamCut as e:  # the count of filters said too
+                raise self._client._cut("/v1/filters", e.received, self._rows, self.n_rows, e.how) from None
+            except EOFError as e:  # the body ended, cleanly, short of its header's count
+                raise self._client._cut("/v1/filters", self._received[0], self._rows, self.n_rows, str(e)) from None
+            self._rows += len(out)
+            return out

@@ -23,8 +23,9 @@ Guarantees:
   it. With the catalog's checksums (``held`` or ``checksums``; the engine always passes them), each
   row group's bytes are hashed before they are decoded, and one that differs from what was
   committed raises StoreDamaged naming the shard and the row group (cnnfilterdb/checksums.py). The
-  footers are read (and checked) when ``export_chunks`` is called, before any byte is produced, so
-  a missing or truncated shard is reported before a response starts.
+  footers are read (and checked), and the row groups of the first chunk of rows read (and
+  checked), when ``export_chunks`` is called, before any byte is handed on, so a missing or
+  truncated shard, or damage in the first row groups read, is reported before a response starts.
 - A consumer may stop early: closing the generator (``GeneratorExit``) shuts the reading threads
   down and closes the shards before ``close()`` returns.
 - ``write_export`` is atomic: the file appears complete at its path, or not at all.
@@ -85,8 +86,9 @@ def export_chunks(paths: list[Path], layer_ids: np.ndarray, max_layer_id: int, n
     """The selected filters (rows whose layer_id is in layer_ids), in filter_id order, encoded as fmt, as a
     stream of byte chunks whose concatenation is the whole file.
 
-    The arguments are checked and the shards' footers read when this is called (a missing or truncated
-    shard raises StoreDamaged here, before any byte); the rows are read as the chunks are consumed.
+    The arguments are checked, the shards' footers read and the first chunk of rows made when this
+    is called (a missing or truncated shard, or a damaged row group among those of the first chunk,
+    raises StoreDamaged here, before any byte); the other rows are read as the chunks are consumed.
 
     Parameters
     ----------
@@ -142,7 +144,53 @@ def export_chunks(paths: list[Path], layer_ids: np.ndarray, max_layer_id: int, n
     own = held is None
     if own:  # readable to the end, even if unlinked from now on
         held = HeldShards([path for path, _ in units], checksums)
-    return encode(_row_groups(units, held, own, selected, n_rows, threads, _prepare[fmt]), schema, n_rows)
+    counted = _Counted(_row_groups(units, held, own, selected, n_rows, threads, _prepare[fmt]))
+    return _started(encode(counted, schema, n_rows), counted)
+
+
+class _Counted:
+    """The (rows, data) of ``_row_groups``, counting the rows handed on (``rows``)."""
+
+    def __init__(self, row_groups):
+        self._row_groups = row_groups
+        self.rows = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = next(self._row_groups)
+        self.rows += item[0]
+        return item
+
+    def close(self) -> None:
+        self._row_groups.close()
+
+
+def _started(chunks: Iterator[bytes], counted: _Counted) -> Iterator[bytes]:
+    """``chunks`` with their first chunk of rows already made: the row groups it holds (the first
+    that holds selected rows for npy and csv; OUTPUT_ROWS rows for parquet and arrow) are read and
+    checked now, so that damage there raises here, before an HTTP response starts (a 503, not a
+    stream cut after its 200). Memory: that chunk, which the stream was going to hold anyway."""
+    head: list[bytes] = []
+    try:
+        for chunk in chunks:
+            head.append(chunk)
+            if counted.rows:
+                break
+    except BaseException:
+        chunks.close()
+        raise
+    return _resumed(head, chunks)
+
+
+def _resumed(head: list[bytes], chunks: Iterator[bytes]) -> Iterator[bytes]:
+    try:
+        while head:
+            yield head.pop(0)
+        yield from chunks
+    finally:
+        chunks.close()
 
 
 def write_export(path: Path, paths: list[Path], layer_ids: np.ndarray, max_layer_id: int, n_rows: int, fmt: str,

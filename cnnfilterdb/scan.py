@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .checksums import Checksums, ShardChecks, read_footer, verify_row_groups
+from .checksums import Checksums, ShardChecks, footer_hash, footer_spans, read_footer, verify_row_groups
 from .stats.basis import Basis
 from .stats.histogram import bin_edges, coefficient_range, histogram2d_counts, histogram_counts, histogram_range
 from .store import SHARDS, StoreDamaged, store_name, unreadable
@@ -69,7 +69,18 @@ def _footer(path: Path) -> pq.FileMetaData:
     return _footer_and_hash(path)[0]
 
 
-_footer.cache_clear = _footer_and_hash.cache_clear  # as if a new process: the footers are read again
+@lru_cache(maxsize=1024)
+def _spans(path: Path) -> np.ndarray:
+    """(offset, length) of each row group of a shard, from its footer (``checksums.footer_spans``)."""
+    return footer_spans(_footer(path))
+
+
+def _clear_footers() -> None:
+    _footer_and_hash.cache_clear()
+    _spans.cache_clear()
+
+
+_footer.cache_clear = _clear_footers  # as if a new process: the footers are read again
 
 
 @lru_cache(maxsize=1024)
@@ -115,6 +126,7 @@ class HeldShards:
         with _reading(path):
             footer_hash = _footer_and_hash(path)[1]
         checks.check_footer(footer_hash)
+        checks.check_spans(_spans(path))  # the recorded spans are the footer's: else other bytes are hashed
         return checks
 
     def open(self, path: Path) -> ShardReader:
@@ -130,9 +142,15 @@ class HeldShards:
     def verify_filter_ids(self, first: int, last: int) -> None:
         """``verify`` the row groups of every held shard whose filter_id statistics overlap
         [first, last] (a row group without statistics counts as overlapping): those DuckDB reads
-        for the filters of that range."""
+        for the filters of that range; and first the footer of every held shard, read from the file
+        now (DuckDB parses each footer on every query: a footer damaged since it was parsed here
+        must not reach it)."""
         if self.checksums is None:
             return
+        for path in self.fds:
+            checks = self.checksums.of(path)
+            with _reading(path):
+                checks.check_footer(footer_hash(path))
         for path in self.fds:
             with _reading(path):
                 md = _footer(path)

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from cnnfilterdb.checksums import Checksums, ShardChecks, shard_checksums
+from cnnfilterdb.scan import HeldShards, _reading
 from cnnfilterdb.selection import nearest
 from cnnfilterdb.store import FilterStore, StoreError, StoreTransaction, file_sha256, fsync_path
 
@@ -229,7 +231,7 @@ def _compact_shards(tx: StoreTransaction) -> tuple[int, int]:
     # A layer may run across shards (a shard ends every shard_rows filters): each shard counts
     # the gone filters of every layer overlapping its filter_id range.
     shards = con.execute("""
-        SELECT s.path, s.n_rows, s.filter_id_first, s.filter_id_last,
+        SELECT s.path, s.n_rows, s.filter_id_first, s.filter_id_last, s.sha256,
                -- least/greatest skip NULLs: the shards no gone layer overlaps are counted apart
                coalesce(sum(least(g.filter_id_last, s.filter_id_last) - greatest(g.filter_id_first, s.filter_id_first) + 1)
                         FILTER (WHERE g.layer_id IS NOT NULL), 0)
@@ -238,7 +240,7 @@ def _compact_shards(tx: StoreTransaction) -> tuple[int, int]:
         GROUP BY ALL ORDER BY s.filter_id_first""").fetchall()
     gone_layers = np.array([r[0] for r in con.execute("SELECT layer_id FROM _gone").fetchall()], dtype=np.int64)
     rewritten = dropped = 0
-    for rel, n_rows, _first, _last, n_gone in shards:
+    for rel, n_rows, _first, _last, sha256, n_gone in shards:
         if n_gone == 0:
             continue
         con.execute("DELETE FROM _shards WHERE path = ?", [rel])
@@ -246,7 +248,7 @@ def _compact_shards(tx: StoreTransaction) -> tuple[int, int]:
             dropped += 1
             continue
         path = tx.new_shard_path()
-        kept, lo, hi = _rewrite_without(tx.root / rel, path, gone_layers)
+        kept, lo, hi = _rewrite_without(tx.root / rel, path, gone_layers, _source_checks(tx, rel, sha256))
         if kept != n_rows - n_gone:  # the catalog's layers and the shard disagree: stop, change nothing
             raise StoreError(f"{rel}: {kept:,} rows would remain, the catalog expects {n_rows - n_gone:,}; the store "
                              "is damaged: run `cnnfilterdb verify`")
@@ -255,22 +257,44 @@ def _compact_shards(tx: StoreTransaction) -> tuple[int, int]:
     return rewritten, dropped
 
 
-def _rewrite_without(src: Path, dst: Path, gone_layers: np.ndarray) -> tuple[int, int, int]:
-    """Copy the shard ``src`` to ``dst`` without the rows of ``gone_layers``; (rows, first id, last id)."""
+def _source_checks(tx: StoreTransaction, rel: str, sha256: str) -> ShardChecks:
+    """The checksums a rewrite checks the shard ``rel`` against: those the catalog records, or (a
+    store of a layout before 6, whose shards have none yet) those of the file once its whole sha256
+    is checked against the catalog's. Either way a damaged shard is StoreDamaged naming it (and its
+    row group) before any of it is copied: a rewrite must never certify damaged bytes as new ones."""
+    rows = tx.con.execute("SELECT path, row_group, byte_offset, byte_length, xxh3 FROM _row_groups WHERE path = ?",
+                          [rel]).fetchall()
+    if not rows:
+        rows = [(rel, *r) for r in shard_checksums(tx.root / rel, sha256)]
+    return Checksums.from_rows(rows, [rel]).shards[rel]
+
+
+def _rewrite_without(src: Path, dst: Path, gone_layers: np.ndarray, checks: ShardChecks) -> tuple[int, int, int]:
+    """Copy the shard ``src`` to ``dst`` without the rows of ``gone_layers``; (rows, first id, last id).
+    Read as the engine's scans read (``scan.HeldShards``): the footer and the spans checked against
+    ``checks``, each row group's bytes hashed before they are decoded."""
     import pyarrow.compute as pc
 
-    f = pq.ParquetFile(src)
+    held = HeldShards([src], Checksums({checks.rel: checks}))
     kept, lo, hi = 0, None, None
-    with pq.ParquetWriter(dst, SCHEMA, **PARQUET_OPTIONS) as w:
-        for i in range(f.num_row_groups):
-            t = f.read_row_group(i)
-            t = t.filter(pc.invert(pc.is_in(t.column("layer_id"), value_set=_as_int32(gone_layers))))
-            if t.num_rows:
-                w.write_table(t.cast(SCHEMA), row_group_size=1 << 17)
-                ids = t.column("filter_id")
-                lo = ids[0].as_py() if lo is None else lo
-                hi = ids[-1].as_py()
-                kept += t.num_rows
+    try:
+        f = held.open(src)
+        try:
+            with pq.ParquetWriter(dst, SCHEMA, **PARQUET_OPTIONS) as w:
+                for i in range(f.file.metadata.num_row_groups):
+                    with _reading(src):
+                        t = f.read_row_group(i, columns=SCHEMA.names)
+                    t = t.filter(pc.invert(pc.is_in(t.column("layer_id"), value_set=_as_int32(gone_layers))))
+                    if t.num_rows:
+                        w.write_table(t.cast(SCHEMA), row_group_size=1 << 17)
+                        ids = t.column("filter_id")
+                        lo = ids[0].as_py() if lo is None else lo
+                        hi = ids[-1].as_py()
+                        kept += t.num_rows
+        finally:
+            f.close()
+    finally:
+        held.close()
     fsync_path(dst)
     return kept, lo, hi
 

@@ -325,3 +325,224 @@ def test_a_spark_task_names_the_damaged_row_group(store, tmp_path, capsys):
                 assert (db / "catalog.duckdb").read_bytes() == before
     finally:
         spark.stop()
+
+
+# -- hostile review of the checksums (issue 20, point 3) ------------------------------------------
+
+def _model_of_shard(db: Path, shard: int) -> tuple[str, str]:
+    """(a model whose filters lie in the shard with others', the shard): removed, then compacted,
+    the shard is rewritten (not dropped)."""
+    rel = _shards(db)[shard]
+    with open_catalog(db) as con:
+        first, last = con.execute("SELECT filter_id_first, filter_id_last FROM _shards WHERE path = ?", [rel]).fetchone()
+        model = con.execute("SELECT m.model FROM models m JOIN layers l USING (model_id) WHERE l.filter_id_first "
+                            "BETWEEN ? AND ? ORDER BY l.filter_id_first LIMIT 1", [first, last]).fetchone()[0]
+    return model, rel
+
+
+def _store_state(db: Path) -> tuple[bytes, list[str]]:
+    return (db / "catalog.duckdb").read_bytes(), sorted(p.name for p in (db / "shards").iterdir())
+
+
+@pytest.mark.parametrize("layout", [6, 5])
+def test_compact_never_launders_a_damaged_shard(store, layout):
+    """A shard damaged after `remove`: `compact` reads it to rewrite it, checks it as every read
+    does (layout 6: each row group's checksum; layout 5: the whole file's sha256 against the
+    catalog) and refuses in one line, the store unchanged; never a rewritten shard that certifies
+    the damaged bytes (the review's `verify` said intact after compact, exports were wrong)."""
+    model, rel = _model_of_shard(store, 0)
+    assert cli_main(["remove", model, "--db", str(store)]) == 0
+    if layout == 5:
+        with duckdb.connect(str(store / "catalog.duckdb")) as con:
+            con.execute("DROP TABLE _row_groups")
+            con.execute("UPDATE _store SET schema_version = 5")
+    _flip(store / rel, _region(store / rel, 1, "w4", "values"))
+    before = _store_state(store)
+    code, out, err = run_cli("compact", "--keep-versions", "1", "--db", str(store))
+    problem = "row group 1: checksum differs" if layout == 6 else "checksum differs (sha256"
+    assert code == 1 and err.startswith(f"cnnfilterdb: error: {rel}: {problem}") and len(err.splitlines()) == 1, err
+    assert _store_state(store) == before
+    assert cli_main(["verify", "--db", str(store)]) == 1
+
+
+def test_compact_of_an_intact_store_still_rewrites(store):
+    model, rel = _model_of_shard(store, 0)
+    assert cli_main(["remove", model, "--db", str(store)]) == 0
+    want = cnnfilterdb.open(store).filters()
+    assert cli_main(["compact", "--keep-versions", "1", "--db", str(store)]) == 0
+    assert rel not in _shards(store)  # rewritten
+    assert FilterStore(store).verify().problems == []
+    assert np.array_equal(cnnfilterdb.open(store).filters(), want)
+
+
+def test_no_reader_of_shard_bytes_outside_the_checked_ones():
+    """Every read of a shard's bytes goes through the checked readers (scan.ShardReader,
+    checksums.verify_row_groups / shard_checksums, Spark's _checked_units): no other module opens
+    a Parquet file of the store with pyarrow."""
+    import re
+
+    root = Path(cnnfilterdb.__file__).parent
+    allowed = {"scan.py", "spark/jobs.py"}  # ShardReader; _row_groups after _checked_units
+    found = []
+    for path in sorted([*root.rglob("*.py"), *(root.parent / "ingest").rglob("*.py"), *(root.parent / "service").rglob("*.py")]):
+        rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+        for line in path.read_text().splitlines():
+            if re.search(r"ParquetFile\(|read_table\(|iter_batches\(|pq\.read_(?!metadata)|read_parquet\(", line) \
+                    and not line.lstrip().startswith("#") and rel not in allowed and "read_parquet([{files}])" not in line:
+                found.append(f"{rel}: {line.strip()}")
+    assert found == []
+
+
+def test_a_damaged_first_row_group_is_a_503_before_the_export_starts(store):
+    rel = _shards(store)[0]
+    _flip(store / rel, _region(store / rel, 0, "w3", "values"))
+    client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
+    for fmt in ("npy", "csv", "parquet", "arrow"):
+        r = client.get(f"/v1/filters?format={fmt}")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_damaged", (fmt, r.status_code)
+        assert r.json()["error"]["message"].startswith(f"{rel}: row group 0: checksum differs"), fmt
+
+
+def test_a_stream_cut_part_way_is_said_so_by_the_client_and_logged_by_the_service(store, caplog):
+    """Damage in a later row group: the 200 was sent, the stream is cut; the Client says the service
+    cut it after so many rows and bytes (not "cannot reach the service"), the service's log names
+    the shard and row group in one line."""
+    import logging
+
+    from cnnfilterdb.client import ServiceUnavailable, StreamCut
+
+    from .helpers import serving
+
+    rel = _shards(store)[1]
+    _flip(store / rel, _region(store / rel, 5, "w6", "values"))
+    caplog.set_level(logging.ERROR, logger="cnnfilterdb.service")
+    with serving(create_app(Settings(db=store))) as (url, _), cnnfilterdb.Client(url) as c:
+        with pytest.raises(StreamCut) as e:
+            c.filters()
+        assert not isinstance(e.value, ServiceUnavailable) and e.value.code == "stream_cut"
+        message = str(e.value)
+        assert message.startswith(f"the service cut the stream of {url}/v1/filters after ") and "cannot reach" not in message
+        assert "of the 60,000 filters it declared" in message and "the service's log says why" in message
+        assert 0 < e.value.received and e.value.rows is not None and e.value.rows < 60_000
+        import time
+
+        deadline = time.monotonic() + 10
+        while not any("stream was cut" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    lines = [r.getMessage() for r in caplog.records if "stream was cut" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert f"{rel}: row group 5: checksum differs" in lines[0]
+
+
+def _footer_offset(path: Path, what: str) -> int:
+    data = path.read_bytes()
+    start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    if what == "thrift":
+        return start + 1
+    if what == "column name":  # the schema's "w5": renamed "w%" by the flip (0x35 ^ 0x10)
+        return data.index(b"w5", start) + 1
+    if what == "magic":  # the closing PAR1
+        return len(data) - 1
+    return data.rindex(b"parquet-cpp-arrow") + 3
+
+
+@pytest.mark.parametrize("what", ["thrift", "column name", "created_by"])
+def test_a_footer_damaged_under_a_warm_service_is_a_503_naming_the_shard(store, what):
+    """The service has parsed (and checked) every footer; one is damaged afterwards. DuckDB parses
+    footers itself on every query: the layer pages and filter lookups hash the footers each time
+    before it reads, so every answer is a 503 naming the shard (the review: 500 internal_error
+    "Referenced column w5 not found", 503 "a store file could not be read" naming none)."""
+    rels = _shards(store)
+    layer_a, filter_a = _filters_of_row_group(store / rels[0], 2)
+    layer_b, filter_b = _filters_of_row_group(store / rels[1], 3)
+    client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
+    urls = [f"/v1/layers/{layer_a}/filters?limit=100000", f"/v1/layers/{layer_b}/filters?format=npy",
+            f"/v1/filters/{filter_a}", f"/v1/filters/{filter_b}", f"/v1/layers/{layer_b}/filters"]
+    intact = {u: client.get(u).content for u in urls}
+    assert all(client.get(u).status_code == 200 for u in urls)
+    damaged = store / rels[1]
+    offset = _footer_offset(damaged, what)
+    _flip(damaged, offset)
+    for u in urls:  # the shard of the filters read or another: DuckDB opens every footer
+        r = client.get(u)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_damaged", (u, r.status_code, r.text[:200])
+        assert r.json()["error"]["message"].startswith(f"{rels[1]}: "), (u, r.text[:200])
+    _flip(damaged, offset)  # repaired: the same answers
+    assert {u: client.get(u).content for u in urls} == intact
+
+
+@pytest.mark.parametrize("what", ["column name", "magic"])
+def test_duckdb_failing_on_a_shard_after_the_checks_is_a_503_naming_it(store, monkeypatch, what):
+    """The footer damaged between the checks and DuckDB's read (a race): DuckDB's error (a column
+    "not found", no magic bytes), whatever it is, becomes a 503 store_damaged naming the shard
+    (found by the checks run again), never a 500."""
+    from cnnfilterdb.service import queries
+
+    rels = _shards(store)
+    layer, filter_id = _filters_of_row_group(store / rels[0], 1)
+    damaged = store / rels[0]
+    offset = _footer_offset(damaged, what)
+    for name in ("filter_weights", "filter_row", "filter_weight_batches"):
+        original = getattr(queries, name)
+
+        def damaging(*args, _original=original, **kwargs):
+            _flip(damaged, offset)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(queries, name, damaging)
+    client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
+    for u in (f"/v1/layers/{layer}/filters", f"/v1/filters/{filter_id}", f"/v1/layers/{layer}/filters?format=npy"):
+        r = client.get(u)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_damaged", (u, r.status_code, r.text[:300])
+        assert r.json()["error"]["message"].startswith(f"{rels[0]}: "), (u, r.text[:300])
+        _flip(damaged, offset)  # undone for the next
+
+
+def _zero_span(db: Path, rel: str, row_group: int) -> None:
+    """The review's catalog: a row group's span recorded as 0 bytes (and the xxh3 of no bytes)."""
+    from cnnfilterdb.checksums import xxh3
+
+    with duckdb.connect(str(db / "catalog.duckdb")) as con:
+        con.execute("UPDATE _row_groups SET byte_length = 0, xxh3 = ? WHERE path = ? AND row_group = ?",
+                    [xxh3(b""), rel, row_group])
+
+
+def test_spans_recorded_otherwise_than_the_footer_says_are_damage_of_the_catalog(store):
+    rel = _shards(store)[0]
+    layer_id, filter_id = _filters_of_row_group(store / rel, 1)
+    _zero_span(store, rel, 1)
+    _flip(store / rel, _region(store / rel, 1, "w4", "values"))
+    client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
+    for name, read in [("db.filters()", lambda: cnnfilterdb.open(store).filters({"layer_id": layer_id})),
+                       ("divergence", lambda: cnnfilterdb.open(store).divergence("task", bins=33)),
+                       ("export", functools.partial(_export, store, "npy")),
+                       ("layer page", lambda: _http(client.get(f"/v1/layers/{layer_id}/filters"))),
+                       ("filter", lambda: _http(client.get(f"/v1/filters/{filter_id}")))]:
+        with pytest.raises(StoreDamaged) as e:
+            read()
+        assert e.value.rel == "catalog.duckdb", (name, str(e.value))
+        assert e.value.problem.startswith(f"the span it records of {rel}'s row group 1 (offset "), name
+        assert ", 0 bytes) is not the one its footer gives (offset " in e.value.problem, name
+
+
+def test_a_spark_task_checks_the_recorded_span_against_the_footer(store):
+    """Spark's tasks (the units carry the catalog's spans): a span other than the footer's is
+    damage of the catalog, before any byte is hashed (no Spark needed: the task's reader itself)."""
+    import pyarrow as pa
+
+    from cnnfilterdb.checksums import Checksums, xxh3
+    from cnnfilterdb.spark.jobs import _checked_units
+
+    rel = _shards(store)[0]
+    with open_catalog(store) as con:
+        checks = Checksums.load(con).shards[rel]
+    o, n, h = checks.span(1)
+
+    def units(offset, length, expected):
+        return [pa.RecordBatch.from_pydict({"path": [f"file://{store / rel}"], "row_group": [1], "rel": [rel],
+                                            "byte_offset": [offset], "byte_length": [length], "xxh3": [expected],
+                                            "footer": [checks.footer]})]
+    assert [rg for _, _, rg in _checked_units(units(o, n, h))] == [1]
+    with pytest.raises(StoreDamaged) as e:
+        list(_checked_units(units(o, 0, xxh3(b""))))
+    assert e.value.rel == "catalog.duckdb" and e.value.problem.startswith(f"the span it records of {rel}'s row group 1 ")

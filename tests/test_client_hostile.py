@@ -28,6 +28,7 @@ from cnnfilterdb.client import (
     ServiceBusy,
     ServiceError,
     ServiceUnavailable,
+    StreamCut,
 )
 from cnnfilterdb.export import NPY_DTYPE
 
@@ -282,10 +283,11 @@ def test_a_header_declaring_more_than_arrives_costs_what_arrives():
         conn.send(_npy(2**30, rows=1_000))
 
     with hostile(respond) as (url, _), peak_memory() as mem:
-        with cnnfilterdb.Client(url) as c, pytest.raises(ServiceError) as e:
+        with cnnfilterdb.Client(url) as c, pytest.raises(StreamCut) as e:
             c.filters()
-    assert type(e.value) is ServiceError
-    assert "EOFError: the filters' stream ended after 1,000 of its 1,073,741,824 filters" in str(e.value)
+    assert str(e.value).startswith(f"the service cut the stream of {url}/v1/filters after 1,000 of the "
+                                   "1,073,741,824 filters it declared, ")
+    assert "(the filters' stream ended after 1,000 of its 1,073,741,824 filters)" in str(e.value)
     assert mem["peak"] < 100 * MiB
 
 
@@ -303,24 +305,32 @@ def test_a_stream_not_as_its_header_says_is_a_service_error(cut):
         for call in (c.filters, lambda: [len(w) for w in c.iter_filters(batch=7)]):
             with pytest.raises(ServiceError) as e:
                 call()
-            assert type(e.value) is ServiceError and e.value.code == "unexpected_response", e.value
+            if cut in ("within a row", "rows short"):  # a body ended short of its header: the service cut it
+                assert type(e.value) is StreamCut and e.value.code == "stream_cut", e.value
+                assert str(e.value).startswith(f"the service cut the stream of {url}/v1/filters after ")
+            else:
+                assert type(e.value) is ServiceError and e.value.code == "unexpected_response", e.value
             words = {"within the header": "EOFError: the filters' .npy stream ended within its header",
-                     "within a row": "EOFError: the filters' .npy stream ended within a row",
-                     "rows short": "EOFError: the filters' stream ended after 60 of its 100 filters",
+                     "within a row": "(the filters' .npy stream ended within a row)",
+                     "rows short": "(the filters' stream ended after 60 of its 100 filters)",
                      "rows over": "ValueError: the stream holds more than the 100 filters its header states",
                      "x-rows": "ValueError: X-Rows says 99 filters, the stream's header 100"}[cut]
             assert words in str(e.value)
 
 
-def test_a_stream_cut_against_its_content_length_is_service_unavailable():
+def test_a_stream_cut_against_its_content_length_is_said_cut_by_the_service():
+    """The status was sent, the connection closed mid-body: the service cut the stream (its log says
+    why), not "cannot reach the service"."""
     def respond(conn: Conn):
         data = _npy(100)
         conn.head(200, {"Content-Length": len(data)})
         conn.send(data[:len(data) // 2])
 
-    with hostile(respond) as (url, _), cnnfilterdb.Client(url) as c, pytest.raises(ServiceUnavailable) as e:
+    with hostile(respond) as (url, _), cnnfilterdb.Client(url) as c, pytest.raises(StreamCut) as e:
         c.filters()
-    assert f"cannot reach the service at {url} (RemoteProtocolError" in str(e.value)
+    assert not isinstance(e.value, ServiceUnavailable) and "cannot reach" not in str(e.value)
+    assert str(e.value).startswith(f"the service cut the stream of {url}/v1/filters after 0 of the 100 filters it "
+                                   f"declared, {len(_npy(100)) // 2:,} bytes (RemoteProtocolError: ")
 
 
 # -- JSON: nested deep, too large -----------------------------------------------------------------

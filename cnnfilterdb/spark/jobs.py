@@ -35,7 +35,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..checksums import check_footer, check_row_group, damage_of, read_footer_from
+from ..checksums import check_footer, check_row_group, check_spans, damage_of, read_footer_from, row_group_span
 from ..scan import LayerGroups, kernel_basis
 from ..stats.basis import Basis
 from ..stats.histogram import bin_edges, histogram_range
@@ -108,6 +108,9 @@ def _checked_units(units):
                         check_footer(rel, footer, footer_hash)
                 f, md = opened[path]
                 if expected is not None:
+                    # the recorded span is the (checked) footer's: else other bytes would be hashed
+                    check_spans(rel, [(offset, length)], [row_group_span(md, row_group) if 0 <= row_group <
+                                                          md.num_row_groups else (-1, -1)], row_group)
                     check_row_group(rel, row_group, expected, f.read_at(length, offset))
                 yield f, md, row_group
     finally:

@@ -3,8 +3,10 @@
 No row cap: the response streams in bounded memory (cnnfilterdb/export.py) and names the store
 version it was read from (``X-Store-Version``, and the Parquet/Arrow schema metadata). The
 selection is resolved before the first byte, so a bad ``where``, an unknown version or a missing
-shard is an ordinary JSON error; a fault found part-way (a shard damaged under a running export)
-cuts the response off, never completes it wrongly. At most ``export_concurrency`` exports run at
+shard, or damage in the row groups of the first chunk of rows (read before the status is sent), is
+an ordinary JSON error (503 store_damaged); a fault found part-way (a shard damaged under a running
+export, a damaged later row group) cuts the response off, never completes it wrongly, and the
+service's log says why in one line. At most ``export_concurrency`` exports run at
 once (each holds a disk stream and a few reading threads); more get a 429 -- unless a running
 export's client has taken no data for ``export_stall_s``: that export is cut off and its slot goes
 to the new one, so clients that stop reading cannot hold every slot.
@@ -12,6 +14,7 @@ to the new one, so clients that stop reading cannot hold every slot.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import threading
@@ -26,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from cnnfilterdb.export import FORMATS, export_chunks
+from cnnfilterdb.store import StoreDamaged, first_line
 
 from ..catalog import LiveCatalog
 from ..deps import get_catalog
@@ -36,6 +40,7 @@ from ..schemas import error_responses
 from .analysis import analysis, where_query
 
 ExportFormat = Literal[tuple(FORMATS)]  # type: ignore[valid-type]
+log = logging.getLogger("cnnfilterdb.service")
 
 router = APIRouter(tags=["filters"], responses=error_responses(400, 404, 422, 429, 503))
 
@@ -121,6 +126,7 @@ class _Pump:
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.produced = 0  # bytes handed to the response
 
     def __iter__(self):
         return self
@@ -145,8 +151,12 @@ class _Pump:
             for chunk in self._chunks:
                 if not self._put("chunk", chunk):
                     return
+                self.produced += len(chunk)
             self._put("end", None)
         except BaseException as e:  # handed to the response, which cuts the download off
+            # Its status was sent: the client sees a cut stream only, the log says why (one line).
+            why = str(e) if isinstance(e, StoreDamaged) else f"{type(e).__name__}: {first_line(e)}"
+            log.error("GET /v1/filters: the stream was cut after %s bytes: %s", f"{self.produced:,}", why)
             self._put("error", e)
         finally:
             self._chunks.close()

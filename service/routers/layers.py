@@ -4,13 +4,15 @@ from __future__ import annotations
 import io
 import itertools
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
+import duckdb
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic_core import to_json
 
-from cnnfilterdb.store import SHARDS, StoreDamaged
+from cnnfilterdb.store import SHARDS, StoreDamaged, damage_in, first_line, relative_to_store
 
 from .. import queries
 from ..catalog import LiveCatalog
@@ -82,10 +84,34 @@ def get_layer(layer_id: int = LAYER_ID, catalog: LiveCatalog = Depends(get_catal
         return respond(layer_out(_layer(cur, layer_id)))
 
 
-def _verify(catalog: LiveCatalog, cur, first: int, last: int) -> None:
-    """Check the checksums of the row groups holding filters first..last (StoreDamaged: a 503
-    naming the shard and row group) before DuckDB reads them: it checks none itself."""
-    catalog.generation().snapshot.held_shards(cur).verify_filter_ids(first, last)
+def _verify(catalog: LiveCatalog, cur, first: int, last: int):
+    """Check the checksums of the row groups holding filters first..last, and of every shard's
+    footer as it is now (StoreDamaged: a 503 naming the shard and row group), before DuckDB reads
+    them: it checks none itself. Returns the held shards checked."""
+    held = catalog.generation().snapshot.held_shards(cur)
+    held.verify_filter_ids(first, last)
+    return held
+
+
+@contextmanager
+def _duckdb_reading(catalog: LiveCatalog, held, first: int, last: int) -> Iterator[None]:
+    """DuckDB's errors reading the shards for the filters first..last (it parses their footers and
+    pages itself: one damaged after the checks of ``_verify`` is a TProtocolException, a column
+    "not found", ...) as StoreDamaged naming the shard: a 503 store_damaged, never a 500. The shard
+    is the one DuckDB's message names, else the one the checks, run again, find damaged now."""
+    try:
+        yield
+    except duckdb.Error as e:
+        if isinstance(e, (duckdb.OutOfMemoryException, duckdb.InterruptException)):
+            raise  # a busy service or a cancelled query (errors.py), not damage
+        if (damage := damage_in(catalog.root, e)) is None:
+            try:
+                held.verify_filter_ids(first, last)
+            except StoreDamaged as found:
+                damage = found
+        if damage is None:
+            damage = StoreDamaged(SHARDS, f"a shard could not be read ({relative_to_store(catalog.root, first_line(e))})")
+        raise damage from None
 
 
 def _as_filters(ids, W, model_id: int, layer_id: int) -> list[dict]:
@@ -131,8 +157,9 @@ def layer_filters(
         first, last, n = layer["filter_id_first"], layer["filter_id_last"], layer["n_filters"]
         lo, hi = first + offset, min(last, first + offset + limit - 1)
         if lo <= last:
-            _verify(catalog, cur, lo, hi)
-            res = queries.filter_weights(cur, lo, hi)
+            held = _verify(catalog, cur, lo, hi)
+            with _duckdb_reading(catalog, held, lo, hi):
+                res = queries.filter_weights(cur, lo, hi)
             if len(res["filter_id"]) != hi - lo + 1:  # filter ids of a damaged shard
                 raise StoreDamaged(SHARDS, f"layer {layer_id}'s filters {lo}..{hi} read back as "
                                            f"{len(res['filter_id'])} rows")
@@ -159,29 +186,33 @@ def _npy_stream(catalog: LiveCatalog, first: int, last: int, n: int) -> Iterator
     gen = catalog.generation()
     cur = gen.cursor()
     try:
-        gen.snapshot.held_shards(cur).verify_filter_ids(first, last)  # see _verify
-        batches = iter(queries.filter_weight_batches(cur, first, last, NPY_BATCH_ROWS))
-        head = next(batches, None)
+        held = gen.snapshot.held_shards(cur)
+        held.verify_filter_ids(first, last)  # see _verify
+        reading = lambda: _duckdb_reading(catalog, held, first, last)  # noqa: E731
+        with reading():
+            batches = iter(queries.filter_weight_batches(cur, first, last, NPY_BATCH_ROWS))
+            head = next(batches, None)
     except BaseException:
         cur.close()
         raise
-    return _npy_chunks(cur, n, [head] if head is not None else [], batches)
+    return _npy_chunks(cur, n, [head] if head is not None else [], batches, reading)
 
 
-def _npy_chunks(cur, n: int, head: list, batches) -> Iterator[bytes]:
+def _npy_chunks(cur, n: int, head: list, batches, reading) -> Iterator[bytes]:
     try:
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (n, 3, 3)})
         yield header.getvalue()
         sent = 0
-        for batch in itertools.chain(head, batches):
-            sent += batch.num_rows
-            if sent > n:  # a damaged shard's filter ids: never a body that contradicts its header
-                raise StoreDamaged(SHARDS, f"more than the layer's {n} filters read back")
-            W = np.empty((batch.num_rows, 9), dtype="<f4")
-            for j in range(9):
-                W[:, j] = batch.column(j).to_numpy(zero_copy_only=False)
-            yield W.tobytes()
+        with reading():  # DuckDB failing part-way: the stream is cut, the damage named (the log)
+            for batch in itertools.chain(head, batches):
+                sent += batch.num_rows
+                if sent > n:  # a damaged shard's filter ids: never a body that contradicts its header
+                    raise StoreDamaged(SHARDS, f"more than the layer's {n} filters read back")
+                W = np.empty((batch.num_rows, 9), dtype="<f4")
+                for j in range(9):
+                    W[:, j] = batch.column(j).to_numpy(zero_copy_only=False)
+                yield W.tobytes()
         if sent != n:  # raised mid-stream, this ends the connection: the client sees a cut body
             raise StoreDamaged(SHARDS, f"{sent} of the layer's {n} filters read back")
     finally:
@@ -192,8 +223,9 @@ def _npy_chunks(cur, n: int, head: list, batches) -> Iterator[bytes]:
 def get_filter(filter_id: int = FILTER_ID, catalog: LiveCatalog = Depends(get_catalog)):
     """A filter's weights as a 3x3 array (row-major, as trained), with its model and layer."""
     with catalog.cursor() as cur:
-        _verify(catalog, cur, filter_id, filter_id)
-        row = queries.filter_row(cur, filter_id)
+        held = _verify(catalog, cur, filter_id, filter_id)
+        with _duckdb_reading(catalog, held, filter_id, filter_id):
+            row = queries.filter_row(cur, filter_id)
     if row is None:
         raise not_found("filter", filter_id)
     fid, mid, lid, *w = row
