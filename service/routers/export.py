@@ -113,6 +113,11 @@ SEND_PIECE = 1 << 18  # bytes handed to the server at a time: progress is seen p
 # event loop never copies a whole chunk (up to 16 MB of CSV) in one go
 
 
+class StreamCut(Exception):
+    """An export's stream ended by an error after its status was sent (logged in one line where it
+    happened): the response stops short, and the client sees the connection close mid-body."""
+
+
 class _Pump:
     """An export's chunks produced in a thread of its own, run at CPU niceness ``nice``: its reading
     threads (started from it) inherit the niceness, so under load the cheap requests get the cores
@@ -139,7 +144,7 @@ class _Pump:
         if kind == "chunk":
             return item
         if kind == "error":
-            raise item
+            raise StreamCut() from item  # already logged, in one line, by _run
         raise StopIteration
 
     def _run(self) -> None:
@@ -233,6 +238,8 @@ class ClosingStream(StreamingResponse):
                 await super().__call__(scope, receive, timed_send)
         except* TimeoutError:
             pass  # the client stopped reading: the response is cut off, the stream closed below
+        except* StreamCut:
+            pass  # the stream failed after the status went out (logged once): cut off, no traceback
         finally:
             self._sending.discard(self)
             self.blocked_since = None
