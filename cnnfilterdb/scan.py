@@ -75,24 +75,36 @@ def _spans(path: Path) -> np.ndarray:
     return footer_spans(_footer(path))
 
 
-def _clear_footers() -> None:
-    _footer_and_hash.cache_clear()
-    _spans.cache_clear()
-
-
-_footer.cache_clear = _clear_footers  # as if a new process: the footers are read again
+def _column_spans(path: Path, column: str) -> tuple[tuple[int, int], ...]:
+    """(min, max) of an integer ``column`` in each row group of a shard, from its footer
+    statistics ((0, -1): unknown)."""
+    md = _footer(path)
+    ci = md.schema.to_arrow_schema().get_field_index(column)
+    spans = []
+    for i in range(md.num_row_groups):
+        st = md.row_group(i).column(ci).statistics
+        spans.append((int(st.min), int(st.max)) if st is not None and st.has_min_max else (0, -1))
+    return tuple(spans)
 
 
 @lru_cache(maxsize=1024)
 def _layer_spans(path: Path) -> tuple[tuple[int, int], ...]:
-    """(min, max) layer_id of each row group of a shard, from its footer statistics ((0, -1): unknown)."""
-    md = _footer(path)
-    li = md.schema.to_arrow_schema().get_field_index("layer_id")
-    spans = []
-    for i in range(md.num_row_groups):
-        st = md.row_group(i).column(li).statistics
-        spans.append((int(st.min), int(st.max)) if st is not None and st.has_min_max else (0, -1))
-    return tuple(spans)
+    """(min, max) layer_id of each row group, read once per process (shards are immutable)."""
+    return _column_spans(path, "layer_id")
+
+
+@lru_cache(maxsize=1024)
+def _filter_id_spans(path: Path) -> tuple[tuple[int, int], ...]:
+    """(min, max) filter_id of each row group, read once per process (shards are immutable)."""
+    return _column_spans(path, "filter_id")
+
+
+def _clear_footers() -> None:
+    for cached in (_footer_and_hash, _spans, _layer_spans, _filter_id_spans):
+        cached.cache_clear()
+
+
+_footer.cache_clear = _clear_footers  # as if a new process: the footers are read again
 
 
 class HeldShards:
@@ -153,13 +165,8 @@ class HeldShards:
                 checks.check_footer(footer_hash(path))
         for path in self.fds:
             with _reading(path):
-                md = _footer(path)
-            fi = md.schema.to_arrow_schema().get_field_index("filter_id")
-            touched = []
-            for i in range(md.num_row_groups):
-                st = md.row_group(i).column(fi).statistics
-                if st is None or not st.has_min_max or (st.min <= last and st.max >= first):
-                    touched.append(i)
+                spans = _filter_id_spans(path)
+            touched = [i for i, (lo, hi) in enumerate(spans) if hi < lo or (lo <= last and hi >= first)]
             if touched:
                 self.verify(path, touched)
 

@@ -77,3 +77,30 @@ def serving(app):
 
 
 __all__ = ["REPO", "cli_main", "open_catalog", "run_cli", "serving", "store_snapshot"]
+
+
+def flip_byte(path: Path, offset: int, mask: int = 0xFF) -> None:
+    """XOR the byte at ``offset`` of the file with ``mask`` (in place: a damaged store file;
+    flipping again repairs it)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ mask]))
+
+
+def ingest_in_shards(sources: list[Path], db: Path, shard_rows: int, row_group_rows: int) -> None:
+    """Ingest ``sources`` into ``db`` with shards and row groups of these sizes (the writer's
+    defaults are far larger than a test's sample), one ingest per source."""
+    import functools
+
+    import pytest
+
+    from cnnfilterdb.ingest import ingest_paths
+    from cnnfilterdb.ingest.shards import ShardWriter
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ShardWriter, "__init__", functools.partialmethod(ShardWriter.__init__, shard_rows=shard_rows,
+                                                                    row_group_rows=row_group_rows))
+        for source in sources:
+            ingest_paths([source], db)

@@ -19,13 +19,11 @@ from fastapi.testclient import TestClient
 
 import cnnfilterdb
 from cnnfilterdb.checksums import FOOTER, Checksums, shard_checksums
-from cnnfilterdb.ingest import ingest_paths
-from cnnfilterdb.ingest.shards import ShardWriter
 from cnnfilterdb.service.main import create_app
 from cnnfilterdb.service.settings import Settings
 from cnnfilterdb.store import FilterStore, StoreDamaged
 
-from .helpers import cli_main, open_catalog, run_cli
+from .helpers import cli_main, flip_byte, ingest_in_shards, open_catalog, run_cli
 
 COLUMNS = ["filter_id", "model_id", "layer_id"] + [f"w{i}" for i in range(9)]
 
@@ -34,10 +32,7 @@ COLUMNS = ["filter_id", "model_id", "layer_id"] + [f"w{i}" for i in range(9)]
 def pristine(tmp_path_factory, sample_v1) -> Path:
     """A store of two shards of 30,000 filters, in row groups of 4,096 (8 per shard)."""
     db = tmp_path_factory.mktemp("checksums") / "db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ShardWriter, "__init__", functools.partialmethod(ShardWriter.__init__, shard_rows=30_000,
-                                                                    row_group_rows=4_096))
-        ingest_paths([sample_v1], db)
+    ingest_in_shards([sample_v1], db, shard_rows=30_000, row_group_rows=4_096)
     return db
 
 
@@ -54,11 +49,7 @@ def _shards(db: Path) -> list[str]:
 
 
 def _flip(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x10]))
+    flip_byte(path, offset, 0x10)
 
 
 def _region(path: Path, row_group: int, column: str, where: str) -> int:

@@ -7,7 +7,6 @@ pieces into output row groups, as they do at scale with the real sizes.
 """
 from __future__ import annotations
 
-import functools
 import io
 import json
 import shutil
@@ -26,21 +25,15 @@ import cnnfilterdb.scan as scan
 from cnnfilterdb.export import COLUMNS, FORMATS, NPY_DTYPE, export_chunks, write_export
 from cnnfilterdb.store import StoreDamaged
 
-from .helpers import open_catalog, serving
+from .helpers import ingest_in_shards, open_catalog, serving
 
 METADATA = {"cnnfilterdb.selection": '{"task": "GAN"}', "cnnfilterdb.store_version": "7"}
 
 
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory, sample_v1):
-    from cnnfilterdb.ingest import ingest_paths
-    from cnnfilterdb.ingest.shards import ShardWriter
-
     db = tmp_path_factory.mktemp("export") / "db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ShardWriter, "__init__", functools.partialmethod(ShardWriter.__init__, shard_rows=20_000,
-                                                                    row_group_rows=1_000))
-        ingest_paths([sample_v1], db)
+    ingest_in_shards([sample_v1], db, shard_rows=20_000, row_group_rows=1_000)
     return db
 
 

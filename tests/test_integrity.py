@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from cnnfilterdb.service.main import create_app
 from cnnfilterdb.service.settings import Settings
 
-from .helpers import cli_main, run_cli
+from .helpers import cli_main, flip_byte, run_cli
 
 
 @pytest.fixture
@@ -37,30 +37,22 @@ def _files(db: Path) -> tuple[str, str, str]:
     return shard, histograms, layers
 
 
-def _flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
-
-
 def _damage(db: Path, how: str) -> str:
     """Damage one file of the store; returns its path relative to the store."""
     shard, histograms, layers = _files(db)
     if how in ("table flipped", "table missing"):
-        _flip_byte(db / layers, 10) if how == "table flipped" else (db / layers).unlink()
+        flip_byte(db / layers, 10) if how == "table flipped" else (db / layers).unlink()
         return layers
     if how == "shard flipped":
-        _flip_byte(db / shard, (db / shard).stat().st_size // 2)
+        flip_byte(db / shard, (db / shard).stat().st_size // 2)
     elif how == "histograms flipped":
-        _flip_byte(db / histograms, (db / histograms).stat().st_size // 2)
+        flip_byte(db / histograms, (db / histograms).stat().st_size // 2)
     elif how == "shard truncated":
         os.truncate(db / shard, (db / shard).stat().st_size // 2)
     elif how == "shard missing":
         (db / shard).unlink()
     elif how == "catalog flipped":  # a byte of its first block: DuckDB's own block checksum fails
-        _flip_byte(db / "catalog.duckdb", 100)
+        flip_byte(db / "catalog.duckdb", 100)
         return "catalog.duckdb"
     return histograms if how == "histograms flipped" else shard
 
@@ -199,7 +191,7 @@ def test_the_histograms_checked_are_the_histograms_used(store):
     client = TestClient(create_app(Settings(db=store)), raise_server_exceptions=False)
     before = client.post("/v1/divergence", json={"group_by": "task"}).json()["matrix"]
     _, histograms, _ = _files(store)
-    _flip_byte(store / histograms, (store / histograms).stat().st_size - 100)
+    flip_byte(store / histograms, (store / histograms).stat().st_size - 100)
     assert client.post("/v1/divergence", json={"group_by": "task"}).json()["matrix"] == before
     os.truncate(store / histograms, 1000)
     assert client.post("/v1/divergence", json={"group_by": "task"}).json()["matrix"] == before
