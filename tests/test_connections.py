@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import select
 import socket
 import subprocess
 import sys
@@ -109,7 +110,12 @@ def what_came(s: socket.socket) -> bytes | None:
         try:
             more = s.recv(65536)
         except BlockingIOError:
-            return None if b"connection: close" not in data else data  # a response sent, the close to come
+            if b"connection: close" not in data:
+                return None
+            # a response sent, the rest of it and the close to come (it may arrive in pieces)
+            if not select.select([s], [], [], 5.0)[0]:
+                return data
+            continue
         except ConnectionResetError:
             return data
         if not more:
