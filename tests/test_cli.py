@@ -69,7 +69,7 @@ def test_env_var_selects_the_store(store, tmp_path):
 
 
 def _readme_queries() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs/sql.md").read_text()
     block = re.search(r"<!-- shell-queries -->(.*?)<!-- /shell-queries -->", text, re.S).group(1)
     return [q.strip() for q in re.findall(r"```sql\n(.*?)```", block, re.S)]
 
@@ -238,7 +238,7 @@ def test_demo_rebuild_leaves_a_store_of_real_models(tmp_path, capsys):
 def test_readme_export_copy_in_the_duckdb_shell(store, tmp_path):
     """The README's `COPY ... TO 'out.parquet'` runs in the real shell on the catalog opened
     read-only, from another directory, and writes the selection's filters there."""
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs/sql.md").read_text()
     block = re.search(r"<!-- export-copy -->(.*?)<!-- /export-copy -->", text, re.S).group(1)
     copy, = [q.strip() for q in re.findall(r"```sql\n(.*?)```", block, re.S)]
     p = subprocess.run([DUCKDB_SHELL, "-readonly", "-cmd", f"SET file_search_path = '{store}'",

@@ -278,7 +278,7 @@ def _run_json(argv: list[str], capsys) -> str:
 
 
 def _readme_spark() -> tuple[str, list[str]]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs/spark.md").read_text()
     block = re.search(r"<!-- spark-sql -->(.*?)<!-- /spark-sql -->", text, re.S).group(1)
     (setup,) = re.findall(r"```python\n(.*?)```", block, re.S)
     return setup, [q.strip() for q in re.findall(r"```sql\n(.*?)```", block, re.S)]
