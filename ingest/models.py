@@ -225,11 +225,17 @@ def _from_arrays(kind: str, items: list[tuple[str, np.ndarray]], producer: str |
     return ExtractedModel(kind, out, len(out), producer, None, {})
 
 
+# torch from PyPI is a CUDA build of several GB (with its nvidia-* packages); the CPU build, which is
+# all reading a file needs, is on PyTorch's own index.
+TORCH_CPU = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+
+
 def read_torch(path: Path) -> ExtractedModel:
     try:
         import torch
     except ImportError:
-        raise file_error(path, "is a PyTorch file, and reading it needs torch: pip install 'cnnfilterdb[torch]'") from None
+        raise file_error(path, f"is a PyTorch file, and reading it needs torch, its CPU build: {TORCH_CPU} (or "
+                               "pip install 'cnnfilterdb[torch]', which takes PyPI's torch: a CUDA build of several GB)") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:

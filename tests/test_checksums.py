@@ -289,6 +289,7 @@ def test_compact_records_the_rewritten_shards_and_forgets_the_dropped(store):
     assert cli_main(["drift", "--group-by", "task", "--bins", "33", "--db", str(store)]) == 0
 
 
+@pytest.mark.requires("spark")
 def test_a_spark_task_names_the_damaged_row_group(store, tmp_path, capsys):
     from cnnfilterdb.spark import SparkStore, session
 

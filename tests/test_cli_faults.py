@@ -137,6 +137,7 @@ def test_an_output_on_a_full_disk_is_one_line_and_leaves_no_partial_file(store, 
         assert r["outputs"] == [], r["outputs"]
 
 
+@pytest.mark.requires("spark")
 def test_spark_refresh_on_a_full_disk_is_one_line_and_changes_nothing(store, catalog_bytes):
     r = _on_a_full_disk(store, ["spark", "refresh", "--master", "local[1]", "--db", "{DB}"], catalog_bytes + 400_000)
     err = _one_line(r, SPARK_START)

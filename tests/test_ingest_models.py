@@ -52,10 +52,10 @@ def _ingested_layers(src: Path, db: Path) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def torch():
+def torch(need):
     """PyTorch, for the tests that read or write .pt files (the optional extra cnnfilterdb[torch];
-    .ci/run installs it)."""
-    return pytest.importorskip("torch")
+    .ci/run installs it): skipped without it, saying how to install the CPU build (tests/conftest.py)."""
+    return need("torch")
 
 
 @pytest.fixture(scope="module")

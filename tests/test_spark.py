@@ -31,7 +31,8 @@ from .helpers import REPO, cli_main, open_catalog, store_snapshot
 
 
 @pytest.fixture(scope="module")
-def spark():
+def spark(need):
+    need("spark")  # PySpark and Java: skipped without them (failed where CI is set)
     s = session("local[2]")
     yield s
     s.stop()
