@@ -143,7 +143,7 @@ def cmd_sql(args) -> int:
     elif args.format == "csv":
         import csv
 
-        w = csv.writer(sys.stdout)
+        w = csv.writer(sys.stdout, lineterminator="\n")  # csv's \r\n would end each id piped on in '\r'
         w.writerow(columns)
         w.writerows(rows)
     else:

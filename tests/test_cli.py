@@ -59,6 +59,27 @@ def test_sql_is_read_only(store, capsys):
         assert con.execute("SELECT count(*) FROM models").fetchone()[0] == 12
 
 
+def test_sql_csv_lines_end_in_lf_and_pipe_into_remove(tmp_path, sample_v1):
+    """--format csv ends its lines in \\n, not csv's \\r\\n: ids piped into `remove` are ids ('6\\r' was not)."""
+    import shlex
+
+    db = tmp_path / "db"
+    assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    cli = f"{shlex.quote(sys.executable)} -m cnnfilterdb.cli"
+    query = shlex.quote("SELECT model_id FROM models ORDER BY model_id DESC LIMIT 2")
+    p = subprocess.run(f"{cli} sql {query} --format csv --db {shlex.quote(str(db))}", shell=True, capture_output=True)
+    assert p.returncode == 0 and b"\r" not in p.stdout
+    with open_catalog(db) as con:
+        ids = [r[0] for r in con.execute("SELECT model_id FROM models ORDER BY model_id DESC LIMIT 2").fetchall()]
+    assert p.stdout == ("model_id\n" + "".join(f"{i}\n" for i in ids)).encode()
+    p = subprocess.run(f"{cli} sql {query} --format csv --db {shlex.quote(str(db))} | tail -n +2 "
+                       f"| xargs {cli} remove --db {shlex.quote(str(db))}", shell=True, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    with open_catalog(db) as con:
+        left = {r[0] for r in con.execute("SELECT model_id FROM models").fetchall()}
+    assert len(left) == 10 and not left & set(ids)
+
+
 def test_env_var_selects_the_store(store, tmp_path):
     import os
 
