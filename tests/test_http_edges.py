@@ -240,6 +240,20 @@ def test_a_key_given_twice_in_a_body_is_refused(v1_client):
     assert r.status_code == 422 and r.json()["error"]["message"].startswith("the body is not JSON (")
 
 
+@pytest.mark.parametrize("path, body", [("/v1/divergence", b'{"group_by":"task"}'), ("/v1/pca", b"{}"),
+                                        ("/v1/sql", b'{"sql":"SELECT 1"}')])
+def test_a_json_body_without_its_content_type_is_said_plainly(v1_client, path, body):
+    """A JSON body sent as text/plain (or curl -d's form type) is a 415, one sent with no content
+    type a 422, each saying what to send: not pydantic's 'body: Field required'."""
+    for media, status in [("text/plain", 415), ("application/x-www-form-urlencoded", 415), (None, 422)]:
+        r = v1_client.post(path, content=body, headers={"content-type": media} if media else {})
+        assert r.status_code == status, (media, r.text)
+        assert r.json()["error"] == {"code": "invalid_request", "message": "the body must be a JSON object sent with "
+                                     f"Content-Type: application/json (got {media or 'no content type'})"}
+    r = v1_client.post(path, content=body, headers={"content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 200, r.text
+
+
 @pytest.mark.parametrize("name", ["../settings.py", "..%2F..%2Fetc%2Fpasswd", "%2e%2e", "swagger-ui-bundle.js%00.css",
                                   "SWAGGER-UI.CSS", "x" * 5000, "swagger-ui-bundle.js.map", "oauth2-redirect.html"])
 def test_docs_assets_are_a_fixed_list(v1_client, name):
