@@ -192,8 +192,10 @@ def check_values(cur, where: dict | None, version: int) -> None:
         known = [v for (v,) in cur.execute(f"SELECT DISTINCT {name} FROM {layers_at(version)} "
                                            f"WHERE {name} IS NOT NULL LIMIT 100000").fetchall()]
         near = nearest(missing[0], known)
+        # the same words from every front end (CLI, Python API, HTTP): each can run this SQL
         hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else \
-            f"; GET /v1/fields lists the values of {name}"
+            (f"; list the values of {name} with SELECT DISTINCT {name} FROM layers_with_models "
+             f"(cnnfilterdb sql, db.sql(), POST /v1/sql) or GET /v1/fields")
         raise EmptySelectionError(f"where.{name}: {echo(missing[0])} is not a {name} of any model in the store "
                                   f"(store version {version}){hint}")
 

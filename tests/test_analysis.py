@@ -189,7 +189,8 @@ def test_an_unknown_value_is_a_404_suggesting_the_nearest(client, frame):
     for where, hint in [({"visual_category": "Natural"}, "did you mean 'natural'?"),
                         ({"task": ["Classification", "clasification"]}, "did you mean 'Classification'?"),
                         ({"depth_bin": "(0.1, 0.2)"}, "did you mean '(0.1, 0.2]'"),
-                        ({"task": "zzzz"}, "GET /v1/fields lists the values of task")]:
+                        ({"task": "zzzz"}, "list the values of task with SELECT DISTINCT task FROM layers_with_models "
+                                           "(cnnfilterdb sql, db.sql(), POST /v1/sql) or GET /v1/fields")]:
         for path, body in [("/v1/divergence", {"group_by": "task", "where": where}), ("/v1/pca", {"where": where}),
                            ("/v1/kde", {"where": where})]:
             r = client.post(path, json=body)

@@ -80,6 +80,18 @@ def test_sql_csv_lines_end_in_lf_and_pipe_into_remove(tmp_path, sample_v1):
     assert len(left) == 10 and not left & set(ids)
 
 
+def test_an_unknown_value_with_no_near_one_says_how_to_list_them_from_the_cli(store, tmp_path, capsys):
+    """export's hint is one a CLI user can follow (it said only GET /v1/fields): its SQL runs in `cnnfilterdb sql`."""
+    assert cli_main(["export", "--where", '{"task": "zzzz"}', "-o", str(tmp_path / "f.parquet"), "--db", str(store)]) == 1
+    err = capsys.readouterr().err
+    assert "'zzzz' is not a task of any model" in err and "cnnfilterdb sql" in err and "GET /v1/fields" in err
+    query = re.search(r"(SELECT DISTINCT task FROM \w+)", err).group(1)
+    assert cli_main(["sql", query, "--db", str(store), "--format", "json"]) == 0
+    with open_catalog(store) as con:
+        tasks = {r[0] for r in con.execute("SELECT DISTINCT task FROM models").fetchall()}
+    assert {r[0] for r in json.loads(capsys.readouterr().out)["rows"]} == tasks
+
+
 def test_env_var_selects_the_store(store, tmp_path):
     import os
 
