@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from cnnfilterdb.store import SAMPLE_MODELS
+from cnnfilterdb.selection import nearest
 
 # The columns of a model as /v1/models returns it.
 MODEL_COLUMNS = """model_id, model, name, task, task_raw, visual_category, training_dataset, pretraining_dataset,
@@ -44,6 +45,29 @@ def _models_where(values: dict[str, list]) -> tuple[str, list]:
             where.append(f"{column} IN ({', '.join('?' * len(given))})")
             params.extend(given)
     return " AND ".join(where) or "true", params
+
+
+def unknown_value(cur, values: dict[str, list]) -> tuple[str, str, list[str]] | None:
+    """The first value given for a column (FILTER_COLUMNS) that no model holds, as (column,
+    value, the nearest values the models hold: ``selection.nearest``), or None: a typo, not an
+    empty page (as ``selection.check_values`` for the analyses' where)."""
+    for column in FILTER_COLUMNS:  # column names from the fixed list; values bound as parameters
+        given = values.get(column)
+        if not given:
+            continue
+        held = {v for (v,) in cur.execute(f"SELECT DISTINCT {column} FROM models "
+                                          f"WHERE {column} IN ({', '.join('?' * len(given))})", given).fetchall()}
+        missing = [v for v in given if v not in held]
+        if missing:
+            known = [v for (v,) in cur.execute(f"SELECT DISTINCT {column} FROM models WHERE {column} IS NOT NULL "
+                                               "LIMIT 100000").fetchall()]
+            return column, missing[0], nearest(missing[0], known)
+    return None
+
+
+def store_version(cur) -> int:
+    """The serving catalog's store version (0: nothing committed)."""
+    return cur.execute("SELECT coalesce(max(version), 0) FROM _versions").fetchone()[0]
 
 
 def count_models(cur, values: dict[str, list]) -> int:

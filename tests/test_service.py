@@ -74,6 +74,29 @@ def test_models_filter_and_paging(client, con):
     assert capped["limit"] == 1000 and len(capped["items"]) == 12
 
 
+def test_models_filter_value_no_model_has_suggests_the_nearest(client, con):
+    """A label value no model holds is a 404 empty_selection naming the nearest values (as the
+    analyses' where): ?task=gan was a silent empty page, the store holding GAN."""
+    version = con.execute("SELECT max(version) FROM _versions").fetchone()[0]
+    for query, words in [("task=gan", f"task: no model in the store (store version {version}) has task 'gan'; "
+                                      "did you mean 'GAN'?"),
+                         ("task=GAN&task=Clasification", "did you mean 'Classification'?"),
+                         ("visual_category=Natural&limit=2", "did you mean 'natural'?"),
+                         ("task=GAN&training_dataset=zzzz", f"training_dataset: no model in the store (store version "
+                                                            f"{version}) has training_dataset 'zzzz'"),
+                         ("accessible=Yes", "accessible: no model in the store"),
+                         ("paper=zzzz", "list the values of paper with SELECT DISTINCT paper FROM models")]:
+        r = client.get(f"/v1/models?{query}")
+        assert r.status_code == 404, (query, r.text)
+        assert r.json()["error"]["code"] == "empty_selection" and words in r.json()["error"]["message"], r.text
+    # values the models hold that select no model together: an empty page, as before
+    task, category = con.execute("SELECT t.task, c.visual_category FROM (SELECT DISTINCT task FROM models) t, "
+                                 "(SELECT DISTINCT visual_category FROM models) c WHERE NOT EXISTS (SELECT 1 FROM models m "
+                                 "WHERE m.task = t.task AND m.visual_category = c.visual_category) LIMIT 1").fetchone()
+    page = client.get("/v1/models", params={"task": task, "visual_category": category}).json()
+    assert (page["total"], page["items"], page["next"]) == (0, [], None)
+
+
 def test_model_detail_matches_store(client, con):
     row = _dicts(con, "SELECT * FROM models WHERE model_id = 4")[0]
     got = client.get("/v1/models/4").json()

@@ -5,10 +5,12 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from cnnfilterdb.selection import FILTER_FIELDS, echo
+
 from .. import queries
 from ..catalog import LiveCatalog
 from ..deps import get_catalog, get_settings, respond
-from ..errors import not_found
+from ..errors import ApiError, not_found
 from ..jsonable import jsonable, parse_json_column
 from ..params import MODEL_ID
 from ..schemas import FIELD_DESCRIPTIONS, Layer, LayerList, Model, ModelPage, error_responses
@@ -36,7 +38,9 @@ def layer_out(row: dict) -> Layer:
     return Layer(**jsonable(row))
 
 
-@router.get("/v1/models", response_model=ModelPage, summary="A page of models, filtered by their labels")
+@router.get("/v1/models", response_model=ModelPage, summary="A page of models, filtered by their labels",
+            responses=error_responses(404, said={404: "empty_selection: a label value no model has (the message "
+                                                      "suggests the nearest values the models have)"}))
 def list_models(
     request: Request,
     limit: int | None = Query(None, ge=1, description="models per page (default and maximum: page_default and "
@@ -54,12 +58,16 @@ def list_models(
     """The models of the store with their metadata, in model_id order, a page at a time. Each label
     parameter keeps the models with one of its values (`?task=Classification&task=GAN`); several
     parameters must all hold. `total` counts every matching model; `next` is the URL of the next page
-    (null on the last), stable while models are added."""
+    (null on the last), stable while models are added. A value no model has is a 404 `empty_selection`
+    suggesting the nearest values (`?task=gan`: did you mean 'GAN'?); values the models have that
+    together select none are an empty page."""
     limit = min(limit or settings.page_default, settings.page_max)  # the response shows the limit used
     given = {"task": task, "task_raw": task_raw, "visual_category": visual_category,
              "training_dataset": training_dataset, "pretraining_dataset": pretraining_dataset, "name": name,
              "model": model, "producer": producer, "paper": paper, "accessible": accessible}
     with catalog.cursor() as cur:
+        if (unknown := queries.unknown_value(cur, given)) is not None:
+            raise _unknown_value(*unknown, queries.store_version(cur))
         total = queries.count_models(cur, given)
         rows = queries.model_page(cur, given, after, limit + 1)
     more = len(rows) > limit
@@ -70,6 +78,17 @@ def list_models(
         query.append(("after", str(rows[-1]["model_id"])))
         nxt = f"{request.url.path}?{urlencode(query)}"
     return respond(ModelPage(total=total, limit=limit, items=[model_out(r) for r in rows], next=nxt))
+
+
+def _unknown_value(column: str, value: str, near: list[str], version: int) -> ApiError:
+    """The 404 of a label value no model has, worded as the analyses' (selection.check_values)."""
+    if near:
+        hint = f"; did you mean {' or '.join(map(repr, near))}?"
+    else:
+        hint = (f"; list the values of {column} with SELECT DISTINCT {column} FROM models (POST /v1/sql)"
+                + (" or GET /v1/fields" if column in FILTER_FIELDS else ""))
+    return ApiError(404, "empty_selection", f"{column}: no model in the store (store version {version}) has {column} "
+                                            f"{echo(value)}{hint}")
 
 
 @router.get("/v1/models/{model_id}", response_model=Model, summary="One model and its metadata")
