@@ -31,10 +31,11 @@ def main() -> None:
     import xxhash
 
     from bench._common import bench_store
-    from cnnfilterdb.analysis import Analysis, Snapshot
+    from cnnfilterdb.analysis import Analysis
     from cnnfilterdb.checksums import Checksums
     from cnnfilterdb.runtime import tune_allocator
     from cnnfilterdb.scan import HeldShards
+    from cnnfilterdb.snapshot import Snapshot
     from cnnfilterdb.stats.histogram import warm_up
 
     tune_allocator()

@@ -109,7 +109,8 @@ def main() -> None:
     args = ap.parse_args()
     from bench._common import bench_store
     from cnnfilterdb.export import FORMATS
-    from cnnfilterdb.store import FilterStore, sql_string
+    from cnnfilterdb.sql import sql_string
+    from cnnfilterdb.store import FilterStore
 
     work = Path(tempfile.mkdtemp(prefix="cnnfilterdb-export-"))
     try:

@@ -9,22 +9,28 @@ Two ways to the per-group coefficient histograms, with identical results:
 
 The PCA basis of any selection comes from the per-layer moments of its layers, without a scan.
 The histogram file is used only once its sha256 is the one the catalog recorded: a missing or
-damaged store file raises StoreDamaged naming it (store.py), never a wrong answer from it.
+damaged store file raises StoreDamaged naming it (snapshot.py), never a wrong answer from it.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .checks import check_bins, check_degenerate, check_density2d, check_similar
-from .checksums import Checksums
-from .limits import (
-    DEFAULT_KDE_BINS,
+from .layout import StoreDamaged
+from .limits import MAX_GROUPS, MAX_HISTOGRAM_CELLS, MAX_PAIR_CELLS, MAX_RESPONSE_CELLS
+from .requests import (
+    DEGENERATE_THRESHOLDS,
+    DegenerateRequest,
+    Density2dRequest,
+    DivergenceRequest,
+    HistogramsRequest,
+    KdeRequest,
+    PcaRequest,
+    SimilarRequest,
+    takes,
 )
 from .scan import HeldShards, LayerGroups, ShardScanner, check_counts, scan_histogram2d, scan_range
 from .selection import (
@@ -32,198 +38,18 @@ from .selection import (
     EmptySelectionError,
     Selection,
     SelectionError,
-    check_group_by,
     check_values,
-    echo,
     layers_at,
     natural_order,
     select,
     where_sql,
 )
+from .snapshot import Snapshot
 from .stats.basis import Basis, fit_basis
-from .stats.divergence import DEFAULT_BINS, METRICS, WEIGHTS, component_weights, distances_to, divergence_matrix, drift
+from .stats.divergence import DEFAULT_BINS, component_weights, distances_to, divergence_matrix, drift
 from .stats.histogram import histogram_range
 from .stats.kde import histogram_quantiles, kde_from_histogram, silverman_bandwidth
 from .stats.moments import pool
-from .store import StoreDamaged, basis_version_at, check_version, current_version, file_problem, load_basis, unreadable
-
-BASES = ("global", "selection")
-# Bounds on what one query may build, so that memory stays bounded whatever the store: the
-# histograms (groups x 9 x bins int64, 160 MB at most) and the d x d matrix of a divergence.
-MAX_HISTOGRAM_CELLS = 20_000_000
-MAX_GROUPS = 1_000
-# The pairwise work of a divergence matrix, d (d - 1) / 2 pairs x 9 components x bins: about 1e8
-# cells a second here for the slowest metrics, so at most a few seconds (a review's 973 groups x
-# 2283 bins took 137 s and 1 GB); and the cells a /v1/histograms response may list (16 MB of JSON).
-MAX_PAIR_CELLS = 400_000_000
-MAX_RESPONSE_CELLS = 2_000_000
-# The thresholds of a degenerate layer (docs/method.md#degenerate): sparsity above, normalized variance entropy
-# below (redundant) or above (random-like).
-DEGENERATE_THRESHOLDS = {"sparsity_gt": 0.5, "entropy_norm_lt": 0.5, "entropy_norm_gt": 1.0}
-
-def check_divergence(group_by: str | None, metric: str, bins: int, weights: str, basis: str) -> None:
-    """SelectionError naming the first bad parameter of a divergence; needs no store (the CLI's
-    Spark commands check before starting Spark)."""
-    if group_by is None:
-        raise SelectionError("group_by is required")
-    check_group_by(group_by)
-    if metric not in METRICS:
-        raise SelectionError(f"unknown metric {echo(metric)}; known: {list(METRICS)}")
-    if weights not in WEIGHTS:
-        raise SelectionError(f"unknown weights {echo(weights)}; known: {list(WEIGHTS)}")
-    if basis not in BASES:
-        raise SelectionError(f"unknown basis {echo(basis)}; known: {list(BASES)}")
-    check_bins(bins)
-
-
-@dataclass
-class LayerHistograms:
-    """The store's per-layer histograms (global basis, default bins) as prefix sums over the layers
-    in layer_id order: the counts (9, bins) of layers layer_ids[i:j] sum to cumulative[j] - cumulative[i].
-    """
-    basis_version: int
-    bins: int
-    layer_ids: np.ndarray   # (n_layers,), ascending
-    cumulative: np.ndarray  # (n_layers + 1, 9 * bins) int64; row 0 is zeros
-
-    @classmethod
-    def load(cls, cur, root: Path, store_version: int) -> LayerHistograms | None:
-        """Read the store's file into memory and check it: its size and sha256 those the catalog
-        recorded, its shape and layer ids those of the catalog; otherwise raise StoreDamaged naming
-        it. Those of store version ``store_version``'s basis; None if it has none (fewer than 2 filters).
-        Read, not mapped: the bytes checked
-        are the bytes used, whatever happens to the file later (a mapping of a file truncated
-        underneath ends the process with SIGBUS). 13 MB for 2e7 filters; ~0.5 GB for 1e5 layers."""
-        row = cur.execute("SELECT basis_version, bins, n_layers, path, bytes, sha256 FROM _layer_histograms "
-                          "WHERE basis_version = ?", [basis_version_at(cur, store_version)]).fetchone()
-        if row is None:
-            return None
-        version, bins, n, rel, size, sha256 = row
-        try:
-            data = (Path(root) / rel).read_bytes()
-        except OSError as e:
-            raise unreadable(Path(root) / rel, e) from None
-        if len(data) != size:
-            raise StoreDamaged(rel, f"size differs ({len(data):,} bytes, the catalog recorded {size:,})")
-        if (digest := hashlib.sha256(data).hexdigest()) != sha256:
-            raise StoreDamaged(rel, f"checksum differs (sha256 {digest[:16]}..., the catalog recorded {sha256[:16]}...)")
-        try:
-            packed = np.load(io.BytesIO(data))
-        except ValueError as e:
-            raise StoreDamaged(rel, f"not a .npy array ({e})") from None
-        del data
-        if packed.dtype != np.int64 or packed.shape != (n + 1, 1 + 9 * bins):
-            raise StoreDamaged(rel, f"{packed.dtype} {packed.shape}, the catalog has int64 {(n + 1, 1 + 9 * bins)}")
-        # The ids from the catalog, which commits them with the file: column 0 of the file read
-        # down its rows would touch every page of it. Its ends are checked against them.
-        ids = np.asarray(cur.execute(f"SELECT layer_id FROM layers_at({int(store_version)}) ORDER BY layer_id").fetchnumpy()["layer_id"],
-                         dtype=np.int64)
-        if len(ids) != n or (n and (packed[1, 0] != ids[0] or packed[n, 0] != ids[-1])):
-            raise StoreDamaged(rel, "its layer ids are not the catalog's")
-        return cls(version, bins, ids, packed[:, 1:])
-
-    def group_sums(self, layer_ids: np.ndarray, layer_group: np.ndarray, n_groups: int) -> np.ndarray:
-        """Counts (n_groups, 9, bins) of the given layers (ascending ids), summed per group: exact,
-        in integers. Each run of consecutive layers of one group costs one subtraction of rows."""
-        pos = np.searchsorted(self.layer_ids, layer_ids)
-        if len(pos) and (pos[-1] >= len(self.layer_ids) or not np.array_equal(self.layer_ids[pos], layer_ids)):
-            raise LookupError("a selected layer has no stored histogram")
-        cut = np.flatnonzero((np.diff(pos) != 1) | (np.diff(layer_group) != 0)) + 1
-        first = np.concatenate([[0], cut]).astype(np.intp)
-        last = np.concatenate([cut, [len(pos)]]).astype(np.intp) - 1
-        runs = self.cumulative[pos[last] + 1] - self.cumulative[pos[first]]  # (n_runs, 9 * bins)
-        out = np.zeros((n_groups, runs.shape[1]), dtype=np.int64)
-        if len(runs):  # the runs sorted by group, then one reduction per group
-            order = np.argsort(layer_group[first], kind="stable")
-            g_sorted = layer_group[first][order]
-            starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
-            out[g_sorted[starts]] = np.add.reduceat(runs[order], starts, axis=0)
-        return out.reshape(n_groups, 9, self.bins)
-
-
-@dataclass
-class LayerMoments:
-    """Every layer's moments of its peak-scaled filters (count, mean, scatter), in layer_id order:
-    the basis of any selection of layers is their pooled moments' PCA."""
-    layer_ids: np.ndarray  # (n_layers,)
-    n: np.ndarray          # (n_layers,)
-    mean: np.ndarray       # (n_layers, 9)
-    scatter: np.ndarray    # (n_layers, 9, 9)
-
-    @classmethod
-    def load(cls, cur) -> LayerMoments:
-        t = cur.execute("SELECT layer_id, n, mean, scatter FROM _layer_moments ORDER BY layer_id").to_arrow_table()
-        flat = lambda name, width: t.column(name).combine_chunks().flatten().to_numpy().reshape(-1, width)  # noqa: E731
-        return cls(t.column("layer_id").to_numpy().astype(np.int64), t.column("n").to_numpy().astype(np.float64),
-                   flat("mean", 9), flat("scatter", 81).reshape(-1, 9, 9))
-
-
-class Snapshot:
-    """One store version as a catalog holds it: its global basis, the shard files, the largest
-    layer id, the per-layer moments and histograms. A version never changes once committed, so
-    each is read on first use and then kept, by whoever holds the snapshot (the service: per
-    catalog generation and version; the CLI: per command). Files are checked against the catalog
-    when first used (shards: their size; histograms: their sha256): a missing or damaged one
-    raises StoreDamaged naming it."""
-
-    def __init__(self, root: Path, version: int):
-        self.root = Path(root)
-        self.version = int(version)
-        self._cache: dict = {}
-
-    @classmethod
-    def at(cls, cur, root: Path, as_of: int | None = None) -> Snapshot:
-        """The snapshot of store version ``as_of`` (default the current one); VersionError if the
-        store does not hold it."""
-        return cls(root, current_version(cur) if as_of is None else check_version(cur, as_of))
-
-    def _get(self, key: str, load):
-        if key not in self._cache:
-            self._cache[key] = load()
-        return self._cache[key]
-
-    def basis(self, cur) -> Basis | None:
-        return self._get("basis", lambda: load_basis(cur, self.version))
-
-    def shard_paths(self, cur) -> list[Path]:
-        """The shards in filter_id order, each there with the size the catalog recorded (a stat;
-        their sha256 is ``cnnfilterdb verify``'s, their row groups' checksums the readers'), or
-        StoreDamaged naming the first that is not."""
-        def load():
-            rows = cur.execute("SELECT path, bytes FROM _shards ORDER BY filter_id_first").fetchall()
-            for rel, size in rows:
-                if (problem := file_problem(self.root, rel, size)) is not None:
-                    raise StoreDamaged(rel, problem)
-            return [self.root / rel for rel, _ in rows]
-
-        return self._get("shards", load)
-
-    def held_shards(self, cur) -> HeldShards:
-        """The shards, open for as long as this snapshot lives: every scan of a request (a
-        selection's basis scans twice) reads the files its catalog names, even if `compact`
-        unlinks them meanwhile (their space returns when the last snapshot holding them goes)."""
-        return self._get("held", lambda: HeldShards(self.shard_paths(cur), self.checksums(cur)))
-
-    def checksums(self, cur) -> Checksums | None:
-        """The catalog's row group checksums of the shards (None: a catalog of a layout before 6)."""
-        return self._get("checksums", lambda: Checksums.load(cur))
-
-    def max_layer_id(self, cur) -> int:
-        return self._get("max_layer_id", lambda: int(cur.execute(
-            "SELECT coalesce(max(layer_id), 0) FROM _layers").fetchone()[0]))  # of every version: ids are never reused
-
-    def layer_histograms(self, cur) -> LayerHistograms | None:
-        return self._get("layer_histograms", lambda: LayerHistograms.load(cur, self.root, self.version))
-
-    def layer_moments(self, cur) -> LayerMoments:
-        return self._get("layer_moments", lambda: LayerMoments.load(cur))
-
-    def prepare(self, cur) -> None:
-        """Read everything now (the service, when a catalog generation opens), so that its first
-        query costs what a repeated one does: it also runs DuckDB's first plan of the selection."""
-        self.basis(cur), self.held_shards(cur), self.max_layer_id(cur), self.layer_histograms(cur)
-        self.layer_moments(cur)
-        select(cur, None, None, self.version)
 
 
 @dataclass
@@ -298,9 +124,7 @@ class Analysis:
     def group_histograms(self, where: dict | None, group_by: str | None, bins: int = DEFAULT_BINS,
                          basis: str = "global", max_groups: int | None = None,
                          max_pair_cells: int | None = None, max_cells: int | None = None) -> GroupHistograms:
-        if basis not in BASES:
-            raise SelectionError(f"unknown basis {basis!r}; known: {list(BASES)}")
-        bins = check_bins(bins)
+        """The per-group histograms of a request's selection (its parameters checked by its type)."""
         sel = self.select(where, group_by)
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection" + (f" (where: {where})" if where else ""))
@@ -335,15 +159,18 @@ class Analysis:
         return GroupHistograms(sel, b, lo, hi, bins, counts, self.scanner.method)
 
     # -- the statistics --------------------------------------------------------------------------
-    def divergence(self, group_by: str, where: dict | None = None, metric: str = "kl_sym",
-                   bins: int = DEFAULT_BINS, weights: str = "explained_variance", basis: str = "global",
-                   max_groups: int | None = None, max_pair_cells: int | None = None) -> dict:
-        """The d x d matrix between the groups of a selection and its drift statistics (docs/method.md#divergence, #drift);
-        at most ``max_groups`` groups and ``max_pair_cells`` cells of pairwise work (defaults:
-        MAX_GROUPS, MAX_PAIR_CELLS)."""
-        check_divergence(group_by, metric, bins, weights, basis)
+    @takes(DivergenceRequest)
+    def divergence(self, req: DivergenceRequest, max_groups: int | None = None,
+                   max_pair_cells: int | None = None) -> dict:
+        """The d x d matrix between the groups of a selection and its drift statistics (docs/method.md#divergence, #drift).
+
+        At most ``max_groups`` groups and ``max_pair_cells`` cells of pairwise work (defaults
+        MAX_GROUPS, MAX_PAIR_CELLS; the figures ask for less), given with a built request.
+        """
+        group_by, metric, bins, weights, basis = req.group_by, req.metric, req.bins, req.weights, req.basis
         t0 = time.perf_counter()
-        h = self.group_histograms(where, group_by, bins, basis, max_groups=MAX_GROUPS if max_groups is None else max_groups,
+        h = self.group_histograms(req.selection, group_by, bins, basis,
+                                  max_groups=MAX_GROUPS if max_groups is None else max_groups,
                                   max_pair_cells=MAX_PAIR_CELLS if max_pair_cells is None else max_pair_cells)
         w = component_weights(weights, h.basis.explained_variance_ratio)
         D = divergence_matrix(h.counts, w, metric, h.bin_width)
@@ -370,8 +197,8 @@ class Analysis:
             "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
         }
 
-    def kde(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_KDE_BINS,
-            basis: str = "global", max_groups: int | None = None) -> dict:
+    @takes(KdeRequest)
+    def kde(self, req: KdeRequest, max_groups: int | None = None) -> dict:
         """Per group and component, the Gaussian KDE of the coefficients with Silverman's bandwidth
         (the ridge plots; the math in ``stats/kde.py``), from an exact histogram of ``bins`` bins
         over the basis range and the group's exact standard deviation (from its layers' moments).
@@ -381,7 +208,7 @@ class Analysis:
         dict with ``grid`` (bins,) the bin centres, and per group ``density`` (9, bins),
         ``bandwidth`` (9,), ``std`` (9,), ``quartiles`` (9, 2): the 25th and 75th percentiles.
         """
-        bins = check_bins(bins, "kde")
+        where, group_by, bins, basis = req.selection, req.group_by, req.bins, req.basis
         # floats in JSON: about twice the bytes of the histograms' integers
         h = self.group_histograms(where, group_by, bins, basis, max_groups=MAX_GROUPS if max_groups is None else max_groups,
                                   max_cells=MAX_RESPONSE_CELLS // 2)
@@ -487,8 +314,10 @@ class Analysis:
             raise StoreDamaged("shards", f"layer {layer_id}'s first {n} filters read back as {len(W)} rows")
         return layer, W.reshape(n, 3, 3)
 
-    def pca(self, where: dict | None = None) -> dict:
-        sel = self.select(where)
+    @takes(PcaRequest)
+    def pca(self, req: PcaRequest) -> dict:
+        """The PCA of a selection's peak-scaled filters, from its layers' moments (no filter read)."""
+        sel = self.select(req.selection)
         b = self.selection_basis(sel)
         return {
             "store_version": self.version,
@@ -501,9 +330,11 @@ class Analysis:
             "covariance": (b.components.T @ np.diag(b.explained_variance) @ b.components).tolist(),
         }
 
-    def histograms(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_BINS,
-                   basis: str = "global") -> dict:
-        h = self.group_histograms(where, group_by, bins, basis, max_cells=MAX_RESPONSE_CELLS)
+    @takes(HistogramsRequest)
+    def histograms(self, req: HistogramsRequest) -> dict:
+        """Per group and component, the coefficients' histogram over the basis range."""
+        group_by, basis = req.group_by, req.basis
+        h = self.group_histograms(req.selection, group_by, req.bins, basis, max_cells=MAX_RESPONSE_CELLS)
         edges = np.linspace(h.lo, h.hi, h.bins + 1).tolist()
         return {
             "store_version": self.version,
@@ -517,27 +348,21 @@ class Analysis:
             "method": h.method,
         }
 
-    def density2d(self, where: dict | None = None, components: tuple[int, int] = (0, 1), bins: int = DEFAULT_BINS,
-                  basis: str = "global", value_range: tuple[float, float] | None = None) -> dict:
+    @takes(Density2dRequest)
+    def density2d(self, req: Density2dRequest) -> dict:
         """2-D histogram of two components' coefficients (the paper's scatter density).
 
-        Parameters
-        ----------
-        components : (i, j), the coefficients on the first and second axis of ``counts``.
-        bins : bins per axis.
-        value_range : the ends of both axes, in either order; default the basis range (the
-            notebook: (-3.3, 3.3)); as numpy's, an empty range is widened by 0.5 each side.
+        ``components`` (i, j) are the coefficients on the first and second axis of ``counts``;
+        ``range``: the ends of both axes, in either order, default the basis range (the notebook:
+        (-3.3, 3.3)); as numpy's, an empty range is widened by 0.5 each side.
 
         Returns
         -------
         dict with ``counts`` (bins, bins) int: np.histogram2d(c_i, c_j, bins, [value_range] * 2),
         rows indexed by c_i; ``edges`` (bins + 1,); ``range``; ``n_filters``; ``basis``.
         """
-        if basis not in BASES:
-            raise SelectionError(f"unknown basis {basis!r}; known: {list(BASES)}")
-        bins = check_bins(bins, "density2d")
-        components, value_range = check_density2d(components, value_range)
-        sel = self.select(where)
+        components, bins, basis, value_range = tuple(req.components), req.bins, req.basis, req.range
+        sel = self.select(req.selection)
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection")
         groups = self.groups_of(sel)
@@ -560,14 +385,12 @@ class Analysis:
                 "edges": np.linspace(lo, hi, bins + 1).tolist(), "n_filters": int(sel.n_filters.sum()),
                 "counts": counts.tolist(), "basis": {"kind": basis, "version": b.version if basis == "global" else None}}
 
-    def degenerate(self, sparsity_gt: float = DEGENERATE_THRESHOLDS["sparsity_gt"],
-                   entropy_norm_lt: float = DEGENERATE_THRESHOLDS["entropy_norm_lt"],
-                   entropy_norm_gt: float | None = DEGENERATE_THRESHOLDS["entropy_norm_gt"],
-                   where: dict | None = None, limit: int = 100, offset: int = 0) -> dict:
+    @takes(DegenerateRequest)
+    def degenerate(self, req: DegenerateRequest) -> dict:
         """Layers over any of the thresholds: sparsity > sparsity_gt, variance_entropy_norm <
         entropy_norm_lt (redundant), variance_entropy_norm > entropy_norm_gt (random-like; None: off)."""
-        sparsity_gt, entropy_norm_lt, entropy_norm_gt, limit, offset = check_degenerate(
-            sparsity_gt, entropy_norm_lt, entropy_norm_gt, limit, offset)
+        sparsity_gt, entropy_norm_lt, entropy_norm_gt = req.sparsity_gt, req.entropy_norm_lt, req.entropy_norm_gt
+        limit, offset, where = req.limit, req.offset, req.selection
         cond, params = where_sql(where)
         check_values(self.cur, where, self.version)
         flags = ("(sparsity > ?) AS sparse, (variance_entropy_norm < ?) AS low_entropy, "
@@ -581,21 +404,16 @@ class Analysis:
         total = self.cur.execute(f"SELECT count(*) FROM ({q})", fparams + params).fetchone()[0]
         cur = self.cur.execute(f"{q} ORDER BY layer_id LIMIT ? OFFSET ?", fparams + params + [limit, offset])
         cols = [d[0] for d in cur.description]
-        return {"store_version": self.version, "thresholds": {"sparsity_gt": sparsity_gt, "entropy_norm_lt": entropy_norm_lt,
-                               "entropy_norm_gt": entropy_norm_gt},
+        return {"store_version": self.version, "thresholds": req.thresholds,
                 "total": total, "limit": limit, "offset": offset,
                 "layers": [dict(zip(cols, r)) for r in cur.fetchall()]}
 
-    def similar(self, model_id: int, k: int = 5, metric: str = "kl_sym", weights: str = "explained_variance",
-                where: dict | None = None) -> dict:
+    @takes(SimilarRequest)
+    def similar(self, req: SimilarRequest) -> dict:
         """The k models nearest to model_id's filter distribution (global basis, default bins),
         among the models of the selection ``where`` (default: all), with their task and visual
         category. LookupError: no such model; EmptySelectionError: no other model in ``where``."""
-        model_id, k = check_similar(model_id, k)
-        if metric not in METRICS:
-            raise SelectionError(f"unknown metric {echo(metric)}; known: {list(METRICS)}")
-        if weights not in WEIGHTS:
-            raise SelectionError(f"unknown weights {echo(weights)}; known: {list(WEIGHTS)}")
+        model_id, k, metric, weights, where = req.model_id, req.k, req.metric, req.weights, req.selection
         target = self.group_histograms({"model_id": model_id}, "model_id", DEFAULT_BINS, "global") \
             if self.cur.execute(f"SELECT 1 FROM models_at({self.version}) WHERE model_id = ?", [model_id]).fetchone() else None
         if target is None or not target.selection.labels:

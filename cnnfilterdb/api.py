@@ -22,10 +22,24 @@ from contextlib import closing, contextmanager
 
 import pandas as pd
 
-from .analysis import DEGENERATE_THRESHOLDS, Analysis
-from .checks import check_similar
-from .limits import DEFAULT_KDE_BINS
+from .analysis import Analysis
+from .catalog import check_version, list_versions, store_id
+from .layout import default_db
 from .reader import ATTACHED, CatalogReader, attach
+from .requests import (
+    DegenerateRequest,
+    Density2dRequest,
+    DivergenceRequest,
+    ExportRequest,
+    HistogramsRequest,
+    KdeRequest,
+    PcaRequest,
+    SimilarRequest,
+    build,
+    plain,
+    takes,
+    version_arg,
+)
 from .results import (
     DegenerateResult,
     Density2dResult,
@@ -39,12 +53,9 @@ from .results import (
     frame,
     layers_query,
     models_query,
-    plain,
-    version_arg,
     versions_frame,
 )
-from .stats.divergence import DEFAULT_BINS
-from .store import FilterStore, check_version, default_db, list_versions, store_id
+from .store import FilterStore
 
 __all__ = ["open", "FilterDB"]
 
@@ -212,10 +223,11 @@ class FilterDB:
         """
         from .export import export_chunks
 
-        with self._analysis(as_of) as a:
+        req = build(ExportRequest, where=where, format="npy", as_of=version_arg(as_of))  # GET /v1/filters' request
+        with self._analysis(req.as_of) as a:
             plan = a.export_plan(plain(where))
         version = plan.pop("store_version")
-        return FilterBatches(export_chunks(**plan, fmt="npy"), batch, version)
+        return FilterBatches(export_chunks(**plan, fmt=req.format), batch, version)
 
     def filters(self, where: dict | None = None, as_of: int | None = None):
         """The filters of a selection as one array.
@@ -244,9 +256,8 @@ class FilterDB:
         return self.iter_filters(where, FILTER_BATCH, as_of).collect()
 
     # -- statistics ------------------------------------------------------------------------------
-    def divergence(self, group_by: str, where: dict | None = None, metric: str = "kl_sym", bins: int = DEFAULT_BINS,
-                   weights: str = "explained_variance", basis: str = "global",
-                   as_of: int | None = None) -> DivergenceResult:
+    @takes(DivergenceRequest)
+    def divergence(self, req: DivergenceRequest) -> DivergenceResult:
         """The divergence matrix between the groups of a selection and its drift
         (docs/method.md#divergence; POST /v1/divergence).
 
@@ -254,23 +265,6 @@ class FilterDB:
         component into ``bins`` bins over the basis range, taken as densities (empty bins set to
         float32 epsilon, normalized), and ``D(A, B) = sum_i w_i * metric(p_A_i, p_B_i)``, with
         ``w`` the basis' explained variance ratio (or uniform).
-
-        Parameters
-        ----------
-        group_by : str
-            A field of ``cnnfilterdb.selection.GROUP_FIELDS`` (task, visual_category, depth_bin, ...).
-        where : dict, optional
-            A selection (see the class); default every filter.
-        metric : str, default "kl_sym"
-            One of ``cnnfilterdb.stats.divergence.METRICS``: kl_sym (KL(p||q) + KL(q||p)), js,
-            hellinger, wasserstein.
-        bins : int, default 70
-        weights : str, default "explained_variance"
-            One of ``cnnfilterdb.stats.divergence.WEIGHTS``.
-        basis : str, default "global"
-            One of ``cnnfilterdb.analysis.BASES``: the basis of all filters, or the selection's own.
-        as_of : int, optional
-            A store version; default the current one.
 
         Returns
         -------
@@ -288,21 +282,14 @@ class FilterDB:
         >>> bool((d.matrix.values.diagonal() == 0).all()), d.drift["min"] <= d.drift["max"]
         (True, True)
         """
-        where = plain(where)
-        with self._analysis(as_of) as a:
-            return DivergenceResult(a.divergence(group_by, where, metric, bins, weights, basis), where)
+        with self._analysis(req.as_of) as a:
+            return DivergenceResult(a.divergence(req), req.selection)
 
-    def pca(self, where: dict | None = None, as_of: int | None = None) -> PcaResult:
+    @takes(PcaRequest)
+    def pca(self, req: PcaRequest) -> PcaResult:
         """The PCA of a selection's peak-scaled filters ``f / max|f|`` (docs/method.md#basis;
         POST /v1/pca),
         from the per-layer moments (no filter is read).
-
-        Parameters
-        ----------
-        where : dict, optional
-            A selection (see the class); default every filter (the global basis).
-        as_of : int, optional
-            A store version; default the current one.
 
         Returns
         -------
@@ -318,26 +305,13 @@ class FilterDB:
         >>> p.components.shape, round(float(p.explained_variance_ratio.sum()), 9)
         ((9, 3, 3), 1.0)
         """
-        where = plain(where)
-        with self._analysis(as_of) as a:
-            return PcaResult(a.pca(where), where)
+        with self._analysis(req.as_of) as a:
+            return PcaResult(a.pca(req), req.selection)
 
-    def histograms(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_BINS,
-                   basis: str = "global", as_of: int | None = None) -> HistogramsResult:
+    @takes(HistogramsRequest)
+    def histograms(self, req: HistogramsRequest) -> HistogramsResult:
         """Per group and component, the histogram of the coefficients over the basis range
         (numpy's semantics: equal bins, the last closed; POST /v1/histograms).
-
-        Parameters
-        ----------
-        where : dict, optional
-            A selection (see the class); default every filter.
-        group_by : str, optional
-            A field of ``GROUP_FIELDS``; default one group of everything selected.
-        bins : int, default 70
-        basis : str, default "global"
-            One of ``cnnfilterdb.analysis.BASES``.
-        as_of : int, optional
-            A store version; default the current one.
 
         Returns
         -------
@@ -352,27 +326,14 @@ class FilterDB:
         >>> h.counts.shape[1:], bool((h.counts.sum(axis=2) == h.n_filters[:, None]).all())
         ((9, 30), True)
         """
-        where = plain(where)
-        with self._analysis(as_of) as a:
-            return HistogramsResult(a.histograms(where, group_by, bins, basis), where)
+        with self._analysis(req.as_of) as a:
+            return HistogramsResult(a.histograms(req), req.selection)
 
-    def kde(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_KDE_BINS,
-            basis: str = "global", as_of: int | None = None) -> KdeResult:
+    @takes(KdeRequest)
+    def kde(self, req: KdeRequest) -> KdeResult:
         """Per group and component, the Gaussian KDE of the coefficients with Silverman's
         bandwidth (the ridge plots; POST /v1/kde), from an exact histogram of ``bins`` bins and
         the group's exact standard deviation: ``bw = min(std, IQR / 1.349) * (3 n / 4) ** (-1/5)``.
-
-        Parameters
-        ----------
-        where : dict, optional
-            A selection (see the class); default every filter.
-        group_by : str, optional
-            A field of ``GROUP_FIELDS``; default one group.
-        bins : int, default 2048
-            Bins of the histogram; their centres are the grid.
-        basis : str, default "global"
-        as_of : int, optional
-            A store version; default the current one.
 
         Returns
         -------
@@ -388,28 +349,13 @@ class FilterDB:
         >>> k.density.shape[1:], k.grid.shape
         ((9, 256), (256,))
         """
-        where = plain(where)
-        with self._analysis(as_of) as a:
-            return KdeResult(a.kde(where, group_by, bins, basis), where)
+        with self._analysis(req.as_of) as a:
+            return KdeResult(a.kde(req), req.selection)
 
-    def density2d(self, where: dict | None = None, components: tuple[int, int] = (0, 1), bins: int = DEFAULT_BINS,
-                  basis: str = "global", range: tuple[float, float] | None = None,
-                  as_of: int | None = None) -> Density2dResult:
+    @takes(Density2dRequest)
+    def density2d(self, req: Density2dRequest) -> Density2dResult:
         """The 2-D histogram of two components' coefficients (the paper's scatter density;
         POST /v1/density2d): ``np.histogram2d(c_i, c_j, bins, [range, range])``.
-
-        Parameters
-        ----------
-        where : dict, optional
-            A selection (see the class); default every filter.
-        components : (int, int), default (0, 1)
-        bins : int, default 70
-            Bins per axis (the notebook's figure: 512).
-        basis : str, default "global"
-        range : (float, float), optional
-            The ends of both axes; default the basis range (the notebook's: (-3.3, 3.3)).
-        as_of : int, optional
-            A store version; default the current one.
 
         Returns
         -------
@@ -425,30 +371,15 @@ class FilterDB:
         >>> h.counts.shape, int(h.counts.sum()) == h.n_filters
         ((64, 64), True)
         """
-        where = plain(where)
-        with self._analysis(as_of) as a:  # components and range checked by the engine (check_density2d)
-            return Density2dResult(a.density2d(where, components, bins, basis, range), where)
+        with self._analysis(req.as_of) as a:
+            return Density2dResult(a.density2d(req), req.selection)
 
-    def degenerate(self, sparsity_gt: float = DEGENERATE_THRESHOLDS["sparsity_gt"],
-                   entropy_norm_lt: float = DEGENERATE_THRESHOLDS["entropy_norm_lt"],
-                   entropy_norm_gt: float | None = DEGENERATE_THRESHOLDS["entropy_norm_gt"],
-                   where: dict | None = None, limit: int = 100, offset: int = 0,
-                   as_of: int | None = None) -> DegenerateResult:
+    @takes(DegenerateRequest)
+    def degenerate(self, req: DegenerateRequest) -> DegenerateResult:
         """The layers over any of the thresholds (docs/method.md#degenerate;
         GET /v1/quality/degenerate):
         ``sparsity > sparsity_gt``, ``variance_entropy_norm < entropy_norm_lt`` (redundant) or
         ``variance_entropy_norm > entropy_norm_gt`` (random-like; None: not checked).
-
-        Parameters
-        ----------
-        sparsity_gt, entropy_norm_lt, entropy_norm_gt : float
-            The thresholds; defaults ``cnnfilterdb.analysis.DEGENERATE_THRESHOLDS``.
-        where : dict, optional
-            The layers to look at (see the class); default all.
-        limit, offset : int
-            The page of flagged layers (layer_id order).
-        as_of : int, optional
-            A store version; default the current one.
 
         Returns
         -------
@@ -463,28 +394,14 @@ class FilterDB:
         >>> len(g.layers) == min(5, g.total), bool(g.layers[["sparse", "low_entropy", "random_like"]].any(axis=1).all())
         (True, True)
         """
-        where = plain(where)  # the thresholds, limit and offset are checked by the engine (check_degenerate)
-        with self._analysis(as_of) as a:
-            return DegenerateResult(a.degenerate(sparsity_gt, entropy_norm_lt, entropy_norm_gt, where, limit, offset),
-                                    where)
+        with self._analysis(req.as_of) as a:
+            return DegenerateResult(a.degenerate(req), req.selection)
 
-    def similar(self, model_id: int, k: int = 5, metric: str = "kl_sym", weights: str = "explained_variance",
-                where: dict | None = None, as_of: int | None = None) -> SimilarResult:
+    @takes(SimilarRequest)
+    def similar(self, req: SimilarRequest) -> SimilarResult:
         """The k models whose filter distributions (all their layers, global basis, default
         bins) are nearest to one model's: ``D(model, other)`` as in ``divergence``
         (GET /v1/models/{model_id}/similar).
-
-        Parameters
-        ----------
-        model_id : int
-        k : int, default 5
-        metric : str, default "kl_sym"
-            One of ``cnnfilterdb.stats.divergence.METRICS``.
-        weights : str, default "explained_variance"
-        where : dict, optional
-            The candidate models (see the class); default all.
-        as_of : int, optional
-            A store version; default the current one.
 
         Returns
         -------
@@ -504,13 +421,11 @@ class FilterDB:
         >>> len(s.similar), 0 in s.similar.model_id.tolist(), s.similar.distance.is_monotonic_increasing
         (3, False, True)
         """
-        where = plain(where)
-        model_id, k = check_similar(model_id, k)
-        with self._analysis(as_of) as a:
+        with self._analysis(req.as_of) as a:
             try:
-                return SimilarResult(a.similar(model_id, k, metric, weights, where), where)
+                return SimilarResult(a.similar(req), req.selection)
             except LookupError:
-                raise LookupError(f"no model {model_id}") from None
+                raise LookupError(f"no model {req.model_id}") from None
 
     # -- SQL and versions ------------------------------------------------------------------------
     def sql(self, query: str, params: list | dict | None = None, max_rows: int | None = None) -> pd.DataFrame:

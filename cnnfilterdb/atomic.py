@@ -7,6 +7,9 @@ failure or interruption. The destination must be a regular file or nothing: a sy
 written through (its target replaced, the link kept), and a device, a directory or a missing
 directory is refused before anything is written (`-o /dev/null` must not replace /dev/null), as
 are a loop of links and a path ending in ``/``. A replaced file keeps its permissions.
+
+``fsync_path`` makes a written file, or the names in a directory, survive a power cut; the store's
+writers call it too, on what they write (shards, histograms, tables, the staging catalog, renames).
 """
 from __future__ import annotations
 
@@ -19,7 +22,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from .store import fsync_path
+
+def fsync_path(path: Path) -> None:
+    """fsync the file or directory at ``path`` (a directory: the names added, renamed or removed in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def destination(path: str | os.PathLike) -> Path:

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from .store import CATALOG, StoreDamaged, store_name
+from .layout import CATALOG, StoreDamaged, store_name, unreadable
 
 FOOTER = -1  # the row_group number of a shard's footer in _row_groups
 MAGIC = b"PAR1"
@@ -299,8 +299,6 @@ def verify_row_groups(path: Path, checks: ShardChecks, row_groups, fd: int | Non
     try:
         mm = pa.memory_map(source)
     except (OSError, pa.ArrowException) as e:
-        from .store import unreadable
-
         raise unreadable(Path(path), e) from None
     try:
         size = mm.size()

@@ -10,8 +10,9 @@ import re
 import sys
 from pathlib import Path
 
-from .errors import UserError
-from .store import DEMO_DB, FilterStore, StoreDamaged, default_db, file_problem, first_line, relative_to_store
+from .errors import UserError, first_line
+from .layout import DEMO_DB, StoreDamaged, default_db, file_problem, relative_to_store
+from .store import FilterStore
 
 
 def _bounded(kind, lo, hi):
@@ -164,37 +165,26 @@ def cmd_verify(args) -> int:
 
 
 def cmd_drift(args) -> int:
-    from .selection import SelectionError
+    from .requests import DivergenceRequest, from_arguments
 
-    where = _json_where(args.where)
+    req = from_arguments(DivergenceRequest, args, where=_json_where(args.where))
     con, analysis = _open_analysis(FilterStore(args.db or default_db()), args.as_of)
     with con:
-        try:
-            out = analysis.divergence(args.group_by, where, args.metric, args.bins, args.weights, args.basis)
-        except SelectionError as e:
-            raise UserError(str(e)) from None
+        out = analysis.divergence(req)
     return _print_divergence(out, args.json)
 
 
 def cmd_spark_divergence(args) -> int:
-    from .analysis import check_divergence
-    from .selection import SelectionError
+    from .requests import DivergenceRequest, from_arguments
     from .spark import SparkStore
     from .spark.session import running
 
-    where = _json_where(args.where)
     if args.store and args.db:
         raise UserError("give the store as --db DIR or --store URI, not both")
-    try:  # before Spark starts (10-20 s)
-        check_divergence(args.group_by, args.metric, args.bins, args.weights, args.basis)
-    except SelectionError as e:
-        raise UserError(str(e)) from None
+    req = from_arguments(DivergenceRequest, args, where=_json_where(args.where))  # checked before Spark starts (10-20 s)
     with running(args.master, dict(args.conf)) as spark:
-        try:
-            store = SparkStore.open(spark, args.store or args.db or default_db(), args.as_of, args.read)
-            out = store.divergence(args.group_by, where, args.metric, args.bins, args.weights, args.basis)
-        except SelectionError as e:
-            raise UserError(str(e)) from None
+        store = SparkStore.open(spark, args.store or args.db or default_db(), args.as_of, args.read)
+        out = store.divergence(req)
     return _print_divergence(out, args.json)
 
 
@@ -238,7 +228,7 @@ def _print_divergence(out: dict, as_json: bool) -> int:
 
 def cmd_log(args) -> int:
     """The store versions, newest first (as git log)."""
-    from .store import list_versions, store_id
+    from .catalog import list_versions, store_id
 
     with FilterStore(args.db or default_db()).connect() as con:
         versions = list_versions(con)
@@ -295,7 +285,7 @@ def cmd_export(args) -> int:
     """The filters of a selection to a file (the format from its suffix), atomically: the same
     rows as GET /v1/filters."""
     from .export import FORMATS, write_export
-    from .selection import SelectionError
+    from .requests import ExportRequest, build
 
     by_suffix = {suffix: fmt for fmt, (_, suffix) in FORMATS.items()} | {".arrow": "arrow"}
     out = Path(args.output)
@@ -303,19 +293,18 @@ def cmd_export(args) -> int:
     if fmt is None:
         raise UserError(f"{out}: the suffix gives the format: one of {', '.join(sorted(by_suffix))} (or --format)")
     where = _json_where(args.where)
+    req = build(ExportRequest, where=where, format=fmt, as_of=args.as_of)  # GET /v1/filters' request, checked
     _writable(args.output, args.db)
-    con, analysis = _open_analysis(FilterStore(args.db or default_db()), args.as_of)
+    con, analysis = _open_analysis(FilterStore(args.db or default_db()), req.as_of)
     with con:
-        try:
-            plan = analysis.export_plan(where)
-        except SelectionError as e:
-            raise UserError(str(e)) from None
+        plan = analysis.export_plan(where)
     version = plan.pop("store_version")
     try:
-        rows = write_export(out, **plan, fmt=fmt, metadata={"store_version": str(version), "where": json.dumps(where)})
+        rows = write_export(out, **plan, fmt=req.format, metadata={"store_version": str(version),
+                                                                   "where": json.dumps(where)})
     except OSError as e:
         raise UserError(f"{out}: {e.strerror or e}") from None
-    print(json.dumps({"path": str(out), "format": fmt, "rows": rows, "store_version": version}))
+    print(json.dumps({"path": str(out), "format": req.format, "rows": rows, "store_version": version}))
     return 0
 
 
@@ -346,36 +335,23 @@ def _as_of_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _json_where(text: str | None) -> dict | None:
-    """``--where``: a JSON selection (``null`` or nothing: all filters), checked by the HTTP API's
-    own model of it (the same values refused, e.g. NaN bounds, "yes" for a boolean); one line if
-    it is not JSON or not valid."""
-    from pydantic import ValidationError
-
-    from cnnfilterdb.service.errors import is_type_tag
-    from cnnfilterdb.service.schemas import Where
+    """``--where``: a JSON selection (``null`` or nothing: all filters), checked by the engine's
+    grammar (requests.check_where: the same values refused as over HTTP, e.g. NaN bounds, "yes"
+    for a boolean); one line if it is not JSON or not valid."""
+    from .requests import check_where
 
     try:
         value = json.loads(text) if text else None
     except json.JSONDecodeError as e:
         raise UserError(f"--where is not JSON ({e.msg} at character {e.pos})") from None
-    if value is None:
-        return None
-    try:
-        return Where.model_validate(value).conditions()
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"] if not is_type_tag(x))
-        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
-            from .selection import FILTER_FIELDS
-
-            raise UserError(f"--where: unknown field(s) in where: {loc!r}; known fields: {FILTER_FIELDS}") from None
-        raise UserError(f"--where: {('where.' + loc) if loc else 'where'}: {err['msg']}") from None
+    return check_where(value)
 
 
 def _open_analysis(store: FilterStore, as_of: int | None = None):
     """The store's catalog and an Analysis on it as of store version ``as_of`` (default the
     current one), its snapshot read as the service reads it."""
-    from .analysis import Analysis, Snapshot
+    from .analysis import Analysis
+    from .snapshot import Snapshot
 
     con = store.connect()
     try:
@@ -393,22 +369,16 @@ def cmd_plot(args) -> int:
     parameter the figure does not take is the same error as over HTTP."""
     from . import plots
     from .report import write_atomic
-    from .selection import SelectionError
 
     out = Path(args.output)
     fmt = out.suffix.lower().removeprefix(".")
     if fmt not in plots.FORMATS:
         raise UserError(f"{out}: unknown format {out.suffix or '(no suffix)'!r}; the file must end in "
                          f"{', '.join('.' + f for f in plots.FORMATS)}")
-    params = {"group_by": args.group_by, "where": _json_where(args.where), "metric": args.metric, "bins": args.bins,
-              "weights": args.weights, "basis": args.basis, "components": args.components,
-              "range": args.range, "layer_id": args.layer_id, "color_by": args.color_by,
-              "dpi": args.dpi, "width": args.width, "height": args.height}
+    params = {name: getattr(args, name) for name in plots.OPTIONS} | {"where": _json_where(args.where)}
     try:
         req = plots.PlotRequest.of(args.figure, **params)
     except LookupError as e:  # an unknown figure
-        raise UserError(str(e)) from None
-    except SelectionError as e:
         raise UserError(str(e)) from None
     _writable(args.output, args.db)
     store = FilterStore(args.db or default_db())
@@ -416,8 +386,6 @@ def cmd_plot(args) -> int:
     with con:
         try:
             data = plots.render(plots.draw(analysis, req), fmt, req.dpi)
-        except SelectionError as e:
-            raise UserError(str(e)) from None
         except LookupError:  # layer_filters of a layer that is not there
             raise UserError(f"no layer {req.layer_id}") from None
     try:
@@ -430,9 +398,10 @@ def cmd_plot(args) -> int:
 
 def cmd_report(args) -> int:
     """Every figure of the notebook (and quality) and an offline index.html (cnnfilterdb/report.py)."""
+    from .plots import options
     from .report import write_report
-    from .selection import SelectionError
 
+    options(dpi=args.dpi)  # a bad --dpi: one line before any work
     _outside_store(Path(args.output), args.output, args.db)
     store = FilterStore(args.db or default_db())
     info = store.info()
@@ -440,8 +409,6 @@ def cmd_report(args) -> int:
     with con:
         try:
             write_report(analysis, info, Path(args.output), args.format, args.dpi, log=print)
-        except SelectionError as e:
-            raise UserError(str(e)) from None
         except BrokenPipeError:
             raise  # its progress lines piped into a closed reader: main() ends quietly
         except OSError as e:
@@ -566,16 +533,41 @@ def cmd_serve(args) -> int:
 
 
 def _divergence_args(s: argparse.ArgumentParser) -> None:
-    """The options of a divergence (``drift``, ``spark divergence``)."""
-    s.add_argument("--group-by", required=True, help="task, visual_category, depth_bin, model, ...")
+    """The options of a divergence (``drift``, ``spark divergence``): the request type's."""
+    from .requests import DivergenceRequest, cli_arguments
+
+    cli_arguments(s, DivergenceRequest, ("group_by", "metric", "bins", "weights", "basis"))
     s.add_argument("--where", help='a JSON selection, e.g. \'{"task": ["Classification", "GAN"], "conv_depth": {"gte": 2}}\'')
-    s.add_argument("--metric", default="kl_sym", help="kl_sym (default), js, hellinger, wasserstein")
-    s.add_argument("--bins", type=int, default=70, help="bins per component over the basis range (default 70)")
-    s.add_argument("--weights", default="explained_variance", help="explained_variance (default) or uniform")
-    s.add_argument("--basis", default="global", help="global (default) or selection")
     s.add_argument("--json", action="store_true", help="print the result as JSON (the keys of POST /v1/divergence)")
     _db_arg(s)
     _as_of_arg(s)
+
+
+def _export_format_arg(s: argparse.ArgumentParser) -> None:
+    """export's --format: ExportRequest's (its values and what they mean); checked by the command
+    (one line and exit 1, with the nearest format), not by argparse."""
+    from .requests import EXPORT_FORMATS, ExportRequest
+
+    text = ExportRequest.model_fields["format"].description
+    s.add_argument("--format", default=None, metavar="{" + ",".join(EXPORT_FORMATS) + "}",
+                   help=f"instead of the suffix: {text}".replace("%", "%%"))
+
+
+_PLOT_METAVARS = {"group_by": "G[,G...]", "where": "JSON", "components": "I,J", "range": "LO,HI", "color_by": "FIELD",
+                  "width": "IN", "height": "IN"}
+
+
+def _plot_args(s: argparse.ArgumentParser) -> None:
+    """plot's options: every figure's parameters, each with what it means to the figures that take
+    it, its range and default there (plots.describe: the request type of each figure's analysis);
+    checked by the command (one line and exit 1, the service's message), not by argparse."""
+    from .plots import OPTIONS, describe, kind_of
+
+    for name in OPTIONS:
+        text = ('the selection, e.g. \'{"task": ["Classification"]}\'' if name == "where" else
+                describe(name) + ("; write --range=-3,3 for a negative LO" if name == "range" else ""))
+        s.add_argument("--" + name.replace("_", "-"), dest=name, type=kind_of(name), default=None,
+                       metavar=_PLOT_METAVARS.get(name), help=text.replace("%", "%%"))
 
 
 def _spark_args(s: argparse.ArgumentParser, store_help: str) -> None:
@@ -662,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "filter_id, model_id, layer_id and the 9 weights, streamed, no row cap")
     s.add_argument("-o", "--output", required=True, metavar="FILE", help="the file; its suffix gives the format")
     s.add_argument("--where", default=None, metavar="JSON", help='the selection, e.g. \'{"visual_category": "natural"}\'')
-    s.add_argument("--format", default=None, choices=["parquet", "arrow", "npy", "csv"], help="instead of the suffix")
+    _export_format_arg(s)
     _db_arg(s)
     _as_of_arg(s)
     s.set_defaults(func=cmd_export)
@@ -693,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(s)
     s.set_defaults(func=cmd_compact)
 
-    from .plots import FIGURES, MAX_DPI, NOTEBOOK_FIGURES
+    from .plots import FIGURES, NOTEBOOK_FIGURES, describe
     s = sub.add_parser("plot", help="draw one of the paper's figures (docs/method.md#figures) to a PNG, SVG or PDF file: the same "
                                     "bytes as the service's GET /v1/plots/{figure}.{format}",
                        description="Draw one of the paper's figures to FILE (.png, .svg or .pdf). Every option is "
@@ -703,21 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("figure", metavar="{" + ",".join(FIGURES) + "}", help="the figure")
     s.add_argument("-o", "--output", required=True, metavar="FILE", help="the file; its suffix gives the format")
     _db_arg(s)
-    s.add_argument("--group-by", default=None, metavar="G[,G...]",
-                   help="the grouping (kl_combined, drift_box: several, comma-separated)")
-    s.add_argument("--where", default=None, metavar="JSON", help='the selection, e.g. \'{"task": ["Classification"]}\'')
-    s.add_argument("--metric", default=None, help="kl_sym (default), js, hellinger, wasserstein")
-    s.add_argument("--bins", type=int, default=None, help="histogram bins (ridge: the KDE's grid; default the figure's)")
-    s.add_argument("--weights", default=None, help="explained_variance (default) or uniform")
-    s.add_argument("--basis", default=None, help="global (default) or selection")
-    s.add_argument("--components", default=None, metavar="I,J", help="density2d: two components (default 0,1)")
-    s.add_argument("--range", default=None, metavar="LO,HI",
-                   help="density2d: both axes' range (default -3.3,3.3; write --range=-3,3 for a negative LO)")
-    s.add_argument("--layer-id", type=int, default=None, help="layer_filters: the layer")
-    s.add_argument("--color-by", default=None, metavar="FIELD", help="quality: the field that colours the layers")
-    s.add_argument("--dpi", type=int, default=None, help=f"dots per inch, 10 to {MAX_DPI} (default 100)")
-    s.add_argument("--width", type=float, default=None, metavar="IN", help="inches (default the figure's)")
-    s.add_argument("--height", type=float, default=None, metavar="IN", help="inches (default the figure's)")
+    _plot_args(s)
     _as_of_arg(s)
     s.set_defaults(func=cmd_plot)
 
@@ -729,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, metavar="DIR", help="the directory (created if missing)")
     _db_arg(s)
     s.add_argument("--format", choices=["png", "svg"], default="png", help="the figures' format (default png)")
-    s.add_argument("--dpi", type=_bounded(int, 10, MAX_DPI), default=None, help="dots per inch (default 100)")
+    s.add_argument("--dpi", type=int, default=None, help=describe("dpi"))
     _as_of_arg(s)
     s.set_defaults(func=cmd_report)
 

@@ -47,9 +47,21 @@ from typing import Any
 
 import pandas as pd
 
-from .analysis import DEGENERATE_THRESHOLDS
-from .checks import check_bins, check_degenerate, check_density2d, check_similar
-from .limits import DEFAULT_KDE_BINS
+from .catalog import VersionError, check_version
+from .requests import (
+    DegenerateRequest,
+    Density2dRequest,
+    DivergenceRequest,
+    ExportRequest,
+    HistogramsRequest,
+    KdeRequest,
+    PcaRequest,
+    SimilarRequest,
+    build,
+    check_where,
+    takes,
+    version_arg,
+)
 from .results import (
     DegenerateResult,
     Density2dResult,
@@ -64,13 +76,9 @@ from .results import (
     frame,
     layers_query,
     models_query,
-    plain,
-    version_arg,
     versions_frame,
 )
-from .selection import EmptySelectionError, SelectionError, where_sql
-from .stats.divergence import DEFAULT_BINS
-from .store import VersionError, check_version
+from .selection import EmptySelectionError, SelectionError, UnknownName
 
 __all__ = ["Client", "ServiceError", "InvalidRequest", "EmptySelection", "UnknownVersion", "NotFound",
            "ServiceBusy", "ServiceUnavailable", "StreamCut"]
@@ -292,23 +300,37 @@ def _where_param(where: dict | None) -> str | None:
 
 @contextmanager
 def _invalid() -> Iterator[None]:
-    """The engine's checks of the parameters, run before a request is sent (as the local API runs
-    them): a SelectionError is an InvalidRequest, as the service's 422 for the same mistake."""
+    """The engine's checks of a request, run before it is sent (as the local API runs them): a
+    SelectionError is an InvalidRequest, as the service's 400/422 for the same mistake."""
     try:
         yield
     except ServiceError:
         raise
     except SelectionError as e:
-        raise InvalidRequest(422, "invalid_request", str(e)) from None
+        raise InvalidRequest(400 if isinstance(e, UnknownName) else 422, "invalid_request", str(e)) from None
 
 
 def _checked(where: dict | None) -> dict | None:
     """``where`` as the local API takes it (numpy scalars as Python values), checked by the engine
     before it is sent (InvalidRequest): JSON would turn a key 1 into "1" and a nan into NaN."""
     with _invalid():
-        where = plain(where)
-        where_sql(where)
-    return where
+        return check_where(where)
+
+
+def _analysis(request_type) -> Callable:
+    """An analysis over HTTP: its Python signature and checks are the engine's request type's
+    (``requests.takes``), its mistakes an InvalidRequest before anything is sent, its requests
+    bounded by one deadline (``_call``)."""
+    def decorate(method: Callable) -> Callable:
+        inner = takes(request_type)(_call(method))
+
+        @wraps(inner)
+        def call(self, *args, **kwargs):
+            with _invalid():
+                return inner(self, *args, **kwargs)
+        return call
+
+    return decorate
 
 
 class _RemoteCursor:
@@ -629,8 +651,9 @@ class Client:
         True
         """
         batch = check_batch(batch)
-        resp = self._send("GET", "/v1/filters", params={"format": "npy", "where": _where_param(_checked(where)),
-                                                        "as_of": version_arg(as_of)})
+        with _invalid():  # GET /v1/filters' request, checked before it is sent
+            req = build(ExportRequest, where=_checked(where), format="npy", as_of=version_arg(as_of))
+        resp = self._send("GET", "/v1/filters", params=req.query())
         try:
             with self._expect("/v1/filters"):
                 version = resp.headers.get("X-Store-Version")
@@ -679,92 +702,54 @@ class Client:
         with self.iter_filters(where, FILTER_BATCH, as_of) as batches:
             return batches.collect()
 
-    # -- statistics ------------------------------------------------------------------------------
-    @_call
-    def divergence(self, group_by: str, where: dict | None = None, metric: str = "kl_sym", bins: int = DEFAULT_BINS,
-                   weights: str = "explained_variance", basis: str = "global",
-                   as_of: int | None = None) -> DivergenceResult:
+    # -- statistics: the engine's request types (cnnfilterdb/requests.py), checked before sending --
+    def _posted(self, cls, path: str, req) -> Any:
+        return self._result(cls, path, self._post(path, req.body()), req.selection)
+
+    @_analysis(DivergenceRequest)
+    def divergence(self, req: DivergenceRequest) -> DivergenceResult:
         """The divergence matrix between groups (``FilterDB.divergence``; POST /v1/divergence)."""
-        where = _checked(where)
-        with _invalid():
-            bins = check_bins(bins)
-        return self._result(DivergenceResult, "/v1/divergence", self._post("/v1/divergence", {
-            "group_by": group_by, "where": where, "metric": metric, "bins": bins, "weights": weights, "basis": basis,
-            "as_of": version_arg(as_of)}), where)
+        return self._posted(DivergenceResult, "/v1/divergence", req)
 
-    @_call
-    def pca(self, where: dict | None = None, as_of: int | None = None) -> PcaResult:
+    @_analysis(PcaRequest)
+    def pca(self, req: PcaRequest) -> PcaResult:
         """The PCA of a selection (``FilterDB.pca``; POST /v1/pca)."""
-        where = _checked(where)
-        return self._result(PcaResult, "/v1/pca", self._post("/v1/pca", {"where": where, "as_of": version_arg(as_of)}),
-                            where)
+        return self._posted(PcaResult, "/v1/pca", req)
 
-    @_call
-    def histograms(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_BINS,
-                   basis: str = "global", as_of: int | None = None) -> HistogramsResult:
+    @_analysis(HistogramsRequest)
+    def histograms(self, req: HistogramsRequest) -> HistogramsResult:
         """Per group and component, the coefficient histograms (``FilterDB.histograms``; POST /v1/histograms)."""
-        where = _checked(where)
-        with _invalid():
-            bins = check_bins(bins)
-        return self._result(HistogramsResult, "/v1/histograms", self._post("/v1/histograms", {
-            "where": where, "group_by": group_by, "bins": bins, "basis": basis, "as_of": version_arg(as_of)}), where)
+        return self._posted(HistogramsResult, "/v1/histograms", req)
 
-    @_call
-    def kde(self, where: dict | None = None, group_by: str | None = None, bins: int = DEFAULT_KDE_BINS,
-            basis: str = "global", as_of: int | None = None) -> KdeResult:
+    @_analysis(KdeRequest)
+    def kde(self, req: KdeRequest) -> KdeResult:
         """Per group and component, the Gaussian KDE (``FilterDB.kde``; POST /v1/kde)."""
-        where = _checked(where)
-        with _invalid():
-            bins = check_bins(bins, "kde")
-        return self._result(KdeResult, "/v1/kde", self._post("/v1/kde", {
-            "where": where, "group_by": group_by, "bins": bins, "basis": basis, "as_of": version_arg(as_of)}), where)
+        return self._posted(KdeResult, "/v1/kde", req)
 
-    @_call
-    def density2d(self, where: dict | None = None, components: tuple[int, int] = (0, 1), bins: int = DEFAULT_BINS,
-                  basis: str = "global", range: tuple[float, float] | None = None,
-                  as_of: int | None = None) -> Density2dResult:
+    @_analysis(Density2dRequest)
+    def density2d(self, req: Density2dRequest) -> Density2dResult:
         """The 2-D histogram of two components (``FilterDB.density2d``; POST /v1/density2d)."""
-        where = _checked(where)
-        with _invalid():
-            bins = check_bins(bins, "density2d")
-        with _invalid():
-            components, range = check_density2d(components, range)
-        return self._result(Density2dResult, "/v1/density2d", self._post("/v1/density2d", {
-            "where": where, "components": list(components), "bins": bins, "basis": basis,
-            "range": None if range is None else list(range), "as_of": version_arg(as_of)}), where)
+        return self._posted(Density2dResult, "/v1/density2d", req)
 
-    @_call
-    def degenerate(self, sparsity_gt: float = DEGENERATE_THRESHOLDS["sparsity_gt"],
-                   entropy_norm_lt: float = DEGENERATE_THRESHOLDS["entropy_norm_lt"],
-                   entropy_norm_gt: float | None = DEGENERATE_THRESHOLDS["entropy_norm_gt"],
-                   where: dict | None = None, limit: int = 100, offset: int = 0,
-                   as_of: int | None = None) -> DegenerateResult:
+    @_analysis(DegenerateRequest)
+    def degenerate(self, req: DegenerateRequest) -> DegenerateResult:
         """The layers over the thresholds (``FilterDB.degenerate``; GET /v1/quality/degenerate)."""
-        where = _checked(where)
-        with _invalid():
-            sparsity_gt, entropy_norm_lt, entropy_norm_gt, limit, offset = check_degenerate(
-                sparsity_gt, entropy_norm_lt, entropy_norm_gt, limit, offset)
-        data = self._get("/v1/quality/degenerate", {
-            "sparsity_gt": sparsity_gt, "entropy_norm_lt": entropy_norm_lt,
-            # a query string cannot say null: "not checked" is a threshold no finite value is above
-            "entropy_norm_gt": NO_THRESHOLD if entropy_norm_gt is None else entropy_norm_gt,
-            "where": _where_param(where), "limit": limit, "offset": offset, "as_of": version_arg(as_of)})
+        params = req.query()
+        if req.entropy_norm_gt is None:  # a query string cannot say null: "not checked" is a threshold no value is above
+            params["entropy_norm_gt"] = NO_THRESHOLD
+        data = self._get("/v1/quality/degenerate", params)
         with self._expect("/v1/quality/degenerate"):
-            if entropy_norm_gt is None:
+            if req.entropy_norm_gt is None:
                 data["thresholds"]["entropy_norm_gt"] = None
-        return self._result(DegenerateResult, "/v1/quality/degenerate", data, where)
+        return self._result(DegenerateResult, "/v1/quality/degenerate", data, req.selection)
 
-    @_call
-    def similar(self, model_id: int, k: int = 5, metric: str = "kl_sym", weights: str = "explained_variance",
-                where: dict | None = None, as_of: int | None = None) -> SimilarResult:
+    @_analysis(SimilarRequest)
+    def similar(self, req: SimilarRequest) -> SimilarResult:
         """The k nearest models (``FilterDB.similar``; GET /v1/models/{model_id}/similar)."""
-        where = _checked(where)
-        with _invalid():
-            model_id, k = check_similar(model_id, k)
-        path = f"/v1/models/{model_id}/similar"
-        return self._result(SimilarResult, path, self._get(path, {
-            "k": k, "metric": metric, "weights": weights, "where": _where_param(where),
-            "as_of": version_arg(as_of)}), where)
+        path = f"/v1/models/{req.model_id}/similar"
+        params = req.query()
+        del params["model_id"]  # in the path
+        return self._result(SimilarResult, path, self._get(path, params), req.selection)
 
     # -- SQL and versions ------------------------------------------------------------------------
     @_call

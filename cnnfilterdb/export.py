@@ -47,16 +47,19 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_file, destination
 from .checksums import Checksums
+from .layout import SHARDS, StoreDamaged, store_name
+from .requests import EXPORT_FORMATS
 from .scan import REMAP_ROW_GROUPS, HeldShards, LayerGroups, ShardReader, _layer_spans, _reading, _units
-from .store import SHARDS, StoreDamaged, store_name
 
 COLUMNS = ["filter_id", "model_id", "layer_id"] + [f"w{i}" for i in range(9)]
-FORMATS: dict[str, tuple[str, str]] = {
+# Each format of requests.EXPORT_FORMATS (the set a request may name): its media type and file suffix.
+_FILES = {
     "parquet": ("application/vnd.apache.parquet", ".parquet"),
     "arrow": ("application/vnd.apache.arrow.stream", ".arrows"),
     "npy": ("application/octet-stream", ".npy"),
     "csv": ("text/csv", ".csv"),  # UTF-8 (ASCII in fact: numbers only)
 }
+FORMATS: dict[str, tuple[str, str]] = {fmt: _FILES[fmt] for fmt in EXPORT_FORMATS}
 # As the shards' (ingest/shards.py): every column required, so readers see NOT NULL columns.
 SCHEMA = pa.schema([pa.field("filter_id", pa.int64(), nullable=False), pa.field("model_id", pa.int32(), nullable=False),
                     pa.field("layer_id", pa.int32(), nullable=False)]

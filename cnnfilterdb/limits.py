@@ -1,6 +1,10 @@
-"""The bounds of what one analysis request may ask for, in one place: the engine checks them
-(analysis.py), the HTTP schemas and the figure requests (plots.py) declare the same, and this
-module imports nothing, so that checking a request costs no import of the engine."""
+"""Every bound the engine puts on one request, in one place, each with what it bounds.
+
+The request types (requests.py) take their bounds from here, the engine checks the costs that
+depend on the store (analysis.py, plots.py), and ``/v1/stats`` lists every one of them under
+``limits`` beside the service's settings (service/settings.py), from ``ENGINE_LIMITS``. This module
+imports nothing, so that checking a request costs no import of the engine.
+"""
 
 MAX_BINS = 10_000                     # histogram bins of a divergence or /v1/histograms
 MAX_DENSITY2D_BINS = 1_000            # bins per axis of a 2-D histogram
@@ -10,4 +14,44 @@ MAX_RANGE_ABS = 1e6                   # ends of a 2-D histogram's range (coeffic
 MAX_SIMILAR_K = 1_000                 # models a /v1/models/{id}/similar answer may list
 MAX_DEGENERATE_LIMIT = 10_000         # layers per page of /v1/quality/degenerate
 MAX_OFFSET = 2**40                    # how many flagged layers a page may skip
-MAX_ID = 2**31 - 1                    # model and layer ids are the catalog's INTEGER
+MAX_ID = 2**31 - 1                    # model and layer ids, and store versions, are the catalog's INTEGER
+
+# Bounds on what one query may build, so that memory stays bounded whatever the store: the
+# histograms (groups x 9 x bins int64, 160 MB at most) and the d x d matrix of a divergence.
+MAX_HISTOGRAM_CELLS = 20_000_000
+MAX_GROUPS = 1_000
+# The pairwise work of a divergence matrix, d (d - 1) / 2 pairs x 9 components x bins: about 1e8
+# cells a second here for the slowest metrics, so at most a few seconds (a review's 973 groups x
+# 2283 bins took 137 s and 1 GB); and the cells a /v1/histograms response may list (16 MB of JSON).
+MAX_PAIR_CELLS = 400_000_000
+MAX_RESPONSE_CELLS = 2_000_000
+
+# The figures: the most groups a figure can label legibly (a larger selection is a 400 naming the
+# limit), the most groupings in one row of heatmaps or one box plot, and the size of a drawing.
+MAX_LABELS = {"kl_combined": 80, "divergence": 80, "ridge": 40, "quality": 20}
+MAX_GROUPINGS = 6
+MAX_PIXELS = 6_000_000  # 24 x 8.6 in at 170 dpi, 7 x 2.6 in at 500: Agg and its image resampling take ~50 B a pixel
+MIN_DPI, MAX_DPI = 10, 600
+MIN_INCHES, MAX_INCHES = 0.5, 100.0
+
+# name -> (value, what it bounds): what /v1/stats shows (service/schemas.Limits).
+ENGINE_LIMITS = {
+    "max_bins": (MAX_BINS, "histogram bins per component of a divergence or /v1/histograms"),
+    "max_density2d_bins": (MAX_DENSITY2D_BINS, "bins per axis of /v1/density2d"),
+    "min_kde_bins": (MIN_KDE_BINS, "the fewest bins of the histogram a KDE is computed from"),
+    "max_kde_bins": (MAX_KDE_BINS, "the most bins of the histogram a KDE is computed from"),
+    "max_range_abs": (MAX_RANGE_ABS, "the largest |end| of a 2-D histogram's range"),
+    "max_similar_k": (MAX_SIMILAR_K, "models a /v1/models/{id}/similar answer may list"),
+    "max_degenerate_limit": (MAX_DEGENERATE_LIMIT, "layers per page of /v1/quality/degenerate"),
+    "max_offset": (MAX_OFFSET, "how many flagged layers a page of /v1/quality/degenerate may skip"),
+    "max_histogram_cells": (MAX_HISTOGRAM_CELLS, "groups x 9 x bins of the histograms one analysis may build"),
+    "max_groups": (MAX_GROUPS, "groups of one divergence or KDE"),
+    "max_pair_cells": (MAX_PAIR_CELLS, "pairs of groups x 9 x bins one divergence may compare"),
+    "max_response_cells": (MAX_RESPONSE_CELLS, "histogram cells a /v1/histograms answer may list (half that for "
+                                               "/v1/kde's densities)"),
+    "max_figure_labels": (MAX_LABELS, "the most groups each figure draws (per figure)"),
+    "max_figure_groupings": (MAX_GROUPINGS, "the most groupings of one kl_combined or drift_box figure"),
+    "max_figure_pixels": (MAX_PIXELS, "width x height x dpi^2 of one figure"),
+    "max_figure_dpi": (MAX_DPI, "the highest dpi of a figure (the lowest: 10)"),
+    "max_figure_inches": (MAX_INCHES, "the largest width or height of a figure, in inches (the smallest: 0.5)"),
+}

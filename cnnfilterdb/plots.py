@@ -1,5 +1,6 @@
-"""A figure request, end to end: which analysis each figure draws with which defaults (the
-notebook's, docs/method.md#figures), and the figure as PNG, SVG or PDF bytes. The service's
+"""A figure request, end to end: which analysis each figure draws, whose request type
+(requests.py) checks the figure's parameters of it with their bounds, the figure's own defaults
+where they differ (the notebook's, docs/method.md#figures), and the figure as PNG, SVG or PDF bytes. The service's
 ``GET /v1/plots/{figure}.{format}`` and ``cnnfilterdb plot``/``report`` both go through ``draw``
 and ``render``, so the same request gives the same bytes everywhere.
 
@@ -13,11 +14,28 @@ from __future__ import annotations
 import io
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
-from .limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_KDE_BINS, MIN_KDE_BINS
-from .selection import GROUP_FIELDS, SelectionError
-from .stats.divergence import DEFAULT_BINS
+from pydantic import BaseModel, ConfigDict, Field
+
+from .limits import MAX_DPI, MAX_GROUPINGS, MAX_ID, MAX_INCHES, MAX_LABELS, MAX_PIXELS, MIN_DPI, MIN_INCHES
+from .requests import (
+    GROUP_BY_TEXT,
+    AnalysisRequest,
+    DegenerateRequest,
+    Density2dRequest,
+    DivergenceRequest,
+    GroupField,
+    Integer,
+    KdeRequest,
+    PcaRequest,
+    Real,
+    build,
+    check_where,
+    plain,
+)
+from .selection import GROUP_FIELDS, InvalidValue, SelectionError, check_group_by
 
 if TYPE_CHECKING:  # matplotlib (a second to import) loads with the first figure drawn, not with a request's checks
     from matplotlib.figure import Figure
@@ -31,68 +49,77 @@ FORMATS = ("png", "svg", "pdf")
 NOTEBOOK_FIGURES = ("explained_variance", "covariance", "eigenimages", "ridge", "divergence", "drift_box",
                     "density2d", "kl_combined")
 
-ANALYSIS = ("where", "metric", "bins", "weights", "basis")
-SIZE = ("dpi", "width", "height")
-# The request parameters each figure takes (besides dpi, width, height); any other is an error.
-PARAMETERS: dict[str, tuple[str, ...]] = {
-    "kl_combined": ("group_by",) + ANALYSIS,
-    "divergence": ("group_by",) + ANALYSIS,
-    "drift_box": ("group_by",) + ANALYSIS,
-    "ridge": ("group_by", "where", "bins", "basis"),
-    "eigenimages": ("where",),
-    "explained_variance": ("where",),
-    "covariance": ("where",),
-    "density2d": ("where", "components", "bins", "basis", "range"),
-    "layer_filters": ("layer_id",),
-    "quality": ("where", "color_by", "sparsity_gt", "entropy_norm_lt", "entropy_norm_gt"),
+# The analysis each figure draws: its request type (requests.py) owns the figure's parameters of
+# that analysis, their bounds, their descriptions and (but for FIGURE_DEFAULTS) their defaults.
+ANALYSIS_OF: dict[str, type[AnalysisRequest]] = {
+    "kl_combined": DivergenceRequest, "divergence": DivergenceRequest, "drift_box": DivergenceRequest,
+    "ridge": KdeRequest, "density2d": Density2dRequest,
+    "eigenimages": PcaRequest, "explained_variance": PcaRequest, "covariance": PcaRequest,
+    "quality": DegenerateRequest,
 }
+# A request type's parameters that no figure takes: the store version is the figure request's own
+# (the service's as_of, the CLI's --as-of), and a page of flagged layers means nothing to a drawing.
+NOT_DRAWN = ("as_of", "limit", "offset")
+# The parameters that are the figure's own, not its analysis's; every figure takes SIZE.
+OWN = {"layer_filters": ("layer_id",), "quality": ("color_by",)}
+SIZE = ("dpi", "width", "height")
+# The request parameters each figure takes (besides SIZE); any other is an error.
+PARAMETERS: dict[str, tuple[str, ...]] = {
+    f: tuple(n for n in (ANALYSIS_OF[f].model_fields if f in ANALYSIS_OF else ()) if n not in NOT_DRAWN) + OWN.get(f, ())
+    for f in FIGURES}
+# Every parameter of some figure, in order: the service's query parameters, `cnnfilterdb plot`'s options.
+OPTIONS = tuple(dict.fromkeys(n for f in FIGURES for n in PARAMETERS[f])) + SIZE
+# The figures that draw several groupings (group_by comma-separated); the others take one.
+SEVERAL = ("kl_combined", "drift_box")
+# The notebook's figures (docs/method.md#figures), where they differ from the analysis's defaults.
 DEFAULT_GROUP_BY = {"kl_combined": ("task", "visual_category", "depth_bin"), "drift_box": ("task", "visual_category"),
                     "divergence": ("task",), "ridge": ("task",)}
-DEFAULT_BINS_OF = {"ridge": DEFAULT_KDE_BINS, "density2d": 512}  # the notebook's; else the analysis default
-DEFAULT_RANGE_OF = {"density2d": (-3.3, 3.3)}
-# The bins a figure accepts: those of the JSON endpoint it draws (/v1/kde, /v1/density2d, /v1/divergence).
-BINS_RANGE = {"ridge": (MIN_KDE_BINS, MAX_KDE_BINS), "density2d": (1, MAX_DENSITY2D_BINS)}
-# The most groups a figure can label legibly (a larger selection is a 400 naming the limit),
-# and the most groupings in one row of heatmaps or one box plot.
-MAX_LABELS = {"kl_combined": 80, "divergence": 80, "ridge": 40, "quality": 20}
-MAX_GROUPINGS = 6
-MAX_PIXELS = 6_000_000  # 24 x 8.6 in at 170 dpi, 7 x 2.6 in at 500: Agg and its image resampling take ~50 B a pixel
+FIGURE_DEFAULTS: dict[str, dict[str, Any]] = {"density2d": {"bins": 512, "range": (-3.3, 3.3)},
+                                              "ridge": {"bins": 2048}}
 
 
 class PlotParameterError(SelectionError):
     """A parameter a figure does not take, or one out of its range (the service: a 400
     invalid_request, as for the analysis endpoints' malformed requests)."""
-MAX_DPI = 600
-MAX_INCHES = 100.0
+
+
+class FigureOptions(BaseModel):
+    """A figure's own parameters: those of no analysis (OWN) and its size (SIZE)."""
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    layer_id: Integer(0, MAX_ID) | None = Field(None, description="the layer drawn (layer_id in GET /v1/layers); "
+                                                                  "default the store's first")
+    color_by: GroupField = Field("task", description="the field whose values colour the layers")
+    dpi: Integer(MIN_DPI, MAX_DPI) = Field(100, description="dots per inch")
+    width: Real(MIN_INCHES, MAX_INCHES) | None = Field(None, description="the width in inches, the figure's own if not given")
+    height: Real(MIN_INCHES, MAX_INCHES) | None = Field(None, description="the height in inches, the figure's own if not given")
+
+
+def options(**values) -> FigureOptions:
+    """A figure's own parameters checked (None: the default); PlotParameterError naming a bad one."""
+    try:
+        return build(FigureOptions, **{k: v for k, v in values.items() if v is not None})
+    except InvalidValue as e:
+        raise PlotParameterError(str(e)) from None
 
 
 @dataclass(frozen=True)
 class PlotRequest:
-    """A validated figure request; None means the figure's default (``resolved`` fills them in)."""
+    """A checked figure request: the figure, its own parameters, and the request(s) of the
+    analysis it draws (``requests``: one per grouping of kl_combined and drift_box, none for
+    layer_filters), built with the figure's defaults and checked by their request type."""
     figure: str
-    group_by: tuple[str, ...] | None = None
-    where: dict | None = None
-    metric: str = "kl_sym"
-    bins: int | None = None
-    weights: str = "explained_variance"
-    basis: str = "global"
-    components: tuple[int, int] = (0, 1)
-    range: tuple[float, float] | None = None
-    layer_id: int | None = None
-    color_by: str = "task"
-    sparsity_gt: float | None = None
-    entropy_norm_lt: float | None = None
-    entropy_norm_gt: float | None = None
-    dpi: int = 100
-    width: float | None = None
-    height: float | None = None
+    options: FigureOptions
+    group_by: tuple[str, ...] | None = None  # the groupings drawn (the figure's default filled in)
+    where: dict | None = None  # the selection as given (checked): the subtitle and the ETag show it
+    requests: tuple[AnalysisRequest, ...] = ()
 
     @classmethod
     def of(cls, figure: str, **params) -> PlotRequest:
         """From a figure name and the parameters a caller gave (None: not given; ``group_by``,
         ``components`` and ``range`` also as comma-separated text, as a URL or a flag has them). Raises
-        LookupError for an unknown figure, SelectionError for a parameter the figure does not take
-        or a value out of range."""
+        LookupError for an unknown figure; PlotParameterError for a parameter the figure does not
+        take or a value out of its range, UnknownName for a name outside its set (with the
+        nearest: "did you mean 'task'?"), the where grammar's errors for a bad ``where``."""
         if figure not in FIGURES:
             raise LookupError(f"no figure {figure!r}; the figures: {', '.join(FIGURES)}")
         given = {k: v for k, v in params.items() if v is not None}
@@ -100,55 +127,73 @@ class PlotRequest:
         unknown = sorted(set(given) - set(allowed))
         if unknown:
             raise PlotParameterError(f"{figure} takes no {', '.join(unknown)}; its parameters: {', '.join(allowed)}")
-        if isinstance(given.get("group_by"), str):
-            given["group_by"] = tuple(g.strip() for g in given["group_by"].split(","))
-        if "group_by" in given:  # a grouping named twice is drawn once
-            given["group_by"] = tuple(dict.fromkeys(given["group_by"]))
+        where = check_where(given.pop("where", None))
+        group_by = _groupings(figure, given.pop("group_by", None))
+        own = options(**{k: given.pop(k) for k in list(given) if k in FigureOptions.model_fields})
+        if own.width and own.height:  # known before any work (else checked once the figure is built)
+            _check_pixels(own.width, own.height, own.dpi)
         for name, kind in (("components", int), ("range", float)):
             if isinstance(given.get(name), str):
                 given[name] = _pair(given[name], name, kind)
-        req = cls(figure=figure, **given)
-        req._check()
-        return req
+        requests: tuple[AnalysisRequest, ...] = ()
+        if figure in ANALYSIS_OF:
+            values = {**FIGURE_DEFAULTS.get(figure, {}), **given, "where": where}
+            try:
+                requests = tuple(build(ANALYSIS_OF[figure], **values, **({} if g is None else {"group_by": g}))
+                                 for g in group_by or (None,))
+            except InvalidValue as e:  # a value out of its range: the figure's 400, worded by the request type
+                raise PlotParameterError(str(e)) from None
+        return cls(figure, own, group_by, where, requests)
 
-    def _check(self) -> None:
-        if self.group_by is not None:
-            for g in self.group_by:
-                if g not in GROUP_FIELDS:
-                    raise SelectionError(f"unknown group_by {g!r}; known: {GROUP_FIELDS}")
-            several = self.figure in ("kl_combined", "drift_box")
-            if not several and len(self.group_by) != 1:
-                raise PlotParameterError(f"{self.figure} takes one group_by, got {len(self.group_by)}")
-            if several and not 1 <= len(self.group_by) <= MAX_GROUPINGS:
-                raise PlotParameterError(f"{self.figure} takes 1 to {MAX_GROUPINGS} groupings in group_by, "
-                                     f"got {len(self.group_by)}")
-        if not 10 <= self.dpi <= MAX_DPI:
-            raise PlotParameterError(f"dpi must be from 10 to {MAX_DPI}, got {self.dpi}")
-        for name in ("width", "height"):
-            v = getattr(self, name)
-            if v is not None and not 0.5 <= v <= MAX_INCHES:
-                raise PlotParameterError(f"{name} must be from 0.5 to {MAX_INCHES:g} inches, got {v}")
-        if self.width and self.height:  # known before any work (else checked once the figure is built)
-            _check_pixels(self.width, self.height, self.dpi)
-        if self.bins is not None:
-            lo, hi = BINS_RANGE.get(self.figure, (1, MAX_BINS))
-            if not lo <= self.bins <= hi:
-                raise PlotParameterError(f"bins must be from {lo} to {hi} for {self.figure}, got {self.bins}")
+    @property
+    def dpi(self) -> int:
+        return self.options.dpi
+
+    @property
+    def width(self) -> float | None:
+        return self.options.width
+
+    @property
+    def height(self) -> float | None:
+        return self.options.height
+
+    @property
+    def layer_id(self) -> int | None:
+        return self.options.layer_id
 
     def resolved(self) -> dict:
         """Every parameter the figure takes, defaults filled in: what the figure depends on (the
         service's ETag), besides the catalog generation."""
-        out = {"figure": self.figure}
+        out: dict[str, Any] = {"figure": self.figure}
         for name in PARAMETERS[self.figure] + SIZE:
-            v = getattr(self, name)
-            if v is None and name == "group_by":
-                v = DEFAULT_GROUP_BY.get(self.figure)
-            elif v is None and name == "bins":
-                v = DEFAULT_BINS_OF.get(self.figure, DEFAULT_BINS)
-            elif v is None and name == "range":
-                v = DEFAULT_RANGE_OF.get(self.figure)
+            if name == "group_by":
+                v = self.group_by
+            elif name == "where":
+                v = self.where
+            elif name in FigureOptions.model_fields:
+                v = getattr(self.options, name)
+            else:
+                v = getattr(self.requests[0], name)
             out[name] = list(v) if isinstance(v, tuple) else v
         return out
+
+
+def _groupings(figure: str, group_by) -> tuple[str, ...] | None:
+    """``group_by`` of a figure (a field, several comma-separated, or a sequence), each checked
+    (with the nearest fields for a typo), one named twice drawn once; None: the figure's default."""
+    if group_by is None:
+        return DEFAULT_GROUP_BY.get(figure)
+    if isinstance(group_by, str):
+        group_by = [g.strip() for g in group_by.split(",")]
+    group_by = plain(group_by) if isinstance(group_by, (list, tuple)) or hasattr(group_by, "__array__") else [group_by]
+    for g in group_by:
+        check_group_by(g)
+    group_by = tuple(dict.fromkeys(group_by))
+    if figure not in SEVERAL and len(group_by) != 1:
+        raise PlotParameterError(f"{figure} takes one group_by, got {len(group_by)}")
+    if figure in SEVERAL and not 1 <= len(group_by) <= MAX_GROUPINGS:
+        raise PlotParameterError(f"{figure} takes 1 to {MAX_GROUPINGS} groupings in group_by, got {len(group_by)}")
+    return group_by
 
 
 def _pair(text: str, name: str, kind) -> tuple:
@@ -158,6 +203,102 @@ def _pair(text: str, name: str, kind) -> tuple:
     except ValueError:
         raise PlotParameterError(f"{name}: two numbers separated by a comma, got {text[:100]!r}") from None
     return a, b
+
+
+# ---- what each parameter means to each figure: the service's query parameters, plot --help ----
+def field_of(figure: str, name: str):
+    """The pydantic field that checks parameter ``name`` of ``figure``: its analysis request
+    type's, or FigureOptions' for the figure's own."""
+    if name in FigureOptions.model_fields:
+        return FigureOptions.model_fields[name]
+    return ANALYSIS_OF[figure].model_fields[name]
+
+
+def default_of(figure: str, name: str) -> Any:
+    """What ``figure`` draws when ``name`` is not given."""
+    if name == "group_by":
+        return DEFAULT_GROUP_BY.get(figure)
+    if name in FIGURE_DEFAULTS.get(figure, {}):
+        return FIGURE_DEFAULTS[figure][name]
+    return field_of(figure, name).default
+
+
+def kind_of(name: str) -> type:
+    """How a URL or a flag writes parameter ``name``: int, float, or str (a name, a pair "0,1",
+    groupings "task,visual_category")."""
+    annotation = field_of(takers(name)[0], name).annotation
+    args = [a for a in get_args(annotation) if a is not type(None)] \
+        if get_origin(annotation) in (Union, UnionType) else [annotation]
+    base = get_args(args[0])[0] if len(args) == 1 and get_origin(args[0]) is Annotated else args[0]
+    return base if len(args) == 1 and base in (int, float) else str
+
+
+def takers(name: str) -> tuple[str, ...]:
+    """The figures that take parameter ``name``."""
+    return tuple(f for f in FIGURES if name in PARAMETERS[f] + SIZE)
+
+
+def _metadata(field) -> list:
+    """A field's constraints, also those of an optional one (``X | None``: X's own Annotated
+    metadata), a ``Field(ge=..., le=...)`` inside Annotated taken apart."""
+    found = list(field.metadata)
+    if get_origin(field.annotation) in (Union, UnionType):
+        found += [m for arg in get_args(field.annotation) if get_origin(arg) is Annotated for m in get_args(arg)[1:]]
+    return [item for m in found for item in getattr(m, "metadata", None) or [m]]
+
+
+def bounds_of(field) -> dict[str, Any]:
+    """The bounds (ge, le, gt, lt) of a request type's field."""
+    return {k: getattr(m, k) for m in _metadata(field) for k in ("ge", "le", "gt", "lt") if getattr(m, k, None) is not None}
+
+
+def bounds(name: str) -> dict[str, Any]:
+    """The widest bounds parameter ``name`` has among the figures that take it (each figure then
+    checks its own, e.g. ridge's bins from 16): what the service's query parameter declares."""
+    found = [bounds_of(field_of(f, name)) for f in takers(name)]
+    return {k: pick(b[k] for b in found) for k, pick in (("ge", min), ("le", max)) if found and all(k in b for b in found)}
+
+
+def finite(name: str) -> bool:
+    """Whether parameter ``name`` is a number that must be finite (for every figure taking it)."""
+    return bool(takers(name)) and all(any(getattr(m, "allow_inf_nan", None) is False for m in _metadata(field_of(f, name)))
+                                      for f in takers(name))
+
+
+def _shown(v: Any) -> str:
+    if isinstance(v, (tuple, list)):
+        return ",".join(map(_shown, v))
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def describe(name: str) -> str:
+    """What parameter ``name`` means to the figures that take it, with its valid values, range and
+    default for each: the text of the service's query parameter and of ``cnnfilterdb plot --help``,
+    from the request types, FigureOptions and the figures' defaults."""
+    sections: dict[str, dict[str, list[str]]] = {}  # description -> notes -> the figures
+    for f in takers(name):
+        field = field_of(f, name)
+        text = GROUP_BY_TEXT if name == "group_by" else field.description
+        choices = [c for c in get_args(field.annotation) if isinstance(c, str)] \
+            if get_origin(field.annotation) is Literal else []
+        if choices and set(choices) != set(GROUP_FIELDS):  # the fields: GET /v1/fields lists them
+            text += f"; one of {', '.join(choices)}"
+        b, d = bounds_of(field), default_of(f, name)
+        notes = ([f"1 to {MAX_GROUPINGS} of them, comma-separated"] if name == "group_by" and f in SEVERAL else []) + \
+            ([f"from {_shown(b['ge'])} to {_shown(b['le'])}"] if "ge" in b and "le" in b else []) + \
+            ([f"default {_shown(d)}"] if d is not None else [])
+        sections.setdefault(text, {}).setdefault(", ".join(notes), []).append(f)
+    out = []
+    for text, notes in sections.items():
+        figures = [f for fs in notes.values() for f in fs]
+        if len(notes) == 1:
+            body = text + (f" ({next(iter(notes))})" if next(iter(notes)) else "")
+        else:
+            body = f"{text} ({'; '.join(', '.join(fs) + ': ' + note for note, fs in notes.items())})"
+        out.append(body if len(sections) == 1 and len(figures) == len(FIGURES) else f"{', '.join(figures)}: {body}")
+    return ". ".join(out)
 
 
 def describe_where(where: dict | None, limit: int = 140) -> str | None:
@@ -179,21 +320,20 @@ def describe_where(where: dict | None, limit: int = 140) -> str | None:
 
 
 def draw(a: Analysis, req: PlotRequest) -> Figure:
-    """The figure of a request, computed with ``a`` (one catalog generation)."""
+    """The figure of a request, computed with ``a`` (one catalog generation): its analysis
+    requests (``req.requests``) passed to the engine as they are, with the figure's caps."""
     from . import figures
 
-    p = req.resolved()
     f = req.figure
     size = (req.width, req.height)
-    note = describe_where(p.get("where"))
+    note = describe_where(req.where)
     if f in ("kl_combined", "divergence", "drift_box"):
         from .analysis import MAX_PAIR_CELLS
 
         limit = MAX_LABELS.get(f)
         # one request's pairwise work stays within one divergence's, however many groupings
-        budget = MAX_PAIR_CELLS // len(p["group_by"])
-        results = [a.divergence(g, p["where"], p["metric"], p["bins"], p["weights"], p["basis"], max_groups=limit,
-                                max_pair_cells=budget) for g in p["group_by"]]
+        budget = MAX_PAIR_CELLS // len(req.requests)
+        results = [a.divergence(r, max_groups=limit, max_pair_cells=budget) for r in req.requests]
         if f == "drift_box" and (single := [r["group_by"] for r in results if len(r["labels"]) < 2]):
             raise SelectionError(f"drift_box compares pairs of groups; {', '.join(single)} gives fewer than 2 groups "
                                  "in this selection")
@@ -201,29 +341,27 @@ def draw(a: Analysis, req: PlotRequest) -> Figure:
                figures.divergence(results[0], size, note) if f == "divergence" else
                figures.drift_box(results, size, note))
     elif f == "ridge":
-        fig = figures.ridge(a.kde(p["where"], p["group_by"][0], p["bins"], p["basis"], max_groups=MAX_LABELS[f]),
-                            size, note)
+        fig = figures.ridge(a.kde(req.requests[0], max_groups=MAX_LABELS[f]), size, note)
     elif f == "eigenimages":
-        fig = figures.eigenimages(a.pca(p["where"]), size, note)
+        fig = figures.eigenimages(a.pca(req.requests[0]), size, note)
     elif f == "covariance":
-        fig = figures.covariance(a.pca(p["where"]), size, note)
+        fig = figures.covariance(a.pca(req.requests[0]), size, note)
     elif f == "explained_variance":
         pcas = [("all filters", a.pca(None))]
-        if p["where"]:
-            pcas.append(("selection", a.pca(p["where"])))
+        if req.where:
+            pcas.append(("selection", a.pca(req.requests[0])))
         fig = figures.explained_variance(pcas, size, note)
     elif f == "density2d":
-        fig = figures.density2d(a.density2d(p["where"], tuple(p["components"]), p["bins"], p["basis"],
-                                            tuple(p["range"]) if p["range"] else None), size, note)
+        fig = figures.density2d(a.density2d(req.requests[0]), size, note)
     elif f == "layer_filters":
-        layer_id = p["layer_id"] if p["layer_id"] is not None else a.first_layer_id()  # a figure with no parameters
+        layer_id = req.layer_id if req.layer_id is not None else a.first_layer_id()  # a figure with no parameters
         layer, W = a.layer_filters(layer_id, figures.MAX_FILTERS_DRAWN)
         fig = figures.layer_filters(W, layer, size)
-    else:  # quality
-        thresholds = {k: p[k] for k in ("sparsity_gt", "entropy_norm_lt", "entropy_norm_gt") if p[k] is not None}
-        result = a.layer_quality(p["where"], p["color_by"], thresholds)
+    else:  # quality: the degenerate layers' thresholds drawn over every layer
+        color_by = req.options.color_by
+        result = a.layer_quality(req.where, color_by, req.requests[0].thresholds)
         if len(result["labels"]) > MAX_LABELS[f]:
-            raise SelectionError(f"color_by {p['color_by']} gives {len(result['labels'])} values; at most "
+            raise SelectionError(f"color_by {color_by} gives {len(result['labels'])} values; at most "
                                  f"{MAX_LABELS[f]} here: narrow the selection with where, or colour by another field")
         fig = figures.quality(result, size, note)
     _check_pixels(*fig.get_size_inches(), req.dpi)

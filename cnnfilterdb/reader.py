@@ -30,20 +30,13 @@ from pathlib import Path
 
 import duckdb
 
-from .analysis import Snapshot
-from .store import (
-    CATALOG,
-    SHARDS,
-    FilterStore,
-    StoreDamaged,
-    StoreError,
-    check_schema,
-    check_store_path,
-    first_line,
-    relative_to_store,
-    shown_path,
-    sql_string,
-)
+from cnnfilterdb.sql import sql_string
+
+from .catalog import check_schema
+from .errors import first_line, shown_path
+from .layout import CATALOG, SHARDS, StoreDamaged, StoreError, check_store_path, relative_to_store
+from .snapshot import Snapshot
+from .store import FilterStore
 
 OLDER_SNAPSHOTS = 8  # snapshots of older store versions (as_of) kept per generation
 ATTACHED = "catalog"  # the name the catalog is attached under

@@ -31,7 +31,7 @@ The histogram file (``shards/<ingest id>-histograms.npy``) is one int64 ``.npy``
 (L + 1, 1 + 9 * 70) for the version's L layers in layer_id order: column 0 holds the layer ids
 (row 0: -1), columns 1.. the prefix sums over the layers of their counts (9, 70) raveled (row 0:
 zeros). The counts of the layers i..j-1 are row j - row i; any grouping's histograms are sums of
-its layers' (analysis.LayerHistograms).
+its layers' (snapshot.LayerHistograms).
 
 Guarantees:
 - exact: the basis is PCA of all the version's scaled filters up to floating-point rounding
@@ -50,11 +50,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import fsync_path
+from .layout import file_sha256
 from .scan import LayerGroups, check_counts
 from .stats.basis import Basis, fit_basis
 from .stats.divergence import DEFAULT_BINS
 from .stats.moments import Moments, pool
-from .store import file_sha256, fsync_path
 
 
 @dataclass

@@ -271,7 +271,7 @@ def write_report(analysis: Analysis, store_info: dict, out_dir: Path, fmt: str =
     store_info : ``FilterStore.info()`` of the same store: the counts the page shows.
     out_dir : the directory; each figure is written as ``{figure}.{fmt}``, the page as ``index.html``.
     fmt : ``png`` or ``svg``.
-    dpi : dots per inch of the figures (None: the figures' default, 100).
+    dpi : dots per inch of the figures (None: the figures' default, plots.FigureOptions').
     log : called with one line per file written and per figure skipped (e.g. ``print``).
 
     Returns
@@ -282,8 +282,7 @@ def write_report(analysis: Analysis, store_info: dict, out_dir: Path, fmt: str =
     """
     if fmt not in REPORT_FORMATS:
         raise SelectionError(f"unknown report format {fmt!r}; known: {', '.join(REPORT_FORMATS)}")
-    if dpi is not None and not 10 <= dpi <= plots.MAX_DPI:
-        raise SelectionError(f"dpi must be from 10 to {plots.MAX_DPI}, got {dpi}")
+    plots.options(dpi=dpi)  # checked before any figure (PlotParameterError, the figures' message)
     log = log or (lambda line: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import operator
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,31 +26,6 @@ __all__ = ["Result", "DivergenceResult", "PcaResult", "HistogramsResult", "KdeRe
            "DegenerateResult", "SimilarResult", "FilterBatches"]
 
 # -- inputs ---------------------------------------------------------------------------------------
-
-
-def plain(value: Any) -> Any:
-    """``value`` with numpy scalars as Python numbers and tuples as lists, recursively: a
-    ``where`` built from a DataFrame's values (``np.int32``) selects what the same Python values
-    select, locally and as JSON."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def version_arg(as_of: Any) -> int | None:
-    """``as_of`` as an int (None: the current version); TypeError for what is not an integer."""
-    if as_of is None:
-        return None
-    if isinstance(as_of, bool):
-        raise TypeError("as_of must be a store version (an integer), not a bool")
-    try:
-        return operator.index(as_of)
-    except TypeError:
-        raise TypeError(f"as_of must be a store version (an integer), got {as_of!r}") from None
 
 
 # -- listings: the same SQL for the local API and the client ------------------------------------

@@ -27,11 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .checksums import Checksums, ShardChecks, footer_hash, footer_spans, read_footer, verify_row_groups
+from .layout import SHARDS, WEIGHT_COLUMNS, StoreDamaged, store_name, unreadable
 from .stats.basis import Basis
 from .stats.histogram import bin_edges, coefficient_range, histogram2d_counts, histogram_counts, histogram_range
-from .store import SHARDS, StoreDamaged, store_name, unreadable
 
-WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 REMAP_ROW_GROUPS = 16  # 80 MB of a shard mapped per thread at most
 
 
@@ -278,7 +277,7 @@ class ShardScanner:
     Parameters
     ----------
     paths : the shard files, in filter_id order.
-    held : the shards held open by a snapshot (analysis.Snapshot.held_shards), or None: each scan
+    held : the shards held open by a snapshot (snapshot.Snapshot.held_shards), or None: each scan
         opens them for its own duration.
     checksums : the catalog's row group checksums (checksums.Checksums), when ``held`` is None
         (a held one carries its own); None: unchecked.

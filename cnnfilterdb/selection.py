@@ -16,11 +16,37 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .errors import UserError
+
 GROUP_FIELDS = ["task", "visual_category", "training_dataset", "pretraining_dataset", "name", "model",
                 "model_id", "producer", "conv_depth", "layer_id", "depth_bin", "sample", "version_added"]
 # sample: a model of the synthetic sample (`cnnfilterdb demo`); version_added: the store version
 # that ingested the model; source: the file it came from; sha256: that file's.
 FILTER_FIELDS = GROUP_FIELDS + ["task_raw", "conv_depth_norm", "source", "sha256"]
+# What each field means: the descriptions of `where`'s properties (requests.Where), of the query
+# parameters of GET /v1/models and of the models' columns.
+FIELD_DESCRIPTIONS = {
+    "task": "the task the model was trained for, e.g. Classification (every label containing Segmentation "
+            "is stored as Segmentation, the source's label in task_raw)",
+    "task_raw": "the task as the source labelled it",
+    "visual_category": "the kind of images the model was trained on, e.g. natural, faces, fractals",
+    "training_dataset": "the dataset the model was trained on, e.g. ImageNet1k",
+    "pretraining_dataset": "the dataset the model was pretrained on, if any",
+    "name": "the model's architecture, e.g. ResNet-18 (many models share one)",
+    "model": "the model's unique name",
+    "model_id": "the model's id",
+    "producer": "the software that saved the model file, with its version, e.g. pytorch 1.10",
+    "paper": "the paper that published the model",
+    "accessible": "whether the model's weights are publicly available, as the source states it",
+    "conv_depth": "the layer's convolution level in its model: 0 is the first",
+    "conv_depth_norm": "the layer's relative depth: conv_depth divided by the model's last level, 0 (first) to 1 (last)",
+    "layer_id": "the layer's id",
+    "depth_bin": "conv_depth_norm in ten bins labelled [0.0, 0.1], (0.1, 0.2], ..., (0.9, 1.0]",
+    "sample": "true: the models of the synthetic sample (`cnnfilterdb demo`), not real data",
+    "version_added": "the store version that ingested the model",
+    "source": "the file the model came from",
+    "sha256": "the sha256 of that file (model files only)",
+}
 LAYER_GROUP_FIELDS = ["conv_depth", "depth_bin", "layer_id"]  # the others are the model's
 BOOLEAN_FIELDS = {"sample"}  # compared with true/false; every other field with numbers or strings
 # The categorical fields: a value of one that the store does not hold is a typo until shown
@@ -34,8 +60,18 @@ _ECHO = reprlib.Repr()  # bounded in length and depth whatever it is given
 _ECHO.maxstring = _ECHO.maxother = ECHO_CHARS
 
 
-class SelectionError(ValueError):
-    """A bad `where` or `group_by`; the message names the field and lists the valid ones."""
+class SelectionError(UserError, ValueError):
+    """A bad request: a `where`, `group_by` or parameter out of its type or range; the message
+    names the field and lists the valid ones (the service: a 422, or a 400 for an UnknownName)."""
+
+
+class UnknownName(SelectionError):
+    """A name outside a documented set: a field of `where`, a bound the grammar lacks, a value of
+    a parameter with a fixed set (the service: a 400)."""
+
+
+class InvalidValue(SelectionError):
+    """A value of the wrong type or out of its range (the service: a 422)."""
 
 
 class EmptySelectionError(SelectionError):
@@ -92,7 +128,7 @@ def _typed(name: str, kind: str, value: Any) -> bool:
 def _check_value(where_name: str, kind: str, value: Any) -> None:
     if not _typed(where_name, kind, value):
         extra = " within 32 bits" if kind == "int" and isinstance(value, int) and not isinstance(value, bool) else ""
-        raise SelectionError(f"where.{where_name}: expected {_KINDS[kind]}{extra}, got {echo(value)}")
+        raise InvalidValue(f"where.{where_name}: expected {_KINDS[kind]}{extra}, got {echo(value)}")
 
 
 def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
@@ -110,27 +146,30 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
     if where is None:
         return "true", []
     if not isinstance(where, dict):
-        raise SelectionError("where must be an object of field -> value | [values] | {gte, gt, lte, lt}")
+        raise InvalidValue("where must be an object of field -> value | [values] | {gte, gt, lte, lt}")
     bad_keys = [k for k in where if not isinstance(k, str)]
     if bad_keys:
-        raise SelectionError(f"where: field names must be strings, got {echo(bad_keys[0])}; "
+        raise InvalidValue(f"where: field names must be strings, got {echo(bad_keys[0])}; "
                              f"known fields: {FILTER_FIELDS}")
     unknown = sorted(set(where) - set(FILTER_FIELDS))
     if unknown:
-        raise SelectionError(f"unknown field(s) in where: {echo(unknown)}; known fields: {FILTER_FIELDS}")
+        near = nearest(unknown[0], FILTER_FIELDS)
+        hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+        names = ", ".join(echo(u) for u in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        raise UnknownName(f"unknown field(s) in where: [{names}]{hint}; known fields of where: {FILTER_FIELDS}")
     parts, params = [], []
     for name, value in where.items():
         kind = field_kind(name)
         if isinstance(value, dict):  # bounds; an empty object bounds nothing
             if kind == "bool":
-                raise SelectionError(f"where.{name}: true, false, null or a list of them (no bounds), "
+                raise InvalidValue(f"where.{name}: true, false, null or a list of them (no bounds), "
                                      f"got {echo(value)}")
             bad = [k for k in value if k not in BOUNDS]
             if bad:
-                raise SelectionError(f"where.{name}: bounds must be among {list(BOUNDS)}, got {echo(bad)}")
+                raise UnknownName(f"unknown bound {echo(bad[0])} in where.{name}; valid: {', '.join(BOUNDS)}")
             for key, bound in value.items():
                 if not _typed(name, kind, bound):
-                    raise SelectionError(f"where.{name}.{key}: expected {_KINDS[kind]}, got {echo(bound)}")
+                    raise InvalidValue(f"where.{name}.{key}: expected {_KINDS[kind]}, got {echo(bound)}")
                 parts.append(f"{name} {BOUNDS[key]} ?")
                 params.append(bound)
         elif isinstance(value, list):
@@ -156,7 +195,7 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
             try:
                 v.encode("utf-8")
             except UnicodeEncodeError:
-                raise SelectionError(f"where: {echo(v)} is not valid Unicode (a lone surrogate)") from None
+                raise InvalidValue(f"where: {echo(v)} is not valid Unicode (a lone surrogate)") from None
     return " AND ".join(parts) or "true", params
 
 
@@ -228,7 +267,7 @@ class Selection:
 
 def layers_at(version: int) -> str:
     """The relation of layers with their models' metadata at store version ``version`` (an int
-    the caller resolved against the store, see analysis.Snapshot)."""
+    the caller resolved against the store, see snapshot.Snapshot)."""
     return f"layers_with_models_at({int(version)})"
 
 
@@ -237,7 +276,7 @@ def check_group_by(group_by: str | None) -> None:
     if group_by is not None and group_by not in GROUP_FIELDS:
         near = nearest(group_by, GROUP_FIELDS) if isinstance(group_by, str) else []
         hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
-        raise SelectionError(f"unknown group_by {echo(group_by)}{hint}; known: {GROUP_FIELDS}")
+        raise UnknownName(f"unknown group_by {echo(group_by)}{hint}; known: {GROUP_FIELDS}")
 
 
 def select(cur, where: dict | None, group_by: str | None, version: int) -> Selection:

@@ -1,13 +1,9 @@
-"""The store on disk (docs/method.md#store) and its all-or-nothing commit.
+"""The store's all-or-nothing commit (docs/method.md#versions) and read access to a store directory.
 
-Layout of a store directory ``<db>``::
-
-    catalog.duckdb        models, layers, basis, versions, views and macros (the SQL entry point)
-    shards/*.parquet      the filters, immutable, sorted by filter_id, named after their ingest
-    shards/*-histograms.npy   the per-layer coefficient histograms of each kept basis
-    tables/<id>-v<N>/*.parquet  the catalog's tables at version N for any engine (tables.py)
-    tables/LATEST         names the current version's tables directory
-    .ingest.lock          held (flock) by the one writer (ingest, label, remove, compact) at a time
+``StoreTransaction`` makes one change of the store (an ingest, label, remove, compact, Spark's
+refresh) and commits it as the store's next version; ``FilterStore`` opens the committed catalog
+read-only, and says what it holds (``info``) and whether every file is as committed (``verify``).
+Where each file lies and how a file is checked: layout.py; what the catalog records: catalog.py.
 
 Every commit is a numbered store version (sql/schema.sql: ``_versions``); nothing a version sees
 is changed in place afterwards, so a question asked ``as_of`` a version reads what it read then.
@@ -37,257 +33,48 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import hashlib
 import os
-import re
 import shutil
-import stat
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import numpy as np
 
 from cnnfilterdb import sql
+from cnnfilterdb.sql import sql_string
 
-from .errors import UserError
-from .stats.basis import Basis
+from .atomic import fsync_path
+from .catalog import (
+    SAMPLE_MODELS,
+    basis_version_at,
+    check_schema,
+    current_tables_dir,
+    current_version,
+    load_basis,
+    referenced_files,
+    store_id,
+    upgrade_schema,
+)
+from .errors import first_line, shown_path
+from .layout import (
+    CATALOG,
+    DEMO_DB,
+    LOCK,
+    SHARDS,
+    STAGING_SUFFIX,
+    SYMLINK_PROBLEM,
+    WEIGHT_COLUMNS,
+    StoreDamaged,
+    StoreError,
+    check_no_symlinks,
+    check_store_path,
+    file_problem,
+    relative_to_store,
+    store_name,
+    symlinks_in,
+)
 from .stats.moments import Moments
-
-CATALOG = "catalog.duckdb"
-SHARDS = "shards"
-LOCK = ".ingest.lock"
-STAGING_SUFFIX = ".staging"
-WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
-ENV_DB = "CNNFILTERDB_DB"
-DEMO_DB = "filterdb-sample"  # where `cnnfilterdb demo` builds its sample store: never with real data
-SCHEMA_VERSION = 6  # of sql/schema.sql and the upgrades after it (UPGRADES)
-# Layouts this program reads; a transaction upgrades an older one in place (sql/upgrade_<n>.sql),
-# so that a store is never rebuilt for a table added to its catalog.
-READABLE_SCHEMAS = (4, 5, 6)
-UPGRADES = {4: "upgrade_5", 5: "upgrade_6"}
-HASH_READ_BYTES = 1 << 20
-# The kinds of commit a store version records (_versions.action); compact records none.
-ACTIONS = ("ingest", "label", "remove", "refresh")
-
-
-class StoreError(UserError):
-    """A fault of the store (missing, damaged, locked, an unknown version or model): one line
-    naming what and where."""
-
-
-class StoreDamaged(StoreError):
-    """A file the catalog references is missing or not as committed."""
-
-    def __init__(self, rel: str, problem: str):
-        super().__init__(f"{rel}: {problem}; the store is damaged: run `cnnfilterdb verify` to check every file")
-        self.rel, self.problem = rel, problem
-
-
-# The models of the synthetic sample (`cnnfilterdb demo`): ingest/h5.py marks their source, the
-# views derive the column `sample` from it (sql/views.sql).
-SAMPLE_MODELS = "sample"
-
-
-def first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def first_paragraph(e: BaseException, limit: int = 500) -> str:
-    """The error's lines up to its first blank one, joined: a DuckDB error with its hint
-    ('Did you mean "filters"?', 'Candidate bindings: ...') but not the query it quotes."""
-    text = str(e).strip()
-    if not text:
-        return type(e).__name__
-    lines = text.split("\n\n", 1)[0].splitlines()
-    out = "; ".join(line.strip() for line in lines if line.strip())
-    return out if len(out) <= limit else out[:limit] + "..."
-
-
-def relative_to_store(root: Path, message: str) -> str:
-    """``message`` with the store's absolute path taken out: files named relative to the store,
-    as clients and users see them."""
-    return message.replace(str(root) + os.sep, "")
-
-
-def store_name(path: Path) -> str:
-    """A store file's name as the catalog records it, relative to the store: every file the
-    catalog references is in ``shards/``."""
-    return f"{SHARDS}/{Path(path).name}"
-
-
-def sha256_update(digest, path: Path, offset: int = 0) -> int:
-    """Feed the bytes of the file from ``offset`` to its end to ``digest`` (a hashlib sha256), read
-    in blocks of HASH_READ_BYTES (hashlib releases the GIL); returns the offset of the end."""
-    block = bytearray(HASH_READ_BYTES)
-    view = memoryview(block)
-    with open(path, "rb", buffering=0) as f:
-        f.seek(offset)
-        while n := f.readinto(block):
-            digest.update(view[:n])
-            offset += n
-    return offset
-
-
-def file_sha256(path: Path) -> str:
-    """The file's sha256 (hex)."""
-    digest = hashlib.sha256()
-    sha256_update(digest, path)
-    return digest.hexdigest()
-
-
-def file_problem(root: Path, rel: str, size: int, sha256: str | None = None) -> str | None:
-    """What is wrong with the store file ``rel`` against what the catalog recorded: its size, and
-    its checksum when ``sha256`` is given (that reads the whole file); None if nothing is."""
-    path = Path(root) / rel
-    try:
-        actual = path.stat().st_size
-        if actual != size:
-            return f"size differs ({actual:,} bytes, the catalog recorded {size:,})"
-        if sha256 is not None and (digest := file_sha256(path)) != sha256:
-            return f"checksum differs (sha256 {digest[:16]}..., the catalog recorded {sha256[:16]}...)"
-    except FileNotFoundError:
-        return "missing"
-    except OSError as e:
-        return f"unreadable ({e.strerror or first_line(e)})"
-    return None
-
-
-_STORE_FILE = re.compile(r"[^\s'\"]*\b" + SHARDS + r"/([^\s'\"/]+)")  # a path to a store file in a message
-
-
-def unreadable(path: Path, e: BaseException) -> StoreDamaged:
-    """StoreDamaged for the store file at ``path`` that a reader failed on: "missing", or the
-    reader's message with every store file in it named relative to the store (no absolute path)."""
-    rel = store_name(path)
-    if not Path(path).exists():
-        return StoreDamaged(rel, "missing")
-    return StoreDamaged(rel, f"unreadable ({_STORE_FILE.sub(lambda m: f'{SHARDS}/{m.group(1)}', first_line(e))})")
-
-
-def damage_in(root: Path, e: duckdb.Error) -> StoreDamaged | None:
-    """The StoreDamaged that a DuckDB error stands for when it is one of reading a shard (through
-    the filters view: a missing file, a truncated or corrupt one); None for any other error."""
-    if not isinstance(e, (duckdb.IOException, duckdb.InvalidInputException, duckdb.PermissionException)):
-        return None
-    m = _STORE_FILE.search(first_line(e))
-    return None if m is None else unreadable(Path(root) / SHARDS / m.group(1), e)
-
-
-def shown_path(path: str | os.PathLike, limit: int = 120) -> str:
-    """A path as an error message shows it: whole up to ``limit`` characters, else its start and
-    end around how long it is (a 5,000-character path is not a message)."""
-    text = str(path)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit // 2]}...{text[-limit // 4:]} ({len(text):,} characters)"
-
-
-_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
-               (stat.S_ISREG, "a regular file"))
-
-
-def file_kind(mode: int) -> str:
-    """What a file of ``mode`` (st_mode) is, in words: "a FIFO", "a directory", ..."""
-    return next((name for test, name in _FILE_KINDS if test(mode)), "of an unknown kind")
-
-
-def check_store_path(root: str | os.PathLike) -> None:
-    """One-line StoreError, before anything opens a file of the store, for a path that cannot be
-    one: too long for the system, not a directory, unreadable; StoreDamaged for a catalog that is
-    not a regular file of the store's own (a FIFO would block its reader forever, a device or a
-    socket is no catalog, a symbolic link may point into another store). Only ``lstat`` is called:
-    nothing is opened. A missing catalog passes (the caller says how to create a store)."""
-    try:
-        st = os.stat(root)  # the store directory itself may be reached through a link
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise StoreError(f"{shown_path(root)}: {e.strerror or first_line(e)}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise StoreError(f"{shown_path(root)}: not a store directory ({file_kind(st.st_mode)}; a store is a "
-                         f"directory holding {CATALOG})")
-    try:
-        st = os.lstat(Path(root) / CATALOG)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise StoreError(f"{shown_path(Path(root) / CATALOG)}: {e.strerror or first_line(e)}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise StoreDamaged(CATALOG, f"{file_kind(st.st_mode)}, not a regular file; not read")
-
-
-SYMLINK_PROBLEM = "a symbolic link; a store's files and directories are its own, links are not followed"
-
-
-def symlinks_in(root: Path, rels) -> Iterator[str]:
-    """The paths (relative to the store) that are symbolic links among the store files ``rels``
-    and the directories they lie in (what lies under a link is not looked into). A store's files
-    are its own: a link (a ``tables/`` pointing at another store's) is damage, never followed.
-    Missing paths pass (the size and checksum checks say they are missing). Only ``lstat`` is called."""
-    seen: set[str] = set()   # checked: not links
-    links: set[str] = set()
-    for rel in rels:
-        parts = Path(rel).parts
-        for i in range(1, len(parts) + 1):
-            sub = "/".join(parts[:i])
-            if sub in links:
-                break
-            if sub in seen:
-                continue
-            try:
-                is_link = stat.S_ISLNK(os.lstat(Path(root) / sub).st_mode)
-            except OSError:
-                break
-            if is_link:
-                links.add(sub)
-                yield sub
-                break
-            seen.add(sub)
-
-
-def check_no_symlinks(root: Path, rels) -> None:
-    """StoreDamaged naming the first symbolic link among the store files ``rels`` (``symlinks_in``)."""
-    if (link := next(symlinks_in(root, rels), None)) is not None:
-        raise StoreDamaged(link, SYMLINK_PROBLEM)
-
-
-def check_schema(con, where: Path) -> int:
-    """The catalog's layout version; StoreError for one this program does not read (READABLE_SCHEMAS)."""
-    try:
-        version = con.execute("SELECT max(schema_version) FROM _store").fetchone()[0]
-    except duckdb.Error:
-        version = None
-    if version not in READABLE_SCHEMAS:
-        raise StoreError(f"{where}: catalog layout version {version}, this program reads versions "
-                         f"{', '.join(map(str, READABLE_SCHEMAS))}; rebuild the store by ingesting its sources into a new one")
-    return version
-
-
-def upgrade_schema(con, version: int) -> None:
-    """Bring a catalog of a readable layout ``version`` to SCHEMA_VERSION (a writer's staging copy)."""
-    while version != SCHEMA_VERSION:
-        con.execute(sql.read(UPGRADES[version]))
-        version = check_schema(con, Path(CATALOG))
-
-
-def default_db() -> Path:
-    return Path(os.environ.get(ENV_DB, "./filterdb"))
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sql_string(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
 
 
 @dataclass
@@ -379,7 +166,7 @@ class FilterStore:
             return Verification(0, 0, [f"{e.rel}: {e.problem}"])
         except duckdb.Error as e:
             return Verification(0, 0, [f"{CATALOG}: unreadable ({relative_to_store(self.root, first_line(e))})"])
-        from .tables import LATEST, TABLES
+        from .tables import LATEST, TABLES, latest_problem
 
         # A link anywhere in the layout is damage, and what it leads to is not read (not hashed).
         links = list(symlinks_in(self.root, [SHARDS, TABLES, f"{TABLES}/{LATEST}", *(rel for rel, _, _ in files)]))
@@ -393,102 +180,6 @@ class FilterStore:
                 and (problem := latest_problem(self.root, current_tables)) is not None:
             problems.append(problem)
         return Verification(len(files), sum(size for _, size, _ in files), problems)
-
-
-def referenced_files(con: duckdb.DuckDBPyConnection) -> str:
-    """A query of every store file the catalog references: path (relative to the store), bytes, sha256."""
-    files = "SELECT path, bytes, sha256 FROM _shards UNION ALL SELECT path, bytes, sha256 FROM _layer_histograms"
-    return files + (" UNION ALL SELECT path, bytes, sha256 FROM _tables" if has_tables(con) else "")
-
-
-def has_tables(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether the catalog records Parquet tables (layout 5 and later: ``_tables``)."""
-    return bool(con.execute("SELECT max(schema_version) >= 5 FROM _store").fetchone()[0])
-
-
-def current_tables_dir(con: duckdb.DuckDBPyConnection) -> str | None:
-    """The current version's Parquet tables directory, relative to the store (None: none written yet)."""
-    if not has_tables(con):
-        return None
-    row = con.execute("SELECT any_value(path) FROM _tables WHERE version = (SELECT max(version) FROM _versions)").fetchone()
-    return None if row[0] is None else str(Path(row[0]).parent)
-
-
-def latest_problem(root: Path, directory: str) -> str | None:
-    """What is wrong with tables/LATEST against the current tables ``directory``; None if nothing."""
-    from .tables import LATEST, TABLES
-
-    path = Path(root) / TABLES / LATEST
-    try:
-        if path.is_symlink() or not path.is_file():
-            return f"{TABLES}/{LATEST}: missing or not a file"
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        return f"{TABLES}/{LATEST}: unreadable ({e.strerror})"
-    if text != directory + "\n":
-        return f"{TABLES}/{LATEST}: does not name the current version's tables ({directory})"
-    return None
-
-
-def store_id(con: duckdb.DuckDBPyConnection) -> str:
-    """The store's id (a UUID given when it was created)."""
-    return con.execute("SELECT store_id FROM _store").fetchone()[0]
-
-
-def current_version(con: duckdb.DuckDBPyConnection) -> int:
-    """The catalog's store version (0: nothing committed yet)."""
-    return int(con.execute("SELECT coalesce(max(version), 0) FROM _versions").fetchone()[0])
-
-
-def basis_version_at(con: duckdb.DuckDBPyConnection, version: int) -> int | None:
-    """The global basis of a store version (None: it held fewer than 2 filters)."""
-    row = con.execute("SELECT basis_version FROM _versions WHERE version = ?", [version]).fetchone()
-    return None if row is None or row[0] is None else int(row[0])
-
-
-def list_versions(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    """Every store version, oldest first: version, committed_at, action, summary, models_added,
-    models_changed, models_removed, n_models, n_filters, basis_version, compacted."""
-    cur = con.execute("SELECT * FROM _versions ORDER BY version")
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
-
-
-class VersionError(StoreError):
-    """A store version that is not in the store (never was, or compacted away)."""
-
-
-def check_version(con: duckdb.DuckDBPyConnection, version: int) -> int:
-    """``version`` if the store holds it, else VersionError saying which ones it holds."""
-    row = con.execute("SELECT compacted FROM _versions WHERE version = ?", [version]).fetchone()
-    lo, hi = con.execute("SELECT min(version) FILTER (WHERE NOT compacted), max(version) FROM _versions").fetchone()
-    kept = "none" if hi is None else f"{lo} to {hi}"
-    if row is None:
-        raise VersionError(f"no store version {version}; this store holds versions {kept} (GET /v1/versions, "
-                           "`cnnfilterdb log`)")
-    if row[0]:
-        raise VersionError(f"store version {version} was compacted away (`cnnfilterdb compact`); this store holds "
-                           f"versions {kept}")
-    return version
-
-
-def load_basis(con: duckdb.DuckDBPyConnection, version: int | None = None) -> Basis | None:
-    """The global basis of store version ``version`` (default the current one).
-
-    Returns
-    -------
-    Basis with mean (9,), components (9, 9), explained_variance (9,), explained_variance_ratio
-    (9,), range_min, range_max and its version; None if the version has none (< 2 filters).
-    """
-    bv = basis_version_at(con, current_version(con) if version is None else version)
-    row = None if bv is None else con.execute(
-        "SELECT n_filters, mean, components, explained_variance, explained_variance_ratio, "
-        "range_min, range_max, version FROM _basis WHERE version = ?", [bv]
-    ).fetchone()
-    if row is None:
-        return None
-    n, mean, comps, ev, evr, lo, hi, version = row
-    return Basis(int(n), np.array(mean), np.array(comps), np.array(ev), np.array(evr), lo, hi, int(version))
 
 
 class StoreTransaction:
@@ -581,7 +272,7 @@ class StoreTransaction:
     def _remove_garbage(self) -> None:
         """Delete what dead writers left: staging catalogs and store files no catalog references
         (shards, histogram files, table directories); point tables/LATEST at the current tables."""
-        from .tables import LATEST, TABLES, point_latest
+        from .tables import LATEST, TABLES, latest_problem, point_latest
 
         for p in self.root.glob(f"{CATALOG}.*{STAGING_SUFFIX}*"):
             p.unlink(missing_ok=True)
@@ -832,7 +523,7 @@ class StoreTransaction:
         """Refit the global basis of this version and its per-layer histograms (refit.py), and
         record both in the catalog; returns the new basis version (None: fewer than 2 filters).
         Older bases stay for the versions that use them."""
-        from .refit import refit  # refit.py reads the shards through scan.py, which imports this module
+        from .refit import refit  # loaded on a refit only: the scans' kernels (numba) take a while to import
         from .scan import ShardScanner
 
         path = self.root / SHARDS / f"{self.ingest_id}-histograms.npy"

@@ -39,7 +39,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import basis_version_at, file_sha256, fsync_path, sql_string
+from cnnfilterdb.sql import sql_string
+
+from .atomic import fsync_path
+from .catalog import basis_version_at
+from .layout import file_sha256
 
 TABLES = "tables"
 LATEST = "LATEST"
@@ -122,3 +126,17 @@ def point_latest(root: Path, directory: str) -> None:
     fsync_path(tmp)
     os.replace(tmp, latest)
     fsync_path(latest.parent)
+
+
+def latest_problem(root: Path, directory: str) -> str | None:
+    """What is wrong with tables/LATEST against the current tables ``directory``; None if nothing."""
+    path = Path(root) / TABLES / LATEST
+    try:
+        if path.is_symlink() or not path.is_file():
+            return f"{TABLES}/{LATEST}: missing or not a file"
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        return f"{TABLES}/{LATEST}: unreadable ({e.strerror})"
+    if text != directory + "\n":
+        return f"{TABLES}/{LATEST}: does not name the current version's tables ({directory})"
+    return None

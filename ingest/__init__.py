@@ -7,7 +7,9 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from cnnfilterdb.store import SAMPLE_MODELS, StoreTransaction, default_db, file_sha256
+from cnnfilterdb.catalog import SAMPLE_MODELS
+from cnnfilterdb.layout import default_db, file_sha256
+from cnnfilterdb.store import StoreTransaction
 
 from .errors import IngestError
 from .h5 import ingest_h5, is_hdf5, read_contents

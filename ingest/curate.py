@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from cnnfilterdb.atomic import fsync_path
 from cnnfilterdb.checksums import Checksums, ShardChecks, shard_checksums
+from cnnfilterdb.layout import StoreError, file_sha256
 from cnnfilterdb.scan import HeldShards, _reading
 from cnnfilterdb.selection import nearest
-from cnnfilterdb.store import FilterStore, StoreError, StoreTransaction, file_sha256, fsync_path
+from cnnfilterdb.store import FilterStore, StoreTransaction
 
 from .errors import IngestError
 from .h5 import normalize_task

@@ -17,7 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cnnfilterdb.store import WEIGHT_COLUMNS, StoreTransaction, fsync_path, sha256_update
+from cnnfilterdb.atomic import fsync_path
+from cnnfilterdb.layout import WEIGHT_COLUMNS, sha256_update
+from cnnfilterdb.store import StoreTransaction
 
 # Every column is required (NOT NULL): pages then carry no definition levels, which halves the
 # cost of decoding the weights on every scan (6 against 14 ns per row here) and speeds writing.

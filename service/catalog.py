@@ -30,8 +30,9 @@ from pathlib import Path
 
 import duckdb
 
+from cnnfilterdb.errors import first_line
+from cnnfilterdb.layout import CATALOG, StoreDamaged, StoreError, relative_to_store
 from cnnfilterdb.reader import CatalogReader, Generation, attach
-from cnnfilterdb.store import CATALOG, StoreDamaged, StoreError, first_line, relative_to_store
 
 from .errors import ApiError
 from .settings import Settings

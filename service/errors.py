@@ -4,7 +4,7 @@ Messages show a client's values through `cnnfilterdb.selection.echo` (cut short)
 also cut after MESSAGE_CHARS characters whatever its source, so an error body stays small
 whatever the request held (DuckDB's messages quote the SQL, a request may hold many errors).
 A store file that is missing or cannot be read is a 503 `store_damaged` naming it relative to the
-store (`cnnfilterdb.store.StoreDamaged`, and DuckDB's errors reading a shard)."""
+store (`cnnfilterdb.layout.StoreDamaged`, and DuckDB's errors reading a shard)."""
 from __future__ import annotations
 
 import logging
@@ -13,9 +13,15 @@ import duckdb
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cnnfilterdb.store import StoreDamaged, damage_in, first_line, relative_to_store
+from cnnfilterdb.catalog import VersionError
+from cnnfilterdb.errors import UserError, first_line
+from cnnfilterdb.layout import StoreDamaged, StoreError, damage_in, relative_to_store
+from cnnfilterdb.plots import PlotParameterError
+from cnnfilterdb.requests import explain
+from cnnfilterdb.selection import EmptySelectionError, InvalidValue, SelectionError, UnknownName
 
 log = logging.getLogger("cnnfilterdb.service")
 MESSAGE_CHARS = 1000
@@ -27,14 +33,39 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
+# The project's errors a client can act on, and their answers: the first class an error is an
+# instance of gives its status and code (so a subclass comes before its base).
+ANSWERS: list[tuple[type[Exception], int, str]] = [
+    (EmptySelectionError, 404, "empty_selection"),
+    (PlotParameterError, 400, "invalid_request"),
+    (UnknownName, 400, "invalid_request"),
+    (InvalidValue, 422, "invalid_request"),
+    (SelectionError, 400, "invalid_selection"),
+    (VersionError, 404, "unknown_version"),
+    (StoreDamaged, 503, "store_damaged"),
+    (StoreError, 503, "store_unavailable"),
+    (UserError, 400, "invalid_request"),
+]
+
+
+def answer_of(e: UserError) -> tuple[int, str]:
+    """The status and code of one of the project's errors (ANSWERS)."""
+    return next((status, code) for cls, status, code in ANSWERS if isinstance(e, cls))
+
+
 def not_found(what: str, key) -> ApiError:
     return ApiError(404, "not_found", f"no {what} {key}")
 
 
-def is_type_tag(loc_item) -> bool:
-    """A location item that names a member of a union type (``str``, ``list[...]``,
-    ``function-before[...]``) rather than a field or an index: not for a client's eyes."""
-    return isinstance(loc_item, str) and ("[" in loc_item or loc_item in ("str", "int", "float", "bool"))
+def body_fields(request: Request) -> list[str] | None:
+    """The fields of the matched route's request body model, or None (the known fields an
+    unknown body key's message lists: request models forbid extra keys, strict.py)."""
+    route = request.scope.get("route")
+    field = getattr(route, "body_field", None)
+    model = getattr(getattr(field, "field_info", None), "annotation", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return None
 
 
 def _body(code: str, message: str) -> dict:
@@ -50,42 +81,25 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError):
-        # A value outside a documented set (group_by, metric, weights, basis) or an unknown field of
-        # `where` is a 400 that lists the valid ones; other malformed input is a 422.
-        from cnnfilterdb.selection import FILTER_FIELDS, echo
+        # Worded by the engine, as its own checks word them (cnnfilterdb/requests.explain): a value
+        # outside a documented set or a name the request lacks is a 400, other malformed input a 422.
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "POST" and media != "application/json" and any(
+                err.get("type") in ("missing", "model_attributes_type") and tuple(err.get("loc", ())) == ("body",)
+                for err in e.errors()):
+            return JSONResponse(_body("invalid_request", f"the body must be a JSON object sent with Content-Type: "
+                                                         f"application/json (got {media or 'no content type'})"),
+                                status_code=415 if media else 422)
+        problems = explain(e.errors(), body_fields(request))
+        status = 400 if any(unknown for unknown, _ in problems) else 422
+        return JSONResponse(_body("invalid_request", "; ".join(text for _, text in problems)), status_code=status)
 
-        parts, status, unions, bounded = [], 422, set(), set()
-        for err in e.errors():
-            raw = [x for x in err.get("loc", ()) if x not in ("body", "query")]
-            loc = [str(x) for x in raw if not is_type_tag(x)]  # pydantic's names of union members
-            where = ".".join(loc) or "request"
-            in_bounds = any(isinstance(x, str) and x.startswith("Bounds[") for x in raw)
-            if err.get("type") == "literal_error":
-                status = 400
-                parts.append(f"unknown {where} {echo(err.get('input'))}; {err.get('msg', '').replace('Input should be', 'valid:')}")
-            elif err.get("type") == "extra_forbidden" and in_bounds:
-                status = 400
-                parts.append(f"unknown bound {echo(loc[-1])} in {'.'.join(loc[:-1])}; valid: gte, gt, lte, lt")
-                bounded.add(".".join(loc[:-1]))
-            elif err.get("type") == "extra_forbidden" and len(loc) == 1:  # a body key the endpoint lacks
-                from .strict import body_fields
-
-                status = 400
-                parts.append(f"unknown field {echo(loc[0])} in the request; known: {', '.join(body_fields(request) or [])}")
-            elif err.get("type") == "extra_forbidden":  # the last element of loc is the client's name
-                status = 400
-                parts.append(f"unknown field {echo(loc[-1])} in {'.'.join(loc[:-1]) or 'the request'}; "
-                             f"known fields of where: {FILTER_FIELDS}")
-            elif err.get("type") == "json_invalid":
-                error = (err.get("ctx") or {}).get("error", "invalid")
-                parts.append(f"the body is not JSON ({error} at character {raw[-1] if raw else 0})")
-            elif len(raw) != len(loc) and len(loc) >= 2 and loc[0] == "where":
-                unions.add(".".join(loc[:2]))  # a where value that fits no form: said once, below
-            else:
-                parts.append(f"{where}: {err.get('msg', 'invalid')}")
-        parts += [f"{u}: not a value, a list of values or an object of bounds (gte, gt, lte, lt) of the "
-                  "field's type" for u in sorted(unions - bounded)]
-        return JSONResponse(_body("invalid_request", "; ".join(parts)), status_code=status)
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, e: UserError):
+        status, code = answer_of(e)
+        if status >= 500:
+            log.warning("%s: %s", code, first_line(e))
+        return JSONResponse(_body(code, str(e)), status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException):

@@ -16,3 +16,12 @@ LAYER_ID = Path(..., ge=0, le=_INT32, openapi_examples=_FIRST,
                 description="the layer's id (layer_id in GET /v1/models/{model_id}/layers)")
 FILTER_ID = Path(..., ge=0, le=2**63 - 1, openapi_examples=_FIRST,
                  description="the filter's id (a layer holds the filters filter_id_first..filter_id_last)")
+
+
+def query(request_type, name: str):
+    """A query parameter of a GET analysis, declared from the engine's request type
+    (cnnfilterdb/requests.py): its default, bounds and description written once, there."""
+    field = request_type.model_fields[name]
+    bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "le", "gt", "lt") if getattr(m, k, None) is not None}
+    finite = {"allow_inf_nan": False} if any(getattr(m, "allow_inf_nan", None) is False for m in field.metadata) else {}
+    return Query(field.default, description=field.description, **bounds, **finite)

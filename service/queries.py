@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cnnfilterdb.store import SAMPLE_MODELS
+from cnnfilterdb.catalog import SAMPLE_MODELS
 from cnnfilterdb.selection import nearest
 
 # The columns of a model as /v1/models returns it.

@@ -1,53 +1,18 @@
-"""Pydantic models of every request and response of the HTTP API."""
+"""Pydantic models of the HTTP API's responses, and of the requests that are not an analysis (the
+analyses' requests are the engine's own: cnnfilterdb/requests.py)."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
-from cnnfilterdb.analysis import BASES
-from cnnfilterdb.limits import DEFAULT_KDE_BINS, MAX_BINS, MAX_DENSITY2D_BINS, MAX_KDE_BINS, MAX_RANGE_ABS, MIN_KDE_BINS
-from cnnfilterdb.selection import GROUP_FIELDS
-from cnnfilterdb.stats.divergence import METRICS, WEIGHTS
-from cnnfilterdb.store import ACTIONS
+from cnnfilterdb.catalog import ACTIONS
+from cnnfilterdb.limits import ENGINE_LIMITS
+from cnnfilterdb.requests import BasisKind
+from cnnfilterdb.selection import FIELD_DESCRIPTIONS
 
+from .settings import LIMITS, Settings
 from .strict import StrictModel
-
-# What each field of a selection (and of /v1/models' filters) means: the descriptions of `where`'s
-# properties and of the query parameters of GET /v1/models.
-FIELD_DESCRIPTIONS = {
-    "task": "the task the model was trained for, e.g. Classification (every label containing Segmentation "
-            "is stored as Segmentation, the source's label in task_raw)",
-    "task_raw": "the task as the source labelled it",
-    "visual_category": "the kind of images the model was trained on, e.g. natural, faces, fractals",
-    "training_dataset": "the dataset the model was trained on, e.g. ImageNet1k",
-    "pretraining_dataset": "the dataset the model was pretrained on, if any",
-    "name": "the model's architecture, e.g. ResNet-18 (many models share one)",
-    "model": "the model's unique name",
-    "model_id": "the model's id",
-    "producer": "the software that saved the model file, with its version, e.g. pytorch 1.10",
-    "paper": "the paper that published the model",
-    "accessible": "whether the model's weights are publicly available, as the source states it",
-    "conv_depth": "the layer's convolution level in its model: 0 is the first",
-    "conv_depth_norm": "the layer's relative depth: conv_depth divided by the model's last level, 0 (first) to 1 (last)",
-    "layer_id": "the layer's id",
-    "depth_bin": "conv_depth_norm in ten bins labelled [0.0, 0.1], (0.1, 0.2], ..., (0.9, 1.0]",
-    "sample": "true: the models of the synthetic sample (`cnnfilterdb demo`), not real data",
-    "version_added": "the store version that ingested the model",
-    "source": "the file the model came from",
-    "sha256": "the sha256 of that file (model files only)",
-}
-# The analysis options, described once for the request bodies and the GET endpoints' parameters.
-# Their allowed values are the schema's enums.
-GROUP_BY_TEXT = "the field whose values split the selection into groups (GET /v1/fields lists each field's values)"
-WHERE_BODY_TEXT = ("the filters to analyse: a selection (see Where); absent or null: every filter in the store")
-METRIC_TEXT = ("the divergence between two groups' histograms, per component: kl_sym is the paper's symmetric "
-               "Kullback-Leibler divergence (natural log)")
-WEIGHTS_TEXT = ("how the 9 components' divergences are summed: explained_variance weights each by its share of "
-                "the variance (the paper's)")
-BASIS_TEXT = ("the PCA basis the filters are projected on: global is fitted on every filter in the store (the "
-              "paper's); selection on the selected filters only")
-BINS_TEXT = "histogram bins per component, equal in width over the basis range (the smallest to the largest coefficient)"
 
 # What the responses' shared fields mean, described once (docs/method.md has the statistics).
 STORE_VERSION_TEXT = "the store version this result was computed on (cite it; as_of repeats it)"
@@ -153,11 +118,12 @@ class SqlSandbox(BaseModel):
 
 def _limits_model() -> type[BaseModel]:
     """The limits of /v1/stats: every setting in service/settings.LIMITS, as the service runs
-    with it, and the SQL workers' sandbox."""
-    from .settings import LIMITS, Settings
-
+    with it, every bound of the engine (cnnfilterdb/limits.ENGINE_LIMITS: fixed, the same for
+    every service) and the SQL workers' sandbox."""
     fields = {name: (int if name == "sql_worker_memory_cap" else Settings.model_fields[name].annotation,
                      Field(description=Settings.model_fields[name].description)) for name in LIMITS}
+    fields |= {name: (type(value), Field(value, description=f"{text} (the engine's, fixed)"))
+               for name, (value, text) in ENGINE_LIMITS.items()}
     fields["sql_sandbox"] = (SqlSandbox | None, Field(None, description="as reported by a running SQL worker "
                                                                         "(null before the first has started)"))
     return create_model("Limits", **fields)
@@ -323,8 +289,6 @@ def _not_bool(v):
     return v
 
 
-Integer = Annotated[int, BeforeValidator(_not_bool)]  # a request's integer: true is not 1
-
 
 class SqlRequest(StrictModel):
     # (The schema lists an example's keys alphabetically: params before sql.)
@@ -352,104 +316,6 @@ class SqlResponse(BaseModel):
 
 
 # ---- analysis ----------------------------------------------------------------------------------
-GroupField = Literal[tuple(GROUP_FIELDS)]  # type: ignore[valid-type]
-Metric = Literal[METRICS]  # type: ignore[valid-type]
-Weights = Literal[WEIGHTS]  # type: ignore[valid-type]
-BasisKind = Literal[BASES]  # type: ignore[valid-type]
-T = TypeVar("T")
-
-
-Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1), BeforeValidator(_not_bool)]
-Real = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_not_bool)]
-Component = Annotated[int, Field(ge=0, le=8), BeforeValidator(_not_bool)]
-RangeEnd = Annotated[float, Field(ge=-MAX_RANGE_ABS, le=MAX_RANGE_ABS), BeforeValidator(_not_bool)]
-
-
-class Bounds(BaseModel, Generic[T]):
-    """A range of values: {gte, gt, lte, lt}, every bound given must hold (text compares
-    alphabetically)."""
-    model_config = ConfigDict(extra="forbid")
-    # Not nullable: a bound given as null would be dropped, selecting everything.
-    gte: T = Field(None, description="greater than or equal to")
-    gt: T = Field(None, description="greater than")
-    lte: T = Field(None, description="less than or equal to")
-    lt: T = Field(None, description="less than")
-
-
-def _bounds(kind: Any, title: str, schema_name: str) -> type[Bounds]:
-    """Bounds of one type, named for the OpenAPI document: ``schema_name`` is its key under
-    components/schemas, ``title`` (Bounds[...]) what /docs shows and the tag pydantic gives the
-    union member in an error's location (errors.py recognizes it). Left to pydantic, both would
-    spell out the whole annotation of Int32 or Real."""
-    base = Bounds[kind]
-    return type(base)(title, (base,), {"__qualname__": schema_name, "__module__": __name__})
-
-
-TextBounds = _bounds(str, "Bounds[str]", "TextBounds")
-IntBounds = _bounds(Int32, "Bounds[int]", "IntBounds")
-RealBounds = _bounds(Real, "Bounds[float]", "RealBounds")
-TextCondition = str | list[str | None] | TextBounds | None
-IntCondition = Int32 | list[Int32 | None] | IntBounds | None
-RealCondition = Real | list[Real | None] | RealBounds | None
-BoolCondition = StrictBool | list[StrictBool | None] | None
-
-
-def _condition(field: str) -> Any:
-    return Field(None, description=FIELD_DESCRIPTIONS[field])
-
-
-class Where(BaseModel):
-    """A selection of filters by their model's and layer's fields: each field given is a value, a
-    list of values (any of them) or bounds {gte, gt, lte, lt}, and every field given must hold.
-    Text fields take strings, numeric fields numbers; null selects missing values. A value no model
-    has is a 404 suggesting the nearest ones (GET /v1/fields lists them)."""
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={
-        "examples": [{"task": "Classification", "conv_depth": {"gte": 1}}]})
-    task: TextCondition = _condition("task")
-    task_raw: TextCondition = _condition("task_raw")
-    visual_category: TextCondition = _condition("visual_category")
-    training_dataset: TextCondition = _condition("training_dataset")
-    pretraining_dataset: TextCondition = _condition("pretraining_dataset")
-    name: TextCondition = _condition("name")
-    model: TextCondition = _condition("model")
-    model_id: IntCondition = _condition("model_id")
-    producer: TextCondition = _condition("producer")
-    conv_depth: IntCondition = _condition("conv_depth")
-    conv_depth_norm: RealCondition = _condition("conv_depth_norm")
-    layer_id: IntCondition = _condition("layer_id")
-    depth_bin: TextCondition = _condition("depth_bin")
-    sample: BoolCondition = _condition("sample")
-    version_added: IntCondition = _condition("version_added")
-    source: TextCondition = _condition("source")
-    sha256: TextCondition = _condition("sha256")
-
-    def conditions(self) -> dict:
-        """The fields given (an explicit null means IS NULL), bounds as plain dicts."""
-        out = {}
-        for k in self.model_fields_set:
-            v = getattr(self, k)
-            out[k] = v.model_dump(exclude_none=True) if isinstance(v, BaseModel) else v
-        return out
-
-
-class AsOf(StrictModel):
-    """A request that reads the store as of one of its versions."""
-    as_of: Annotated[int, Field(ge=1, le=2**31 - 1), BeforeValidator(_not_bool)] | None = Field(
-        None, description="the store version to read (GET /v1/versions); default the current one. "
-                                          "The same request as_of the same version gives the same result, bit for bit")
-
-
-class DivergenceRequest(AsOf):
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"group_by": "task", "where": {"conv_depth": {"gte": 1}}, "metric": "kl_sym"}]})
-    group_by: GroupField = Field(description=GROUP_BY_TEXT)
-    where: Where | None = Field(None, description=WHERE_BODY_TEXT)
-    metric: Metric = Field("kl_sym", description=METRIC_TEXT)
-    bins: Integer = Field(70, ge=1, le=MAX_BINS, description=BINS_TEXT)
-    weights: Weights = Field("explained_variance", description=WEIGHTS_TEXT)
-    basis: BasisKind = Field("global", description=BASIS_TEXT)
-
-
 DRIFT_OF = " of the divergences between the d (d - 1) / 2 pairs of groups (matrix's upper triangle, diagonal excluded)"
 
 
@@ -498,11 +364,6 @@ class DivergenceResponse(Versioned):
     elapsed_ms: float = Field(description=ELAPSED_MS_TEXT)
 
 
-class PcaRequest(AsOf):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"where": {"task": "Classification"}}]})
-    where: Where | None = Field(None, description=WHERE_BODY_TEXT)
-
-
 class PcaResponse(Versioned):
     n_filters: int = Field(description="the selection's 3x3 filters, which the PCA was fitted on")
     mean: list[list[float]] = Field(description="3x3")
@@ -512,14 +373,6 @@ class PcaResponse(Versioned):
     explained_variance_ratio: list[float] = Field(description=EXPLAINED_VARIANCE_RATIO_TEXT)
     covariance: list[list[float]] = Field(description="9 x 9 covariance of the peak-scaled filters "
                                                       "(scikit-learn's get_covariance())")
-
-
-class HistogramsRequest(AsOf):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"group_by": "task", "bins": 70}]})
-    group_by: GroupField | None = Field(None, description=GROUP_BY_TEXT + "; absent or null: one group of all")
-    where: Where | None = Field(None, description=WHERE_BODY_TEXT)
-    bins: Integer = Field(70, ge=1, le=MAX_BINS, description=BINS_TEXT)
-    basis: BasisKind = Field("global", description=BASIS_TEXT)
 
 
 class GroupHistogram(BaseModel):
@@ -542,19 +395,6 @@ class HistogramsResponse(GroupedOverRange):
     groups: list[GroupHistogram] = Field(description="one per group, in natural order of their labels")
 
 
-class Density2dRequest(AsOf):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"components": [0, 1], "bins": 100,
-                                                               "range": [-3.3, 3.3]}]})
-    where: Where | None = Field(None, description=WHERE_BODY_TEXT)
-    components: list[Component] = Field([0, 1], min_length=2, max_length=2,
-                                        description="the two components, 0 (the most variance) to 8: the first is "
-                                                    "the rows of counts, the second the columns")
-    bins: Integer = Field(70, ge=1, le=MAX_DENSITY2D_BINS, description="bins per axis, equal in width over range")
-    basis: BasisKind = Field("global", description=BASIS_TEXT)
-    range: tuple[RangeEnd, RangeEnd] | None = Field(None, description="the ends of both axes, in either order (default: the "
-                                                             "basis range; the paper's figure: -3.3, 3.3)")
-
-
 class Density2dResponse(Versioned):
     components: list[int] = Field(description="the two components [i, j], as asked: counts' rows are i, its columns j")
     range: tuple[float, float] = Field(description="[lo, hi] of both axes, in coefficient units: the range asked for, "
@@ -564,15 +404,6 @@ class Density2dResponse(Versioned):
     n_filters: int = Field(description="the selection's 3x3 filters (counts leaves out those outside range)")
     counts: list[list[int]] = Field(description="bins x bins; rows: the first component")
     basis: BasisRef = Field(description=BASIS_REF_TEXT)
-
-
-class KdeRequest(AsOf):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"group_by": "task", "bins": 64}]})
-    group_by: GroupField | None = Field(None, description=GROUP_BY_TEXT + "; absent or null: one group of all")
-    where: Where | None = Field(None, description=WHERE_BODY_TEXT)
-    bins: Integer = Field(DEFAULT_KDE_BINS, ge=MIN_KDE_BINS, le=MAX_KDE_BINS,
-                          description="bins of the exact histogram the KDE is computed from; its centres are the grid")
-    basis: BasisKind = Field("global", description=BASIS_TEXT)
 
 
 class GroupKde(BaseModel):

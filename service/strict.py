@@ -3,7 +3,7 @@ naming it and the known ones, never silently ignored (a typo such as ``groupby``
 give an ungrouped answer). Query parameters: an app-wide dependency reads the matched route's
 declared parameters (FastAPI's own dependant), so there is one check for every endpoint. Body
 fields: request models forbid extra keys (``StrictModel``); errors.py words the message from the
-route's body model."""
+route's body model (``errors.body_fields``), and does not import this module."""
 from __future__ import annotations
 
 import json
@@ -102,13 +102,3 @@ def reject_unknown_query_parameters(request: Request) -> None:
     if repeated:
         raise ApiError(400, "repeated_parameter", f"query parameter(s) given more than once: "
                                                   f"{', '.join(echo(r) for r in repeated[:10])}; each takes one value")
-
-
-def body_fields(request: Request) -> list[str] | None:
-    """The fields of the matched route's request body model, or None."""
-    route = request.scope.get("route")
-    field = getattr(route, "body_field", None)
-    model = getattr(getattr(field, "field_info", None), "annotation", None)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return None

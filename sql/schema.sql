@@ -1,5 +1,5 @@
 -- Tables of the catalog (<db>/catalog.duckdb).
--- The layout version of this file: a program refuses a catalog of another version (store.py).
+-- The layout version of this file: a program refuses a catalog of another version (catalog.py).
 -- store_id names the store (a random UUID given when it was created): "store <id>, version 7"
 -- identifies a result across copies and other stores. The id floors: ids are never reused, not
 -- even after `compact` has forgotten every row that held them (a cited id keeps its meaning).
@@ -20,7 +20,7 @@ INSERT INTO _store VALUES (4, uuid()::VARCHAR, 0, 0, 0);
 CREATE TABLE _versions (
     version        INTEGER PRIMARY KEY,       -- 1, 2, ...: one per commit
     committed_at   TIMESTAMP NOT NULL,        -- UTC
-    action         VARCHAR NOT NULL,          -- ingest | label | remove | refresh (store.ACTIONS)
+    action         VARCHAR NOT NULL,          -- ingest | label | remove | refresh (catalog.ACTIONS)
     summary        VARCHAR NOT NULL,          -- what it added or changed, in words
     models_added   INTEGER NOT NULL,
     models_changed INTEGER NOT NULL,          -- relabelled

@@ -19,10 +19,11 @@ from PIL import Image
 import cnnfilterdb
 import cnnfilterdb.api
 import cnnfilterdb.client
+from cnnfilterdb.catalog import VersionError
+from cnnfilterdb.layout import StoreError
 from cnnfilterdb.plots import render
 from cnnfilterdb.results import LAYER_COLUMNS, MODEL_COLUMNS
 from cnnfilterdb.selection import EmptySelectionError, SelectionError
-from cnnfilterdb.store import StoreError, VersionError
 
 from .helpers import cli_main, serving
 
@@ -522,7 +523,7 @@ BAD_WHERE = [
     ({"sample": {"gte": True}}, "where.sample: true, false, null or a list of them (no bounds)"),
     ({"sample": [True, "no"]}, "where.sample: expected true or false"),
     ({"conv_depth": {"gte": None}}, "where.conv_depth.gte: expected an integer, got None"),
-    ({"conv_depth": {"above": 1, 2: 3}}, "where.conv_depth: bounds must be among"),
+    ({"conv_depth": {"above": 1, 2: 3}}, "unknown bound 'above' in where.conv_depth; valid: gte, gt, lte, lt"),
 ]
 
 

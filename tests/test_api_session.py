@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import cnnfilterdb
-from cnnfilterdb.store import StoreError
+from cnnfilterdb.layout import StoreError
 
 
 def test_sql_cannot_break_the_engine(v1_store):

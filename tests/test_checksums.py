@@ -19,9 +19,10 @@ from fastapi.testclient import TestClient
 
 import cnnfilterdb
 from cnnfilterdb.checksums import FOOTER, Checksums, shard_checksums
+from cnnfilterdb.layout import StoreDamaged
 from cnnfilterdb.service.main import create_app
 from cnnfilterdb.service.settings import Settings
-from cnnfilterdb.store import FilterStore, StoreDamaged
+from cnnfilterdb.store import FilterStore
 
 from .helpers import cli_main, flip_byte, ingest_in_shards, open_catalog, run_cli
 

@@ -23,7 +23,7 @@ import pytest
 import cnnfilterdb.export as export
 import cnnfilterdb.scan as scan
 from cnnfilterdb.export import COLUMNS, FORMATS, NPY_DTYPE, export_chunks, write_export
-from cnnfilterdb.store import StoreDamaged
+from cnnfilterdb.layout import StoreDamaged
 
 from .helpers import ingest_in_shards, open_catalog, serving
 
@@ -323,7 +323,7 @@ def test_export_as_of_an_older_version(small_store, tmp_path):
 @pytest.mark.parametrize("query, status, words", [
     ("format=xml", 400, "unknown format"),
     ("where=%7Bnot%20json", 400, "where: not JSON"),
-    ('where={"colour": "red"}', 400, "unknown field 'colour' in where"),
+    ('where={"colour": "red"}', 400, "unknown field(s) in where: ['colour']"),
     ('where={"task": "classification"}', 404, "did you mean"),
     ("as_of=99", 404, "no store version 99"),
     ("as_of=0", 422, "as_of"),

@@ -201,8 +201,10 @@ def test_the_histograms_checked_are_the_histograms_used(store):
 def test_layer_ids_outside_the_store_stop_a_scan(store):
     """The compiled kernels index by layer id unchecked: a row group whose ids fall outside the
     store's range (a damaged shard) is refused before it reaches them."""
+    from cnnfilterdb.catalog import load_basis
+    from cnnfilterdb.layout import StoreDamaged
     from cnnfilterdb.scan import LayerGroups, scan_range
-    from cnnfilterdb.store import FilterStore, StoreDamaged, load_basis
+    from cnnfilterdb.store import FilterStore
 
     with FilterStore(store).connect() as con:
         basis = load_basis(con)
@@ -266,7 +268,7 @@ def test_filter_ids_that_contradict_the_catalog_are_a_503_not_a_wrong_page(store
 
     from cnnfilterdb.checksums import shard_checksums
     from cnnfilterdb.ingest.shards import PARQUET_OPTIONS
-    from cnnfilterdb.store import file_sha256
+    from cnnfilterdb.layout import file_sha256
 
     shard, _, _ = _files(store)
     with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:

@@ -89,7 +89,7 @@ MORE_ERRORS = [
     (["plot", "divergence", "--where", '{"no_field": 1}'], "x.png", "unknown field(s) in where"),
     (["plot", "density2d", "--components", "1"], "x.png", "components: two numbers separated by a comma"),
     (["plot", "layer_filters", "--layer-id", "999999"], "x.pdf", "no layer 999999"),
-    (["plot", "divergence", "--dpi", "5000"], "x.png", "dpi must be from 10 to 600"),
+    (["plot", "divergence", "--dpi", "5000"], "x.png", "dpi must be an integer from 10 to 600"),
     (["plot", "divergence"], "no/such/dir/x.png", "no such directory"),
 ]
 

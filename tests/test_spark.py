@@ -17,14 +17,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cnnfilterdb.analysis import Analysis, Snapshot
+from cnnfilterdb.analysis import Analysis
+from cnnfilterdb.catalog import VersionError
 from cnnfilterdb.ingest import ingest_paths
 from cnnfilterdb.ingest.shards import ShardWriter
+from cnnfilterdb.layout import StoreDamaged, StoreError
 from cnnfilterdb.scan import LayerGroups, ShardScanner
 from cnnfilterdb.selection import EmptySelectionError
+from cnnfilterdb.snapshot import Snapshot
 from cnnfilterdb.spark import SparkStore, session, store_uri
 from cnnfilterdb.spark.session import SparkError
-from cnnfilterdb.store import FilterStore, StoreDamaged, StoreError, VersionError
+from cnnfilterdb.store import FilterStore
 
 from . import reference
 from .helpers import REPO, cli_main, open_catalog, store_snapshot

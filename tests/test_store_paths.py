@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import cnnfilterdb
-from cnnfilterdb.store import FilterStore, StoreError, StoreTransaction
+from cnnfilterdb.layout import StoreError
+from cnnfilterdb.store import FilterStore, StoreTransaction
 
 from .helpers import open_catalog, store_snapshot
 
@@ -93,7 +94,7 @@ def test_a_fifo_catalog_never_blocks_a_reader(tmp_path, sample_v01):
     os.mkfifo(fifo / "catalog.duckdb")
     code = ("import cnnfilterdb, sys\n"
             "try:\n    cnnfilterdb.open(sys.argv[1])\n"
-            "except cnnfilterdb.store.StoreError as e:\n    print(e)\n")
+            "except cnnfilterdb.StoreError as e:\n    print(e)\n")
     p = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "catalog.duckdb: a FIFO, not a regular file" in p.stdout, p.stderr
     for argv in (["info"], ["sql", "SELECT 1"], ["verify"], ["log"], ["drift", "--group-by", "task"],

@@ -19,7 +19,7 @@ from cnnfilterdb.analysis import Analysis
 from cnnfilterdb.ingest.curate import compact, label_models, remove_models
 from cnnfilterdb.ingest.errors import IngestError
 from cnnfilterdb.ingest.sample import write_sample_h5
-from cnnfilterdb.store import StoreError
+from cnnfilterdb.layout import StoreError
 
 from .helpers import REPO, cli_main, open_catalog, run_cli, store_snapshot
 
@@ -249,7 +249,7 @@ def test_unknown_versions_are_404_or_400(v1_client):
         r = v1_client.post("/v1/pca", json={"as_of": bad})
         assert r.status_code == (200 if bad is None else 422), (bad, r.text)
         if bad is not None:
-            assert r.json()["error"]["message"].startswith("as_of: ")
+            assert r.json()["error"]["message"].startswith("as_of must be an integer from 1 to 2,147,483,647")
     for bad in ("0", "x", "1e3", "99999999999"):
         r = v1_client.get(f"/v1/quality/degenerate?as_of={bad}")
         assert r.status_code == 422, (bad, r.text)
@@ -498,7 +498,8 @@ def test_label_names_models_unambiguously(store, tmp_path):
 
 def test_cli_where_is_checked_as_over_http(store):
     for where, words in [('{"conv_depth_norm": {"lt": NaN}}', "where.conv_depth_norm"),
-                         ('{"sample": "yes"}', "where.sample: Input should be a valid boolean"),
-                         ('{"colour": 1}', "unknown field(s) in where: 'colour'")]:
+                         ('{"sample": "yes"}', "where.sample: expected true or false (a bool), got 'yes'"),
+                         ('{"conv_depth": {"ge": 2}}', "unknown bound 'ge' in where.conv_depth; valid: gte, gt, lte, lt"),
+                         ('{"colour": 1}', "unknown field(s) in where: ['colour']")]:
         code, _, err = run_cli("drift", "--group-by", "task", "--where", where, "--db", str(store))
         assert code == 1 and words in err, err

@@ -36,11 +36,12 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..checksums import check_footer, check_row_group, check_spans, damage_of, read_footer_from, row_group_span
+from ..errors import first_line
+from ..layout import StoreDamaged, StoreError
 from ..scan import LayerGroups, kernel_basis
 from ..stats.basis import Basis
 from ..stats.histogram import bin_edges, histogram_range
 from ..stats.moments import Moments
-from ..store import StoreDamaged, StoreError, first_line
 from .session import SparkError
 
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]

@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import UserError
-from ..store import first_line
+from ..errors import UserError, first_line
 
 # Rows per Arrow batch handed to a task's kernels: large enough that the per-batch cost (a
 # Python call, the kernels' dispatch) is small against 6 ns a row, small enough (5 MB) to stay

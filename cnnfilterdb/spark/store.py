@@ -14,10 +14,13 @@ import re
 import time
 from pathlib import Path
 
-from ..analysis import Analysis, Snapshot
+from ..analysis import Analysis
+from ..catalog import VersionError
 from ..errors import UserError
-from ..selection import SelectionError
-from ..store import CATALOG, SHARDS, StoreDamaged, StoreError, StoreTransaction, VersionError, check_no_symlinks
+from ..layout import CATALOG, SHARDS, StoreDamaged, StoreError, check_no_symlinks
+from ..requests import DivergenceRequest, takes
+from ..snapshot import Snapshot
+from ..store import StoreTransaction
 from ..tables import LATEST, TABLES
 from .jobs import SparkScanner
 from .session import SparkError, job_error
@@ -126,13 +129,16 @@ class SparkStore:
         return Analysis(cur, Path("."), snapshot=Snapshot(Path("."), self.version), use_layer_histograms=False,
                         scanner=self.scanner)
 
-    def divergence(self, group_by: str, where: dict | None = None, metric: str = "kl_sym", bins: int = 70,
-                   weights: str = "explained_variance", basis: str = "global") -> dict:
+    @takes(DivergenceRequest)
+    def divergence(self, req: DivergenceRequest) -> dict:
         """``Analysis.divergence`` (docs/method.md#divergence) with its scans as Spark jobs: the same
-        keys and values as ``cnnfilterdb drift --json``; ``method`` is "spark"."""
+        keys and values as ``cnnfilterdb drift --json``; ``method`` is "spark". The store version
+        is the one opened (``as_of`` may only repeat it)."""
+        if req.as_of is not None and req.as_of != self.version:
+            raise VersionError(f"this SparkStore reads store version {self.version}; open it as_of {req.as_of}")
         try:
-            return self.analysis().divergence(group_by, where, metric, bins, weights, basis)
-        except (SelectionError, UserError):  # a bad selection, a damaged store, Spark's own
+            return self.analysis().divergence(req)
+        except UserError:  # a bad selection, a damaged store, Spark's own
             raise
         except Exception as e:  # a failed job (a shard missing or unreadable where Spark reads it)
             raise SparkError(f"a Spark job failed: {job_error(e)}") from None
@@ -218,7 +224,8 @@ def refresh(db: str | os.PathLike, spark, uri: str | None = None, read: str = "a
             raise  # writing the store (a full disk): the CLI names it; the transaction rolls back
         except Exception as e:
             raise SparkError(f"a Spark job failed: {job_error(e)}; the store is unchanged") from None
-    from ..store import FilterStore, load_basis
+    from ..catalog import load_basis
+    from ..store import FilterStore
 
     with FilterStore(db).connect() as con:
         b = load_basis(con, version)

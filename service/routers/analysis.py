@@ -8,37 +8,36 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
-from cnnfilterdb.analysis import DEGENERATE_THRESHOLDS, Analysis, Snapshot
-from cnnfilterdb.limits import MAX_DEGENERATE_LIMIT, MAX_OFFSET, MAX_SIMILAR_K
-from cnnfilterdb.selection import EmptySelectionError, SelectionError
-from cnnfilterdb.store import VersionError
+from cnnfilterdb.analysis import Analysis
+from cnnfilterdb.requests import (
+    DegenerateRequest,
+    Density2dRequest,
+    DivergenceRequest,
+    HistogramsRequest,
+    KdeRequest,
+    Metric,
+    PcaRequest,
+    SimilarRequest,
+    Weights,
+    build,
+    check_where,
+)
+from cnnfilterdb.snapshot import Snapshot
 
 from ..catalog import Generation, LiveCatalog
 from ..deps import get_catalog, respond
 from ..errors import ApiError, not_found
 from ..jsonable import jsonable
-from ..params import AS_OF, MODEL_ID, WHERE_TEXT
+from ..params import AS_OF, MODEL_ID, WHERE_TEXT, query
 from ..schemas import (
-    METRIC_TEXT,
-    WEIGHTS_TEXT,
     DegenerateResponse,
-    Density2dRequest,
     Density2dResponse,
-    DivergenceRequest,
     DivergenceResponse,
-    HistogramsRequest,
     HistogramsResponse,
-    KdeRequest,
     KdeResponse,
-    Metric,
-    PcaRequest,
     PcaResponse,
     SimilarResponse,
-    Weights,
-    Where,
     error_responses,
 )
 from ..strict import StrictJsonRoute
@@ -73,12 +72,9 @@ def analysis(catalog: LiveCatalog, gen: Generation | None = None, as_of: int | N
 
 
 def snapshot_at(gen: Generation, cur, as_of: int | None) -> Snapshot:
-    """The generation's snapshot of store version ``as_of`` (None: the current one), or a 404
-    saying which versions the store holds."""
-    try:
-        return gen.snapshot_at(cur, as_of)
-    except VersionError as e:
-        raise ApiError(404, "unknown_version", str(e)) from None
+    """The generation's snapshot of store version ``as_of`` (None: the current one); VersionError
+    (a 404 saying which versions the store holds) if it has none."""
+    return gen.snapshot_at(cur, as_of)
 
 
 @contextmanager
@@ -88,20 +84,14 @@ def _analysis(catalog: LiveCatalog, gen: Generation, as_of: int | None) -> Itera
         # The generation's snapshot of a version (basis, shards, per-layer histograms) is read once
         # and kept: repeated default-parameter queries then read no filter and only the histogram
         # rows they sum.
-        snapshot = snapshot_at(gen, cur, as_of)
-        try:
-            yield Analysis(cur, catalog.root, snapshot=snapshot)
-        except EmptySelectionError as e:
-            raise ApiError(404, "empty_selection", str(e)) from None
-        except SelectionError as e:
-            raise ApiError(400, "invalid_selection", str(e)) from None
+        yield Analysis(cur, catalog.root, snapshot=snapshot_at(gen, cur, as_of))
     finally:
         cur.close()
 
 
 def where_query(text: str | None) -> dict | None:
-    """A ``where`` query parameter (GET routes): a JSON object validated as the analysis bodies'
-    ``where`` (the same messages for the same mistakes)."""
+    """A ``where`` query parameter (GET routes): a JSON object checked as the analysis bodies'
+    ``where`` (the engine's grammar: the same messages for the same mistakes)."""
     if text is None or not text.strip():  # given empty: no selection
         return None
     try:
@@ -110,16 +100,7 @@ def where_query(text: str | None) -> dict | None:
         raise ApiError(400, "invalid_request", f"where: not JSON ({e.msg} at character {e.pos})") from None
     except RecursionError:
         raise ApiError(400, "invalid_request", "where: nested too deeply") from None
-    if value is None:
-        return None
-    try:
-        return Where.model_validate(value).conditions()
-    except ValidationError as e:
-        raise RequestValidationError([{**err, "loc": ("where", *err["loc"])} for err in e.errors()]) from None
-
-
-def _where(req) -> dict | None:
-    return req.where.conditions() if req.where is not None else None
+    return check_where(value)
 
 
 @router.post("/v1/divergence", response_model=DivergenceResponse,
@@ -132,7 +113,7 @@ def divergence(req: DivergenceRequest, catalog: LiveCatalog = Depends(get_catalo
     their histograms, weighted by `weights`. The d x d `matrix` holds every pair; `drift`
     summarizes its upper triangle (mean, median, quartiles, min, max)."""
     with analysis(catalog, as_of=req.as_of) as a:
-        out = a.divergence(req.group_by, _where(req), req.metric, req.bins, req.weights, req.basis)
+        out = a.divergence(req)
     return respond(DivergenceResponse(**jsonable(out)))
 
 
@@ -142,7 +123,7 @@ def pca(req: PcaRequest, catalog: LiveCatalog = Depends(get_catalog)):
     (f / max|f|): their mean, the components as 3x3 eigen-images by decreasing variance, the
     explained variance (and its ratio) and the 9 x 9 covariance."""
     with analysis(catalog, as_of=req.as_of) as a:
-        return respond(PcaResponse(**a.pca(_where(req))))
+        return respond(PcaResponse(**a.pca(req)))
 
 
 @router.post("/v1/histograms", response_model=HistogramsResponse,
@@ -152,7 +133,7 @@ def histograms(req: HistogramsRequest, catalog: LiveCatalog = Depends(get_catalo
     one group) and component, the counts of their coefficients in `bins` equal bins over the basis
     range, with the bin edges. The data of the paper's ridge plots."""
     with analysis(catalog, as_of=req.as_of) as a:
-        out = a.histograms(_where(req), req.group_by, req.bins, req.basis)
+        out = a.histograms(req)
     return respond(HistogramsResponse(**jsonable(out)))
 
 
@@ -162,7 +143,7 @@ def density2d(req: Density2dRequest, catalog: LiveCatalog = Depends(get_catalog)
     """The selected filters projected on two of the basis' components: the counts in a bins x bins
     grid over `range` (default the basis range), with the edges. The paper's scatter density."""
     with analysis(catalog, as_of=req.as_of) as a:
-        out = a.density2d(_where(req), tuple(req.components), req.bins, req.basis, req.range)
+        out = a.density2d(req)
     return respond(Density2dResponse(**jsonable(out)))
 
 
@@ -173,23 +154,19 @@ def kde(req: KdeRequest, catalog: LiveCatalog = Depends(get_catalog)):
     coefficients with Silverman's bandwidth, on the centres of `bins` bins over the basis range, with
     each component's standard deviation and quartiles. The curves of the paper's ridge plots."""
     with analysis(catalog, as_of=req.as_of) as a:
-        out = a.kde(_where(req), req.group_by, req.bins, req.basis)
+        out = a.kde(req)
     return respond(KdeResponse(**jsonable(out)))
 
 
 @router.get("/v1/quality/degenerate", response_model=DegenerateResponse,
             summary="Layers flagged as sparse, redundant or random-like")
 def degenerate(
-    sparsity_gt: float = Query(DEGENERATE_THRESHOLDS["sparsity_gt"], ge=0, le=1,
-                               description="sparse: a layer whose sparsity (the share of its filters that are "
-                                           "all near zero, 0..1) is above this"),
-    entropy_norm_lt: float = Query(DEGENERATE_THRESHOLDS["entropy_norm_lt"], allow_inf_nan=False,
-                                   description="redundant (low diversity): variance_entropy_norm below this"),
-    entropy_norm_gt: float | None = Query(DEGENERATE_THRESHOLDS["entropy_norm_gt"], allow_inf_nan=False,
-                                          description="random-like: variance_entropy_norm above this"),
+    sparsity_gt: float = query(DegenerateRequest, "sparsity_gt"),
+    entropy_norm_lt: float = query(DegenerateRequest, "entropy_norm_lt"),
+    entropy_norm_gt: float | None = query(DegenerateRequest, "entropy_norm_gt"),
     where: str | None = Query(None, description=f"the layers to check: {WHERE_TEXT}; none: every layer"),
-    limit: int = Query(100, ge=1, le=MAX_DEGENERATE_LIMIT, description="layers per page"),
-    offset: int = Query(0, ge=0, le=MAX_OFFSET, description="how many flagged layers to skip"),
+    limit: int = query(DegenerateRequest, "limit"),
+    offset: int = query(DegenerateRequest, "offset"),
     as_of: int | None = AS_OF,
     catalog: LiveCatalog = Depends(get_catalog),
 ):
@@ -197,26 +174,29 @@ def degenerate(
     quality metrics and which flags they raise (`sparse`, `low_entropy`, `random_like`).
     variance_entropy_norm is a layer's variance entropy over that expected of random filters:
     near 0 its filters are alike, near 1 and above random-like."""
-    with analysis(catalog, as_of=as_of) as a:
-        out = a.degenerate(sparsity_gt, entropy_norm_lt, entropy_norm_gt, where_query(where), limit, offset)
+    req = build(DegenerateRequest, sparsity_gt=sparsity_gt, entropy_norm_lt=entropy_norm_lt,
+                entropy_norm_gt=entropy_norm_gt, where=where_query(where), limit=limit, offset=offset, as_of=as_of)
+    with analysis(catalog, as_of=req.as_of) as a:
+        out = a.degenerate(req)
     return respond(DegenerateResponse(**jsonable(out)))
 
 
 @router.get("/v1/models/{model_id}/similar", response_model=SimilarResponse,
             summary="The models whose filters are distributed most like one model's")
 def similar(model_id: int = MODEL_ID,
-            k: int = Query(5, ge=1, le=MAX_SIMILAR_K, description="how many models to return"),
-            metric: Metric = Query("kl_sym", description=METRIC_TEXT),
-            weights: Weights = Query("explained_variance", description=WEIGHTS_TEXT),
+            k: int = query(SimilarRequest, "k"),
+            metric: Metric = query(SimilarRequest, "metric"),
+            weights: Weights = query(SimilarRequest, "weights"),
             where: str | None = Query(None, description=f"the candidate models: {WHERE_TEXT}; none: every model"),
             as_of: int | None = AS_OF, catalog: LiveCatalog = Depends(get_catalog)):
     """Each model's filters (all its layers) as histograms of their coefficients on the global
     basis, compared as in POST /v1/divergence: the k models nearest to this one, nearest first,
     with their distance."""
-    selection = where_query(where)
-    with analysis(catalog, as_of=as_of) as a:
+    req = build(SimilarRequest, model_id=model_id, k=k, metric=metric, weights=weights, where=where_query(where),
+                as_of=as_of)
+    with analysis(catalog, as_of=req.as_of) as a:
         try:
-            out = a.similar(model_id, k, metric, weights, selection)
+            out = a.similar(req)
         except LookupError:
             raise not_found("model", model_id) from None
     return respond(SimilarResponse(**jsonable(out)))

@@ -20,7 +20,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from typing import Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
@@ -28,18 +27,19 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from cnnfilterdb.errors import first_line
 from cnnfilterdb.export import FORMATS, export_chunks
-from cnnfilterdb.store import StoreDamaged, first_line
+from cnnfilterdb.layout import StoreDamaged
+from cnnfilterdb.requests import ExportFormat, ExportRequest, build
 
 from ..catalog import LiveCatalog
 from ..deps import get_catalog
 from ..errors import ApiError
 from ..head import HEAD_FLAG
-from ..params import AS_OF, WHERE_TEXT
+from ..params import AS_OF, WHERE_TEXT, query
 from ..schemas import error_responses
 from .analysis import analysis, where_query
 
-ExportFormat = Literal[tuple(FORMATS)]  # type: ignore[valid-type]
 log = logging.getLogger("cnnfilterdb.service")
 
 router = APIRouter(tags=["filters"], responses=error_responses(400, 404, 422, 429, 503))
@@ -55,9 +55,7 @@ def export_filters(
     # The example keeps /docs' "Try it out" from downloading the whole store into the browser.
     where: str | None = Query(None, openapi_examples={"one layer": {"value": '{"layer_id": 0}'}},
                               description=f"the filters to export: {WHERE_TEXT}; none: every filter"),
-    format: ExportFormat = Query("parquet", description="the file format: arrow is an Arrow IPC stream; npy a "
-                                                        "NumPy structured array (filter_id, model_id, layer_id, "
-                                                        "w (3, 3))"),
+    format: ExportFormat = query(ExportRequest, "format"),
     as_of: int | None = AS_OF,
     catalog: LiveCatalog = Depends(get_catalog),
 ):
@@ -65,20 +63,21 @@ def export_filters(
     cap: columns filter_id, model_id, layer_id and the weights w0..w8 (row-major 3x3). The
     `X-Store-Version` and `X-Rows` headers give the version read and the number of filters. At most
     export_concurrency exports run at once (GET /v1/stats limits); more get a 429."""
-    selection = where_query(where)
+    selection = where_query(where)  # as given (checked): the file's metadata names it
+    req = build(ExportRequest, where=selection, format=format, as_of=as_of)
     if not catalog.export_slots.acquire(blocking=False) and not _take_a_stalled_slot(catalog):
         raise ApiError(429, "export_busy", f"{catalog.settings.export_concurrency} exports are running; retry later",
                        headers={"Retry-After": "5"})
     try:
-        with analysis(catalog, as_of=as_of) as a:  # the selection only: the stream runs outside the slot
+        with analysis(catalog, as_of=req.as_of) as a:  # the selection only: the stream runs outside the slot
             plan = a.export_plan(selection)
         version = plan.pop("store_version")
         metadata = {"store_version": str(version), "where": json.dumps(selection)}
-        chunks = export_chunks(**plan, fmt=format, metadata=metadata)
+        chunks = export_chunks(**plan, fmt=req.format, metadata=metadata)
     except BaseException:
         catalog.export_slots.release()
         raise
-    media, suffix = FORMATS[format]
+    media, suffix = FORMATS[req.format]
     headers = {"Content-Disposition": f'attachment; filename="filters-v{version}{suffix}"',
                "X-Store-Version": str(version), "X-Rows": str(plan["n_rows"]), "X-Content-Type-Options": "nosniff"}
     if request.scope.get(HEAD_FLAG):  # the headers only: nothing is read

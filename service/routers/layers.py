@@ -12,7 +12,8 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic_core import to_json
 
-from cnnfilterdb.store import SHARDS, StoreDamaged, damage_in, first_line, relative_to_store
+from cnnfilterdb.errors import first_line
+from cnnfilterdb.layout import SHARDS, StoreDamaged, damage_in, relative_to_store
 
 from .. import queries
 from ..catalog import LiveCatalog

@@ -34,7 +34,7 @@ def stats(catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Depe
           sql_pool: SqlPool = Depends(get_sql_pool)):
     """How many models, layers, filters and shards the store holds, its current version and last
     ingest, the global PCA basis in brief, and every limit the service enforces (page sizes, caps,
-    timeouts, concurrency), as it runs with them."""
+    timeouts, concurrency) and every bound its engine puts on a request, as it runs with them."""
     with catalog.cursor() as cur:
         counts = queries.store_counts(cur)
         basis = queries.basis_summary(cur)

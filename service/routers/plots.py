@@ -1,7 +1,8 @@
 """GET /v1/plots/{figure}.{png|svg|pdf}: the paper's figures (cnnfilterdb/figures.py, plots.py).
 
-The query parameters are the analysis endpoints' (``where`` as JSON), validated as theirs are
-and giving the same errors. A figure depends only on its parameters and the catalog generation,
+The query parameters are the analysis endpoints' (``where`` as JSON), declared and checked by
+the request type of the analysis each figure draws (cnnfilterdb/requests.py, through plots.py),
+so they give the same errors. A figure depends only on its parameters and the catalog generation,
 so its ETag is their digest: a request whose ``If-None-Match`` holds it is a 304 without any
 computation, and rendered bytes are kept by ETag (service/figure_cache.py). A figure computed for
 the request says how long it took in ``Server-Timing: render;dur=<ms>``; every figure names the
@@ -19,31 +20,38 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
 from cnnfilterdb import __version__
-from cnnfilterdb.limits import MAX_BINS
 from cnnfilterdb.plots import (
     FIGURES,
     FORMATS,
-    MAX_DPI,
-    MAX_INCHES,
     MEDIA_TYPES,
     PARAMETERS,
     SIZE,
-    PlotParameterError,
     PlotRequest,
+    bounds,
+    describe,
     draw,
+    finite,
     render,
 )
-from cnnfilterdb.selection import SelectionError
+from cnnfilterdb.requests import BasisKind, GroupField, Metric, Weights
 
 from ..catalog import LiveCatalog
 from ..deps import get_catalog, get_figure_cache
 from ..errors import ApiError, not_found
 from ..figure_cache import FigureCache
 from ..params import AS_OF, WHERE_TEXT
-from ..schemas import BASIS_TEXT, METRIC_TEXT, WEIGHTS_TEXT, BasisKind, GroupField, Metric, Weights, error_responses
+from ..schemas import error_responses
 from .analysis import analysis, snapshot_at, where_query
 
 router = APIRouter(tags=["plots"], responses=error_responses(400, 404, 422, 429, 503))
+
+
+def _query(name: str):
+    """The query parameter of a figure parameter: what it means to each figure that takes it, its
+    range and default there (plots.describe), and the widest bounds among them (plots.bounds), all
+    from the request type of each figure's analysis (cnnfilterdb/requests.py) or the figure's own
+    (plots.FigureOptions). Not given (None): the figure's default; each figure checks its own range."""
+    return Query(None, description=describe(name), **bounds(name), **({"allow_inf_nan": False} if finite(name) else {}))
 
 
 @router.get("/v1/plots/{figure}.{fmt}", response_class=Response,  # not JSON: the figure's own media types
@@ -63,26 +71,22 @@ def plot(
     request: Request,
     figure: str = Path(..., description="the figure", json_schema_extra={"enum": list(FIGURES)}),
     fmt: str = Path(..., description="the file format", json_schema_extra={"enum": list(FORMATS)}),
-    group_by: str | None = Query(None, description="the field the figure groups by (kl_combined, drift_box: several, "
-                                                   "comma-separated; GET /v1/fields lists them)"),
+    group_by: str | None = _query("group_by"),
     where: str | None = Query(None, description=f"the filters drawn: {WHERE_TEXT}; none: every filter"),
-    metric: Metric | None = Query(None, description=METRIC_TEXT),
-    bins: int | None = Query(None, ge=1, le=MAX_BINS, description="histogram bins (ridge: the KDE's grid; default "
-                                                                "the figure's)"),
-    weights: Weights | None = Query(None, description=WEIGHTS_TEXT),
-    basis: BasisKind | None = Query(None, description=BASIS_TEXT),
-    components: str | None = Query(None, description="density2d: two components, e.g. 0,1"),
-    range: str | None = Query(None, description="density2d: lo,hi of both axes (default -3.3,3.3, the paper's)"),
-    layer_id: int | None = Query(None, ge=0, le=2**31 - 1, description="layer_filters: the layer (default the first)"),
-    color_by: GroupField | None = Query(None, description="quality: the field that colours the layers"),
-    sparsity_gt: float | None = Query(None, ge=0, le=1, description="quality: the sparsity threshold drawn (0.5)"),
-    entropy_norm_lt: float | None = Query(None, ge=-1e6, le=1e6, allow_inf_nan=False,
-                                          description="quality: the low normalized entropy threshold drawn (0.5)"),
-    entropy_norm_gt: float | None = Query(None, ge=-1e6, le=1e6, allow_inf_nan=False,
-                                          description="quality: the high (random-like) threshold drawn (1.0)"),
-    dpi: int | None = Query(None, ge=10, le=MAX_DPI, description="dots per inch (default 100)"),
-    width: float | None = Query(None, ge=0.5, le=MAX_INCHES, description="inches (default the figure's)"),
-    height: float | None = Query(None, ge=0.5, le=MAX_INCHES, description="inches (default the figure's)"),
+    metric: Metric | None = _query("metric"),
+    bins: int | None = _query("bins"),
+    weights: Weights | None = _query("weights"),
+    basis: BasisKind | None = _query("basis"),
+    components: str | None = _query("components"),
+    range: str | None = _query("range"),
+    layer_id: int | None = _query("layer_id"),
+    color_by: GroupField | None = _query("color_by"),
+    sparsity_gt: float | None = _query("sparsity_gt"),
+    entropy_norm_lt: float | None = _query("entropy_norm_lt"),
+    entropy_norm_gt: float | None = _query("entropy_norm_gt"),
+    dpi: int | None = _query("dpi"),
+    width: float | None = _query("width"),
+    height: float | None = _query("height"),
     as_of: int | None = AS_OF,
     catalog: LiveCatalog = Depends(get_catalog),
     cache: FigureCache = Depends(get_figure_cache),
@@ -91,15 +95,12 @@ def plot(
         raise ApiError(404, "not_found", f"no figure {figure[:100]!r}; the figures: {', '.join(FIGURES)}")
     if fmt not in FORMATS:
         raise ApiError(404, "not_found", f"no format {fmt[:20]!r}; the formats: {', '.join(FORMATS)}")
-    try:
-        req = PlotRequest.of(figure, group_by=group_by, where=where_query(where), metric=metric, bins=bins, weights=weights,
-                             basis=basis, components=components, range=range, layer_id=layer_id, color_by=color_by,
-                             sparsity_gt=sparsity_gt, entropy_norm_lt=entropy_norm_lt,
-                             entropy_norm_gt=entropy_norm_gt, dpi=dpi, width=width, height=height)
-    except PlotParameterError as e:
-        raise ApiError(400, "invalid_request", str(e)) from None
-    except SelectionError as e:
-        raise ApiError(400, "invalid_selection", str(e)) from None
+    # A parameter the figure does not take, or out of its range there: a 400 (PlotParameterError);
+    # the where grammar's errors and a name outside its set are the analysis endpoints' (errors.ANSWERS).
+    req = PlotRequest.of(figure, group_by=group_by, where=where_query(where), metric=metric, bins=bins, weights=weights,
+                         basis=basis, components=components, range=range, layer_id=layer_id, color_by=color_by,
+                         sparsity_gt=sparsity_gt, entropy_norm_lt=entropy_norm_lt, entropy_norm_gt=entropy_norm_gt,
+                         dpi=dpi, width=width, height=height)
 
     gen = catalog.generation()
     if as_of is not None:  # a version the store does not hold is a 404, also for a conditional request

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from cnnfilterdb.store import list_versions, store_id
+from cnnfilterdb.catalog import list_versions, store_id
 
 from ..catalog import LiveCatalog
 from ..deps import get_catalog, respond

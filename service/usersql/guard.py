@@ -36,7 +36,7 @@ import re
 
 import duckdb
 
-from cnnfilterdb.store import first_paragraph
+from cnnfilterdb.errors import first_paragraph
 
 READING = duckdb.StatementType.SELECT
 EXPLAIN = duckdb.StatementType.EXPLAIN

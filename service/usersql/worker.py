@@ -23,7 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-from cnnfilterdb.store import CATALOG, SHARDS, damage_in, first_line, first_paragraph
+from cnnfilterdb.errors import first_line, first_paragraph
+from cnnfilterdb.layout import CATALOG, SHARDS, damage_in
 
 from ..jsonable import NestingError, jsonable
 from . import protocol

@@ -1,0 +1,569 @@
+"""The contract of every analysis, written once: one frozen request type per analysis, owned by
+the engine, with its parameters, defaults, bounds (from ``limits.py``) and their descriptions.
+
+Every front end builds the same request: the engine (``analysis.Analysis``) and the Python API
+(``api.FilterDB``), the Client (``client.Client``) and Spark (``spark.SparkStore``) through
+``takes`` (their signatures and docstrings are generated from the request type), the CLI through
+``cli_arguments``, the service by declaring the request type as its body model (POST) or its
+fields as query parameters (``service/routers/analysis.py``), so that a default or a bound exists
+once. A request is checked when it is built, and then trusted: a bad value raises
+``SelectionError`` naming the parameter and its valid values (``explain`` words pydantic's errors
+the same way for HTTP and Python).
+
+Adding an analysis: its request type here, its engine function (``Analysis.<name>``, decorated
+with ``takes``), its figure (``plots.py``); every front end picks it up.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import operator
+from collections.abc import Callable
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union, get_args, get_origin
+
+import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, create_model
+from pydantic_core import PydanticCustomError
+
+from .limits import (
+    DEFAULT_KDE_BINS,
+    MAX_BINS,
+    MAX_DEGENERATE_LIMIT,
+    MAX_DENSITY2D_BINS,
+    MAX_ID,
+    MAX_KDE_BINS,
+    MAX_OFFSET,
+    MAX_RANGE_ABS,
+    MAX_SIMILAR_K,
+    MIN_KDE_BINS,
+)
+from .selection import (
+    BOUNDS,
+    FIELD_DESCRIPTIONS,
+    FILTER_FIELDS,
+    GROUP_FIELDS,
+    INT32,
+    InvalidValue,
+    SelectionError,
+    UnknownName,
+    echo,
+    field_kind,
+    nearest,
+    where_sql,
+)
+from .stats.divergence import DEFAULT_BINS, METRICS, WEIGHTS
+
+BASES = ("global", "selection")
+# The thresholds of a degenerate layer (docs/method.md#degenerate): sparsity above, normalized
+# variance entropy below (redundant) or above (random-like).
+DEGENERATE_THRESHOLDS = {"sparsity_gt": 0.5, "entropy_norm_lt": 0.5, "entropy_norm_gt": 1.0}
+
+# What the options mean, said once: the request bodies, the query parameters, the CLI's help and
+# the Python docstrings all show these.
+GROUP_BY_TEXT = "the field whose values split the selection into groups (GET /v1/fields lists each field's values)"
+WHERE_TEXT = "the filters to analyse: a selection (see Where); absent or null: every filter in the store"
+METRIC_TEXT = ("the divergence between two groups' histograms, per component: kl_sym is the paper's symmetric "
+               "Kullback-Leibler divergence (natural log)")
+WEIGHTS_TEXT = ("how the 9 components' divergences are summed: explained_variance weights each by its share of "
+                "the variance (the paper's)")
+BASIS_TEXT = ("the PCA basis the filters are projected on: global is fitted on every filter in the store (the "
+              "paper's); selection on the selected filters only")
+BINS_TEXT = "histogram bins per component, equal in width over the basis range (the smallest to the largest coefficient)"
+AS_OF_TEXT = ("the store version to read (GET /v1/versions); default the current one. The same request as_of the "
+              "same version gives the same result, bit for bit")
+
+
+# ---- values --------------------------------------------------------------------------------------
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and tuples and arrays as lists, recursively:
+    a ``where`` built from a DataFrame's values (``np.int32``) selects what the same Python values
+    select, locally and as JSON."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _invalid(text: str, value: Any) -> PydanticCustomError:
+    # The message reads after the parameter's name ("bins must be ..."): see explain().
+    return PydanticCustomError("request_value", "{text}, got {got}", {"text": text, "got": value})
+
+
+def _integer(lo: int, hi: int, value: Any) -> int:
+    """An int or a numpy integer from lo to hi; not a bool, a float or a string."""
+    expected = f"must be an integer from {lo:,} to {hi:,}"
+    if isinstance(value, (bool, np.bool_)):
+        raise _invalid(expected, f"{value!r} (a bool)")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise _invalid(expected, echo(value)) from None
+    if not lo <= v <= hi:
+        raise _invalid(expected, f"{v:,}")
+    return v
+
+
+def _real(lo: float | None, hi: float | None, value: Any) -> float:
+    """A finite int, float or numpy number (within lo..hi if given); not a bool or a string."""
+    within = f" from {lo:g} to {hi:g}" if lo is not None and hi is not None else ""
+    expected = f"must be a finite number{within}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise _invalid(expected, echo(value))
+    try:
+        v = float(value)
+    except OverflowError:
+        raise _invalid(expected, echo(value)) from None
+    if not np.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise _invalid(expected, repr(v))
+    return v
+
+
+def _pair(what: str, value: Any) -> list:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise _invalid(f"must be a pair of {what}", echo(value))
+    return list(value)
+
+
+def Integer(lo: int, hi: int) -> Any:  # a type, named as one
+    """An integer parameter from lo to hi (the bounds shown in the OpenAPI schema, checked by
+    _integer with the project's message)."""
+    return Annotated[int, Field(ge=lo, le=hi), BeforeValidator(functools.partial(_integer, lo, hi))]
+
+
+def Real(lo: float | None = None, hi: float | None = None) -> Any:  # a type, named as one
+    bounds = {k: v for k, v in (("ge", lo), ("le", hi)) if v is not None}
+    return Annotated[float, Field(allow_inf_nan=False, **bounds), BeforeValidator(functools.partial(_real, lo, hi))]
+
+
+def _strict(kind: str, value: Any) -> Any:
+    """A where value of a field: numpy scalars as Python values, and a bool is not a number (JSON
+    Schema's integer admits neither)."""
+    value = plain(value)
+    if kind != "bool" and isinstance(value, bool):
+        raise ValueError("a number or a string, not a boolean")
+    return value
+
+
+Version = Integer(1, MAX_ID)
+GroupField = Literal[tuple(GROUP_FIELDS)]  # type: ignore[valid-type]
+Metric = Literal[METRICS]  # type: ignore[valid-type]
+Weights = Literal[WEIGHTS]  # type: ignore[valid-type]
+BasisKind = Literal[BASES]  # type: ignore[valid-type]
+Component = Integer(0, 8)
+RangeEnd = Real(-MAX_RANGE_ABS, MAX_RANGE_ABS)
+Components = Annotated[list[Component], Field(min_length=2, max_length=2),
+                       BeforeValidator(functools.partial(_pair, "component indices from 0 to 8"))]
+ValueRange = Annotated[list[RangeEnd], Field(min_length=2, max_length=2),
+                       BeforeValidator(functools.partial(_pair, f"finite numbers within +-{MAX_RANGE_ABS:g}"))]
+
+
+# ---- where: the grammar of a selection, from selection.py's fields ---------------------------
+T = TypeVar("T")
+
+
+class Bounds(BaseModel, Generic[T]):
+    """A range of values: {gte, gt, lte, lt}, every bound given must hold (text compares
+    alphabetically)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Not nullable: a bound given as null would be dropped, selecting everything.
+    gte: T = Field(None, description="greater than or equal to")
+    gt: T = Field(None, description="greater than")
+    lte: T = Field(None, description="less than or equal to")
+    lt: T = Field(None, description="less than")
+
+
+def _bounds(kind: Any, title: str, schema_name: str) -> type[Bounds]:
+    """Bounds of one type, named for the OpenAPI document: ``schema_name`` is its key under
+    components/schemas, ``title`` (Bounds[...]) what /docs shows and the tag pydantic gives the
+    union member in an error's location (explain() recognizes it)."""
+    base = Bounds[kind]
+    return type(base)(title, (base,), {"__qualname__": schema_name, "__module__": __name__})
+
+
+# Strict, as the engine's grammar: no number from a string, no integer from 1.0.
+_Text = Annotated[str, Field(strict=True), BeforeValidator(functools.partial(_strict, "text"))]
+_Int32 = Annotated[int, Field(strict=True, ge=INT32[0], le=INT32[1]), BeforeValidator(functools.partial(_strict, "int"))]
+_Real = Annotated[float, Field(strict=True, allow_inf_nan=False), BeforeValidator(functools.partial(_strict, "real"))]
+TextBounds = _bounds(_Text, "Bounds[str]", "TextBounds")
+IntBounds = _bounds(_Int32, "Bounds[int]", "IntBounds")
+RealBounds = _bounds(_Real, "Bounds[float]", "RealBounds")
+# The forms a condition on a field of each kind takes (selection.field_kind): a value, a list of
+# values (null among them selects missing values) or bounds; booleans have no bounds.
+CONDITIONS = {
+    "text": _Text | list[_Text | None] | TextBounds | None,
+    "int": _Int32 | list[_Int32 | None] | IntBounds | None,
+    "real": _Real | list[_Real | None] | RealBounds | None,
+    "bool": StrictBool | list[StrictBool | None] | None,
+}
+_KIND_WORDS = {"text": "a string", "int": "an integer", "real": "a finite number", "bool": "true or false"}
+
+
+class _WhereBase(BaseModel):
+    """A selection of filters by their model's and layer's fields: each field given is a value, a
+    list of values (any of them) or bounds {gte, gt, lte, lt}, and every field given must hold.
+    Text fields take strings, numeric fields numbers; null selects missing values. A value no model
+    has is a 404 suggesting the nearest ones (GET /v1/fields lists them)."""
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), json_schema_extra={
+        "examples": [{"task": "Classification", "conv_depth": {"gte": 1}}]})
+
+    def conditions(self) -> dict:
+        """The fields given (an explicit null means IS NULL), bounds as plain dicts: the form
+        ``selection.where_sql`` takes."""
+        out = {}
+        for k in self.model_fields_set:
+            v = getattr(self, k)
+            out[k] = v.model_dump(exclude_none=True) if isinstance(v, BaseModel) else v
+        return out
+
+
+# One field per selection.FILTER_FIELDS, typed by selection.field_kind: the grammar cannot
+# disagree with the SQL it becomes (tests/test_requests.py checks both accept the same).
+Where = create_model("Where", __base__=_WhereBase, __doc__=_WhereBase.__doc__, __module__=__name__,
+                     **{name: (CONDITIONS[field_kind(name)], Field(None, description=FIELD_DESCRIPTIONS[name]))
+                        for name in FILTER_FIELDS})
+
+
+def _where(value: Any) -> Any:
+    """A where checked by the engine's one grammar (selection.where_sql, which the SQL is built
+    with), then as the Where model (the documented schema; tests/test_requests.py shows they
+    accept the same)."""
+    if value is None or isinstance(value, _WhereBase):
+        return value
+    value = plain(value)
+    try:
+        where_sql(value)
+    except UnknownName as e:
+        raise PydanticCustomError("where_unknown", "{text}", {"text": str(e)}) from None
+    except SelectionError as e:
+        raise PydanticCustomError("where_value", "{text}", {"text": str(e)}) from None
+    return value
+
+
+def check_where(value: Any) -> dict | None:
+    """A ``where`` of a listing or an export (which have no request type): the engine's grammar,
+    the same messages as an analysis's (UnknownName, InvalidValue); numpy values as Python's."""
+    if value is None:
+        return None
+    value = plain(value)
+    try:
+        where_sql(value)
+    except (UnknownName, InvalidValue):
+        raise
+    except SelectionError as e:
+        raise InvalidValue(str(e)) from None
+    return value
+
+
+Selection = Annotated[Where | None, BeforeValidator(_where)]
+
+
+# ---- the requests --------------------------------------------------------------------------------
+class AnalysisRequest(BaseModel):
+    """What every analysis takes: the store version to read."""
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    # The parameters a Python caller may give by position, in this order (the rest by keyword).
+    positional: ClassVar[tuple[str, ...]] = ()
+
+    as_of: Version | None = Field(None, description=AS_OF_TEXT)
+
+    @property
+    def selection(self) -> dict | None:
+        """``where`` as ``selection.where_sql`` takes it (None: everything)."""
+        where = getattr(self, "where", None)
+        return None if where is None else where.conditions()
+
+    def body(self) -> dict:
+        """The request as a JSON body takes it (the Client's POSTs)."""
+        out = self.model_dump(mode="json", exclude={"where"})
+        out["where"] = self.selection
+        return {k: out[k] for k in type(self).model_fields}
+
+    def query(self) -> dict:
+        """The request as a GET endpoint's query parameters take it: ``where`` as JSON text,
+        parameters at None left out (the Client's GETs)."""
+        out = {k: v for k, v in self.body().items() if v is not None}
+        if "where" in out:
+            out["where"] = json.dumps(out["where"])
+        return out
+
+
+class DivergenceRequest(AnalysisRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"group_by": "task", "where": {"conv_depth": {"gte": 1}}, "metric": "kl_sym"}]})
+    positional: ClassVar = ("group_by", "where")
+    group_by: GroupField = Field(description=GROUP_BY_TEXT)
+    where: Selection = Field(None, description=WHERE_TEXT)
+    metric: Metric = Field("kl_sym", description=METRIC_TEXT)
+    bins: Integer(1, MAX_BINS) = Field(DEFAULT_BINS, description=BINS_TEXT)
+    weights: Weights = Field("explained_variance", description=WEIGHTS_TEXT)
+    basis: BasisKind = Field("global", description=BASIS_TEXT)
+
+
+class PcaRequest(AnalysisRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"where": {"task": "Classification"}}]})
+    positional: ClassVar = ("where",)
+    where: Selection = Field(None, description=WHERE_TEXT)
+
+
+class HistogramsRequest(AnalysisRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"group_by": "task", "bins": 70}]})
+    positional: ClassVar = ("group_by", "where")
+    group_by: GroupField | None = Field(None, description=GROUP_BY_TEXT + "; absent or null: one group of all")
+    where: Selection = Field(None, description=WHERE_TEXT)
+    bins: Integer(1, MAX_BINS) = Field(DEFAULT_BINS, description=BINS_TEXT)
+    basis: BasisKind = Field("global", description=BASIS_TEXT)
+
+
+class KdeRequest(AnalysisRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"group_by": "task", "bins": 64}]})
+    positional: ClassVar = ("group_by", "where")
+    group_by: GroupField | None = Field(None, description=GROUP_BY_TEXT + "; absent or null: one group of all")
+    where: Selection = Field(None, description=WHERE_TEXT)
+    bins: Integer(MIN_KDE_BINS, MAX_KDE_BINS) = Field(
+        DEFAULT_KDE_BINS, description="bins of the exact histogram the KDE is computed from; its centres are the grid")
+    basis: BasisKind = Field("global", description=BASIS_TEXT)
+
+
+class Density2dRequest(AnalysisRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"components": [0, 1], "bins": 100,
+                                                               "range": [-3.3, 3.3]}]})
+    positional: ClassVar = ("where",)
+    where: Selection = Field(None, description=WHERE_TEXT)
+    components: Components = Field([0, 1], description="the two components, 0 (the most variance) to 8: the first "
+                                                       "is the rows of counts, the second the columns")
+    bins: Integer(1, MAX_DENSITY2D_BINS) = Field(DEFAULT_BINS, description="bins per axis, equal in width over range")
+    basis: BasisKind = Field("global", description=BASIS_TEXT)
+    range: ValueRange | None = Field(None, description="the ends of both axes, in either order (default: the basis "
+                                                       "range; the paper's figure: -3.3, 3.3)")
+
+
+class DegenerateRequest(AnalysisRequest):
+    positional: ClassVar = ("where",)
+    where: Selection = Field(None, description="the layers to check: a selection (see Where); none: every layer")
+    sparsity_gt: Real(0.0, 1.0) = Field(DEGENERATE_THRESHOLDS["sparsity_gt"],
+                                        description="sparse: a layer whose sparsity (the share of its filters that "
+                                                    "are all near zero, 0..1) is above this")
+    entropy_norm_lt: Real() = Field(DEGENERATE_THRESHOLDS["entropy_norm_lt"],
+                                    description="redundant (low diversity): variance_entropy_norm below this")
+    entropy_norm_gt: Real() | None = Field(DEGENERATE_THRESHOLDS["entropy_norm_gt"],
+                                           description="random-like: variance_entropy_norm above this (null: not "
+                                                       "checked)")
+    limit: Integer(1, MAX_DEGENERATE_LIMIT) = Field(100, description="layers per page")
+    offset: Integer(0, MAX_OFFSET) = Field(0, description="how many flagged layers to skip")
+
+    @property
+    def thresholds(self) -> dict:
+        return {"sparsity_gt": self.sparsity_gt, "entropy_norm_lt": self.entropy_norm_lt,
+                "entropy_norm_gt": self.entropy_norm_gt}
+
+
+class SimilarRequest(AnalysisRequest):
+    positional: ClassVar = ("model_id", "where")
+    model_id: Integer(0, MAX_ID) = Field(description="the model's id (model_id in GET /v1/models)")
+    where: Selection = Field(None, description="the candidate models: a selection (see Where); none: every model")
+    k: Integer(1, MAX_SIMILAR_K) = Field(5, description="how many models to return")
+    metric: Metric = Field("kl_sym", description=METRIC_TEXT)
+    weights: Weights = Field("explained_variance", description=WEIGHTS_TEXT)
+
+
+# The file formats of an export; cnnfilterdb/export.FORMATS gives each its media type and suffix.
+EXPORT_FORMATS = ("parquet", "arrow", "npy", "csv")
+ExportFormat = Literal[EXPORT_FORMATS]  # type: ignore[valid-type]
+
+
+class ExportRequest(AnalysisRequest):
+    """The filters of a selection as one file (GET /v1/filters, ``cnnfilterdb export``,
+    ``iter_filters``): not an analysis, but the same contract."""
+    positional: ClassVar = ("where",)
+    where: Selection = Field(None, description="the filters to export: a selection (see Where); absent or null: "
+                                               "every filter")
+    format: ExportFormat = Field("parquet", description="the file format: arrow is an Arrow IPC stream; npy a NumPy "
+                                                        "structured array (filter_id, model_id, layer_id, w (3, 3))")
+
+
+# ---- building one, and saying what is wrong ----------------------------------------------------
+R = TypeVar("R", bound=AnalysisRequest)
+
+
+def build(request_type: type[R], /, **values: Any) -> R:
+    """The request of ``values``, checked; a bad one raises UnknownName (a name outside a fixed
+    set) or InvalidValue, both SelectionErrors, naming each bad parameter (as ``explain``)."""
+    try:
+        return request_type.model_validate(values)
+    except ValidationError as e:
+        problems = explain(e.errors(), list(request_type.model_fields))
+        kind = UnknownName if any(unknown for unknown, _ in problems) else InvalidValue
+        raise kind("; ".join(text for _, text in problems)) from None
+
+
+def _type_tag(item: Any) -> bool:
+    """A location item that names a member of a union type (``str``, ``list[...]``,
+    ``function-before[...]``) rather than a field or an index: not for a caller's eyes."""
+    return isinstance(item, str) and ("[" in item or item in ("str", "int", "float", "bool"))
+
+
+def _where_field(loc: list[str]) -> str | None:
+    return loc[1] if len(loc) >= 2 and loc[0] == "where" else None
+
+
+def explain(errors: list[dict], fields: list[str] | None = None) -> list[tuple[bool, str]]:
+    """pydantic's errors of a request as (unknown, message) pairs, one per mistake: ``unknown`` is
+    True for a value outside a documented set or a name the request does not take (the service's
+    400), False for a malformed value (422). ``fields``: the request's fields (an unknown one's
+    message lists them)."""
+    out, unions, bounded = [], {}, set()
+    for err in errors:
+        raw = [x for x in err.get("loc", ()) if x not in ("body", "query")]
+        loc = [str(x) for x in raw if not _type_tag(x)]
+        name = "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc).lstrip(".") or "request"
+        kind, got = err.get("type"), err.get("input")
+        in_bounds = any(isinstance(x, str) and x.startswith("Bounds[") for x in raw)
+        if kind == "request_value":
+            out.append((False, f"{name} {err['msg']}"))
+        elif kind in ("where_unknown", "where_value"):  # the engine's grammar words them itself
+            out.append((kind == "where_unknown", err["msg"]))
+        elif kind == "literal_error":
+            valid = list((err.get("ctx") or {}).get("expected", "").replace("'", "").split(" or "))
+            valid = [v for part in valid for v in part.split(", ")]
+            near = nearest(got, valid) if isinstance(got, str) else []
+            hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+            out.append((True, f"unknown {name} {echo(got)}{hint}; valid: {', '.join(map(repr, valid))}"))
+        elif kind == "extra_forbidden" and in_bounds:
+            out.append((True, f"unknown bound {echo(loc[-1])} in {'.'.join(loc[:-1])}; valid: {', '.join(BOUNDS)}"))
+            bounded.add(".".join(loc[:-1]))
+        elif kind == "extra_forbidden" and len(loc) == 1:
+            known = ", ".join(fields) if fields else "see the documentation"
+            out.append((True, f"unknown field {echo(loc[0])} in the request; known: {known}"))
+        elif kind == "extra_forbidden":
+            near = nearest(loc[-1], FILTER_FIELDS)
+            hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+            out.append((True, f"unknown field {echo(loc[-1])} in {'.'.join(loc[:-1]) or 'the request'}{hint}; "
+                              f"known fields of where: {', '.join(FILTER_FIELDS)}"))
+        elif kind == "json_invalid":
+            error = (err.get("ctx") or {}).get("error", "invalid")
+            out.append((False, f"the body is not JSON ({error} at character {raw[-1] if raw else 0})"))
+        elif kind == "model_attributes_type" and loc == ["where"]:
+            out.append((False, f"where must be an object of field -> value | [values] | {{gte, gt, lte, lt}}, "
+                               f"got {echo(got)}"))
+        elif (field := _where_field(loc)) is not None and (len(raw) != len(loc) or in_bounds):
+            unions.setdefault("where." + field, (field, got if len(loc) == 2 else None))
+        else:
+            out.append((False, f"{name}: {err.get('msg', 'invalid')}"))
+    for path, (field, got) in unions.items():  # a where value that fits no form: said once
+        if path in bounded:
+            continue
+        what = _KIND_WORDS[field_kind(field)] if field in FILTER_FIELDS else "a value"
+        forms = f"{what}, a list of them" + ("" if field_kind(field) == "bool" else ", or bounds {gte, gt, lte, lt}")
+        out.append((False, f"{path}: expected {forms}" + (f", got {echo(got)}" if got is not None else "")))
+    return out
+
+
+# ---- the front ends' signatures ------------------------------------------------------------------
+def parameters(request_type: type[AnalysisRequest]) -> list[inspect.Parameter]:
+    """A Python signature's parameters for the request type: its ``positional`` ones first, in
+    that order, then the others by keyword, ``as_of`` last; defaults the request type's."""
+    fields = request_type.model_fields
+    names = [n for n in request_type.positional] + [n for n in fields if n not in request_type.positional
+                                                    and n != "as_of"] + ["as_of"]
+    out = []
+    for n in names:
+        f = fields[n]
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if n in request_type.positional else inspect.Parameter.KEYWORD_ONLY
+        default = inspect.Parameter.empty if f.is_required() else f.default
+        out.append(inspect.Parameter(n, kind, default=default))
+    return out
+
+
+def parameters_doc(request_type: type[AnalysisRequest]) -> str:
+    """A numpydoc "Parameters" section from the request type's descriptions."""
+    lines = ["Parameters", "----------"]
+    for p in parameters(request_type):
+        f = request_type.model_fields[p.name]
+        default = "" if p.default is inspect.Parameter.empty else f", default {p.default!r}"
+        lines += [f"{p.name}{default}", f"    {f.description}"]
+    return "\n".join(lines)
+
+
+def takes(request_type: type[AnalysisRequest]) -> Callable:
+    """Decorate ``method(self, request)`` so that it is called as the analysis's Python function:
+    ``method(self, <positional>, *, <keywords>, as_of=None)`` with the request type's defaults,
+    or with a built request (then followed by the method's own options, if it has any). The call
+    builds the request (SelectionError for a bad value; TypeError for an unknown keyword, as any
+    Python function; as_of must be an int) and passes it on. Its signature and its docstring's Parameters come from the request type."""
+    params = parameters(request_type)
+    signature = inspect.Signature([inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *params])
+
+    def decorate(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            if args and isinstance(args[0], request_type):  # built already; the engine's own options may follow
+                return method(self, *args, **kwargs)
+            bound = signature.bind(self, *args, **kwargs)
+            values = {k: v for k, v in bound.arguments.items() if k != "self"}
+            if "as_of" in values:
+                values["as_of"] = version_arg(values["as_of"])
+            return method(self, build(request_type, **values))
+
+        call.__signature__ = signature
+        doc = inspect.cleandoc(method.__doc__ or "")
+        head, sep, rest = doc.partition("\n\n")
+        call.__doc__ = f"{head}\n\n{parameters_doc(request_type)}\n\n{rest}" if sep else f"{head}\n\n{parameters_doc(request_type)}"
+        call.request_type = request_type
+        return call
+
+    return decorate
+
+
+def cli_arguments(parser, request_type: type[AnalysisRequest], names: tuple[str, ...]) -> None:
+    """The command line's options ``--name`` of a request type's parameters ``names`` (``where``
+    and ``as_of`` have options of their own): the help is the description, the valid values and
+    the default, all the request type's. The parsed values go to ``from_arguments``; a value
+    outside its set is the request type's error (with its did-you-mean), not argparse's."""
+    for name in names:
+        field = request_type.model_fields[name]
+        annotation = _unwrap(field.annotation)
+        choices = get_args(annotation) if get_origin(annotation) is Literal else None
+        kind = str if choices else annotation if annotation in (int, float) else str
+        text = field.description
+        if choices:
+            text += f"; one of {', '.join(choices)}"
+        if not field.is_required() and field.default is not None:
+            text += f" (default {field.default})"
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                            required=field.is_required(), help=text.replace("%", "%%"))
+
+
+def from_arguments(request_type: type[R], args, **values: Any) -> R:
+    """The request of parsed command-line options (those not given: the request type's defaults)
+    and ``values``."""
+    given = {n: getattr(args, n) for n in request_type.model_fields if getattr(args, n, None) is not None}
+    return build(request_type, **(given | values))
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``X`` of ``X | None`` and of ``Annotated[X, ...]``."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        return _unwrap(args[0])
+    return annotation
+
+
+def version_arg(as_of: Any) -> int | None:
+    """``as_of`` as an int (None: the current version); TypeError for what is not an integer."""
+    if as_of is None:
+        return None
+    if isinstance(as_of, (bool, np.bool_)):
+        raise TypeError("as_of must be a store version (an integer), not a bool")
+    try:
+        return operator.index(as_of)
+    except TypeError:
+        raise TypeError(f"as_of must be a store version (an integer), got {as_of!r}") from None

@@ -1,0 +1,202 @@
+"""One contract per analysis (issue 21): each request type of cnnfilterdb/requests.py is the only
+place its parameters, defaults and bounds are written. These tests read every front end and show
+it agrees: the OpenAPI schema of the service, the signatures of the engine, the Python API, the
+Client and Spark, the command line's help; and the `where` grammar the schema documents accepts
+exactly what the engine's (the one the SQL is built with) accepts."""
+from __future__ import annotations
+
+import inspect
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from cnnfilterdb import requests as rq
+from cnnfilterdb.limits import MAX_BINS, MAX_ID, MAX_KDE_BINS, MIN_KDE_BINS
+from cnnfilterdb.selection import FILTER_FIELDS, SelectionError, field_kind, where_sql
+
+REQUESTS = {"divergence": rq.DivergenceRequest, "pca": rq.PcaRequest, "histograms": rq.HistogramsRequest,
+            "kde": rq.KdeRequest, "density2d": rq.Density2dRequest, "degenerate": rq.DegenerateRequest,
+            "similar": rq.SimilarRequest}
+POSTED = {"/v1/divergence": rq.DivergenceRequest, "/v1/pca": rq.PcaRequest, "/v1/histograms": rq.HistogramsRequest,
+          "/v1/kde": rq.KdeRequest, "/v1/density2d": rq.Density2dRequest}
+QUERIED = {"/v1/quality/degenerate": rq.DegenerateRequest, "/v1/models/{model_id}/similar": rq.SimilarRequest}
+
+
+def _bounds(field) -> dict:
+    """The bounds a request type declares for a field (``X | None`` and ``Annotated`` unwrapped)."""
+    out, todo = {}, [*field.metadata, field.annotation]
+    while todo:
+        item = todo.pop()
+        if rq.get_origin(item) in (rq.Union, rq.UnionType):
+            todo += rq.get_args(item)
+        elif rq.get_origin(item) is rq.Annotated:
+            todo += list(item.__metadata__)
+        for key, name in (("ge", "minimum"), ("le", "maximum")):
+            if getattr(item, key, None) is not None:
+                out[name] = getattr(item, key)
+        for m in getattr(item, "metadata", []):  # a FieldInfo in Annotated
+            for key, name in (("ge", "minimum"), ("le", "maximum")):
+                if getattr(m, key, None) is not None:
+                    out[name] = getattr(m, key)
+    return out
+
+
+def _schema_bounds(prop: dict) -> dict:
+    options = prop.get("anyOf", [prop])
+    return {k: o[k] for o in options for k in ("minimum", "maximum") if k in o}
+
+
+@pytest.fixture(scope="module")
+def spec(v1_client):
+    return v1_client.get("/openapi.json").json()
+
+
+def test_each_posted_request_is_the_engines_type(spec):
+    for path, request_type in POSTED.items():
+        ref = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        schema = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        assert list(schema["properties"]) == list(request_type.model_fields), path
+        for name, field in request_type.model_fields.items():
+            prop = schema["properties"][name]
+            assert prop["description"] == field.description, (path, name)
+            if field.is_required():
+                assert name in schema["required"], (path, name)
+            else:
+                assert prop.get("default") == rq.plain(field.default), (path, name)
+            if name not in ("components", "range", "where"):
+                assert _schema_bounds(prop) == _bounds(field), (path, name)
+    assert _bounds(rq.DivergenceRequest.model_fields["bins"]) == {"minimum": 1, "maximum": MAX_BINS}
+    assert _bounds(rq.KdeRequest.model_fields["bins"]) == {"minimum": MIN_KDE_BINS, "maximum": MAX_KDE_BINS}
+    assert _bounds(rq.DivergenceRequest.model_fields["as_of"]) == {"minimum": 1, "maximum": MAX_ID}
+
+
+def test_each_queried_request_declares_the_engines_defaults_and_bounds(spec):
+    for path, request_type in QUERIED.items():
+        params = {p["name"]: p for p in spec["paths"][path]["get"]["parameters"]}
+        for name, field in request_type.model_fields.items():
+            if name in ("where", "as_of", "model_id"):  # JSON text; the version and the path declare their own
+                continue
+            p = params[name]
+            assert p["description"] == field.description, (path, name)
+            assert p["schema"].get("default") == field.default, (path, name)
+            assert _schema_bounds(p["schema"]) == _bounds(field), (path, name)
+            if name in ("metric", "weights"):
+                assert p["schema"]["enum"] == list(rq.get_args(field.annotation)), (path, name)
+
+
+def _parameters(function) -> list[tuple]:
+    return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values() if p.name != "self"]
+
+
+def test_every_python_front_end_has_the_request_types_signature():
+    from cnnfilterdb.analysis import Analysis
+    from cnnfilterdb.api import FilterDB
+    from cnnfilterdb.client import Client
+    from cnnfilterdb.spark.store import SparkStore
+
+    for name, request_type in REQUESTS.items():
+        want = [(p.name, p.kind, p.default) for p in rq.parameters(request_type)]
+        for cls in (Analysis, FilterDB, Client):
+            assert _parameters(getattr(cls, name)) == want, (cls.__name__, name)
+    assert _parameters(SparkStore.divergence) == [(p.name, p.kind, p.default) for p in rq.parameters(rq.DivergenceRequest)]
+
+
+def test_one_parameter_order_group_by_then_where_then_keywords():
+    for name, request_type in REQUESTS.items():
+        params = rq.parameters(request_type)
+        positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        assert positional == [n for n in ("model_id", "group_by", "where") if n in request_type.model_fields], name
+        assert params[-1].name == "as_of"
+
+
+def test_the_docstrings_parameters_are_the_request_types():
+    from cnnfilterdb.api import FilterDB
+
+    for name, request_type in REQUESTS.items():
+        doc = getattr(FilterDB, name).__doc__
+        for field_name, field in request_type.model_fields.items():
+            assert f"\n{field_name}" in doc and field.description in doc, (name, field_name)
+
+
+def test_the_command_lines_help_is_the_request_types(capsys):
+    from cnnfilterdb.cli import build_parser
+
+    parser = build_parser()
+    for command in (["drift", "--help"], ["spark", "divergence", "--help"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(command)
+        text = " ".join(capsys.readouterr().out.split())
+        for name in ("metric", "bins", "weights", "basis"):
+            field = rq.DivergenceRequest.model_fields[name]
+            assert f"--{name}" in text and f"(default {field.default})" in text, (command, name)
+        assert "one of kl_sym, js, hellinger, wasserstein" in text
+    args = parser.parse_args(["drift", "--group-by", "task"])
+    assert rq.from_arguments(rq.DivergenceRequest, args, where=None) == rq.DivergenceRequest(group_by="task")
+
+
+def test_a_bad_value_is_said_the_same_by_every_front_end(v1_client, v1_store, capsys):
+    import cnnfilterdb
+    from cnnfilterdb.cli import main as cli_main
+
+    local = cnnfilterdb.open(v1_store)
+    with pytest.raises(SelectionError) as e:
+        local.divergence("tsk")
+    said = str(e.value)
+    assert said.startswith("unknown group_by 'tsk' (did you mean 'task'?); valid: 'task'")
+    r = v1_client.post("/v1/divergence", json={"group_by": "tsk"})
+    assert r.status_code == 400 and r.json()["error"]["message"] == said
+    assert cli_main(["drift", "--group-by", "tsk", "--db", str(v1_store)]) == 1
+    assert capsys.readouterr().err == f"cnnfilterdb: error: {said}\n"
+    with pytest.raises(SelectionError, match="bins must be an integer from 1 to 10,000, got 0"):
+        local.histograms(bins=0)
+    r = v1_client.post("/v1/histograms", json={"bins": 0})
+    assert r.status_code == 422 and r.json()["error"]["message"] == "bins must be an integer from 1 to 10,000, got 0"
+
+
+def test_a_request_is_frozen_and_takes_numpy_values():
+    req = rq.build(rq.Density2dRequest, components=np.array([1, 0]), bins=np.int16(8), range=(np.float32(-2), 2))
+    assert req.components == [1, 0] and req.bins == 8 and type(req.bins) is int and req.range == [-2.0, 2.0]
+    with pytest.raises(ValidationError):
+        req.bins = 9
+    assert json.loads(json.dumps(req.body())) == {"as_of": None, "where": None, "components": [1, 0], "bins": 8,
+                                                  "basis": "global", "range": [-2.0, 2.0]}
+
+
+# ---- the where grammar: the schema (requests.Where) and the engine's (selection.where_sql) ----
+_values = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
+                    st.text(max_size=5), st.just(1.0), st.just(3))
+_bounds_objects = st.dictionaries(st.sampled_from(["gte", "gt", "lte", "lt", "ge", "between"]), _values, max_size=3)
+_conditions = st.one_of(_values, st.lists(_values, max_size=3), _bounds_objects)
+_wheres = st.dictionaries(st.sampled_from(FILTER_FIELDS + ["colour"]), _conditions, max_size=3)
+
+
+def _schema_accepts(where) -> bool:
+    try:
+        rq.Where.model_validate(where)
+        return True
+    except ValidationError:
+        return False
+
+
+def _engine_accepts(where) -> bool:
+    try:
+        where_sql(where)
+        return True
+    except SelectionError:
+        return False
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(_wheres)
+def test_the_documented_where_accepts_what_the_engine_accepts(where):
+    assert _schema_accepts(where) == _engine_accepts(where), where
+
+
+def test_the_where_model_has_one_field_per_filter_field_of_its_kind():
+    assert list(rq.Where.model_fields) == FILTER_FIELDS
+    for name in FILTER_FIELDS:
+        assert rq.Where.model_fields[name].annotation == rq.CONDITIONS[field_kind(name)], name
