@@ -1,4 +1,4 @@
-"""The Python API (README.md, "In a notebook"): ``cnnfilterdb.open(path)`` gives the HTTP API's operations on a
+"""The Python API (docs/notebook.md): ``cnnfilterdb.open(path)`` gives the HTTP API's operations on a
 store directory, in this process, on the same engine (``cnnfilterdb.analysis``), returning numpy
 arrays, pandas DataFrames and result objects with a ``plot()``. ``cnnfilterdb.Client(url)``
 (``client.py``) has the same methods over HTTP and returns the same types.
@@ -20,10 +20,12 @@ import os
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 
+import duckdb
 import pandas as pd
 
 from .analysis import Analysis
 from .catalog import check_version, list_versions, store_id
+from .errors import SqlError, first_paragraph
 from .layout import default_db
 from .reader import ATTACHED, CatalogReader, attach
 from .requests import (
@@ -431,7 +433,7 @@ class FilterDB:
     def sql(self, query: str, params: list | dict | None = None, max_rows: int | None = None) -> pd.DataFrame:
         """One SQL query on the store's catalog, opened read-only (the views ``models``,
         ``layers``, ``layers_with_models``, ``filters``, ``basis``, ``versions``, the macros
-        ``models_at(v)``, ``filters_at(v)``, ``as_3x3``, ...: see the README). Unlike POST
+        ``models_at(v)``, ``filters_at(v)``, ``as_3x3``, ...: docs/sql.md). Unlike POST
         /v1/sql it runs in this process, with its rights, without the service's sandbox, time
         limit or row cap: the catalog cannot be written, but ``COPY ... TO`` writes a file. Each
         call has a DuckDB instance of its own: its SET, USE or temporary tables last one call.
@@ -448,6 +450,11 @@ class FilterDB:
         -------
         DataFrame (DuckDB's ``.df()``)
 
+        Raises
+        ------
+        cnnfilterdb.SqlError
+            DuckDB refused the query or could not run it (its message).
+
         Example
         -------
         >>> import cnnfilterdb
@@ -459,7 +466,10 @@ class FilterDB:
         # An instance of its own, closed after the query: what the query does to its session
         # (SET, USE, DETACH, temporary tables) cannot reach the engine's reads.
         with closing(attach(self.root)) as con, closing(con.cursor().execute(f"USE {ATTACHED}")) as cur:
-            cur.execute(query, params)
+            try:
+                cur.execute(query, params)
+            except duckdb.Error as e:  # the project's error, as every other call's: one paragraph, no traceback
+                raise SqlError(f"{type(e).__name__.removesuffix('Exception')}: {first_paragraph(e)}") from None
             if cur.description is None:  # a statement without a result
                 return pd.DataFrame()
             if max_rows is None:

@@ -1,5 +1,5 @@
 """The ``cnnfilterdb`` command line: the one place that wires the ingest, the engine and the
-service together (README.md, "Using it")."""
+service together (docs/cli.md)."""
 from __future__ import annotations
 
 import argparse

@@ -15,6 +15,11 @@ class UserError(Exception):
     """A fault the user can act on; its message is one line naming what and where."""
 
 
+class SqlError(UserError):
+    """A query of ``db.sql`` that DuckDB refused or could not run (a syntax error, an unknown
+    table, a write to the read-only catalog): DuckDB's message, in one paragraph."""
+
+
 def first_line(e: BaseException) -> str:
     """The first line of the error's message (its type's name if it has none)."""
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -200,3 +200,16 @@ def test_the_where_model_has_one_field_per_filter_field_of_its_kind():
     assert list(rq.Where.model_fields) == FILTER_FIELDS
     for name in FILTER_FIELDS:
         assert rq.Where.model_fields[name].annotation == rq.CONDITIONS[field_kind(name)], name
+
+
+def test_db_sql_errors_are_the_projects(v1_store):
+    import cnnfilterdb
+
+    db = cnnfilterdb.open(v1_store)
+    for query, words in (("SELEC 1", "Parser Error: syntax error at or near \"SELEC\""),
+                         ("SELECT * FROM no_such_table", "Catalog Error: Table with name no_such_table does not exist"),
+                         ("DROP TABLE _shards", "read-only")):
+        with pytest.raises(cnnfilterdb.SqlError) as e:
+            db.sql(query)
+        assert isinstance(e.value, cnnfilterdb.UserError) and words in str(e.value) and "\n" not in str(e.value), query
+    assert int(db.sql("SELECT count(*) AS n FROM models").n.iloc[0]) == 12
