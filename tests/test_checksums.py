@@ -76,7 +76,7 @@ def _reads(db: Path, layer_id: int, filter_id: int):
     client = TestClient(create_app(Settings(db=db)), raise_server_exceptions=False)
     db_api = cnnfilterdb.open(db)
     yield "divergence (exact scan)", lambda: db_api.divergence("task", bins=33)
-    yield "histograms (exact scan)", lambda: db_api.histograms({"layer_id": layer_id}, bins=31)
+    yield "histograms (exact scan)", lambda: db_api.histograms(where={"layer_id": layer_id}, bins=31)
     yield "db.filters()", lambda: db_api.filters({"layer_id": layer_id})
     yield "db.iter_filters()", lambda: list(db_api.iter_filters(None, batch=5000))
     for fmt in ("parquet", "arrow", "npy", "csv"):
