@@ -575,6 +575,29 @@ def test_models_search_and_model_page(tab):
     assert page.input_value("#m-q") == "VGG"
 
 
+def test_models_search_ignores_case_spaces_dashes_and_underscores(tab):
+    """"unet" finds U-Net and "resnet 18" ResNet-18 (a plain substring found neither)."""
+    page = tab.page
+    models = api_get(tab.base, "/v1/models?limit=1000")["items"]
+    text = ["model", "name", "task", "task_raw", "visual_category", "training_dataset", "pretraining_dataset",
+            "producer", "paper"]
+
+    def fold(s: str) -> str:
+        return re.sub(r"[-_\s]", "", s.lower())
+
+    tab.goto("#/models")
+    page.wait_for_selector("table.data tbody tr")
+    for typed in ["unet", "U Net", "resnet 18", "RESNET_18"]:
+        want = [m for m in models if any(fold(typed) in fold(str(m[k] or "")) for k in text)]
+        assert want and not [m for m in want if any(typed.lower() in str(m[k] or "").lower() for k in text)]
+        page.fill("#m-q", typed)
+        page.wait_for_function(f"() => document.querySelectorAll('table.data tbody tr').length === {len(want)}")
+        shown = page.eval_on_selector_all("table.data tbody tr td:first-child a", "as => as.map(a => a.getAttribute('href'))")
+        assert shown == [f"#/model/{m['model_id']}" for m in want], typed
+        assert page.inner_text("#m-count").startswith(f"{len(want)} of {len(models)} models matching")
+    tab.assert_clean()
+
+
 def test_keyboard_navigation(tab):
     page = tab.page
     tab.goto("/")

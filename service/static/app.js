@@ -838,6 +838,8 @@ function viewLayer({ args, signal }) {
 // ---- Models -----------------------------------------------------------------------------------
 
 const MODEL_TEXT = ['model', 'name', 'task', 'task_raw', 'visual_category', 'training_dataset', 'pretraining_dataset', 'producer', 'paper'];
+// The models search ignores case, spaces, '-' and '_': "unet" finds U-Net, "resnet 18" ResNet-18.
+const foldText = (s) => String(s).toLowerCase().replace(/[-_\s]/g, '');
 
 async function allModels(query, signal) {
   let url = `/v1/models?${new URLSearchParams({ ...query, limit: '1000' })}`;
@@ -890,8 +892,8 @@ function viewModels({ params, signal }) {
   }).catch(() => {});
 
   function listContent() {
-    const q = state.q.toLowerCase();
-    const rows = q ? models.items.filter((m) => MODEL_TEXT.some((k) => m[k] != null && String(m[k]).toLowerCase().includes(q))) : models.items;
+    const q = foldText(state.q);
+    const rows = q ? models.items.filter((m, i) => models.folded[i].some((t) => t.includes(q))) : models.items;
     count.textContent = `${fmtInt(rows.length)} of ${fmtInt(models.total)} models${q ? ` matching “${state.q}”` : ''}`;
     return rows.length ? dataTable([
       { key: 'model', label: 'Model', render: (m) => modelLink(m.model_id, m.model) },
@@ -919,7 +921,7 @@ function viewModels({ params, signal }) {
     load(list, signal, async () => {
       const m = await allModels(query, signal);
       if (fetchKey !== key) throw new DOMException('stale', 'AbortError');
-      models = m;
+      models = { ...m, folded: m.items.map((x) => MODEL_TEXT.map((k) => (x[k] == null ? '' : foldText(x[k])))) };
       return listContent();
     });
   }
