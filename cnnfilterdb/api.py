@@ -17,18 +17,21 @@ True
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 
 import duckdb
 import pandas as pd
 
+from . import results
 from .analysis import Analysis
 from .catalog import check_version, list_versions, store_id
 from .errors import SqlError, first_paragraph
 from .layout import default_db
 from .reader import ATTACHED, CatalogReader, attach
 from .requests import (
+    ANALYSES,
+    AnalysisSpec,
     DegenerateRequest,
     Density2dRequest,
     DivergenceRequest,
@@ -494,6 +497,25 @@ class FilterDB:
         with self._cursor() as cur:
             rows, sid = list_versions(cur), store_id(cur)
         return versions_frame(rows, sid, rows[-1]["version"] if rows else 0)
+
+
+def _served(name: str, spec: AnalysisSpec) -> Callable:
+    """``FilterDB.<name>`` of an analysis of ``requests.ANALYSES`` that has no method written above:
+    the engine's function on this store, its answer as its result class (or a plain Result)."""
+    result_class = getattr(results, spec.result, results.Result)
+
+    def method(self, req):
+        with self._analysis(req.as_of) as a:
+            return result_class(getattr(a, name)(req), req.selection)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"{spec.summary} ({spec.method} {spec.path}; the engine's ``Analysis.{name}``)."
+    return takes(spec.request)(method)
+
+
+for _name, _spec in ANALYSES.items():
+    if _name not in vars(FilterDB):
+        setattr(FilterDB, _name, _served(_name, _spec))
 
 
 def open(path: str | os.PathLike | None = None) -> FilterDB:

@@ -47,8 +47,11 @@ from typing import Any
 
 import pandas as pd
 
+from . import results
 from .catalog import VersionError, check_version
 from .requests import (
+    ANALYSES,
+    AnalysisSpec,
     DegenerateRequest,
     Density2dRequest,
     DivergenceRequest,
@@ -331,6 +334,26 @@ def _analysis(request_type) -> Callable:
         return call
 
     return decorate
+
+
+def _requested(name: str, spec: AnalysisSpec) -> Callable:
+    """``Client.<name>`` of an analysis of ``requests.ANALYSES`` that has no method written below:
+    its endpoint, with the request as the body (POST) or the query (GET; path parameters such as
+    ``{model_id}`` filled from it), the answer as its result class (or a plain Result)."""
+    result_class = getattr(results, spec.result, results.Result)
+
+    def method(self, req):
+        in_path = [f for f in type(req).model_fields if "{" + f + "}" in spec.path]
+        path = spec.path.format(**{f: getattr(req, f) for f in in_path})
+        if spec.method == "POST":
+            data = self._post(path, req.body())
+        else:
+            data = self._get(path, {k: v for k, v in req.query().items() if k not in in_path})
+        return self._result(result_class, path, data, req.selection)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"{spec.summary} (``FilterDB.{name}``; {spec.method} {spec.path})."
+    return _analysis(spec.request)(method)
 
 
 class _RemoteCursor:
@@ -790,6 +813,11 @@ class Client:
         out: dict[str, Any] = self._get("/v1/versions")
         with self._expect("/v1/versions"):
             return versions_frame(out["versions"], out["store_id"], out["current"])
+
+
+for _name, _spec in ANALYSES.items():
+    if _name not in vars(Client):
+        setattr(Client, _name, _requested(_name, _spec))
 
 
 class _RemoteBatches(FilterBatches):

@@ -20,6 +20,7 @@ import inspect
 import json
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import UnionType
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union, get_args, get_origin
 
@@ -386,6 +387,42 @@ class ExportRequest(AnalysisRequest):
                                                "every filter")
     format: ExportFormat = Field("parquet", description="the file format: arrow is an Arrow IPC stream; npy a NumPy "
                                                         "structured array (filter_id, model_id, layer_id, w (3, 3))")
+
+
+# ---- the analyses, as every front end finds them ------------------------------------------------
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """An analysis as the front ends serve it: its request type, its endpoint, what it returns.
+    The engine's function is ``analysis.Analysis.<name>`` (taking the request through ``takes``);
+    the Python API and the Client have a method of that name (api.py, client.py), the service a
+    route (service/routers/analysis.py): each front end writes its own where it documents the
+    analysis further, and generates the rest from this table, so that a new analysis is served
+    everywhere once its request type, its engine function and its entry here exist
+    (tests/test_requests.py adds one and calls it through every front end)."""
+    request: type[AnalysisRequest]
+    method: Literal["GET", "POST"]
+    path: str              # the service's endpoint, {model_id}-style parameters filled from the request
+    result: str            # the name of its result class in results.py (DataFrames, arrays, plot())
+    response: str | None   # the name of its response model in service/schemas.py (None: a plain JSON object)
+    summary: str           # one line, for /docs
+
+
+ANALYSES: dict[str, AnalysisSpec] = {
+    "divergence": AnalysisSpec(DivergenceRequest, "POST", "/v1/divergence", "DivergenceResult", "DivergenceResponse",
+                               "The divergence matrix between the groups of a selection, with drift statistics"),
+    "pca": AnalysisSpec(PcaRequest, "POST", "/v1/pca", "PcaResult", "PcaResponse",
+                        "The principal components of a selection's filters"),
+    "histograms": AnalysisSpec(HistogramsRequest, "POST", "/v1/histograms", "HistogramsResult", "HistogramsResponse",
+                               "Histograms of the filters' PCA coefficients, per group and component"),
+    "density2d": AnalysisSpec(Density2dRequest, "POST", "/v1/density2d", "Density2dResult", "Density2dResponse",
+                              "A 2-D histogram of two PCA components' coefficients"),
+    "kde": AnalysisSpec(KdeRequest, "POST", "/v1/kde", "KdeResult", "KdeResponse",
+                        "Kernel density estimates of the filters' PCA coefficients, per group and component"),
+    "degenerate": AnalysisSpec(DegenerateRequest, "GET", "/v1/quality/degenerate", "DegenerateResult", "DegenerateResponse",
+                               "Layers flagged as sparse, redundant or random-like"),
+    "similar": AnalysisSpec(SimilarRequest, "GET", "/v1/models/{model_id}/similar", "SimilarResult", "SimilarResponse",
+                            "The models whose filters are distributed most like one model's"),
+}
 
 
 # ---- building one, and saying what is wrong ----------------------------------------------------

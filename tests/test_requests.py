@@ -18,12 +18,9 @@ from cnnfilterdb import requests as rq
 from cnnfilterdb.limits import MAX_BINS, MAX_ID, MAX_KDE_BINS, MIN_KDE_BINS
 from cnnfilterdb.selection import FILTER_FIELDS, SelectionError, field_kind, where_sql
 
-REQUESTS = {"divergence": rq.DivergenceRequest, "pca": rq.PcaRequest, "histograms": rq.HistogramsRequest,
-            "kde": rq.KdeRequest, "density2d": rq.Density2dRequest, "degenerate": rq.DegenerateRequest,
-            "similar": rq.SimilarRequest}
-POSTED = {"/v1/divergence": rq.DivergenceRequest, "/v1/pca": rq.PcaRequest, "/v1/histograms": rq.HistogramsRequest,
-          "/v1/kde": rq.KdeRequest, "/v1/density2d": rq.Density2dRequest}
-QUERIED = {"/v1/quality/degenerate": rq.DegenerateRequest, "/v1/models/{model_id}/similar": rq.SimilarRequest}
+REQUESTS = {name: spec.request for name, spec in rq.ANALYSES.items()}
+POSTED = {spec.path: spec.request for spec in rq.ANALYSES.values() if spec.method == "POST"}
+QUERIED = {spec.path: spec.request for spec in rq.ANALYSES.values() if spec.method == "GET"}
 
 
 def _bounds(field) -> dict:
@@ -56,6 +53,7 @@ def spec(v1_client):
 
 
 def test_each_posted_request_is_the_engines_type(spec):
+    assert len(POSTED) == 5 and len(QUERIED) == 2
     for path, request_type in POSTED.items():
         ref = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         schema = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
@@ -213,3 +211,77 @@ def test_db_sql_errors_are_the_projects(v1_store):
             db.sql(query)
         assert isinstance(e.value, cnnfilterdb.UserError) and words in str(e.value) and "\n" not in str(e.value), query
     assert int(db.sql("SELECT count(*) AS n FROM models").n.iloc[0]) == 12
+
+
+NEW_ANALYSIS = '''
+import json, sys
+from typing import ClassVar
+
+from pydantic import Field
+
+from cnnfilterdb import requests as rq
+from cnnfilterdb.analysis import Analysis
+from cnnfilterdb.limits import MAX_BINS
+
+
+class CountRequest(rq.AnalysisRequest):
+    """Filters per group: an analysis this test adds."""
+    positional: ClassVar = ("group_by", "where")
+    group_by: rq.GroupField | None = Field(None, description="the field to count by")
+    where: rq.Selection = Field(None, description=rq.WHERE_TEXT)
+    scale: rq.Integer(1, MAX_BINS) = Field(1, description="a factor on every count")
+
+
+def count(self, req):
+    """The filters of each group, times scale."""
+    sel = self.select(req.selection, req.group_by)
+    return {"store_version": self.version, "labels": sel.labels, "n": (sel.n_filters * req.scale).tolist()}
+
+
+Analysis.count = Analysis.counts = rq.takes(CountRequest)(count)
+rq.ANALYSES["count"] = rq.AnalysisSpec(CountRequest, "POST", "/v1/count", "Result", None, "Filters per group")
+rq.ANALYSES["counts"] = rq.AnalysisSpec(CountRequest, "GET", "/v1/counts", "Result", None, "Filters per group")
+
+import cnnfilterdb  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from cnnfilterdb.service.main import create_app  # noqa: E402
+from cnnfilterdb.service.settings import Settings  # noqa: E402
+from tests.helpers import serving  # noqa: E402
+
+store = sys.argv[1]
+out = {"local": cnnfilterdb.open(store).count("task", scale=2).to_dict()}
+app = create_app(Settings(db=store))
+with TestClient(app) as http:
+    out["post"] = http.post("/v1/count", json={"group_by": "task", "scale": 2}).json()
+    out["get"] = http.get("/v1/counts", params={"group_by": "task", "scale": 2}).json()
+    out["bad"] = http.post("/v1/count", json={"group_by": "task", "scale": 0}).json()
+    out["openapi"] = http.get("/openapi.json").json()["paths"]["/v1/counts"]["get"]["parameters"]
+with serving(create_app(Settings(db=store))) as (url, _):
+    with cnnfilterdb.Client(url) as c:
+        out["client"] = c.count("task", scale=2).to_dict()
+        out["client_get"] = c.counts("task", scale=2).to_dict()
+print(json.dumps(out))
+'''
+
+
+def test_a_new_analysis_is_served_by_every_front_end(v1_store):
+    """Adding an analysis is writing its request type, its engine function and its entry in
+    requests.ANALYSES: the Python API, the Client and the service (POST or GET, with its OpenAPI
+    parameters) serve it with no line of their own."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    p = subprocess.run([sys.executable, "-c", NEW_ANALYSIS, str(v1_store)], capture_output=True, text=True, cwd=REPO,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.splitlines()[-1])
+    want = out["local"]
+    assert want["labels"] and all(n % 2 == 0 for n in want["n"])
+    for front in ("post", "get", "client", "client_get"):
+        assert out[front] == want, front
+    assert out["bad"] == {"error": {"code": "invalid_request", "message": "scale must be an integer from 1 to 10,000, got 0"}}
+    scale = next(p for p in out["openapi"] if p["name"] == "scale")
+    assert scale["schema"]["minimum"] == 1 and scale["schema"]["maximum"] == MAX_BINS and scale["description"] == "a factor on every count"

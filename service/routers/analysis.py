@@ -3,14 +3,18 @@
 scan.py, stats/); this module maps requests to it and its errors to statuses."""
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import JSONResponse
 
 from cnnfilterdb.analysis import Analysis
 from cnnfilterdb.requests import (
+    ANALYSES,
+    AnalysisSpec,
     DegenerateRequest,
     Density2dRequest,
     DivergenceRequest,
@@ -25,6 +29,7 @@ from cnnfilterdb.requests import (
 )
 from cnnfilterdb.snapshot import Snapshot
 
+from .. import schemas
 from ..catalog import Generation, LiveCatalog
 from ..deps import get_catalog, respond
 from ..errors import ApiError, not_found
@@ -104,7 +109,7 @@ def where_query(text: str | None) -> dict | None:
 
 
 @router.post("/v1/divergence", response_model=DivergenceResponse,
-             summary="The divergence matrix between the groups of a selection, with drift statistics")
+             summary=ANALYSES["divergence"].summary)
 def divergence(req: DivergenceRequest, catalog: LiveCatalog = Depends(get_catalog)):
     """The paper's measure of how differently groups of models learn filters. The selected filters
     are split by `group_by` (natural order of the labels); each group's filters are projected on the
@@ -117,7 +122,7 @@ def divergence(req: DivergenceRequest, catalog: LiveCatalog = Depends(get_catalo
     return respond(DivergenceResponse(**jsonable(out)))
 
 
-@router.post("/v1/pca", response_model=PcaResponse, summary="The principal components of a selection's filters")
+@router.post("/v1/pca", response_model=PcaResponse, summary=ANALYSES["pca"].summary)
 def pca(req: PcaRequest, catalog: LiveCatalog = Depends(get_catalog)):
     """PCA with 9 components of the selected filters, each first scaled by its absolute peak
     (f / max|f|): their mean, the components as 3x3 eigen-images by decreasing variance, the
@@ -127,7 +132,7 @@ def pca(req: PcaRequest, catalog: LiveCatalog = Depends(get_catalog)):
 
 
 @router.post("/v1/histograms", response_model=HistogramsResponse,
-             summary="Histograms of the filters' PCA coefficients, per group and component")
+             summary=ANALYSES["histograms"].summary)
 def histograms(req: HistogramsRequest, catalog: LiveCatalog = Depends(get_catalog)):
     """The selected filters projected on the basis' 9 components: per group (`group_by`; absent,
     one group) and component, the counts of their coefficients in `bins` equal bins over the basis
@@ -138,7 +143,7 @@ def histograms(req: HistogramsRequest, catalog: LiveCatalog = Depends(get_catalo
 
 
 @router.post("/v1/density2d", response_model=Density2dResponse,
-             summary="A 2-D histogram of two PCA components' coefficients")
+             summary=ANALYSES["density2d"].summary)
 def density2d(req: Density2dRequest, catalog: LiveCatalog = Depends(get_catalog)):
     """The selected filters projected on two of the basis' components: the counts in a bins x bins
     grid over `range` (default the basis range), with the edges. The paper's scatter density."""
@@ -148,7 +153,7 @@ def density2d(req: Density2dRequest, catalog: LiveCatalog = Depends(get_catalog)
 
 
 @router.post("/v1/kde", response_model=KdeResponse,
-             summary="Kernel density estimates of the filters' PCA coefficients, per group and component")
+             summary=ANALYSES["kde"].summary)
 def kde(req: KdeRequest, catalog: LiveCatalog = Depends(get_catalog)):
     """Per group (`group_by`; absent, one group) and component: the Gaussian kernel density of the
     coefficients with Silverman's bandwidth, on the centres of `bins` bins over the basis range, with
@@ -159,7 +164,7 @@ def kde(req: KdeRequest, catalog: LiveCatalog = Depends(get_catalog)):
 
 
 @router.get("/v1/quality/degenerate", response_model=DegenerateResponse,
-            summary="Layers flagged as sparse, redundant or random-like")
+            summary=ANALYSES["degenerate"].summary)
 def degenerate(
     sparsity_gt: float = query(DegenerateRequest, "sparsity_gt"),
     entropy_norm_lt: float = query(DegenerateRequest, "entropy_norm_lt"),
@@ -182,7 +187,7 @@ def degenerate(
 
 
 @router.get("/v1/models/{model_id}/similar", response_model=SimilarResponse,
-            summary="The models whose filters are distributed most like one model's")
+            summary=ANALYSES["similar"].summary)
 def similar(model_id: int = MODEL_ID,
             k: int = query(SimilarRequest, "k"),
             metric: Metric = query(SimilarRequest, "metric"),
@@ -200,3 +205,49 @@ def similar(model_id: int = MODEL_ID,
         except LookupError:
             raise not_found("model", model_id) from None
     return respond(SimilarResponse(**jsonable(out)))
+
+
+# ---- the analyses without a route above: served from requests.ANALYSES --------------------------
+def _served(name: str, spec: AnalysisSpec) -> None:
+    """A route for an analysis that has none written above: POST takes the request type as its
+    body; GET its fields as query parameters (declared by ``params.query``; ``where`` as JSON
+    text, as the other GET routes), path parameters such as ``{model_id}`` from the path."""
+    response = getattr(schemas, spec.response) if spec.response else None
+    fields = spec.request.model_fields
+
+    catalog = inspect.Parameter("catalog", inspect.Parameter.KEYWORD_ONLY, default=Depends(get_catalog),
+                                annotation=LiveCatalog)
+    if spec.method == "POST":
+        def endpoint(req, catalog):
+            return answer_with(req, catalog)
+        params = [inspect.Parameter("req", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=spec.request), catalog]
+    else:
+        def endpoint(catalog, **values):
+            if "where" in values:
+                values["where"] = where_query(values["where"])
+            return answer_with(build(spec.request, **values), catalog)
+        params = [catalog]
+        for f, info in fields.items():
+            if "{" + f + "}" in spec.path:
+                default = Path(..., description=info.description)
+            elif f == "where":
+                default = Query(None, description=f"{info.description}: {WHERE_TEXT}")
+            else:
+                default = query(spec.request, f)
+            annotation = str | None if f == "where" else info.annotation
+            params.append(inspect.Parameter(f, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+
+    def answer_with(req, catalog):
+        with analysis(catalog, as_of=req.as_of) as a:
+            out = jsonable(getattr(a, name)(req))
+        return respond(response(**out)) if response is not None else JSONResponse(out)
+
+    endpoint.__signature__ = inspect.Signature(params)
+    endpoint.__name__ = name
+    endpoint.__doc__ = (getattr(Analysis, name).__doc__ or spec.summary).split("\n\n")[0]
+    router.add_api_route(spec.path, endpoint, methods=[spec.method], response_model=response, summary=spec.summary)
+
+
+for _name, _spec in ANALYSES.items():
+    if not any(getattr(r, "path", None) == _spec.path for r in router.routes):
+        _served(_name, _spec)
