@@ -263,17 +263,23 @@ def explained_variance(pcas: list[tuple[str, dict]], figsize: Size | None = None
     return fig
 
 
+COVARIANCE_TITLE = "Covariance of the peak-scaled filters' 9 weights"
+WEIGHT_LABELS = [f"w{i}" for i in range(9)]
+WEIGHTS_AXIS = "filter weight (3x3, row-major)"
+
+
 def covariance(pca: dict, figsize: Size | None = None, subtitle: str | None = None) -> Figure:
     """The 9 x 9 covariance of the peak-scaled filters (scikit-learn's ``get_covariance()``): its
-    rows and columns are the filter's 9 weights (row-major), though both axes say "Principal
-    Component", as the notebook's (docs/method.md#fig-covariance); the title says what is drawn."""
+    rows and columns are the filter's 9 weights, row-major, and its axes say so (w0..w8); the
+    notebook labels both "Principal Component" (docs/method.md#fig-covariance)."""
     fig = Figure(figsize=_figsize(figsize, (6, 5)), layout="constrained")
     ax = fig.add_subplot()
-    ax.set_title("Covariance of the peak-scaled filters' 9 weights" + (f"\n{subtitle}" if subtitle else ""),
-                 fontsize="medium")
+    ax.set_title(COVARIANCE_TITLE + (f"\n{subtitle}" if subtitle else ""), fontsize="medium")
     im = ax.imshow(np.asarray(pca["covariance"]))
-    ax.set_xlabel("Principal Component")
-    ax.set_ylabel("Principal Component")
+    ax.set_xticks(np.arange(9), WEIGHT_LABELS)
+    ax.set_yticks(np.arange(9), WEIGHT_LABELS)
+    ax.set_xlabel(WEIGHTS_AXIS)
+    ax.set_ylabel(WEIGHTS_AXIS)
     fig.colorbar(im, ax=ax)
     return fig
 

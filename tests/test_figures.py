@@ -175,6 +175,13 @@ def test_eigenimages_explained_variance_covariance_draw_the_pca(analysis, client
     from sklearn.decomposition import PCA
 
     assert drawn == pytest.approx(PCA(9).fit(X).get_covariance(), abs=1e-12)
+    # its rows and columns are the 9 weights, and its axes say so (the notebook's say "Principal Component")
+    ax = fig.axes[0]
+    for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+        assert [t.get_text() for t in ticks] == [f"w{i}" for i in range(9)]
+    assert ax.get_xlabel() == ax.get_ylabel() == "filter weight (3x3, row-major)"
+    assert ax.get_title() == "Covariance of the peak-scaled filters' 9 weights"
+
 
 
 def test_density2d_draws_the_endpoints_counts_with_cj_upwards(analysis, client):
