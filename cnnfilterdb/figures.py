@@ -31,6 +31,13 @@ METRIC_TITLES = {"kl_sym": "symmetric KL divergence", "js": "Jensen-Shannon dive
 KL_COMBINED_TITLE = "Distribution shifts of trained 3x3 convolution filters"
 MAX_FILTERS_DRAWN = 256  # layer_filters: the first filters of a layer, 16 to a row
 MAX_CURVE_POINTS = 2048  # ridge: points drawn per curve (an SVG of 9 x 40 finer curves ran to 80 MB)
+# Heatmaps: fire's maximum is white, so a white cell beside the page or beside another pale cell
+# vanished; a dark frame and thin dark lines between the cells outline every cell (the lines only
+# where a cell is at least CELL_LINES_MIN_PT wide: finer grids would be mostly lines).
+EDGE_COLOR = "#262626"
+FRAME_PT = 0.8
+CELL_LINE_PT = 0.6
+CELL_LINES_MIN_PT = 6.0
 
 
 Size = tuple[float | None, float | None]
@@ -104,6 +111,21 @@ def _heatmap_layout(labels: list[str], w: float, h: float, titled: bool,
     return float(size), margin, bar, top, max(side, 0.2)
 
 
+def _outline_cells(ax, n: int, cell_pt: float) -> None:
+    """A dark frame around a heatmap of n x n cells, and thin dark lines between its cells when
+    each is ``cell_pt`` points wide or more (module constants EDGE_COLOR, ...)."""
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_color(EDGE_COLOR)
+        spine.set_linewidth(FRAME_PT)
+    if n > 1 and cell_pt >= CELL_LINES_MIN_PT:
+        edges = np.arange(1, n) - 0.5
+        ax.set_xticks(edges, minor=True)
+        ax.set_yticks(edges, minor=True)
+        ax.tick_params(which="minor", length=0)
+        ax.grid(which="minor", color=EDGE_COLOR, linewidth=CELL_LINE_PT)
+
+
 def _draw_heatmap(fig: Figure, box: tuple[float, float, float, float], result: dict, title: str | None,
                   fontsize: float | None = None) -> None:
     """The heatmap of a divergence result in ``box`` (x, y, width, height inches from the bottom
@@ -121,6 +143,7 @@ def _draw_heatmap(fig: Figure, box: tuple[float, float, float, float], result: d
     cax = fig.add_axes(((left + side + 0.15) / W, bottom / H, 0.15 / W, side / H))
     vmax = float(np.nanmax(D)) if n and np.nanmax(D) > 0 else 1.0
     im = ax.imshow(D, cmap=_fire(), vmin=0, vmax=vmax, aspect="auto", interpolation="nearest")
+    _outline_cells(ax, n, side * 72 / max(n, 1))
     ax.set_xticks(np.arange(n), labels, rotation=90, fontsize=fontsize)
     ax.set_yticks(np.arange(n), labels, fontsize=fontsize)
     if title:
@@ -298,6 +321,7 @@ def density2d(result: dict, figsize: Size | None = None, subtitle: str | None = 
     ax.imshow(np.ma.masked_less_equal(image, 0), cmap=_fire_dark_bad(), norm=LogNorm(vmin=1e-5, vmax=1),
               origin="lower", extent=(lo, hi, lo, hi), interpolation="nearest")
     ax.set_facecolor(_fire()(0.0))
+    _outline_cells(ax, 0, 0.0)  # the frame alone: empty cells are dark, the peak inside the cloud
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel(f"$c_{i}$ → ({lo:g} to {hi:g})")

@@ -183,6 +183,45 @@ def test_eigenimages_explained_variance_covariance_draw_the_pca(analysis, client
     assert ax.get_title() == "Covariance of the peak-scaled filters' 9 weights"
 
 
+def _luminance(png: bytes) -> np.ndarray:
+    rgb = imread(io.BytesIO(png), format="png")[..., :3]
+    return rgb @ np.array([0.2126, 0.7152, 0.0722])
+
+
+def _cell_edges(lum: np.ndarray, ax, n: int, r: int, c: int) -> tuple[float, dict[str, float]]:
+    """Cell (r, c) of an n x n heatmap filling ``ax``, in the rendered image's luminance: its
+    centre's, and each side's darkest pixel within 3 of the edge across the middle half of it."""
+    H, W = lum.shape
+    x0, y0, x1, y1 = ax.get_position().extents  # the image fills its axes
+    cw, ch = (x1 - x0) * W / n, (y1 - y0) * H / n
+    left, top = x0 * W + c * cw, (1 - y1) * H + r * ch
+    xs, ys = slice(round(left + cw / 4), round(left + 3 * cw / 4)), slice(round(top + ch / 4), round(top + 3 * ch / 4))
+    sides = {}
+    for side, x in (("left", left), ("right", left + cw)):
+        sides[side] = lum[ys, round(x) - 3:round(x) + 4].min()
+    for side, y in (("top", top), ("bottom", top + ch)):
+        sides[side] = lum[round(y) - 3:round(y) + 4, xs].min()
+    return lum[round(top + ch / 2), round(left + cw / 2)], sides
+
+
+@pytest.mark.parametrize("figure", ["divergence", "kl_combined"])
+def test_fires_white_maximum_is_outlined_on_the_white_page(figure):
+    """Each heatmap cell is outlined in a dark line (the frame at the image's edge): fire's white
+    maximum, in a corner and beside a near-white cell, vanished into the page and into its neighbour."""
+    from cnnfilterdb import figures
+
+    D = np.array([[0, .3, .4, 1.0], [.3, 0, .5, .98], [.4, .5, 0, .2], [1.0, .98, .2, 0]])
+    result = {"matrix": D.tolist(), "labels": ["a", "b", "c", "d"], "n_models": [1, 1, 1, 1],
+              "group_by": "depth_bin", "metric": "kl_sym"}  # an ordered field: drawn in this order
+    fig = figures.divergence(result) if figure == "divergence" else figures.kl_combined([result, result])
+    lum = _luminance(render(fig, "png", 100))
+    heatmaps = [a for a in fig.axes if a.images]
+    assert len(heatmaps) == (1 if figure == "divergence" else 2)
+    for ax in heatmaps:
+        for r, c in [(0, 3), (3, 0), (1, 3)]:  # the maxima (white) in the corners, and the near-white cell
+            centre, sides = _cell_edges(lum, ax, len(D), r, c)
+            assert centre > 0.95 and max(sides.values()) < 0.35, (r, c, sides)
+
 
 def test_density2d_draws_the_endpoints_counts_with_cj_upwards(analysis, client):
     body = {"components": [2, 0], "bins": 64, "range": [-2.0, 2.5], "where": {"task": "Classification"}}
