@@ -35,7 +35,7 @@ from .requests import (
     check_where,
     plain,
 )
-from .selection import GROUP_FIELDS, InvalidValue, SelectionError, check_group_by
+from .selection import GROUP_FIELDS, InvalidValue, SelectionError
 
 if TYPE_CHECKING:  # matplotlib (a second to import) loads with the first figure drawn, not with a request's checks
     from matplotlib.figure import Figure
@@ -138,11 +138,8 @@ class PlotRequest:
         requests: tuple[AnalysisRequest, ...] = ()
         if figure in ANALYSIS_OF:
             values = {**FIGURE_DEFAULTS.get(figure, {}), **given, "where": where}
-            try:
-                requests = tuple(build(ANALYSIS_OF[figure], **values, **({} if g is None else {"group_by": g}))
-                                 for g in group_by or (None,))
-            except InvalidValue as e:  # a value out of its range: the figure's 400, worded by the request type
-                raise PlotParameterError(str(e)) from None
+            requests = tuple(_built(ANALYSIS_OF[figure], **values, **({} if g is None else {"group_by": g}))
+                             for g in group_by or (None,))
         return cls(figure, own, group_by, where, requests)
 
     @property
@@ -178,6 +175,15 @@ class PlotRequest:
         return out
 
 
+def _built(request_type: type[AnalysisRequest], **values) -> AnalysisRequest:
+    """The analysis request of a figure: a value out of its range is the figure's 400
+    (PlotParameterError), worded by the request type; a name outside its set stays UnknownName."""
+    try:
+        return build(request_type, **values)
+    except InvalidValue as e:
+        raise PlotParameterError(str(e)) from None
+
+
 def _groupings(figure: str, group_by) -> tuple[str, ...] | None:
     """``group_by`` of a figure (a field, several comma-separated, or a sequence), each checked
     (with the nearest fields for a typo), one named twice drawn once; None: the figure's default."""
@@ -186,8 +192,8 @@ def _groupings(figure: str, group_by) -> tuple[str, ...] | None:
     if isinstance(group_by, str):
         group_by = [g.strip() for g in group_by.split(",")]
     group_by = plain(group_by) if isinstance(group_by, (list, tuple)) or hasattr(group_by, "__array__") else [group_by]
-    for g in group_by:
-        check_group_by(g)
+    for g in group_by:  # the analysis's own check: the nearest fields of a typo, as its endpoint says
+        _built(ANALYSIS_OF[figure], group_by=g)
     group_by = tuple(dict.fromkeys(group_by))
     if figure not in SEVERAL and len(group_by) != 1:
         raise PlotParameterError(f"{figure} takes one group_by, got {len(group_by)}")

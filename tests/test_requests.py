@@ -285,3 +285,148 @@ def test_a_new_analysis_is_served_by_every_front_end(v1_store):
     assert out["bad"] == {"error": {"code": "invalid_request", "message": "scale must be an integer from 1 to 10,000, got 0"}}
     scale = next(p for p in out["openapi"] if p["name"] == "scale")
     assert scale["schema"]["minimum"] == 1 and scale["schema"]["maximum"] == MAX_BINS and scale["description"] == "a factor on every count"
+
+
+# ---- the figures and the export: their parameters are the request types' (issue 21) -----------
+PLOT_PATH = "/v1/plots/{figure}.{fmt}"
+
+
+def test_the_figures_query_parameters_are_the_request_types(spec):
+    """GET /v1/plots declares each parameter from the request type of the analysis each figure
+    draws (or the figure's own, plots.FigureOptions, with the bounds of limits.py): no bound of its
+    own. A parameter several figures take declares the widest bounds among them, and its
+    description says each figure's range and default."""
+    from cnnfilterdb import plots
+    from cnnfilterdb.limits import MAX_DENSITY2D_BINS, MAX_DPI, MAX_INCHES, MIN_DPI, MIN_INCHES
+
+    params = {p["name"]: p for p in spec["paths"][PLOT_PATH]["get"]["parameters"]}
+    bins = [_bounds(t.model_fields["bins"]) for t in (rq.DivergenceRequest, rq.KdeRequest, rq.Density2dRequest)]
+    assert bins == [{"minimum": 1, "maximum": MAX_BINS}, {"minimum": MIN_KDE_BINS, "maximum": MAX_KDE_BINS},
+                    {"minimum": 1, "maximum": MAX_DENSITY2D_BINS}]
+    assert _schema_bounds(params["bins"]["schema"]) == {"minimum": min(b["minimum"] for b in bins),
+                                                        "maximum": max(b["maximum"] for b in bins)}
+    for name, lo, hi in (("dpi", MIN_DPI, MAX_DPI), ("width", MIN_INCHES, MAX_INCHES), ("height", MIN_INCHES, MAX_INCHES)):
+        assert _schema_bounds(params[name]["schema"]) == _bounds(plots.FigureOptions.model_fields[name]) \
+            == {"minimum": lo, "maximum": hi}, name
+    assert _schema_bounds(params["sparsity_gt"]["schema"]) == _bounds(rq.DegenerateRequest.model_fields["sparsity_gt"])
+    assert _schema_bounds(params["layer_id"]["schema"]) == {"minimum": 0, "maximum": MAX_ID}
+    for name, request_type in (("metric", rq.DivergenceRequest), ("weights", rq.DivergenceRequest),
+                               ("basis", rq.KdeRequest), ("color_by", plots.FigureOptions)):
+        enum = [o for o in params[name]["schema"].get("anyOf", [params[name]["schema"]]) if "enum" in o][0]["enum"]
+        assert enum == list(rq.get_args(request_type.model_fields[name].annotation)), name
+    # each figure's own range and default, as its request type and the notebook have them
+    text = " ".join(params["bins"]["description"].split())
+    assert f"ridge: {rq.KdeRequest.model_fields['bins'].description} (from 16 to 8,192, default 2,048)" in text
+    assert "density2d: " in text and "(from 1 to 1,000, default 512)" in text
+    assert f"(from 1 to 10,000, default {rq.DivergenceRequest.model_fields['bins'].default})" in text
+    # every parameter of every figure is a field of its analysis's request type, or the figure's own
+    for figure, names in plots.PARAMETERS.items():
+        for name in names + plots.SIZE:
+            request_type = plots.ANALYSIS_OF.get(figure)
+            assert name in plots.FigureOptions.model_fields or name in request_type.model_fields, (figure, name)
+            assert name in params, name
+    assert set(plots.OPTIONS) == set(params) - {"figure", "fmt", "as_of"}
+
+
+def test_plot_help_shows_each_figures_defaults(capsys):
+    from cnnfilterdb import plots
+    from cnnfilterdb.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["plot", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in plots.OPTIONS:
+        assert f"--{name.replace('_', '-')}" in text, name
+    for words in (f"default {rq.DivergenceRequest.model_fields['bins'].default}", "from 16 to 8,192, default 2,048",
+                  "from 1 to 1,000, default 512", "default -3.3,3.3", "default 0,1", "default task,visual_category,depth_bin",
+                  "one of kl_sym, js, hellinger, wasserstein (default kl_sym)", "dots per inch (from 10 to 600, default 100)",
+                  "(from 0 to 1, default 0.5)", "the width in inches, the figure's own if not given (from 0.5 to 100)"):
+        assert words in text, words
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["report", "--help"])
+    assert "dots per inch (from 10 to 600, default 100)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_figures_parameter_is_checked_by_its_request_type(v1_client, v1_store, tmp_path, capsys):
+    """A typo of group_by suggests the nearest field, in the analysis endpoint's words, for the
+    service and the command line alike; a value out of a figure's range is the figure's 400 with the
+    request type's message; a parameter a figure does not take is a 400."""
+    from cnnfilterdb.cli import main as cli_main
+
+    said = v1_client.post("/v1/divergence", json={"group_by": "tsk"}).json()["error"]["message"]
+    assert "did you mean 'task'?" in said
+    for figure in ("divergence", "kl_combined", "ridge"):
+        r = v1_client.get(f"/v1/plots/{figure}.png", params={"group_by": "task,tsk" if figure == "kl_combined" else "tsk"})
+        assert r.status_code == 400 and r.json()["error"]["message"] == said, figure
+    assert cli_main(["plot", "divergence", "--group-by", "tsk", "--db", str(v1_store), "-o", str(tmp_path / "d.png")]) == 1
+    assert capsys.readouterr().err == f"cnnfilterdb: error: {said}\n"
+    r = v1_client.get("/v1/plots/quality.png", params={"color_by": "tsk"})
+    assert r.status_code == 400 and "unknown color_by 'tsk' (did you mean 'task'?)" in r.json()["error"]["message"]
+
+    kde = v1_client.post("/v1/kde", json={"bins": 8}).json()["error"]["message"]
+    r = v1_client.get("/v1/plots/ridge.png", params={"bins": 8})
+    assert r.status_code == 400 and r.json()["error"] == {"code": "invalid_request", "message": kde}
+    assert kde == f"bins must be an integer from {MIN_KDE_BINS} to {MAX_KDE_BINS:,}, got 8"
+    r = v1_client.get("/v1/plots/density2d.png", params={"components": "0,9"})
+    assert r.status_code == 400 and r.json()["error"]["message"] == "components[1] must be an integer from 0 to 8, got 9"
+    r = v1_client.get("/v1/plots/quality.png", params={"sparsity_gt": 0.25, "limit": 3})
+    assert r.status_code == 400 and "unknown query parameter" in r.json()["error"]["message"]
+    r = v1_client.get("/v1/plots/ridge.png", params={"sparsity_gt": 0.25})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("ridge takes no sparsity_gt")
+
+
+def test_a_figures_defaults_are_its_analysis_requests():
+    from cnnfilterdb import plots
+
+    req = plots.PlotRequest.of("kl_combined", bins=64)
+    assert [r.group_by for r in req.requests] == list(plots.DEFAULT_GROUP_BY["kl_combined"])
+    assert all(r == rq.DivergenceRequest(group_by=r.group_by, bins=64) for r in req.requests)
+    assert plots.PlotRequest.of("ridge").requests == (rq.KdeRequest(group_by="task", bins=2048),)
+    assert plots.PlotRequest.of("density2d").requests == (rq.Density2dRequest(bins=512, range=[-3.3, 3.3]),)
+    assert plots.PlotRequest.of("eigenimages", where={"task": "GAN"}).requests == (rq.PcaRequest(where={"task": "GAN"}),)
+    quality = plots.PlotRequest.of("quality", entropy_norm_gt=2.0).requests[0]
+    assert quality.thresholds == {**rq.DEGENERATE_THRESHOLDS, "entropy_norm_gt": 2.0}
+    assert plots.PlotRequest.of("layer_filters", layer_id=3).requests == ()
+    # what the ETag digests: every parameter, the defaults filled in, the same spelled out or not
+    assert plots.PlotRequest.of("divergence").resolved() == plots.PlotRequest.of(
+        "divergence", group_by="task", metric="kl_sym", bins=rq.DivergenceRequest.model_fields["bins"].default,
+        dpi=plots.FigureOptions.model_fields["dpi"].default).resolved()
+
+
+def test_the_export_format_is_the_export_requests(spec, v1_client, v1_store, tmp_path, capsys):
+    from cnnfilterdb import export
+    from cnnfilterdb.cli import build_parser
+    from cnnfilterdb.cli import main as cli_main
+    from cnnfilterdb.selection import UnknownName
+
+    field = rq.ExportRequest.model_fields["format"]
+    assert list(rq.get_args(field.annotation)) == list(rq.EXPORT_FORMATS) == list(export.FORMATS)
+    params = {p["name"]: p for p in spec["paths"]["/v1/filters"]["get"]["parameters"]}
+    assert params["format"]["schema"]["enum"] == list(rq.EXPORT_FORMATS)
+    assert params["format"]["schema"]["default"] == field.default
+    assert params["format"]["description"] == field.description
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--format {" + ",".join(rq.EXPORT_FORMATS) + "}" in text and " ".join(field.description.split()) in text
+    # a bad format: the request type's words over HTTP and on the command line
+    said = v1_client.get("/v1/filters", params={"format": "parket"}).json()["error"]["message"]
+    assert said.startswith("unknown format 'parket' (did you mean 'parquet'?)")
+    out = tmp_path / "f.parquet"
+    assert cli_main(["export", "-o", str(out), "--format", "parket", "--db", str(v1_store)]) == 1
+    assert capsys.readouterr().err == f"cnnfilterdb: error: {said}\n" and not out.exists()
+    with pytest.raises(UnknownName, match="did you mean 'parquet'"):
+        rq.build(rq.ExportRequest, format="parket")
+
+
+def test_iter_filters_checks_the_export_request(v1_store):
+    import cnnfilterdb
+    from cnnfilterdb.selection import UnknownName
+
+    db = cnnfilterdb.open(v1_store)
+    with pytest.raises(UnknownName, match="'tsk'"):
+        db.iter_filters({"tsk": "GAN"})
+    with pytest.raises(SelectionError, match="as_of must be an integer from 1"):
+        db.iter_filters(as_of=0)
+    with pytest.raises(TypeError, match="as_of must be a store version"):
+        db.iter_filters(as_of="1")
