@@ -457,7 +457,9 @@ def explain(errors: list[dict], fields: list[str] | None = None) -> list[tuple[b
     message lists them)."""
     out, unions, bounded = [], {}, set()
     for err in errors:
-        raw = [x for x in err.get("loc", ()) if x not in ("body", "query")]
+        raw = list(err.get("loc", ()))
+        if raw and raw[0] in ("body", "query"):  # FastAPI's location, never a body key also named so
+            raw = raw[1:]
         loc = [str(x) for x in raw if not _type_tag(x)]
         name = "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc).lstrip(".") or "request"
         kind, got = err.get("type"), err.get("input")

@@ -241,6 +241,16 @@ def test_a_key_given_twice_in_a_body_is_refused(v1_client):
     assert r.status_code == 422 and r.json()["error"]["message"].startswith("the body is not JSON (")
 
 
+def test_a_body_key_named_as_a_location_is_an_unknown_field(v1_client):
+    """A body key "query" (or "body") is a key like any other: POST /v1/sql {"query": ...} was a 500
+    (the error's location lost every "query", not only FastAPI's leading one)."""
+    for body in ({"query": "SELECT 1"}, {"sql": "SELECT 1", "body": 1}):
+        r = v1_client.post("/v1/sql", json=body)
+        assert r.status_code == 400, r.text
+        key = next(k for k in body if k != "sql")
+        assert f"unknown field '{key}' in the request; known: sql" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("path, body", [("/v1/divergence", b'{"group_by":"task"}'), ("/v1/pca", b"{}"),
                                         ("/v1/sql", b'{"sql":"SELECT 1"}')])
 def test_a_json_body_without_its_content_type_is_said_plainly(v1_client, path, body):
