@@ -51,6 +51,7 @@ from .selection import (
     UnknownName,
     echo,
     field_kind,
+    integral,
     nearest,
     where_sql,
 )
@@ -96,14 +97,14 @@ def _invalid(text: str, value: Any) -> PydanticCustomError:
 
 
 def _integer(lo: int, hi: int, value: Any) -> int:
-    """An int or a numpy integer from lo to hi; not a bool, a float or a string."""
+    """An integer from lo to hi, as JSON Schema counts them (an int, a numpy integer, or a float
+    with no fraction: 70.0 is 70); not a bool, 70.5 or a string."""
     expected = f"must be an integer from {lo:,} to {hi:,}"
     if isinstance(value, (bool, np.bool_)):
         raise _invalid(expected, f"{value!r} (a bool)")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise _invalid(expected, echo(value)) from None
+    v = integral(value)
+    if v is None:
+        raise _invalid(expected, echo(value))
     if not lo <= v <= hi:
         raise _invalid(expected, f"{v:,}")
     return v
@@ -149,6 +150,8 @@ def _strict(kind: str, value: Any) -> Any:
     value = plain(value)
     if kind != "bool" and isinstance(value, bool):
         raise ValueError("a number or a string, not a boolean")
+    if kind == "int" and isinstance(value, float) and (v := integral(value)) is not None:
+        return v  # JSON Schema's integer: 5.0 is 5
     return value
 
 
@@ -218,7 +221,7 @@ class _WhereBase(BaseModel):
         """The fields given (an explicit null means IS NULL), bounds as plain dicts: the form
         ``selection.where_sql`` takes."""
         out = {}
-        for k in self.model_fields_set:
+        for k in (k for k in type(self).model_fields if k in self.model_fields_set):  # a stable order
             v = getattr(self, k)
             out[k] = v.model_dump(exclude_none=True) if isinstance(v, BaseModel) else v
         return out

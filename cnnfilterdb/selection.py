@@ -8,6 +8,7 @@ names come from the fixed list below, never from the request.
 from __future__ import annotations
 
 import difflib
+import operator
 import re
 import reprlib
 from dataclasses import dataclass, field
@@ -107,6 +108,24 @@ def field_kind(name: str) -> str:
     return "text"
 
 
+def integral(value: Any) -> int | None:
+    """``value`` as a Python int if it is an integer as JSON Schema counts them (an int, a numpy
+    integer, or a float with no fraction such as 70.0), else None; a bool is not one."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (float, np.floating)):
+        return int(value) if np.isfinite(value) and float(value).is_integer() else None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _bound(kind: str, value: Any) -> Any:
+    """A checked value as it is bound: an integer field's 70.0 as 70."""
+    return integral(value) if kind == "int" else value
+
+
 def _typed(name: str, kind: str, value: Any) -> bool:
     """Whether ``value`` (not None) is a value of a field of ``kind``."""
     if kind == "bool":
@@ -116,7 +135,8 @@ def _typed(name: str, kind: str, value: Any) -> bool:
     if kind == "text":
         return isinstance(value, str)
     if kind == "int":
-        return isinstance(value, int) and INT32[0] <= value <= INT32[1]
+        v = integral(value)
+        return v is not None and INT32[0] <= v <= INT32[1]
     if isinstance(value, int):  # real
         try:
             return np.isfinite(float(value))
@@ -171,7 +191,7 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
                 if not _typed(name, kind, bound):
                     raise InvalidValue(f"where.{name}.{key}: expected {_KINDS[kind]}, got {echo(bound)}")
                 parts.append(f"{name} {BOUNDS[key]} ?")
-                params.append(bound)
+                params.append(_bound(kind, bound))
         elif isinstance(value, list):
             for v in value:
                 if v is not None:
@@ -180,7 +200,7 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
             alts = []
             if vals:
                 alts.append(f"{name} IN ({', '.join('?' * len(vals))})")
-                params.extend(vals)
+                params.extend(_bound(kind, v) for v in vals)
             if len(vals) < len(value):
                 alts.append(f"{name} IS NULL")
             parts.append("(" + (" OR ".join(alts) or "false") + ")")
@@ -189,7 +209,7 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
         else:
             _check_value(name, kind, value)
             parts.append(f"{name} = ?")
-            params.append(value)
+            params.append(_bound(kind, value))
     for v in params:  # JSON may carry lone UTF-16 surrogates: no SQL string can hold one
         if isinstance(v, str) and not v.isascii():
             try:

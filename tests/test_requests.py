@@ -430,3 +430,19 @@ def test_iter_filters_checks_the_export_request(v1_store):
         db.iter_filters(as_of=0)
     with pytest.raises(TypeError, match="as_of must be a store version"):
         db.iter_filters(as_of="1")
+
+
+def test_an_integer_is_what_json_schema_counts_as_one(v1_client, v1_store):
+    """70.0 is an integer to JSON Schema (the OpenAPI document's "type": "integer"), so to every
+    front end; 70.5, true and "70" are not."""
+    import cnnfilterdb
+
+    db = cnnfilterdb.open(v1_store)
+    assert db.histograms(bins=30.0).counts.shape[-1] == 30
+    assert v1_client.post("/v1/histograms", json={"bins": 30.0}).json()["bins"] == 30
+    r = v1_client.post("/v1/pca", json={"where": {"conv_depth": 1.0, "model_id": {"gte": 0.0}}, "as_of": 1.0})
+    assert r.status_code == 200 and r.json()["n_filters"] == db.pca({"conv_depth": 1, "model_id": {"gte": 0}}).n_filters
+    for bad in (30.5, True, "30"):
+        with pytest.raises(SelectionError, match="bins must be an integer"):
+            db.histograms(bins=bad)
+        assert v1_client.post("/v1/histograms", json={"bins": bad}).status_code == 422
