@@ -41,6 +41,7 @@ from .requests import (
     PcaRequest,
     SimilarRequest,
     build,
+    check_where,
     plain,
     takes,
     version_arg,
@@ -54,6 +55,7 @@ from .results import (
     KdeResult,
     PcaResult,
     SimilarResult,
+    check_listing,
     finish_models,
     frame,
     layers_query,
@@ -75,10 +77,10 @@ class FilterDB:
     request as of the same version gives the same result, bit for bit. Selections (``where``) are
     the HTTP API's: a dict of field -> value | [values] | {"gte", "gt", "lte", "lt"} over the
     fields of ``cnnfilterdb.selection.FILTER_FIELDS``; a bad one raises ``SelectionError`` naming
-    the field and the valid ones; in an analysis, a text value no model has raises
-    ``EmptySelectionError`` with the nearest known values (the listings ``models``, ``layers``,
-    ``filters`` return what matches, possibly nothing, as GET /v1/models does); an unknown
-    version raises ``cnnfilterdb.store.VersionError``.
+    the field and the valid ones; a text value no model has raises ``EmptySelectionError`` with the
+    nearest known values, in an analysis and a listing alike (values the models have that together
+    select nothing give an empty answer, as GET /v1/models does); an unknown version raises
+    ``cnnfilterdb.catalog.VersionError``.
 
     Parameters
     ----------
@@ -161,8 +163,10 @@ class FilterDB:
         >>> bool((gan.task == "GAN").all())
         True
         """
-        version = self._version(as_of)
-        return finish_models(self._listing(models_query(plain(where), version), "model_id"))
+        version, where = self._version(as_of), check_where(where)
+        with self._cursor() as cur:
+            check_listing(cur, where, version)
+        return finish_models(self._listing(models_query(where, version), "model_id"))
 
     def layers(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
         """The layers a selection holds, in layer_id order, with the columns of GET
@@ -190,8 +194,10 @@ class FilterDB:
         >>> bool((first.conv_depth == 0).all()), first.layer_id.is_monotonic_increasing
         (True, True)
         """
-        version = self._version(as_of)
-        return self._listing(layers_query(plain(where), version), "layer_id")
+        version, where = self._version(as_of), check_where(where)
+        with self._cursor() as cur:
+            check_listing(cur, where, version)
+        return self._listing(layers_query(where, version), "layer_id")
 
     # -- filters ---------------------------------------------------------------------------------
     def iter_filters(self, where: dict | None = None, batch: int = FILTER_BATCH,

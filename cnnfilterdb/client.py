@@ -75,6 +75,7 @@ from .results import (
     PcaResult,
     SimilarResult,
     check_batch,
+    check_listing,
     finish_models,
     frame,
     layers_query,
@@ -650,14 +651,16 @@ class Client:
     @_call
     def models(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
         """The models a selection holds (``FilterDB.models``), read through POST /v1/sql."""
-        where = _checked(where)
-        return finish_models(self._listing(models_query(where, self._version(as_of)), "model_id"))
+        where, version = _checked(where), self._version(as_of)
+        check_listing(_RemoteCursor(self), where, version)
+        return finish_models(self._listing(models_query(where, version), "model_id"))
 
     @_call
     def layers(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
         """The layers a selection holds (``FilterDB.layers``), read through POST /v1/sql."""
-        where = _checked(where)
-        return self._listing(layers_query(where, self._version(as_of)), "layer_id")
+        where, version = _checked(where), self._version(as_of)
+        check_listing(_RemoteCursor(self), where, version)
+        return self._listing(layers_query(where, version), "layer_id")
 
     # -- filters ---------------------------------------------------------------------------------
     @_call

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .selection import EmptySelectionError, SelectionError, where_sql
+from .selection import EmptySelectionError, SelectionError, check_values, where_sql
 
 __all__ = ["Result", "DivergenceResult", "PcaResult", "HistogramsResult", "KdeResult", "Density2dResult",
            "DegenerateResult", "SimilarResult", "FilterBatches"]
@@ -41,6 +41,16 @@ LAYER_COLUMNS = ["layer_id", "model_id", "model", "conv_depth", "conv_depth_norm
 # Their types, for results that arrive as JSON (degenerate layers).
 LAYER_TYPES = ["INTEGER", "INTEGER", "VARCHAR", "INTEGER", "DOUBLE", "VARCHAR", "BIGINT", "BIGINT", "BIGINT",
                "INTEGER", "INTEGER", "INTEGER", "DOUBLE", "DOUBLE", "DOUBLE", "DOUBLE", "DOUBLE"]
+
+
+def check_listing(cur, where: dict | None, version: int | None) -> None:
+    """EmptySelectionError naming a text value of ``where`` that no model of the version holds,
+    with the nearest ones (selection.check_values), as GET /v1/models and the analyses say it: a
+    typo is not an empty listing. ``cur``: a catalog cursor, or the Client's over /v1/sql."""
+    if where:
+        if version is None:
+            version = int(cur.execute("SELECT coalesce(max(version), 0) FROM versions").fetchone()[0])
+        check_values(cur, where, version)
 
 
 def models_query(where: dict | None, version: int | None) -> tuple[str, list]:

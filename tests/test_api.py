@@ -701,3 +701,16 @@ def test_retry_after_is_a_finite_number_of_seconds(monkeypatch):
     with _mock_client(handler, retries=2) as c, pytest.raises(cnnfilterdb.client.ServiceBusy, match="busy"):
         c.pca()
     assert waits == [1.0, 1.0]
+
+
+def test_a_typo_in_a_listing_says_did_you_mean_everywhere(db, remote, v1_client):
+    """GET /v1/models?task=gan is a 404 suggesting 'GAN'; db.models, db.layers and the Client's
+    say the same, not an empty DataFrame."""
+    from cnnfilterdb.selection import EmptySelectionError
+
+    for api in (db, remote):
+        for call in (api.models, api.layers, api.filters):
+            with pytest.raises(EmptySelectionError, match="did you mean 'GAN'"):
+                call({"task": "gan"})
+        assert len(api.models({"task": "GAN", "conv_depth": {"gt": 10**6}})) == 0  # known values, nothing together
+    assert v1_client.get("/v1/models", params={"task": "gan"}).status_code == 404
