@@ -538,7 +538,7 @@ def open(path: str | os.PathLike | None = None) -> FilterDB:
 
     Raises
     ------
-    cnnfilterdb.store.StoreError
+    cnnfilterdb.StoreError
         No store at ``path``, or one of another layout.
 
     Example

@@ -359,7 +359,7 @@ def _requested(name: str, spec: AnalysisSpec) -> Callable:
 
 class _RemoteCursor:
     """Enough of a DuckDB cursor (execute, fetchone, fetchall) over POST /v1/sql for the engine's
-    catalog checks (``store.check_version``) to run against the service's store."""
+    catalog checks (``catalog.check_version``) to run against the service's store."""
 
     def __init__(self, client: Client):
         self.client = client

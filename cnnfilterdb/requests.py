@@ -243,10 +243,10 @@ def _where(value: Any) -> Any:
     value = plain(value)
     try:
         where_sql(value)
-    except UnknownName as e:
-        raise PydanticCustomError("where_unknown", "{text}", {"text": str(e)}) from None
-    except SelectionError as e:
+    except InvalidValue as e:  # a wrong type: 422
         raise PydanticCustomError("where_value", "{text}", {"text": str(e)}) from None
+    except SelectionError as e:  # an unknown name, text the store cannot hold: 400
+        raise PydanticCustomError("where_unknown", "{text}", {"text": str(e)}) from None
     return value
 
 
@@ -256,12 +256,7 @@ def check_where(value: Any) -> dict | None:
     if value is None:
         return None
     value = plain(value)
-    try:
-        where_sql(value)
-    except (UnknownName, InvalidValue):
-        raise
-    except SelectionError as e:
-        raise InvalidValue(str(e)) from None
+    where_sql(value)
     return value
 
 

@@ -215,7 +215,8 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
             try:
                 v.encode("utf-8")
             except UnicodeEncodeError:
-                raise InvalidValue(f"where: {echo(v)} is not valid Unicode (a lone surrogate)") from None
+                # a 400, as any text the store cannot hold (issue 20), not a 422 of a wrong type
+                raise SelectionError(f"where: {echo(v)} is not valid Unicode (a lone surrogate)") from None
     return " AND ".join(parts) or "true", params
 
 
