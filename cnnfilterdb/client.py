@@ -53,13 +53,7 @@ from .requests import (
     ANALYSES,
     AnalysisSpec,
     DegenerateRequest,
-    Density2dRequest,
-    DivergenceRequest,
     ExportRequest,
-    HistogramsRequest,
-    KdeRequest,
-    PcaRequest,
-    SimilarRequest,
     build,
     check_where,
     takes,
@@ -67,13 +61,7 @@ from .requests import (
 )
 from .results import (
     DegenerateResult,
-    Density2dResult,
-    DivergenceResult,
     FilterBatches,
-    HistogramsResult,
-    KdeResult,
-    PcaResult,
-    SimilarResult,
     check_batch,
     check_listing,
     finish_models,
@@ -728,35 +716,10 @@ class Client:
         with self.iter_filters(where, FILTER_BATCH, as_of) as batches:
             return batches.collect()
 
-    # -- statistics: the engine's request types (cnnfilterdb/requests.py), checked before sending --
-    def _posted(self, cls, path: str, req) -> Any:
-        return self._result(cls, path, self._post(path, req.body()), req.selection)
-
-    @_analysis(DivergenceRequest)
-    def divergence(self, req: DivergenceRequest) -> DivergenceResult:
-        """The divergence matrix between groups (``FilterDB.divergence``; POST /v1/divergence)."""
-        return self._posted(DivergenceResult, "/v1/divergence", req)
-
-    @_analysis(PcaRequest)
-    def pca(self, req: PcaRequest) -> PcaResult:
-        """The PCA of a selection (``FilterDB.pca``; POST /v1/pca)."""
-        return self._posted(PcaResult, "/v1/pca", req)
-
-    @_analysis(HistogramsRequest)
-    def histograms(self, req: HistogramsRequest) -> HistogramsResult:
-        """Per group and component, the coefficient histograms (``FilterDB.histograms``; POST /v1/histograms)."""
-        return self._posted(HistogramsResult, "/v1/histograms", req)
-
-    @_analysis(KdeRequest)
-    def kde(self, req: KdeRequest) -> KdeResult:
-        """Per group and component, the Gaussian KDE (``FilterDB.kde``; POST /v1/kde)."""
-        return self._posted(KdeResult, "/v1/kde", req)
-
-    @_analysis(Density2dRequest)
-    def density2d(self, req: Density2dRequest) -> Density2dResult:
-        """The 2-D histogram of two components (``FilterDB.density2d``; POST /v1/density2d)."""
-        return self._posted(Density2dResult, "/v1/density2d", req)
-
+    # -- statistics: the engine's request types (cnnfilterdb/requests.py), checked before sending.
+    # Every analysis of requests.ANALYSES is a method (made by _requested, after the class): POST
+    # with the request as the body, GET with it as the query. degenerate is written out: a query
+    # string cannot say entropy_norm_gt=None.
     @_analysis(DegenerateRequest)
     def degenerate(self, req: DegenerateRequest) -> DegenerateResult:
         """The layers over the thresholds (``FilterDB.degenerate``; GET /v1/quality/degenerate)."""
@@ -768,14 +731,6 @@ class Client:
             if req.entropy_norm_gt is None:
                 data["thresholds"]["entropy_norm_gt"] = None
         return self._result(DegenerateResult, "/v1/quality/degenerate", data, req.selection)
-
-    @_analysis(SimilarRequest)
-    def similar(self, req: SimilarRequest) -> SimilarResult:
-        """The k nearest models (``FilterDB.similar``; GET /v1/models/{model_id}/similar)."""
-        path = f"/v1/models/{req.model_id}/similar"
-        params = req.query()
-        del params["model_id"]  # in the path
-        return self._result(SimilarResult, path, self._get(path, params), req.selection)
 
     # -- SQL and versions ------------------------------------------------------------------------
     @_call
