@@ -20,6 +20,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
 
+from .limits import MAX_CURVE_POINTS, MAX_FILTERS_DRAWN
+
 FIELD_TITLES = {"task": "Task", "visual_category": "Visual Category",
                 "depth_bin": "Relative Depth of Convolution Layer", "conv_depth": "Convolution Depth",
                 "training_dataset": "Training Dataset", "pretraining_dataset": "Pre-training Dataset",
@@ -29,8 +31,6 @@ ORDERED_FIELDS = ("depth_bin", "conv_depth", "layer_id", "model_id")
 METRIC_TITLES = {"kl_sym": "symmetric KL divergence", "js": "Jensen-Shannon divergence",
                  "hellinger": "Hellinger distance", "wasserstein": "Wasserstein distance"}
 KL_COMBINED_TITLE = "Distribution shifts of trained 3x3 convolution filters"
-MAX_FILTERS_DRAWN = 256  # layer_filters: the first filters of a layer, 16 to a row
-MAX_CURVE_POINTS = 2048  # ridge: points drawn per curve (an SVG of 9 x 40 finer curves ran to 80 MB)
 # Heatmaps: fire's maximum is white, so a white cell beside the page or beside another pale cell
 # vanished; a dark frame and thin dark lines between the cells outline every cell (the lines only
 # where a cell is at least CELL_LINES_MIN_PT wide: finer grids would be mostly lines).

@@ -33,6 +33,13 @@ MAX_GROUPINGS = 6
 MAX_PIXELS = 6_000_000  # 24 x 8.6 in at 170 dpi, 7 x 2.6 in at 500: Agg and its image resampling take ~50 B a pixel
 MIN_DPI, MAX_DPI = 10, 600
 MIN_INCHES, MAX_INCHES = 0.5, 100.0
+MAX_FILTERS_DRAWN = 256  # layer_filters: the first filters of a layer, 16 to a row
+MAX_CURVE_POINTS = 2048  # ridge: points drawn per curve (an SVG of 9 x 40 finer curves ran to 80 MB)
+
+# What a request may send and an error may say back.
+MAX_SQL_CHARS = 100_000   # the text of one POST /v1/sql statement
+ECHO_CHARS = 100          # a client's value quoted in an error message (selection.echo)
+MESSAGE_CHARS = 1_000     # an error message of the service, whatever its source
 
 # name -> (value, what it bounds): what /v1/stats shows (service/schemas.Limits).
 ENGINE_LIMITS = {
@@ -54,4 +61,9 @@ ENGINE_LIMITS = {
     "max_figure_pixels": (MAX_PIXELS, "width x height x dpi^2 of one figure"),
     "max_figure_dpi": (MAX_DPI, "the highest dpi of a figure (the lowest: 10)"),
     "max_figure_inches": (MAX_INCHES, "the largest width or height of a figure, in inches (the smallest: 0.5)"),
+    "max_filters_drawn": (MAX_FILTERS_DRAWN, "the filters of a layer the layer_filters figure draws (its first)"),
+    "max_curve_points": (MAX_CURVE_POINTS, "points drawn per curve of a ridge plot (a finer grid is thinned)"),
+    "max_sql_chars": (MAX_SQL_CHARS, "characters of one POST /v1/sql statement"),
+    "echo_chars": (ECHO_CHARS, "characters of a request's value an error message quotes"),
+    "message_chars": (MESSAGE_CHARS, "characters of an error message (longer ones are cut, with their length)"),
 }

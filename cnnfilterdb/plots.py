@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .limits import MAX_DPI, MAX_GROUPINGS, MAX_ID, MAX_INCHES, MAX_LABELS, MAX_PIXELS, MIN_DPI, MIN_INCHES
+from .limits import MAX_DPI, MAX_FILTERS_DRAWN, MAX_GROUPINGS, MAX_ID, MAX_INCHES, MAX_LABELS, MAX_PIXELS, MIN_DPI, MIN_INCHES
 from .requests import (
     GROUP_BY_TEXT,
     AnalysisRequest,
@@ -361,7 +361,7 @@ def draw(a: Analysis, req: PlotRequest) -> Figure:
         fig = figures.density2d(a.density2d(req.requests[0]), size, note)
     elif f == "layer_filters":
         layer_id = req.layer_id if req.layer_id is not None else a.first_layer_id()  # a figure with no parameters
-        layer, W = a.layer_filters(layer_id, figures.MAX_FILTERS_DRAWN)
+        layer, W = a.layer_filters(layer_id, MAX_FILTERS_DRAWN)
         fig = figures.layer_filters(W, layer, size)
     else:  # quality: the degenerate layers' thresholds drawn over every layer
         color_by = req.options.color_by

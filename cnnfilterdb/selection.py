@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .limits import ECHO_CHARS
 
 GROUP_FIELDS = ["task", "visual_category", "training_dataset", "pretraining_dataset", "name", "model",
                 "model_id", "producer", "conv_depth", "layer_id", "depth_bin", "sample", "version_added"]
@@ -56,7 +57,6 @@ TEXT_FIELDS = ["task", "task_raw", "visual_category", "training_dataset", "pretr
                "producer", "depth_bin", "source", "sha256"]
 SUGGESTIONS = 3
 BOUNDS = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<"}
-ECHO_CHARS = 100
 _ECHO = reprlib.Repr()  # bounded in length and depth whatever it is given
 _ECHO.maxstring = _ECHO.maxother = ECHO_CHARS
 

@@ -19,12 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cnnfilterdb.catalog import VersionError
 from cnnfilterdb.errors import UserError, first_line
 from cnnfilterdb.layout import StoreDamaged, StoreError, damage_in, relative_to_store
+from cnnfilterdb.limits import MESSAGE_CHARS
 from cnnfilterdb.plots import PlotParameterError
 from cnnfilterdb.requests import explain
 from cnnfilterdb.selection import EmptySelectionError, InvalidValue, SelectionError, UnknownName
 
 log = logging.getLogger("cnnfilterdb.service")
-MESSAGE_CHARS = 1000
 
 
 class ApiError(Exception):

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from cnnfilterdb.catalog import ACTIONS
-from cnnfilterdb.limits import ENGINE_LIMITS
+from cnnfilterdb.limits import ENGINE_LIMITS, MAX_SQL_CHARS
 from cnnfilterdb.requests import BasisKind
 from cnnfilterdb.selection import FIELD_DESCRIPTIONS
 
@@ -295,7 +295,7 @@ class SqlRequest(StrictModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"sql": "SELECT task, count(*) AS models FROM models WHERE n_filters > ? GROUP BY task ORDER BY models DESC",
          "params": [1000]}]})
-    sql: str = Field(min_length=1, max_length=100_000, description="one reading statement (SELECT, or EXPLAIN of "
+    sql: str = Field(min_length=1, max_length=MAX_SQL_CHARS, description="one reading statement (SELECT, or EXPLAIN of "
                                                                    "one) in DuckDB's SQL, on the store's views")
     params: list[Any] = Field(default_factory=list, description="values for the statement's ? (or $1, $2, ...) "
                                                                 "placeholders, in order")

@@ -446,3 +446,17 @@ def test_an_integer_is_what_json_schema_counts_as_one(v1_client, v1_store):
         with pytest.raises(SelectionError, match="bins must be an integer"):
             db.histograms(bins=bad)
         assert v1_client.post("/v1/histograms", json={"bins": bad}).status_code == 422
+
+
+def test_v1_stats_shows_every_limit(v1_client):
+    """One registry of limits: the service's settings and the engine's bounds, all in /v1/stats."""
+    from cnnfilterdb.limits import ENGINE_LIMITS
+    from cnnfilterdb.service.settings import LIMITS, Settings
+
+    limits = v1_client.get("/v1/stats").json()["limits"]
+    for name, (value, _) in ENGINE_LIMITS.items():
+        assert limits[name] == value, name
+    defaults = Settings(db="x").model_dump()
+    for name in LIMITS:
+        assert name in limits and (limits[name] == defaults[name] or name == "sql_worker_memory_cap"), name
+    assert limits["max_bins"] == _bounds(rq.DivergenceRequest.model_fields["bins"])["maximum"]
