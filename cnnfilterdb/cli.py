@@ -343,7 +343,7 @@ def _json_where(text: str | None) -> dict | None:
     try:
         value = json.loads(text) if text else None
     except json.JSONDecodeError as e:
-        raise UserError(f"--where is not JSON ({e.msg} at character {e.pos})") from None
+        raise UserError(f"--where is not JSON ({e.msg} at character {e.pos}); e.g. --where '{{\"task\": \"GAN\"}}'") from None
     return check_where(value)
 
 

@@ -396,6 +396,8 @@ class Client:
             raise ValueError(f"timeout: a number of seconds > 0, not {timeout!r}")
         if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int) or max_response_bytes < 1024:
             raise ValueError(f"max_response_bytes: an int >= 1024, not {max_response_bytes!r}")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"url: the service's address with its scheme, e.g. http://127.0.0.1:8000, not {url!r}")
         self.url = url.rstrip("/")
         self.retries = retries
         self.timeout = float(timeout)

@@ -166,7 +166,8 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
     if where is None:
         return "true", []
     if not isinstance(where, dict):
-        raise InvalidValue("where must be an object of field -> value | [values] | {gte, gt, lte, lt}")
+        raise InvalidValue("where must be an object of field -> value | [values] | {gte, gt, lte, lt}, e.g. "
+                           f"{{\"task\": \"GAN\"}}; got {echo(where)}")
     bad_keys = [k for k in where if not isinstance(k, str)]
     if bad_keys:
         raise InvalidValue(f"where: field names must be strings, got {echo(bad_keys[0])}; "

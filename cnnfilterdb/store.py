@@ -102,7 +102,7 @@ class FilterStore:
         """A read-only connection to the catalog."""
         check_store_path(self.root)  # a FIFO, a device, a link, an over-long path: one line, nothing opened
         if not self.exists():
-            hint = f" (the sample of `cnnfilterdb demo` is in ./{DEMO_DB}: --db {DEMO_DB})" \
+            hint = f" (the sample of `cnnfilterdb demo` is in ./{DEMO_DB}: --db {DEMO_DB}, open({DEMO_DB!r}))" \
                 if (Path(DEMO_DB) / CATALOG).is_file() and self.root != Path(DEMO_DB).resolve() else ""
             raise StoreError(f"{self.root}: no store here (no {CATALOG}); create one with `cnnfilterdb ingest`{hint}")
         # The views name their shards relative to the store: resolve them here, wherever it is.

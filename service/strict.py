@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
-from cnnfilterdb.selection import echo
+from cnnfilterdb.selection import echo, nearest
 
 from .errors import ApiError
 
@@ -94,7 +94,9 @@ def reject_unknown_query_parameters(request: Request) -> None:
     known = declared_query_parameters(route)
     unknown = sorted(set(request.query_params) - set(known))
     if unknown:
-        raise ApiError(400, "unknown_parameter", f"unknown query parameter(s) {', '.join(echo(u) for u in unknown[:10])}; "
+        near = nearest(unknown[0], known)
+        hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+        raise ApiError(400, "unknown_parameter", f"unknown query parameter(s) {', '.join(echo(u) for u in unknown[:10])}{hint}; "
                                                  + (f"known: {', '.join(known)}" if known else "this endpoint takes none"))
     # A parameter of one value given twice (as_of=3&as_of=2) would silently take the last.
     repeated = [name for name in dict.fromkeys(request.query_params)

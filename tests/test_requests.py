@@ -460,3 +460,17 @@ def test_v1_stats_shows_every_limit(v1_client):
     for name in LIMITS:
         assert name in limits and (limits[name] == defaults[name] or name == "sql_worker_memory_cap"), name
     assert limits["max_bins"] == _bounds(rq.DivergenceRequest.model_fields["bins"])["maximum"]
+
+
+def test_new_users_mistakes_say_what_to_do(v1_client, v1_store, capsys):
+    import cnnfilterdb
+    from cnnfilterdb.cli import main as cli_main
+
+    with pytest.raises(SelectionError, match=r"""where must be an object .*e\.g\. \{"task": "GAN"\}; got 'GAN'"""):
+        cnnfilterdb.open(v1_store).divergence("task", "GAN")
+    with pytest.raises(ValueError, match="url: the service's address with its scheme, e.g. http://127.0.0.1:8000"):
+        cnnfilterdb.Client("127.0.0.1:8000")
+    r = v1_client.get("/v1/models", params={"tsk": "GAN"})
+    assert r.status_code == 400 and "unknown query parameter(s) 'tsk' (did you mean 'task'?)" in r.json()["error"]["message"]
+    assert cli_main(["drift", "--group-by", "task", "--where", "task=GAN", "--db", str(v1_store)]) == 1
+    assert """e.g. --where '{"task": "GAN"}'""" in capsys.readouterr().err
