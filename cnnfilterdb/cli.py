@@ -336,15 +336,11 @@ def _as_of_arg(p: argparse.ArgumentParser) -> None:
 
 def _json_where(text: str | None) -> dict | None:
     """``--where``: a JSON selection (``null`` or nothing: all filters), checked by the engine's
-    grammar (requests.check_where: the same values refused as over HTTP, e.g. NaN bounds, "yes"
+    grammar (requests.parse_where: the same values refused as over HTTP, e.g. NaN bounds, "yes"
     for a boolean); one line if it is not JSON or not valid."""
-    from .requests import check_where
+    from .requests import parse_where
 
-    try:
-        value = json.loads(text) if text else None
-    except json.JSONDecodeError as e:
-        raise UserError(f"--where is not JSON ({e.msg} at character {e.pos}); e.g. --where '{{\"task\": \"GAN\"}}'") from None
-    return check_where(value)
+    return parse_where(text, "--where")
 
 
 def _open_analysis(store: FilterStore, as_of: int | None = None):

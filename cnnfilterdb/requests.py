@@ -41,7 +41,6 @@ from .limits import (
     MIN_KDE_BINS,
 )
 from .selection import (
-    BOUNDS,
     FIELD_DESCRIPTIONS,
     FILTER_FIELDS,
     GROUP_FIELDS,
@@ -78,14 +77,23 @@ AS_OF_TEXT = ("the store version to read (GET /v1/versions); default the current
 
 
 # ---- values --------------------------------------------------------------------------------------
-def plain(value: Any) -> Any:
+MAX_NESTING = 8  # a request's values nest at most 3 deep (where -> field -> bounds or list -> value)
+
+
+def plain(value: Any, depth: int = 0) -> Any:
     """``value`` with numpy scalars as Python numbers and tuples and arrays as lists, recursively:
     a ``where`` built from a DataFrame's values (``np.int32``) selects what the same Python values
-    select, locally and as JSON."""
+    select, locally and as JSON. InvalidValue past MAX_NESTING levels (a request's values have no
+    deeper ones; Python's recursion limit would be a crash, not an answer)."""
+    if isinstance(value, (dict, list, tuple, np.ndarray)) and depth >= MAX_NESTING:
+        raise InvalidValue(f"nested too deeply (more than {MAX_NESTING} levels)")
     if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [plain(v) for v in value]
+        return {k: plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        value = value.tolist()  # a 0-d array is its scalar
+        return plain(value, depth) if not isinstance(value, list) else [plain(v, depth + 1) for v in value]
+    if isinstance(value, (list, tuple)):
+        return [plain(v, depth + 1) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -106,7 +114,7 @@ def _integer(lo: int, hi: int, value: Any) -> int:
     if v is None:
         raise _invalid(expected, echo(value))
     if not lo <= v <= hi:
-        raise _invalid(expected, f"{v:,}")
+        raise _invalid(expected, f"{v:,}" if v.bit_length() < 100 else f"an integer of {v.bit_length():,} bits")
     return v
 
 
@@ -206,7 +214,6 @@ CONDITIONS = {
     "real": _Real | list[_Real | None] | RealBounds | None,
     "bool": StrictBool | list[StrictBool | None] | None,
 }
-_KIND_WORDS = {"text": "a string", "int": "an integer", "real": "a finite number", "bool": "true or false"}
 
 
 class _WhereBase(BaseModel):
@@ -240,14 +247,43 @@ def _where(value: Any) -> Any:
     accept the same)."""
     if value is None or isinstance(value, _WhereBase):
         return value
-    value = plain(value)
     try:
+        value = plain(value)
         where_sql(value)
     except InvalidValue as e:  # a wrong type: 422
-        raise PydanticCustomError("where_value", "{text}", {"text": str(e)}) from None
+        text = str(e) if str(e).startswith("where") else f"where: {e}"
+        raise PydanticCustomError("where_value", "{text}", {"text": text}) from None
     except SelectionError as e:  # an unknown name, text the store cannot hold: 400
         raise PydanticCustomError("where_unknown", "{text}", {"text": str(e)}) from None
     return value
+
+
+class NotJson(SelectionError):
+    """A ``where`` given as text (a GET's query parameter, ``--where``) that is not JSON."""
+
+
+def parse_where(text: str | None, name: str = "where") -> dict | None:
+    """A ``where`` given as JSON text (empty or null: everything), checked as check_where: NotJson
+    if it is not JSON (a key named twice included: JSON would keep the last), too deep, or holds a
+    number Python will not read."""
+    if text is None or not text.strip():
+        return None
+
+    def unique(pairs):
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) < len(keys):
+            raise NotJson(f"{name} names {echo(next(k for k in keys if keys.count(k) > 1))} twice in one object")
+        return dict(pairs)
+
+    try:
+        value = json.loads(text, object_pairs_hook=unique)
+    except json.JSONDecodeError as e:
+        raise NotJson(f"{name} is not JSON ({e.msg} at character {e.pos}); e.g. {{\"task\": \"GAN\"}}") from None
+    except RecursionError:
+        raise NotJson(f"{name}: nested too deeply") from None
+    except ValueError as e:  # a number of more digits than Python converts
+        raise NotJson(f"{name} is not JSON that can be read ({str(e).split(';')[0]})") from None
+    return check_where(value)
 
 
 def check_where(value: Any) -> dict | None:
@@ -255,7 +291,10 @@ def check_where(value: Any) -> dict | None:
     the same messages as an analysis's (UnknownName, InvalidValue); numpy values as Python's."""
     if value is None:
         return None
-    value = plain(value)
+    try:
+        value = plain(value)
+    except InvalidValue as e:
+        raise InvalidValue(f"where: {e}") from None
     where_sql(value)
     return value
 
@@ -433,7 +472,7 @@ def build(request_type: type[R], /, **values: Any) -> R:
     try:
         return request_type.model_validate(values)
     except ValidationError as e:
-        problems = explain(e.errors(), list(request_type.model_fields))
+        problems = explain(e.errors(), list(request_type.model_fields), prefixed=False)
         kind = UnknownName if any(unknown for unknown, _ in problems) else InvalidValue
         raise kind("; ".join(text for _, text in problems)) from None
 
@@ -444,61 +483,63 @@ def _type_tag(item: Any) -> bool:
     return isinstance(item, str) and ("[" in item or item in ("str", "int", "float", "bool"))
 
 
-def _where_field(loc: list[str]) -> str | None:
-    return loc[1] if len(loc) >= 2 and loc[0] == "where" else None
+# pydantic's own errors of a type, worded as the request types word theirs (a GET's query and
+# path parameters are parsed by FastAPI before the request is built).
+_TYPE_WORDS = {"int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+               "float_parsing": "a finite number", "float_type": "a finite number", "finite_number": "a finite number",
+               "string_type": "a string", "string_unicode": "valid Unicode text (no lone surrogate)",
+               "bool_parsing": "true or false", "bool_type": "true or false", "list_type": "a list",
+               "dict_type": "an object", "model_attributes_type": "an object", "model_type": "an object"}
+_BOUND_WORDS = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt"),
+                "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt"),
+                "too_long": ("at most this long:", "max_length"), "too_short": ("at least this long:", "min_length")}
 
 
-def explain(errors: list[dict], fields: list[str] | None = None) -> list[tuple[bool, str]]:
+def explain(errors: list[dict], fields: list[str] | None = None, prefixed: bool = True) -> list[tuple[bool, str]]:
     """pydantic's errors of a request as (unknown, message) pairs, one per mistake: ``unknown`` is
     True for a value outside a documented set or a name the request does not take (the service's
     400), False for a malformed value (422). ``fields``: the request's fields (an unknown one's
-    message lists them)."""
-    out, unions, bounded = [], {}, set()
+    message lists them); ``prefixed``: the locations start with FastAPI's body/query/path."""
+    out = []
     for err in errors:
         raw = list(err.get("loc", ()))
-        if raw and raw[0] in ("body", "query"):  # FastAPI's location, never a body key also named so
+        if prefixed and raw and raw[0] in ("body", "query", "path"):  # FastAPI's, never a key also named so
             raw = raw[1:]
+        kind, got, ctx = err.get("type"), err.get("input"), err.get("ctx") or {}
+        if kind == "extra_forbidden":  # the last item is the client's own key, whatever it looks like
+            key = raw[-1] if raw else "?"
+            parent = [str(x) for x in raw[:-1] if not _type_tag(x)]
+            if not parent:
+                near = nearest(key, fields or []) if isinstance(key, str) else []
+                hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+                known = ", ".join(fields) if fields else "see the documentation"
+                out.append((True, f"unknown field {echo(key)} in the request; known: {known}{hint}"))
+            else:
+                out.append((True, f"unknown field {echo(key)} in {'.'.join(parent)}"))
+            continue
         loc = [str(x) for x in raw if not _type_tag(x)]
-        name = "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc).lstrip(".") or "request"
-        kind, got = err.get("type"), err.get("input")
-        in_bounds = any(isinstance(x, str) and x.startswith("Bounds[") for x in raw)
+        name = "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc).lstrip(".") or "the body"
         if kind == "request_value":
             out.append((False, f"{name} {err['msg']}"))
         elif kind in ("where_unknown", "where_value"):  # the engine's grammar words them itself
             out.append((kind == "where_unknown", err["msg"]))
         elif kind == "literal_error":
-            valid = list((err.get("ctx") or {}).get("expected", "").replace("'", "").split(" or "))
+            valid = list(ctx.get("expected", "").replace("'", "").split(" or "))
             valid = [v for part in valid for v in part.split(", ")]
             near = nearest(got, valid) if isinstance(got, str) else []
             hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
             out.append((True, f"unknown {name} {echo(got)}{hint}; valid: {', '.join(map(repr, valid))}"))
-        elif kind == "extra_forbidden" and in_bounds:
-            out.append((True, f"unknown bound {echo(loc[-1])} in {'.'.join(loc[:-1])}; valid: {', '.join(BOUNDS)}"))
-            bounded.add(".".join(loc[:-1]))
-        elif kind == "extra_forbidden" and len(loc) == 1:
-            known = ", ".join(fields) if fields else "see the documentation"
-            out.append((True, f"unknown field {echo(loc[0])} in the request; known: {known}"))
-        elif kind == "extra_forbidden":
-            near = nearest(loc[-1], FILTER_FIELDS)
-            hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
-            out.append((True, f"unknown field {echo(loc[-1])} in {'.'.join(loc[:-1]) or 'the request'}{hint}; "
-                              f"known fields of where: {', '.join(FILTER_FIELDS)}"))
         elif kind == "json_invalid":
-            error = (err.get("ctx") or {}).get("error", "invalid")
-            out.append((False, f"the body is not JSON ({error} at character {raw[-1] if raw else 0})"))
-        elif kind == "model_attributes_type" and loc == ["where"]:
-            out.append((False, f"where must be an object of field -> value | [values] | {{gte, gt, lte, lt}}, "
-                               f"got {echo(got)}"))
-        elif (field := _where_field(loc)) is not None and (len(raw) != len(loc) or in_bounds):
-            unions.setdefault("where." + field, (field, got if len(loc) == 2 else None))
+            out.append((False, f"the body is not JSON ({ctx.get('error', 'invalid')} at character {raw[-1] if raw else 0})"))
+        elif kind == "missing":
+            out.append((False, f"{name} is required" if loc else "the body is missing: send a JSON object"))
+        elif kind in _TYPE_WORDS:
+            out.append((False, f"{name} must be {_TYPE_WORDS[kind]}, got {echo(got)}"))
+        elif kind in _BOUND_WORDS:
+            words, key = _BOUND_WORDS[kind]
+            out.append((False, f"{name} must be {words} {ctx.get(key)}, got {echo(got)}"))
         else:
             out.append((False, f"{name}: {err.get('msg', 'invalid')}"))
-    for path, (field, got) in unions.items():  # a where value that fits no form: said once
-        if path in bounded:
-            continue
-        what = _KIND_WORDS[field_kind(field)] if field in FILTER_FIELDS else "a value"
-        forms = f"{what}, a list of them" + ("" if field_kind(field) == "bool" else ", or bounds {gte, gt, lte, lt}")
-        out.append((False, f"{path}: expected {forms}" + (f", got {echo(got)}" if got is not None else "")))
     return out
 
 
@@ -540,8 +581,11 @@ def takes(request_type: type[AnalysisRequest]) -> Callable:
     def decorate(method: Callable) -> Callable:
         @functools.wraps(method)
         def call(self, *args, **kwargs):
-            if args and isinstance(args[0], request_type):  # built already; the engine's own options may follow
-                return method(self, *args, **kwargs)
+            if args and isinstance(args[0], AnalysisRequest):  # built already; the engine's own options may follow
+                if not isinstance(args[0], request_type):
+                    raise TypeError(f"{method.__name__} takes a {request_type.__name__}, not a {type(args[0]).__name__}")
+                # checked again: a request's lists can be changed after it was built
+                return method(self, build(request_type, **dict(args[0])), *args[1:], **kwargs)
             bound = signature.bind(self, *args, **kwargs)
             values = {k: v for k, v in bound.arguments.items() if k != "self"}
             if "as_of" in values:
@@ -600,7 +644,9 @@ def version_arg(as_of: Any) -> int | None:
         return None
     if isinstance(as_of, (bool, np.bool_)):
         raise TypeError("as_of must be a store version (an integer), not a bool")
+    if isinstance(as_of, (float, np.floating)) and (v := integral(as_of)) is not None:
+        return v  # 3.0 is 3, as JSON Schema's integer
     try:
         return operator.index(as_of)
     except TypeError:
-        raise TypeError(f"as_of must be a store version (an integer), got {as_of!r}") from None
+        raise TypeError(f"as_of must be a store version (an integer), got {echo(as_of)}") from None

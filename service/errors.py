@@ -21,7 +21,7 @@ from cnnfilterdb.errors import UserError, first_line
 from cnnfilterdb.layout import StoreDamaged, StoreError, damage_in, relative_to_store
 from cnnfilterdb.limits import MESSAGE_CHARS
 from cnnfilterdb.plots import PlotParameterError
-from cnnfilterdb.requests import explain
+from cnnfilterdb.requests import NotJson, explain
 from cnnfilterdb.selection import EmptySelectionError, InvalidValue, SelectionError, UnknownName
 
 log = logging.getLogger("cnnfilterdb.service")
@@ -38,6 +38,7 @@ class ApiError(Exception):
 ANSWERS: list[tuple[type[Exception], int, str]] = [
     (EmptySelectionError, 404, "empty_selection"),
     (PlotParameterError, 400, "invalid_request"),
+    (NotJson, 400, "invalid_request"),
     (UnknownName, 400, "invalid_request"),
     (InvalidValue, 422, "invalid_request"),
     (SelectionError, 400, "invalid_selection"),

@@ -322,7 +322,7 @@ def test_export_as_of_an_older_version(small_store, tmp_path):
 
 @pytest.mark.parametrize("query, status, words", [
     ("format=xml", 400, "unknown format"),
-    ("where=%7Bnot%20json", 400, "where: not JSON"),
+    ("where=%7Bnot%20json", 400, "where is not JSON"),
     ('where={"colour": "red"}', 400, "unknown field(s) in where: ['colour']"),
     ('where={"task": "classification"}', 404, "did you mean"),
     ("as_of=99", 404, "no store version 99"),

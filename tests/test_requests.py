@@ -473,4 +473,4 @@ def test_new_users_mistakes_say_what_to_do(v1_client, v1_store, capsys):
     r = v1_client.get("/v1/models", params={"tsk": "GAN"})
     assert r.status_code == 400 and "unknown query parameter(s) 'tsk' (did you mean 'task'?)" in r.json()["error"]["message"]
     assert cli_main(["drift", "--group-by", "task", "--where", "task=GAN", "--db", str(v1_store)]) == 1
-    assert """e.g. --where '{"task": "GAN"}'""" in capsys.readouterr().err
+    assert """--where is not JSON (Expecting value at character 0); e.g. {"task": "GAN"}""" in capsys.readouterr().err

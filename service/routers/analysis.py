@@ -4,7 +4,6 @@ scan.py, stats/); this module maps requests to it and its errors to statuses."""
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,7 +24,7 @@ from cnnfilterdb.requests import (
     SimilarRequest,
     Weights,
     build,
-    check_where,
+    parse_where,
 )
 from cnnfilterdb.snapshot import Snapshot
 
@@ -97,15 +96,7 @@ def _analysis(catalog: LiveCatalog, gen: Generation, as_of: int | None) -> Itera
 def where_query(text: str | None) -> dict | None:
     """A ``where`` query parameter (GET routes): a JSON object checked as the analysis bodies'
     ``where`` (the engine's grammar: the same messages for the same mistakes)."""
-    if text is None or not text.strip():  # given empty: no selection
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ApiError(400, "invalid_request", f"where: not JSON ({e.msg} at character {e.pos})") from None
-    except RecursionError:
-        raise ApiError(400, "invalid_request", "where: nested too deeply") from None
-    return check_where(value)
+    return parse_where(text)
 
 
 @router.post("/v1/divergence", response_model=DivergenceResponse,
