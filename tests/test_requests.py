@@ -474,3 +474,46 @@ def test_new_users_mistakes_say_what_to_do(v1_client, v1_store, capsys):
     assert r.status_code == 400 and "unknown query parameter(s) 'tsk' (did you mean 'task'?)" in r.json()["error"]["message"]
     assert cli_main(["drift", "--group-by", "task", "--where", "task=GAN", "--db", str(v1_store)]) == 1
     assert """--where is not JSON (Expecting value at character 0); e.g. {"task": "GAN"}""" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["int", "str", "bool", "a[0]", "Bounds[int]", "body", "query", "loc"])
+def test_an_unknown_body_key_of_any_name_is_a_400(v1_client, key):
+    r = v1_client.post("/v1/divergence", json={"group_by": "task", key: 1})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith(f"unknown field {key!r} in the request"), r.text
+    with pytest.raises(SelectionError, match="unknown field"):
+        rq.build(rq.PcaRequest, **{key: 1})
+
+
+def test_hostile_where_texts_and_values_are_one_line_errors(v1_client, v1_store, capsys):
+    import cnnfilterdb
+    from cnnfilterdb.cli import main as cli_main
+
+    deep = "[" * 600 + "]" * 600
+    r = v1_client.post("/v1/divergence", json={"group_by": "task", "where": json.loads(deep)})
+    assert r.status_code == 422 and "nested too deeply" in r.json()["error"]["message"], r.text
+    with pytest.raises(SelectionError, match="nested too deeply"):
+        cnnfilterdb.open(v1_store).pca({"task": json.loads(deep)})
+    for where, status, words in ((deep, 422, "nested too deeply"), ("[" * 5000 + "]" * 5000, 400, "nested too deeply"),
+                                 ('{"model_id": ' + "9" * 4301 + "}", 400, "not JSON that can be read"),
+                                 ('{"task": "GAN", "task": "Classification"}', 400, "names 'task' twice")):
+        for path in ("/v1/filters", "/v1/quality/degenerate", "/v1/models/0/similar", "/v1/plots/divergence.png"):
+            r = v1_client.get(path, params={"where": where})
+            assert r.status_code == status and words in r.json()["error"]["message"], (path, r.text[:200])
+        assert cli_main(["drift", "--group-by", "task", "--where", where, "--db", str(v1_store)]) == 1
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err[:300]
+
+
+def test_a_built_request_is_checked_again_and_must_be_its_analysiss(v1_store):
+    import cnnfilterdb
+
+    db = cnnfilterdb.open(v1_store)
+    req = rq.build(rq.Density2dRequest, bins=8)
+    req.components[1] = 42  # a list inside a frozen model can still be changed
+    with pytest.raises(SelectionError, match=r"components\[1\] must be an integer from 0 to 8, got 42"):
+        db.density2d(req)
+    with pytest.raises(TypeError, match="divergence takes a DivergenceRequest, not a PcaRequest"):
+        db.divergence(rq.PcaRequest())
+    assert db.pca(as_of=1.0).store_version == 1
+    with pytest.raises(SelectionError, match="bins must be an integer from 1 to 10,000, got an integer of 16,610 bits"):
+        db.histograms(bins=10**5000)
