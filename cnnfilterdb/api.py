@@ -522,6 +522,8 @@ def _served(name: str, spec: AnalysisSpec) -> Callable:
 for _name, _spec in ANALYSES.items():
     if _name not in vars(FilterDB):
         setattr(FilterDB, _name, _served(_name, _spec))
+    elif getattr(vars(FilterDB)[_name], "request_type", None) is not _spec.request:
+        raise RuntimeError(f"the analysis {_name!r} of requests.ANALYSES would hide FilterDB.{_name}: give it another name")
 
 
 def open(path: str | os.PathLike | None = None) -> FilterDB:

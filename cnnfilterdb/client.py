@@ -778,6 +778,8 @@ class Client:
 for _name, _spec in ANALYSES.items():
     if _name not in vars(Client):
         setattr(Client, _name, _requested(_name, _spec))
+    elif getattr(vars(Client)[_name], "request_type", None) is not _spec.request:
+        raise RuntimeError(f"the analysis {_name!r} of requests.ANALYSES would hide Client.{_name}: give it another name")
 
 
 class _RemoteBatches(FilterBatches):

@@ -435,7 +435,10 @@ class AnalysisSpec:
     route (service/routers/analysis.py): each front end writes its own where it documents the
     analysis further, and generates the rest from this table, so that a new analysis is served
     everywhere once its request type, its engine function and its entry here exist
-    (tests/test_requests.py adds one and calls it through every front end)."""
+    (tests/test_requests.py adds one and calls it through every front end). A name or an endpoint
+    that would hide what is there (FilterDB.sql, GET /v1/layers/{layer_id}) stops the import or
+    the service's start. A GET analysis's parameter that may be None must default to None: a query
+    string cannot say null (degenerate's entropy_norm_gt has its front ends written out for it)."""
     request: type[AnalysisRequest]
     method: Literal["GET", "POST"]
     path: str              # the service's endpoint, {model_id}-style parameters filled from the request
@@ -626,6 +629,18 @@ def from_arguments(request_type: type[R], args, **values: Any) -> R:
     and ``values``."""
     given = {n: getattr(args, n) for n in request_type.model_fields if getattr(args, n, None) is not None}
     return build(request_type, **(given | values))
+
+
+def plain_type(annotation: Any) -> Any:
+    """The annotation without its validators and constraints (``Annotated`` stripped, through
+    unions and lists): what a query string is parsed as before the request type checks it."""
+    if get_origin(annotation) is Annotated:
+        return plain_type(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return functools.reduce(operator.or_, [plain_type(a) for a in get_args(annotation)])
+    if get_origin(annotation) is list:
+        return list[plain_type(get_args(annotation)[0])]
+    return annotation
 
 
 def _unwrap(annotation: Any) -> Any:

@@ -1,6 +1,7 @@
 """The FastAPI application and `cnnfilterdb serve`."""
 from __future__ import annotations
 
+import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -76,10 +77,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
-    for r in (meta.router, versions.router, models.router, layers.router, export.router, analysis.router, plots.router,
-              sql.router, docs.router, dashboard.router):
+    routers = (meta.router, versions.router, models.router, layers.router, export.router, analysis.router,
+               plots.router, sql.router, docs.router, dashboard.router)
+    for r in routers:
         app.include_router(r)
+    _check_analyses(routers)
     return app
+
+
+def _check_analyses(routers) -> None:
+    """Every analysis of requests.ANALYSES answered by its own route: RuntimeError at start if a
+    route of a router included before would take its requests first (its path, an id filled in)."""
+    from starlette.routing import Match
+
+    from cnnfilterdb.requests import ANALYSES
+
+    routes = [route for router in routers for route in router.routes]
+    for name, spec in ANALYSES.items():
+        path = re.sub(r"\{[^}]+\}", "0", spec.path)
+        scope = {"type": "http", "path": path, "method": spec.method, "root_path": ""}
+        route = next((r for r in routes if r.matches(scope)[0] == Match.FULL), None)
+        if getattr(route, "name", None) != name:
+            raise RuntimeError(f"{spec.method} {spec.path} of the analysis {name!r} is answered by "
+                               f"{getattr(route, 'path', 'nothing')} ({getattr(route, 'name', None)}): give it another path")
 
 
 def app_factory() -> FastAPI:

@@ -18,10 +18,15 @@ FILTER_ID = Path(..., ge=0, le=2**63 - 1, openapi_examples=_FIRST,
                  description="the filter's id (a layer holds the filters filter_id_first..filter_id_last)")
 
 
+_SCHEMA_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
 def query(request_type, name: str):
     """A query parameter of a GET analysis, declared from the engine's request type
-    (cnnfilterdb/requests.py): its default, bounds and description written once, there."""
+    (cnnfilterdb/requests.py): its default, bounds and description written once, there. The
+    bounds are documented here and checked when the request is built (the request type's words,
+    as for a POST body and a Python call), not by FastAPI first."""
     field = request_type.model_fields[name]
-    bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "le", "gt", "lt") if getattr(m, k, None) is not None}
-    finite = {"allow_inf_nan": False} if any(getattr(m, "allow_inf_nan", None) is False for m in field.metadata) else {}
-    return Query(field.default, description=field.description, **bounds, **finite)
+    bounds = {_SCHEMA_BOUNDS[k]: getattr(m, k) for m in field.metadata for k in _SCHEMA_BOUNDS
+              if getattr(m, k, None) is not None}
+    return Query(field.default, description=field.description, json_schema_extra=bounds or None)

@@ -230,12 +230,15 @@ class CountRequest(rq.AnalysisRequest):
     group_by: rq.GroupField | None = Field(None, description="the field to count by")
     where: rq.Selection = Field(None, description=rq.WHERE_TEXT)
     scale: rq.Integer(1, MAX_BINS) = Field(1, description="a factor on every count")
+    share: rq.Real(0.0, 1.0) | None = Field(None, description="a number that may be absent")
+    components: rq.Components = Field([0, 1], description="a pair")
 
 
 def count(self, req):
     """The filters of each group, times scale."""
     sel = self.select(req.selection, req.group_by)
-    return {"store_version": self.version, "labels": sel.labels, "n": (sel.n_filters * req.scale).tolist()}
+    return {"store_version": self.version, "labels": sel.labels, "n": (sel.n_filters * req.scale).tolist(),
+            "share": req.share, "components": list(req.components)}
 
 
 Analysis.count = Analysis.counts = rq.takes(CountRequest)(count)
@@ -250,17 +253,19 @@ from cnnfilterdb.service.settings import Settings  # noqa: E402
 from tests.helpers import serving  # noqa: E402
 
 store = sys.argv[1]
-out = {"local": cnnfilterdb.open(store).count("task", scale=2).to_dict()}
+out = {"local": cnnfilterdb.open(store).count("task", scale=2, share=0.5, components=(2, 3)).to_dict()}
 app = create_app(Settings(db=store))
 with TestClient(app) as http:
-    out["post"] = http.post("/v1/count", json={"group_by": "task", "scale": 2}).json()
-    out["get"] = http.get("/v1/counts", params={"group_by": "task", "scale": 2}).json()
+    out["post"] = http.post("/v1/count", json={"group_by": "task", "scale": 2, "share": 0.5, "components": [2, 3]}).json()
+    out["get"] = http.get("/v1/counts", params={"group_by": "task", "scale": 2, "share": 0.5, "components": [2, 3]}).json()
+    out["get_bad"] = http.get("/v1/counts", params={"share": 1.5}).json()
     out["bad"] = http.post("/v1/count", json={"group_by": "task", "scale": 0}).json()
     out["openapi"] = http.get("/openapi.json").json()["paths"]["/v1/counts"]["get"]["parameters"]
 with serving(create_app(Settings(db=store))) as (url, _):
     with cnnfilterdb.Client(url) as c:
-        out["client"] = c.count("task", scale=2).to_dict()
-        out["client_get"] = c.counts("task", scale=2).to_dict()
+        out["client"] = c.count("task", scale=2, share=0.5, components=(2, 3)).to_dict()
+        out["client_get"] = c.counts("task", scale=2, share=0.5, components=(2, 3)).to_dict()
+        out["client_defaults"] = c.counts().to_dict()
 print(json.dumps(out))
 '''
 
@@ -283,6 +288,8 @@ def test_a_new_analysis_is_served_by_every_front_end(v1_store):
     for front in ("post", "get", "client", "client_get"):
         assert out[front] == want, front
     assert out["bad"] == {"error": {"code": "invalid_request", "message": "scale must be an integer from 1 to 10,000, got 0"}}
+    assert out["get_bad"] == {"error": {"code": "invalid_request", "message": "share must be a finite number from 0 to 1, got 1.5"}}
+    assert out["client_defaults"]["share"] is None and out["client_defaults"]["components"] == [0, 1]
     scale = next(p for p in out["openapi"] if p["name"] == "scale")
     assert scale["schema"]["minimum"] == 1 and scale["schema"]["maximum"] == MAX_BINS and scale["description"] == "a factor on every count"
 
@@ -517,3 +524,36 @@ def test_a_built_request_is_checked_again_and_must_be_its_analysiss(v1_store):
     assert db.pca(as_of=1.0).store_version == 1
     with pytest.raises(SelectionError, match="bins must be an integer from 1 to 10,000, got an integer of 16,610 bits"):
         db.histograms(bins=10**5000)
+
+
+COLLIDING = '''
+import sys
+from cnnfilterdb import requests as rq
+from cnnfilterdb.analysis import Analysis
+
+Analysis.{name} = rq.takes(rq.PcaRequest)(lambda self, req: {{}})
+rq.ANALYSES["{name}"] = rq.AnalysisSpec(rq.PcaRequest, "GET", "{path}", "Result", None, "x")
+try:
+    import cnnfilterdb.api, cnnfilterdb.client
+    from cnnfilterdb.service.main import create_app
+    from cnnfilterdb.service.settings import Settings
+    create_app(Settings(db=sys.argv[1]))
+except RuntimeError as e:
+    print(e)
+'''
+
+
+@pytest.mark.parametrize("name, path, words", [
+    ("models", "/v1/x", "the analysis 'models' of requests.ANALYSES would hide FilterDB.models"),
+    ("sql", "/v1/x", "would hide FilterDB.sql"),
+    ("layer", "/v1/layers/{model_id}", "GET /v1/layers/{model_id} of the analysis 'layer' is answered by /v1/layers/{layer_id}"),
+])
+def test_a_new_analysis_cannot_hide_what_is_there(v1_store, name, path, words):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    p = subprocess.run([sys.executable, "-c", COLLIDING.format(name=name, path=path), str(v1_store)], capture_output=True,
+                       text=True, cwd=REPO, timeout=300)
+    assert p.returncode == 0 and words in p.stdout, (p.stdout, p.stderr[-2000:])

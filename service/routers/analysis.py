@@ -25,6 +25,7 @@ from cnnfilterdb.requests import (
     Weights,
     build,
     parse_where,
+    plain_type,
 )
 from cnnfilterdb.snapshot import Snapshot
 
@@ -225,7 +226,7 @@ def _served(name: str, spec: AnalysisSpec) -> None:
                 default = Query(None, description=f"{info.description}: {WHERE_TEXT}")
             else:
                 default = query(spec.request, f)
-            annotation = str | None if f == "where" else info.annotation
+            annotation = str | None if f == "where" else plain_type(info.annotation)
             params.append(inspect.Parameter(f, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
 
     def answer_with(req, catalog):
