@@ -26,7 +26,7 @@ import pandas as pd
 from . import results
 from .analysis import Analysis
 from .catalog import check_version, list_versions, store_id
-from .errors import SqlError, first_paragraph
+from .errors import NotFound, SqlError, first_paragraph
 from .layout import default_db
 from .reader import ATTACHED, CatalogReader, attach
 from .requests import (
@@ -62,6 +62,7 @@ from .results import (
     models_query,
     versions_frame,
 )
+from .selection import InvalidValue, echo, integral
 from .store import FilterStore
 
 __all__ = ["open", "FilterDB"]
@@ -436,7 +437,7 @@ class FilterDB:
             try:
                 return SimilarResult(a.similar(req), req.selection)
             except LookupError:
-                raise LookupError(f"no model {req.model_id}") from None
+                raise NotFound(f"no model {req.model_id}") from None
 
     # -- SQL and versions ------------------------------------------------------------------------
     def sql(self, query: str, params: list | dict | None = None, max_rows: int | None = None) -> pd.DataFrame:
@@ -472,6 +473,8 @@ class FilterDB:
         >>> int(n) == len(db.models({"task": "GAN"}))
         True
         """
+        if max_rows is not None and (isinstance(max_rows, bool) or integral(max_rows) is None or max_rows < 0):
+            raise InvalidValue(f"max_rows must be an integer >= 0, got {echo(max_rows)}")
         # An instance of its own, closed after the query: what the query does to its session
         # (SET, USE, DETACH, temporary tables) cannot reach the engine's reads.
         with closing(attach(self.root)) as con, closing(con.cursor().execute(f"USE {ATTACHED}")) as cur:
@@ -484,7 +487,7 @@ class FilterDB:
             if max_rows is None:
                 return cur.df()
             return frame([d[0] for d in cur.description], [str(d[1]) for d in cur.description],
-                         cur.fetchmany(max_rows))
+                         cur.fetchmany(integral(max_rows)))
 
     def versions(self) -> pd.DataFrame:
         """The store versions, oldest first (GET /v1/versions): version, committed_at (UTC),

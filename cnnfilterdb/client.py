@@ -49,6 +49,7 @@ import pandas as pd
 
 from . import results
 from .catalog import VersionError, check_version
+from .errors import SqlError, UserError
 from .requests import (
     ANALYSES,
     AnalysisSpec,
@@ -73,7 +74,7 @@ from .results import (
 from .selection import EmptySelectionError, SelectionError, UnknownName
 
 __all__ = ["Client", "ServiceError", "InvalidRequest", "EmptySelection", "UnknownVersion", "NotFound",
-           "ServiceBusy", "ServiceUnavailable", "StreamCut"]
+           "ServiceBusy", "ServiceUnavailable", "StreamCut", "SqlRefused"]
 
 FILTER_BATCH = 1 << 16
 SQL_PAGE = 10_000          # rows per /v1/sql request of models() and layers()
@@ -96,7 +97,7 @@ _received: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("cn
                                                                             default=None)
 
 
-class ServiceError(Exception):
+class ServiceError(UserError):
     """An error answer of the service: ``status`` (HTTP), ``code`` and the service's ``message``."""
 
     def __init__(self, status: int, code: str, message: str):
@@ -159,8 +160,15 @@ def retry_wait(value: str | None) -> float:
     return min(wait, MAX_RETRY_WAIT_S)
 
 
+class SqlRefused(ServiceError, SqlError):
+    """POST /v1/sql refused the query or could not run it (locally: SqlError)."""
+
+
 _ERRORS = {"invalid_request": InvalidRequest, "invalid_selection": InvalidRequest, "empty_selection": EmptySelection,
-           "unknown_version": UnknownVersion, "not_found": NotFound}
+           "unknown_version": UnknownVersion, "not_found": NotFound,
+           **{code: SqlRefused for code in ("sql_error", "sql_forbidden", "sql_one_statement", "sql_read_only",
+                                            "sql_timeout", "sql_out_of_memory", "sql_result_too_deep",
+                                            "sql_result_too_large", "sql_worker_memory_cap", "sql_worker_crashed")}}
 
 
 def _error(status: int, body: bytes) -> ServiceError:

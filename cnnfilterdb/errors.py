@@ -15,6 +15,10 @@ class UserError(Exception):
     """A fault the user can act on; its message is one line naming what and where."""
 
 
+class NotFound(UserError, LookupError):
+    """No such model, layer or filter (a LookupError as well)."""
+
+
 class SqlError(UserError):
     """A query of ``db.sql`` that DuckDB refused or could not run (a syntax error, an unknown
     table, a write to the read-only catalog): DuckDB's message, in one paragraph."""

@@ -82,7 +82,7 @@ class EmptySelectionError(SelectionError):
 def echo(value: Any) -> str:
     """A client's value as an error message shows it: its repr, cut after ECHO_CHARS characters
     (a request may hold megabytes), with the length of a long string."""
-    text = _ECHO.repr(value)
+    text = _ECHO.repr(value).replace("\n", " ")  # one line, whatever the value's repr (a Series spans several)
     if len(text) > ECHO_CHARS:
         text = text[:ECHO_CHARS] + "..."
     if isinstance(value, str) and len(value) > ECHO_CHARS:

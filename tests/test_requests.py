@@ -557,3 +557,29 @@ def test_a_new_analysis_cannot_hide_what_is_there(v1_store, name, path, words):
     p = subprocess.run([sys.executable, "-c", COLLIDING.format(name=name, path=path), str(v1_store)], capture_output=True,
                        text=True, cwd=REPO, timeout=300)
     assert p.returncode == 0 and words in p.stdout, (p.stdout, p.stderr[-2000:])
+
+
+def test_every_python_error_is_a_user_error(v1_store, v1_client):
+    """A caller catches cnnfilterdb.UserError (or its kinds) locally and over HTTP alike."""
+    import pandas as pd
+
+    import cnnfilterdb
+    from cnnfilterdb.client import SqlRefused
+    from tests.helpers import serving
+
+    db = cnnfilterdb.open(v1_store)
+    with pytest.raises(cnnfilterdb.UserError) as e:
+        db.similar(99_999)
+    assert isinstance(e.value, LookupError) and str(e.value) == "no model 99999"
+    for bad in (-1, 1.5, True):
+        with pytest.raises(SelectionError, match="max_rows must be an integer >= 0"):
+            db.sql("SELECT 1", max_rows=bad)
+    with pytest.raises(SelectionError) as e:
+        db.pca({"task": pd.Series(["a", "b"])})
+    assert "\n" not in str(e.value)
+    with serving(v1_client.app) as (url, _), cnnfilterdb.Client(url) as c:
+        with pytest.raises(cnnfilterdb.SqlError) as e:
+            c.sql("SELEC 1")
+        assert isinstance(e.value, SqlRefused) and isinstance(e.value, cnnfilterdb.UserError)
+        with pytest.raises(cnnfilterdb.UserError):
+            c.similar(99_999)
