@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .errors import UserError, first_line
 from .layout import DEMO_DB, StoreDamaged, default_db, file_problem, relative_to_store
+from .limits import MAX_ID
 from .store import FilterStore
 
 
@@ -330,7 +331,7 @@ def _outside_store(target: Path, out, db: Path | None) -> None:
 
 
 def _as_of_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--as-of", type=_bounded(int, 1, 2**31 - 1), default=None, metavar="VERSION",
+    p.add_argument("--as-of", type=_bounded(int, 1, MAX_ID), default=None, metavar="VERSION",
                    help="read the store as of this version (`cnnfilterdb log`); default the current one")
 
 
@@ -677,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("compact", help="forget store versions older than the last N and reclaim their space "
                                        "(removed models' filters, old bases)")
-    s.add_argument("--keep-versions", type=_bounded(int, 1, 2**31 - 1), required=True, metavar="N")
+    s.add_argument("--keep-versions", type=_bounded(int, 1, MAX_ID), required=True, metavar="N")
     _db_arg(s)
     s.set_defaults(func=cmd_compact)
 

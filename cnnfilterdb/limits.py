@@ -43,6 +43,7 @@ MESSAGE_CHARS = 1_000     # an error message of the service, whatever its source
 
 # name -> (value, what it bounds): what /v1/stats shows (service/schemas.Limits).
 ENGINE_LIMITS = {
+    "max_id": (MAX_ID, "the largest model, layer id and store version (the catalog's INTEGER)"),
     "max_bins": (MAX_BINS, "histogram bins per component of a divergence or /v1/histograms"),
     "max_density2d_bins": (MAX_DENSITY2D_BINS, "bins per axis of /v1/density2d"),
     "min_kde_bins": (MIN_KDE_BINS, "the fewest bins of the histogram a KDE is computed from"),

@@ -20,6 +20,7 @@ from .analysis import Analysis
 from .atomic import atomic_file
 from .figures import field_title, group_labels
 from .selection import SelectionError
+from .stats.divergence import DEFAULT_BINS
 
 # The report's figures in page order: the headline first, then the notebook's in its order, then
 # the layers' quality. The files are the same set as plots.NOTEBOOK_FIGURES plus quality.
@@ -230,7 +231,7 @@ def report_html(store_info: dict, fmt: str, drawn: dict[str, tuple[int, int]], s
     sections = [_figure_html(FIGURES[0], fmt, drawn, skipped, drifts, store_info, dpi),
                 '<section id="drift" aria-labelledby="drift-h">\n<h2 id="drift-h">Drift statistics</h2>\n'
                 '<p class="caption">Over the upper triangle of each grouping\'s symmetric KL divergence matrix '
-                '(70 bins, explained-variance weights, global basis), as <code>cnnfilterdb drift --group-by '
+                f'({DEFAULT_BINS} bins, explained-variance weights, global basis), as <code>cnnfilterdb drift --group-by '
                 'task</code> prints them.</p>\n' + _drift_html(drifts) + "\n</section>"]
     sections += [_figure_html(n, fmt, drawn, skipped, drifts, store_info, dpi) for n in FIGURES[1:]]
     return f"""<!DOCTYPE html>

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 from fastapi import Path, Query
 
-_INT32 = 2**31 - 1
+from cnnfilterdb.limits import MAX_ID
+from cnnfilterdb.requests import AS_OF_TEXT
 
 WHERE_TEXT = ('a selection as JSON, the same object as the `where` of the analysis bodies (field -> value, '
               '[values] or {"gte", "gt", "lte", "lt"}), e.g. {"task": ["Classification"]}')
-AS_OF = Query(None, ge=1, le=_INT32, description="the store version to read (GET /v1/versions lists them); "
-                                                 "default the current one")
+AS_OF = Query(None, ge=1, le=MAX_ID, description=AS_OF_TEXT)
 # The examples fill /docs' "Try it out": ids every store with a model has.
 _FIRST = {"first": {"value": 0}}
-MODEL_ID = Path(..., ge=0, le=_INT32, openapi_examples=_FIRST, description="the model's id (model_id in GET /v1/models)")
-LAYER_ID = Path(..., ge=0, le=_INT32, openapi_examples=_FIRST,
+MODEL_ID = Path(..., ge=0, le=MAX_ID, openapi_examples=_FIRST, description="the model's id (model_id in GET /v1/models)")
+LAYER_ID = Path(..., ge=0, le=MAX_ID, openapi_examples=_FIRST,
                 description="the layer's id (layer_id in GET /v1/models/{model_id}/layers)")
 FILTER_ID = Path(..., ge=0, le=2**63 - 1, openapi_examples=_FIRST,
                  description="the filter's id (a layer holds the filters filter_id_first..filter_id_last)")

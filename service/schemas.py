@@ -10,6 +10,7 @@ from cnnfilterdb.catalog import ACTIONS
 from cnnfilterdb.limits import ENGINE_LIMITS, MAX_SQL_CHARS
 from cnnfilterdb.requests import BasisKind
 from cnnfilterdb.selection import FIELD_DESCRIPTIONS
+from cnnfilterdb.stats.divergence import DEFAULT_BINS
 
 from .settings import LIMITS, Settings
 from .strict import StrictModel
@@ -34,7 +35,7 @@ BINS_OUT_TEXT = "histogram bins per component, equal in width over range"
 EDGES_TEXT = "the bins + 1 bin edges, np.linspace(range[0], range[1], bins + 1), shared by every group and component"
 BASIS_REF_TEXT = "the PCA basis the filters were projected on (global: the store version's; selection: the selection's own)"
 METHOD_TEXT = ("how the histograms were computed: layer_histograms summed the per-layer histograms stored at ingest (global "
-               "basis, default 70 bins: no filter read); scan read the selected filters")
+               f"basis, default {DEFAULT_BINS} bins: no filter read); scan read the selected filters")
 EXPLAINED_VARIANCE_RATIO_TEXT = ("the basis's share of the variance per component: 9 values by decreasing variance, "
                                  "summing to 1")
 PAGE_LIMIT_TEXT = "the page size used (a larger limit asked for is capped)"
@@ -446,7 +447,7 @@ class SimilarModel(BaseModel):
     task: str | None = Field(description=FIELD_DESCRIPTIONS["task"] + UNKNOWN)
     visual_category: str | None = Field(description=FIELD_DESCRIPTIONS["visual_category"] + UNKNOWN)
     distance: float = Field(description="the divergence between the asked model's histograms and this one's (metric, "
-                                        "weights; global basis, 70 bins): smaller is nearer, 0 identical")
+                                        f"weights; global basis, {DEFAULT_BINS} bins): smaller is nearer, 0 identical")
 
 
 class SimilarResponse(Versioned):

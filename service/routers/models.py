@@ -5,6 +5,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from cnnfilterdb.limits import MAX_ID
 from cnnfilterdb.selection import FILTER_FIELDS, echo
 
 from .. import queries
@@ -45,7 +46,7 @@ def list_models(
     request: Request,
     limit: int | None = Query(None, ge=1, description="models per page (default and maximum: page_default and "
                                                       "page_max in GET /v1/stats limits; a larger limit is capped)"),
-    after: int | None = Query(None, ge=-1, le=2**31 - 1, description="the page of models with model_id > after: give "
+    after: int | None = Query(None, ge=-1, le=MAX_ID, description="the page of models with model_id > after: give "
                                                                       "the `next` link of the previous page"),
     catalog: LiveCatalog = Depends(get_catalog),
     settings: Settings = Depends(get_settings),
