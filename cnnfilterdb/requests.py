@@ -296,7 +296,7 @@ def check_where(value: Any) -> dict | None:
     except InvalidValue as e:
         raise InvalidValue(f"where: {e}") from None
     where_sql(value)
-    return value
+    return Where.model_validate(value).conditions()  # as an analysis's: 2.0 of an integer field is 2
 
 
 Selection = Annotated[Where | None, BeforeValidator(_where)]

@@ -583,3 +583,10 @@ def test_every_python_error_is_a_user_error(v1_store, v1_client):
         assert isinstance(e.value, SqlRefused) and isinstance(e.value, cnnfilterdb.UserError)
         with pytest.raises(cnnfilterdb.UserError):
             c.similar(99_999)
+
+
+def test_an_integral_float_in_a_where_text_is_its_integer(v1_client):
+    a = v1_client.get("/v1/plots/eigenimages.svg", params={"where": '{"conv_depth": 2}'})
+    b = v1_client.get("/v1/plots/eigenimages.svg", params={"where": '{"conv_depth": 2.0}'})
+    assert a.status_code == b.status_code == 200 and a.headers["etag"] == b.headers["etag"] and a.content == b.content
+    assert rq.check_where({"conv_depth": 2.0, "conv_depth_norm": 1}) == {"conv_depth": 2, "conv_depth_norm": 1.0}
