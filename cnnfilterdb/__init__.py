@@ -14,7 +14,7 @@ _LAZY = {
     "KdeResult": "results", "Density2dResult": "results", "DegenerateResult": "results",
     "SimilarResult": "results", "FilterBatches": "results",
     "SelectionError": "selection", "EmptySelectionError": "selection",
-    "StoreError": "layout", "VersionError": "catalog", "UserError": "errors", "SqlError": "errors",
+    "StoreError": "layout", "VersionError": "catalog", "UserError": "errors", "SqlError": "errors", "NotFound": "errors",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -30,7 +30,6 @@ from .errors import NotFound, SqlError, first_paragraph
 from .layout import default_db
 from .reader import ATTACHED, CatalogReader, attach
 from .requests import (
-    ANALYSES,
     AnalysisSpec,
     DegenerateRequest,
     Density2dRequest,
@@ -40,7 +39,9 @@ from .requests import (
     KdeRequest,
     PcaRequest,
     SimilarRequest,
+    analyses,
     build,
+    check_not_hidden,
     check_where,
     plain,
     takes,
@@ -94,6 +95,7 @@ class FilterDB:
         self.root = self.store.root
         self._reader = CatalogReader(self.root)
         self._reader.generation()  # a missing or foreign store is an error now, not at the first query
+        check_not_hidden(self)
 
     def __repr__(self) -> str:
         return f"FilterDB({str(self.root)!r})"
@@ -473,8 +475,9 @@ class FilterDB:
         >>> int(n) == len(db.models({"task": "GAN"}))
         True
         """
-        if max_rows is not None and (isinstance(max_rows, bool) or integral(max_rows) is None or max_rows < 0):
-            raise InvalidValue(f"max_rows must be an integer >= 0, got {echo(max_rows)}")
+        if max_rows is not None and (isinstance(max_rows, bool) or integral(max_rows) is None
+                                     or not 0 <= integral(max_rows) <= 2**62):
+            raise InvalidValue(f"max_rows must be an integer from 0 to 2**62, got {echo(max_rows)}")
         # An instance of its own, closed after the query: what the query does to its session
         # (SET, USE, DETACH, temporary tables) cannot reach the engine's reads.
         with closing(attach(self.root)) as con, closing(con.cursor().execute(f"USE {ATTACHED}")) as cur:
@@ -482,6 +485,8 @@ class FilterDB:
                 cur.execute(query, params)
             except duckdb.Error as e:  # the project's error, as every other call's: one paragraph, no traceback
                 raise SqlError(f"{type(e).__name__.removesuffix('Exception')}: {first_paragraph(e)}") from None
+            except UnicodeEncodeError:  # a lone surrogate: no SQL text can hold one
+                raise SqlError("the query or a parameter is not valid Unicode (a lone surrogate)") from None
             if cur.description is None:  # a statement without a result
                 return pd.DataFrame()
             if max_rows is None:
@@ -522,7 +527,7 @@ def _served(name: str, spec: AnalysisSpec) -> Callable:
     return takes(spec.request)(method)
 
 
-for _name, _spec in ANALYSES.items():
+for _name, _spec in analyses():
     if _name not in vars(FilterDB):
         setattr(FilterDB, _name, _served(_name, _spec))
     elif getattr(vars(FilterDB)[_name], "request_type", None) is not _spec.request:

@@ -47,15 +47,16 @@ from typing import Any
 
 import pandas as pd
 
-from . import results
+from . import errors, results
 from .catalog import VersionError, check_version
 from .errors import SqlError, UserError
 from .requests import (
-    ANALYSES,
     AnalysisSpec,
     DegenerateRequest,
     ExportRequest,
+    analyses,
     build,
+    check_not_hidden,
     check_where,
     takes,
     version_arg,
@@ -71,7 +72,7 @@ from .results import (
     models_query,
     versions_frame,
 )
-from .selection import EmptySelectionError, SelectionError, UnknownName
+from .selection import EmptySelectionError, SelectionError, UnknownName, echo
 
 __all__ = ["Client", "ServiceError", "InvalidRequest", "EmptySelection", "UnknownVersion", "NotFound",
            "ServiceBusy", "ServiceUnavailable", "StreamCut", "SqlRefused"]
@@ -122,8 +123,8 @@ class UnknownVersion(ServiceError, VersionError):
     """A 404 unknown_version: as_of a version the store does not hold (locally: VersionError)."""
 
 
-class NotFound(ServiceError, LookupError):
-    """A 404 not_found: no such model (locally: LookupError)."""
+class NotFound(ServiceError, errors.NotFound):
+    """A 404 not_found: no such model (locally: cnnfilterdb.NotFound, a LookupError)."""
 
 
 class ServiceBusy(ServiceError):
@@ -353,6 +354,26 @@ def _requested(name: str, spec: AnalysisSpec) -> Callable:
     return _analysis(spec.request)(method)
 
 
+class BadUrl(errors.UserError, ValueError):
+    """A Client's url that is no service address."""
+
+
+def _service_url(url) -> str:
+    """``url`` without its trailing slash, if it is an http(s) address with a host; BadUrl otherwise."""
+    import httpx
+
+    wrong = BadUrl(f"url: the service's address with its scheme, e.g. http://127.0.0.1:8000, not {echo(url)}")
+    if not isinstance(url, str):
+        raise wrong
+    try:
+        parsed = httpx.URL(url.strip())
+    except (httpx.InvalidURL, UnicodeError, ValueError):
+        raise wrong from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise wrong
+    return str(parsed).rstrip("/")
+
+
 class _RemoteCursor:
     """Enough of a DuckDB cursor (execute, fetchone, fetchall) over POST /v1/sql for the engine's
     catalog checks (``catalog.check_version``) to run against the service's store."""
@@ -404,13 +425,12 @@ class Client:
             raise ValueError(f"timeout: a number of seconds > 0, not {timeout!r}")
         if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int) or max_response_bytes < 1024:
             raise ValueError(f"max_response_bytes: an int >= 1024, not {max_response_bytes!r}")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"url: the service's address with its scheme, e.g. http://127.0.0.1:8000, not {url!r}")
-        self.url = url.rstrip("/")
+        self.url = _service_url(url)
         self.retries = retries
         self.timeout = float(timeout)
         self.max_response_bytes = max_response_bytes
         self._http = httpx.Client(base_url=self.url, timeout=timeout, **httpx_options)
+        check_not_hidden(self)
         # Bodies as sent: a compressed one would be inflated by httpx before any cap applies.
         self._http.headers["Accept-Encoding"] = "identity"
         for transport in [self._http._transport, *self._http._mounts.values()]:
@@ -783,7 +803,7 @@ class Client:
             return versions_frame(out["versions"], out["store_id"], out["current"])
 
 
-for _name, _spec in ANALYSES.items():
+for _name, _spec in analyses():
     if _name not in vars(Client):
         setattr(Client, _name, _requested(_name, _spec))
     elif getattr(vars(Client)[_name], "request_type", None) is not _spec.request:

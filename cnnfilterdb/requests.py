@@ -158,8 +158,8 @@ def _strict(kind: str, value: Any) -> Any:
     value = plain(value)
     if kind != "bool" and isinstance(value, bool):
         raise ValueError("a number or a string, not a boolean")
-    if kind == "int" and isinstance(value, float) and (v := integral(value)) is not None:
-        return v  # JSON Schema's integer: 5.0 is 5
+    if kind == "int" and not isinstance(value, (bool, int)) and (v := integral(value)) is not None:
+        return v  # as the engine's grammar: JSON Schema's 5.0 is 5, a value with __index__ (a tensor) its int
     return value
 
 
@@ -277,10 +277,12 @@ def parse_where(text: str | None, name: str = "where") -> dict | None:
 
     try:
         value = json.loads(text, object_pairs_hook=unique)
+    except NotJson:
+        raise
     except json.JSONDecodeError as e:
         raise NotJson(f"{name} is not JSON ({e.msg} at character {e.pos}); e.g. {{\"task\": \"GAN\"}}") from None
-    except RecursionError:
-        raise NotJson(f"{name}: nested too deeply") from None
+    except RecursionError:  # as a where nested past MAX_NESTING that JSON could read
+        raise InvalidValue(f"{name}: nested too deeply (more than {MAX_NESTING} levels)") from None
     except ValueError as e:  # a number of more digits than Python converts
         raise NotJson(f"{name} is not JSON that can be read ({str(e).split(';')[0]})") from None
     return check_where(value)
@@ -296,7 +298,10 @@ def check_where(value: Any) -> dict | None:
     except InvalidValue as e:
         raise InvalidValue(f"where: {e}") from None
     where_sql(value)
-    return Where.model_validate(value).conditions()  # as an analysis's: 2.0 of an integer field is 2
+    try:
+        return Where.model_validate(value).conditions()  # as an analysis's: 2.0 of an integer field is 2
+    except ValidationError as e:  # the schema refusing what the grammar took: said, never pydantic's own
+        raise InvalidValue("; ".join(text for _, text in explain(e.errors(), prefixed=False))) from None
 
 
 Selection = Annotated[Where | None, BeforeValidator(_where)]
@@ -465,6 +470,23 @@ ANALYSES: dict[str, AnalysisSpec] = {
 }
 
 
+def analyses() -> list[tuple[str, AnalysisSpec]]:
+    """ANALYSES' entries, for a front end to serve; RuntimeError for a name that is not a Python name
+    or starts with '_' (it would be a dunder or private method)."""
+    for name in ANALYSES:
+        if not name.isidentifier() or name.startswith("_"):
+            raise RuntimeError(f"an analysis's name is a Python name that does not start with '_', not {name!r}")
+    return list(ANALYSES.items())
+
+
+def check_not_hidden(front_end) -> None:
+    """RuntimeError if an analysis of ANALYSES is named as an attribute of this front end's instance
+    (db.root, client.url): its method could never be called."""
+    if hidden := sorted(set(ANALYSES) & set(vars(front_end))):
+        raise RuntimeError(f"the analyses {hidden} of requests.ANALYSES are hidden by attributes of "
+                           f"{type(front_end).__name__}: give them other names")
+
+
 # ---- building one, and saying what is wrong ----------------------------------------------------
 R = TypeVar("R", bound=AnalysisRequest)
 
@@ -488,7 +510,8 @@ def _type_tag(item: Any) -> bool:
 
 # pydantic's own errors of a type, worded as the request types word theirs (a GET's query and
 # path parameters are parsed by FastAPI before the request is built).
-_TYPE_WORDS = {"int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+_TYPE_WORDS = {"int_parsing": "an integer", "int_parsing_size": "an integer of at most 4,300 digits",
+               "int_type": "an integer", "int_from_float": "an integer",
                "float_parsing": "a finite number", "float_type": "a finite number", "finite_number": "a finite number",
                "string_type": "a string", "string_unicode": "valid Unicode text (no lone surrogate)",
                "bool_parsing": "true or false", "bool_type": "true or false", "list_type": "a list",

@@ -86,20 +86,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _check_analyses(routers) -> None:
-    """Every analysis of requests.ANALYSES answered by its own route: RuntimeError at start if a
-    route of a router included before would take its requests first (its path, an id filled in)."""
+    """No route hides another: each route (an analysis of requests.ANALYSES or any other) answers
+    its own requests (its path, an id filled in, for each of its methods); RuntimeError at start
+    naming both otherwise (a new analysis at POST /v1/sql or GET /, or behind /v1/layers/{id})."""
     from starlette.routing import Match
 
-    from cnnfilterdb.requests import ANALYSES
-
-    routes = [route for router in routers for route in router.routes]
-    for name, spec in ANALYSES.items():
-        path = re.sub(r"\{[^}]+\}", "0", spec.path)
-        scope = {"type": "http", "path": path, "method": spec.method, "root_path": ""}
-        route = next((r for r in routes if r.matches(scope)[0] == Match.FULL), None)
-        if getattr(route, "name", None) != name:
-            raise RuntimeError(f"{spec.method} {spec.path} of the analysis {name!r} is answered by "
-                               f"{getattr(route, 'path', 'nothing')} ({getattr(route, 'name', None)}): give it another path")
+    routes = [route for router in routers for route in router.routes if getattr(route, "methods", None)]
+    for route in routes:
+        path = re.sub(r"\{[^}]+\}", "0", route.path)
+        for method in route.methods:
+            scope = {"type": "http", "path": path, "method": method, "root_path": ""}
+            first = next((r for r in routes if r.matches(scope)[0] == Match.FULL), None)
+            if first is not route:
+                raise RuntimeError(f"{method} {route.path} ({route.name}) is answered by {first.path} ({first.name}): "
+                                   "give one of them another path")
 
 
 def app_factory() -> FastAPI:

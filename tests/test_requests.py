@@ -500,7 +500,7 @@ def test_hostile_where_texts_and_values_are_one_line_errors(v1_client, v1_store,
     assert r.status_code == 422 and "nested too deeply" in r.json()["error"]["message"], r.text
     with pytest.raises(SelectionError, match="nested too deeply"):
         cnnfilterdb.open(v1_store).pca({"task": json.loads(deep)})
-    for where, status, words in ((deep, 422, "nested too deeply"), ("[" * 5000 + "]" * 5000, 400, "nested too deeply"),
+    for where, status, words in ((deep, 422, "nested too deeply"), ("[" * 5000 + "]" * 5000, 422, "nested too deeply"),
                                  ('{"model_id": ' + "9" * 4301 + "}", 400, "not JSON that can be read"),
                                  ('{"task": "GAN", "task": "Classification"}', 400, "names 'task' twice")):
         for path in ("/v1/filters", "/v1/quality/degenerate", "/v1/models/0/similar", "/v1/plots/divergence.png"):
@@ -532,9 +532,10 @@ from cnnfilterdb import requests as rq
 from cnnfilterdb.analysis import Analysis
 
 Analysis.{name} = rq.takes(rq.PcaRequest)(lambda self, req: {{}})
-rq.ANALYSES["{name}"] = rq.AnalysisSpec(rq.PcaRequest, "GET", "{path}", "Result", None, "x")
+rq.ANALYSES["{name}"] = rq.AnalysisSpec(rq.PcaRequest, "{method}", "{path}", "Result", None, "x")
 try:
     import cnnfilterdb.api, cnnfilterdb.client
+    cnnfilterdb.api.open(sys.argv[1])
     from cnnfilterdb.service.main import create_app
     from cnnfilterdb.service.settings import Settings
     create_app(Settings(db=sys.argv[1]))
@@ -543,18 +544,22 @@ except RuntimeError as e:
 '''
 
 
-@pytest.mark.parametrize("name, path, words", [
-    ("models", "/v1/x", "the analysis 'models' of requests.ANALYSES would hide FilterDB.models"),
-    ("sql", "/v1/x", "would hide FilterDB.sql"),
-    ("layer", "/v1/layers/{model_id}", "GET /v1/layers/{model_id} of the analysis 'layer' is answered by /v1/layers/{layer_id}"),
+@pytest.mark.parametrize("name, method, path, words", [
+    ("models", "GET", "/v1/x", "the analysis 'models' of requests.ANALYSES would hide FilterDB.models"),
+    ("sql", "GET", "/v1/x", "would hide FilterDB.sql"),
+    ("layer", "GET", "/v1/layers/{model_id}", "GET /v1/layers/{model_id} (layer) is answered by /v1/layers/{layer_id}"),
+    ("sqlx", "POST", "/v1/sql", "is answered by /v1/sql (sqlx)"),
+    ("home", "GET", "/", "is answered by / (home)"),
+    ("root", "GET", "/v1/x", "the analyses ['root'] of requests.ANALYSES are hidden by attributes of FilterDB"),
+    ("__eq__", "GET", "/v1/x", "an analysis's name is a Python name that does not start with '_', not '__eq__'"),
 ])
-def test_a_new_analysis_cannot_hide_what_is_there(v1_store, name, path, words):
+def test_a_new_analysis_cannot_hide_what_is_there(v1_store, name, method, path, words):
     import subprocess
     import sys
 
     from tests.helpers import REPO
 
-    p = subprocess.run([sys.executable, "-c", COLLIDING.format(name=name, path=path), str(v1_store)], capture_output=True,
+    p = subprocess.run([sys.executable, "-c", COLLIDING.format(name=name, method=method, path=path), str(v1_store)], capture_output=True,
                        text=True, cwd=REPO, timeout=300)
     assert p.returncode == 0 and words in p.stdout, (p.stdout, p.stderr[-2000:])
 
@@ -571,8 +576,8 @@ def test_every_python_error_is_a_user_error(v1_store, v1_client):
     with pytest.raises(cnnfilterdb.UserError) as e:
         db.similar(99_999)
     assert isinstance(e.value, LookupError) and str(e.value) == "no model 99999"
-    for bad in (-1, 1.5, True):
-        with pytest.raises(SelectionError, match="max_rows must be an integer >= 0"):
+    for bad in (-1, 1.5, True, 2**64, 1e308):
+        with pytest.raises(SelectionError, match="max_rows must be an integer from 0 to 2\*\*62"):
             db.sql("SELECT 1", max_rows=bad)
     with pytest.raises(SelectionError) as e:
         db.pca({"task": pd.Series(["a", "b"])})
@@ -590,3 +595,34 @@ def test_an_integral_float_in_a_where_text_is_its_integer(v1_client):
     b = v1_client.get("/v1/plots/eigenimages.svg", params={"where": '{"conv_depth": 2.0}'})
     assert a.status_code == b.status_code == 200 and a.headers["etag"] == b.headers["etag"] and a.content == b.content
     assert rq.check_where({"conv_depth": 2.0, "conv_depth_norm": 1}) == {"conv_depth": 2, "conv_depth_norm": 1.0}
+
+
+
+def test_the_recheck_s_cases(v1_store, v1_client):
+    """The hostile re-check: a value with __index__ in a listing's where, a duplicate key said once,
+    URLs of every shape, errors of one kind locally and over HTTP."""
+    import cnnfilterdb
+    from cnnfilterdb.client import BadUrl
+
+    class Idx:
+        def __index__(self):
+            return 1
+
+    db = cnnfilterdb.open(v1_store)
+    assert len(db.layers({"conv_depth": Idx()})) == len(db.layers({"conv_depth": 1})) > 0
+    assert len(db.layers({"model_id": [np.array(1), Idx()], "conv_depth": {"gte": Idx()}})) > 0
+    with pytest.raises(SelectionError) as e:
+        rq.parse_where('{"task": {"gte": "a", "gte": "b"}}')
+    assert str(e.value) == "where names 'gte' twice in one object"
+    r = v1_client.get("/v1/models/0/similar", params={"k": "9" * 5000})
+    assert r.status_code == 422 and "Unable to parse" not in r.text and "k must be an integer" in r.text
+    for url in ("HTTP://127.0.0.1:1", " http://127.0.0.1:1/"):
+        assert cnnfilterdb.Client(url).url == "http://127.0.0.1:1"
+    for url in ("127.0.0.1:8000", "http://", "http://[::1", "http://\ud800", "ftp://x", None):
+        with pytest.raises(BadUrl) as e:
+            cnnfilterdb.Client(url)
+        assert isinstance(e.value, cnnfilterdb.UserError) and isinstance(e.value, ValueError)
+    with pytest.raises(cnnfilterdb.SqlError, match="not valid Unicode"):
+        db.sql("SELECT '\ud800'")
+    from cnnfilterdb.client import NotFound
+    assert issubclass(NotFound, cnnfilterdb.NotFound)

@@ -23,6 +23,7 @@ from cnnfilterdb.requests import (
     PcaRequest,
     SimilarRequest,
     Weights,
+    analyses,
     build,
     parse_where,
     plain_type,
@@ -240,6 +241,6 @@ def _served(name: str, spec: AnalysisSpec) -> None:
     router.add_api_route(spec.path, endpoint, methods=[spec.method], response_model=response, summary=spec.summary)
 
 
-for _name, _spec in ANALYSES.items():
+for _name, _spec in analyses():
     if not any(getattr(r, "path", None) == _spec.path for r in router.routes):
         _served(_name, _spec)

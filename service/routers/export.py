@@ -63,7 +63,7 @@ def export_filters(
     cap: columns filter_id, model_id, layer_id and the weights w0..w8 (row-major 3x3). The
     `X-Store-Version` and `X-Rows` headers give the version read and the number of filters. At most
     export_concurrency exports run at once (GET /v1/stats limits); more get a 429."""
-    selection = where_query(where)  # as given (checked): the file's metadata names it
+    selection = where_query(where)  # as checked (2.0 of an integer field is 2): the file's metadata names it
     req = build(ExportRequest, where=selection, format=format, as_of=as_of)
     if not catalog.export_slots.acquire(blocking=False) and not _take_a_stalled_slot(catalog):
         raise ApiError(429, "export_busy", f"{catalog.settings.export_concurrency} exports are running; retry later",
