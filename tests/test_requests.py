@@ -577,7 +577,7 @@ def test_every_python_error_is_a_user_error(v1_store, v1_client):
         db.similar(99_999)
     assert isinstance(e.value, LookupError) and str(e.value) == "no model 99999"
     for bad in (-1, 1.5, True, 2**64, 1e308):
-        with pytest.raises(SelectionError, match="max_rows must be an integer from 0 to 2\*\*62"):
+        with pytest.raises(SelectionError, match=r"max_rows must be an integer from 0 to 2\*\*62"):
             db.sql("SELECT 1", max_rows=bad)
     with pytest.raises(SelectionError) as e:
         db.pca({"task": pd.Series(["a", "b"])})
