@@ -637,7 +637,7 @@ def cli_arguments(parser, request_type: type[AnalysisRequest], names: tuple[str,
         field = request_type.model_fields[name]
         annotation = _unwrap(field.annotation)
         choices = get_args(annotation) if get_origin(annotation) is Literal else None
-        kind = str if choices else annotation if annotation in (int, float) else str
+        kind = str if choices else _number if annotation in (int, float) else str
         text = field.description
         if choices:
             text += f"; one of {', '.join(choices)}"
@@ -645,6 +645,17 @@ def cli_arguments(parser, request_type: type[AnalysisRequest], names: tuple[str,
             text += f" (default {field.default})"
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
                             required=field.is_required(), help=text.replace("%", "%%"))
+
+
+def _number(text: str) -> int | float:
+    """A number on the command line as JSON would give it (70 an int, 70.0 and 70.5 floats): the
+    request type then says whether it is one it takes, in its own words (--bins 70.0 is 70)."""
+    import argparse
+
+    try:
+        return int(text) if text.strip().lstrip("+-").isdigit() else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {echo(text)}") from None
 
 
 def from_arguments(request_type: type[R], args, **values: Any) -> R:

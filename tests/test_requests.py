@@ -626,3 +626,12 @@ def test_the_recheck_s_cases(v1_store, v1_client):
         db.sql("SELECT '\ud800'")
     from cnnfilterdb.client import NotFound
     assert issubclass(NotFound, cnnfilterdb.NotFound)
+
+
+def test_the_command_line_takes_numbers_as_json_does(v1_store, capsys):
+    from cnnfilterdb.cli import main as cli_main
+
+    assert cli_main(["drift", "--group-by", "task", "--bins", "30.0", "--json", "--db", str(v1_store)]) == 0
+    assert json.loads(capsys.readouterr().out)["bins"] == 30
+    assert cli_main(["drift", "--group-by", "task", "--bins", "30.5", "--db", str(v1_store)]) == 1
+    assert capsys.readouterr().err == "cnnfilterdb: error: bins must be an integer from 1 to 10,000, got 30.5\n"
