@@ -22,7 +22,6 @@ import numpy as np
 from .layout import StoreDamaged
 from .limits import MAX_GROUPS, MAX_HISTOGRAM_CELLS, MAX_PAIR_CELLS, MAX_RESPONSE_CELLS
 from .requests import (
-    DEGENERATE_THRESHOLDS,
     DegenerateRequest,
     Density2dRequest,
     DivergenceRequest,
@@ -34,7 +33,6 @@ from .requests import (
 )
 from .scan import HeldShards, LayerGroups, ShardScanner, check_counts, scan_histogram2d, scan_range
 from .selection import (
-    GROUP_FIELDS,
     EmptySelectionError,
     Selection,
     SelectionError,
@@ -249,21 +247,18 @@ class Analysis:
             std = np.sqrt(np.maximum(scatter, 0) / (N - 1)[:, None])
         return np.where((N >= 2)[:, None], std, 0.0)
 
-    def layer_quality(self, where: dict | None = None, color_by: str = "task", thresholds: dict | None = None) -> dict:
-        """Every selected layer's quality metrics (docs/method.md#layer-quality) and its value of ``color_by``.
+    def layer_quality(self, req: DegenerateRequest, color_by: str) -> dict:
+        """Every layer of the request's selection with its quality metrics
+        (docs/method.md#layer-quality) and its value of ``color_by`` (one of GROUP_FIELDS, checked
+        by the figure's request): the quality figure's data, the request's thresholds drawn over it.
 
         Returns
         -------
         dict with ``layers``: columns layer_id, model_id, label, n_filters, sparsity,
         variance_entropy_norm (one list each, layer_id order); ``labels`` the distinct values of
-        ``color_by`` in natural order with ``n_models`` each; ``thresholds`` the degenerate ones
-        (DEGENERATE_THRESHOLDS, with those given in ``thresholds``).
+        ``color_by`` in natural order with ``n_models`` each; ``thresholds`` the request's.
         """
-        bad = set(thresholds or {}) - set(DEGENERATE_THRESHOLDS)
-        if bad:
-            raise SelectionError(f"unknown threshold(s) {sorted(bad)}; known: {list(DEGENERATE_THRESHOLDS)}")
-        if color_by not in GROUP_FIELDS:
-            raise SelectionError(f"unknown color_by {color_by!r}; known: {GROUP_FIELDS}")
+        where = req.selection
         cond, params = where_sql(where)
         check_values(self.cur, where, self.version)
         rows = self.cur.execute(f"SELECT layer_id, model_id, {color_by} AS label, n_filters, sparsity, "
@@ -278,7 +273,7 @@ class Analysis:
             models.setdefault(lab, set()).add(mid)
         labels = natural_order(list(models))
         return {"store_version": self.version, "color_by": color_by, "labels": labels, "n_models": [len(models[v]) for v in labels],
-                "layers": layers, "thresholds": {**DEGENERATE_THRESHOLDS, **(thresholds or {})}}
+                "layers": layers, "thresholds": req.thresholds}
 
     def export_plan(self, where: dict | None) -> dict:
         """What ``export.export_chunks`` needs to stream the filters of a selection: ``paths``

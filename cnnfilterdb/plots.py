@@ -31,8 +31,10 @@ from .requests import (
     KdeRequest,
     PcaRequest,
     Real,
+    bounds_of,
     build,
     check_where,
+    constraints,
     plain,
 )
 from .selection import GROUP_FIELDS, InvalidValue, SelectionError
@@ -244,20 +246,6 @@ def takers(name: str) -> tuple[str, ...]:
     return tuple(f for f in FIGURES if name in PARAMETERS[f] + SIZE)
 
 
-def _metadata(field) -> list:
-    """A field's constraints, also those of an optional one (``X | None``: X's own Annotated
-    metadata), a ``Field(ge=..., le=...)`` inside Annotated taken apart."""
-    found = list(field.metadata)
-    if get_origin(field.annotation) in (Union, UnionType):
-        found += [m for arg in get_args(field.annotation) if get_origin(arg) is Annotated for m in get_args(arg)[1:]]
-    return [item for m in found for item in getattr(m, "metadata", None) or [m]]
-
-
-def bounds_of(field) -> dict[str, Any]:
-    """The bounds (ge, le, gt, lt) of a request type's field."""
-    return {k: getattr(m, k) for m in _metadata(field) for k in ("ge", "le", "gt", "lt") if getattr(m, k, None) is not None}
-
-
 def bounds(name: str) -> dict[str, Any]:
     """The widest bounds parameter ``name`` has among the figures that take it (each figure then
     checks its own, e.g. ridge's bins from 16): what the service's query parameter declares."""
@@ -267,7 +255,7 @@ def bounds(name: str) -> dict[str, Any]:
 
 def finite(name: str) -> bool:
     """Whether parameter ``name`` is a number that must be finite (for every figure taking it)."""
-    return bool(takers(name)) and all(any(getattr(m, "allow_inf_nan", None) is False for m in _metadata(field_of(f, name)))
+    return bool(takers(name)) and all(any(getattr(m, "allow_inf_nan", None) is False for m in constraints(field_of(f, name)))
                                       for f in takers(name))
 
 
@@ -365,7 +353,7 @@ def draw(a: Analysis, req: PlotRequest) -> Figure:
         fig = figures.layer_filters(W, layer, size)
     else:  # quality: the degenerate layers' thresholds drawn over every layer
         color_by = req.options.color_by
-        result = a.layer_quality(req.where, color_by, req.requests[0].thresholds)
+        result = a.layer_quality(req.requests[0], color_by)
         if len(result["labels"]) > MAX_LABELS[f]:
             raise SelectionError(f"color_by {color_by} gives {len(result['labels'])} values; at most "
                                  f"{MAX_LABELS[f]} here: narrow the selection with where, or colour by another field")

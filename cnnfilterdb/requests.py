@@ -248,13 +248,20 @@ def _where(value: Any) -> Any:
     if value is None or isinstance(value, _WhereBase):
         return value
     try:
-        value = plain(value)
-        where_sql(value)
+        return _grammar(value)
     except InvalidValue as e:  # a wrong type: 422
-        text = str(e) if str(e).startswith("where") else f"where: {e}"
-        raise PydanticCustomError("where_value", "{text}", {"text": text}) from None
+        raise PydanticCustomError("where_value", "{text}", {"text": str(e)}) from None
     except SelectionError as e:  # an unknown name, text the store cannot hold: 400
         raise PydanticCustomError("where_unknown", "{text}", {"text": str(e)}) from None
+
+
+def _grammar(value: Any) -> Any:
+    """``value`` as Python values (``plain``), checked by the engine's grammar (``where_sql``)."""
+    try:
+        value = plain(value)
+    except InvalidValue as e:
+        raise InvalidValue(f"where: {e}") from None
+    where_sql(value)
     return value
 
 
@@ -293,11 +300,7 @@ def check_where(value: Any) -> dict | None:
     the same messages as an analysis's (UnknownName, InvalidValue); numpy values as Python's."""
     if value is None:
         return None
-    try:
-        value = plain(value)
-    except InvalidValue as e:
-        raise InvalidValue(f"where: {e}") from None
-    where_sql(value)
+    value = _grammar(value)
     try:
         return Where.model_validate(value).conditions()  # as an analysis's: 2.0 of an integer field is 2
     except ValidationError as e:  # the schema refusing what the grammar took: said, never pydantic's own
@@ -635,7 +638,9 @@ def cli_arguments(parser, request_type: type[AnalysisRequest], names: tuple[str,
     outside its set is the request type's error (with its did-you-mean), not argparse's."""
     for name in names:
         field = request_type.model_fields[name]
-        annotation = _unwrap(field.annotation)
+        annotation = plain_type(field.annotation)
+        if get_origin(annotation) in (Union, UnionType):  # X | None: an option not given is None
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
         choices = get_args(annotation) if get_origin(annotation) is Literal else None
         kind = str if choices else _number if annotation in (int, float) else str
         text = field.description
@@ -665,6 +670,20 @@ def from_arguments(request_type: type[R], args, **values: Any) -> R:
     return build(request_type, **(given | values))
 
 
+def constraints(field) -> list:
+    """A field's constraints, also those of an optional one (``X | None``: X's own Annotated
+    metadata), a ``Field(ge=..., le=...)`` inside Annotated taken apart."""
+    found = list(field.metadata)
+    if get_origin(field.annotation) in (Union, UnionType):
+        found += [m for arg in get_args(field.annotation) if get_origin(arg) is Annotated for m in get_args(arg)[1:]]
+    return [item for m in found for item in getattr(m, "metadata", None) or [m]]
+
+
+def bounds_of(field) -> dict[str, Any]:
+    """The bounds (ge, le, gt, lt) of a request type's field."""
+    return {k: getattr(m, k) for m in constraints(field) for k in ("ge", "le", "gt", "lt") if getattr(m, k, None) is not None}
+
+
 def plain_type(annotation: Any) -> Any:
     """The annotation without its validators and constraints (``Annotated`` stripped, through
     unions and lists): what a query string is parsed as before the request type checks it."""
@@ -674,16 +693,6 @@ def plain_type(annotation: Any) -> Any:
         return functools.reduce(operator.or_, [plain_type(a) for a in get_args(annotation)])
     if get_origin(annotation) is list:
         return list[plain_type(get_args(annotation)[0])]
-    return annotation
-
-
-def _unwrap(annotation: Any) -> Any:
-    """``X`` of ``X | None`` and of ``Annotated[X, ...]``."""
-    if get_origin(annotation) is Annotated:
-        annotation = get_args(annotation)[0]
-    args = [a for a in get_args(annotation) if a is not type(None)]
-    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
-        return _unwrap(args[0])
     return annotation
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import Path, Query
 
 from cnnfilterdb.limits import MAX_ID
-from cnnfilterdb.requests import AS_OF_TEXT
+from cnnfilterdb.requests import AS_OF_TEXT, bounds_of
 
 WHERE_TEXT = ('a selection as JSON, the same object as the `where` of the analysis bodies (field -> value, '
               '[values] or {"gte", "gt", "lte", "lt"}), e.g. {"task": ["Classification"]}')
@@ -27,6 +27,5 @@ def query(request_type, name: str):
     bounds are documented here and checked when the request is built (the request type's words,
     as for a POST body and a Python call), not by FastAPI first."""
     field = request_type.model_fields[name]
-    bounds = {_SCHEMA_BOUNDS[k]: getattr(m, k) for m in field.metadata for k in _SCHEMA_BOUNDS
-              if getattr(m, k, None) is not None}
+    bounds = {_SCHEMA_BOUNDS[k]: v for k, v in bounds_of(field).items()}
     return Query(field.default, description=field.description, json_schema_extra=bounds or None)
