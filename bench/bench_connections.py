@@ -57,48 +57,9 @@ TRICKLE = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 4000
 
 # -- the loads (child processes) ------------------------------------------------------------------
 
-async def _hold_one(port: int, trickle: bool, stop_at: float, counts: Counter) -> None:
-    """One hostile connection, reopened 0.5 s after the server closes it."""
-    while time.monotonic() < stop_at:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(HOSTILE_ADDRESS, 0))
-        except OSError:
-            counts["connect failed"] += 1
-            await asyncio.sleep(0.5)
-            continue
-        counts["opened"] += 1
-        opened = time.monotonic()
-        sent = 0
-        try:
-            while time.monotonic() < stop_at:
-                if trickle and sent < len(TRICKLE):
-                    writer.write(TRICKLE[sent:sent + 1])
-                    sent += 1
-                try:
-                    data = await asyncio.wait_for(reader.read(4096), timeout=1.0)
-                except TimeoutError:
-                    continue
-                lived = time.monotonic() - opened
-                if data.startswith(b"HTTP/1.1 503"):
-                    counts["refused at once (503)"] += 1
-                elif data.startswith(b"HTTP/1.1 408"):
-                    counts[f"closed by the head timeout (408, after {round(lived)} s)"] += 1
-                else:
-                    counts[f"closed by the server (after {round(lived)} s)"] += 1
-                break
-        except OSError:
-            counts["reset by the server"] += 1
-        finally:
-            writer.close()
-        await asyncio.sleep(0.5)
-
-
-SLOW_BODY_HEAD = (b"POST /v1/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 100000\r\n\r\n{")
-
-
-async def _slow_body_one(port: int, address: str, stop_at: float, counts: Counter) -> None:
-    """One POST sending its body a byte a second, reopened 0.5 s after the server closes it."""
+async def _reopened(port: int, address: str, stop_at: float, counts: Counter, talk) -> None:
+    """One hostile connection from ``address`` at a time, reopened 0.5 s after the server closes
+    it, until ``stop_at``: ``talk(reader, writer, opened)`` speaks on each."""
     while time.monotonic() < stop_at:
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
@@ -107,23 +68,58 @@ async def _slow_body_one(port: int, address: str, stop_at: float, counts: Counte
             await asyncio.sleep(0.5)
             continue
         counts["opened"] += 1
-        opened = time.monotonic()
         try:
-            writer.write(SLOW_BODY_HEAD)
-            while time.monotonic() < stop_at:
-                writer.write(b" ")
-                try:
-                    data = await asyncio.wait_for(reader.read(4096), timeout=1.0)
-                except TimeoutError:
-                    continue
-                status = data[:12].decode(errors="replace") or "closed"
-                counts[f"{status} (after {round(time.monotonic() - opened)} s)"] += 1
-                break
+            await talk(reader, writer, time.monotonic())
         except OSError:
             counts["reset by the server"] += 1
         finally:
             writer.close()
         await asyncio.sleep(0.5)
+
+
+async def _hold_one(port: int, trickle: bool, stop_at: float, counts: Counter) -> None:
+    """One hostile connection, idle or trickling a head, reopened 0.5 s after the server closes it."""
+    async def talk(reader, writer, opened: float) -> None:
+        sent = 0
+        while time.monotonic() < stop_at:
+            if trickle and sent < len(TRICKLE):
+                writer.write(TRICKLE[sent:sent + 1])
+                sent += 1
+            try:
+                data = await asyncio.wait_for(reader.read(4096), timeout=1.0)
+            except TimeoutError:
+                continue
+            lived = time.monotonic() - opened
+            if data.startswith(b"HTTP/1.1 503"):
+                counts["refused at once (503)"] += 1
+            elif data.startswith(b"HTTP/1.1 408"):
+                counts[f"closed by the head timeout (408, after {round(lived)} s)"] += 1
+            else:
+                counts[f"closed by the server (after {round(lived)} s)"] += 1
+            break
+
+    await _reopened(port, HOSTILE_ADDRESS, stop_at, counts, talk)
+
+
+SLOW_BODY_HEAD = (b"POST /v1/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100000\r\n\r\n{")
+
+
+async def _slow_body_one(port: int, address: str, stop_at: float, counts: Counter) -> None:
+    """One POST sending its body a byte a second, reopened 0.5 s after the server closes it."""
+    async def talk(reader, writer, opened: float) -> None:
+        writer.write(SLOW_BODY_HEAD)
+        while time.monotonic() < stop_at:
+            writer.write(b" ")
+            try:
+                data = await asyncio.wait_for(reader.read(4096), timeout=1.0)
+            except TimeoutError:
+                continue
+            status = data[:12].decode(errors="replace") or "closed"
+            counts[f"{status} (after {round(time.monotonic() - opened)} s)"] += 1
+            break
+
+    await _reopened(port, address, stop_at, counts, talk)
 
 
 def slow_bodies(port: int, n: int, seconds: float, out) -> None:
