@@ -44,7 +44,7 @@ if mode == "scan":
         runs = []
         for _ in range(2):  # the first query of a process, then a repeated one
             t = time.perf_counter()
-            r = Analysis(con, db, use_layer_histograms=False).divergence(group_by, basis=basis)
+            r = Analysis(con, db, use_stored=False).divergence(group_by, basis=basis)
             runs.append(time.perf_counter() - t)
         out[basis] = {"seconds": runs[0], "repeated": runs[1], "matrix": r["matrix"], "method": r["method"]}
 elif mode == "prepared":

@@ -1,5 +1,5 @@
 """The cost of the row group checksums (issue 20) on the exact scan: divergence by task's two scans
-(range, then histograms: Analysis with use_layer_histograms=False) over an N-filter store (default
+(range, then histograms: Analysis with use_stored=False) over an N-filter store (default
 2e7), with the checksums checked (the engine's reads: every row group hashed before it is decoded,
 on every read) and without (the same snapshot's shards held with no checksums), alternated in one
 process, the shards in the page cache. Also the hashing alone (xxh3 of every row group, one
@@ -54,7 +54,7 @@ def main() -> None:
             snapshot = Snapshot.at(con, db)
             snapshot._cache["held"] = HeldShards(paths, checksums if checked else None)
             t, c = time.perf_counter(), time.process_time()
-            r = Analysis(con, db, snapshot=snapshot, use_layer_histograms=False).divergence("task")
+            r = Analysis(con, db, snapshot=snapshot, use_stored=False).divergence("task")
             seconds, cpu = time.perf_counter() - t, time.process_time() - c
             snapshot._cache["held"].close()
             return seconds, cpu, r["matrix"]

@@ -51,7 +51,7 @@ from cnnfilterdb.store import FilterStore
 db, repeat = Path(sys.argv[1]), int(sys.argv[2])
 warm_up()
 con = FilterStore(db).connect()
-local = Analysis(con, db, snapshot=Snapshot.at(con, db), use_layer_histograms=False)
+local = Analysis(con, db, snapshot=Snapshot.at(con, db), use_stored=False)
 ids = np.array([r[0] for r in con.execute("SELECT layer_id FROM layers ORDER BY layer_id").fetchall()])
 max_id = con.execute("SELECT max(layer_id) FROM _layers").fetchone()[0]
 per_layer = LayerGroups.of(ids, np.arange(len(ids)), len(ids), max_id)

@@ -1,15 +1,23 @@
 """The paper's statistics over any selection of the store (docs/method.md#statistics), for the service and the CLI.
 
-Two ways to the per-group coefficient histograms, with identical results:
+Three ways to the per-group coefficient histograms, with identical results (the ``method`` every
+result names):
 
 - ``layer_histograms``: with the global basis and the default bins, the per-layer histograms kept
-  in the store (written at each ingest's commit) are summed per group: no filter is read.
-- ``scan``: any other parameters (a selection's own basis, other bins) read the selected layers'
-  filters once (twice for a selection's basis: its range first), see ``scan.py``.
+  in the store (segments.py, written by the commits) are summed per group: no filter is read.
+- ``unit_histograms``: with the global basis and FINE_BINS bins (the ridge plots' KDE), or the
+  density figure's 2-D histogram, the stored histograms of whole units (a model's layers of one
+  depth bin) or whole models are summed: any grouping or selection by model fields or depth_bin.
+- ``scan``: any other parameters (a selection's own basis, other bins, a selection of parts of
+  units) read the selected layers' filters once (twice for a selection's basis: its range first),
+  see ``scan.py``.
 
-The PCA basis of any selection comes from the per-layer moments of its layers, without a scan.
-The histogram file is used only once its sha256 is the one the catalog recorded: a missing or
-damaged store file raises StoreDamaged naming it (snapshot.py), never a wrong answer from it.
+With the global basis, coefficients outside its range (of layers added since it was fitted, which
+a commit projects on it: docs/versions.md#refit) are dropped from the histograms, as numpy drops
+them, and counted: ``n_outside`` in each result. The PCA basis of any selection comes from the
+per-layer moments of its layers, without a scan. A stored histogram file is used only once its
+sha256 is the one the catalog recorded: a missing or damaged store file raises StoreDamaged naming
+it (snapshot.py), never a wrong answer from it.
 """
 from __future__ import annotations
 
@@ -42,6 +50,7 @@ from .selection import (
     select,
     where_sql,
 )
+from .segments import DENSITY_BINS, DENSITY_COMPONENTS, DENSITY_RANGE, FINE_BINS, StoredHistograms
 from .snapshot import Snapshot
 from .stats.basis import Basis, fit_basis
 from .stats.divergence import DEFAULT_BINS, component_weights, distances_to, divergence_matrix, drift
@@ -59,7 +68,8 @@ class GroupHistograms:
     lo: float
     hi: float
     bins: int
-    counts: np.ndarray  # (groups, 9, bins)
+    counts: np.ndarray   # (groups, 9, bins)
+    outside: np.ndarray  # (groups, 9): coefficients outside [lo, hi], not in counts
     method: str
 
     @property
@@ -70,7 +80,7 @@ class GroupHistograms:
 class Analysis:
     """Queries on one read-only catalog connection (a cursor), with the shard files under ``root``."""
 
-    def __init__(self, cur, root: Path, snapshot: Snapshot | None = None, use_layer_histograms: bool = True,
+    def __init__(self, cur, root: Path, snapshot: Snapshot | None = None, use_stored: bool = True,
                  scanner=None):
         self.cur = cur
         # Runs the range and histogram scans of group_histograms: default the local shards
@@ -79,7 +89,7 @@ class Analysis:
         self.snapshot = snapshot or Snapshot.at(cur, root)
         self.version = self.snapshot.version  # every query reads the store as of this version
         self.layers = layers_at(self.version)
-        self.use_layer_histograms = use_layer_histograms  # False: always scan (tests, benchmarks)
+        self.use_stored = use_stored  # False: always scan (tests, benchmarks, Spark)
 
     def select(self, where: dict | None, group_by: str | None = None) -> Selection:
         """The selected layers of this version, grouped (see selection.select)."""
@@ -142,19 +152,27 @@ class Analysis:
         if basis == "global":
             b = self.global_basis()
             lo, hi = b.range_min, b.range_max
-            lh = self.snapshot.layer_histograms(self.cur) if self.use_layer_histograms else None
-            if bins == DEFAULT_BINS and lh is not None and lh.bins == bins and lh.basis_version == b.version:
-                counts = lh.group_sums(sel.layer_ids, sel.layer_group, len(sel.labels))
-                return GroupHistograms(sel, b, lo, hi, bins, counts, "layer_histograms")
+            stored = self.stored()
+            if stored is not None and stored.basis_version == b.version:
+                args = sel.layer_ids, sel.layer_group, len(sel.labels)
+                if bins == stored.bins:
+                    return GroupHistograms(sel, b, lo, hi, bins, stored.group_sums(*args), stored.outside_sums(*args),
+                                           "layer_histograms")
+                if bins == FINE_BINS and (counts := stored.fine_sums(*args)) is not None:
+                    return GroupHistograms(sel, b, lo, hi, bins, counts, stored.outside_sums(*args), "unit_histograms")
             groups = self.groups_of(sel)
         else:
             b = self.selection_basis(sel)
             groups = self.groups_of(sel)
             lo, hi, _ = self.scanner.range(groups, b)
             b.range_min, b.range_max = lo, hi
-        counts = self.scanner.histograms(groups, b, lo, hi, bins)
-        check_counts(counts, sel.n_filters)
-        return GroupHistograms(sel, b, lo, hi, bins, counts, self.scanner.method)
+        counts, outside = self.scanner.histograms(groups, b, lo, hi, bins)
+        check_counts(counts, outside, sel.n_filters)
+        return GroupHistograms(sel, b, lo, hi, bins, counts, outside, self.scanner.method)
+
+    def stored(self) -> StoredHistograms | None:
+        """The store's stored histograms of this version's basis (None: none, or not to be used)."""
+        return self.snapshot.stored_histograms(self.cur) if self.use_stored else None
 
     # -- the statistics --------------------------------------------------------------------------
     @takes(DivergenceRequest)
@@ -191,6 +209,7 @@ class Analysis:
                       "n_filters": h.basis.n_filters},
             "drift": drift(D),
             "empty_groups": sel.empty_groups,
+            "n_outside": h.outside.sum(axis=1).tolist(),
             "method": h.method,
             "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
         }
@@ -221,8 +240,9 @@ class Analysis:
             "store_version": self.version,
             "group_by": group_by, "range": [h.lo, h.hi], "bins": bins, "grid": ((edges[:-1] + edges[1:]) / 2).tolist(),
             "basis": {"kind": basis, "version": b.version if basis == "global" else None},
-            "groups": [{"label": lab, "n_filters": int(nf), "n_models": int(nm), "bandwidth": bw[g].tolist(),
-                        "std": std[g].tolist(), "quartiles": q[g, :, 1:3].tolist(), "density": density[g].tolist()}
+            "groups": [{"label": lab, "n_filters": int(nf), "n_models": int(nm), "n_outside": int(h.outside[g].sum()),
+                        "bandwidth": bw[g].tolist(), "std": std[g].tolist(), "quartiles": q[g, :, 1:3].tolist(),
+                        "density": density[g].tolist()}
                        for g, (lab, nf, nm) in enumerate(zip(sel.labels, sel.n_filters, sel.n_models))],
             "method": h.method,
         }
@@ -338,8 +358,8 @@ class Analysis:
             "bins": h.bins,
             "edges": edges,
             "basis": {"kind": basis, "version": h.basis.version if basis == "global" else None},
-            "groups": [{"label": lab, "n_filters": int(n), "counts": c.tolist()}
-                       for lab, n, c in zip(h.selection.labels, h.selection.n_filters, h.counts)],
+            "groups": [{"label": lab, "n_filters": int(n), "n_outside": int(o.sum()), "counts": c.tolist()}
+                       for lab, n, o, c in zip(h.selection.labels, h.selection.n_filters, h.outside, h.counts)],
             "method": h.method,
         }
 
@@ -375,10 +395,19 @@ class Analysis:
         if not (np.isfinite(width) and width > 0 and lo + width > lo and hi - width < hi):
             raise SelectionError(f"range [{lo!r}, {hi!r}] cannot hold {bins} bins of a float64 width: "
                                  "give a range of ordinary numbers")
-        counts = scan_histogram2d(paths, groups, b, lo, hi, bins, tuple(components), held=self.held_shards())
+        counts, method = None, self.scanner.method
+        stored = self.stored() if basis == "global" else None
+        if stored is not None and stored.basis_version == b.version and (bins, (lo, hi), tuple(components)) \
+                == (DENSITY_BINS, DENSITY_RANGE, DENSITY_COMPONENTS):
+            counts, method = stored.density_sum(sel.layer_ids), "unit_histograms"
+        if counts is None:
+            counts, method = scan_histogram2d(paths, groups, b, lo, hi, bins, tuple(components),
+                                              held=self.held_shards()), self.scanner.method
+        n = int(sel.n_filters.sum())
         return {"store_version": self.version, "components": list(components), "range": [lo, hi], "bins": bins,
-                "edges": np.linspace(lo, hi, bins + 1).tolist(), "n_filters": int(sel.n_filters.sum()),
-                "counts": counts.tolist(), "basis": {"kind": basis, "version": b.version if basis == "global" else None}}
+                "edges": np.linspace(lo, hi, bins + 1).tolist(), "n_filters": n, "n_outside": n - int(counts.sum()),
+                "counts": counts.tolist(), "basis": {"kind": basis, "version": b.version if basis == "global" else None},
+                "method": method}
 
     @takes(DegenerateRequest)
     def degenerate(self, req: DegenerateRequest) -> dict:

@@ -27,13 +27,13 @@ from cnnfilterdb import sql
 from .layout import CATALOG, StoreError
 from .stats.basis import Basis
 
-SCHEMA_VERSION = 6  # of sql/schema.sql and the upgrades after it (UPGRADES)
+SCHEMA_VERSION = 7  # of sql/schema.sql and the upgrades after it (UPGRADES)
 # Layouts this program reads; a transaction upgrades an older one in place (sql/upgrade_<n>.sql),
 # so that a store is never rebuilt for a table added to its catalog.
-READABLE_SCHEMAS = (4, 5, 6)
-UPGRADES = {4: "upgrade_5", 5: "upgrade_6"}
+READABLE_SCHEMAS = (4, 5, 6, 7)
+UPGRADES = {4: "upgrade_5", 5: "upgrade_6", 6: "upgrade_7"}
 # The kinds of commit a store version records (_versions.action); compact records none.
-ACTIONS = ("ingest", "label", "remove", "refresh")
+ACTIONS = ("ingest", "label", "remove", "refresh", "refit")
 # The models of the synthetic sample (`cnnfilterdb demo`): ingest/h5.py marks their source, the
 # views derive the column `sample` from it (sql/views.sql).
 SAMPLE_MODELS = "sample"
@@ -64,8 +64,35 @@ def upgrade_schema(con, version: int) -> None:
 
 def referenced_files(con: duckdb.DuckDBPyConnection) -> str:
     """A query of every store file the catalog references: path (relative to the store), bytes, sha256."""
-    files = "SELECT path, bytes, sha256 FROM _shards UNION ALL SELECT path, bytes, sha256 FROM _layer_histograms"
+    files = f"SELECT path, bytes, sha256 FROM _shards UNION ALL SELECT path, bytes, sha256 FROM {histograms_table(con)}"
     return files + (" UNION ALL SELECT path, bytes, sha256 FROM _tables" if has_tables(con) else "")
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    return int(con.execute("SELECT max(schema_version) FROM _store").fetchone()[0])
+
+
+def histograms_table(con: duckdb.DuckDBPyConnection) -> str:
+    """The table of the stored histogram files: ``_histograms`` (layout 7), ``_layer_histograms`` before."""
+    return "_histograms" if schema_version(con) >= 7 else "_layer_histograms"
+
+
+def histogram_segments(con: duckdb.DuckDBPyConnection, basis_version: int, store_version: int) -> list[tuple]:
+    """The stored histogram files store version ``store_version`` uses for its basis ``basis_version``,
+    in the order of their layers: (path, bytes, sha256, bins) each."""
+    if schema_version(con) >= 7:
+        return con.execute("SELECT path, bytes, sha256, bins FROM _histograms WHERE basis_version = ? "
+                           "AND store_version <= ? ORDER BY store_version, path", [basis_version, store_version]).fetchall()
+    return con.execute("SELECT path, bytes, sha256, bins FROM _layer_histograms WHERE basis_version = ?",
+                       [basis_version]).fetchall()
+
+
+def basis_fitted_at(con: duckdb.DuckDBPyConnection, basis_version: int) -> int | None:
+    """The store version whose filters basis ``basis_version`` was fitted on (None: unknown)."""
+    if schema_version(con) < 7:
+        return None
+    row = con.execute("SELECT store_version FROM _basis WHERE version = ?", [basis_version]).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def has_tables(con: duckdb.DuckDBPyConnection) -> bool:

@@ -34,6 +34,15 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
                    help="store directory (default: $CNNFILTERDB_DB or ./filterdb)")
 
 
+def _refit_arg(p: argparse.ArgumentParser) -> None:
+    from cnnfilterdb.store import REFIT_CHANGED_SHARE, REFIT_POLICIES, REFIT_SMALL_STORE
+
+    text = (f"refit the global basis at this commit: auto (default) while the store holds at most "
+            f"{REFIT_SMALL_STORE:,} filters, or once {REFIT_CHANGED_SHARE:.0%} of its filters changed since the fit; "
+            "never: keep it, the new layers projected on it; always (docs/versions.md#refit)")
+    p.add_argument("--refit", choices=REFIT_POLICIES, default="auto", help=text.replace("%", "%%"))
+
+
 def cmd_ingest(args) -> int:
     import duckdb
 
@@ -48,7 +57,8 @@ def cmd_ingest(args) -> int:
     db = args.db or default_db()
     try:
         result = ingest_paths([Path(p) for p in args.paths], db, meta=meta,
-                              manifest=Path(args.manifest) if args.manifest else None, skip_bad=args.skip_bad)
+                              manifest=Path(args.manifest) if args.manifest else None, skip_bad=args.skip_bad,
+                              refit=args.refit)
     except (OSError, duckdb.IOException, duckdb.FatalException) as e:
         # A full disk, a permission, an I/O error (Parquet, numpy or DuckDB writing): the transaction
         # has rolled back. One line, naming the file, or the store when the error names none.
@@ -271,7 +281,14 @@ def cmd_label(args) -> int:
 def cmd_remove(args) -> int:
     from cnnfilterdb.ingest.curate import remove_models
 
-    print(json.dumps(remove_models(args.db or default_db(), args.models)))
+    print(json.dumps(remove_models(args.db or default_db(), args.models, refit=args.refit)))
+    return 0
+
+
+def cmd_refit(args) -> int:
+    from cnnfilterdb.ingest.curate import refit_store
+
+    print(json.dumps(refit_store(args.db or default_db())))
     return 0
 
 
@@ -602,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "name": "architecture name"}.get(name))
     s.add_argument("--manifest", help="CSV, one row per file: a 'path' column and any of the metadata names")
     s.add_argument("--skip-bad", action="store_true", help="skip files that fail their checks, list them, ingest the rest")
+    _refit_arg(s)
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("info", help="counts, basis and sizes of the store")
@@ -673,8 +691,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("remove", help="take models out of the store (a new store version; older versions keep them)")
     s.add_argument("models", nargs="+", metavar="MODEL", help="model names (the `model` column) or model_ids")
+    _refit_arg(s)
     _db_arg(s)
     s.set_defaults(func=cmd_remove)
+
+    s = sub.add_parser("refit", help="refit the global basis and the stored histograms of every layer now "
+                                     "(a new store version; docs/versions.md#refit)")
+    _db_arg(s)
+    s.set_defaults(func=cmd_refit)
 
     s = sub.add_parser("compact", help="forget store versions older than the last N and reclaim their space "
                                        "(removed models' filters, old bases)")

@@ -1,8 +1,9 @@
-"""The refit of a store version's global basis and its per-layer histograms (docs/method.md#refit).
+"""The refit of a store version's global basis, and the stored histograms of its layers (docs/method.md#refit).
 
-Run by ``StoreTransaction.commit`` when a version's filters change; reads the staging catalog at
-the pending version ``v`` and the version's shards, writes one histogram file, and leaves the
-catalog to the caller (it records the basis and the file).
+Run by ``StoreTransaction.commit``: ``refit`` when the store's refit policy (or its caller) asks for a
+new basis, ``project`` when a commit keeps the basis and adds layers. Each reads the staging catalog
+at the pending version ``v`` and the shards, writes one histogram segment (segments.py), and leaves
+the catalog to the caller (it records the basis and the segment).
 
 1. Pooled moments. At ingest, each layer l stored the moments of its peak-scaled filters
    (``_layer_moments``: count n_l, mean m_l (9,), scatter S_l (9, 9), S = sum of outer products
@@ -23,15 +24,17 @@ catalog to the caller (it records the basis and the file).
    ShardScanner on this machine, cnnfilterdb.spark's SparkScanner on a cluster): the
    coefficients c = components (x / p - mean), p = max_j |x_j| (p = 1 for an all-zero filter),
    and (lo, hi) = (min, max) over all 9 coefficients of all N filters.
-4. Histograms. A second exact scan: per layer and component, ``DEFAULT_BINS`` (70) equal bins
-   over [lo, hi] with numpy's semantics (``np.histogram(c, 70, range=(lo, hi))``: last bin
-   closed, nothing outside; an empty range lo == hi widened to (lo - 0.5, hi + 0.5)).
+4. Histograms. A second exact scan (``scan.scan_segment``): per layer and component,
+   ``DEFAULT_BINS`` (70) equal bins over [lo, hi] with numpy's semantics (``np.histogram(c, 70,
+   range=(lo, hi))``: last bin closed, values outside counted apart; an empty range lo == hi
+   widened to (lo - 0.5, hi + 0.5)); per unit (a model's layers of one depth bin) FINE_BINS bins
+   over [lo, hi]; per model the 2-D histogram of (c0, c1) over DENSITY_RANGE. One segment file
+   for every layer of the version (segments.py).
 
-The histogram file (``shards/<ingest id>-histograms.npy``) is one int64 ``.npy`` array of shape
-(L + 1, 1 + 9 * 70) for the version's L layers in layer_id order: column 0 holds the layer ids
-(row 0: -1), columns 1.. the prefix sums over the layers of their counts (9, 70) raveled (row 0:
-zeros). The counts of the layers i..j-1 are row j - row i; any grouping's histograms are sums of
-its layers' (snapshot.LayerHistograms).
+Projection (``project``): a commit that keeps the basis and adds layers runs step 4 over the new
+layers only (their shards), with the basis and range as they are: coefficients outside the range
+are counted in the segment's ``outside`` (reported by the analyses), not binned. A removal writes
+nothing: the removed layers are no longer selected.
 
 Guarantees:
 - exact: the basis is PCA of all the version's scaled filters up to floating-point rounding
@@ -40,7 +43,9 @@ Guarantees:
 - deterministic: the same catalog and shards give the same basis, range and file, whatever the
   number of scan threads (extremes and integer counts do not depend on the order of the work);
 - fewer than 2 filters in the version: no basis (None), and no file is written;
-- the file is fsynced before ``refit`` returns; a damaged shard raises StoreDamaged (scan.py).
+- a segment holds, per layer, counts and outside values that add up to the layer's filters, or is
+  not written (StoreDamaged: a shard not as committed);
+- the file is fsynced before ``refit``/``project`` return; a damaged shard raises StoreDamaged (scan.py).
 """
 from __future__ import annotations
 
@@ -50,23 +55,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import fsync_path
 from .layout import file_sha256
-from .scan import LayerGroups, check_counts
+from .layout import StoreDamaged
+from .scan import LayerGroups
+from .segments import SegmentPlan
 from .stats.basis import Basis, fit_basis
 from .stats.divergence import DEFAULT_BINS
 from .stats.moments import Moments, pool
 
 
 @dataclass
-class Refit:
-    """What ``refit`` computed and wrote."""
-    basis: Basis           # the fitted basis, with range_min, range_max (its version left 0: the catalog's)
-    layer_ids: np.ndarray  # (L,) int64, ascending: the version's layers, the rows 1..L of the file
-    bins: int              # bins per component of the file
-    path: Path             # the histogram file written
-    bytes: int             # its size
-    sha256: str            # its sha256 (hex)
+class Written:
+    """A histogram segment a commit wrote (the catalog records it: ``_histograms``)."""
+    path: Path
+    n_layers: int
+    bins: int
+    bytes: int
+    sha256: str
+    outside: int   # coefficients of its layers outside the basis range (0 for a refit's)
+    density: bool  # whether it holds the models' 2-D histograms (not from Spark)
 
 
 def pooled_moments(cur, version: int) -> Moments:
@@ -92,61 +99,72 @@ def pooled_moments(cur, version: int) -> Moments:
     return pool(ns, means, scatters)
 
 
-def pack_histograms(layer_ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The histogram file's array: layer ids and prefix sums of the layers' counts.
+def _max_layer_id(cur) -> int:
+    return int(cur.execute("SELECT coalesce(max(layer_id), 0) FROM _layers").fetchone()[0])
 
-    Parameters
-    ----------
-    layer_ids : (L,) ascending layer ids.
-    counts : (L, 9, bins) int64, the counts of each layer.
 
-    Returns
-    -------
-    (L + 1, 1 + 9 * bins) little-endian int64: row 0 = [-1, 0, ..., 0]; row k = [layer_ids[k - 1],
-    counts[:k].sum(axis=0).ravel()].
-    """
-    packed = np.zeros((len(layer_ids) + 1, 1 + 9 * counts.shape[-1]), dtype="<i8")
-    packed[0, 0] = -1
-    packed[1:, 0] = layer_ids
-    np.cumsum(counts.reshape(len(layer_ids), -1), axis=0, out=packed[1:, 1:])
-    return packed
+def write_segment(cur, scanner, basis: Basis, plan: SegmentPlan, n_filters: np.ndarray, path: Path) -> Written:
+    """Scan the plan's layers (step 4), check that each layer's counts and outside values add up to
+    its ``n_filters``, and write the segment to ``path``."""
+    counts = scanner.segment(plan, basis, basis.range_min, basis.range_max)
+    found = counts.layer_counts[:, 0, :].sum(axis=1) + counts.outside[:, 0]
+    if not np.array_equal(found, np.asarray(n_filters, dtype=np.int64)):  # never commit counts of shards not as committed
+        k = int(np.flatnonzero(found != n_filters)[0])
+        raise StoreDamaged("shards", f"the scan found {int(found[k]):,} filters of layer {int(plan.layer_ids[k])} where "
+                                     f"the catalog holds {int(n_filters[k]):,}: a shard is not as committed")
+    counts.write(path)
+    return Written(path, len(plan.layer_ids), plan.bins, path.stat().st_size, file_sha256(path), int(counts.outside.sum()),
+                   counts.model_density is not None)
 
 
 def refit(cur, version: int, scanner, histogram_path: Path,
-          progress: Callable[[int], None] | None = None) -> Refit | None:
+          progress: Callable[[int], None] | None = None) -> tuple[Basis, Written] | None:
     """Fit the global basis of store version ``version`` from its layers' moments, scan its
-    filters for the range and the per-layer histograms, and write the histogram file.
+    filters for the range, then for the stored histograms of all its layers (one segment).
 
     Parameters
     ----------
     cur : a cursor on the staging catalog, at the pending version (its views and macros show it).
     version : the pending store version.
-    scanner : runs the two scans over the version's shards: ``range(groups, basis)`` and
-        ``histograms(groups, basis, lo, hi, bins)`` (scan.ShardScanner, spark.SparkScanner).
-    histogram_path : where to write the histogram file (the caller removes it if it does not commit).
+    scanner : runs the scans over the version's shards: ``range(groups, basis)`` and
+        ``segment(plan, basis, lo, hi)`` (scan.ShardScanner, spark.SparkScanner).
+    histogram_path : where to write the segment (the caller removes it if it does not commit).
     progress : called with the number of filters once the range scan is done, if given.
 
     Returns
     -------
-    Refit, or None if the version holds fewer than 2 filters (nothing written).
+    (basis, segment written), or None if the version holds fewer than 2 filters (nothing written).
     """
     total = pooled_moments(cur, version)
     if total.n < 2:
         return None
     basis = fit_basis(total)
-    # One exact scan for the range, then one for the per-layer histograms of the default
-    # parameters (counts add across layers, so any grouping's histograms are their sums).
-    rows = cur.execute("SELECT layer_id, n_filters FROM layers_at(?) ORDER BY layer_id", [version]).fetchall()
-    layer_ids = np.array([r[0] for r in rows])
-    max_layer_id = int(cur.execute("SELECT max(layer_id) FROM _layers").fetchone()[0])
-    groups = LayerGroups.of(layer_ids, np.arange(len(layer_ids)), len(layer_ids), max_layer_id)
+    plan = SegmentPlan.of(cur, "SELECT * FROM layers_at(?)", [version], _max_layer_id(cur), DEFAULT_BINS)
+    groups = LayerGroups.of(plan.layer_ids, np.arange(len(plan.layer_ids)), len(plan.layer_ids), plan.max_layer_id)
     lo, hi, _ = scanner.range(groups, basis)
     basis.range_min, basis.range_max = lo, hi
     if progress is not None:
         progress(basis.n_filters)
-    counts = scanner.histograms(groups, basis, lo, hi, DEFAULT_BINS)
-    check_counts(counts, np.array([r[1] for r in rows]))  # never commit histograms of shards not as committed
-    np.save(histogram_path, pack_histograms(layer_ids, counts))
-    fsync_path(histogram_path)
-    return Refit(basis, layer_ids, DEFAULT_BINS, histogram_path, histogram_path.stat().st_size,
-                 file_sha256(histogram_path))
+    n = cur.execute("SELECT n_filters FROM layers_at(?) ORDER BY layer_id", [version]).fetchnumpy()["n_filters"]
+    return basis, write_segment(cur, scanner, basis, plan, n, histogram_path)
+
+
+def project(cur, version: int, basis: Basis, scanner, histogram_path: Path) -> Written | None:
+    """The stored histograms of the layers store version ``version`` adds (those of the models it
+    ingests: its basis has segments for every other layer of it), their filters projected on the basis as it is (one segment;
+    None: no layer to add).
+
+    Parameters
+    ----------
+    cur : a cursor on the staging catalog, at the pending version.
+    basis : the version's global basis, with its range.
+    scanner : a scanner over (at least) the new layers' shards.
+    histogram_path : where to write the segment.
+    """
+    # The layers of the models this version adds: every other layer of it is in a segment of the basis.
+    new = "SELECT * FROM layers_at(?) WHERE model_id IN (SELECT model_id FROM _models WHERE version_added = ?)"
+    plan = SegmentPlan.of(cur, new, [version, version], _max_layer_id(cur), DEFAULT_BINS)
+    if not len(plan.layer_ids):
+        return None
+    n = cur.execute(f"SELECT n_filters FROM ({new}) ORDER BY layer_id", [version, version]).fetchnumpy()["n_filters"]
+    return write_segment(cur, scanner, basis, plan, n, histogram_path)

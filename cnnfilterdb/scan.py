@@ -29,7 +29,14 @@ import pyarrow.parquet as pq
 from .checksums import Checksums, ShardChecks, footer_hash, footer_spans, read_footer, verify_row_groups
 from .layout import SHARDS, WEIGHT_COLUMNS, StoreDamaged, store_name, unreadable
 from .stats.basis import Basis
-from .stats.histogram import bin_edges, coefficient_range, histogram2d_counts, histogram_counts, histogram_range
+from .stats.histogram import (
+    bin_edges,
+    coefficient_range,
+    histogram2d_counts,
+    histogram_counts,
+    histogram_range,
+    segment_counts,
+)
 
 REMAP_ROW_GROUPS = 16  # 80 MB of a shard mapped per thread at most
 
@@ -292,16 +299,20 @@ class ShardScanner:
         """``scan_range``: (min, max) of the selected filters' coefficients, and their count."""
         return scan_range(self.paths, groups, basis, held=self.held, checksums=self.checksums)
 
-    def histograms(self, groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int) -> np.ndarray:
-        """``scan_histograms``: counts (n_groups, 9, bins) int64."""
+    def histograms(self, groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int) -> tuple[np.ndarray, np.ndarray]:
+        """``scan_histograms``: counts (n_groups, 9, bins) and outside (n_groups, 9), int64."""
         return scan_histograms(self.paths, groups, basis, lo, hi, bins, held=self.held, checksums=self.checksums)
 
+    def segment(self, plan, basis: Basis, lo: float, hi: float):
+        """``scan_segment``: the stored histograms of ``plan``'s layers (segments.SegmentCounts)."""
+        return scan_segment(self.paths, plan, basis, lo, hi, held=self.held, checksums=self.checksums)
 
-def check_counts(counts: np.ndarray, expected: np.ndarray) -> None:
-    """StoreDamaged unless each group's histograms hold ``expected`` (n_groups,) filters: the range
-    the counts were binned over covers every coefficient of the groups, so a shortfall or an excess
-    is a shard that does not hold what the catalog committed (a scan must not answer from it)."""
-    found = counts[:, 0, :].sum(axis=1)
+
+def check_counts(counts: np.ndarray, outside: np.ndarray, expected: np.ndarray) -> None:
+    """StoreDamaged unless each group's histograms and values outside (component 0) hold
+    ``expected`` (n_groups,) filters: a shortfall or an excess is a shard that does not hold what
+    the catalog committed (a scan must not answer from it)."""
+    found = counts[:, 0, :].sum(axis=1) + outside[:, 0]
     if not np.array_equal(found, np.asarray(expected, dtype=np.int64)):
         g = int(np.flatnonzero(found != expected)[0])
         raise StoreDamaged(SHARDS, f"the scan found {int(found.sum()):,} filters of the selection where the catalog "
@@ -331,21 +342,25 @@ def scan_range(paths: list[Path], groups: LayerGroups, basis: Basis, threads: in
 
 def scan_histograms(paths: list[Path], groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int,
                     threads: int | None = None, held: HeldShards | None = None,
-                    checksums: Checksums | None = None) -> np.ndarray:
-    """Counts (n_groups, 9, bins), int64: per group and component, np.histogram(c, bins, (lo, hi))."""
+                    checksums: Checksums | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Counts (n_groups, 9, bins), int64: per group and component, np.histogram(c, bins, (lo, hi));
+    and outside (n_groups, 9), int64: the coefficients outside [lo, hi] it drops."""
     C, shift = kernel_basis(basis)
     lo, hi = histogram_range(lo, hi)
     edges = bin_edges(lo, hi, bins)
 
     def work(layer, cols, g_lo, g_hi):
         counts = np.zeros((g_hi - g_lo + 1, 9, bins), dtype=np.int64)
-        histogram_counts(layer, cols, groups.group_of_layer, g_lo, C, shift, lo, hi, edges, counts)
-        return g_lo, counts
+        outside = np.zeros((g_hi - g_lo + 1, 9), dtype=np.int64)
+        histogram_counts(layer, cols, groups.group_of_layer, g_lo, C, shift, lo, hi, edges, counts, outside)
+        return g_lo, counts, outside
 
     out = np.zeros((groups.n_groups, 9, bins), dtype=np.int64)
-    for g_lo, counts in _map_units(paths, groups, work, threads, held, checksums):
+    out_outside = np.zeros((groups.n_groups, 9), dtype=np.int64)
+    for g_lo, counts, outside in _map_units(paths, groups, work, threads, held, checksums):
         out[g_lo:g_lo + len(counts)] += counts
-    return out
+        out_outside[g_lo:g_lo + len(counts)] += outside
+    return out, out_outside
 
 
 def scan_histogram2d(paths: list[Path], groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int,
@@ -366,4 +381,43 @@ def scan_histogram2d(paths: list[Path], groups: LayerGroups, basis: Basis, lo: f
     out = np.zeros((bins, bins), dtype=np.int64)
     for counts in _map_units(paths, groups, work, threads, held, checksums):
         out += counts
+    return out
+
+
+def scan_segment(paths: list[Path], plan, basis: Basis, lo: float, hi: float, threads: int | None = None,
+                 held: HeldShards | None = None, checksums: Checksums | None = None):
+    """The stored histograms of the layers of ``plan`` (segments.SegmentPlan) in ``basis`` over the
+    range [lo, hi], in one pass (``stats.histogram.segment_counts``): per layer DEFAULT_BINS bins and
+    the coefficients outside the range, per unit FINE_BINS bins, per model the DENSITY_BINS^2 bins of
+    (c0, c1) over DENSITY_RANGE. Returns segments.SegmentCounts."""
+    from .segments import DENSITY_BINS, DENSITY_RANGE, FINE_BINS, SegmentCounts
+
+    C, shift = kernel_basis(basis)
+    lo, hi = histogram_range(lo, hi)
+    edges, fine_edges = bin_edges(lo, hi, plan.bins), bin_edges(lo, hi, FINE_BINS)
+    d_lo, d_hi = DENSITY_RANGE
+    d_edges = bin_edges(d_lo, d_hi, DENSITY_BINS)
+    slot, unit, model = plan.maps()
+
+    def span(ids, row_layer):
+        v = ids[row_layer]
+        v = v[v >= 0]
+        return (int(v.min()), int(v.max())) if len(v) else (0, 0)
+
+    def work(layer, cols, g_lo, g_hi):
+        (s_lo, s_hi), (u_lo, u_hi), (m_lo, m_hi) = span(slot, layer), span(unit, layer), span(model, layer)
+        part = (np.zeros((s_hi - s_lo + 1, 9, plan.bins), dtype=np.int64), np.zeros((s_hi - s_lo + 1, 9), dtype=np.int64),
+                np.zeros((u_hi - u_lo + 1, 9, FINE_BINS), dtype=np.int64),
+                np.zeros((m_hi - m_lo + 1, DENSITY_BINS, DENSITY_BINS), dtype=np.int64))
+        segment_counts(layer, cols, slot, unit, model, s_lo, u_lo, m_lo, C, shift, lo, hi, edges, fine_edges,
+                       d_lo, d_hi, d_edges, *part)
+        return (s_lo, u_lo, m_lo), part
+
+    out = SegmentCounts.zeros(plan)
+    for (s_lo, u_lo, m_lo), (lc, oc, uc, mc) in _map_units(paths, LayerGroups(slot, len(plan.layer_ids)), work,
+                                                            threads, held, checksums):
+        out.layer_counts[s_lo:s_lo + len(lc)] += lc
+        out.outside[s_lo:s_lo + len(oc)] += oc
+        out.unit_counts[u_lo:u_lo + len(uc)] += uc   # int64 partial counts into the stored width (plan checked it)
+        out.model_density[m_lo:m_lo + len(mc)] += mc
     return out

@@ -5,98 +5,56 @@ A version never changes once committed, so whoever holds a ``Snapshot`` (the ser
 API: per catalog generation and version, reader.py; the CLI: per command) reads each part on first
 use and keeps it. What it keeps:
 
-- ``LayerHistograms``: the per-layer coefficient histograms of the version's basis (global basis,
-  default bins) as prefix sums over the layers in layer_id order, so that the counts of any group of
-  layers are sums of rows (exact, in integers: refit.py writes the file);
+- ``StoredHistograms``: the stored histograms of the version's basis (segments.py): per layer (default
+  bins, as prefix sums), per unit (a model's layers of one depth bin, FINE_BINS) and per model (the
+  density figure's 2-D), so that the counts of any group of layers (units, models) are sums (exact,
+  in integers: refit.py writes them);
 - ``LayerMoments``: every layer's moments of its peak-scaled filters (count, mean, scatter), which
   the PCA basis of any selection of layers is pooled from (stats/moments.py), without a scan.
 
 Guarantees: a file is used only once it is checked against the catalog, when first used (a shard:
-its size; the histogram file: size, sha256, shape and layer ids, its bytes read into memory so that
-the bytes checked are the bytes used); a missing or damaged one raises StoreDamaged naming it
+its size; a histogram segment: size, sha256, shapes, and its layers the version's, its bytes read
+into memory so that the bytes checked are the bytes used); a missing or damaged one raises StoreDamaged naming it
 relative to the store, never a wrong answer from it. A version the store does not hold is a
 VersionError (catalog.py).
 """
 from __future__ import annotations
 
-import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .catalog import basis_version_at, check_version, current_version, load_basis
+from .catalog import basis_version_at, check_version, current_version, histogram_segments, load_basis
 from .checksums import Checksums
-from .layout import StoreDamaged, file_problem, unreadable
+from .layout import StoreDamaged, file_problem
 from .scan import HeldShards
+from .segments import Segment, StoredHistograms
 from .selection import select
 from .stats.basis import Basis
 
 
-@dataclass
-class LayerHistograms:
-    """The store's per-layer histograms (global basis, default bins) as prefix sums over the layers
-    in layer_id order: the counts (9, bins) of layers layer_ids[i:j] sum to cumulative[j] - cumulative[i].
-    """
-    basis_version: int
-    bins: int
-    layer_ids: np.ndarray   # (n_layers,), ascending
-    cumulative: np.ndarray  # (n_layers + 1, 9 * bins) int64; row 0 is zeros
-
-    @classmethod
-    def load(cls, cur, root: Path, store_version: int) -> LayerHistograms | None:
-        """Read the store's file into memory and check it: its size and sha256 those the catalog
-        recorded, its shape and layer ids those of the catalog; otherwise raise StoreDamaged naming
-        it. Those of store version ``store_version``'s basis; None if it has none (fewer than 2 filters).
-        Read, not mapped: the bytes checked
-        are the bytes used, whatever happens to the file later (a mapping of a file truncated
-        underneath ends the process with SIGBUS). 13 MB for 2e7 filters; ~0.5 GB for 1e5 layers."""
-        row = cur.execute("SELECT basis_version, bins, n_layers, path, bytes, sha256 FROM _layer_histograms "
-                          "WHERE basis_version = ?", [basis_version_at(cur, store_version)]).fetchone()
-        if row is None:
-            return None
-        version, bins, n, rel, size, sha256 = row
-        try:
-            data = (Path(root) / rel).read_bytes()
-        except OSError as e:
-            raise unreadable(Path(root) / rel, e) from None
-        if len(data) != size:
-            raise StoreDamaged(rel, f"size differs ({len(data):,} bytes, the catalog recorded {size:,})")
-        if (digest := hashlib.sha256(data).hexdigest()) != sha256:
-            raise StoreDamaged(rel, f"checksum differs (sha256 {digest[:16]}..., the catalog recorded {sha256[:16]}...)")
-        try:
-            packed = np.load(io.BytesIO(data))
-        except ValueError as e:
-            raise StoreDamaged(rel, f"not a .npy array ({e})") from None
-        del data
-        if packed.dtype != np.int64 or packed.shape != (n + 1, 1 + 9 * bins):
-            raise StoreDamaged(rel, f"{packed.dtype} {packed.shape}, the catalog has int64 {(n + 1, 1 + 9 * bins)}")
-        # The ids from the catalog, which commits them with the file: column 0 of the file read
-        # down its rows would touch every page of it. Its ends are checked against them.
-        ids = np.asarray(cur.execute(f"SELECT layer_id FROM layers_at({int(store_version)}) ORDER BY layer_id").fetchnumpy()["layer_id"],
-                         dtype=np.int64)
-        if len(ids) != n or (n and (packed[1, 0] != ids[0] or packed[n, 0] != ids[-1])):
-            raise StoreDamaged(rel, "its layer ids are not the catalog's")
-        return cls(version, bins, ids, packed[:, 1:])
-
-    def group_sums(self, layer_ids: np.ndarray, layer_group: np.ndarray, n_groups: int) -> np.ndarray:
-        """Counts (n_groups, 9, bins) of the given layers (ascending ids), summed per group: exact,
-        in integers. Each run of consecutive layers of one group costs one subtraction of rows."""
-        pos = np.searchsorted(self.layer_ids, layer_ids)
-        if len(pos) and (pos[-1] >= len(self.layer_ids) or not np.array_equal(self.layer_ids[pos], layer_ids)):
-            raise LookupError("a selected layer has no stored histogram")
-        cut = np.flatnonzero((np.diff(pos) != 1) | (np.diff(layer_group) != 0)) + 1
-        first = np.concatenate([[0], cut]).astype(np.intp)
-        last = np.concatenate([cut, [len(pos)]]).astype(np.intp) - 1
-        runs = self.cumulative[pos[last] + 1] - self.cumulative[pos[first]]  # (n_runs, 9 * bins)
-        out = np.zeros((n_groups, runs.shape[1]), dtype=np.int64)
-        if len(runs):  # the runs sorted by group, then one reduction per group
-            order = np.argsort(layer_group[first], kind="stable")
-            g_sorted = layer_group[first][order]
-            starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
-            out[g_sorted[starts]] = np.add.reduceat(runs[order], starts, axis=0)
-        return out.reshape(n_groups, 9, self.bins)
+def load_stored_histograms(cur, root: Path, store_version: int) -> StoredHistograms | None:
+    """The stored histograms of store version ``store_version``'s basis (None: it has none, fewer
+    than 2 filters), every segment checked (segments.Segment.load) and every layer of the version in
+    one of them; otherwise StoreDamaged naming the file."""
+    bv = basis_version_at(cur, store_version)
+    files = [] if bv is None else histogram_segments(cur, bv, store_version)
+    if not files:
+        return None
+    bins = {b for *_, b in files}
+    if len(bins) != 1:
+        raise StoreDamaged(files[0][0], f"the segments of basis {bv} differ in bins ({sorted(bins)})")
+    (bins,) = bins
+    segments = [Segment.load(root, rel, size, sha256, bins) for rel, size, sha256, _ in files]
+    stored = StoredHistograms(bv, bins, segments)
+    # The ids from the catalog: every layer of the version has its histograms in a segment.
+    ids = np.asarray(cur.execute(f"SELECT layer_id FROM layers_at({int(store_version)}) ORDER BY layer_id")
+                     .fetchnumpy()["layer_id"], dtype=np.int64)
+    pos = np.searchsorted(stored.layer_ids, ids)
+    if len(ids) and (pos[-1] >= len(stored.layer_ids) or not np.array_equal(stored.layer_ids[pos], ids)):
+        raise StoreDamaged(files[-1][0], "its layer ids are not the catalog's")
+    return stored
 
 
 @dataclass
@@ -170,8 +128,8 @@ class Snapshot:
         return self._get("max_layer_id", lambda: int(cur.execute(
             "SELECT coalesce(max(layer_id), 0) FROM _layers").fetchone()[0]))  # of every version: ids are never reused
 
-    def layer_histograms(self, cur) -> LayerHistograms | None:
-        return self._get("layer_histograms", lambda: LayerHistograms.load(cur, self.root, self.version))
+    def stored_histograms(self, cur) -> StoredHistograms | None:
+        return self._get("stored_histograms", lambda: load_stored_histograms(cur, self.root, self.version))
 
     def layer_moments(self, cur) -> LayerMoments:
         return self._get("layer_moments", lambda: LayerMoments.load(cur))
@@ -179,6 +137,6 @@ class Snapshot:
     def prepare(self, cur) -> None:
         """Read everything now (the service, when a catalog generation opens), so that its first
         query costs what a repeated one does: it also runs DuckDB's first plan of the selection."""
-        self.basis(cur), self.held_shards(cur), self.max_layer_id(cur), self.layer_histograms(cur)
+        self.basis(cur), self.held_shards(cur), self.max_layer_id(cur), self.stored_histograms(cur)
         self.layer_moments(cur)
         select(cur, None, None, self.version)

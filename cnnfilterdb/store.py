@@ -76,6 +76,12 @@ from .layout import (
 )
 from .stats.moments import Moments
 
+REFIT_POLICIES = ("auto", "always", "never")
+# The refit policy (``StoreTransaction.refit_due``): while a store is small a commit refits (about a
+# second of scans at 1e7 filters); beyond, only once this share of its filters changed since the fit.
+REFIT_SMALL_STORE = 10_000_000
+REFIT_CHANGED_SHARE = 0.05
+
 
 @dataclass
 class Verification:
@@ -391,16 +397,21 @@ class StoreTransaction:
                          [self.version, model_id])
 
     # -- commit ---------------------------------------------------------------------------------
-    def commit(self, action: str | None = "ingest", progress=None, scanner=None, summary: str | None = None) -> int:
-        """Record this version (what it added, relabelled, removed), refit the global basis and the
-        per-layer histograms if the filters changed (refit.py), then atomically replace the
-        catalog. Returns the version committed.
+    def commit(self, action: str | None = "ingest", progress=None, scanner=None, summary: str | None = None,
+               refit: str = "auto") -> int:
+        """Record this version (what it added, relabelled, removed), keep or refit the global basis
+        (``refit``, below), write the stored histograms of the layers the basis lacks (refit.py),
+        then atomically replace the catalog. Returns the version committed.
 
+        ``refit``: "auto" refits by the store's policy (``refit_due``), "always" refits, "never"
+        keeps the basis (projecting added layers on it; a store without one still gets one).
         ``action`` None: a change of no version's content (compact): no version is recorded, and
         the files the new catalog no longer references are deleted once it is in place.
-        ``scanner``: refit with it (refit.py) even if the filters did not change (a refresh on
-        Spark, cnnfilterdb.spark); default: on this machine, when they did. ``summary``: the
-        version's summary in words (default: the models it added, relabelled and removed)."""
+        ``scanner``: refit with it (refit.py) (a refresh on Spark, cnnfilterdb.spark); default: on
+        this machine. ``summary``: the version's summary in words (default: the models it added,
+        relabelled and removed)."""
+        if refit not in REFIT_POLICIES:
+            raise StoreError(f"refit must be one of {', '.join(REFIT_POLICIES)}, got {refit!r}")
         self.record_checksums()
         if action is None:
             self.version = self.base_version
@@ -420,8 +431,11 @@ class StoreTransaction:
         changed = names("SELECT model FROM _models WHERE version_from = ? AND version_to IS NULL AND model_id IN "
                         "(SELECT model_id FROM models_at(?)) ORDER BY model_id", [v, b])
         basis_version = basis_version_at(self.con, b)
-        if added or removed or basis_version is None or scanner is not None:
-            basis_version = self._refresh_basis(progress, scanner)
+        if scanner is not None or refit == "always" or basis_version is None \
+                or (refit == "auto" and (added or removed) and self.refit_due(basis_version)):
+            basis_version = self._refit(progress, scanner)
+        elif added:
+            self._project(basis_version)
         n_models, n_filters = self.con.execute(
             "SELECT count(*), coalesce(sum(n_filters), 0) FROM models_at(?)", [v]).fetchone()
         self.con.execute("INSERT INTO _versions VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, ?, false)",
@@ -434,6 +448,29 @@ class StoreTransaction:
 
         point_latest(self.root, self._tables_dir(v))
         return v
+
+    def refit_due(self, basis_version: int) -> bool:
+        """The store's refit policy (docs/versions.md#refit), for a commit that adds or removes
+        models: refit while this version holds at most REFIT_SMALL_STORE filters (a refit there costs
+        about a second), or once the filters it holds that the basis was not fitted on, and those
+        the basis was fitted on that it no longer holds, pass REFIT_CHANGED_SHARE of the basis's.
+        Otherwise the basis is kept: a commit then reads only the filters it adds."""
+        from .catalog import basis_fitted_at
+
+        n = self.con.execute("SELECT coalesce(sum(n_filters), 0) FROM layers_at(?)", [self.version]).fetchone()[0]
+        if n <= REFIT_SMALL_STORE:
+            return True
+        fitted = basis_fitted_at(self.con, basis_version)
+        if fitted is None:
+            return True
+        changed, fitted_n = self.con.execute(
+            "SELECT (SELECT coalesce(sum(n_filters), 0) FROM (SELECT layer_id, n_filters FROM layers_at(?) "
+            "        EXCEPT SELECT layer_id, n_filters FROM layers_at(?))) "
+            "     + (SELECT coalesce(sum(n_filters), 0) FROM (SELECT layer_id, n_filters FROM layers_at(?) "
+            "        EXCEPT SELECT layer_id, n_filters FROM layers_at(?))), "
+            "       (SELECT n_filters FROM _basis WHERE version = ?)",
+            [self.version, fitted, fitted, self.version, basis_version]).fetchone()
+        return changed > REFIT_CHANGED_SHARE * fitted_n
 
     def _tables_dir(self, version: int) -> str:
         from .tables import directory_name
@@ -519,29 +556,54 @@ class StoreTransaction:
             text = text.replace("{" + key + "}", value)
         self.con.execute(text)
 
-    def _refresh_basis(self, progress=None, scanner=None) -> int | None:
-        """Refit the global basis of this version and its per-layer histograms (refit.py), and
-        record both in the catalog; returns the new basis version (None: fewer than 2 filters).
-        Older bases stay for the versions that use them."""
-        from .refit import refit  # loaded on a refit only: the scans' kernels (numba) take a while to import
-        from .scan import ShardScanner
-
-        path = self.root / SHARDS / f"{self.ingest_id}-histograms.npy"
+    def _segment_path(self) -> Path:
+        path = self.root / SHARDS / f"{self.ingest_id}-histograms.npz"
         self._new_files.append(path)  # removed with the shards if the transaction does not commit
-        scanner = scanner or ShardScanner([self.root / p for p in self.shard_rel_paths()], checksums=self.checksums())
-        r = refit(self.con, self.version, scanner, path, progress)
+        return path
+
+    def _record_segment(self, basis_version: int, w) -> None:
+        from .segments import DENSITY_BINS, FINE_BINS
+
+        self.con.execute("INSERT INTO _histograms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         [store_name(w.path), basis_version, self.version, w.n_layers, w.bins, FINE_BINS,
+                          DENSITY_BINS if w.density else None, w.bytes, w.sha256])
+
+    def _scanner(self, scanner=None):
+        from .scan import ShardScanner  # loaded on a scan only: the kernels (numba) take a while to import
+
+        return scanner or ShardScanner([self.root / p for p in self.shard_rel_paths()], checksums=self.checksums())
+
+    def _refit(self, progress=None, scanner=None) -> int | None:
+        """Refit the global basis of this version and the stored histograms of all its layers
+        (refit.py), and record both in the catalog; returns the new basis version (None: fewer
+        than 2 filters). Older bases stay for the versions that use them."""
+        from .refit import refit
+
+        r = refit(self.con, self.version, self._scanner(scanner), self._segment_path(), progress)
         if r is None:
             return None
-        b = r.basis
+        b, written = r
         version = int(self.con.execute("SELECT coalesce(max(version), 0) + 1 FROM _basis").fetchone()[0])
         self.con.execute(
-            "INSERT INTO _basis VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO _basis VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, ?)",
             [version, b.n_filters, b.mean.tolist(), b.components.tolist(), b.explained_variance.tolist(),
-             b.explained_variance_ratio.tolist(), b.range_min, b.range_max],
+             b.explained_variance_ratio.tolist(), b.range_min, b.range_max, self.version],
         )
-        self.con.execute("INSERT INTO _layer_histograms VALUES (?, ?, ?, ?, ?, ?)",
-                         [version, r.bins, len(r.layer_ids), store_name(r.path), r.bytes, r.sha256])
+        self._record_segment(version, written)
         return version
+
+    def _project(self, basis_version: int) -> None:
+        """Keep the basis: the stored histograms of the layers this version adds, their filters
+        projected on it (refit.project), scanning only the shards this transaction wrote."""
+        from .refit import project
+        from .scan import ShardScanner
+
+        written_here = set(self._new_files)
+        new = [self.root / p for p in self.shard_rel_paths() if self.root / p in written_here]
+        scanner = ShardScanner(new, checksums=self.checksums())
+        written = project(self.con, self.version, load_basis(self.con, self.base_version), scanner, self._segment_path())
+        if written is not None:
+            self._record_segment(basis_version, written)
 
 
 def change_summary(added: list[str], changed: list[str], removed: list[str], show: int = 3) -> str:

@@ -97,7 +97,7 @@ def mixing_warnings(before: tuple[int, int], after: tuple[int, int]) -> list[str
 
 
 def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, meta: dict | None = None,
-                 manifest: Path | None = None, skip_bad: bool = False) -> dict:
+                 manifest: Path | None = None, skip_bad: bool = False, refit: str = "auto") -> dict:
     """Ingest every source into the store at ``db`` in one all-or-nothing transaction.
 
     Directories are walked recursively (files that are no filter source are ignored there).
@@ -116,6 +116,8 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
     meta : metadata for every file (META_FIELDS: task, visual_category, ...; ``model`` for one file).
     manifest : a CSV with a ``path`` column and META_FIELDS, one row per file.
     skip_bad : skip and report a file that fails its checks instead of failing the ingest.
+    refit : the commit's refit of the global basis: "auto" (the store's policy), "always" or
+        "never" (the new layers projected on the basis as it is; docs/versions.md#refit).
 
     Returns
     -------
@@ -203,7 +205,7 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
                 writer.close()
         if added_models:
             warnings = mixing_warnings(before, sample_and_real(tx.con))
-            tx.commit()
+            tx.commit(refit=refit)
     for sk in skipped:
         progress.note(f"skipped {sk['path']}: {sk['reason']}")
     for note in notes:

@@ -154,8 +154,9 @@ def label_models(db: Path, changes: list[tuple[str, dict]]) -> dict:
     return {"db": str(Path(db).resolve()), "version": version, "changed": changed, "unchanged": unchanged}
 
 
-def remove_models(db: Path, models: list[str]) -> dict:
-    """Take models out of the store as one new store version (older versions keep them).
+def remove_models(db: Path, models: list[str], refit: str = "auto") -> dict:
+    """Take models out of the store as one new store version (older versions keep them); ``refit``
+    as the commit's (store.StoreTransaction.commit: "auto", "always", "never").
 
     Returns
     -------
@@ -167,10 +168,36 @@ def remove_models(db: Path, models: list[str]) -> dict:
         ids = _model_ids(tx, models)
         for model_id in dict.fromkeys(ids.values()):
             tx.remove(model_id)
-        version = tx.commit("remove")
+        version = tx.commit("remove", refit=refit)
     n_models, n_filters = _counts_at(db, version)
     return {"db": str(Path(db).resolve()), "version": version, "removed": list(ids), "models": n_models,
             "filters": n_filters}
+
+
+def refit_store(db: Path) -> dict:
+    """Refit the store's global basis and the stored histograms of all its layers now, as a new
+    store version (action "refit"; older versions keep their basis: ``as_of`` answers unchanged).
+
+    Returns
+    -------
+    dict with ``version``, ``basis_version``, ``n_filters`` (fitted on), ``range`` [lo, hi],
+    ``previous_basis_version``, ``elapsed_s``.
+    """
+    import time
+
+    from cnnfilterdb.catalog import basis_version_at, load_basis
+
+    t0 = time.perf_counter()
+    with StoreTransaction(db) as tx:
+        if tx.base_version == 0:
+            raise StoreError(f"{tx.root}: the store has no version to refit")
+        previous = basis_version_at(tx.con, tx.base_version)
+        version = tx.commit("refit", refit="always", summary="basis and stored histograms refitted")
+    with FilterStore(db).connect() as con:
+        b = load_basis(con, version)
+    return {"db": str(Path(db).resolve()), "version": version, "basis_version": None if b is None else b.version,
+            "previous_basis_version": previous, "n_filters": None if b is None else b.n_filters,
+            "range": None if b is None else [b.range_min, b.range_max], "elapsed_s": round(time.perf_counter() - t0, 3)}
 
 
 def _counts_at(db: Path, version: int) -> tuple[int, int]:
@@ -205,9 +232,9 @@ def compact(db: Path, keep_versions: int) -> dict:
                     "WHERE model_id NOT IN (SELECT model_id FROM _models)")
         con.execute("DELETE FROM _layer_moments WHERE layer_id IN (SELECT layer_id FROM _gone)")
         con.execute("DELETE FROM _layers WHERE layer_id IN (SELECT layer_id FROM _gone)")
-        con.execute("DELETE FROM _layer_histograms WHERE basis_version NOT IN "
+        con.execute("DELETE FROM _histograms WHERE basis_version NOT IN "
                     "(SELECT basis_version FROM _versions WHERE NOT compacted AND basis_version IS NOT NULL)")
-        con.execute("DELETE FROM _basis WHERE version NOT IN (SELECT basis_version FROM _layer_histograms) "
+        con.execute("DELETE FROM _basis WHERE version NOT IN (SELECT basis_version FROM _histograms) "
                     "AND version NOT IN (SELECT basis_version FROM _versions WHERE NOT compacted "
                     "AND basis_version IS NOT NULL)")
         rewritten, dropped = _compact_shards(tx)
@@ -222,7 +249,7 @@ def compact(db: Path, keep_versions: int) -> dict:
 def _store_bytes(con) -> int:
     """The bytes of the files the catalog references (shards and histograms)."""
     return int(con.execute("SELECT (SELECT coalesce(sum(bytes), 0) FROM _shards) + "
-                              "(SELECT coalesce(sum(bytes), 0) FROM _layer_histograms)").fetchone()[0])
+                              "(SELECT coalesce(sum(bytes), 0) FROM _histograms)").fetchone()[0])
 
 
 def _compact_shards(tx: StoreTransaction) -> tuple[int, int]:

@@ -34,8 +34,14 @@ RANGE_TEXT = ("[lo, hi]: the ends of the histograms' bins, in coefficient units:
 BINS_OUT_TEXT = "histogram bins per component, equal in width over range"
 EDGES_TEXT = "the bins + 1 bin edges, np.linspace(range[0], range[1], bins + 1), shared by every group and component"
 BASIS_REF_TEXT = "the PCA basis the filters were projected on (global: the store version's; selection: the selection's own)"
-METHOD_TEXT = ("how the histograms were computed: layer_histograms summed the per-layer histograms stored at ingest (global "
-               f"basis, default {DEFAULT_BINS} bins: no filter read); scan read the selected filters")
+METHOD_TEXT = ("how the histograms were computed: layer_histograms summed the per-layer histograms the commits stored "
+               f"(global basis, default {DEFAULT_BINS} bins: no filter read); unit_histograms summed those stored per "
+               "model and depth bin (global basis, the ridge plots' 2048 bins) or per model (the density figure's 512 x "
+               "512 of c0, c1 over [-3.3, 3.3]): no filter read; scan read the selected filters. All three give the "
+               "same counts")
+METHOD = Literal["layer_histograms", "unit_histograms", "scan"]
+OUTSIDE_TEXT = ("coefficients outside range, left out of the counts (numpy's histogram): with the global basis, those of "
+                "layers added since the basis was fitted (docs/versions.md#refit); else 0")
 EXPLAINED_VARIANCE_RATIO_TEXT = ("the basis's share of the variance per component: 9 values by decreasing variance, "
                                  "summing to 1")
 PAGE_LIMIT_TEXT = "the page size used (a larger limit asked for is capped)"
@@ -361,7 +367,8 @@ class DivergenceResponse(Versioned):
     basis: BasisRef = Field(description=BASIS_REF_TEXT)
     drift: Drift | None = Field(description="summary statistics of matrix's upper triangle; null with fewer than 2 groups")
     empty_groups: list[Any] = Field(description="values asked for in where[group_by] that hold no filters")
-    method: Literal["layer_histograms", "scan"] = Field(description=METHOD_TEXT)
+    n_outside: list[int] = Field(description=PER_GROUP_TEXT + OUTSIDE_TEXT + " (over the 9 components)")
+    method: METHOD = Field(description=METHOD_TEXT)
     elapsed_ms: float = Field(description=ELAPSED_MS_TEXT)
 
 
@@ -379,6 +386,7 @@ class PcaResponse(Versioned):
 class GroupHistogram(BaseModel):
     label: Any = Field(description=GROUP_LABEL_TEXT)
     n_filters: int = Field(description=GROUP_N_FILTERS_TEXT)
+    n_outside: int = Field(description=OUTSIDE_TEXT + " (over the 9 components)")
     counts: list[list[int]] = Field(description="9 components x bins")
 
 
@@ -388,7 +396,7 @@ class GroupedOverRange(Versioned):
     range: tuple[float, float] = Field(description=RANGE_TEXT)
     bins: int = Field(description=BINS_OUT_TEXT)
     basis: BasisRef = Field(description=BASIS_REF_TEXT)
-    method: Literal["layer_histograms", "scan"] = Field(description=METHOD_TEXT)
+    method: METHOD = Field(description=METHOD_TEXT)
 
 
 class HistogramsResponse(GroupedOverRange):
@@ -402,15 +410,18 @@ class Density2dResponse(Versioned):
                                                    "else the basis range (an empty range widened by 0.5 each side)")
     bins: int = Field(description="bins per axis, equal in width over range")
     edges: list[float] = Field(description="the bins + 1 bin edges of both axes")
-    n_filters: int = Field(description="the selection's 3x3 filters (counts leaves out those outside range)")
+    n_filters: int = Field(description="the selection's 3x3 filters")
+    n_outside: int = Field(description="the selection's filters left out of counts: either coefficient outside range")
     counts: list[list[int]] = Field(description="bins x bins; rows: the first component")
     basis: BasisRef = Field(description=BASIS_REF_TEXT)
+    method: METHOD = Field(description=METHOD_TEXT)
 
 
 class GroupKde(BaseModel):
     label: Any = Field(description=GROUP_LABEL_TEXT)
     n_filters: int = Field(description=GROUP_N_FILTERS_TEXT)
     n_models: int = Field(description=GROUP_N_MODELS_TEXT)
+    n_outside: int = Field(description=OUTSIDE_TEXT + " (over the 9 components)")
     bandwidth: list[float] = Field(description="per component: Silverman's rule (KDEpy's)")
     std: list[float] = Field(description="per component: the coefficients' standard deviation (ddof=1), exact")
     quartiles: list[list[float]] = Field(description="per component: 25th and 75th percentiles (within a bin)")

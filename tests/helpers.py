@@ -35,11 +35,11 @@ def store_snapshot(db: Path) -> dict | None:
         return None
     with open_catalog(db) as con:
         # The files readers can reach (an unreferenced leftover is garbage the next ingest removes).
-        files = sorted(p for (p,) in con.execute("SELECT path FROM _shards UNION ALL SELECT path FROM _layer_histograms").fetchall())
+        files = sorted(p for (p,) in con.execute("SELECT path FROM _shards UNION ALL SELECT path FROM _histograms").fetchall())
         assert all((db / f).is_file() for f in files)
         tables = {}
         for t in ["models", "layers", "basis", "_shards", "_ingests", "_layer_moments", "_versions", "_models",
-                  "_basis", "_layer_histograms"]:
+                  "_basis", "_histograms"]:
             tables[t] = con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
         digest = con.execute(
             "SELECT count(*), sum(filter_id), sum(hash(w0, w1, w2, w3, w4, w5, w6, w7, w8, layer_id, model_id)) FROM filters"
@@ -104,3 +104,33 @@ def ingest_in_shards(sources: list[Path], db: Path, shard_rows: int, row_group_r
                                                                     row_group_rows=row_group_rows))
         for source in sources:
             ingest_paths([source], db)
+
+
+def as_layout_6(db: Path) -> None:
+    """Turn a store's catalog into what layout 6 wrote (before histogram segments): each basis's
+    segments joined into one .npy of per-layer prefix sums, recorded in ``_layer_histograms``; no
+    ``_histograms``, no ``_basis.store_version``. The tests of older layouts start from this."""
+    import numpy as np
+
+    with duckdb.connect(str(db / "catalog.duckdb")) as con:
+        con.execute("CREATE TABLE _layer_histograms (basis_version INTEGER PRIMARY KEY, bins INTEGER NOT NULL, "
+                    "n_layers INTEGER NOT NULL, path VARCHAR NOT NULL, bytes BIGINT NOT NULL, sha256 VARCHAR NOT NULL)")
+        for (bv,) in con.execute("SELECT DISTINCT basis_version FROM _histograms ORDER BY 1").fetchall():
+            rels = [r for (r,) in con.execute("SELECT path FROM _histograms WHERE basis_version = ? "
+                                              "ORDER BY store_version, path", [bv]).fetchall()]
+            parts = [np.load(db / r) for r in rels]
+            ids = np.concatenate([p["layer_ids"] for p in parts])
+            counts = np.concatenate([p["layer_counts"] for p in parts]).reshape(len(ids), -1)
+            packed = np.zeros((len(ids) + 1, 1 + counts.shape[1]), dtype="<i8")
+            packed[0, 0], packed[1:, 0] = -1, ids
+            np.cumsum(counts, axis=0, out=packed[1:, 1:])
+            rel = rels[0].replace(".npz", ".npy")
+            np.save(db / rel, packed)
+            for r in rels:
+                (db / r).unlink()
+            data = (db / rel).read_bytes()
+            con.execute("INSERT INTO _layer_histograms VALUES (?, 70, ?, ?, ?, ?)",
+                        [bv, len(ids), rel, len(data), hashlib.sha256(data).hexdigest()])
+        con.execute("DROP TABLE _histograms")
+        con.execute("ALTER TABLE _basis DROP COLUMN store_version")
+        con.execute("UPDATE _store SET schema_version = 6")

@@ -120,30 +120,39 @@ def test_stored_layer_histograms_equal_a_scan(store):
                                 ("visual_category", {"depth_bin": ["(0.2, 0.3]", "(0.7, 0.8]"]}),
                                 ("task", {"conv_depth": {"gte": 3}})]:
             fast = Analysis(con, store).group_histograms(where, group_by)
-            slow = Analysis(con, store, use_layer_histograms=False).group_histograms(where, group_by)
+            slow = Analysis(con, store, use_stored=False).group_histograms(where, group_by)
             assert fast.method == "layer_histograms" and slow.method == "scan"
             np.testing.assert_array_equal(fast.counts, slow.counts)
             assert Analysis(con, store).divergence(group_by, where)["matrix"] == \
-                Analysis(con, store, use_layer_histograms=False).divergence(group_by, where)["matrix"]  # bit for bit
+                Analysis(con, store, use_stored=False).divergence(group_by, where)["matrix"]  # bit for bit
 
 
-def test_per_layer_histograms_equal_numpy(store, frame):
+def test_stored_histograms_equal_numpy(store, frame):
+    """The segment a refit writes, against numpy on scikit-learn's coefficients: per layer 70 bins
+    over the basis range, per unit (model, depth bin) 2048 bins, per model the density figure's
+    512 x 512 over [-3.3, 3.3] of (c0, c1); nothing outside the range of the fit."""
     with open_catalog(store) as con:
-        n, rel = con.execute("SELECT n_layers, path FROM _layer_histograms").fetchone()
-        ranges = dict((r[0], r[1:]) for r in con.execute("SELECT layer_id, filter_id_first, filter_id_last FROM layers").fetchall())
-    packed = np.load(store / rel)  # prefix sums over the layers in layer_id order, row 0 zeros
-    assert packed.dtype == np.int64 and packed.shape == (n + 1, 1 + 9 * 70)
-    assert packed[0, 0] == -1 and not packed[0, 1:].any()
-    ids, stored = packed[1:, 0], np.diff(packed[:, 1:], axis=0).reshape(n, 9, 70)
-    assert ids.tolist() == sorted(ranges)
-    assert (packed[-1, 1:].reshape(9, 70).sum(axis=1) == len(_all(frame))).all()  # every filter, every component
-    counts, (lo, hi), pca = reference.histograms([_all(frame)], _all(frame), 70)
+        (rel,), = con.execute("SELECT path FROM _histograms").fetchall()
+        layers = con.execute("SELECT layer_id, model_id, depth_bin, filter_id_first, filter_id_last FROM layers "
+                             "ORDER BY layer_id").fetchall()
+    seg = np.load(store / rel)
+    assert seg["layer_ids"].tolist() == [r[0] for r in layers]
+    assert seg["layer_counts"].shape == (len(layers), 9, 70) and not seg["outside"].any()
     X = _all(frame)
-    for lid, got in list(zip(ids, stored))[:40]:
-        a, b = ranges[int(lid)]
-        C = pca.transform(reference.scale(X[a:b + 1]))
-        want = np.array([np.histogram(C[:, i], bins=70, range=(lo, hi))[0] for i in range(9)])
-        np.testing.assert_array_equal(got, want)
+    assert (seg["layer_counts"].sum(axis=(0, 2)) == len(X)).all()  # every filter, every component
+    _, (lo, hi), pca = reference.histograms([X], X, 70)
+    C = pca.transform(reference.scale(X))
+    for k, (lid, model_id, depth_bin, a, b) in enumerate(layers[:40]):
+        want = np.array([np.histogram(C[a:b + 1, i], bins=70, range=(lo, hi))[0] for i in range(9)])
+        np.testing.assert_array_equal(seg["layer_counts"][k], want)
+    for u, (model_id, depth_bin) in enumerate(zip(seg["unit_models"], seg["unit_depth_bins"])):
+        rows = np.concatenate([np.arange(a, b + 1) for _, m, d, a, b in layers if (m, d) == (model_id, depth_bin)])
+        want = np.array([np.histogram(C[rows, i], bins=2048, range=(lo, hi))[0] for i in range(9)])
+        np.testing.assert_array_equal(seg["unit_counts"][u], want)
+    for j, model_id in enumerate(seg["model_ids"]):
+        rows = np.concatenate([np.arange(a, b + 1) for _, m, _, a, b in layers if m == model_id])
+        want, _, _ = np.histogram2d(C[rows, 0], C[rows, 1], bins=512, range=[(-3.3, 3.3), (-3.3, 3.3)])
+        np.testing.assert_array_equal(seg["model_density"][j], want)
 
 
 def test_histograms_endpoint(client, frame):
@@ -278,13 +287,16 @@ def test_scans_across_many_row_groups_and_shards(tmp_path, monkeypatch, sample_v
             big.execute("SELECT range_min, range_max FROM basis").fetchone()
         for group_by, where, basis in [("task", None, "global"), ("depth_bin", None, "selection"),
                                        ("model_id", {"conv_depth": {"gte": 2}}, "selection")]:
-            a = Analysis(small, db, use_layer_histograms=False).group_histograms(where, group_by, 33, basis)
-            b = Analysis(big, store, use_layer_histograms=False).group_histograms(where, group_by, 33, basis)
+            a = Analysis(small, db, use_stored=False).group_histograms(where, group_by, 33, basis)
+            b = Analysis(big, store, use_stored=False).group_histograms(where, group_by, 33, basis)
             assert (a.lo, a.hi) == (b.lo, b.hi)
             np.testing.assert_array_equal(a.counts, b.counts)
-        rel_small = small.execute("SELECT path FROM _layer_histograms").fetchone()[0]
-        rel_big = big.execute("SELECT path FROM _layer_histograms").fetchone()[0]
-    np.testing.assert_array_equal(np.load(db / rel_small), np.load(store / rel_big))
+        rel_small = small.execute("SELECT path FROM _histograms").fetchone()[0]
+        rel_big = big.execute("SELECT path FROM _histograms").fetchone()[0]
+    a, b = np.load(db / rel_small), np.load(store / rel_big)
+    assert sorted(a.files) == sorted(b.files)
+    for name in a.files:
+        np.testing.assert_array_equal(a[name], b[name])
 
 
 def test_query_size_limits(client, monkeypatch):

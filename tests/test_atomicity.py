@@ -114,7 +114,7 @@ def test_sigkill_leaves_previous_store(point, base_store, big_h5, full_ingest_se
     assert cli_main(["ingest", str(big_h5), "--db", str(db)]) == 0
     assert not _staging(db)
     with open_catalog(db) as con:
-        referenced = {r[0] for r in con.execute("SELECT path FROM _shards UNION ALL SELECT path FROM _layer_histograms").fetchall()}
+        referenced = {r[0] for r in con.execute("SELECT path FROM _shards UNION ALL SELECT path FROM _histograms").fetchall()}
     on_disk = {f"shards/{q.name}" for q in (db / "shards").iterdir()}
     # Every file is referenced, but the previous commit's histograms (a reader of the previous
     # catalog may still map them; the next ingest removes them).

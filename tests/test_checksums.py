@@ -24,7 +24,7 @@ from cnnfilterdb.service.main import create_app
 from cnnfilterdb.service.settings import Settings
 from cnnfilterdb.store import FilterStore
 
-from .helpers import cli_main, flip_byte, ingest_in_shards, open_catalog, run_cli
+from .helpers import as_layout_6, cli_main, flip_byte, ingest_in_shards, open_catalog, run_cli
 
 COLUMNS = ["filter_id", "model_id", "layer_id"] + [f"w{i}" for i in range(9)]
 
@@ -216,6 +216,7 @@ def test_an_intact_store_answers_as_before(store, pristine):
         assert con.execute("SELECT count(*) FROM _row_groups").fetchone()[0] == 2 * 9
     unchecked_db = store.parent / "unchecked"
     shutil.copytree(store, unchecked_db)
+    as_layout_6(unchecked_db)
     with duckdb.connect(str(unchecked_db / "catalog.duckdb")) as con:  # as a layout-5 store: no checksums
         con.execute("DROP TABLE _row_groups")
         con.execute("UPDATE _store SET schema_version = 5")
@@ -236,6 +237,7 @@ def test_an_intact_store_answers_as_before(store, pristine):
 
 
 def test_a_layout_5_store_is_read_unchecked_and_checked_after_its_next_commit(store, capsys):
+    as_layout_6(store)
     with duckdb.connect(str(store / "catalog.duckdb")) as con:
         con.execute("DROP TABLE _row_groups")
         con.execute("UPDATE _store SET schema_version = 5")
@@ -246,7 +248,7 @@ def test_a_layout_5_store_is_read_unchecked_and_checked_after_its_next_commit(st
         model = con.execute("SELECT model FROM models ORDER BY model_id LIMIT 1").fetchone()[0]
     assert cli_main(["label", model, "--task", "Segmentation", "--db", str(store)]) == 0
     with open_catalog(store) as con:
-        assert con.execute("SELECT schema_version FROM _store").fetchone()[0] == 6
+        assert con.execute("SELECT schema_version FROM _store").fetchone()[0] == 7
         checks = Checksums.load(con)
     assert sorted(checks.shards) == _shards(store)
     assert cli_main(["verify", "--db", str(store)]) == 0
@@ -261,6 +263,7 @@ def test_a_layout_5_store_is_read_unchecked_and_checked_after_its_next_commit(st
 def test_an_upgrade_never_certifies_a_shard_already_damaged(store, capsys):
     """A layout-5 store whose shard was damaged before its first commit of layout 6: the commit
     checks each shard's sha256 before recording its row groups, and refuses."""
+    as_layout_6(store)
     with duckdb.connect(str(store / "catalog.duckdb")) as con:
         con.execute("DROP TABLE _row_groups")
         con.execute("UPDATE _store SET schema_version = 5")
@@ -346,6 +349,7 @@ def test_compact_never_launders_a_damaged_shard(store, layout):
     model, rel = _model_of_shard(store, 0)
     assert cli_main(["remove", model, "--db", str(store)]) == 0
     if layout == 5:
+        as_layout_6(store)
         with duckdb.connect(str(store / "catalog.duckdb")) as con:
             con.execute("DROP TABLE _row_groups")
             con.execute("UPDATE _store SET schema_version = 5")

@@ -310,7 +310,7 @@ def test_basis_and_histograms_are_refreshed(tmp_path, sample_v01, torch):
         n, version = con.execute("SELECT n_filters, version FROM basis").fetchone()
         assert (n, version) == (30_000 + 1428, 2)
         fast = Analysis(con, db).divergence("model")
-        slow = Analysis(con, db, use_layer_histograms=False).divergence("model")
+        slow = Analysis(con, db, use_stored=False).divergence("model")
         X = np.array([np.asarray(w, np.float32) for (w,) in con.execute("SELECT w FROM filters ORDER BY filter_id").fetchall()])
     assert fast["method"] == "layer_histograms" and fast["matrix"] == slow["matrix"]
     want = reference.basis(X)

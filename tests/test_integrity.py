@@ -32,7 +32,7 @@ def _files(db: Path) -> tuple[str, str, str]:
     """(the shard, the histogram file, the Parquet copy of the layers table), relative to the store."""
     with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as con:
         (shard,), = con.execute("SELECT path FROM _shards").fetchall()
-        (histograms,), = con.execute("SELECT path FROM _layer_histograms").fetchall()
+        (histograms,), = con.execute("SELECT path FROM _histograms").fetchall()
         (layers,), = con.execute("SELECT path FROM _tables WHERE name = 'layers'").fetchall()
     return shard, histograms, layers
 
@@ -60,7 +60,7 @@ def _damage(db: Path, how: str) -> str:
 def test_the_catalog_records_every_files_sha256(store, capsys):
     with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
         files = con.execute("SELECT path, bytes, sha256 FROM _shards UNION ALL "
-                            "SELECT path, bytes, sha256 FROM _layer_histograms UNION ALL "
+                            "SELECT path, bytes, sha256 FROM _histograms UNION ALL "
                             "SELECT path, bytes, sha256 FROM _tables").fetchall()
     assert len(files) == 2 + 8  # a shard, the histograms, the eight Parquet tables of version 1
     for rel, size, sha256 in files:

@@ -30,7 +30,7 @@ from cnnfilterdb.spark.session import SparkError
 from cnnfilterdb.store import FilterStore
 
 from . import reference
-from .helpers import REPO, cli_main, open_catalog, store_snapshot
+from .helpers import REPO, as_layout_6, cli_main, open_catalog, store_snapshot
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def spark_store(request, spark, store) -> SparkStore:
 
 def _local(db: Path, as_of: int | None = None) -> tuple:
     con = open_catalog(db)
-    return con, Analysis(con, db, snapshot=Snapshot.at(con, db, as_of), use_layer_histograms=False)
+    return con, Analysis(con, db, snapshot=Snapshot.at(con, db, as_of), use_stored=False)
 
 
 def _all_layers(con, version: int) -> LayerGroups:
@@ -206,7 +206,7 @@ def test_refresh_commits_what_a_local_refit_writes(spark, store, tmp_path, capsy
     shutil.copytree(store, db)
     with open_catalog(db) as con:
         before = con.execute("SELECT * EXCLUDE (version, fitted_at) FROM basis").fetchall()
-        (old_file,) = con.execute("SELECT path FROM _layer_histograms WHERE basis_version = "
+        (old_file,) = con.execute("SELECT path FROM _histograms WHERE basis_version = "
                                   "(SELECT basis_version FROM _versions WHERE version = 4)").fetchone()
     drift_before = json.loads(_run_json(["drift", "--group-by", "model", "--json", "--db", str(db)], capsys))
     out = json.loads(_run_json(["spark", "refresh", "--master", "local[2]", "--db", str(db)], capsys))
@@ -216,7 +216,7 @@ def test_refresh_commits_what_a_local_refit_writes(spark, store, tmp_path, capsy
         assert action == "refresh" and "refitted on Spark" in summary and bv == out["basis_version"]
         # the same basis, bit for bit (fitted from the same moments), the same range (exact scans)
         assert con.execute("SELECT * EXCLUDE (version, fitted_at) FROM basis").fetchall() == before
-        (new_file,) = con.execute("SELECT path FROM _layer_histograms WHERE basis_version = ?", [bv]).fetchone()
+        (new_file,) = con.execute("SELECT path FROM _histograms WHERE basis_version = ?", [bv]).fetchone()
     assert new_file != old_file
     np.testing.assert_array_equal(np.load(db / new_file), np.load(db / old_file))
     assert FilterStore(db).verify().problems == []
@@ -403,6 +403,7 @@ def test_glob_characters_and_versions_before_the_tables(spark, store, tmp_path):
 
     db = tmp_path / "db"
     shutil.copytree(store, db)
+    as_layout_6(db)
     with duckdb.connect(str(db / "catalog.duckdb")) as con:  # as written before the tables (layout 4)
         con.execute("DROP TABLE _tables")
         con.execute("DROP TABLE _row_groups")

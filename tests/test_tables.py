@@ -14,7 +14,7 @@ import pytest
 from cnnfilterdb.store import FilterStore
 from cnnfilterdb.tables import LATEST, TABLE_QUERIES, TABLES
 
-from .helpers import cli_main, open_catalog
+from .helpers import as_layout_6, cli_main, open_catalog
 
 
 @pytest.fixture
@@ -150,6 +150,7 @@ def test_a_layout_4_store_is_read_and_upgraded_by_its_next_commit(store):
     """A catalog written before the tables (layout 4, no _tables) stays readable; the next commit
     upgrades it in place and writes the tables."""
     catalog = store / "catalog.duckdb"
+    as_layout_6(store)
     with duckdb.connect(str(catalog)) as con:
         con.execute("DROP TABLE _tables")
         con.execute("DROP TABLE _row_groups")
@@ -161,7 +162,7 @@ def test_a_layout_4_store_is_read_and_upgraded_by_its_next_commit(store):
         model = con.execute("SELECT model FROM models ORDER BY model_id LIMIT 1").fetchone()[0]
     assert cli_main(["label", model, "--task", "Segmentation", "--db", str(store)]) == 0
     with open_catalog(store) as con:
-        assert con.execute("SELECT schema_version FROM _store").fetchone()[0] == 6
+        assert con.execute("SELECT schema_version FROM _store").fetchone()[0] == 7
         assert con.execute("SELECT DISTINCT version FROM _tables").fetchall() == [(5,)]
     assert (store / _latest(store) / "layers.parquet").is_file()
 

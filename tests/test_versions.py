@@ -171,7 +171,7 @@ def test_removal_refits_the_basis_over_what_remains(store):
         assert con.execute("SELECT count(*) FROM filters").fetchone()[0] == n_layers == b.n_filters
         # The stored per-layer histograms of the new basis are those a scan computes.
         fast = a.group_histograms(None, "task")
-        slow = Analysis(con, store, use_layer_histograms=False).group_histograms(None, "task")
+        slow = Analysis(con, store, use_stored=False).group_histograms(None, "task")
         assert fast.method == "layer_histograms" and slow.method == "scan"
         assert np.array_equal(fast.counts, slow.counts)
 

@@ -296,15 +296,15 @@ class SparkScanner:
             return np.inf, -np.inf, 0
         return float(row[0]), float(row[1]), int(row[2])
 
-    def histograms(self, groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int) -> np.ndarray:
-        """Counts (n_groups, 9, bins) int64: per group and component, np.histogram(c, bins, (lo, hi))
-        (scan.scan_histograms)."""
+    def histograms(self, groups: LayerGroups, basis: Basis, lo: float, hi: float, bins: int) -> tuple[np.ndarray, np.ndarray]:
+        """Counts (n_groups, 9, bins) int64: per group and component, np.histogram(c, bins, (lo, hi)),
+        and the coefficients outside [lo, hi] (n_groups, 9) (scan.scan_histograms)."""
         from pyspark.sql import functions as F
 
         C, shift = kernel_basis(basis)
         lo, hi = histogram_range(lo, hi)
         edges = bin_edges(lo, hi, bins)
-        cells = 9 * bins
+        cells = 9 * bins + 9  # a group's counts, then its 9 values outside
         group_of_layer = self.spark.sparkContext.broadcast(groups.group_of_layer)
 
         def task(batches):
@@ -314,6 +314,7 @@ class SparkScanner:
 
             g = group_of_layer.value
             first, acc = 0, np.zeros((0, 9, bins), dtype=np.int64)  # the groups first .. first + len(acc) - 1
+            out = np.zeros((0, 9), dtype=np.int64)
             for b in batches:
                 layer, *cols = _columns(b, ["layer_id", *WEIGHT_COLUMNS])
                 gl = g[layer]
@@ -323,13 +324,17 @@ class SparkScanner:
                 g_lo, g_hi = int(gl.min()), int(gl.max())
                 if len(acc) == 0:
                     first, acc = g_lo, np.zeros((g_hi - g_lo + 1, 9, bins), dtype=np.int64)
+                    out = np.zeros((g_hi - g_lo + 1, 9), dtype=np.int64)
                 elif g_lo < first or g_hi >= first + len(acc):  # widen the task's span of groups
                     new_first = min(first, g_lo)
-                    wider = np.zeros((max(first + len(acc), g_hi + 1) - new_first, 9, bins), dtype=np.int64)
+                    span = max(first + len(acc), g_hi + 1) - new_first
+                    wider = np.zeros((span, 9, bins), dtype=np.int64)
                     wider[first - new_first:first - new_first + len(acc)] = acc
-                    first, acc = new_first, wider
-                histogram_counts(layer, tuple(cols), g, first, C, shift, lo, hi, edges, acc)
-            flat = acc.reshape(len(acc), cells)
+                    wider_out = np.zeros((span, 9), dtype=np.int64)
+                    wider_out[first - new_first:first - new_first + len(out)] = out
+                    first, acc, out = new_first, wider, wider_out
+                histogram_counts(layer, tuple(cols), g, first, C, shift, lo, hi, edges, acc, out)
+            flat = np.concatenate([acc.reshape(len(acc), 9 * bins), out], axis=1)
             rows = np.flatnonzero(flat.any(axis=1))
             values = pa.array(flat[rows].ravel(), pa.int64())
             offsets = pa.array(np.arange(len(rows) + 1, dtype=np.int32) * cells, pa.int32())
@@ -343,10 +348,25 @@ class SparkScanner:
                 table = parts.select("group", F.expr(_SUM).alias("counts")).toArrow()
         finally:
             group_of_layer.unpersist()
-        out = np.zeros((groups.n_groups, 9, bins), dtype=np.int64)
+        both = np.zeros((groups.n_groups, cells), dtype=np.int64)
         if table.num_rows:
             rows = table.column("group").to_numpy()
-            out[rows] = table.column("counts").combine_chunks().flatten().to_numpy().reshape(-1, 9, bins)
+            both[rows] = table.column("counts").combine_chunks().flatten().to_numpy().reshape(-1, cells)
+        return both[:, :9 * bins].reshape(-1, 9, bins), both[:, 9 * bins:].copy()
+
+    def segment(self, plan, basis: Basis, lo: float, hi: float):
+        """The stored histograms of ``plan``'s layers (scan.scan_segment), from two histogram jobs:
+        per layer and per unit. The per-model 2-D histograms are not computed on Spark: they stay
+        zero-sized, and the density figure of a store refreshed on Spark scans (segments.py)."""
+        from ..segments import FINE_BINS, SegmentCounts
+
+        layers = LayerGroups.of(plan.layer_ids, np.arange(len(plan.layer_ids)), len(plan.layer_ids), plan.max_layer_id)
+        layer_counts, outside = self.histograms(layers, basis, lo, hi, plan.bins)
+        units = LayerGroups.of(plan.layer_ids, plan.layer_units, len(plan.unit_models), plan.max_layer_id)
+        unit_counts, _ = self.histograms(units, basis, lo, hi, FINE_BINS)
+        out = SegmentCounts.zeros(plan, density=False)
+        out.layer_counts[...], out.outside[...] = layer_counts, outside
+        out.unit_counts[...] = unit_counts
         return out
 
     def layer_moments(self, layer_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

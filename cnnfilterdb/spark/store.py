@@ -126,7 +126,7 @@ class SparkStore:
     def analysis(self) -> Analysis:
         """The local engine's analyses on this version, their scans on Spark."""
         cur = self.catalog.cursor()
-        return Analysis(cur, Path("."), snapshot=Snapshot(Path("."), self.version), use_layer_histograms=False,
+        return Analysis(cur, Path("."), snapshot=Snapshot(Path("."), self.version), use_stored=False,
                         scanner=self.scanner)
 
     @takes(DivergenceRequest)

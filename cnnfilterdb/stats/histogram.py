@@ -146,8 +146,9 @@ def coefficient_range(layer, cols, group_of_layer, C, shift):
 
 
 @njit(nogil=True, cache=True)
-def histogram_counts(layer, cols, group_of_layer, g_lo, C, shift, lo, hi, edges, counts):
-    """counts[g - g_lo, i, b] += the rows of group g whose coefficient i falls in bin b.
+def histogram_counts(layer, cols, group_of_layer, g_lo, C, shift, lo, hi, edges, counts, outside):
+    """counts[g - g_lo, i, b] += the rows of group g whose coefficient i falls in bin b;
+    outside[g - g_lo, i] += those whose coefficient i is outside [lo, hi].
 
     Parameters
     ----------
@@ -155,6 +156,7 @@ def histogram_counts(layer, cols, group_of_layer, g_lo, C, shift, lo, hi, edges,
     g_lo : the first group of ``counts``.
     lo, hi : the range, lo < hi (``histogram_range``); edges : (bins + 1,) ``bin_edges(lo, hi, bins)``.
     counts : (span, 9, bins) int64, added to in place; span covers the groups of the selected rows.
+    outside : (span, 9) int64, added to in place.
     """
     n = len(layer)
     bins = counts.shape[2]
@@ -174,6 +176,8 @@ def histogram_counts(layer, cols, group_of_layer, g_lo, C, shift, lo, hi, edges,
                     for k in range(m):
                         if idx[k] >= 0:
                             counts[g, i, idx[k]] += 1
+                        else:
+                            outside[g, i] += 1
         r = end
 
 
@@ -205,6 +209,63 @@ def histogram2d_counts(layer, cols, group_of_layer, C, shift, lo, hi, edges, ci,
                 for k in range(m):
                     if idx[k] >= 0 and idx2[k] >= 0:
                         counts[idx[k], idx2[k]] += 1
+        r = end
+
+
+@njit(nogil=True, cache=True)
+def segment_counts(layer, cols, slot_of_layer, unit_of_layer, model_of_layer, s_lo, u_lo, m_lo, C, shift,
+                   lo, hi, edges, fine_edges, d_lo, d_hi, d_edges,
+                   layer_counts, outside, unit_counts, model_counts):
+    """The stored histograms of a basis (docs/method.md#stored-histograms), in one pass over the rows:
+
+    - layer_counts[s - s_lo, i, b] += the rows of layer slot s whose coefficient i falls in bin b of
+      ``edges`` over [lo, hi]; outside[s - s_lo, i] += those whose coefficient i is outside [lo, hi];
+    - unit_counts[u - u_lo, i, b] += the same on the finer ``fine_edges`` over [lo, hi], per unit u
+      (a model's layers of one depth bin);
+    - model_counts[m - m_lo, a, b] += the rows of model m whose coefficients (c0, c1) fall in bins
+      (a, b) of ``d_edges`` over [d_lo, d_hi] (np.histogram2d: dropped if either is outside).
+
+    Every bin is ``_bins``'s, numpy's, as in ``histogram_counts`` and ``histogram2d_counts``: each
+    count equals theirs for the same rows. The slot, unit and model of a layer id: the three maps
+    (-1: not counted); rows of layers without a slot are skipped.
+    """
+    n = len(layer)
+    bins = layer_counts.shape[2]
+    fine_bins = unit_counts.shape[2]
+    d_bins = model_counts.shape[1]
+    scale = bins / (hi - lo)
+    fine_scale = fine_bins / (hi - lo)
+    d_scale = d_bins / (d_hi - d_lo)
+    x, c, inv, idx = _block_buffers()
+    idx2 = np.empty(BLOCK, dtype=np.int64)
+    r = 0
+    while r < n:
+        end = _run_end(layer, r, n)
+        lid = layer[r]
+        s = slot_of_layer[lid]
+        if s >= 0:
+            s -= s_lo
+            u = unit_of_layer[lid] - u_lo
+            md = model_of_layer[lid] - m_lo
+            for start in range(r, end, BLOCK):
+                m = min(BLOCK, end - start)
+                _coefficients(cols, start, m, C, shift, x, c, inv)
+                for i in range(9):
+                    _bins(c[i], m, lo, hi, scale, bins, edges, idx)
+                    for k in range(m):
+                        if idx[k] >= 0:
+                            layer_counts[s, i, idx[k]] += 1
+                        else:
+                            outside[s, i] += 1
+                    _bins(c[i], m, lo, hi, fine_scale, fine_bins, fine_edges, idx)
+                    for k in range(m):
+                        if idx[k] >= 0:
+                            unit_counts[u, i, idx[k]] += 1
+                _bins(c[0], m, d_lo, d_hi, d_scale, d_bins, d_edges, idx)
+                _bins(c[1], m, d_lo, d_hi, d_scale, d_bins, d_edges, idx2)
+                for k in range(m):
+                    if idx[k] >= 0 and idx2[k] >= 0:
+                        model_counts[md, idx[k], idx2[k]] += 1
         r = end
 
 
@@ -244,5 +305,9 @@ def warm_up() -> None:
     C, shift = np.eye(9), np.zeros(9)
     edges = bin_edges(0.0, 1.0, 2)
     coefficient_range(layer, cols, groups, C, shift)
-    histogram_counts(layer, cols, groups, 0, C, shift, 0.0, 1.0, edges, np.zeros((1, 9, 2), dtype=np.int64))
+    histogram_counts(layer, cols, groups, 0, C, shift, 0.0, 1.0, edges, np.zeros((1, 9, 2), dtype=np.int64),
+                     np.zeros((1, 9), dtype=np.int64))
     histogram2d_counts(layer, cols, groups, C, shift, 0.0, 1.0, edges, 0, 1, np.zeros((2, 2), dtype=np.int64))
+    segment_counts(layer, cols, groups, groups, groups, 0, 0, 0, C, shift, 0.0, 1.0, edges, edges, 0.0, 1.0, edges,
+                   np.zeros((1, 9, 2), dtype=np.int64), np.zeros((1, 9), dtype=np.int64),
+                   np.zeros((1, 9, 2), dtype=np.int64), np.zeros((1, 2, 2), dtype=np.int64))
