@@ -35,11 +35,14 @@ def store_snapshot(db: Path) -> dict | None:
         return None
     with open_catalog(db) as con:
         # The files readers can reach (an unreferenced leftover is garbage the next ingest removes).
-        files = sorted(p for (p,) in con.execute("SELECT path FROM _shards UNION ALL SELECT path FROM _histograms").fetchall())
+        from cnnfilterdb.catalog import histograms_table
+
+        files = sorted(p for (p,) in con.execute(f"SELECT path FROM _shards UNION ALL SELECT path FROM "
+                                                  f"{histograms_table(con)}").fetchall())
         assert all((db / f).is_file() for f in files)
         tables = {}
         for t in ["models", "layers", "basis", "_shards", "_ingests", "_layer_moments", "_versions", "_models",
-                  "_basis", "_histograms"]:
+                  "_basis", histograms_table(con)]:
             tables[t] = con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
         digest = con.execute(
             "SELECT count(*), sum(filter_id), sum(hash(w0, w1, w2, w3, w4, w5, w6, w7, w8, layer_id, model_id)) FROM filters"

@@ -1,0 +1,232 @@
+"""Commits proportional to what they change, and figures that read no filter (issue 22).
+
+A commit keeps the global basis or refits it by the store's policy (docs/versions.md#refit); one
+that keeps it projects the layers it adds on it and stores their histograms in a new segment
+(segments.py). The stored fine histograms (per model and depth bin) and 2-D histograms (per model)
+answer the ridge plots' KDE and the density figure. Every answer equals the exact scan with the
+same basis bit for bit, and, for a kept basis, the naive reference (scikit-learn's PCA of the
+filters the basis was fitted on, np.histogram of the others' coefficients, values outside dropped).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cnnfilterdb.analysis import Analysis
+from cnnfilterdb.ingest.sample import write_sample_h5
+
+from . import reference
+from .helpers import as_layout_6, cli_main, open_catalog, run_cli, store_snapshot
+
+SELECTIONS = [  # (group_by, where): whole units (a model's layers of one depth bin) each
+    ("task", None), ("depth_bin", None), ("model", None), ("depth_bin", {"task": "Classification"}),
+    (None, {"visual_category": ["natural", "medical ct"]}), ("training_dataset", {"depth_bin": ["(0.4, 0.5]", "(0.9, 1.0]"]}),
+]
+PARTS = [("depth_bin", {"conv_depth": {"gte": 2}}), ("layer_id", None), ("conv_depth", None)]  # parts of units, mostly
+
+
+@pytest.fixture
+def store(tmp_path, sample_v1):
+    db = tmp_path / "db"
+    assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    return db
+
+
+def _filters(con, version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every filter of a store version (default the current) (n, 9) float32, and its model_id."""
+    cond = "" if version is None else f"WHERE model_id IN (SELECT model_id FROM models_at({int(version)}))"
+    t = con.execute(f"SELECT model_id, w0, w1, w2, w3, w4, w5, w6, w7, w8 FROM _all_filters {cond} "
+                    "ORDER BY filter_id").fetchnumpy()
+    return np.stack([t[f"w{i}"] for i in range(9)], axis=1), np.asarray(t["model_id"])
+
+
+def _same(a: dict, b: dict) -> None:
+    """Equal JSON but for how the histograms were computed and the time it took."""
+    drop = lambda d: {k: v for k, v in d.items() if k not in ("method", "elapsed_ms")}  # noqa: E731
+    assert drop(a) == drop(b)
+
+
+@pytest.mark.parametrize("group_by, where", SELECTIONS)
+def test_fine_histograms_of_whole_units_equal_a_scan(store, group_by, where):
+    with open_catalog(store) as con:
+        fast, slow = Analysis(con, store), Analysis(con, store, use_stored=False)
+        a = fast.group_histograms(where, group_by, 2048)
+        b = slow.group_histograms(where, group_by, 2048)
+        assert (a.method, b.method) == ("unit_histograms", "scan")
+        np.testing.assert_array_equal(a.counts, b.counts)
+        kde_fast, kde_slow = fast.kde(group_by, where), slow.kde(group_by, where)
+        assert (kde_fast["method"], kde_slow["method"]) == ("unit_histograms", "scan")
+        _same(kde_fast, kde_slow)
+
+
+@pytest.mark.parametrize("group_by, where", PARTS)
+def test_parts_of_units_scan(store, group_by, where):
+    """A selection or grouping that splits a unit is answered by a scan; one that happens to be made
+    of whole units by their histograms: the same counts either way."""
+    with open_catalog(store) as con:
+        split = con.execute(f"SELECT count(*) FROM (SELECT model_id, depth_bin, count(DISTINCT {group_by}) AS k "
+                            f"FROM layers GROUP BY ALL) WHERE k > 1").fetchone()[0] > 0
+        a = Analysis(con, store).group_histograms(where, group_by, 2048)
+        b = Analysis(con, store, use_stored=False).group_histograms(where, group_by, 2048)
+        assert a.method == ("scan" if split or where else "unit_histograms") or (where and a.method == "unit_histograms")
+        np.testing.assert_array_equal(a.counts, b.counts)
+
+
+def test_the_density_figure_reads_the_models_2d_histograms(store):
+    figure = {"bins": 512, "range": [-3.3, 3.3]}
+    with open_catalog(store) as con:
+        fast, slow = Analysis(con, store), Analysis(con, store, use_stored=False)
+        for where in [None, {"task": "Classification"}, {"model": ["sample-s3-0003-mobilenetv2", "sample-s3-0007-efficientnet-b0"]}]:
+            a, b = fast.density2d(where, **figure), slow.density2d(where, **figure)
+            assert (a["method"], b["method"]) == ("unit_histograms", "scan")
+            _same(a, b)
+        # parts of models, other parameters: a scan
+        assert fast.density2d({"depth_bin": "(0.9, 1.0]"}, **figure)["method"] == "scan"
+        assert fast.density2d(None, bins=511, range=[-3.3, 3.3])["method"] == "scan"
+        assert fast.density2d(None, components=[0, 2], **figure)["method"] == "scan"
+        assert fast.density2d(None)["method"] == "scan"  # the basis range
+        # counts leave out what is outside the range, and say how many
+        c = fast.density2d(None, bins=8, range=[-0.5, 0.5])
+        assert c["n_outside"] == c["n_filters"] - np.sum(c["counts"]) > 0
+
+
+def _extreme_model(path, basis, seed: int):
+    """A model file whose filters reach past any range a basis fitted on random filters has: for
+    each component, the filters sign(C_i) and -sign(C_i) (its extremes over all peak-scaled
+    filters), among random ones."""
+    rng = np.random.default_rng(seed)
+    signs = np.sign(basis.components)
+    W = np.concatenate([signs, -signs, rng.normal(size=(46, 9))]).astype(np.float32)  # 64 filters
+    np.savez(path, conv1=W.reshape(8, 8, 3, 3), conv2=rng.normal(size=(8, 8, 3, 3)).astype(np.float32))
+    return path
+
+
+def test_a_kept_basis_projects_the_added_layers(store, tmp_path):
+    """Ingests with --refit never: the basis of version 1 stays, the new layers are projected on
+    it, their coefficients outside its range are counted; every answer equals the scan with that
+    basis and the naive reference fitted on version 1's filters; version 1's answers do not change."""
+    figure = {"bins": 512, "range": [-3.3, 3.3]}
+    with open_catalog(store) as con:
+        a = Analysis(con, store)
+        then = {"div": a.divergence("model"), "kde": a.kde("task"), "density": a.density2d(None, **figure)}
+        basis_v1 = a.global_basis()
+    other = write_sample_h5(tmp_path / "other.h5", n_models=3, n_filters=30_000, seed=11)
+    assert cli_main(["ingest", str(other), "--db", str(store), "--refit", "never"]) == 0
+    extreme = _extreme_model(tmp_path / "extreme.npz", basis_v1, 3)
+    assert cli_main(["ingest", str(extreme), "--db", str(store), "--refit", "never", "--task", "GAN"]) == 0
+    with open_catalog(store) as con:
+        assert con.execute("SELECT version, basis_version FROM _versions ORDER BY version").fetchall() == \
+            [(1, 1), (2, 1), (3, 1)]
+        segs = con.execute("SELECT basis_version, store_version, n_layers FROM _histograms ORDER BY store_version").fetchall()
+        n_new = [con.execute("SELECT count(*) FROM layers WHERE model_id IN (SELECT model_id FROM _models "
+                             "WHERE version_added = ?)", [v]).fetchone()[0] for v in (2, 3)]
+        assert [s[:2] for s in segs] == [(1, 1), (1, 2), (1, 3)] and [s[2] for s in segs[1:]] == n_new
+        fast, slow = Analysis(con, store), Analysis(con, store, use_stored=False)
+        assert fast.global_basis().n_filters == basis_v1.n_filters
+        d_fast, d_slow = fast.divergence("model"), slow.divergence("model")
+        assert (d_fast["method"], d_slow["method"]) == ("layer_histograms", "scan")
+        _same(d_fast, d_slow)
+        for group_by, where in SELECTIONS:
+            k_fast, k_slow = fast.kde(group_by, where), slow.kde(group_by, where)
+            assert k_fast["method"] == "unit_histograms"
+            _same(k_fast, k_slow)
+        a, b = fast.density2d(None, **figure), slow.density2d(None, **figure)
+        assert a["method"] == "unit_histograms"
+        _same(a, b)
+        # The naive reference: PCA of version 1's filters, the groups' coefficients binned over its range.
+        X1, _ = _filters(con, 1)
+        X, model_of = _filters(con)
+        ids = dict(con.execute("SELECT model, model_id FROM models").fetchall())
+        groups = [X[model_of == ids[m]] for m in d_fast["labels"]]
+        want = reference.divergence(groups, X1)
+        np.testing.assert_allclose(d_fast["matrix"], want["matrix"], rtol=1e-9, atol=1e-12)
+        pca = reference.PCA(n_components=9, svd_solver="full").fit(reference.scale(X1))
+        lo, hi = want["range"]
+        outside = [int(((C < lo) | (C > hi)).sum()) for C in (pca.transform(reference.scale(g)) for g in groups)]
+        assert d_fast["n_outside"] == outside and outside[d_fast["labels"].index("extreme")] > 0
+        # Version 1 answers as it did, bit for bit.
+        from cnnfilterdb.snapshot import Snapshot
+
+        v1 = Analysis(con, store, snapshot=Snapshot.at(con, store, 1))
+        assert {k: v for k, v in v1.divergence("model").items() if k != "elapsed_ms"} == \
+            {k: v for k, v in then["div"].items() if k != "elapsed_ms"}
+        assert v1.kde("task") == then["kde"] and v1.density2d(None, **figure) == then["density"]
+
+
+def test_a_removal_keeps_the_basis_and_writes_nothing(store):
+    with open_catalog(store) as con:
+        gone = con.execute("SELECT model FROM models WHERE model_id = 3").fetchone()[0]
+        files = con.execute("SELECT path FROM _histograms").fetchall()
+    code, out, err = run_cli("remove", gone, "--refit", "never", "--db", str(store))
+    assert code == 0, err
+    with open_catalog(store) as con:
+        assert con.execute("SELECT path FROM _histograms").fetchall() == files
+        assert con.execute("SELECT basis_version FROM _versions ORDER BY version").fetchall() == [(1,), (1,)]
+        fast, slow = Analysis(con, store), Analysis(con, store, use_stored=False)
+        for group_by, where in SELECTIONS:
+            _same(fast.kde(group_by, where), slow.kde(group_by, where))
+        _same(fast.divergence("task"), slow.divergence("task"))
+        assert 3 not in fast.divergence("model_id")["labels"]
+
+
+def test_refit_command_and_policy(store, tmp_path, monkeypatch):
+    import cnnfilterdb.store as store_module
+
+    # Beyond the small-store size, a commit keeps the basis until 5% of the filters changed.
+    monkeypatch.setattr(store_module, "REFIT_SMALL_STORE", 0)
+    with open_catalog(store) as con:
+        n = con.execute("SELECT sum(n_filters) FROM layers").fetchone()[0]
+    small = _npz(tmp_path / "small.npz", 1, out=4)  # 4 * 3 filters: far below 5%
+    assert cli_main(["ingest", str(small), "--db", str(store), "--task", "GAN"]) == 0
+    big = write_sample_h5(tmp_path / "big.h5", n_models=2, n_filters=int(0.06 * n), seed=5)
+    assert cli_main(["ingest", str(big), "--db", str(store)]) == 0
+    with open_catalog(store) as con:
+        assert con.execute("SELECT version, basis_version FROM _versions ORDER BY version").fetchall() == \
+            [(1, 1), (2, 1), (3, 2)]
+        assert con.execute("SELECT store_version FROM _basis WHERE version = 2").fetchone()[0] == 3
+    code, out, err = run_cli("refit", "--db", str(store))
+    assert code == 0, err
+    r = json.loads(out)
+    assert (r["version"], r["basis_version"], r["previous_basis_version"]) == (4, 3, 2)
+    with open_catalog(store) as con:
+        total = con.execute("SELECT sum(n_filters) FROM layers").fetchone()[0]
+        assert r["n_filters"] == total and con.execute("SELECT action FROM _versions WHERE version = 4").fetchone() == ("refit",)
+        assert sum(Analysis(con, store).divergence("model")["n_outside"]) == 0
+    code, out, err = run_cli("log", "--db", str(store))
+    assert code == 0 and "refit" in out
+
+
+def test_a_layout_6_store_reads_and_upgrades(store):
+    """A store written before segments: its per-layer file still answers; the fine analyses scan
+    until a refit writes a segment; its next commit upgrades the catalog."""
+    with open_catalog(store) as con:
+        want = Analysis(con, store).divergence("task")
+        want_kde = Analysis(con, store).kde("task")
+    as_layout_6(store)
+    with open_catalog(store) as con:
+        a = Analysis(con, store)
+        got = a.divergence("task")
+        assert got["method"] == "layer_histograms" and got["matrix"] == want["matrix"]
+        k = a.kde("task")
+        assert k["method"] == "scan"
+        _same(k, want_kde)
+    before = store_snapshot(store)
+    assert cli_main(["verify", "--db", str(store)]) == 0
+    assert store_snapshot(store) == before
+    with open_catalog(store) as con:
+        model = con.execute("SELECT model FROM models WHERE task <> 'GAN' LIMIT 1").fetchone()[0]
+    assert cli_main(["label", model, "--task", "GAN", "--db", str(store)]) == 0
+    with open_catalog(store) as con:
+        assert con.execute("SELECT schema_version FROM _store").fetchone()[0] == 7
+        assert Analysis(con, store).divergence("task")["method"] == "layer_histograms"
+    assert cli_main(["refit", "--db", str(store)]) == 0
+    with open_catalog(store) as con:
+        assert Analysis(con, store).kde("task")["method"] == "unit_histograms"
+
+
+def _npz(path, seed: int, out: int = 8):
+    rng = np.random.default_rng(seed)
+    np.savez(path, conv1=rng.normal(size=(out, 3, 3, 3)).astype(np.float32))
+    return path
