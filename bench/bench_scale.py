@@ -12,7 +12,12 @@
 3. `cnnfilterdb verify` (time, RSS).
 4. Small commits into the large store: `cnnfilterdb ingest` of one real ONNX model of
    tests/data/models (480 filters), `cnnfilterdb label` of one dataset model, `cnnfilterdb remove`
-   of the ONNX model (time, RSS each).
+   of the ONNX model (time, RSS, and the basis version each commit left: the refit policy keeps the
+   basis of a large store, docs/versions.md#refit), then `cnnfilterdb refit` (a full refit, time).
+   Then exactness: the answers from the stored histograms (divergence by task, the ridge plot's KDE
+   by depth bin for the largest task, the density figure) against the exact scan with the same
+   basis (the engine without its stored histograms), in one process; and the stored histograms'
+   bytes (segments.py).
 5. `cnnfilterdb serve` on a free port: every figure the dashboard draws (service/static/app.js:
    the overview's kl_combined, the explorer's five for its default view and for a model-level
    selection grouped by depth, the degenerate view's quality, a layer's filters) as the page asks
@@ -24,10 +29,10 @@
    a time as app.js asks), first and repeated.
 6. Prints one JSON (stdout; progress on stderr): every figure, the disk used, and a projection to
    1.4e9 filters (project()): what passes over every filter grows linearly in N (the file, the
-   ingest, verify, the small commits that rescan the store, the analyses whose method is a scan or
-   not stated), over a fixed part measured here (a command's start: `cnnfilterdb info`; a figure's
-   drawing); answers from pre-aggregated sums (method layer_histograms) and from the figure cache
-   are taken as measured. It means most for a run at a large N (the default).
+   ingest, verify, a refit, the analyses whose method is a scan or not stated), over a fixed part
+   measured here (a command's start: `cnnfilterdb info`; a figure's drawing); the small commits
+   that keep the basis (they read only their own filters), answers from stored sums (method
+   layer_histograms or unit_histograms) and from the figure cache are taken as measured. It means most for a run at a large N (the default).
 
 Disk: about 36 bytes a filter for the file and as much for the store (6e8: 21.6 GB + ~22 GB;
 the script refuses to start with less than 2.2 x 36 x N bytes free). Time at 6e8 on 2 cores: the
@@ -51,6 +56,7 @@ import time
 import warnings
 from pathlib import Path
 
+import duckdb
 import h5py
 import httpx
 import numpy as np
@@ -425,6 +431,42 @@ def measure_service(db: Path) -> dict:
     return out
 
 
+def basis_version(db: Path) -> int:
+    with duckdb.connect(str(db / "catalog.duckdb"), read_only=True) as con:
+        return con.execute("SELECT basis_version FROM _versions ORDER BY version DESC LIMIT 1").fetchone()[0]
+
+
+def exactness(db: Path) -> dict:
+    """The stored histograms' answers against the exact scan with the same basis, and their bytes."""
+    from cnnfilterdb.analysis import Analysis
+    from cnnfilterdb.store import FilterStore
+
+    log("exactness: stored histograms against the scan")
+    out: dict = {}
+    with FilterStore(db).connect() as con:
+        out["stored_histogram_bytes"] = int(con.execute(
+            "SELECT sum(bytes) FROM _histograms WHERE basis_version = (SELECT basis_version FROM _versions "
+            "ORDER BY version DESC LIMIT 1)").fetchone()[0])
+        task = con.execute("SELECT task FROM models GROUP BY task ORDER BY sum(n_filters) DESC LIMIT 1").fetchone()[0]
+        fast, slow = Analysis(con, db), Analysis(con, db, use_stored=False)
+        d2 = {"bins": FIGURE_DEFAULTS["density2d"]["bins"], "range": list(FIGURE_DEFAULTS["density2d"]["range"])}
+        cases = {"divergence(task)": lambda a: a.divergence("task"),
+                 f"kde(depth_bin, task={task})": lambda a: a.kde("depth_bin", {"task": task}),
+                 "density2d(figure)": lambda a: a.density2d(None, **d2)}
+        for name, run in cases.items():
+            t = time.perf_counter()
+            a = run(fast)
+            t_fast = time.perf_counter() - t
+            t = time.perf_counter()
+            b = run(slow)
+            t_slow = time.perf_counter() - t
+            drop = lambda d: {k: v for k, v in d.items() if k not in ("method", "elapsed_ms")}  # noqa: E731
+            out[name] = {"equal": drop(a) == drop(b), "method": a["method"], "stored_s": round(t_fast, 3),
+                         "scan_s": round(t_slow, 2), "n_outside": a.get("n_outside")}
+            log(f"  {name}: equal {out[name]['equal']} ({a['method']} {t_fast:.2f} s, scan {t_slow:.1f} s)")
+    return out
+
+
 # ---- 6. the projection ---------------------------------------------------------------------------
 def project(res: dict, n: int) -> dict:
     """1.4e9 filters from this run: affine in N, what passes over every filter. A command: the
@@ -441,7 +483,9 @@ def project(res: dict, n: int) -> dict:
          "dataset_bytes": int(res["generate"]["bytes"] * f), "store_bytes": int(res["ingest"]["store_bytes"] * f),
          "generate_s": round(res["generate"]["seconds"] * f, 1), "ingest_s": cmd(res["ingest"]["seconds"]),
          "verify_s": cmd(res["verify"]["seconds"]),
-         "small_commits_s": {k: cmd(v["seconds"]) for k, v in res["small_commits"].items()}}
+         "small_commits_s": {k: v["seconds"] if v["basis_version"] == res["small_commits"]["label"]["basis_version"]
+                             else cmd(v["seconds"]) for k, v in res["small_commits"].items()},
+         "refit_s": cmd(res["refit"]["seconds"]), "stored_histogram_bytes": res["exactness"]["stored_histogram_bytes"]}
     analyses = res["service"]["analyses"]
     figs = {}
     for name, fig in res["service"]["figures"].items():
@@ -449,7 +493,7 @@ def project(res: dict, n: int) -> dict:
         a = analyses.get(f"{view}/{fig['analysis']}") if fig.get("analysis") else None
         methods = fig.get("method", [])
         methods = methods if isinstance(methods, list) else [methods]
-        scans = a is not None and any(m != "layer_histograms" for m in methods or [None])
+        scans = a is not None and any(m not in ("layer_histograms", "unit_histograms") for m in methods or [None])
         first = fig["first_ms"] + (f - 1) * a["first_ms"] if scans else fig["first_ms"]
         figs[name] = {"first_ms": round(first, 1), "repeat_median_ms": fig["repeat_median_ms"],
                       "projected": f"drawing + analysis x {f:.3g} (method {'/'.join(map(str, methods or ['not stated']))})"
@@ -509,13 +553,19 @@ def main() -> None:
         res["small_commits"] = {}
         for name, argv in commits.items():
             r = cli(*argv)
-            res["small_commits"][name] = {"seconds": round(r["seconds"], 2), "peak_rss": r["rss"]}
-            log(f"  {name}: {r['seconds']:.2f} s")
+            res["small_commits"][name] = {"seconds": round(r["seconds"], 2), "peak_rss": r["rss"],
+                                          "basis_version": basis_version(db)}
+            log(f"  {name}: {r['seconds']:.2f} s (basis {basis_version(db)})")
         res["small_commits"]["ingest_onnx"]["file"] = str(SMALL_MODEL.relative_to(REPO))
         res["small_commits"]["ingest_onnx"]["file_bytes"] = SMALL_MODEL.stat().st_size
         res["small_commits"]["label"]["model"] = first["model"]
 
+        res["exactness"] = exactness(db)
         res["service"] = measure_service(db)
+        log("cnnfilterdb refit")
+        r = cli("refit", "--db", str(db))
+        res["refit"] = {"seconds": round(r["seconds"], 1), "peak_rss": r["rss"], "basis_version": basis_version(db)}
+        log(f"  {r['seconds']:.1f} s")
         res["disk"] = {"dataset_bytes": src.stat().st_size, "store_bytes": tree_bytes(db), "workdir_bytes": tree_bytes(work)}
         res["projection_1.4e9"] = project(res, n)
     finally:

@@ -40,6 +40,7 @@ from .requests import (
     takes,
 )
 from .scan import HeldShards, LayerGroups, ShardScanner, check_counts, scan_histogram2d, scan_range
+from .segments import DENSITY_BINS, DENSITY_COMPONENTS, DENSITY_RANGE, FINE_BINS, StoredHistograms
 from .selection import (
     EmptySelectionError,
     Selection,
@@ -50,7 +51,6 @@ from .selection import (
     select,
     where_sql,
 )
-from .segments import DENSITY_BINS, DENSITY_COMPONENTS, DENSITY_RANGE, FINE_BINS, StoredHistograms
 from .snapshot import Snapshot
 from .stats.basis import Basis, fit_basis
 from .stats.divergence import DEFAULT_BINS, component_weights, distances_to, divergence_matrix, drift

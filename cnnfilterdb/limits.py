@@ -10,6 +10,10 @@ MAX_BINS = 10_000                     # histogram bins of a divergence or /v1/hi
 MAX_DENSITY2D_BINS = 1_000            # bins per axis of a 2-D histogram
 MIN_KDE_BINS, MAX_KDE_BINS = 16, 8_192  # the fine histogram a KDE is computed from
 DEFAULT_KDE_BINS = 2_048
+# The notebook's density figure: 512 x 512 bins of (c0, c1) over [-3.3, 3.3] on both axes. The
+# stored histograms (segments.py) hold these and the KDE's DEFAULT_KDE_BINS: those figures read no filter.
+DENSITY_BINS = 512
+DENSITY_RANGE = (-3.3, 3.3)
 MAX_RANGE_ABS = 1e6                   # ends of a 2-D histogram's range (coefficients of peak-scaled filters are within +-3)
 MAX_SIMILAR_K = 1_000                 # models a /v1/models/{id}/similar answer may list
 MAX_DEGENERATE_LIMIT = 10_000         # layers per page of /v1/quality/degenerate

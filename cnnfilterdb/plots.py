@@ -19,7 +19,20 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .limits import MAX_DPI, MAX_FILTERS_DRAWN, MAX_GROUPINGS, MAX_ID, MAX_INCHES, MAX_LABELS, MAX_PIXELS, MIN_DPI, MIN_INCHES
+from .limits import (
+    DEFAULT_KDE_BINS,
+    DENSITY_BINS,
+    DENSITY_RANGE,
+    MAX_DPI,
+    MAX_FILTERS_DRAWN,
+    MAX_GROUPINGS,
+    MAX_ID,
+    MAX_INCHES,
+    MAX_LABELS,
+    MAX_PIXELS,
+    MIN_DPI,
+    MIN_INCHES,
+)
 from .requests import (
     GROUP_BY_TEXT,
     AnalysisRequest,
@@ -76,8 +89,9 @@ SEVERAL = ("kl_combined", "drift_box")
 # The notebook's figures (docs/method.md#figures), where they differ from the analysis's defaults.
 DEFAULT_GROUP_BY = {"kl_combined": ("task", "visual_category", "depth_bin"), "drift_box": ("task", "visual_category"),
                     "divergence": ("task",), "ridge": ("task",)}
-FIGURE_DEFAULTS: dict[str, dict[str, Any]] = {"density2d": {"bins": 512, "range": (-3.3, 3.3)},
-                                              "ridge": {"bins": 2048}}
+# The notebook's: what the stored histograms hold (segments.py), so these figures read no filter.
+FIGURE_DEFAULTS: dict[str, dict[str, Any]] = {"density2d": {"bins": DENSITY_BINS, "range": DENSITY_RANGE},
+                                              "ridge": {"bins": DEFAULT_KDE_BINS}}
 
 
 class PlotParameterError(SelectionError):

@@ -55,8 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .layout import file_sha256
-from .layout import StoreDamaged
+from .layout import StoreDamaged, file_sha256
 from .scan import LayerGroups
 from .segments import SegmentPlan
 from .stats.basis import Basis, fit_basis

@@ -47,12 +47,12 @@ import numpy as np
 
 from .atomic import fsync_path
 from .layout import StoreDamaged, unreadable
-from .limits import DEFAULT_KDE_BINS
+from .limits import DEFAULT_KDE_BINS, DENSITY_BINS, DENSITY_RANGE
 
 FINE_BINS = DEFAULT_KDE_BINS        # the ridge plots' histogram (the notebook's KDE grid)
-DENSITY_BINS = 512                  # the notebook's density figure: 512 x 512 bins of (c0, c1) ...
-DENSITY_RANGE = (-3.3, 3.3)         # ... over [-3.3, 3.3] on both axes
-DENSITY_COMPONENTS = (0, 1)
+DENSITY_COMPONENTS = (0, 1)         # the density figure's (c0, c1), over DENSITY_RANGE in DENSITY_BINS bins each
+__all__ = ["DENSITY_BINS", "DENSITY_RANGE", "FINE_BINS", "DENSITY_COMPONENTS", "SegmentPlan", "SegmentCounts",
+           "Segment", "StoredHistograms"]
 ARRAYS = ("layer_ids", "layer_counts", "outside", "layer_units", "unit_models", "unit_depth_bins", "unit_counts",
           "layer_models", "model_ids", "model_density")
 

@@ -142,7 +142,7 @@ def test_stored_histograms_equal_numpy(store, frame):
     assert (seg["layer_counts"].sum(axis=(0, 2)) == len(X)).all()  # every filter, every component
     _, (lo, hi), pca = reference.histograms([X], X, 70)
     C = pca.transform(reference.scale(X))
-    for k, (lid, model_id, depth_bin, a, b) in enumerate(layers[:40]):
+    for k, (_, _, _, a, b) in enumerate(layers[:40]):
         want = np.array([np.histogram(C[a:b + 1, i], bins=70, range=(lo, hi))[0] for i in range(9)])
         np.testing.assert_array_equal(seg["layer_counts"][k], want)
     for u, (model_id, depth_bin) in enumerate(zip(seg["unit_models"], seg["unit_depth_bins"])):
