@@ -205,9 +205,15 @@ def drift_box(results: list[dict], figsize: Size | None = None, subtitle: str | 
 
 
 def ridge(result: dict, figsize: Size | None = None, subtitle: str | None = None) -> Figure:
-    """Ridge plot of ``Analysis.kde``: a row per group, a column per coefficient c0..c8, each panel
+    """Ridge plot of ``Analysis.kde``: a row per group, a column per coefficient c0..c8, each curve
     the group's KDE filled in ``C{row % 10}`` (alpha .7, outline #f0f0f0); x shared over the
-    range, y not shared; the rows overlap. Labels and ticks shrink with a narrow figure."""
+    range, y not shared; the rows overlap. Labels and ticks shrink with a narrow figure.
+
+    The notebook's ``GridSpec(n, 9, hspace=-0.5)`` of n x 9 axes, each autoscaled from 0, drawn as
+    9 axes (one per column) holding the n rows: row r (from the top) stands on the baseline
+    n - 1 - r and is scaled to 2 units at 1.05 x its peak (an autoscaled axes' 5% margin), so the
+    rows overlap by half as the notebook's panels do, lower rows in front. The same picture, a
+    tenth of the axes to lay out and draw (a 10-group ridge drew in 2 s with 90 axes)."""
     from matplotlib.ticker import MaxNLocator
 
     groups = result["groups"]
@@ -223,30 +229,28 @@ def ridge(result: dict, figsize: Size | None = None, subtitle: str | None = None
     # margins as shares of the height, kept apart however short the figure (a 400 is not the
     # place for a 0.5-inch ridge plot: it draws, squeezed)
     top, bottom = min(top, 0.45), min(0.35 / H, 0.3)
-    gs = GridSpec(n, 9, figure=fig, hspace=-0.5, wspace=0.05, left=min(left, 0.5), right=0.99, top=1 - top,
-                  bottom=bottom)
-    for row, g in enumerate(groups):
-        for col in range(9):
-            ax = fig.add_subplot(gs[row, col])
+    gs = GridSpec(1, 9, figure=fig, wspace=0.05, left=min(left, 0.5), right=0.99, top=1 - top, bottom=bottom)
+    for col in range(9):
+        ax = fig.add_subplot(gs[0, col])
+        for row, g in enumerate(groups):
             y = np.asarray(g["density"][col])[::step]
-            ax.fill_between(x, y, alpha=0.7, color=f"C{row % 10}")
-            ax.plot(x, y, color="#f0f0f0", lw=1)
-            ax.set_xlim(x[0], x[-1])
-            ax.set_ylim(bottom=0)
-            ax.patch.set_alpha(0)
-            ax.set_yticks([])
-            for side in ("top", "right", "left"):
-                ax.spines[side].set_visible(False)
-            if row < n - 1:
-                ax.set_xticks([])
-                ax.spines["bottom"].set_visible(False)
-            else:
-                ax.xaxis.set_major_locator(MaxNLocator(nbins=3 if W < 12 else 5))
-                ax.tick_params(labelsize=fontsize)
-            if row == 0:
-                ax.set_title(f"c{col}", fontsize=fontsize + 1)
+            base, peak = n - 1 - row, 1.05 * float(np.max(y, initial=0.0))
+            scaled = base + (2.0 * y / peak if peak > 0 else 0.0 * y)
+            ax.fill_between(x, scaled, base, alpha=0.7, color=f"C{row % 10}", zorder=2 + 2 * row)
+            ax.plot(x, scaled, color="#f0f0f0", lw=1, zorder=3 + 2 * row)
             if col == 0:
-                ax.text(-0.08, 0.1, labels[row], transform=ax.transAxes, ha="right", va="bottom", fontsize=fontsize)
+                ax.text(-0.08, base + 0.2, labels[row], transform=ax.get_yaxis_transform(), ha="right", va="bottom",
+                        fontsize=fontsize)
+        ax.set_xlim(x[0], x[-1])
+        ax.set_ylim(0, n + 1)
+        ax.patch.set_alpha(0)
+        ax.set_yticks([])
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+        ax.spines["bottom"].set_zorder(3 + 2 * n)  # the axis line in front of the last row, as the notebook's
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=3 if W < 12 else 5))
+        ax.tick_params(labelsize=fontsize)
+        ax.set_title(f"c{col}", fontsize=fontsize + 1)
     if subtitle:
         fig.suptitle(subtitle, fontsize=fontsize + 1, y=1 - 0.05 / H, va="top")
     return fig

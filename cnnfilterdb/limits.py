@@ -38,7 +38,7 @@ MAX_PIXELS = 6_000_000  # 24 x 8.6 in at 170 dpi, 7 x 2.6 in at 500: Agg and its
 MIN_DPI, MAX_DPI = 10, 600
 MIN_INCHES, MAX_INCHES = 0.5, 100.0
 MAX_FILTERS_DRAWN = 256  # layer_filters: the first filters of a layer, 16 to a row
-MAX_CURVE_POINTS = 2048  # ridge: points drawn per curve (an SVG of 9 x 40 finer curves ran to 80 MB)
+MAX_CURVE_POINTS = 512  # ridge: points drawn per curve (an SVG of 9 x 40 finer curves ran to 80 MB)
 
 # What a request may send and an error may say back.
 MAX_SQL_CHARS = 100_000   # the text of one POST /v1/sql statement

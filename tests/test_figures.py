@@ -97,21 +97,30 @@ def test_drift_box_draws_the_upper_triangles(analysis, client):
 
 
 def test_ridge_draws_the_kde_endpoints_curves(analysis, client):
+    """A column of rows per coefficient: row r's curve is the group's density, standing on the
+    baseline n - 1 - r and scaled to 2 units at 1.05 x its peak (the notebook's overlapping
+    panels, each autoscaled from 0 with a 5% margin), drawn at every step-th grid point."""
+    from cnnfilterdb.limits import MAX_CURVE_POINTS
+
     want = client.post("/v1/kde", json={"group_by": "visual_category"}).json()
     fig = _fig(analysis, "ridge", group_by="visual_category")
-    assert len(fig.axes) == 9 * len(want["groups"])
-    for row, g in enumerate(want["groups"]):
-        for col in range(9):
-            ax = fig.axes[row * 9 + col]
-            line = ax.lines[0]
-            assert np.array_equal(line.get_xdata(), want["grid"])
-            assert np.array_equal(line.get_ydata(), g["density"][col])
+    n = len(want["groups"])
+    step = -(-len(want["grid"]) // MAX_CURVE_POINTS)
+    assert len(fig.axes) == 9
+    for col, ax in enumerate(fig.axes):
+        assert ax.get_ylim() == (0, n + 1) and len(ax.lines) == n
+        for row, g in enumerate(want["groups"]):
+            line = ax.lines[row]
+            d = np.asarray(g["density"][col])[::step]
+            assert np.array_equal(line.get_xdata(), np.asarray(want["grid"])[::step])
+            np.testing.assert_allclose(line.get_ydata(), (n - 1 - row) + 2 * d / (1.05 * d.max()), rtol=1e-15)
             assert line.get_color() == "#f0f0f0"
-            assert ax.collections[0].get_alpha() == 0.7
-    first_column_text = [t.get_text() for ax in fig.axes[::9] for t in ax.texts]
-    assert first_column_text == _labels({"labels": [g["label"] for g in want["groups"]],
-                                         "n_models": [g["n_models"] for g in want["groups"]]})
-    assert [fig.axes[c].get_title() for c in range(9)] == [f"c{c}" for c in range(9)]
+            assert ax.collections[row].get_alpha() == 0.7
+            assert ax.collections[row].get_zorder() < line.get_zorder() < ax.collections[row + 1].get_zorder() \
+                if row + 1 < n else True  # lower rows in front
+    assert [t.get_text() for t in fig.axes[0].texts] == _labels({"labels": [g["label"] for g in want["groups"]],
+                                                                 "n_models": [g["n_models"] for g in want["groups"]]})
+    assert [ax.get_title() for ax in fig.axes] == [f"c{c}" for c in range(9)]
 
 
 def test_ridge_kde_agrees_with_kdepy_on_the_raw_coefficients(client, con):
