@@ -8,7 +8,7 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from cnnfilterdb.catalog import SAMPLE_MODELS
-from cnnfilterdb.layout import default_db, file_sha256
+from cnnfilterdb.layout import CATALOG, default_db, file_sha256
 from cnnfilterdb.store import StoreTransaction
 
 from .errors import IngestError
@@ -69,7 +69,11 @@ def _sources(paths: list[Path], meta: dict, manifest: Path | None) -> list[Sourc
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            out += [Source(f, dict(meta), False) for f in sorted(p.rglob("*")) if f.is_file()]
+            # A store inside the folder is not a source: its files (its histogram segments are
+            # .npz) are the store's own.
+            stores = {c.parent for c in p.rglob(CATALOG)}
+            out += [Source(f, dict(meta), False) for f in sorted(p.rglob("*"))
+                    if f.is_file() and not stores.intersection(f.parents)]
         else:
             out.append(Source(p, dict(meta), True))
     return out
@@ -100,7 +104,8 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
                  manifest: Path | None = None, skip_bad: bool = False, refit: str = "auto") -> dict:
     """Ingest every source into the store at ``db`` in one all-or-nothing transaction.
 
-    Directories are walked recursively (files that are no filter source are ignored there).
+    Directories are walked recursively (files that are no filter source are ignored there, and a
+    store inside one is skipped).
     With ``skip_bad``, a file that fails its checks (read before anything of it is written) is
     skipped and reported; the others are ingested. A re-ingested model file (same sha256) is a
     no-op; if the metadata given for it differs from the stored one's, its entry says which and

@@ -85,6 +85,7 @@ WRITERS = {
     "label": lambda src: ["label", "1", "--task", "Detection", "--db", "{DB}"],
     "remove": lambda src: ["remove", "2", "--db", "{DB}"],
     "compact": lambda src: ["compact", "--keep-versions", "1", "--db", "{DB}"],
+    "refit": lambda src: ["refit", "--db", "{DB}"],
 }
 OUTPUTS = {
     "export parquet": ["export", "-o", "{OUT}/f.parquet", "--db", "{DB}"],
@@ -236,7 +237,7 @@ def test_every_writing_command_is_covered():
 
     (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     commands = set(sub.choices)
-    writers = {"ingest", "label", "remove", "compact", "export", "plot", "report", "spark", "demo"}
+    writers = {"ingest", "label", "remove", "compact", "refit", "export", "plot", "report", "spark", "demo"}
     readers = {"info", "sql", "verify", "drift", "log", "serve"}
     assert commands == writers | readers, commands ^ (writers | readers)
     assert set(WRITERS) | {c.split()[0] for c in OUTPUTS} | {"spark", "demo"} == writers

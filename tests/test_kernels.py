@@ -44,8 +44,9 @@ def _exact_values(v: np.ndarray) -> np.ndarray:
 def _kernel_hist(X, lo, hi, bins, C=IDENTITY, shift=NO_SHIFT):
     layer, groups = _one_layer(len(X))
     lo, hi = histogram_range(lo, hi)
-    counts = np.zeros((1, 9, bins), dtype=np.int64)
-    histogram_counts(layer, _columns(X), groups, 0, C, shift, lo, hi, bin_edges(lo, hi, bins), counts)
+    counts, outside = np.zeros((1, 9, bins), dtype=np.int64), np.zeros((1, 9), dtype=np.int64)
+    histogram_counts(layer, _columns(X), groups, 0, C, shift, lo, hi, bin_edges(lo, hi, bins), counts, outside)
+    assert (counts[0].sum(axis=1) + outside[0] == len(X)).all()  # every value binned or counted outside
     return counts[0]
 
 
@@ -125,9 +126,12 @@ def test_groups_layers_and_unselected_rows():
     lo, hi, n = coefficient_range(layer, cols, group_of_layer, C, shift)
     assert (lo, hi, n) == (coef[:, g >= 0].min(), coef[:, g >= 0].max(), int((g >= 0).sum()))
     counts = np.zeros((2, 9, 30), dtype=np.int64)  # groups 1..2 only: g_lo = 1
+    outside = np.zeros((2, 9), dtype=np.int64)
     sub = group_of_layer.copy()
     sub[sub == 0] = -1
-    histogram_counts(layer, cols, sub, 1, C, shift, lo, hi, bin_edges(lo, hi, 30), counts)
+    mid = (lo + hi) / 2  # half the range: values outside it are counted apart
+    histogram_counts(layer, cols, sub, 1, C, shift, lo, mid, bin_edges(lo, mid, 30), counts, outside)
     for k, grp in enumerate([1, 2]):
-        want = np.array([np.histogram(coef[i, g == grp], 30, range=(lo, hi))[0] for i in range(9)])
+        want = np.array([np.histogram(coef[i, g == grp], 30, range=(lo, mid))[0] for i in range(9)])
         np.testing.assert_array_equal(counts[k], want)
+        np.testing.assert_array_equal(outside[k], ((coef[:, g == grp] < lo) | (coef[:, g == grp] > mid)).sum(axis=1))

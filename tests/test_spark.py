@@ -96,10 +96,17 @@ def test_per_layer_histograms_and_range_are_the_local_engines(spark_store, store
         scanner = ShardScanner(local.shard_paths())
         assert spark_store.scanner.range(groups, basis) == scanner.range(groups, basis)
         for bins in (70, 33):
-            a = spark_store.scanner.histograms(groups, basis, basis.range_min, basis.range_max, bins)
-            b = scanner.histograms(groups, basis, basis.range_min, basis.range_max, bins)
+            (a, a_out), (b, b_out) = (s.histograms(groups, basis, basis.range_min, basis.range_max, bins)
+                                      for s in (spark_store.scanner, scanner))
             assert a.dtype == np.int64 and a.shape == (groups.n_groups, 9, bins)
             np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a_out, b_out)
+            assert a_out.shape == (groups.n_groups, 9) and not a_out.any()  # the range is the basis's
+        half = (basis.range_min, (basis.range_min + basis.range_max) / 2)  # values outside counted apart, alike
+        (a, a_out), (b, b_out) = (s.histograms(groups, basis, *half, 70) for s in (spark_store.scanner, scanner))
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a_out, b_out)
+        assert a_out.sum() > 0 and (a.sum(axis=2) + a_out == a[:, :1].sum(axis=2) + a_out[:, :1]).all()
         # and the counts are numpy's: np.histogram of the reference's coefficients, layer by layer
         W = con.execute("SELECT layer_id, w0, w1, w2, w3, w4, w5, w6, w7, w8 FROM filters ORDER BY filter_id").fetchnumpy()
     X = np.stack([W[f"w{i}"] for i in range(9)], axis=1).astype(np.float64)
@@ -110,7 +117,7 @@ def test_per_layer_histograms_and_range_are_the_local_engines(spark_store, store
         for i in range(9):
             expect, _ = np.histogram(coeffs[rows, i], 70, range=(basis.range_min, basis.range_max))
             np.testing.assert_array_equal(a_layer := spark_store.scanner.histograms(
-                LayerGroups.of([layer], [0], 1, int(ids[-1])), basis, basis.range_min, basis.range_max, 70)[0, i], expect)
+                LayerGroups.of([layer], [0], 1, int(ids[-1])), basis, basis.range_min, basis.range_max, 70)[0][0, i], expect)
             assert a_layer.sum() == rows.sum()
 
 

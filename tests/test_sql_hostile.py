@@ -138,7 +138,7 @@ def hostile(tmp: str, shards: str) -> list[tuple[str, str | None]]:
 def writes(store: Path, workdir: Path) -> list[str]:
     """Every kind of write, aimed at every file of the store and at new files beside it."""
     shard = next((store / "shards").glob("*.parquet"))
-    hist = next((store / "shards").glob("*.npy"))
+    hist = next((store / "shards").glob("*-histograms.npz"))
     targets = [store / "catalog.duckdb", shard, hist, store / "new.csv", workdir / "new.csv", workdir / "keep.txt",
                Path("catalog.duckdb"), Path("shards") / shard.name, Path("relative-new.csv"), Path("/catalog.duckdb")]
     out = []

@@ -40,7 +40,7 @@ def store_writes(store) -> list[str]:
     """The hostile suite's writes, plus each aimed at the store's files by the paths the worker
     sees (the store is its root), plain and inside EXPLAIN ANALYZE."""
     shard = next((store / "shards").glob("*.parquet")).name
-    hist = next((store / "shards").glob("*.npy")).name
+    hist = next((store / "shards").glob("*-histograms.npz")).name
     out = [w for w in writes(store, store.parent) if not w.startswith(("SET", "RESET", "PRAGMA threads"))]
     for target in [f"/shards/{shard}", f"/shards/{hist}", "/shards/new.parquet", "/catalog.duckdb", "/new.csv",
                    f"shards/{shard}", "shards/new.csv"]:
