@@ -410,8 +410,7 @@ class StoreTransaction:
         ``scanner``: refit with it (refit.py) (a refresh on Spark, cnnfilterdb.spark); default: on
         this machine. ``summary``: the version's summary in words (default: the models it added,
         relabelled and removed)."""
-        if refit not in REFIT_POLICIES:
-            raise StoreError(f"refit must be one of {', '.join(REFIT_POLICIES)}, got {refit!r}")
+        check_refit(refit)
         self.record_checksums()
         if action is None:
             self.version = self.base_version
@@ -604,6 +603,13 @@ class StoreTransaction:
         written = project(self.con, self.version, load_basis(self.con, self.base_version), scanner, self._segment_path())
         if written is not None:
             self._record_segment(basis_version, written)
+
+
+def check_refit(refit) -> str:
+    """``refit`` if it is a refit policy (REFIT_POLICIES), else a StoreError saying which are."""
+    if not isinstance(refit, str) or refit not in REFIT_POLICIES:
+        raise StoreError(f"refit must be one of {', '.join(REFIT_POLICIES)}, got {refit!r}")
+    return refit
 
 
 def change_summary(added: list[str], changed: list[str], removed: list[str], show: int = 3) -> str:

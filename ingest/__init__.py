@@ -9,7 +9,7 @@ from threadpoolctl import threadpool_limits
 
 from cnnfilterdb.catalog import SAMPLE_MODELS
 from cnnfilterdb.layout import CATALOG, default_db, file_sha256
-from cnnfilterdb.store import StoreTransaction
+from cnnfilterdb.store import StoreTransaction, check_refit
 
 from .errors import IngestError
 from .h5 import ingest_h5, is_hdf5, read_contents
@@ -130,6 +130,7 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
     kind, models, filters, status, ...), ``skipped`` (path, reason), ``ignored``, ``warnings``.
     IngestError for a bad input (a StoreError: nothing was written).
     """
+    check_refit(refit)  # before any work
     progress = progress or Progress()
     meta = {k: v for k, v in (meta or {}).items() if v is not None}
     if "model" in meta and len(paths) > 1:

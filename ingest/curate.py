@@ -7,8 +7,10 @@ is checked before anything is written, a failure or a kill leaves the store as i
 - ``label_models``: new metadata from this version on; the previous values stay in the history
   (``models_at(v)`` of an older version still shows them). The basis is not refitted: it depends
   on the filters only.
-- ``remove_models``: the models leave the current version; the basis and the per-layer
-  histograms are refitted over what remains. Their shards stay on disk for the older versions.
+- ``remove_models``: the models leave the current version; the basis is kept (their layers are no
+  longer selected) or refitted over what remains, by the refit policy (store.py). Their shards
+  stay on disk for the older versions.
+- ``refit_store``: a new basis and its stored histograms now (``cnnfilterdb refit``).
 - ``compact``: forget the versions before the last ``keep_versions``: their history rows,
   bases and histogram files go, and the filters of models no kept version holds are taken out
   of the shards (a shard is rewritten without them, or dropped if nothing of it remains).
@@ -27,7 +29,7 @@ from cnnfilterdb.checksums import Checksums, ShardChecks, shard_checksums
 from cnnfilterdb.layout import StoreError, file_sha256
 from cnnfilterdb.scan import HeldShards, _reading
 from cnnfilterdb.selection import nearest
-from cnnfilterdb.store import FilterStore, StoreTransaction
+from cnnfilterdb.store import FilterStore, StoreTransaction, check_refit
 
 from .errors import IngestError
 from .h5 import normalize_task
@@ -164,6 +166,7 @@ def remove_models(db: Path, models: list[str], refit: str = "auto") -> dict:
     """
     if not models:
         raise StoreError("name at least one model to remove")
+    check_refit(refit)
     with StoreTransaction(db) as tx:
         ids = _model_ids(tx, models)
         for model_id in dict.fromkeys(ids.values()):
