@@ -471,11 +471,11 @@ def exactness(db: Path) -> dict:
 def project(res: dict, n: int) -> dict:
     """1.4e9 filters from this run: affine in N, what passes over every filter. A command: the
     fixed cost of any command on this store (`cnnfilterdb info`: start and catalog) plus the rest
-    times 1.4e9 / N (the small commits too: each rescans the store today, issue 22 point 1). A
-    figure's first request: its drawing plus its analysis (the JSON request's time) times 1.4e9 / N
-    unless that analysis answered from pre-aggregated sums (method layer_histograms) or is not a
-    pass over filters (the layers' quality, one layer's filters). Repeated requests (the figure
-    cache) as measured."""
+    times 1.4e9 / N (ingest, verify, refit; a small commit only if it refitted: one that keeps the
+    basis reads its own filters, as measured). A figure's first request: its drawing plus its
+    analysis (the JSON request's time) times 1.4e9 / N unless that analysis answered from stored
+    sums (method layer_histograms, unit_histograms, layer_moments) or is not a pass over filters
+    (the layers' quality, one layer's filters). Repeated requests (the figure cache) as measured."""
     f = REAL_N / n
     base = res["cli_baseline"]["seconds"]
     cmd = lambda s: round(base + max(s - base, 0.0) * f, 1)  # noqa: E731
@@ -493,7 +493,8 @@ def project(res: dict, n: int) -> dict:
         a = analyses.get(f"{view}/{fig['analysis']}") if fig.get("analysis") else None
         methods = fig.get("method", [])
         methods = methods if isinstance(methods, list) else [methods]
-        scans = a is not None and any(m not in ("layer_histograms", "unit_histograms") for m in methods or [None])
+        scans = a is not None and any(m not in ("layer_histograms", "unit_histograms", "layer_moments")
+                                      for m in methods or [None])
         first = fig["first_ms"] + (f - 1) * a["first_ms"] if scans else fig["first_ms"]
         figs[name] = {"first_ms": round(first, 1), "repeat_median_ms": fig["repeat_median_ms"],
                       "projected": f"drawing + analysis x {f:.3g} (method {'/'.join(map(str, methods or ['not stated']))})"

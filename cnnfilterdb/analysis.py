@@ -343,6 +343,7 @@ class Analysis:
             "explained_variance_ratio": b.explained_variance_ratio.tolist(),
             # scikit-learn's get_covariance() with all 9 components: the sample covariance (9, 9)
             "covariance": (b.components.T @ np.diag(b.explained_variance) @ b.components).tolist(),
+            "method": "layer_moments",  # pooled from the stored per-layer moments: no filter read
         }
 
     @takes(HistogramsRequest)

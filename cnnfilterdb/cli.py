@@ -603,9 +603,15 @@ def _spark_setting(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line. ``command``: give only that command its options (every other one listed
+    with its help), so that a command starts without importing what the others' options are built
+    from (the request types, the figures, the service's settings: about 0.8 s); None: all."""
     p = argparse.ArgumentParser(prog="cnnfilterdb", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+
+    def wanted(name: str) -> bool:
+        return command in (None, name)
 
     s = sub.add_parser("ingest", help="load dataset.h5 and model files (ONNX, PyTorch, safetensors, npz) "
                                       "into the store, all or nothing")
@@ -644,7 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("drift", help="the divergence matrix between groups of filters (docs/method.md#divergence)")
-    _divergence_args(s)
+    if wanted("drift"):
+        _divergence_args(s)
     s.set_defaults(func=cmd_drift)
 
     text = ("the store's scans as Apache Spark jobs (docs/method.md#spark; needs pip install 'cnnfilterdb[spark]' "
@@ -655,7 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Parquet tables, and always scans its filters (with default parameters and the catalog at hand, "
             "`drift` answers from the stored per-layer histograms in milliseconds)")
     s = spark_sub.add_parser("divergence", help=text, description=text)
-    _divergence_args(s)
+    if wanted("spark"):
+        _divergence_args(s)
     _spark_args(s, "where Spark reads the store (s3a://bucket/store, hdfs://..., file:///...): default --db")
     s.set_defaults(func=cmd_spark_divergence)
     text = ("refit the basis and per-layer histograms with the scans on Spark and commit them as a new store "
@@ -669,7 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "filter_id, model_id, layer_id and the 9 weights, streamed, no row cap")
     s.add_argument("-o", "--output", required=True, metavar="FILE", help="the file; its suffix gives the format")
     s.add_argument("--where", default=None, metavar="JSON", help='the selection, e.g. \'{"visual_category": "natural"}\'')
-    _export_format_arg(s)
+    if wanted("export"):
+        _export_format_arg(s)
     _db_arg(s)
     _as_of_arg(s)
     s.set_defaults(func=cmd_export)
@@ -679,11 +688,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_log)
 
-    from cnnfilterdb.ingest.curate import LABEL_FIELDS
     s = sub.add_parser("label", help="change models' metadata (a new store version; the old values stay in the history)")
     s.add_argument("models", nargs="*", metavar="MODEL", help="model names (the `model` column) or model_ids")
-    for name in LABEL_FIELDS:
-        s.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
+    if wanted("label"):
+        from cnnfilterdb.ingest.curate import LABEL_FIELDS
+
+        for name in LABEL_FIELDS:
+            s.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
     s.add_argument("--manifest", help="CSV, one row per model: a 'model' column and any of the metadata names "
                                       "(an empty cell leaves the field as it is)")
     _db_arg(s)
@@ -706,31 +717,37 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(s)
     s.set_defaults(func=cmd_compact)
 
-    from .plots import FIGURES, NOTEBOOK_FIGURES, describe
-    s = sub.add_parser("plot", help="draw one of the paper's figures (docs/method.md#figures) to a PNG, SVG or PDF file: the same "
-                                    "bytes as the service's GET /v1/plots/{figure}.{format}",
-                       description="Draw one of the paper's figures to FILE (.png, .svg or .pdf). Every option is "
-                                   "optional (the notebook's defaults); a figure takes only its own parameters.")
-    # Checked by the command, not by argparse choices: an unknown figure is one line and exit 1, as
-    # every other bad request; the metavar lists them in --help.
-    s.add_argument("figure", metavar="{" + ",".join(FIGURES) + "}", help="the figure")
-    s.add_argument("-o", "--output", required=True, metavar="FILE", help="the file; its suffix gives the format")
-    _db_arg(s)
-    _plot_args(s)
-    _as_of_arg(s)
-    s.set_defaults(func=cmd_plot)
+    plot_help = ("draw one of the paper's figures (docs/method.md#figures) to a PNG, SVG or PDF file: the same "
+                 "bytes as the service's GET /v1/plots/{figure}.{format}")
+    report_help = ("write the notebook's figures and an offline index.html showing them with the store's counts and "
+                   "drift statistics")
+    if not (wanted("plot") or wanted("report")):
+        sub.add_parser("plot", help=plot_help)
+        sub.add_parser("report", help=report_help)
+    else:
+        from .plots import FIGURES, NOTEBOOK_FIGURES, describe
+        s = sub.add_parser("plot", help=plot_help,
+                           description="Draw one of the paper's figures to FILE (.png, .svg or .pdf). Every option is "
+                                       "optional (the notebook's defaults); a figure takes only its own parameters.")
+        # Checked by the command, not by argparse choices: an unknown figure is one line and exit 1, as
+        # every other bad request; the metavar lists them in --help.
+        s.add_argument("figure", metavar="{" + ",".join(FIGURES) + "}", help="the figure")
+        s.add_argument("-o", "--output", required=True, metavar="FILE", help="the file; its suffix gives the format")
+        _db_arg(s)
+        _plot_args(s)
+        _as_of_arg(s)
+        s.set_defaults(func=cmd_plot)
 
-    s = sub.add_parser("report", help="write the notebook's figures and an offline index.html showing them with "
-                                      "the store's counts and drift statistics",
-                       description=f"Write {', '.join(NOTEBOOK_FIGURES)} and quality as DIR/FIGURE.FORMAT with "
-                                   "their default parameters, and DIR/index.html showing them (it needs nothing but "
-                                   "the files beside it: open it from disk, offline).")
-    s.add_argument("-o", "--output", required=True, metavar="DIR", help="the directory (created if missing)")
-    _db_arg(s)
-    s.add_argument("--format", choices=["png", "svg"], default="png", help="the figures' format (default png)")
-    s.add_argument("--dpi", type=int, default=None, help=describe("dpi"))
-    _as_of_arg(s)
-    s.set_defaults(func=cmd_report)
+        s = sub.add_parser("report", help=report_help,
+                           description=f"Write {', '.join(NOTEBOOK_FIGURES)} and quality as DIR/FIGURE.FORMAT with "
+                                       "their default parameters, and DIR/index.html showing them (it needs nothing but "
+                                       "the files beside it: open it from disk, offline).")
+        s.add_argument("-o", "--output", required=True, metavar="DIR", help="the directory (created if missing)")
+        _db_arg(s)
+        s.add_argument("--format", choices=["png", "svg"], default="png", help="the figures' format (default png)")
+        s.add_argument("--dpi", type=int, default=None, help=describe("dpi"))
+        _as_of_arg(s)
+        s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("demo", help="build a clearly labelled synthetic sample store (in ./filterdb-sample, apart "
                                     "from real data) and serve it")
@@ -748,16 +765,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the HTTP service")
     _db_arg(s)
     _listen_args(s)
-    from cnnfilterdb.service.settings import LIMITS, Settings
+    if wanted("serve"):
+        from cnnfilterdb.service.settings import LIMITS, Settings
 
-    for name in LIMITS:  # every limit of the service (service/settings.py), checked by Settings
-        field = Settings.model_fields[name]
-        s.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
-                       help=f"{field.description or name} (default {field.default}; env CNNFILTERDB_{name.upper()})")
+        for name in LIMITS:  # every limit of the service (service/settings.py), checked by Settings
+            field = Settings.model_fields[name]
+            s.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                           help=f"{field.description or name} (default {field.default}; env CNNFILTERDB_{name.upper()})")
     s.set_defaults(func=cmd_serve)
     return p
 
 
+COMMANDS = ("ingest", "info", "sql", "verify", "drift", "spark", "export", "log", "label", "remove", "refit", "compact",
+            "plot", "report", "demo", "serve")
 _FLAG = re.compile(r"--[a-z][a-z0-9_-]*(?==|$)")
 
 
@@ -780,7 +800,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_allocator()
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args([_dashed(a) for a in argv])
+    # The command's own options only (build_parser): `--help` or an unknown command builds them all.
+    args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args([_dashed(a) for a in argv])
     try:
         code = args.func(args)
         # Flushed here, not at exit: a reader that went away after the last print (`| head`) is

@@ -198,7 +198,9 @@ class DivergenceResult(Result):
         labelled by group on both axes (natural order); symmetric, zero diagonal.
     labels : list, length d
     n_filters, n_models, n_layers : ndarray of int64, shape (d,)
-    groups : DataFrame, the three counts per group
+    n_outside : ndarray of int64, shape (d,)
+        The group's coefficients outside ``range``, left out of its histograms (docs/method.md#refit).
+    groups : DataFrame, the four counts per group
     drift : dict or None
         mean, median, q1, q3, min, max of the upper triangle (None below 2 groups).
     component_weights, explained_variance_ratio : ndarray, shape (9,)
@@ -209,7 +211,7 @@ class DivergenceResult(Result):
     def _convert(self) -> None:
         d = self._data
         self.labels = list(d["labels"])
-        for k in ("n_filters", "n_models", "n_layers"):
+        for k in ("n_filters", "n_models", "n_layers", "n_outside"):
             setattr(self, k, np.asarray(d[k], dtype=np.int64))
         n = len(self.labels)
         self.matrix = pd.DataFrame(_floats(d["matrix"], (n, n)), index=_index(self.labels, d["group_by"]),
@@ -218,7 +220,7 @@ class DivergenceResult(Result):
         self.explained_variance_ratio = _floats(d["explained_variance_ratio"])
         self.range = tuple(d["range"])
         self.groups = _group_frame(self.labels, d["group_by"], n_filters=self.n_filters, n_models=self.n_models,
-                                   n_layers=self.n_layers)
+                                   n_layers=self.n_layers, n_outside=self.n_outside)
 
     def plot(self, figsize: tuple[float, float] | None = None, subtitle: str | None = None):
         """The heatmap of GET /v1/plots/divergence.png for the same request: colorcet's ``fire``,
@@ -245,7 +247,7 @@ class PcaResult(Result):
     explained_variance, explained_variance_ratio : ndarray, shape (9,)
     covariance : ndarray, shape (9, 9)
         ``components.T @ diag(explained_variance) @ components`` (scikit-learn's ``get_covariance()``).
-    n_filters, store_version : int
+    n_filters, store_version : int; method : "layer_moments" (pooled from the stored per-layer moments)
     """
 
     KINDS = ("eigenimages", "covariance", "explained_variance")
@@ -285,7 +287,8 @@ class HistogramsResult(Result):
     counts : ndarray of int64, shape (groups, 9, bins)
         ``np.histogram(c_i, bins, range)`` of each group's coefficients ``c_i``.
     edges : ndarray, shape (bins + 1,)
-    labels : list; n_filters : ndarray of int64, shape (groups,); groups : DataFrame of n_filters
+    labels : list; n_filters, n_outside : ndarray of int64, shape (groups,) (n_outside: the
+    coefficients outside ``range``, not in ``counts``); groups : DataFrame of both
     range, bins, basis, group_by, method, store_version
     """
 
@@ -294,10 +297,11 @@ class HistogramsResult(Result):
         groups = d["groups"]
         self.labels = [g["label"] for g in groups]
         self.n_filters = np.asarray([g["n_filters"] for g in groups], dtype=np.int64)
+        self.n_outside = np.asarray([g["n_outside"] for g in groups], dtype=np.int64)
         self.counts = np.asarray([g["counts"] for g in groups], dtype=np.int64).reshape(len(groups), 9, d["bins"])
         self.edges = _floats(d["edges"])
         self.range = tuple(d["range"])
-        self.groups = _group_frame(self.labels, d["group_by"], n_filters=self.n_filters)
+        self.groups = _group_frame(self.labels, d["group_by"], n_filters=self.n_filters, n_outside=self.n_outside)
 
 
 class KdeResult(Result):
@@ -310,7 +314,7 @@ class KdeResult(Result):
     bandwidth, std : ndarray, shape (groups, 9)
         Silverman's ``bw = min(std, IQR / 1.349) * (3 n / 4) ** (-1/5)``, and the exact ``std`` (ddof=1).
     quartiles : ndarray, shape (groups, 9, 2)
-    labels : list; n_filters, n_models : ndarray of int64; groups : DataFrame of both
+    labels : list; n_filters, n_models, n_outside : ndarray of int64; groups : DataFrame of the three
     range, bins, basis, group_by, method, store_version
     """
 
@@ -321,13 +325,15 @@ class KdeResult(Result):
         self.labels = [x["label"] for x in groups]
         self.n_filters = np.asarray([x["n_filters"] for x in groups], dtype=np.int64)
         self.n_models = np.asarray([x["n_models"] for x in groups], dtype=np.int64)
+        self.n_outside = np.asarray([x["n_outside"] for x in groups], dtype=np.int64)
         self.grid = _floats(d["grid"])
         self.density = _floats([x["density"] for x in groups], (g, 9, bins))
         self.bandwidth = _floats([x["bandwidth"] for x in groups], (g, 9))
         self.std = _floats([x["std"] for x in groups], (g, 9))
         self.quartiles = _floats([x["quartiles"] for x in groups], (g, 9, 2))
         self.range = tuple(d["range"])
-        self.groups = _group_frame(self.labels, d["group_by"], n_filters=self.n_filters, n_models=self.n_models)
+        self.groups = _group_frame(self.labels, d["group_by"], n_filters=self.n_filters, n_models=self.n_models,
+                                   n_outside=self.n_outside)
 
     def plot(self, figsize: tuple[float, float] | None = None, subtitle: str | None = None):
         """The ridge plot of GET /v1/plots/ridge.png for the same request (a row per group, a

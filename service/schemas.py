@@ -381,6 +381,8 @@ class PcaResponse(Versioned):
     explained_variance_ratio: list[float] = Field(description=EXPLAINED_VARIANCE_RATIO_TEXT)
     covariance: list[list[float]] = Field(description="9 x 9 covariance of the peak-scaled filters "
                                                       "(scikit-learn's get_covariance())")
+    method: Literal["layer_moments"] = Field(description="how it was computed: pooled from the per-layer moments "
+                                                         "the store keeps (no filter read)")
 
 
 class GroupHistogram(BaseModel):

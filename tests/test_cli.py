@@ -299,3 +299,22 @@ def test_flags_take_underscores_and_mistakes_get_hints(v1_store):
     # A flag's value is left alone, underscores and all.
     code, out, err = run_cli("sql", "SELECT 'a_b' AS x", "--format", "csv", "--db", str(v1_store))
     assert code == 0 and "a_b" in out
+
+
+def test_a_command_builds_its_own_options_only():
+    """main builds the parser of the command it runs (a command starts without importing what the
+    others' options need): each command's options are the full parser's, and COMMANDS lists them all."""
+    import argparse
+
+    from cnnfilterdb.cli import COMMANDS, build_parser
+
+    def subparsers(p):
+        (sub,) = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        return sub.choices
+
+    full = subparsers(build_parser())
+    assert set(full) == set(COMMANDS)
+    for command in COMMANDS:
+        own = subparsers(build_parser(command))
+        assert set(own) == set(full)
+        assert [a.option_strings for a in own[command]._actions] == [a.option_strings for a in full[command]._actions]
