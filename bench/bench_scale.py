@@ -13,7 +13,7 @@
 4. Small commits into the large store: `cnnfilterdb ingest` of one real ONNX model of
    tests/data/models (480 filters), `cnnfilterdb label` of one dataset model, `cnnfilterdb remove`
    of the ONNX model (time, RSS, and the basis version each commit left: the refit policy keeps the
-   basis of a large store, docs/versions.md#refit), then `cnnfilterdb refit` (a full refit, time).
+   basis of a large store, docs/method.md#refit), then `cnnfilterdb refit` (a full refit, time).
    Then exactness: the answers from the stored histograms (divergence by task, the ridge plot's KDE
    by depth bin for the largest task, the density figure) against the exact scan with the same
    basis (the engine without its stored histograms), in one process; and the stored histograms'

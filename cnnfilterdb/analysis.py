@@ -13,9 +13,9 @@ result names):
   see ``scan.py``.
 
 With the global basis, coefficients outside its range (of layers added since it was fitted, which
-a commit projects on it: docs/versions.md#refit) are dropped from the histograms, as numpy drops
+a commit projects on it: docs/method.md#refit) are dropped from the histograms, as numpy drops
 them, and counted: ``n_outside`` in each result. The PCA basis of any selection comes from the
-per-layer moments of its layers, without a scan. A stored histogram file is used only once its
+per-layer moments of its layers, without a scan. A stored histogram segment is used only once its
 sha256 is the one the catalog recorded: a missing or damaged store file raises StoreDamaged naming
 it (snapshot.py), never a wrong answer from it.
 """

@@ -382,7 +382,7 @@ class FilterDB:
         >>> import cnnfilterdb
         >>> db = cnnfilterdb.open(path)
         >>> h = db.density2d(components=(0, 1), bins=64)
-        >>> h.counts.shape, int(h.counts.sum()) == h.n_filters
+        >>> h.counts.shape, int(h.counts.sum()) + h.n_outside == h.n_filters
         ((64, 64), True)
         """
         with self._analysis(req.as_of) as a:

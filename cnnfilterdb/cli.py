@@ -37,9 +37,10 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
 def _refit_arg(p: argparse.ArgumentParser) -> None:
     from cnnfilterdb.store import REFIT_CHANGED_SHARE, REFIT_POLICIES, REFIT_SMALL_STORE
 
-    text = (f"refit the global basis at this commit: auto (default) while the store holds at most "
+    text = (f"whether this commit refits the global basis: auto (default) refits while the store holds at most "
             f"{REFIT_SMALL_STORE:,} filters, or once {REFIT_CHANGED_SHARE:.0%} of its filters changed since the fit; "
-            "never: keep it, the new layers projected on it; always (docs/versions.md#refit)")
+            "always refits now; never keeps the basis (added layers are projected on it) "
+            "(docs/method.md#refit)")
     p.add_argument("--refit", choices=REFIT_POLICIES, default="auto", help=text.replace("%", "%%"))
 
 
@@ -111,7 +112,7 @@ def cmd_info(args) -> int:
     print(f"layers     {info['layers']:,}")
     print(f"filters    {info['filters']:,}  in {info['shards']} shard(s)")
     print(f"size       {b['shards'] / 2**20:,.1f} MiB of shards ({ratio:.3f}x raw float32), "
-          f"catalog {b['catalog'] / 2**20:,.1f} MiB")
+          f"{b['histograms'] / 2**20:,.1f} MiB of stored histograms, catalog {b['catalog'] / 2**20:,.1f} MiB")
     basis = info["basis"]
     if basis:
         evr = ", ".join(f"{x:.4f}" for x in basis["explained_variance_ratio"])
@@ -234,6 +235,10 @@ def _print_divergence(out: dict, as_json: bool) -> int:
               f"min {d['min']:.5f}  max {d['max']:.5f}")
     if out["empty_groups"]:
         print(f"left out (no filters): {out['empty_groups']}")
+    if any(out.get("n_outside") or []):
+        counts = ", ".join(f"[{j + 1}] {n:,}" for j, n in enumerate(out["n_outside"]) if n)
+        print(f"coefficients outside the basis range, left out of the histograms: {counts} (layers added since "
+              "the basis was fitted; `cnnfilterdb refit` fits one on them: docs/method.md#refit)")
     return 0
 
 
@@ -706,8 +711,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _db_arg(s)
     s.set_defaults(func=cmd_remove)
 
-    s = sub.add_parser("refit", help="refit the global basis and the stored histograms of every layer now "
-                                     "(a new store version; docs/versions.md#refit)")
+    text = ("refit the global basis and the stored histograms of every layer now, as a new store version (older "
+            "versions keep their basis); nothing to do if the basis is fitted on the current filters already "
+            "(docs/method.md#refit)")
+    s = sub.add_parser("refit", help=text, description=text)
     _db_arg(s)
     s.set_defaults(func=cmd_refit)
 

@@ -218,13 +218,19 @@ def ridge(result: dict, figsize: Size | None = None, subtitle: str | None = None
 
     groups = result["groups"]
     n = len(groups)
+    outside = sum(g.get("n_outside", 0) for g in groups)
+    if outside:  # the curves end at the range: say what they leave out
+        warning = (f"{outside:,} coefficients outside the basis range are left out (layers added since the basis "
+                   "was fitted; cnnfilterdb refit)")
+        subtitle = f"{subtitle}\n{warning}" if subtitle else warning
     step = -(-len(result["grid"]) // MAX_CURVE_POINTS)  # a finer grid is drawn at every step-th point
     x = np.asarray(result["grid"])[::step]
     W, H = _figsize(figsize, (18, 1 + 0.5 * n))
     fontsize = float(np.clip(W / 18 * 10, 5, 10))
     labels = group_labels([g["label"] for g in groups], [g["n_models"] for g in groups])
     left = (_label_inches(labels, fontsize) + 0.2) / W
-    top = ((3.8 if subtitle else 2.4) * fontsize / 72 + 0.05) / H
+    lines = subtitle.count("\n") + 1 if subtitle else 0
+    top = ((2.4 + 1.4 * lines) * fontsize / 72 + 0.05) / H
     fig = Figure(figsize=(W, H))
     # margins as shares of the height, kept apart however short the figure (a 400 is not the
     # place for a 0.5-inch ridge plot: it draws, squeezed)

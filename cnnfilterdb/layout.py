@@ -4,10 +4,10 @@ Layout of a store directory ``<db>``::
 
     catalog.duckdb        models, layers, basis, versions, views and macros (the SQL entry point)
     shards/*.parquet      the filters, immutable, sorted by filter_id, named after their ingest
-    shards/*-histograms.npy   the per-layer coefficient histograms of each kept basis
+    shards/*-histograms.npz   the stored histograms of each kept basis, a segment per commit that wrote some (segments.py)
     tables/<id>-v<N>/*.parquet  the catalog's tables at version N for any engine (tables.py)
     tables/LATEST         names the current version's tables directory
-    .ingest.lock          held (flock) by the one writer (ingest, label, remove, compact) at a time
+    .ingest.lock          held (flock) by the one writer (ingest, label, remove, refit, compact) at a time
     catalog.duckdb.<ingest id>.staging   a writer's copy of the catalog until its commit (store.py)
 
 Integrity: the catalog records the size and sha256 of every file it references (catalog.py:

@@ -1,6 +1,6 @@
 """A store's committed catalog, for reading: one read-only DuckDB instance per catalog generation.
 
-A commit (ingest, label, remove, compact) renames a new catalog file over the old one; nothing is
+A commit (ingest, label, remove, refit, compact) renames a new catalog file over the old one; nothing is
 written in place. ``CatalogReader.generation()`` notices the new file (its inode and mtime) and
 opens a new instance for the next request, while requests in flight finish on the old one, which
 closes when the last of them lets go of it. The service (``service/catalog.py``, confined) and the

@@ -1,6 +1,6 @@
 """The store's all-or-nothing commit (docs/method.md#versions) and read access to a store directory.
 
-``StoreTransaction`` makes one change of the store (an ingest, label, remove, compact, Spark's
+``StoreTransaction`` makes one change of the store (an ingest, label, remove, refit, compact, Spark's
 refresh) and commits it as the store's next version; ``FilterStore`` opens the committed catalog
 read-only, and says what it holds (``info``) and whether every file is as committed (``verify``).
 Where each file lies and how a file is checked: layout.py; what the catalog records: catalog.py.
@@ -22,7 +22,7 @@ How a commit stays atomic while readers keep reading:
 
 Integrity: the catalog records the size and sha256 of every file it references, computed when
 the file was written. ``FilterStore.verify`` recomputes them all (``cnnfilterdb verify``); readers
-check what is cheap when they open a catalog (each shard's size, the histogram file's sha256) and
+check what is cheap when they open a catalog (each shard's size, the histogram segments' sha256) and
 turn a missing or unreadable file into ``StoreDamaged`` naming it relative to the store. Each
 commit also records an xxh3 per row group (and footer) of every shard (``_row_groups``, layout 6;
 checksums.py), which the engine's reads check before decoding: a shard whose bytes changed is
@@ -51,6 +51,7 @@ from .catalog import (
     check_schema,
     current_tables_dir,
     current_version,
+    histograms_table,
     load_basis,
     referenced_files,
     store_id,
@@ -129,6 +130,7 @@ class FilterStore:
         with self.connect() as con:
             one = lambda q: con.execute(q).fetchone()[0]  # noqa: E731
             shard_bytes = one("SELECT coalesce(sum(bytes), 0) FROM _shards")
+            histogram_bytes = one(f"SELECT coalesce(sum(bytes), 0) FROM {histograms_table(con)}")
             n_filters = one("SELECT coalesce(sum(n_filters), 0) FROM layers")
             basis = load_basis(con)
             return {
@@ -144,6 +146,7 @@ class FilterStore:
                 "bytes": {
                     "catalog": self.catalog_path.stat().st_size,
                     "shards": int(shard_bytes),
+                    "histograms": int(histogram_bytes),
                     "raw_float32": int(n_filters) * 36,
                 },
                 "basis": None if basis is None else {
@@ -210,6 +213,8 @@ class StoreTransaction:
         self._new_files: list[Path] = []  # store files this transaction wrote: removed unless it commits
         self._new_dirs: list[Path] = []   # and the table directories it made
         self._committed = False
+        self.refitted = False               # whether the commit refitted the global basis
+        self.basis_version: int | None = None  # the committed version's global basis
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> StoreTransaction:
@@ -231,7 +236,7 @@ class StoreTransaction:
         except BlockingIOError:
             os.close(self._lock_fd)
             self._lock_fd = None
-            raise StoreError(f"{self.root}: another writer (ingest, label, remove, compact) is running on this "
+            raise StoreError(f"{self.root}: another writer (ingest, label, remove, refit, compact) is running on this "
                              f"store (lock {LOCK} is held)") from None
         try:
             self._remove_garbage()
@@ -277,7 +282,7 @@ class StoreTransaction:
 
     def _remove_garbage(self) -> None:
         """Delete what dead writers left: staging catalogs and store files no catalog references
-        (shards, histogram files, table directories); point tables/LATEST at the current tables."""
+        (shards, histogram segments, table directories); point tables/LATEST at the current tables."""
         from .tables import LATEST, TABLES, latest_problem, point_latest
 
         for p in self.root.glob(f"{CATALOG}.*{STAGING_SUFFIX}*"):
@@ -432,9 +437,10 @@ class StoreTransaction:
         basis_version = basis_version_at(self.con, b)
         if scanner is not None or refit == "always" or basis_version is None \
                 or (refit == "auto" and (added or removed) and self.refit_due(basis_version)):
-            basis_version = self._refit(progress, scanner)
+            basis_version, self.refitted = self._refit(progress, scanner), True
         elif added:
             self._project(basis_version)
+        self.basis_version = basis_version
         n_models, n_filters = self.con.execute(
             "SELECT count(*), coalesce(sum(n_filters), 0) FROM models_at(?)", [v]).fetchone()
         self.con.execute("INSERT INTO _versions VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, ?, false)",
@@ -449,19 +455,26 @@ class StoreTransaction:
         return v
 
     def refit_due(self, basis_version: int) -> bool:
-        """The store's refit policy (docs/versions.md#refit), for a commit that adds or removes
+        """The store's refit policy (docs/method.md#refit), for a commit that adds or removes
         models: refit while this version holds at most REFIT_SMALL_STORE filters (a refit there costs
         about a second), or once the filters it holds that the basis was not fitted on, and those
         the basis was fitted on that it no longer holds, pass REFIT_CHANGED_SHARE of the basis's.
         Otherwise the basis is kept: a commit then reads only the filters it adds."""
-        from .catalog import basis_fitted_at
-
         n = self.con.execute("SELECT coalesce(sum(n_filters), 0) FROM layers_at(?)", [self.version]).fetchone()[0]
         if n <= REFIT_SMALL_STORE:
             return True
+        changed = self.changed_since_fit(basis_version)
+        return changed is None or changed[0] > REFIT_CHANGED_SHARE * changed[1]
+
+    def changed_since_fit(self, basis_version: int) -> tuple[int, int] | None:
+        """(the filters this version holds that basis ``basis_version`` was not fitted on plus those
+        it was fitted on that this version no longer holds, the filters it was fitted on); None if
+        the store does not know the version it was fitted at (a basis of layout 6 or before)."""
+        from .catalog import basis_fitted_at
+
         fitted = basis_fitted_at(self.con, basis_version)
         if fitted is None:
-            return True
+            return None
         changed, fitted_n = self.con.execute(
             "SELECT (SELECT coalesce(sum(n_filters), 0) FROM (SELECT layer_id, n_filters FROM layers_at(?) "
             "        EXCEPT SELECT layer_id, n_filters FROM layers_at(?))) "
@@ -469,7 +482,7 @@ class StoreTransaction:
             "        EXCEPT SELECT layer_id, n_filters FROM layers_at(?))), "
             "       (SELECT n_filters FROM _basis WHERE version = ?)",
             [self.version, fitted, fitted, self.version, basis_version]).fetchone()
-        return changed > REFIT_CHANGED_SHARE * fitted_n
+        return int(changed), int(fitted_n)
 
     def _tables_dir(self, version: int) -> str:
         from .tables import directory_name

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from cnnfilterdb.catalog import SAMPLE_MODELS
+from cnnfilterdb.catalog import SAMPLE_MODELS, basis_version_at
 from cnnfilterdb.layout import CATALOG, default_db, file_sha256
 from cnnfilterdb.store import StoreTransaction, check_refit
 
@@ -62,16 +62,17 @@ def read_manifest(manifest: Path) -> list[Source]:
     return out
 
 
-def _sources(paths: list[Path], meta: dict, manifest: Path | None) -> list[Source]:
+def _sources(paths: list[Path], meta: dict, manifest: Path | None, ignored: list[str]) -> list[Source]:
+    """The files to ingest. A store found inside a folder is not a source (its files, its histogram
+    segments (.npz) among them, are the store's own): it is listed in ``ignored``."""
     if manifest is not None:
         return read_manifest(manifest)
     out = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            # A store inside the folder is not a source: its files (its histogram segments are
-            # .npz) are the store's own.
             stores = {c.parent for c in p.rglob(CATALOG)}
+            ignored += [f"{d} (a store)" for d in sorted(stores)]
             out += [Source(f, dict(meta), False) for f in sorted(p.rglob("*"))
                     if f.is_file() and not stores.intersection(f.parents)]
         else:
@@ -122,12 +123,15 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
     manifest : a CSV with a ``path`` column and META_FIELDS, one row per file.
     skip_bad : skip and report a file that fails its checks instead of failing the ingest.
     refit : the commit's refit of the global basis: "auto" (the store's policy), "always" or
-        "never" (the new layers projected on the basis as it is; docs/versions.md#refit).
+        "never" (the new layers projected on the basis as it is; docs/method.md#refit).
 
     Returns
     -------
-    dict with ``db``, ``models_added``, ``filters_added``, ``files`` (one entry per file: path,
-    kind, models, filters, status, ...), ``skipped`` (path, reason), ``ignored``, ``warnings``.
+    dict with ``db``, ``models_added``, ``filters_added``, ``version`` (the store version committed;
+    None: nothing added), ``basis_version`` (its global basis), ``refitted`` (whether this commit
+    refitted it), ``files`` (one entry per file: path, kind, models, filters, status, ...),
+    ``skipped`` (path, reason), ``ignored`` (files that are no filter source, and stores inside a
+    folder), ``warnings``.
     IngestError for a bad input (a StoreError: nothing was written).
     """
     check_refit(refit)  # before any work
@@ -136,7 +140,7 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
     if "model" in meta and len(paths) > 1:
         raise IngestError("--model names one model; for several files use a manifest")
     sources, skipped, ignored = [], [], []
-    for s in _sources(paths, meta, manifest):
+    for s in _sources(paths, meta, manifest, ignored):
         if not s.path.is_file():
             if skip_bad:
                 skipped.append({"path": str(s.path), "reason": "no such file"})
@@ -209,9 +213,14 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
             bar.close()
             if writer is not None:
                 writer.close()
+        version = None
         if added_models:
             warnings = mixing_warnings(before, sample_and_real(tx.con))
-            tx.commit(refit=refit)
+            version = tx.commit(refit=refit)
+        else:
+            tx.basis_version = basis_version_at(tx.con, tx.base_version)
+            if refit == "always":
+                notes.append("nothing was added, so nothing was committed: `cnnfilterdb refit` refits the basis")
     for sk in skipped:
         progress.note(f"skipped {sk['path']}: {sk['reason']}")
     for note in notes:
@@ -219,6 +228,7 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
     for w in warnings:
         progress.note(f"warning: {w}")
     return {"db": str(Path(db).resolve()), "models_added": added_models, "filters_added": added_filters,
+            "version": version, "basis_version": tx.basis_version, "refitted": tx.refitted,
             "files": files, "skipped": skipped, "ignored": ignored, "warnings": warnings}
 
 

@@ -162,7 +162,8 @@ def remove_models(db: Path, models: list[str], refit: str = "auto") -> dict:
 
     Returns
     -------
-    dict with ``version``, ``removed`` (names), and the store's ``models`` and ``filters`` left.
+    dict with ``version``, ``removed`` (names), the store's ``models`` and ``filters`` left, its
+    ``basis_version`` and whether this commit ``refitted`` it.
     """
     if not models:
         raise StoreError("name at least one model to remove")
@@ -174,33 +175,46 @@ def remove_models(db: Path, models: list[str], refit: str = "auto") -> dict:
         version = tx.commit("remove", refit=refit)
     n_models, n_filters = _counts_at(db, version)
     return {"db": str(Path(db).resolve()), "version": version, "removed": list(ids), "models": n_models,
-            "filters": n_filters}
+            "filters": n_filters, "basis_version": tx.basis_version, "refitted": tx.refitted}
 
 
 def refit_store(db: Path) -> dict:
     """Refit the store's global basis and the stored histograms of all its layers now, as a new
     store version (action "refit"; older versions keep their basis: ``as_of`` answers unchanged).
+    Nothing is committed if the basis is fitted on the current version's filters already and its
+    stored histograms are complete (a refit would write the same): ``version`` None, ``note`` says so.
 
     Returns
     -------
-    dict with ``version``, ``basis_version``, ``n_filters`` (fitted on), ``range`` [lo, hi],
-    ``previous_basis_version``, ``elapsed_s``.
+    dict with ``version``, ``refitted``, ``basis_version``, ``n_filters`` (fitted on), ``range``
+    [lo, hi], ``previous_basis_version``, ``elapsed_s``, ``note``.
     """
     import time
 
     from cnnfilterdb.catalog import basis_version_at, load_basis
 
     t0 = time.perf_counter()
+    FilterStore(db).connect().close()  # no store there: one line saying so, nothing created
+    note = None
     with StoreTransaction(db) as tx:
         if tx.base_version == 0:
             raise StoreError(f"{tx.root}: the store has no version to refit")
-        previous = basis_version_at(tx.con, tx.base_version)
-        version = tx.commit("refit", refit="always", summary="basis and stored histograms refitted")
+        previous = version = basis_version_at(tx.con, tx.base_version)
+        complete = previous is not None and tx.con.execute(
+            "SELECT bool_and(fine_bins IS NOT NULL AND density_bins IS NOT NULL) FROM _histograms "
+            "WHERE basis_version = ?", [previous]).fetchone()[0]
+        changed = None if previous is None else tx.changed_since_fit(previous)
+        if complete and changed is not None and changed[0] == 0:
+            version, note = None, (f"basis {previous} is fitted on this version's filters and its stored histograms "
+                                   "are complete: nothing to refit")
+        else:
+            version = tx.commit("refit", refit="always", summary="basis and stored histograms refitted")
     with FilterStore(db).connect() as con:
         b = load_basis(con, version)
-    return {"db": str(Path(db).resolve()), "version": version, "basis_version": None if b is None else b.version,
-            "previous_basis_version": previous, "n_filters": None if b is None else b.n_filters,
-            "range": None if b is None else [b.range_min, b.range_max], "elapsed_s": round(time.perf_counter() - t0, 3)}
+    return {"db": str(Path(db).resolve()), "version": version, "refitted": version is not None,
+            "basis_version": None if b is None else b.version, "previous_basis_version": previous,
+            "n_filters": None if b is None else b.n_filters, "range": None if b is None else [b.range_min, b.range_max],
+            "elapsed_s": round(time.perf_counter() - t0, 3), "note": note}
 
 
 def _counts_at(db: Path, version: int) -> tuple[int, int]:

@@ -40,8 +40,9 @@ METHOD_TEXT = ("how the histograms were computed: layer_histograms summed the pe
                "512 of c0, c1 over [-3.3, 3.3]): no filter read; scan read the selected filters. All three give the "
                "same counts")
 METHOD = Literal["layer_histograms", "unit_histograms", "scan"]
-OUTSIDE_TEXT = ("coefficients outside range, left out of the counts (numpy's histogram): with the global basis, those of "
-                "layers added since the basis was fitted (docs/versions.md#refit); else 0")
+OUTSIDE_TEXT = ("coefficients outside range, left out of the counts (as numpy's histogram leaves them out), summed over "
+                "the 9 components: with the global basis, those of layers added since the basis was fitted "
+                "(docs/method.md#refit); 0 with a selection's own basis")
 EXPLAINED_VARIANCE_RATIO_TEXT = ("the basis's share of the variance per component: 9 values by decreasing variance, "
                                  "summing to 1")
 PAGE_LIMIT_TEXT = "the page size used (a larger limit asked for is capped)"
@@ -367,7 +368,7 @@ class DivergenceResponse(Versioned):
     basis: BasisRef = Field(description=BASIS_REF_TEXT)
     drift: Drift | None = Field(description="summary statistics of matrix's upper triangle; null with fewer than 2 groups")
     empty_groups: list[Any] = Field(description="values asked for in where[group_by] that hold no filters")
-    n_outside: list[int] = Field(description=PER_GROUP_TEXT + OUTSIDE_TEXT + " (over the 9 components)")
+    n_outside: list[int] = Field(description=PER_GROUP_TEXT + OUTSIDE_TEXT)
     method: METHOD = Field(description=METHOD_TEXT)
     elapsed_ms: float = Field(description=ELAPSED_MS_TEXT)
 
@@ -388,7 +389,7 @@ class PcaResponse(Versioned):
 class GroupHistogram(BaseModel):
     label: Any = Field(description=GROUP_LABEL_TEXT)
     n_filters: int = Field(description=GROUP_N_FILTERS_TEXT)
-    n_outside: int = Field(description=OUTSIDE_TEXT + " (over the 9 components)")
+    n_outside: int = Field(description=OUTSIDE_TEXT)
     counts: list[list[int]] = Field(description="9 components x bins")
 
 
@@ -413,7 +414,8 @@ class Density2dResponse(Versioned):
     bins: int = Field(description="bins per axis, equal in width over range")
     edges: list[float] = Field(description="the bins + 1 bin edges of both axes")
     n_filters: int = Field(description="the selection's 3x3 filters")
-    n_outside: int = Field(description="the selection's filters left out of counts: either coefficient outside range")
+    n_outside: int = Field(description="the selection's filters left out of counts: either of their two coefficients "
+                                        "outside range (the range asked for, else the basis range)")
     counts: list[list[int]] = Field(description="bins x bins; rows: the first component")
     basis: BasisRef = Field(description=BASIS_REF_TEXT)
     method: METHOD = Field(description=METHOD_TEXT)
@@ -423,7 +425,7 @@ class GroupKde(BaseModel):
     label: Any = Field(description=GROUP_LABEL_TEXT)
     n_filters: int = Field(description=GROUP_N_FILTERS_TEXT)
     n_models: int = Field(description=GROUP_N_MODELS_TEXT)
-    n_outside: int = Field(description=OUTSIDE_TEXT + " (over the 9 components)")
+    n_outside: int = Field(description=OUTSIDE_TEXT)
     bandwidth: list[float] = Field(description="per component: Silverman's rule (KDEpy's)")
     std: list[float] = Field(description="per component: the coefficients' standard deviation (ddof=1), exact")
     quartiles: list[list[float]] = Field(description="per component: 25th and 75th percentiles (within a bin)")

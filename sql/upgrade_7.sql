@@ -25,7 +25,7 @@ SELECT h.path, h.basis_version,
 FROM _layer_histograms h;
 DROP TABLE _layer_histograms;
 -- The store version whose filters a basis was fitted on (its n_filters): the refit policy compares a
--- version's filters with those (store.py, docs/versions.md#refit).
+-- version's filters with those (store.py, docs/method.md#refit).
 ALTER TABLE _basis ADD COLUMN store_version INTEGER;
 UPDATE _basis SET store_version = (SELECT min(v.version) FROM _versions v WHERE v.basis_version = _basis.version);
 UPDATE _store SET schema_version = 7;

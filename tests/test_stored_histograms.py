@@ -1,6 +1,6 @@
 """Commits proportional to what they change, and figures that read no filter (issue 22).
 
-A commit keeps the global basis or refits it by the store's policy (docs/versions.md#refit); one
+A commit keeps the global basis or refits it by the store's policy (docs/method.md#refit); one
 that keeps it projects the layers it adds on it and stores their histograms in a new segment
 (segments.py). The stored fine histograms (per model and depth bin) and 2-D histograms (per model)
 answer the ridge plots' KDE and the density figure. Every answer equals the exact scan with the
@@ -186,16 +186,62 @@ def test_refit_command_and_policy(store, tmp_path, monkeypatch):
         assert con.execute("SELECT version, basis_version FROM _versions ORDER BY version").fetchall() == \
             [(1, 1), (2, 1), (3, 2)]
         assert con.execute("SELECT store_version FROM _basis WHERE version = 2").fetchone()[0] == 3
+    # a refit of a basis fitted on the current filters, its stored histograms complete: nothing to do
     code, out, err = run_cli("refit", "--db", str(store))
     assert code == 0, err
     r = json.loads(out)
-    assert (r["version"], r["basis_version"], r["previous_basis_version"]) == (4, 3, 2)
+    assert (r["version"], r["refitted"], r["basis_version"]) == (None, False, 2) and "nothing to refit" in r["note"]
+    code, out, err = run_cli("ingest", str(_npz(tmp_path / "more.npz", 2, out=4)), "--db", str(store), "--task", "GAN",
+                             "--refit", "never")
+    assert code == 0, err
+    r = json.loads(out)
+    assert (r["version"], r["basis_version"], r["refitted"]) == (4, 2, False)
+    code, out, err = run_cli("refit", "--db", str(store))
+    assert code == 0, err
+    r = json.loads(out)
+    assert (r["version"], r["refitted"], r["basis_version"], r["previous_basis_version"]) == (5, True, 3, 2)
     with open_catalog(store) as con:
         total = con.execute("SELECT sum(n_filters) FROM layers").fetchone()[0]
-        assert r["n_filters"] == total and con.execute("SELECT action FROM _versions WHERE version = 4").fetchone() == ("refit",)
+        assert r["n_filters"] == total and con.execute("SELECT action FROM _versions WHERE version = 5").fetchone() == ("refit",)
         assert sum(Analysis(con, store).divergence("model")["n_outside"]) == 0
     code, out, err = run_cli("log", "--db", str(store))
     assert code == 0 and "refit" in out
+    code, out, err = run_cli("refit", "--db", str(tmp_path / "nowhere"))
+    assert code == 1 and "no store here" in err and not (tmp_path / "nowhere").exists()
+
+
+def test_commands_say_whether_they_refitted(store, tmp_path):
+    code, out, err = run_cli("ingest", str(_npz(tmp_path / "a.npz", 1)), "--db", str(store), "--task", "GAN")
+    r = json.loads(out)
+    assert code == 0 and (r["version"], r["basis_version"], r["refitted"]) == (2, 2, True)  # a small store refits
+    code, out, err = run_cli("remove", "a", "--db", str(store), "--refit", "never")
+    r = json.loads(out)
+    assert code == 0 and (r["version"], r["basis_version"], r["refitted"]) == (3, 2, False)
+    code, out, err = run_cli("ingest", str(tmp_path / "a.npz"), "--db", str(store), "--refit", "always")
+    r = json.loads(out)  # the file is in the store's history, not in this version: added again
+    assert code == 0 and r["refitted"] is True
+    code, out, err = run_cli("ingest", str(tmp_path / "a.npz"), "--db", str(store), "--refit", "always")
+    r = json.loads(out)  # already in the store: nothing committed, and the note says how to refit
+    assert code == 0 and (r["version"], r["refitted"]) == (None, False) and "cnnfilterdb refit" in err
+    # a folder holding a store: the store is listed as ignored, its files are not read as models
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    _npz(zoo / "b.npz", 2)
+    import shutil
+
+    shutil.copytree(store, zoo / "copy")
+    code, out, err = run_cli("ingest", str(zoo), "--db", str(store), "--task", "GAN")
+    r = json.loads(out)
+    assert code == 0 and r["models_added"] == 1 and r["ignored"] == [f"{zoo / 'copy'} (a store)"]
+    # drift's table says what the histograms leave out
+    with open_catalog(store) as con:
+        basis = Analysis(con, store).global_basis()
+    assert cli_main(["ingest", str(_extreme_model(tmp_path / "x.npz", basis, 1)), "--db", str(store), "--refit", "never",
+                     "--task", "Extreme"]) == 0
+    code, out, err = run_cli("drift", "--group-by", "task", "--db", str(store))
+    assert code == 0 and "coefficients outside the basis range, left out of the histograms" in out
+    code, out, err = run_cli("info", "--db", str(store))
+    assert code == 0 and "MiB of stored histograms" in out
 
 
 def test_a_layout_6_store_reads_and_upgrades(store):

@@ -189,7 +189,8 @@ def refresh(db: str | os.PathLike, spark, uri: str | None = None, read: str = "a
 
     The basis is fitted from the catalog's per-layer moments (refit.py, step 1, as on one
     machine); its range and the histograms come from the two scans, run as Spark jobs over the
-    shards: so the version's basis, range and histogram file are those a local refit writes.
+    shards: so the version's basis, range and stored histograms are those a local refit writes, but for
+    the per-model 2-D histograms, not computed on Spark (the density figure scans after a refresh).
 
     Parameters
     ----------

@@ -96,6 +96,18 @@ def _bins(v, m, lo, hi, scale, bins, edges, out):
 
 
 @njit(nogil=True, cache=True, inline="always")
+def _count(v, m, lo, hi, scale, edges, idx, counts, outside, g, i):
+    """counts[g, i, b] += the values v[:m] in bin b of ``edges`` over [lo, hi]; outside[g, i] +=
+    the others (a block at a time, as ``_bins``)."""
+    _bins(v, m, lo, hi, scale, counts.shape[2], edges, idx)
+    for k in range(m):
+        if idx[k] >= 0:
+            counts[g, i, idx[k]] += 1
+        else:
+            outside[g, i] += 1
+
+
+@njit(nogil=True, cache=True, inline="always")
 def _run_end(layer, start, n):
     """End (exclusive) of the run of rows from ``start`` with layer[start]'s layer id."""
     lid = layer[start]
@@ -172,12 +184,7 @@ def histogram_counts(layer, cols, group_of_layer, g_lo, C, shift, lo, hi, edges,
                 m = min(BLOCK, end - start)
                 _coefficients(cols, start, m, C, shift, x, c, inv)
                 for i in range(9):
-                    _bins(c[i], m, lo, hi, scale, bins, edges, idx)
-                    for k in range(m):
-                        if idx[k] >= 0:
-                            counts[g, i, idx[k]] += 1
-                        else:
-                            outside[g, i] += 1
+                    _count(c[i], m, lo, hi, scale, edges, idx, counts, outside, g, i)
         r = end
 
 
@@ -238,6 +245,7 @@ def segment_counts(layer, cols, slot_of_layer, unit_of_layer, model_of_layer, s_
     d_scale = d_bins / (d_hi - d_lo)
     x, c, inv, idx = _block_buffers()
     idx2 = np.empty(BLOCK, dtype=np.int64)
+    unit_outside = np.zeros((unit_counts.shape[0], 9), dtype=np.int64)
     r = 0
     while r < n:
         end = _run_end(layer, r, n)
@@ -251,16 +259,9 @@ def segment_counts(layer, cols, slot_of_layer, unit_of_layer, model_of_layer, s_
                 m = min(BLOCK, end - start)
                 _coefficients(cols, start, m, C, shift, x, c, inv)
                 for i in range(9):
-                    _bins(c[i], m, lo, hi, scale, bins, edges, idx)
-                    for k in range(m):
-                        if idx[k] >= 0:
-                            layer_counts[s, i, idx[k]] += 1
-                        else:
-                            outside[s, i] += 1
-                    _bins(c[i], m, lo, hi, fine_scale, fine_bins, fine_edges, idx)
-                    for k in range(m):
-                        if idx[k] >= 0:
-                            unit_counts[u, i, idx[k]] += 1
+                    _count(c[i], m, lo, hi, scale, edges, idx, layer_counts, outside, s, i)
+                    # the same values outside: counted once, in ``outside`` (unit_outside is scratch)
+                    _count(c[i], m, lo, hi, fine_scale, fine_edges, idx, unit_counts, unit_outside, u, i)
                 _bins(c[0], m, d_lo, d_hi, d_scale, d_bins, d_edges, idx)
                 _bins(c[1], m, d_lo, d_hi, d_scale, d_bins, d_edges, idx2)
                 for k in range(m):
