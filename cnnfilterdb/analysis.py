@@ -158,7 +158,16 @@ class Analysis:
                 if bins == stored.bins:
                     return GroupHistograms(sel, b, lo, hi, bins, stored.group_sums(*args), stored.outside_sums(*args),
                                            "layer_histograms")
-                if bins == FINE_BINS and (counts := stored.fine_sums(*args)) is not None:
+                if bins == FINE_BINS and (fine := stored.fine_sums(*args)) is not None:
+                    counts, rest = fine
+                    if rest.any():  # the layers of units too small to be stored: scanned
+                        small = LayerGroups.of(sel.layer_ids[rest], sel.layer_group[rest], len(sel.labels),
+                                               self.snapshot.max_layer_id(self.cur))
+                        more, more_outside = self.scanner.histograms(small, b, lo, hi, bins)
+                        # their filters in range, from the stored per-layer counts: a shard not as committed is damage
+                        in_range = stored.group_sums(sel.layer_ids[rest], sel.layer_group[rest], len(sel.labels))
+                        check_counts(more, more_outside, in_range[:, 0].sum(axis=1) + more_outside[:, 0])
+                        counts = counts + more
                     return GroupHistograms(sel, b, lo, hi, bins, counts, stored.outside_sums(*args), "unit_histograms")
             groups = self.groups_of(sel)
         else:
@@ -399,8 +408,15 @@ class Analysis:
         counts, method = None, self.scanner.method
         stored = self.stored() if basis == "global" else None
         if stored is not None and stored.basis_version == b.version and (bins, (lo, hi), tuple(components)) \
-                == (DENSITY_BINS, DENSITY_RANGE, DENSITY_COMPONENTS):
-            counts, method = stored.density_sum(sel.layer_ids), "unit_histograms"
+                == (DENSITY_BINS, DENSITY_RANGE, DENSITY_COMPONENTS) \
+                and (dense := stored.density_sum(sel.layer_ids)) is not None:
+            counts, rest = dense
+            method = "unit_histograms"
+            if rest.any():  # the layers of models too small to be stored: scanned
+                small = LayerGroups.of(sel.layer_ids[rest], np.zeros(int(rest.sum()), dtype=np.int64), 1,
+                                       self.snapshot.max_layer_id(self.cur))
+                counts = counts + scan_histogram2d(paths, small, b, lo, hi, bins, tuple(components),
+                                                   held=self.held_shards())
         if counts is None:
             counts, method = scan_histogram2d(paths, groups, b, lo, hi, bins, tuple(components),
                                               held=self.held_shards()), self.scanner.method

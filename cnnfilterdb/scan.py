@@ -399,10 +399,10 @@ def scan_segment(paths: list[Path], plan, basis: Basis, lo: float, hi: float, th
     d_edges = bin_edges(d_lo, d_hi, DENSITY_BINS)
     slot, unit, model = plan.maps()
 
-    def span(ids, row_layer):
+    def span(ids, row_layer):  # (first, last) of the ids of the rows; (0, -1): none (a partial of size 0)
         v = ids[row_layer]
         v = v[v >= 0]
-        return (int(v.min()), int(v.max())) if len(v) else (0, 0)
+        return (int(v.min()), int(v.max())) if len(v) else (0, -1)
 
     def work(layer, cols, g_lo, g_hi):
         (s_lo, s_hi), (u_lo, u_hi), (m_lo, m_hi) = span(slot, layer), span(unit, layer), span(model, layer)

@@ -11,21 +11,26 @@ projected on the basis (refit.py). A segment is an uncompressed ``.npz`` (numpy 
                                         basis range; bins = DEFAULT_BINS (the divergence's)
     outside        (L, 9) int64         coefficients outside [lo, hi], dropped from the counts (none in
                                         the segment of the commit that fitted the range)
-    layer_units    (L,) int64           each layer's unit: a model's layers of one depth bin
+    layer_units    (L,) int64           each layer's stored unit (a model's layers of one depth bin), -1 if
+                                        its unit holds fewer than FINE_MIN_FILTERS filters (not stored)
     unit_models    (U,) int64, unit_depth_bins (U,) str
-    unit_counts    (U, 9, FINE_BINS)    per unit and component, np.histogram(c, FINE_BINS, (lo, hi)):
+    unit_counts    (U, 9, FINE_BINS)    per stored unit and component, np.histogram(c, FINE_BINS, (lo, hi)):
                                         the ridge plots' KDE (stats/kde.py)
-    layer_models   (L,) int64           each layer's index in model_ids
+    layer_models   (L,) int64           each layer's index in model_ids, -1 if its model holds fewer
+                                        than DENSITY_MIN_FILTERS filters (not stored)
     model_ids      (M,) int64
-    model_density  (M, DENSITY_BINS, DENSITY_BINS)  per model, np.histogram2d(c0, c1, DENSITY_BINS,
-                                        [DENSITY_RANGE] * 2): the density figure's
+    model_density  (M, DENSITY_BINS, DENSITY_BINS)  per stored model, np.histogram2d(c0, c1,
+                                        DENSITY_BINS, [DENSITY_RANGE] * 2): the density figure's
     (unit and model counts int32, or int64 if a model holds 2**31 filters or more)
 
 A selection's histograms are sums of these when it is made of whole units (fine: any grouping by a
-model field or by depth_bin, with any selection by them) or whole models (density); integers, so
-any sum equals numpy's counts of the union of those filters, bit for bit. Sizes: per layer 9 * 70
-int64 (5 KB); per unit 9 * 2048 int32 (72 KiB); per model 512^2 int32 (1 MiB): for the real
-dataset's 647 models (about 6,500 units, 31,700 layers) about 1.3 GB, whatever its number of filters.
+model field or by depth_bin, with any selection by them) or whole models (density), plus a scan of
+the filters of its units (models) too small to be stored; integers, so any sum equals numpy's
+counts of the union of those filters, bit for bit. Sizes: per layer 9 * 70 int64 (5 KB); per
+stored unit 9 * 2048 int32 (72 KiB, at most 9 bytes a filter); per stored model 512^2 int32 (1 MiB,
+at most 8 bytes a filter): for the real dataset's 647 models (about 6,500 units, 31,700 layers)
+about 1.3 GB, whatever its number of filters; a store of many small models stores little beyond
+its layers' 5 KB.
 
 Guarantees: a segment is used only once its size and sha256 are those the catalog recorded, parsed
 from the bytes that were checked (read, not mapped: a file truncated underneath cannot end the
@@ -47,7 +52,7 @@ import numpy as np
 
 from .atomic import fsync_path
 from .layout import StoreDamaged, unreadable
-from .limits import DEFAULT_KDE_BINS, DENSITY_BINS, DENSITY_RANGE
+from .limits import DEFAULT_KDE_BINS, DENSITY_BINS, DENSITY_MIN_FILTERS, DENSITY_RANGE, FINE_MIN_FILTERS
 
 FINE_BINS = DEFAULT_KDE_BINS        # the ridge plots' histogram (the notebook's KDE grid)
 DENSITY_COMPONENTS = (0, 1)         # the density figure's (c0, c1), over DENSITY_RANGE in DENSITY_BINS bins each
@@ -78,14 +83,18 @@ class SegmentPlan:
         layer_ids = np.asarray(t["layer_id"], dtype=np.int64)
         models = np.asarray(t["model_id"], dtype=np.int64)
         depth = np.asarray(t["depth_bin"]).astype(str)
+        n = np.asarray(t["n_filters"], dtype=np.int64)
         model_ids, layer_models = np.unique(models, return_inverse=True)
         keys = np.char.add(np.char.add(models.astype(str), "|"), depth)
-        unit_keys, first, layer_units = np.unique(keys, return_index=True, return_inverse=True)
+        _, first, layer_units = np.unique(keys, return_index=True, return_inverse=True)
+        per_model = np.bincount(layer_models, weights=n, minlength=len(model_ids)).astype(np.int64)
+        per_unit = np.bincount(layer_units, weights=n, minlength=len(first)).astype(np.int64)
         # A model's filters, the most any count of a unit or model can reach, fix the stored width.
-        per_model = np.bincount(layer_models, weights=np.asarray(t["n_filters"], dtype=np.float64)) if len(models) else [0]
-        dtype = np.int32 if max(per_model, default=0) < 2 ** 31 else np.int64
-        return cls(layer_ids, layer_units.astype(np.int64), models[first], depth[first], layer_models.astype(np.int64),
-                   model_ids, max_layer_id, bins, dtype)
+        dtype = np.int32 if per_model.max(initial=0) < 2 ** 31 else np.int64
+        units = per_unit >= FINE_MIN_FILTERS     # the units and models stored; the others are -1
+        stored_models = per_model >= DENSITY_MIN_FILTERS
+        return cls(layer_ids, _renumber(layer_units, units), models[first][units], depth[first][units],
+                   _renumber(layer_models, stored_models), model_ids[stored_models], max_layer_id, bins, dtype)
 
     def maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(slot, unit, model) of each layer id (max_layer_id + 2,) int64, -1 for layers not in the plan."""
@@ -95,6 +104,12 @@ class SegmentPlan:
             m[self.layer_ids] = values
             out.append(m)
         return tuple(out)
+
+
+def _renumber(of_layer: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Each layer's index among the kept units (models), -1 for a layer of one not kept."""
+    new = np.where(kept, np.cumsum(kept) - 1, -1)
+    return new[of_layer].astype(np.int64)
 
 
 @dataclass
@@ -202,7 +217,7 @@ class Segment:
             if a[name].shape != shape or a[name].dtype.kind != "i":
                 raise ValueError(f"{name} is {a[name].dtype} {a[name].shape}, not integers {shape}")
         index = [(a["layer_units"], U)] + ([(a["layer_models"], len(a["model_ids"]))] if "model_density" in a else [])
-        if L and (any(i.min() < 0 or i.max() >= n for i, n in index) or np.any(np.diff(a["layer_ids"]) <= 0)):
+        if L and (any(i.min() < -1 or i.max() >= n for i, n in index) or np.any(np.diff(a["layer_ids"]) <= 0)):
             raise ValueError("its layer index is inconsistent")
         return a
 
@@ -271,39 +286,48 @@ class StoredHistograms:
         return out
 
     def _whole(self, of_layer: np.ndarray, size: np.ndarray, layer_ids, layer_group):
-        """The units (or models) the layers make up, with their group, if every one is whole and of
-        one group; else None."""
+        """The stored units (or models) the layers make up, with their group, and the mask of the
+        layers of units not stored; None if a stored one is not whole, or not of one group, or if
+        none is stored."""
         idx = of_layer[self.positions(layer_ids)]
+        rest = idx < 0
+        idx, grp = idx[~rest], layer_group[~rest]
         if not len(idx) or np.any(np.bincount(idx, minlength=len(size))[idx] != size[idx]):
-            return None
+            return None  # none stored (a scan it is), or one split
         group = np.full(len(size), -1, dtype=np.int64)
-        group[idx] = layer_group
-        if np.any(group[idx] != layer_group):
+        group[idx] = grp
+        if np.any(group[idx] != grp):
             return None
         chosen = np.flatnonzero(group >= 0)
-        return chosen, group[chosen]
+        return chosen, group[chosen], rest
 
-    def fine_sums(self, layer_ids: np.ndarray, layer_group: np.ndarray, n_groups: int) -> np.ndarray | None:
-        """Counts (n_groups, 9, FINE_BINS) int64 of the layers per group, from the units' stored fine
-        histograms; None if the layers are not whole units of one group each (or none are stored)."""
+    def fine_sums(self, layer_ids: np.ndarray, layer_group: np.ndarray, n_groups: int):
+        """(counts (n_groups, 9, FINE_BINS) int64 of the layers of stored units per group, from
+        their stored fine histograms; the mask of the layers whose units are not stored, to scan);
+        None if a stored unit is not whole in the selection or not of one group (or none are stored)."""
         if not self.fine or (whole := self._whole(self.layer_units, self.unit_size, layer_ids, layer_group)) is None:
             return None
-        return _sum_rows(self._units, *whole, n_groups, (9, FINE_BINS))
+        chosen, groups, rest = whole
+        return _sum_rows(self._units, chosen, groups, n_groups, (9, FINE_BINS)), rest
 
-    def density_sum(self, layer_ids: np.ndarray) -> np.ndarray | None:
-        """Counts (DENSITY_BINS, DENSITY_BINS) int64 of the layers' (c0, c1), from their models' stored
-        2-D histograms; None if the layers are not whole models (or none are stored)."""
+    def density_sum(self, layer_ids: np.ndarray):
+        """(counts (DENSITY_BINS, DENSITY_BINS) int64 of the (c0, c1) of the layers of stored models,
+        from their 2-D histograms; the mask of the layers whose models are not stored, to scan); None
+        if a stored model is not whole in the selection (or none are stored)."""
         zeros = np.zeros(len(layer_ids), dtype=np.int64)
         if not self.density or (whole := self._whole(self.layer_models, self.model_size, layer_ids, zeros)) is None:
             return None
-        return _sum_rows(self._models, *whole, 1, (DENSITY_BINS, DENSITY_BINS))[0]
+        chosen, groups, rest = whole
+        return _sum_rows(self._models, chosen, groups, 1, (DENSITY_BINS, DENSITY_BINS))[0], rest
 
 
 def _index(segments: list[Segment], of_layer: str, counts: str):
     """Each layer's global unit (or model), each unit's layer count, and the (offset, counts) parts."""
     offsets = np.cumsum([0] + [len(getattr(s, counts)) for s in segments])
-    index = np.concatenate([getattr(s, of_layer) + o for s, o in zip(segments, offsets)])
-    return index, np.bincount(index, minlength=offsets[-1]), [(int(o), getattr(s, counts)) for s, o in zip(segments, offsets)]
+    index = np.concatenate([np.where(getattr(s, of_layer) >= 0, getattr(s, of_layer) + o, -1)
+                            for s, o in zip(segments, offsets)])
+    return index, np.bincount(index[index >= 0], minlength=offsets[-1]), \
+        [(int(o), getattr(s, counts)) for s, o in zip(segments, offsets)]
 
 
 def _sum_rows(parts: list[tuple[int, np.ndarray]], rows: np.ndarray, groups: np.ndarray, n_groups: int,

@@ -127,15 +127,23 @@ def test_stored_layer_histograms_equal_a_scan(store):
                 Analysis(con, store, use_stored=False).divergence(group_by, where)["matrix"]  # bit for bit
 
 
-def test_stored_histograms_equal_numpy(store, frame):
+def test_stored_histograms_equal_numpy(tmp_path, sample_v1, frame, monkeypatch):
     """The segment a refit writes, against numpy on scikit-learn's coefficients: per layer 70 bins
     over the basis range, per unit (model, depth bin) 2048 bins, per model the density figure's
-    512 x 512 over [-3.3, 3.3] of (c0, c1); nothing outside the range of the fit."""
+    512 x 512 over [-3.3, 3.3] of (c0, c1) (every unit and model stored here, however small);
+    nothing outside the range of the fit."""
+    import cnnfilterdb.segments as segments
+
+    monkeypatch.setattr(segments, "FINE_MIN_FILTERS", 0)
+    monkeypatch.setattr(segments, "DENSITY_MIN_FILTERS", 0)
+    store = tmp_path / "db"
+    assert cli_main(["ingest", str(sample_v1), "--db", str(store)]) == 0
     with open_catalog(store) as con:
         (rel,), = con.execute("SELECT path FROM _histograms").fetchall()
         layers = con.execute("SELECT layer_id, model_id, depth_bin, filter_id_first, filter_id_last FROM layers "
                              "ORDER BY layer_id").fetchall()
     seg = np.load(store / rel)
+    assert len(seg["unit_models"]) == len({(m, d) for _, m, d, _, _ in layers}) and len(seg["model_ids"]) == 12
     assert seg["layer_ids"].tolist() == [r[0] for r in layers]
     assert seg["layer_counts"].shape == (len(layers), 9, 70) and not seg["outside"].any()
     X = _all(frame)

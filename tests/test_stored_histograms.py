@@ -27,6 +27,16 @@ SELECTIONS = [  # (group_by, where): whole units (a model's layers of one depth 
 PARTS = [("depth_bin", {"conv_depth": {"gte": 2}}), ("layer_id", None), ("conv_depth", None)]  # parts of units, mostly
 
 
+@pytest.fixture(autouse=True)
+def store_every_unit(monkeypatch):
+    """Every unit's and model's histograms stored, however small (the fixtures' models are): the
+    stored paths are what these tests test; test_small_units_and_models_are_scanned the mix."""
+    import cnnfilterdb.segments as segments
+
+    monkeypatch.setattr(segments, "FINE_MIN_FILTERS", 0)
+    monkeypatch.setattr(segments, "DENSITY_MIN_FILTERS", 0)
+
+
 @pytest.fixture
 def store(tmp_path, sample_v1):
     db = tmp_path / "db"
@@ -276,3 +286,36 @@ def _npz(path, seed: int, out: int = 8):
     rng = np.random.default_rng(seed)
     np.savez(path, conv1=rng.normal(size=(out, 3, 3, 3)).astype(np.float32))
     return path
+
+
+def test_small_units_and_models_are_scanned(tmp_path, sample_v1, monkeypatch):
+    """Units and models below the size worth storing are left out of the segment (-1) and scanned
+    when a selection holds them; the sum of stored and scanned counts equals the scan, bit for bit."""
+    import cnnfilterdb.segments as segments
+
+    db = tmp_path / "db"
+    monkeypatch.setattr(segments, "FINE_MIN_FILTERS", 1_200)
+    monkeypatch.setattr(segments, "DENSITY_MIN_FILTERS", 5_000)  # 6 of the 12 models (4,998 to 5,003 filters)
+    assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    with open_catalog(db) as con:
+        (rel,), = con.execute("SELECT path FROM _histograms").fetchall()
+        per_unit = dict(((m, d), n) for m, d, n in con.execute(
+            "SELECT model_id, depth_bin, sum(n_filters) FROM layers GROUP BY ALL").fetchall())
+        per_model = dict(con.execute("SELECT model_id, sum(n_filters) FROM layers GROUP BY ALL").fetchall())
+    seg = np.load(db / rel)
+    stored_units = set(zip(seg["unit_models"].tolist(), seg["unit_depth_bins"].tolist()))
+    assert stored_units == {k for k, n in per_unit.items() if n >= 1_200} and 0 < len(stored_units) < len(per_unit)
+    assert set(seg["model_ids"].tolist()) == {m for m, n in per_model.items() if n >= 5_000}
+    assert 0 < len(seg["model_ids"]) < len(per_model) and (seg["layer_units"] == -1).any()
+    with open_catalog(db) as con:
+        fast, slow = Analysis(con, db), Analysis(con, db, use_stored=False)
+        for group_by, where in SELECTIONS:
+            a, b = fast.group_histograms(where, group_by, 2048), slow.group_histograms(where, group_by, 2048)
+            assert a.method == "unit_histograms"
+            np.testing.assert_array_equal(a.counts, b.counts)
+        stored_model, small_model = int(seg["model_ids"][0]), min(set(per_model) - set(seg["model_ids"].tolist()))
+        for where, method in [(None, "unit_histograms"), ({"model_id": [stored_model, small_model]}, "unit_histograms"),
+                              ({"model_id": small_model}, "scan")]:  # nothing stored to sum: a plain scan
+            a, b = fast.density2d(where, bins=512, range=[-3.3, 3.3]), slow.density2d(where, bins=512, range=[-3.3, 3.3])
+            assert a["method"] == method
+            _same(a, b)

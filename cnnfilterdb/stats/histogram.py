@@ -234,7 +234,8 @@ def segment_counts(layer, cols, slot_of_layer, unit_of_layer, model_of_layer, s_
 
     Every bin is ``_bins``'s, numpy's, as in ``histogram_counts`` and ``histogram2d_counts``: each
     count equals theirs for the same rows. The slot, unit and model of a layer id: the three maps
-    (-1: not counted); rows of layers without a slot are skipped.
+    (-1: not counted); rows of layers without a slot are skipped, and those of a unit or model not
+    stored (-1) are counted per layer only.
     """
     n = len(layer)
     bins = layer_counts.shape[2]
@@ -253,20 +254,21 @@ def segment_counts(layer, cols, slot_of_layer, unit_of_layer, model_of_layer, s_
         s = slot_of_layer[lid]
         if s >= 0:
             s -= s_lo
-            u = unit_of_layer[lid] - u_lo
-            md = model_of_layer[lid] - m_lo
+            u = unit_of_layer[lid]      # -1: its unit is not stored
+            md = model_of_layer[lid]    # -1: its model is not stored
             for start in range(r, end, BLOCK):
                 m = min(BLOCK, end - start)
                 _coefficients(cols, start, m, C, shift, x, c, inv)
                 for i in range(9):
                     _count(c[i], m, lo, hi, scale, edges, idx, layer_counts, outside, s, i)
-                    # the same values outside: counted once, in ``outside`` (unit_outside is scratch)
-                    _count(c[i], m, lo, hi, fine_scale, fine_edges, idx, unit_counts, unit_outside, u, i)
-                _bins(c[0], m, d_lo, d_hi, d_scale, d_bins, d_edges, idx)
-                _bins(c[1], m, d_lo, d_hi, d_scale, d_bins, d_edges, idx2)
-                for k in range(m):
-                    if idx[k] >= 0 and idx2[k] >= 0:
-                        model_counts[md, idx[k], idx2[k]] += 1
+                    if u >= 0:  # the same values outside: counted once, in ``outside`` (unit_outside is scratch)
+                        _count(c[i], m, lo, hi, fine_scale, fine_edges, idx, unit_counts, unit_outside, u - u_lo, i)
+                if md >= 0:
+                    _bins(c[0], m, d_lo, d_hi, d_scale, d_bins, d_edges, idx)
+                    _bins(c[1], m, d_lo, d_hi, d_scale, d_bins, d_edges, idx2)
+                    for k in range(m):
+                        if idx[k] >= 0 and idx2[k] >= 0:
+                            model_counts[md - m_lo, idx[k], idx2[k]] += 1
         r = end
 
 
