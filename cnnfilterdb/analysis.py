@@ -250,7 +250,9 @@ class Analysis:
             "group_by": group_by, "range": [h.lo, h.hi], "bins": bins, "grid": ((edges[:-1] + edges[1:]) / 2).tolist(),
             "basis": {"kind": basis, "version": b.version if basis == "global" else None},
             "groups": [{"label": lab, "n_filters": int(nf), "n_models": int(nm), "n_outside": int(h.outside[g].sum()),
-                        "bandwidth": bw[g].tolist(), "std": std[g].tolist(), "quartiles": q[g, :, 1:3].tolist(),
+                        "bandwidth": bw[g].tolist(), "std": std[g].tolist(),
+                        # NaN (no value of the component in range: all outside a kept basis's) is null
+                        "quartiles": [[None if np.isnan(v) else float(v) for v in row] for row in q[g, :, 1:3]],
                         "density": density[g].tolist()}
                        for g, (lab, nf, nm) in enumerate(zip(sel.labels, sel.n_filters, sel.n_models))],
             "method": h.method,

@@ -87,14 +87,6 @@ def histogram_segments(con: duckdb.DuckDBPyConnection, basis_version: int, store
                        [basis_version]).fetchall()
 
 
-def basis_fitted_at(con: duckdb.DuckDBPyConnection, basis_version: int) -> int | None:
-    """The store version whose filters basis ``basis_version`` was fitted on (None: unknown)."""
-    if schema_version(con) < 7:
-        return None
-    row = con.execute("SELECT store_version FROM _basis WHERE version = ?", [basis_version]).fetchone()
-    return None if row is None or row[0] is None else int(row[0])
-
-
 def has_tables(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether the catalog records Parquet tables (layout 5 and later: ``_tables``)."""
     return bool(con.execute("SELECT max(schema_version) >= 5 FROM _store").fetchone()[0])

@@ -25,6 +25,7 @@ them. What this module guarantees of the store's files:
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -114,6 +115,34 @@ def file_problem(root: Path, rel: str, size: int, sha256: str | None = None) -> 
 
 
 _STORE_FILE = re.compile(r"[^\s'\"]*\b" + SHARDS + r"/([^\s'\"/]+)")  # a path to a store file in a message
+
+
+def read_store_file(root: Path, rel: str, size: int) -> bytes:
+    """The bytes of the store file ``rel``, read only if it is a regular file of the store's own
+    (opened without following a link or blocking on a FIFO, then checked with fstat) of the size
+    the catalog recorded; else StoreDamaged naming it. Read whole: the bytes checked are the bytes used."""
+    path = Path(root) / rel
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise StoreDamaged(rel, SYMLINK_PROBLEM) from None
+        raise unreadable(path, e) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreDamaged(rel, f"{file_kind(st.st_mode)}, not a regular file; not read")
+        if st.st_size != size:
+            raise StoreDamaged(rel, f"size differs ({st.st_size:,} bytes, the catalog recorded {size:,})")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(size + 1)
+    except OSError as e:
+        raise unreadable(path, e) from None
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        raise StoreDamaged(rel, f"size differs ({len(data):,} bytes read, the catalog recorded {size:,})")
+    return data
 
 
 def unreadable(path: Path, e: BaseException) -> StoreDamaged:

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import fsync_path
-from .layout import StoreDamaged, unreadable
+from .layout import StoreDamaged, read_store_file
 from .limits import DEFAULT_KDE_BINS, DENSITY_BINS, DENSITY_MIN_FILTERS, DENSITY_RANGE, FINE_MIN_FILTERS
 
 FINE_BINS = DEFAULT_KDE_BINS        # the ridge plots' histogram (the notebook's KDE grid)
@@ -183,12 +183,7 @@ class Segment:
         key = (str(root), rel, sha256)
         if (seg := _LOADED.get(key)) is not None:
             return seg
-        try:
-            data = (Path(root) / rel).read_bytes()
-        except OSError as e:
-            raise unreadable(Path(root) / rel, e) from None
-        if len(data) != size:
-            raise StoreDamaged(rel, f"size differs ({len(data):,} bytes, the catalog recorded {size:,})")
+        data = read_store_file(root, rel, size)  # a link, a FIFO, another size: StoreDamaged, nothing read
         if (digest := hashlib.sha256(data).hexdigest()) != sha256:
             raise StoreDamaged(rel, f"checksum differs (sha256 {digest[:16]}..., the catalog recorded {sha256[:16]}...)")
         try:
@@ -251,6 +246,27 @@ class StoredHistograms:
             self.layer_units, self.unit_size, self._units = _index(segments, "layer_units", "unit_counts")
         if self.density:
             self.layer_models, self.model_size, self._models = _index(segments, "layer_models", "model_density")
+
+    def problem(self, pos: np.ndarray, n_filters: np.ndarray) -> str | None:
+        """What is wrong with the counts of the layers at ``pos`` holding ``n_filters`` each (the
+        catalog's), if anything: every count is >= 0, a layer's counts and values outside add up to
+        its filters in each component, a stored unit's counts to its layers' in range."""
+        per_layer = (self.cumulative[pos + 1] - self.cumulative[pos]).reshape(len(pos), 9, self.bins)
+        if (per_layer < 0).any() or (self.outside[pos] < 0).any():
+            return "negative counts"
+        in_range = per_layer.sum(axis=2)
+        if not np.array_equal(in_range + self.outside[pos], np.broadcast_to(n_filters[:, None], in_range.shape)):
+            return "its per-layer counts do not add up to the catalog's filters"
+        if self.fine:
+            units = self.layer_units[pos]
+            want = np.zeros((len(self.unit_size), 9), dtype=np.int64)
+            np.add.at(want, units[units >= 0], in_range[units >= 0])
+            got = np.concatenate([c.sum(axis=2, dtype=np.int64) for _, c in self._units]) if self._units else want
+            used = np.zeros(len(self.unit_size), dtype=bool)
+            used[units[units >= 0]] = True
+            if (got[used] != want[used]).any():
+                return "its per-unit counts are not its layers'"
+        return None
 
     @property
     def nbytes(self) -> int:

@@ -20,6 +20,8 @@ VersionError (catalog.py).
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,27 +35,48 @@ from .segments import Segment, StoredHistograms
 from .selection import select
 from .stats.basis import Basis
 
+# The stored histograms most recently used, at most STORED_KEPT (a basis's are 1.3 GB at the real
+# dataset's size): a service asked `as_of` versions of many bases holds two, not one per version.
+STORED_KEPT = 2
+_stored: OrderedDict = OrderedDict()
+_stored_lock = threading.Lock()
 
-def load_stored_histograms(cur, root: Path, store_version: int) -> StoredHistograms | None:
-    """The stored histograms of store version ``store_version``'s basis (None: it has none, fewer
-    than 2 filters), every segment checked (segments.Segment.load) and every layer of the version in
-    one of them; otherwise StoreDamaged naming the file."""
-    bv = basis_version_at(cur, store_version)
-    files = [] if bv is None else histogram_segments(cur, bv, store_version)
-    if not files:
-        return None
+
+def _stored_of(root: Path, bv: int, files: list[tuple]) -> StoredHistograms:
+    key = (str(root), bv, tuple(files))
+    with _stored_lock:
+        if key in _stored:
+            _stored.move_to_end(key)
+            return _stored[key]
     bins = {b for *_, b in files}
     if len(bins) != 1:
         raise StoreDamaged(files[0][0], f"the segments of basis {bv} differ in bins ({sorted(bins)})")
     (bins,) = bins
-    segments = [Segment.load(root, rel, size, sha256, bins) for rel, size, sha256, _ in files]
-    stored = StoredHistograms(bv, bins, segments)
+    stored = StoredHistograms(bv, bins, [Segment.load(root, rel, size, sha256, bins) for rel, size, sha256, _ in files])
+    with _stored_lock:
+        _stored[key] = stored
+        while len(_stored) > STORED_KEPT:
+            _stored.popitem(last=False)
+    return stored
+
+
+def load_stored_histograms(cur, root: Path, store_version: int) -> StoredHistograms | None:
+    """The stored histograms of store version ``store_version``'s basis (None: it has none, fewer
+    than 2 filters), every segment checked (segments.Segment.load) and every layer of the version in
+    one of them; otherwise StoreDamaged naming the file. The last STORED_KEPT used are kept."""
+    bv = basis_version_at(cur, store_version)
+    files = [] if bv is None else histogram_segments(cur, bv, store_version)
+    if not files:
+        return None
+    stored = _stored_of(root, bv, files)
     # The ids from the catalog: every layer of the version has its histograms in a segment.
-    ids = np.asarray(cur.execute(f"SELECT layer_id FROM layers_at({int(store_version)}) ORDER BY layer_id")
-                     .fetchnumpy()["layer_id"], dtype=np.int64)
+    t = cur.execute(f"SELECT layer_id, n_filters FROM layers_at({int(store_version)}) ORDER BY layer_id").fetchnumpy()
+    ids = np.asarray(t["layer_id"], dtype=np.int64)
     pos = np.searchsorted(stored.layer_ids, ids)
     if len(ids) and (pos[-1] >= len(stored.layer_ids) or not np.array_equal(stored.layer_ids[pos], ids)):
         raise StoreDamaged(files[-1][0], "its layer ids are not the catalog's")
+    if (problem := stored.problem(pos, np.asarray(t["n_filters"], dtype=np.int64))) is not None:
+        raise StoreDamaged(files[-1][0], problem)
     return stored
 
 
@@ -129,7 +152,12 @@ class Snapshot:
             "SELECT coalesce(max(layer_id), 0) FROM _layers").fetchone()[0]))  # of every version: ids are never reused
 
     def stored_histograms(self, cur) -> StoredHistograms | None:
-        return self._get("stored_histograms", lambda: load_stored_histograms(cur, self.root, self.version))
+        """Checked against the catalog once per snapshot; held by the module's few kept (STORED_KEPT),
+        not by the snapshot: the service keeps many snapshots."""
+        if not self._get("stored_checked", lambda: load_stored_histograms(cur, self.root, self.version) is not None):
+            return None
+        bv = basis_version_at(cur, self.version)
+        return _stored_of(self.root, bv, self._get("stored_files", lambda: histogram_segments(cur, bv, self.version)))
 
     def layer_moments(self, cur) -> LayerMoments:
         return self._get("layer_moments", lambda: LayerMoments.load(cur))

@@ -469,20 +469,20 @@ class StoreTransaction:
     def changed_since_fit(self, basis_version: int) -> tuple[int, int] | None:
         """(the filters this version holds that basis ``basis_version`` was not fitted on plus those
         it was fitted on that this version no longer holds, the filters it was fitted on); None if
-        the store does not know the version it was fitted at (a basis of layout 6 or before)."""
-        from .catalog import basis_fitted_at
+        the store does not know the layers of the fit (a basis of layout 6 or before).
 
-        fitted = basis_fitted_at(self.con, basis_version)
-        if fitted is None:
+        A layer of this version was fitted on exactly when its id is at most the largest layer id of
+        the fit (``_basis.max_layer_id``: ids are never reused, removed models never return), so the
+        count holds after `compact` forgot the fitted version's rows."""
+        row = self.con.execute("SELECT max_layer_id, n_filters FROM _basis WHERE version = ?", [basis_version]).fetchone()
+        if row is None or row[0] is None:
             return None
-        changed, fitted_n = self.con.execute(
-            "SELECT (SELECT coalesce(sum(n_filters), 0) FROM (SELECT layer_id, n_filters FROM layers_at(?) "
-            "        EXCEPT SELECT layer_id, n_filters FROM layers_at(?))) "
-            "     + (SELECT coalesce(sum(n_filters), 0) FROM (SELECT layer_id, n_filters FROM layers_at(?) "
-            "        EXCEPT SELECT layer_id, n_filters FROM layers_at(?))), "
-            "       (SELECT n_filters FROM _basis WHERE version = ?)",
-            [self.version, fitted, fitted, self.version, basis_version]).fetchone()
-        return int(changed), int(fitted_n)
+        fitted_max, fitted_n = row
+        new, kept = self.con.execute(
+            "SELECT coalesce(sum(n_filters) FILTER (WHERE layer_id > ?), 0), "
+            "       coalesce(sum(n_filters) FILTER (WHERE layer_id <= ?), 0) FROM layers_at(?)",
+            [fitted_max, fitted_max, self.version]).fetchone()
+        return int(new) + int(fitted_n) - int(kept), int(fitted_n)
 
     def _tables_dir(self, version: int) -> str:
         from .tables import directory_name
@@ -597,9 +597,9 @@ class StoreTransaction:
         b, written = r
         version = int(self.con.execute("SELECT coalesce(max(version), 0) + 1 FROM _basis").fetchone()[0])
         self.con.execute(
-            "INSERT INTO _basis VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO _basis VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [version, b.n_filters, b.mean.tolist(), b.components.tolist(), b.explained_variance.tolist(),
-             b.explained_variance_ratio.tolist(), b.range_min, b.range_max, self.version],
+             b.explained_variance_ratio.tolist(), b.range_min, b.range_max, self.version, self.next_layer_id() - 1],
         )
         self._record_segment(version, written)
         return version

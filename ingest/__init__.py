@@ -8,7 +8,7 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from cnnfilterdb.catalog import SAMPLE_MODELS, basis_version_at
-from cnnfilterdb.layout import CATALOG, default_db, file_sha256
+from cnnfilterdb.layout import CATALOG, LOCK, default_db, file_sha256
 from cnnfilterdb.store import StoreTransaction, check_refit
 
 from .errors import IngestError
@@ -71,7 +71,8 @@ def _sources(paths: list[Path], meta: dict, manifest: Path | None, ignored: list
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            stores = {c.parent for c in p.rglob(CATALOG)}
+            # a store: its catalog, or the lock of a writer that created it and died before committing
+            stores = {c.parent for name in (CATALOG, LOCK) for c in p.rglob(name)}
             ignored += [f"{d} (a store)" for d in sorted(stores)]
             out += [Source(f, dict(meta), False) for f in sorted(p.rglob("*"))
                     if f.is_file() and not stores.intersection(f.parents)]

@@ -428,7 +428,8 @@ class GroupKde(BaseModel):
     n_outside: int = Field(description=OUTSIDE_TEXT)
     bandwidth: list[float] = Field(description="per component: Silverman's rule (KDEpy's)")
     std: list[float] = Field(description="per component: the coefficients' standard deviation (ddof=1), exact")
-    quartiles: list[list[float]] = Field(description="per component: 25th and 75th percentiles (within a bin)")
+    quartiles: list[list[float | None]] = Field(description="per component: 25th and 75th percentiles (within a bin); "
+                                                          "null where none of the group's values is in range")
     density: list[list[float]] = Field(description="9 components x bins: the density at each grid point")
 
 

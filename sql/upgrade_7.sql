@@ -26,6 +26,10 @@ FROM _layer_histograms h;
 DROP TABLE _layer_histograms;
 -- The store version whose filters a basis was fitted on (its n_filters): the refit policy compares a
 -- version's filters with those (store.py, docs/method.md#refit).
+-- And the largest layer id then: a layer of a later version was among the filters of the fit exactly
+-- when its id is at most that (ids are never reused, removed models never return), which stays true
+-- after `compact` forgot the rows of the fitted version. Null for the bases before: the policy refits.
 ALTER TABLE _basis ADD COLUMN store_version INTEGER;
+ALTER TABLE _basis ADD COLUMN max_layer_id INTEGER;
 UPDATE _basis SET store_version = (SELECT min(v.version) FROM _versions v WHERE v.basis_version = _basis.version);
 UPDATE _store SET schema_version = 7;

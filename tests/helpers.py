@@ -136,4 +136,5 @@ def as_layout_6(db: Path) -> None:
                         [bv, len(ids), rel, len(data), hashlib.sha256(data).hexdigest()])
         con.execute("DROP TABLE _histograms")
         con.execute("ALTER TABLE _basis DROP COLUMN store_version")
+        con.execute("ALTER TABLE _basis DROP COLUMN max_layer_id")
         con.execute("UPDATE _store SET schema_version = 6")

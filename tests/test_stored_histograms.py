@@ -319,3 +319,106 @@ def test_small_units_and_models_are_scanned(tmp_path, sample_v1, monkeypatch):
             a, b = fast.density2d(where, bins=512, range=[-3.3, 3.3]), slow.density2d(where, bins=512, range=[-3.3, 3.3])
             assert a["method"] == method
             _same(a, b)
+
+
+def test_the_policy_counts_removals_after_compact(store, tmp_path, monkeypatch):
+    """Filters removed since the fit count as changed even once `compact` forgot the fitted
+    version's rows (the fit's layers are those up to its largest layer id)."""
+    import cnnfilterdb.store as store_module
+
+    monkeypatch.setattr(store_module, "REFIT_SMALL_STORE", 0)
+    with open_catalog(store) as con:
+        gone = [m for (m,) in con.execute("SELECT model FROM models WHERE model_id < 7").fetchall()]
+    assert cli_main(["remove", *gone, "--db", str(store), "--refit", "never"]) == 0
+    assert cli_main(["compact", "--keep-versions", "1", "--db", str(store)]) == 0
+    code, out, err = run_cli("ingest", str(_npz(tmp_path / "t.npz", 4, out=2)), "--db", str(store), "--task", "GAN")
+    assert code == 0, err
+    assert json.loads(out)["refitted"] is True  # 7 of 12 models gone since the fit: far past 5%
+
+
+def test_kde_of_a_group_with_no_value_in_range(tmp_path):
+    """A kept basis fitted on filters of one shape, then a model all of whose coefficient c_i fall
+    outside its range: its quartiles are null (not a 500), its densities zero."""
+    from fastapi.testclient import TestClient
+
+    from cnnfilterdb.service.main import create_app
+    from cnnfilterdb.service.settings import Settings
+
+    rng = np.random.default_rng(0)
+    a = np.zeros((64, 1, 3, 3), np.float32)
+    a[:, 0, 0, 0] = 1
+    a += rng.normal(size=a.shape).astype(np.float32) * 1e-3
+    np.savez(tmp_path / "a.npz", conv=a)
+    np.savez(tmp_path / "b.npz", conv=rng.normal(size=(16, 4, 3, 3)).astype(np.float32))
+    db = tmp_path / "db"
+    assert cli_main(["ingest", str(tmp_path / "a.npz"), "--db", str(db), "--task", "A"]) == 0
+    assert cli_main(["ingest", str(tmp_path / "b.npz"), "--db", str(db), "--task", "B", "--refit", "never"]) == 0
+    client = TestClient(create_app(Settings(db=db)), raise_server_exceptions=False)
+    r = client.post("/v1/kde", json={"group_by": "task"})
+    assert r.status_code == 200, r.text
+    b = r.json()["groups"][1]
+    assert b["label"] == "B" and b["n_outside"] > 0
+    empty = [i for i, q in enumerate(b["quartiles"]) if q == [None, None]]
+    assert empty and all(not any(b["density"][i]) for i in empty)
+    assert client.get("/v1/plots/ridge.png?group_by=task").status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link"])
+def test_a_segment_that_is_no_regular_file_is_damage(store, kind):
+    """A FIFO or a link in a segment's place: one line naming it, never a hang or a read of what a
+    link leads to (here /dev/zero, endless)."""
+    import os
+    import subprocess
+    import sys
+
+    with open_catalog(store) as con:
+        (rel,), = con.execute("SELECT path FROM _histograms").fetchall()
+    (store / rel).unlink()
+    os.mkfifo(store / rel) if kind == "fifo" else (store / rel).symlink_to("/dev/zero")
+    r = subprocess.run([sys.executable, "-m", "cnnfilterdb.cli", "drift", "--group-by", "task", "--db", str(store)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and rel in r.stderr
+    assert ("not a regular file" if kind == "fifo" else "symbolic link") in r.stderr, r.stderr
+
+
+def test_a_half_written_store_in_an_ingested_folder_is_skipped(tmp_path):
+    """A store whose first ingest died before its commit (its lock and shards, no catalog) is not
+    read as model files when its folder is ingested."""
+    half = tmp_path / "zoo" / "half"
+    (half / "shards").mkdir(parents=True)
+    (half / ".ingest.lock").touch()
+    np.savez(half / "shards" / "x-histograms.npz", layer_ids=np.arange(3))
+    _npz(tmp_path / "zoo" / "m.npz", 1)
+    code, out, err = run_cli("ingest", str(tmp_path / "zoo"), "--db", str(tmp_path / "db"), "--task", "GAN")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["models_added"] == 1 and r["ignored"] == [f"{half} (a store)"]
+
+
+@pytest.mark.parametrize("change", ["layer", "unit", "negative"])
+def test_a_segment_whose_counts_are_not_its_layers_is_damage(store, change):
+    """A segment rewritten with other counts and recorded in the catalog with its new sha256 (what
+    no writer of the store does): the counts no longer add up to the catalog's filters, and a reader
+    says so instead of answering from them."""
+    import hashlib
+
+    import duckdb
+
+    with open_catalog(store) as con:
+        (rel,), = con.execute("SELECT path FROM _histograms").fetchall()
+    seg = dict(np.load(store / rel))
+    if change == "layer":
+        seg["layer_counts"][0, 0, 0] += 1
+    elif change == "unit":
+        seg["unit_counts"][0, 0, 0] += 1
+    else:  # the sum kept, one count below zero
+        v = int(seg["layer_counts"][0, 0, 0])
+        seg["layer_counts"][0, 0, 0] = -1
+        seg["layer_counts"][0, 0, 1] += v + 1
+    with open(store / rel, "wb") as f:
+        np.savez(f, **seg)
+    data = (store / rel).read_bytes()
+    with duckdb.connect(str(store / "catalog.duckdb")) as con:
+        con.execute("UPDATE _histograms SET bytes = ?, sha256 = ?", [len(data), hashlib.sha256(data).hexdigest()])
+    code, out, err = run_cli("drift", "--group-by", "task", "--db", str(store))
+    assert code == 1 and rel in err and ("add up" in err or "not its layers'" in err or "negative" in err), err
