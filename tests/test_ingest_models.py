@@ -450,7 +450,7 @@ def test_a_second_ingest_waits_for_no_one(tmp_path, sample_v01, capsys, torch):
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         assert cli_main(["ingest", str(MODELS / "pnet.pt"), "--db", str(db)]) == 1
-        assert "another writer (ingest, label, remove, compact) is running" in capsys.readouterr().err
+        assert "another writer (ingest, label, remove, refit, compact) is running" in capsys.readouterr().err
     finally:
         os.close(fd)
     assert store_snapshot(db) == before

@@ -362,11 +362,11 @@ class SparkScanner:
 
         layers = LayerGroups.of(plan.layer_ids, np.arange(len(plan.layer_ids)), len(plan.layer_ids), plan.max_layer_id)
         layer_counts, outside = self.histograms(layers, basis, lo, hi, plan.bins)
-        units = LayerGroups.of(plan.layer_ids, plan.layer_units, len(plan.unit_models), plan.max_layer_id)
-        unit_counts, _ = self.histograms(units, basis, lo, hi, FINE_BINS)
         out = SegmentCounts.zeros(plan, density=False)
         out.layer_counts[...], out.outside[...] = layer_counts, outside
-        out.unit_counts[...] = unit_counts
+        if len(plan.unit_models):  # the units large enough to be stored, if any (-1: not stored)
+            units = LayerGroups.of(plan.layer_ids, plan.layer_units, len(plan.unit_models), plan.max_layer_id)
+            out.unit_counts[...] = self.histograms(units, basis, lo, hi, FINE_BINS)[0]
         return out
 
     def layer_moments(self, layer_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
