@@ -16,10 +16,11 @@ DENSITY_BINS = 512
 DENSITY_RANGE = (-3.3, 3.3)
 # What is stored per unit (a model's layers of one depth bin: 9 x 2048 int32, 72 KiB) and per model
 # (512 x 512 int32, 1 MiB) only pays for itself above a size: smaller units and models are scanned
-# when a figure needs them (their filters only), so the stored histograms take at most about 9 and
-# 8 bytes a filter whatever the number of models.
-FINE_MIN_FILTERS = 8_192
-DENSITY_MIN_FILTERS = 131_072
+# when a figure needs them (their filters only: a row group or two each), so the stored histograms
+# take at most 72 and 32 bytes a filter whatever the number of models (at the real dataset's shape
+# about 2 bytes; every unit and all but a few models are stored there).
+FINE_MIN_FILTERS = 1_024
+DENSITY_MIN_FILTERS = 32_768
 MAX_RANGE_ABS = 1e6                   # ends of a 2-D histogram's range (coefficients of peak-scaled filters are within +-3)
 MAX_SIMILAR_K = 1_000                 # models a /v1/models/{id}/similar answer may list
 MAX_DEGENERATE_LIMIT = 10_000         # layers per page of /v1/quality/degenerate

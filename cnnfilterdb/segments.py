@@ -27,10 +27,10 @@ A selection's histograms are sums of these when it is made of whole units (fine:
 model field or by depth_bin, with any selection by them) or whole models (density), plus a scan of
 the filters of its units (models) too small to be stored; integers, so any sum equals numpy's
 counts of the union of those filters, bit for bit. Sizes: per layer 9 * 70 int64 (5 KB); per
-stored unit 9 * 2048 int32 (72 KiB, at most 9 bytes a filter); per stored model 512^2 int32 (1 MiB,
-at most 8 bytes a filter): for the real dataset's 647 models (about 6,500 units, 31,700 layers)
-about 1.3 GB, whatever its number of filters; a store of many small models stores little beyond
-its layers' 5 KB.
+stored unit 9 * 2048 int32 (72 KiB, at most 72 bytes a filter); per stored model 512^2 int32
+(1 MiB, at most 32 bytes a filter): for the real dataset's 647 models (about 6,500 units, 31,700
+layers) about 1.3 GB, whatever its number of filters; a store of many small models stores little
+beyond its layers' 5 KB.
 
 Guarantees: a segment is used only once its size and sha256 are those the catalog recorded, parsed
 from the bytes that were checked (read, not mapped: a file truncated underneath cannot end the
