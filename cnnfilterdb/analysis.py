@@ -268,7 +268,8 @@ class Analysis:
         C, g, d = b.components, sel.layer_group, len(sel.labels)
         n = moments.n[pos]
         p = moments.mean[pos] @ C.T                                    # (layers, 9)
-        s = np.einsum("ij,ljk,ik->li", C, moments.scatter[pos], C)     # (layers, 9)
+        # s[l, i] = C_i^T S_l C_i = S_l (raveled) . (C_i outer C_i) (raveled): one matrix product
+        s = moments.scatter[pos].reshape(len(pos), 81) @ np.einsum("ij,ik->ijk", C, C).reshape(9, 81).T  # (layers, 9)
         N = np.bincount(g, weights=n, minlength=d)
         mean = np.stack([np.bincount(g, weights=n * p[:, i], minlength=d) for i in range(9)], axis=1)
         mean /= np.maximum(N, 1)[:, None]
