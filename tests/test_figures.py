@@ -97,27 +97,34 @@ def test_drift_box_draws_the_upper_triangles(analysis, client):
 
 
 def test_ridge_draws_the_kde_endpoints_curves(analysis, client):
-    """A column of rows per coefficient: row r's curve is the group's density, standing on the
-    baseline n - 1 - r and scaled to 2 units at 1.05 x its peak (the notebook's overlapping
-    panels, each autoscaled from 0 with a 5% margin), drawn at every step-th grid point."""
+    """A column of rows per coefficient, one collection of paths in drawing order: row r's fill then
+    its outline, the curve being the group's density standing on the baseline n - 1 - r and scaled
+    to 2 units at 1.05 x its peak (the notebook's overlapping panels, each autoscaled from 0 with a
+    5% margin), drawn at every step-th grid point; lower rows in front."""
+    from matplotlib.colors import to_rgba
+
     from cnnfilterdb.limits import MAX_CURVE_POINTS
 
     want = client.post("/v1/kde", json={"group_by": "visual_category"}).json()
     fig = _fig(analysis, "ridge", group_by="visual_category")
     n = len(want["groups"])
     step = -(-len(want["grid"]) // MAX_CURVE_POINTS)
+    x = np.asarray(want["grid"])[::step]
     assert len(fig.axes) == 9
     for col, ax in enumerate(fig.axes):
-        assert ax.get_ylim() == (0, n + 1) and len(ax.lines) == n
+        assert ax.get_ylim() == (0, n + 1) and len(ax.collections) == 1
+        coll = ax.collections[0]
+        paths, faces, edges = coll.get_paths(), coll.get_facecolors(), coll.get_edgecolors()
+        assert len(paths) == 2 * n
         for row, g in enumerate(want["groups"]):
-            line = ax.lines[row]
             d = np.asarray(g["density"][col])[::step]
-            assert np.array_equal(line.get_xdata(), np.asarray(want["grid"])[::step])
-            np.testing.assert_allclose(line.get_ydata(), (n - 1 - row) + 2 * d / (1.05 * d.max()), rtol=1e-15)
-            assert line.get_color() == "#f0f0f0"
-            assert ax.collections[row].get_alpha() == 0.7
-            assert ax.collections[row].get_zorder() < line.get_zorder() < ax.collections[row + 1].get_zorder() \
-                if row + 1 < n else True  # lower rows in front
+            curve = (n - 1 - row) + 2 * d / (1.05 * d.max())
+            fill, outline = paths[2 * row].vertices, paths[2 * row + 1].vertices
+            np.testing.assert_allclose(outline[:len(x)], np.column_stack([x, curve]), rtol=1e-15)
+            np.testing.assert_allclose(fill[:len(x)], np.column_stack([x, curve]), rtol=1e-15)
+            assert fill[len(x)].tolist() == [x[-1], n - 1 - row] and fill[len(x) + 1].tolist() == [x[0], n - 1 - row]
+            assert tuple(faces[2 * row]) == to_rgba(f"C{row % 10}", 0.7) and faces[2 * row + 1][3] == 0
+            assert tuple(edges[2 * row + 1]) == to_rgba("#f0f0f0")
     assert [t.get_text() for t in fig.axes[0].texts] == _labels({"labels": [g["label"] for g in want["groups"]],
                                                                  "n_models": [g["n_models"] for g in want["groups"]]})
     assert [ax.get_title() for ax in fig.axes] == [f"c{c}" for c in range(9)]
