@@ -242,15 +242,18 @@ class StoredHistograms:
             np.cumsum(np.concatenate(counts), axis=0, out=self.cumulative[1:])
         self.outside = np.concatenate([s.outside for s in segments]) if segments else np.zeros((0, 9), np.int64)
         # A layout-6 file has no fine histograms, a refit on Spark no 2-D ones: those analyses scan.
-        self.fine = bool(segments) and all(s.unit_counts is not None for s in segments)
-        self.density = bool(segments) and all(s.model_density is not None for s in segments)
+        # (and none stored: every unit, every model below the size worth storing: a scan it is)
+        self.fine = bool(segments) and all(s.unit_counts is not None for s in segments) \
+            and any(len(s.unit_counts) for s in segments)
+        self.density = bool(segments) and all(s.model_density is not None for s in segments) \
+            and any(len(s.model_density) for s in segments)
         if self.fine:
             self.layer_units, self.unit_size, self._units = _index(segments, "layer_units", "unit_counts")
             # Each model's units summed (a model's units are consecutive): a grouping by a model
             # field reads these, a tenth of the bytes of the units.
             unit_models = np.concatenate([s.unit_models for s in segments])
-            starts = np.flatnonzero(np.r_[True, unit_models[1:] != unit_models[:-1]]) if len(unit_models) else []
-            self.unit_model = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(unit_models)]))
+            starts = np.flatnonzero(np.r_[True, unit_models[1:] != unit_models[:-1]])
+            self.unit_model = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(unit_models)]).astype(np.int64))
             self.model_units = np.bincount(self.unit_model, minlength=len(starts))
             self._model_fine = [(0, np.concatenate([np.add.reduceat(c, st, axis=0, dtype=np.int64) if len(c) else
                                                     np.zeros((0, 9, FINE_BINS), np.int64)
@@ -277,6 +280,15 @@ class StoredHistograms:
             used[units[units >= 0]] = True
             if (got[used] != want[used]).any():
                 return "its per-unit counts are not its layers'"
+        if self.density:  # a model's 2-D counts: none negative, at most its filters
+            models = self.layer_models[pos]
+            most = np.zeros(len(self.model_size), dtype=np.int64)
+            np.add.at(most, models[models >= 0], n_filters[models >= 0])
+            used = np.zeros(len(self.model_size), dtype=bool)
+            used[models[models >= 0]] = True
+            got = np.concatenate([c.sum(axis=(1, 2), dtype=np.int64) for _, c in self._models])
+            if (got[used] > most[used]).any() or any((c < 0).any() for _, c in self._models):
+                return "its per-model 2-D counts are not its layers'"
         return None
 
     @property

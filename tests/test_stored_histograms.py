@@ -395,7 +395,7 @@ def test_a_half_written_store_in_an_ingested_folder_is_skipped(tmp_path):
     assert r["models_added"] == 1 and r["ignored"] == [f"{half} (a store)"]
 
 
-@pytest.mark.parametrize("change", ["layer", "unit", "negative"])
+@pytest.mark.parametrize("change", ["layer", "unit", "negative", "model"])
 def test_a_segment_whose_counts_are_not_its_layers_is_damage(store, change):
     """A segment rewritten with other counts and recorded in the catalog with its new sha256 (what
     no writer of the store does): the counts no longer add up to the catalog's filters, and a reader
@@ -411,6 +411,8 @@ def test_a_segment_whose_counts_are_not_its_layers_is_damage(store, change):
         seg["layer_counts"][0, 0, 0] += 1
     elif change == "unit":
         seg["unit_counts"][0, 0, 0] += 1
+    elif change == "model":  # more (c0, c1) counts than the model has filters
+        seg["model_density"][0, 0, 0] += int(seg["model_density"][0].sum()) + 10**6
     else:  # the sum kept, one count below zero
         v = int(seg["layer_counts"][0, 0, 0])
         seg["layer_counts"][0, 0, 0] = -1
@@ -422,3 +424,28 @@ def test_a_segment_whose_counts_are_not_its_layers_is_damage(store, change):
         con.execute("UPDATE _histograms SET bytes = ?, sha256 = ?", [len(data), hashlib.sha256(data).hexdigest()])
     code, out, err = run_cli("drift", "--group-by", "task", "--db", str(store))
     assert code == 1 and rel in err and ("add up" in err or "not its layers'" in err or "negative" in err), err
+
+
+def test_a_store_of_small_units_and_models_only(tmp_path, sample_v1, monkeypatch):
+    """No unit and no model reaches the size worth storing: the segment holds per-layer counts only,
+    and the fine and 2-D analyses scan (a store of many small models crashed every analysis)."""
+    import cnnfilterdb.segments as segments
+
+    monkeypatch.setattr(segments, "FINE_MIN_FILTERS", 10**9)
+    monkeypatch.setattr(segments, "DENSITY_MIN_FILTERS", 10**9)
+    db = tmp_path / "db"
+    assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    with open_catalog(db) as con:
+        (rel,), = con.execute("SELECT path FROM _histograms").fetchall()
+        seg = np.load(db / rel)
+        assert len(seg["unit_models"]) == 0 and len(seg["model_ids"]) == 0
+        fast, slow = Analysis(con, db), Analysis(con, db, use_stored=False)
+        d = fast.divergence("task")
+        assert d["method"] == "layer_histograms"
+        _same(d, slow.divergence("task"))
+        k = fast.kde("task")
+        assert k["method"] == "scan"
+        _same(k, slow.kde("task"))
+        assert fast.density2d(None, bins=512, range=[-3.3, 3.3])["method"] == "scan"
+    code, out, err = run_cli("drift", "--group-by", "task", "--db", str(db))
+    assert code == 0, err
