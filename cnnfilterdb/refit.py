@@ -102,9 +102,10 @@ def _max_layer_id(cur) -> int:
     return int(cur.execute("SELECT coalesce(max(layer_id), 0) FROM _layers").fetchone()[0])
 
 
-def write_segment(cur, scanner, basis: Basis, plan: SegmentPlan, n_filters: np.ndarray, path: Path) -> Written:
+def write_segment(scanner, basis: Basis, plan: SegmentPlan, path: Path) -> Written:
     """Scan the plan's layers (step 4), check that each layer's counts and outside values add up to
-    its ``n_filters``, and write the segment to ``path``."""
+    its filters (``plan.n_filters``, the catalog's), and write the segment to ``path``."""
+    n_filters = plan.n_filters
     counts = scanner.segment(plan, basis, basis.range_min, basis.range_max)
     found = counts.layer_counts[:, 0, :].sum(axis=1) + counts.outside[:, 0]
     if not np.array_equal(found, np.asarray(n_filters, dtype=np.int64)):  # never commit counts of shards not as committed
@@ -144,8 +145,7 @@ def refit(cur, version: int, scanner, histogram_path: Path,
     basis.range_min, basis.range_max = lo, hi
     if progress is not None:
         progress(basis.n_filters)
-    n = cur.execute("SELECT n_filters FROM layers_at(?) ORDER BY layer_id", [version]).fetchnumpy()["n_filters"]
-    return basis, write_segment(cur, scanner, basis, plan, n, histogram_path)
+    return basis, write_segment(scanner, basis, plan, histogram_path)
 
 
 def project(cur, version: int, basis: Basis, scanner, histogram_path: Path) -> Written | None:
@@ -165,5 +165,4 @@ def project(cur, version: int, basis: Basis, scanner, histogram_path: Path) -> W
     plan = SegmentPlan.of(cur, new, [version, version], _max_layer_id(cur), DEFAULT_BINS)
     if not len(plan.layer_ids):
         return None
-    n = cur.execute(f"SELECT n_filters FROM ({new}) ORDER BY layer_id", [version, version]).fetchnumpy()["n_filters"]
-    return write_segment(cur, scanner, basis, plan, n, histogram_path)
+    return write_segment(scanner, basis, plan, histogram_path)

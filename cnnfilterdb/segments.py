@@ -67,6 +67,7 @@ ARRAYS = ("layer_ids", "layer_counts", "outside", "layer_units", "unit_models", 
 class SegmentPlan:
     """The layers a segment covers, in layer_id order, with their units and models."""
     layer_ids: np.ndarray        # (L,) int64 ascending
+    n_filters: np.ndarray        # (L,) int64, each layer's filters (the catalog's)
     layer_units: np.ndarray      # (L,) int64 into unit_models
     unit_models: np.ndarray      # (U,) int64
     unit_depth_bins: np.ndarray  # (U,) str
@@ -94,7 +95,7 @@ class SegmentPlan:
         dtype = np.int32 if per_model.max(initial=0) < 2 ** 31 else np.int64
         units = per_unit >= FINE_MIN_FILTERS     # the units and models stored; the others are -1
         stored_models = per_model >= DENSITY_MIN_FILTERS
-        return cls(layer_ids, _renumber(layer_units, units), models[first][units], depth[first][units],
+        return cls(layer_ids, n, _renumber(layer_units, units), models[first][units], depth[first][units],
                    _renumber(layer_models, stored_models), model_ids[stored_models], max_layer_id, bins, dtype)
 
     def maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
