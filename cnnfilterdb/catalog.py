@@ -27,11 +27,11 @@ from cnnfilterdb import sql
 from .layout import CATALOG, StoreError
 from .stats.basis import Basis
 
-SCHEMA_VERSION = 7  # of sql/schema.sql and the upgrades after it (UPGRADES)
+SCHEMA_VERSION = 8  # of sql/schema.sql and the upgrades after it (UPGRADES)
 # Layouts this program reads; a transaction upgrades an older one in place (sql/upgrade_<n>.sql),
 # so that a store is never rebuilt for a table added to its catalog.
-READABLE_SCHEMAS = (4, 5, 6, 7)
-UPGRADES = {4: "upgrade_5", 5: "upgrade_6", 6: "upgrade_7"}
+READABLE_SCHEMAS = (4, 5, 6, 7, 8)
+UPGRADES = {4: "upgrade_5", 5: "upgrade_6", 6: "upgrade_7", 7: "upgrade_8"}
 # The kinds of commit a store version records (_versions.action); compact records none.
 ACTIONS = ("ingest", "label", "remove", "refresh", "refit")
 # The models of the synthetic sample (`cnnfilterdb demo`): ingest/h5.py marks their source, the

@@ -172,7 +172,8 @@ def cmd_verify(args) -> int:
         print(problem)
     if v.problems:
         return 1
-    print(f"intact: {v.files} file(s), {v.bytes / 2**20:,.1f} MiB, every size and sha256 as the catalog recorded")
+    digests = f"; the digest of {v.versions} version(s) as committed" if v.versions else ""
+    print(f"intact: {v.files} file(s), {v.bytes / 2**20:,.1f} MiB, every size and sha256 as the catalog recorded{digests}")
     return 0
 
 
@@ -256,9 +257,10 @@ def cmd_log(args) -> int:
     for v in reversed(versions):
         basis = "no basis" if v["basis_version"] is None else f"basis {v['basis_version']}"
         gone = "  (compacted: as_of no longer possible)" if v["compacted"] else ""
+        digest = f", digest {v['digest']}" if v.get("digest") else ""  # none before catalog layout 8
         print(f"version {v['version']}  {v['committed_at']:%Y-%m-%d %H:%M:%S} UTC  {v['action']}: {v['summary']}")
         print(f"    {v['n_models']:,} model{'s' if v['n_models'] != 1 else ''}, {v['n_filters']:,} filters, "
-              f"{basis}{gone}")
+              f"{basis}{digest}{gone}")
     return 0
 
 
@@ -307,6 +309,7 @@ def cmd_compact(args) -> int:
 def cmd_export(args) -> int:
     """The filters of a selection to a file (the format from its suffix), atomically: the same
     rows as GET /v1/filters."""
+    from .catalog import store_id
     from .export import FORMATS, write_export
     from .requests import ExportRequest, build
 
@@ -321,13 +324,14 @@ def cmd_export(args) -> int:
     con, analysis = _open_analysis(FilterStore(args.db or default_db()), req.as_of)
     with con:
         plan = analysis.export_plan(where)
+        sid = store_id(con)
     version = plan.pop("store_version")
+    metadata = {"store_id": sid, "store_version": str(version), "where": json.dumps(where)}
     try:
-        rows = write_export(out, **plan, fmt=req.format, metadata={"store_version": str(version),
-                                                                   "where": json.dumps(where)})
+        rows = write_export(out, **plan, fmt=req.format, metadata=metadata)
     except OSError as e:
         raise UserError(f"{out}: {e.strerror or e}") from None
-    print(json.dumps({"path": str(out), "format": req.format, "rows": rows, "store_version": version}))
+    print(json.dumps({"path": str(out), "format": req.format, "rows": rows, "store_id": sid, "store_version": version}))
     return 0
 
 
@@ -404,7 +408,7 @@ def cmd_plot(args) -> int:
     con, analysis = _open_analysis(store, args.as_of)
     with con:
         try:
-            data = plots.render(plots.draw(analysis, req), fmt, req.dpi)
+            data = plots.render(plots.draw(analysis, req), fmt, req.dpi, plots.Provenance.of(analysis))
         except LookupError:  # layer_filters of a layer that is not there
             raise UserError(f"no layer {req.layer_id}") from None
     try:

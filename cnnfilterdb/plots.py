@@ -4,8 +4,10 @@ where they differ (the notebook's, docs/method.md#figures), and the figure as PN
 ``GET /v1/plots/{figure}.{format}`` and ``cnnfilterdb plot``/``report`` both go through ``draw``
 and ``render``, so the same request gives the same bytes everywhere.
 
-Bytes are reproducible: the files carry no date or version metadata, SVG element ids come from a
-fixed salt, so the same figure of the same catalog generation is the same bytes. Text stays text:
+Bytes are reproducible: the files carry no date or software version, SVG element ids come from a
+fixed salt, so the same figure of the same catalog generation is the same bytes. What they do carry
+is where the figure came from (``Provenance``, given to ``render``): the store's id and the store
+version drawn, in each format's own metadata (``figure_metadata``). Text stays text:
 SVG keeps it as ``<text>`` (``svg.fonttype = "none"``), PDF embeds TrueType fonts
 (``pdf.fonttype = 42``), as journals ask.
 """
@@ -393,8 +395,54 @@ _METADATA = {"svg": {"Date": None, "Creator": None},
 MEDIA_TYPES = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
 
 
-def render(fig: Figure, fmt: str, dpi: int = 100) -> bytes:
-    """The figure as ``fmt`` (png, svg or pdf) bytes, the same bytes for the same figure."""
+@dataclass(frozen=True)
+class Provenance:
+    """Where a figure's data came from: the store (its id, a UUID given when it was created) and the
+    store version drawn, so that a figure file can be cited and checked as "store <id>, version N"
+    (docs/versions.md#citing-a-version). ``render`` writes it into the file's metadata."""
+    store_id: str
+    store_version: int
+
+    @classmethod
+    def of(cls, a: Analysis) -> Provenance:
+        """The store and version ``a`` reads."""
+        from .catalog import store_id
+
+        return cls(store_id(a.cur), int(a.version))
+
+    @property
+    def citation(self) -> str:
+        return f"CNN Filter DB store {self.store_id}, version {self.store_version}"
+
+    @property
+    def keywords(self) -> list[str]:
+        return [f"store_id={self.store_id}", f"store_version={self.store_version}"]
+
+
+def figure_metadata(fmt: str, provenance: Provenance | None) -> dict:
+    """The metadata ``render`` writes into a ``fmt`` file: fixed (no date, no software version),
+    plus the provenance when given. PNG: text chunks ``Source`` (the citation), ``store_id`` and
+    ``store_version``; SVG: Dublin Core ``Source`` (the citation) and ``Keywords``
+    (``store_id=<id>``, ``store_version=<N>``); PDF: the info dictionary's ``Subject`` (the
+    citation) and ``Keywords`` (the same two, comma-separated). A notebook saving a result's
+    ``plot()`` itself can pass this as ``savefig``'s ``metadata`` (SVG, PDF)."""
+    if fmt not in FORMATS:
+        raise SelectionError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    fixed = dict(_METADATA.get(fmt, {}))
+    if provenance is None:
+        return fixed
+    if fmt == "png":
+        return {"Source": provenance.citation, "store_id": provenance.store_id,
+                "store_version": str(provenance.store_version)}
+    if fmt == "svg":
+        return fixed | {"Source": provenance.citation, "Keywords": provenance.keywords}
+    return fixed | {"Subject": provenance.citation, "Keywords": ", ".join(provenance.keywords)}
+
+
+def render(fig: Figure, fmt: str, dpi: int = 100, provenance: Provenance | None = None) -> bytes:
+    """The figure as ``fmt`` (png, svg or pdf) bytes, the same bytes for the same figure and
+    ``provenance`` (the store and version it was drawn from, written into the file's metadata:
+    ``figure_metadata``; None: none)."""
     import matplotlib
 
     if fmt not in FORMATS:
@@ -402,20 +450,25 @@ def render(fig: Figure, fmt: str, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     if fmt == "png":
         # Agg's RGBA buffer written as RGB (the figures are opaque) at zlib level 3: a third of the
-        # time of savefig's RGBA at level 6, for PNGs 10% larger; no metadata but the resolution.
+        # time of savefig's RGBA at level 6, for PNGs 10% larger; no metadata but the resolution
+        # and the provenance's text chunks (tEXt, in a fixed order).
         import numpy as np
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from PIL import Image
+        from PIL.PngImagePlugin import PngInfo
 
         fig.set_dpi(dpi)
         canvas = FigureCanvasAgg(fig)
         with _RENDER_LOCK, matplotlib.rc_context(_RENDER_RC):
             canvas.draw()
+        info = PngInfo()
+        for key, value in figure_metadata(fmt, provenance).items():
+            info.add_text(key, value)
         Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(buf, format="png", compress_level=3,
-                                                                        dpi=(dpi, dpi))
+                                                                        dpi=(dpi, dpi), pnginfo=info)
     else:
         with _RENDER_LOCK, matplotlib.rc_context(_RENDER_RC):
-            fig.savefig(buf, format=fmt, dpi=dpi, metadata=_METADATA[fmt])
+            fig.savefig(buf, format=fmt, dpi=dpi, metadata=figure_metadata(fmt, provenance))
     return buf.getvalue()
 
 

@@ -1,6 +1,11 @@
 """``cnnfilterdb report``: the notebook's figures for a store (docs/method.md#figures), and an ``index.html``
 that shows them with the store's counts and the drift statistics, opened from disk, offline.
 
+The page names what it shows, to be cited (docs/versions.md#citing-a-version): the store's id, the
+store version drawn, that version's commit time (UTC) and digest; a version holding models of the
+synthetic sample (``cnnfilterdb demo``) carries a notice saying so at the top. Each figure file
+carries the store id and version in its own metadata (plots.figure_metadata).
+
 The figures go through ``plots.draw`` and ``plots.render`` with their default parameters, so each
 file is the same bytes as ``cnnfilterdb plot FIGURE`` and ``GET /v1/plots/{figure}.{fmt}``. The page
 is one self-contained file: inline CSS, no script, no external URL; every text is escaped. A
@@ -151,6 +156,11 @@ figure img { display: block; max-width: 100%; height: auto; border: 1px solid va
 figcaption, .caption { color: var(--muted); margin: 4px 0 8px; }
 code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: .88em; background: var(--panel);
        padding: 1px 4px; border-radius: 4px; }
+.provenance { display: flex; flex-wrap: wrap; gap: 4px 24px; margin: 0 0 16px; color: var(--muted); }
+.provenance div { display: flex; gap: 6px; }
+.provenance dd { margin: 0; color: var(--fg); overflow-wrap: anywhere; }
+.synthetic { border: 2px solid var(--accent); color: var(--accent); background: #fff7ed; padding: 10px 16px;
+             border-radius: 6px; margin: 0 0 16px; font-weight: 600; }
 .missing { border: 1px dashed var(--accent); color: var(--accent); background: #fff7ed; padding: 12px 16px;
            border-radius: 6px; }
 table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
@@ -176,6 +186,47 @@ def _counts_html(info: dict) -> str:
     else:
         note = '<p class="caption">The store has no basis yet (fewer than 2 filters).</p>'
     return f'<dl class="counts">{cells}</dl>\n{note}'
+
+
+SYNTHETIC_NOTICE = "Synthetic sample data, not the CNN-Filter-DB dataset"
+
+
+def provenance_of(a: Analysis) -> dict:
+    """What the report shows, to be cited: ``store_id``, ``store_version`` (the version ``a`` reads),
+    its ``committed_at`` (UTC) and ``digest`` (None before catalog layout 8), and how many of its
+    models there are (``models``) and are the synthetic sample's (``sample_models``)."""
+    from .catalog import list_versions, store_id
+
+    row = next((v for v in list_versions(a.cur) if v["version"] == a.version), {})
+    models, sample = a.cur.execute("SELECT count(*), count(*) FILTER (WHERE sample) FROM models_at(?)",
+                                   [a.version]).fetchone()
+    return {"store_id": store_id(a.cur), "store_version": a.version, "committed_at": row.get("committed_at"),
+            "digest": row.get("digest"), "models": int(models), "sample_models": int(sample)}
+
+
+def _provenance_html(prov: dict | None) -> str:
+    """The store, version, commit time and digest the page shows; the synthetic-data notice first
+    for a version holding sample models."""
+    if not prov:
+        return ""
+    when = prov.get("committed_at")
+    items = [("store id", f"<code>{escape(str(prov['store_id']))}</code>"),
+             ("store version", escape(str(prov["store_version"]))),
+             ("committed", escape(f"{when:%Y-%m-%d %H:%M:%S} UTC" if when is not None else "not recorded"))]
+    if prov.get("digest"):
+        items.append(("digest", f"<code>{escape(prov['digest'])}</code>"))
+    cells = "".join(f"<div><dt>{escape(k)}</dt><dd>{v}</dd></div>" for k, v in items)
+    out = ""
+    if prov.get("sample_models"):
+        n, k = prov.get("models", 0), prov["sample_models"]
+        which = "all" if k == n else f"{k:,} of the {n:,}"
+        out = (f'<p class="synthetic" role="note">{escape(SYNTHETIC_NOTICE)}: {which} models of this version are the '
+               "synthetic sample of <code>cnnfilterdb demo</code>, generated filters: the figures show nothing "
+               "about trained networks.</p>\n")
+    cite = f"store {prov['store_id']}, version {prov['store_version']}"
+    return (out + f'<dl class="provenance" aria-label="Provenance">{cells}</dl>\n'
+            f'<p class="caption">Cite these results as &ldquo;{escape(cite)}&rdquo;; '
+            f"<code>cnnfilterdb log</code> and <code>verify</code> on a copy of the store check them.</p>")
 
 
 def _drift_html(drifts: dict[str, dict | str]) -> str:
@@ -221,10 +272,12 @@ def _figure_html(name: str, fmt: str, drawn: dict, skipped: dict, drifts: dict, 
 
 
 def report_html(store_info: dict, fmt: str, drawn: dict[str, tuple[int, int]], skipped: dict[str, str],
-                drifts: dict[str, dict | str], dpi: int | None = None) -> str:
-    """The report's page: counts, then each figure (``drawn``: name -> display width, height in
+                drifts: dict[str, dict | str], dpi: int | None = None, provenance: dict | None = None) -> str:
+    """The report's page: the provenance (``provenance_of``: store id, version, commit time, digest,
+    the synthetic-data notice), counts, then each figure (``drawn``: name -> display width, height in
     CSS pixels; ``skipped``: name -> reason), the drift statistics after the headline figure."""
     store = Path(store_info.get("db") or "")
+    synthetic = f" ({SYNTHETIC_NOTICE[0].lower()}{SYNTHETIC_NOTICE[1:]})" if provenance and provenance.get("sample_models") else ""
     nav = "".join(f'<li><a href="#{escape(n)}">{escape(TITLES[n])}</a></li>' for n in FIGURES[:1]) + \
         '<li><a href="#drift">Drift statistics</a></li>' + \
         "".join(f'<li><a href="#{escape(n)}">{escape(TITLES[n])}</a></li>' for n in FIGURES[1:])
@@ -239,13 +292,14 @@ def report_html(store_info: dict, fmt: str, drawn: dict[str, tuple[int, int]], s
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>CNN Filter DB report: {escape(store.name or str(store))}</title>
+<title>CNN Filter DB report: {escape(store.name or str(store))}{escape(synthetic)}</title>
 <style>{_CSS}</style>
 </head>
 <body>
 <header>
 <h1>CNN Filter DB report</h1>
 <p class="sub">Store <code>{escape(str(store))}</code></p>
+{_provenance_html(provenance)}
 {_counts_html(store_info)}
 <nav aria-label="Figures"><ul>{nav}</ul></nav>
 </header>
@@ -255,7 +309,8 @@ def report_html(store_info: dict, fmt: str, drawn: dict[str, tuple[int, int]], s
 <footer>
 <p>Written by <code>cnnfilterdb report</code> (cnnfilterdb {escape(__version__)}); every figure with its default
 parameters, the same bytes as <code>cnnfilterdb plot FIGURE</code> and the service's
-<code>GET /v1/plots/FIGURE.{escape(fmt)}</code> on this store.</p>
+<code>GET /v1/plots/FIGURE.{escape(fmt)}</code> on this store; each file names the store id and version in its
+metadata.</p>
 </footer>
 </body>
 </html>
@@ -296,11 +351,13 @@ def write_report(analysis: Analysis, store_info: dict, out_dir: Path, fmt: str =
     written: list[Path] = []
     drawn: dict[str, tuple[int, int]] = {}
     skipped: dict[str, str] = {}
+    provenance = provenance_of(analysis)
+    figure_provenance = plots.Provenance(provenance["store_id"], provenance["store_version"])
     for name in FIGURES:
         try:
             req = plots.PlotRequest.of(name, dpi=dpi)
             fig = plots.draw(analysis, req)
-            data = plots.render(fig, fmt, req.dpi)
+            data = plots.render(fig, fmt, req.dpi, figure_provenance)
         except SelectionError as e:
             skipped[name] = str(e)
             log(f"skipped {name}: {e}")
@@ -311,7 +368,7 @@ def write_report(analysis: Analysis, store_info: dict, out_dir: Path, fmt: str =
         write_atomic(path, data)
         written.append(path)
         log(f"wrote {path} ({len(data):,} bytes)")
-    page = report_html(store_info, fmt, drawn, skipped, drifts, dpi).encode()
+    page = report_html(store_info, fmt, drawn, skipped, drifts, dpi, provenance).encode()
     index = out_dir / "index.html"
     write_atomic(index, page)
     written.append(index)

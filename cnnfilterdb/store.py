@@ -90,6 +90,7 @@ class Verification:
     files: int           # referenced by the catalog, all checked
     bytes: int           # their committed sizes, summed
     problems: list[str]  # one line per damaged or missing file: "<path relative to the store>: <what is wrong>"
+    versions: int = 0    # kept store versions whose digest was recomputed (digest.py; layout 8 on)
 
 
 class FilterStore:
@@ -158,8 +159,13 @@ class FilterStore:
             }
 
     def verify(self) -> Verification:
-        """A scrub: every table of the catalog read (DuckDB checks its blocks' checksums), then the
-        size and sha256 of every file the catalog references recomputed from all its bytes."""
+        """A scrub: every table of the catalog read (DuckDB checks its blocks' checksums), the digest
+        of every kept version that records one recomputed from the catalog (digest.py: a row changed
+        since its commit is "catalog.duckdb: version N: digest differs"), then the size and sha256
+        of every file the catalog references recomputed from all its bytes."""
+        from .catalog import schema_version
+        from .digest import version_digest
+
         try:
             with self.connect() as con:
                 files = con.execute(f"SELECT path, bytes, sha256 FROM ({referenced_files(con)}) ORDER BY path").fetchall()
@@ -171,6 +177,9 @@ class FilterStore:
                 for (table,) in tables:
                     for _ in con.execute(f'SELECT * FROM "{table}"').to_arrow_reader():
                         pass
+                recorded = con.execute("SELECT version, digest FROM _versions WHERE NOT compacted AND digest IS NOT NULL "
+                                       "ORDER BY version").fetchall() if schema_version(con) >= 8 else []
+                digests = [(v, d, version_digest(con, v)) for v, d in recorded]
         except StoreDamaged as e:
             return Verification(0, 0, [f"{e.rel}: {e.problem}"])
         except duckdb.Error as e:
@@ -183,12 +192,14 @@ class FilterStore:
         problems += [f"{rel}: {problem}" for rel, size, sha256 in files
                      if not any(rel == link or rel.startswith(link + "/") for link in links)
                      and (problem := file_problem(self.root, rel, size, sha256)) is not None]
+        problems += [f"{CATALOG}: version {v}: digest differs (sha256 {got[:16]}..., the version recorded {d[:16]}...)"
+                     for v, d, got in digests if got != d]
         if rows != layer_rows:  # every stored filter belongs to a layer the catalog keeps, and back
             problems.append(f"{CATALOG}: the shards hold {rows:,} filters, its layers {layer_rows:,}")
         if current_tables is not None and not {TABLES, f"{TABLES}/{LATEST}"} & set(links) \
                 and (problem := latest_problem(self.root, current_tables)) is not None:
             problems.append(problem)
-        return Verification(len(files), sum(size for _, size, _ in files), problems)
+        return Verification(len(files), sum(size for _, size, _ in files), problems, len(digests))
 
 
 class StoreTransaction:
@@ -443,9 +454,13 @@ class StoreTransaction:
         self.basis_version = basis_version
         n_models, n_filters = self.con.execute(
             "SELECT count(*), coalesce(sum(n_filters), 0) FROM models_at(?)", [v]).fetchone()
-        self.con.execute("INSERT INTO _versions VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, ?, false)",
+        from .digest import version_digest  # what version v holds, for a citation to be checked (digest.py)
+
+        self.con.execute("INSERT INTO _versions (version, committed_at, action, summary, models_added, models_changed, "
+                         "models_removed, n_models, n_filters, basis_version, compacted, digest) "
+                         "VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, ?, false, ?)",
                          [v, action, summary or change_summary(added, changed, removed), len(added), len(changed), len(removed),
-                          n_models, n_filters, basis_version])
+                          n_models, n_filters, basis_version, version_digest(self.con, v, basis_version)])
         self._write_views(basis_version)
         self._write_tables([v])
         self._replace_catalog()

@@ -1,7 +1,8 @@
 """The service's cache of rendered figures: bytes by ETag, least recently used first out, within
-a byte budget. An ETag names the catalog generation and every parameter of the figure
-(service/routers/plots.py), so an entry is never stale: after an ingest, new requests have new
-ETags and the old entries age out."""
+a byte budget. An ETag names the catalog generation, the store version drawn (``as_of``) and the
+store's id, whose provenance the file's metadata carries (plots.figure_metadata), and every parameter
+of the figure (service/routers/plots.py), so an entry is never stale: after an ingest, new requests
+have new ETags and the old entries age out."""
 from __future__ import annotations
 
 import threading

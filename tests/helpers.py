@@ -112,7 +112,7 @@ def ingest_in_shards(sources: list[Path], db: Path, shard_rows: int, row_group_r
 def as_layout_6(db: Path) -> None:
     """Turn a store's catalog into what layout 6 wrote (before histogram segments): each basis's
     segments joined into one .npy of per-layer prefix sums, recorded in ``_layer_histograms``; no
-    ``_histograms``, no ``_basis.store_version``. The tests of older layouts start from this."""
+    ``_histograms``, no ``_basis.store_version``, no ``_versions.digest``. The tests of older layouts start from this."""
     import numpy as np
 
     with duckdb.connect(str(db / "catalog.duckdb")) as con:
@@ -137,4 +137,5 @@ def as_layout_6(db: Path) -> None:
         con.execute("DROP TABLE _histograms")
         con.execute("ALTER TABLE _basis DROP COLUMN store_version")
         con.execute("ALTER TABLE _basis DROP COLUMN max_layer_id")
+        con.execute("ALTER TABLE _versions DROP COLUMN digest")  # layout 8's
         con.execute("UPDATE _store SET schema_version = 6")

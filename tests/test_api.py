@@ -21,7 +21,7 @@ import cnnfilterdb.api
 import cnnfilterdb.client
 from cnnfilterdb.catalog import VersionError
 from cnnfilterdb.layout import StoreError
-from cnnfilterdb.plots import render
+from cnnfilterdb.plots import Provenance, render
 from cnnfilterdb.results import LAYER_COLUMNS, MODEL_COLUMNS
 from cnnfilterdb.selection import EmptySelectionError, SelectionError
 
@@ -380,7 +380,8 @@ def test_plot_is_the_services_figure(db, v1_client, figure, make):
     assert isinstance(fig, Figure)
     r = v1_client.get(f"/v1/plots/{figure}")
     assert r.status_code == 200, r.text
-    assert render(fig, "png") == r.content  # the same figure, byte for byte (as the service renders it)
+    provenance = Provenance(r.headers["x-store-id"], int(r.headers["x-store-version"]))  # in the file's metadata
+    assert render(fig, "png", provenance=provenance) == r.content  # the same figure, byte for byte (as the service renders it)
     png_of(make(db))  # and as a notebook saves it
 
 

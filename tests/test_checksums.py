@@ -248,7 +248,7 @@ def test_a_layout_5_store_is_read_unchecked_and_checked_after_its_next_commit(st
         model = con.execute("SELECT model FROM models ORDER BY model_id LIMIT 1").fetchone()[0]
     assert cli_main(["label", model, "--task", "Segmentation", "--db", str(store)]) == 0
     with open_catalog(store) as con:
-        assert con.execute("SELECT schema_version FROM _store").fetchone()[0] == 7
+        assert con.execute("SELECT schema_version FROM _store").fetchone()[0] == 8
         checks = Checksums.load(con)
     assert sorted(checks.shards) == _shards(store)
     assert cli_main(["verify", "--db", str(store)]) == 0

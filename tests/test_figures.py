@@ -19,7 +19,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.image import imread
 
 from cnnfilterdb.analysis import Analysis
-from cnnfilterdb.plots import FIGURES, MAX_PIXELS, NOTEBOOK_FIGURES, PlotRequest, draw, render
+from cnnfilterdb.plots import FIGURES, MAX_PIXELS, NOTEBOOK_FIGURES, PlotRequest, Provenance, draw, render
 
 
 @pytest.fixture(scope="module")
@@ -300,11 +300,13 @@ def test_every_figure_renders_with_no_parameters(client, figure):
 
 def test_same_request_same_bytes_and_a_304(v1_store, client, analysis):
     for fmt in ("png", "svg", "pdf"):
-        a = render(_fig(analysis, "divergence", group_by="visual_category"), fmt)
-        b = render(_fig(analysis, "divergence", group_by="visual_category"), fmt)
+        provenance = Provenance.of(analysis)  # the store and version, in the file's metadata
+        a = render(_fig(analysis, "divergence", group_by="visual_category"), fmt, provenance=provenance)
+        b = render(_fig(analysis, "divergence", group_by="visual_category"), fmt, provenance=provenance)
         assert a == b, fmt  # reproducible without any cache
         r = client.get(f"/v1/plots/divergence.{fmt}?group_by=visual_category")
         assert r.content == a
+        assert (r.headers["x-store-id"], int(r.headers["x-store-version"])) == (provenance.store_id, 1)
         etag = r.headers["etag"]
         assert r.headers["cache-control"] == "no-cache"
         again = client.get(f"/v1/plots/divergence.{fmt}?group_by=visual_category", headers={"If-None-Match": etag})

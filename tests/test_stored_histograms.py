@@ -275,7 +275,7 @@ def test_a_layout_6_store_reads_and_upgrades(store):
         model = con.execute("SELECT model FROM models WHERE task <> 'GAN' LIMIT 1").fetchone()[0]
     assert cli_main(["label", model, "--task", "GAN", "--db", str(store)]) == 0
     with open_catalog(store) as con:
-        assert con.execute("SELECT schema_version FROM _store").fetchone()[0] == 7
+        assert con.execute("SELECT schema_version FROM _store").fetchone()[0] == 8
         assert Analysis(con, store).divergence("task")["method"] == "layer_histograms"
     assert cli_main(["refit", "--db", str(store)]) == 0
     with open_catalog(store) as con:

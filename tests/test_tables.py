@@ -162,7 +162,7 @@ def test_a_layout_4_store_is_read_and_upgraded_by_its_next_commit(store):
         model = con.execute("SELECT model FROM models ORDER BY model_id LIMIT 1").fetchone()[0]
     assert cli_main(["label", model, "--task", "Segmentation", "--db", str(store)]) == 0
     with open_catalog(store) as con:
-        assert con.execute("SELECT schema_version FROM _store").fetchone()[0] == 7
+        assert con.execute("SELECT schema_version FROM _store").fetchone()[0] == 8
         assert con.execute("SELECT DISTINCT version FROM _tables").fetchall() == [(5,)]
     assert (store / _latest(store) / "layers.parquet").is_file()
 

@@ -1,7 +1,8 @@
 """GET /v1/filters: any selection of filters, streamed as Parquet, Arrow IPC, .npy or CSV.
 
 No row cap: the response streams in bounded memory (cnnfilterdb/export.py) and names the store
-version it was read from (``X-Store-Version``, and the Parquet/Arrow schema metadata). The
+and the store version it was read from (``X-Store-Id``, ``X-Store-Version``, and the Parquet/Arrow
+schema metadata's ``store_id``, ``store_version``, with the selection in ``where``). The
 selection is resolved before the first byte, so a bad ``where``, an unknown version or a missing
 shard, or damage in the row groups of the first chunk of rows (read before the status is sent), is
 an ordinary JSON error (503 store_damaged); a fault found part-way (a shard damaged under a running
@@ -27,6 +28,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from cnnfilterdb.catalog import store_id
 from cnnfilterdb.errors import first_line
 from cnnfilterdb.export import FORMATS, export_chunks
 from cnnfilterdb.layout import StoreDamaged
@@ -48,7 +50,8 @@ router = APIRouter(tags=["filters"], responses=error_responses(400, 404, 422, 42
 @router.get("/v1/filters",
             responses={200: {"content": {media: {} for media, _ in FORMATS.values()},
                              "description": "filter_id, model_id, layer_id, w0..w8 of every selected filter, in "
-                                            "filter_id order; X-Store-Version and X-Rows name the version and count"}},
+                                            "filter_id order; X-Store-Id, X-Store-Version and X-Rows name the store, "
+                                            "the version and the count"}},
             response_class=StreamingResponse, summary="Every filter of a selection, as one file")
 def export_filters(
     request: Request,
@@ -61,7 +64,8 @@ def export_filters(
 ):
     """The selected filters with their ids, in filter_id order, streamed as a download, with no row
     cap: columns filter_id, model_id, layer_id and the weights w0..w8 (row-major 3x3). The
-    `X-Store-Version` and `X-Rows` headers give the version read and the number of filters. At most
+    `X-Store-Id`, `X-Store-Version` and `X-Rows` headers give the store and the version read and the number
+    of filters (the Parquet and Arrow files' schema metadata names the store, version and selection too). At most
     export_concurrency exports run at once (GET /v1/stats limits); more get a 429."""
     selection = where_query(where)  # as checked (2.0 of an integer field is 2): the file's metadata names it
     req = build(ExportRequest, where=selection, format=format, as_of=as_of)
@@ -71,15 +75,17 @@ def export_filters(
     try:
         with analysis(catalog, as_of=req.as_of) as a:  # the selection only: the stream runs outside the slot
             plan = a.export_plan(selection)
+            sid = store_id(a.cur)
         version = plan.pop("store_version")
-        metadata = {"store_version": str(version), "where": json.dumps(selection)}
+        metadata = {"store_id": sid, "store_version": str(version), "where": json.dumps(selection)}
         chunks = export_chunks(**plan, fmt=req.format, metadata=metadata)
     except BaseException:
         catalog.export_slots.release()
         raise
     media, suffix = FORMATS[req.format]
     headers = {"Content-Disposition": f'attachment; filename="filters-v{version}{suffix}"',
-               "X-Store-Version": str(version), "X-Rows": str(plan["n_rows"]), "X-Content-Type-Options": "nosniff"}
+               "X-Store-Id": sid, "X-Store-Version": str(version), "X-Rows": str(plan["n_rows"]),
+               "X-Content-Type-Options": "nosniff"}
     if request.scope.get(HEAD_FLAG):  # the headers only: nothing is read
         chunks.close()
         catalog.export_slots.release()

@@ -6,7 +6,8 @@ so they give the same errors. A figure depends only on its parameters and the ca
 so its ETag is their digest: a request whose ``If-None-Match`` holds it is a 304 without any
 computation, and rendered bytes are kept by ETag (service/figure_cache.py). A figure computed for
 the request says how long it took in ``Server-Timing: render;dur=<ms>``; every figure names the
-store version it shows in ``X-Store-Version``.
+store and the store version it shows in ``X-Store-Id`` and ``X-Store-Version``, and in the file's own
+metadata (plots.figure_metadata).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
 from cnnfilterdb import __version__
+from cnnfilterdb.catalog import store_id
 from cnnfilterdb.plots import (
     FIGURES,
     FORMATS,
@@ -27,6 +29,7 @@ from cnnfilterdb.plots import (
     PARAMETERS,
     SIZE,
     PlotRequest,
+    Provenance,
     bounds,
     describe,
     draw,
@@ -64,7 +67,9 @@ def _query(name: str):
                 "format `fmt` (SVG keeps text as text, PDF embeds its fonts). Every parameter is optional (the "
                 "defaults draw the paper's figure); each figure takes the parameters listed below, any other is "
                 "a 400. The same request gives the same bytes: send the response's ETag as If-None-Match to get "
-                "a 304 when nothing changed. X-Store-Version names the store version drawn.\n\n"
+                "a 304 when nothing changed. X-Store-Id and X-Store-Version name the store and the store version "
+                "drawn, which the file's metadata also carries (PNG text chunks `Source`, `store_id`, `store_version`; "
+                "SVG `dc:source` and `dc:subject`; PDF `Subject` and `Keywords`).\n\n"
                 "The parameters each figure takes:\n\n"
                 + "\n".join(f"- `{f}`: {', '.join(PARAMETERS[f] + SIZE)}" for f in FIGURES)))
 def plot(
@@ -103,18 +108,21 @@ def plot(
                          dpi=dpi, width=width, height=height)
 
     gen = catalog.generation()
-    if as_of is not None:  # a version the store does not hold is a 404, also for a conditional request
-        cur = gen.cursor()
-        try:
+    cur = gen.cursor()
+    try:
+        if as_of is not None:  # a version the store does not hold is a 404, also for a conditional request
             snapshot_at(gen, cur, as_of)
-        finally:
-            cur.close()
-    key = json.dumps([*gen.key, as_of, fmt, req.resolved(), __version__, matplotlib.__version__],
+        provenance = Provenance(store_id(cur), as_of or gen.snapshot.version)  # in the file's metadata
+    finally:
+        cur.close()
+    # The provenance is the generation's (and as_of's): in the key for all to see, and so in the
+    # figure cache's (which is by ETag).
+    key = json.dumps([*gen.key, as_of, provenance.store_id, fmt, req.resolved(), __version__, matplotlib.__version__],
                      sort_keys=True, default=str)
     etag = '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
     # An SVG opened on its own is a document: it may run nothing and load nothing.
     headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
-               "X-Store-Version": str(as_of or gen.snapshot.version),
+               "X-Store-Id": provenance.store_id, "X-Store-Version": str(provenance.store_version),
                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"}
     if_none_match = {t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")}
     if etag in if_none_match or "*" in if_none_match:
@@ -124,7 +132,7 @@ def plot(
         t0 = time.perf_counter()
         with analysis(catalog, gen, as_of) as a:
             try:
-                data = render(draw(a, req), fmt, req.dpi)
+                data = render(draw(a, req), fmt, req.dpi, provenance)
             except LookupError:  # layer_filters of a layer that is not there
                 raise not_found("layer", req.layer_id) from None
             # A figure is a web of reference cycles holding its pixel buffers (8 MB for
