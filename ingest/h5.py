@@ -7,6 +7,11 @@ pandas DataFrame (PyTables) with one row per convolution layer and a MultiIndex
 The filters are streamed in blocks: each block is checked (finite), written to the shards, and
 folded into the per-layer statistics (quality, moments of the scaled filters). A layer that
 spans a block boundary gets a second, bounded pass for its sparsity-dependent metrics.
+
+Layer shapes: the authors' later pipeline (onnxzoo2filterdb) adds ``in_channels`` (per group:
+``w.shape[1]``) and ``out_channels`` to /meta, the layer's filters being ``w.reshape(-1, 3, 3)`` of
+its (out, in, 3, 3) weight. When a row has both, n_filters must be in * out, and the layer gets
+``orthogonality`` from that weight, computed as a model file's layer is (docs/method.md#dataset-h5).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from cnnfilterdb.stats.quality import orthogonality
 from cnnfilterdb.store import StoreTransaction
 
 from .errors import file_error
@@ -46,7 +52,15 @@ INT_COLUMNS = {"op_set": "op_set", "depth": "depth", "total_filters": "total_fil
 FLOAT_COLUMNS = {"3x3_filter_share": "filter_share_3x3"}
 VISUAL_CATEGORY_COLUMNS = ("Visual Category", "Datatype")  # v1.0.0, v0.1.0
 VISUAL_CATEGORY_RENAMES = {"formula": "fractals"}  # v0.1.0 label -> v1.0.0 label
-HANDLED = {"model", "Task", "filter_ids", *TEXT_COLUMNS, *INT_COLUMNS, *FLOAT_COLUMNS, *VISUAL_CATEGORY_COLUMNS}
+SHAPE_COLUMNS = ("in_channels", "out_channels")  # per layer (row), not per model: never in `extra`
+HANDLED = {"model", "Task", "filter_ids", *TEXT_COLUMNS, *INT_COLUMNS, *FLOAT_COLUMNS, *VISUAL_CATEGORY_COLUMNS,
+           *SHAPE_COLUMNS}
+MAX_CHANNELS = 2**31 - 1  # the layers' in_channels/out_channels are INTEGER
+# A layer's orthogonality needs its whole weight and an out x out Gram matrix in float64 (as a
+# model file's does); beyond these sizes (about 2 GB of transient memory) it is left null and the
+# layer is listed in the ingest's result. Real 3x3 convolutions stay far below (2048 x 2048 = 4.2e6).
+ORTHOGONALITY_MAX_OUT = 8192
+ORTHOGONALITY_MAX_FILTERS = 1 << 23
 
 
 def _onnx_operator_names() -> frozenset[str]:
@@ -93,10 +107,19 @@ class H5Layer:
     conv_depth_norm: float
     first: int        # inclusive range into /filters
     last: int
+    model: str = ""   # the model's name (for messages)
+    in_channels: int | None = None   # per group, as the file gives it; both or neither
+    out_channels: int | None = None
 
     @property
     def n(self) -> int:
         return self.last - self.first + 1
+
+    @property
+    def with_orthogonality(self) -> bool:
+        """The shape is known, and the layer small enough for its orthogonality (ORTHOGONALITY_MAX_*)."""
+        return (self.out_channels is not None and self.out_channels <= ORTHOGONALITY_MAX_OUT
+                and self.n <= ORTHOGONALITY_MAX_FILTERS)
 
 
 @dataclass
@@ -233,6 +256,88 @@ def _parse_meta(c: H5Contents, meta: pd.DataFrame) -> None:
         out["extra"] = json.dumps(extra, allow_nan=False, default=str) if extra else None
         models.append(out)
     c.models = models
+    names = {m["file_model_id"]: m["model"] for m in models}
+    for layer in layers:
+        layer.model = names[layer.model_id]
+    _parse_shapes(c, meta)
+
+
+def _parse_shapes(c: H5Contents, meta: pd.DataFrame) -> None:
+    """Each layer's in_channels (per group) and out_channels from the /meta columns of the
+    authors' later pipeline, when present: both or neither per row (NaN/None in both: unknown),
+    each a whole number from 1 to MAX_CHANNELS, and in * out the layer's filter count."""
+    present = [col for col in SHAPE_COLUMNS if col in meta.columns]
+    if not present:
+        return
+    if len(present) == 1:
+        other = next(col for col in SHAPE_COLUMNS if col not in present)
+        raise file_error(c.path, f"/meta has an {present[0]} column but no {other} column; layer shapes need both")
+    by_row = {layer.row: layer for layer in c.layers}
+    for row, (v_in, v_out) in enumerate(zip(meta["in_channels"], meta["out_channels"])):
+        layer = by_row[row]
+        where = (f"/meta row {row}: model {layer.model!r}, layer at conv_depth {layer.conv_depth} "
+                 f"(filter_ids {layer.first}:{layer.last})")
+        values = {}
+        for col, v in (("in_channels", v_in), ("out_channels", v_out)):
+            try:
+                values[col] = _channels(v)
+            except ValueError as e:
+                raise file_error(c.path, f"{where}: {col} {_shown(v)} {e}") from None
+        k_in, k_out = values["in_channels"], values["out_channels"]
+        if (k_in is None) != (k_out is None):
+            given, missing = ("in_channels", "out_channels") if k_out is None else ("out_channels", "in_channels")
+            raise file_error(c.path, f"{where}: {given} is {values[given]} but {missing} is missing; "
+                                     "a layer's shape needs both (or neither)")
+        if k_in is None:
+            continue
+        if k_in * k_out != layer.n:
+            raise file_error(c.path, f"{where}: {layer.n} filters, but in_channels {k_in} x out_channels {k_out} "
+                                     f"= {k_in * k_out}; the layer's filters must be its (out, in, 3, 3) weight")
+        layer.in_channels, layer.out_channels = k_in, k_out
+
+
+def _shown(v) -> str:
+    """A cell for a message: its repr, cut short."""
+    r = repr(v.item() if isinstance(v, np.generic) else v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _channels(v) -> int | None:
+    """A channel count of /meta: None if missing (None, NaN, NA, an empty string), else a whole
+    number from 1 to MAX_CHANNELS; ValueError (the reason) for anything else."""
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    if isinstance(v, str):
+        text = v.strip()
+        if not text:
+            return None
+        if re.fullmatch(r"[+-]?\d{1,30}", text):
+            v = int(text)
+        else:
+            try:
+                v = float(text)
+            except ValueError:
+                raise ValueError("is not a whole number") from None
+            if math.isnan(v):  # a NaN spelled out is not a missing value
+                raise ValueError("is not a whole number")
+    elif _missing(v) or (isinstance(v, np.floating) and np.isnan(v)):
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        raise ValueError("is a boolean, not a whole number")
+    if isinstance(v, (int, np.integer)):
+        k = int(v)
+    elif isinstance(v, (float, np.floating)):
+        x = float(v)
+        if not math.isfinite(x) or x != math.floor(x):
+            raise ValueError("is not a whole number")
+        k = int(x)
+    else:
+        raise ValueError(f"is a {type(v).__name__}, not a whole number")
+    if k < 1:
+        raise ValueError("must be at least 1")
+    if k > MAX_CHANNELS:
+        raise ValueError(f"is too large (at most {MAX_CHANNELS})")
+    return k
 
 
 def _as_number(path: Path, model: str, column: str, v, kind):
@@ -245,7 +350,7 @@ def _as_number(path: Path, model: str, column: str, v, kind):
                 raise ValueError
             return int(x)
         return x
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise file_error(path, f"/meta model {model!r}: column {column!r} value {v!r} is not a {kind.__name__}") from None
 
 
@@ -266,11 +371,19 @@ class H5Ingest:
     n_filters: int = 0
     present: list[str] = field(default_factory=list)
     differs: list[dict] = field(default_factory=list)
+    # Added layers whose shape is known but too large for their orthogonality (left null).
+    no_orthogonality: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {"added_models": {"count": len(self.added), "first": self.added[:FIRST]},
-                "present": {"count": len(self.present), "first": self.present[:FIRST]},
-                "differs": {"count": len(self.differs), "first": self.differs[:FIRST]}}
+        out = {"added_models": {"count": len(self.added), "first": self.added[:FIRST]},
+               "present": {"count": len(self.present), "first": self.present[:FIRST]},
+               "differs": {"count": len(self.differs), "first": self.differs[:FIRST]}}
+        if self.no_orthogonality:
+            out["orthogonality_skipped"] = {"count": len(self.no_orthogonality),
+                                            "first": self.no_orthogonality[:FIRST],
+                                            "reason": f"more than {ORTHOGONALITY_MAX_OUT} output channels or "
+                                                      f"{ORTHOGONALITY_MAX_FILTERS} filters in the layer"}
+        return out
 
 
 def _same(field_name: str, stored, given) -> bool:
@@ -357,7 +470,7 @@ def ingest_h5(path: Path, tx: StoreTransaction, progress: Progress) -> H5Ingest:
     states = [LayerState(layer_base + i, model_ids[l.model_id]) for i, l in enumerate(layers)]
     sub = H5Contents(c.path, c.filters_name, c.n_rows, c.dtype, c.sample, new, layers)
 
-    _stream_filters(sub, states, np.array(offsets, dtype=np.int64), tx, progress)
+    orthogonalities = _stream_filters(sub, states, np.array(offsets, dtype=np.int64), tx, progress)
 
     source = str(c.path.resolve())
     if c.sample:
@@ -367,10 +480,16 @@ def ingest_h5(path: Path, tx: StoreTransaction, progress: Progress) -> H5Ingest:
                        for m in new])
     insert_layers(tx, [{"layer_id": st.layer_id, "model_id": st.model_id, "conv_depth": l.conv_depth,
                         "conv_depth_norm": l.conv_depth_norm, "filter_id_first": l.first + off,
-                        "filter_id_last": l.last + off, "n_filters": l.n, **st.quality_row()}
-                       for st, l, off in zip(states, layers, offsets)])
+                        "filter_id_last": l.last + off, "n_filters": l.n,
+                        # The file gives in_channels per group and no groups: see docs/method.md#dataset-h5.
+                        "in_channels": l.in_channels, "out_channels": l.out_channels, "groups": None,
+                        **st.quality_row(o)}
+                       for st, l, off, o in zip(states, layers, offsets, orthogonalities)])
     tx.insert_layer_moments([s.layer_id for s in states], [s.scaled for s in states])
     result.added = [m["model"] for m in new]
+    result.no_orthogonality = [{"model": l.model, "filter_ids": f"{l.first}:{l.last}", "in_channels": l.in_channels,
+                                "out_channels": l.out_channels}
+                               for l in layers if l.out_channels is not None and not l.with_orthogonality]
     result.n_filters = sum(l.n for l in layers)
     tx.record_ingest(str(path.resolve()), "dataset.h5", None, len(new), result.n_filters)
     return result
@@ -396,9 +515,17 @@ def _transpose_into(X: np.ndarray, out: np.ndarray, step: int = 1 << 14) -> None
         out[:, s:s + step] = X[s:s + step].T
 
 
+def _layer_orthogonality(layer: H5Layer, X: np.ndarray) -> float | None:
+    """orthogonality of the layer's filters X (float32 (n, 9), as stored) read as its
+    (out, in, 3, 3) weight: the same array, so the same bits, as a model file's layer gives."""
+    return orthogonality(X.reshape(layer.out_channels, layer.in_channels, 3, 3))
+
+
 def _stream_filters(c: H5Contents, states: list[LayerState], offsets: np.ndarray,
-                    tx: StoreTransaction, progress: Progress) -> None:
-    """The filters of ``c.layers`` into the shards, layer j's ids shifted by ``offsets[j]``."""
+                    tx: StoreTransaction, progress: Progress) -> list[float | None]:
+    """The filters of ``c.layers`` into the shards, layer j's ids shifted by ``offsets[j]``;
+    returns each layer's orthogonality (None where its shape is unknown or too large)."""
+    ortho: list[float | None] = [None] * len(c.layers)
     firsts = np.array([l.first for l in c.layers], dtype=np.int64)
     lasts = np.array([l.last for l in c.layers], dtype=np.int64)
     total = int((lasts - firsts + 1).sum())
@@ -438,15 +565,23 @@ def _stream_filters(c: H5Contents, states: list[LayerState], offsets: np.ndarray
                 for k, o, e, whole in segments:
                     states[k].spans_blocks |= not whole
                     states[k].fold(batch.w[:, o:e], whole)
+                    if whole and c.layers[k].with_orthogonality:
+                        lo = int(firsts[k]) - a
+                        ortho[k] = _layer_orthogonality(c.layers[k], X[lo:lo + c.layers[k].n])
                 writer.write(batch)
                 bar.update(batch.n)
             # Second pass for layers cut by block boundaries: now that their maximum is known.
+            # Their orthogonality reads the whole layer once (it needs the whole weight).
             for k, st in enumerate(states):
                 if st.spans_blocks:
                     for a in range(int(firsts[k]), int(lasts[k]) + 1, BLOCK_ROWS):
                         b = min(a + BLOCK_ROWS, int(lasts[k]) + 1)
                         for z, p in iter_pieces(np.ascontiguousarray(_read_block(ds, a, b, c.path).T)):
                             st.quality.add_thresholded(z, p)
+                    if c.layers[k].with_orthogonality:
+                        W = _read_block(ds, int(firsts[k]), int(lasts[k]) + 1, c.path)
+                        ortho[k] = _layer_orthogonality(c.layers[k], W)
+                        del W
     finally:
         bar.close()
         writer_error = None
@@ -456,3 +591,4 @@ def _stream_filters(c: H5Contents, states: list[LayerState], offsets: np.ndarray
             writer_error = e
     if writer_error is not None:
         raise writer_error
+    return ortho

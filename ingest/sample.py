@@ -3,7 +3,9 @@
 It is not real data: filters are drawn from a few 3x3 prototypes whose mixture depends on the
 model's task and visual category and on the layer depth, so that groupings differ measurably.
 Every metadata column of docs/method.md#dataset-h5 is present, and a few layers are degenerate on purpose
-(all zero, mostly sparse, rank one, white noise). The file carries a root attribute
+(all zero, mostly sparse, rank one, white noise). Like the authors' later pipeline, a v1.0.0 sample
+gives layers ``in_channels`` and ``out_channels`` where the layer's size factors into a plausible
+(out, in) weight (``layer_shape``); the others' are missing (NaN), as in a file that mixes both. The file carries a root attribute
 ``cnnfilterdb_sample`` so that the ingest marks its models as a sample in ``models.source``.
 """
 from __future__ import annotations
@@ -56,10 +58,21 @@ def _layer_sizes(rng: np.random.Generator, budget: int, n_layers: int) -> list[i
     return sizes.tolist()
 
 
+def layer_shape(n: int, max_ratio: int = 8) -> tuple[int, int] | None:
+    """(in_channels, out_channels) of a layer of n filters: out the largest divisor of n with
+    2 <= out <= sqrt(n), in = n / out, if in <= max_ratio * out; else None (no plausible weight)."""
+    import math
+
+    for out in range(math.isqrt(n), 1, -1):
+        if n % out == 0:
+            return (n // out, out) if n // out <= max_ratio * out else None
+    return None
+
+
 def write_sample_h5(path: str | Path, n_models: int = 40, n_filters: int = 1_000_000, seed: int = 0,
                     version: str = "1.0.0", dtype=np.float32, shape: str = "3x3",
                     degenerate: bool = True, filters_name: str | None = None,
-                    block_rows: int = 1 << 21, extra_models: int = 0) -> Path:
+                    block_rows: int = 1 << 21, extra_models: int = 0, shapes: bool | None = None) -> Path:
     """Write a synthetic dataset.h5 of about ``n_filters`` filters over ``n_models`` models.
 
     ``version`` "1.0.0" or "0.1.0" picks the column names (``Visual Category``/``Datatype``,
@@ -68,8 +81,12 @@ def write_sample_h5(path: str | Path, n_models: int = 40, n_filters: int = 1_000
     ``extra_models``: a newer release of the same dataset: the file written without them
     (the same models, metadata and filters, in the same places), then as many models more,
     of about ``n_filters / n_models`` filters each (drawn from a random stream of their own).
+    ``shapes``: write the ``in_channels``/``out_channels`` columns (default: for version "1.0.0";
+    they draw nothing from the random streams, so the filters are the same either way).
     """
     path = Path(path)
+    if shapes is None:
+        shapes = version != "0.1.0"
     rng_base, rng_extra = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     budget = max(1, n_filters // n_models)
     rows, plan = [], []
@@ -116,8 +133,12 @@ def write_sample_h5(path: str | Path, n_models: int = 40, n_filters: int = 1_000
         }
         for li, (size, depth) in enumerate(zip(sizes, depths)):
             depth_norm = depth / (n_levels - 1) if n_levels > 1 else 0.0
-            rows.append({"model_id": mid, "conv_depth": depth, "conv_depth_norm": depth_norm,
-                         **model_meta, "filter_ids": f"{next_id}:{next_id + size - 1}"})
+            row = {"model_id": mid, "conv_depth": depth, "conv_depth_norm": depth_norm,
+                   **model_meta, "filter_ids": f"{next_id}:{next_id + size - 1}"}
+            if shapes:
+                in_out = layer_shape(size)
+                row["in_channels"], row["out_channels"] = in_out if in_out else (None, None)
+            rows.append(row)
             plan.append((next_id, size, task, cat, depth_norm, mid, li, rng))
             next_id += size
 

@@ -13,9 +13,10 @@ import cnnfilterdb.ingest.h5 as h5mod
 from cnnfilterdb.ingest import ingest_paths
 from cnnfilterdb.ingest.progress import Progress
 from cnnfilterdb.ingest.sample import write_sample_h5
+from cnnfilterdb.stats.quality import orthogonality
 
 from . import reference
-from .helpers import open_catalog
+from .helpers import REPO, open_catalog
 
 
 def _ingest(src, db, block_rows=None, monkeypatch=None):
@@ -62,6 +63,7 @@ def test_store_reproduces_file_v1(sample_v1, tmp_path, monkeypatch, block_rows):
     # Layers: one per /meta row, with its range, count, depth and bin.
     layers = con.execute("SELECT * FROM layers ORDER BY filter_id_first").df()
     assert len(layers) == len(meta)
+    shaped = 0
     for (_, row), (_, layer) in zip(meta.sort_values("filter_ids", key=lambda s: s.str.split(":").str[0].astype(int)).iterrows(),
                                     layers.iterrows()):
         first, last = map(int, row["filter_ids"].split(":"))
@@ -70,7 +72,18 @@ def test_store_reproduces_file_v1(sample_v1, tmp_path, monkeypatch, block_rows):
         assert layer.conv_depth == row["conv_depth"]
         assert layer.conv_depth_norm == row["conv_depth_norm"]
         assert layer.depth_bin == expected_depth_bin(row["conv_depth_norm"])
-        assert pd.isna(layer.in_channels) and pd.isna(layer.orthogonality)
+        # Layer shapes where the sample gives them (in per group, groups unknown), with orthogonality.
+        assert pd.isna(layer.groups)
+        if pd.isna(row["in_channels"]):
+            assert pd.isna(row["out_channels"])
+            assert pd.isna(layer.in_channels) and pd.isna(layer.out_channels) and pd.isna(layer.orthogonality)
+        else:
+            k_in, k_out = int(row["in_channels"]), int(row["out_channels"])
+            assert (layer.in_channels, layer.out_channels) == (k_in, k_out) and k_in * k_out == layer.n_filters
+            want = orthogonality(X[first:last + 1].reshape(k_out, k_in, 3, 3))
+            assert layer.orthogonality == want, (first, layer.orthogonality, want)
+            shaped += 1
+    assert 0 < shaped < len(layers)  # both kinds: a file that mixes rows with and without shapes
     # Every layer's filters carry its ids.
     bad = con.execute("""SELECT count(*) FROM filters f JOIN layers l ON f.filter_id BETWEEN l.filter_id_first AND l.filter_id_last
                          WHERE f.layer_id <> l.layer_id OR f.model_id <> l.model_id""").fetchone()[0]
@@ -127,6 +140,11 @@ def test_v01_layout(sample_v01, tmp_path):
     X = _file_filters(sample_v01)
     _, W = _store_filters(db)
     assert np.array_equal(W.view(np.uint32), X.view(np.uint32))
+    # No shape columns (as in the published files): shapes and orthogonality unknown.
+    assert "in_channels" not in meta.columns
+    with open_catalog(db) as con:
+        assert con.execute("SELECT count(in_channels), count(out_channels), count(groups), count(orthogonality), "
+                           "count(*) > 0 FROM layers").fetchone() == (0, 0, 0, 0, True)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])
@@ -359,3 +377,216 @@ def test_present_models_that_differ_are_reported_not_changed(releases, tmp_path)
         assert con.execute("SELECT model, task, n_filters, n_layers FROM models WHERE model_id < 5 "
                            "ORDER BY model_id").fetchall() == stored
         assert con.execute("SELECT count(*) FROM models").fetchone()[0] == 8
+
+
+# ---- Layer shapes: in_channels (per group) and out_channels of the authors' later pipeline ----
+
+MODELS = REPO / "tests" / "data" / "models"
+QUALITY = ["sparsity", "variance_entropy", "variance_entropy_norm", "variance_entropy_clean", "orthogonality"]
+
+
+def _write_meta(path, rows: list[dict]) -> None:
+    import warnings
+
+    meta = pd.DataFrame(rows).set_index(["model_id", "conv_depth", "conv_depth_norm"])
+    with warnings.catch_warnings():  # object columns of mixed types are pickled, as pandas always did
+        warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
+        meta.to_hdf(path, key="meta", mode="w")
+
+
+def _shaped_h5(path, layers, columns=("in_channels", "out_channels"), seed=0):
+    """A dataset.h5 of random filters: ``layers`` is a list of (model, n_filters, in_channels,
+    out_channels), the values written as given (pandas picks the column types), under ``columns``."""
+    rng = np.random.default_rng(seed)
+    models = list(dict.fromkeys(m for m, *_ in layers))
+    rows, n, depth = [], 0, {}
+    for model, size, k_in, k_out in layers:
+        d = depth[model] = depth.get(model, -1) + 1
+        row = {"model_id": models.index(model), "conv_depth": d, "conv_depth_norm": 0.0, "model": model,
+               "Task": "Classification", "filter_ids": f"{n}:{n + size - 1}"}
+        row.update({col: v for col, v in zip(("in_channels", "out_channels"), (k_in, k_out)) if col in columns})
+        rows.append(row)
+        n += size
+    for r in rows:  # depth norm within each model
+        r["conv_depth_norm"] = r["conv_depth"] / max(1, depth[r["model"]])
+    _write_meta(path, rows)
+    with h5py.File(path, "a") as f:
+        f.create_dataset("filters", data=rng.normal(size=(n, 3, 3)).astype(np.float32))
+    return path
+
+
+def _layer_rows(db) -> list[dict]:
+    with open_catalog(db) as con:
+        cur = con.execute(f"SELECT n_filters, in_channels, out_channels, groups, {', '.join(QUALITY)} FROM layers "
+                          "ORDER BY filter_id_first")
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+@pytest.mark.parametrize("block_rows", [None, 100])  # 100: layers span blocks (their second pass)
+@pytest.mark.parametrize("name", ["ch_PP-OCRv4_det_infer.onnx", "ch_ppocr_mobile_v2.0_cls_infer.onnx"])
+def test_shapes_give_the_model_files_orthogonality(name, block_rows, tmp_path, monkeypatch):
+    """A real ONNX model, and the dataset.h5 the authors' pipeline writes of it (each 3x3 layer's
+    w.reshape(-1, 3, 3), in_channels = w.shape[1], out_channels = w.shape[0]): the same quality
+    metrics (orthogonality to the last bit, the others too unless a layer is cut by blocks);
+    in_channels per group, groups unknown."""
+    from cnnfilterdb.ingest.models import CONV_OPS, read_model
+
+    src = MODELS / name
+    m = read_model(src, "onnx")
+    convs = [c for c in m.convs if c.op in CONV_OPS and c.weight.shape[2:] == (3, 3)]
+    rows, parts, n = [], [], 0
+    for c in convs:
+        w = c.weight
+        rows.append({"model_id": 0, "conv_depth": c.level, "conv_depth_norm": c.level / (m.n_levels - 1),
+                     "model": src.stem, "filter_ids": f"{n}:{n + w.shape[0] * w.shape[1] - 1}",
+                     "in_channels": w.shape[1], "out_channels": w.shape[0]})
+        parts.append(w.reshape(-1, 3, 3))
+        n += w.shape[0] * w.shape[1]
+    h5 = tmp_path / "model.h5"
+    _write_meta(h5, rows)
+    with h5py.File(h5, "a") as f:
+        f.create_dataset("filters", data=np.concatenate(parts))
+
+    ingest_paths([src], tmp_path / "onnx", Progress(enabled=False),
+                 meta={"task": "Text Detection", "visual_category": "documents", "training_dataset": "unknown"})
+    _ingest(h5, tmp_path / "h5", block_rows, monkeypatch)
+    from_model, from_h5 = _layer_rows(tmp_path / "onnx"), _layer_rows(tmp_path / "h5")
+    assert len(from_model) == len(from_h5) == len(convs)
+    assert any(r["orthogonality"] is not None for r in from_h5)
+    grouped = 0
+    for a, b, c in zip(from_model, from_h5, convs):
+        for key in QUALITY:
+            assert (a[key] is None) == (b[key] is None), (c.name, key)
+            if a[key] is None:
+                continue
+            if key == "orthogonality" or block_rows is None:  # the other metrics of a layer cut by blocks
+                assert np.float64(a[key]).view(np.uint64) == np.float64(b[key]).view(np.uint64), \
+                    (c.name, key, a[key], b[key])  # merge its pieces' sums in another order: to 1e-12
+            else:
+                assert b[key] == pytest.approx(a[key], rel=1e-12, abs=1e-15), (c.name, key)
+        assert b["in_channels"] == a["in_channels"] // a["groups"] == c.weight.shape[1]
+        assert b["out_channels"] == a["out_channels"] and b["groups"] is None
+        assert b["n_filters"] == b["out_channels"] * b["in_channels"]
+        grouped += a["groups"] > 1
+    if name.startswith("ch_ppocr_mobile"):
+        assert grouped > 0  # depthwise layers: in_channels 1 per group
+
+
+def test_shapes_mixed_and_absent(tmp_path):
+    """Rows with both values missing (NaN, None) are layers of unknown shape; numeric text counts;
+    a file without the columns is as before: no shapes, no orthogonality."""
+    src = _shaped_h5(tmp_path / "mixed.h5", [("a", 12, 3, 4), ("a", 10, np.nan, np.nan), ("b", 8, "2", " 4 "),
+                                             ("b", 6, None, None), ("b", 1, 1, 1)])
+    _ingest(src, tmp_path / "db")
+    rows = _layer_rows(tmp_path / "db")
+    assert [(r["in_channels"], r["out_channels"], r["groups"]) for r in rows] == \
+        [(3, 4, None), (None, None, None), (2, 4, None), (None, None, None), (1, 1, None)]
+    X = _file_filters(src)
+    assert rows[0]["orthogonality"] == orthogonality(X[:12].reshape(4, 3, 3, 3))
+    assert rows[2]["orthogonality"] == orthogonality(X[22:30].reshape(4, 2, 3, 3))
+    assert [r["orthogonality"] is None for r in rows] == [False, True, False, True, True]  # one output: none
+    with open_catalog(tmp_path / "db") as con:  # per layer, never a model's `extra`
+        assert con.execute("SELECT count(extra) FROM models").fetchone()[0] == 0
+
+    plain = _shaped_h5(tmp_path / "plain.h5", [("c", 12, 3, 4), ("c", 9, 3, 3)], columns=())
+    _ingest(plain, tmp_path / "db2")
+    assert all(r["in_channels"] is None and r["out_channels"] is None and r["orthogonality"] is None
+               for r in _layer_rows(tmp_path / "db2"))
+
+
+@pytest.mark.parametrize("k_in, k_out, message", [
+    (3, 5, "model 'b', layer at conv_depth 1 (filter_ids 17:28): 12 filters, but in_channels 3 x out_channels 5 = 15"),
+    (4, 4, "12 filters, but in_channels 4 x out_channels 4 = 16"),
+    (-3, -4, "in_channels -3 must be at least 1"),
+    (0, 12, "in_channels 0 must be at least 1"),
+    (12, 0, "out_channels 0 must be at least 1"),
+    (2.5, 4.8, "in_channels 2.5 is not a whole number"),
+    (np.inf, 4, "in_channels inf is not a whole number"),
+    (3, "four", "out_channels 'four' is not a whole number"),
+    (3, "nan", "out_channels 'nan' is not a whole number"),
+    (True, 12, "in_channels True is a boolean"),
+    (3, np.nan, "in_channels is 3 but out_channels is missing"),
+    (None, 4, "out_channels is 4 but in_channels is missing"),
+    (1e300, 4, "is too large (at most 2147483647)"),
+    (2**31, 1, "in_channels 2147483648 is too large"),
+    ("9" * 40, 4, "is too large"),
+    (3, 2**-40 * 4, "out_channels 3.637978807091713e-12 is not a whole number"),
+    ([3], 4, "in_channels [3] is a list, not a whole number"),
+])
+def test_bad_shapes_are_clear_errors_and_write_nothing(k_in, k_out, message, tmp_path):
+    from cnnfilterdb.ingest import IngestError
+
+    from .helpers import store_snapshot
+
+    db = tmp_path / "db"
+    _ingest(_shaped_h5(tmp_path / "first.h5", [("first", 9, 3, 3)], seed=1), db)
+    before = store_snapshot(db)
+    src = _shaped_h5(tmp_path / "bad.h5", [("a", 8, 2, 4), ("b", 9, 3, 3), ("b", 12, k_in, k_out)])
+    with pytest.raises(IngestError) as e:
+        _ingest(src, db)
+    text = str(e.value)
+    assert text.startswith(f"{src}: /meta row 2: model 'b', layer at conv_depth 1 (filter_ids 17:28): "), text
+    assert message in text, text
+    assert "\n" not in text
+    assert store_snapshot(db) == before
+
+
+def test_one_shape_column_alone_is_an_error(tmp_path):
+    from cnnfilterdb.ingest import IngestError
+
+    from .helpers import store_snapshot
+
+    db = tmp_path / "db"
+    _ingest(_shaped_h5(tmp_path / "first.h5", [("first", 9, 3, 3)], seed=1), db)
+    before = store_snapshot(db)
+    for column in ("in_channels", "out_channels"):
+        src = _shaped_h5(tmp_path / "half.h5", [("a", 12, 3, 4)], columns=(column,))
+        other = "out_channels" if column == "in_channels" else "in_channels"
+        with pytest.raises(IngestError, match=f"/meta has an {column} column but no {other} column"):
+            _ingest(src, db)
+    assert store_snapshot(db) == before
+
+
+def test_layers_too_large_for_orthogonality_are_reported(tmp_path, monkeypatch):
+    """A shape beyond ORTHOGONALITY_MAX_OUT output channels (its Gram matrix would not fit in
+    memory): the shape is stored, the orthogonality left null and the layer listed in the result."""
+    monkeypatch.setattr(h5mod, "ORTHOGONALITY_MAX_OUT", 5)
+    src = _shaped_h5(tmp_path / "wide.h5", [("a", 12, 3, 4), ("a", 12, 2, 6)])
+    result = _ingest(src, tmp_path / "db")
+    rows = _layer_rows(tmp_path / "db")
+    assert [(r["in_channels"], r["out_channels"], r["orthogonality"] is None) for r in rows] == \
+        [(3, 4, False), (2, 6, True)]
+    skipped = result["files"][0]["orthogonality_skipped"]
+    assert skipped["count"] == 1 and skipped["first"] == [
+        {"model": "a", "filter_ids": "12:23", "in_channels": 2, "out_channels": 6}]
+    assert "more than 5 output channels" in skipped["reason"]
+    assert "orthogonality_skipped" not in _ingest(_shaped_h5(tmp_path / "ok.h5", [("b", 4, 2, 2)]),
+                                                  tmp_path / "db")["files"][0]
+
+
+def test_sample_shapes_are_deterministic_and_plausible(tmp_path):
+    from cnnfilterdb.ingest.sample import layer_shape
+
+    assert layer_shape(12) == (4, 3) and layer_shape(64) == (8, 8) and layer_shape(4608) == (72, 64)
+    assert layer_shape(13) is None and layer_shape(1) is None and layer_shape(2 * 97) is None  # prime; too skewed
+    a = write_sample_h5(tmp_path / "a.h5", n_models=3, n_filters=5000, seed=9)
+    b = write_sample_h5(tmp_path / "b.h5", n_models=3, n_filters=5000, seed=9, shapes=False)
+    meta_a, meta_b = pd.read_hdf(a, "meta"), pd.read_hdf(b, "meta")
+    pd.testing.assert_frame_equal(meta_a.drop(columns=["in_channels", "out_channels"]), meta_b)
+    assert np.array_equal(_file_filters(a), _file_filters(b))  # the shapes draw nothing from the streams
+    pd.testing.assert_frame_equal(meta_a, pd.read_hdf(write_sample_h5(tmp_path / "c.h5", n_models=3, n_filters=5000,
+                                                                      seed=9), "meta"))
+
+
+def test_an_infinite_count_is_a_clear_error(tmp_path):
+    """A model column that must be an integer holding Inf: the error names it (int(inf) overflows)."""
+    from cnnfilterdb.ingest import IngestError
+
+    src = tmp_path / "inf.h5"
+    _write_meta(src, [{"model_id": 0, "conv_depth": 0, "conv_depth_norm": 0.0, "model": "a", "filter_ids": "0:3",
+                       "total_filters": np.inf}])
+    with h5py.File(src, "a") as f:
+        f.create_dataset("filters", data=np.ones((4, 3, 3), np.float32))
+    with pytest.raises(IngestError, match="model 'a': column 'total_filters' value inf is not a int"):
+        _ingest(src, tmp_path / "db")
