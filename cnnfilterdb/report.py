@@ -221,8 +221,8 @@ def _provenance_html(prov: dict | None) -> str:
         n, k = prov.get("models", 0), prov["sample_models"]
         which = "all" if k == n else f"{k:,} of the {n:,}"
         out = (f'<p class="synthetic" role="note">{escape(SYNTHETIC_NOTICE)}: {which} models of this version are the '
-               "synthetic sample of <code>cnnfilterdb demo</code>, generated filters: the figures show nothing "
-               "about trained networks.</p>\n")
+               "generated sample of <code>cnnfilterdb demo</code>; what they show says nothing about trained "
+               "networks.</p>\n")
     cite = f"store {prov['store_id']}, version {prov['store_version']}"
     return (out + f'<dl class="provenance" aria-label="Provenance">{cells}</dl>\n'
             f'<p class="caption">Cite these results as &ldquo;{escape(cite)}&rdquo;; '

@@ -154,6 +154,9 @@ class StoreVersion(BaseModel):
     n_filters: int = Field(description="3x3 filters present at this version")
     basis_version: int | None = Field(description="the global basis of this version (null: fewer than 2 filters)")
     compacted: bool = Field(description="forgotten by `cnnfilterdb compact`: as_of this version is a 404")
+    digest: str | None = Field(None, description="sha256 (hex) of what the version holds, recorded by its commit "
+                                                 "(docs/versions.md#citing-a-version; `cnnfilterdb verify` recomputes "
+                                                 "it); null: committed before catalog layout 8")
 
 
 class Versions(BaseModel):
