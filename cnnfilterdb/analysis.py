@@ -29,6 +29,7 @@ import numpy as np
 
 from .layout import StoreDamaged
 from .limits import MAX_GROUPS, MAX_HISTOGRAM_CELLS, MAX_PAIR_CELLS, MAX_RESPONSE_CELLS
+from .properties import ident, properties_at
 from .requests import (
     DegenerateRequest,
     Density2dRequest,
@@ -45,11 +46,11 @@ from .selection import (
     EmptySelectionError,
     Selection,
     SelectionError,
-    check_values,
+    check_group_by,
+    condition,
     layers_at,
     natural_order,
     select,
-    where_sql,
 )
 from .snapshot import Snapshot
 from .stats.basis import Basis, fit_basis
@@ -290,10 +291,9 @@ class Analysis:
         variance_entropy_norm (one list each, layer_id order); ``labels`` the distinct values of
         ``color_by`` in natural order with ``n_models`` each; ``thresholds`` the request's.
         """
-        where = req.selection
-        cond, params = where_sql(where)
-        check_values(self.cur, where, self.version)
-        rows = self.cur.execute(f"SELECT layer_id, model_id, {color_by} AS label, n_filters, sparsity, "
+        cond, params = condition(self.cur, req.selection, self.version)
+        check_group_by(color_by, properties_at(self.cur, self.version), parameter="color_by")
+        rows = self.cur.execute(f"SELECT layer_id, model_id, {ident(color_by)} AS label, n_filters, sparsity, "
                                 f"variance_entropy_norm FROM {self.layers} WHERE {cond} ORDER BY layer_id",
                                 params).fetchall()
         if not rows:
@@ -434,9 +434,8 @@ class Analysis:
         """Layers over any of the thresholds: sparsity > sparsity_gt, variance_entropy_norm <
         entropy_norm_lt (redundant), variance_entropy_norm > entropy_norm_gt (random-like; None: off)."""
         sparsity_gt, entropy_norm_lt, entropy_norm_gt = req.sparsity_gt, req.entropy_norm_lt, req.entropy_norm_gt
-        limit, offset, where = req.limit, req.offset, req.selection
-        cond, params = where_sql(where)
-        check_values(self.cur, where, self.version)
+        limit, offset = req.limit, req.offset
+        cond, params = condition(self.cur, req.selection, self.version)
         flags = ("(sparsity > ?) AS sparse, (variance_entropy_norm < ?) AS low_entropy, "
                  "coalesce(variance_entropy_norm > ?, false) AS random_like")
         fparams = [sparsity_gt, entropy_norm_lt, entropy_norm_gt if entropy_norm_gt is not None else float("inf")]

@@ -168,8 +168,8 @@ class FilterDB:
         """
         version, where = self._version(as_of), check_where(where)
         with self._cursor() as cur:
-            check_listing(cur, where, version)
-        return finish_models(self._listing(models_query(where, version), "model_id"))
+            properties = check_listing(cur, where, version)
+        return finish_models(self._listing(models_query(where, version, properties), "model_id"))
 
     def layers(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
         """The layers a selection holds, in layer_id order, with the columns of GET
@@ -199,8 +199,8 @@ class FilterDB:
         """
         version, where = self._version(as_of), check_where(where)
         with self._cursor() as cur:
-            check_listing(cur, where, version)
-        return self._listing(layers_query(where, version), "layer_id")
+            properties = check_listing(cur, where, version)
+        return self._listing(layers_query(where, version, properties), "layer_id")
 
     # -- filters ---------------------------------------------------------------------------------
     def iter_filters(self, where: dict | None = None, batch: int = FILTER_BATCH,

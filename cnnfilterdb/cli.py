@@ -44,6 +44,12 @@ def _refit_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refit", choices=REFIT_POLICIES, default="auto", help=text.replace("%", "%%"))
 
 
+def _write_check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--new-value", action="store_true",
+                   help="store a value that differs from one the store holds only in case, spaces, - or _ as a value "
+                        "of its own (refused otherwise: did you mean ...?)")
+
+
 def cmd_ingest(args) -> int:
     import duckdb
 
@@ -59,7 +65,7 @@ def cmd_ingest(args) -> int:
     try:
         result = ingest_paths([Path(p) for p in args.paths], db, meta=meta,
                               manifest=Path(args.manifest) if args.manifest else None, skip_bad=args.skip_bad,
-                              refit=args.refit)
+                              refit=args.refit, allow_missing=args.allow_missing, new_value=args.new_value)
     except (OSError, duckdb.IOException, duckdb.FatalException) as e:
         # A full disk, a permission, an I/O error (Parquet, numpy or DuckDB writing): the transaction
         # has rolled back. One line, naming the file, or the store when the error names none.
@@ -264,23 +270,30 @@ def cmd_log(args) -> int:
     return 0
 
 
-def _label_changes(args) -> list[tuple[str, dict]]:
-    from cnnfilterdb.ingest.curate import LABEL_FIELDS, read_label_manifest
+def cmd_label(args) -> int:
+    from cnnfilterdb.ingest.labels import LABEL_FIELDS, Labels, label_models, parse_assignments, parse_types, read_label_manifest
 
     values = {f: getattr(args, f) for f in LABEL_FIELDS if getattr(args, f) is not None}
+    assigned = parse_assignments(args.set)
+    if twice := sorted(set(values) & set(assigned)):
+        raise UserError(f"{twice[0]} is given both as --{twice[0].replace('_', '-')} and with --set: give it once")
+    values |= assigned
+    sources = [bool(args.manifest), bool(args.models), args.where is not None]
+    if sum(sources) != 1:
+        raise UserError("name the models to label, or give --where JSON or --manifest CSV (one of them)")
+    if args.key != "model" and not args.manifest:
+        raise UserError("--key names the manifest's column of model names: give it with --manifest")
+    labels, where = None, None
     if args.manifest:
-        if args.models or values:
-            raise UserError("--manifest gives the models and their metadata: no models or metadata flags with it")
-        return read_label_manifest(Path(args.manifest))
-    if not args.models:
-        raise UserError("name the models to label (or give --manifest CSV)")
-    return [(m, values) for m in args.models]
-
-
-def cmd_label(args) -> int:
-    from cnnfilterdb.ingest.curate import label_models
-
-    result = label_models(args.db or default_db(), _label_changes(args))
+        if values:
+            raise UserError("--manifest gives the models and their metadata: no metadata flags or --set with it")
+        labels = read_label_manifest(Path(args.manifest), key=args.key)
+    elif args.models:
+        labels = Labels([(m, dict(values), "label") for m in args.models])
+    else:
+        where = _json_where(args.where)
+    result = label_models(args.db or default_db(), labels, where=where, values=values, types=parse_types(args.type),
+                          new_value=args.new_value, dry_run=args.dry_run)
     print(json.dumps(result))
     return 0
 
@@ -288,7 +301,11 @@ def cmd_label(args) -> int:
 def cmd_remove(args) -> int:
     from cnnfilterdb.ingest.curate import remove_models
 
-    print(json.dumps(remove_models(args.db or default_db(), args.models, refit=args.refit)))
+    where = None if args.where is None else _json_where(args.where)
+    if where is None and args.where is not None:
+        raise UserError("--where selects every model with an empty selection: name the models to remove instead")
+    print(json.dumps(remove_models(args.db or default_db(), args.models, refit=args.refit, where=where,
+                                   dry_run=args.dry_run)))
     return 0
 
 
@@ -634,6 +651,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                 "name": "architecture name"}.get(name))
     s.add_argument("--manifest", help="CSV, one row per file: a 'path' column and any of the metadata names")
     s.add_argument("--skip-bad", action="store_true", help="skip files that fail their checks, list them, ingest the rest")
+    s.add_argument("--allow-missing", action="store_true",
+                   help="ingest a model file without its task, visual category or training dataset (stored as unknown)")
+    _write_check_args(s)
     _refit_arg(s)
     s.set_defaults(func=cmd_ingest)
 
@@ -697,20 +717,35 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_log)
 
-    s = sub.add_parser("label", help="change models' metadata (a new store version; the old values stay in the history)")
+    s = sub.add_parser("label", help="change models' metadata and typed properties (a new store version; the old "
+                                     "values stay in the history; docs/cli.md#label)")
     s.add_argument("models", nargs="*", metavar="MODEL", help="model names (the `model` column) or model_ids")
     if wanted("label"):
-        from cnnfilterdb.ingest.curate import LABEL_FIELDS
+        from cnnfilterdb.ingest.labels import LABEL_FIELDS
 
         for name in LABEL_FIELDS:
             s.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
-    s.add_argument("--manifest", help="CSV, one row per model: a 'model' column and any of the metadata names "
-                                      "(an empty cell leaves the field as it is)")
+    s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a model property (repeatable), e.g. --set robust=true --set clean_accuracy=81.2; a new "
+                        "property is typed from its value (boolean, integer, double, text)")
+    s.add_argument("--type", action="append", default=[], metavar="NAME=TYPE",
+                   help="the type of a new property: boolean, integer, double or text (repeatable)")
+    s.add_argument("--where", metavar="JSON", help="label every model this selection holds (the analyses' where), "
+                                                   "e.g. '{\"task\": \"GAN\"}'")
+    s.add_argument("--manifest", help="CSV, one row per model: a column naming the model (--key), columns of the "
+                                      "metadata names (or their aliases: Task, Visual Category, Training-Dataset, ...) "
+                                      "and any other column as a property (an empty cell leaves the field as it is)")
+    s.add_argument("--key", default="model", metavar="COLUMN",
+                   help="the manifest's column of model names (default: model; the robustness study's meta.csv: Name)")
+    _write_check_args(s)
+    s.add_argument("--dry-run", action="store_true", help="list the models it would change; commit nothing")
     _db_arg(s)
     s.set_defaults(func=cmd_label)
 
     s = sub.add_parser("remove", help="take models out of the store (a new store version; older versions keep them)")
-    s.add_argument("models", nargs="+", metavar="MODEL", help="model names (the `model` column) or model_ids")
+    s.add_argument("models", nargs="*", metavar="MODEL", help="model names (the `model` column) or model_ids")
+    s.add_argument("--where", metavar="JSON", help="remove every model this selection holds (the analyses' where)")
+    s.add_argument("--dry-run", action="store_true", help="list the models it would remove; commit nothing")
     _refit_arg(s)
     _db_arg(s)
     s.set_defaults(func=cmd_remove)

@@ -670,15 +670,15 @@ class Client:
     def models(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
         """The models a selection holds (``FilterDB.models``), read through POST /v1/sql."""
         where, version = _checked(where), self._version(as_of)
-        check_listing(_RemoteCursor(self), where, version)
-        return finish_models(self._listing(models_query(where, version), "model_id"))
+        properties = check_listing(_RemoteCursor(self), where, version)
+        return finish_models(self._listing(models_query(where, version, properties), "model_id"))
 
     @_call
     def layers(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
         """The layers a selection holds (``FilterDB.layers``), read through POST /v1/sql."""
         where, version = _checked(where), self._version(as_of)
-        check_listing(_RemoteCursor(self), where, version)
-        return self._listing(layers_query(where, version), "layer_id")
+        properties = check_listing(_RemoteCursor(self), where, version)
+        return self._listing(layers_query(where, version, properties), "layer_id")
 
     # -- filters ---------------------------------------------------------------------------------
     @_call

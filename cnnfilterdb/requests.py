@@ -25,7 +25,18 @@ from types import UnionType
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union, get_args, get_origin
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    create_model,
+)
 from pydantic_core import PydanticCustomError
 
 from .limits import (
@@ -40,6 +51,7 @@ from .limits import (
     MAX_SIMILAR_K,
     MIN_KDE_BINS,
 )
+from .properties import NAME as PROPERTY_NAME
 from .selection import (
     FIELD_DESCRIPTIONS,
     FILTER_FIELDS,
@@ -48,6 +60,7 @@ from .selection import (
     InvalidValue,
     SelectionError,
     UnknownName,
+    check_group_by,
     echo,
     field_kind,
     integral,
@@ -163,8 +176,22 @@ def _strict(kind: str, value: Any) -> Any:
     return value
 
 
+def _group_field(value: Any, info: ValidationInfo) -> Any:
+    """A group_by (or a figure's color_by) by the engine's grammar (``selection.check_group_by``
+    without the store): one of GROUP_FIELDS or a well-formed model property name, which the engine
+    checks against the store's properties when the query runs (a boolean or text property)."""
+    try:
+        check_group_by(value, parameter=info.field_name or "group_by")
+    except SelectionError as e:
+        raise PydanticCustomError("where_unknown", "{text}", {"text": str(e)}) from None
+    return value
+
+
 Version = Integer(1, MAX_ID)
-GroupField = Literal[tuple(GROUP_FIELDS)]  # type: ignore[valid-type]
+# A built-in field (GROUP_FIELDS) or a boolean or text model property (GET /v1/fields lists both).
+GroupField = Annotated[str, BeforeValidator(_group_field), WithJsonSchema({
+    "type": "string", "pattern": PROPERTY_NAME.pattern.replace("\\Z", "$"), "examples": GROUP_FIELDS,
+    "description": "a built-in field (" + ", ".join(GROUP_FIELDS) + ") or a boolean or text model property"})]
 Metric = Literal[METRICS]  # type: ignore[valid-type]
 Weights = Literal[WEIGHTS]  # type: ignore[valid-type]
 BasisKind = Literal[BASES]  # type: ignore[valid-type]
@@ -214,6 +241,11 @@ CONDITIONS = {
     "real": _Real | list[_Real | None] | RealBounds | None,
     "bool": StrictBool | list[StrictBool | None] | None,
 }
+# A model property's (selection.kind_of: "any" until the engine knows the store's types): a boolean,
+# a number or a string, a list of them, or bounds.
+_Value = StrictBool | _Real | StrictStr
+AnyBounds = _bounds(_Real | StrictStr, "Bounds[float | str]", "PropertyBounds")
+PropertyCondition = _Value | list[_Value | None] | AnyBounds | None
 
 
 class _WhereBase(BaseModel):
@@ -221,15 +253,20 @@ class _WhereBase(BaseModel):
     list of values (any of them) or bounds {gte, gt, lte, lt}, and every field given must hold.
     Text fields take strings, numeric fields numbers; null selects missing values. A value no model
     has is a 404 suggesting the nearest ones (GET /v1/fields lists them)."""
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), json_schema_extra={
-        "examples": [{"task": "Classification", "conv_depth": {"gte": 1}}]})
+    model_config = ConfigDict(extra="allow", frozen=True, protected_namespaces=(), json_schema_extra={
+        "examples": [{"task": "Classification", "conv_depth": {"gte": 1}},
+                     {"robust": True, "clean_accuracy": {"gte": 80}}]})
+    # Any other key is a model property (GET /v1/fields lists the store's, with their types): the
+    # engine's grammar took it as a well-formed name (_where), the store's types check it when the
+    # query runs (selection.where_sql with the version's properties).
+    __pydantic_extra__: dict[str, PropertyCondition] = Field(init=False)
 
     def conditions(self) -> dict:
         """The fields given (an explicit null means IS NULL), bounds as plain dicts: the form
-        ``selection.where_sql`` takes."""
+        ``selection.where_sql`` takes; built-in fields first, then the properties as given."""
         out = {}
-        for k in (k for k in type(self).model_fields if k in self.model_fields_set):  # a stable order
-            v = getattr(self, k)
+        given = [k for k in type(self).model_fields if k in self.model_fields_set]  # a stable order
+        for k, v in [(k, getattr(self, k)) for k in given] + list((self.model_extra or {}).items()):
             out[k] = v.model_dump(exclude_none=True) if isinstance(v, BaseModel) else v
         return out
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .properties import ident, properties_at
 from .selection import EmptySelectionError, SelectionError, check_values, where_sql
 
 __all__ = ["Result", "DivergenceResult", "PcaResult", "HistogramsResult", "KdeResult", "Density2dResult",
@@ -43,36 +44,44 @@ LAYER_TYPES = ["INTEGER", "INTEGER", "VARCHAR", "INTEGER", "DOUBLE", "VARCHAR", 
                "INTEGER", "INTEGER", "INTEGER", "DOUBLE", "DOUBLE", "DOUBLE", "DOUBLE", "DOUBLE"]
 
 
-def check_listing(cur, where: dict | None, version: int | None) -> None:
-    """EmptySelectionError naming a text value of ``where`` that no model of the version holds,
-    with the nearest ones (selection.check_values), as GET /v1/models and the analyses say it: a
-    typo is not an empty listing. ``cur``: a catalog cursor, or the Client's over /v1/sql."""
+def check_listing(cur, where: dict | None, version: int | None) -> dict[str, str]:
+    """The model properties of the version (name -> type, properties.properties_at), once
+    ``where`` is checked against them: an unknown field is an UnknownName, and a text value that
+    no model of the version holds an EmptySelectionError with the nearest ones
+    (selection.check_values), as GET /v1/models and the analyses say it: a typo is not an empty
+    listing. ``cur``: a catalog cursor, or the Client's over /v1/sql."""
+    if version is None:
+        version = int(cur.execute("SELECT coalesce(max(version), 0) FROM versions").fetchone()[0])
+    properties = properties_at(cur, version)
     if where:
-        if version is None:
-            version = int(cur.execute("SELECT coalesce(max(version), 0) FROM versions").fetchone()[0])
-        check_values(cur, where, version)
+        where_sql(where, properties)
+        check_values(cur, where, version, properties)
+    return properties
 
 
-def models_query(where: dict | None, version: int | None) -> tuple[str, list]:
-    """SELECT of the models ``where`` selects (unordered) and its parameters. A condition on a
-    model's field selects on the model; one on a layer's (``conv_depth``, ``depth_bin``,
-    ``layer_id``, ``conv_depth_norm``) keeps the models with a layer that meets it."""
-    where_sql(where)  # every field and value checked first (SelectionError)
+def models_query(where: dict | None, version: int | None, properties: dict[str, str]) -> tuple[str, list]:
+    """SELECT of the models ``where`` selects (unordered) and its parameters: MODEL_COLUMNS, then
+    the version's ``properties`` (check_listing). A condition on a model's field selects on the
+    model; one on a layer's (``conv_depth``, ``depth_bin``, ``layer_id``, ``conv_depth_norm``)
+    keeps the models with a layer that meets it."""
+    where_sql(where, properties)  # every field and value checked first (SelectionError)
     at = "models" if version is None else f"models_at({int(version)})"
     layers = "layers_with_models" if version is None else f"layers_with_models_at({int(version)})"
-    own = {k: v for k, v in (where or {}).items() if k in MODEL_COLUMNS}
-    rest = {k: v for k, v in (where or {}).items() if k not in MODEL_COLUMNS}
-    cond, params = where_sql(own)
+    model_level = set(MODEL_COLUMNS) | set(properties)
+    own = {k: v for k, v in (where or {}).items() if k in model_level}
+    rest = {k: v for k, v in (where or {}).items() if k not in model_level}
+    cond, params = where_sql(own, properties)
     if rest:
-        layer_cond, layer_params = where_sql(rest)
+        layer_cond, layer_params = where_sql(rest, properties)
         cond += f" AND model_id IN (SELECT model_id FROM {layers} WHERE {layer_cond})"
         params += layer_params
-    return f"SELECT {', '.join(MODEL_COLUMNS)} FROM {at} WHERE {cond}", params
+    columns = ", ".join([*MODEL_COLUMNS, *map(ident, properties)])
+    return f"SELECT {columns} FROM {at} WHERE {cond}", params
 
 
-def layers_query(where: dict | None, version: int | None) -> tuple[str, list]:
+def layers_query(where: dict | None, version: int | None, properties: dict[str, str]) -> tuple[str, list]:
     """SELECT of the layers ``where`` selects (unordered), with their model's name, and its parameters."""
-    cond, params = where_sql(where)
+    cond, params = where_sql(where, properties)
     at = "layers_with_models" if version is None else f"layers_with_models_at({int(version)})"
     return f"SELECT {', '.join(LAYER_COLUMNS)} FROM {at} WHERE {cond}", params
 

@@ -2,8 +2,12 @@
 
 Every field a query can filter or group on is an attribute of a layer or of its model (docs/method.md#groupings),
 so a selection is a set of layers. ``where`` maps a field to a value, a list of values, or an
-object of bounds {"gte", "gt", "lte", "lt"}; values are always bound as parameters, and field
-names come from the fixed list below, never from the request.
+object of bounds {"gte", "gt", "lte", "lt"}; values are always bound as parameters. Field names
+are the built-in ones below or the model properties of the store version asked (properties.py):
+a request's grammar is checked without the store (a name not built in must be a well-formed
+property name, ``properties.NAME``), and again with the store's properties and their types when
+the query runs (``where_sql(where, properties)``), so a name reaches SQL only if the store has it,
+quoted (``properties.ident``: a property may be named like an SQL keyword).
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ import pandas as pd
 
 from .errors import UserError
 from .limits import ECHO_CHARS
+from .properties import NAME as PROPERTY_NAME
+from .properties import RESERVED, ident, properties_at
 
 GROUP_FIELDS = ["task", "visual_category", "training_dataset", "pretraining_dataset", "name", "model",
                 "model_id", "producer", "conv_depth", "layer_id", "depth_bin", "sample", "version_added"]
@@ -93,7 +99,22 @@ def echo(value: Any) -> str:
 INT_FIELDS = {"model_id", "conv_depth", "layer_id", "version_added"}
 REAL_FIELDS = {"conv_depth_norm"}
 INT32 = (-(2**31), 2**31 - 1)  # the catalog's INTEGER (the service's Where: Int32)
-_KINDS = {"text": "a string", "int": "an integer", "real": "a finite number", "bool": "true or false (a bool)"}
+_KINDS = {"text": "a string", "int": "an integer", "real": "a finite number", "bool": "true or false (a bool)",
+          "any": "a string, a finite number or true/false"}
+# A property's kind of values by its type (properties.TYPES): integers compare as numbers.
+PROPERTY_KINDS = {"boolean": "bool", "integer": "real", "double": "real", "text": "text"}
+GROUPABLE_TYPES = ("boolean", "text")  # a property group_by takes: numbers are selected by range instead
+
+
+def kind_of(name: str, properties: dict[str, str] | None) -> str | None:
+    """The kind of values of the field ``name``: a built-in's (``field_kind``), a property's (by
+    its type in ``properties``, name -> type), or, with ``properties`` None (a request's grammar,
+    checked without the store), "any" for a well-formed property name; None: no such field."""
+    if name in FILTER_FIELDS:
+        return field_kind(name)
+    if properties is None:
+        return "any" if PROPERTY_NAME.match(name) and name not in RESERVED else None
+    return PROPERTY_KINDS[properties[name]] if name in properties else None
 
 
 def field_kind(name: str) -> str:
@@ -130,6 +151,8 @@ def _typed(name: str, kind: str, value: Any) -> bool:
     """Whether ``value`` (not None) is a value of a field of ``kind``."""
     if kind == "bool":
         return isinstance(value, bool)
+    if kind == "any":
+        return isinstance(value, (bool, str)) or _typed(name, "real", value)
     if isinstance(value, bool):
         return False
     if kind == "text":
@@ -151,12 +174,16 @@ def _check_value(where_name: str, kind: str, value: Any) -> None:
         raise InvalidValue(f"where.{where_name}: expected {_KINDS[kind]}{extra}, got {echo(value)}")
 
 
-def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
+def where_sql(where: dict[str, Any] | None, properties: dict[str, str] | None = None) -> tuple[str, list]:
     """SQL condition over layers_with_models (at any version) and its parameters.
 
     Parameters
     ----------
     where : field -> value | [values] | {gte, gt, lte, lt}, or None (everything).
+    properties : the model properties of the store version queried, name -> type
+        (``properties.properties_at``); None: the grammar only (a name not built in is taken if
+        it is a well-formed property name, its values as any kind's). A query the store runs
+        passes them.
 
     Returns
     -------
@@ -168,19 +195,23 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
     if not isinstance(where, dict):
         raise InvalidValue("where must be an object of field -> value | [values] | {gte, gt, lte, lt}, e.g. "
                            f"{{\"task\": \"GAN\"}}; got {echo(where)}")
+    known = FILTER_FIELDS + list(properties or ())
     bad_keys = [k for k in where if not isinstance(k, str)]
     if bad_keys:
         raise InvalidValue(f"where: field names must be strings, got {echo(bad_keys[0])}; "
-                             f"known fields: {FILTER_FIELDS}")
-    unknown = sorted(set(where) - set(FILTER_FIELDS))
+                             f"known fields: {known}")
+    unknown = sorted(k for k in where if kind_of(k, properties) is None)
     if unknown:
-        near = nearest(unknown[0], FILTER_FIELDS)
+        near = nearest(unknown[0], known)
         hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
         names = ", ".join(echo(u) for u in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
-        raise UnknownName(f"unknown field(s) in where: [{names}]{hint}; known fields of where: {FILTER_FIELDS}")
+        props = "" if properties is None else (f" and the store's model properties {list(properties)}" if properties
+                                               else " (the store's models have no properties)")
+        raise UnknownName(f"unknown field(s) in where: [{names}]{hint}; known fields of where: {FILTER_FIELDS}{props}")
     parts, params = [], []
     for name, value in where.items():
-        kind = field_kind(name)
+        kind = kind_of(name, properties)
+        column = ident(name)
         if isinstance(value, dict):  # bounds; an empty object bounds nothing
             if kind == "bool":
                 raise InvalidValue(f"where.{name}: true, false, null or a list of them (no bounds), "
@@ -191,7 +222,7 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
             for key, bound in value.items():
                 if not _typed(name, kind, bound):
                     raise InvalidValue(f"where.{name}.{key}: expected {_KINDS[kind]}, got {echo(bound)}")
-                parts.append(f"{name} {BOUNDS[key]} ?")
+                parts.append(f"{column} {BOUNDS[key]} ?")
                 params.append(_bound(kind, bound))
         elif isinstance(value, list):
             for v in value:
@@ -200,16 +231,16 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
             vals = [v for v in value if v is not None]
             alts = []
             if vals:
-                alts.append(f"{name} IN ({', '.join('?' * len(vals))})")
+                alts.append(f"{column} IN ({', '.join('?' * len(vals))})")
                 params.extend(_bound(kind, v) for v in vals)
             if len(vals) < len(value):
-                alts.append(f"{name} IS NULL")
+                alts.append(f"{column} IS NULL")
             parts.append("(" + (" OR ".join(alts) or "false") + ")")
         elif value is None:
-            parts.append(f"{name} IS NULL")
+            parts.append(f"{column} IS NULL")
         else:
             _check_value(name, kind, value)
-            parts.append(f"{name} = ?")
+            parts.append(f"{column} = ?")
             params.append(_bound(kind, value))
     for v in params:  # JSON may carry lone UTF-16 surrogates: no SQL string can hold one
         if isinstance(v, str) and not v.isascii():
@@ -219,6 +250,15 @@ def where_sql(where: dict[str, Any] | None) -> tuple[str, list]:
                 # a 400, as any text the store cannot hold (issue 20), not a 422 of a wrong type
                 raise SelectionError(f"where: {echo(v)} is not valid Unicode (a lone surrogate)") from None
     return " AND ".join(parts) or "true", params
+
+
+def condition(cur, where: dict | None, version: int) -> tuple[str, list]:
+    """``where_sql`` with the properties of store version ``version``, its text values checked
+    (``check_values``): the condition a query of the store runs."""
+    properties = properties_at(cur, version)
+    cond, params = where_sql(where, properties)
+    check_values(cur, where, version, properties)
+    return cond, params
 
 
 def nearest(value: str, known: list[str], n: int = SUGGESTIONS) -> list[str]:
@@ -234,24 +274,26 @@ def nearest(value: str, known: list[str], n: int = SUGGESTIONS) -> list[str]:
     return list(dict.fromkeys(same + [k for c in close for k in folded[c]]))[:n]
 
 
-def check_values(cur, where: dict | None, version: int) -> None:
-    """Raise EmptySelectionError naming the first text value of ``where`` (TEXT_FIELDS, as a
-    value or in a list) that no layer of store version ``version`` holds, with the nearest
-    values it does hold."""
+def check_values(cur, where: dict | None, version: int, properties: dict[str, str] | None = None) -> None:
+    """Raise EmptySelectionError naming the first text value of ``where`` (TEXT_FIELDS and text
+    properties, as a value or in a list) that no layer of store version ``version`` holds, with
+    the nearest values it does hold."""
+    text = set(TEXT_FIELDS) | {k for k, t in (properties or {}).items() if t == "text"}
     for name, value in (where or {}).items():
-        if name not in TEXT_FIELDS:
+        if name not in text:
             continue
+        column = ident(name)
         asked = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] \
             if isinstance(value, list) else []
         if not asked:
             continue
-        held = {v for (v,) in cur.execute(f"SELECT DISTINCT {name} FROM {layers_at(version)} "
-                                          f"WHERE {name} IN ({', '.join('?' * len(asked))})", asked).fetchall()}
+        held = {v for (v,) in cur.execute(f"SELECT DISTINCT {column} FROM {layers_at(version)} "
+                                          f"WHERE {column} IN ({', '.join('?' * len(asked))})", asked).fetchall()}
         missing = [v for v in asked if v not in held]
         if not missing:
             continue
-        known = [v for (v,) in cur.execute(f"SELECT DISTINCT {name} FROM {layers_at(version)} "
-                                           f"WHERE {name} IS NOT NULL LIMIT 100000").fetchall()]
+        known = [v for (v,) in cur.execute(f"SELECT DISTINCT {column} FROM {layers_at(version)} "
+                                           f"WHERE {column} IS NOT NULL LIMIT 100000").fetchall()]
         near = nearest(missing[0], known)
         # the same words from every front end (CLI, Python API, HTTP): each can run this SQL
         hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else \
@@ -293,12 +335,30 @@ def layers_at(version: int) -> str:
     return f"layers_with_models_at({int(version)})"
 
 
-def check_group_by(group_by: str | None) -> None:
-    """SelectionError naming the nearest known fields if ``group_by`` is not None nor one of GROUP_FIELDS."""
-    if group_by is not None and group_by not in GROUP_FIELDS:
-        near = nearest(group_by, GROUP_FIELDS) if isinstance(group_by, str) else []
-        hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
-        raise UnknownName(f"unknown group_by {echo(group_by)}{hint}; known: {GROUP_FIELDS}")
+def groupable(properties: dict[str, str] | None) -> list[str]:
+    """The fields a group_by takes: GROUP_FIELDS and the boolean and text properties."""
+    return GROUP_FIELDS + [k for k, t in (properties or {}).items() if t in GROUPABLE_TYPES]
+
+
+def check_group_by(group_by: str | None, properties: dict[str, str] | None = None, parameter: str = "group_by") -> None:
+    """SelectionError naming the nearest known fields if ``group_by`` is not None, one of
+    GROUP_FIELDS or a boolean or text property of ``properties`` (None: the grammar only, any
+    well-formed property name); ``parameter``: its name in the message (a figure's color_by)."""
+    if group_by is None or group_by in GROUP_FIELDS:
+        return
+    if isinstance(group_by, str):
+        if properties is None and PROPERTY_NAME.match(group_by) and group_by not in RESERVED:
+            return
+        if properties and group_by in properties:
+            if properties[group_by] in GROUPABLE_TYPES:
+                return
+            raise InvalidValue(f"{parameter} {group_by!r}: a property of type {properties[group_by]}; {parameter} takes "
+                               f"boolean and text properties (select a range of a number with where, e.g. "
+                               f'{{"{group_by}": {{"gte": ...}}}})')
+    known = groupable(properties)
+    near = nearest(group_by, known) if isinstance(group_by, str) else []
+    hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+    raise UnknownName(f"unknown {parameter} {echo(group_by)}{hint}; known: {known}")
 
 
 def select(cur, where: dict | None, group_by: str | None, version: int) -> Selection:
@@ -318,10 +378,11 @@ def select(cur, where: dict | None, group_by: str | None, version: int) -> Selec
     unknown ``group_by``; EmptySelectionError for a text value the store does not hold
     (check_values).
     """
-    check_group_by(group_by)
-    cond, params = where_sql(where)
-    check_values(cur, where, version)
-    label = group_by or "'all'"
+    properties = properties_at(cur, version)
+    check_group_by(group_by, properties)
+    cond, params = where_sql(where, properties)
+    check_values(cur, where, version, properties)
+    label = ident(group_by) if group_by else "'all'"
     cols = cur.execute(f"SELECT layer_id, {label} AS label, n_filters, model_id FROM {layers_at(version)} "
                        f"WHERE {cond} ORDER BY layer_id", params).fetchnumpy()
     raw = cols["label"]

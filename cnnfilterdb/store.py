@@ -75,6 +75,7 @@ from .layout import (
     store_name,
     symlinks_in,
 )
+from .properties import ident
 from .stats.moments import Moments
 
 REFIT_POLICIES = ("auto", "always", "never")
@@ -384,19 +385,20 @@ class StoreTransaction:
 
     # -- curation -----------------------------------------------------------------------------
     def relabel(self, model_id: int, values: dict) -> bool:
-        """Give the current model ``model_id`` new metadata ``values`` (models columns) from this
-        version on; its previous row stays, closed, for the versions before. False if nothing
-        differs."""
+        """Give the current model ``model_id`` new metadata ``values`` (models columns, properties
+        among them: ``properties.py``) from this version on; its previous row stays, closed, for
+        the versions before. False if nothing differs."""
         cols = list(values)
-        current = self.con.execute(f"SELECT {', '.join(cols)}, version_from FROM _models "
+        quoted = [ident(c) for c in cols]  # a property may be named like an SQL keyword
+        current = self.con.execute(f"SELECT {', '.join(quoted)}, version_from FROM _models "
                                    "WHERE model_id = ? AND version_to IS NULL", [model_id]).fetchone()
         if current is None:
             raise StoreError(f"model_id {model_id} is not in the store")
-        if list(current[:-1]) == [values[c] for c in cols]:
+        if all(type(a) is type(b) and a == b for a, b in zip(current[:-1], (values[c] for c in cols))):
             return False
-        assignments = ", ".join(f"? AS {c}" for c in cols)
+        assignments = ", ".join(f"? AS {c}" for c in quoted)
         if current[-1] == self.version:  # already a row of this version: change it
-            self.con.execute(f"UPDATE _models SET {', '.join(f'{c} = ?' for c in cols)} "
+            self.con.execute(f"UPDATE _models SET {', '.join(f'{c} = ?' for c in quoted)} "
                              "WHERE model_id = ? AND version_to IS NULL", [*values.values(), model_id])
             return True
         self.con.execute(f"INSERT INTO _models SELECT * REPLACE ({assignments}, ? AS version_from) FROM _models "

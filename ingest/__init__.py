@@ -17,6 +17,7 @@ from .model_files import META_FIELDS, ingest_model_file, metadata_differences, r
 from .models import detect, read_model
 from .progress import Progress
 from .shards import ShardWriter
+from .values import check_required, check_spellings
 
 MODEL_BATCH_ROWS = 1 << 20
 # Kinds suggested by a name: a file whose content is not recognized but whose name says what it
@@ -103,7 +104,8 @@ def mixing_warnings(before: tuple[int, int], after: tuple[int, int]) -> list[str
 
 
 def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, meta: dict | None = None,
-                 manifest: Path | None = None, skip_bad: bool = False, refit: str = "auto") -> dict:
+                 manifest: Path | None = None, skip_bad: bool = False, refit: str = "auto",
+                 allow_missing: bool = False, new_value: bool = False) -> dict:
     """Ingest every source into the store at ``db`` in one all-or-nothing transaction.
 
     Directories are walked recursively (files that are no filter source are ignored there, and a
@@ -125,6 +127,10 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
     skip_bad : skip and report a file that fails its checks instead of failing the ingest.
     refit : the commit's refit of the global basis: "auto" (the store's policy), "always" or
         "never" (the new layers projected on the basis as it is; docs/method.md#refit).
+    allow_missing : ingest a model file whose task, visual category or training dataset is not
+        given (ingest/values.REQUIRED_FIELDS); by default that is an IngestError saying which.
+    new_value : take a categorical value that is another spelling of one the store holds (by
+        default refused: ingest/values.check_spellings).
 
     Returns
     -------
@@ -174,6 +180,9 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
         # The ingest runs its own threads (shard writer, scans); BLAS threads on top of them
         # only oversubscribe the cores for the small products of the statistics.
         before = sample_and_real(tx.con)
+        # Every value given is checked against the store's before any file is read.
+        check_spellings(tx.con, tx.base_version, [(k, v, str(s.path)) for s in sources for k, v in s.meta.items()],
+                        set(), new_value)
         bar = progress.bar(total_bytes, "files", unit="B")
         writer: ShardWriter | None = None
         try:
@@ -195,6 +204,8 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
                             entry.update(_known_file_entry(s.path, stored, metadata_differences(tx, stored, s.meta),
                                                            db_arg, notes))
                         else:
+                            if not allow_missing:
+                                check_required(s.meta, str(s.path))
                             m = read_model(s.path, s.kind)  # every check, before anything of it is written
                             if writer is None:
                                 writer = ShardWriter(tx, batch_rows=MODEL_BATCH_ROWS)

@@ -1,12 +1,11 @@
-"""Curation of a store: relabel models, remove them, reclaim the space of old versions.
+"""Curation of a store: remove models, refit the basis, reclaim the space of old versions (the
+labelling of models is ingest/labels.py).
 
 Each is one all-or-nothing transaction (``StoreTransaction``), like an ingest: every model named
 is checked before anything is written, a failure or a kill leaves the store as it was, and
-``label`` and ``remove`` commit a new store version (``compact`` changes no version's content).
+``remove`` commits a new store version (``compact`` changes no version's content).
 
-- ``label_models``: new metadata from this version on; the previous values stay in the history
-  (``models_at(v)`` of an older version still shows them). The basis is not refitted: it depends
-  on the filters only.
+- ``model_ids`` and ``models_where``: the current models a command names, or a selection holds;
 - ``remove_models``: the models leave the current version; the basis is kept (their layers are no
   longer selected) or refitted over what remains, by the refit policy (store.py). Their shards
   stay on disk for the older versions.
@@ -17,7 +16,6 @@ is checked before anything is written, a failure or a kill leaves the store as i
 """
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from pathlib import Path
 
@@ -25,22 +23,17 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from cnnfilterdb.atomic import fsync_path
+from cnnfilterdb.catalog import basis_version_at
 from cnnfilterdb.checksums import Checksums, ShardChecks, shard_checksums
 from cnnfilterdb.layout import StoreError, file_sha256
 from cnnfilterdb.scan import HeldShards, _reading
 from cnnfilterdb.selection import nearest
 from cnnfilterdb.store import FilterStore, StoreTransaction, check_refit
 
-from .errors import IngestError
-from .h5 import normalize_task
-from .model_files import META_FIELDS
 from .shards import PARQUET_OPTIONS, SCHEMA
 
-# What `label` may change: the metadata a user gives at ingest, but the model's unique name.
-LABEL_FIELDS = [f for f in META_FIELDS if f != "model"]
 
-
-def _model_ids(tx: StoreTransaction, models: list[str]) -> dict[str, int]:
+def model_ids(tx: StoreTransaction, models: list[str]) -> dict[str, int]:
     """model name (or model_id) -> model_id among the current models; StoreError naming every
     unknown one with the nearest known names (a case-insensitive match first)."""
     known = dict(tx.con.execute("SELECT model, model_id FROM models").fetchall())
@@ -73,109 +66,52 @@ def _model_ids(tx: StoreTransaction, models: list[str]) -> dict[str, int]:
     return out
 
 
-def _label_values(values: dict, where: str) -> dict:
-    """The models columns a label sets: a task sets task_raw as given and task normalized."""
-    unknown = sorted(set(values) - set(LABEL_FIELDS))
-    if unknown:
-        raise IngestError(f"{where}: cannot label {unknown}; the fields are {LABEL_FIELDS}")
-    for field, v in values.items():
-        if v is None:
-            continue
-        if not v.strip():
-            raise IngestError(f"{where}: {field} is empty; give a value (a manifest's empty cell leaves a field as it is)")
-        try:
-            v.encode("utf-8")
-        except UnicodeEncodeError:
-            raise IngestError(f"{where}: {field} {v!r} is not valid UTF-8 text") from None
-        if "\0" in v:
-            raise IngestError(f"{where}: {field} holds a NUL character")
-    out = dict(values)
-    if "task" in out:
-        out["task_raw"], out["task"] = out["task"], normalize_task(out["task"])
-    return out
+def models_where(tx: StoreTransaction, where: dict) -> list[str]:
+    """The names of the current models a selection holds (the analyses' ``where``: a condition on a
+    layer's field keeps the models with a layer that meets it), in model_id order; the selection
+    checked as the analyses check it (an unknown field or a text value no model holds is an error)."""
+    from cnnfilterdb.requests import check_where
+    from cnnfilterdb.results import check_listing, models_query
+
+    where = check_where(where)
+    properties = check_listing(tx.con, where, tx.base_version)
+    query, params = models_query(where, tx.base_version, properties)
+    return [m for (m,) in tx.con.execute(f"SELECT model FROM ({query}) ORDER BY model_id", params).fetchall()]
 
 
-def read_label_manifest(path: Path) -> list[tuple[str, dict]]:
-    """A CSV with a `model` column and any of LABEL_FIELDS: (model, values) per row; an empty cell
-    leaves that field as it is."""
-    try:
-        # utf-8-sig: a spreadsheet's CSV starts with a byte-order mark; strict: an unclosed quote is an error
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f, strict=True))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise IngestError(f"{path}: cannot read the manifest ({e})") from None
-    header = [h.strip() for h in rows[0]] if rows else []
-    if "model" not in header:
-        raise IngestError(f"{path}: a label manifest needs a header with a 'model' column and any of {LABEL_FIELDS}")
-    if len(set(header)) < len(header):
-        raise IngestError(f"{path}: the header names a column twice: {sorted({h for h in header if header.count(h) > 1})}")
-    out, seen = [], {}
-    for i, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue  # a blank line
-        if len(row) != len(header):
-            raise IngestError(f"{path}: line {i} has {len(row)} cells, the header {len(header)}")
-        r = dict(zip(header, row))
-        model = r.pop("model").strip()
-        if not model:
-            raise IngestError(f"{path}: line {i} has no model")
-        if model in seen:
-            raise IngestError(f"{path}: line {i} labels {model!r} again (line {seen[model]}): one row per model")
-        seen[model] = i
-        values = {k: v.strip() for k, v in r.items() if v.strip()}
-        _label_values(values, f"{path}: line {i}")  # checked here to name the line
-        out.append((model, values))
-    return out
-
-
-def label_models(db: Path, changes: list[tuple[str, dict]]) -> dict:
-    """Relabel models, all or nothing, as one new store version.
-
-    Parameters
-    ----------
-    db : the store directory.
-    changes : (model name or model_id, {field: value}) pairs; fields among LABEL_FIELDS (a value
-        None clears the field).
+def remove_models(db: Path, models: list[str] | None = None, refit: str = "auto", where: dict | None = None,
+                  dry_run: bool = False) -> dict:
+    """Take models out of the store as one new store version (older versions keep them): those
+    named in ``models``, or those the selection ``where`` holds; ``refit`` as the commit's
+    (store.StoreTransaction.commit: "auto", "always", "never"). ``dry_run``: say which models it
+    would remove, commit nothing.
 
     Returns
     -------
-    dict with ``version`` (None if nothing changed: no version is committed), ``changed`` the
-    names of the models whose metadata changed, ``unchanged`` those already so labelled.
+    dict with ``version`` (None: a dry run, or a selection of no model), ``removed`` (names), the
+    store's ``models`` and ``filters`` left, its ``basis_version`` and whether this commit
+    ``refitted`` it, ``dry_run``.
     """
-    changes = [(m, _label_values(v, "label")) for m, v in changes]
-    if len({m for m, _ in changes}) < len(changes):
-        raise StoreError("label: a model is named twice; name each once")
-    if not any(v for _, v in changes):
-        raise StoreError(f"nothing to label: give at least one of {['--' + f.replace('_', '-') for f in LABEL_FIELDS]}")
-    with StoreTransaction(db) as tx:
-        ids = _model_ids(tx, [m for m, _ in changes])
-        changed, unchanged = [], []
-        for m, values in changes:
-            (changed if tx.relabel(ids[m], values) else unchanged).append(m)
-        version = tx.commit("label") if changed else None
-    return {"db": str(Path(db).resolve()), "version": version, "changed": changed, "unchanged": unchanged}
-
-
-def remove_models(db: Path, models: list[str], refit: str = "auto") -> dict:
-    """Take models out of the store as one new store version (older versions keep them); ``refit``
-    as the commit's (store.StoreTransaction.commit: "auto", "always", "never").
-
-    Returns
-    -------
-    dict with ``version``, ``removed`` (names), the store's ``models`` and ``filters`` left, its
-    ``basis_version`` and whether this commit ``refitted`` it.
-    """
-    if not models:
-        raise StoreError("name at least one model to remove")
+    if (where is None) == (not models):
+        raise StoreError("name the models to remove, or give --where JSON (not both)" if models
+                         else "name at least one model to remove, or give --where JSON")
     check_refit(refit)
     with StoreTransaction(db) as tx:
-        ids = _model_ids(tx, models)
+        names = models_where(tx, where) if where is not None else models
+        ids = model_ids(tx, names)
+        if dry_run or not ids:
+            n_models, n_filters = tx.con.execute("SELECT count(*), coalesce(sum(n_filters), 0) FROM models_at(?) "
+                                                 f"WHERE model_id NOT IN ({', '.join(map(str, ids.values())) or 'NULL'})",
+                                                 [tx.base_version]).fetchone()
+            return {"db": str(Path(db).resolve()), "version": None, "removed": list(ids), "models": n_models,
+                    "filters": int(n_filters), "basis_version": basis_version_at(tx.con, tx.base_version),
+                    "refitted": False, "dry_run": dry_run}
         for model_id in dict.fromkeys(ids.values()):
             tx.remove(model_id)
         version = tx.commit("remove", refit=refit)
     n_models, n_filters = _counts_at(db, version)
     return {"db": str(Path(db).resolve()), "version": version, "removed": list(ids), "models": n_models,
-            "filters": n_filters, "basis_version": tx.basis_version, "refitted": tx.refitted}
+            "filters": n_filters, "basis_version": tx.basis_version, "refitted": tx.refitted, "dry_run": False}
 
 
 def refit_store(db: Path) -> dict:
@@ -191,7 +127,7 @@ def refit_store(db: Path) -> dict:
     """
     import time
 
-    from cnnfilterdb.catalog import basis_version_at, load_basis
+    from cnnfilterdb.catalog import load_basis
 
     t0 = time.perf_counter()
     FilterStore(db).connect().close()  # no store there: one line saying so, nothing created
@@ -351,4 +287,4 @@ def _as_int32(a: np.ndarray):
     return pa.array(a.astype(np.int32), pa.int32())
 
 
-__all__ = ["LABEL_FIELDS", "label_models", "read_label_manifest", "remove_models", "compact"]
+__all__ = ["model_ids", "models_where", "remove_models", "refit_store", "compact"]

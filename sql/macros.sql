@@ -28,9 +28,14 @@ WHERE version_from <= v AND (version_to IS NULL OR version_to > v);
 CREATE OR REPLACE MACRO layers_at(v) AS TABLE
 SELECT l.* FROM _layers l SEMI JOIN models_at(v) m USING (model_id);
 
--- Layers with their model's metadata: the usual starting point of a grouping.
+-- Layers with their model's metadata: the usual starting point of a grouping. The model
+-- properties (columns of _models beyond the built-in ones: cnnfilterdb/properties.py) follow, in
+-- the order they were added: every column of models_at(v) but those excluded here.
 CREATE OR REPLACE MACRO layers_with_models_at(v) AS TABLE
 SELECT l.*, m.model, m.name, m.task, m.task_raw, m.visual_category, m.training_dataset,
        m.pretraining_dataset, m.producer, m.source, m.sample,
-       m.sha256, m.version_added
+       m.sha256, m.version_added,
+       m.* EXCLUDE (model_id, model, name, task, task_raw, visual_category, training_dataset, pretraining_dataset,
+                    producer, op_set, depth, paper, accessible, dataset_url, total_filters, filter_share_3x3,
+                    n_filters, n_layers, source, sha256, kernel_counts, op_counts, extra, version_added, sample)
 FROM _layers l JOIN models_at(v) m USING (model_id);

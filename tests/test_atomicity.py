@@ -35,7 +35,7 @@ def base_store(tmp_path_factory, sample_v01) -> Path:
 
 def _spawn_ingest(src: Path, db: Path) -> subprocess.Popen:
     env = dict(os.environ)
-    return subprocess.Popen([sys.executable, "-m", "cnnfilterdb.cli", "ingest", str(src), "--db", str(db)],
+    return subprocess.Popen([sys.executable, "-m", "cnnfilterdb.cli", "ingest", "--allow-missing", str(src), "--db", str(db)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 

@@ -260,7 +260,7 @@ def test_demo_rebuild_leaves_a_store_of_real_models(tmp_path, capsys):
 
     np.savez(tmp_path / "real.npz", conv=np.random.default_rng(0).normal(size=(4, 2, 3, 3)).astype(np.float32))
     db = tmp_path / "db"
-    assert cli_main(["ingest", str(tmp_path / "real.npz"), "--db", str(db)]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(tmp_path / "real.npz"), "--db", str(db)]) == 0
     before = store_snapshot(db)
     capsys.readouterr()
     assert cli_main(["demo", "--db", str(db), "--rebuild", "--no-serve", "--models", "2", "--filters", "1000"]) == 1

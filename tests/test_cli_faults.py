@@ -84,7 +84,7 @@ def stale_store(tmp_path_factory, sample_v1) -> Path:
     assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
     model = db.parent / "late.npz"
     np.savez(model, conv=np.random.default_rng(0).normal(size=(8, 4, 3, 3)).astype(np.float32))
-    assert cli_main(["ingest", str(model), "--task", "GAN", "--refit", "never", "--db", str(db)]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(model), "--task", "GAN", "--refit", "never", "--db", str(db)]) == 0
     return db
 
 
@@ -94,7 +94,7 @@ def catalog_bytes(store) -> int:
 
 
 WRITERS = {
-    "ingest": lambda src: ["ingest", src, "--db", "{DB}"],
+    "ingest": lambda src: ["ingest", "--allow-missing", src, "--db", "{DB}"],
     "label": lambda src: ["label", "1", "--task", "Detection", "--db", "{DB}"],
     "remove": lambda src: ["remove", "2", "--db", "{DB}"],
     "compact": lambda src: ["compact", "--keep-versions", "1", "--db", "{DB}"],

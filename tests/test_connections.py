@@ -43,7 +43,7 @@ def export_store(tmp_path_factory):
 
     work = tmp_path_factory.mktemp("export-store")
     src = write_sample_h5(work / "s.h5", n_models=10, n_filters=500_000, seed=11)
-    assert cli_main(["ingest", str(src), "--db", str(work / "db")]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(src), "--db", str(work / "db")]) == 0
     return work / "db"
 
 

@@ -451,7 +451,7 @@ def hostile_labels_client(tmp_path_factory, sample_v01):
     for k, (task, category) in enumerate([("$\\foo$", "$x^{$"), ("<script>alert(1)</script>", "{" * 500 + "$" * 3),
                                           ("a" * 5000, "$\\alpha$")]):
         np.savez(work / f"m{k}.npz", conv=rng.normal(size=(8, 4, 3, 3)).astype(np.float32))
-        assert cli_main(["ingest", str(work / f"m{k}.npz"), "--db", str(db), "--model", f"hostile-{k}-$\\bar$",
+        assert cli_main(["ingest", "--allow-missing", str(work / f"m{k}.npz"), "--db", str(db), "--model", f"hostile-{k}-$\\bar$",
                          "--task", task, "--visual-category", category]) == 0
     return TestClient(create_app(Settings(db=db)), raise_server_exceptions=False)
 

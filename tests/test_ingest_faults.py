@@ -80,7 +80,7 @@ def _make(fault, parts, sample_v1, tmp_path):
 def test_fault_on_absent_store(fault, parts, sample_v1, tmp_path, capsys):
     src, words = _make(fault, parts, sample_v1, tmp_path)
     db = tmp_path / "db"
-    code = cli_main(["ingest", str(src), "--db", str(db)])
+    code = cli_main(["ingest", "--allow-missing", str(src), "--db", str(db)])
     err = capsys.readouterr().err.strip()
     assert code != 0
     assert len(err.splitlines()) == 1, err
@@ -94,7 +94,7 @@ def test_fault_on_existing_store(fault, parts, sample_v1, sample_v01, tmp_path, 
     assert cli_main(["ingest", str(sample_v01), "--db", str(db)]) == 0
     before = store_snapshot(db)
     src, words = _make(fault, parts, sample_v1, tmp_path)
-    code = cli_main(["ingest", str(src), "--db", str(db)])
+    code = cli_main(["ingest", "--allow-missing", str(src), "--db", str(db)])
     err = capsys.readouterr().err.strip()
     assert code != 0 and words in err and len(err.splitlines()) == 1, err
     assert store_snapshot(db) == before
@@ -102,7 +102,7 @@ def test_fault_on_existing_store(fault, parts, sample_v1, sample_v01, tmp_path, 
 
 def test_exit_code_and_message_from_the_console(parts, sample_v1, tmp_path):
     src, _ = _make("nan", parts, sample_v1, tmp_path)
-    code, out, err = run_cli("ingest", str(src), "--db", str(tmp_path / "db"))
+    code, out, err = run_cli("ingest", "--allow-missing", str(src), "--db", str(tmp_path / "db"))
     assert code == 1
     assert err.strip().splitlines() == [err.strip()]
     assert err.startswith("cnnfilterdb: error: ") and "is not finite" in err
@@ -123,7 +123,7 @@ def test_existing_models_in_a_new_file_are_reported_and_the_new_ones_added(sampl
     meta["model"] = [f"new-{mid}" if mid % 2 else name for mid, name in zip(meta.index.get_level_values(0), meta["model"])]
     src = _write(tmp_path / "mixed.h5", meta, X)
     before = store_snapshot(db)
-    assert cli_main(["ingest", str(src), "--db", str(db)]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(src), "--db", str(db)]) == 0
     result = json.loads(capsys.readouterr().out)
     n_new = sum(1 for m in meta["model"].unique() if m.startswith("new-"))
     assert result["models_added"] == n_new and result["files"][0]["present"]["count"] == meta["model"].nunique() - n_new

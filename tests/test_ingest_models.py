@@ -35,7 +35,9 @@ def _con(db: Path):
 
 
 def _ingest(paths, db, **kw):
-    return ingest_paths([Path(p) for p in paths], db, Progress(enabled=False), **kw)
+    """An ingest of model files whose task, visual category and training dataset the test does
+    not care about (test_a_model_file_needs_its_metadata checks they are required)."""
+    return ingest_paths([Path(p) for p in paths], db, Progress(enabled=False), **{"allow_missing": True, **kw})
 
 
 def _layer_filters(con, layer_id) -> np.ndarray:
@@ -247,7 +249,7 @@ def test_external_data_and_grouped_conv(tmp_path):
     # The external file missing: a clear error.
     (folder / "grouped.weights").unlink()
     code_db = tmp_path / "db2"
-    assert cli_main(["ingest", str(src), "--db", str(code_db)]) == 1
+    assert cli_main(["ingest", "--allow-missing", str(src), "--db", str(code_db)]) == 1
 
 
 def test_safetensors_and_npz(tmp_path):
@@ -287,7 +289,7 @@ def test_flags_manifest_and_reingest_noop(tmp_path):
     db = tmp_path / "db"
     assert cli_main(["ingest", "--manifest", str(manifest), "--db", str(db)]) == 0
     assert cli_main(["ingest", str(tmp_path / "m2.npz"), "--db", str(db), "--task", "GAN", "--model", "zoo-c",
-                     "--visual-category", "faces"]) == 0
+                     "--visual-category", "faces", "--allow-missing"]) == 0
     with _con(db) as con:
         rows = con.execute("SELECT model, task, task_raw, visual_category, training_dataset, name FROM models ORDER BY model").fetchall()
     assert rows == [("zoo-a", "Segmentation", "Semantic Segmentation", "medical", "LIDC", "UNet"),
@@ -303,7 +305,7 @@ def test_basis_and_histograms_are_refreshed(tmp_path, sample_v01, torch):
     """After a model ingest, the global basis and the per-layer histograms cover the new filters."""
     db = tmp_path / "db"
     assert cli_main(["ingest", str(sample_v01), "--db", str(db)]) == 0
-    assert cli_main(["ingest", str(MODELS / "rnet.pt"), "--db", str(db)]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(MODELS / "rnet.pt"), "--db", str(db)]) == 0
     from cnnfilterdb.analysis import Analysis
 
     with _con(db) as con:
@@ -375,7 +377,7 @@ def test_bad_model_files(case, bad_files, tmp_path, sample_v01, capsys):
     before = store_snapshot(db)
     path, words = bad_files[case]
     capsys.readouterr()
-    code = cli_main(["ingest", str(path), "--db", str(db)])
+    code = cli_main(["ingest", "--allow-missing", str(path), "--db", str(db)])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1, err
     assert str(path) in err and words in err, err
@@ -392,7 +394,7 @@ def test_skip_bad_ingests_the_good_and_lists_the_bad(bad_files, tmp_path, capsys
     shutil.copy(MODELS / "ch_ppocr_mobile_v2.0_cls_infer.onnx", batch / "cls.onnx")
     (batch / "README.txt").write_text("a zoo of models\n")
     db = tmp_path / "db"
-    assert cli_main(["ingest", str(batch), "--db", str(db), "--skip-bad"]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(batch), "--db", str(db), "--skip-bad"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["models_added"] == 2 and out["filters_added"] == 702 + 88
     skipped = {Path(s["path"]).name: s["reason"] for s in out["skipped"]}
@@ -403,7 +405,7 @@ def test_skip_bad_ingests_the_good_and_lists_the_bad(bad_files, tmp_path, capsys
     assert all(skipped.values())
     # Without --skip-bad the same batch is refused whole.
     db2 = tmp_path / "db2"
-    assert cli_main(["ingest", str(batch), "--db", str(db2)]) == 1
+    assert cli_main(["ingest", "--allow-missing", str(batch), "--db", str(db2)]) == 1
     assert not (db2 / "catalog.duckdb").exists()
 
 
@@ -418,7 +420,7 @@ def test_without_torch_the_error_says_how_to_install(tmp_path, monkeypatch, caps
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
-    assert cli_main(["ingest", str(MODELS / "pnet.pt"), "--db", str(tmp_path / "db")]) == 1
+    assert cli_main(["ingest", "--allow-missing", str(MODELS / "pnet.pt"), "--db", str(tmp_path / "db")]) == 1
     assert "pip install 'cnnfilterdb[torch]'" in capsys.readouterr().err
 
 
@@ -449,12 +451,12 @@ def test_a_second_ingest_waits_for_no_one(tmp_path, sample_v01, capsys, torch):
     fd = os.open(db / ".ingest.lock", os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        assert cli_main(["ingest", str(MODELS / "pnet.pt"), "--db", str(db)]) == 1
+        assert cli_main(["ingest", "--allow-missing", str(MODELS / "pnet.pt"), "--db", str(db)]) == 1
         assert "another writer (ingest, label, remove, refit, compact) is running" in capsys.readouterr().err
     finally:
         os.close(fd)
     assert store_snapshot(db) == before
-    assert cli_main(["ingest", str(MODELS / "pnet.pt"), "--db", str(db)]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(MODELS / "pnet.pt"), "--db", str(db)]) == 0
 
 
 def test_producer_is_only_what_the_file_states(tmp_path, torch):
@@ -483,7 +485,7 @@ def test_reingest_with_other_metadata_says_how_to_relabel(tmp_path, capsys):
 
     np.savez(tmp_path / "m.npz", conv=np.random.default_rng(12).normal(size=(4, 2, 3, 3)).astype(np.float32))
     db = tmp_path / "db"
-    assert cli_main(["ingest", str(tmp_path / "m.npz"), "--db", str(db), "--task", "Classification"]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(tmp_path / "m.npz"), "--db", str(db), "--task", "Classification"]) == 0
     before = store_snapshot(db)
     capsys.readouterr()
     assert cli_main(["ingest", str(tmp_path / "m.npz"), "--db", str(db), "--task", "Detection",
@@ -500,11 +502,11 @@ def test_reingest_with_other_metadata_says_how_to_relabel(tmp_path, capsys):
     assert store_snapshot(db) == before
     # The same metadata as stored, or none: plainly already there.
     for flags in (["--task", "Classification"], []):
-        assert cli_main(["ingest", str(tmp_path / "m.npz"), "--db", str(db), *flags]) == 0
+        assert cli_main(["ingest", "--allow-missing", str(tmp_path / "m.npz"), "--db", str(db), *flags]) == 0
         entry, = json.loads(capsys.readouterr().out)["files"]
         assert entry["status"] == "already in the store" and "metadata_differs" not in entry
     # Another model name is no label: remove it and ingest again.
-    assert cli_main(["ingest", str(tmp_path / "m.npz"), "--db", str(db), "--model", "m2"]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(tmp_path / "m.npz"), "--db", str(db), "--model", "m2"]) == 0
     entry, = json.loads(capsys.readouterr().out)["files"]
     assert entry["relabel"] == f"cnnfilterdb remove m --db {shlex.quote(str(db))}, then ingest the file again with --model m2"
     # The command given does relabel it.
@@ -523,7 +525,7 @@ def test_real_models_and_the_sample_in_one_store_warn(tmp_path, sample_v01):
 
     def ingest(path, db):
         err = io.StringIO()
-        result = ingest_paths([path], db, Progress(enabled=False, stream=err))
+        result = ingest_paths([path], db, Progress(enabled=False, stream=err), allow_missing=True)
         return result["warnings"], err.getvalue()
 
     # Real models into a store holding the sample.

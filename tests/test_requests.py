@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from cnnfilterdb import requests as rq
 from cnnfilterdb.limits import MAX_BINS, MAX_ID, MAX_KDE_BINS, MIN_KDE_BINS
-from cnnfilterdb.selection import FILTER_FIELDS, SelectionError, field_kind, where_sql
+from cnnfilterdb.selection import FILTER_FIELDS, GROUP_FIELDS, SelectionError, field_kind, where_sql
 
 REQUESTS = {name: spec.request for name, spec in rq.ANALYSES.items()}
 POSTED = {spec.path: spec.request for spec in rq.ANALYSES.values() if spec.method == "POST"}
@@ -144,7 +144,7 @@ def test_a_bad_value_is_said_the_same_by_every_front_end(v1_client, v1_store, ca
     with pytest.raises(SelectionError) as e:
         local.divergence("tsk")
     said = str(e.value)
-    assert said.startswith("unknown group_by 'tsk' (did you mean 'task'?); valid: 'task'")
+    assert said.startswith("unknown group_by 'tsk' (did you mean 'task'?); known: ['task', ")
     r = v1_client.post("/v1/divergence", json={"group_by": "tsk"})
     assert r.status_code == 400 and r.json()["error"]["message"] == said
     assert cli_main(["drift", "--group-by", "tsk", "--db", str(v1_store)]) == 1
@@ -318,9 +318,12 @@ def test_the_figures_query_parameters_are_the_request_types(spec):
     assert _schema_bounds(params["sparsity_gt"]["schema"]) == _bounds(rq.DegenerateRequest.model_fields["sparsity_gt"])
     assert _schema_bounds(params["layer_id"]["schema"]) == {"minimum": 0, "maximum": MAX_ID}
     for name, request_type in (("metric", rq.DivergenceRequest), ("weights", rq.DivergenceRequest),
-                               ("basis", rq.KdeRequest), ("color_by", plots.FigureOptions)):
+                               ("basis", rq.KdeRequest)):
         enum = [o for o in params[name]["schema"].get("anyOf", [params[name]["schema"]]) if "enum" in o][0]["enum"]
         assert enum == list(rq.get_args(request_type.model_fields[name].annotation)), name
+    # a field: a built-in one (listed as examples) or a model property (a name of its pattern)
+    colour = [o for o in params["color_by"]["schema"].get("anyOf", [params["color_by"]["schema"]]) if "pattern" in o][0]
+    assert colour["examples"] == GROUP_FIELDS and colour["pattern"] == "[a-z][a-z0-9_]{0,62}$"
     # each figure's own range and default, as its request type and the notebook have them
     text = " ".join(params["bins"]["description"].split())
     assert f"ridge: {rq.KdeRequest.model_fields['bins'].description} (from 16 to 8,192, default 2,048)" in text

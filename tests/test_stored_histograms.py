@@ -123,9 +123,9 @@ def test_a_kept_basis_projects_the_added_layers(store, tmp_path):
         then = {"div": a.divergence("model"), "kde": a.kde("task"), "density": a.density2d(None, **figure)}
         basis_v1 = a.global_basis()
     other = write_sample_h5(tmp_path / "other.h5", n_models=3, n_filters=30_000, seed=11)
-    assert cli_main(["ingest", str(other), "--db", str(store), "--refit", "never"]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(other), "--db", str(store), "--refit", "never"]) == 0
     extreme = _extreme_model(tmp_path / "extreme.npz", basis_v1, 3)
-    assert cli_main(["ingest", str(extreme), "--db", str(store), "--refit", "never", "--task", "GAN"]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(extreme), "--db", str(store), "--refit", "never", "--task", "GAN"]) == 0
     with open_catalog(store) as con:
         assert con.execute("SELECT version, basis_version FROM _versions ORDER BY version").fetchall() == \
             [(1, 1), (2, 1), (3, 1)]
@@ -189,9 +189,9 @@ def test_refit_command_and_policy(store, tmp_path, monkeypatch):
     with open_catalog(store) as con:
         n = con.execute("SELECT sum(n_filters) FROM layers").fetchone()[0]
     small = _npz(tmp_path / "small.npz", 1, out=4)  # 4 * 3 filters: far below 5%
-    assert cli_main(["ingest", str(small), "--db", str(store), "--task", "GAN"]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(small), "--db", str(store), "--task", "GAN"]) == 0
     big = write_sample_h5(tmp_path / "big.h5", n_models=2, n_filters=int(0.06 * n), seed=5)
-    assert cli_main(["ingest", str(big), "--db", str(store)]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(big), "--db", str(store)]) == 0
     with open_catalog(store) as con:
         assert con.execute("SELECT version, basis_version FROM _versions ORDER BY version").fetchall() == \
             [(1, 1), (2, 1), (3, 2)]
@@ -201,7 +201,7 @@ def test_refit_command_and_policy(store, tmp_path, monkeypatch):
     assert code == 0, err
     r = json.loads(out)
     assert (r["version"], r["refitted"], r["basis_version"]) == (None, False, 2) and "nothing to refit" in r["note"]
-    code, out, err = run_cli("ingest", str(_npz(tmp_path / "more.npz", 2, out=4)), "--db", str(store), "--task", "GAN",
+    code, out, err = run_cli("ingest", "--allow-missing", str(_npz(tmp_path / "more.npz", 2, out=4)), "--db", str(store), "--task", "GAN",
                              "--refit", "never")
     assert code == 0, err
     r = json.loads(out)
@@ -221,16 +221,16 @@ def test_refit_command_and_policy(store, tmp_path, monkeypatch):
 
 
 def test_commands_say_whether_they_refitted(store, tmp_path):
-    code, out, err = run_cli("ingest", str(_npz(tmp_path / "a.npz", 1)), "--db", str(store), "--task", "GAN")
+    code, out, err = run_cli("ingest", "--allow-missing", str(_npz(tmp_path / "a.npz", 1)), "--db", str(store), "--task", "GAN")
     r = json.loads(out)
     assert code == 0 and (r["version"], r["basis_version"], r["refitted"]) == (2, 2, True)  # a small store refits
     code, out, err = run_cli("remove", "a", "--db", str(store), "--refit", "never")
     r = json.loads(out)
     assert code == 0 and (r["version"], r["basis_version"], r["refitted"]) == (3, 2, False)
-    code, out, err = run_cli("ingest", str(tmp_path / "a.npz"), "--db", str(store), "--refit", "always")
+    code, out, err = run_cli("ingest", "--allow-missing", str(tmp_path / "a.npz"), "--db", str(store), "--refit", "always")
     r = json.loads(out)  # the file is in the store's history, not in this version: added again
     assert code == 0 and r["refitted"] is True
-    code, out, err = run_cli("ingest", str(tmp_path / "a.npz"), "--db", str(store), "--refit", "always")
+    code, out, err = run_cli("ingest", "--allow-missing", str(tmp_path / "a.npz"), "--db", str(store), "--refit", "always")
     r = json.loads(out)  # already in the store: nothing committed, and the note says how to refit
     assert code == 0 and (r["version"], r["refitted"]) == (None, False) and "cnnfilterdb refit" in err
     # a folder holding a store: the store is listed as ignored, its files are not read as models
@@ -240,13 +240,13 @@ def test_commands_say_whether_they_refitted(store, tmp_path):
     import shutil
 
     shutil.copytree(store, zoo / "copy")
-    code, out, err = run_cli("ingest", str(zoo), "--db", str(store), "--task", "GAN")
+    code, out, err = run_cli("ingest", "--allow-missing", str(zoo), "--db", str(store), "--task", "GAN")
     r = json.loads(out)
     assert code == 0 and r["models_added"] == 1 and r["ignored"] == [f"{zoo / 'copy'} (a store)"]
     # drift's table says what the histograms leave out
     with open_catalog(store) as con:
         basis = Analysis(con, store).global_basis()
-    assert cli_main(["ingest", str(_extreme_model(tmp_path / "x.npz", basis, 1)), "--db", str(store), "--refit", "never",
+    assert cli_main(["ingest", "--allow-missing", str(_extreme_model(tmp_path / "x.npz", basis, 1)), "--db", str(store), "--refit", "never",
                      "--task", "Extreme"]) == 0
     code, out, err = run_cli("drift", "--group-by", "task", "--db", str(store))
     assert code == 0 and "coefficients outside the basis range, left out of the histograms" in out
@@ -331,7 +331,7 @@ def test_the_policy_counts_removals_after_compact(store, tmp_path, monkeypatch):
         gone = [m for (m,) in con.execute("SELECT model FROM models WHERE model_id < 7").fetchall()]
     assert cli_main(["remove", *gone, "--db", str(store), "--refit", "never"]) == 0
     assert cli_main(["compact", "--keep-versions", "1", "--db", str(store)]) == 0
-    code, out, err = run_cli("ingest", str(_npz(tmp_path / "t.npz", 4, out=2)), "--db", str(store), "--task", "GAN")
+    code, out, err = run_cli("ingest", "--allow-missing", str(_npz(tmp_path / "t.npz", 4, out=2)), "--db", str(store), "--task", "GAN")
     assert code == 0, err
     assert json.loads(out)["refitted"] is True  # 7 of 12 models gone since the fit: far past 5%
 
@@ -351,8 +351,8 @@ def test_kde_of_a_group_with_no_value_in_range(tmp_path):
     np.savez(tmp_path / "a.npz", conv=a)
     np.savez(tmp_path / "b.npz", conv=rng.normal(size=(16, 4, 3, 3)).astype(np.float32))
     db = tmp_path / "db"
-    assert cli_main(["ingest", str(tmp_path / "a.npz"), "--db", str(db), "--task", "A"]) == 0
-    assert cli_main(["ingest", str(tmp_path / "b.npz"), "--db", str(db), "--task", "B", "--refit", "never"]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(tmp_path / "a.npz"), "--db", str(db), "--task", "A"]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(tmp_path / "b.npz"), "--db", str(db), "--task", "B", "--refit", "never"]) == 0
     client = TestClient(create_app(Settings(db=db)), raise_server_exceptions=False)
     r = client.post("/v1/kde", json={"group_by": "task"})
     assert r.status_code == 200, r.text
@@ -389,7 +389,7 @@ def test_a_half_written_store_in_an_ingested_folder_is_skipped(tmp_path):
     (half / ".ingest.lock").touch()
     np.savez(half / "shards" / "x-histograms.npz", layer_ids=np.arange(3))
     _npz(tmp_path / "zoo" / "m.npz", 1)
-    code, out, err = run_cli("ingest", str(tmp_path / "zoo"), "--db", str(tmp_path / "db"), "--task", "GAN")
+    code, out, err = run_cli("ingest", "--allow-missing", str(tmp_path / "zoo"), "--db", str(tmp_path / "db"), "--task", "GAN")
     assert code == 0, err
     r = json.loads(out)
     assert r["models_added"] == 1 and r["ignored"] == [f"{half} (a store)"]

@@ -124,7 +124,7 @@ def test_a_failed_commit_leaves_no_tables(store, tmp_path):
     latest = _latest(store)
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
-    assert cli_main(["ingest", str(bad), "--task", "GAN", "--db", str(store)]) == 1
+    assert cli_main(["ingest", "--allow-missing", str(bad), "--task", "GAN", "--db", str(store)]) == 1
     assert sorted(p.relative_to(store) for p in (store / TABLES).rglob("*")) == before
     assert _latest(store) == latest
 

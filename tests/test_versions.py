@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from cnnfilterdb.analysis import Analysis
-from cnnfilterdb.ingest.curate import compact, label_models, remove_models
-from cnnfilterdb.ingest.errors import IngestError
+from cnnfilterdb.ingest.curate import compact, remove_models
+from cnnfilterdb.ingest.labels import label_models
 from cnnfilterdb.ingest.sample import write_sample_h5
 from cnnfilterdb.layout import StoreError
+from cnnfilterdb.properties import PropertyError
 
 from .helpers import REPO, cli_main, open_catalog, run_cli, store_snapshot
 
@@ -84,8 +85,8 @@ def test_as_of_repeats_a_result_bit_for_bit(store, tmp_path):
 
     # Two more ingests, a relabelling of a model of the first version, a removal.
     other = write_sample_h5(tmp_path / "other.h5", n_models=6, n_filters=40_000, seed=8)
-    assert cli_main(["ingest", str(other), "--db", str(store)]) == 0
-    assert cli_main(["ingest", str(_npz_model(tmp_path / "net.npz", 1)), "--db", str(store), "--task", "GAN"]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(other), "--db", str(store)]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(_npz_model(tmp_path / "net.npz", 1)), "--db", str(store), "--task", "GAN"]) == 0
     with open_catalog(store) as con:
         first, second = [m for (m,) in con.execute("SELECT model FROM models ORDER BY model_id LIMIT 2").fetchall()]
     assert cli_main(["label", first, "--task", "Face Detection", "--visual-category", "text", "--db", str(store)]) == 0
@@ -114,7 +115,7 @@ def test_as_of_repeats_a_result_bit_for_bit(store, tmp_path):
 
 
 def test_versions_listed_over_http_and_cli(store, tmp_path):
-    assert cli_main(["ingest", str(_npz_model(tmp_path / "a.npz", 2)), "--db", str(store)]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(_npz_model(tmp_path / "a.npz", 2)), "--db", str(store)]) == 0
     assert cli_main(["label", "a", "--task", "Classification", "--db", str(store)]) == 0
     assert cli_main(["remove", "a", "--db", str(store)]) == 0
     code, _, err = run_cli("remove", "a", "--db", str(store))
@@ -184,7 +185,7 @@ def test_label_checks_every_model_first(store, tmp_path):
     with pytest.raises(StoreError, match=r"no such model in the store: .*did you mean '" + m0 + "'"):
         label_models(store, [(m0, {"task": "GAN"}), (m0.upper(), {"task": "GAN"})])
     assert store_snapshot(store) == before
-    with pytest.raises(IngestError, match="cannot label \\['model'\\]"):
+    with pytest.raises(PropertyError, match="'model' is a built-in field, not a property"):
         label_models(store, [(m0, {"model": "x"})])
     code, _, err = run_cli("label", m0, "--db", str(store))
     assert code == 1 and "nothing to label" in err
@@ -214,7 +215,7 @@ def test_label_checks_every_model_first(store, tmp_path):
 
 def test_compact_reclaims_space_and_keeps_the_kept_versions(store, tmp_path):
     other = write_sample_h5(tmp_path / "other.h5", n_models=6, n_filters=40_000, seed=8)
-    assert cli_main(["ingest", str(other), "--db", str(store)]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(other), "--db", str(store)]) == 0
     with open_catalog(store) as con:
         gone = [m for (m,) in con.execute("SELECT model FROM models WHERE model_id >= 12").fetchall()]
     remove_models(store, gone)  # version 3: the models of the second ingest removed
@@ -284,7 +285,7 @@ def big_store(tmp_path_factory) -> Path:
     # Large enough that a removal's refit (a scan of every filter) takes a moment to kill.
     src = write_sample_h5(tmp_path_factory.mktemp("bigsrc") / "big.h5", n_models=30, n_filters=2_000_000, seed=13)
     db = tmp_path_factory.mktemp("big") / "db"
-    assert cli_main(["ingest", str(src), "--db", str(db)]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(src), "--db", str(db)]) == 0
     return db
 
 
@@ -432,7 +433,7 @@ def test_a_snapshot_reads_its_shards_after_compact_unlinks_them(store, tmp_path)
     """A request's snapshot (the service's catalog generation) holds its shards open: scans on it
     (a selection's basis scans twice) still read them after `compact` has deleted them."""
     other = write_sample_h5(tmp_path / "other.h5", n_models=6, n_filters=40_000, seed=8)
-    assert cli_main(["ingest", str(other), "--db", str(store)]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(other), "--db", str(store)]) == 0
     with open_catalog(store) as con:
         old = Analysis(con, store)
         old.snapshot.prepare(con)
@@ -478,7 +479,7 @@ def test_ids_are_never_reused_after_compact(store, tmp_path):
                           "(SELECT max(filter_id_last) FROM layers) FROM models").fetchone()
     remove_models(store, models)
     compact(store, keep_versions=1)
-    assert cli_main(["ingest", str(_npz_model(tmp_path / "new.npz", 5)), "--db", str(store)]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(_npz_model(tmp_path / "new.npz", 5)), "--db", str(store)]) == 0
     with open_catalog(store) as con:
         got = con.execute("SELECT min(model_id), (SELECT min(layer_id) FROM layers), "
                           "(SELECT min(filter_id_first) FROM layers) FROM models").fetchone()
@@ -486,7 +487,7 @@ def test_ids_are_never_reused_after_compact(store, tmp_path):
 
 
 def test_label_names_models_unambiguously(store, tmp_path):
-    assert cli_main(["ingest", str(_npz_model(tmp_path / "n.npz", 3)), "--model", "1", "--db", str(store)]) == 0
+    assert cli_main(["ingest", "--allow-missing", str(_npz_model(tmp_path / "n.npz", 3)), "--model", "1", "--db", str(store)]) == 0
     before = store_snapshot(store)
     for args, words in [(("1",), "is both the name of model_id 12 and a model_id"),
                         (("9" * 5000,), "no such model"),
