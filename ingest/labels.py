@@ -188,7 +188,8 @@ def _typed_value(name: str, value: Any, type_name: str, existing: dict[str, str]
     except PropertyError:
         if name in existing:
             given = infer_type([value]) if isinstance(value, str) else type_of_value(value)
-            raise PropertyError(f"{where}: {name} {str(value)[:80]!r} is {given}, the store's property {name} is "
+            shown = repr(value[:80]) if isinstance(value, str) else repr(value)
+            raise PropertyError(f"{where}: {name} {shown} is {given}, the store's property {name} is "
                                 f"{existing[name]}") from None
         raise
 
