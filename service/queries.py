@@ -9,14 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from cnnfilterdb.catalog import SAMPLE_MODELS
-from cnnfilterdb.selection import nearest
+from cnnfilterdb.properties import TYPES, ident
+from cnnfilterdb.results import models_query
+from cnnfilterdb.selection import GROUPABLE_TYPES, nearest
 
-# The columns of a model as /v1/models returns it.
-MODEL_COLUMNS = """model_id, model, name, task, task_raw, visual_category, training_dataset, pretraining_dataset,
-    producer, op_set, depth, paper, accessible, dataset_url, total_filters, filter_share_3x3, n_filters, n_layers,
-    source, sha256, sample, version_added,
-    -- MAPs as JSON text: parsed in Python 2x faster than DuckDB's conversion of MAP values
-    kernel_counts::JSON::VARCHAR AS kernel_counts, op_counts::JSON::VARCHAR AS op_counts, extra::VARCHAR AS extra"""
+# A model as /v1/models returns it: the listing's columns (cnnfilterdb.results.models_query, shared
+# with db.models() and the Client: results.MODEL_COLUMNS, then the version's properties), the
+# MAPs as JSON text (parsed in Python 2x faster than DuckDB's conversion of MAP values).
+JSON_COLUMNS = ("kernel_counts::JSON::VARCHAR AS kernel_counts, op_counts::JSON::VARCHAR AS op_counts, "
+                "extra::VARCHAR AS extra")
 # The columns of a layer (l: layers, m: its model).
 LAYER_COLUMNS = """l.layer_id, l.model_id, m.model, l.conv_depth, l.conv_depth_norm, l.depth_bin, l.filter_id_first,
     l.filter_id_last, l.n_filters, l.in_channels, l.out_channels, l.groups, l.sparsity, l.variance_entropy,
@@ -70,24 +71,37 @@ def store_version(cur) -> int:
     return cur.execute("SELECT coalesce(max(version), 0) FROM _versions").fetchone()[0]
 
 
-def count_models(cur, values: dict[str, list]) -> int:
-    """How many models hold one of the given values in each column given (FILTER_COLUMNS)."""
-    cond, params = _models_where(values)
-    return cur.execute(f"SELECT count(*) FROM models WHERE {cond}", params).fetchone()[0]
+def _models(where: dict | None, properties: dict[str, str], values: dict[str, list]) -> tuple[str, list]:
+    """The models ``where`` (the analyses' grammar, checked: results.check_listing) selects that
+    hold one of the given values in each column given (FILTER_COLUMNS): ``FROM ... WHERE ...``
+    over the listing's SELECT (results.models_query: one SQL builder for every listing)."""
+    sql, params = models_query(where, None, properties)
+    cond, label_params = _models_where(values)
+    return f"FROM ({sql}) AS t WHERE {cond}", params + label_params
 
 
-def model_page(cur, values: dict[str, list], after: int | None, limit: int) -> list[dict]:
-    """Up to ``limit`` of those models with model_id > ``after`` (None: from the first), in model_id order."""
-    cond, params = _models_where(values)
+def count_models(cur, where: dict | None, properties: dict[str, str], values: dict[str, list]) -> int:
+    """How many models ``where`` selects and hold one of the given values in each column given."""
+    source, params = _models(where, properties, values)
+    return cur.execute(f"SELECT count(*) {source}", params).fetchone()[0]
+
+
+def model_page(cur, where: dict | None, properties: dict[str, str], values: dict[str, list], after: int | None,
+               limit: int) -> list[dict]:
+    """Up to ``limit`` of those models with model_id > ``after`` (None: from the first), in
+    model_id order: the columns of results.MODEL_COLUMNS, then the ``properties``."""
+    source, params = _models(where, properties, values)
     if after is not None:
-        cond += " AND model_id > ?"
+        source += " AND model_id > ?"
         params.append(after)
-    cur.execute(f"SELECT {MODEL_COLUMNS} FROM models WHERE {cond} ORDER BY model_id LIMIT ?", params + [limit])
+    cur.execute(f"SELECT * REPLACE ({JSON_COLUMNS}) {source} ORDER BY model_id LIMIT ?", params + [limit])
     return rows_as_dicts(cur)
 
 
-def model(cur, model_id: int) -> dict | None:
-    cur.execute(f"SELECT {MODEL_COLUMNS} FROM models WHERE model_id = ?", [model_id])
+def model(cur, model_id: int, properties: dict[str, str]) -> dict | None:
+    """One model (the columns of model_page), or None."""
+    sql, params = models_query(None, None, properties)
+    cur.execute(f"SELECT * REPLACE ({JSON_COLUMNS}) FROM ({sql}) AS t WHERE model_id = ?", params + [model_id])
     rows = rows_as_dicts(cur)
     return rows[0] if rows else None
 
@@ -172,3 +186,47 @@ def field_values(cur, name: str, max_values: int) -> tuple[list[tuple], int, str
     n_distinct = cur.execute(f"SELECT count(DISTINCT {name}) FROM layers_with_models").fetchone()[0]
     typ = cur.execute(f"SELECT typeof({name}) FROM layers_with_models LIMIT 1").fetchone()
     return rows, n_distinct, typ[0] if typ else None
+
+
+def property_values(cur, name: str, max_values: int) -> tuple[list[tuple], int]:
+    """A boolean or text model property (``name`` from ``properties.properties_at``, never from a
+    request) as ``field_values`` gives a field: up to ``max_values + 1`` rows (value, models,
+    layers, filters) by value, null last, and its number of distinct values. One query over the
+    models (a model's n_layers and n_filters are its layers' in layers_with_models), so the work
+    is bounded by the models and max_values whatever the number of properties."""
+    column = ident(name)
+    rows = cur.execute(f"""
+        SELECT {column} AS value, count(*), sum(n_layers), sum(n_filters),
+               count(*) OVER () - count(*) FILTER (WHERE {column} IS NULL) OVER () AS n_distinct
+        FROM models WHERE n_layers > 0 GROUP BY {column} ORDER BY value NULLS LAST
+        LIMIT {int(max_values) + 1}""").fetchall()
+    n_distinct = rows[0][4] if rows else 0
+    return [r[:4] for r in rows], n_distinct
+
+
+def property_ranges(cur, names: list[str]) -> dict[str, tuple]:
+    """The integer and double model properties ``names`` (from ``properties.properties_at``):
+    name -> (min, max, number of distinct values) over the models with layers, in one query."""
+    if not names:
+        return {}
+    aggregates = ", ".join(f"min({ident(n)}), max({ident(n)}), count(DISTINCT {ident(n)})" for n in names)
+    row = cur.execute(f"SELECT {aggregates} FROM models WHERE n_layers > 0").fetchone()
+    return {n: tuple(row[3 * i: 3 * i + 3]) for i, n in enumerate(names)}
+
+
+def property_fields(cur, properties: dict[str, str], max_values: int) -> list[dict]:
+    """The model properties as /v1/fields lists them (``properties``: name -> type, from
+    ``properties.properties_at``): boolean and text ones with their values (``property_values``),
+    integer and double ones with their range (``property_ranges``) and no values."""
+    ranges = property_ranges(cur, [n for n, t in properties.items() if t not in GROUPABLE_TYPES])
+    out = []
+    for name, typ in properties.items():
+        field = {"name": name, "type": TYPES[typ], "groupable": typ in GROUPABLE_TYPES}
+        if typ in GROUPABLE_TYPES:
+            rows, n_distinct = property_values(cur, name, max_values)
+            field |= {"rows": rows, "n_distinct": n_distinct, "min": None, "max": None}
+        else:
+            lo, hi, n_distinct = ranges[name]
+            field |= {"rows": [], "n_distinct": n_distinct, "min": lo, "max": hi}
+        out.append(field)
+    return out

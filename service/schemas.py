@@ -192,17 +192,36 @@ class FieldValue(BaseModel):
 
 class FieldInfo(BaseModel):
     name: str = Field(description="the field's name, as where and group_by take it")
-    level: Literal["model", "layer"] = Field(description="model: a label of the model; layer: a property of each layer")
-    type: str = Field(description="its SQL (DuckDB) type, e.g. VARCHAR, INTEGER (NULL: no layers in the store)")
-    n_distinct: int = Field(description="how many distinct values it has, null not counted")
+    level: Literal["model", "layer"] = Field(description="model: a label or a property of the model; layer: a "
+                                                         "property of each layer")
+    type: str = Field(description="its SQL (DuckDB) type, e.g. VARCHAR, INTEGER (NULL: no layers in the store); a "
+                                  "model property's is BOOLEAN, BIGINT (integer), DOUBLE or VARCHAR (text)")
+    property: bool = Field(description="true: a model property a user added (`cnnfilterdb label --manifest/--set`; "
+                                       "listed after the built-in fields, in the order they were added); false: a "
+                                       "built-in field")
+    groupable: bool = Field(description="whether group_by (and a figure's color_by) takes it: every built-in field "
+                                        "and the boolean and text properties; an integer or double property is "
+                                        "selected by range in where instead ({\"gte\": .., \"lte\": ..})")
+    n_distinct: int = Field(description="how many distinct values it has, null not counted (of the models with "
+                                        "layers, as the counts of values)")
     values: list[FieldValue] = Field(description="its values in order (depth bins by depth, others by value, null "
-                                                 "last), with their counts: the first field_values_max")
-    truncated: bool = Field(description="true when only the first field_values_max values are listed")
+                                                 "last), with their counts: the first field_values_max. An integer or "
+                                                 "double property lists none (its range: min and max)")
+    min: int | float | None = Field(description="an integer or double property's smallest value among the models with "
+                                                "layers (null: none has a value); null for the other fields")
+    max: int | float | None = Field(description="its largest value, as min")
+    truncated: bool = Field(description="true when only the first field_values_max values are listed (false for an "
+                                        "integer or double property, which lists none)")
 
 
 class Fields(BaseModel):
     fields: list[FieldInfo] = Field(description="every field a selection can filter or group on: model fields first, "
-                                                "then layer fields")
+                                                "then layer fields, then the model properties of the current store "
+                                                "version")
+
+
+# A model property's value: boolean, integer, double or text (null: the model has none).
+PropertyValue = bool | int | float | str | None
 
 
 class Model(BaseModel):
@@ -238,6 +257,10 @@ class Model(BaseModel):
                                                       "source's '(X, Y) filters' counts)")
     op_counts: dict[str, int] = Field(description="ONNX operator name -> how many the model has")
     extra: dict[str, Any] | None = Field(description="any other column of the source's metadata, by name (null: none)")
+    properties: dict[str, PropertyValue] = Field(description="the model properties of the current store version "
+                                                             "(GET /v1/fields lists them with their types), name -> "
+                                                             "value: true/false, a number or text; null where the "
+                                                             "model has none. where and group_by take them as fields")
 
 
 class ModelPage(BaseModel):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
+from cnnfilterdb.properties import properties_at
 from cnnfilterdb.selection import GROUP_FIELDS, LAYER_GROUP_FIELDS
 
 from .. import queries
@@ -46,16 +47,29 @@ def stats(catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Depe
 @router.get("/v1/fields", response_model=Fields, tags=["meta"],
             summary="The fields a selection can filter or group on, with their values")
 def fields(catalog: LiveCatalog = Depends(get_catalog), settings: Settings = Depends(get_settings)):
-    """Every field a selection (`where`) can filter on and a `group_by` can group on, model fields
-    first, then layer fields, each with its type, its distinct values in order and how many models,
-    layers and filters hold each value (the first field_values_max values)."""
+    """Every field a selection (`where`) can filter on and a `group_by` can group on: the built-in
+    model fields, then the layer fields, each with its type, its distinct values in order and how
+    many models, layers and filters hold each value (the first field_values_max values); then the
+    model properties of the current store version (`property: true`, level model): boolean and
+    text ones with their values as the built-in fields (`groupable: true`), integer and double
+    ones with their `min` and `max` and no values (`groupable: false`: where selects them by range,
+    `{"gte": .., "lte": ..}`)."""
     out = []
+    limit = settings.field_values_max
+
+    def values_of(rows):
+        return [{"value": jsonable(v), "models": m, "layers": l, "filters": int(f or 0)} for v, m, l, f in rows[:limit]]
+
     with catalog.cursor() as cur:
         for level, names in (("model", MODEL_FIELDS), ("layer", LAYER_GROUP_FIELDS)):
             for name in names:  # from the lists above, never from the request
-                rows, n_distinct, typ = queries.field_values(cur, name, settings.field_values_max)
-                values = [{"value": jsonable(v), "models": m, "layers": l, "filters": int(f or 0)}
-                          for v, m, l, f in rows[: settings.field_values_max]]
-                out.append(FieldInfo(name=name, level=level, type=typ or "NULL", n_distinct=n_distinct,
-                                     values=values, truncated=len(rows) > settings.field_values_max))
+                rows, n_distinct, typ = queries.field_values(cur, name, limit)
+                out.append(FieldInfo(name=name, level=level, type=typ or "NULL", property=False, groupable=True,
+                                     n_distinct=n_distinct, values=values_of(rows), min=None, max=None,
+                                     truncated=len(rows) > limit))
+        # The store's own column names (properties_at), quoted in the SQL (properties.ident).
+        for f in queries.property_fields(cur, properties_at(cur), limit):
+            out.append(FieldInfo(name=f["name"], level="model", type=f["type"], property=True,
+                                 groupable=f["groupable"], n_distinct=f["n_distinct"], values=values_of(f["rows"]),
+                                 min=jsonable(f["min"]), max=jsonable(f["max"]), truncated=len(f["rows"]) > limit))
     return respond(Fields(fields=out))

@@ -6,6 +6,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Query, Request
 
 from cnnfilterdb.limits import MAX_ID
+from cnnfilterdb.properties import properties_at
+from cnnfilterdb.requests import parse_where
+from cnnfilterdb.results import MODEL_COLUMNS, check_listing
 from cnnfilterdb.selection import FILTER_FIELDS, echo
 
 from .. import queries
@@ -13,7 +16,7 @@ from ..catalog import LiveCatalog
 from ..deps import get_catalog, get_settings, respond
 from ..errors import ApiError, not_found
 from ..jsonable import jsonable, parse_json_column
-from ..params import MODEL_ID
+from ..params import MODEL_ID, WHERE_TEXT
 from ..schemas import FIELD_DESCRIPTIONS, Layer, LayerList, Model, ModelPage, error_responses
 from ..settings import Settings
 
@@ -27,21 +30,28 @@ def _values(field: str):
                                  "parameter for several (any of them)")
 
 
+_BUILT_IN = frozenset(MODEL_COLUMNS)
+
+
 def model_out(row: dict) -> Model:
-    row = dict(row)
-    row["extra"] = parse_json_column(row["extra"])
-    row["kernel_counts"] = parse_json_column(row["kernel_counts"]) or {}
-    row["op_counts"] = parse_json_column(row["op_counts"]) or {}
-    return Model(**jsonable(row))
+    """A row of queries.model_page (results.MODEL_COLUMNS, then the properties) as a Model: the
+    properties under ``properties``."""
+    out = {k: v for k, v in row.items() if k in _BUILT_IN}
+    out["extra"] = parse_json_column(out["extra"])
+    out["kernel_counts"] = parse_json_column(out["kernel_counts"]) or {}
+    out["op_counts"] = parse_json_column(out["op_counts"]) or {}
+    out["properties"] = {k: v for k, v in row.items() if k not in _BUILT_IN}
+    return Model(**jsonable(out))
 
 
 def layer_out(row: dict) -> Layer:
     return Layer(**jsonable(row))
 
 
-@router.get("/v1/models", response_model=ModelPage, summary="A page of models, filtered by their labels",
-            responses=error_responses(404, said={404: "empty_selection: a label value no model has (the message "
-                                                      "suggests the nearest values the models have)"}))
+@router.get("/v1/models", response_model=ModelPage, summary="A page of models, filtered by their labels and a where",
+            responses=error_responses(404, said={404: "empty_selection: a label value, or a text value of where, no "
+                                                      "model has (the message suggests the nearest values the models "
+                                                      "have)"}))
 def list_models(
     request: Request,
     limit: int | None = Query(None, ge=1, description="models per page (default and maximum: page_default and "
@@ -55,22 +65,31 @@ def list_models(
     pretraining_dataset: list[str] = _values("pretraining_dataset"), name: list[str] = _values("name"),
     model: list[str] = _values("model"), producer: list[str] = _values("producer"),
     paper: list[str] = _values("paper"), accessible: list[str] = _values("accessible"),
+    where: str | None = Query(None, description=f"the models selected by {WHERE_TEXT}, a model property included "
+                                                "(GET /v1/fields lists them), e.g. {\"robust\": true, "
+                                                "\"clean_accuracy\": {\"gte\": 80}}; a condition on a layer field "
+                                                "keeps the models with such a layer. Combines with the label "
+                                                "parameters (both must hold)"),
 ):
     """The models of the store with their metadata, in model_id order, a page at a time. Each label
     parameter keeps the models with one of its values (`?task=Classification&task=GAN`); several
     parameters must all hold. `total` counts every matching model; `next` is the URL of the next page
     (null on the last), stable while models are added. A value no model has is a 404 `empty_selection`
     suggesting the nearest values (`?task=gan`: did you mean 'GAN'?); values the models have that
-    together select none are an empty page."""
+    together select none are an empty page. `where` selects as the analyses' `where` does, with the
+    same errors (an unknown field a 400 suggesting the nearest, a value of the wrong type a 422, a
+    text value no model has a 404). Each model carries its `properties`."""
     limit = min(limit or settings.page_default, settings.page_max)  # the response shows the limit used
+    selection = parse_where(where)
     given = {"task": task, "task_raw": task_raw, "visual_category": visual_category,
              "training_dataset": training_dataset, "pretraining_dataset": pretraining_dataset, "name": name,
              "model": model, "producer": producer, "paper": paper, "accessible": accessible}
     with catalog.cursor() as cur:
         if (unknown := queries.unknown_value(cur, given)) is not None:
             raise _unknown_value(*unknown, queries.store_version(cur))
-        total = queries.count_models(cur, given)
-        rows = queries.model_page(cur, given, after, limit + 1)
+        properties = check_listing(cur, selection, None)  # where's fields and text values, against the store
+        total = queries.count_models(cur, selection, properties, given)
+        rows = queries.model_page(cur, selection, properties, given, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     nxt = None
@@ -94,10 +113,10 @@ def _unknown_value(column: str, value: str, near: list[str], version: int) -> Ap
 
 @router.get("/v1/models/{model_id}", response_model=Model, summary="One model and its metadata")
 def get_model(model_id: int = MODEL_ID, catalog: LiveCatalog = Depends(get_catalog)):
-    """A model's labels (task, visual category, datasets, architecture, ...), where it came from, and
-    the counts of its 3x3 filters and layers."""
+    """A model's labels (task, visual category, datasets, architecture, ...), where it came from, the
+    counts of its 3x3 filters and layers, and its properties."""
     with catalog.cursor() as cur:
-        row = queries.model(cur, model_id)
+        row = queries.model(cur, model_id, properties_at(cur))
     if row is None:
         raise not_found("model", model_id)
     return respond(model_out(row))
