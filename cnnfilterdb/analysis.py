@@ -26,16 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from .layout import StoreDamaged
 from .limits import MAX_GROUPS, MAX_HISTOGRAM_CELLS, MAX_PAIR_CELLS, MAX_RESPONSE_CELLS
-from .properties import ident, properties_at
+from .properties import properties_at
 from .requests import (
+    MODEL_METRICS,
+    CorrelationRequest,
     DegenerateRequest,
     Density2dRequest,
     DivergenceRequest,
     HistogramsRequest,
     KdeRequest,
+    ModelMetricsRequest,
     PcaRequest,
     SimilarRequest,
     takes,
@@ -43,21 +47,26 @@ from .requests import (
 from .scan import HeldShards, LayerGroups, ShardScanner, check_counts, scan_histogram2d, scan_range
 from .segments import DENSITY_BINS, DENSITY_COMPONENTS, DENSITY_RANGE, FINE_BINS, StoredHistograms
 from .selection import (
+    LAYER_GROUP_FIELDS,
     EmptySelectionError,
+    InvalidValue,
     Selection,
     SelectionError,
     check_group_by,
     condition,
+    field_sql,
     layers_at,
     natural_order,
     select,
 )
 from .snapshot import Snapshot
 from .stats.basis import Basis, fit_basis
+from .stats.correlation import RESAMPLES, SEED, correlation
 from .stats.divergence import DEFAULT_BINS, component_weights, distances_to, divergence_matrix, drift
 from .stats.histogram import histogram_range
 from .stats.kde import histogram_quantiles, kde_from_histogram, silverman_bandwidth
 from .stats.moments import pool
+from .studies import check_variable, model_metrics
 
 
 @dataclass
@@ -134,7 +143,14 @@ class Analysis:
                          basis: str = "global", max_groups: int | None = None,
                          max_pair_cells: int | None = None, max_cells: int | None = None) -> GroupHistograms:
         """The per-group histograms of a request's selection (its parameters checked by its type)."""
-        sel = self.select(where, group_by)
+        return self.histograms_of(self.select(where, group_by), where, group_by, bins, basis, max_groups,
+                                  max_pair_cells, max_cells)
+
+    def histograms_of(self, sel: Selection, where: dict | None, group_by: str | None, bins: int = DEFAULT_BINS,
+                      basis: str = "global", max_groups: int | None = None, max_pair_cells: int | None = None,
+                      max_cells: int | None = None) -> GroupHistograms:
+        """The per-group histograms of the selection ``sel`` (of ``where``, grouped by ``group_by``:
+        their names for the messages), within the limits given."""
         if len(sel.labels) == 0:
             raise EmptySelectionError("no filters match the selection" + (f" (where: {where})" if where else ""))
         if max_groups is not None and len(sel.labels) > max_groups:
@@ -195,13 +211,20 @@ class Analysis:
         """
         group_by, metric, bins, weights, basis = req.group_by, req.metric, req.bins, req.weights, req.basis
         t0 = time.perf_counter()
-        h = self.group_histograms(req.selection, group_by, bins, basis,
-                                  max_groups=MAX_GROUPS if max_groups is None else max_groups,
-                                  max_pair_cells=MAX_PAIR_CELLS if max_pair_cells is None else max_pair_cells)
+        max_groups = MAX_GROUPS if max_groups is None else max_groups
+        max_pair_cells = MAX_PAIR_CELLS if max_pair_cells is None else max_pair_cells
+        if req.within is not None:
+            return self._cohort_divergence(req, max_groups, max_pair_cells, t0)
+        h = self.group_histograms(req.selection, group_by, bins, basis, max_groups=max_groups,
+                                  max_pair_cells=max_pair_cells)
         w = component_weights(weights, h.basis.explained_variance_ratio)
         D = divergence_matrix(h.counts, w, metric, h.bin_width)
-        sel = h.selection
-        return {
+        return self._divergence_answer(req, h, h.selection, h.counts, h.outside, w, D, t0)
+
+    def _divergence_answer(self, req: DivergenceRequest, h: GroupHistograms, sel: Selection, counts, outside,
+                           w: np.ndarray, D: np.ndarray, t0: float, facets: list | None = None) -> dict:
+        group_by, metric, weights, basis = req.group_by, req.metric, req.weights, req.basis
+        out = {
             "store_version": self.version,
             "group_by": group_by,
             "labels": sel.labels,
@@ -219,10 +242,61 @@ class Analysis:
                       "n_filters": h.basis.n_filters},
             "drift": drift(D),
             "empty_groups": sel.empty_groups,
-            "n_outside": h.outside.sum(axis=1).tolist(),
+            "n_outside": outside.sum(axis=1).tolist(),
             "method": h.method,
-            "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
         }
+        if facets is not None:
+            out |= {"within": req.within, "facets": facets}
+        return out | {"elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+    def _cohort_divergence(self, req: DivergenceRequest, max_groups: int, max_pair_cells: int, t0: float) -> dict:
+        """``divergence`` with ``within`` (SPEC 14's cohort divergence): the groups of group_by
+        split by the values of ``within`` (natural order) in one pass over the selection (a
+        composite grouping: the stored histograms answer it when whole units do); per value of
+        ``within``, the matrix between the groups of group_by its layers hold; the matrix of the
+        whole selection is the sum over the values, reported as without ``within``."""
+        where, group_by, within = req.selection, req.group_by, req.within
+        if within == group_by:
+            raise SelectionError(f"within {within!r} is the group_by: give another field")
+        inner, outer = self.select(where, group_by), self.select(where, within)
+        if len(outer.labels) > max_groups:
+            raise SelectionError(f"within {within} gives {len(outer.labels)} values; at most {max_groups} here: "
+                                 "narrow the selection with where")
+        d = len(inner.labels)
+        code = outer.layer_group * d + inner.layer_group
+        present, composite = np.unique(code, return_inverse=True)  # the (value, group) pairs that hold layers
+        pairs = sum(k * (k - 1) // 2 for k in np.bincount(present // d, minlength=len(outer.labels)))
+        if pairs * 9 * req.bins > max_pair_cells:
+            raise SelectionError(f"within {within} and group_by {group_by} give {pairs:,} pairs of groups to compare; "
+                                 f"with {req.bins} bins that is {pairs * 9 * req.bins:,} cells, over the limit of "
+                                 f"{max_pair_cells:,}: narrow the selection with where, or use fewer bins")
+        n = len(present)
+        cond, params = condition(self.cur, where, self.version)
+        t = self.cur.execute(f"SELECT n_filters, model_id FROM {self.layers} WHERE {cond} ORDER BY layer_id",
+                             params).fetchnumpy()  # the rows of both selections, in their order
+        models = np.unique(composite * (int(t["model_id"].max(initial=0)) + 1) + np.asarray(t["model_id"], np.int64))
+        sel = Selection([tuple(map(int, divmod(c, d))) for c in present], inner.layer_ids, composite.astype(np.int64),
+                        np.bincount(composite, weights=np.asarray(t["n_filters"], np.float64), minlength=n).astype(np.int64),
+                        np.bincount(models // (int(t["model_id"].max(initial=0)) + 1), minlength=n).astype(np.int64),
+                        np.bincount(composite, minlength=n).astype(np.int64), [])
+        h = self.histograms_of(sel, where, f"{within} and {group_by}", req.bins, req.basis, max_groups=None)
+        w = component_weights(req.weights, h.basis.explained_variance_ratio)
+        facets = []
+        for v, value in enumerate(outer.labels):
+            rows = np.flatnonzero(present // d == v)
+            D = divergence_matrix(h.counts[rows], w, req.metric, h.bin_width)
+            facets.append({"value": value, "labels": [inner.labels[present[r] % d] for r in rows],
+                           "n_filters": sel.n_filters[rows].tolist(), "n_models": sel.n_models[rows].tolist(),
+                           "n_layers": sel.n_layers[rows].tolist(), "matrix": D.tolist(), "drift": drift(D),
+                           "n_outside": h.outside[rows].sum(axis=1).tolist()})
+        # the whole selection's groups: sums over the values
+        group_of = present % d
+        counts = np.zeros((d, *h.counts.shape[1:]), h.counts.dtype)
+        np.add.at(counts, group_of, h.counts)
+        outside = np.zeros((d, *h.outside.shape[1:]), h.outside.dtype)
+        np.add.at(outside, group_of, h.outside)
+        D = divergence_matrix(counts, w, req.metric, h.bin_width)
+        return self._divergence_answer(req, h, inner, counts, outside, w, D, t0, facets)
 
     @takes(KdeRequest)
     def kde(self, req: KdeRequest, max_groups: int | None = None) -> dict:
@@ -293,7 +367,7 @@ class Analysis:
         """
         cond, params = condition(self.cur, req.selection, self.version)
         check_group_by(color_by, properties_at(self.cur, self.version), parameter="color_by")
-        rows = self.cur.execute(f"SELECT layer_id, model_id, {ident(color_by)} AS label, n_filters, sparsity, "
+        rows = self.cur.execute(f"SELECT layer_id, model_id, {field_sql(color_by)} AS label, n_filters, sparsity, "
                                 f"variance_entropy_norm FROM {self.layers} WHERE {cond} ORDER BY layer_id",
                                 params).fetchall()
         if not rows:
@@ -474,3 +548,69 @@ class Analysis:
                 "model_id": model_id, "metric": metric, "weights": weights, "method": h.method,
                 "similar": [{"model_id": labels[j], "model": meta[labels[j]][0], "task": meta[labels[j]][1],
                              "visual_category": meta[labels[j]][2], "distance": float(d[j])} for j in order]}
+
+    @takes(ModelMetricsRequest)
+    def model_metrics(self, req: ModelMetricsRequest) -> dict:
+        """Per model (and depth decile, ``by``): n_layers, n_filters and its selected layers'
+        quality metrics as weighted means (SPEC 14; the math in ``studies.py``), in model_id order.
+
+        Returns
+        -------
+        dict with ``columns`` and ``rows`` (one list per row: model_id, model, [depth_decile],
+        then ``metrics``), ``metrics``, ``layers``, ``by``, ``store_version``.
+        """
+        cond, params = condition(self.cur, req.selection, self.version)
+        t = model_metrics(self.cur, self.layers, cond, params, req.layers, req.by)
+        rows = [[None if isinstance(v, float) and not np.isfinite(v) else v for v in r]
+                for r in t.astype(object).itertuples(index=False, name=None)]
+        return {"store_version": self.version, "layers": req.layers, "by": req.by, "metrics": list(MODEL_METRICS),
+                "columns": list(t.columns), "rows": [[_py(v) for v in r] for r in rows]}
+
+    @takes(CorrelationRequest)
+    def correlation(self, req: CorrelationRequest, max_groups: int | None = None) -> dict:
+        """The correlation of ``x`` with ``y`` over the models of each group (SPEC 14; the math in
+        ``stats/correlation.py``): per model, x and y are model metrics over its selected layers
+        (``layers``) or its model properties; models lacking either are left out.
+
+        Returns
+        -------
+        dict with ``groups`` (one per group, natural order: group, n, statistic, p_value, ci_low,
+        ci_high), ``points`` (model, group, x, y of every model used), x, y, method, layers,
+        group_by, resamples, seed, store_version.
+        """
+        properties = properties_at(self.cur, self.version)
+        x, y = check_variable(req.x, properties), check_variable(req.y, properties)
+        group_by = req.group_by
+        check_group_by(group_by, properties)
+        if group_by is not None and group_by in LAYER_GROUP_FIELDS and group_by != "depth_decile":
+            raise InvalidValue(f"group_by {group_by!r} is a layer field; a correlation groups models (by a model field, "
+                               "or by depth_decile: a model's metrics per depth decile)")
+        cond, params = condition(self.cur, req.selection, self.version)
+        own = [v for v in dict.fromkeys((x, y, group_by)) if v is not None and v not in MODEL_METRICS
+               and v != "depth_decile"]
+        by = "depth_decile" if group_by == "depth_decile" else None
+        t = model_metrics(self.cur, self.layers, cond, params, req.layers, by, extra=tuple(own))
+        if t.empty:
+            raise EmptySelectionError("no layers match the selection" + ("" if req.layers == "all" else " (first layers)"))
+        labels = t[group_by].tolist() if group_by else ["all"] * len(t)
+        order = natural_order(list(dict.fromkeys(labels)))
+        if len(order) > (MAX_GROUPS if max_groups is None else max_groups):
+            raise SelectionError(f"group_by {group_by} gives {len(order)} groups; at most {MAX_GROUPS}: narrow the "
+                                 "selection with where")
+        xs, ys = (t[v].to_numpy(np.float64) if v in MODEL_METRICS else
+                  pd.to_numeric(t[v].astype(object), errors="coerce").astype(np.float64).to_numpy() for v in (x, y))
+        used = np.isfinite(xs) & np.isfinite(ys)
+        groups = []
+        for g in order:
+            rows = np.flatnonzero(used & np.array([lab == g or (lab is None and g is None) for lab in labels]))
+            groups.append({"group": g, **correlation(xs[rows], ys[rows], req.method)})
+        keep = np.flatnonzero(used)
+        return {"store_version": self.version, "x": x, "y": y, "method": req.method, "layers": req.layers,
+                "group_by": group_by, "resamples": RESAMPLES, "seed": SEED, "groups": groups,
+                "points": {"model": t["model"].iloc[keep].tolist(), "group": [labels[i] for i in keep],
+                           "x": xs[keep].tolist(), "y": ys[keep].tolist()}}
+
+
+def _py(v):
+    """A numpy scalar as the Python value JSON takes."""
+    return v.item() if isinstance(v, np.generic) else v

@@ -52,6 +52,7 @@ from .limits import (
     MIN_KDE_BINS,
 )
 from .properties import NAME as PROPERTY_NAME
+from .properties import RESERVED
 from .selection import (
     FIELD_DESCRIPTIONS,
     FILTER_FIELDS,
@@ -70,6 +71,11 @@ from .selection import (
 from .stats.divergence import DEFAULT_BINS, METRICS, WEIGHTS
 
 BASES = ("global", "selection")
+# SPEC 14's model metrics: over a model's layers, weighted means of the layer metrics (studies.py).
+MODEL_METRICS = ("n_layers", "n_filters", "sparsity", "variance_entropy", "variance_entropy_norm",
+                 "variance_entropy_clean", "orthogonality")
+CORRELATION_METHODS = ("spearman", "pearson", "kendall")
+LAYER_SCOPES = ("all", "first")
 # The thresholds of a degenerate layer (docs/method.md#degenerate): sparsity above, normalized
 # variance entropy below (redundant) or above (random-like).
 DEGENERATE_THRESHOLDS = {"sparsity_gt": 0.5, "entropy_norm_lt": 0.5, "entropy_norm_gt": 1.0}
@@ -85,6 +91,12 @@ WEIGHTS_TEXT = ("how the 9 components' divergences are summed: explained_varianc
 BASIS_TEXT = ("the PCA basis the filters are projected on: global is fitted on every filter in the store (the "
               "paper's); selection on the selected filters only")
 BINS_TEXT = "histogram bins per component, equal in width over the basis range (the smallest to the largest coefficient)"
+WITHIN_TEXT = ("a field whose values split the selection into cohorts: one divergence matrix between the groups of "
+               "group_by for each value (e.g. depth_decile: robust vs normal, depth by depth), with the same basis, "
+               "range, bins, metric and weights; absent or null: one matrix")
+LAYERS_TEXT = "all: a model's metrics over all its selected layers; first: over its first convolution layer only"
+VARIABLE_TEXT = ("a model metric (n_layers, n_filters, sparsity, variance_entropy, variance_entropy_norm, "
+                 "variance_entropy_clean, orthogonality) or a numeric or boolean model property")
 AS_OF_TEXT = ("the store version to read (GET /v1/versions); default the current one. The same request as_of the "
               "same version gives the same result, bit for bit")
 
@@ -187,6 +199,18 @@ def _group_field(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
+def _variable(value: Any) -> Any:
+    """A correlation's variable: a model metric (MODEL_METRICS) or a well-formed property name (the
+    engine checks it is a numeric or boolean property of the store version when the query runs)."""
+    if isinstance(value, str) and (value in MODEL_METRICS or (PROPERTY_NAME.match(value) and value not in RESERVED)):
+        return value
+    near = nearest(value, list(MODEL_METRICS)) if isinstance(value, str) else []
+    hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+    raise PydanticCustomError("where_unknown", "{text}", {"text": f"unknown variable {echo(value)}{hint}; a model "
+                                                                  f"metric ({', '.join(MODEL_METRICS)}) or a numeric "
+                                                                  "or boolean model property"})
+
+
 Version = Integer(1, MAX_ID)
 # A built-in field (GROUP_FIELDS) or a boolean or text model property (GET /v1/fields lists both).
 GroupField = Annotated[str, BeforeValidator(_group_field), WithJsonSchema({
@@ -195,6 +219,10 @@ GroupField = Annotated[str, BeforeValidator(_group_field), WithJsonSchema({
 Metric = Literal[METRICS]  # type: ignore[valid-type]
 Weights = Literal[WEIGHTS]  # type: ignore[valid-type]
 BasisKind = Literal[BASES]  # type: ignore[valid-type]
+LayerScope = Literal[LAYER_SCOPES]  # type: ignore[valid-type]
+CorrelationMethod = Literal[CORRELATION_METHODS]  # type: ignore[valid-type]
+Variable = Annotated[str, BeforeValidator(_variable), WithJsonSchema({
+    "type": "string", "examples": list(MODEL_METRICS), "description": VARIABLE_TEXT})]
 Component = Integer(0, 8)
 RangeEnd = Real(-MAX_RANGE_ABS, MAX_RANGE_ABS)
 Components = Annotated[list[Component], Field(min_length=2, max_length=2),
@@ -387,6 +415,7 @@ class DivergenceRequest(AnalysisRequest):
     bins: Integer(1, MAX_BINS) = Field(DEFAULT_BINS, description=BINS_TEXT)
     weights: Weights = Field("explained_variance", description=WEIGHTS_TEXT)
     basis: BasisKind = Field("global", description=BASIS_TEXT)
+    within: GroupField | None = Field(None, description=WITHIN_TEXT)
 
 
 class PcaRequest(AnalysisRequest):
@@ -445,6 +474,31 @@ class DegenerateRequest(AnalysisRequest):
     def thresholds(self) -> dict:
         return {"sparsity_gt": self.sparsity_gt, "entropy_norm_lt": self.entropy_norm_lt,
                 "entropy_norm_gt": self.entropy_norm_gt}
+
+
+class ModelMetricsRequest(AnalysisRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"layers": "first"}, {"by": "depth_decile"}]})
+    positional: ClassVar = ("where",)
+    where: Selection = Field(None, description="the layers the metrics are computed over: a selection (see Where); "
+                                               "none: every layer")
+    layers: LayerScope = Field("all", description=LAYERS_TEXT)
+    by: Literal["depth_decile"] | None = Field(None, description="depth_decile: one row per model and depth decile "
+                                                                 "(SPEC 14); none: one row per model")
+
+
+class CorrelationRequest(AnalysisRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"x": "variance_entropy", "y": "robust_accuracy", "group_by": "training_dataset", "method": "spearman"}]})
+    positional: ClassVar = ("x", "y", "group_by", "where")
+    x: Variable = Field(description=VARIABLE_TEXT)
+    y: Variable = Field(description=VARIABLE_TEXT)
+    group_by: GroupField | None = Field(None, description="the model field whose values split the models into groups, "
+                                                          "one correlation each; absent or null: one group of all")
+    where: Selection = Field(None, description="the layers the model metrics are computed over, and so the models: "
+                                               "a selection (see Where); none: every layer")
+    method: CorrelationMethod = Field("spearman", description="spearman (scipy.stats.spearmanr), pearson (pearsonr) "
+                                                              "or kendall (kendalltau, tau-b)")
+    layers: LayerScope = Field("all", description=LAYERS_TEXT)
 
 
 class SimilarRequest(AnalysisRequest):
@@ -507,6 +561,10 @@ ANALYSES: dict[str, AnalysisSpec] = {
                                "Layers flagged as sparse, redundant or random-like"),
     "similar": AnalysisSpec(SimilarRequest, "GET", "/v1/models/{model_id}/similar", "SimilarResult", "SimilarResponse",
                             "The models whose filters are distributed most like one model's"),
+    "model_metrics": AnalysisSpec(ModelMetricsRequest, "GET", "/v1/model-metrics", "ModelMetricsResult", None,
+                                  "Per model (and depth decile): its layers' quality metrics as weighted means"),
+    "correlation": AnalysisSpec(CorrelationRequest, "POST", "/v1/correlation", "CorrelationResult", None,
+                                "The correlation of two model metrics or properties over the models of each group"),
 }
 
 

@@ -24,7 +24,7 @@ from .properties import ident, properties_at
 from .selection import EmptySelectionError, SelectionError, check_values, where_sql
 
 __all__ = ["Result", "DivergenceResult", "PcaResult", "HistogramsResult", "KdeResult", "Density2dResult",
-           "DegenerateResult", "SimilarResult", "FilterBatches"]
+           "DegenerateResult", "SimilarResult", "ModelMetricsResult", "CorrelationResult", "FilterBatches"]
 
 # -- inputs ---------------------------------------------------------------------------------------
 
@@ -230,6 +230,12 @@ class DivergenceResult(Result):
         self.range = tuple(d["range"])
         self.groups = _group_frame(self.labels, d["group_by"], n_filters=self.n_filters, n_models=self.n_models,
                                    n_layers=self.n_layers, n_outside=self.n_outside)
+        # with ``within``: each value's matrix between the groups its layers hold (SPEC 14's cohorts)
+        self.facets = None if d.get("facets") is None else {
+            f["value"]: pd.DataFrame(_floats(f["matrix"], (len(f["labels"]), len(f["labels"]))),
+                                     index=_index(list(f["labels"]), d["group_by"]),
+                                     columns=_index(list(f["labels"]), d["group_by"]))
+            for f in d["facets"]}
 
     def plot(self, figsize: tuple[float, float] | None = None, subtitle: str | None = None):
         """The heatmap of GET /v1/plots/divergence.png for the same request: colorcet's ``fire``,
@@ -425,6 +431,59 @@ class SimilarResult(Result):
 
     def _convert(self) -> None:
         self.similar = records(self._data["similar"], SIMILAR_COLUMNS, SIMILAR_TYPES)
+
+
+class FrameResult(pd.DataFrame):
+    """A result that is a DataFrame (the studies' tables): the engine's dict is ``result``
+    (``to_result()``), its scalar keys are also in ``attrs``; operations on it give plain DataFrames."""
+    _metadata = ["result", "where"]
+
+    @property
+    def _constructor(self):
+        return pd.DataFrame
+
+    def __init__(self, data: dict, where: dict | None = None):
+        super().__init__(self._frame(data))
+        self.result = data
+        self.where = where
+        self.attrs.update({k: v for k, v in data.items() if not isinstance(v, (list, dict))})
+
+    def _frame(self, data: dict) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def to_result(self) -> dict:
+        """The result as the engine and the HTTP endpoint give it (JSON-able)."""
+        return dict(self.result)
+
+
+class ModelMetricsResult(FrameResult):
+    """``model_metrics``: one row per model (and depth decile), indexed by ``model`` (and
+    ``depth_decile``): model_id, n_layers, n_filters, sparsity, variance_entropy,
+    variance_entropy_norm, variance_entropy_clean, orthogonality (NaN: unknown). ``attrs``:
+    store_version, layers, by."""
+
+    def _frame(self, data: dict) -> pd.DataFrame:
+        df = pd.DataFrame.from_records(data["rows"], columns=data["columns"])
+        for c in data["metrics"]:
+            df[c] = df[c].astype(np.int64 if c in ("n_layers", "n_filters") else np.float64)
+        df["model_id"] = df["model_id"].astype(np.int64)
+        return df.set_index(["model", "depth_decile"] if data.get("by") == "depth_decile" else "model")
+
+
+class CorrelationResult(FrameResult):
+    """``correlation``: one row per group (natural order), indexed by the group_by's values (or
+    "all"): n, statistic, p_value, ci_low, ci_high (NaN: undefined). ``points``: the models used
+    (model, group, x, y). ``attrs``: x, y, method, layers, group_by, resamples, seed, store_version."""
+    _metadata = ["result", "where", "points"]
+
+    def _frame(self, data: dict) -> pd.DataFrame:
+        self.points = pd.DataFrame(data["points"], columns=["model", "group", "x", "y"])
+        rows = data["groups"]
+        labels = [r["group"] for r in rows]
+        cols = {"n": np.array([r["n"] for r in rows], dtype=np.int64)}
+        for k in ("statistic", "p_value", "ci_low", "ci_high"):
+            cols[k] = np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=np.float64)
+        return pd.DataFrame(cols, index=_index(labels, data.get("group_by") or "group"))
 
 
 def versions_frame(rows: list[dict], store_id: str, current: int) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from .properties import NAME as PROPERTY_NAME
 from .properties import RESERVED, ident, properties_at
 
 GROUP_FIELDS = ["task", "visual_category", "training_dataset", "pretraining_dataset", "name", "model",
-                "model_id", "producer", "conv_depth", "layer_id", "depth_bin", "sample", "version_added"]
+                "model_id", "producer", "conv_depth", "layer_id", "depth_bin", "depth_decile", "sample", "version_added"]
 # sample: a model of the synthetic sample (`cnnfilterdb demo`); version_added: the store version
 # that ingested the model; source: the file it came from; sha256: that file's.
 FILTER_FIELDS = GROUP_FIELDS + ["task_raw", "conv_depth_norm", "source", "sha256"]
@@ -50,17 +50,19 @@ FIELD_DESCRIPTIONS = {
     "conv_depth_norm": "the layer's relative depth: conv_depth divided by the model's last level, 0 (first) to 1 (last)",
     "layer_id": "the layer's id",
     "depth_bin": "conv_depth_norm in ten bins labelled [0.0, 0.1], (0.1, 0.2], ..., (0.9, 1.0]",
+    "depth_decile": "the follow-up studies' depth: 0 for a model's first convolution layer, else conv_depth_norm in "
+                    "ten bins labelled (0.0, 0.1], ..., (0.9, 1.0] (pandas.cut)",
     "sample": "true: the models of the synthetic sample (`cnnfilterdb demo`), not real data",
     "version_added": "the store version that ingested the model",
     "source": "the file the model came from",
     "sha256": "the sha256 of that file (model files only)",
 }
-LAYER_GROUP_FIELDS = ["conv_depth", "depth_bin", "layer_id"]  # the others are the model's
+LAYER_GROUP_FIELDS = ["conv_depth", "depth_bin", "depth_decile", "layer_id"]  # the others are the model's
 BOOLEAN_FIELDS = {"sample"}  # compared with true/false; every other field with numbers or strings
 # The categorical fields: a value of one that the store does not hold is a typo until shown
 # otherwise (check_values); ids and numbers are not checked (an empty range is a fine question).
 TEXT_FIELDS = ["task", "task_raw", "visual_category", "training_dataset", "pretraining_dataset", "name", "model",
-               "producer", "depth_bin", "source", "sha256"]
+               "producer", "depth_bin", "depth_decile", "source", "sha256"]
 SUGGESTIONS = 3
 BOUNDS = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<"}
 _ECHO = reprlib.Repr()  # bounded in length and depth whatever it is given
@@ -104,6 +106,28 @@ _KINDS = {"text": "a string", "int": "an integer", "real": "a finite number", "b
 # A property's kind of values by its type (properties.TYPES): integers compare as numbers.
 PROPERTY_KINDS = {"boolean": "bool", "integer": "real", "double": "real", "text": "text"}
 GROUPABLE_TYPES = ("boolean", "text")  # a property group_by takes: numbers are selected by range instead
+
+
+def _depth_decile_sql() -> str:
+    """SPEC 14's depth_decile as SQL over a layer's conv_depth and conv_depth_norm: '0' for conv_depth
+    0, else pandas.cut(conv_depth_norm, numpy.linspace(0, 1, 11)): compared with linspace's own
+    doubles (its fourth edge is 0.30000000000000004), labelled as pandas labels them."""
+    edges = np.linspace(0, 1, 11)
+    cases = " ".join(f"WHEN conv_depth_norm <= {float(edges[i + 1])!r} THEN '({edges[i]:.1f}, {edges[i + 1]:.1f}]'"
+                     for i in range(10))
+    return (f"(CASE WHEN conv_depth IS NULL OR conv_depth_norm IS NULL THEN NULL WHEN conv_depth = 0 THEN '0' "
+            f"WHEN conv_depth_norm <= 0.0 OR conv_depth_norm > 1.0 THEN NULL {cases} END)")
+
+
+# Fields computed from a layer's columns rather than stored: their SQL, so that every store answers
+# them whatever macros its catalog persisted (sql/macros.sql's depth_decile is the same, for the shell).
+COMPUTED_FIELDS = {"depth_decile": _depth_decile_sql()}
+
+
+def field_sql(name: str) -> str:
+    """A field (built-in, or a property the store has: never a request's text) as SQL over
+    layers_with_models_at(v): its quoted name (``properties.ident``), or a computed field's expression."""
+    return COMPUTED_FIELDS.get(name) or ident(name)
 
 
 def kind_of(name: str, properties: dict[str, str] | None) -> str | None:
@@ -211,7 +235,7 @@ def where_sql(where: dict[str, Any] | None, properties: dict[str, str] | None = 
     parts, params = [], []
     for name, value in where.items():
         kind = kind_of(name, properties)
-        column = ident(name)
+        column = field_sql(name)
         if isinstance(value, dict):  # bounds; an empty object bounds nothing
             if kind == "bool":
                 raise InvalidValue(f"where.{name}: true, false, null or a list of them (no bounds), "
@@ -282,7 +306,7 @@ def check_values(cur, where: dict | None, version: int, properties: dict[str, st
     for name, value in (where or {}).items():
         if name not in text:
             continue
-        column = ident(name)
+        column = field_sql(name)
         asked = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] \
             if isinstance(value, list) else []
         if not asked:
@@ -304,12 +328,15 @@ def check_values(cur, where: dict | None, version: int, properties: dict[str, st
 
 
 def natural_order(labels: list) -> list:
-    """Labels in natural order: numbers by value, depth bins by their lower edge, text alphabetically; null last."""
+    """Labels in natural order: numbers by value, depth bins and deciles by their lower edge (the
+    decile "0", a model's first layer, before them), text alphabetically; null last."""
     def key(v):
         if v is None:
             return (3, 0, "")
         if isinstance(v, (int, float)):
             return (0, v, "")
+        if v == "0":
+            return (1, -1.0, v)
         m = re.fullmatch(r"[\[(](\d+(?:\.\d+)?), (\d+(?:\.\d+)?)\]", str(v))
         if m:
             return (1, float(m.group(1)), str(v))
@@ -382,7 +409,7 @@ def select(cur, where: dict | None, group_by: str | None, version: int) -> Selec
     check_group_by(group_by, properties)
     cond, params = where_sql(where, properties)
     check_values(cur, where, version, properties)
-    label = ident(group_by) if group_by else "'all'"
+    label = field_sql(group_by) if group_by else "'all'"
     cols = cur.execute(f"SELECT layer_id, {label} AS label, n_filters, model_id FROM {layers_at(version)} "
                        f"WHERE {cond} ORDER BY layer_id", params).fetchnumpy()
     raw = cols["label"]

@@ -1,0 +1,86 @@
+"""The correlation of two model-level variables, with a deterministic bootstrap interval (SPEC 14).
+
+For paired values x, y (n,) of the models of one group (models lacking either value left out by
+the caller):
+
+- ``statistic``, ``p_value``: scipy.stats.spearmanr, pearsonr or kendalltau (tau-b), two-sided;
+- ``ci_low``, ``ci_high``: the 2.5 and 97.5 percentiles (numpy's linear interpolation) of the
+  statistic over B = 2000 bootstrap resamples, resample b being the models
+  ``idx[b] = rng.integers(0, n, size=(B, n))[b]`` drawn with ``rng = numpy.random.default_rng(0)``,
+  a generator of its own for each group (so a group's interval does not depend on the others);
+  resamples where the statistic is undefined (x or y constant in it) are dropped. The interval
+  repeats exactly, call after call.
+
+Spearman's and Pearson's statistic of the resamples is computed for all B at once (ranks by
+scipy.stats.rankdata per row, then Pearson's r per row); equal to scipy's per resample up to
+rounding (tests/test_studies.py checks 1e-12). Kendall's tau-b is scipy's, per resample.
+Fewer than 3 models: every value null (a correlation of 2 points is +-1 by construction).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import stats
+
+RESAMPLES = 2000
+SEED = 0
+MIN_MODELS = 3
+
+
+def correlate(x: np.ndarray, y: np.ndarray, method: str) -> tuple[float, float]:
+    """(statistic, p_value) of x and y (n,) float64 by ``method``; NaN where undefined."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a constant input: NaN, said as null
+        if method == "spearman":
+            r = stats.spearmanr(x, y)
+        elif method == "pearson":
+            r = stats.pearsonr(x, y)
+        else:
+            r = stats.kendalltau(x, y)
+    return float(r.statistic), float(r.pvalue)
+
+
+def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson's r of each row of a and b (B, n); NaN for a row where either is constant."""
+    am = a - a.mean(axis=1, keepdims=True)
+    bm = b - b.mean(axis=1, keepdims=True)
+    den = np.sqrt((am * am).sum(axis=1) * (bm * bm).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (am * bm).sum(axis=1) / den
+    r[den == 0] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def bootstrap_statistics(x: np.ndarray, y: np.ndarray, method: str, resamples: int = RESAMPLES,
+                         seed: int = SEED) -> np.ndarray:
+    """The statistic of each bootstrap resample (resamples,), NaN where undefined."""
+    n = len(x)
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    xs, ys = x[idx], y[idx]
+    if method == "spearman":
+        return _rowwise_pearson(stats.rankdata(xs, axis=1), stats.rankdata(ys, axis=1))
+    if method == "pearson":
+        return _rowwise_pearson(xs, ys)
+    out = np.empty(resamples)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for b in range(resamples):
+            out[b] = stats.kendalltau(xs[b], ys[b]).statistic
+    return out
+
+
+def correlation(x: np.ndarray, y: np.ndarray, method: str, resamples: int = RESAMPLES, seed: int = SEED) -> dict:
+    """n, statistic, p_value, ci_low, ci_high of paired x, y (n,) float64 (module docstring);
+    None for what is undefined."""
+    n = len(x)
+    out = {"n": n, "statistic": None, "p_value": None, "ci_low": None, "ci_high": None}
+    if n < MIN_MODELS:
+        return out
+    stat, p = correlate(x, y, method)
+    boot = bootstrap_statistics(x, y, method, resamples, seed)
+    boot = boot[np.isfinite(boot)]
+    lo, hi = (np.percentile(boot, [2.5, 97.5]) if len(boot) else (np.nan, np.nan))
+    fin = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731
+    out.update(statistic=fin(stat), p_value=fin(p), ci_low=fin(lo), ci_high=fin(hi))
+    return out
