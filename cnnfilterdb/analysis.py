@@ -257,7 +257,7 @@ class Analysis:
         whole selection is the sum over the values, reported as without ``within``."""
         where, group_by, within = req.selection, req.group_by, req.within
         if within == group_by:
-            raise SelectionError(f"within {within!r} is the group_by: give another field")
+            raise InvalidValue(f"within {within!r} is the group_by: give another field")
         inner, outer = self.select(where, group_by), self.select(where, within)
         if len(outer.labels) > max_groups:
             raise SelectionError(f"within {within} gives {len(outer.labels)} values; at most {max_groups} here: "

@@ -220,10 +220,21 @@ def cmd_spark_refresh(args) -> int:
 
 
 def _print_divergence(out: dict, as_json: bool) -> int:
-    """A divergence result (``Analysis.divergence``) as JSON, or as a table with its drift statistics."""
+    """A divergence result (``Analysis.divergence``) as JSON, or as a table with its drift
+    statistics; with ``within``, one table per value of it, then the whole selection's."""
     if as_json:
         print(json.dumps(out, default=str))
         return 0
+    for facet in out.get("facets") or []:
+        print(f"{out['within']} = {facet['value']}:")
+        _print_matrix({**out, **facet, "empty_groups": [], "within": None})
+        print()
+    if out.get("facets"):
+        print("the whole selection:")
+    return _print_matrix(out)
+
+
+def _print_matrix(out: dict) -> int:
     # Rows carry the full label and the group's model count; columns are numbered like the rows,
     # so that no label is cut to fit a column.
     labels = [f"{'(none)' if v is None else v} ({m})" for v, m in zip(out["labels"], out["n_models"])]
@@ -246,6 +257,49 @@ def _print_divergence(out: dict, as_json: bool) -> int:
         counts = ", ".join(f"[{j + 1}] {n:,}" for j, n in enumerate(out["n_outside"]) if n)
         print(f"coefficients outside the basis range, left out of the histograms: {counts} (layers added since "
               "the basis was fitted; `cnnfilterdb refit` fits one on them: docs/method.md#refit)")
+    return 0
+
+
+def cmd_model_metrics(args) -> int:
+    """Per model (and depth decile): the layers' quality metrics as weighted means (SPEC 14)."""
+    from .requests import ModelMetricsRequest, from_arguments
+
+    req = from_arguments(ModelMetricsRequest, args, where=_json_where(args.where))
+    con, analysis = _open_analysis(FilterStore(args.db or default_db()), args.as_of)
+    with con:
+        out = analysis.model_metrics(req)
+    if args.format == "json":
+        print(json.dumps(out, default=str))
+    elif args.format == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(out["columns"])
+        w.writerows(out["rows"])
+    else:
+        _print_table(out["columns"], [[f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in out["rows"]])
+    return 0
+
+
+def cmd_correlate(args) -> int:
+    """The correlation of two model metrics or properties per group, with its bootstrap interval."""
+    from .requests import CorrelationRequest, from_arguments
+
+    req = from_arguments(CorrelationRequest, args, where=_json_where(args.where))
+    con, analysis = _open_analysis(FilterStore(args.db or default_db()), args.as_of)
+    with con:
+        out = analysis.correlation(req)
+    if args.json:
+        print(json.dumps({k: v for k, v in out.items() if k != "points"} | {"n_points": len(out["points"]["x"])},
+                         default=str))
+        return 0
+    print(f"{out['method']} correlation of {out['x']} with {out['y']} per {out['group_by'] or 'all models'} "
+          f"({out['layers']} layers; 95% interval of {out['resamples']} bootstrap resamples, seed {out['seed']}; "
+          f"store version {out['store_version']})")
+    shown = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    _print_table([out["group_by"] or "group", "n", "statistic", "p_value", "ci_low", "ci_high"],
+                 [["(none)" if g["group"] is None else g["group"], g["n"], shown(g["statistic"]), shown(g["p_value"]),
+                   shown(g["ci_low"]), shown(g["ci_high"])] for g in out["groups"]])
     return 0
 
 
@@ -576,7 +630,7 @@ def _divergence_args(s: argparse.ArgumentParser) -> None:
     """The options of a divergence (``drift``, ``spark divergence``): the request type's."""
     from .requests import DivergenceRequest, cli_arguments
 
-    cli_arguments(s, DivergenceRequest, ("group_by", "metric", "bins", "weights", "basis"))
+    cli_arguments(s, DivergenceRequest, ("group_by", "metric", "bins", "weights", "basis", "within"))
     s.add_argument("--where", help='a JSON selection, e.g. \'{"task": ["Classification", "GAN"], "conv_depth": {"gte": 2}}\'')
     s.add_argument("--json", action="store_true", help="print the result as JSON (the keys of POST /v1/divergence)")
     _db_arg(s)
@@ -712,6 +766,36 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _as_of_arg(s)
     s.set_defaults(func=cmd_export)
 
+    if wanted("model-metrics"):
+        from .requests import ModelMetricsRequest, cli_arguments
+
+        s = sub.add_parser("model-metrics", help="per model (and depth decile): its layers' quality metrics as "
+                                                 "weighted means (docs/method.md#model-metrics)")
+        cli_arguments(s, ModelMetricsRequest, ("layers", "by"))
+        s.add_argument("--where", metavar="JSON", help="the layers to compute over (the analyses' where)")
+        s.add_argument("--format", choices=("table", "csv", "json"), default="table")
+        _db_arg(s)
+        _as_of_arg(s)
+        s.set_defaults(func=cmd_model_metrics)
+    else:
+        sub.add_parser("model-metrics", help="per model (and depth decile): its layers' quality metrics")
+    if wanted("correlate"):
+        from .requests import CorrelationRequest, cli_arguments
+
+        s = sub.add_parser("correlate", help="the correlation of two model metrics or properties over the models of "
+                                             "each group, with a bootstrap interval (docs/method.md#correlation)")
+        s.add_argument("x", help=CorrelationRequest.model_fields["x"].description)
+        s.add_argument("y", help=CorrelationRequest.model_fields["y"].description)
+        cli_arguments(s, CorrelationRequest, ("group_by", "method", "layers"))
+        s.add_argument("--where", metavar="JSON", help="the layers the model metrics are computed over")
+        s.add_argument("--json", action="store_true", help="print the result as JSON (POST /v1/correlation's keys, "
+                                                           "without the points)")
+        _db_arg(s)
+        _as_of_arg(s)
+        s.set_defaults(func=cmd_correlate)
+    else:
+        sub.add_parser("correlate", help="the correlation of two model metrics or properties per group")
+
     s = sub.add_parser("log", help="the store versions: what each commit added, relabelled or removed, and its basis")
     _db_arg(s)
     s.add_argument("--json", action="store_true")
@@ -822,7 +906,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = ("ingest", "info", "sql", "verify", "drift", "spark", "export", "log", "label", "remove", "refit", "compact",
+COMMANDS = ("ingest", "info", "sql", "verify", "drift", "model-metrics", "correlate", "spark", "export", "log", "label",
+            "remove", "refit", "compact",
             "plot", "report", "demo", "serve")
 _FLAG = re.compile(r"--[a-z][a-z0-9_-]*(?==|$)")
 

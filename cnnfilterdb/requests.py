@@ -561,9 +561,9 @@ ANALYSES: dict[str, AnalysisSpec] = {
                                "Layers flagged as sparse, redundant or random-like"),
     "similar": AnalysisSpec(SimilarRequest, "GET", "/v1/models/{model_id}/similar", "SimilarResult", "SimilarResponse",
                             "The models whose filters are distributed most like one model's"),
-    "model_metrics": AnalysisSpec(ModelMetricsRequest, "GET", "/v1/model-metrics", "ModelMetricsResult", None,
+    "model_metrics": AnalysisSpec(ModelMetricsRequest, "GET", "/v1/model-metrics", "ModelMetricsResult", "ModelMetricsResponse",
                                   "Per model (and depth decile): its layers' quality metrics as weighted means"),
-    "correlation": AnalysisSpec(CorrelationRequest, "POST", "/v1/correlation", "CorrelationResult", None,
+    "correlation": AnalysisSpec(CorrelationRequest, "POST", "/v1/correlation", "CorrelationResult", "CorrelationResponse",
                                 "The correlation of two model metrics or properties over the models of each group"),
 }
 

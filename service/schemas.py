@@ -374,6 +374,17 @@ class Versioned(BaseModel):
     store_version: int = Field(description=STORE_VERSION_TEXT)
 
 
+class Facet(BaseModel):
+    value: Any = Field(description="the value of within")
+    labels: list[Any] = Field(description=LABELS_TEXT)
+    n_filters: list[int] = Field(description=PER_GROUP_TEXT + GROUP_N_FILTERS_TEXT)
+    n_models: list[int] = Field(description=PER_GROUP_TEXT + GROUP_N_MODELS_TEXT)
+    n_layers: list[int] = Field(description=PER_GROUP_TEXT + "the layers in the group")
+    matrix: list[list[float]] = Field(description="between the groups of this value, in the order of labels")
+    drift: Drift | None = Field(description="summary statistics of matrix's upper triangle; null below 2 groups")
+    n_outside: list[int] = Field(description=PER_GROUP_TEXT + OUTSIDE_TEXT)
+
+
 class DivergenceResponse(Versioned):
     group_by: str = Field(description=GROUP_BY_OUT_TEXT)
     labels: list[Any] = Field(description=LABELS_TEXT)
@@ -396,7 +407,50 @@ class DivergenceResponse(Versioned):
     empty_groups: list[Any] = Field(description="values asked for in where[group_by] that hold no filters")
     n_outside: list[int] = Field(description=PER_GROUP_TEXT + OUTSIDE_TEXT)
     method: METHOD = Field(description=METHOD_TEXT)
+    within: str | None = Field(None, description="the field the cohorts were split by (the request's within); "
+                                                 "absent without one")
+    facets: list[Facet] | None = Field(None, description="with within: one divergence matrix per value of within "
+                                                         "(natural order), between the groups of group_by its layers "
+                                                         "hold; the top-level matrix is the whole selection's")
     elapsed_ms: float = Field(description=ELAPSED_MS_TEXT)
+
+
+class ModelMetricsResponse(Versioned):
+    layers: Literal["all", "first"] = Field(description="the layers of each model the metrics are computed over")
+    by: Literal["depth_decile"] | None = Field(description="depth_decile: a row per model and depth decile")
+    metrics: list[str] = Field(description="the metric columns: n_layers, n_filters, then the weighted means")
+    columns: list[str] = Field(description="the columns of each row: model_id, model, [depth_decile], then metrics")
+    rows: list[list[Any]] = Field(description="one per model (and depth decile), in model_id (and decile) order; "
+                                              "null: a metric no layer of the model knows")
+
+
+class CorrelationGroup(BaseModel):
+    group: Any = Field(description="the value of group_by (\"all\" without one)")
+    n: int = Field(description="the models with both values, which the statistic is computed over")
+    statistic: float | None = Field(description="spearman's rho, pearson's r or kendall's tau-b (null: undefined, "
+                                                "or fewer than 3 models)")
+    p_value: float | None = Field(description="two-sided, as scipy.stats computes it")
+    ci_low: float | None = Field(description="2.5th percentile of the statistic over the bootstrap resamples")
+    ci_high: float | None = Field(description="97.5th percentile of the statistic over the bootstrap resamples")
+
+
+class CorrelationPoints(BaseModel):
+    model: list[str]
+    group: list[Any]
+    x: list[float]
+    y: list[float]
+
+
+class CorrelationResponse(Versioned):
+    x: str
+    y: str
+    method: Literal["spearman", "pearson", "kendall"]
+    layers: Literal["all", "first"]
+    group_by: str | None
+    resamples: int = Field(description="bootstrap resamples of the models (numpy.random.default_rng(seed) per group)")
+    seed: int
+    groups: list[CorrelationGroup] = Field(description="one per group, natural order")
+    points: CorrelationPoints = Field(description="every model used: its group and its x, y values")
 
 
 class PcaResponse(Versioned):
