@@ -435,20 +435,21 @@ class CorrelationGroup(BaseModel):
 
 
 class CorrelationPoints(BaseModel):
-    model: list[str]
-    group: list[Any]
-    x: list[float]
-    y: list[float]
+    model: list[str] = Field(description="the models used, in model_id order (and decile order within a model)")
+    group: list[Any] = Field(description="each model's group")
+    x: list[float] = Field(description="each model's value of x")
+    y: list[float] = Field(description="each model's value of y (a boolean property: 1 for true, 0 for false)")
 
 
 class CorrelationResponse(Versioned):
-    x: str
-    y: str
-    method: Literal["spearman", "pearson", "kendall"]
-    layers: Literal["all", "first"]
-    group_by: str | None
+    x: str = Field(description="the request's x: a model metric or a numeric or boolean property")
+    y: str = Field(description="the request's y")
+    method: Literal["spearman", "pearson", "kendall"] = Field(description="the statistic: spearman's rho, pearson's r "
+                                                                          "or kendall's tau-b")
+    layers: Literal["all", "first"] = Field(description="the layers of each model its metrics are computed over")
+    group_by: str | None = Field(description="the field whose values split the models into groups (null: one group)")
     resamples: int = Field(description="bootstrap resamples of the models (numpy.random.default_rng(seed) per group)")
-    seed: int
+    seed: int = Field(description="the seed of each group's bootstrap generator")
     groups: list[CorrelationGroup] = Field(description="one per group, natural order")
     points: CorrelationPoints = Field(description="every model used: its group and its x, y values")
 

@@ -53,7 +53,7 @@ def spec(v1_client):
 
 
 def test_each_posted_request_is_the_engines_type(spec):
-    assert len(POSTED) == 5 and len(QUERIED) == 2
+    assert len(POSTED) == 6 and len(QUERIED) == 3
     for path, request_type in POSTED.items():
         ref = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         schema = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
@@ -107,7 +107,8 @@ def test_one_parameter_order_group_by_then_where_then_keywords():
     for name, request_type in REQUESTS.items():
         params = rq.parameters(request_type)
         positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
-        assert positional == [n for n in ("model_id", "group_by", "where") if n in request_type.model_fields], name
+        # the analysis's subject (a model, or a correlation's two variables), then group_by, then where
+        assert positional == [n for n in ("model_id", "x", "y", "group_by", "where") if n in request_type.model_fields], name
         assert params[-1].name == "as_of"
 
 
