@@ -610,6 +610,34 @@ class Analysis:
                 "points": {"model": t["model"].iloc[keep].tolist(), "group": [labels[i] for i in keep],
                            "x": xs[keep].tolist(), "y": ys[keep].tolist()}}
 
+    def figure_model_metrics(self, req: ModelMetricsRequest, fields: dict[str, str]) -> dict:
+        """``model_metrics`` with each row's values of some model fields: the cohort_metric
+        figure's data (plots.py). ``fields``: parameter name -> field (e.g. {"group_by": "robust",
+        "series": "training_dataset"}), each a built-in model field or a boolean or text property of
+        this version (InvalidValue or UnknownName naming the parameter otherwise: a layer field,
+        a numeric property, an unknown name).
+
+        Returns
+        -------
+        The dict of ``model_metrics``, its ``columns`` and ``rows`` followed by the fields' (a field
+        named twice, or model / model_id, once); ``fields`` as given. EmptySelectionError: no layer.
+        """
+        properties = properties_at(self.cur, self.version)
+        for parameter, name in fields.items():
+            check_group_by(name, properties, parameter=parameter)
+            if name in LAYER_GROUP_FIELDS:
+                raise InvalidValue(f"{parameter} {name!r} is a layer field; {parameter} takes a model field (a "
+                                   "built-in one, or a boolean or text property)")
+        cond, params = condition(self.cur, req.selection, self.version)
+        extra = tuple(f for f in dict.fromkeys(fields.values()) if f not in ("model", "model_id"))
+        t = model_metrics(self.cur, self.layers, cond, params, req.layers, req.by, extra=extra)
+        if t.empty:
+            raise EmptySelectionError("no layers match the selection" + ("" if req.layers == "all" else " (first layers)"))
+        rows = [[None if isinstance(v, float) and not np.isfinite(v) else _py(v) for v in r]
+                for r in t.astype(object).itertuples(index=False, name=None)]
+        return {"store_version": self.version, "layers": req.layers, "by": req.by, "metrics": list(MODEL_METRICS),
+                "fields": dict(fields), "columns": list(t.columns), "rows": rows}
+
 
 def _py(v):
     """A numpy scalar as the Python value JSON takes."""

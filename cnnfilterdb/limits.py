@@ -39,7 +39,12 @@ MAX_RESPONSE_CELLS = 2_000_000
 
 # The figures: the most groups a figure can label legibly (a larger selection is a 400 naming the
 # limit), the most groupings in one row of heatmaps or one box plot, and the size of a drawing.
-MAX_LABELS = {"kl_combined": 80, "divergence": 80, "ridge": 40, "quality": 20}
+MAX_LABELS = {"kl_combined": 80, "divergence": 80, "ridge": 40, "quality": 20,
+              # the studies' figures: bars per series (values of within), cohorts side by side per
+              # depth decile, scatter panels (groups of a correlation)
+              "cohort_divergence": 40, "cohort_metric": 6, "correlation": 16}
+# The studies' figures: the most values of ``series`` (a colour of bars each, or a panel each).
+MAX_SERIES = {"cohort_divergence": 10, "cohort_metric": 12}
 MAX_GROUPINGS = 6
 MAX_PIXELS = 6_000_000  # 24 x 8.6 in at 170 dpi, 7 x 2.6 in at 500: Agg and its image resampling take ~50 B a pixel
 MIN_DPI, MAX_DPI = 10, 600
@@ -71,6 +76,8 @@ ENGINE_LIMITS = {
     "max_response_cells": (MAX_RESPONSE_CELLS, "histogram cells a /v1/histograms answer may list (half that for "
                                                "/v1/kde's densities)"),
     "max_figure_labels": (MAX_LABELS, "the most groups each figure draws (per figure)"),
+    "max_figure_series": (MAX_SERIES, "the most values of series of a cohort_divergence (colours) or cohort_metric "
+                                      "(panels) figure"),
     "max_figure_groupings": (MAX_GROUPINGS, "the most groupings of one kl_combined or drift_box figure"),
     "max_figure_pixels": (MAX_PIXELS, "width x height x dpi^2 of one figure"),
     "max_figure_dpi": (MAX_DPI, "the highest dpi of a figure (the lowest: 10)"),
