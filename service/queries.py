@@ -188,45 +188,47 @@ def field_values(cur, name: str, max_values: int) -> tuple[list[tuple], int, str
     return rows, n_distinct, typ[0] if typ else None
 
 
-def property_values(cur, name: str, max_values: int) -> tuple[list[tuple], int]:
-    """A boolean or text model property (``name`` from ``properties.properties_at``, never from a
-    request) as ``field_values`` gives a field: up to ``max_values + 1`` rows (value, models,
-    layers, filters) by value, null last, and its number of distinct values. One query over the
-    models (a model's n_layers and n_filters are its layers' in layers_with_models), so the work
-    is bounded by the models and max_values whatever the number of properties."""
-    column = ident(name)
-    rows = cur.execute(f"""
-        SELECT {column} AS value, count(*), sum(n_layers), sum(n_filters),
-               count(*) OVER () - count(*) FILTER (WHERE {column} IS NULL) OVER () AS n_distinct
-        FROM models WHERE n_layers > 0 GROUP BY {column} ORDER BY value NULLS LAST
-        LIMIT {int(max_values) + 1}""").fetchall()
-    n_distinct = rows[0][4] if rows else 0
-    return [r[:4] for r in rows], n_distinct
-
-
-def property_ranges(cur, names: list[str]) -> dict[str, tuple]:
-    """The integer and double model properties ``names`` (from ``properties.properties_at``):
-    name -> (min, max, number of distinct values) over the models with layers, in one query."""
-    if not names:
-        return {}
-    aggregates = ", ".join(f"min({ident(n)}), max({ident(n)}), count(DISTINCT {ident(n)})" for n in names)
-    row = cur.execute(f"SELECT {aggregates} FROM models WHERE n_layers > 0").fetchone()
-    return {n: tuple(row[3 * i: 3 * i + 3]) for i, n in enumerate(names)}
-
-
 def property_fields(cur, properties: dict[str, str], max_values: int) -> list[dict]:
     """The model properties as /v1/fields lists them (``properties``: name -> type, from
-    ``properties.properties_at``): boolean and text ones with their values (``property_values``),
-    integer and double ones with their range (``property_ranges``) and no values."""
-    ranges = property_ranges(cur, [n for n, t in properties.items() if t not in GROUPABLE_TYPES])
+    ``properties.properties_at``, never from a request; quoted by ``properties.ident``): each
+    with its SQL type, its number of distinct values, and, for boolean and text properties, up to
+    ``max_values + 1`` rows (value, models, layers, filters) by value, null last, as
+    ``field_values`` gives a field's; for integer and double ones their min and max and no rows.
+
+    Two queries whatever the number of properties, over the models (a model's n_layers and
+    n_filters are its layers' in layers_with_models, so the counts are field_values'): the
+    properties' values as text in one UNPIVOT (a double's -0.0 made 0.0 first, equal in SQL),
+    grouped, counted and cut at max_values + 1 per property; the numbers' ranges in one row."""
+    if not properties:
+        return []
+    names = list(properties)
+    numbers = [n for n, t in properties.items() if t not in GROUPABLE_TYPES]
+    as_text = ", ".join(f"({ident(n)}{' + 0.0' if properties[n] == 'double' else ''})::VARCHAR AS {ident(n)}"
+                        for n in names)
+    rows = cur.execute(f"""
+        WITH m AS (SELECT n_layers, n_filters, {as_text} FROM models WHERE n_layers > 0),
+        u AS (FROM m UNPIVOT INCLUDE NULLS (value FOR field IN ({', '.join(map(ident, names))}))),
+        g AS (SELECT field, value, count(*) AS models, sum(n_layers) AS layers, sum(n_filters) AS filters
+              FROM u GROUP BY field, value)
+        SELECT field, value, models, layers, filters, count(value) OVER (PARTITION BY field) AS n_distinct,
+               row_number() OVER (PARTITION BY field ORDER BY value NULLS LAST) AS rank
+        FROM g QUALIFY rank <= CASE WHEN list_contains(?, field) THEN 1 ELSE ? END
+        ORDER BY field, rank""", [numbers, int(max_values) + 1]).fetchall()
+    found: dict[str, dict] = {}
+    for field, value, n_models, n_layers, n_filters, n_distinct, _ in rows:
+        f = found.setdefault(field, {"rows": [], "n_distinct": n_distinct})
+        if properties[field] == "boolean" and value is not None:
+            value = value == "true"
+        f["rows"].append((value, n_models, n_layers, n_filters))
+    ranges = {}
+    if numbers:
+        row = cur.execute("SELECT " + ", ".join(f"min({ident(n)}), max({ident(n)})" for n in numbers)
+                          + " FROM models WHERE n_layers > 0").fetchone()
+        ranges = {n: row[2 * i: 2 * i + 2] for i, n in enumerate(numbers)}
     out = []
     for name, typ in properties.items():
-        field = {"name": name, "type": TYPES[typ], "groupable": typ in GROUPABLE_TYPES}
-        if typ in GROUPABLE_TYPES:
-            rows, n_distinct = property_values(cur, name, max_values)
-            field |= {"rows": rows, "n_distinct": n_distinct, "min": None, "max": None}
-        else:
-            lo, hi, n_distinct = ranges[name]
-            field |= {"rows": [], "n_distinct": n_distinct, "min": lo, "max": hi}
-        out.append(field)
+        f = found.get(name, {"rows": [], "n_distinct": 0})
+        lo, hi = ranges.get(name, (None, None))
+        out.append({"name": name, "type": TYPES[typ], "groupable": typ in GROUPABLE_TYPES,
+                    "rows": [] if name in ranges else f["rows"], "n_distinct": f["n_distinct"], "min": lo, "max": hi})
     return out
