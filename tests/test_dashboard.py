@@ -170,12 +170,12 @@ class Tab:
         self.page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
 
 
-@pytest.fixture
-def tab(browser, server):
+def open_tab(browser, base: str):
+    """A new browser tab on the service at ``base``, recording console errors and requests."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = ctx.new_page()
     page.set_default_timeout(FIGURE_TIMEOUT_MS)
-    t = Tab(page, server)
+    t = Tab(page, base)
     page.on("console", lambda m: t.console_errors.append(f"console: {m.text} ({m.location.get('url')})")
             if m.type == "error" else None)
     page.on("pageerror", lambda e: t.console_errors.append(f"pageerror: {e}"))
@@ -183,6 +183,11 @@ def tab(browser, server):
     yield t
     ctx.close()
     assert t.outside_requests() == [], "requests left the service"
+
+
+@pytest.fixture
+def tab(browser, server):
+    yield from open_tab(browser, server)
 
 
 def wait_figure(tab: Tab, figure: str) -> str:
@@ -652,4 +657,119 @@ def test_api_docs_render_offline(tab, page_path, ready):
     else:
         tab.page.wait_for_function("document.body.innerText.includes('/v1/divergence')")
     tab.page.screenshot(path=str(ARTIFACTS / f"docs{page_path.replace('/', '-')}.png"))
+    tab.assert_clean()
+
+
+# ---- model properties (issue 23) -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def property_server(tmp_path_factory, sample_v1):
+    """The service over a store whose models have properties (tests/test_properties_http.py):
+    robust (boolean, nulls), clean_accuracy (double), backbone (text), order (integer, nulls),
+    select (text: quotes and SQL), from (boolean), late (text, at the last version)."""
+    from cnnfilterdb.service.main import create_app
+    from cnnfilterdb.service.settings import Settings
+
+    from .test_properties_http import build_property_store
+
+    db = tmp_path_factory.mktemp("props-dashboard") / "db"
+    build_property_store(db, sample_v1)
+    with serving(create_app(Settings(db=db))) as (base, _):
+        yield base
+
+
+@pytest.fixture
+def prop_tab(browser, property_server):
+    yield from open_tab(browser, property_server)
+
+
+def test_explorer_offers_the_properties(prop_tab):
+    """Boolean and text properties group and select by value, numbers by a range ({"gte", "lte"});
+    the model page lists a model's properties; the quality figure colours by the groupable ones."""
+    tab, page = prop_tab, prop_tab.page
+    fields = {f["name"]: f for f in api_get(tab.base, "/v1/fields")["fields"]}
+    groupable = [n for n, f in fields.items() if f["property"] and f["groupable"]]
+    numbers = [n for n, f in fields.items() if f["property"] and not f["groupable"]]
+    assert sorted(groupable) == ["backbone", "from", "late", "robust", "select"]
+    assert sorted(numbers) == ["clean_accuracy", "order"]
+    tab.goto('#/explore?group_by=robust&where={"clean_accuracy":{"gte":70}}')
+    heat = parse_qs(urlsplit(wait_figure(tab, "divergence")).query)
+    assert heat["group_by"] == ["robust"] and json.loads(heat["where"][0]) == {"clean_accuracy": {"gte": 70}}
+    page.wait_for_selector('#x-group optgroup[label="Model properties"] option[value="robust"]', state="attached")
+    # group_by: every built-in field, then the boolean and text properties under their heading
+    options = page.eval_on_selector_all("#x-group optgroup option", "os => os.map(o => o.value)")
+    assert options == groupable
+    assert page.input_value("#x-group") == "robust"
+    picks = page.eval_on_selector_all("#x-pick-field optgroup option", "os => os.map(o => o.value)")
+    assert picks == [n for n, f in fields.items() if f["property"]]
+    page.wait_for_selector("#drift-table")
+    rows = page.eval_on_selector_all("#drift-table ~ div tbody tr td:first-child", "tds => tds.map(t => t.innerText)")
+    assert rows == ["False", "True", "(none)"]  # as the figures label booleans
+
+    # A number: a range, the store's min and max as placeholders
+    page.select_option("#x-pick-field", "clean_accuracy")
+    page.wait_for_selector("#x-range-min", state="visible")
+    assert not page.is_visible(".value-list") and not page.is_visible("#x-value-filter")
+    assert page.input_value("#x-range-min") == "70" and page.input_value("#x-range-max") == ""
+    ca = fields["clean_accuracy"]
+    assert page.get_attribute("#x-range-min", "placeholder") == str(ca["min"]).removesuffix(".0")
+    assert page.get_attribute("#x-range-max", "placeholder") == str(ca["max"]).removesuffix(".0")
+    page.fill("#x-range-max", "90")
+    page.click("#x-apply")
+    page.wait_for_function("() => location.hash.includes('lte')")
+    assert json.loads(tab.hash_params()[1]["where"]) == {"clean_accuracy": {"gte": 70, "lte": 90}}
+    assert page.inner_text(".chips .chip span") == "Clean accuracy ≥ 70 and ≤ 90"
+    # at least above at most: refused in place, the URL unchanged
+    page.fill("#x-range-min", "95")
+    page.click("#x-apply")
+    assert page.evaluate("document.querySelector('#x-range-max').validity.customError")
+    assert json.loads(tab.hash_params()[1]["where"]) == {"clean_accuracy": {"gte": 70, "lte": 90}}
+    # an integer property: whole steps
+    page.select_option("#x-pick-field", "order")
+    assert page.get_attribute("#x-range-min", "step") == "1"
+    page.fill("#x-range-min", "20")
+    page.click("#x-apply")
+    page.wait_for_function("() => document.querySelectorAll('.chips .chip').length === 2")
+
+    # A boolean: its values with their counts, True/False/(none)
+    page.select_option("#x-pick-field", "robust")
+    page.wait_for_selector(".value-list", state="visible")
+    assert not page.is_visible("#x-range-min")
+    labels = page.eval_on_selector_all(".value-list label", "ls => ls.map(l => l.firstChild.textContent)")
+    assert labels == ["False", "True", "(none)"]
+    page.check('.value-list input[data-value="false"]')
+    page.click("#x-apply")
+    page.wait_for_function("() => document.querySelectorAll('.chips .chip').length === 3")
+    where = {"clean_accuracy": {"gte": 70, "lte": 90}, "order": {"gte": 20}, "robust": [False]}
+    assert json.loads(tab.hash_params()[1]["where"]) == where
+    page.select_option("#x-group", "select")  # a property named like an SQL keyword
+    page.wait_for_selector('img[src^="/v1/plots/divergence.png"][src*="group_by=select"]', state="attached")
+    q = parse_qs(urlsplit(wait_figure(tab, "divergence")).query)
+    assert q["group_by"] == ["select"] and json.loads(q["where"][0]) == where
+    wait_figure(tab, "ridge")
+    want = httpx.post(tab.base + "/v1/divergence", json={"group_by": "select", "where": where}, timeout=30).json()
+    page.wait_for_function("n => document.querySelector('#drift-table')?.innerText.includes('Groups\t' + n)",
+                           arg=len(want["labels"]))
+    assert "Select" in page.inner_text("#x-where-note") and "Robust is False" in page.inner_text("#x-where-note")
+    tab.screenshot("explore-properties")
+    tab.assert_clean()
+
+    # The model page: its properties, null as a dash, stored SQL as plain text
+    model = api_get(tab.base, "/v1/models/1")
+    tab.goto("#/model/1")
+    page.wait_for_selector("#model-properties dl")
+    pairs = page.eval_on_selector_all("#model-properties dt", "ds => ds.map(d => [d.innerText, d.nextElementSibling.innerText])")
+    assert [k for k, _ in pairs] == [n.replace("_", " ").capitalize() for n in model["properties"]]
+    shown = dict(zip(model["properties"], (v for _, v in pairs)))
+    assert shown["robust"] == "False" and shown["select"] == model["properties"]["select"]
+    assert shown["late"] == "yes" and shown["clean_accuracy"] == f"{model['properties']['clean_accuracy']:g}"
+    tab.screenshot("model-properties")
+
+    # The quality figure colours by the groupable fields of at most 20 values
+    tab.goto("#/degenerate?color_by=backbone")
+    page.wait_for_selector('#d-color option[value="backbone"]', state="attached")
+    colours = page.eval_on_selector_all("#d-color option", "os => os.map(o => o.value)")
+    assert {"robust", "backbone", "select", "from", "late"} <= set(colours) and not set(numbers) & set(colours)
+    q = parse_qs(urlsplit(wait_figure(tab, "quality")).query)
+    assert q["color_by"] == ["backbone"]
     tab.assert_clean()

@@ -56,7 +56,8 @@ function fmtBytes(n) {
   return `${i ? n.toFixed(1) : n} ${units[i]}`;
 }
 
-const fmtValue = (v) => (v === null ? '(none)' : String(v));
+// A field's value as the figures label it: null as (none), booleans as True and False.
+const fmtValue = (v) => (v === null ? '(none)' : v === true ? 'True' : v === false ? 'False' : String(v));
 
 // A quality metric: at most 4 significant digits, |x| < 5e-5 as 0 (float noise such as 1.892e-15),
 // the exact value in the title.
@@ -432,7 +433,19 @@ const FIELD_LABELS = {
   pretraining_dataset: 'Pretraining dataset', name: 'Architecture', model: 'Model', model_id: 'Model id',
   producer: 'Producer', conv_depth: 'Conv depth', depth_bin: 'Relative depth', layer_id: 'Layer id',
 };
-const fieldLabel = (f) => FIELD_LABELS[f] || f;
+// Another field (a model property, e.g. clean_accuracy) by its name in words: "Clean accuracy".
+const fieldLabel = (f) => FIELD_LABELS[f] || (f.charAt(0).toUpperCase() + f.slice(1)).replace(/_+/g, ' ').trim() || f;
+// A field of /v1/fields: a number selected by range (an integer or double property), not by value;
+// groupable (older services list no `groupable`: every field they list is).
+const isRange = (f) => f.property === true && f.groupable === false;
+const isGroupable = (f) => f.groupable !== false;
+// <option>s of fields: the built-in ones, then the model properties under their own heading.
+function fieldOptions(fields) {
+  const opt = (x) => h('option', { value: x.name, title: x.property ? `model property ${x.name} (${x.type})` : null }, fieldLabel(x.name));
+  const props = fields.filter((x) => x.property);
+  return [fields.filter((x) => !x.property).map(opt),
+    props.length ? h('optgroup', { label: 'Model properties' }, props.map(opt)) : null];
+}
 
 function exploreState(params) {
   const s = {
@@ -505,8 +518,17 @@ function viewExplore({ params, signal }) {
   const pickField = h('select', { id: 'x-pick-field' });
   const valueFilter = h('input', { id: 'x-value-filter', type: 'search', placeholder: 'Filter values', autocomplete: 'off' });
   const valueList = h('div', { class: 'value-list' });
-  const valueBox = h('fieldset', { class: 'values' }, h('legend', null, 'Values'), h('div', { class: 'value-filter' },
-    h('label', { for: 'x-value-filter', class: 'visually-hidden' }, 'Filter the values'), valueFilter), valueList);
+  const valueFilterBox = h('div', { class: 'value-filter' },
+    h('label', { for: 'x-value-filter', class: 'visually-hidden' }, 'Filter the values'), valueFilter);
+  // A number property: the models whose value is within [at least, at most] (either may be empty).
+  const rangeMin = h('input', { id: 'x-range-min', type: 'number', step: 'any', inputmode: 'decimal' });
+  const rangeMax = h('input', { id: 'x-range-max', type: 'number', step: 'any', inputmode: 'decimal' });
+  const rangeNote = h('p', { class: 'muted', id: 'x-range-note' });
+  const rangeBox = h('div', { class: 'range', hidden: true },
+    h('div', { class: 'control' }, h('label', { for: 'x-range-min' }, 'At least'), rangeMin),
+    h('div', { class: 'control' }, h('label', { for: 'x-range-max' }, 'At most'), rangeMax),
+    rangeNote);
+  const valueBox = h('fieldset', { class: 'values' }, h('legend', null, 'Values'), valueFilterBox, valueList, rangeBox);
   const applyBtn = h('button', { type: 'button', class: 'btn btn-primary', id: 'x-apply' }, 'Apply to selection');
   const clearBtn = h('button', { type: 'button', class: 'btn', id: 'x-clear' }, 'Clear selection');
   let fields = [];
@@ -530,9 +552,28 @@ function viewExplore({ params, signal }) {
     clearBtn.disabled = !items.length;
   }
 
+  function renderRange(f) {
+    const cur = state.where[f.name];
+    const bounds = cur && typeof cur === 'object' && !Array.isArray(cur) ? cur : {};
+    rangeMin.value = bounds.gte ?? bounds.gt ?? '';
+    rangeMax.value = bounds.lte ?? bounds.lt ?? '';
+    rangeMin.placeholder = f.min != null ? String(f.min) : '';
+    rangeMax.placeholder = f.max != null ? String(f.max) : '';
+    rangeMin.step = rangeMax.step = f.type === 'BIGINT' ? '1' : 'any';
+    for (const el of [rangeMin, rangeMax]) el.setCustomValidity('');
+    rangeNote.textContent = f.min == null ? 'No model has a value yet.'
+      : `The models' values: ${fmtNum(f.min, 6)} to ${fmtNum(f.max, 6)} (${fmtInt(f.n_distinct)} distinct${f.type === 'BIGINT' ? ' integers' : ''}). A range leaves out the models without a value.`;
+    valueBox.querySelector('legend').textContent = `Range of ${fieldLabel(f.name)}`;
+  }
+
   function renderValues() {
     const f = fields.find((x) => x.name === pickField.value);
     if (!f) { fill(valueList); return; }
+    const range = isRange(f);
+    valueFilterBox.hidden = range;
+    valueList.hidden = range;
+    rangeBox.hidden = !range;
+    if (range) { renderRange(f); return; }
     const chosen = new Set((Array.isArray(state.where[f.name]) ? state.where[f.name] : []).map((v) => JSON.stringify(v)));
     const q = valueFilter.value.trim().toLowerCase();
     const vals = f.values.filter((v) => !q || fmtValue(v.value).toLowerCase().includes(q));
@@ -549,6 +590,19 @@ function viewExplore({ params, signal }) {
   valueFilter.addEventListener('input', renderValues);
   applyBtn.addEventListener('click', () => {
     const f = pickField.value;
+    const info = fields.find((x) => x.name === f);
+    if (info && isRange(info)) {  // {"gte": at least, "lte": at most}; neither: no condition on it
+      for (const el of [rangeMin, rangeMax]) el.setCustomValidity('');
+      if (!rangeMin.checkValidity() || !rangeMax.checkValidity()) { (rangeMin.checkValidity() ? rangeMax : rangeMin).reportValidity(); return; }
+      const lo = rangeMin.value === '' ? null : Number(rangeMin.value);
+      const hi = rangeMax.value === '' ? null : Number(rangeMax.value);
+      if (lo != null && hi != null && lo > hi) { rangeMax.setCustomValidity('At most must not be below at least.'); rangeMax.reportValidity(); return; }
+      const where = { ...state.where };
+      if (lo == null && hi == null) delete where[f];
+      else where[f] = { ...(lo != null ? { gte: lo } : {}), ...(hi != null ? { lte: hi } : {}) };
+      nav({ ...state, where, whereError: null });
+      return;
+    }
     const checked = [...valueList.querySelectorAll('input[type=checkbox]')];
     const visible = new Set(checked.map((c) => c.dataset.value));
     // Values hidden by the filter box stay as they were.
@@ -659,8 +713,9 @@ function viewExplore({ params, signal }) {
   once('/v1/fields').then((f) => {
     if (signal.aborted) return;
     fields = f.fields;
-    fill(groupSel, fields.map((x) => h('option', { value: x.name }, fieldLabel(x.name))));
-    fill(pickField, fields.map((x) => h('option', { value: x.name }, fieldLabel(x.name))));
+    // group_by takes every field but the number properties (selected by range in the picker).
+    fill(groupSel, fieldOptions(fields.filter(isGroupable)));
+    fill(pickField, fieldOptions(fields));
     groupSel.value = state.group_by;
     if (groupSel.value !== state.group_by) add(groupSel, h('option', { value: state.group_by }, state.group_by)).value = state.group_by;
     renderValues();
@@ -723,7 +778,7 @@ function viewDegenerate({ params, signal }) {
   once('/v1/fields').then((f) => {
     if (signal.aborted) return;
     // The figure colours at most 20 groups: only the fields with that few values.
-    fill(colorSel, f.fields.filter((x) => x.n_distinct <= 20).map((x) => h('option', { value: x.name }, fieldLabel(x.name))));
+    fill(colorSel, fieldOptions(f.fields.filter((x) => isGroupable(x) && x.n_distinct <= 20)));
     colorSel.value = state.color_by;
   }).catch(() => {});
   add(main,
@@ -931,7 +986,7 @@ function viewModels({ params, signal }) {
 
 function viewModel({ args, signal }) {
   const id = Number(args[0]);
-  const meta = h('div');
+  const meta = h('div', { id: 'model-meta' });
   const layers = h('div', { id: 'model-layers' });
   const similar = h('div', { id: 'model-similar' });
   add(main, header(`Model ${id}`),
@@ -948,7 +1003,8 @@ function viewModel({ args, signal }) {
     main.querySelector('.page-head').append(h('p', { class: 'lede' },
       h('a', { href: hashOf('/explore', { group_by: 'depth_bin', where: JSON.stringify({ model_id: [id] }) }) }, 'Explore this model\'s filters by depth'),
       ' · ', h('a', { href: hashOf('/explore', { group_by: 'task', where: JSON.stringify({ name: [m.name] }) }) }, `All ${m.name ?? 'unnamed'} models by task`)));
-    return defList([
+    const props = Object.entries(m.properties || {});
+    return [defList([
       ['Model id', String(m.model_id)], ['Architecture', m.name ?? '—'], ['Task', m.task_raw && m.task_raw !== m.task ? `${m.task} (${m.task_raw})` : m.task ?? '—'],
       ['Visual category', m.visual_category ?? '—'], ['Training dataset', m.training_dataset ?? '—'],
       ['Pretraining dataset', m.pretraining_dataset ?? '—'], ['Producer', m.producer ?? '—'],
@@ -958,7 +1014,11 @@ function viewModel({ args, signal }) {
       ['Kernel sizes', counts(m.kernel_counts)], ['Operators', counts(m.op_counts)],
       ['Source', m.source], m.sha256 ? ['SHA-256', h('code', null, m.sha256)] : null,
       m.extra ? ['Extra', h('code', null, JSON.stringify(m.extra))] : null,
-    ]);
+    ]),
+    // Its properties (GET /v1/fields lists them), by name in words; the field's name in the title.
+    props.length ? [h('h3', { id: 'h-props' }, 'Properties'), h('div', { id: 'model-properties' }, defList(props.map(([k, v]) => [
+      h('span', { title: k }, fieldLabel(k)),
+      v === null ? h('span', { class: 'null', title: 'no value' }, '—') : typeof v === 'number' ? fmtNum(v, 6) : fmtValue(v)])))] : null];
   });
   load(layers, signal, async () => {
     const r = await api(`/v1/models/${id}/layers`, { signal });
