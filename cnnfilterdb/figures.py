@@ -22,13 +22,14 @@ from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
 
 from .limits import MAX_CURVE_POINTS, MAX_FILTERS_DRAWN
+from .selection import natural_order
 
 FIELD_TITLES = {"task": "Task", "visual_category": "Visual Category",
                 "depth_bin": "Relative Depth of Convolution Layer", "conv_depth": "Convolution Depth",
                 "training_dataset": "Training Dataset", "pretraining_dataset": "Pre-training Dataset",
                 "name": "Architecture", "model": "Model", "model_id": "Model id", "producer": "Producer",
-                "layer_id": "Layer id"}
-ORDERED_FIELDS = ("depth_bin", "conv_depth", "layer_id", "model_id")
+                "layer_id": "Layer id", "depth_decile": "Depth Decile of Convolution Layer"}
+ORDERED_FIELDS = ("depth_bin", "depth_decile", "conv_depth", "layer_id", "model_id")
 METRIC_TITLES = {"kl_sym": "symmetric KL divergence", "js": "Jensen-Shannon divergence",
                  "hellinger": "Hellinger distance", "wasserstein": "Wasserstein distance"}
 KL_COMBINED_TITLE = "Distribution shifts of trained 3x3 convolution filters"
@@ -405,4 +406,241 @@ def quality(result: dict, figsize: Size | None = None, subtitle: str | None = No
     ax.legend(title=field_title(result["color_by"]), fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     if subtitle:
         ax.set_title(subtitle, fontsize="medium")
+    return fig
+
+
+# ---- the follow-up studies' figures (SPEC 14) ------------------------------------------------------
+# The y axis of a cohort divergence: the study's "weighted KL divergence" (kl_sym, explained-variance weights).
+COHORT_METRIC_NAMES = {"kl_sym": "KL divergence", "js": "Jensen-Shannon divergence",
+                       "hellinger": "Hellinger distance", "wasserstein": "Wasserstein distance"}
+MODEL_METRIC_TITLES = {"n_layers": "layers", "n_filters": "filters", "sparsity": "sparsity",
+                       "variance_entropy": "variance entropy", "variance_entropy_norm": "normalized variance entropy",
+                       "variance_entropy_clean": "variance entropy of the non-sparse filters",
+                       "orthogonality": "orthogonality"}
+NO_BAR = "no bar: a cohort has no layers there"
+
+
+def value_text(v) -> str:
+    """A field's value as a figure writes it: "(none)" for null, a store's text as is (``literal``)."""
+    return "(none)" if v is None else literal(str(v))
+
+
+def cohort_axis_label(metric: str, weights: str) -> str:
+    """The y label of a cohort divergence: "weighted KL divergence" (the study's) for explained-variance
+    weights, the plain mean over the 9 components for uniform ones."""
+    name = COHORT_METRIC_NAMES.get(metric, metric)
+    return f"weighted {name}" if weights == "explained_variance" else f"{name} (mean over the 9 components)"
+
+
+def cohort_heights(result: dict, values: list) -> np.ndarray:
+    """Per value of ``within`` (``values``, in that order): D between the two groups of the result's
+    facet of that value, NaN where the facet is missing or holds one group only."""
+    facets = {repr(f["value"]): f for f in result.get("facets") or []}
+    out = np.full(len(values), np.nan)
+    for i, v in enumerate(values):
+        f = facets.get(repr(v))
+        if f is not None and len(f["labels"]) == 2:
+            out[i] = float(f["matrix"][0][1])
+    return out
+
+
+def cohort_divergence(series: list[tuple], series_by: str | None = None, figsize: Size | None = None,
+                      subtitle: str | None = None) -> Figure:
+    """The robustness study's ``divergence_by_depth``: bars of the divergence between the two groups
+    of ``group_by`` per value of ``within`` (natural order: depth deciles by depth), one colour per
+    series. ``series``: (value of ``series_by``, ``Analysis.divergence`` result with ``within``) in
+    order; one series (``series_by`` None) draws one colour and no legend of series. A value where a
+    series' facet holds one group (a cohort without layers there) has no bar, an x at 0 instead."""
+    first = series[0][1]
+    group_by, within = first["group_by"], first["within"]
+    values = natural_order(list(dict.fromkeys(f["value"] for _, r in series for f in r.get("facets") or [])))
+    cohorts: dict = {}  # the cohorts (natural order), with their models over the series
+    for _, r in series:
+        for v, m in zip(r["labels"], r["n_models"]):
+            cohorts[repr(v)] = (v, cohorts.get(repr(v), (v, 0))[1] + m)
+    cohorts = {k: cohorts[k] for k in map(repr, natural_order([v for v, _ in cohorts.values()]))}
+    k, n = len(series), len(values)
+    W, H = _figsize(figsize, (float(np.clip(3.2 + n * (0.25 + 0.16 * k), 7, 24)), 4.8))
+    fig = Figure(figsize=(W, H), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(n, dtype=np.float64)
+    width = 0.8 / k
+    missing = False
+    for s, (value, result) in enumerate(series):
+        heights = cohort_heights(result, values)
+        pos = x + (s - (k - 1) / 2) * width
+        label = f"{value_text(value)} ({sum(result['n_models'])})" if series_by is not None else None
+        if series_by is not None and len(result["labels"]) < 2:  # no bar at all: say why in the legend
+            label += f", {' '.join(value_text(c) for c in result['labels'])} only"
+        bars = ax.bar(pos, np.nan_to_num(heights, nan=0.0), width * 0.92, color=f"C{s % 10}", label=label,
+                      edgecolor="white", linewidth=0.5)
+        for i, (patch, h) in enumerate(zip(bars.patches, heights)):
+            patch.set_gid(f"bar-{s}-{i}")  # series s, value i of within (an SVG keeps it as the id)
+            if np.isnan(h):
+                patch.set_visible(False)  # kept, so that bar i stays the i-th value of within
+        gaps = np.isnan(heights)
+        if gaps.any():
+            missing = True
+            ax.plot(pos[gaps], np.zeros(int(gaps.sum())), ls="none", marker="x", color=f"C{s % 10}", ms=5, mew=1.2,
+                    clip_on=False, zorder=3)
+    ax.set_xticks(x, [value_text(v) for v in values])
+    longest = max((len(value_text(v)) for v in values), default=0)
+    if longest * n > 6 * W:  # the labels would run into each other: slanted
+        for t in ax.get_xticklabels():
+            t.set(rotation=35, ha="right", rotation_mode="anchor")
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel(field_title(within))
+    ax.set_ylabel(cohort_axis_label(first["metric"], first["weights"]))
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    title = (f"Divergence between the cohorts of {field_title(group_by)}: "
+             f"{' vs '.join(f'{value_text(v)} ({m})' for v, m in cohorts.values())}")
+    ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize="medium")
+    handles, labels = ax.get_legend_handles_labels()
+    if missing:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], ls="none", marker="x", color="0.3", mew=1.2))
+        labels.append(NO_BAR)
+    if series_by is not None or missing:
+        # beside the axes: the bars of the deepest deciles are where a legend inside would go
+        ax.legend(handles, labels, title=field_title(series_by) if series_by is not None else None,
+                  fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    return fig
+
+
+def _grid(n: int, most: int) -> tuple[int, int]:
+    cols = min(n, most)
+    return -(-n // cols), cols
+
+
+def cohort_metric(data: dict, metric: str, group_by: str, series_by: str | None = None,
+                  figsize: Size | None = None, subtitle: str | None = None) -> Figure:
+    """The robustness study's ``entropy_normal_vs_robust``: one panel per value of ``series_by``
+    (one panel without it), in each per depth decile one box plot per group of ``group_by``, side by
+    side in the group's colour, its mean a white diamond. ``data``: ``Analysis.figure_model_metrics``
+    by depth decile, with the columns ``group_by`` and ``series_by``; ``metric`` one of its metrics.
+    Boxes are matplotlib's (whiskers at 1.5 IQR, outliers as points); a model with no value of the
+    metric in a decile (e.g. orthogonality unknown) is left out of it."""
+    import pandas as pd
+    from matplotlib.patches import Patch
+
+    cols = data["columns"]
+    t = pd.DataFrame.from_records(data["rows"], columns=cols)
+    t = t.loc[:, ~t.columns.duplicated()]
+    y = pd.to_numeric(t[metric], errors="coerce").to_numpy(np.float64)
+    deciles = natural_order(list(dict.fromkeys(t["depth_decile"])))
+    cohorts = natural_order(list(dict.fromkeys(t[group_by])))
+    panels = natural_order(list(dict.fromkeys(t[series_by]))) if series_by else [None]
+    G, J = len(cohorts), len(deciles)
+    rows, ncols = _grid(len(panels), 3)
+    W, H = _figsize(figsize, (float(np.clip(1.2 + ncols * (0.8 + J * (0.14 + 0.15 * G)), 7, 24)),
+                              1.3 + rows * 3.3))
+    fig = Figure(figsize=(W, H), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, ncols, sharey=True, squeeze=False)).ravel()
+    width = 0.8 / G
+
+    def key(v):  # equal values, whatever their type (a bool, a numpy bool, None)
+        return repr(v if not isinstance(v, np.generic) else v.item())
+
+    group_key = np.array([key(v) for v in t[group_by]])
+    decile_key = np.array([key(v) for v in t["depth_decile"]])
+    panel_key = np.array([key(v) for v in t[series_by]]) if series_by else np.full(len(t), key(None))
+    model = t["model_id"].to_numpy()
+    for p, (ax, value) in enumerate(zip(axes, panels)):
+        in_panel = panel_key == key(value)
+        for g, cohort in enumerate(cohorts):
+            mine = in_panel & (group_key == key(cohort))
+            data_at, positions, where = [], [], []
+            for j, decile in enumerate(deciles):
+                v = y[mine & (decile_key == key(decile)) & np.isfinite(y)]
+                if len(v):
+                    data_at.append(v)
+                    positions.append(j + (g - (G - 1) / 2) * width)
+                    where.append(j)
+            if not data_at:
+                continue
+            colour = f"C{g % 10}"
+            parts = ax.boxplot(data_at, positions=positions, widths=width * 0.85, patch_artist=True, showmeans=True,
+                               manage_ticks=False,
+                               boxprops={"facecolor": to_rgba(colour, 0.55), "edgecolor": colour},
+                               medianprops={"color": colour, "linewidth": 1.5},
+                               whiskerprops={"color": colour}, capprops={"color": colour},
+                               flierprops={"marker": ".", "markersize": 3, "markerfacecolor": colour,
+                                           "markeredgecolor": colour},
+                               meanprops={"marker": "D", "markersize": 4, "markerfacecolor": "white",
+                                          "markeredgecolor": "black"})
+            for role in ("boxes", "medians", "means"):  # named by panel, group and decile (SVG ids)
+                for j, artist in zip(where, parts[role]):
+                    artist.set_gid(f"{role}-{p}-{g}-{j}")
+        n_models = len(set(model[in_panel]))
+        ax.set_title(f"{value_text(value)} ({n_models} models)" if series_by else f"all models ({n_models})",
+                     fontsize="medium")
+        ax.set_xticks(np.arange(J), [value_text(d) for d in deciles], rotation=45, ha="right",
+                      rotation_mode="anchor", fontsize="small")
+        ax.set_xlim(-0.6, J - 0.4)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        if p % ncols == 0:
+            ax.set_ylabel(MODEL_METRIC_TITLES.get(metric, metric))
+        if p + ncols >= len(panels):  # nothing below it
+            ax.set_xlabel(field_title("depth_decile"))
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    models = {key(c): len(set(model[group_key == key(c)])) for c in cohorts}
+    handles = [Patch(facecolor=to_rgba(f"C{g % 10}", 0.55), edgecolor=f"C{g % 10}",
+                     label=f"{value_text(c)} ({models[key(c)]})") for g, c in enumerate(cohorts)]
+    from matplotlib.lines import Line2D
+
+    handles.append(Line2D([], [], ls="none", marker="D", markersize=4, markerfacecolor="white",
+                          markeredgecolor="black", label="mean"))
+    fig.legend(handles=handles, title=field_title(group_by), loc="outside right upper", fontsize="small", frameon=False)
+    title = f"{MODEL_METRIC_TITLES.get(metric, metric).capitalize()} of the models per depth decile, by {field_title(group_by)}"
+    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize="medium")
+    return fig
+
+
+def correlation_title(group: dict, method: str, label: str) -> str:
+    """ "CIFAR-10: spearman 0.42 [0.10, 0.70], n=24": a group's statistic, its bootstrap interval and n."""
+    if group["statistic"] is None or not np.isfinite(group["statistic"]):
+        return f"{label}: {method} undefined, n={group['n']}"
+    interval = (f" [{group['ci_low']:.2f}, {group['ci_high']:.2f}]"
+                if group.get("ci_low") is not None and group.get("ci_high") is not None else "")
+    return f"{label}: {method} {group['statistic']:.2f}{interval}, n={group['n']}"
+
+
+def correlation(result: dict, figsize: Size | None = None, subtitle: str | None = None) -> Figure:
+    """A scatter panel per group of ``Analysis.correlation`` (natural order): its models' x against
+    y, titled with the statistic, its 95% bootstrap interval and n (``correlation_title``); axes
+    labelled with the variables' names, each panel scaled to its own points."""
+    groups, pts = result["groups"], result["points"]
+    rows, cols = _grid(len(groups), 3)
+    W, H = _figsize(figsize, (float(np.clip(0.6 + 4.3 * cols, 6, 24)), 0.9 + 3.2 * rows))
+    fig = Figure(figsize=(W, H), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    x, y = np.asarray(pts["x"], dtype=np.float64), np.asarray(pts["y"], dtype=np.float64)
+    keys = [repr(g) for g in pts["group"]]
+    grouped = result.get("group_by") is not None
+    for i, (ax, g) in enumerate(zip(axes, groups)):
+        mine = np.array([k == repr(g["group"]) for k in keys], dtype=bool)
+        ax.scatter(x[mine], y[mine], s=18, alpha=0.75, color=f"C{i % 10}", edgecolors="none", gid=f"points-{i}")
+        label = value_text(g["group"]) if grouped else "all models"
+        title = correlation_title(g, result["method"], label)
+        if _label_inches([title], 10) > (W - 0.6) / cols:  # wider than its panel: the group on a line of its own
+            title = title.replace(": ", ":\n", 1)
+        ax.set_title(title, fontsize="medium")
+        if not mine.any():
+            ax.text(0.5, 0.5, "no model has both values", transform=ax.transAxes, ha="center", va="center",
+                    color="0.4")
+        ax.grid(True, alpha=0.3)
+        if i % cols == 0:
+            ax.set_ylabel(result["y"])
+        if i + cols >= len(groups):
+            ax.set_xlabel(result["x"])
+    for ax in axes[len(groups):]:
+        ax.set_visible(False)
+    title = (f"{result['x']} and {result['y']}" + (f" per {field_title(result['group_by'])}" if grouped else "")
+             + f" ({result['method']}, 95% interval of {result.get('resamples', 2000)} bootstrap resamples)")
+    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize="medium")
     return fig

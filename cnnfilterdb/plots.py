@@ -17,7 +17,7 @@ import io
 import threading
 from dataclasses import dataclass
 from types import UnionType
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,18 +32,22 @@ from .limits import (
     MAX_INCHES,
     MAX_LABELS,
     MAX_PIXELS,
+    MAX_SERIES,
     MIN_DPI,
     MIN_INCHES,
 )
 from .requests import (
     GROUP_BY_TEXT,
+    MODEL_METRICS,
     AnalysisRequest,
+    CorrelationRequest,
     DegenerateRequest,
     Density2dRequest,
     DivergenceRequest,
     GroupField,
     Integer,
     KdeRequest,
+    ModelMetricsRequest,
     PcaRequest,
     Real,
     bounds_of,
@@ -59,33 +63,61 @@ if TYPE_CHECKING:  # matplotlib (a second to import) loads with the first figure
 
     from .analysis import Analysis
 
+# The paper's figures (and two more): every parameter has a default, which draws the notebook's figure.
 FIGURES = ("kl_combined", "divergence", "ridge", "eigenimages", "explained_variance", "covariance", "drift_box",
            "density2d", "layer_filters", "quality")
+# The follow-up studies' figures (SPEC 14, docs/figures.md#the-studies-figures): they compare the
+# cohorts of a model field the store may not have (a property such as robust), or variables the
+# caller names, so group_by (and a correlation's x and y) must be given.
+STUDY_FIGURES = ("cohort_divergence", "cohort_metric", "correlation")
+ALL_FIGURES = FIGURES + STUDY_FIGURES
 FORMATS = ("png", "svg", "pdf")
 # The figures `cnnfilterdb report` writes: the notebook's set, in its order, then the headline.
 NOTEBOOK_FIGURES = ("explained_variance", "covariance", "eigenimages", "ridge", "divergence", "drift_box",
                     "density2d", "kl_combined")
 
-# The analysis each figure draws: its request type (requests.py) owns the figure's parameters of
-# that analysis, their bounds, their descriptions and (but for FIGURE_DEFAULTS) their defaults.
+ModelMetric = Literal[MODEL_METRICS]  # type: ignore[valid-type]
+
+
+class CohortMetricRequest(ModelMetricsRequest):
+    """The cohort_metric figure's analysis: ``model_metrics`` by depth decile over a selection's
+    layers (``where``, ``layers``), each model in its cohort (its value of ``group_by``) and, with
+    the figure's ``series``, its panel; ``metric`` the model metric drawn. Not an endpoint's: the
+    figure's data is ``Analysis.figure_model_metrics``."""
+    positional: ClassVar = ()
+    group_by: GroupField = Field(description=GROUP_BY_TEXT)
+    metric: ModelMetric = Field("variance_entropy", description="the model metric drawn (SPEC 14: a weighted mean "
+                                                                "over the model's layers of each depth decile)")
+    by: Literal["depth_decile"] = Field("depth_decile", description="always by depth decile")
+
+
+# The analysis each figure draws: its request type (requests.py; cohort_metric's above) owns the
+# figure's parameters of that analysis, their bounds, their descriptions and (but for
+# FIGURE_DEFAULTS) their defaults.
 ANALYSIS_OF: dict[str, type[AnalysisRequest]] = {
     "kl_combined": DivergenceRequest, "divergence": DivergenceRequest, "drift_box": DivergenceRequest,
     "ridge": KdeRequest, "density2d": Density2dRequest,
     "eigenimages": PcaRequest, "explained_variance": PcaRequest, "covariance": PcaRequest,
     "quality": DegenerateRequest,
+    "cohort_divergence": DivergenceRequest, "cohort_metric": CohortMetricRequest, "correlation": CorrelationRequest,
 }
 # A request type's parameters that no figure takes: the store version is the figure request's own
 # (the service's as_of, the CLI's --as-of), and a page of flagged layers means nothing to a drawing.
 NOT_DRAWN = ("as_of", "limit", "offset")
+# ... and those one figure does not take: the paper's heatmaps draw one matrix (``within`` is
+# cohort_divergence's), cohort_metric is always by depth decile.
+NOT_TAKEN = {"kl_combined": ("within",), "divergence": ("within",), "drift_box": ("within",), "cohort_metric": ("by",)}
 # The parameters that are the figure's own, not its analysis's; every figure takes SIZE.
-OWN = {"layer_filters": ("layer_id",), "quality": ("color_by",)}
+OWN = {"layer_filters": ("layer_id",), "quality": ("color_by",), "cohort_divergence": ("series",),
+       "cohort_metric": ("series",)}
 SIZE = ("dpi", "width", "height")
 # The request parameters each figure takes (besides SIZE); any other is an error.
 PARAMETERS: dict[str, tuple[str, ...]] = {
-    f: tuple(n for n in (ANALYSIS_OF[f].model_fields if f in ANALYSIS_OF else ()) if n not in NOT_DRAWN) + OWN.get(f, ())
-    for f in FIGURES}
+    f: tuple(n for n in (ANALYSIS_OF[f].model_fields if f in ANALYSIS_OF else ())
+             if n not in NOT_DRAWN and n not in NOT_TAKEN.get(f, ())) + OWN.get(f, ())
+    for f in ALL_FIGURES}
 # Every parameter of some figure, in order: the service's query parameters, `cnnfilterdb plot`'s options.
-OPTIONS = tuple(dict.fromkeys(n for f in FIGURES for n in PARAMETERS[f])) + SIZE
+OPTIONS = tuple(dict.fromkeys(n for f in ALL_FIGURES for n in PARAMETERS[f])) + SIZE
 # The figures that draw several groupings (group_by comma-separated); the others take one.
 SEVERAL = ("kl_combined", "drift_box")
 # The notebook's figures (docs/method.md#figures), where they differ from the analysis's defaults.
@@ -93,7 +125,15 @@ DEFAULT_GROUP_BY = {"kl_combined": ("task", "visual_category", "depth_bin"), "dr
                     "divergence": ("task",), "ridge": ("task",)}
 # The notebook's: what the stored histograms hold (segments.py), so these figures read no filter.
 FIGURE_DEFAULTS: dict[str, dict[str, Any]] = {"density2d": {"bins": DENSITY_BINS, "range": DENSITY_RANGE},
-                                              "ridge": {"bins": DEFAULT_KDE_BINS}}
+                                              "ridge": {"bins": DEFAULT_KDE_BINS},
+                                              "cohort_divergence": {"within": "depth_decile"}}
+# What a parameter is to a figure, where its request type's description says something else.
+TEXTS = {("cohort_divergence", "within"): "the field whose values are the bars, in natural order: per value, the "
+                                          "divergence between the two cohorts of group_by among its layers"}
+# What group_by is to the studies' figures (plots.describe): the cohorts compared, or the panels.
+GROUP_BY_NOTES = {"cohort_divergence": "required; exactly two groups in the selection, e.g. a boolean property",
+                  "cohort_metric": f"required; at most {MAX_LABELS['cohort_metric']} groups",
+                  "correlation": f"a panel each, at most {MAX_LABELS['correlation']}; absent: one panel of all models"}
 
 
 class PlotParameterError(SelectionError):
@@ -107,6 +147,10 @@ class FigureOptions(BaseModel):
     layer_id: Integer(0, MAX_ID) | None = Field(None, description="the layer drawn (layer_id in GET /v1/layers); "
                                                                   "default the store's first")
     color_by: GroupField = Field("task", description="the field whose values colour the layers")
+    series: GroupField | None = Field(None, description="a model field whose values are drawn apart, e.g. "
+                                                        "training_dataset: a colour of bars each (cohort_divergence, "
+                                                        "at most 10) or a panel each (cohort_metric, at most 12); "
+                                                        "absent: one")
     dpi: Integer(MIN_DPI, MAX_DPI) = Field(100, description="dots per inch")
     width: Real(MIN_INCHES, MAX_INCHES) | None = Field(None, description="the width in inches, the figure's own if not given")
     height: Real(MIN_INCHES, MAX_INCHES) | None = Field(None, description="the height in inches, the figure's own if not given")
@@ -138,8 +182,8 @@ class PlotRequest:
         LookupError for an unknown figure; PlotParameterError for a parameter the figure does not
         take or a value out of its range, UnknownName for a name outside its set (with the
         nearest: "did you mean 'task'?"), the where grammar's errors for a bad ``where``."""
-        if figure not in FIGURES:
-            raise LookupError(f"no figure {figure!r}; the figures: {', '.join(FIGURES)}")
+        if figure not in ALL_FIGURES:
+            raise LookupError(f"no figure {figure!r}; the figures: {', '.join(ALL_FIGURES)}")
         given = {k: v for k, v in params.items() if v is not None}
         allowed = PARAMETERS[figure] + SIZE
         unknown = sorted(set(given) - set(allowed))
@@ -210,8 +254,9 @@ def _groupings(figure: str, group_by) -> tuple[str, ...] | None:
     if isinstance(group_by, str):
         group_by = [g.strip() for g in group_by.split(",")]
     group_by = plain(group_by) if isinstance(group_by, (list, tuple)) or hasattr(group_by, "__array__") else [group_by]
-    for g in group_by:  # the analysis's own check: the nearest fields of a typo, as its endpoint says
-        _built(ANALYSIS_OF[figure], group_by=g)
+    if figure in SEVERAL:  # the analysis's own check of each: the nearest fields of a typo, as its endpoint says
+        for g in group_by:  # (one grouping is checked so when its request is built)
+            _built(ANALYSIS_OF[figure], group_by=g)
     group_by = tuple(dict.fromkeys(group_by))
     if figure not in SEVERAL and len(group_by) != 1:
         raise PlotParameterError(f"{figure} takes one group_by, got {len(group_by)}")
@@ -244,7 +289,8 @@ def default_of(figure: str, name: str) -> Any:
         return DEFAULT_GROUP_BY.get(figure)
     if name in FIGURE_DEFAULTS.get(figure, {}):
         return FIGURE_DEFAULTS[figure][name]
-    return field_of(figure, name).default
+    field = field_of(figure, name)
+    return None if field.is_required() else field.default
 
 
 def kind_of(name: str) -> type:
@@ -259,7 +305,7 @@ def kind_of(name: str) -> type:
 
 def takers(name: str) -> tuple[str, ...]:
     """The figures that take parameter ``name``."""
-    return tuple(f for f in FIGURES if name in PARAMETERS[f] + SIZE)
+    return tuple(f for f in ALL_FIGURES if name in PARAMETERS[f] + SIZE)
 
 
 def bounds(name: str) -> dict[str, Any]:
@@ -290,13 +336,15 @@ def describe(name: str) -> str:
     sections: dict[str, dict[str, list[str]]] = {}  # description -> notes -> the figures
     for f in takers(name):
         field = field_of(f, name)
-        text = GROUP_BY_TEXT if name == "group_by" else field.description
+        text = TEXTS.get((f, name)) or (GROUP_BY_TEXT if name == "group_by" else field.description)
         choices = [c for c in get_args(field.annotation) if isinstance(c, str)] \
             if get_origin(field.annotation) is Literal else []
         if choices and set(choices) != set(GROUP_FIELDS):  # the fields: GET /v1/fields lists them
             text += f"; one of {', '.join(choices)}"
         b, d = bounds_of(field), default_of(f, name)
         notes = ([f"1 to {MAX_GROUPINGS} of them, comma-separated"] if name == "group_by" and f in SEVERAL else []) + \
+            ([GROUP_BY_NOTES[f]] if name == "group_by" and f in GROUP_BY_NOTES else []) + \
+            (["required"] if name != "group_by" and field.is_required() else []) + \
             ([f"from {_shown(b['ge'])} to {_shown(b['le'])}"] if "ge" in b and "le" in b else []) + \
             ([f"default {_shown(d)}"] if d is not None else [])
         sections.setdefault(text, {}).setdefault(", ".join(notes), []).append(f)
@@ -307,7 +355,7 @@ def describe(name: str) -> str:
             body = text + (f" ({next(iter(notes))})" if next(iter(notes)) else "")
         else:
             body = f"{text} ({'; '.join(', '.join(fs) + ': ' + note for note, fs in notes.items())})"
-        out.append(body if len(sections) == 1 and len(figures) == len(FIGURES) else f"{', '.join(figures)}: {body}")
+        out.append(body if len(sections) == 1 and len(figures) == len(ALL_FIGURES) else f"{', '.join(figures)}: {body}")
     return ". ".join(out)
 
 
@@ -367,6 +415,23 @@ def draw(a: Analysis, req: PlotRequest) -> Figure:
         layer_id = req.layer_id if req.layer_id is not None else a.first_layer_id()  # a figure with no parameters
         layer, W = a.layer_filters(layer_id, MAX_FILTERS_DRAWN)
         fig = figures.layer_filters(W, layer, size)
+    elif f == "cohort_divergence":
+        series = cohort_divergences(a, req.requests[0], req.options.series)
+        fig = figures.cohort_divergence(series, req.options.series, size, note)
+    elif f == "cohort_metric":
+        r, series = req.requests[0], req.options.series
+        if series is not None and series == r.group_by:
+            raise SelectionError(f"series {series!r} is the group_by: give another field")
+        data = a.figure_model_metrics(_built(ModelMetricsRequest, where=r.selection, layers=r.layers, by=r.by),
+                                      {"group_by": r.group_by} | ({} if series is None else {"series": series}))
+        check_cohort_metric(data, r.group_by, series)
+        fig = figures.cohort_metric(data, r.metric, r.group_by, series, size, note)
+    elif f == "correlation":
+        r = req.requests[0]
+        if r.group_by is not None:  # the panels counted first: a group's bootstrap is 2000 statistics
+            check_panels(len(a.select(r.selection, r.group_by).labels), r.group_by)
+        result = a.correlation(r, max_groups=MAX_LABELS[f])
+        fig = figures.correlation(result, size, note)
     else:  # quality: the degenerate layers' thresholds drawn over every layer
         color_by = req.options.color_by
         result = a.layer_quality(req.requests[0], color_by)
@@ -376,6 +441,81 @@ def draw(a: Analysis, req: PlotRequest) -> Figure:
         fig = figures.quality(result, size, note)
     _check_pixels(*fig.get_size_inches(), req.dpi)
     return fig
+
+
+# ---- the studies' figures: their data, within their limits -----------------------------------------
+def _counted(labels: list, n_models) -> str:
+    return ", ".join(f"{'(none)' if v is None else v} ({int(n)})" for v, n in zip(labels, n_models))
+
+
+def check_cohorts(labels: list, n_models, group_by: str) -> None:
+    """SelectionError unless ``group_by`` gives exactly two groups (the cohorts a cohort_divergence
+    compares), naming the groups it gives, with their model counts."""
+    if len(labels) != 2:
+        shown = _counted(labels[:MAX_LABELS["cohort_divergence"]], n_models)
+        raise SelectionError(f"cohort_divergence compares two cohorts: group_by {group_by} gives {len(labels)} "
+                             f"group(s) in this selection ({shown}); choose a field of two values (e.g. a boolean "
+                             f"property), or select two of them with where")
+
+
+def check_series(n: int, series: str, figure: str) -> None:
+    if n > MAX_SERIES[figure]:
+        raise SelectionError(f"series {series} gives {n} values; at most {MAX_SERIES[figure]} in {figure}: narrow "
+                             "the selection with where, or draw another field")
+
+
+def check_panels(n: int, group_by: str | None) -> None:
+    """SelectionError if a correlation's groups are more panels than the figure draws."""
+    if n > MAX_LABELS["correlation"]:
+        raise SelectionError(f"group_by {group_by} gives {n} groups; at most {MAX_LABELS['correlation']} panels in "
+                             "correlation: narrow the selection with where, or group by another field")
+
+
+def check_cohort_metric(data: dict, group_by: str, series: str | None) -> None:
+    """SelectionError if the models of ``data`` (``Analysis.figure_model_metrics``) fall in more
+    cohorts (boxes side by side) or series values (panels) than cohort_metric draws."""
+    i = data["columns"].index(group_by)
+    cohorts = {repr(r[i]) for r in data["rows"]}
+    if len(cohorts) > MAX_LABELS["cohort_metric"]:
+        raise SelectionError(f"group_by {group_by} gives {len(cohorts)} groups; at most {MAX_LABELS['cohort_metric']} "
+                             "boxes side by side in cohort_metric: narrow the selection with where, or compare "
+                             "another field")
+    if series is not None:
+        j = data["columns"].index(series)
+        check_series(len({repr(r[j]) for r in data["rows"]}), series, "cohort_metric")
+
+
+def cohort_divergences(a: Analysis, req: DivergenceRequest, series: str | None) -> list[tuple]:
+    """cohort_divergence's data: (value of ``series``, the divergence with ``within`` of ``req``
+    among the layers of that value) per value, natural order; one (None, result) without series.
+    Checked first, from the selection's groups alone: exactly two cohorts of group_by
+    (``check_cohorts``), at most MAX_SERIES values of series; each divergence at most
+    MAX_LABELS["cohort_divergence"] values of within, all of them within one divergence's pairwise
+    work (MAX_PAIR_CELLS). ``where`` of a value: the request's with {series: value} (the value is one
+    the selection holds, so this narrows it to that value's layers)."""
+    from .analysis import MAX_PAIR_CELLS
+    from .properties import properties_at
+    from .selection import check_group_by
+
+    if req.within is None:
+        raise PlotParameterError("cohort_divergence draws a divergence per value of within; give a field")
+    if series is not None:
+        check_group_by(series, properties_at(a.cur, a.version), parameter="series")
+        if series in (req.group_by, req.within):
+            raise SelectionError(f"series {series!r} is the {'group_by' if series == req.group_by else 'within'} "
+                                 "field: give another")
+    where = req.selection
+    cohorts = a.select(where, req.group_by)
+    check_cohorts(cohorts.labels, cohorts.n_models, req.group_by)
+    values = [None] if series is None else a.select(where, series).labels
+    if series is not None:
+        check_series(len(values), series, "cohort_divergence")
+    budget = MAX_PAIR_CELLS // len(values)
+    out = []
+    for v in values:
+        r = req if series is None else _built(DivergenceRequest, **(req.body() | {"where": {**(where or {}), series: v}}))
+        out.append((v, a.divergence(r, max_groups=MAX_LABELS["cohort_divergence"], max_pair_cells=budget)))
+    return out
 
 
 def _check_pixels(w: float, h: float, dpi: int) -> None:

@@ -240,7 +240,10 @@ class DivergenceResult(Result):
     def plot(self, figsize: tuple[float, float] | None = None, subtitle: str | None = None):
         """The heatmap of GET /v1/plots/divergence.png for the same request: colorcet's ``fire``,
         unordered fields sorted by column mean (ordered ones, e.g. depth bins, as they are),
-        labels with their model counts. ``subtitle`` defaults to the selection; "" for none.
+        labels with their model counts. With ``within`` (``facets``), the bars of
+        GET /v1/plots/cohort_divergence.png for the same request (one series): the divergence
+        between the two groups per value of within, SelectionError unless group_by gives exactly
+        two. ``subtitle`` defaults to the selection; "" for none.
 
         Returns
         -------
@@ -248,6 +251,15 @@ class DivergenceResult(Result):
         """
         from . import figures
 
+        if self._data.get("facets") is not None:
+            from .limits import MAX_LABELS
+            from .plots import check_cohorts
+
+            check_cohorts(self.labels, self.n_models, self._data["group_by"])
+            if len(self._data["facets"]) > MAX_LABELS["cohort_divergence"]:
+                raise SelectionError(f"within {self._data['within']} gives {len(self._data['facets'])} values; at most "
+                                     f"{MAX_LABELS['cohort_divergence']} bars in cohort_divergence")
+            return figures.cohort_divergence([(None, self._data)], None, figsize, self._subtitle(subtitle))
         return figures.divergence(self._data, figsize, self._subtitle(subtitle))
 
 
@@ -484,6 +496,22 @@ class CorrelationResult(FrameResult):
         for k in ("statistic", "p_value", "ci_low", "ci_high"):
             cols[k] = np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=np.float64)
         return pd.DataFrame(cols, index=_index(labels, data.get("group_by") or "group"))
+
+    def plot(self, figsize: tuple[float, float] | None = None, subtitle: str | None = None):
+        """The scatter panels of GET /v1/plots/correlation.png for the same request: per group, its
+        models' x against y, titled with the statistic, its 95% bootstrap interval and n
+        (SelectionError beyond the figure's panels). ``subtitle`` defaults to the selection; "" for
+        none. (Not pandas' ``DataFrame.plot``: a frame derived from this one has that.)
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        from . import figures
+        from .plots import check_panels, describe_where
+
+        check_panels(len(self.result["groups"]), self.result.get("group_by"))
+        return figures.correlation(self.result, figsize, describe_where(self.where) if subtitle is None else subtitle or None)
 
 
 def versions_frame(rows: list[dict], store_id: str, current: int) -> pd.DataFrame:

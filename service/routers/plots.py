@@ -1,4 +1,5 @@
-"""GET /v1/plots/{figure}.{png|svg|pdf}: the paper's figures (cnnfilterdb/figures.py, plots.py).
+"""GET /v1/plots/{figure}.{png|svg|pdf}: the paper's figures and the follow-up studies' (cnnfilterdb/figures.py,
+plots.py).
 
 The query parameters are the analysis endpoints' (``where`` as JSON), declared and checked by
 the request type of the analysis each figure draws (cnnfilterdb/requests.py, through plots.py),
@@ -15,17 +16,20 @@ import gc
 import hashlib
 import json
 import time
+from typing import Annotated
 
 import matplotlib
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
+from pydantic import WithJsonSchema
 
 from cnnfilterdb import __version__
 from cnnfilterdb.catalog import store_id
 from cnnfilterdb.plots import (
-    FIGURES,
+    ALL_FIGURES,
     FORMATS,
     MEDIA_TYPES,
+    MODEL_METRICS,
     PARAMETERS,
     SIZE,
     PlotRequest,
@@ -36,7 +40,7 @@ from cnnfilterdb.plots import (
     finite,
     render,
 )
-from cnnfilterdb.requests import BasisKind, GroupField, Metric, Weights
+from cnnfilterdb.requests import BasisKind, CorrelationMethod, GroupField, LayerScope, Metric, Variable, Weights
 
 from ..catalog import LiveCatalog
 from ..deps import get_catalog, get_figure_cache
@@ -45,6 +49,9 @@ from ..figure_cache import FigureCache
 from ..params import AS_OF, WHERE_TEXT
 from ..schemas import error_responses
 from .analysis import analysis, snapshot_at, where_query
+
+# Declared as the model metrics (cohort_metric's), read as any text: the figure's request type words the error.
+ModelMetricName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(MODEL_METRICS)})]
 
 router = APIRouter(tags=["plots"], responses=error_responses(400, 404, 422, 429, 503))
 
@@ -61,24 +68,28 @@ def _query(name: str):
             responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()},
                              "description": "The figure, with its ETag (Cache-Control: no-cache)"},
                        304: {"description": "Not modified: If-None-Match holds the figure's ETag"}},
-            summary="One of the paper's figures, drawn on any selection",
+            summary="One of the paper's or the follow-up studies' figures, drawn on any selection",
             description=(
                 "A figure of the paper, drawn from the store as the analysis endpoints compute it, in the "
-                "format `fmt` (SVG keeps text as text, PDF embeds its fonts). Every parameter is optional (the "
-                "defaults draw the paper's figure); each figure takes the parameters listed below, any other is "
-                "a 400. The same request gives the same bytes: send the response's ETag as If-None-Match to get "
+                "format `fmt` (SVG keeps text as text, PDF embeds its fonts). Every parameter of the paper's "
+                "figures is optional (the defaults draw the paper's figure); the studies' figures "
+                "(`cohort_divergence`, `cohort_metric`, `correlation`) need the field whose cohorts they compare "
+                "(`group_by`) or the variables they correlate (`x`, `y`). Each figure takes the parameters listed "
+                "below, any other is a 400. The same request gives the same bytes: send the response's ETag as If-None-Match to get "
                 "a 304 when nothing changed. X-Store-Id and X-Store-Version name the store and the store version "
                 "drawn, which the file's metadata also carries (PNG text chunks `Source`, `store_id`, `store_version`; "
                 "SVG `dc:source` and `dc:subject`; PDF `Subject` and `Keywords`).\n\n"
                 "The parameters each figure takes:\n\n"
-                + "\n".join(f"- `{f}`: {', '.join(PARAMETERS[f] + SIZE)}" for f in FIGURES)))
+                + "\n".join(f"- `{f}`: {', '.join(PARAMETERS[f] + SIZE)}" for f in ALL_FIGURES)))
 def plot(
     request: Request,
-    figure: str = Path(..., description="the figure", json_schema_extra={"enum": list(FIGURES)}),
+    figure: str = Path(..., description="the figure", json_schema_extra={"enum": list(ALL_FIGURES)}),
     fmt: str = Path(..., description="the file format", json_schema_extra={"enum": list(FORMATS)}),
     group_by: str | None = _query("group_by"),
     where: str | None = Query(None, description=f"the filters drawn: {WHERE_TEXT}; none: every filter"),
-    metric: Metric | None = _query("metric"),
+    # a divergence's metric, or cohort_metric's model metric: both sets in the schema, each figure's request
+    # type checks its own (a divergence's with the words of /v1/divergence)
+    metric: Metric | ModelMetricName | None = _query("metric"),
     bins: int | None = _query("bins"),
     weights: Weights | None = _query("weights"),
     basis: BasisKind | None = _query("basis"),
@@ -89,6 +100,12 @@ def plot(
     sparsity_gt: float | None = _query("sparsity_gt"),
     entropy_norm_lt: float | None = _query("entropy_norm_lt"),
     entropy_norm_gt: float | None = _query("entropy_norm_gt"),
+    within: GroupField | None = _query("within"),
+    series: GroupField | None = _query("series"),
+    x: Variable | None = _query("x"),
+    y: Variable | None = _query("y"),
+    method: CorrelationMethod | None = _query("method"),
+    layers: LayerScope | None = _query("layers"),
     dpi: int | None = _query("dpi"),
     width: float | None = _query("width"),
     height: float | None = _query("height"),
@@ -96,8 +113,8 @@ def plot(
     catalog: LiveCatalog = Depends(get_catalog),
     cache: FigureCache = Depends(get_figure_cache),
 ):
-    if figure not in FIGURES:
-        raise ApiError(404, "not_found", f"no figure {figure[:100]!r}; the figures: {', '.join(FIGURES)}")
+    if figure not in ALL_FIGURES:
+        raise ApiError(404, "not_found", f"no figure {figure[:100]!r}; the figures: {', '.join(ALL_FIGURES)}")
     if fmt not in FORMATS:
         raise ApiError(404, "not_found", f"no format {fmt[:20]!r}; the formats: {', '.join(FORMATS)}")
     # A parameter the figure does not take, or out of its range there: a 400 (PlotParameterError);
@@ -105,6 +122,7 @@ def plot(
     req = PlotRequest.of(figure, group_by=group_by, where=where_query(where), metric=metric, bins=bins, weights=weights,
                          basis=basis, components=components, range=range, layer_id=layer_id, color_by=color_by,
                          sparsity_gt=sparsity_gt, entropy_norm_lt=entropy_norm_lt, entropy_norm_gt=entropy_norm_gt,
+                         within=within, series=series, x=x, y=y, method=method, layers=layers,
                          dpi=dpi, width=width, height=height)
 
     gen = catalog.generation()
