@@ -50,6 +50,7 @@ import pandas as pd
 from . import errors, results
 from .catalog import VersionError, check_version
 from .errors import SqlError, UserError
+from .properties import NAME as PROPERTY_NAME
 from .requests import (
     AnalysisSpec,
     DegenerateRequest,
@@ -385,7 +386,7 @@ class _RemoteCursor:
     def execute(self, query: str, params: list | None = None) -> _RemoteCursor:
         out = self.client._sql_json(query, params, SQL_PAGE)
         with self.client._expect("/v1/sql"):
-            self.rows = list(out["rows"])
+            self.rows = _table(out)[2]  # a list of rows, each a value per column
         return self
 
     def fetchone(self):
@@ -666,18 +667,39 @@ class Client:
                 rows += got
                 after = last
 
+    def _properties(self, where: dict | None, version: int | None) -> dict[str, str] | None:
+        """The store's model properties when ``where`` needs them (results.check_listing: its
+        fields and text values checked against the store, as the local API does), else None: a
+        listing of everything asks the store nothing before its pages. An answer the engine
+        cannot read (a version that is no integer, a column name that is no property's) is a
+        ServiceError naming the URL."""
+        if not where:
+            return None
+        try:
+            properties = check_listing(_RemoteCursor(self), where, version)
+        except UserError:  # the store's answer to the where (ServiceError, SelectionError, VersionError)
+            raise
+        except Exception as e:
+            raise ServiceError(200, "unexpected_response", f"unexpected response from {self.url}/v1/sql: "
+                                                           f"{type(e).__name__}: {str(e)[:200]}") from None
+        bad = [n for n in properties if not (isinstance(n, str) and PROPERTY_NAME.match(n))]
+        if bad:
+            raise ServiceError(200, "unexpected_response", f"unexpected response from {self.url}/v1/sql: "
+                                                           f"{echo(bad[0])} is not a property name")
+        return properties
+
     @_call
     def models(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
         """The models a selection holds (``FilterDB.models``), read through POST /v1/sql."""
         where, version = _checked(where), self._version(as_of)
-        properties = check_listing(_RemoteCursor(self), where, version)
+        properties = self._properties(where, version)
         return finish_models(self._listing(models_query(where, version, properties), "model_id"))
 
     @_call
     def layers(self, where: dict | None = None, as_of: int | None = None) -> pd.DataFrame:
         """The layers a selection holds (``FilterDB.layers``), read through POST /v1/sql."""
         where, version = _checked(where), self._version(as_of)
-        properties = check_listing(_RemoteCursor(self), where, version)
+        properties = self._properties(where, version)
         return self._listing(layers_query(where, version, properties), "layer_id")
 
     # -- filters ---------------------------------------------------------------------------------

@@ -49,24 +49,32 @@ def check_listing(cur, where: dict | None, version: int | None) -> dict[str, str
     ``where`` is checked against them: an unknown field is an UnknownName, and a text value that
     no model of the version holds an EmptySelectionError with the nearest ones
     (selection.check_values), as GET /v1/models and the analyses say it: a typo is not an empty
-    listing. ``cur``: a catalog cursor, or the Client's over /v1/sql."""
-    if version is None:
-        version = int(cur.execute("SELECT coalesce(max(version), 0) FROM versions").fetchone()[0])
+    listing. ``cur``: a catalog cursor, or the Client's over /v1/sql (version None: the current
+    views', asked for only when a where needs it)."""
     properties = properties_at(cur, version)
     if where:
         where_sql(where, properties)
+        if version is None:
+            version = int(cur.execute("SELECT coalesce(max(version), 0) FROM versions").fetchone()[0])
         check_values(cur, where, version, properties)
     return properties
 
 
-def models_query(where: dict | None, version: int | None, properties: dict[str, str]) -> tuple[str, list]:
+def models_query(where: dict | None, version: int | None, properties: dict[str, str] | None) -> tuple[str, list]:
     """SELECT of the models ``where`` selects (unordered) and its parameters: MODEL_COLUMNS, then
     the version's ``properties`` (check_listing). A condition on a model's field selects on the
     model; one on a layer's (``conv_depth``, ``depth_bin``, ``layer_id``, ``conv_depth_norm``)
-    keeps the models with a layer that meets it."""
+    keeps the models with a layer that meets it. ``properties`` None, without a where: every
+    other column of the models (their properties, in the same order), so that the Client lists
+    every model without asking the store for its properties first."""
+    if properties is None and where:
+        raise ValueError("models_query: a where is checked against the store's properties (check_listing)")
     where_sql(where, properties)  # every field and value checked first (SelectionError)
     at = "models" if version is None else f"models_at({int(version)})"
     layers = "layers_with_models" if version is None else f"layers_with_models_at({int(version)})"
+    if properties is None:
+        builtin = ", ".join(MODEL_COLUMNS)
+        return f"SELECT {builtin}, * EXCLUDE ({builtin}) FROM {at} WHERE true", []
     model_level = set(MODEL_COLUMNS) | set(properties)
     own = {k: v for k, v in (where or {}).items() if k in model_level}
     rest = {k: v for k, v in (where or {}).items() if k not in model_level}
