@@ -410,3 +410,40 @@ def test_fields_of_200_properties_is_bounded(tmp_path):
             assert math.isclose(f["max"], max(kinds[j % 4](i, j) for i in range(8)))
     page = clean(client.get("/v1/models", params={"where": json.dumps({"p001": {"gte": 3}, "p003": "v4"})}), 200)
     assert all(len(m["properties"]) == 200 for m in page.json()["items"])
+
+
+def _sql_answer(columns: list[str], rows: list) -> dict:
+    return {"columns": columns, "types": ["VARCHAR"] * len(columns), "rows": rows, "truncated": False,
+            "truncated_reason": None, "max_rows": 1000, "max_bytes": 1 << 20, "elapsed_ms": 1.0}
+
+
+@pytest.mark.parametrize("answer", ["bad name", "version not a number", "rows not rows"])
+def test_the_clients_where_against_answers_it_cannot_read(answer):
+    """A where makes the Client ask the store for its properties (and version) first: answers the
+    engine cannot read are a ServiceError naming the URL, and a column name that is no property
+    name never reaches the SQL the Client sends."""
+    import cnnfilterdb
+    from cnnfilterdb.client import ServiceError
+
+    from .test_client_hostile import hostile
+
+    sent = []
+
+    def respond(conn):
+        sql = json.loads(conn.body)["sql"]
+        sent.append(sql)
+        if sql.startswith("DESCRIBE"):
+            names = [["robust", "BOOLEAN"], ['a" OR 1=1 --', "VARCHAR"]] if answer == "bad name" else [["robust", "BOOLEAN"]]
+            conn.json(_sql_answer(["column_name", "column_type"], names))
+        elif "max(version)" in sql:
+            conn.json(_sql_answer(["v"], [["three"]] if answer == "version not a number" else [[3]]))
+        else:
+            conn.json(_sql_answer(["model_id"], "x" * 50 if answer == "rows not rows" else [[1]]))
+
+    with hostile(respond) as (base, requests), cnnfilterdb.Client(base) as c:
+        with pytest.raises(ServiceError) as e:
+            c.models({"robust": True})
+        assert type(e.value) is ServiceError and e.value.code == "unexpected_response", e.value
+        assert f"unexpected response from {base}/v1/sql" in str(e.value)
+    assert len(requests) == len(sent) == (3 if answer == "rows not rows" else 2)  # the listing's first page
+    assert not any("OR 1=1" in q for q in sent)
