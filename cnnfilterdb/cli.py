@@ -491,7 +491,8 @@ def cmd_plot(args) -> int:
 
 
 def cmd_report(args) -> int:
-    """Every figure of the notebook (and quality) and an offline index.html (cnnfilterdb/report.py)."""
+    """Every figure of the notebook (and quality; with --cohort the studies') and an offline index.html
+    (cnnfilterdb/report.py)."""
     from .plots import options
     from .report import write_report
 
@@ -502,7 +503,8 @@ def cmd_report(args) -> int:
     con, analysis = _open_analysis(store, args.as_of)
     with con:
         try:
-            write_report(analysis, info, Path(args.output), args.format, args.dpi, log=print)
+            write_report(analysis, info, Path(args.output), args.format, args.dpi, log=print, cohort=args.cohort,
+                         series=args.series)
         except BrokenPipeError:
             raise  # its progress lines piped into a closed reader: main() ends quietly
         except OSError as e:
@@ -648,6 +650,7 @@ def _export_format_arg(s: argparse.ArgumentParser) -> None:
 
 
 _PLOT_METAVARS = {"group_by": "G[,G...]", "where": "JSON", "components": "I,J", "range": "LO,HI", "color_by": "FIELD",
+                  "within": "FIELD", "series": "FIELD", "x": "VARIABLE", "y": "VARIABLE",
                   "width": "IN", "height": "IN"}
 
 
@@ -855,13 +858,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub.add_parser("plot", help=plot_help)
         sub.add_parser("report", help=report_help)
     else:
-        from .plots import FIGURES, NOTEBOOK_FIGURES, describe
+        from .plots import ALL_FIGURES, NOTEBOOK_FIGURES, describe
         s = sub.add_parser("plot", help=plot_help,
                            description="Draw one of the paper's figures to FILE (.png, .svg or .pdf). Every option is "
                                        "optional (the notebook's defaults); a figure takes only its own parameters.")
         # Checked by the command, not by argparse choices: an unknown figure is one line and exit 1, as
         # every other bad request; the metavar lists them in --help.
-        s.add_argument("figure", metavar="{" + ",".join(FIGURES) + "}", help="the figure")
+        s.add_argument("figure", metavar="{" + ",".join(ALL_FIGURES) + "}", help="the figure")
         s.add_argument("-o", "--output", required=True, metavar="FILE", help="the file; its suffix gives the format")
         _db_arg(s)
         _plot_args(s)
@@ -876,6 +879,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         _db_arg(s)
         s.add_argument("--format", choices=["png", "svg"], default="png", help="the figures' format (default png)")
         s.add_argument("--dpi", type=int, default=None, help=describe("dpi"))
+        s.add_argument("--cohort", metavar="FIELD", default=None,
+                       help="also draw the follow-up studies' figures (cohort_divergence, cohort_metric, correlation) "
+                            "comparing the cohorts of this model field, e.g. robust (a boolean or text property, or a "
+                            "built-in model field); default none: a store need not have one")
+        s.add_argument("--series", metavar="FIELD", default=None,
+                       help="with --cohort: a model field drawn apart in the studies' figures, e.g. training_dataset "
+                            "(a colour of bars, a panel each)")
         _as_of_arg(s)
         s.set_defaults(func=cmd_report)
 

@@ -12,6 +12,14 @@ is one self-contained file: inline CSS, no script, no external URL; every text i
 figure this store cannot give (e.g. a grouping with more groups than a figure can label) is shown
 in the page with its reason instead of failing the report. Every file is written atomically (a
 temporary file in the same directory, then renamed): an interrupted report never leaves half a file.
+
+The follow-up studies' figures (plots.STUDY_FIGURES) compare the cohorts of a model field, which a
+store may not have (a property such as robust, labelled by ``cnnfilterdb label``), so the report
+draws them only for the field it is given (``cohort``, ``cnnfilterdb report --cohort FIELD``), with
+``series`` (``--series FIELD``) drawn apart: cohort_divergence and cohort_metric with group_by the
+cohort, and the correlation of variance_entropy with the cohort per series (a boolean cohort: the
+rank correlation of the metric with being in the True cohort; a text one is not a variable, and the
+page says so).
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ from . import __version__, plots
 from .analysis import Analysis
 from .atomic import atomic_file
 from .figures import field_title, group_labels
-from .selection import SelectionError
+from .selection import SelectionError, check_group_by
 from .stats.divergence import DEFAULT_BINS
 
 # The report's figures in page order: the headline first, then the notebook's in its order, then
@@ -34,6 +42,10 @@ REPORT_FORMATS = ("png", "svg")  # what an <img> shows
 # The groupings of the drift statistics table (those of the headline figure).
 DRIFT_GROUPINGS = ("task", "visual_category", "depth_bin")
 DRIFT_STATS = ("mean", "median", "q1", "q3", "min", "max")
+
+# The studies' figures, after the notebook's, when a cohort field is given (STUDY_FIGURES' order).
+STUDY_FIGURES = plots.STUDY_FIGURES
+STUDY_METRIC = "variance_entropy"  # the model metric of cohort_metric and of the correlation: the study's first
 
 TITLES = {
     "kl_combined": "Distribution shifts of trained 3x3 convolution filters",
@@ -45,6 +57,9 @@ TITLES = {
     "drift_box": "Drift within a grouping",
     "density2d": "Density of the first two coefficients",
     "quality": "Layer quality",
+    "cohort_divergence": "Cohorts by depth: divergence",
+    "cohort_metric": "Cohorts by depth: variance entropy",
+    "correlation": "Variance entropy and the cohort",
 }
 CAPTIONS = {
     "kl_combined": "Symmetric KL divergence between the filter distributions of every pair of groups, by task, "
@@ -65,7 +80,25 @@ CAPTIONS = {
                  "on a log scale from 1e-5 to 1; c1 increases upwards, empty cells are dark.",
     "quality": "Every layer's sparsity against its normalized variance entropy, coloured by task; "
                "the dashed lines are the thresholds of a degenerate layer.",
+    "cohort_divergence": "Per depth decile, the weighted KL divergence between the filters of the two cohorts "
+                         "(the robustness study's divergence_by_depth); a colour per series.",
+    "cohort_metric": "Per depth decile, box plots of the models' variance entropy, cohort beside cohort (means as "
+                     "diamonds; the robustness study's entropy_normal_vs_robust); a panel per series.",
+    "correlation": "The Spearman correlation of each model's variance entropy with the cohort field, with its 95% "
+                   "bootstrap interval (2000 resamples, seed 0); a panel per series.",
 }
+
+
+def study_parameters(cohort: str, series: str | None) -> dict[str, dict]:
+    """The parameters the report draws each study figure with (``cnnfilterdb plot``'s, given)."""
+    return {"cohort_divergence": {"group_by": cohort, "series": series},
+            "cohort_metric": {"group_by": cohort, "series": series, "metric": STUDY_METRIC},
+            "correlation": {"x": STUDY_METRIC, "y": cohort, "group_by": series}}
+
+
+def _options_text(params: dict) -> str:
+    """``{"group_by": "robust"}`` as ``cnnfilterdb plot``'s options: " --group-by robust"."""
+    return "".join(f" --{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in params.items() if v is not None)
 
 
 def format_stat(v: float) -> str:
@@ -128,6 +161,15 @@ def alt_text(figure: str, drifts: dict[str, dict | str], store_info: dict) -> st
     if figure == "quality":
         return ("Scatter plot of every layer's sparsity (x) against its normalized variance entropy (y), coloured by "
                 "task, with dashed lines at the degenerate-layer thresholds.")
+    if figure == "cohort_divergence":
+        return ("Bar chart: for each depth decile of the layers (x), the weighted KL divergence (y) between the filter "
+                "distributions of the two cohorts, one coloured bar per series.")
+    if figure == "cohort_metric":
+        return ("Box plots: for each depth decile (x), the distribution of the models' variance entropy (y) in each "
+                "cohort side by side, means as diamonds, one panel per series.")
+    if figure == "correlation":
+        return ("Scatter plots of each model's variance entropy (x) against the cohort field (y), one panel per "
+                "series, titled with the Spearman correlation, its bootstrap interval and the number of models.")
     return TITLES.get(figure, figure)
 
 
@@ -251,9 +293,9 @@ def _drift_html(drifts: dict[str, dict | str]) -> str:
 
 
 def _figure_html(name: str, fmt: str, drawn: dict, skipped: dict, drifts: dict, info: dict,
-                 dpi: int | None = None) -> str:
+                 dpi: int | None = None, params: dict | None = None) -> str:
     title, caption = TITLES[name], CAPTIONS[name]
-    command = (f"cnnfilterdb plot {name} --db {shlex.quote(str(info.get('db') or '.'))}"
+    command = (f"cnnfilterdb plot {name}{_options_text(params or {})} --db {shlex.quote(str(info.get('db') or '.'))}"
                + (f" --dpi {dpi}" if dpi is not None else "") + f" -o {name}.{fmt}")
     out = [f'<section id="{escape(name)}" aria-labelledby="{escape(name)}-h">',
            f'<h2 id="{escape(name)}-h">{escape(title)}</h2>']
@@ -272,21 +314,25 @@ def _figure_html(name: str, fmt: str, drawn: dict, skipped: dict, drifts: dict, 
 
 
 def report_html(store_info: dict, fmt: str, drawn: dict[str, tuple[int, int]], skipped: dict[str, str],
-                drifts: dict[str, dict | str], dpi: int | None = None, provenance: dict | None = None) -> str:
+                drifts: dict[str, dict | str], dpi: int | None = None, provenance: dict | None = None,
+                study: dict[str, dict] | None = None) -> str:
     """The report's page: the provenance (``provenance_of``: store id, version, commit time, digest,
     the synthetic-data notice), counts, then each figure (``drawn``: name -> display width, height in
-    CSS pixels; ``skipped``: name -> reason), the drift statistics after the headline figure."""
+    CSS pixels; ``skipped``: name -> reason), the drift statistics after the headline figure; then
+    the studies' figures of ``study`` (name -> its parameters, ``study_parameters``), if any."""
+    study = study or {}
     store = Path(store_info.get("db") or "")
     synthetic = f" ({SYNTHETIC_NOTICE[0].lower()}{SYNTHETIC_NOTICE[1:]})" if provenance and provenance.get("sample_models") else ""
     nav = "".join(f'<li><a href="#{escape(n)}">{escape(TITLES[n])}</a></li>' for n in FIGURES[:1]) + \
         '<li><a href="#drift">Drift statistics</a></li>' + \
-        "".join(f'<li><a href="#{escape(n)}">{escape(TITLES[n])}</a></li>' for n in FIGURES[1:])
+        "".join(f'<li><a href="#{escape(n)}">{escape(TITLES[n])}</a></li>' for n in FIGURES[1:] + tuple(study))
     sections = [_figure_html(FIGURES[0], fmt, drawn, skipped, drifts, store_info, dpi),
                 '<section id="drift" aria-labelledby="drift-h">\n<h2 id="drift-h">Drift statistics</h2>\n'
                 '<p class="caption">Over the upper triangle of each grouping\'s symmetric KL divergence matrix '
                 f'({DEFAULT_BINS} bins, explained-variance weights, global basis), as <code>cnnfilterdb drift --group-by '
                 'task</code> prints them.</p>\n' + _drift_html(drifts) + "\n</section>"]
     sections += [_figure_html(n, fmt, drawn, skipped, drifts, store_info, dpi) for n in FIGURES[1:]]
+    sections += [_figure_html(n, fmt, drawn, skipped, drifts, store_info, dpi, params) for n, params in study.items()]
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -308,7 +354,7 @@ def report_html(store_info: dict, fmt: str, drawn: dict[str, tuple[int, int]], s
 </main>
 <footer>
 <p>Written by <code>cnnfilterdb report</code> (cnnfilterdb {escape(__version__)}); every figure with its default
-parameters, the same bytes as <code>cnnfilterdb plot FIGURE</code> and the service's
+parameters (a study's with those its caption shows), the same bytes as <code>cnnfilterdb plot FIGURE</code> and the service's
 <code>GET /v1/plots/FIGURE.{escape(fmt)}</code> on this store; each file names the store id and version in its
 metadata.</p>
 </footer>
@@ -318,7 +364,8 @@ metadata.</p>
 
 
 def write_report(analysis: Analysis, store_info: dict, out_dir: Path, fmt: str = "png", dpi: int | None = None,
-                 *, log: Callable[[str], None] | None = None) -> list[Path]:
+                 *, log: Callable[[str], None] | None = None, cohort: str | None = None,
+                 series: str | None = None) -> list[Path]:
     """Write the report's figures and its ``index.html`` into ``out_dir`` (created if missing).
 
     Parameters
@@ -329,6 +376,10 @@ def write_report(analysis: Analysis, store_info: dict, out_dir: Path, fmt: str =
     fmt : ``png`` or ``svg``.
     dpi : dots per inch of the figures (None: the figures' default, plots.FigureOptions').
     log : called with one line per file written and per figure skipped (e.g. ``print``).
+    cohort : a model field (built-in, or a boolean or text property) whose cohorts the studies'
+        figures compare (module docstring); None: no study figure.
+    series : a model field drawn apart in the studies' figures (e.g. training_dataset); only with
+        ``cohort``.
 
     Returns
     -------
@@ -339,6 +390,18 @@ def write_report(analysis: Analysis, store_info: dict, out_dir: Path, fmt: str =
     if fmt not in REPORT_FORMATS:
         raise SelectionError(f"unknown report format {fmt!r}; known: {', '.join(REPORT_FORMATS)}")
     plots.options(dpi=dpi)  # checked before any figure (PlotParameterError, the figures' message)
+    study: dict[str, dict] = {}
+    if series is not None and cohort is None:
+        raise SelectionError("series is drawn apart in the studies' figures: give the cohort field too")
+    if cohort is not None:  # a typo or a numeric property: one error before any work, not three skipped figures
+        from .properties import properties_at
+
+        properties = properties_at(analysis.cur, analysis.version)
+        check_group_by(cohort, properties, parameter="cohort")
+        check_group_by(series, properties, parameter="series")
+        if series == cohort:
+            raise SelectionError(f"series {series!r} is the cohort field: give another")
+        study = study_parameters(cohort, series)
     log = log or (lambda line: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -353,9 +416,9 @@ def write_report(analysis: Analysis, store_info: dict, out_dir: Path, fmt: str =
     skipped: dict[str, str] = {}
     provenance = provenance_of(analysis)
     figure_provenance = plots.Provenance(provenance["store_id"], provenance["store_version"])
-    for name in FIGURES:
+    for name in FIGURES + tuple(study):
         try:
-            req = plots.PlotRequest.of(name, dpi=dpi)
+            req = plots.PlotRequest.of(name, dpi=dpi, **study.get(name, {}))
             fig = plots.draw(analysis, req)
             data = plots.render(fig, fmt, req.dpi, figure_provenance)
         except SelectionError as e:
@@ -368,7 +431,7 @@ def write_report(analysis: Analysis, store_info: dict, out_dir: Path, fmt: str =
         write_atomic(path, data)
         written.append(path)
         log(f"wrote {path} ({len(data):,} bytes)")
-    page = report_html(store_info, fmt, drawn, skipped, drifts, dpi, provenance).encode()
+    page = report_html(store_info, fmt, drawn, skipped, drifts, dpi, provenance, study).encode()
     index = out_dir / "index.html"
     write_atomic(index, page)
     written.append(index)
