@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .layout import StoreDamaged
-from .limits import MAX_GROUPS, MAX_HISTOGRAM_CELLS, MAX_PAIR_CELLS, MAX_RESPONSE_CELLS
+from .limits import MAX_GROUPS, MAX_HISTOGRAM_CELLS, MAX_KENDALL_PAIRS, MAX_PAIR_CELLS, MAX_RESPONSE_CELLS
 from .properties import properties_at
 from .requests import (
     MODEL_METRICS,
@@ -245,9 +245,7 @@ class Analysis:
             "n_outside": outside.sum(axis=1).tolist(),
             "method": h.method,
         }
-        if facets is not None:
-            out |= {"within": req.within, "facets": facets}
-        return out | {"elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
+        return out | {"within": req.within, "facets": facets, "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
     def _cohort_divergence(self, req: DivergenceRequest, max_groups: int, max_pair_cells: int, t0: float) -> dict:
         """``divergence`` with ``within`` (SPEC 14's cohort divergence): the groups of group_by
@@ -600,9 +598,16 @@ class Analysis:
         xs, ys = (t[v].to_numpy(np.float64) if v in MODEL_METRICS else
                   pd.to_numeric(t[v].astype(object), errors="coerce").astype(np.float64).to_numpy() for v in (x, y))
         used = np.isfinite(xs) & np.isfinite(ys)
+        members = [np.flatnonzero(used & np.array([lab == g or (lab is None and g is None) for lab in labels]))
+                   for g in order]
+        if req.method == "kendall":
+            pairs = RESAMPLES * sum(len(m) * (len(m) - 1) // 2 for m in members)
+            if pairs > MAX_KENDALL_PAIRS:
+                raise SelectionError(f"a kendall bootstrap over these groups compares {pairs:,} pairs of models, over "
+                                     f"the limit of {MAX_KENDALL_PAIRS:,}: narrow the selection with where, group the "
+                                     "models, or use spearman")
         groups = []
-        for g in order:
-            rows = np.flatnonzero(used & np.array([lab == g or (lab is None and g is None) for lab in labels]))
+        for g, rows in zip(order, members):
             groups.append({"group": g, **correlation(xs[rows], ys[rows], req.method)})
         keep = np.flatnonzero(used)
         return {"store_version": self.version, "x": x, "y": y, "method": req.method, "layers": req.layers,

@@ -201,10 +201,26 @@ def cmd_spark_divergence(args) -> int:
     if args.store and args.db:
         raise UserError("give the store as --db DIR or --store URI, not both")
     req = from_arguments(DivergenceRequest, args, where=_json_where(args.where))  # checked before Spark starts (10-20 s)
+    if not args.store:  # a local store: its fields (model properties) checked too, before Spark starts
+        _check_fields(FilterStore(args.db or default_db()), req)
     with running(args.master, dict(args.conf)) as spark:
         store = SparkStore.open(spark, args.store or args.db or default_db(), args.as_of, args.read)
         out = store.divergence(req)
     return _print_divergence(out, args.json)
+
+
+def _check_fields(store: FilterStore, req) -> None:
+    """SelectionError for a group_by, within or where field the store's version lacks (its model
+    properties are known only to the store): said before a slow start such as Spark's."""
+    from .properties import properties_at
+    from .selection import check_group_by, condition
+
+    con, analysis = _open_analysis(store, req.as_of)
+    with con:
+        properties = properties_at(con, analysis.version)
+        for name in ("group_by", "within"):
+            check_group_by(getattr(req, name, None), properties, parameter=name)
+        condition(con, req.selection, analysis.version)
 
 
 def cmd_spark_refresh(args) -> int:

@@ -242,7 +242,7 @@ def test_similar_models(client, frame):
 
 
 @pytest.mark.parametrize("body, status, words", [
-    ({"group_by": "colour"}, 400, "valid:"),
+    ({"group_by": "colour"}, 400, "unknown group_by 'colour'; known: ['task', "),
     ({"group_by": "task", "metric": "euclid"}, 400, "'kl_sym'"),
     ({"group_by": "task", "weights": "equal"}, 400, "'uniform'"),
     ({"group_by": "task", "basis": "local"}, 400, "'selection'"),

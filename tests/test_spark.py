@@ -321,14 +321,21 @@ def test_readme_spark_sql_gives_the_duckdb_rows(spark, store):
         assert [tuple(r.values()) for r in sparsest] == expect
 
 
-def test_arguments_are_checked_before_spark_starts(tmp_path, capsys, monkeypatch):
-    """Bad arguments are one line at once, before any JVM: no Spark is even importable here."""
+def test_arguments_are_checked_before_spark_starts(tmp_path, capsys, monkeypatch, v1_store):
+    """Bad arguments are one line at once, before any JVM: no Spark is even importable here. A
+    name no field could have is refused by the grammar; a well-formed one the store lacks (it
+    could be a model property) by the local store's catalog."""
     monkeypatch.setitem(sys.modules, "pyspark", None)
-    for args, message in [(["--group-by", "tsak"], "unknown group_by 'tsak' (did you mean 'task'?)"),
+    for args, message in [(["--group-by", "Tsak"], "unknown group_by 'Tsak' (did you mean 'task'?)"),
+                          (["--group-by", "tsak", "--db", str(v1_store)], "unknown group_by 'tsak' (did you mean 'task'?)"),
+                          (["--group-by", "task", "--within", "depth_dec", "--db", str(v1_store)],
+                           "unknown within 'depth_dec' (did you mean 'depth_decile' or 'depth_bin'?)"),
                           (["--group-by", "task", "--metric", "kl"], "unknown metric 'kl'"),
                           (["--group-by", "task", "--bins", "0"], "bins"),
                           (["--group-by", "task", "--basis", "local"], "unknown basis 'local'"),
-                          (["--group-by", "task", "--where", '{"nope": 1}'], "unknown field(s) in where"),
+                          (["--group-by", "task", "--where", '{"Nope": 1}'], "unknown field(s) in where"),
+                          (["--group-by", "task", "--where", '{"nope": 1}', "--db", str(v1_store)],
+                           "unknown field(s) in where: ['nope']"),
                           (["--group-by", "task", "--db", "x", "--store", "file:///x"], "--db DIR or --store URI, not both")]:
         assert cli_main(["spark", "divergence", "--master", "local[2]", *args]) == 1
         err = capsys.readouterr().err

@@ -193,7 +193,8 @@ def test_label_checks_every_model_first(store, tmp_path):
 
     # A task with 'Segmentation' is normalized as at ingest, the raw label kept.
     r = label_models(store, [(m0, {"task": "Semantic Segmentation"})])
-    assert r == {"db": str(store.resolve()), "version": 2, "changed": [m0], "unchanged": []}
+    assert r == {"db": str(store.resolve()), "version": 2, "changed": [m0], "unchanged": [], "properties_added": {},
+                 "skipped_columns": [], "dry_run": False}
     with open_catalog(store) as con:
         assert con.execute("SELECT task, task_raw FROM models WHERE model_id = 0").fetchone() == \
             ("Segmentation", "Semantic Segmentation")
