@@ -1,7 +1,8 @@
 """The SQL the routers run on the serving catalog (a cursor of ``catalog.Generation``), in one
 place: small functions taking a cursor and parameters and returning rows. Column and field names
-come from the fixed lists here or from the engine's (``cnnfilterdb.selection``), never from a
-request; every value is bound as a parameter. The analysis endpoints read through the engine
+come from the fixed lists here, from the engine's (``cnnfilterdb.selection``) or from the store's
+own columns (the model properties: ``properties.properties_at``, quoted by ``properties.ident``),
+never from a request; every value is bound as a parameter. The analysis endpoints read through the engine
 (``cnnfilterdb.analysis``), the versions through ``cnnfilterdb.store``, user SQL through
 ``usersql/``: none of their SQL is here."""
 from __future__ import annotations
