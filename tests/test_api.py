@@ -311,6 +311,10 @@ def assert_same(a, b) -> None:
             other = getattr(b, name)
             if isinstance(value, pd.DataFrame):
                 pd.testing.assert_frame_equal(value, other)
+            elif isinstance(value, dict) and any(isinstance(v, pd.DataFrame) for v in value.values()):  # facets
+                assert list(value) == list(other), name
+                for k in value:
+                    pd.testing.assert_frame_equal(value[k], other[k])
             elif isinstance(value, np.ndarray):
                 assert value.dtype == other.dtype and np.array_equal(value, other, equal_nan=True), name
             else:
@@ -328,6 +332,11 @@ CALLS = [
     ("degenerate", (), {}), ("degenerate", (), {"entropy_norm_gt": None, "sparsity_gt": 0.2, "limit": 3}),
     ("similar", (0,), {"k": 3}), ("sql", ("SELECT model, task, n_filters FROM models ORDER BY model_id",), {}),
     ("versions", (), {}),
+    # the follow-up studies (SPEC 14)
+    ("divergence", ("task",), {"within": "depth_decile"}), ("model_metrics", (), {"by": "depth_decile"}),
+    ("model_metrics", ({"task": "GAN"},), {"layers": "first"}),
+    ("correlation", ("sparsity", "variance_entropy"), {"group_by": "task"}),
+    ("correlation", ("n_filters", "variance_entropy_norm"), {"method": "kendall", "layers": "first"}),
 ]
 
 
@@ -338,6 +347,9 @@ def test_the_client_gives_the_local_results(db, remote, name, args, kwargs):
         assert rows(local) == rows(over_http)
         return
     assert_same(local, over_http)
+    if name == "correlation":
+        pd.testing.assert_frame_equal(local.points, over_http.points)
+        assert local.to_result() == over_http.to_result()
 
 
 def test_the_client_streams_filters_in_batches(db, remote):
