@@ -183,14 +183,19 @@ def cmd_verify(args) -> int:
     return 0
 
 
-def cmd_drift(args) -> int:
-    from .requests import DivergenceRequest, from_arguments
+def _analyse(args, name: str) -> dict:
+    """The analysis ``name`` of requests.ANALYSES on the store, its request built from the command's
+    options (``--where`` as JSON)."""
+    from .requests import ANALYSES, from_arguments
 
-    req = from_arguments(DivergenceRequest, args, where=_json_where(args.where))
+    req = from_arguments(ANALYSES[name].request, args, where=_json_where(args.where))
     con, analysis = _open_analysis(FilterStore(args.db or default_db()), args.as_of)
     with con:
-        out = analysis.divergence(req)
-    return _print_divergence(out, args.json)
+        return getattr(analysis, name)(req)
+
+
+def cmd_drift(args) -> int:
+    return _print_divergence(_analyse(args, "divergence"), args.json)
 
 
 def cmd_spark_divergence(args) -> int:
@@ -278,12 +283,7 @@ def _print_matrix(out: dict) -> int:
 
 def cmd_model_metrics(args) -> int:
     """Per model (and depth decile): the layers' quality metrics as weighted means (SPEC 14)."""
-    from .requests import ModelMetricsRequest, from_arguments
-
-    req = from_arguments(ModelMetricsRequest, args, where=_json_where(args.where))
-    con, analysis = _open_analysis(FilterStore(args.db or default_db()), args.as_of)
-    with con:
-        out = analysis.model_metrics(req)
+    out = _analyse(args, "model_metrics")
     if args.format == "json":
         print(json.dumps(out, default=str))
     elif args.format == "csv":
@@ -299,12 +299,7 @@ def cmd_model_metrics(args) -> int:
 
 def cmd_correlate(args) -> int:
     """The correlation of two model metrics or properties per group, with its bootstrap interval."""
-    from .requests import CorrelationRequest, from_arguments
-
-    req = from_arguments(CorrelationRequest, args, where=_json_where(args.where))
-    con, analysis = _open_analysis(FilterStore(args.db or default_db()), args.as_of)
-    with con:
-        out = analysis.correlation(req)
+    out = _analyse(args, "correlation")
     if args.json:
         print(json.dumps({k: v for k, v in out.items() if k != "points"} | {"n_points": len(out["points"]["x"])},
                          default=str))
