@@ -559,10 +559,8 @@ class Analysis:
         """
         cond, params = condition(self.cur, req.selection, self.version)
         t = model_metrics(self.cur, self.layers, cond, params, req.layers, req.by)
-        rows = [[None if isinstance(v, float) and not np.isfinite(v) else v for v in r]
-                for r in t.astype(object).itertuples(index=False, name=None)]
         return {"store_version": self.version, "layers": req.layers, "by": req.by, "metrics": list(MODEL_METRICS),
-                "columns": list(t.columns), "rows": [[_py(v) for v in r] for r in rows]}
+                "columns": list(t.columns), "rows": [list(map(_py, r)) for r in t.itertuples(index=False, name=None)]}
 
     @takes(CorrelationRequest)
     def correlation(self, req: CorrelationRequest, max_groups: int | None = None) -> dict:
@@ -645,5 +643,6 @@ class Analysis:
 
 
 def _py(v):
-    """A numpy scalar as the Python value JSON takes."""
-    return v.item() if isinstance(v, np.generic) else v
+    """A table's value as JSON takes it: a numpy scalar as Python's, NaN (unknown) as None."""
+    v = v.item() if isinstance(v, np.generic) else v
+    return None if isinstance(v, float) and not np.isfinite(v) else v
