@@ -428,6 +428,9 @@ def draw(a: Analysis, req: PlotRequest) -> Figure:
         fig = figures.cohort_metric(data, r.metric, r.group_by, series, size, note)
     elif f == "correlation":
         r = req.requests[0]
+        if r.group_by in ("model", "model_id"):
+            raise SelectionError(f"group_by {r.group_by}: a panel per model holds one point, no correlation; group the "
+                                 "models by another field")
         if r.group_by is not None:  # the panels counted first: a group's bootstrap is 2000 statistics
             check_panels(len(a.select(r.selection, r.group_by).labels), r.group_by)
         result = a.correlation(r, max_groups=MAX_LABELS[f])

@@ -16,7 +16,7 @@ import gc
 import hashlib
 import json
 import time
-from typing import Annotated
+from typing import Annotated, get_args
 
 import matplotlib
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -52,6 +52,9 @@ from .analysis import analysis, snapshot_at, where_query
 
 # Declared as the model metrics (cohort_metric's), read as any text: the figure's request type words the error.
 ModelMetricName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(MODEL_METRICS)})]
+# A field (color_by, within, series), declared as requests.GroupField and read as any text: the figure's
+# request checks it, naming the parameter ("unknown series ..."; a query parameter's own check cannot).
+FieldName = Annotated[str, next(m for m in get_args(GroupField)[1:] if isinstance(m, WithJsonSchema))]
 
 router = APIRouter(tags=["plots"], responses=error_responses(400, 404, 422, 429, 503))
 
@@ -96,12 +99,12 @@ def plot(
     components: str | None = _query("components"),
     range: str | None = _query("range"),
     layer_id: int | None = _query("layer_id"),
-    color_by: GroupField | None = _query("color_by"),
+    color_by: FieldName | None = _query("color_by"),
     sparsity_gt: float | None = _query("sparsity_gt"),
     entropy_norm_lt: float | None = _query("entropy_norm_lt"),
     entropy_norm_gt: float | None = _query("entropy_norm_gt"),
-    within: GroupField | None = _query("within"),
-    series: GroupField | None = _query("series"),
+    within: FieldName | None = _query("within"),
+    series: FieldName | None = _query("series"),
     x: Variable | None = _query("x"),
     y: Variable | None = _query("y"),
     method: CorrelationMethod | None = _query("method"),
