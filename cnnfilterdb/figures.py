@@ -425,6 +425,18 @@ def value_text(v) -> str:
     return "(none)" if v is None else literal(str(v))
 
 
+def _fontsize(W: float, H: float, default: tuple[float, float]) -> float:
+    """The text size of a figure drawn at W x H inches whose own size is ``default``: 10 pt at its own
+    size, smaller (down to 5) in proportion when it is drawn smaller."""
+    return float(np.clip(10 * min(W / default[0], H / default[1]), 5, 10))
+
+
+def _fitted(text: str, inches: float, fontsize: float, at: str, broken: str) -> str:
+    """``text`` with its first ``at`` written ``broken`` (with a line break) when it is wider than
+    ``inches`` at ``fontsize``."""
+    return text.replace(at, broken, 1) if _label_inches([text], fontsize) > inches else text
+
+
 def cohort_axis_label(metric: str, weights: str) -> str:
     """The y label of a cohort divergence: "weighted KL divergence" (the study's) for explained-variance
     weights, the plain mean over the 9 components for uniform ones."""
@@ -450,7 +462,8 @@ def cohort_divergence(series: list[tuple], series_by: str | None = None, figsize
     of ``group_by`` per value of ``within`` (natural order: depth deciles by depth), one colour per
     series. ``series``: (value of ``series_by``, ``Analysis.divergence`` result with ``within``) in
     order; one series (``series_by`` None) draws one colour and no legend of series. A value where a
-    series' facet holds one group (a cohort without layers there) has no bar, an x at 0 instead."""
+    series' facet holds one group (a cohort without layers there) has no bar, an x at 0 instead
+    (its patch kept, hidden: bar ``bar-{series}-{value}`` is always there)."""
     first = series[0][1]
     group_by, within = first["group_by"], first["within"]
     values = natural_order(list(dict.fromkeys(f["value"] for _, r in series for f in r.get("facets") or [])))
@@ -460,7 +473,9 @@ def cohort_divergence(series: list[tuple], series_by: str | None = None, figsize
             cohorts[repr(v)] = (v, cohorts.get(repr(v), (v, 0))[1] + m)
     cohorts = {k: cohorts[k] for k in map(repr, natural_order([v for v, _ in cohorts.values()]))}
     k, n = len(series), len(values)
-    W, H = _figsize(figsize, (float(np.clip(3.2 + n * (0.25 + 0.16 * k), 7, 24)), 4.8))
+    own = (float(np.clip(3.2 + n * (0.25 + 0.16 * k), 7, 24)), 4.8)
+    W, H = _figsize(figsize, own)
+    fs = _fontsize(W, H, own)
     fig = Figure(figsize=(W, H), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(n, dtype=np.float64)
@@ -481,22 +496,23 @@ def cohort_divergence(series: list[tuple], series_by: str | None = None, figsize
         gaps = np.isnan(heights)
         if gaps.any():
             missing = True
-            ax.plot(pos[gaps], np.zeros(int(gaps.sum())), ls="none", marker="x", color=f"C{s % 10}", ms=5, mew=1.2,
-                    clip_on=False, zorder=3)
+            ax.plot(pos[gaps], np.zeros(int(gaps.sum())), ls="none", marker="x", color=f"C{s % 10}", ms=fs / 2,
+                    mew=1.2, clip_on=False, zorder=3)
     ax.set_xticks(x, [value_text(v) for v in values])
+    ax.tick_params(labelsize=fs * 0.9)
     longest = max((len(value_text(v)) for v in values), default=0)
-    if longest * n > 6 * W:  # the labels would run into each other: slanted
+    if longest * n * fs / 10 > 6 * W:  # the labels would run into each other: slanted
         for t in ax.get_xticklabels():
             t.set(rotation=35, ha="right", rotation_mode="anchor")
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_ylim(bottom=0)
-    ax.set_xlabel(field_title(within))
-    ax.set_ylabel(cohort_axis_label(first["metric"], first["weights"]))
+    ax.set_xlabel(field_title(within), fontsize=fs)
+    ax.set_ylabel(cohort_axis_label(first["metric"], first["weights"]), fontsize=fs)
     ax.grid(True, axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     title = (f"Divergence between the cohorts of {field_title(group_by)}: "
              f"{' vs '.join(f'{value_text(v)} ({m})' for v, m in cohorts.values())}")
-    ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize="medium")
+    ax.set_title(_fitted(title, 0.75 * W, fs, ": ", ":\n") + (f"\n{subtitle}" if subtitle else ""), fontsize=fs)
     handles, labels = ax.get_legend_handles_labels()
     if missing:
         from matplotlib.lines import Line2D
@@ -506,7 +522,7 @@ def cohort_divergence(series: list[tuple], series_by: str | None = None, figsize
     if series_by is not None or missing:
         # beside the axes: the bars of the deepest deciles are where a legend inside would go
         ax.legend(handles, labels, title=field_title(series_by) if series_by is not None else None,
-                  fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+                  fontsize=fs * 0.85, title_fontsize=fs, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return fig
 
 
@@ -522,12 +538,13 @@ def cohort_metric(data: dict, metric: str, group_by: str, series_by: str | None 
     side in the group's colour, its mean a white diamond. ``data``: ``Analysis.figure_model_metrics``
     by depth decile, with the columns ``group_by`` and ``series_by``; ``metric`` one of its metrics.
     Boxes are matplotlib's (whiskers at 1.5 IQR, outliers as points); a model with no value of the
-    metric in a decile (e.g. orthogonality unknown) is left out of it."""
+    metric in a decile (e.g. orthogonality unknown) is left out of it. Each box, median and mean is
+    named ``{boxes,medians,means}-{panel}-{group}-{decile}`` (its gid, an SVG's id)."""
     import pandas as pd
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    cols = data["columns"]
-    t = pd.DataFrame.from_records(data["rows"], columns=cols)
+    t = pd.DataFrame.from_records(data["rows"], columns=data["columns"])
     t = t.loc[:, ~t.columns.duplicated()]
     y = pd.to_numeric(t[metric], errors="coerce").to_numpy(np.float64)
     deciles = natural_order(list(dict.fromkeys(t["depth_decile"])))
@@ -535,8 +552,12 @@ def cohort_metric(data: dict, metric: str, group_by: str, series_by: str | None 
     panels = natural_order(list(dict.fromkeys(t[series_by]))) if series_by else [None]
     G, J = len(cohorts), len(deciles)
     rows, ncols = _grid(len(panels), 3)
-    W, H = _figsize(figsize, (float(np.clip(1.2 + ncols * (0.8 + J * (0.14 + 0.15 * G)), 7, 24)),
-                              1.3 + rows * 3.3))
+    own = (float(np.clip(1.2 + ncols * (0.8 + J * (0.14 + 0.15 * G)), 7, 24)), 1.3 + rows * 3.3)
+    W, H = _figsize(figsize, own)
+    fs = _fontsize(W, H, own)
+    step = max((W - 1.6) / ncols / (J + 0.2), 0.02)  # inches from one decile to the next
+    tick_fs = float(np.clip(step * 72 / 1.8, 4, 0.85 * fs))  # slanted labels a line apart
+    marker = float(np.clip(0.4 * step * 72 / G, 2, 4))
     fig = Figure(figsize=(W, H), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, ncols, sharey=True, squeeze=False)).ravel()
     width = 0.8 / G
@@ -548,6 +569,7 @@ def cohort_metric(data: dict, metric: str, group_by: str, series_by: str | None 
     decile_key = np.array([key(v) for v in t["depth_decile"]])
     panel_key = np.array([key(v) for v in t[series_by]]) if series_by else np.full(len(t), key(None))
     model = t["model_id"].to_numpy()
+    mean_style = {"marker": "D", "markersize": marker, "markerfacecolor": "white", "markeredgecolor": "black"}
     for p, (ax, value) in enumerate(zip(axes, panels)):
         in_panel = panel_key == key(value)
         for g, cohort in enumerate(cohorts):
@@ -567,37 +589,34 @@ def cohort_metric(data: dict, metric: str, group_by: str, series_by: str | None 
                                boxprops={"facecolor": to_rgba(colour, 0.55), "edgecolor": colour},
                                medianprops={"color": colour, "linewidth": 1.5},
                                whiskerprops={"color": colour}, capprops={"color": colour},
-                               flierprops={"marker": ".", "markersize": 3, "markerfacecolor": colour,
+                               flierprops={"marker": ".", "markersize": marker * 0.75, "markerfacecolor": colour,
                                            "markeredgecolor": colour},
-                               meanprops={"marker": "D", "markersize": 4, "markerfacecolor": "white",
-                                          "markeredgecolor": "black"})
+                               meanprops=mean_style)
             for role in ("boxes", "medians", "means"):  # named by panel, group and decile (SVG ids)
                 for j, artist in zip(where, parts[role]):
                     artist.set_gid(f"{role}-{p}-{g}-{j}")
         n_models = len(set(model[in_panel]))
         ax.set_title(f"{value_text(value)} ({n_models} models)" if series_by else f"all models ({n_models})",
-                     fontsize="medium")
+                     fontsize=fs)
         ax.set_xticks(np.arange(J), [value_text(d) for d in deciles], rotation=45, ha="right",
-                      rotation_mode="anchor", fontsize="small")
+                      rotation_mode="anchor", fontsize=tick_fs)
+        ax.tick_params(axis="y", labelsize=0.85 * fs)
         ax.set_xlim(-0.6, J - 0.4)
         ax.grid(True, axis="y", alpha=0.3)
         ax.set_axisbelow(True)
         if p % ncols == 0:
-            ax.set_ylabel(MODEL_METRIC_TITLES.get(metric, metric))
-        if p + ncols >= len(panels):  # nothing below it
-            ax.set_xlabel(field_title("depth_decile"))
+            ax.set_ylabel(MODEL_METRIC_TITLES.get(metric, metric), fontsize=fs)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
+    fig.supxlabel(field_title("depth_decile"), fontsize=fs)  # once, under every panel (each panel's would collide)
     models = {key(c): len(set(model[group_key == key(c)])) for c in cohorts}
     handles = [Patch(facecolor=to_rgba(f"C{g % 10}", 0.55), edgecolor=f"C{g % 10}",
                      label=f"{value_text(c)} ({models[key(c)]})") for g, c in enumerate(cohorts)]
-    from matplotlib.lines import Line2D
-
-    handles.append(Line2D([], [], ls="none", marker="D", markersize=4, markerfacecolor="white",
-                          markeredgecolor="black", label="mean"))
-    fig.legend(handles=handles, title=field_title(group_by), loc="outside right upper", fontsize="small", frameon=False)
+    handles.append(Line2D([], [], ls="none", **mean_style, label="mean"))
+    fig.legend(handles=handles, title=field_title(group_by), loc="outside right upper", fontsize=0.85 * fs,
+               title_fontsize=fs, frameon=False)
     title = f"{MODEL_METRIC_TITLES.get(metric, metric).capitalize()} of the models per depth decile, by {field_title(group_by)}"
-    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize="medium")
+    fig.suptitle(_fitted(title, W - 1.5, fs, ", by", ",\nby") + (f"\n{subtitle}" if subtitle else ""), fontsize=fs)
     return fig
 
 
@@ -612,11 +631,14 @@ def correlation_title(group: dict, method: str, label: str) -> str:
 
 def correlation(result: dict, figsize: Size | None = None, subtitle: str | None = None) -> Figure:
     """A scatter panel per group of ``Analysis.correlation`` (natural order): its models' x against
-    y, titled with the statistic, its 95% bootstrap interval and n (``correlation_title``); axes
-    labelled with the variables' names, each panel scaled to its own points."""
+    y (the points of panel i named ``points-{i}``), titled with the statistic, its 95% bootstrap
+    interval and n (``correlation_title``; the group on a line of its own where the title is wider
+    than its panel); axes labelled with the variables' names, each panel scaled to its own points."""
     groups, pts = result["groups"], result["points"]
     rows, cols = _grid(len(groups), 3)
-    W, H = _figsize(figsize, (float(np.clip(0.6 + 4.3 * cols, 6, 24)), 0.9 + 3.2 * rows))
+    own = (float(np.clip(0.6 + 4.3 * cols, 6, 24)), 0.9 + 3.2 * rows)
+    W, H = _figsize(figsize, own)
+    fs = _fontsize(W, H, own)
     fig = Figure(figsize=(W, H), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     x, y = np.asarray(pts["x"], dtype=np.float64), np.asarray(pts["y"], dtype=np.float64)
@@ -624,23 +646,22 @@ def correlation(result: dict, figsize: Size | None = None, subtitle: str | None 
     grouped = result.get("group_by") is not None
     for i, (ax, g) in enumerate(zip(axes, groups)):
         mine = np.array([k == repr(g["group"]) for k in keys], dtype=bool)
-        ax.scatter(x[mine], y[mine], s=18, alpha=0.75, color=f"C{i % 10}", edgecolors="none", gid=f"points-{i}")
+        ax.scatter(x[mine], y[mine], s=18 * fs / 10, alpha=0.75, color=f"C{i % 10}", edgecolors="none",
+                   gid=f"points-{i}")
         label = value_text(g["group"]) if grouped else "all models"
-        title = correlation_title(g, result["method"], label)
-        if _label_inches([title], 10) > (W - 0.6) / cols:  # wider than its panel: the group on a line of its own
-            title = title.replace(": ", ":\n", 1)
-        ax.set_title(title, fontsize="medium")
+        ax.set_title(_fitted(correlation_title(g, result["method"], label), (W - 0.6) / cols, fs, ": ", ":\n"), fontsize=fs)
         if not mine.any():
             ax.text(0.5, 0.5, "no model has both values", transform=ax.transAxes, ha="center", va="center",
-                    color="0.4")
+                    color="0.4", fontsize=fs)
         ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=0.85 * fs)
         if i % cols == 0:
-            ax.set_ylabel(result["y"])
+            ax.set_ylabel(result["y"], fontsize=fs)
         if i + cols >= len(groups):
-            ax.set_xlabel(result["x"])
+            ax.set_xlabel(result["x"], fontsize=fs)
     for ax in axes[len(groups):]:
         ax.set_visible(False)
     title = (f"{result['x']} and {result['y']}" + (f" per {field_title(result['group_by'])}" if grouped else "")
              + f" ({result['method']}, 95% interval of {result.get('resamples', 2000)} bootstrap resamples)")
-    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize="medium")
+    fig.suptitle(_fitted(title, W - 0.3, fs, " (", "\n(") + (f"\n{subtitle}" if subtitle else ""), fontsize=fs)
     return fig

@@ -194,7 +194,7 @@ def test_cohort_metric_boxes_are_the_model_metrics(analysis, db):
     n = meta.groupby("robust").size()
     assert [t.get_text() for t in legend.get_texts()] == [f"False ({n[False]})", f"True ({n[True]})", "mean"]
     assert axes[0].get_ylabel() == "normalized variance entropy"
-    assert axes[-1].get_xlabel() == "Depth Decile of Convolution Layer"
+    assert fig.get_supxlabel() == "Depth Decile of Convolution Layer"  # once, under all the panels
 
 
 def test_correlation_panels_are_the_engines(analysis, db):
@@ -392,3 +392,16 @@ def test_depth_decile_is_titled_and_ordered():
               "matrix": [[0, 3, 1], [3, 0, 2], [1, 2, 0]], "metric": "kl_sym"}
     assert figures.heatmap_order(result).tolist() == [0, 1, 2]
     assert json.dumps(figures.cohort_axis_label("js", "uniform")) == '"Jensen-Shannon divergence (mean over the 9 components)"'
+
+
+@pytest.mark.parametrize("figure", plots.STUDY_FIGURES)
+def test_a_smaller_figure_has_smaller_text(analysis, figure):
+    """Laid out again for its size: at a journal's column width the text shrinks (to 5 pt at least,
+    tick labels to 4) rather than running into the next panel's."""
+    params = {k: v for k, v in STUDY[figure].items()}
+    own = _fig(analysis, figure, **params)
+    small = _fig(analysis, figure, **params, width=7, height=3)
+    sizes = [t.get_fontsize() for ax in small.axes if ax.get_visible()
+             for t in (ax.title, *ax.get_xticklabels()) if t.get_text()]
+    own_sizes = [t.get_fontsize() for ax in own.axes if ax.get_visible() for t in (ax.title,) if t.get_text()]
+    assert min(sizes) >= 4 and max(sizes) < max(own_sizes) == 10
