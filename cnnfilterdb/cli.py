@@ -358,7 +358,8 @@ def cmd_label(args) -> int:
     else:
         where = _json_where(args.where)
     result = label_models(args.db or default_db(), labels, where=where, values=values, types=parse_types(args.type),
-                          new_value=args.new_value, dry_run=args.dry_run)
+                          new_value=args.new_value, new_property=args.new_property, skip_unknown=args.skip_unknown,
+                          dry_run=args.dry_run)
     print(json.dumps(result))
     return 0
 
@@ -836,6 +837,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     s.add_argument("--key", default="model", metavar="COLUMN",
                    help="the manifest's column of model names (default: model; the robustness study's meta.csv: Name)")
     _write_check_args(s)
+    s.add_argument("--new-property", action="store_true",
+                   help="make a new property whose name is near an existing one's (refused otherwise: did you mean ...?)")
+    s.add_argument("--skip-unknown", action="store_true",
+                   help="leave out the manifest's rows of models the store does not hold (listed in skipped_models)")
     s.add_argument("--dry-run", action="store_true", help="list the models it would change; commit nothing")
     _db_arg(s)
     s.set_defaults(func=cmd_label)

@@ -79,8 +79,9 @@ def check_name(name: str, where: str = "") -> str:
         raise PropertyError(f"{at}{name!r} is not a property name: lower-case letters, digits and _, starting "
                             f"with a letter, at most {MAX_NAME_CHARS} characters")
     if name in RESERVED:
-        raise PropertyError(f"{at}{name!r} is a built-in field, not a property (its flag: --"
-                            f"{name.replace('_', '-')})")
+        raise PropertyError(f"{at}{name!r} is a built-in field, not a property; a label sets the built-in fields "
+                            "task, visual_category, training_dataset, pretraining_dataset, name, paper, accessible, "
+                            "dataset_url and producer (their flags, or --set)")
     return name
 
 
@@ -161,6 +162,18 @@ def properties_at(cur, version: int | None = None) -> dict[str, str]:
     relation = "layers_with_models" if version is None else f"layers_with_models_at({int(version)})"
     cols = cur.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
     return {name: TYPE_OF_SQL.get(str(typ), "text") for name, typ, *_ in cols if name not in RESERVED}
+
+
+def nearest_property(name: str, existing: dict[str, str]) -> str | None:
+    """The existing property a new name ``name`` is likely a typo of (difflib's ratio at least
+    0.85, or equal but for _), if any."""
+    import difflib
+
+    squashed = {k.replace("_", ""): k for k in existing}
+    if name.replace("_", "") in squashed:
+        return squashed[name.replace("_", "")]
+    close = difflib.get_close_matches(name, list(existing), 1, cutoff=0.85)
+    return close[0] if close else None
 
 
 def fold(value: str) -> str:

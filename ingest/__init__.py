@@ -42,15 +42,18 @@ def detect_kind(path: Path) -> str | None:
 
 
 def read_manifest(manifest: Path) -> list[Source]:
-    """A CSV with a `path` column (relative to the manifest's folder) and any of META_FIELDS."""
+    """A CSV with a `path` column (relative to the manifest's folder) and any of META_FIELDS, by
+    their names or the label manifests' aliases (``labels.ALIASES``: Task, Visual Category, ...)."""
+    from .labels import ALIASES
+
     try:
-        with open(manifest, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        with open(manifest, newline="", encoding="utf-8-sig") as f:
+            rows = [{ALIASES.get(k, k) if k is not None else k: v for k, v in r.items()} for r in csv.DictReader(f)]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise IngestError(f"{manifest}: cannot read the manifest ({e})") from None
     if not rows or "path" not in rows[0]:
         raise IngestError(f"{manifest}: a manifest needs a header with a 'path' column (and any of {META_FIELDS})")
-    unknown = sorted(set(rows[0]) - {"path"} - set(META_FIELDS))
+    unknown = sorted(set(rows[0]) - {"path"} - set(META_FIELDS), key=str)
     if unknown:
         raise IngestError(f"{manifest}: unknown column(s) {unknown}; known: ['path'] + {META_FIELDS}")
     out = []
@@ -143,7 +146,7 @@ def ingest_paths(paths: list[Path], db: Path, progress: Progress | None = None, 
     """
     check_refit(refit)  # before any work
     progress = progress or Progress()
-    meta = {k: v for k, v in (meta or {}).items() if v is not None}
+    meta = {k: v.strip() if isinstance(v, str) else v for k, v in (meta or {}).items() if v is not None}
     if "model" in meta and len(paths) > 1:
         raise IngestError("--model names one model; for several files use a manifest")
     sources, skipped, ignored = [], [], []

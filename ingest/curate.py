@@ -33,9 +33,11 @@ from cnnfilterdb.store import FilterStore, StoreTransaction, check_refit
 from .shards import PARQUET_OPTIONS, SCHEMA
 
 
-def model_ids(tx: StoreTransaction, models: list[str]) -> dict[str, int]:
+def model_ids(tx: StoreTransaction, models: list[str], missing_ok: bool = False,
+              where: dict[str, str] | None = None) -> dict[str, int]:
     """model name (or model_id) -> model_id among the current models; StoreError naming every
-    unknown one with the nearest known names (a case-insensitive match first)."""
+    unknown one with the nearest known names (a case-insensitive match first) and, from
+    ``where`` (model -> "meta.csv: line 7"), where it was given; ``missing_ok``: the unknown left out."""
     known = dict(tx.con.execute("SELECT model, model_id FROM models").fetchall())
     ids = set(known.values())
     out, unknown = {}, []
@@ -51,7 +53,7 @@ def model_ids(tx: StoreTransaction, models: list[str]) -> dict[str, int]:
     twice = sorted(i for i, n in Counter(out.values()).items() if n > 1)
     if twice:
         raise StoreError(f"a model is named twice (by name and by id): model_id {twice[0]}; name each once")
-    if unknown:
+    if unknown and not missing_ok:
         hints = []
         removed = dict(tx.con.execute("SELECT model, max(version_to) FROM _models GROUP BY model "
                                       "HAVING bool_and(version_to IS NOT NULL)").fetchall())
@@ -60,9 +62,12 @@ def model_ids(tx: StoreTransaction, models: list[str]) -> dict[str, int]:
                 hints.append(f"{m!r} (removed in store version {removed[m]})")
                 continue
             near = nearest(m, list(known))
-            hints.append(f"{m!r}" + (f" (did you mean {', '.join(map(repr, near))}?)" if near else ""))
-        raise StoreError(f"no such model in the store: {', '.join(hints)}"
-                         + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+            at = f", {where[m]}" if where and m in where else ""
+            hints.append(f"{m!r}" + (f" (did you mean {', '.join(map(repr, near))}?{at})" if near else
+                                     f" ({at[2:]})" if at else ""))
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        skip = " (--skip-unknown leaves such rows out)" if where else ""
+        raise StoreError(f"no such model in the store: {', '.join(hints)}{more}{skip}")
     return out
 
 
@@ -95,6 +100,8 @@ def remove_models(db: Path, models: list[str] | None = None, refit: str = "auto"
     if (where is None) == (not models):
         raise StoreError("name the models to remove, or give --where JSON (not both)" if models
                          else "name at least one model to remove, or give --where JSON")
+    if where == {}:
+        raise StoreError("--where {} selects every model: name the models to remove, or narrow the selection")
     check_refit(refit)
     with StoreTransaction(db) as tx:
         names = models_where(tx, where) if where is not None else models

@@ -31,12 +31,13 @@ from cnnfilterdb.properties import (
     check_typed,
     ident,
     infer_type,
+    nearest_property,
     parse_value,
     properties_at,
     property_name,
     type_of_value,
 )
-from cnnfilterdb.store import StoreTransaction
+from cnnfilterdb.store import StoreTransaction, change_summary
 
 from .curate import model_ids, models_where
 from .errors import IngestError
@@ -62,8 +63,10 @@ class Labels:
 
 
 def _text(value: str, field_name: str, where: str) -> str:
-    """A text value as the store holds it: non-empty, valid UTF-8, no NUL."""
-    if not value.strip():
+    """A text value as the store holds it: stripped of surrounding white space, non-empty, valid
+    UTF-8, no NUL."""
+    value = value.strip()
+    if not value:
         raise IngestError(f"{where}: {field_name} is empty; give a value (a manifest's empty cell leaves a field as it is)")
     try:
         value.encode("utf-8")
@@ -190,13 +193,14 @@ def _typed_value(name: str, value: Any, type_name: str, existing: dict[str, str]
             given = infer_type([value]) if isinstance(value, str) else type_of_value(value)
             shown = repr(value[:80]) if isinstance(value, str) else repr(value)
             raise PropertyError(f"{where}: {name} {shown} is {given}, the store's property {name} is "
-                                f"{existing[name]}") from None
+                                f"{existing[name]} (a property keeps its type: give values of {existing[name]}, or "
+                                f"make another property with --type NAME={given})") from None
         raise
 
 
 def label_models(db: Path, labels: Labels | list[tuple[str, dict]] | None = None, *, where: dict | None = None,
                  values: dict | None = None, types: dict[str, str] | None = None, new_value: bool = False,
-                 dry_run: bool = False) -> dict:
+                 new_property: bool = False, skip_unknown: bool = False, dry_run: bool = False) -> dict:
     """Relabel models, all or nothing, as one new store version.
 
     Parameters
@@ -209,6 +213,10 @@ def label_models(db: Path, labels: Labels | list[tuple[str, dict]] | None = None
     types : property -> type ("boolean", "integer", "double", "text") for new properties (an
         existing property keeps its own).
     new_value : store a categorical value that is another spelling of one the store holds.
+    new_property : make a new property whose name is near an existing one's (by default refused
+        as a likely typo: did you mean ...?).
+    skip_unknown : leave out the rows of models the store does not hold (listed in
+        ``skipped_models``) instead of refusing the label (a study's meta.csv lists more models).
     dry_run : check everything and say what would change; commit nothing.
 
     Returns
@@ -216,7 +224,8 @@ def label_models(db: Path, labels: Labels | list[tuple[str, dict]] | None = None
     dict with ``version`` (None if nothing changed or ``dry_run``: no version is committed),
     ``changed`` the models whose metadata changed (or would), ``unchanged`` those already so
     labelled, ``properties_added`` {name: type} of the properties this label creates,
-    ``skipped_columns`` the manifest's columns of no value, ``dry_run``.
+    ``skipped_columns`` the manifest's columns of no value, ``skipped_models`` (with
+    ``skip_unknown``), ``dry_run``.
     """
     types = {check_name(k, "--type"): check_type(t, f"--type {k}") for k, t in (types or {}).items()}
     if isinstance(labels, list):
@@ -237,13 +246,22 @@ def label_models(db: Path, labels: Labels | list[tuple[str, dict]] | None = None
         names = [m for m, _, _ in labels.rows]
         if len(set(names)) < len(names):
             raise IngestError("label: a model is named twice; name each once")
-        ids = model_ids(tx, names)
+        skipped_models = []
+        if skip_unknown:
+            held = set(model_ids(tx, names, missing_ok=True))
+            skipped_models = [m for m in names if m not in held]
+            labels = Labels([r for r in labels.rows if r[0] in held], labels.skipped)
+            names = [m for m, _, _ in labels.rows]
+        ids = model_ids(tx, names, where={m: at for m, _, at in labels.rows})
         existing = properties_at(tx.con, tx.base_version)
         rows = []
         for m, vals, at in labels.rows:
             for name in vals:
                 if name not in LABEL_FIELDS and name not in existing:
                     check_name(name, at)
+                    if not new_property and (near := nearest_property(name, existing)):
+                        raise PropertyError(f"{at}: {name!r} would be a new property, and the store has {near!r}: "
+                                            f"did you mean {near!r}? Give --new-property to make {name!r}")
             rows.append((m, vals, at))
         property_types = _property_types(rows, existing, types)
         added = {k: t for k, t in property_types.items() if k not in existing}
@@ -273,9 +291,13 @@ def label_models(db: Path, labels: Labels | list[tuple[str, dict]] | None = None
         changed, unchanged = [], []
         for m, out in changes:
             (changed if out and tx.relabel(ids[m], out) else unchanged).append(m)
-        version = tx.commit("label") if changed and not dry_run else None
+        fields = list(dict.fromkeys(k for _, out in changes for k in out if k != "task_raw"))
+        summary = change_summary([], changed, []) + (f"; set {', '.join(fields[:8])}" if fields else "") + \
+            ("" if len(fields) <= 8 else f", ... {len(fields) - 8} more")
+        version = tx.commit("label", summary=summary) if changed and not dry_run else None
     return {"db": str(Path(db).resolve()), "version": version, "changed": changed, "unchanged": unchanged,
-            "properties_added": added if changed else {}, "skipped_columns": labels.skipped, "dry_run": dry_run}
+            "properties_added": added if changed else {}, "skipped_columns": labels.skipped,
+            "skipped_models": skipped_models, "dry_run": dry_run}
 
 
 __all__ = ["ALIASES", "LABEL_FIELDS", "Labels", "label_models", "parse_assignments", "parse_types",

@@ -41,6 +41,7 @@ def check_spellings(con, version: int, given: list[tuple[str, str, str]], text_p
     if new_value:
         return
     seen: dict[str, dict[str, str]] = {}  # field -> folded -> the spelling first held or given
+    problems: list[str] = []
     for field, value, where in given:
         if not isinstance(value, str) or (field not in CATEGORICAL_FIELDS and field not in text_properties):
             continue
@@ -51,9 +52,12 @@ def check_spellings(con, version: int, given: list[tuple[str, str, str]], text_p
                     seen[field].setdefault(fold(v), v)
         known = seen[field].setdefault(fold(value), value)
         if known != value:
-            raise IngestError(f"{where}: {field} {echo(value)} is another spelling of {known!r}, which the store "
-                              f"already holds (or this write gives): did you mean {known!r}? Give --new-value to "
-                              "store it as a value of its own")
+            problems.append(f"{where}: {field} {echo(value)} is another spelling of {known!r}, which the store "
+                            f"already holds (or this write gives): did you mean {known!r}?")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise IngestError("; ".join(dict.fromkeys(problems[:5])) + more + ". Give --new-value to store such a value "
+                          "as a value of its own")
 
 
 def check_required(meta: dict, where: str) -> None:
@@ -61,6 +65,6 @@ def check_required(meta: dict, where: str) -> None:
     missing = [f for f in REQUIRED_FIELDS if not meta.get(f)]
     if missing:
         flags = ", ".join("--" + f.replace("_", "-") for f in missing)
-        raise IngestError(f"{where}: a model file needs its {', '.join(REQUIRED_FIELDS)}; missing "
+        raise IngestError(f"{where}: a model file needs its task, visual category and training dataset; missing "
                           f"{', '.join(missing)}: give {flags} (or the manifest's columns of those names), or "
                           "--allow-missing to store them as unknown")

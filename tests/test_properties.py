@@ -291,6 +291,40 @@ def test_set_where_dry_run_and_types(labelled, tmp_path):
     assert cnnfilterdb.open(db).models(json.loads(where)).empty
 
 
+def test_the_reviews_findings(labelled, tmp_path):
+    """A typo of a property is refused (did you mean), a study's meta.csv naming models the store
+    lacks is one error naming the line or, with --skip-unknown, labels the rest; every spelling
+    problem is said at once; values are stripped; remove --where {} is refused; a label's log line
+    names the fields it set."""
+    db = tmp_path / "db"
+    shutil.copytree(labelled[0], db)
+    first = cnnfilterdb.open(db).models().model.iloc[0]
+    before = store_snapshot(db)
+    code, _, err = run_cli("label", first, "--set", "clean_acuracy=80", "--db", str(db))
+    assert code == 1 and "did you mean 'clean_accuracy'?" in err and "--new-property" in err
+    code, _, err = run_cli("label", first, "--set", "cleanaccuracy=80", "--db", str(db))
+    assert code == 1 and "did you mean 'clean_accuracy'?" in err
+    m = _write_csv(tmp_path / "m.csv", ["Name", "Robust"], [[first, "true"], ["not-in-this-store", "false"]])
+    code, _, err = run_cli("label", "--manifest", str(m), "--key", "Name", "--db", str(db))
+    assert code == 1 and "'not-in-this-store' (" in err and "m.csv: line 3" in err and "--skip-unknown" in err
+    code, _, err = run_cli("label", first, "--task", models_task_variant(db), "--backbone-x", "1", "--db", str(db))
+    assert code == 2  # an unknown flag: argparse's
+    variant = models_task_variant(db)
+    m2 = _write_csv(tmp_path / "m2.csv", ["Name", "Task", "Backbone"], [[first, variant, "resnet 50"]])
+    code, _, err = run_cli("label", "--manifest", str(m2), "--key", "Name", "--db", str(db))
+    assert code == 1 and "task" in err and "did you mean 'ResNet-50'?" in err and err.count("another spelling") == 2
+    code, _, err = run_cli("remove", "--where", "{}", "--db", str(db))
+    assert code == 1 and "selects every model" in err
+    assert store_snapshot(db) == before
+    code, out, err = run_cli("label", "--manifest", str(m), "--key", "Name", "--skip-unknown", "--db", str(db))
+    assert code == 0 and json.loads(out)["skipped_models"] == ["not-in-this-store"], err
+    code, out, err = run_cli("label", first, "--set", "note= spaced out  ", "--new-property", "--db", str(db))
+    assert code == 0, err
+    assert cnnfilterdb.open(db).models({"model": first}).note.iloc[0] == "spaced out"
+    code, out, _ = run_cli("log", "--json", "--db", str(db))
+    assert json.loads(out)[-1]["summary"].endswith("; set note")
+
+
 def test_a_model_file_needs_its_metadata(labelled, tmp_path):
     db = tmp_path / "db"
     shutil.copytree(labelled[0], db)
