@@ -583,7 +583,7 @@ class Analysis:
                                "or by depth_decile: a model's metrics per depth decile)")
         cond, params = condition(self.cur, req.selection, self.version)
         own = [v for v in dict.fromkeys((x, y, group_by)) if v is not None and v not in MODEL_METRICS
-               and v != "depth_decile"]
+               and v not in ("depth_decile", "model", "model_id")]  # those are model_metrics' own columns
         by = "depth_decile" if group_by == "depth_decile" else None
         t = model_metrics(self.cur, self.layers, cond, params, req.layers, by, extra=tuple(own))
         if t.empty:

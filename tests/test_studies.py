@@ -402,3 +402,11 @@ def test_divergence_robust_vs_normal_per_depth_decile(study, ds):
         assert f["n_filters"] == [int(ref.n_filters[here & (ref.robust == r)].sum()) for r in labels]
         assert f["n_models"] == [ref.model[here & (ref.robust == r)].nunique() for r in labels]
     assert n_two == len(present) == len(DECILES)
+
+
+def test_correlation_per_model_is_a_group_of_one(study):
+    """group_by model or model_id (the table's own columns): one model a group, too few to
+    correlate (a hostile review found a 500 here: the column was taken twice)."""
+    for field in ("model", "model_id"):
+        got = study.fdb.correlation("sparsity", "clean_accuracy", group_by=field)
+        assert len(got) == len(study.models) and (got.n <= 1).all() and got.statistic.isna().all()
