@@ -58,6 +58,7 @@ MAX_CURVE_POINTS = 512  # ridge: points drawn per curve (an SVG of 9 x 40 finer 
 # What a request may send and an error may say back.
 MAX_SQL_CHARS = 100_000   # the text of one POST /v1/sql statement
 MAX_PROPERTIES = 256        # model properties a store holds (columns of its models)
+MAX_TEXT_CHARS = 10_000        # a text value a label stores (a category or a note, not a document)
 MAX_MANIFEST_BYTES = 64 << 20  # a label manifest (a meta.csv of 647 models is a few tens of KB)
 ECHO_CHARS = 100          # a client's value quoted in an error message (selection.echo)
 MESSAGE_CHARS = 1_000     # an error message of the service, whatever its source

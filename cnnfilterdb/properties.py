@@ -44,8 +44,10 @@ RESERVED = frozenset(BUILTIN_MODEL_COLUMNS + _LAYER_COLUMNS + (
     "sample", "depth_decile", "filter_id", "w", "properties", "version", "label", "value", "group", "all",
     *(f"w{i}" for i in range(9))))
 MAX_NAME_CHARS = 63
+INT64 = (-(2**63), 2**63 - 1)
 NAME = re.compile(r"[a-z][a-z0-9_]{0,62}\Z")
 _INTEGER = re.compile(r"[+-]?[0-9]+\Z")
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")  # ASCII digits only: no 1_000, no ١٢
 _BOOLEAN = {"true": True, "false": False}
 
 
@@ -92,10 +94,12 @@ def check_type(type_name: str, where: str = "") -> str:
 
 
 def _is_double(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
+    """A finite decimal number written in ASCII digits (not Python's wider float syntax)."""
+    return bool(_DECIMAL.match(text)) and math.isfinite(float(text))
+
+
+def _is_int64(text: str) -> bool:
+    return bool(_INTEGER.match(text)) and len(text) <= 20 and INT64[0] <= int(text) <= INT64[1]
 
 
 def infer_type(cells: list[str]) -> str | None:
@@ -106,14 +110,11 @@ def infer_type(cells: list[str]) -> str | None:
         return None
     if all(c.lower() in _BOOLEAN for c in cells):
         return "boolean"
-    if all(_INTEGER.match(c) for c in cells):
+    if all(_is_int64(c) for c in cells):  # beyond 64 bits: a double
         return "integer"
     if all(_is_double(c) for c in cells):
         return "double"
     return "text"
-
-
-INT64 = (-(2**63), 2**63 - 1)
 
 
 def parse_value(text: str, type_name: str, where: str):
@@ -172,13 +173,23 @@ def nearest_property(name: str, existing: dict[str, str]) -> str | None:
     squashed = {k.replace("_", ""): k for k in existing}
     if name.replace("_", "") in squashed:
         return squashed[name.replace("_", "")]
-    close = difflib.get_close_matches(name, list(existing), 1, cutoff=0.85)
+    letters = re.sub(r"[0-9]", "", name)
+    # names that differ in their digits only (top1_acc, top5_acc; robust_l2, robust_l1) are a series, not typos
+    close = [k for k in difflib.get_close_matches(name, list(existing), 3, cutoff=0.85)
+             if re.sub(r"[0-9]", "", k) != letters]
     return close[0] if close else None
 
 
 def fold(value: str) -> str:
-    """A categorical value as write checks compare it: case-folded, without spaces, - and _."""
-    return re.sub(r"[\s\-_]+", "", value.casefold())
+    """A categorical value as write checks compare it: NFKC-normalized (full-width letters as
+    ASCII), case-folded (ß as ss), without spaces, _ and dashes of any kind (-, U+2011, U+2212, ...),
+    without invisible format characters (zero-width spaces, soft hyphens, byte-order marks) and
+    combining marks (Turkish İ as I): two values equal so are one category spelled twice."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", value).casefold())
+    return "".join(c for c in text if not (c.isspace() or c in "_-\u2212" or
+                                           unicodedata.category(c) in ("Cf", "Mn", "Pd")))
 
 
 def ident(name: str) -> str:

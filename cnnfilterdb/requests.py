@@ -31,6 +31,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     StrictStr,
     ValidationError,
     ValidationInfo,
@@ -271,7 +272,7 @@ CONDITIONS = {
 }
 # A model property's (selection.kind_of: "any" until the engine knows the store's types): a boolean,
 # a number or a string, a list of them, or bounds.
-_Value = StrictBool | _Real | StrictStr
+_Value = StrictBool | StrictInt | _Real | StrictStr  # an int stays one: said back as given
 AnyBounds = _bounds(_Real | StrictStr, "Bounds[float | str]", "PropertyBounds")
 PropertyCondition = _Value | list[_Value | None] | AnyBounds | None
 

@@ -226,11 +226,12 @@ def where_sql(where: dict[str, Any] | None, properties: dict[str, str] | None = 
                              f"known fields: {known}")
     unknown = sorted(k for k in where if kind_of(k, properties) is None)
     if unknown:
-        near = nearest(unknown[0], known)
+        near = _as_property(unknown[0], properties) or nearest(unknown[0], known)
         hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
         names = ", ".join(echo(u) for u in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
-        props = "" if properties is None else (f" and the store's model properties {list(properties)}" if properties
-                                               else " (the store's models have no properties)")
+        props = " and the store's model properties (GET /v1/fields lists them)" if properties is None else (
+            f" and the store's model properties {list(properties)}" if properties
+            else " (the store's models have no properties)")
         raise UnknownName(f"unknown field(s) in where: [{names}]{hint}; known fields of where: {FILTER_FIELDS}{props}")
     parts, params = [], []
     for name, value in where.items():
@@ -321,9 +322,10 @@ def check_values(cur, where: dict | None, version: int, properties: dict[str, st
         near = nearest(missing[0], known)
         # the same words from every front end (CLI, Python API, HTTP): each can run this SQL
         hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else \
-            (f"; list the values of {name} with SELECT DISTINCT {name} FROM layers_with_models "
+            (f"; list the values of {name} with SELECT DISTINCT {ident(name)} FROM layers_with_models "
              f"(cnnfilterdb sql, db.sql(), POST /v1/sql) or GET /v1/fields")
-        raise EmptySelectionError(f"where.{name}: {echo(missing[0])} is not a {name} of any model in the store "
+        article = "a" if name in TEXT_FIELDS else "the"  # a property's name may not take "a" (an order)
+        raise EmptySelectionError(f"where.{name}: {echo(missing[0])} is not {article} {name} of any model in the store "
                                   f"(store version {version}){hint}")
 
 
@@ -362,6 +364,19 @@ def layers_at(version: int) -> str:
     return f"layers_with_models_at({int(version)})"
 
 
+def _as_property(name: str, properties: dict[str, str] | None) -> list[str]:
+    """A name spelled as a manifest's column (``Clean Accuracy``) as the property it became
+    (``clean_accuracy``), when that is a property of ``properties`` or, without them, a
+    well-formed property name: the suggestion for a name given as its column."""
+    from .properties import PropertyError, property_name
+
+    try:
+        p = property_name(name)
+    except PropertyError:
+        return []
+    return [p] if p != name and (p in properties if properties is not None else True) else []
+
+
 def groupable(properties: dict[str, str] | None) -> list[str]:
     """The fields a group_by takes: GROUP_FIELDS and the boolean and text properties."""
     return GROUP_FIELDS + [k for k, t in (properties or {}).items() if t in GROUPABLE_TYPES]
@@ -383,7 +398,7 @@ def check_group_by(group_by: str | None, properties: dict[str, str] | None = Non
                                f"boolean and text properties (select a range of a number with where, e.g. "
                                f'{{"{group_by}": {{"gte": ...}}}})')
     known = groupable(properties)
-    near = nearest(group_by, known) if isinstance(group_by, str) else []
+    near = (_as_property(group_by, properties) or nearest(group_by, known)) if isinstance(group_by, str) else []
     hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
     raise UnknownName(f"unknown {parameter} {echo(group_by)}{hint}; known: {known}")
 

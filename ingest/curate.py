@@ -34,15 +34,17 @@ from .shards import PARQUET_OPTIONS, SCHEMA
 
 
 def model_ids(tx: StoreTransaction, models: list[str], missing_ok: bool = False,
-              where: dict[str, str] | None = None) -> dict[str, int]:
+              where: dict[str, str] | None = None, names_only: bool = False) -> dict[str, int]:
     """model name (or model_id) -> model_id among the current models; StoreError naming every
     unknown one with the nearest known names (a case-insensitive match first) and, from
-    ``where`` (model -> "meta.csv: line 7"), where it was given; ``missing_ok``: the unknown left out."""
+    ``where`` (model -> "meta.csv: line 7"), where it was given; ``missing_ok``: the unknown left
+    out; ``names_only``: a model is named by its unique name only (a manifest's key: "7" is the
+    model named 7, not model_id 7)."""
     known = dict(tx.con.execute("SELECT model, model_id FROM models").fetchall())
     ids = set(known.values())
     out, unknown = {}, []
     for m in models:
-        as_id = int(m) if m.isascii() and m.isdigit() and len(m) <= 10 and int(m) in ids else None
+        as_id = int(m) if not names_only and m.isascii() and m.isdigit() and len(m) <= 10 and int(m) in ids else None
         if m in known and as_id is not None and known[m] != as_id:
             raise StoreError(f"{m!r} is both the name of model_id {known[m]} and a model_id: name the model "
                              f"{m!r} by its id {known[m]}, or model_id {m} by its name")
@@ -105,6 +107,10 @@ def remove_models(db: Path, models: list[str] | None = None, refit: str = "auto"
     check_refit(refit)
     with StoreTransaction(db) as tx:
         names = models_where(tx, where) if where is not None else models
+        if where is not None and names and len(names) == tx.con.execute(
+                "SELECT count(*) FROM models_at(?)", [tx.base_version]).fetchone()[0]:
+            raise StoreError(f"--where selects every model of the store ({len(names):,}): name them to remove them "
+                             "all, or narrow the selection")
         ids = model_ids(tx, names)
         if dry_run or not ids:
             n_models, n_filters = tx.con.execute("SELECT count(*), coalesce(sum(n_filters), 0) FROM models_at(?) "

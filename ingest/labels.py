@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnfilterdb.limits import MAX_MANIFEST_BYTES, MAX_PROPERTIES
+from cnnfilterdb.limits import MAX_MANIFEST_BYTES, MAX_PROPERTIES, MAX_TEXT_CHARS
 from cnnfilterdb.properties import (
+    NAME,
     TYPES,
     PropertyError,
     check_name,
@@ -53,6 +54,9 @@ ALIASES = {"Name": "name", "Task": "task", "Visual Category": "visual_category",
            "Accessible": "accessible", "Dataset URL": "dataset_url", "Producer": "producer"}
 
 
+_ALIASES_FOLDED = {k.casefold(): v for k, v in ALIASES.items()}  # "Visual category" is "Visual Category"
+
+
 @dataclass
 class Labels:
     """What a label gives: per model (a name or model_id), the values of its fields, and where each
@@ -60,6 +64,7 @@ class Labels:
     cell, ``--set``'s VALUE) or, from Python, a typed value (bool, int, float, str)."""
     rows: list[tuple[str, dict[str, Any], str]]
     skipped: list[str] = field(default_factory=list)  # manifest columns with no value: no property made
+    by_name: bool = False  # the models named by their unique name only (a manifest's key), never by model_id
 
 
 def _text(value: str, field_name: str, where: str) -> str:
@@ -74,6 +79,8 @@ def _text(value: str, field_name: str, where: str) -> str:
         raise IngestError(f"{where}: {field_name} {value!r} is not valid UTF-8 text") from None
     if "\0" in value:
         raise IngestError(f"{where}: {field_name} holds a NUL character")
+    if len(value) > MAX_TEXT_CHARS:
+        raise IngestError(f"{where}: {field_name} is {len(value):,} characters long, at most {MAX_TEXT_CHARS:,}")
     return value
 
 
@@ -103,7 +110,7 @@ def read_label_manifest(path: Path, key: str = "model") -> Labels:
     for column in header:
         if column == key:
             continue
-        name = column if column in LABEL_FIELDS else ALIASES.get(column)
+        name = column if column in LABEL_FIELDS else _ALIASES_FOLDED.get(" ".join(column.casefold().split()))
         if name is None:
             if column == "model":
                 raise IngestError(f"{path}: column 'model' is the models' unique name; with --key {key!r} drop it "
@@ -133,7 +140,7 @@ def read_label_manifest(path: Path, key: str = "model") -> Labels:
                 values[fields[column]] = _text(cell.strip(), fields[column], f"{path}: line {i}")
                 filled[column] = True
         out.append((model, values, f"{path}: line {i}"))
-    return Labels(out, skipped=[c for c, f in filled.items() if not f])
+    return Labels(out, skipped=[c for c, f in filled.items() if not f], by_name=True)
 
 
 def parse_assignments(items: list[str], where: str = "--set") -> dict[str, str]:
@@ -151,10 +158,12 @@ def parse_assignments(items: list[str], where: str = "--set") -> dict[str, str]:
 
 
 def parse_types(items: list[str]) -> dict[str, str]:
-    """``--type NAME=TYPE`` arguments as {property: type}."""
+    """``--type NAME=TYPE`` arguments as {property: type}; NAME as the property or as the
+    manifest's column (``Clean Accuracy``: clean_accuracy)."""
     out = {}
     for name, value in parse_assignments(items, "--type").items():
-        out[check_name(name, "--type")] = check_type(value, f"--type {name}")
+        out[check_name(name if NAME.match(name) else property_name(name, "--type"), "--type")] = \
+            check_type(value, f"--type {name}")
     return out
 
 
@@ -248,11 +257,11 @@ def label_models(db: Path, labels: Labels | list[tuple[str, dict]] | None = None
             raise IngestError("label: a model is named twice; name each once")
         skipped_models = []
         if skip_unknown:
-            held = set(model_ids(tx, names, missing_ok=True))
+            held = set(model_ids(tx, names, missing_ok=True, names_only=labels.by_name))
             skipped_models = [m for m in names if m not in held]
             labels = Labels([r for r in labels.rows if r[0] in held], labels.skipped)
             names = [m for m, _, _ in labels.rows]
-        ids = model_ids(tx, names, where={m: at for m, _, at in labels.rows})
+        ids = model_ids(tx, names, where={m: at for m, _, at in labels.rows}, names_only=labels.by_name)
         existing = properties_at(tx.con, tx.base_version)
         rows = []
         for m, vals, at in labels.rows:
@@ -264,6 +273,9 @@ def label_models(db: Path, labels: Labels | list[tuple[str, dict]] | None = None
                                             f"did you mean {near!r}? Give --new-property to make {name!r}")
             rows.append((m, vals, at))
         property_types = _property_types(rows, existing, types)
+        if unused := sorted(set(types) - set(property_types)):
+            raise PropertyError(f"--type {unused[0]}: no column or --set of this label gives {unused[0]!r} (the "
+                                f"properties it gives: {sorted(property_types)[:20]})")
         added = {k: t for k, t in property_types.items() if k not in existing}
         if len(existing) + len(added) > MAX_PROPERTIES:
             raise PropertyError(f"label: the store would hold {len(existing) + len(added)} properties, at most "

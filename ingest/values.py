@@ -56,8 +56,8 @@ def check_spellings(con, version: int, given: list[tuple[str, str, str]], text_p
                             f"already holds (or this write gives): did you mean {known!r}?")
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise IngestError("; ".join(dict.fromkeys(problems[:5])) + more + ". Give --new-value to store such a value "
-                          "as a value of its own")
+        raise IngestError("; ".join(dict.fromkeys(problems[:5])) + more + " (--new-value stores such a value as a "
+                          "value of its own)")
 
 
 def check_required(meta: dict, where: str) -> None:

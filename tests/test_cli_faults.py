@@ -254,7 +254,7 @@ def test_every_writing_command_is_covered():
     (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     commands = set(sub.choices)
     writers = {"ingest", "label", "remove", "compact", "refit", "export", "plot", "report", "spark", "demo"}
-    readers = {"info", "sql", "verify", "drift", "log", "serve"}
+    readers = {"info", "sql", "verify", "drift", "model-metrics", "correlate", "log", "serve"}
     assert commands == writers | readers, commands ^ (writers | readers)
     assert set(WRITERS) | {c.split()[0] for c in OUTPUTS} | {"spark", "demo"} == writers
 

@@ -412,3 +412,48 @@ def test_properties_reach_spark_tables_and_the_cli(labelled):
     assert code == 0 and "False" in out and "True" in out, err
     code, out, err = run_cli("sql", "--db", str(db), 'SELECT "order", robust FROM models ORDER BY "order" LIMIT 2')
     assert code == 0 and "order" in out, err
+
+
+def test_the_hostile_reviews_findings(labelled, tmp_path):
+    """Each a finding of the hostile review, now refused or right."""
+    from cnnfilterdb.properties import fold, nearest_property
+
+    db = tmp_path / "db"
+    shutil.copytree(labelled[0], db)
+    before = store_snapshot(db)
+    # a selection of every model, by an empty bounds object too, removes nothing
+    for where in ('{"task": {}}', '{"clean_accuracy": {}}'):
+        code, _, err = run_cli("remove", "--where", where, "--db", str(db))
+        assert code == 1 and "selects every model" in err, err
+    # a manifest's key is a model's name, never a model_id
+    m = _write_csv(tmp_path / "ids.csv", ["Name", "Robust"], [["7", "True"]])
+    code, _, err = run_cli("label", "--manifest", str(m), "--key", "Name", "--db", str(db))
+    assert code == 1 and "no such model in the store: '7'" in err
+    # --type naming nothing the label gives; --type by the column's spelling
+    m = _write_csv(tmp_path / "code.csv", ["Name", "Code"], [[cnnfilterdb.open(db).models().model.iloc[0], "007"]])
+    code, _, err = run_cli("label", "--manifest", str(m), "--key", "Name", "--type", "cod=text", "--db", str(db))
+    assert code == 1 and "--type cod: no column or --set of this label gives 'cod'" in err
+    # a text value of a document's length
+    code, _, err = run_cli("label", "0", "--set", "note=" + "a" * 20_000, "--db", str(db))
+    assert code == 1 and "at most 10,000" in err
+    assert store_snapshot(db) == before
+    code, out, err = run_cli("label", "--manifest", str(m), "--key", "Name", "--type", "Code=text", "--db", str(db))
+    assert code == 0 and json.loads(out)["properties_added"] == {"code": "text"}, err
+    assert cnnfilterdb.open(db).models({"code": "007"}).code.tolist() == ["007"]  # the leading zeros kept
+    # invisible and look-alike spellings are one category
+    for variant in ["Face Detection\u200b", "\ufeffFace Detection", "Face De\u00adtection", "Ｆａｃｅ Detection",
+                    "FACE DETECTİON", "face\u2011detection"]:
+        assert fold(variant) == fold("Face Detection"), variant
+    assert fold("ResNet\u221250") == fold("ResNet-50") and fold("Straße") == fold("STRASSE")
+    # a series of names is no typo; a real typo is
+    held = {"top1_acc": "double", "robust_l2": "boolean", "clean_accuracy": "double"}
+    assert nearest_property("top5_acc", held) is None and nearest_property("robust_l1", held) is None
+    assert nearest_property("clean_acuracy", held) == "clean_accuracy"
+    # Python's float() syntax is not a number of a manifest; 64 bits is the integers' range
+    assert infer_type(["1_000"]) == "text" and infer_type(["\u0661\u0662"]) == "text"
+    assert infer_type(["99999999999999999999", "5"]) == "double"
+    # a name as its column spells it: the property's name suggested
+    with pytest.raises(UnknownName, match="did you mean 'clean_accuracy'"):
+        cnnfilterdb.open(db).histograms(where={"Clean Accuracy": {"gte": 1}})
+    with pytest.raises(InvalidValue, match="got 1$|got 1[;,) ]"):
+        cnnfilterdb.open(db).histograms(where={"robust": 1})

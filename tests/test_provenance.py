@@ -343,3 +343,16 @@ def test_a_report_of_real_models_has_no_sample_notice(tmp_path, capsys):
     html = _report(db, tmp_path / "r")
     assert SYNTHETIC_NOTICE.lower() not in html.lower() and 'class="synthetic"' not in html
     assert "<dt>store version</dt><dd>3</dd>" in html
+
+
+def test_a_layers_filters_name_the_store(store, client):
+    """GET /v1/layers/{id}/filters (JSON pages and .npy) say the store and version they read, as
+    the exports do (a hostile review found them bare)."""
+    from cnnfilterdb.catalog import store_id
+
+    with open_catalog(store) as con:
+        sid, layer = store_id(con), con.execute("SELECT min(layer_id) FROM layers").fetchone()[0]
+        version = str(con.execute("SELECT max(version) FROM versions").fetchone()[0])
+    for fmt in ("json", "npy"):
+        r = client.get(f"/v1/layers/{layer}/filters", params={"format": fmt})
+        assert r.status_code == 200 and (r.headers["X-Store-Id"], r.headers["X-Store-Version"]) == (sid, version), fmt

@@ -12,6 +12,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic_core import to_json
 
+from cnnfilterdb.catalog import store_id
 from cnnfilterdb.errors import first_line
 from cnnfilterdb.layout import SHARDS, StoreDamaged, damage_in, relative_to_store
 
@@ -147,14 +148,16 @@ def layer_filters(
     if format == "npy":
         with catalog.cursor() as cur:
             layer = _layer(cur, layer_id)
+            provenance = _provenance(cur)
         first, last, n = layer["filter_id_first"], layer["filter_id_last"], layer["n_filters"]
         return slot.stream(_npy_stream(catalog, first, last, n), media_type="application/x-npy",
-                           headers={"Content-Disposition": f'attachment; filename="layer-{layer_id}.npy"'})
+                           headers={"Content-Disposition": f'attachment; filename="layer-{layer_id}.npy"', **provenance})
     # Capped, and the response shows the limit used; format=npy streams whole layers.
     limit = min(limit or 1000, settings.filters_json_max)
     ids, W = np.empty(0, np.int64), np.empty((0, 9), np.float32)
     with catalog.cursor() as cur:
         layer = _layer(cur, layer_id)
+        provenance = _provenance(cur)
         first, last, n = layer["filter_id_first"], layer["filter_id_last"], layer["n_filters"]
         lo, hi = first + offset, min(last, first + offset + limit - 1)
         if lo <= last:
@@ -167,7 +170,13 @@ def layer_filters(
             ids, W = res["filter_id"], np.stack([res[f"w{i}"] for i in range(9)], axis=1)
     nxt = f"{request.url.path}?offset={offset + limit}&limit={limit}" if hi < last else None
     head = {"layer_id": layer_id, "n_filters": n, "offset": offset, "limit": limit}
-    return slot.stream(_json_page(head, ids, W, layer["model_id"], layer_id, nxt), media_type="application/json")
+    return slot.stream(_json_page(head, ids, W, layer["model_id"], layer_id, nxt), media_type="application/json",
+                       headers=provenance)
+
+
+def _provenance(cur) -> dict[str, str]:
+    """The store and version filters were read from, as the exports and figures name them."""
+    return {"X-Store-Id": store_id(cur), "X-Store-Version": str(queries.store_version(cur))}
 
 
 def _json_page(head: dict, ids, W, model_id: int, layer_id: int, nxt: str | None) -> Iterator[bytes]:
