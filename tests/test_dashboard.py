@@ -773,3 +773,184 @@ def test_explorer_offers_the_properties(prop_tab):
     q = parse_qs(urlsplit(wait_figure(tab, "quality")).query)
     assert q["color_by"] == ["backbone"]
     tab.assert_clean()
+
+
+# ---- the studies (issue 24) -------------------------------------------------------------------------
+
+STUDY_FIGURES = ("cohort_divergence", "cohort_metric", "correlation")
+
+
+@pytest.fixture(scope="module")
+def study_server(tmp_path_factory, sample_v1):
+    """The service over a store whose models carry the robustness study's properties: robust
+    (boolean, every model labelled: two cohorts), clean_accuracy and robust_accuracy (doubles),
+    backbone (text: three groups of four models, each a correlation of its own)."""
+    from cnnfilterdb.ingest.labels import label_models
+    from cnnfilterdb.service.main import create_app
+    from cnnfilterdb.service.settings import Settings
+
+    from .helpers import cli_main, open_catalog
+
+    db = tmp_path_factory.mktemp("studies-dashboard") / "db"
+    assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    con = open_catalog(db)
+    try:
+        models = [m for (m,) in con.execute("SELECT model FROM models ORDER BY model_id").fetchall()]
+    finally:
+        con.close()
+    rows = [(m, {"robust": i % 2 == 0, "clean_accuracy": 70.0 + 1.7 * i,
+                 "robust_accuracy": (40.0 if i % 2 == 0 else 5.0) + (7 * i) % 11,
+                 "backbone": ["ResNet", "ViT", "WideResNet"][i % 3]}) for i, m in enumerate(models)]
+    assert label_models(db, rows, types={"robust": "boolean", "clean_accuracy": "double",
+                                         "robust_accuracy": "double", "backbone": "text"})["version"] == 2
+    with serving(create_app(Settings(db=db))) as (base, _):
+        yield base
+
+
+@pytest.fixture
+def study_tab(browser, study_server):
+    yield from open_tab(browser, study_server)
+
+
+def study_hash(tab: Tab) -> tuple[str, dict]:
+    """The view's path and parameters, an empty one (series=) kept."""
+    path, _, qs = tab.page.evaluate("location.hash")[1:].partition("?")
+    return path, {k: v[0] for k, v in parse_qs(qs, keep_blank_values=True).items()}
+
+
+def assert_correlation_table(tab: Tab, request: dict):
+    """The page's correlation table shows POST /v1/correlation's groups for ``request``: each
+    number to 4 significant digits, its exact value in the cell's title."""
+    want = httpx.post(tab.base + "/v1/correlation", json=request, timeout=60).json()
+    rows = tab.page.eval_on_selector_all("#s-corr tbody tr", """trs => trs.map(tr => [...tr.cells].map(c =>
+        ({text: c.innerText, title: c.querySelector('span[title]')?.title ?? null})))""")
+    assert len(rows) == len(want["groups"]) > 0
+    for row, g in zip(rows, want["groups"]):
+        group, n, *numbers = row
+        assert group["text"] == {True: "True", False: "False", None: "(none)"}.get(g["group"], str(g["group"]))
+        assert n["text"] == str(g["n"])
+        for cell, key in zip(numbers, ("statistic", "p_value", "ci_low", "ci_high")):
+            if g[key] is None:
+                assert cell["text"] == "—", (g, key)
+            else:
+                assert float(cell["title"]) == g[key], (g, key, cell)  # the exact number
+                assert float(cell["text"]) == pytest.approx(g[key], rel=1e-3, abs=1e-12), (g, key, cell)
+    return want
+
+
+def test_studies_figures_table_and_state(study_tab):
+    """The Studies page: the three figures of the follow-up studies load for the store's cohort
+    field (robust) and series (training_dataset), the correlation table is POST /v1/correlation's,
+    a picker changes the URL and the figures, and the URL opened afresh restores the view."""
+    tab, page = study_tab, study_tab.page
+    tab.goto("#/studies")
+    assert page.get_attribute('nav a[href="#/studies"]', "aria-current") == "page"
+    srcs = {f: parse_qs(urlsplit(wait_figure(tab, f)).query) for f in STUDY_FIGURES}
+    assert srcs["cohort_divergence"]["group_by"] == ["robust"] and srcs["cohort_divergence"]["within"] == ["depth_decile"]
+    assert srcs["cohort_divergence"]["series"] == ["training_dataset"]
+    assert srcs["cohort_metric"]["metric"] == ["variance_entropy"] and srcs["cohort_metric"]["group_by"] == ["robust"]
+    cor = srcs["correlation"]
+    assert (cor["x"], cor["y"], cor["group_by"], cor["method"], cor["layers"]) == (
+        ["variance_entropy"], ["robust_accuracy"], ["training_dataset"], ["spearman"], ["all"])
+    # Drawn for the panel; the links offer the figures at their own size, named after the view.
+    assert all(q["dpi"] == ["150"] and q["width"] for q in srcs.values())
+    links = download_links(tab, "cohort_divergence")
+    assert [a["download"] for a in links] == [f"cohort_divergence-robust-training_dataset.{e}" for e in ("png", "svg", "pdf")]
+    assert links[0]["href"] == "/v1/plots/cohort_divergence.png?group_by=robust&within=depth_decile&series=training_dataset"
+    assert [a["href"].split("?")[0] for a in download_links(tab, "correlation")] == [
+        f"/v1/plots/correlation.{e}" for e in ("png", "svg", "pdf")]
+    for link in links:  # each format of the figure itself
+        r = httpx.get(tab.base + link["href"], timeout=60)
+        assert r.status_code == 200 and r.headers["content-type"].split(";")[0] in (
+            "image/png", "image/svg+xml", "application/pdf"), link
+    # The pickers: the cohorts (a field of two values first), the number and boolean properties
+    assert page.input_value("#s-cohort") == "robust"
+    assert "Robust: False / True" in page.inner_text("#s-cohort")
+    assert page.eval_on_selector_all("#s-y option", "os => os.map(o => o.value)") == [
+        "robust", "clean_accuracy", "robust_accuracy"]
+    page.wait_for_selector("#s-corr tbody tr")
+    assert_correlation_table(tab, {"x": "variance_entropy", "y": "robust_accuracy", "group_by": "training_dataset",
+                                   "method": "spearman", "layers": "all"})
+    tab.screenshot("studies")
+    tab.assert_clean()
+
+    # A picker: the URL holds the whole state, the figures and the table follow it.
+    page.select_option("#s-metric", "sparsity")
+    page.wait_for_function("() => location.hash.includes('metric=sparsity')")
+    assert study_hash(tab) == ("/studies", {"group_by": "robust", "series": "training_dataset", "metric": "sparsity",
+                                            "y": "robust_accuracy", "method": "spearman", "layers": "all"})
+    page.wait_for_selector('img[src^="/v1/plots/cohort_metric.png"][src*="metric=sparsity"]', state="attached")
+    page.wait_for_selector('img[src^="/v1/plots/correlation.png"][src*="x=sparsity"]', state="attached")
+    page.select_option("#s-method", "kendall")
+    page.select_option("#s-y", "clean_accuracy")
+    page.select_option("#s-series", "")  # none: one group of all the models
+    page.wait_for_function("() => location.hash.includes('series=&') || location.hash.endsWith('series=')")
+    state = {"group_by": "robust", "series": "", "metric": "sparsity", "y": "clean_accuracy", "method": "kendall",
+             "layers": "all"}
+    assert study_hash(tab) == ("/studies", state)
+    page.wait_for_selector('img[src^="/v1/plots/correlation.png"][src*="method=kendall"]', state="attached")
+    changed = {f: wait_figure(tab, f) for f in STUDY_FIGURES}
+    assert "series" not in parse_qs(urlsplit(changed["cohort_divergence"]).query)
+    cor = parse_qs(urlsplit(changed["correlation"]).query)
+    assert (cor["x"], cor["y"], cor["method"]) == (["sparsity"], ["clean_accuracy"], ["kendall"]) and "group_by" not in cor
+    page.wait_for_function("() => document.querySelector('#s-corr-note')?.innerText.startsWith('Kendall')")
+    request = {"x": "sparsity", "y": "clean_accuracy", "group_by": None, "method": "kendall", "layers": "all"}
+    assert len(assert_correlation_table(tab, request)["groups"]) == 1
+
+    # Opened afresh, the URL shows the same view; Back returns to the one before.
+    page.reload()
+    page.wait_for_selector("#s-corr tbody tr")
+    assert {f: wait_figure(tab, f) for f in STUDY_FIGURES} == changed
+    assert {k: page.input_value(f"#s-{k}") for k in ("metric", "y", "method", "series", "layers")} == {
+        "metric": "sparsity", "y": "clean_accuracy", "method": "kendall", "series": "", "layers": "all"}
+    assert page.input_value("#s-cohort") == "robust"
+    assert_correlation_table(tab, request)
+    page.go_back()
+    page.wait_for_function("() => document.querySelector('#s-series').value === 'training_dataset'")
+    assert study_hash(tab)[1]["series"] == "training_dataset"
+
+    # A series of a few groups of four models: a statistic and an interval each.
+    page.select_option("#s-series", "backbone")
+    page.select_option("#s-metric", "variance_entropy")
+    page.wait_for_function("""() => { const t = document.querySelector('#s-corr-note')?.innerText || '';
+                                      return t.includes('of variance entropy') && t.includes('per backbone'); }""")
+    want = assert_correlation_table(tab, {"x": "variance_entropy", "y": "clean_accuracy", "group_by": "backbone",
+                                          "method": "kendall", "layers": "all"})
+    assert [g["group"] for g in want["groups"]] == ["ResNet", "ViT", "WideResNet"]
+    assert all(g["statistic"] is not None and g["ci_low"] is not None for g in want["groups"])
+    for f in STUDY_FIGURES:
+        assert parse_qs(urlsplit(wait_figure(tab, f)).query)["series" if f != "correlation" else "group_by"] == ["backbone"]
+    tab.assert_clean()
+
+
+def test_studies_show_a_figures_error_in_place(prop_tab):
+    """A cohort field of three groups (robust with unlabelled models: False, True, (none)): the
+    divergence, which compares two, says why in place of its image; the box plots draw. Without
+    group_by in the URL, the cohorts are the first property of exactly two values."""
+    tab, page = prop_tab, prop_tab.page
+    tab.goto("#/studies")
+    page.wait_for_selector('#s-cohort option[value="from"]', state="attached")
+    assert page.input_value("#s-cohort") == "from"  # robust, backbone, select and late give three groups
+    wait_figure(tab, "cohort_divergence")
+    tab.goto("#/studies?group_by=robust&series=backbone")
+    box = page.wait_for_selector('figure:has(img[src^="/v1/plots/cohort_divergence.png"]) .error-box')
+    assert "400" in box.inner_text() and "two cohorts" in box.inner_text() and "robust" in box.inner_text()
+    assert not page.is_visible('img[src^="/v1/plots/cohort_divergence.png"]')
+    q = parse_qs(urlsplit(wait_figure(tab, "cohort_metric")).query)
+    assert q["group_by"] == ["robust"] and q["series"] == ["backbone"]
+    page.wait_for_selector("#s-corr tbody tr")
+    tab.screenshot("studies-error")
+    tab.assert_clean(allow=re.compile(r"Failed to load resource: the server responded with a status of 400"))
+
+
+def test_studies_without_properties_explains_how_to_add_them(tab):
+    """A store whose models have no properties: how to add them instead of figures."""
+    page = tab.page
+    tab.goto("#/studies")
+    note = page.wait_for_selector("#s-no-properties")
+    text = note.inner_text()
+    assert "no properties" in text and "cnnfilterdb label --manifest meta.csv --key Name" in text and "docs/cli.md" in text
+    assert page.eval_on_selector_all('img[src*="/v1/plots/"]', "is => is.length") == 0
+    assert page.query_selector("#s-cohort") is None
+    tab.screenshot("studies-no-properties")
+    tab.assert_clean()

@@ -307,6 +307,7 @@ function go(path, params, { replace = false } = {}) {
 const routes = [
   [/^\/$/, 'home', viewHome],
   [/^\/explore$/, 'explore', viewExplore],
+  [/^\/studies$/, 'studies', viewStudies],
   [/^\/degenerate$/, 'degenerate', viewDegenerate],
   [/^\/layer\/(\d+)$/, 'layer', viewLayer],
   [/^\/models$/, 'models', viewModels],
@@ -447,16 +448,9 @@ function fieldOptions(fields) {
     props.length ? h('optgroup', { label: 'Model properties' }, props.map(opt)) : null];
 }
 
-function exploreState(params) {
-  const s = {
-    group_by: params.get('group_by') || 'task',
-    metric: params.get('metric') || 'kl_sym',
-    bins: params.get('bins') || '70',
-    basis: params.get('basis') || 'global',
-    whereRaw: params.get('where') || '',
-    where: {},
-    whereError: null,
-  };
+// A view's `where` from its URL: {whereRaw, where (an object), whereError (a sentence or null)}.
+function parseWhere(params) {
+  const s = { whereRaw: params.get('where') || '', where: {}, whereError: null };
   if (s.whereRaw) {
     try {
       const w = JSON.parse(s.whereRaw);
@@ -467,6 +461,16 @@ function exploreState(params) {
     }
   }
   return s;
+}
+
+function exploreState(params) {
+  return {
+    group_by: params.get('group_by') || 'task',
+    metric: params.get('metric') || 'kl_sym',
+    bins: params.get('bins') || '70',
+    basis: params.get('basis') || 'global',
+    ...parseWhere(params),
+  };
 }
 
 function exploreParams(s) {
@@ -723,6 +727,234 @@ function viewExplore({ params, signal }) {
 
   show();
   return { update(params2) { state = exploreState(params2); show(); } };
+}
+
+// ---- Studies ----------------------------------------------------------------------------------
+
+// The follow-up studies' figures (docs/figures.md, "The studies' figures"): how two cohorts of a
+// model field (robust or not) differ depth decile by depth decile, and how a model metric
+// correlates with a property, per value of a series field (training_dataset).
+const MODEL_METRICS = [
+  ['variance_entropy', 'Variance entropy'], ['variance_entropy_norm', 'Variance entropy (normalized)'],
+  ['variance_entropy_clean', 'Variance entropy (clean)'], ['sparsity', 'Sparsity'], ['orthogonality', 'Orthogonality'],
+];
+const METHODS = [['spearman', 'Spearman'], ['pearson', 'Pearson'], ['kendall', 'Kendall (tau-b)']];
+const METHOD_SYMBOL = { spearman: 'ρ', pearson: 'r', kendall: 'τ' };
+const LAYER_SCOPES = [['all', 'All layers'], ['first', 'First layer only']];
+const STUDY_PARAMS = ['group_by', 'series', 'metric', 'y', 'method', 'layers'];
+const labelOf = (pairs, v) => (pairs.find(([k]) => k === v) || [v, v])[1];
+// The groups a field splits the models into: its values, null among them (a boolean property
+// with unlabelled models gives three: False, True and (none)).
+const nGroups = (f) => (f.truncated || !f.values ? f.n_distinct : f.values.length);
+// A model field that splits the models into groups of several: a cohort or a series.
+const isModelGroup = (f) => f.level === 'model' && isGroupable(f) && f.name !== 'model' && f.name !== 'model_id';
+// A property a correlation takes (besides the model metrics): a number or a boolean.
+const isVariable = (f) => f.property === true && (isRange(f) || f.type === 'BOOLEAN');
+
+// The state's defaults from the store's fields: the first property of exactly two groups as the
+// cohorts, training_dataset as the series, a number property (robust accuracy first) as y.
+function studyDefaults(fields) {
+  const props = fields.filter((f) => f.property);
+  const cohorts = fields.filter((f) => isModelGroup(f) && nGroups(f) >= 2);
+  const group = cohorts.find((f) => f.property && nGroups(f) === 2) || cohorts.find((f) => f.property)
+    || cohorts.find((f) => nGroups(f) === 2);
+  const vars = fields.filter(isVariable);
+  const y = vars.find((f) => isRange(f) && /robust/i.test(f.name)) || vars.find(isRange) || vars[0];
+  return {
+    hasProperties: props.length > 0, cohorts, vars,
+    series: fields.filter(isModelGroup),
+    group_by: group?.name ?? null,
+    seriesDefault: fields.some((f) => f.name === 'training_dataset') ? 'training_dataset' : '',
+    y: y?.name ?? null,
+  };
+}
+
+function studiesState(params, d) {
+  return {
+    group_by: params.get('group_by') || d.group_by,
+    series: params.has('series') ? params.get('series') : d.seriesDefault,  // series= (empty): none
+    metric: params.get('metric') || 'variance_entropy',
+    y: params.get('y') || d.y,
+    method: params.get('method') || 'spearman',
+    layers: params.get('layers') || 'all',
+    ...parseWhere(params),
+  };
+}
+
+function studiesParams(s) {  // every parameter, an empty series too (no series, not the default)
+  const p = new URLSearchParams();
+  for (const k of STUDY_PARAMS) if (s[k] != null) p.set(k, s[k]);
+  const where = s.whereError ? s.whereRaw : Object.keys(s.where).length ? JSON.stringify(s.where) : '';
+  if (where) p.set('where', where);
+  return p;
+}
+
+// How to give a store's models properties, in place of a figure that would need one.
+function labelHint(id, what) {
+  return h('div', { class: 'note-box study-hint', id },
+    h('p', null, what),
+    h('p', null, 'Add them from a CSV of one row per model, keyed by its name (columns such as Robust, Clean Accuracy, Robust Accuracy): ',
+      h('code', null, 'cnnfilterdb label --manifest meta.csv --key Name'),
+      ' types, checks and versions them (docs/cli.md, ', h('code', null, 'label'), '). Then reload this page.'));
+}
+
+// A number of the correlation table: 4 significant digits, the exact value in the title.
+const exactNum = (x) => (x == null ? h('span', { class: 'null', title: 'undefined' }, '—') : h('span', { title: String(x) }, fmtNum(x, 4)));
+
+function viewStudies({ params, signal }) {
+  let d = null;  // studyDefaults of the store's fields, once read
+  let state = null;
+  let pending = params;
+  const nav = (s) => go('/studies', studiesParams(s));
+  const body = h('div', { id: 'studies' }, h('p', { class: 'loading' }, 'Loading…'));
+  add(main,
+    header('Studies', 'The follow-up studies\' questions: how two cohorts of models (e.g. robust and normally trained) differ depth decile by depth decile, and how a model metric correlates with a property, per training dataset.'),
+    body);
+
+  const sel = (id, name) => h('select', { id, name });
+  const cohortSel = sel('s-cohort', 'group_by');
+  const seriesSel = sel('s-series', 'series');
+  const metricSel = h('select', { id: 's-metric', name: 'metric' }, MODEL_METRICS.map(([v, t]) => h('option', { value: v }, t)));
+  const ySel = sel('s-y', 'y');
+  const methodSel = h('select', { id: 's-method', name: 'method' }, METHODS.map(([v, t]) => h('option', { value: v }, t)));
+  const layersSel = h('select', { id: 's-layers', name: 'layers' }, LAYER_SCOPES.map(([v, t]) => h('option', { value: v }, t)));
+  const pickers = { group_by: cohortSel, series: seriesSel, metric: metricSel, y: ySel, method: methodSel, layers: layersSel };
+  for (const [k, el] of Object.entries(pickers)) el.addEventListener('change', () => nav({ ...state, [k]: el.value }));
+  const control = (el, label, title) => h('div', { class: 'control', title }, h('label', { for: el.id }, label), el);
+  const form = h('form', { class: 'controls study-controls', onsubmit: (e) => e.preventDefault() },
+    control(cohortSel, 'Cohorts', 'A model field whose values are the cohorts: the divergence compares exactly two'),
+    control(seriesSel, 'Series', 'A colour of the divergence, a panel of the box plots, a group of the correlation'),
+    control(metricSel, 'Model metric', 'Each model\'s weighted mean of a layer metric: boxes and correlation'),
+    control(ySel, 'Property', 'The number or boolean property the metric is correlated with'),
+    control(methodSel, 'Correlation', null),
+    control(layersSel, 'Layers', 'The layers a model\'s metric is computed over'),
+    h('p', { class: 'muted share-note' }, 'The address bar holds this view: copy it to share the figures.'));
+  const whereNote = h('p', { class: 'lede', id: 's-where-note' });
+
+  const divFig = Figure({ caption: 'Symmetric KL divergence (weighted by explained variance) between the two cohorts\' filter distributions, per depth decile ("0": the first convolution), a colour per series value.', cls: 'fig-study' });
+  const metFig = Figure({ caption: 'The model metric per depth decile, a box per cohort side by side (the mean a white diamond), a panel per series value.', cls: 'fig-study' });
+  const corFig = Figure({ caption: 'Each model\'s metric against the property, a panel per series value titled with the statistic, its 95% bootstrap interval and n.', cls: 'fig-study' });
+  const corTable = h('div', { id: 's-corr', 'aria-live': 'polite' });
+  const cohortBox = h('div');
+  const corBox = h('div');
+
+  function build() {
+    if (!d.hasProperties) {
+      fill(body, labelHint('s-no-properties', ['This store\'s models have no properties yet. The studies compare the cohorts of a property (e.g. ',
+        h('code', null, 'robust'), ': True or False) and correlate a model metric with one (e.g. ', h('code', null, 'robust_accuracy'), ').']));
+      return;
+    }
+    // A field of two values (the divergence's cohorts) with its values, another with its count.
+    const groupsText = (f) => (nGroups(f) === 2 && f.values ? f.values.map((v) => fmtValue(v.value)).join(' / ') : `${fmtInt(nGroups(f))} groups`);
+    const opts = (fs, text) => [fs.filter((f) => !f.property).map((f) => h('option', { value: f.name }, text(f))),
+      fs.some((f) => f.property) ? h('optgroup', { label: 'Model properties' }, fs.filter((f) => f.property).map((f) => h('option', { value: f.name }, text(f)))) : null];
+    fill(cohortSel, opts(d.cohorts, (f) => `${fieldLabel(f.name)}: ${groupsText(f)}`));
+    fill(seriesSel, h('option', { value: '' }, 'None (all models)'), opts(d.series, (f) => fieldLabel(f.name)));
+    fill(ySel, d.vars.map((f) => h('option', { value: f.name, title: `model property ${f.name} (${f.type})` }, fieldLabel(f.name))));
+    ySel.disabled = !d.vars.length;
+    fill(body,
+      h('section', { class: 'panel', 'aria-label': 'Parameters' }, form),
+      whereNote,
+      h('section', { class: 'panel', 'aria-labelledby': 'h-s-div' }, h('h2', { id: 'h-s-div' }, 'Divergence between the cohorts by depth'), cohortBox),
+      h('section', { class: 'panel', 'aria-labelledby': 'h-s-met' }, h('h2', { id: 'h-s-met' }, 'The model metric by depth, cohort beside cohort'), metFig.el),
+      h('section', { class: 'panel', 'aria-labelledby': 'h-s-corr' }, h('h2', { id: 'h-s-corr' }, 'Correlation of the model metric with the property'), corBox));
+    fill(cohortBox, d.cohorts.length ? divFig.el : labelHint('s-no-cohorts', 'No model field of two or more values to compare cohorts of.'));
+    fill(corBox, d.vars.length ? [corTable, corFig.el]
+      : labelHint('s-no-variable', 'No number or boolean property to correlate the model metric with (e.g. robust_accuracy).'));
+    if (!d.cohorts.length) metFig.el.replaceWith(labelHint('s-no-cohorts-metric', 'No model field of two or more values to compare cohorts of.'));
+  }
+
+  let corCtl = null;
+  let corKey = null;
+  function show() {
+    if (!d.hasProperties) return;
+    for (const [k, el] of Object.entries(pickers)) {
+      if (state[k] == null) continue;
+      el.value = state[k];
+      // A value of the URL the pickers do not offer: offered, and its figures say what is wrong.
+      if (el.value !== state[k]) add(el, h('option', { value: state[k] }, state[k])).value = state[k];
+    }
+    const s = state;
+    const where = s.whereError ? s.whereRaw : Object.keys(s.where).length ? JSON.stringify(s.where) : '';
+    const wname = whereName(s.where);
+    const selText = describeWhere(s.where);
+    const gl = fieldLabel(s.group_by || '');
+    const per = s.series ? `, per ${fieldLabel(s.series).toLowerCase()}` : '';
+    const metricName = labelOf(MODEL_METRICS, s.metric);
+    fill(whereNote, s.whereError ? `The selection in the URL is not usable: ${s.whereError}.`
+      : Object.keys(s.where).length ? [`Showing ${selText}. `, h('a', { href: hashOf('/studies', studiesParams({ ...s, where: {}, whereError: null })) }, 'All filters')] : null);
+    // Drawn for the panels: 8 inches wide at 150 dpi (1200 pixels), where the figures' text is
+    // legible (it shrinks with the width, down to 5 pt; at their own 12 to 24 inches it is 10 pt),
+    // a row of panels (three series values) about 1.7 inches high. The downloads are the figures
+    // at their own size.
+    const nSeries = Math.min(12, s.series ? nGroups(d.series.find((f) => f.name === s.series) || { n_distinct: 3 }) : 1);
+    const cols = Math.min(Math.max(nSeries, 1), 3);
+    const rows = Math.ceil(Math.max(nSeries, 1) / 3);
+    const shown = (q, width, height) => plotUrl(q[0], { ...q[1], width, height: Math.round(10 * height) / 10, dpi: 150 });
+    if (s.group_by && d.cohorts.length) {
+      const divQ = { group_by: s.group_by, within: 'depth_decile', series: s.series, where };
+      divFig.set(shown(['cohort_divergence', divQ], 8, 3.2),
+        `Bar chart of the weighted symmetric KL divergence between the two cohorts by ${gl} per depth decile${per}, of ${selText}`,
+        { download: plotUrl('cohort_divergence', divQ), name: fileName('cohort_divergence', s.group_by, s.series, wname) });
+      const metQ = { metric: s.metric, group_by: s.group_by, series: s.series, layers: s.layers, where };
+      metFig.set(shown(['cohort_metric', metQ], 8, 0.9 + 1.7 * rows),
+        `Box plots of each model's ${metricName.toLowerCase()} per depth decile, the cohorts by ${gl} side by side${per}, of ${selText}`,
+        { download: plotUrl('cohort_metric', metQ), name: fileName('cohort_metric', s.metric, s.group_by, s.series, s.layers !== 'all' ? s.layers : '', wname) });
+    }
+    if (!s.y) return;
+    const corQ = { x: s.metric, y: s.y, group_by: s.series, method: s.method, layers: s.layers, where };
+    corFig.set(shown(['correlation', corQ], Math.min(8, 1.5 + 2.2 * cols), 0.6 + 2 * rows),
+      `Scatter plots of each model's ${metricName.toLowerCase()} against its ${fieldLabel(s.y).toLowerCase()}${per}, titled with the ${s.method} correlation and n`,
+      { download: plotUrl('correlation', corQ), name: fileName('correlation', s.metric, s.y, s.series, s.method, s.layers !== 'all' ? s.layers : '', wname) });
+
+    const req = { x: s.metric, y: s.y, group_by: s.series || null, method: s.method, layers: s.layers };
+    if (Object.keys(s.where).length) req.where = s.where;
+    const key = JSON.stringify([req, s.whereError]);
+    if (key === corKey) return;
+    corKey = key;
+    corCtl?.abort();
+    corCtl = new AbortController();
+    const ctl = corCtl;
+    signal.addEventListener('abort', () => ctl.abort(), { once: true });
+    if (s.whereError) { fill(corTable, errorBox(new ApiError(0, 'invalid_where', s.whereError))); return; }
+    load(corTable, ctl.signal, async () => {
+      const r = await api('/v1/correlation', { method: 'POST', body: req, signal: ctl.signal });
+      const sym = METHOD_SYMBOL[r.method] || 'statistic';
+      const undefinedRows = r.groups.some((g) => g.statistic == null);
+      return [
+        h('p', { class: 'muted', id: 's-corr-note' },
+          `${labelOf(METHODS, r.method)} correlation of ${metricName.toLowerCase()} (${r.layers === 'first' ? 'first layer' : 'all layers'}) with ${fieldLabel(r.y).toLowerCase()}`,
+          r.group_by ? ` per ${fieldLabel(r.group_by).toLowerCase()}` : ' over all models',
+          `; 95% bootstrap interval of ${fmtInt(r.resamples)} resamples (seed ${r.seed}); store version ${fmtInt(r.store_version)}.`,
+          undefinedRows ? ' —: undefined (fewer than three models, or a variable without variation).' : ''),
+        dataTable([
+          { key: 'group', label: r.group_by ? fieldLabel(r.group_by) : 'Group', render: (g) => fmtValue(g.group) },
+          { key: 'n', label: 'Models', num: true },
+          { key: 'statistic', label: `${labelOf(METHODS, r.method).split(' ')[0]} ${sym}`, num: true, render: (g) => exactNum(g.statistic) },
+          { key: 'p_value', label: 'p-value', num: true, render: (g) => exactNum(g.p_value) },
+          { key: 'ci_low', label: '95% CI low', num: true, render: (g) => exactNum(g.ci_low) },
+          { key: 'ci_high', label: '95% CI high', num: true, render: (g) => exactNum(g.ci_high) },
+        ], r.groups, { caption: 'Correlation per group' }),
+      ];
+    });
+  }
+
+  once('/v1/fields').then((f) => {
+    if (signal.aborted) return;
+    d = studyDefaults(f.fields);
+    build();
+    state = studiesState(pending, d);
+    show();
+  }).catch((e) => { if (!signal.aborted) fill(body, errorBox(e)); });
+
+  return {
+    update(params2) {
+      pending = params2;
+      if (!d) return;
+      state = studiesState(params2, d);
+      show();
+    },
+  };
 }
 
 // ---- Degenerate layers ------------------------------------------------------------------------
