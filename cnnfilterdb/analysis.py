@@ -256,6 +256,7 @@ class Analysis:
         where, group_by, within = req.selection, req.group_by, req.within
         if within == group_by:
             raise InvalidValue(f"within {within!r} is the group_by: give another field")
+        check_group_by(within, properties_at(self.cur, self.version), parameter="within")
         inner, outer = self.select(where, group_by), self.select(where, within)
         if len(outer.labels) > max_groups:
             raise SelectionError(f"within {within} gives {len(outer.labels)} values; at most {max_groups} here: "

@@ -284,9 +284,9 @@ def _print_matrix(out: dict) -> int:
 def cmd_model_metrics(args) -> int:
     """Per model (and depth decile): the layers' quality metrics as weighted means (SPEC 14)."""
     out = _analyse(args, "model_metrics")
-    if args.format == "json":
+    if args.json:
         print(json.dumps(out, default=str))
-    elif args.format == "csv":
+    elif args.csv:
         import csv
 
         w = csv.writer(sys.stdout, lineterminator="\n")
@@ -308,9 +308,13 @@ def cmd_correlate(args) -> int:
           f"({out['layers']} layers; 95% interval of {out['resamples']} bootstrap resamples, seed {out['seed']}; "
           f"store version {out['store_version']})")
     shown = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    _print_table([out["group_by"] or "group", "n", "statistic", "p_value", "ci_low", "ci_high"],
+    _print_table([out["group_by"] or "group", "n", "statistic", "p_value", "ci_low", "ci_high", "resamples"],
                  [["(none)" if g["group"] is None else g["group"], g["n"], shown(g["statistic"]), shown(g["p_value"]),
-                   shown(g["ci_low"]), shown(g["ci_high"])] for g in out["groups"]])
+                   shown(g["ci_low"]), shown(g["ci_high"]), g["n_resamples"]] for g in out["groups"]])
+    if any(g["statistic"] is None for g in out["groups"]):
+        print("-: undefined (fewer than 3 models with both values, or x or y the same for all of them)")
+    if any(0 < g["n_resamples"] < out["resamples"] // 2 for g in out["groups"]):
+        print(f"resamples: of the {out['resamples']}, those whose statistic is defined; few, and the interval says little")
     return 0
 
 
@@ -788,7 +792,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                                  "weighted means (docs/method.md#model-metrics)")
         cli_arguments(s, ModelMetricsRequest, ("layers", "by"))
         s.add_argument("--where", metavar="JSON", help="the layers to compute over (the analyses' where)")
-        s.add_argument("--format", choices=("table", "csv", "json"), default="table")
+        out = s.add_mutually_exclusive_group()
+        out.add_argument("--json", action="store_true", help="print the result as JSON (GET /v1/model-metrics' keys)")
+        out.add_argument("--csv", action="store_true", help="print the table as CSV (a header, a row per model)")
         _db_arg(s)
         _as_of_arg(s)
         s.set_defaults(func=cmd_model_metrics)

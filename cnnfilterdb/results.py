@@ -487,12 +487,19 @@ class ModelMetricsResult(FrameResult):
         for c in data["metrics"]:
             df[c] = df[c].astype(np.int64 if c in ("n_layers", "n_filters") else np.float64)
         df["model_id"] = df["model_id"].astype(np.int64)
-        return df.set_index(["model", "depth_decile"] if data.get("by") == "depth_decile" else "model")
+        if data.get("by") == "depth_decile":  # ordered as the deciles are ("0" first): sort_index keeps it
+            from .selection import natural_order
+
+            df["depth_decile"] = pd.Categorical(df["depth_decile"], natural_order(list(set(df["depth_decile"]))),
+                                                ordered=True)
+            return df.set_index(["model", "depth_decile"])
+        return df.set_index("model")
 
 
 class CorrelationResult(FrameResult):
     """``correlation``: one row per group (natural order), indexed by the group_by's values (or
-    "all"): n, statistic, p_value, ci_low, ci_high (NaN: undefined). ``points``: the models used
+    "all"): n, statistic, p_value, ci_low, ci_high (NaN: undefined), n_resamples (the bootstrap
+    resamples whose statistic is defined: the interval is theirs). ``points``: the models used
     (model, group, x, y). ``attrs``: x, y, method, layers, group_by, resamples, seed, store_version."""
     _metadata = ["result", "where", "points"]
 
@@ -503,6 +510,7 @@ class CorrelationResult(FrameResult):
         cols = {"n": np.array([r["n"] for r in rows], dtype=np.int64)}
         for k in ("statistic", "p_value", "ci_low", "ci_high"):
             cols[k] = np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=np.float64)
+        cols["n_resamples"] = np.array([r["n_resamples"] for r in rows], dtype=np.int64)
         return pd.DataFrame(cols, index=_index(labels, data.get("group_by") or "group"))
 
     def plot(self, figsize: tuple[float, float] | None = None, subtitle: str | None = None):

@@ -179,13 +179,16 @@ def field_values(cur, name: str, max_values: int) -> tuple[list[tuple], int, str
     up to ``max_values + 1`` rows (value, models, layers, filters) in the field's order (depth bins
     by depth, others by value, null last), its number of distinct values, and its SQL type (None:
     no layers)."""
-    order = "min(conv_depth_norm)" if name == "depth_bin" else "value"
+    from cnnfilterdb.selection import field_sql
+
+    order = "min(conv_depth_norm)" if name in ("depth_bin", "depth_decile") else "value"  # the decile "0" first
+    column = field_sql(name)  # depth_decile: computed, whatever macros the catalog persisted
     rows = cur.execute(f"""
-        SELECT {name} AS value, count(DISTINCT model_id), count(*), sum(n_filters)
-        FROM layers_with_models GROUP BY {name} ORDER BY {order} NULLS LAST
+        SELECT {column} AS value, count(DISTINCT model_id), count(*), sum(n_filters)
+        FROM layers_with_models GROUP BY value ORDER BY {order} NULLS LAST
         LIMIT {int(max_values) + 1}""").fetchall()
-    n_distinct = cur.execute(f"SELECT count(DISTINCT {name}) FROM layers_with_models").fetchone()[0]
-    typ = cur.execute(f"SELECT typeof({name}) FROM layers_with_models LIMIT 1").fetchone()
+    n_distinct = cur.execute(f"SELECT count(DISTINCT {column}) FROM layers_with_models").fetchone()[0]
+    typ = cur.execute(f"SELECT typeof({column}) FROM layers_with_models LIMIT 1").fetchone()
     return rows, n_distinct, typ[0] if typ else None
 
 

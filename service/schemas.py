@@ -432,6 +432,8 @@ class CorrelationGroup(BaseModel):
     p_value: float | None = Field(description="two-sided, as scipy.stats computes it")
     ci_low: float | None = Field(description="2.5th percentile of the statistic over the bootstrap resamples")
     ci_high: float | None = Field(description="97.5th percentile of the statistic over the bootstrap resamples")
+    n_resamples: int = Field(description="the resamples whose statistic is defined, which the interval is of (few: "
+                                         "the interval says little; 0 below 3 models)")
 
 
 class CorrelationPoints(BaseModel):

@@ -90,15 +90,17 @@ def _rowwise_kendall(xs: np.ndarray, ys: np.ndarray, chunk_cells: int = 1 << 22)
 
 
 def correlation(x: np.ndarray, y: np.ndarray, method: str, resamples: int = RESAMPLES, seed: int = SEED) -> dict:
-    """n, statistic, p_value, ci_low, ci_high of paired x, y (n,) float64 (module docstring);
-    None for what is undefined."""
+    """n, statistic, p_value, ci_low, ci_high and n_resamples (the resamples whose statistic is
+    defined: the interval's) of paired x, y (n,) float64 (module docstring); None for what is
+    undefined."""
     n = len(x)
-    out = {"n": n, "statistic": None, "p_value": None, "ci_low": None, "ci_high": None}
+    out = {"n": n, "statistic": None, "p_value": None, "ci_low": None, "ci_high": None, "n_resamples": 0}
     if n < MIN_MODELS:
         return out
     stat, p = correlate(x, y, method)
     boot = bootstrap_statistics(x, y, method, resamples, seed)
     boot = boot[np.isfinite(boot)]
+    out["n_resamples"] = len(boot)  # those defined: few of them, and the interval says little
     lo, hi = (np.percentile(boot, [2.5, 97.5]) if len(boot) else (np.nan, np.nan))
     fin = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731
     out.update(statistic=fin(stat), p_value=fin(p), ci_low=fin(lo), ci_high=fin(hi))
