@@ -367,8 +367,11 @@ def test_correlation_per_depth_decile(study):
 def test_a_group_too_small_is_undefined(study):
     got = study.fdb.correlation("variance_entropy", "clean_accuracy", group_by="training_dataset",
                                 where={"training_dataset": ["SVHN", "CIFAR-10"]})
-    assert got.loc["SVHN"].n == 2 and got.loc["SVHN"].drop("n").isna().all()  # a pair: < 3 models
-    assert got.loc["CIFAR-10"].n == 2 * DATASETS["CIFAR-10"] - 1 and got.loc["CIFAR-10"].drop("n").notna().all()
+    values = ["statistic", "p_value", "ci_low", "ci_high"]
+    assert got.loc["SVHN"].n == 2 and got.loc["SVHN", values].isna().all()  # a pair: < 3 models
+    assert got.loc["SVHN"].n_resamples == 0  # no interval: no resample
+    assert got.loc["CIFAR-10"].n == 2 * DATASETS["CIFAR-10"] - 1 and got.loc["CIFAR-10", values].notna().all()
+    assert 0 < got.loc["CIFAR-10"].n_resamples <= 2000
 
 
 # -- (2) KL robust vs normal per depth decile -----------------------------------------------------------
