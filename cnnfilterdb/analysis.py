@@ -254,17 +254,21 @@ class Analysis:
         ``within``, the matrix between the groups of group_by its layers hold; the matrix of the
         whole selection is the sum over the values, reported as without ``within``."""
         where, group_by, within = req.selection, req.group_by, req.within
-        if within == group_by:
-            raise InvalidValue(f"within {within!r} is the group_by: give another field")
         check_group_by(within, properties_at(self.cur, self.version), parameter="within")
         inner, outer = self.select(where, group_by), self.select(where, within)
-        if len(outer.labels) > max_groups:
-            raise SelectionError(f"within {within} gives {len(outer.labels)} values; at most {max_groups} here: "
-                                 "narrow the selection with where")
+        for name, sel in (("within", outer), ("group_by", inner)):
+            if len(sel.labels) > max_groups:
+                raise SelectionError(f"{name} {getattr(req, name)} gives {len(sel.labels)} groups; at most {max_groups} "
+                                     "here: narrow the selection with where")
         d = len(inner.labels)
         code = outer.layer_group * d + inner.layer_group
         present, composite = np.unique(code, return_inverse=True)  # the (value, group) pairs that hold layers
-        pairs = sum(k * (k - 1) // 2 for k in np.bincount(present // d, minlength=len(outer.labels)))
+        per_value = np.bincount(present // d, minlength=len(outer.labels))
+        # every value's matrix and the whole selection's: their pairs and their cells are bounded
+        pairs = sum(k * (k - 1) // 2 for k in per_value) + d * (d - 1) // 2
+        if int((per_value ** 2).sum()) + d * d > MAX_RESPONSE_CELLS:
+            raise SelectionError(f"within {within} and group_by {group_by} give {int((per_value ** 2).sum()) + d * d:,} "
+                                 f"matrix cells, over the limit of {MAX_RESPONSE_CELLS:,}: narrow the selection with where")
         if pairs * 9 * req.bins > max_pair_cells:
             raise SelectionError(f"within {within} and group_by {group_by} give {pairs:,} pairs of groups to compare; "
                                  f"with {req.bins} bins that is {pairs * 9 * req.bins:,} cells, over the limit of "
@@ -579,17 +583,16 @@ class Analysis:
         x, y = check_variable(req.x, properties), check_variable(req.y, properties)
         group_by = req.group_by
         check_group_by(group_by, properties)
-        if group_by is not None and group_by in LAYER_GROUP_FIELDS and group_by != "depth_decile":
-            raise InvalidValue(f"group_by {group_by!r} is a layer field; a correlation groups models (by a model field, "
-                               "or by depth_decile: a model's metrics per depth decile)")
         cond, params = condition(self.cur, req.selection, self.version)
+        # a layer field (depth_decile, depth_bin, ...) groups a model's metrics per value of it
+        by = group_by if group_by in LAYER_GROUP_FIELDS else None
         own = [v for v in dict.fromkeys((x, y, group_by)) if v is not None and v not in MODEL_METRICS
-               and v not in ("depth_decile", "model", "model_id")]  # those are model_metrics' own columns
-        by = "depth_decile" if group_by == "depth_decile" else None
+               and v not in (by, "model", "model_id")]  # those are model_metrics' own columns
         t = model_metrics(self.cur, self.layers, cond, params, req.layers, by, extra=tuple(own))
         if t.empty:
             raise EmptySelectionError("no layers match the selection" + ("" if req.layers == "all" else " (first layers)"))
-        labels = t[group_by].tolist() if group_by else ["all"] * len(t)
+        labels = [None if v is None or (isinstance(v, float) and np.isnan(v)) else v  # a null: a group of its own
+                  for v in t[group_by].tolist()] if group_by else ["all"] * len(t)
         order = natural_order(list(dict.fromkeys(labels)))
         if len(order) > (MAX_GROUPS if max_groups is None else max_groups):
             raise SelectionError(f"group_by {group_by} gives {len(order)} groups; at most {MAX_GROUPS}: narrow the "

@@ -94,8 +94,11 @@ def check_type(type_name: str, where: str = "") -> str:
 
 
 def _is_double(text: str) -> bool:
-    """A finite decimal number written in ASCII digits (not Python's wider float syntax)."""
-    return bool(_DECIMAL.match(text)) and math.isfinite(float(text))
+    """A finite decimal number written in ASCII digits (not Python's wider float syntax), that a
+    double holds (1e-400 would be 0: refused, as 1e400 is)."""
+    if not _DECIMAL.match(text) or not math.isfinite(v := float(text)):
+        return False
+    return v != 0 or not re.search(r"[1-9]", re.split(r"[eE]", text)[0])
 
 
 def _is_int64(text: str) -> bool:
@@ -188,8 +191,13 @@ def fold(value: str) -> str:
     import unicodedata
 
     text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", value).casefold())
-    return "".join(c for c in text if not (c.isspace() or c in "_-\u2212" or
+    return "".join(c for c in text if not (c.isspace() or c in _BLANKS or
                                            unicodedata.category(c) in ("Cf", "Mn", "Pd")))
+
+
+# Characters that show nothing though Unicode calls them letters or symbols (Hangul fillers, the
+# blank Braille pattern, a Mongolian vowel separator), and the dashes a category misses: folded away.
+_BLANKS = frozenset("_-\u2212\u115f\u1160\u3164\uffa0\u2800\u180e")
 
 
 def ident(name: str) -> str:

@@ -62,6 +62,7 @@ from .selection import (
     InvalidValue,
     SelectionError,
     UnknownName,
+    _as_property,
     check_group_by,
     echo,
     field_kind,
@@ -205,7 +206,7 @@ def _variable(value: Any) -> Any:
     engine checks it is a numeric or boolean property of the store version when the query runs)."""
     if isinstance(value, str) and (value in MODEL_METRICS or (PROPERTY_NAME.match(value) and value not in RESERVED)):
         return value
-    near = nearest(value, list(MODEL_METRICS)) if isinstance(value, str) else []
+    near = (_as_property(value, None) or nearest(value, list(MODEL_METRICS))) if isinstance(value, str) else []
     hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
     raise PydanticCustomError("where_unknown", "{text}", {"text": f"unknown variable {echo(value)}{hint}; a model "
                                                                   f"metric ({', '.join(MODEL_METRICS)}) or a numeric "
@@ -269,11 +270,12 @@ CONDITIONS = {
     "int": _Int32 | list[_Int32 | None] | IntBounds | None,
     "real": _Real | list[_Real | None] | RealBounds | None,
     "bool": StrictBool | list[StrictBool | None] | None,
+    "label": _Text | list[_Text | None] | None,  # depth_bin, depth_decile: values, no bounds
 }
 # A model property's (selection.kind_of: "any" until the engine knows the store's types): a boolean,
 # a number or a string, a list of them, or bounds.
 _Value = StrictBool | StrictInt | _Real | StrictStr  # an int stays one: said back as given
-AnyBounds = _bounds(_Real | StrictStr, "Bounds[float | str]", "PropertyBounds")
+AnyBounds = _bounds(StrictInt | _Real | StrictStr, "Bounds[float | str]", "PropertyBounds")  # ints stay ints: 64-bit exact
 PropertyCondition = _Value | list[_Value | None] | AnyBounds | None
 
 
@@ -284,7 +286,8 @@ class _WhereBase(BaseModel):
     has is a 404 suggesting the nearest ones (GET /v1/fields lists them)."""
     model_config = ConfigDict(extra="allow", frozen=True, protected_namespaces=(), json_schema_extra={
         "examples": [{"task": "Classification", "conv_depth": {"gte": 1}},
-                     {"robust": True, "clean_accuracy": {"gte": 80}}]})
+                     {"robust": True, "clean_accuracy": {"gte": 80}}],
+        "propertyNames": {"pattern": "^[a-z][a-z0-9_]{0,62}$"}})  # a property's name (properties.NAME)
     # Any other key is a model property (GET /v1/fields lists the store's, with their types): the
     # engine's grammar took it as a well-formed name (_where), the store's types check it when the
     # query runs (selection.where_sql with the version's properties).

@@ -490,8 +490,8 @@ class ModelMetricsResult(FrameResult):
         if data.get("by") == "depth_decile":  # ordered as the deciles are ("0" first): sort_index keeps it
             from .selection import natural_order
 
-            df["depth_decile"] = pd.Categorical(df["depth_decile"], natural_order(list(set(df["depth_decile"]))),
-                                                ordered=True)
+            deciles = [v for v in natural_order(list(set(df["depth_decile"]))) if v is not None]  # null: NaN
+            df["depth_decile"] = pd.Categorical(df["depth_decile"], deciles, ordered=True)
             return df.set_index(["model", "depth_decile"])
         return df.set_index("model")
 

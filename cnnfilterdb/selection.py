@@ -101,7 +101,9 @@ def echo(value: Any) -> str:
 INT_FIELDS = {"model_id", "conv_depth", "layer_id", "version_added"}
 REAL_FIELDS = {"conv_depth_norm"}
 INT32 = (-(2**31), 2**31 - 1)  # the catalog's INTEGER (the service's Where: Int32)
-_KINDS = {"text": "a string", "int": "an integer", "real": "a finite number", "bool": "true or false (a bool)",
+# Text labels of an order of their own (depths): values or lists, no bounds (their text order is not it).
+ORDERED_LABELS = {"depth_bin", "depth_decile"}
+_KINDS = {"text": "a string", "label": "a string", "int": "an integer", "real": "a finite number", "bool": "true or false (a bool)",
           "any": "a string, a finite number or true/false"}
 # A property's kind of values by its type (properties.TYPES): integers compare as numbers.
 PROPERTY_KINDS = {"boolean": "bool", "integer": "real", "double": "real", "text": "text"}
@@ -146,6 +148,8 @@ def field_kind(name: str) -> str:
     "text", "int" (32-bit, not a bool), "real" (finite, not a bool) or "bool"."""
     if name in BOOLEAN_FIELDS:
         return "bool"
+    if name in ORDERED_LABELS:
+        return "label"
     if name in INT_FIELDS:
         return "int"
     if name in REAL_FIELDS:
@@ -179,7 +183,7 @@ def _typed(name: str, kind: str, value: Any) -> bool:
         return isinstance(value, (bool, str)) or _typed(name, "real", value)
     if isinstance(value, bool):
         return False
-    if kind == "text":
+    if kind in ("text", "label"):
         return isinstance(value, str)
     if kind == "int":
         v = integral(value)
@@ -241,6 +245,9 @@ def where_sql(where: dict[str, Any] | None, properties: dict[str, str] | None = 
             if kind == "bool":
                 raise InvalidValue(f"where.{name}: true, false, null or a list of them (no bounds), "
                                      f"got {echo(value)}")
+            if kind == "label":  # labels: their text order is not their depth order
+                raise InvalidValue(f"where.{name}: a value or a list of them (no bounds: bound conv_depth_norm "
+                                   f"instead, e.g. {{\"conv_depth_norm\": {{\"gt\": 0.5}}}}), got {echo(value)}")
             bad = [k for k in value if k not in BOUNDS]
             if bad:
                 raise UnknownName(f"unknown bound {echo(bad[0])} in where.{name}; valid: {', '.join(BOUNDS)}")
@@ -322,7 +329,8 @@ def check_values(cur, where: dict | None, version: int, properties: dict[str, st
         near = nearest(missing[0], known)
         # the same words from every front end (CLI, Python API, HTTP): each can run this SQL
         hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else \
-            (f"; list the values of {name} with SELECT DISTINCT {ident(name)} FROM layers_with_models "
+            (f"; list the values of {name} with SELECT DISTINCT {name if name in TEXT_FIELDS else ident(name)} "
+             "FROM layers_with_models "
              f"(cnnfilterdb sql, db.sql(), POST /v1/sql) or GET /v1/fields")
         article = "a" if name in TEXT_FIELDS else "the"  # a property's name may not take "a" (an order)
         raise EmptySelectionError(f"where.{name}: {echo(missing[0])} is not {article} {name} of any model in the store "

@@ -22,21 +22,22 @@ from .requests import MODEL_METRICS
 from .selection import InvalidValue, field_sql, natural_order
 
 ENTROPIES = ("variance_entropy", "variance_entropy_norm", "variance_entropy_clean")
-_LAYER_COLUMNS = ("layer_id", "model_id", "model", "depth_decile", "n_filters", "out_channels", "sparsity",
-                  *ENTROPIES, "orthogonality")
+_LAYER_COLUMNS = ("layer_id", "model_id", "model", "n_filters", "out_channels", "sparsity", *ENTROPIES,
+                  "orthogonality")
 
 
 def model_metrics(cur, relation: str, cond: str, params: list, layers: str, by: str | None,
                   extra: tuple[str, ...] = ()) -> pd.DataFrame:
-    """One row per model (and depth decile, ``by``) of the layers of ``relation`` (a
-    layers_with_models_at(v)) meeting ``cond``: model_id, model, [depth_decile], n_layers,
+    """One row per model (and value of the layer field ``by``, e.g. depth_decile) of the layers of
+    ``relation`` (a layers_with_models_at(v)) meeting ``cond``: model_id, model, [by], n_layers,
     n_filters and the metrics (module docstring), then the model fields ``extra`` (first value),
-    in model_id (and natural decile) order."""
+    in model_id (and natural ``by``) order."""
     first = " AND conv_depth = 0" if layers == "first" else ""
-    columns = ", ".join([*(f"{field_sql(c)} AS {ident(c)}" for c in _LAYER_COLUMNS), *map(ident, extra)])
+    own = (*_LAYER_COLUMNS, *((by,) if by else ()))
+    columns = ", ".join([*(f"{field_sql(c)} AS {ident(c)}" for c in own), *map(ident, extra)])
     t = cur.execute(f"SELECT {columns} FROM {relation} WHERE ({cond}){first} ORDER BY layer_id", params).fetchnumpy()
-    keys = ["model_id", "depth_decile"] if by == "depth_decile" else ["model_id"]
-    frame = pd.DataFrame({k: _plain(t[k]) for k in (*_LAYER_COLUMNS, *extra)})
+    keys = ["model_id", by] if by else ["model_id"]
+    frame = pd.DataFrame({k: _plain(t[k]) for k in (*own, *extra)})
     if frame.empty:
         return pd.DataFrame(columns=["model_id", "model", *keys[1:], *MODEL_METRICS, *extra])
     group = frame.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
@@ -60,9 +61,9 @@ def model_metrics(cur, relation: str, cond: str, params: list, layers: str, by: 
         out[e] = mean(frame[e].to_numpy(np.float64), f * (1.0 - s))
     out["orthogonality"] = mean(frame["orthogonality"].to_numpy(np.float64), frame["out_channels"].to_numpy(np.float64))
     out = out[["model_id", "model", *keys[1:], *MODEL_METRICS, *extra]]
-    if by == "depth_decile":
-        rank = {v: i for i, v in enumerate(natural_order(list(dict.fromkeys(out["depth_decile"]))))}
-        out = out.assign(_r=out["depth_decile"].map(rank)).sort_values(["model_id", "_r"], kind="stable").drop(columns="_r")
+    if by:
+        rank = {v: i for i, v in enumerate(natural_order(list(dict.fromkeys(out[by]))))}
+        out = out.assign(_r=out[by].map(rank)).sort_values(["model_id", "_r"], kind="stable").drop(columns="_r")
     else:
         out = out.sort_values("model_id", kind="stable")
     return out.reset_index(drop=True)

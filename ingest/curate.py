@@ -113,8 +113,8 @@ def remove_models(db: Path, models: list[str] | None = None, refit: str = "auto"
                              "all, or narrow the selection")
         ids = model_ids(tx, names)
         if dry_run or not ids:
-            n_models, n_filters = tx.con.execute("SELECT count(*), coalesce(sum(n_filters), 0) FROM models_at(?) "
-                                                 f"WHERE model_id NOT IN ({', '.join(map(str, ids.values())) or 'NULL'})",
+            gone = f"WHERE model_id NOT IN ({', '.join(map(str, ids.values()))})" if ids else ""
+            n_models, n_filters = tx.con.execute("SELECT count(*), coalesce(sum(n_filters), 0) FROM models_at(?) " + gone,
                                                  [tx.base_version]).fetchone()
             return {"db": str(Path(db).resolve()), "version": None, "removed": list(ids), "models": n_models,
                     "filters": int(n_filters), "basis_version": basis_version_at(tx.con, tx.base_version),

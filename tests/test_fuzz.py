@@ -40,6 +40,21 @@ def test_api_never_fails(case):
     # and the cap on the cells of a response, groups x bins, which the store decides (/v1/kde).
     # A `where` query parameter is JSON inside a string: its grammar is beyond the schema too.
     where_in_query = bool(case.query and "where" in case.query)
-    excluded = [positive_data_acceptance] if where_in_query or case.path in (
+    excluded = [positive_data_acceptance] if where_in_query or _a_property(case.body) or case.path in (
         "/v1/sql", "/v1/plots/{figure}.{fmt}", "/v1/kde") else []
     case.validate_response(response, excluded_checks=excluded)
+
+
+def _a_property(body) -> bool:
+    """Whether a body names a field that is not built in: a model property, which the store has or
+    not (the schema can only say what a property's name looks like), so a 400 may be right."""
+    from cnnfilterdb.requests import MODEL_METRICS
+    from cnnfilterdb.selection import FILTER_FIELDS, GROUP_FIELDS
+
+    if not isinstance(body, dict):
+        return False
+    where = body.get("where")
+    names = [k for k in where if k not in FILTER_FIELDS] if isinstance(where, dict) else []
+    names += [body[k] for k in ("group_by", "within") if isinstance(body.get(k), str) and body[k] not in GROUP_FIELDS]
+    names += [body[k] for k in ("x", "y") if isinstance(body.get(k), str) and body[k] not in MODEL_METRICS]
+    return bool(names)

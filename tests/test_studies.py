@@ -25,7 +25,7 @@ import cnnfilterdb
 from cnnfilterdb.ingest import ingest_paths
 
 from . import reference
-from .helpers import cli_main
+from .helpers import cli_main, open_catalog
 from .study_fixture import DATASETS, write_study
 
 STUDY_DATASETS = ["CIFAR-10", "CIFAR-100", "ImageNet"]
@@ -413,3 +413,32 @@ def test_correlation_per_model_is_a_group_of_one(study):
     for field in ("model", "model_id"):
         got = study.fdb.correlation("sparsity", "clean_accuracy", group_by=field)
         assert len(got) == len(study.models) and (got.n <= 1).all() and got.statistic.isna().all()
+
+
+def test_the_hostile_reviews_findings(study):
+    """A null group is a group of its own (last), holding its models; a within beyond the group
+    cap is refused; depths take no bounds; pearson's interval holds for values near a double's ends."""
+    from cnnfilterdb.analysis import Analysis
+    from cnnfilterdb.requests import DivergenceRequest
+    from cnnfilterdb.selection import InvalidValue, SelectionError
+    from cnnfilterdb.stats.correlation import correlation
+
+    fdb = study.fdb
+    got = fdb.correlation("variance_entropy", "clean_accuracy", group_by="pretraining_dataset")
+    models = fdb.models()
+    assert got.n.sum() == models.clean_accuracy.notna().sum()  # every model with both values counted once
+    if models.pretraining_dataset.isna().any():
+        assert got.index[-1] is None and got.n.iloc[-1] > 0
+    with pytest.raises(InvalidValue, match="no bounds"):
+        fdb.histograms(where={"depth_decile": {"gte": "(0.2, 0.3]"}})
+    with open_catalog(study.db) as con:
+        a = Analysis(con, study.db)
+        with pytest.raises(SelectionError, match="group_by layer_id gives .* groups; at most 10"):
+            a.divergence(DivergenceRequest(group_by="layer_id", within="training_dataset"), max_groups=10)
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=30), rng.normal(size=30)
+    base = correlation(x, y, "pearson")
+    for scale in (1e200, 1e-200):
+        far = correlation(x * scale, y, "pearson")
+        assert far["n_resamples"] == base["n_resamples"] == 2000
+        np.testing.assert_allclose([far["ci_low"], far["ci_high"]], [base["ci_low"], base["ci_high"]], rtol=1e-12)

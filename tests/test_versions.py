@@ -136,7 +136,7 @@ def test_versions_listed_over_http_and_cli(store, tmp_path):
     assert [x["n_models"] for x in v] == [12, 13, 13, 12]
     # A relabelling keeps the basis (it depends on the filters only); an ingest and a removal refit it.
     assert [x["basis_version"] for x in v] == [1, 2, 2, 3]
-    assert v[2]["summary"] == "relabelled 1 model (a)"
+    assert v[2]["summary"] == "relabelled 1 model (a); set task"  # the fields it set
     assert v[1]["n_filters"] == v[0]["n_filters"] + 32 * 3 + 32 * 32
     assert v[3]["n_filters"] == v[0]["n_filters"]
     with open_catalog(store) as con:
@@ -194,7 +194,7 @@ def test_label_checks_every_model_first(store, tmp_path):
     # A task with 'Segmentation' is normalized as at ingest, the raw label kept.
     r = label_models(store, [(m0, {"task": "Semantic Segmentation"})])
     assert r == {"db": str(store.resolve()), "version": 2, "changed": [m0], "unchanged": [], "properties_added": {},
-                 "skipped_columns": [], "dry_run": False}
+                 "skipped_columns": [], "skipped_models": [], "dry_run": False}
     with open_catalog(store) as con:
         assert con.execute("SELECT task, task_raw FROM models WHERE model_id = 0").fetchone() == \
             ("Segmentation", "Semantic Segmentation")

@@ -58,6 +58,9 @@ def bootstrap_statistics(x: np.ndarray, y: np.ndarray, method: str, resamples: i
     """The statistic of each bootstrap resample (resamples,), NaN where undefined."""
     n = len(x)
     idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    if method == "pearson":  # r is invariant to shift and scale: centred and scaled, no sum of squares overflows
+        x, y = (v - v.mean() for v in (x, y))
+        x, y = (v / np.abs(v).max() if np.abs(v).max() > 0 else v for v in (x, y))
     xs, ys = x[idx], y[idx]
     if method == "spearman":
         return _rowwise_pearson(stats.rankdata(xs, axis=1), stats.rankdata(ys, axis=1))
