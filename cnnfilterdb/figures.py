@@ -545,6 +545,9 @@ def cohort_metric(data: dict, metric: str, group_by: str, series_by: str | None 
     from matplotlib.patches import Patch
 
     t = pd.DataFrame.from_records(data["rows"], columns=data["columns"])
+    for c in dict.fromkeys(c for c in (group_by, series_by, "depth_decile") if c):  # a missing value: None, not NaN
+        t[c] = pd.Series([None if isinstance(v, float) and np.isnan(v) else v for v in t[c]], index=t.index,
+                         dtype=object)
     t = t.loc[:, ~t.columns.duplicated()]
     y = pd.to_numeric(t[metric], errors="coerce").to_numpy(np.float64)
     deciles = natural_order(list(dict.fromkeys(t["depth_decile"])))
