@@ -258,7 +258,8 @@ class Analysis:
         inner, outer = self.select(where, group_by), self.select(where, within)
         for name, sel in (("within", outer), ("group_by", inner)):
             if len(sel.labels) > max_groups:
-                raise SelectionError(f"{name} {getattr(req, name)} gives {len(sel.labels)} groups; at most {max_groups} "
+                what = "values" if name == "within" else "groups"
+                raise SelectionError(f"{name} {getattr(req, name)} gives {len(sel.labels)} {what}; at most {max_groups} "
                                      "here: narrow the selection with where")
         d = len(inner.labels)
         code = outer.layer_group * d + inner.layer_group

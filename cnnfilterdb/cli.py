@@ -206,7 +206,7 @@ def cmd_spark_divergence(args) -> int:
     if args.store and args.db:
         raise UserError("give the store as --db DIR or --store URI, not both")
     req = from_arguments(DivergenceRequest, args, where=_json_where(args.where))  # checked before Spark starts (10-20 s)
-    if not args.store:  # a local store: its fields (model properties) checked too, before Spark starts
+    if not args.store and FilterStore(args.db or default_db()).exists():  # its fields checked before Spark starts
         _check_fields(FilterStore(args.db or default_db()), req)
     with running(args.master, dict(args.conf)) as spark:
         store = SparkStore.open(spark, args.store or args.db or default_db(), args.as_of, args.read)
@@ -215,8 +215,9 @@ def cmd_spark_divergence(args) -> int:
 
 
 def _check_fields(store: FilterStore, req) -> None:
-    """SelectionError for a group_by, within or where field the store's version lacks (its model
-    properties are known only to the store): said before a slow start such as Spark's."""
+    """SelectionError for a group_by, within or where field a local store's version lacks (its
+    model properties are known only to the store): said before a slow start such as Spark's (a
+    directory without a catalog is Spark's to name: its tables may be all there is)."""
     from .properties import properties_at
     from .selection import check_group_by, condition
 

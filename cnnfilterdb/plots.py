@@ -416,6 +416,8 @@ def draw(a: Analysis, req: PlotRequest) -> Figure:
         layer, W = a.layer_filters(layer_id, MAX_FILTERS_DRAWN)
         fig = figures.layer_filters(W, layer, size)
     elif f == "cohort_divergence":
+        if req.requests[0].within == req.requests[0].group_by:  # the cohorts would each be a facet of their own
+            raise InvalidValue(f"within {req.requests[0].within!r} is the group_by: give another field")
         series = cohort_divergences(a, req.requests[0], req.options.series)
         fig = figures.cohort_divergence(series, req.options.series, size, note)
     elif f == "cohort_metric":

@@ -230,7 +230,7 @@ def where_sql(where: dict[str, Any] | None, properties: dict[str, str] | None = 
                              f"known fields: {known}")
     unknown = sorted(k for k in where if kind_of(k, properties) is None)
     if unknown:
-        near = _as_property(unknown[0], properties) or nearest(unknown[0], known)
+        near = _suggest(unknown[0], known, properties)
         hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
         names = ", ".join(echo(u) for u in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
         props = " and the store's model properties (GET /v1/fields lists them)" if properties is None else (
@@ -385,6 +385,14 @@ def _as_property(name: str, properties: dict[str, str] | None) -> list[str]:
     return [p] if p != name and (p in properties if properties is not None else True) else []
 
 
+def _suggest(name: str, known: list[str], properties: dict[str, str] | None) -> list[str]:
+    """The names to suggest for an unknown ``name``: the property its column spelling becomes
+    when that is known (``Clean Accuracy``: clean_accuracy), else the nearest known names, else
+    that property name (a property the grammar cannot check without the store)."""
+    as_property, near = _as_property(name, properties), nearest(name, known)
+    return as_property if as_property and (as_property[0] in known or not near) else near
+
+
 def groupable(properties: dict[str, str] | None) -> list[str]:
     """The fields a group_by takes: GROUP_FIELDS and the boolean and text properties."""
     return GROUP_FIELDS + [k for k, t in (properties or {}).items() if t in GROUPABLE_TYPES]
@@ -406,7 +414,7 @@ def check_group_by(group_by: str | None, properties: dict[str, str] | None = Non
                                f"boolean and text properties (select a range of a number with where, e.g. "
                                f'{{"{group_by}": {{"gte": ...}}}})')
     known = groupable(properties)
-    near = (_as_property(group_by, properties) or nearest(group_by, known)) if isinstance(group_by, str) else []
+    near = _suggest(group_by, known, properties) if isinstance(group_by, str) else []
     hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
     raise UnknownName(f"unknown {parameter} {echo(group_by)}{hint}; known: {known}")
 
