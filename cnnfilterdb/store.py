@@ -175,6 +175,10 @@ class FilterStore:
                 tables = con.execute("SELECT table_name FROM duckdb_tables() "
                                      "WHERE database_name = current_database()").fetchall()
                 current_tables = current_tables_dir(con)
+                # a kept version's tables: what LATEST may name after a kill between the catalog's
+                # rename and its own (tables.py: a whole older version, until the next writer)
+                kept_tables = {str(Path(p).parent) for (p,) in con.execute("SELECT path FROM _tables").fetchall()} \
+                    if current_tables is not None else set()
                 for (table,) in tables:
                     for _ in con.execute(f'SELECT * FROM "{table}"').to_arrow_reader():
                         pass
@@ -198,7 +202,7 @@ class FilterStore:
         if rows != layer_rows:  # every stored filter belongs to a layer the catalog keeps, and back
             problems.append(f"{CATALOG}: the shards hold {rows:,} filters, its layers {layer_rows:,}")
         if current_tables is not None and not {TABLES, f"{TABLES}/{LATEST}"} & set(links) \
-                and (problem := latest_problem(self.root, current_tables)) is not None:
+                and (problem := latest_problem(self.root, current_tables, kept_tables)) is not None:
             problems.append(problem)
         return Verification(len(files), sum(size for _, size, _ in files), problems, len(digests))
 

@@ -128,8 +128,11 @@ def point_latest(root: Path, directory: str) -> None:
     fsync_path(latest.parent)
 
 
-def latest_problem(root: Path, directory: str) -> str | None:
-    """What is wrong with tables/LATEST against the current tables ``directory``; None if nothing."""
+def latest_problem(root: Path, directory: str, older: set[str] = frozenset()) -> str | None:
+    """What is wrong with tables/LATEST against the current tables ``directory``; None if nothing,
+    or if it names one of ``older`` (a kept version's tables: a reader following it sees that whole
+    version; a commit killed between its catalog's rename and LATEST's leaves it so, and the next
+    writer points it at the current one)."""
     path = Path(root) / TABLES / LATEST
     try:
         if path.is_symlink() or not path.is_file():
@@ -137,6 +140,6 @@ def latest_problem(root: Path, directory: str) -> str | None:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         return f"{TABLES}/{LATEST}: unreadable ({e.strerror})"
-    if text != directory + "\n":
+    if text != directory + "\n" and text.removesuffix("\n") not in older:
         return f"{TABLES}/{LATEST}: does not name the current version's tables ({directory})"
     return None

@@ -195,3 +195,21 @@ def test_compaction_points_latest_before_it_deletes_tables(store, monkeypatch):
     assert cli_main(["compact", "--keep-versions", "1", "--db", str(store)]) == 0
     assert any(Path(d).name in dirs and len(dirs) > 1 for d, dirs in seen)  # old ones still there when LATEST moved
     assert FilterStore(store).verify().problems == []
+
+
+def test_verify_takes_latest_on_a_kept_older_version(store, capsys):
+    """A commit killed between its catalog's rename and LATEST's leaves LATEST on the previous
+    version's whole tables (tables.py's guarantee): verify says nothing of it; LATEST naming what is
+    no kept version's tables is damage."""
+    with open_catalog(store) as con:
+        dirs = sorted({str(Path(p).parent) for (p,) in con.execute("SELECT path FROM _tables").fetchall()})
+    assert len(dirs) >= 2
+    current = _latest(store)
+    older = next(d for d in dirs if d != current)
+    (store / TABLES / LATEST).write_text(older + "\n")
+    assert cli_main(["verify", "--db", str(store)]) == 0
+    (store / TABLES / LATEST).write_text("tables/stale\n")
+    capsys.readouterr()
+    assert cli_main(["verify", "--db", str(store)]) == 1
+    assert "does not name the current version's tables" in capsys.readouterr().out
+    (store / TABLES / LATEST).write_text(current + "\n")
