@@ -641,10 +641,9 @@ class Analysis:
         t = model_metrics(self.cur, self.layers, cond, params, req.layers, req.by, extra=extra)
         if t.empty:
             raise EmptySelectionError("no layers match the selection" + ("" if req.layers == "all" else " (first layers)"))
-        rows = [[None if isinstance(v, float) and not np.isfinite(v) else _py(v) for v in r]
-                for r in t.astype(object).itertuples(index=False, name=None)]
         return {"store_version": self.version, "layers": req.layers, "by": req.by, "metrics": list(MODEL_METRICS),
-                "fields": dict(fields), "columns": list(t.columns), "rows": rows}
+                "fields": dict(fields), "columns": list(t.columns),
+                "rows": [list(map(_py, r)) for r in t.itertuples(index=False, name=None)]}
 
 
 def _py(v):
