@@ -442,3 +442,23 @@ def test_the_hostile_reviews_findings(study):
         far = correlation(x * scale, y, "pearson")
         assert far["n_resamples"] == base["n_resamples"] == 2000
         np.testing.assert_allclose([far["ci_low"], far["ci_high"]], [base["ci_low"], base["ci_high"]], rtol=1e-12)
+
+
+def test_the_shells_depth_decile_macro_is_the_engines():
+    """depth_decile is written twice, on purpose: sql/macros.sql's macro for the DuckDB shell, and
+    selection.COMPUTED_FIELDS for the engine (any store, whatever macros it persisted): the same
+    label for every value, edges and their neighbours included."""
+    import duckdb
+
+    from cnnfilterdb import sql
+    from cnnfilterdb.selection import COMPUTED_FIELDS
+
+    edges = np.linspace(0, 1, 11)
+    xs = np.concatenate([np.random.default_rng(0).random(2000), edges, np.nextafter(edges, 2), np.nextafter(edges, -1)])
+    con = duckdb.connect()
+    con.execute(sql.read("macros").split("-- A filter's nine weights")[0])
+    rows = [(d, float(x)) for x in xs for d in (0, 1)]
+    got = con.execute(f"SELECT depth_decile(conv_depth, conv_depth_norm), {COMPUTED_FIELDS['depth_decile']} "
+                      "FROM (SELECT unnest(?::INTEGER[]) AS conv_depth, unnest(?::DOUBLE[]) AS conv_depth_norm)",
+                      [[d for d, _ in rows], [x for _, x in rows]]).fetchall()
+    assert all(a == b for a, b in got) and len(got) == len(rows)
