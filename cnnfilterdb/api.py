@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -31,6 +32,7 @@ from .layout import default_db
 from .reader import ATTACHED, CatalogReader, attach
 from .requests import (
     AnalysisSpec,
+    CheckRequest,
     DegenerateRequest,
     Density2dRequest,
     DivergenceRequest,
@@ -48,6 +50,7 @@ from .requests import (
     version_arg,
 )
 from .results import (
+    CheckResult,
     DegenerateResult,
     Density2dResult,
     DivergenceResult,
@@ -440,6 +443,46 @@ class FilterDB:
                 return SimilarResult(a.similar(req), req.selection)
             except LookupError:
                 raise NotFound(f"no model {req.model_id}") from None
+
+    def check(self, path: str | os.PathLike, where: dict | None = None, **options) -> CheckResult:
+        """Check a model file against the population (SPEC 15; POST /v1/check): how its layers'
+        filters and quality compare with the store's layers of the same depth decile, and which
+        models are nearest. The file is read exactly as ``cnnfilterdb ingest`` reads it (ONNX,
+        PyTorch, safetensors, npz, by content); nothing is written to the store.
+
+        Parameters
+        ----------
+        path : the model file.
+        where : dict, optional
+            The population: a selection (e.g. ``{"task": "Classification"}``); default every model.
+        **options
+            ``k`` (nearest models, default 5), the flags' thresholds ``sparsity_gt``,
+            ``entropy_norm_lt``, ``entropy_norm_gt``, what the model is (``name``, ``task``,
+            ``visual_category``, ``training_dataset``: shown, never stored), ``as_of``: the
+            fields of ``cnnfilterdb.requests.CheckRequest``.
+
+        Returns
+        -------
+        CheckResult
+            ``layers`` (DataFrame: one row per 3x3 convolution: conv_depth, depth_decile, its
+            metrics, kl_to_population, percentiles, flags), ``model`` (dict: model metrics,
+            divergence, percentiles), ``nearest_models`` (DataFrame), ``clipped``,
+            ``store_version``; ``plot()`` draws the check figure.
+
+        Raises
+        ------
+        cnnfilterdb.ingest.IngestError
+            The file is not a model, holds no 3x3 convolution or a NaN weight, cannot be read.
+        """
+        from .check import check
+        from .ingest.model_files import read_checked
+
+        if "as_of" in options:
+            options["as_of"] = version_arg(options["as_of"])
+        req = build(CheckRequest, where=where, **options)
+        model = read_checked(Path(path))
+        with self._analysis(req.as_of) as a:
+            return CheckResult(check(a, req, model), req.selection)
 
     # -- SQL and versions ------------------------------------------------------------------------
     def sql(self, query: str, params: list | dict | None = None, max_rows: int | None = None) -> pd.DataFrame:

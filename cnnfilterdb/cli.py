@@ -319,6 +319,71 @@ def cmd_correlate(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    """A model file against the store's population (SPEC 15): nothing is written to the store."""
+    from .check import check
+    from .ingest.model_files import read_checked
+    from .requests import CheckRequest, from_arguments
+
+    req = from_arguments(CheckRequest, args, where=_json_where(args.where))
+    if args.output:
+        _writable(args.output, args.db)
+    model = read_checked(Path(args.file))
+    con, analysis = _open_analysis(FilterStore(args.db or default_db()), args.as_of)
+    with con:
+        out = check(analysis, req, model)
+        html = None
+        if args.output:
+            from .check_report import check_html
+            from .plots import Provenance
+
+            html = check_html(out, Provenance.of(analysis))
+    if html is not None:
+        from .report import write_atomic
+
+        try:
+            write_atomic(Path(args.output), html.encode())
+        except OSError as e:
+            raise UserError(f"{args.output}: {e.strerror or e}") from None
+    if args.json:
+        print(json.dumps(out, default=str))
+        return 0
+    _print_check(out)
+    if html is not None:
+        print(f"wrote {args.output} ({len(html):,} bytes: the report, figures inline)")
+    return 0
+
+
+def _print_check(out: dict) -> None:
+    m, pop = out["model"], out["population"]
+    shown = lambda v, f=".4g": "-" if v is None else format(v, f)  # noqa: E731
+    pct = lambda v: "" if v is None else f" (p{v:.0f})"  # noqa: E731
+    where = f", where {json.dumps(pop['where'])}" if pop["where"] else ""
+    print(f"{m['file']} ({m['kind']}, {m['n_layers']} layers of 3x3 filters, {m['n_filters']:,} filters) against "
+          f"store {out['store_id']} version {out['store_version']}: {pop['n_models']:,} models, "
+          f"{pop['n_layers']:,} layers{where}")
+    rows = []
+    for layer in out["layers"]:
+        p = layer["percentiles"]
+        rows.append([layer["layer"], layer["name"], layer["conv_depth"], layer["depth_decile"], layer["n_filters"],
+                     shown(layer["sparsity"], ".3f") + pct(p["sparsity"]),
+                     shown(layer["variance_entropy_norm"], ".3f") + pct(p["variance_entropy_norm"]),
+                     shown(layer["orthogonality"], ".3f") + pct(p["orthogonality"]),
+                     shown(layer["kl_to_population"]) + pct(p["kl_to_population"]), " ".join(layer["flags"])])
+    _print_table(["layer", "name", "depth", "decile", "filters", "sparsity", "entropy_norm", "orthogonality",
+                  "kl_to_population", "flags"], rows)
+    mp = m["percentiles"]
+    print("model: " + ", ".join(f"{k} {shown(m[k])}{pct(mp[k])}" for k in (
+        "sparsity", "variance_entropy_norm", "orthogonality", "divergence")))
+    print("nearest models: " + ("; ".join(f"{n['model']} ({n['task'] or '-'}, {shown(n['divergence'])})"
+                                          for n in out["nearest_models"]) or "none"))
+    print("(pN: the percentile among the population's layers of the same depth decile, or models; flags: sparse, "
+          f"low_entropy, random_like by the thresholds, unusual: kl_to_population at or above its decile's "
+          f"{out['parameters']['unusual_percentile']:g}th percentile)")
+    if out["clipped"]:
+        print(f"clipped: {out['clipped']:,} coefficients outside the basis range, counted in the edge bins")
+
+
 def cmd_log(args) -> int:
     """The store versions, newest first (as git log)."""
     from .catalog import list_versions, store_id
@@ -817,6 +882,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         s.set_defaults(func=cmd_correlate)
     else:
         sub.add_parser("correlate", help="the correlation of two model metrics or properties per group")
+
+    if wanted("check"):
+        from .requests import CheckRequest, cli_arguments
+
+        text = ("check a model file against the store's population, depth decile by depth decile (nothing is "
+                "written; docs/method.md#checking-a-model)")
+        s = sub.add_parser("check", help=text, description=text)
+        s.add_argument("file", help="the model file: ONNX, PyTorch .pt/.pth, safetensors or .npz (read as ingest reads it)")
+        cli_arguments(s, CheckRequest, ("task", "visual_category", "training_dataset", "name", "k", "sparsity_gt",
+                                        "entropy_norm_lt", "entropy_norm_gt"))
+        s.add_argument("--where", metavar="JSON", help="the population: a selection (the analyses' where), e.g. "
+                                                       "'{\"task\": \"Classification\"}'; default every model")
+        s.add_argument("--json", action="store_true", help="print the result as JSON (POST /v1/check's keys)")
+        s.add_argument("-o", "--output", metavar="FILE.html", help="also write a self-contained HTML report (figures "
+                                                                    "inline, the table, the store it was compared with)")
+        _db_arg(s)
+        _as_of_arg(s)
+        s.set_defaults(func=cmd_check)
+    else:
+        sub.add_parser("check", help="check a model file against the store's population")
 
     s = sub.add_parser("log", help="the store versions: what each commit added, relabelled or removed, and its basis")
     _db_arg(s)

@@ -514,6 +514,43 @@ class SimilarRequest(AnalysisRequest):
     weights: Weights = Field("explained_variance", description=WEIGHTS_TEXT)
 
 
+# What a checked model is called in its report (SPEC 15): shown, never stored.
+CheckText = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+
+
+class CheckRequest(AnalysisRequest):
+    """A model file checked against the population (SPEC 15; ``check.py``): not in ANALYSES, since
+    every front end also takes the file (a path, or the upload of POST /v1/check), but the one
+    contract of its parameters."""
+    model_config = ConfigDict(json_schema_extra={"examples": [{"where": {"task": "Classification"}, "k": 5}]})
+    positional: ClassVar = ("where",)
+    where: Selection = Field(None, description="the population the model is compared with: a selection (see "
+                                               "Where), e.g. the models of its task; none: every model in the store")
+    k: Integer(1, MAX_SIMILAR_K) = Field(5, description="how many of the population's models nearest to the checked "
+                                                        "one to list")
+    sparsity_gt: Real(0.0, 1.0) = Field(DEGENERATE_THRESHOLDS["sparsity_gt"],
+                                        description="a layer is flagged sparse when its sparsity is above this")
+    entropy_norm_lt: Real() = Field(DEGENERATE_THRESHOLDS["entropy_norm_lt"],
+                                    description="flagged low_entropy (redundant) when variance_entropy_norm is below this")
+    entropy_norm_gt: Real() | None = Field(DEGENERATE_THRESHOLDS["entropy_norm_gt"],
+                                           description="flagged random_like when variance_entropy_norm is above this "
+                                                       "(null: not checked)")
+    name: CheckText | None = Field(None, description="the checked model's name in the report (default: the file's)")
+    task: CheckText | None = Field(None, description="the checked model's task, shown in the report")
+    visual_category: CheckText | None = Field(None, description="the checked model's visual category, shown")
+    training_dataset: CheckText | None = Field(None, description="the checked model's training dataset, shown")
+
+    @property
+    def thresholds(self) -> dict:
+        return {"sparsity_gt": self.sparsity_gt, "entropy_norm_lt": self.entropy_norm_lt,
+                "entropy_norm_gt": self.entropy_norm_gt}
+
+    @property
+    def described(self) -> dict:
+        """What the caller said the model is (shown in the report, never stored)."""
+        return {"task": self.task, "visual_category": self.visual_category, "training_dataset": self.training_dataset}
+
+
 # The file formats of an export; cnnfilterdb/export.FORMATS gives each its media type and suffix.
 EXPORT_FORMATS = ("parquet", "arrow", "npy", "csv")
 ExportFormat = Literal[EXPORT_FORMATS]  # type: ignore[valid-type]

@@ -24,7 +24,7 @@ from .properties import ident, properties_at
 from .selection import EmptySelectionError, SelectionError, check_values, where_sql
 
 __all__ = ["Result", "DivergenceResult", "PcaResult", "HistogramsResult", "KdeResult", "Density2dResult",
-           "DegenerateResult", "SimilarResult", "ModelMetricsResult", "CorrelationResult", "FilterBatches"]
+           "DegenerateResult", "SimilarResult", "CheckResult", "ModelMetricsResult", "CorrelationResult", "FilterBatches"]
 
 # -- inputs ---------------------------------------------------------------------------------------
 
@@ -451,6 +451,57 @@ class SimilarResult(Result):
 
     def _convert(self) -> None:
         self.similar = records(self._data["similar"], SIMILAR_COLUMNS, SIMILAR_TYPES)
+
+
+class CheckResult(Result):
+    """``check``: a model file against the population (SPEC 15, ``cnnfilterdb/check.py``).
+
+    Attributes
+    ----------
+    layers : DataFrame
+        One row per 3x3 convolution of the model, in its order: layer, name, conv_depth,
+        conv_depth_norm, depth_decile, n_filters, in_channels, out_channels, groups, the layer
+        metrics (as an ingest stores them), kl_to_population, kl_unusual_at (its decile's 95th
+        percentile), population_layers, clipped, percentiles (dict: metric -> percentile among the
+        population's layers of the decile), flags (list).
+    model : dict
+        The model's metrics (SPEC 14), ``divergence`` from the population, ``percentiles`` among
+        the population's models, and what the file is (name, kind, sha256, ...).
+    nearest_models : DataFrame
+        The k nearest population models: model_id, model, name, task, ..., divergence.
+    population : dict (where, n_models, n_layers, n_filters, n_outside, deciles)
+    clipped : int, the checked model's coefficients outside the basis range (counted in the edge bins)
+    store_id, store_version, basis_version, parameters, elapsed_ms
+    """
+
+    def _convert(self) -> None:
+        self.layers = pd.DataFrame(self._data["layers"], columns=CHECK_LAYER_COLUMNS)
+        self.nearest_models = pd.DataFrame(self._data["nearest_models"], columns=CHECK_NEAREST_COLUMNS)
+
+    def __repr__(self) -> str:
+        return (f"CheckResult(model={self.model['name']!r}, layers={len(self.layers)}, "
+                f"divergence={self.model['divergence']:.4g}, store_version={self.store_version})")
+
+    def plot(self, figsize: tuple[float, float] | None = None, subtitle: str | None = None):
+        """The figure of GET /v1/plots/check: each layer's kl_to_population against its depth with
+        the population's median and interquartile band per decile, and the quality scatter with
+        this model's layers marked.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        from . import figures
+
+        return figures.check(self._data, figsize, self._subtitle(subtitle))
+
+
+CHECK_LAYER_COLUMNS = ["layer", "name", "conv_depth", "conv_depth_norm", "depth_decile", "n_filters", "in_channels",
+                       "out_channels", "groups", "sparsity", "variance_entropy", "variance_entropy_norm",
+                       "variance_entropy_clean", "orthogonality", "kl_to_population", "kl_unusual_at",
+                       "population_layers", "clipped", "percentiles", "flags"]
+CHECK_NEAREST_COLUMNS = ["model_id", "model", "name", "task", "visual_category", "training_dataset",
+                         "pretraining_dataset", "producer", "divergence"]
 
 
 class FrameResult(pd.DataFrame):

@@ -41,9 +41,33 @@ def model_metrics(cur, relation: str, cond: str, params: list, layers: str, by: 
     if frame.empty:
         return pd.DataFrame(columns=["model_id", "model", *keys[1:], *MODEL_METRICS, *extra])
     group = frame.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
-    n = int(group.max()) + 1
-    f = frame["n_filters"].to_numpy(np.float64)
-    s = frame["sparsity"].to_numpy(np.float64)
+    firsts = np.unique(group, return_index=True)[1]  # each group's first row (layer_id order)
+    out = frame.iloc[firsts][["model_id", "model", *keys[1:], *extra]].reset_index(drop=True)
+    out = pd.concat([out, metrics_of(frame, group, int(group.max()) + 1)], axis=1)
+    out = out[["model_id", "model", *keys[1:], *MODEL_METRICS, *extra]]
+    if by:
+        rank = {v: i for i, v in enumerate(natural_order(list(dict.fromkeys(out[by]))))}
+        out = out.assign(_r=out[by].map(rank)).sort_values(["model_id", "_r"], kind="stable").drop(columns="_r")
+    else:
+        out = out.sort_values("model_id", kind="stable")
+    return out.reset_index(drop=True)
+
+
+def metrics_of(layers: pd.DataFrame, group: np.ndarray, n: int) -> pd.DataFrame:
+    """The model metrics (MODEL_METRICS, module docstring) of ``n`` groups of layers.
+
+    Parameters
+    ----------
+    layers : one row per layer, in layer order: n_filters, out_channels, sparsity, the entropies
+        and orthogonality (NaN where unknown).
+    group : (len(layers),) int, each layer's group, 0 .. n-1.
+
+    Returns
+    -------
+    DataFrame of n rows, the columns MODEL_METRICS.
+    """
+    f = layers["n_filters"].to_numpy(np.float64)
+    s = layers["sparsity"].to_numpy(np.float64)
 
     def mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
         known = np.isfinite(values) & np.isfinite(weights)
@@ -52,21 +76,14 @@ def model_metrics(cur, relation: str, cond: str, params: list, layers: str, by: 
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, num / den, np.nan)
 
-    firsts = np.unique(group, return_index=True)[1]  # each group's first row (layer_id order)
-    out = frame.iloc[firsts][["model_id", "model", *keys[1:], *extra]].reset_index(drop=True)
-    out["n_layers"] = np.bincount(group, minlength=n)
-    out["n_filters"] = np.bincount(group, weights=f, minlength=n).astype(np.int64)
-    out["sparsity"] = mean(s, f)
+    out = pd.DataFrame({"n_layers": np.bincount(group, minlength=n),
+                        "n_filters": np.bincount(group, weights=f, minlength=n).astype(np.int64),
+                        "sparsity": mean(s, f)})
     for e in ENTROPIES:
-        out[e] = mean(frame[e].to_numpy(np.float64), f * (1.0 - s))
-    out["orthogonality"] = mean(frame["orthogonality"].to_numpy(np.float64), frame["out_channels"].to_numpy(np.float64))
-    out = out[["model_id", "model", *keys[1:], *MODEL_METRICS, *extra]]
-    if by:
-        rank = {v: i for i, v in enumerate(natural_order(list(dict.fromkeys(out[by]))))}
-        out = out.assign(_r=out[by].map(rank)).sort_values(["model_id", "_r"], kind="stable").drop(columns="_r")
-    else:
-        out = out.sort_values("model_id", kind="stable")
-    return out.reset_index(drop=True)
+        out[e] = mean(layers[e].to_numpy(np.float64), f * (1.0 - s))
+    out["orthogonality"] = mean(layers["orthogonality"].to_numpy(np.float64),
+                                layers["out_channels"].to_numpy(np.float64))
+    return out[list(MODEL_METRICS)]
 
 
 def _plain(a):
@@ -95,4 +112,4 @@ def check_variable(name: str, properties: dict[str, str]) -> str:
     return name
 
 
-__all__ = ["model_metrics", "check_variable"]
+__all__ = ["model_metrics", "metrics_of", "check_variable"]

@@ -1,15 +1,17 @@
 """Writing model files (ONNX, PyTorch, safetensors, npz) into a store transaction."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from cnnfilterdb.check import CheckedLayer, CheckedModel
 from cnnfilterdb.stats.quality import orthogonality
 from cnnfilterdb.store import StoreTransaction
 
 from .errors import IngestError
-from .models import CONV_OPS, ExtractedModel
+from .models import CONV_OPS, ExtractedModel, detect, read_model
 from .rows import LayerState, insert_layers, insert_models
 from .shards import ShardWriter
 
@@ -53,6 +55,50 @@ def relabel_hint(model: str, differences: dict[str, dict], db: Path | None = Non
     return " or ".join(hints) if len(hints) == 1 else f"{hints[0]}; and to rename it: {hints[1]}"
 
 
+def model_layers(m: ExtractedModel, first_layer_id: int = 0, model_id: int = 0) -> Iterator[tuple[CheckedLayer, LayerState]]:
+    """Each 3x3 convolution of ``m`` as a layer (``check.CheckedLayer``: its filters, conv depth,
+    shape and quality metrics) with the statistics folded from its filters (the moments a commit
+    stores): what an ingest stores and what a check reports, computed by this one function."""
+    layer_id = first_layer_id
+    for conv in m.convs:
+        if conv.op not in CONV_OPS or conv.weight.shape[2:] != (3, 3):
+            continue
+        st = LayerState(layer_id, model_id)
+        Xt = np.ascontiguousarray(conv.weight.reshape(-1, 9).T)
+        st.fold(Xt, whole=True)
+        out_channels, in_per_group = conv.weight.shape[:2]
+        yield CheckedLayer(name=conv.name, conv_depth=conv.level,
+                           conv_depth_norm=conv.level / (m.n_levels - 1) if m.n_levels > 1 else 0.0,
+                           in_channels=in_per_group * conv.groups, out_channels=out_channels, groups=conv.groups,
+                           metrics=st.quality_row(orthogonality(conv.weight)), columns=Xt), st
+        layer_id += 1
+
+
+def read_checked(path: Path, shown: str | None = None, max_unpacked: int | None = None) -> CheckedModel:
+    """A model file read and checked exactly as an ingest reads it (``read_model``: every format
+    of docs/method.md#model-files, the same errors), as a ``check.CheckedModel`` for
+    ``check.check``, named after ``shown`` (an upload's file name; default the path's). IngestError
+    naming the file as ``shown``: not a model, no 3x3 convolution, a NaN weight, unreadable, or a
+    zip that would unpack to more than ``max_unpacked`` bytes (``models.check_unpacked``)."""
+    import hashlib
+
+    path = Path(path)
+    shown = shown or str(path)
+    try:
+        kind = detect(path)
+        if kind is None:
+            raise IngestError(f"{path}: not a model file (ONNX, PyTorch .pt/.pth, safetensors or .npz, read by content)")
+        m = read_model(path, kind, max_unpacked=max_unpacked)
+    except IngestError as e:  # the upload's name, not a temporary file's
+        raise IngestError(str(e).replace(str(path), shown)) from None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return CheckedModel(name=Path(shown).stem, kind=kind, sha256=h.hexdigest(), bytes=path.stat().st_size,
+                        producer=m.producer, op_set=m.op_set, layers=[layer for layer, _ in model_layers(m)])
+
+
 def ingest_model_file(path: Path, kind: str, m: ExtractedModel, meta: dict, tx: StoreTransaction,
                       writer: ShardWriter, sha: str) -> tuple[int, int]:
     """Add one model read by ``read_model`` (every check done, nothing written yet); returns (1, filters)."""
@@ -67,22 +113,14 @@ def ingest_model_file(path: Path, kind: str, m: ExtractedModel, meta: dict, tx: 
         name = f"{name}-{sha[:8]}"
 
     layers = []
-    for conv in m.convs:
-        if conv.op not in CONV_OPS or conv.weight.shape[2:] != (3, 3):
-            continue
-        W = conv.weight.reshape(-1, 9)
-        n = len(W)
-        st = LayerState(layer_id, model_id)
-        Xt = np.ascontiguousarray(W.T)
-        st.fold(Xt, whole=True)
-        writer.write_rows(np.arange(next_filter, next_filter + n, dtype=np.int64), model_id, layer_id, Xt)
-        out_channels, in_per_group = conv.weight.shape[:2]
+    for layer, st in model_layers(m, layer_id, model_id):
+        n = layer.n_filters
+        writer.write_rows(np.arange(next_filter, next_filter + n, dtype=np.int64), model_id, layer_id, layer.columns)
         layers.append({
-            "layer_id": layer_id, "model_id": model_id, "conv_depth": conv.level,
-            "conv_depth_norm": conv.level / (m.n_levels - 1) if m.n_levels > 1 else 0.0,
-            "filter_id_first": next_filter, "filter_id_last": next_filter + n - 1, "n_filters": n,
-            "in_channels": in_per_group * conv.groups, "out_channels": out_channels, "groups": conv.groups,
-            **st.quality_row(orthogonality(conv.weight)),
+            "layer_id": layer_id, "model_id": model_id, "conv_depth": layer.conv_depth,
+            "conv_depth_norm": layer.conv_depth_norm, "filter_id_first": next_filter,
+            "filter_id_last": next_filter + n - 1, "n_filters": n, "in_channels": layer.in_channels,
+            "out_channels": layer.out_channels, "groups": layer.groups, **layer.metrics,
         })
         tx.insert_layer_moments([layer_id], [st.scaled])
         layer_id += 1

@@ -297,15 +297,44 @@ def read_npz(path: Path) -> ExtractedModel:
 READERS = {"onnx": read_onnx, "torch": read_torch, "safetensors": read_safetensors, "npz": read_npz}
 
 
-def read_model(path: Path, kind: str) -> ExtractedModel:
+# A zip (a .pt, an .npz) may unpack to at most this many times its own size, or UNPACKED_FLOOR bytes
+# if more: torch.save stores its tensors uncompressed, np.savez_compressed shrinks weights a few
+# times; a zip bomb (gigabytes of zeros in a few megabytes) is refused before anything is unpacked.
+UNPACKED_RATIO = 32
+UNPACKED_FLOOR = 1 << 30
+
+
+def check_unpacked(path: Path, max_unpacked: int | None = None) -> None:
+    """IngestError naming the file if it is a zip whose members would unpack to more than
+    ``max_unpacked`` bytes (default: UNPACKED_RATIO times its size, at least UNPACKED_FLOOR). The
+    sizes are the zip's own records, which the readers hold the members to (zipfile and torch's
+    reader stop at a member's recorded size)."""
+    if not zipfile.is_zipfile(path):
+        return
+    size = path.stat().st_size
+    limit = max(UNPACKED_FLOOR, UNPACKED_RATIO * size) if max_unpacked is None else max_unpacked
+    try:
+        with zipfile.ZipFile(path) as z:
+            unpacked = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise file_error(path, f"is a damaged zip ({str(e)[:200]})") from None
+    if unpacked > limit:
+        raise file_error(path, f"would unpack to {unpacked:,} bytes from {size:,} (more than the {limit:,} allowed: "
+                               "a zip bomb, or a model too large to read here)")
+
+
+def read_model(path: Path, kind: str, max_unpacked: int | None = None) -> ExtractedModel:
     """Read and check a model file: every 4-D convolution with its weight (out, in/groups, kh, kw)
     float32, groups and conv level. IngestError naming the file if it cannot be read, holds a NaN
-    or Inf weight, or holds no 3x3 convolution.
+    or Inf weight, or holds no 3x3 convolution, or is a zip that would unpack to more than
+    ``max_unpacked`` bytes (``check_unpacked``).
 
     Parameters
     ----------
     path : the file; kind : 'onnx', 'torch', 'safetensors' or 'npz' (``detect``).
     """
+    if kind in ("torch", "npz"):
+        check_unpacked(path, max_unpacked)
     m = READERS[kind](path)
     bad = [c.name for c in m.convs if not np.isfinite(c.weight).all()]
     if bad:

@@ -1,0 +1,285 @@
+"""A model checked against the population (SPEC 15): how its filters compare with those of the
+store's models, depth decile by depth decile, without writing anything.
+
+The population is the layers (and models) of the store version read, within ``where``. With the
+store's global basis (components C, mean mu, range [lo, hi]), the default bins B = DEFAULT_BINS and
+the explained-variance weights w (docs/method.md#divergence):
+
+- A checked layer's filters x (n, 9) are projected as every scan projects them
+  (``stats/histogram.coefficients_of``: c = C (x / max|x|) - C mu); a coefficient outside [lo, hi]
+  is counted in the nearest edge bin (clipped, and the number reported: ``clipped``), so its 9
+  histograms h_l (9, B) hold all its filters (the store's own layers hold no such values: a
+  basis's range covers the filters it was fitted on; those projected later drop theirs, as the
+  analyses do, ``population.n_outside``).
+- ``kl_to_population`` of a layer l of depth decile d = D(h_l, H_d), H_d the pooled (summed)
+  histograms of the population's layers of decile d, D the symmetric KL of 6.2 (float32-epsilon
+  densities, weighted by w).
+- The percentile of a value v of a metric among the population's layers of the same decile:
+  100 |{layers with metric <= v}| / |{layers with the metric known}|; for kl_to_population, among
+  the population layers' own divergences D(h_j, H_d(j)) from their decile's pooled histograms. A
+  layer is flagged ``unusual`` when its kl_to_population is at or above the 95th percentile of those
+  (np.percentile, linear), and sparse / low_entropy / random_like by the degenerate thresholds.
+- The model: its model metrics (SPEC 14, ``studies.metrics_of``) with their percentiles among the
+  population's models; ``divergence`` = D(sum of its layers' h_l, H), H the whole population's
+  pooled histograms (its percentile among the population models' own D(H_m, H)); and the k models
+  m nearest by D(model, H_m).
+
+Layer metrics are those an ingest stores (the ingest computes them with the same code:
+``cnnfilterdb.ingest.model_files.model_layers``). Bounded work: the population's per-layer
+histograms are read in chunks of CHUNK layers from the stored histograms (a scan where a store has
+none), the checked model's once.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .analysis import Analysis
+from .catalog import store_id
+from .requests import MODEL_METRICS, CheckRequest
+from .scan import LayerGroups, kernel_basis
+from .selection import EmptySelectionError, condition, field_sql, natural_order
+from .stats.divergence import DEFAULT_BINS, component_weights, distances_to, metric_values, probabilities
+from .stats.histogram import coefficients_of
+from .studies import metrics_of
+
+LAYER_METRICS = ("sparsity", "variance_entropy", "variance_entropy_norm", "variance_entropy_clean", "orthogonality")
+KL = "kl_to_population"
+UNUSUAL_PERCENTILE = 95.0   # a layer whose kl_to_population is at or above this percentile of its decile's is unusual
+QUALITY_BINS = 40           # per axis of the population's quality density (the check figure's background)
+CHUNK = 4096                # population layers whose histograms are held at once
+METRIC, WEIGHTS = "kl_sym", "explained_variance"
+# The metadata of a nearest model, as GET /v1/models names it.
+NEAREST_FIELDS = ("model_id", "model", "name", "task", "visual_category", "training_dataset", "pretraining_dataset",
+                  "producer")
+FLAGS = ("sparse", "low_entropy", "random_like", "unusual")
+
+
+@dataclass
+class CheckedLayer:
+    """One 3x3 convolution of a checked model, as an ingest would store it."""
+    name: str
+    conv_depth: int
+    conv_depth_norm: float
+    in_channels: int
+    out_channels: int
+    groups: int
+    metrics: dict            # LAYER_METRICS -> float or None, as the ingest's quality row
+    columns: np.ndarray      # (9, n_filters) float32: the filters, one per column (as the shards hold them)
+
+    @property
+    def n_filters(self) -> int:
+        return int(self.columns.shape[1])
+
+
+@dataclass
+class CheckedModel:
+    """A model file read as an ingest reads it (``cnnfilterdb.ingest.model_files.read_checked``)."""
+    name: str
+    kind: str
+    sha256: str
+    bytes: int
+    producer: str | None
+    op_set: int | None
+    layers: list[CheckedLayer] = field(default_factory=list)
+
+
+def percentile_of(values: np.ndarray, v: float | None) -> float | None:
+    """100 |{values <= v}| / |{values not NaN}| (None: v unknown, or no value known)."""
+    known = values[np.isfinite(values)]
+    if v is None or not np.isfinite(v) or len(known) == 0:
+        return None
+    return float(100.0 * np.count_nonzero(known <= v) / len(known))
+
+
+def _float(v) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def check(an: Analysis, req: CheckRequest, model: CheckedModel) -> dict:
+    """The report of ``model`` against the population of ``an``'s version within ``req.where``
+    (module docstring); JSON-able, the body of POST /v1/check. EmptySelectionError: the
+    population holds no layer; SelectionError: the store has no basis."""
+    t0 = time.perf_counter()
+    cur, version = an.cur, an.version
+    b = an.global_basis()
+    lo, hi, bins = float(b.range_min), float(b.range_max), DEFAULT_BINS
+    width = (hi - lo) / bins
+    w = component_weights(WEIGHTS, b.explained_variance_ratio)
+
+    # -- the population's layers, their deciles and models
+    cond, params = condition(cur, req.selection, version)
+    columns = ", ".join(["layer_id", "model_id", f"{field_sql('depth_decile')} AS depth_decile", "n_filters",
+                         "out_channels", *LAYER_METRICS])
+    t = cur.execute(f"SELECT {columns} FROM {an.layers} WHERE {cond} ORDER BY layer_id", params).fetchnumpy()
+    ids = np.asarray(t["layer_id"], dtype=np.int64)
+    if len(ids) == 0:
+        raise EmptySelectionError("the population holds no layer" + (f" (where: {req.selection})" if req.selection else ""))
+    layers = pd.DataFrame({k: _numbers(t[k]) for k in ("n_filters", "out_channels", *LAYER_METRICS)})
+    model_ids = np.asarray(t["model_id"], dtype=np.int64)
+    deciles = np.array([None if v is None else str(v) for v in _texts(t["depth_decile"])], dtype=object)
+    decile_names = sorted({d for d in deciles if d is not None})
+    decile_of = np.array([decile_names.index(d) if d is not None else -1 for d in deciles], dtype=np.int64)
+    models, model_of = np.unique(model_ids, return_inverse=True)
+    n_layers = len(ids)
+
+    # -- their histograms: pooled per decile, per model, and each layer's divergence from its decile's
+    counts_of, outside = _population_counts(an, b, ids)
+    pooled_decile = np.zeros((len(decile_names), 9, bins), dtype=np.int64)
+    pooled_model = np.zeros((len(models), 9, bins), dtype=np.int64)
+    layer_kl = np.full(n_layers, np.nan)
+    for s in range(0, n_layers, CHUNK):
+        sl = slice(s, min(s + CHUNK, n_layers))
+        c = counts_of(sl)
+        has = decile_of[sl] >= 0
+        np.add.at(pooled_decile, decile_of[sl][has], c[has])
+        np.add.at(pooled_model, model_of[sl], c)
+    P_decile = probabilities(pooled_decile, width)
+    for s in range(0, n_layers, CHUNK):
+        sl = slice(s, min(s + CHUNK, n_layers))
+        has = np.flatnonzero(decile_of[sl] >= 0)
+        if len(has):
+            P = probabilities(counts_of(sl)[has], width)
+            layer_kl[s + has] = metric_values(P, P_decile[decile_of[sl][has]], METRIC, width) @ w
+    pooled = pooled_decile.sum(axis=0) if len(decile_names) else pooled_model.sum(axis=0)
+
+    # -- the checked model's layers: metrics, decile, histograms (clipped into the range)
+    C, shift = kernel_basis(b)
+    checked_deciles = _deciles(cur, model.layers)
+    rows, own_counts, clipped_total = [], np.zeros((9, bins), dtype=np.int64), 0
+    unusual_at = {}
+    for layer, decile in zip(model.layers, checked_deciles):
+        coef = coefficients_of(tuple(layer.columns), C, shift)
+        clipped = int(np.count_nonzero((coef < lo) | (coef > hi)))
+        np.clip(coef, lo, hi, out=coef)
+        h = np.stack([np.histogram(coef[i], bins=bins, range=(lo, hi))[0] for i in range(9)]).astype(np.int64)
+        own_counts += h
+        clipped_total += clipped
+        same = decile_of == (decile_names.index(decile) if decile in decile_names else -2)
+        kl = float(distances_to(h, pooled_decile[decile_names.index(decile)][None], w, METRIC, width)[0]) \
+            if same.any() else None
+        if same.any() and decile not in unusual_at:
+            unusual_at[decile] = float(np.percentile(layer_kl[same], UNUSUAL_PERCENTILE))
+        m = layer.metrics
+        percentiles = {k: percentile_of(layers[k].to_numpy(np.float64)[same], m[k]) for k in LAYER_METRICS}
+        percentiles[KL] = percentile_of(layer_kl[same], kl)
+        flags = [f for f, on in (
+            ("sparse", m["sparsity"] is not None and m["sparsity"] > req.sparsity_gt),
+            ("low_entropy", m["variance_entropy_norm"] is not None and m["variance_entropy_norm"] < req.entropy_norm_lt),
+            ("random_like", req.entropy_norm_gt is not None and m["variance_entropy_norm"] is not None
+             and m["variance_entropy_norm"] > req.entropy_norm_gt),
+            ("unusual", kl is not None and kl >= unusual_at[decile])) if on]
+        rows.append({"layer": len(rows), "name": layer.name, "conv_depth": layer.conv_depth,
+                     "conv_depth_norm": layer.conv_depth_norm, "depth_decile": decile, "n_filters": layer.n_filters,
+                     "in_channels": layer.in_channels, "out_channels": layer.out_channels, "groups": layer.groups,
+                     **{k: _float(m[k]) for k in LAYER_METRICS}, KL: kl,
+                     "kl_unusual_at": unusual_at.get(decile), "population_layers": int(same.sum()),
+                     "clipped": clipped, "percentiles": percentiles, "flags": flags})
+
+    # -- the model: metrics and their percentiles among the population's models; divergences
+    own_layers = pd.DataFrame({k: np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=np.float64)
+                               for k in ("n_filters", "out_channels", *LAYER_METRICS)})
+    own = metrics_of(own_layers, np.zeros(len(rows), dtype=np.int64), 1).iloc[0]
+    population_models = metrics_of(layers, model_of, len(models))
+    model_divergence = float(distances_to(own_counts, pooled[None], w, METRIC, width)[0])
+    population_divergence = distances_to(pooled, pooled_model, w, METRIC, width) if len(models) else np.zeros(0)
+    to_models = distances_to(own_counts, pooled_model, w, METRIC, width)
+    percentiles = {k: percentile_of(population_models[k].to_numpy(np.float64), own[k]) for k in MODEL_METRICS}
+    percentiles["divergence"] = percentile_of(population_divergence, model_divergence)
+    nearest = np.argsort(to_models, kind="stable")[:req.k]
+    meta = _model_meta(cur, version, models[nearest])
+    out_model = {"name": req.name or model.name, "file": model.name, "kind": model.kind, "sha256": model.sha256,
+                 "bytes": model.bytes, "producer": model.producer, "op_set": model.op_set, **req.described,
+                 **{k: (int(own[k]) if k in ("n_layers", "n_filters") else _float(own[k])) for k in MODEL_METRICS},
+                 "divergence": model_divergence, "percentiles": percentiles}
+    return {
+        "store_id": store_id(cur),
+        "store_version": version,
+        "basis_version": b.version,
+        "population": {"where": req.selection, "n_models": int(len(models)), "n_layers": int(n_layers),
+                       "n_filters": int(layers["n_filters"].sum()), "n_outside": int(outside),
+                       "deciles": _decile_summary(decile_names, decile_of, layer_kl),
+                       "quality_density": _quality_density(layers)},
+        "parameters": {"metric": METRIC, "weights": WEIGHTS, "bins": bins, "range": [lo, hi],
+                       "unusual_percentile": UNUSUAL_PERCENTILE, "k": req.k, "thresholds": req.thresholds},
+        "model": out_model,
+        "layers": rows,
+        "nearest_models": [{**meta[int(models[j])], "divergence": float(to_models[j])} for j in nearest],
+        "clipped": int(clipped_total),
+        "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
+    }
+
+
+def _decile_summary(names: list[str], decile_of: np.ndarray, layer_kl: np.ndarray) -> list[dict]:
+    """Per depth decile of the population (natural order: "0" first): its layers and the
+    quartiles and UNUSUAL_PERCENTILE of their kl_to_population (np.percentile, linear)."""
+    out = []
+    for d in natural_order(names):
+        kl = layer_kl[decile_of == names.index(d)]
+        q1, median, q3, high = np.percentile(kl, [25, 50, 75, UNUSUAL_PERCENTILE])
+        out.append({"depth_decile": d, "n_layers": int(len(kl)), "kl_q1": float(q1), "kl_median": float(median),
+                    "kl_q3": float(q3), "kl_unusual_at": float(high)})
+    return out
+
+
+def _quality_density(layers: pd.DataFrame) -> dict:
+    """The population's layers as a 2-D histogram of sparsity (x, QUALITY_BINS over [0, 1]) and
+    variance_entropy_norm (y, QUALITY_BINS over [0, max(1.2, the largest)]): the check figure's
+    background, a few KB whatever the store's size. Layers without either value are left out."""
+    x = layers["sparsity"].to_numpy(np.float64)
+    y = layers["variance_entropy_norm"].to_numpy(np.float64)
+    known = np.isfinite(x) & np.isfinite(y)
+    top = max(1.2, float(y[known].max())) if known.any() else 1.2
+    counts, xe, ye = np.histogram2d(x[known], y[known], bins=QUALITY_BINS, range=[[0.0, 1.0], [0.0, top]])
+    return {"sparsity_edges": xe.tolist(), "entropy_norm_edges": ye.tolist(), "counts": counts.astype(np.int64).tolist()}
+
+
+def _population_counts(an: Analysis, b, ids: np.ndarray):
+    """(counts_of(slice) -> (len, 9, DEFAULT_BINS) int64 of those population layers, their
+    coefficients outside the range in all): the stored per-layer histograms, or one scan."""
+    stored = an.stored()
+    if stored is not None and stored.basis_version == b.version and stored.bins == DEFAULT_BINS:
+        def counts_of(sl: slice) -> np.ndarray:
+            part = ids[sl]
+            return stored.group_sums(part, np.arange(len(part)), len(part))
+
+        return counts_of, int(stored.outside_sums(ids, np.zeros(len(ids), dtype=np.int64), 1).sum())
+    groups = LayerGroups.of(ids, np.arange(len(ids)), len(ids), an.snapshot.max_layer_id(an.cur))
+    counts, outside = an.scanner.histograms(groups, b, b.range_min, b.range_max, DEFAULT_BINS)
+    return (lambda sl: counts[sl]), int(outside.sum())
+
+
+def _deciles(cur, layers: list[CheckedLayer]) -> list[str | None]:
+    """Each layer's depth_decile, by the catalog's own macro (SPEC 14: the one definition)."""
+    if not layers:
+        return []
+    row = cur.execute("SELECT [depth_decile(c[i], x[i]) FOR i IN range(1, len(c) + 1)] "
+                      "FROM (SELECT ?::INTEGER[] AS c, ?::DOUBLE[] AS x)",
+                      [[int(l.conv_depth) for l in layers], [float(l.conv_depth_norm) for l in layers]]).fetchone()
+    return list(row[0])
+
+
+def _model_meta(cur, version: int, model_ids: np.ndarray) -> dict[int, dict]:
+    if not len(model_ids):
+        return {}
+    rows = cur.execute(f"SELECT {', '.join(NEAREST_FIELDS)} FROM models_at({int(version)}) "
+                       "WHERE list_contains(?::INTEGER[], model_id)", [[int(i) for i in model_ids]]).fetchall()
+    return {r[0]: dict(zip(NEAREST_FIELDS, r)) for r in rows}
+
+
+def _numbers(a) -> np.ndarray:
+    if hasattr(a, "mask"):
+        return np.where(a.mask, np.nan, a.data.astype(np.float64))
+    return np.asarray(a, dtype=np.float64)
+
+
+def _texts(a) -> list:
+    if hasattr(a, "mask"):
+        return [None if m else v for v, m in zip(a.data, a.mask)]
+    return list(a)
+
+
+__all__ = ["CheckedLayer", "CheckedModel", "check", "percentile_of", "LAYER_METRICS", "FLAGS"]
