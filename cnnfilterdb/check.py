@@ -78,7 +78,7 @@ class CheckedLayer:
 @dataclass
 class CheckedModel:
     """A model file read as an ingest reads it (``cnnfilterdb.ingest.model_files.read_checked``)."""
-    name: str
+    name: str                # the file's name (an upload's, not a temporary file's)
     kind: str
     sha256: str
     bytes: int
@@ -191,7 +191,7 @@ def check(an: Analysis, req: CheckRequest, model: CheckedModel) -> dict:
     percentiles["divergence"] = percentile_of(population_divergence, model_divergence)
     nearest = np.argsort(to_models, kind="stable")[:req.k]
     meta = _model_meta(cur, version, models[nearest])
-    out_model = {"name": req.name or model.name, "file": model.name, "kind": model.kind, "sha256": model.sha256,
+    out_model = {"name": req.name or model.name.rsplit(".", 1)[0], "file": model.name, "kind": model.kind, "sha256": model.sha256,
                  "bytes": model.bytes, "producer": model.producer, "op_set": model.op_set, **req.described,
                  **{k: (int(own[k]) if k in ("n_layers", "n_filters") else _float(own[k])) for k in MODEL_METRICS},
                  "divergence": model_divergence, "percentiles": percentiles}

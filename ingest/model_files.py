@@ -95,7 +95,7 @@ def read_checked(path: Path, shown: str | None = None, max_unpacked: int | None 
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
-    return CheckedModel(name=Path(shown).stem, kind=kind, sha256=h.hexdigest(), bytes=path.stat().st_size,
+    return CheckedModel(name=Path(shown).name, kind=kind, sha256=h.hexdigest(), bytes=path.stat().st_size,
                         producer=m.producer, op_set=m.op_set, layers=[layer for layer, _ in model_layers(m)])
 
 
