@@ -87,12 +87,19 @@ class CheckedModel:
     layers: list[CheckedLayer] = field(default_factory=list)
 
 
-def percentile_of(values: np.ndarray, v: float | None) -> float | None:
-    """100 |{values <= v}| / |{values not NaN}| (None: v unknown, or no value known)."""
-    known = values[np.isfinite(values)]
-    if v is None or not np.isfinite(v) or len(known) == 0:
-        return None
-    return float(100.0 * np.count_nonzero(known <= v) / len(known))
+class Ranks:
+    """Values of a population, sorted once, for the percentile of any value among them:
+    100 |{values <= v}| / |{values known}| (NaN values are unknown)."""
+
+    def __init__(self, values: np.ndarray):
+        values = np.asarray(values, dtype=np.float64)
+        self.sorted = np.sort(values[np.isfinite(values)])
+
+    def percentile(self, v: float | None) -> float | None:
+        """None: v unknown, or no value known."""
+        if v is None or not np.isfinite(v) or len(self.sorted) == 0:
+            return None
+        return float(100.0 * np.searchsorted(self.sorted, v, side="right") / len(self.sorted))
 
 
 def _float(v) -> float | None:
@@ -150,7 +157,12 @@ def check(an: Analysis, req: CheckRequest, model: CheckedModel) -> dict:
     C, shift = kernel_basis(b)
     checked_deciles = _deciles(cur, model.layers)
     rows, own_counts, clipped_total = [], np.zeros((9, bins), dtype=np.int64), 0
-    unusual_at = {}
+    by_decile = {}  # decile -> (its population layers, their Ranks per metric and kl, the unusual threshold)
+    for i, d in enumerate(decile_names):
+        same = decile_of == i
+        ranks = {k: Ranks(layers[k].to_numpy(np.float64)[same]) for k in LAYER_METRICS}
+        ranks[KL] = Ranks(layer_kl[same])
+        by_decile[d] = (int(same.sum()), ranks, float(np.percentile(layer_kl[same], UNUSUAL_PERCENTILE)))
     for layer, decile in zip(model.layers, checked_deciles):
         coef = coefficients_of(tuple(layer.columns), C, shift)
         clipped = int(np.count_nonzero((coef < lo) | (coef > hi)))
@@ -158,25 +170,23 @@ def check(an: Analysis, req: CheckRequest, model: CheckedModel) -> dict:
         h = np.stack([np.histogram(coef[i], bins=bins, range=(lo, hi))[0] for i in range(9)]).astype(np.int64)
         own_counts += h
         clipped_total += clipped
-        same = decile_of == (decile_names.index(decile) if decile in decile_names else -2)
+        n_same, ranks, unusual_at = by_decile.get(decile, (0, None, None))
         kl = float(distances_to(h, pooled_decile[decile_names.index(decile)][None], w, METRIC, width)[0]) \
-            if same.any() else None
-        if same.any() and decile not in unusual_at:
-            unusual_at[decile] = float(np.percentile(layer_kl[same], UNUSUAL_PERCENTILE))
+            if n_same else None
         m = layer.metrics
-        percentiles = {k: percentile_of(layers[k].to_numpy(np.float64)[same], m[k]) for k in LAYER_METRICS}
-        percentiles[KL] = percentile_of(layer_kl[same], kl)
+        percentiles = {k: ranks[k].percentile(m[k]) if ranks else None for k in LAYER_METRICS}
+        percentiles[KL] = ranks[KL].percentile(kl) if ranks else None
         flags = [f for f, on in (
             ("sparse", m["sparsity"] is not None and m["sparsity"] > req.sparsity_gt),
             ("low_entropy", m["variance_entropy_norm"] is not None and m["variance_entropy_norm"] < req.entropy_norm_lt),
             ("random_like", req.entropy_norm_gt is not None and m["variance_entropy_norm"] is not None
              and m["variance_entropy_norm"] > req.entropy_norm_gt),
-            ("unusual", kl is not None and kl >= unusual_at[decile])) if on]
+            ("unusual", kl is not None and kl >= unusual_at)) if on]
         rows.append({"layer": len(rows), "name": layer.name, "conv_depth": layer.conv_depth,
                      "conv_depth_norm": layer.conv_depth_norm, "depth_decile": decile, "n_filters": layer.n_filters,
                      "in_channels": layer.in_channels, "out_channels": layer.out_channels, "groups": layer.groups,
                      **{k: _float(m[k]) for k in LAYER_METRICS}, KL: kl,
-                     "kl_unusual_at": unusual_at.get(decile), "population_layers": int(same.sum()),
+                     "kl_unusual_at": unusual_at, "population_layers": n_same,
                      "clipped": clipped, "percentiles": percentiles, "flags": flags})
 
     # -- the model: metrics and their percentiles among the population's models; divergences
@@ -187,8 +197,8 @@ def check(an: Analysis, req: CheckRequest, model: CheckedModel) -> dict:
     model_divergence = float(distances_to(own_counts, pooled[None], w, METRIC, width)[0])
     population_divergence = distances_to(pooled, pooled_model, w, METRIC, width) if len(models) else np.zeros(0)
     to_models = distances_to(own_counts, pooled_model, w, METRIC, width)
-    percentiles = {k: percentile_of(population_models[k].to_numpy(np.float64), own[k]) for k in MODEL_METRICS}
-    percentiles["divergence"] = percentile_of(population_divergence, model_divergence)
+    percentiles = {k: Ranks(population_models[k].to_numpy(np.float64)).percentile(own[k]) for k in MODEL_METRICS}
+    percentiles["divergence"] = Ranks(population_divergence).percentile(model_divergence)
     nearest = np.argsort(to_models, kind="stable")[:req.k]
     meta = _model_meta(cur, version, models[nearest])
     out_model = {"name": req.name or model.name.rsplit(".", 1)[0], "file": model.name, "kind": model.kind, "sha256": model.sha256,
@@ -282,4 +292,4 @@ def _texts(a) -> list:
     return list(a)
 
 
-__all__ = ["CheckedLayer", "CheckedModel", "check", "percentile_of", "LAYER_METRICS", "FLAGS"]
+__all__ = ["CheckedLayer", "CheckedModel", "check", "Ranks", "LAYER_METRICS", "FLAGS"]
