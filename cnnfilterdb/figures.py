@@ -668,3 +668,163 @@ def correlation(result: dict, figsize: Size | None = None, subtitle: str | None 
              + f" ({result['method']}, 95% interval of {result.get('resamples', 2000)} bootstrap resamples)")
     fig.suptitle(_fitted(title, W - 0.3, fs, " (", "\n(") + (f"\n{subtitle}" if subtitle else ""), fontsize=fs)
     return fig
+
+
+# ---- a model checked against the population (SPEC 15) --------------------------------------------
+CHECK_LAYER = "C0"        # a checked layer
+CHECK_UNUSUAL = "#d62728"  # a checked layer whose kl_to_population is at or above its decile's 95th percentile
+CHECK_BAND = "#7f8c9b"     # the population's interquartile band, median and 95th percentile
+CHECK_MEDIAN = "#4b5563"
+BAND_FACE, BAND_EDGE = "#dcdfe4", "#9aa3ad"  # CHECK_BAND at alpha 0.28 and 0.6 on white, opaque
+DECILE_ZERO_HALF = 0.012   # decile "0" (the first convolution) is drawn as a box this wide either side of x = 0
+MAX_CHECK_LABELS = 30      # flagged layers labelled with their number in the model, at most
+
+
+def _greys():
+    """Greys from light to mid grey: the population's density stays behind the model's points."""
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap(colormaps["Greys"](np.linspace(0.12, 0.62, 256)))
+
+
+def decile_span(decile: str) -> tuple[float, float]:
+    """The x span of a depth decile on the check figure: "(a, b]" from a to b; "0" (conv_depth 0) a
+    short box around x = 0 (DECILE_ZERO_HALF either side)."""
+    text = str(decile).strip()
+    if text == "0":
+        return -DECILE_ZERO_HALF, DECILE_ZERO_HALF
+    a, b = text.strip("([])").split(",")
+    return float(a), float(b)
+
+
+def _check_title(result: dict) -> str:
+    m = result["model"]
+    return (f"{literal(str(m['name']))} against CNN Filter DB store {result['store_id']}, "
+            f"version {result['store_version']}")
+
+
+def check(result: dict, figsize: Size | None = None, subtitle: str | None = None) -> Figure:
+    """A model checked against the population (``check.check``'s result, POST /v1/check).
+
+    Left: each checked layer's ``kl_to_population`` (y, log scale where every value is positive)
+    against its ``conv_depth_norm`` (x); per depth decile of the population, its layers' own
+    divergences from their decile: the interquartile band (``band-{i}``: a rectangle from kl_q1 to
+    kl_q3 over the decile's span, ``decile_span``), the median (``median-{i}``) and the 95th
+    percentile at and above which a layer is unusual (``unusual-{i}``, dashed), i the decile's
+    index in ``population.deciles``. The model's layers are points (``layers``: not unusual,
+    ``layers-unusual``: flagged unusual, red triangles); a layer whose decile the population does
+    not have (no kl) is an x on the axis (``layers-no-population``).
+
+    Right: the population's layers as a 2-D density of sparsity (x) and normalized variance entropy
+    (y), grey on a log scale (``population-density``), the degenerate thresholds dashed (random_like
+    dotted) as ``quality`` draws them, and the model's layers on top (``quality-layers``,
+    ``quality-layers-unusual``). Flagged layers are labelled with their number in the model
+    (``layer`` of the result), at most MAX_CHECK_LABELS."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch, Rectangle
+
+    own = (13.0, 5.6)
+    W, H = _figsize(figsize, own)
+    fs = _fontsize(W, H, own)
+    fig = Figure(figsize=(W, H), layout="constrained")
+    ax, aq = fig.subplots(1, 2, width_ratios=[1.3, 1.0])
+    pop, layers = result["population"], result["layers"]
+    deciles = pop.get("deciles") or []
+
+    # -- left: kl_to_population by depth
+    positive = []
+    for i, d in enumerate(deciles):
+        a, b = decile_span(d["depth_decile"])
+        q1, med, q3, hi = d["kl_q1"], d["kl_median"], d["kl_q3"], d.get("kl_unusual_at")
+        zero = a < 0  # decile "0": a narrow box over the start of the next decile's
+        band = Rectangle((a, q1), b - a, q3 - q1, facecolor=BAND_FACE, edgecolor=BAND_EDGE,
+                         linewidth=0.9 if zero else 0.6, zorder=1.5 if zero else 1, gid=f"band-{i}")
+        ax.add_patch(band)
+        ax.add_line(Line2D([a, b], [med, med], color=CHECK_MEDIAN, linewidth=1.8, zorder=2, gid=f"median-{i}"))
+        if hi is not None:
+            ax.add_line(Line2D([a, b], [hi, hi], color=CHECK_MEDIAN, linewidth=1.0, ls="--", zorder=2, gid=f"unusual-{i}"))
+        positive += [v for v in (q1, med, q3, hi) if v is not None]
+    x = np.array([np.nan if r["conv_depth_norm"] is None else r["conv_depth_norm"] for r in layers], dtype=np.float64)
+    kl = np.array([np.nan if r["kl_to_population"] is None else r["kl_to_population"] for r in layers], dtype=np.float64)
+    unusual = np.array(["unusual" in r["flags"] for r in layers], dtype=bool)
+    known = np.isfinite(kl)
+    positive += list(kl[known])
+    size = 30 * fs / 10
+    if known.sum() > 1:  # the model's layers in depth order, thinly joined
+        order = np.argsort(x[known], kind="stable")
+        ax.plot(x[known][order], kl[known][order], color=CHECK_LAYER, linewidth=0.6, alpha=0.35, zorder=3)
+    ax.scatter(x[known & ~unusual], kl[known & ~unusual], s=size, color=CHECK_LAYER, edgecolors="white",
+               linewidths=0.5, zorder=4, gid="layers")
+    ax.scatter(x[known & unusual], kl[known & unusual], s=size * 1.6, marker="^", color=CHECK_UNUSUAL,
+               edgecolors="black", linewidths=0.5, zorder=5, gid="layers-unusual")
+    if (~known).any():
+        ax.scatter(x[~known], np.full(int((~known).sum()), 0.02), marker="x", s=size, color="0.35",
+                   transform=ax.get_xaxis_transform(), clip_on=False, zorder=4, gid="layers-no-population")
+    if positive and min(positive) > 0:
+        ax.set_yscale("log")
+    ax.set_xlim(-0.04, 1.02)
+    ax.set_xlabel("relative depth of the layer (conv_depth_norm)", fontsize=fs)
+    ax.set_ylabel("kl_to_population (symmetric KL, weighted)", fontsize=fs)
+    ax.set_title("Each layer's divergence from the population's layers of its depth decile", fontsize=fs)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.tick_params(labelsize=0.85 * fs)
+
+    # -- right: the quality scatter over the population's density
+    q = pop.get("quality_density")
+    if q:
+        counts = np.asarray(q["counts"], dtype=np.float64)
+        top = counts.max() if counts.size else 0.0
+        mesh = aq.pcolormesh(np.asarray(q["sparsity_edges"]), np.asarray(q["entropy_norm_edges"]),
+                             np.ma.masked_less_equal(counts.T, 0), cmap=_greys(),
+                             norm=LogNorm(vmin=1, vmax=max(top, 2)), shading="flat", zorder=1, gid="population-density")
+        cb = fig.colorbar(mesh, ax=aq, pad=0.01, fraction=0.05)
+        cb.set_label("population layers per cell", fontsize=0.85 * fs)
+        cb.ax.tick_params(labelsize=0.8 * fs)
+        aq.set_xlim(q["sparsity_edges"][0], q["sparsity_edges"][-1])
+        aq.set_ylim(q["entropy_norm_edges"][0], q["entropy_norm_edges"][-1])
+    t = result["parameters"]["thresholds"]
+    aq.axvline(t["sparsity_gt"], color="0.3", ls="--", lw=1, zorder=2, gid="threshold-sparsity")
+    aq.axhline(t["entropy_norm_lt"], color="0.3", ls="--", lw=1, zorder=2, gid="threshold-entropy-low")
+    if t.get("entropy_norm_gt") is not None:
+        aq.axhline(t["entropy_norm_gt"], color="0.3", ls=":", lw=1, zorder=2, gid="threshold-entropy-high")
+    sx = np.array([np.nan if r["sparsity"] is None else r["sparsity"] for r in layers], dtype=np.float64)
+    sy = np.array([np.nan if r["variance_entropy_norm"] is None else r["variance_entropy_norm"] for r in layers],
+                  dtype=np.float64)
+    aq.scatter(sx[~unusual], sy[~unusual], s=size, color=CHECK_LAYER, edgecolors="white", linewidths=0.5, zorder=4,
+               gid="quality-layers")
+    aq.scatter(sx[unusual], sy[unusual], s=size * 1.6, marker="^", color=CHECK_UNUSUAL, edgecolors="black",
+               linewidths=0.5, zorder=5, gid="quality-layers-unusual")
+    aq.set_xlabel("sparsity", fontsize=fs)
+    aq.set_ylabel("normalized variance entropy", fontsize=fs)
+    aq.set_title("Layer quality: this model's layers over the population's", fontsize=fs)
+    aq.tick_params(labelsize=0.85 * fs)
+
+    # -- flagged layers labelled with their number in the model (the report's table rows)
+    flagged = [i for i, r in enumerate(layers) if r["flags"]][:MAX_CHECK_LABELS]
+    for i in flagged:
+        label = str(layers[i].get("layer", i))
+        if known[i]:
+            ax.annotate(label, (x[i], kl[i]), xytext=(4, 3), textcoords="offset points", fontsize=0.7 * fs, zorder=6)
+        if np.isfinite(sx[i]) and np.isfinite(sy[i]):
+            aq.annotate(label, (sx[i], sy[i]), xytext=(4, 3), textcoords="offset points", fontsize=0.7 * fs, zorder=6)
+
+    pct = f"{result['parameters'].get('unusual_percentile', 95):g}th percentile"
+    handles = [Patch(facecolor=BAND_FACE, edgecolor=BAND_EDGE, label="population: interquartile range per depth decile"),
+               Line2D([], [], color=CHECK_MEDIAN, lw=1.8, label="population: median"),
+               Line2D([], [], color=CHECK_MEDIAN, lw=1.0, ls="--", label=f"population: {pct}"),
+               Line2D([], [], ls="none", marker="o", color=CHECK_LAYER, markeredgecolor="white",
+                      label=f"this model's layers ({int((~unusual).sum())} of {len(layers)})"),
+               Line2D([], [], ls="none", marker="^", color=CHECK_UNUSUAL, markeredgecolor="black",
+                      label=f"unusual: at or above the {pct} ({int(unusual.sum())} of {len(layers)})")]
+    if (~known).any():
+        handles.append(Line2D([], [], ls="none", marker="x", color="0.35",
+                              label=f"no population layer in its decile ({int((~known).sum())})"))
+    handles.append(Line2D([], [], color="0.3", ls="--", lw=1, label="degenerate thresholds"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=0.8 * fs,
+               frameon=False)
+    n = pop
+    where = f", {subtitle}" if subtitle else ""
+    line = (f"population: {n['n_models']:,} models, {n['n_layers']:,} layers{where}; "
+            f"basis version {result['basis_version']}")
+    fig.suptitle(_fitted(_check_title(result), W - 0.4, fs + 1, " against", "\nagainst") + "\n" + line, fontsize=fs + 1)
+    return fig

@@ -1,0 +1,314 @@
+"""A model checked against the population (SPEC 15) as one self-contained HTML page, and the check's
+files: ``cnnfilterdb check FILE -o report.html|fig.png|fig.svg|fig.pdf`` (``write_check_output``),
+POST /v1/check's ``format=html`` (``check_html``).
+
+The page is one file, readable offline and safe to open: inline CSS, the figure inline (a base64
+PNG), no script, no URL to fetch; every text that comes from the model file or the store (a model
+or layer name, a task, a where) is escaped. It shows what the model is (its file, kind, sha256 and
+what the caller said it is), the store (id, version, basis version) and the population it was
+compared with, the check figure (``figures.check``), a row per layer (its metrics with their
+percentiles, kl_to_population with its percentile, its flags), the model's metrics with their
+percentiles and its divergence, the nearest models, and how to read it all.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+from pathlib import Path
+
+from . import __version__, plots
+from .plots import Provenance
+from .selection import SelectionError
+
+CHECK_FORMATS = {".html": "html", ".htm": "html", ".png": "png", ".svg": "svg", ".pdf": "pdf"}
+FIGURE_DPI = 110
+LAYER_METRICS = (("sparsity", "sparsity"), ("variance_entropy", "variance entropy"),
+                 ("variance_entropy_norm", "entropy (normalized)"), ("variance_entropy_clean", "entropy (non-sparse)"),
+                 ("orthogonality", "orthogonality"))
+MODEL_METRICS = (("n_layers", "layers of 3x3 filters"), ("n_filters", "3x3 filters"), *LAYER_METRICS,
+                 ("divergence", "divergence from the population"))
+FLAG_TEXT = {"sparse": "sparsity above the threshold", "low_entropy": "normalized variance entropy below the threshold",
+             "random_like": "normalized variance entropy above the threshold: close to random",
+             "unusual": "kl_to_population at or above its decile's 95th percentile"}
+
+
+def _text(v) -> str:
+    return "—" if v is None else escape(str(v))
+
+
+def _num(v, fmt: str = ".4g") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    try:
+        return escape(format(float(v), fmt))
+    except (TypeError, ValueError):
+        return escape(str(v))
+
+
+def _pct(v) -> str:
+    return "" if v is None else f' <span class="pct">p{float(v):.0f}</span>'
+
+
+def figure_alt(out: dict) -> str:
+    """What the check figure shows, for a reader who cannot see it."""
+    layers = out["layers"]
+    unusual = sum("unusual" in r["flags"] for r in layers)
+    return (f"Left: the kl_to_population of each of the model's {len(layers)} layers (y, log scale) against its relative "
+            f"depth (x), over the population's median and interquartile range per depth decile; {unusual} layer(s) "
+            "at or above their decile's 95th percentile are red triangles. Right: the model's layers by sparsity (x) "
+            "and normalized variance entropy (y) over the density of the population's layers, with the degenerate "
+            "thresholds as dashed lines.")
+
+
+def figure_png(out: dict, provenance: Provenance | None, subtitle: str | None = None, dpi: int = FIGURE_DPI) -> bytes:
+    from .figures import check
+
+    return plots.render(check(out, None, subtitle), "png", dpi, provenance)
+
+
+_CSS = """
+:root { color-scheme: light; --fg: #1b1f24; --muted: #57606a; --line: #d0d7de; --panel: #f6f8fa; --flag: #b42318;
+        --flag-bg: #fef3f2; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--fg); background: #fff;
+       font: 15px/1.5 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", Roboto, sans-serif; }
+header, main, footer { max-width: 1400px; margin: 0 auto; padding: 0 24px; }
+header { padding-top: 24px; }
+h1 { font-size: 1.6rem; margin: 0 0 4px; overflow-wrap: anywhere; }
+h2 { font-size: 1.2rem; margin: 0 0 8px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
+.sub, .caption { color: var(--muted); margin: 0 0 12px; }
+section { margin: 28px 0; }
+dl.kv { display: grid; grid-template-columns: max-content 1fr; gap: 4px 18px; margin: 0; }
+dl.kv dt { color: var(--muted); }
+dl.kv dd { margin: 0; overflow-wrap: anywhere; }
+.cols { display: grid; gap: 24px; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); }
+figure { margin: 0; }
+figure img { display: block; max-width: 100%; height: auto; border: 1px solid var(--line); }
+code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: .88em; background: var(--panel);
+       padding: 1px 4px; border-radius: 4px; overflow-wrap: anywhere; }
+.wide { overflow-x: auto; }
+table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; font-size: .85rem; }
+th, td { border: 1px solid var(--line); padding: 3px 6px; text-align: right; vertical-align: top; white-space: nowrap; }
+th { white-space: normal; }
+th { background: var(--panel); }
+th.text, td.text { text-align: left; }
+td.text { white-space: normal; overflow-wrap: anywhere; min-width: 6rem; max-width: 18rem; }
+td.flags { white-space: normal; min-width: 7rem; }
+#model-metrics { width: auto; min-width: 32rem; }
+.pct { color: var(--muted); font-size: .85em; }
+#layers td .pct { display: block; line-height: 1.2; }
+tr.flagged td { background: var(--flag-bg); }
+.flag { display: inline-block; color: #fff; background: var(--flag); border-radius: 999px; padding: 0 8px;
+        font-size: .8rem; font-weight: 600; margin: 1px 2px; white-space: nowrap; }
+.note { border-left: 4px solid var(--flag); background: var(--flag-bg); padding: 8px 12px; }
+ul.read li { margin: 4px 0; }
+footer { color: var(--muted); font-size: .85rem; padding-bottom: 32px; }
+"""
+
+
+def _kv(pairs: list[tuple[str, str]]) -> str:
+    return '<dl class="kv">' + "".join(f"<dt>{escape(k)}</dt><dd>{v}</dd>" for k, v in pairs) + "</dl>"
+
+
+def _model_html(m: dict) -> str:
+    said = [(k.replace("_", " "), _text(m.get(k))) for k in ("task", "visual_category", "training_dataset")
+            if m.get(k) is not None]
+    pairs = [("name", _text(m.get("name"))), ("file", _text(m.get("file"))), ("kind", _text(m.get("kind"))),
+             ("size", f"{m['bytes']:,} bytes" if m.get("bytes") is not None else "—"),
+             ("sha256", f"<code>{_text(m.get('sha256'))}</code>"), ("producer", _text(m.get("producer"))),
+             ("opset", _text(m.get("op_set")))]
+    said_html = (_kv(said) if said else '<p class="caption">Nothing (the caller may give its task, visual '
+                 "category and training dataset: shown here, never stored).</p>")
+    return _kv(pairs) + '<h3>What the caller said it is</h3>' + said_html
+
+
+def _population_html(out: dict, provenance: Provenance) -> str:
+    pop, par = out["population"], out["parameters"]
+    t = par["thresholds"]
+    where = pop.get("where")
+    lo, hi = par["range"]
+    pairs = [("store", f"<code>{escape(str(provenance.store_id))}</code>"),
+             ("store version", _text(provenance.store_version)),
+             ("basis version", _text(out.get("basis_version"))),
+             ("where", f"<code>{escape(json.dumps(where, ensure_ascii=False))}</code>" if where else "every model"),
+             ("models", _num(pop["n_models"])), ("layers", _num(pop["n_layers"])), ("filters", _num(pop["n_filters"])),
+             ("divergence", f"{escape(str(par['metric']))}, {escape(str(par['weights']))} weights, "
+                            f"{_num(par['bins'])} bins over [{_num(lo)}, {_num(hi)}]"),
+             ("thresholds", f"sparse above {_num(t['sparsity_gt'])}; low_entropy below {_num(t['entropy_norm_lt'])}"
+                            + (f"; random_like above {_num(t['entropy_norm_gt'])}" if t.get("entropy_norm_gt") is not None
+                               else "")),
+             ("unusual at", f"the {_num(par['unusual_percentile'], 'g')}th percentile of the decile's layers")]
+    if pop.get("n_outside"):
+        pairs.append(("outside the range", f"{pop['n_outside']:,} coefficients of the population's filters"))
+    return _kv(pairs)
+
+
+def _layers_html(out: dict) -> str:
+    clipped = any(r.get("clipped") for r in out["layers"])  # a column only where some layer has some
+    head = ("<tr><th>layer</th><th class=text>name</th><th>depth (relative)</th><th class=text>depth decile "
+            "(population layers)</th><th>filters</th>" + "".join(f"<th>{escape(t)}</th>" for _, t in LAYER_METRICS)
+            + "<th>kl_to_<wbr>population</th><th>unusual at</th>" + ("<th>clipped</th>" if clipped else "")
+            + "<th class=text>flags</th></tr>")
+    rows = []
+    for r in out["layers"]:
+        p = r.get("percentiles") or {}
+        flags = "".join(f'<span class="flag" title="{escape(FLAG_TEXT.get(f, f))}">{escape(f)}</span>'
+                        for f in r["flags"])
+        rows.append(
+            f'<tr class="layer{" flagged" if r["flags"] else ""}">'
+            f'<td>{_num(r.get("layer"))}</td><td class=text>{_text(r.get("name"))}</td>'
+            f'<td>{_num(r["conv_depth"])} <span class="pct">({_num(r["conv_depth_norm"], ".3f")})</span></td>'
+            f'<td class=text>{_text(r["depth_decile"])} <span class="pct">({_num(r.get("population_layers"))})</span></td>'
+            f'<td>{_num(r["n_filters"])}</td>'
+            + "".join(f"<td>{_num(r.get(k))}{_pct(p.get(k))}</td>" for k, _ in LAYER_METRICS)
+            + f'<td>{_num(r.get("kl_to_population"))}{_pct(p.get("kl_to_population"))}</td>'
+              f'<td>{_num(r.get("kl_unusual_at"))}</td>'
+            + (f'<td>{_num(r.get("clipped"))}</td>' if clipped else "")
+            + f'<td class="text flags">{flags}</td></tr>')
+    return f'<div class="wide"><table id="layers"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def _model_metrics_html(m: dict) -> str:
+    p = m.get("percentiles") or {}
+    rows = "".join(f'<tr><th class=text scope=row>{escape(t)}</th><td>{_num(m.get(k))}</td>'
+                   f'<td>{"—" if p.get(k) is None else f"{float(p[k]):.0f}"}</td></tr>' for k, t in MODEL_METRICS)
+    return ('<table id="model-metrics"><thead><tr><th class=text>metric</th><th>this model</th>'
+            f'<th>percentile among the population\'s models</th></tr></thead><tbody>{rows}</tbody></table>')
+
+
+NEAREST = (("model", "model"), ("name", "architecture"), ("task", "task"), ("visual_category", "visual category"),
+           ("training_dataset", "training dataset"), ("pretraining_dataset", "pretraining dataset"),
+           ("producer", "producer"))
+
+
+def _nearest_html(out: dict) -> str:
+    near = out.get("nearest_models") or []
+    if not near:
+        return '<p class="caption">The population holds no model.</p>'
+    head = ("<tr><th>#</th><th>model id</th>" + "".join(f"<th class=text>{escape(t)}</th>" for _, t in NEAREST)
+            + "<th>divergence</th></tr>")
+    rows = "".join(f"<tr><td>{i}</td><td>{_num(n.get('model_id'))}</td>"
+                   + "".join(f"<td class=text>{_text(n.get(k))}</td>" for k, _ in NEAREST)
+                   + f"<td>{_num(n.get('divergence'))}</td></tr>" for i, n in enumerate(near, 1))
+    return f'<div class="wide"><table id="nearest"><thead>{head}</thead><tbody>{rows}</tbody></table></div>'
+
+
+def _how_to_read(out: dict) -> str:
+    par = out["parameters"]
+    t = par["thresholds"]
+    return f"""<ul class="read">
+<li><strong>Depth decile.</strong> A layer is compared with the population's layers at the same relative depth:
+decile "0" holds the first convolutions (conv_depth 0), "(0.1, 0.2]" the layers whose conv_depth_norm is above 0.1
+and at most 0.2.</li>
+<li><strong>Percentiles</strong> (<span class="pct">pN</span>): the share of the population's layers of the same
+decile (for the model's metrics: of the population's models) whose value is at most this one. p50 is typical;
+p2 or p98 says few layers there are this low or this high.</li>
+<li><strong>kl_to_population</strong>: the {escape(str(par['metric']))} divergence ({escape(str(par['weights']))}
+weights) between the layer's filter distribution in the store's basis and the pooled distribution of the
+population's layers of its decile; 0 is the same distribution. Its percentile is among those layers' own
+divergences from their decile.</li>
+<li><strong>Flags</strong>: <span class="flag">sparse</span> sparsity above {_num(t['sparsity_gt'])};
+<span class="flag">low_entropy</span> normalized variance entropy below {_num(t['entropy_norm_lt'])} (redundant
+filters){'' if t.get('entropy_norm_gt') is None else
+ f'; <span class="flag">random_like</span> above {_num(t["entropy_norm_gt"])} (filters close to noise)'};
+<span class="flag">unusual</span> kl_to_population at or above the {_num(par['unusual_percentile'], 'g')}th
+percentile of its decile (the dashed line of the figure). A flag is a question to look at, not a verdict: a model
+of a task the population lacks differs by design.</li>
+<li><strong>Nearest models</strong>: the population's models whose pooled filter distribution is nearest to this
+model's, by the same divergence.</li>
+</ul>"""
+
+
+def check_html(out: dict, provenance: Provenance | None = None) -> str:
+    """The check ``out`` (``check.check``'s result) as one self-contained HTML page (module docstring);
+    ``provenance``: the store and version compared with (default: the result's own)."""
+    provenance = provenance or Provenance(str(out["store_id"]), int(out["store_version"]))
+    m, pop = out["model"], out["population"]
+    name = _text(m.get("name"))
+    from .plots import describe_where
+
+    png = figure_png(out, provenance, describe_where(pop.get("where")))
+    img = base64.b64encode(png).decode("ascii")
+    flagged = sum(1 for r in out["layers"] if r["flags"])
+    clipped = out.get("clipped") or 0
+    clipped_html = (f'<p class="note" id="clipped">{clipped:,} coefficients of this model\'s filters fall outside the '
+                    "store's basis range; each is counted in the nearest edge bin of its histogram.</p>" if clipped else
+                    '<p class="caption" id="clipped">No coefficient of this model falls outside the store\'s basis '
+                    "range (0 clipped).</p>")
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Check of {name} · CNN Filter DB</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<header>
+<h1>Check of {name}</h1>
+<p class="sub">Against {escape(provenance.citation)} (basis version {_text(out.get("basis_version"))}):
+{_num(pop["n_models"])} models, {_num(pop["n_layers"])} layers. {len(out["layers"])} layers of 3x3 filters checked,
+{flagged} flagged. Nothing was written to the store.</p>
+</header>
+<main>
+<div class="cols">
+<section id="model"><h2>The model</h2>{_model_html(m)}</section>
+<section id="population"><h2>The population</h2>{_population_html(out, provenance)}</section>
+</div>
+<section id="figure"><h2>Figure</h2>
+<figure><img src="data:image/png;base64,{img}" alt="{escape(figure_alt(out))}">
+<figcaption class="caption">Left: each layer's divergence from the population's layers of its depth decile
+(the grey boxes the population's interquartile range, the line its median, the dashed line its
+{_num(out["parameters"]["unusual_percentile"], "g")}th percentile). Right: the layers' quality over the density
+of the population's layers, the thresholds dashed. Flagged layers are numbered as in the table.</figcaption>
+</figure></section>
+<section id="layer-table"><h2>Layers</h2>
+<p class="caption">One row per 3x3 convolution, in the model's order; a metric's percentile (pN) is among the
+population's layers of the same depth decile. Flagged rows are tinted.</p>
+{_layers_html(out)}
+{clipped_html}</section>
+<section id="model-table"><h2>The model's metrics</h2>
+<p class="caption">Weighted over the model's layers as the store's model metrics (SPEC 14).</p>
+{_model_metrics_html(m)}</section>
+<section id="nearest-models"><h2>Nearest models</h2>
+<p class="caption">The population's {_num(out["parameters"]["k"])} models nearest to this one by the divergence
+between their pooled filter distributions.</p>
+{_nearest_html(out)}</section>
+<section id="how-to-read"><h2>How to read this</h2>{_how_to_read(out)}</section>
+</main>
+<footer>cnnfilterdb {escape(__version__)} · {escape(provenance.citation)} · model sha256
+{_text(m.get("sha256"))}</footer>
+</body>
+</html>
+"""
+
+
+def write_check_output(out: dict, provenance: Provenance | None, path: str | Path) -> str:
+    """Write the check ``out`` to ``path`` by its suffix, all or nothing (``report.write_atomic``):
+    ``.html``/``.htm`` the page of ``check_html``, ``.png``/``.svg``/``.pdf`` the check figure
+    (``figures.check`` through ``plots.render``, the provenance in the file's metadata). Returns a
+    line saying what was written. SelectionError for another suffix (before anything is drawn);
+    OSError from the write."""
+    from .report import write_atomic
+
+    path = Path(path)
+    fmt = CHECK_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise SelectionError(f"{path}: the output's suffix says what to write: {', '.join(CHECK_FORMATS)}")
+    if fmt == "html":
+        data = check_html(out, provenance).encode()
+        what = "the report, the figure inline"
+    else:
+        from .figures import check
+        from .plots import describe_where
+
+        data = plots.render(check(out, None, describe_where(out["population"].get("where"))), fmt, 100, provenance)
+        what = "the check figure"
+    write_atomic(path, data)
+    return f"wrote {path} ({len(data):,} bytes: {what})"
+
+
+__all__ = ["check_html", "write_check_output", "figure_alt", "CHECK_FORMATS"]
