@@ -14,7 +14,7 @@ from .body_limit import BodyLimit
 from .catalog import LiveCatalog
 from .figure_cache import FigureCache
 from .head import HeadAsGet
-from .routers import analysis, dashboard, docs, export, layers, meta, models, plots, sql, versions
+from .routers import analysis, check, dashboard, docs, export, layers, meta, models, plots, sql, versions
 from .schemas import ErrorResponse
 from .settings import Settings
 from .strict import reject_unknown_query_parameters
@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     warm_up()  # the scan kernels load now, not on the first analysis request
     load_matplotlib()  # and matplotlib, not in the first figure request
     settings = settings or Settings()
+    check.check_tmp_dir(settings)  # uploads are never written inside the store: ValueError at start otherwise
     sql_pool = SqlPool(settings.db, settings.sql_workers, SqlLimits(
         timeout_s=settings.sql_timeout_s, memory_limit=settings.sql_memory_limit,
         address_space_bytes=int(settings.sql_worker_memory_cap)))
@@ -48,7 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Any route: a body over the size limit, or one that stalls (service/body_limit.py).
         responses={408: {"model": ErrorResponse, "description": "Request timeout: the request body did not "
                                                                  "arrive within body_timeout_s"},
-                   413: {"model": ErrorResponse, "description": "Request too large: the body is over max_body_bytes"}},
+                   413: {"model": ErrorResponse, "description": "Request too large: the body is over max_body_bytes "
+                                                                "(POST /v1/check: max_check_bytes)"}},
         title="CNN Filter DB",
         docs_url=None, redoc_url=None,  # served offline by routers/docs.py
         version=__version__,
@@ -74,11 +76,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.catalog = LiveCatalog(settings)
     app.state.sql_pool = sql_pool
     app.state.figure_cache = FigureCache(settings.figure_cache_bytes)
+    app.state.check_slots = check.CheckSlots(settings.max_checks)
     errors.install(app)
     app.add_middleware(HeadAsGet)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    # Every body within max_body_bytes and body_timeout_s, but the model file of POST /v1/check.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
+                       routes={("POST", check.PATH): (int(settings.max_check_bytes), settings.check_upload_timeout_s)})
     routers = (meta.router, versions.router, models.router, layers.router, export.router, analysis.router,
-               plots.router, sql.router, docs.router, dashboard.router)
+               check.router, plots.router, sql.router, docs.router, dashboard.router)
     for r in routers:
         app.include_router(r)
     _check_analyses(routers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, create_model
 
 from cnnfilterdb.catalog import ACTIONS
 from cnnfilterdb.limits import ENGINE_LIMITS, MAX_SQL_CHARS
@@ -128,7 +128,10 @@ def _limits_model() -> type[BaseModel]:
     """The limits of /v1/stats: every setting in service/settings.LIMITS, as the service runs
     with it, every bound of the engine (cnnfilterdb/limits.ENGINE_LIMITS: fixed, the same for
     every service) and the SQL workers' sandbox."""
-    fields = {name: (int if name == "sql_worker_memory_cap" else Settings.model_fields[name].annotation,
+    def shown(annotation):  # a size given as "3GiB" is shown in bytes
+        return int if annotation is ByteSize else int | None if annotation == ByteSize | None else annotation
+
+    fields = {name: (shown(Settings.model_fields[name].annotation),
                      Field(description=Settings.model_fields[name].description)) for name in LIMITS}
     fields |= {name: (type(value), Field(value, description=f"{text} (the engine's, fixed)"))
                for name, (value, text) in ENGINE_LIMITS.items()}
@@ -558,3 +561,134 @@ class SimilarResponse(Versioned):
     method: str = Field(description=METHOD_TEXT)
     similar: list[SimilarModel] = Field(description="the k nearest models, nearest first (ties in natural order), the "
                                                     "model itself excluded")
+
+
+# ---- POST /v1/check (cnnfilterdb/check.py; SPEC 15) ------------------------------------------------
+CHECK_PERCENTILE_TEXT = ("100 x the share of the population's {of} whose value is at or below this one's (null: the "
+                         "value unknown, or none of theirs known)")
+NULLABLE_METRIC = "; null where not computed (as an ingest stores it)"
+
+
+class CheckDecile(BaseModel):
+    depth_decile: str = Field(description="the depth decile (SPEC 14), '0' (first) to '9'")
+    n_layers: int = Field(description="the population's layers of this decile")
+    kl_q1: float | None = Field(description="the first quartile of those layers' own kl_to_population (each layer's "
+                                            "divergence from its decile's pooled histograms)")
+    kl_median: float | None = Field(description="their median")
+    kl_q3: float | None = Field(description="their third quartile")
+    kl_unusual_at: float | None = Field(description="their 95th percentile: a checked layer at or above it is flagged "
+                                                    "unusual")
+
+
+class CheckQualityDensity(BaseModel):
+    sparsity_edges: list[float] = Field(description="the 41 edges of the sparsity bins, over [0, 1]")
+    entropy_norm_edges: list[float] = Field(description="the 41 edges of the variance_entropy_norm bins, over "
+                                                        "[0, max(1.2, the largest)]")
+    counts: list[list[int]] = Field(description="40 x 40: the population's layers per (sparsity bin, "
+                                                "variance_entropy_norm bin); layers without either value left out")
+
+
+class CheckPopulation(BaseModel):
+    where: dict[str, Any] | None = Field(description="the selection the population was restricted to (null: every model)")
+    n_models: int = Field(description="the population's models")
+    n_layers: int = Field(description="their layers of 3x3 filters")
+    n_filters: int = Field(description="their 3x3 filters")
+    n_outside: int = Field(description=OUTSIDE_TEXT)
+    deciles: list[CheckDecile] = Field(description="per depth decile of the population, in depth order")
+    quality_density: CheckQualityDensity = Field(description="the population's layers as a 2-D histogram of sparsity "
+                                                             "and variance_entropy_norm (the check figure's background)")
+
+
+class CheckParameters(BaseModel):
+    metric: str = Field(description="the divergence between histograms (kl_sym: the paper's symmetric KL)")
+    weights: str = Field(description="how the 9 components' divergences are summed (explained_variance)")
+    bins: int = Field(description=f"histogram bins per component (the store's default, {DEFAULT_BINS})")
+    range: tuple[float, float] = Field(description=RANGE_TEXT + "; a checked coefficient outside it is counted in the "
+                                                                "nearest edge bin")
+    unusual_percentile: float = Field(description="a layer is flagged unusual when its kl_to_population is at or above "
+                                                  "this percentile of its decile's")
+    k: int = Field(description="the nearest models listed, as asked")
+    thresholds: dict[str, float | None] = Field(description="the flags' thresholds, as asked: sparsity_gt, "
+                                                            "entropy_norm_lt, entropy_norm_gt (null: random_like off)")
+
+
+class CheckedModelOut(BaseModel):
+    name: str = Field(description="the model's name in the report: the request's name, else the file's name "
+                                  "without its suffix")
+    file: str = Field(description="the uploaded file's name (the upload's filename, without any folder)")
+    kind: str = Field(description="the format read, by content: onnx, torch, safetensors or npz")
+    sha256: str = Field(description="the SHA-256 of the file's bytes, hex")
+    bytes: int = Field(description="the file's size")
+    producer: str | None = Field(description="what wrote the file, as it says (ONNX producer); null: not stated")
+    op_set: int | None = Field(description="the ONNX opset; null for other formats")
+    task: str | None = Field(description="as given in the request (shown, never stored)")
+    visual_category: str | None = Field(description="as given in the request")
+    training_dataset: str | None = Field(description="as given in the request")
+    n_layers: int = Field(description="its layers of 3x3 filters")
+    n_filters: int = Field(description="its 3x3 filters")
+    sparsity: float | None = Field(description="the model metric of SPEC 14 over its layers" + NULLABLE_METRIC)
+    variance_entropy: float | None = Field(description="the model metric of SPEC 14" + NULLABLE_METRIC)
+    variance_entropy_norm: float | None = Field(description="the model metric of SPEC 14" + NULLABLE_METRIC)
+    variance_entropy_clean: float | None = Field(description="the model metric of SPEC 14" + NULLABLE_METRIC)
+    orthogonality: float | None = Field(description="the model metric of SPEC 14" + NULLABLE_METRIC)
+    divergence: float | None = Field(description="the divergence between the pooled histograms of all its layers and "
+                                                 "the whole population's")
+    percentiles: dict[str, float | None] = Field(description="per model metric and divergence: "
+                                                             + CHECK_PERCENTILE_TEXT.format(of="models"))
+
+
+class CheckLayer(BaseModel):
+    layer: int = Field(description="0, 1, ...: the layer's place among the model's 3x3 convolutions")
+    name: str = Field(description="the convolution's name in the file")
+    conv_depth: int = Field(description=FIELD_DESCRIPTIONS["conv_depth"])
+    conv_depth_norm: float = Field(description=FIELD_DESCRIPTIONS["conv_depth_norm"])
+    depth_decile: str | None = Field(description="its depth decile (SPEC 14)")
+    n_filters: int = Field(description=FILTER_COUNT_TEXT)
+    in_channels: int = Field(description="input channels")
+    out_channels: int = Field(description="output channels")
+    groups: int = Field(description="convolution groups")
+    sparsity: float | None = Field(description=SPARSITY_TEXT)
+    variance_entropy: float | None = Field(description=VARIANCE_ENTROPY_TEXT)
+    variance_entropy_norm: float | None = Field(description=VARIANCE_ENTROPY_NORM_TEXT)
+    variance_entropy_clean: float | None = Field(description=VARIANCE_ENTROPY_CLEAN_TEXT)
+    orthogonality: float | None = Field(description=ORTHOGONALITY_TEXT)
+    kl_to_population: float | None = Field(description="the divergence between the layer's 9 histograms and the "
+                                                       "pooled histograms of the population's layers of its depth "
+                                                       "decile (null: the population has none there)")
+    kl_unusual_at: float | None = Field(description="its decile's 95th percentile of kl_to_population (the unusual flag's "
+                                                    "threshold)")
+    population_layers: int = Field(description="the population's layers of its depth decile")
+    clipped: int = Field(description="its coefficients outside the basis range, counted in the edge bins")
+    percentiles: dict[str, float | None] = Field(description="per layer metric and kl_to_population: "
+                                                             + CHECK_PERCENTILE_TEXT.format(of="layers of its decile"))
+    flags: list[str] = Field(description="sparse, low_entropy, random_like (the degenerate thresholds), unusual "
+                                         "(kl_to_population at or above kl_unusual_at)")
+
+
+class CheckNearestModel(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    model_id: int = Field(description=MODEL_ID_TEXT)
+    model: str | None = Field(description=MODEL_NAME_TEXT)
+    name: str | None = Field(description=FIELD_DESCRIPTIONS["name"] + UNKNOWN)
+    task: str | None = Field(description=FIELD_DESCRIPTIONS["task"] + UNKNOWN)
+    visual_category: str | None = Field(description=FIELD_DESCRIPTIONS["visual_category"] + UNKNOWN)
+    training_dataset: str | None = Field(description=FIELD_DESCRIPTIONS["training_dataset"] + UNKNOWN)
+    pretraining_dataset: str | None = Field(description=FIELD_DESCRIPTIONS["pretraining_dataset"] + UNKNOWN)
+    producer: str | None = Field(description=FIELD_DESCRIPTIONS["producer"] + UNKNOWN)
+    divergence: float = Field(description="the divergence between the checked model's pooled histograms and this "
+                                          "one's: smaller is nearer")
+
+
+class CheckResponse(BaseModel):
+    """The answer of POST /v1/check as JSON: ``cnnfilterdb.check.check``'s dict."""
+    store_id: str = Field(description="the store compared with (a UUID given when it was created)")
+    store_version: int = Field(description=STORE_VERSION_TEXT)
+    basis_version: int = Field(description="the global basis the filters were projected on")
+    population: CheckPopulation = Field(description="what the model was compared with")
+    parameters: CheckParameters = Field(description="how")
+    model: CheckedModelOut = Field(description="the checked model: what the file is, its model metrics, their "
+                                               "percentiles and its divergence from the population")
+    layers: list[CheckLayer] = Field(description="its 3x3 convolutions, in the file's order")
+    nearest_models: list[CheckNearestModel] = Field(description="the k population models nearest to it, nearest first")
+    clipped: int = Field(description="the checked model's coefficients outside the basis range, counted in the edge bins")
+    elapsed_ms: float = Field(description=ELAPSED_MS_TEXT)

@@ -47,6 +47,22 @@ class Settings(BaseSettings):
                                            "are produced at export_nice, and like exports are cut off after "
                                            "export_send_timeout_s without progress, or after export_stall_s if a "
                                            "new one needs the slot")
+    # POST /v1/check: a model file uploaded and checked against the population (service/routers/check.py)
+    max_checks: int = Field(2, ge=1, le=64, description="checks (POST /v1/check) at once, counted from the moment "
+                            "an upload starts; more get a 429 at once, before their upload is read")
+    max_check_bytes: ByteSize = Field("512MiB", ge=1000, description="the largest body of POST /v1/check (the model "
+                                      "file, its form fields and the multipart framing): a larger one is a 413, "
+                                      "refused before it is read if its Content-Length says so, else as soon as it "
+                                      "crosses the cap (this body's cap instead of max_body_bytes)")
+    check_upload_timeout_s: float = Field(120.0, gt=0, le=86_400, description="the whole upload of POST /v1/check "
+                                          "must arrive within this (instead of body_timeout_s), else a 408: its "
+                                          "check slot and temporary file are freed")
+    check_tmp_dir: Path | None = Field(None, description="where an upload is written while it is checked, in a "
+                                       "private subdirectory of its own (mode 0700) removed after the answer; must "
+                                       "lie outside the store; none: the system's temporary directory")
+    max_check_unpacked: ByteSize | None = Field(None, ge=1, description="the most bytes the members of an uploaded zip "
+                                                "(.pt, .npz) may unpack to, or it is refused as a zip bomb (a 422); "
+                                                "none: the ingest's rule (32 times the file's size, at least 1 GiB)")
     figure_cache_bytes: int = Field(64_000_000, ge=0, description="rendered figures kept in memory, by ETag (GET /v1/plots)")
 
     # Requests
