@@ -33,8 +33,9 @@ CONTENT_TYPES = {
     ".txt": "text/plain; charset=utf-8",
 }
 
-# The page loads nothing from elsewhere: scripts, styles, images and requests from the service only.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+# The page loads nothing from elsewhere: scripts, styles, images and requests from the service only
+# (blob: images are the page's own: the check figure, the answer of a POST /v1/check it made).
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
        "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 

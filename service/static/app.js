@@ -308,6 +308,7 @@ const routes = [
   [/^\/$/, 'home', viewHome],
   [/^\/explore$/, 'explore', viewExplore],
   [/^\/studies$/, 'studies', viewStudies],
+  [/^\/check$/, 'check', viewCheck],
   [/^\/degenerate$/, 'degenerate', viewDegenerate],
   [/^\/layer\/(\d+)$/, 'layer', viewLayer],
   [/^\/models$/, 'models', viewModels],
@@ -1272,6 +1273,315 @@ function viewModel({ args, signal }) {
       h('p', { class: 'muted' }, `Distance between the models' filter distributions (${r.metric}, ${r.weights} weights, global basis).`),
     ];
   });
+}
+
+// ---- Check a model ----------------------------------------------------------------------------
+
+// POST /v1/check with the file and the form's fields (multipart), by XMLHttpRequest: fetch cannot
+// report the upload's progress. onProgress(sent, total) while it uploads, onSent() once it is up.
+// Resolves with the body (JSON parsed, or a Blob for a figure or page); rejects with an ApiError
+// from the service's JSON error body. A 429 check_busy (every check slot taken) is asked again.
+function postCheck(file, fields, { format = 'json', signal, onProgress, onSent } = {}) {
+  const ask = () => new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', '/v1/check');
+    xhr.responseType = format === 'json' ? 'text' : 'blob';
+    xhr.setRequestHeader('Accept', format === 'json' ? 'application/json' : '*/*');
+    const form = new FormData();
+    for (const [k, v] of Object.entries(fields)) if (v != null && v !== '') form.append(k, v);
+    if (format !== 'json') form.append('format', format);
+    form.append('file', file, file.name);
+    const abort = () => xhr.abort();
+    signal?.addEventListener('abort', abort, { once: true });
+    xhr.upload.addEventListener('progress', (e) => onProgress?.(e.loaded, e.lengthComputable ? e.total : file.size));
+    xhr.upload.addEventListener('load', () => onSent?.());
+    xhr.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError')));
+    xhr.addEventListener('error', () => reject(new ApiError(0, 'network_error', 'the service did not answer (the upload failed or the connection closed)')));
+    xhr.addEventListener('load', async () => {
+      signal?.removeEventListener('abort', abort);
+      const ok = xhr.status >= 200 && xhr.status < 300;
+      if (ok) {
+        if (format !== 'json') { resolve(xhr.response); return; }
+        try { resolve(JSON.parse(xhr.responseText)); } catch { reject(new ApiError(xhr.status, 'bad_response', 'the answer is not JSON')); }
+        return;
+      }
+      const text = xhr.responseType === 'blob' ? await xhr.response.text() : xhr.responseText;
+      let err = null;
+      try { err = JSON.parse(text)?.error; } catch { err = null; }
+      const e = new ApiError(xhr.status, err?.code || 'http_error', err?.message || `${xhr.status} ${xhr.statusText}`);
+      e.retryAfter = Number(xhr.getResponseHeader('Retry-After')) || 1;
+      reject(e);
+    });
+    xhr.send(form);
+  });
+  return (async () => {
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        return await ask();
+      } catch (e) {
+        if (!(e.status === 429 && attempt < 30) || signal?.aborted) throw e;
+        onProgress?.(0, file.size, `busy: every check is taken, asking again in ${e.retryAfter} s`);
+        await sleep(1000 * e.retryAfter);
+        if (signal?.aborted) throw new DOMException('aborted', 'AbortError');
+      }
+    }
+  })();
+}
+
+const CHECK_METRICS = [['sparsity', 'Sparsity'], ['variance_entropy', 'Variance entropy'],
+  ['variance_entropy_norm', 'Entropy norm.'], ['variance_entropy_clean', 'Entropy (non-sparse)'], ['orthogonality', 'Orthogonality']];
+const LAYER_TABLE_METRICS = ['sparsity', 'variance_entropy_norm', 'orthogonality'];
+const CHECK_FLAGS = {
+  sparse: 'sparsity above the threshold', low_entropy: 'normalized variance entropy below the threshold (redundant filters)',
+  random_like: 'normalized variance entropy above the threshold (close to random)',
+  unusual: 'kl_to_population at or above its depth decile\'s 95th percentile',
+};
+const pctText = (p) => (p == null ? null : h('span', { class: 'pct', title: 'percentile among the population\'s layers of the same depth decile' }, `p${Math.round(p)}`));
+const withPct = (v, p) => h('span', { class: 'with-pct' }, fmtMetric(v), pctText(p));
+const flagBadges = (flags) => flags.map((f) => h('span', { class: 'badge badge-flag', title: CHECK_FLAGS[f] || f }, f));
+
+function checkState(params) {
+  return { task: params.get('task') || '', where: params.get('where') || '', k: params.get('k') || '' };
+}
+
+function viewCheck({ params, signal }) {
+  let state = checkState(params);
+  let file = null;
+  let ctl = null;
+  let figureUrl = null;
+  const input = h('input', { type: 'file', id: 'c-file', name: 'file', class: 'visually-hidden', accept: '.onnx,.pt,.pth,.bin,.safetensors,.npz' });
+  const fileLabel = h('span', { id: 'c-file-name', class: 'muted' }, 'No file chosen');
+  const drop = h('label', { for: 'c-file', id: 'c-drop', class: 'drop-zone' }, input,
+    h('strong', null, 'Drop a model file here, or click to choose one'),
+    h('span', { class: 'muted' }, 'ONNX, PyTorch (.pt, .pth), safetensors or .npz: read exactly as an ingest reads it; nothing is stored.'),
+    fileLabel);
+  const taskSel = h('select', { id: 'c-task', name: 'task' }, h('option', { value: '' }, 'Every model of the store'));
+  const whereIn = h('input', { id: 'c-where', name: 'where', type: 'text', autocomplete: 'off', spellcheck: 'false', placeholder: '{"visual_category": ["natural"]}' });
+  const kIn = h('input', { id: 'c-k', name: 'k', type: 'number', min: 1, max: 1000, step: 1, placeholder: '5', inputmode: 'numeric' });
+  const runBtn = h('button', { type: 'submit', class: 'btn btn-primary', id: 'c-run', disabled: true }, 'Check');
+  const status = h('div', { id: 'c-status', role: 'status', 'aria-live': 'polite' });
+  const out = h('div', { id: 'c-result' });
+  const form = h('form', { class: 'controls check-controls', id: 'c-form', onsubmit: (e) => { e.preventDefault(); run(); } },
+    h('div', { class: 'control' }, h('label', { for: 'c-task' }, 'Population: task'), taskSel),
+    h('div', { class: 'control control-wide' }, h('label', { for: 'c-where' }, 'or a selection (where, JSON)'), whereIn),
+    h('div', { class: 'control control-narrow' }, h('label', { for: 'c-k' }, 'Nearest models'), kIn),
+    runBtn);
+
+  const choose = (f) => {
+    if (!f) return;
+    file = f;
+    fileLabel.textContent = `${f.name} (${fmtBytes(f.size)})`;
+    runBtn.disabled = false;
+    run();
+  };
+  input.addEventListener('change', () => choose(input.files[0]));
+  for (const ev of ['dragenter', 'dragover']) {
+    drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add('is-over'); });
+  }
+  for (const ev of ['dragleave', 'dragend']) drop.addEventListener(ev, () => drop.classList.remove('is-over'));
+  drop.addEventListener('drop', (e) => {
+    e.preventDefault();
+    drop.classList.remove('is-over');
+    choose(e.dataTransfer?.files?.[0]);
+  });
+  // The form's state in the address (the file cannot be): a shared link opens the same population.
+  const keep = () => go('/check', { task: taskSel.value, where: whereIn.value.trim(), k: kIn.value }, { replace: true });
+  for (const el of [taskSel, whereIn, kIn]) el.addEventListener('change', keep);
+
+  add(main,
+    header('Check a model', 'How a model\'s 3×3 filters compare with those of the store\'s models, depth decile by depth decile: each layer\'s divergence from the population\'s layers of its depth, its quality metrics as percentiles, flags, and the nearest models. The file is checked and discarded: nothing is written to the store.'),
+    h('section', { class: 'panel', 'aria-label': 'The model file and the population' }, drop, form, status),
+    out);
+  signal.addEventListener('abort', () => { ctl?.abort(); if (figureUrl) URL.revokeObjectURL(figureUrl); });
+
+  once('/v1/fields').then((f) => {
+    if (signal.aborted) return;
+    const values = (f.fields.find((x) => x.name === 'task')?.values || []).filter((v) => v.value !== null);
+    add(taskSel, values.map((v) => h('option', { value: v.value }, `${v.value} (${fmtInt(v.models)} models)`)));
+    taskSel.value = state.task;
+  }).catch(() => {});
+
+  function fields() {
+    const where = whereIn.value.trim();
+    let w = null;
+    if (where) {
+      try { w = JSON.parse(where); } catch { throw new ApiError(0, 'invalid_where', 'the selection is not valid JSON, e.g. {"task": ["Classification"]}'); }
+      if (!w || typeof w !== 'object' || Array.isArray(w)) throw new ApiError(0, 'invalid_where', 'the selection must be a JSON object {field: [values]}');
+    }
+    if (taskSel.value) w = { ...(w || {}), task: [taskSel.value] };
+    return { where: w ? JSON.stringify(w) : '', k: kIn.value };
+  }
+
+  function progress(text, value, max) {
+    const bar = h('progress', { max: max || null });
+    if (value != null) bar.value = value;
+    fill(status, h('div', { class: 'check-progress' }, bar, h('span', null, text)));
+  }
+
+  async function run() {
+    if (!file) return;
+    ctl?.abort();
+    ctl = new AbortController();
+    const c = ctl;
+    const f = file;
+    let body;
+    try { body = fields(); } catch (e) { fill(status, errorBox(e)); return; }
+    fill(out);
+    main.dataset.state = 'running';
+    runBtn.disabled = true;
+    progress(`Uploading ${f.name}…`, 0, f.size);
+    const t0 = performance.now();
+    try {
+      const r = await postCheck(f, body, {
+        signal: c.signal,
+        onProgress: (sent, total, note) => progress(note || `Uploading ${f.name}: ${fmtBytes(sent)} of ${fmtBytes(total)}`, sent, total),
+        onSent: () => progress(`Checking ${f.name} against the store (reading its layers, comparing them with the population)…`),
+      });
+      if (c.signal.aborted) return;
+      fill(status, h('p', { class: 'muted', id: 'c-done' }, `Checked in ${fmtNum((performance.now() - t0) / 1000, 3)} s (${fmtNum(r.elapsed_ms, 3)} ms at the service).`));
+      fill(out, report(r, f, body));
+      main.dataset.state = 'done';
+    } catch (e) {
+      if (isAbort(e) || c.signal.aborted) return;
+      fill(status, errorBox(e));
+      main.dataset.state = 'error';
+    } finally {
+      if (ctl === c) runBtn.disabled = !file;
+    }
+  }
+
+  function report(r, f, body) {
+    const m = r.model;
+    const pop = r.population;
+    const figBox = h('div', { class: 'fig-frame' }, h('span', { class: 'loading' }, 'Drawing the figure…'));
+    const figEl = h('figure', { class: 'fig is-loading', id: 'c-figure' }, figBox,
+      h('figcaption', null, h('span', null, 'Left: each layer\'s kl_to_population against its relative depth, over the population\'s median and interquartile range per depth decile (dashed: the 95th percentile; red triangles: unusual layers). Right: the layers\' sparsity and normalized variance entropy over the population\'s density, the degenerate thresholds dashed.')));
+    const downloads = h('p', { class: 'downloads', id: 'c-downloads' }, 'Download: ',
+      ['html', 'png', 'svg', 'pdf'].map((fmt, i) => [i ? ' · ' : '', h('a', {
+        href: '#', 'data-format': fmt,
+        onclick: (e) => { e.preventDefault(); download(e.currentTarget, fmt, f, body, m.name); },
+      }, fmt === 'html' ? 'the report (HTML)' : fmt.toUpperCase())]));
+    loadFigure(f, body, figEl, figBox, r);
+    const unusual = r.layers.filter((l) => l.flags.includes('unusual')).length;
+    const flagged = r.layers.filter((l) => l.flags.length).length;
+    const where = pop.where && Object.keys(pop.where).length ? describeWhere(pop.where).replace(/^filters where/, 'models where') : 'every model';
+    return [
+      h('section', { class: 'panel', 'aria-labelledby': 'h-c-model' },
+        h('h2', { id: 'h-c-model' }, m.name),
+        h('p', { class: 'lede', id: 'c-summary' },
+          `${fmtInt(r.layers.length)} layers of 3×3 filters (${fmtInt(m.n_filters)} filters), ${fmtInt(flagged)} flagged, ${fmtInt(unusual)} unusual; compared with ${fmtInt(pop.n_models)} models (${fmtInt(pop.n_layers)} layers) of store version ${r.store_version}.`),
+        h('div', { class: 'grid-even' },
+          defList([['File', m.file], ['Kind', m.kind], ['Size', fmtBytes(m.bytes)], ['SHA-256', h('code', null, m.sha256)],
+            m.producer ? ['Producer', m.producer] : null, m.op_set != null ? ['Opset', String(m.op_set)] : null]),
+          defList([['Store', h('code', null, r.store_id)], ['Store version', String(r.store_version)], ['Basis version', String(r.basis_version)],
+            ['Population', `${where}: ${fmtInt(pop.n_models)} models, ${fmtInt(pop.n_layers)} layers, ${fmtInt(pop.n_filters)} filters`],
+            ['Clipped', r.clipped ? `${fmtInt(r.clipped)} coefficients outside the basis range, counted in the edge bins` : 'none (every coefficient within the basis range)']])),
+        downloads),
+      h('section', { class: 'panel', 'aria-labelledby': 'h-c-fig' }, h('h2', { id: 'h-c-fig' }, 'Against the population'), figEl),
+      h('section', { class: 'panel', 'aria-labelledby': 'h-c-layers' }, h('h2', { id: 'h-c-layers' }, 'Layers'),
+        h('p', { class: 'muted' }, 'pN: the percentile among the population\'s layers of the same depth decile (the share whose value is at most this one). Flagged rows are tinted. The downloaded report lists every metric.'),
+        layerTable(r)),
+      h('div', { class: 'grid-model' },
+        h('section', { class: 'panel', 'aria-labelledby': 'h-c-near' }, h('h2', { id: 'h-c-near' }, 'Nearest models'), nearestTable(r)),
+        h('section', { class: 'panel', 'aria-labelledby': 'h-c-metrics' }, h('h2', { id: 'h-c-metrics' }, 'The model\'s metrics'), modelTable(m))),
+      h('section', { class: 'panel', 'aria-labelledby': 'h-c-read' }, h('h2', { id: 'h-c-read' }, 'How to read this'),
+        h('ul', { class: 'read' },
+          h('li', null, 'A layer is compared with the population\'s layers of the same depth decile ("0": the first convolutions; "(0.1, 0.2]": relative depth above 0.1, at most 0.2).'),
+          h('li', null, 'kl_to_population: the symmetric KL divergence (weighted by explained variance) between the layer\'s filter distribution in the store\'s basis and its decile\'s pooled distribution; 0 is the same distribution.'),
+          h('li', null, `Flags: sparse (sparsity above ${r.parameters.thresholds.sparsity_gt}), low_entropy (normalized variance entropy below ${r.parameters.thresholds.entropy_norm_lt})${r.parameters.thresholds.entropy_norm_gt != null ? `, random_like (above ${r.parameters.thresholds.entropy_norm_gt})` : ''}, unusual (kl_to_population at or above its decile's ${r.parameters.unusual_percentile}th percentile). A flag is a question, not a verdict.`))),
+    ];
+  }
+
+  function layerTable(r) {
+    const table = dataTable([
+      { key: 'layer', label: '#', num: true },
+      { key: 'name', label: 'Name' },
+      { key: 'conv_depth', label: 'Depth', num: true, render: (l) => [String(l.conv_depth), ' ', h('span', { class: 'pct' }, `(${fmtNum(l.conv_depth_norm, 3)})`)] },
+      { key: 'depth_decile', label: 'Decile', nowrap: true, render: (l) => [l.depth_decile ?? '—', ' ', h('span', { class: 'pct', title: 'the population\'s layers of this decile' }, `(${fmtInt(l.population_layers)})`)] },
+      { key: 'n_filters', label: 'Filters', num: true },
+      // the page's table: the metrics of the figure and orthogonality (the report's has them all)
+      ...CHECK_METRICS.filter(([k]) => LAYER_TABLE_METRICS.includes(k)).map(([k, label]) => ({ key: k, label, num: true, nowrap: true, render: (l) => withPct(l[k], l.percentiles[k]) })),
+      { key: 'kl_to_population', label: 'kl_to_population', num: true, nowrap: true, render: (l) => withPct(l.kl_to_population, l.percentiles.kl_to_population) },
+      { key: 'kl_unusual_at', label: 'Unusual at', num: true, render: (l) => fmtMetric(l.kl_unusual_at) },
+      { key: 'flags', label: 'Flags', render: (l) => flagBadges(l.flags) },
+    ], r.layers, { caption: 'The model\'s layers' });
+    table.id = 'c-layers';
+    table.querySelectorAll('tbody tr').forEach((tr, i) => { if (r.layers[i].flags.length) tr.classList.add('flagged'); });
+    return table;
+  }
+
+  function modelTable(m) {
+    const rows = [['n_layers', 'Layers of 3×3 filters'], ['n_filters', '3×3 filters'], ...CHECK_METRICS, ['divergence', 'Divergence from the population']]
+      .map(([k, label]) => ({ label, value: m[k], p: m.percentiles[k] }));
+    const t = dataTable([
+      { key: 'label', label: 'Metric' },
+      { key: 'value', label: 'This model', num: true, render: (x) => fmtMetric(x.value) },
+      { key: 'p', label: 'Percentile', num: true, render: (x) => (x.p == null ? '—' : String(Math.round(x.p))) },
+    ], rows, { caption: 'The model\'s metrics' });
+    t.id = 'c-model-metrics';
+    return t;
+  }
+
+  function nearestTable(r) {
+    if (!r.nearest_models.length) return h('p', null, 'The population holds no model.');
+    const t = dataTable([
+      { key: 'model', label: 'Model', render: (n) => modelLink(n.model_id, n.model) },
+      { key: 'name', label: 'Architecture' },
+      { key: 'task', label: 'Task' },
+      { key: 'training_dataset', label: 'Training dataset' },
+      { key: 'divergence', label: 'Divergence', num: true, render: (n) => fmtMetric(n.divergence) },
+    ], r.nearest_models, { caption: 'Nearest models' });
+    t.id = 'c-nearest';
+    return t;
+  }
+
+  // The figure: the same upload asked as a PNG (the check computed again), shown from a blob.
+  async function loadFigure(f, body, figEl, figBox, r) {
+    const c = ctl;
+    try {
+      const blob = await postCheck(f, body, { format: 'png', signal: c.signal });
+      if (c.signal.aborted) return;
+      if (figureUrl) URL.revokeObjectURL(figureUrl);
+      figureUrl = URL.createObjectURL(blob);
+      const img = h('img', { id: 'c-figure-img', alt: `The check figure of ${r.model.name}: left, the kl_to_population of each of its ${r.layers.length} layers against relative depth over the population's interquartile band per depth decile; right, the layers' sparsity and normalized variance entropy over the population's density, with the degenerate thresholds.` });
+      img.addEventListener('load', () => figEl.classList.remove('is-loading'), { once: true });
+      img.src = figureUrl;
+      fill(figBox, img);
+    } catch (e) {
+      if (isAbort(e) || c.signal.aborted) return;
+      figEl.classList.remove('is-loading');
+      figEl.classList.add('is-error');
+      fill(figBox, errorBox(e));
+    }
+  }
+
+  async function download(a, fmt, f, body, name) {
+    a.setAttribute('aria-busy', 'true');
+    a.parentElement.querySelector('.error-box')?.remove();
+    try {
+      const blob = await postCheck(f, body, { format: fmt, signal });
+      const url = URL.createObjectURL(blob);
+      const tmp = h('a', { href: url, download: `${fileName('check', name)}.${fmt}`, hidden: true });
+      document.body.append(tmp);
+      tmp.click();
+      tmp.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+    } catch (e) {
+      if (!isAbort(e)) a.parentElement.append(errorBox(e));
+    } finally {
+      a.removeAttribute('aria-busy');
+    }
+  }
+
+  function show(params2) {
+    state = checkState(params2);
+    if (taskSel.querySelector(`option[value="${CSS.escape(state.task)}"]`)) taskSel.value = state.task;
+    if (document.activeElement !== whereIn) whereIn.value = state.where;
+    if (document.activeElement !== kIn) kIn.value = state.k;
+    if (!file) fill(status, h('p', { class: 'muted' }, 'Choose or drop a model file to check it.'));
+  }
+  show(params);
+  return { update: show };
 }
 
 // ---- SQL console ------------------------------------------------------------------------------
