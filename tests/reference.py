@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import scipy.stats
 from sklearn.decomposition import PCA
 
@@ -121,3 +122,113 @@ def histograms(groups: list[np.ndarray], basis_filters: np.ndarray, bins: int) -
     out = np.array([[np.histogram(pca.transform(scale(X))[:, i], bins=bins, range=(lo, hi))[0] for i in range(9)]
                     for X in groups])
     return out, (lo, hi), pca
+
+
+# -- checking a model against the population (SPEC 15), naively --------------------------------------
+def depth_decile(conv_depth, conv_depth_norm) -> list:
+    """SPEC 14: "0" for conv_depth 0, else pandas.cut(conv_depth_norm, linspace(0, 1, 11))'s label
+    (None where conv_depth_norm is unknown)."""
+    norm = pd.Series(np.asarray(conv_depth_norm, dtype=np.float64))
+    cut = pd.cut(norm, np.linspace(0, 1, 11)).astype(object)
+    return ["0" if d == 0 else (None if pd.isna(c) else str(c)) for d, c in zip(np.asarray(conv_depth), cut)]
+
+
+def oriented_basis(X: np.ndarray) -> dict:
+    """``basis`` (scikit-learn PCA of the peak-scaled filters) with SPEC 6.1's sign convention made
+    explicit: each component's entry of largest absolute value positive; the range recomputed."""
+    S = scale_rows(X)
+    pca = PCA(n_components=9, svd_solver="full").fit(S)
+    comps = pca.components_.copy()
+    for i in range(9):
+        if comps[i, np.argmax(np.abs(comps[i]))] < 0:
+            comps[i] = -comps[i]
+    C = (S - pca.mean_) @ comps.T
+    return {"mean": pca.mean_, "components": comps, "explained_variance_ratio": pca.explained_variance_ratio_,
+            "range": (float(C.min()), float(C.max()))}
+
+
+def scale_rows(X: np.ndarray) -> np.ndarray:
+    """``scale``, vectorized: each row divided by its absolute peak (an all-zero row stays zero)."""
+    X = np.asarray(X, dtype=np.float64).reshape(len(X), 9)
+    peak = np.abs(X).max(axis=1, keepdims=True)
+    return np.divide(X, peak, out=np.zeros_like(X), where=peak > 0)
+
+
+def project(X: np.ndarray, b: dict) -> np.ndarray:
+    """Coefficients (f / max|f| - mean) @ components.T, (n, 9)."""
+    return (scale_rows(X) - b["mean"]) @ b["components"].T
+
+
+def kl_weighted(P: np.ndarray, Q: np.ndarray, w: np.ndarray) -> float:
+    """sum_i w_i (KL(P_i||Q_i) + KL(Q_i||P_i)), scipy.stats.entropy, natural log."""
+    kl = scipy.stats.entropy(P, Q, axis=1) + scipy.stats.entropy(Q, P, axis=1)  # one per component (row)
+    return float(sum(w[i] * kl[i] for i in range(9)))
+
+
+def percentile_among(values, v) -> float | None:
+    """SPEC 15: 100 |{values <= v}| / |{values known}| (None if v or every value is unknown)."""
+    known = [x for x in values if x is not None and np.isfinite(x)]
+    if v is None or not np.isfinite(v) or not known:
+        return None
+    return 100.0 * sum(1 for x in known if x <= v) / len(known)
+
+
+def check_population(population: list[dict], b: dict, bins: int = 70) -> dict:
+    """What a check needs of a population (``check``), computed once per population.
+
+    population: one dict per population layer: "filters" (n, 9), "decile", "model_id"; b: a basis
+    (``oriented_basis``). Returns the per-decile pools' probabilities, every population layer's
+    divergence from its decile's pool (None without a decile), the pool of all layers with a
+    decile, each model's pool, and the coefficients outside the range (np.histogram drops them:
+    a basis kept by a commit does not cover the layers it added)."""
+    lo, hi = b["range"]
+    w = b["explained_variance_ratio"]
+    coef = [project(p["filters"], b) for p in population]
+    deciles = [p["decile"] for p in population]
+    prob = lambda C: _probabilities(C, lo, hi, bins)  # noqa: E731
+    pool = {d: prob(np.concatenate([c for c, e in zip(coef, deciles) if e == d]))
+            for d in sorted({d for d in deciles if d is not None})}
+    layer_kl = [None if d is None else kl_weighted(prob(c), pool[d], w) for c, d in zip(coef, deciles)]
+    everything = prob(np.concatenate([c for c, d in zip(coef, deciles) if d is not None]))
+    model_ids = sorted({p["model_id"] for p in population})
+    per_model = {m: prob(np.concatenate([c for c, p in zip(coef, population) if p["model_id"] == m]))
+                 for m in model_ids}
+    outside = sum(int(np.count_nonzero((c < lo) | (c > hi))) for c in coef)  # dropped, as np.histogram drops them
+    return {"pool": pool, "layer_kl": layer_kl, "deciles": deciles, "everything": everything, "per_model": per_model,
+            "n_outside": outside,
+            "model_divergences": [kl_weighted(per_model[m], everything, w) for m in model_ids], "bins": bins}
+
+
+def check(model_layers: list[np.ndarray], model_deciles: list, population: dict, b: dict, k: int = 5) -> dict:
+    """SPEC 15's divergences of a checked model from a population, from the filters, one layer at a time.
+
+    model_layers: each checked layer's filters (n, 9); model_deciles: their depth deciles;
+    population: ``check_population``'s; b: its basis. Returns per checked layer kl_to_population
+    (None where the population has no layer of its decile), its percentile among the population
+    layers' own divergences from their decile's pool, the 95th percentile (np.percentile) of
+    those, clipped (coefficients outside the range, then put in the edge bins with np.clip); the
+    model's divergence from the whole population's pool and its percentile among the population
+    models'; the k nearest models [(model_id, divergence)]."""
+    lo, hi = b["range"]
+    w = b["explained_variance_ratio"]
+    pool, layer_kl, deciles = population["pool"], population["layer_kl"], population["deciles"]
+    prob = lambda C: _probabilities(C, lo, hi, population["bins"])  # noqa: E731
+    out_layers, own = [], []
+    for X, d in zip(model_layers, model_deciles):
+        C = project(X, b)
+        clipped = int(np.count_nonzero((C < lo) | (C > hi)))
+        C = np.clip(C, lo, hi)
+        own.append(C)
+        same = [x for x, e in zip(layer_kl, deciles) if e == d]
+        kl = kl_weighted(prob(C), pool[d], w) if d in pool else None
+        out_layers.append({"kl_to_population": kl, "percentile": percentile_among(same, kl),
+                           "unusual_at": float(np.percentile(same, 95)) if same else None, "clipped": clipped})
+    P = prob(np.concatenate(own))
+    divergence = kl_weighted(P, population["everything"], w)
+    model_ids = list(population["per_model"])
+    to_models = [kl_weighted(P, population["per_model"][m], w) for m in model_ids]
+    order = sorted(range(len(model_ids)), key=lambda i: (to_models[i], i))[:k]
+    return {"layers": out_layers, "divergence": divergence,
+            "divergence_percentile": percentile_among(population["model_divergences"], divergence),
+            "nearest": [(model_ids[i], to_models[i]) for i in order],
+            "clipped": sum(x["clipped"] for x in out_layers)}
