@@ -209,7 +209,8 @@ def check(an: Analysis, req: CheckRequest, model: CheckedModel) -> dict:
         "store_id": store_id(cur),
         "store_version": version,
         "basis_version": b.version,
-        "population": {"where": req.selection, "n_models": int(len(models)), "n_layers": int(n_layers),
+        "population": {"where": req.selection, "n_models": int(len(models)), "n_sample_models": _samples(cur, version, models),
+                       "n_layers": int(n_layers),
                        "n_filters": int(layers["n_filters"].sum()), "n_outside": int(outside),
                        "deciles": _decile_summary(decile_names, decile_of, layer_kl),
                        "quality_density": _quality_density(layers)},
@@ -270,6 +271,12 @@ def _deciles(cur, layers: list[CheckedLayer]) -> list[str | None]:
                       "FROM (SELECT ?::INTEGER[] AS c, ?::DOUBLE[] AS x)",
                       [[int(l.conv_depth) for l in layers], [float(l.conv_depth_norm) for l in layers]]).fetchone()
     return list(row[0])
+
+
+def _samples(cur, version: int, model_ids: np.ndarray) -> int:
+    """How many of the models are the synthetic sample's (``cnnfilterdb demo``): a report says so."""
+    return int(cur.execute(f"SELECT count(*) FROM models_at({int(version)}) WHERE sample "
+                           "AND list_contains(?::INTEGER[], model_id)", [[int(i) for i in model_ids]]).fetchone()[0])
 
 
 def _model_meta(cur, version: int, model_ids: np.ndarray) -> dict[int, dict]:

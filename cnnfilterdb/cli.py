@@ -327,30 +327,30 @@ def cmd_check(args) -> int:
 
     req = from_arguments(CheckRequest, args, where=_json_where(args.where))
     if args.output:
+        from .check_report import CHECK_FORMATS
+
+        if Path(args.output).suffix.lower() not in CHECK_FORMATS:
+            raise UserError(f"{args.output}: the output's suffix says what to write: {', '.join(CHECK_FORMATS)}")
         _writable(args.output, args.db)
     model = read_checked(Path(args.file))
     con, analysis = _open_analysis(FilterStore(args.db or default_db()), args.as_of)
     with con:
         out = check(analysis, req, model)
-        html = None
+        wrote = None
         if args.output:
-            from .check_report import check_html
+            from .check_report import write_check_output
             from .plots import Provenance
 
-            html = check_html(out, Provenance.of(analysis))
-    if html is not None:
-        from .report import write_atomic
-
-        try:
-            write_atomic(Path(args.output), html.encode())
-        except OSError as e:
-            raise UserError(f"{args.output}: {e.strerror or e}") from None
+            try:
+                wrote = write_check_output(out, Provenance.of(analysis), Path(args.output))
+            except OSError as e:
+                raise UserError(f"{args.output}: {e.strerror or e}") from None
     if args.json:
         print(json.dumps(out, default=str))
         return 0
     _print_check(out)
-    if html is not None:
-        print(f"wrote {args.output} ({len(html):,} bytes: the report, figures inline)")
+    if wrote:
+        print(wrote)
     return 0
 
 
@@ -895,8 +895,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         s.add_argument("--where", metavar="JSON", help="the population: a selection (the analyses' where), e.g. "
                                                        "'{\"task\": \"Classification\"}'; default every model")
         s.add_argument("--json", action="store_true", help="print the result as JSON (POST /v1/check's keys)")
-        s.add_argument("-o", "--output", metavar="FILE.html", help="also write a self-contained HTML report (figures "
-                                                                    "inline, the table, the store it was compared with)")
+        s.add_argument("-o", "--output", metavar="FILE", help="also write FILE: .html a self-contained report (the "
+                                                              "figure inline, the table, the store it was compared "
+                                                              "with), .png, .svg or .pdf the check figure")
         _db_arg(s)
         _as_of_arg(s)
         s.set_defaults(func=cmd_check)

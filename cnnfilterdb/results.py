@@ -483,7 +483,7 @@ class CheckResult(Result):
                 f"divergence={self.model['divergence']:.4g}, store_version={self.store_version})")
 
     def plot(self, figsize: tuple[float, float] | None = None, subtitle: str | None = None):
-        """The figure of GET /v1/plots/check: each layer's kl_to_population against its depth with
+        """The figure of POST /v1/check with format=png (svg, pdf): each layer's kl_to_population against its depth with
         the population's median and interquartile band per decile, and the quality scatter with
         this model's layers marked.
 
