@@ -202,8 +202,10 @@ def ingested(store, torch, tmp_path_factory):
 # -- per layer and per model: what an ingest stores ------------------------------------------------
 @pytest.mark.parametrize("file", FILES)
 def test_layer_metrics_equal_an_ingests_bit_for_bit(checked, ingested, file):
-    got = checked.api[file].layers
-    stored = ingested[file].layers
+    assert_layers_equal(checked.api[file].layers, ingested[file].layers, file)
+
+
+def assert_layers_equal(got: pd.DataFrame, stored: pd.DataFrame, file: str) -> None:
     assert len(got) == len(stored) > 0
     for i in range(len(got)):
         row, want = got.iloc[i], stored.iloc[i]
@@ -261,6 +263,12 @@ def _assert_matches_reference(result, file_layers, pop, population_layers: pd.Da
         assert r["clipped"] == want["clipped"]
         unusual = want["kl_to_population"] is not None and want["kl_to_population"] >= want["unusual_at"]
         assert ("unusual" in r["flags"]) == unusual
+        t = result.parameters["thresholds"]
+        s, e = r["sparsity"], r["variance_entropy_norm"]
+        assert r["flags"] == [f for f, on in (
+            ("sparse", s is not None and s > t["sparsity_gt"]), ("low_entropy", e is not None and e < t["entropy_norm_lt"]),
+            ("random_like", t["entropy_norm_gt"] is not None and e is not None and e > t["entropy_norm_gt"]),
+            ("unusual", unusual)) if on]
         # the metrics' percentiles among the population's layers of the decile (stored metrics)
         decile = population_layers[population_layers.depth_decile == r["depth_decile"]]
         assert r["population_layers"] == len(decile)
@@ -416,15 +424,33 @@ def test_clipped_coefficients_are_counted_in_the_edge_bins(narrow, tmp_path):
     rng = np.random.default_rng(9)
     spike = np.zeros(9, np.float32)
     spike[0] = 1
-    odd = [np.tile(spike, (12, 1)).reshape(4, 3, 3, 3),  # far from a smooth kernel
-           (rng.standard_normal((6, 2, 3, 3)) * np.float32(1e3)).astype(np.float32)]
+    sparse = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    sparse[1:] *= np.float32(1e-4)
+    odd = [np.tile(spike, (12, 1)).reshape(4, 3, 3, 3),  # far from a smooth kernel, one direction: no entropy
+           (rng.standard_normal((6, 2, 3, 3)) * np.float32(1e3)).astype(np.float32),
+           np.zeros((3, 2, 3, 3), np.float32),  # all zero: sparse, entropies 0 or null
+           rng.standard_normal((1, 1, 3, 3)).astype(np.float32),  # one filter: no entropy, no orthogonality
+           rng.standard_normal((1, 4, 3, 3)).astype(np.float32),  # one output channel
+           sparse]  # sparse: flagged
     file = write_npz(tmp_path / "odd.npz", odd)
     before = tree_digest(narrow.db)
     result = narrow.fdb.check(file)
     pop = population_of(narrow.fdb)
     ref = _assert_matches_reference(result, file_weights(file), pop, pop.layers, k=1)
     assert ref["clipped"] > 0 and result.clipped == ref["clipped"] == sum(result.layers.clipped)
+    assert "sparse" in result.layers["flags"].iloc[-1] and "sparse" in result.layers["flags"].iloc[2]  # not .flags: pandas'
     assert tree_digest(narrow.db) == before
+    # the degenerate layers' metrics (nulls among them) are an ingest's, bit for bit
+    copy = tmp_path / "db"
+    shutil.copytree(narrow.db, copy)
+    ingest_paths([file], copy, Progress(enabled=False), allow_missing=True)
+    fdb = cnnfilterdb.open(copy)
+    stored = fdb.sql("SELECT * FROM layers_with_models WHERE model = 'odd' ORDER BY layer_id")
+    assert_layers_equal(result.layers, stored, "odd.npz")
+    assert stored.variance_entropy.isna().any() and stored.orthogonality.isna().any()
+    want = fdb.model_metrics(where={"model": "odd"}).iloc[0]
+    for k in MODEL_METRICS:
+        assert same(result.model[k], None if pd.isna(want[k]) else want[k].item()), k
 
 
 # -- bad input --------------------------------------------------------------------------------------
@@ -466,17 +492,21 @@ def bad_files(tmp_path_factory):
     nan[1, 1, 2, 0] = np.nan
     onnx_bytes = (MODELS / FILES[2]).read_bytes()
     (work / "truncated.onnx").write_bytes(onnx_bytes[:len(onnx_bytes) // 2])
+    pt_bytes = (MODELS / "onet.pt").read_bytes()
+    (work / "truncated.pt").write_bytes(pt_bytes[:len(pt_bytes) // 2])
     return {
         "not a model": (MODELS / "README.md", "not a model file"),
         "no 3x3": (write_npz(work / "five.npz", [rng.normal(0, 1, (4, 2, 5, 5)).astype(np.float32)]),
                    "no 3x3 convolution"),
         "NaN": (write_npz(work / "nan.npz", [nan]), "NaN or Inf"),
         "truncated": (work / "truncated.onnx", "not a readable ONNX model"),
+        "truncated .pt": (work / "truncated.pt", "cannot be loaded"),
+        "Inf": (write_npz(work / "inf.npz", [np.where(nan == nan, nan, np.float32(np.inf))]), "NaN or Inf"),
         "zip bomb": (_zip_bomb(work / "bomb.pt"), "would unpack to"),
     }
 
 
-@pytest.mark.parametrize("case", ["not a model", "no 3x3", "NaN", "truncated", "zip bomb"])
+@pytest.mark.parametrize("case", ["not a model", "no 3x3", "NaN", "Inf", "truncated", "truncated .pt", "zip bomb"])
 def test_bad_input_is_one_line_and_leaves_nothing(store, bad_files, case, tmp_path, monkeypatch):
     path, says = bad_files[case]
     before = tree_digest(store.db)
@@ -513,4 +543,13 @@ def test_an_empty_population_is_a_clear_error(store):
     code, out, err = cli_json(str(MODELS / FILES[2]), "--db", str(store.db), "--where",
                               json.dumps({"conv_depth": 10_000}))
     assert code == 1 and err.count("\n") == 1 and err.startswith("cnnfilterdb: error: "), err
+    assert tree_digest(store.db) == before
+
+
+def test_a_report_inside_the_store_is_refused(store):
+    before = tree_digest(store.db)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli_main(["check", str(MODELS / FILES[2]), "--db", str(store.db), "-o", str(store.db / "r.html")])
+    assert code == 1 and err.getvalue().count("\n") == 1 and "inside the store" in err.getvalue()
     assert tree_digest(store.db) == before
