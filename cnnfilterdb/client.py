@@ -36,13 +36,16 @@ True
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -53,6 +56,7 @@ from .errors import SqlError, UserError
 from .properties import NAME as PROPERTY_NAME
 from .requests import (
     AnalysisSpec,
+    CheckRequest,
     DegenerateRequest,
     ExportRequest,
     analyses,
@@ -63,6 +67,7 @@ from .requests import (
     version_arg,
 )
 from .results import (
+    CheckResult,
     DegenerateResult,
     FilterBatches,
     check_batch,
@@ -75,7 +80,7 @@ from .results import (
 )
 from .selection import EmptySelectionError, SelectionError, UnknownName, echo
 
-__all__ = ["Client", "ServiceError", "InvalidRequest", "EmptySelection", "UnknownVersion", "NotFound",
+__all__ = ["Client", "ServiceError", "InvalidRequest", "InvalidModel", "EmptySelection", "UnknownVersion", "NotFound",
            "ServiceBusy", "ServiceUnavailable", "StreamCut", "SqlRefused"]
 
 FILTER_BATCH = 1 << 16
@@ -114,6 +119,20 @@ class InvalidRequest(ServiceError, SelectionError):
     """A 400/422: a bad where, group_by, metric, bins, ... (locally: SelectionError). The engine's
     checks of ``where`` and of the analyses' numbers run before sending: their mistakes raise
     this (a 422, the engine's message) without a request."""
+
+
+class InvalidModel(ServiceError):
+    """A 422 invalid_model of POST /v1/check: the uploaded file is not a model, holds no 3x3
+    convolution or a NaN weight, cannot be read, or is a zip bomb. What is raised is also a
+    ``cnnfilterdb.ingest.IngestError``, as ``FilterDB.check`` raises for the same file
+    (``_invalid_model``: the ingest is imported only then)."""
+
+
+@functools.cache
+def _invalid_model() -> type[InvalidModel]:
+    from .ingest.errors import IngestError
+
+    return type("InvalidModel", (InvalidModel, IngestError), {"__module__": __name__, "__doc__": InvalidModel.__doc__})
 
 
 class EmptySelection(ServiceError, EmptySelectionError):
@@ -180,7 +199,7 @@ def _error(status: int, body: bytes) -> ServiceError:
         code, message = str(error["code"])[:100], str(error["message"])[:2000]
     except Exception:  # not the service's JSON (a proxy's page, cut, nested too deep, ...)
         code, message = "http_error", f"HTTP {status}: {body[:300].decode('utf-8', 'replace')}"
-    cls = ServiceBusy if status == 429 else _ERRORS.get(code, ServiceError)
+    cls = ServiceBusy if status == 429 else _invalid_model() if code == "invalid_model" else _ERRORS.get(code, ServiceError)
     return cls(status, code, message)
 
 
@@ -483,12 +502,20 @@ class Client:
         return ServiceUnavailable(0, "timeout", f"no answer from {self.url}{path} in time ({why}); is the service "
                                                 f"running (cnnfilterdb serve --db PATH) and not overloaded?")
 
-    def _send(self, method: str, path: str, *, body: dict | None = None, params: dict | None = None):
+    def _send(self, method: str, path: str, *, body: dict | None = None, params: dict | None = None,
+              form: tuple[dict, dict] | None = None):
         """The response to one request, its body not read yet (the caller closes it); the error
-        of an error answer, its body read up to MAX_ERROR_BYTES."""
+        of an error answer, its body read up to MAX_ERROR_BYTES. ``form``: (fields, files) sent as
+        multipart/form-data, each file (name, file object, media type) streamed from its start."""
         params = None if params is None else {k: v for k, v in params.items() if v is not None}
         for attempt in range(self.retries + 1):
-            req = self._http.build_request(method, path, json=body, params=params, timeout=self._left(path))
+            if form is None:
+                req = self._http.build_request(method, path, json=body, params=params, timeout=self._left(path))
+            else:
+                for _, f, _ in form[1].values():
+                    f.seek(0)  # a retry sends the file again
+                req = self._http.build_request(method, path, data=form[0], files=form[1], params=params,
+                                               timeout=self._left(path))
             with self._transport(path):
                 resp = self._http.send(req, stream=True)
             if resp.status_code < 400:
@@ -783,6 +810,74 @@ class Client:
             if req.entropy_norm_gt is None:
                 data["thresholds"]["entropy_norm_gt"] = None
         return self._result(DegenerateResult, "/v1/quality/degenerate", data, req.selection)
+
+    def check(self, path: str | os.PathLike, where: dict | None = None, **options) -> CheckResult:
+        """Check a model file against the population (``FilterDB.check``; POST /v1/check): the
+        file is streamed up as the multipart part ``file``, the options as form fields.
+
+        Parameters
+        ----------
+        path : the model file.
+        where : dict, optional
+            The population: a selection (e.g. ``{"task": "Classification"}``); default every model.
+        **options
+            ``k`` (nearest models, default 5), the flags' thresholds ``sparsity_gt``,
+            ``entropy_norm_lt``, ``entropy_norm_gt``, what the model is (``name``, ``task``,
+            ``visual_category``, ``training_dataset``: shown, never stored), ``as_of``: the
+            fields of ``cnnfilterdb.requests.CheckRequest``.
+
+        Returns
+        -------
+        CheckResult
+            The same as ``FilterDB.check`` gives for the same file and store.
+
+        Raises
+        ------
+        InvalidModel (also a cnnfilterdb.ingest.IngestError)
+            The file is not a model, holds no 3x3 convolution or a NaN weight, cannot be read.
+        InvalidRequest, EmptySelection, UnknownVersion
+            A bad option or where (checked before anything is sent), no layer in the population,
+            an as_of the store does not hold.
+        ServiceError
+            The service refused the upload: over its max_check_bytes (413), or not in its
+            check_upload_timeout_s (408); a 429 is retried as every call's.
+        OSError
+            The file cannot be opened (as ``FilterDB.check``).
+        """
+        with self._deadline():
+            with _invalid():
+                if "as_of" in options:
+                    options["as_of"] = version_arg(options["as_of"])
+                req = build(CheckRequest, where=_checked(where), **options)
+            fields = {}
+            for name, value in req.body().items():
+                if value is None and name == "entropy_norm_gt":
+                    fields[name] = "null"  # the random_like flag off
+                elif value is not None:
+                    fields[name] = value if isinstance(value, str) else json.dumps(value)
+            file = Path(os.fspath(path))
+            with open(file, "rb") as f:
+                try:
+                    resp = self._send("POST", "/v1/check", form=(fields, {"file": (file.name, f,
+                                                                                    "application/octet-stream")}))
+                except ServiceUnavailable as e:
+                    raise self._upload_cut(e, file) from None
+                data = self._json(resp, "/v1/check")
+            return self._result(CheckResult, "/v1/check", data, req.selection)
+
+    def _upload_cut(self, e: ServiceUnavailable, file: Path) -> ServiceError:
+        """A connection the service closed while the file was going up (a write that failed): it
+        refused the upload before reading it all (over max_check_bytes, busy, not in time), and the
+        answer saying so was lost with the connection."""
+        import httpx
+
+        if isinstance(e.__cause__, httpx.WriteError):
+            return ServiceError(0, "upload_cut", f"the service at {self.url} closed the connection while {file.name} "
+                                                 f"({file.stat().st_size:,} bytes) was being sent: it refused the "
+                                                 f"upload (over its max_check_bytes, all its max_checks busy, or "
+                                                 f"not received within its check_upload_timeout_s; GET /v1/stats "
+                                                 f"shows them)")
+        return e
 
     # -- SQL and versions ------------------------------------------------------------------------
     @_call

@@ -591,6 +591,8 @@ class CheckQualityDensity(BaseModel):
 class CheckPopulation(BaseModel):
     where: dict[str, Any] | None = Field(description="the selection the population was restricted to (null: every model)")
     n_models: int = Field(description="the population's models")
+    n_sample_models: int = Field(description="how many of them are the synthetic sample's (`cnnfilterdb demo`): a "
+                                             "population of them is no real one")
     n_layers: int = Field(description="their layers of 3x3 filters")
     n_filters: int = Field(description="their 3x3 filters")
     n_outside: int = Field(description=OUTSIDE_TEXT)

@@ -183,8 +183,10 @@ async def check_model(request: Request, catalog: LiveCatalog = Depends(get_catal
     slots: CheckSlots = request.app.state.check_slots
     boundary = _boundary(request.headers.get("content-type", ""))
     if not slots.take():
+        # No Connection: close: the server reads and drops the rest of the upload (within its
+        # keep-alive timeout), so that a client sending its file reads the 429 rather than a reset.
         raise ApiError(429, "check_busy", f"{slots.n} checks are running (max_checks); retry soon",
-                       headers={"Retry-After": "1", "Connection": "close"})
+                       headers={"Retry-After": "1"})
     try:
         folder = _private_dir(settings)
         try:
@@ -259,27 +261,24 @@ class _Upload:
         _, options = parse_options_header(disposition)
         if b"name" not in options:
             raise ApiError(400, "invalid_upload", "a multipart part has no name (Content-Disposition: form-data; "
-                                                  "name=\"...\")", headers={"Connection": "close"})
+                                                  "name=\"...\")")
         name = options[b"name"].decode("utf-8", "replace")
         if name not in FORM_FIELDS:
             near = nearest(name, list(FORM_FIELDS))
             hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
             raise ApiError(400, "invalid_request", f"unknown form field {echo(name)}{hint}; known: "
-                                                   f"{', '.join(FORM_FIELDS)}", headers={"Connection": "close"})
+                                                   f"{', '.join(FORM_FIELDS)}")
         if name == "file":
             if self.path is not None:
-                raise ApiError(400, "invalid_request", "two files: POST /v1/check takes one, as the part `file`",
-                               headers={"Connection": "close"})
+                raise ApiError(400, "invalid_request", "two files: POST /v1/check takes one, as the part `file`")
             self.shown = _shown(options.get(b"filename"))
             suffix = Path(self.shown).suffix
             self.path = self.folder / ("upload" + (suffix if SUFFIX.fullmatch(suffix) else ""))
             self.file = open(self.path, "xb")  # closed by close(), whatever happens
         elif name in self.fields:
-            raise ApiError(400, "invalid_request", f"form field {name!r} given more than once; each takes one value",
-                           headers={"Connection": "close"})
+            raise ApiError(400, "invalid_request", f"form field {name!r} given more than once; each takes one value")
         elif b"filename" in options:
-            raise ApiError(400, "invalid_request", f"form field {name!r} is a file: only `file` is one",
-                           headers={"Connection": "close"})
+            raise ApiError(400, "invalid_request", f"form field {name!r} is a file: only `file` is one")
         self._part = name
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -299,8 +298,7 @@ class _Upload:
             try:
                 self.fields[self._part] = self._data.decode("utf-8")
             except UnicodeDecodeError:
-                raise ApiError(400, "invalid_request", f"form field {self._part!r} is not UTF-8 text",
-                               headers={"Connection": "close"}) from None
+                raise ApiError(400, "invalid_request", f"form field {self._part!r} is not UTF-8 text") from None
         self._part = None
 
     def on_end(self) -> None:
@@ -352,8 +350,7 @@ async def _receive(request: Request, boundary: bytes, folder: Path, settings: Se
         finally:
             upload.close()
     except FormParserError as e:
-        raise ApiError(400, "invalid_upload", f"the multipart/form-data body is malformed ({str(e)[:200]})",
-                       headers={"Connection": "close"}) from None
+        raise ApiError(400, "invalid_upload", f"the multipart/form-data body is malformed ({str(e)[:200]})") from None
     except ClientDisconnect:
         raise ApiError(400, "invalid_upload", "the upload ended before its body was complete (the client closed the "
                                               "connection)", headers={"Connection": "close"}) from None
