@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ByteSize, Field
+from pydantic import ByteSize, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,6 +47,8 @@ class Settings(BaseSettings):
                                            "are produced at export_nice, and like exports are cut off after "
                                            "export_send_timeout_s without progress, or after export_stall_s if a "
                                            "new one needs the slot")
+    figure_cache_bytes: int = Field(64_000_000, ge=0, description="rendered figures kept in memory, by ETag (GET /v1/plots)")
+
     # POST /v1/check: a model file uploaded and checked against the population (service/routers/check.py)
     max_checks: int = Field(2, ge=1, le=64, description="checks (POST /v1/check) at once, counted from the moment "
                             "an upload starts; more get a 429 at once, before their upload is read")
@@ -63,7 +65,6 @@ class Settings(BaseSettings):
     max_check_unpacked: ByteSize | None = Field(None, ge=1, description="the most bytes the members of an uploaded zip "
                                                 "(.pt, .npz) may unpack to, or it is refused as a zip bomb (a 422); "
                                                 "none: the ingest's rule (32 times the file's size, at least 1 GiB)")
-    figure_cache_bytes: int = Field(64_000_000, ge=0, description="rendered figures kept in memory, by ETag (GET /v1/plots)")
 
     # Requests
     max_body_bytes: int = Field(1_000_000, ge=1000, description="a larger request body is a 413, refused before it is read")
@@ -87,6 +88,17 @@ class Settings(BaseSettings):
     page_max: int = Field(1000, ge=1, description="the largest page a request may ask for")
     filters_json_max: int = Field(100_000, ge=1, description="largest page of filters as JSON")
     field_values_max: int = Field(1000, ge=1, description="distinct values listed per field in /v1/fields")
+
+    @field_validator("check_tmp_dir")
+    @classmethod
+    def _outside_the_store(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """Nothing of a check is ever written in the store: a check_tmp_dir inside it is refused."""
+        db = info.data.get("db")
+        if value is not None and db is not None:
+            base, store = Path(value).resolve(), Path(db).resolve()
+            if base == store or store in base.parents:
+                raise ValueError(f"{base} lies inside the store {store}: give a directory outside it")
+        return value
 
 
 # The limits in force: every setting but where the store is. `serve` takes each as a flag, and
