@@ -195,7 +195,8 @@ def ingested(store, torch, tmp_path_factory):
         source = str((MODELS / f).resolve())
         name = models.loc[models.source == source, "model"].item()
         out[f] = SimpleNamespace(model=name, layers=layers[layers.model == name].reset_index(drop=True),
-                                 metrics=fdb.model_metrics(where={"model": name}).iloc[0])
+                                 metrics=fdb.model_metrics(where={"model": name}).iloc[0],
+                                 row=models[models.model == name].iloc[0])
     return out
 
 
@@ -225,6 +226,11 @@ def assert_layers_equal(got: pd.DataFrame, stored: pd.DataFrame, file: str) -> N
 @pytest.mark.parametrize("file", FILES)
 def test_model_metrics_equal_the_ingested_models(checked, ingested, file):
     model, want = checked.api[file].model, ingested[file].metrics
+    row = ingested[file].row  # what the file is, as the ingest recorded it
+    assert (model["sha256"], model["producer"], model["op_set"], model["kind"]) == \
+        (row.sha256, *(None if pd.isna(v) else v for v in (row.producer, row.op_set)),
+         "onnx" if file.endswith(".onnx") else "torch")
+    assert model["bytes"] == (MODELS / file).stat().st_size and model["name"] == row.model == Path(file).stem
     for k in MODEL_METRICS:
         assert same(model[k], None if pd.isna(want[k]) else (int(want[k]) if k in ("n_layers", "n_filters")
                                                              else float(want[k]))), (file, k, model[k], want[k])
@@ -277,6 +283,8 @@ def _assert_matches_reference(result, file_layers, pop, population_layers: pd.Da
             assert close(r["percentiles"][m], reference.percentile_among(values, r[m])), (i, m)
     assert result.clipped == ref["clipped"]
     assert result.population["n_outside"] == pop.reference["n_outside"]
+    assert result.population["n_layers"] == len(pop.population)
+    assert result.population["n_filters"] == sum(len(p["filters"]) for p in pop.population)
     assert close(result.model["divergence"], ref["divergence"])
     assert close(result.model["percentiles"]["divergence"], ref["divergence_percentile"])
     near = result.nearest_models
