@@ -32,13 +32,13 @@ none), the checked model's once.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from .analysis import Analysis
 from .catalog import store_id
+from .checked import CheckedLayer, CheckedModel
 from .requests import MODEL_METRICS, CheckRequest
 from .scan import LayerGroups, kernel_basis
 from .selection import EmptySelectionError, condition, field_sql, natural_order
@@ -56,35 +56,6 @@ METRIC, WEIGHTS = "kl_sym", "explained_variance"
 NEAREST_FIELDS = ("model_id", "model", "name", "task", "visual_category", "training_dataset", "pretraining_dataset",
                   "producer")
 FLAGS = ("sparse", "low_entropy", "random_like", "unusual")
-
-
-@dataclass
-class CheckedLayer:
-    """One 3x3 convolution of a checked model, as an ingest would store it."""
-    name: str
-    conv_depth: int
-    conv_depth_norm: float
-    in_channels: int
-    out_channels: int
-    groups: int
-    metrics: dict            # LAYER_METRICS -> float or None, as the ingest's quality row
-    columns: np.ndarray      # (9, n_filters) float32: the filters, one per column (as the shards hold them)
-
-    @property
-    def n_filters(self) -> int:
-        return int(self.columns.shape[1])
-
-
-@dataclass
-class CheckedModel:
-    """A model file read as an ingest reads it (``cnnfilterdb.ingest.model_files.read_checked``)."""
-    name: str                # the file's name (an upload's, not a temporary file's)
-    kind: str
-    sha256: str
-    bytes: int
-    producer: str | None
-    op_set: int | None
-    layers: list[CheckedLayer] = field(default_factory=list)
 
 
 class Ranks:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnfilterdb.check import CheckedLayer, CheckedModel
+from cnnfilterdb.checked import CheckedLayer, CheckedModel
 from cnnfilterdb.stats.quality import orthogonality
 from cnnfilterdb.store import StoreTransaction
 
@@ -56,7 +56,7 @@ def relabel_hint(model: str, differences: dict[str, dict], db: Path | None = Non
 
 
 def model_layers(m: ExtractedModel, first_layer_id: int = 0, model_id: int = 0) -> Iterator[tuple[CheckedLayer, LayerState]]:
-    """Each 3x3 convolution of ``m`` as a layer (``check.CheckedLayer``: its filters, conv depth,
+    """Each 3x3 convolution of ``m`` as a layer (``checked.CheckedLayer``: its filters, conv depth,
     shape and quality metrics) with the statistics folded from its filters (the moments a commit
     stores): what an ingest stores and what a check reports, computed by this one function."""
     layer_id = first_layer_id
@@ -76,7 +76,7 @@ def model_layers(m: ExtractedModel, first_layer_id: int = 0, model_id: int = 0) 
 
 def read_checked(path: Path, shown: str | None = None, max_unpacked: int | None = None) -> CheckedModel:
     """A model file read and checked exactly as an ingest reads it (``read_model``: every format
-    of docs/method.md#model-files, the same errors), as a ``check.CheckedModel`` for
+    of docs/method.md#model-files, the same errors), as a ``checked.CheckedModel`` for
     ``check.check``, named after ``shown`` (an upload's file name; default the path's). IngestError
     naming the file as ``shown``: not a model, no 3x3 convolution, a NaN weight, unreadable, or a
     zip that would unpack to more than ``max_unpacked`` bytes (``models.check_unpacked``)."""

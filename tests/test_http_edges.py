@@ -209,7 +209,16 @@ def test_every_endpoint_refuses_unknown_query_parameters_and_body_fields(v1_clie
             assert r.status_code == 400, (template, r.status_code, r.text[:200])
             message = r.json()["error"]["message"]
             assert "groupbyy" in message and all(k in message for k in known), (template, message)
-            if method == "post":
+            if method == "post" and "multipart/form-data" in op["requestBody"]["content"]:  # POST /v1/check
+                schema = op["requestBody"]["content"]["multipart/form-data"]["schema"]
+                if "$ref" in schema:
+                    schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+                fields = list(schema["properties"])
+                r = v1_client.post(path, files={"file": ("m.onnx", b"not read")}, data={"groupbyy": "1"})
+                message = r.json()["error"]["message"]
+                assert r.status_code == 400 and "unknown form field 'groupbyy'" in message, (template, message)
+                assert all(f in message for f in fields), (template, message)
+            elif method == "post":
                 ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
                 fields = list(spec["components"]["schemas"][ref]["properties"])
                 r = v1_client.post(path, json={**body, "groupbyy": 1})
