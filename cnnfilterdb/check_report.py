@@ -63,10 +63,18 @@ def figure_alt(out: dict) -> str:
             "thresholds as dashed lines.")
 
 
-def figure_png(out: dict, provenance: Provenance | None, subtitle: str | None = None, dpi: int = FIGURE_DPI) -> bytes:
+def check_figure(out: dict, fmt: str, provenance: Provenance | None, dpi: int = FIGURE_DPI) -> bytes:
+    """The check figure (``figures.check``, the population's ``where`` as its subtitle) as ``fmt``
+    (png, svg, pdf) bytes, the provenance in the file's metadata: the one way the CLI, the report
+    and POST /v1/check draw it."""
     from .figures import check
+    from .plots import describe_where
 
-    return plots.render(check(out, None, subtitle), "png", dpi, provenance)
+    fig = check(out, None, describe_where(out["population"].get("where")))
+    try:
+        return plots.render(fig, fmt, dpi, provenance)
+    finally:
+        fig.clear()
 
 
 _CSS = """
@@ -222,15 +230,22 @@ model's, by the same divergence.</li>
 </ul>"""
 
 
+def _synthetic_notice(pop: dict) -> str:
+    n = pop.get("n_sample_models") or 0
+    if not n:
+        return ""
+    return (f'<p class="note" id="synthetic"><strong>Synthetic data.</strong> {_num(n)} of the population\'s '
+            f"{_num(pop['n_models'])} models are the synthetic sample of <code>cnnfilterdb demo</code>, not real "
+            "trained models: these percentiles say nothing about real models.</p>")
+
+
 def check_html(out: dict, provenance: Provenance | None = None) -> str:
     """The check ``out`` (``check.check``'s result) as one self-contained HTML page (module docstring);
     ``provenance``: the store and version compared with (default: the result's own)."""
     provenance = provenance or Provenance(str(out["store_id"]), int(out["store_version"]))
     m, pop = out["model"], out["population"]
     name = _text(m.get("name"))
-    from .plots import describe_where
-
-    png = figure_png(out, provenance, describe_where(pop.get("where")))
+    png = check_figure(out, "png", provenance)
     img = base64.b64encode(png).decode("ascii")
     flagged = sum(1 for r in out["layers"] if r["flags"])
     clipped = out.get("clipped") or 0
@@ -252,6 +267,7 @@ def check_html(out: dict, provenance: Provenance | None = None) -> str:
 <p class="sub">Against {escape(provenance.citation)} (basis version {_text(out.get("basis_version"))}):
 {_num(pop["n_models"])} models, {_num(pop["n_layers"])} layers. {len(out["layers"])} layers of 3x3 filters checked,
 {flagged} flagged. Nothing was written to the store.</p>
+{_synthetic_notice(pop)}
 </header>
 <main>
 <div class="cols">
@@ -299,16 +315,11 @@ def write_check_output(out: dict, provenance: Provenance | None, path: str | Pat
     if fmt is None:
         raise SelectionError(f"{path}: the output's suffix says what to write: {', '.join(CHECK_FORMATS)}")
     if fmt == "html":
-        data = check_html(out, provenance).encode()
-        what = "the report, the figure inline"
+        data, what = check_html(out, provenance).encode(), "the report, the figure inline"
     else:
-        from .figures import check
-        from .plots import describe_where
-
-        data = plots.render(check(out, None, describe_where(out["population"].get("where"))), fmt, 100, provenance)
-        what = "the check figure"
+        data, what = check_figure(out, fmt, provenance), "the check figure"
     write_atomic(path, data)
     return f"wrote {path} ({len(data):,} bytes: {what})"
 
 
-__all__ = ["check_html", "write_check_output", "figure_alt", "CHECK_FORMATS"]
+__all__ = ["check_html", "check_figure", "write_check_output", "figure_alt", "CHECK_FORMATS"]

@@ -420,14 +420,9 @@ def _answer(catalog: LiveCatalog, req: CheckRequest, fmt: str, upload: _Upload, 
             return Response(html, media_type="text/html; charset=utf-8", headers={
                 **headers, "X-Content-Type-Options": "nosniff",
                 "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'"})
-        from cnnfilterdb import figures
-        from cnnfilterdb.plots import render
+        from cnnfilterdb.check_report import check_figure
 
-        fig = figures.check(out)
-        try:
-            data = render(fig, fmt, 100, provenance)
-        finally:
-            fig.clear()
+        data = check_figure(out, fmt, provenance)
         return Response(data, media_type=MEDIA_TYPES[fmt], headers={
             **headers, "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})
