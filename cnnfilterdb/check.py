@@ -122,7 +122,7 @@ def check(an: Analysis, req: CheckRequest, model: CheckedModel) -> dict:
         if len(has):
             P = probabilities(counts_of(sl)[has], width)
             layer_kl[s + has] = metric_values(P, P_decile[decile_of[sl][has]], METRIC, width) @ w
-    pooled = pooled_decile.sum(axis=0) if len(decile_names) else pooled_model.sum(axis=0)
+    pooled = pooled_model.sum(axis=0)  # the whole population's
 
     # -- the checked model's layers: metrics, decile, histograms (clipped into the range)
     C, shift = kernel_basis(b)
