@@ -365,8 +365,11 @@ def test_as_of_reads_the_older_version(store, tmp_path):
     file = MODELS / FILES[2]
     before = fdb.check(file).to_dict()
     rng = np.random.default_rng(1)
-    signs = np.array(list(itertools.product([-1.0, 1.0], repeat=9)), np.float32)  # a few reach past the range
-    extra = write_npz(tmp_path / "extra.npz", [signs.reshape(64, 8, 3, 3)] +
+    # filters of +-1: a few reach past the range. Not both of a pair x, -x: once a refit takes those
+    # as its range's ends, (lo + hi) / 2, the middle bin edge, is exactly the coefficient of an
+    # all-zero filter (-C mean; the sample has all-zero layers), which rounding then puts on either side
+    signs = np.array([s for s in itertools.product([-1.0, 1.0], repeat=9) if s[0] > 0], np.float32)
+    extra = write_npz(tmp_path / "extra.npz", [signs.reshape(32, 8, 3, 3)] +
                       [rng.normal(0, 1, (8, 4, 3, 3)).astype(np.float32) for _ in range(4)])
     result = ingest_paths([extra], db, Progress(enabled=False), allow_missing=True, refit="never")
     assert result["basis_version"] == 1
@@ -382,6 +385,18 @@ def test_as_of_reads_the_older_version(store, tmp_path):
     pop = population_of(fdb, basis_of=1)
     assert pop.reference["n_outside"] > 0
     _assert_matches_reference(fdb.check(file), file_weights(file), pop, pop.layers)
+    # a third version refits the basis: as_of 1 and 2 still read theirs (basis 1, its histograms)
+    more = write_npz(tmp_path / "more.npz", [rng.normal(0, 1, (4, 4, 3, 3)).astype(np.float32) for _ in range(3)])
+    refitted = ingest_paths([more], db, Progress(enabled=False), allow_missing=True, refit="always")
+    assert refitted["refitted"] and refitted["basis_version"] != 1
+    fdb = cnnfilterdb.open(db)
+    assert without_timing(fdb.check(file, as_of=1).to_dict()) == without_timing(before)
+    assert without_timing(fdb.check(file, as_of=2).to_dict()) == without_timing(now)
+    latest = fdb.check(file)
+    assert latest.basis_version == refitted["basis_version"] and latest.store_version == 3
+    pop = population_of(fdb)
+    assert pop.reference["n_outside"] == 0
+    _assert_matches_reference(latest, file_weights(file), pop, pop.layers)
 
 
 def test_layers_in_a_decile_the_population_lacks(store, ref_population):
