@@ -463,7 +463,8 @@ class CheckResult(Result):
         conv_depth_norm, depth_decile, n_filters, in_channels, out_channels, groups, the layer
         metrics (as an ingest stores them), kl_to_population, kl_unusual_at (its decile's 95th
         percentile), population_layers, clipped, percentiles (dict: metric -> percentile among the
-        population's layers of the decile), flags (list).
+        population's layers of the decile), flags (list; ``layers["flags"]``: ``layers.flags`` is
+        pandas' own attribute).
     model : dict
         The model's metrics (SPEC 14), ``divergence`` from the population, ``percentiles`` among
         the population's models, and what the file is (name, kind, sha256, ...).
