@@ -18,7 +18,8 @@ the explained-variance weights w (docs/method.md#divergence):
   100 |{layers with metric <= v}| / |{layers with the metric known}|; for kl_to_population, among
   the population layers' own divergences D(h_j, H_d(j)) from their decile's pooled histograms. A
   layer is flagged ``unusual`` when its kl_to_population is at or above the 95th percentile of those
-  (np.percentile, linear), and sparse / low_entropy / random_like by the degenerate thresholds.
+  (np.percentile, linear) of at least MIN_UNUSUAL_LAYERS layers (none is flagged in a decile of
+  fewer: ``kl_unusual_at`` null), and sparse / low_entropy / random_like by the degenerate thresholds.
 - The model: its model metrics (SPEC 14, ``studies.metrics_of``) with their percentiles among the
   population's models; ``divergence`` = D(sum of its layers' h_l, H), H the whole population's
   pooled histograms (its percentile among the population models' own D(H_m, H)); and the k models
@@ -49,6 +50,7 @@ from .studies import metrics_of
 LAYER_METRICS = ("sparsity", "variance_entropy", "variance_entropy_norm", "variance_entropy_clean", "orthogonality")
 KL = "kl_to_population"
 UNUSUAL_PERCENTILE = 95.0   # a layer whose kl_to_population is at or above this percentile of its decile's is unusual
+MIN_UNUSUAL_LAYERS = 20     # ... among at least this many population layers (the 95th percentile of fewer is not one)
 QUALITY_BINS = 40           # per axis of the population's quality density (the check figure's background)
 CHUNK = 4096                # population layers whose histograms are held at once
 METRIC, WEIGHTS = "kl_sym", "explained_variance"
@@ -133,7 +135,7 @@ def check(an: Analysis, req: CheckRequest, model: CheckedModel) -> dict:
         same = decile_of == i
         ranks = {k: Ranks(layers[k].to_numpy(np.float64)[same]) for k in LAYER_METRICS}
         ranks[KL] = Ranks(layer_kl[same])
-        by_decile[d] = (int(same.sum()), ranks, float(np.percentile(layer_kl[same], UNUSUAL_PERCENTILE)))
+        by_decile[d] = (int(same.sum()), ranks, _unusual_at(layer_kl[same]))
     for layer, decile in zip(model.layers, checked_deciles):
         coef = coefficients_of(tuple(layer.columns), C, shift)
         clipped = int(np.count_nonzero((coef < lo) | (coef > hi)))
@@ -152,7 +154,7 @@ def check(an: Analysis, req: CheckRequest, model: CheckedModel) -> dict:
             ("low_entropy", m["variance_entropy_norm"] is not None and m["variance_entropy_norm"] < req.entropy_norm_lt),
             ("random_like", req.entropy_norm_gt is not None and m["variance_entropy_norm"] is not None
              and m["variance_entropy_norm"] > req.entropy_norm_gt),
-            ("unusual", kl is not None and kl >= unusual_at)) if on]
+            ("unusual", kl is not None and unusual_at is not None and kl >= unusual_at)) if on]
         rows.append({"layer": len(rows), "name": layer.name, "conv_depth": layer.conv_depth,
                      "conv_depth_norm": layer.conv_depth_norm, "depth_decile": decile, "n_filters": layer.n_filters,
                      "in_channels": layer.in_channels, "out_channels": layer.out_channels, "groups": layer.groups,
@@ -186,7 +188,8 @@ def check(an: Analysis, req: CheckRequest, model: CheckedModel) -> dict:
                        "deciles": _decile_summary(decile_names, decile_of, layer_kl),
                        "quality_density": _quality_density(layers)},
         "parameters": {"metric": METRIC, "weights": WEIGHTS, "bins": bins, "range": [lo, hi],
-                       "unusual_percentile": UNUSUAL_PERCENTILE, "k": req.k, "thresholds": req.thresholds},
+                       "unusual_percentile": UNUSUAL_PERCENTILE, "min_unusual_layers": MIN_UNUSUAL_LAYERS, "k": req.k,
+                       "thresholds": req.thresholds},
         "model": out_model,
         "layers": rows,
         "nearest_models": [{**meta[int(models[j])], "divergence": float(to_models[j])} for j in nearest],
@@ -201,10 +204,16 @@ def _decile_summary(names: list[str], decile_of: np.ndarray, layer_kl: np.ndarra
     out = []
     for d in natural_order(names):
         kl = layer_kl[decile_of == names.index(d)]
-        q1, median, q3, high = np.percentile(kl, [25, 50, 75, UNUSUAL_PERCENTILE])
+        q1, median, q3 = np.percentile(kl, [25, 50, 75])
         out.append({"depth_decile": d, "n_layers": int(len(kl)), "kl_q1": float(q1), "kl_median": float(median),
-                    "kl_q3": float(q3), "kl_unusual_at": float(high)})
+                    "kl_q3": float(q3), "kl_unusual_at": _unusual_at(kl)})
     return out
+
+
+def _unusual_at(kl: np.ndarray) -> float | None:
+    """The UNUSUAL_PERCENTILE of a decile's population layers' kl_to_population (np.percentile,
+    linear); None below MIN_UNUSUAL_LAYERS layers: no layer is flagged unusual there."""
+    return float(np.percentile(kl, UNUSUAL_PERCENTILE)) if len(kl) >= MIN_UNUSUAL_LAYERS else None
 
 
 def _quality_density(layers: pd.DataFrame) -> dict:

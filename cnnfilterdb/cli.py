@@ -358,28 +358,38 @@ def _print_check(out: dict) -> None:
     m, pop = out["model"], out["population"]
     shown = lambda v, f=".4g": "-" if v is None else format(v, f)  # noqa: E731
     pct = lambda v: "" if v is None else f" (p{v:.0f})"  # noqa: E731
-    where = f", where {json.dumps(pop['where'])}" if pop["where"] else ""
-    print(f"{m['file']} ({m['kind']}, {m['n_layers']} layers of 3x3 filters, {m['n_filters']:,} filters) against "
-          f"store {out['store_id']} version {out['store_version']}: {pop['n_models']:,} models, "
-          f"{pop['n_layers']:,} layers{where}")
+    plural = lambda n, word: f"{n:,} {word}" + ("" if n == 1 else "s")  # noqa: E731
+    said = ", ".join(f"{k.replace('_', ' ')} {m[k]}" for k in ("task", "visual_category", "training_dataset") if m.get(k))
+    print(f"{m['file']} ({m['kind']}, {plural(m['n_layers'], 'layer')} of 3x3 filters, {plural(m['n_filters'], 'filter')}"
+          f"{'; ' + said if said else ''}) against store {out['store_id']} version {out['store_version']}")
+    where = f"where {json.dumps(pop['where'])}" if pop["where"] else "every model (--where restricts it)"
+    print(f"population: {where}: {plural(pop['n_models'], 'model')}, {plural(pop['n_layers'], 'layer')}")
+    if pop.get("n_sample_models"):
+        print(f"synthetic data: {pop['n_sample_models']:,} of its models are the synthetic sample of `cnnfilterdb demo`, "
+              "not real models: its percentiles say nothing about real ones")
     rows = []
     for layer in out["layers"]:
         p = layer["percentiles"]
-        rows.append([layer["layer"], layer["name"], layer["conv_depth"], layer["depth_decile"], layer["n_filters"],
+        rows.append([layer["layer"], layer["name"], layer["conv_depth"], layer["depth_decile"],
+                     layer["population_layers"], layer["n_filters"],
                      shown(layer["sparsity"], ".3f") + pct(p["sparsity"]),
                      shown(layer["variance_entropy_norm"], ".3f") + pct(p["variance_entropy_norm"]),
                      shown(layer["orthogonality"], ".3f") + pct(p["orthogonality"]),
                      shown(layer["kl_to_population"]) + pct(p["kl_to_population"]), " ".join(layer["flags"])])
-    _print_table(["layer", "name", "depth", "decile", "filters", "sparsity", "entropy_norm", "orthogonality",
+    _print_table(["layer", "name", "depth", "decile", "pop", "filters", "sparsity", "entropy_norm", "orthogonality",
                   "kl_to_population", "flags"], rows)
     mp = m["percentiles"]
-    print("model: " + ", ".join(f"{k} {shown(m[k])}{pct(mp[k])}" for k in (
-        "sparsity", "variance_entropy_norm", "orthogonality", "divergence")))
+    print("model: " + ", ".join(f"{k} {shown(m[k], '.4f')}{pct(mp[k])}" for k in (
+        "sparsity", "variance_entropy_norm", "orthogonality")) + f", divergence {shown(m['divergence'])}"
+          f"{pct(mp['divergence'])}")
     print("nearest models: " + ("; ".join(f"{n['model']} ({n['task'] or '-'}, {shown(n['divergence'])})"
                                           for n in out["nearest_models"]) or "none"))
-    print("(pN: the percentile among the population's layers of the same depth decile, or models; flags: sparse, "
-          f"low_entropy, random_like by the thresholds, unusual: kl_to_population at or above its decile's "
-          f"{out['parameters']['unusual_percentile']:g}th percentile)")
+    par = out["parameters"]
+    print(f"pop: the population's layers of the layer's depth decile; pN: the percentile among them (100 x the share "
+          f"whose value is at most this one; for the model, among the models); -: unknown, or no population layer in "
+          f"the decile. Flags: sparse, low_entropy, random_like by the thresholds; unusual: kl_to_population at or "
+          f"above its decile's {par['unusual_percentile']:g}th percentile (deciles of {par['min_unusual_layers']} "
+          "layers or more). docs/method.md#checking-a-model")
     if out["clipped"]:
         print(f"clipped: {out['clipped']:,} coefficients outside the basis range, counted in the edge bins")
 
@@ -890,7 +900,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                 "written; docs/method.md#checking-a-model)")
         s = sub.add_parser("check", help=text, description=text)
         s.add_argument("file", help="the model file: ONNX, PyTorch .pt/.pth, safetensors or .npz (read as ingest reads it)")
-        cli_arguments(s, CheckRequest, ("task", "visual_category", "training_dataset", "name", "k", "sparsity_gt",
+        cli_arguments(s, CheckRequest, ("name", "task", "visual_category", "training_dataset", "k", "sparsity_gt",
                                         "entropy_norm_lt", "entropy_norm_gt"))
         s.add_argument("--where", metavar="JSON", help="the population: a selection (the analyses' where), e.g. "
                                                        "'{\"task\": \"Classification\"}'; default every model")
@@ -1025,7 +1035,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = ("ingest", "info", "sql", "verify", "drift", "model-metrics", "correlate", "spark", "export", "log", "label",
+COMMANDS = ("ingest", "info", "sql", "verify", "drift", "model-metrics", "correlate", "check", "spark", "export", "log", "label",
             "remove", "refit", "compact",
             "plot", "report", "demo", "serve")
 _FLAG = re.compile(r"--[a-z][a-z0-9_-]*(?==|$)")

@@ -536,9 +536,12 @@ class CheckRequest(AnalysisRequest):
                                            description="flagged random_like when variance_entropy_norm is above this "
                                                        "(null: not checked)")
     name: CheckText | None = Field(None, description="the checked model's name in the report (default: the file's)")
-    task: CheckText | None = Field(None, description="the checked model's task, shown in the report")
-    visual_category: CheckText | None = Field(None, description="the checked model's visual category, shown")
-    training_dataset: CheckText | None = Field(None, description="the checked model's training dataset, shown")
+    task: CheckText | None = Field(None, description="the checked model's task, shown in the report (the population "
+                                                     "is where's: where={\"task\": ...} compares with that task's models)")
+    visual_category: CheckText | None = Field(None, description="the checked model's visual category, shown (not a "
+                                                                "selection: see where)")
+    training_dataset: CheckText | None = Field(None, description="the checked model's training dataset, shown (not a "
+                                                                 "selection: see where)")
 
     @property
     def thresholds(self) -> dict:
@@ -779,6 +782,8 @@ def cli_arguments(parser, request_type: type[AnalysisRequest], names: tuple[str,
             annotation = next(a for a in get_args(annotation) if a is not type(None))
         choices = get_args(annotation) if get_origin(annotation) is Literal else None
         kind = str if choices else _number if annotation in (int, float) else str
+        if kind is _number and _nullable(field):  # e.g. --entropy-norm-gt null: the check turned off
+            kind = _number_or_null
         text = field.description
         if choices:
             text += f"; one of {', '.join(choices)}"
@@ -786,6 +791,26 @@ def cli_arguments(parser, request_type: type[AnalysisRequest], names: tuple[str,
             text += f" (default {field.default})"
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
                             required=field.is_required(), help=text.replace("%", "%%"))
+
+
+class _Null:
+    """A command-line option given as ``null`` (or ``none``): the parameter's None, where its
+    default is not (an option not given is the default)."""
+
+    def __repr__(self) -> str:
+        return "null"
+
+
+CLI_NULL = _Null()
+
+
+def _nullable(field) -> bool:
+    return get_origin(field.annotation) in (Union, UnionType) and type(None) in get_args(field.annotation) \
+        and field.default is not None
+
+
+def _number_or_null(text: str):
+    return CLI_NULL if text.strip().lower() in ("null", "none") else _number(text)
 
 
 def _number(text: str) -> int | float:
@@ -803,6 +828,7 @@ def from_arguments(request_type: type[R], args, **values: Any) -> R:
     """The request of parsed command-line options (those not given: the request type's defaults)
     and ``values``."""
     given = {n: getattr(args, n) for n in request_type.model_fields if getattr(args, n, None) is not None}
+    given = {n: None if v is CLI_NULL else v for n, v in given.items()}
     return build(request_type, **(given | values))
 
 

@@ -483,6 +483,14 @@ class CheckResult(Result):
         return (f"CheckResult(model={self.model['name']!r}, layers={len(self.layers)}, "
                 f"divergence={self.model['divergence']:.4g}, store_version={self.store_version})")
 
+    def save(self, path) -> str:
+        """Write the report to ``path`` by its suffix, as ``cnnfilterdb check -o``: ``.html`` the
+        self-contained page, ``.png``, ``.svg`` or ``.pdf`` the check figure (the store id and
+        version in its metadata). Returns what was written, one line."""
+        from .check_report import write_check_output
+
+        return write_check_output(self.to_dict(), None, path)
+
     def plot(self, figsize: tuple[float, float] | None = None, subtitle: str | None = None):
         """The figure of POST /v1/check with format=png (svg, pdf): each layer's kl_to_population against its depth with
         the population's median and interquartile band per decile, and the quality scatter with

@@ -84,6 +84,8 @@ def read_checked(path: Path, shown: str | None = None, max_unpacked: int | None 
 
     path = Path(path)
     shown = shown or str(path)
+    if path.is_dir():
+        raise IngestError(f"{shown}: is a directory; a check reads one model file (an ingest takes folders)")
     try:
         kind = detect(path)
         if kind is None:

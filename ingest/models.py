@@ -240,8 +240,9 @@ def read_torch(path: Path) -> ExtractedModel:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         msg = str(e).strip().splitlines()
-        reason = "it holds objects that only running pickled code could build" if "weights_only" in str(e) \
-            else (msg[0][:200] if msg else type(e).__name__)
+        reason = ("it holds objects that only running pickled code could build (a whole model saved with "
+                  "torch.save(model): save its weights instead, torch.save(model.state_dict(), path))") \
+            if "weights_only" in str(e) else (msg[0][:200] if msg else type(e).__name__)
         raise file_error(path, f"cannot be loaded safely with torch.load(weights_only=True): {reason}") from None
     state = _find_state_dict(obj)
     if state is None:

@@ -570,14 +570,15 @@ NULLABLE_METRIC = "; null where not computed (as an ingest stores it)"
 
 
 class CheckDecile(BaseModel):
-    depth_decile: str = Field(description="the depth decile (SPEC 14), '0' (first) to '9'")
+    depth_decile: str = Field(description="the depth decile (docs/method.md#groupings): '0' (a model's first convolutions), "
+                                         "then '(0.0, 0.1]' to '(0.9, 1.0]' of conv_depth_norm")
     n_layers: int = Field(description="the population's layers of this decile")
     kl_q1: float | None = Field(description="the first quartile of those layers' own kl_to_population (each layer's "
                                             "divergence from its decile's pooled histograms)")
     kl_median: float | None = Field(description="their median")
     kl_q3: float | None = Field(description="their third quartile")
     kl_unusual_at: float | None = Field(description="their 95th percentile: a checked layer at or above it is flagged "
-                                                    "unusual")
+                                                    "unusual (null below min_unusual_layers layers)")
 
 
 class CheckQualityDensity(BaseModel):
@@ -609,6 +610,8 @@ class CheckParameters(BaseModel):
                                                                 "nearest edge bin")
     unusual_percentile: float = Field(description="a layer is flagged unusual when its kl_to_population is at or above "
                                                   "this percentile of its decile's")
+    min_unusual_layers: int = Field(description="... among at least this many population layers of the decile (in a "
+                                                "decile of fewer, no layer is flagged unusual: kl_unusual_at null)")
     k: int = Field(description="the nearest models listed, as asked")
     thresholds: dict[str, float | None] = Field(description="the flags' thresholds, as asked: sparsity_gt, "
                                                             "entropy_norm_lt, entropy_norm_gt (null: random_like off)")
@@ -628,11 +631,11 @@ class CheckedModelOut(BaseModel):
     training_dataset: str | None = Field(description="as given in the request")
     n_layers: int = Field(description="its layers of 3x3 filters")
     n_filters: int = Field(description="its 3x3 filters")
-    sparsity: float | None = Field(description="the model metric of SPEC 14 over its layers" + NULLABLE_METRIC)
-    variance_entropy: float | None = Field(description="the model metric of SPEC 14" + NULLABLE_METRIC)
-    variance_entropy_norm: float | None = Field(description="the model metric of SPEC 14" + NULLABLE_METRIC)
-    variance_entropy_clean: float | None = Field(description="the model metric of SPEC 14" + NULLABLE_METRIC)
-    orthogonality: float | None = Field(description="the model metric of SPEC 14" + NULLABLE_METRIC)
+    sparsity: float | None = Field(description="the model metric (docs/method.md#model-metrics) over its layers" + NULLABLE_METRIC)
+    variance_entropy: float | None = Field(description="the model metric (docs/method.md#model-metrics)" + NULLABLE_METRIC)
+    variance_entropy_norm: float | None = Field(description="the model metric (docs/method.md#model-metrics)" + NULLABLE_METRIC)
+    variance_entropy_clean: float | None = Field(description="the model metric (docs/method.md#model-metrics)" + NULLABLE_METRIC)
+    orthogonality: float | None = Field(description="the model metric (docs/method.md#model-metrics)" + NULLABLE_METRIC)
     divergence: float | None = Field(description="the divergence between the pooled histograms of all its layers and "
                                                  "the whole population's")
     percentiles: dict[str, float | None] = Field(description="per model metric and divergence: "
@@ -644,7 +647,7 @@ class CheckLayer(BaseModel):
     name: str = Field(description="the convolution's name in the file")
     conv_depth: int = Field(description=FIELD_DESCRIPTIONS["conv_depth"])
     conv_depth_norm: float = Field(description=FIELD_DESCRIPTIONS["conv_depth_norm"])
-    depth_decile: str | None = Field(description="its depth decile (SPEC 14)")
+    depth_decile: str | None = Field(description="its depth decile (docs/method.md#groupings)")
     n_filters: int = Field(description=FILTER_COUNT_TEXT)
     in_channels: int = Field(description="input channels")
     out_channels: int = Field(description="output channels")

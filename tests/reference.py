@@ -199,14 +199,15 @@ def check_population(population: list[dict], b: dict, bins: int = 70) -> dict:
             "model_divergences": [kl_weighted(per_model[m], everything, w) for m in model_ids], "bins": bins}
 
 
-def check(model_layers: list[np.ndarray], model_deciles: list, population: dict, b: dict, k: int = 5) -> dict:
+def check(model_layers: list[np.ndarray], model_deciles: list, population: dict, b: dict, k: int = 5,
+          min_unusual_layers: int = 20) -> dict:
     """SPEC 15's divergences of a checked model from a population, from the filters, one layer at a time.
 
     model_layers: each checked layer's filters (n, 9); model_deciles: their depth deciles;
     population: ``check_population``'s; b: its basis. Returns per checked layer kl_to_population
     (None where the population has no layer of its decile), its percentile among the population
     layers' own divergences from their decile's pool, the 95th percentile (np.percentile) of
-    those, clipped (coefficients outside the range, then put in the edge bins with np.clip); the
+    those (None below min_unusual_layers of them: docs/method.md#checking-a-model), clipped (coefficients outside the range, then put in the edge bins with np.clip); the
     model's divergence from the whole population's pool and its percentile among the population
     models'; the k nearest models [(model_id, divergence)]."""
     lo, hi = b["range"]
@@ -222,7 +223,8 @@ def check(model_layers: list[np.ndarray], model_deciles: list, population: dict,
         same = [x for x, e in zip(layer_kl, deciles) if e == d]
         kl = kl_weighted(prob(C), pool[d], w) if d in pool else None
         out_layers.append({"kl_to_population": kl, "percentile": percentile_among(same, kl),
-                           "unusual_at": float(np.percentile(same, 95)) if same else None, "clipped": clipped})
+                           "unusual_at": float(np.percentile(same, 95)) if len(same) >= min_unusual_layers else None,
+                           "clipped": clipped})
     P = prob(np.concatenate(own))
     divergence = kl_weighted(P, population["everything"], w)
     model_ids = list(population["per_model"])
