@@ -1,4 +1,4 @@
-"""A model checked against the population (SPEC 15) as one self-contained HTML page, and the check's
+"""A model checked against the population (docs/method.md#checking-a-model) as one self-contained HTML page, and the check's
 files: ``cnnfilterdb check FILE -o report.html|fig.png|fig.svg|fig.pdf`` (``write_check_output``),
 POST /v1/check's ``format=html`` (``check_html``).
 
@@ -28,6 +28,8 @@ LAYER_METRICS = (("sparsity", "sparsity"), ("variance_entropy", "variance entrop
                  ("orthogonality", "orthogonality"))
 MODEL_METRICS = (("n_layers", "layers of 3x3 filters"), ("n_filters", "3x3 filters"), *LAYER_METRICS,
                  ("divergence", "divergence from the population"))
+PCT_TITLE = ("percentile: 100 x the share of the population's layers of this depth decile whose value is at most "
+             "this one (ties count: many equal values push it to 100)")
 FLAG_TEXT = {"sparse": "sparsity above the threshold", "low_entropy": "normalized variance entropy below the threshold",
              "random_like": "normalized variance entropy above the threshold: close to random",
              "unusual": "kl_to_population at or above its decile's 95th percentile"}
@@ -37,30 +39,52 @@ def _text(v) -> str:
     return "—" if v is None else escape(str(v))
 
 
-def _num(v, fmt: str = ".4g") -> str:
+def number_text(v) -> str:
+    """A number as the report and the dashboard write it: an integer exact, with thousands
+    separators ("11,904"); a float at 4 significant digits, without an exponent from 1e-4 up
+    ("0.0001234", "0.7811", "2.344"), with one below ("8.401e-05"), whole from 1e4 up ("12,346");
+    0 as "0". The dashboard's ``fmtCheck`` (service/static/app.js) is the same rule."""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    x = float(v)
+    if x != x or x in (float("inf"), float("-inf")):
+        return str(x)
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e4:
+        return f"{x:,.0f}"
+    return format(x, ".4g")  # fixed from 1e-4 to 1e4, an exponent below
+
+
+def _num(v, fmt: str | None = None) -> str:
     if v is None:
         return "—"
-    if isinstance(v, int) and not isinstance(v, bool):
-        return f"{v:,}"
     try:
-        return escape(format(float(v), fmt))
+        return escape(number_text(v) if fmt is None else format(float(v), fmt))
     except (TypeError, ValueError):
         return escape(str(v))
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """ "1 layer", "2 layers", "1,234 models"."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
 def _pct(v) -> str:
-    return "" if v is None else f' <span class="pct">p{float(v):.0f}</span>'
+    return "" if v is None else f' <span class="pct" title="{PCT_TITLE}">p{float(v):.0f}</span>'
 
 
 def figure_alt(out: dict) -> str:
     """What the check figure shows, for a reader who cannot see it."""
     layers = out["layers"]
     unusual = sum("unusual" in r["flags"] for r in layers)
-    return (f"Left: the kl_to_population of each of the model's {len(layers)} layers (y, log scale) against its relative "
-            f"depth (x), over the population's median and interquartile range per depth decile; {unusual} layer(s) "
-            "at or above their decile's 95th percentile are red triangles. Right: the model's layers by sparsity (x) "
-            "and normalized variance entropy (y) over the density of the population's layers, with the degenerate "
-            "thresholds as dashed lines.")
+    return (f"Left: the kl_to_population of each of the model's {plural(len(layers), 'layer')} (y, log scale) against "
+            f"its relative depth (x), over the population's median and interquartile range per depth decile; "
+            f"{plural(unusual, 'layer')} at or above their decile's 95th percentile drawn as red triangles. Right: the "
+            "model's layers by sparsity (x) and normalized variance entropy (y) over the density of the population's "
+            "layers, with the degenerate thresholds as lines (sparse and low_entropy dashed, random_like dotted).")
 
 
 def check_figure(out: dict, fmt: str, provenance: Provenance | None, dpi: int = FIGURE_DPI) -> bytes:
@@ -103,7 +127,8 @@ th, td { border: 1px solid var(--line); padding: 3px 6px; text-align: right; ver
 th { white-space: normal; }
 th { background: var(--panel); }
 th.text, td.text { text-align: left; }
-td.text { white-space: normal; overflow-wrap: anywhere; min-width: 6rem; max-width: 18rem; }
+td.text { white-space: normal; overflow-wrap: break-word; min-width: 6rem; max-width: 18rem; }
+td.name { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; max-width: 16rem; }
 td.flags { white-space: normal; min-width: 7rem; }
 #model-metrics { width: auto; min-width: 32rem; }
 .pct { color: var(--muted); font-size: .85em; }
@@ -148,9 +173,11 @@ def _population_html(out: dict, provenance: Provenance) -> str:
              ("thresholds", f"sparse above {_num(t['sparsity_gt'])}; low_entropy below {_num(t['entropy_norm_lt'])}"
                             + (f"; random_like above {_num(t['entropy_norm_gt'])}" if t.get("entropy_norm_gt") is not None
                                else "")),
-             ("unusual at", f"the {_num(par['unusual_percentile'], 'g')}th percentile of the decile's layers")]
+             ("unusual at", f"the {_num(par['unusual_percentile'], 'g')}th percentile of the decile's layers"
+              + (f" (a decile of at least {_num(par['min_unusual_layers'])} population layers)"
+                 if par.get("min_unusual_layers") else ""))]
     if pop.get("n_outside"):
-        pairs.append(("outside the range", f"{pop['n_outside']:,} coefficients of the population's filters"))
+        pairs.append(("outside the range", f"{plural(pop['n_outside'], 'coefficient')} of the population's filters"))
     return _kv(pairs)
 
 
@@ -167,7 +194,7 @@ def _layers_html(out: dict) -> str:
                         for f in r["flags"])
         rows.append(
             f'<tr class="layer{" flagged" if r["flags"] else ""}">'
-            f'<td>{_num(r.get("layer"))}</td><td class=text>{_text(r.get("name"))}</td>'
+            f'<td>{_num(r.get("layer"))}</td><td class="text name" title="{_text(r.get("name"))}">{_text(r.get("name"))}</td>'
             f'<td>{_num(r["conv_depth"])} <span class="pct">({_num(r["conv_depth_norm"], ".3f")})</span></td>'
             f'<td class=text>{_text(r["depth_decile"])} <span class="pct">({_num(r.get("population_layers"))})</span></td>'
             f'<td>{_num(r["n_filters"])}</td>'
@@ -204,29 +231,59 @@ def _nearest_html(out: dict) -> str:
     return f'<div class="wide"><table id="nearest"><thead>{head}</thead><tbody>{rows}</tbody></table></div>'
 
 
+def _nearest_caption(out: dict) -> str:
+    n, k = len(out.get("nearest_models") or []), out["parameters"].get("k")
+    if not n:
+        return "No model of the population to compare with."
+    what = "The population's model nearest" if n == 1 else f"The population's {n:,} models nearest"
+    more = (f" (of the {_num(k)} asked: the population holds {plural(out['population']['n_models'], 'model')})"
+            if k is not None and n < k else "")
+    return f"{what} to this one{more}, by the divergence between their pooled filter distributions."
+
+
 def _how_to_read(out: dict) -> str:
     par = out["parameters"]
     t = par["thresholds"]
+    random_like = t.get("entropy_norm_gt") is not None
     return f"""<ul class="read">
 <li><strong>Depth decile.</strong> A layer is compared with the population's layers at the same relative depth:
 decile "0" holds the first convolutions (conv_depth 0), "(0.1, 0.2]" the layers whose conv_depth_norm is above 0.1
 and at most 0.2.</li>
-<li><strong>Percentiles</strong> (<span class="pct">pN</span>): the share of the population's layers of the same
-decile (for the model's metrics: of the population's models) whose value is at most this one. p50 is typical;
-p2 or p98 says few layers there are this low or this high.</li>
+<li><strong>Percentiles</strong> (<span class="pct">pN</span>): 100 &times; the share of the population's layers
+of the same depth decile (for the model's metrics: of the population's models) whose value is at most this one.
+Ties count in full: where many layers have the same value (e.g. a sparsity of 0, common in trained models), a layer
+with that value is at p100, not "higher than almost every layer". So p50 is typical; a low pN says few layers there
+are as low; a high pN only says that few are higher.</li>
 <li><strong>kl_to_population</strong>: the {escape(str(par['metric']))} divergence ({escape(str(par['weights']))}
 weights) between the layer's filter distribution in the store's basis and the pooled distribution of the
 population's layers of its decile; 0 is the same distribution. Its percentile is among those layers' own
 divergences from their decile.</li>
 <li><strong>Flags</strong>: <span class="flag">sparse</span> sparsity above {_num(t['sparsity_gt'])};
 <span class="flag">low_entropy</span> normalized variance entropy below {_num(t['entropy_norm_lt'])} (redundant
-filters){'' if t.get('entropy_norm_gt') is None else
+filters){'' if not random_like else
  f'; <span class="flag">random_like</span> above {_num(t["entropy_norm_gt"])} (filters close to noise)'};
 <span class="flag">unusual</span> kl_to_population at or above the {_num(par['unusual_percentile'], 'g')}th
 percentile of its decile (the dashed line of the figure). A flag is a question to look at, not a verdict: a model
 of a task the population lacks differs by design.</li>
+<li><strong>A flagged layer, what to do</strong>:
+<ul>
+<li>Narrow the population to the model's own kind first: a <code>where</code> such as
+<code>{{"task": "Classification"}}</code> (<code>cnnfilterdb check FILE --task ...</code>, or the dashboard's
+population), and check again: a flag that goes away was the other tasks' difference.</li>
+<li>Compare with the nearest models below: their pages in the dashboard (Models) show their layers' metrics and
+filters at the same depths.</li>
+<li><span class="flag">sparse</span> or <span class="flag">low_entropy</span> often mean dead or pruned filters, or
+a collapsed layer whose filters are nearly all alike.</li>
+{'<li><span class="flag">random_like</span> often means untrained or re-initialised weights: a layer that kept '
+ 'its initialisation, or a checkpoint saved before training.</li>' if random_like else ''}
+<li><span class="flag">unusual</span> means the layer's filter distribution differs from the population's at that
+depth: expected for a different task or data (e.g. medical images against natural ones), worth a look when the
+population is the model's own kind.</li>
+</ul></li>
 <li><strong>Nearest models</strong>: the population's models whose pooled filter distribution is nearest to this
 model's, by the same divergence.</li>
+<li><strong>Definitions</strong>: docs/method.md, sections "Checking a model against the population"
+(#checking-a-model) and "Model metrics" (#model-metrics).</li>
 </ul>"""
 
 
@@ -234,9 +291,12 @@ def _synthetic_notice(pop: dict) -> str:
     n = pop.get("n_sample_models") or 0
     if not n:
         return ""
-    return (f'<p class="note" id="synthetic"><strong>Synthetic data.</strong> {_num(n)} of the population\'s '
-            f"{_num(pop['n_models'])} models are the synthetic sample of <code>cnnfilterdb demo</code>, not real "
-            "trained models: these percentiles say nothing about real models.</p>")
+    total = pop["n_models"]
+    who = (f"The population's {plural(total, 'model')} {'is' if total == 1 else 'are'}" if n >= total
+           else f"{n:,} of the population's {total:,} models {'is' if n == 1 else 'are'}")
+    return (f'<p class="note" id="synthetic"><strong>Synthetic data.</strong> {who} the synthetic sample of '
+            "<code>cnnfilterdb demo</code>, not real trained models: these percentiles say nothing about real "
+            "models.</p>")
 
 
 def check_html(out: dict, provenance: Provenance | None = None) -> str:
@@ -249,7 +309,8 @@ def check_html(out: dict, provenance: Provenance | None = None) -> str:
     img = base64.b64encode(png).decode("ascii")
     flagged = sum(1 for r in out["layers"] if r["flags"])
     clipped = out.get("clipped") or 0
-    clipped_html = (f'<p class="note" id="clipped">{clipped:,} coefficients of this model\'s filters fall outside the '
+    falls = "falls" if clipped == 1 else "fall"
+    clipped_html = (f'<p class="note" id="clipped">{plural(clipped, "coefficient")} of this model\'s filters {falls} outside the '
                     "store's basis range; each is counted in the nearest edge bin of its histogram.</p>" if clipped else
                     '<p class="caption" id="clipped">No coefficient of this model falls outside the store\'s basis '
                     "range (0 clipped).</p>")
@@ -265,8 +326,8 @@ def check_html(out: dict, provenance: Provenance | None = None) -> str:
 <header>
 <h1>Check of {name}</h1>
 <p class="sub">Against {escape(provenance.citation)} (basis version {_text(out.get("basis_version"))}):
-{_num(pop["n_models"])} models, {_num(pop["n_layers"])} layers. {len(out["layers"])} layers of 3x3 filters checked,
-{flagged} flagged. Nothing was written to the store.</p>
+{plural(pop["n_models"], "model")}, {plural(pop["n_layers"], "layer")}. {plural(len(out["layers"]), "layer")} of 3x3
+filters checked, {flagged:,} flagged. Nothing was written to the store.</p>
 {_synthetic_notice(pop)}
 </header>
 <main>
@@ -279,7 +340,9 @@ def check_html(out: dict, provenance: Provenance | None = None) -> str:
 <figcaption class="caption">Left: each layer's divergence from the population's layers of its depth decile
 (the grey boxes the population's interquartile range, the line its median, the dashed line its
 {_num(out["parameters"]["unusual_percentile"], "g")}th percentile). Right: the layers' quality over the density
-of the population's layers, the thresholds dashed. Flagged layers are numbered as in the table.</figcaption>
+of the population's layers, the sparse and low_entropy thresholds dashed, random_like dotted. Flagged layers are
+numbered as in the table (nearby ones share a label, "3, 7"); a divergence of 0 is drawn at the log axis's floor,
+as the legend says.</figcaption>
 </figure></section>
 <section id="layer-table"><h2>Layers</h2>
 <p class="caption">One row per 3x3 convolution, in the model's order; a metric's percentile (pN) is among the
@@ -287,11 +350,11 @@ population's layers of the same depth decile. Flagged rows are tinted.</p>
 {_layers_html(out)}
 {clipped_html}</section>
 <section id="model-table"><h2>The model's metrics</h2>
-<p class="caption">Weighted over the model's layers as the store's model metrics (SPEC 14).</p>
+<p class="caption">Weighted over the model's layers as the store's model metrics (docs/method.md, section
+"Model metrics", #model-metrics).</p>
 {_model_metrics_html(m)}</section>
 <section id="nearest-models"><h2>Nearest models</h2>
-<p class="caption">The population's {_num(out["parameters"]["k"])} models nearest to this one by the divergence
-between their pooled filter distributions.</p>
+<p class="caption">{_nearest_caption(out)}</p>
 {_nearest_html(out)}</section>
 <section id="how-to-read"><h2>How to read this</h2>{_how_to_read(out)}</section>
 </main>

@@ -678,6 +678,16 @@ CHECK_MEDIAN = "#4b5563"
 BAND_FACE, BAND_EDGE = "#dcdfe4", "#9aa3ad"  # CHECK_BAND at alpha 0.28 and 0.6 on white, opaque
 DECILE_ZERO_HALF = 0.012   # decile "0" (the first convolution) is drawn as a box this wide either side of x = 0
 MAX_CHECK_LABELS = 30      # flagged layers labelled with their number in the model, at most
+# Left panel: the y axis is always logarithmic; a divergence at or below 0 (a decile whose layers
+# share one distribution, a layer equal to its decile's pool) is drawn at a floor below the least
+# positive value, said in the legend.
+KL_FLOOR_DEFAULT = 1e-3    # the floor when no value is positive
+# Right panel: the x axis padded so that markers at sparsity 0 or 1 are whole; zoomed to the data
+# (up to at least CHECK_ZOOM_MIN) when every point and occupied cell lies below CHECK_ZOOM_BELOW.
+CHECK_X_PAD = 0.02
+CHECK_ZOOM_BELOW = 0.25
+CHECK_ZOOM_MIN = 0.1
+LABEL_MERGE = 0.035        # flagged points closer than this (axes fraction) share one label "3, 7"
 
 
 def _greys():
@@ -697,6 +707,65 @@ def decile_span(decile: str) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def kl_floor(values) -> float:
+    """The log axis's floor of the check figure's left panel: a decade below the least positive
+    value (so a clipped value sits visibly under every real one), KL_FLOOR_DEFAULT without one."""
+    pos = [float(v) for v in values if v is not None and np.isfinite(v) and v > 0]
+    if not pos:
+        return KL_FLOOR_DEFAULT
+    return float(10 ** (np.floor(np.log10(min(pos))) - 1))
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """ "1 layer", "2 layers", "1,234 models"."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+def integer_ticks(vmax: float) -> list[int]:
+    """Plain integer ticks for a log colour bar from 1 to ``vmax``: 1, 2, 5, 10, 20, 50, ...
+    (vmax itself, rounded down, when fewer than three fit)."""
+    ticks = [m * 10 ** e for e in range(0, 10) for m in (1, 2, 5) if m * 10 ** e <= vmax]
+    top = int(np.floor(vmax))
+    if len(ticks) < 3 and top not in ticks:
+        ticks.append(top)
+    return ticks
+
+
+def quality_xlim(sparsity, density: dict | None) -> tuple[float, float]:
+    """The x range of the check figure's right panel: [0, 1] padded by CHECK_X_PAD (a marker at
+    sparsity 0 is whole); when every layer's sparsity and every occupied cell of the population's
+    density lies below CHECK_ZOOM_BELOW, zoomed to 1.1 x their largest (at least CHECK_ZOOM_MIN)."""
+    xs = [float(v) for v in sparsity if v is not None and np.isfinite(v)]
+    if density:
+        counts = np.asarray(density["counts"], dtype=np.float64)
+        edges = np.asarray(density["sparsity_edges"], dtype=np.float64)
+        occupied = np.flatnonzero(counts.sum(axis=1) > 0) if counts.size else []
+        if len(occupied):
+            xs.append(float(edges[occupied[-1] + 1]))
+    top = max(xs) if xs else 1.0
+    if top < CHECK_ZOOM_BELOW:
+        hi = max(CHECK_ZOOM_MIN, 1.1 * top)
+        return -CHECK_X_PAD * hi, hi * (1 + CHECK_X_PAD)
+    return -CHECK_X_PAD, 1 + CHECK_X_PAD
+
+
+def label_groups(ax, xs, ys, labels: list[str]) -> list[tuple[float, float, str]]:
+    """Flagged points' labels without overlaps: points within LABEL_MERGE (in axes fraction, the
+    axes' limits and scales as set) of a group's first point join it, the group labelled once with
+    its numbers joined by commas ("3, 7"). Returns (x, y, text) per group, at its first point."""
+    trans = ax.transData + ax.transAxes.inverted()
+    groups: list[list] = []
+    for x, y, text in zip(xs, ys, labels):
+        fx, fy = trans.transform((x, y))
+        for g in groups:
+            if np.hypot(g[0] - fx, g[1] - fy) < LABEL_MERGE:
+                g[4].append(text)
+                break
+        else:
+            groups.append([fx, fy, x, y, [text]])
+    return [(g[2], g[3], ", ".join(g[4])) for g in groups]
+
+
 def _check_title(result: dict) -> str:
     m = result["model"]
     return (f"{literal(str(m['name']))} against CNN Filter DB store {result['store_id']}, "
@@ -706,7 +775,9 @@ def _check_title(result: dict) -> str:
 def check(result: dict, figsize: Size | None = None, subtitle: str | None = None) -> Figure:
     """A model checked against the population (``check.check``'s result, POST /v1/check).
 
-    Left: each checked layer's ``kl_to_population`` (y, log scale where every value is positive)
+    Left: each checked layer's ``kl_to_population`` (y, always a log scale: a value at or below 0,
+    e.g. a decile whose median is 0, is drawn at ``kl_floor``, a decade under the least positive
+    value, and the legend says so)
     against its ``conv_depth_norm`` (x); per depth decile of the population, its layers' own
     divergences from their decile: the interquartile band (``band-{i}``: a rectangle from kl_q1 to
     kl_q3 over the decile's span, ``decile_span``), the median (``median-{i}``) and the 95th
@@ -716,10 +787,14 @@ def check(result: dict, figsize: Size | None = None, subtitle: str | None = None
     not have (no kl) is an x on the axis (``layers-no-population``).
 
     Right: the population's layers as a 2-D density of sparsity (x) and normalized variance entropy
-    (y), grey on a log scale (``population-density``), the degenerate thresholds dashed (random_like
-    dotted) as ``quality`` draws them, and the model's layers on top (``quality-layers``,
-    ``quality-layers-unusual``). Flagged layers are labelled with their number in the model
-    (``layer`` of the result), at most MAX_CHECK_LABELS."""
+    (y), grey on a log scale with plain integer colour-bar ticks (``population-density``), the
+    degenerate thresholds (sparse and low_entropy dashed, random_like dotted, as ``quality`` draws
+    them; a threshold beyond a zoomed axis said in its corner, ``threshold-off-axis``), and the
+    model's layers on top (``quality-layers``, ``quality-layers-unusual``); the x axis is padded
+    (a marker at sparsity 0 is whole) and zoomed to the data when it all lies near 0
+    (``quality_xlim``). Flagged layers are labelled with their number in the model (``layer`` of
+    the result), at most MAX_CHECK_LABELS; flagged points close together share one label "3, 7"
+    (``label_groups``), so that numbers never print over each other."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch, Rectangle
 
@@ -731,11 +806,19 @@ def check(result: dict, figsize: Size | None = None, subtitle: str | None = None
     pop, layers = result["population"], result["layers"]
     deciles = pop.get("deciles") or []
 
-    # -- left: kl_to_population by depth
-    positive = []
+    # -- left: kl_to_population by depth, always on a log axis: a value at or below 0 at the floor
+    x = np.array([np.nan if r["conv_depth_norm"] is None else r["conv_depth_norm"] for r in layers], dtype=np.float64)
+    kl = np.array([np.nan if r["kl_to_population"] is None else r["kl_to_population"] for r in layers], dtype=np.float64)
+    stats = [d.get(k) for d in deciles for k in ("kl_q1", "kl_median", "kl_q3", "kl_unusual_at")]
+    floor = kl_floor([*stats, *kl])
+    clipped = sum(v is not None and np.isfinite(v) and v <= 0 for v in [*stats, *kl])
+
+    def shown(v):
+        return None if v is None else max(float(v), floor)
+
     for i, d in enumerate(deciles):
         a, b = decile_span(d["depth_decile"])
-        q1, med, q3, hi = d["kl_q1"], d["kl_median"], d["kl_q3"], d.get("kl_unusual_at")
+        q1, med, q3, hi = shown(d["kl_q1"]), shown(d["kl_median"]), shown(d["kl_q3"]), shown(d.get("kl_unusual_at"))
         zero = a < 0  # decile "0": a narrow box over the start of the next decile's
         band = Rectangle((a, q1), b - a, q3 - q1, facecolor=BAND_FACE, edgecolor=BAND_EDGE,
                          linewidth=0.9 if zero else 0.6, zorder=1.5 if zero else 1, gid=f"band-{i}")
@@ -743,25 +826,25 @@ def check(result: dict, figsize: Size | None = None, subtitle: str | None = None
         ax.add_line(Line2D([a, b], [med, med], color=CHECK_MEDIAN, linewidth=1.8, zorder=2, gid=f"median-{i}"))
         if hi is not None:
             ax.add_line(Line2D([a, b], [hi, hi], color=CHECK_MEDIAN, linewidth=1.0, ls="--", zorder=2, gid=f"unusual-{i}"))
-        positive += [v for v in (q1, med, q3, hi) if v is not None]
-    x = np.array([np.nan if r["conv_depth_norm"] is None else r["conv_depth_norm"] for r in layers], dtype=np.float64)
-    kl = np.array([np.nan if r["kl_to_population"] is None else r["kl_to_population"] for r in layers], dtype=np.float64)
     unusual = np.array(["unusual" in r["flags"] for r in layers], dtype=bool)
     known = np.isfinite(kl)
-    positive += list(kl[known])
+    kl_shown = np.where(known, np.maximum(kl, floor), np.nan)
     size = 30 * fs / 10
     if known.sum() > 1:  # the model's layers in depth order, thinly joined
         order = np.argsort(x[known], kind="stable")
-        ax.plot(x[known][order], kl[known][order], color=CHECK_LAYER, linewidth=0.6, alpha=0.35, zorder=3)
-    ax.scatter(x[known & ~unusual], kl[known & ~unusual], s=size, color=CHECK_LAYER, edgecolors="white",
+        ax.plot(x[known][order], kl_shown[known][order], color=CHECK_LAYER, linewidth=0.6, alpha=0.35, zorder=3)
+    ax.scatter(x[known & ~unusual], kl_shown[known & ~unusual], s=size, color=CHECK_LAYER, edgecolors="white",
                linewidths=0.5, zorder=4, gid="layers")
-    ax.scatter(x[known & unusual], kl[known & unusual], s=size * 1.6, marker="^", color=CHECK_UNUSUAL,
+    ax.scatter(x[known & unusual], kl_shown[known & unusual], s=size * 1.6, marker="^", color=CHECK_UNUSUAL,
                edgecolors="black", linewidths=0.5, zorder=5, gid="layers-unusual")
     if (~known).any():
         ax.scatter(x[~known], np.full(int((~known).sum()), 0.02), marker="x", s=size, color="0.35",
                    transform=ax.get_xaxis_transform(), clip_on=False, zorder=4, gid="layers-no-population")
-    if positive and min(positive) > 0:
-        ax.set_yscale("log")
+    ax.set_yscale("log")
+    ax.autoscale_view()
+    lo, top = ax.get_ylim()
+    if clipped:  # the floor inside the axis, with room under it
+        ax.set_ylim(min(lo, floor / 2), top)
     ax.set_xlim(-0.04, 1.02)
     ax.set_xlabel("relative depth of the layer (conv_depth_norm)", fontsize=fs)
     ax.set_ylabel("kl_to_population (symmetric KL, weighted)", fontsize=fs)
@@ -773,58 +856,78 @@ def check(result: dict, figsize: Size | None = None, subtitle: str | None = None
     q = pop.get("quality_density")
     if q:
         counts = np.asarray(q["counts"], dtype=np.float64)
-        top = counts.max() if counts.size else 0.0
+        most = counts.max() if counts.size else 0.0
+        vmax = max(most, 2)
         mesh = aq.pcolormesh(np.asarray(q["sparsity_edges"]), np.asarray(q["entropy_norm_edges"]),
                              np.ma.masked_less_equal(counts.T, 0), cmap=_greys(),
-                             norm=LogNorm(vmin=1, vmax=max(top, 2)), shading="flat", zorder=1, gid="population-density")
+                             norm=LogNorm(vmin=1, vmax=vmax), shading="flat", zorder=1, gid="population-density")
         cb = fig.colorbar(mesh, ax=aq, pad=0.01, fraction=0.05)
         cb.set_label("population layers per cell", fontsize=0.85 * fs)
+        ticks = integer_ticks(vmax)
+        cb.set_ticks(ticks, labels=[f"{t:,}" for t in ticks])
+        cb.ax.minorticks_off()
         cb.ax.tick_params(labelsize=0.8 * fs)
-        aq.set_xlim(q["sparsity_edges"][0], q["sparsity_edges"][-1])
         aq.set_ylim(q["entropy_norm_edges"][0], q["entropy_norm_edges"][-1])
-    t = result["parameters"]["thresholds"]
-    aq.axvline(t["sparsity_gt"], color="0.3", ls="--", lw=1, zorder=2, gid="threshold-sparsity")
-    aq.axhline(t["entropy_norm_lt"], color="0.3", ls="--", lw=1, zorder=2, gid="threshold-entropy-low")
-    if t.get("entropy_norm_gt") is not None:
-        aq.axhline(t["entropy_norm_gt"], color="0.3", ls=":", lw=1, zorder=2, gid="threshold-entropy-high")
     sx = np.array([np.nan if r["sparsity"] is None else r["sparsity"] for r in layers], dtype=np.float64)
     sy = np.array([np.nan if r["variance_entropy_norm"] is None else r["variance_entropy_norm"] for r in layers],
                   dtype=np.float64)
+    x0, x1 = quality_xlim(sx, q)
+    aq.set_xlim(x0, x1)
+    t = result["parameters"]["thresholds"]
+    off_axis = []
+    if x0 <= t["sparsity_gt"] <= x1:
+        aq.axvline(t["sparsity_gt"], color="0.3", ls="--", lw=1, zorder=2, gid="threshold-sparsity")
+    else:
+        off_axis.append(f"sparse above {t['sparsity_gt']:g}")
+    aq.axhline(t["entropy_norm_lt"], color="0.3", ls="--", lw=1, zorder=2, gid="threshold-entropy-low")
+    if t.get("entropy_norm_gt") is not None:
+        aq.axhline(t["entropy_norm_gt"], color="0.3", ls=":", lw=1.2, zorder=2, gid="threshold-entropy-high")
     aq.scatter(sx[~unusual], sy[~unusual], s=size, color=CHECK_LAYER, edgecolors="white", linewidths=0.5, zorder=4,
-               gid="quality-layers")
+               gid="quality-layers", clip_on=False)
     aq.scatter(sx[unusual], sy[unusual], s=size * 1.6, marker="^", color=CHECK_UNUSUAL, edgecolors="black",
-               linewidths=0.5, zorder=5, gid="quality-layers-unusual")
-    aq.set_xlabel("sparsity", fontsize=fs)
+               linewidths=0.5, zorder=5, gid="quality-layers-unusual", clip_on=False)
+    if off_axis:  # a threshold beyond the zoomed axis, said on the panel
+        aq.text(0.99, 0.02, "beyond this axis: " + "; ".join(off_axis), transform=aq.transAxes, ha="right",
+                va="bottom", fontsize=0.7 * fs, color="0.25", zorder=6, gid="threshold-off-axis",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.5})
+    aq.set_xlabel("sparsity" + (" (zoomed to the data)" if x1 < 1 else ""), fontsize=fs)
     aq.set_ylabel("normalized variance entropy", fontsize=fs)
     aq.set_title("Layer quality: this model's layers over the population's", fontsize=fs)
     aq.tick_params(labelsize=0.85 * fs)
 
-    # -- flagged layers labelled with their number in the model (the report's table rows)
+    # -- flagged layers labelled with their number in the model (the report's table rows); points
+    # close together share one label ("3, 7"), so that two numbers never print over each other
     flagged = [i for i, r in enumerate(layers) if r["flags"]][:MAX_CHECK_LABELS]
-    for i in flagged:
-        label = str(layers[i].get("layer", i))
-        if known[i]:
-            ax.annotate(label, (x[i], kl[i]), xytext=(4, 3), textcoords="offset points", fontsize=0.7 * fs, zorder=6)
-        if np.isfinite(sx[i]) and np.isfinite(sy[i]):
-            aq.annotate(label, (sx[i], sy[i]), xytext=(4, 3), textcoords="offset points", fontsize=0.7 * fs, zorder=6)
+    label_style = dict(xytext=(5, 4), textcoords="offset points", fontsize=0.7 * fs, zorder=6,
+                       bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75, "pad": 0.8})
+    for panel, px, py, gid in ((ax, x, kl_shown, "labels-depth"), (aq, sx, sy, "labels-quality")):
+        at = [i for i in flagged if np.isfinite(px[i]) and np.isfinite(py[i])]
+        groups = label_groups(panel, px[at], py[at], [str(layers[i].get("layer", i)) for i in at])
+        for gx, gy, text in groups:
+            panel.annotate(text, (gx, gy), gid=gid, **label_style)
 
     pct = f"{result['parameters'].get('unusual_percentile', 95):g}th percentile"
+    n = len(layers)
     handles = [Patch(facecolor=BAND_FACE, edgecolor=BAND_EDGE, label="population: interquartile range per depth decile"),
                Line2D([], [], color=CHECK_MEDIAN, lw=1.8, label="population: median"),
                Line2D([], [], color=CHECK_MEDIAN, lw=1.0, ls="--", label=f"population: {pct}"),
                Line2D([], [], ls="none", marker="o", color=CHECK_LAYER, markeredgecolor="white",
-                      label=f"this model's layers ({int((~unusual).sum())} of {len(layers)})"),
+                      label=f"this model's layers ({int((~unusual).sum())} of {n})"),
                Line2D([], [], ls="none", marker="^", color=CHECK_UNUSUAL, markeredgecolor="black",
-                      label=f"unusual: at or above the {pct} ({int(unusual.sum())} of {len(layers)})")]
+                      label=f"unusual: at or above the {pct} ({int(unusual.sum())} of {n})")]
     if (~known).any():
         handles.append(Line2D([], [], ls="none", marker="x", color="0.35",
                               label=f"no population layer in its decile ({int((~known).sum())})"))
-    handles.append(Line2D([], [], color="0.3", ls="--", lw=1, label="degenerate thresholds"))
+    if clipped:
+        handles.append(Line2D([], [], ls="none", marker="_", color="0.35",
+                              label=f"a divergence of 0 drawn at {floor:g} (log axis)"))
+    handles.append(Line2D([], [], color="0.3", ls="--", lw=1, label="thresholds: sparse, low_entropy"))
+    if t.get("entropy_norm_gt") is not None:
+        handles.append(Line2D([], [], color="0.3", ls=":", lw=1.2, label="threshold: random_like"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=0.8 * fs,
                frameon=False)
-    n = pop
     where = f", {subtitle}" if subtitle else ""
-    line = (f"population: {n['n_models']:,} models, {n['n_layers']:,} layers{where}; "
+    line = (f"population: {plural(pop['n_models'], 'model')}, {plural(pop['n_layers'], 'layer')}{where}; "
             f"basis version {result['basis_version']}")
     fig.suptitle(_fitted(_check_title(result), W - 0.4, fs + 1, " against", "\nagainst") + "\n" + line, fontsize=fs + 1)
     return fig
