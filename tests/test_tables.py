@@ -17,16 +17,24 @@ from cnnfilterdb.tables import LATEST, TABLE_QUERIES, TABLES
 from .helpers import as_layout_6, cli_main, open_catalog
 
 
-@pytest.fixture
-def store(tmp_path, sample_v1, sample_v01) -> Path:
-    """Four versions: two ingests, a relabelling, a removal."""
-    db = tmp_path / "db"
+@pytest.fixture(scope="module")
+def four_versions(tmp_path_factory, sample_v1, sample_v01) -> Path:
+    """Four versions: two ingests, a relabelling, a removal (built once; each test takes a copy)."""
+    db = tmp_path_factory.mktemp("tables") / "db"
     assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
     assert cli_main(["ingest", str(sample_v01), "--db", str(db)]) == 0
     with open_catalog(db) as con:
         first, second = [m for (m,) in con.execute("SELECT model FROM models ORDER BY model_id LIMIT 2").fetchall()]
     assert cli_main(["label", first, "--task", "Classification", "--db", str(db)]) == 0
     assert cli_main(["remove", second, "--db", str(db)]) == 0
+    return db
+
+
+@pytest.fixture
+def store(four_versions, tmp_path) -> Path:
+    """A copy of the four versions of its own for each test, to change."""
+    db = tmp_path / "db"
+    shutil.copytree(four_versions, db)
     return db
 
 
