@@ -74,12 +74,17 @@ def model_layers(m: ExtractedModel, first_layer_id: int = 0, model_id: int = 0) 
         layer_id += 1
 
 
-def read_checked(path: Path, shown: str | None = None, max_unpacked: int | None = None) -> CheckedModel:
+def read_checked(path: Path, shown: str | None = None, max_unpacked: int | None = None, *,
+                 max_layers: int | None = None, max_filters: int | None = None,
+                 external_data: bool = True) -> CheckedModel:
     """A model file read and checked exactly as an ingest reads it (``read_model``: every format
     of docs/method.md#model-files, the same errors), as a ``checked.CheckedModel`` for
     ``check.check``, named after ``shown`` (an upload's file name; default the path's). IngestError
-    naming the file as ``shown``: not a model, no 3x3 convolution, a NaN weight, unreadable, or a
-    zip that would unpack to more than ``max_unpacked`` bytes (``models.check_unpacked``)."""
+    naming the file as ``shown``: not a model, no 3x3 convolution, a NaN weight, unreadable, a
+    zip that would unpack to more than ``max_unpacked`` bytes (``models.check_unpacked``), more
+    than ``max_layers`` layers of 3x3 filters or ``max_filters`` filters (counted from the shapes,
+    before any is computed on), or (``external_data`` False: an upload) an ONNX model keeping
+    tensors in other files."""
     import hashlib
 
     path = Path(path)
@@ -90,9 +95,16 @@ def read_checked(path: Path, shown: str | None = None, max_unpacked: int | None 
         kind = detect(path)
         if kind is None:
             raise IngestError(f"{path}: not a model file (ONNX, PyTorch .pt/.pth, safetensors or .npz, read by content)")
-        m = read_model(path, kind, max_unpacked=max_unpacked)
+        m = read_model(path, kind, max_unpacked=max_unpacked, external_data=external_data)
     except IngestError as e:  # the upload's name, not a temporary file's
         raise IngestError(str(e).replace(str(path), shown)) from None
+    shapes = [c.weight.shape for c in m.convs if c.op in CONV_OPS and c.weight.shape[2:] == (3, 3)]
+    n_filters = sum(int(s[0]) * int(s[1]) for s in shapes)
+    if max_layers is not None and len(shapes) > max_layers:
+        raise IngestError(f"{shown}: holds {len(shapes):,} layers of 3x3 filters, more than the {max_layers:,} a check "
+                          "takes here")
+    if max_filters is not None and n_filters > max_filters:
+        raise IngestError(f"{shown}: holds {n_filters:,} 3x3 filters, more than the {max_filters:,} a check takes here")
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

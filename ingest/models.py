@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import file_error
+from .errors import IngestError, file_error
 
+MAX_NAME_CHARS = 200                                       # of a convolution's name, as messages and reports show it
 CONV_OPS = {"Conv", "ConvInteger", "QLinearConv"}          # whose filters are extracted
 LEVEL_OPS = CONV_OPS | {"ConvTranspose"}                    # convolutions that make levels
 WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "ConvTranspose": 1}
@@ -85,7 +86,7 @@ def detect(path: Path) -> str | None:
 
 
 # ---- ONNX ----------------------------------------------------------------------------------------
-def read_onnx(path: Path) -> ExtractedModel:
+def read_onnx(path: Path, external_data: bool = True) -> ExtractedModel:
     import onnx
     from onnx import numpy_helper
 
@@ -93,10 +94,14 @@ def read_onnx(path: Path) -> ExtractedModel:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise file_error(path, f"not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
-    try:
-        from onnx.external_data_helper import load_external_data_for_model
+    from onnx import external_data_helper as ext
 
-        load_external_data_for_model(model, str(path.parent))
+    # _get_all_tensors: the walk load_external_data_for_model makes (initializers, attributes, subgraphs)
+    if not external_data and any(ext.uses_external_data(t) for t in ext._get_all_tensors(model)):
+        raise file_error(path, "keeps tensors in external data files, which an upload cannot bring along: save the "
+                               "model with its weights inside (onnx.save(model, path, save_as_external_data=False))")
+    try:
+        ext.load_external_data_for_model(model, str(path.parent))
     except Exception as e:
         raise file_error(path, f"cannot load its external data ({type(e).__name__}: {str(e)[:200]})") from None
     g = model.graph
@@ -155,11 +160,13 @@ def read_onnx(path: Path) -> ExtractedModel:
     for i, n in enumerate(g.node):
         if n.op_type not in LEVEL_OPS:
             continue
-        label = f"{n.op_type} {n.name or '#' + str(i)!r}"
+        label = f"{n.op_type} {(n.name or '#' + str(i))[:MAX_NAME_CHARS]!r}"
         w = resolve(n.input[WEIGHT_INPUT[n.op_type]], label)
         if w.ndim != 4:
             continue  # 1-D/3-D convolutions are not 2-D filters
         groups = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if groups < 1 or w.shape[0] % groups:
+            raise file_error(path, f"{label}: group {groups} does not divide its {w.shape[0]} output channels")
         if n.op_type == "ConvInteger":
             zp = resolve(n.input[3], label) if len(n.input) > 3 and n.input[3] else np.zeros((), w.dtype)
             w = _dequantize(w, np.ones((), np.float32), zp, 0)
@@ -184,6 +191,12 @@ def _dequantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: 
     x = x.astype(np.float64)
     scale = np.asarray(scale, dtype=np.float64)
     zp = np.asarray(zero_point, dtype=np.float64)
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"a dequantization axis {axis} of a {x.ndim}-D weight")
+    for what, v in (("scale", scale), ("zero point", zp)):  # per tensor, or per channel of ``axis``: never broadcast wider
+        if not (v.size == 1 or (v.ndim == 1 and v.size == x.shape[axis])):
+            raise ValueError(f"a dequantization {what} of shape {v.shape} for a weight of shape {x.shape} (axis {axis})")
+    scale, zp = (v.reshape(()) if v.size == 1 else v for v in (scale, zp))
     shape = [1] * x.ndim
     if scale.ndim == 1 and scale.size > 1:
         shape[axis] = scale.size
@@ -220,7 +233,7 @@ def stated_producer(meta: dict) -> str | None:
 
 
 def _from_arrays(kind: str, items: list[tuple[str, np.ndarray]], producer: str | None) -> ExtractedModel:
-    convs = [(name, a) for name, a in items if a.ndim == 4]
+    convs = [(name[:MAX_NAME_CHARS], a) for name, a in items if a.ndim == 4]
     out = [ExtractedConv(name, np.ascontiguousarray(a, dtype=np.float32), 1, k) for k, (name, a) in enumerate(convs)]
     return ExtractedModel(kind, out, len(out), producer, None, {})
 
@@ -247,8 +260,9 @@ def read_torch(path: Path) -> ExtractedModel:
     state = _find_state_dict(obj)
     if state is None:
         raise file_error(path, "holds no state dict (a mapping of names to tensors, or a checkpoint containing one)")
-    items = [(k, v.detach().cpu().numpy()) for k, v in state.items() if isinstance(v, torch.Tensor)
-             and v.is_floating_point()]
+    # float32 by torch (numpy has no bfloat16 or float8): the values a float32 conversion gives
+    items = [(k, v.detach().cpu().to(torch.float32).numpy()) for k, v in state.items() if isinstance(v, torch.Tensor)
+             and v.is_floating_point() and v.layout == torch.strided and not v.is_meta]
     # Not the torch reading it: torch.save records no version, so only a checkpoint's own entries say.
     return _from_arrays("torch", items, stated_producer(obj) if isinstance(obj, dict) else None)
 
@@ -269,7 +283,13 @@ def _find_state_dict(obj):
     return None
 
 
+def _floating(a: np.ndarray) -> bool:
+    """A float array: numpy's own, or ml_dtypes' bfloat16 and float8 types (which numpy does not count)."""
+    return np.issubdtype(a.dtype, np.floating) or a.dtype.name.startswith(("bfloat16", "float8"))
+
+
 def read_safetensors(path: Path) -> ExtractedModel:
+    import ml_dtypes  # noqa: F401  (registers bfloat16 and float8 with numpy: safetensors' own types)
     from safetensors.numpy import load_file
 
     try:
@@ -281,7 +301,7 @@ def read_safetensors(path: Path) -> ExtractedModel:
         header = json.loads(f.read(n))
     order = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
     metadata = header.get("__metadata__")
-    return _from_arrays("safetensors", [(k, tensors[k]) for k in order if np.issubdtype(tensors[k].dtype, np.floating)],
+    return _from_arrays("safetensors", [(k, tensors[k]) for k in order if _floating(tensors[k])],
                         stated_producer(metadata) if isinstance(metadata, dict) else None)
 
 
@@ -292,7 +312,7 @@ def read_npz(path: Path) -> ExtractedModel:
     except Exception as e:
         raise file_error(path, f"not a readable .npz file ({type(e).__name__}: {str(e)[:200]})") from None
     # An .npz states no producer (numpy is its format, not what made the weights).
-    return _from_arrays("npz", [(k, a) for k, a in items if np.issubdtype(a.dtype, np.floating)], None)
+    return _from_arrays("npz", [(k, a) for k, a in items if _floating(a)], None)
 
 
 READERS = {"onnx": read_onnx, "torch": read_torch, "safetensors": read_safetensors, "npz": read_npz}
@@ -324,11 +344,12 @@ def check_unpacked(path: Path, max_unpacked: int | None = None) -> None:
                                "a zip bomb, or a model too large to read here)")
 
 
-def read_model(path: Path, kind: str, max_unpacked: int | None = None) -> ExtractedModel:
+def read_model(path: Path, kind: str, max_unpacked: int | None = None, external_data: bool = True) -> ExtractedModel:
     """Read and check a model file: every 4-D convolution with its weight (out, in/groups, kh, kw)
     float32, groups and conv level. IngestError naming the file if it cannot be read, holds a NaN
     or Inf weight, or holds no 3x3 convolution, or is a zip that would unpack to more than
-    ``max_unpacked`` bytes (``check_unpacked``).
+    ``max_unpacked`` bytes (``check_unpacked``), or (``external_data`` False: an upload) an ONNX
+    model keeping tensors in other files.
 
     Parameters
     ----------
@@ -336,7 +357,14 @@ def read_model(path: Path, kind: str, max_unpacked: int | None = None) -> Extrac
     """
     if kind in ("torch", "npz"):
         check_unpacked(path, max_unpacked)
-    m = READERS[kind](path)
+    try:
+        m = READERS[kind](path, external_data=external_data) if kind == "onnx" else READERS[kind](path)
+    except IngestError:
+        raise
+    except MemoryError:
+        raise file_error(path, "is too large to read here (out of memory)") from None
+    except Exception as e:  # a malformed file a reader did not foresee: one line naming it, never a traceback
+        raise file_error(path, f"cannot be read as {kind} ({type(e).__name__}: {str(e)[:200]})") from None
     bad = [c.name for c in m.convs if not np.isfinite(c.weight).all()]
     if bad:
         c = next(c for c in m.convs if c.name == bad[0])
