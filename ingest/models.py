@@ -164,6 +164,8 @@ def read_onnx(path: Path, external_data: bool = True) -> ExtractedModel:
         w = resolve(n.input[WEIGHT_INPUT[n.op_type]], label)
         if w.ndim != 4:
             continue  # 1-D/3-D convolutions are not 2-D filters
+        if np.iscomplexobj(w):
+            raise file_error(path, f"weight of {label} is complex ({w.dtype}): filters are real numbers")
         groups = next((a.i for a in n.attribute if a.name == "group"), 1)
         if groups < 1 or w.shape[0] % groups:
             raise file_error(path, f"{label}: group {groups} does not divide its {w.shape[0]} output channels")
