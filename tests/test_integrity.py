@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -20,11 +21,19 @@ from cnnfilterdb.service.settings import Settings
 from .helpers import cli_main, flip_byte, run_cli
 
 
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, sample_v1) -> Path:
+    """sample_v1 ingested, once: each test damages a copy of it."""
+    db = tmp_path_factory.mktemp("integrity") / "db"
+    assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    return db
+
+
 @pytest.fixture
-def store(tmp_path, sample_v1) -> Path:
+def store(tmp_path, pristine) -> Path:
     """A store of its own for each test, to damage."""
     db = tmp_path / "db"
-    assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    shutil.copytree(pristine, db)
     return db
 
 

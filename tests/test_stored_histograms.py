@@ -10,6 +10,7 @@ filters the basis was fitted on, np.histogram of the others' coefficients, value
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -27,20 +28,35 @@ SELECTIONS = [  # (group_by, where): whole units (a model's layers of one depth 
 PARTS = [("depth_bin", {"conv_depth": {"gte": 2}}), ("layer_id", None), ("conv_depth", None)]  # parts of units, mostly
 
 
+def _store_every_unit(mp: pytest.MonkeyPatch) -> None:
+    import cnnfilterdb.segments as segments
+
+    mp.setattr(segments, "FINE_MIN_FILTERS", 0)
+    mp.setattr(segments, "DENSITY_MIN_FILTERS", 0)
+
+
 @pytest.fixture(autouse=True)
 def store_every_unit(monkeypatch):
     """Every unit's and model's histograms stored, however small (the fixtures' models are): the
     stored paths are what these tests test; test_small_units_and_models_are_scanned the mix."""
-    import cnnfilterdb.segments as segments
+    _store_every_unit(monkeypatch)
 
-    monkeypatch.setattr(segments, "FINE_MIN_FILTERS", 0)
-    monkeypatch.setattr(segments, "DENSITY_MIN_FILTERS", 0)
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, sample_v1):
+    """sample_v1 ingested once, every unit's and model's histograms stored (as store_every_unit)."""
+    db = tmp_path_factory.mktemp("stored") / "db"
+    with pytest.MonkeyPatch.context() as mp:
+        _store_every_unit(mp)
+        assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    return db
 
 
 @pytest.fixture
-def store(tmp_path, sample_v1):
+def store(tmp_path, pristine):
+    """A copy of its own for each test."""
     db = tmp_path / "db"
-    assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    shutil.copytree(pristine, db)
     return db
 
 

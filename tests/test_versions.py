@@ -71,10 +71,18 @@ def _npz_model(path: Path, seed: int) -> Path:
     return path
 
 
-@pytest.fixture
-def store(tmp_path, sample_v1) -> Path:
-    db = tmp_path / "db"
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, sample_v1) -> Path:
+    db = tmp_path_factory.mktemp("versions") / "db"
     assert cli_main(["ingest", str(sample_v1), "--db", str(db)]) == 0
+    return db
+
+
+@pytest.fixture
+def store(tmp_path, pristine) -> Path:
+    """sample_v1 ingested: a copy of its own for each test."""
+    db = tmp_path / "db"
+    shutil.copytree(pristine, db)
     return db
 
 
