@@ -364,7 +364,7 @@ function header(title, ...sub) {
 // A table of rows: columns [{key, label, num, render(row)}].
 function dataTable(columns, rows, { caption, sort, onSort } = {}) {
   const thead = h('tr', null, columns.map((c) => {
-    const th = h('th', { scope: 'col', class: c.num ? 'num' : null });
+    const th = h('th', { scope: 'col', class: [c.num ? 'num' : '', c.cls || ''].join(' ').trim() || null });
     if (onSort && c.sortable !== false) {
       const dir = sort && sort.key === c.key ? sort.dir : null;
       th.setAttribute('aria-sort', dir === 'asc' ? 'ascending' : dir === 'desc' ? 'descending' : 'none');
@@ -376,7 +376,7 @@ function dataTable(columns, rows, { caption, sort, onSort } = {}) {
     return th;
   }));
   const body = rows.map((r) => h('tr', null, columns.map((c) =>
-    h('td', { class: [c.num ? 'num' : '', c.nowrap ? 'nowrap' : ''].join(' ').trim() || null }, c.render ? c.render(r) : cellText(r[c.key])))));
+    h('td', { class: [c.num ? 'num' : '', c.nowrap ? 'nowrap' : '', c.cls || ''].join(' ').trim() || null }, c.render ? c.render(r) : cellText(r[c.key])))));
   return h('div', { class: 'table-wrap' },
     h('table', { class: 'data' }, caption ? h('caption', { class: 'visually-hidden' }, caption) : null, h('thead', null, thead), h('tbody', null, body)));
 }
@@ -1336,8 +1336,38 @@ const CHECK_FLAGS = {
   random_like: 'normalized variance entropy above the threshold (close to random)',
   unusual: 'kl_to_population at or above its depth decile\'s 95th percentile',
 };
-const pctText = (p) => (p == null ? null : h('span', { class: 'pct', title: 'percentile among the population\'s layers of the same depth decile' }, `p${Math.round(p)}`));
-const withPct = (v, p) => h('span', { class: 'with-pct' }, fmtMetric(v), pctText(p));
+const PCT_TITLE = 'percentile: 100 × the share of the population\'s layers of this depth decile whose value is at most this one (ties count: many equal values push it to 100)';
+const pctText = (p) => (p == null ? null : h('span', { class: 'pct', title: PCT_TITLE }, `p${Math.round(p)}`));
+
+// A check's number, as the report writes it (check_report.number_text): an integer exact with
+// thousands separators; a float at 4 significant digits, without an exponent from 1e-4 up, with
+// one below (8.401e-05, as Python writes it), whole from 1e4 up; the exact value in the title.
+function checkNumber(x) {
+  if (typeof x !== 'number' || !Number.isFinite(x)) return String(x);
+  if (x === 0) return '0';
+  if (Number.isInteger(x)) return intFmt.format(x);
+  const a = Math.abs(x);
+  if (a >= 1e4) return intFmt.format(Math.round(x));
+  if (a >= 1e-4) return String(Number(x.toPrecision(4)));
+  const [m, e] = Number(x.toPrecision(4)).toExponential().split('e');
+  return `${m}e${e[0] === '-' ? '-' : '+'}${e.replace(/^[-+]/, '').padStart(2, '0')}`;
+}
+function fmtCheck(x) {
+  if (x == null) return h('span', { class: 'null', title: 'no value' }, '—');
+  const text = checkNumber(x);
+  return text === String(x) ? text : h('span', { title: String(x) }, text);
+}
+const withPct = (v, p) => h('span', { class: 'with-pct' }, fmtCheck(v), pctText(p));
+const plural = (n, word, many) => `${fmtInt(n)} ${n === 1 ? word : (many || `${word}s`)}`;
+// A population's where in words: "models where Task is GAN and Visual category is natural".
+function populationText(where) {
+  if (!where || !Object.keys(where).length) return 'every model';
+  return `models where ${Object.entries(where).map(([f, v]) => `${fieldLabel(f)} ${Array.isArray(v) ? `is ${v.map(fmtValue).join(' or ')}`
+    : v !== null && typeof v === 'object' ? condText(v) : `is ${fmtValue(v)}`}`).join(' and ')}`;
+}
+const msText = (ms) => `${intFmt.format(Math.round(ms))} ms`;
+// A message of the page itself (not the service's): plain, without an error code.
+const pageError = (text) => h('div', { class: 'error-box', role: 'alert' }, text);
 const flagBadges = (flags) => flags.map((f) => h('span', { class: 'badge badge-flag', title: CHECK_FLAGS[f] || f }, f));
 
 function checkState(params) {
@@ -1349,6 +1379,7 @@ function viewCheck({ params, signal }) {
   let file = null;
   let ctl = null;
   let figureUrl = null;
+  let last = null;  // the result shown: {file, key (the fields sent), blobs (format -> Blob, each asked once)}
   const input = h('input', { type: 'file', id: 'c-file', name: 'file', class: 'visually-hidden', accept: '.onnx,.pt,.pth,.bin,.safetensors,.npz' });
   const fileLabel = h('span', { id: 'c-file-name', class: 'muted' }, 'No file chosen');
   const drop = h('label', { for: 'c-file', id: 'c-drop', class: 'drop-zone' }, input,
@@ -1363,7 +1394,7 @@ function viewCheck({ params, signal }) {
   const out = h('div', { id: 'c-result' });
   const form = h('form', { class: 'controls check-controls', id: 'c-form', onsubmit: (e) => { e.preventDefault(); run(); } },
     h('div', { class: 'control' }, h('label', { for: 'c-task' }, 'Population: task'), taskSel),
-    h('div', { class: 'control control-wide' }, h('label', { for: 'c-where' }, 'or a selection (where, JSON)'), whereIn),
+    h('div', { class: 'control control-wide' }, h('label', { for: 'c-where' }, 'and a selection (where, JSON)'), whereIn),
     h('div', { class: 'control control-narrow' }, h('label', { for: 'c-k' }, 'Nearest models'), kIn),
     runBtn);
 
@@ -1372,7 +1403,7 @@ function viewCheck({ params, signal }) {
     file = f;
     fileLabel.textContent = `${f.name} (${fmtBytes(f.size)})`;
     runBtn.disabled = false;
-    run();
+    run({ again: true });  // a file chosen (again) is read again: it may have changed
   };
   input.addEventListener('change', () => choose(input.files[0]));
   for (const ev of ['dragenter', 'dragover']) {
@@ -1385,7 +1416,7 @@ function viewCheck({ params, signal }) {
     choose(e.dataTransfer?.files?.[0]);
   });
   // The form's state in the address (the file cannot be): a shared link opens the same population.
-  const keep = () => go('/check', { task: taskSel.value, where: whereIn.value.trim(), k: kIn.value }, { replace: true });
+  function keep() { go('/check', { task: taskSel.value, where: whereIn.value.trim(), k: kIn.value }, { replace: true }); }
   for (const el of [taskSel, whereIn, kIn]) el.addEventListener('change', keep);
 
   add(main,
@@ -1401,14 +1432,20 @@ function viewCheck({ params, signal }) {
     taskSel.value = state.task;
   }).catch(() => {});
 
+  // The population: the where typed and the task chosen, as one selection (the task added to the
+  // where as a value, {"task": "GAN"}); a where that names task while a task is chosen is an error
+  // said in place, not a silent choice of one of them.
   function fields() {
     const where = whereIn.value.trim();
     let w = null;
     if (where) {
-      try { w = JSON.parse(where); } catch { throw new ApiError(0, 'invalid_where', 'the selection is not valid JSON, e.g. {"task": ["Classification"]}'); }
-      if (!w || typeof w !== 'object' || Array.isArray(w)) throw new ApiError(0, 'invalid_where', 'the selection must be a JSON object {field: [values]}');
+      try { w = JSON.parse(where); } catch { throw new Error('The selection (where) is not valid JSON, e.g. {"visual_category": ["natural"]}.'); }
+      if (!w || typeof w !== 'object' || Array.isArray(w)) throw new Error('The selection (where) must be a JSON object, {field: [values]}, e.g. {"visual_category": ["natural"]}.');
     }
-    if (taskSel.value) w = { ...(w || {}), task: [taskSel.value] };
+    if (taskSel.value) {
+      if (w && Object.hasOwn(w, 'task')) throw new Error(`The selection (where) names task, and the task "${taskSel.value}" is chosen too: choose "Every model of the store" as the task, or drop task from the where.`);
+      w = { ...(w || {}), task: taskSel.value };
+    }
     return { where: w ? JSON.stringify(w) : '', k: kIn.value };
   }
 
@@ -1418,14 +1455,30 @@ function viewCheck({ params, signal }) {
     fill(status, h('div', { class: 'check-progress' }, bar, h('span', null, text)));
   }
 
-  async function run() {
+  async function run({ again = false } = {}) {
     if (!file) return;
+    keep();
+    let body;
+    try {
+      body = fields();
+    } catch (e) {  // as a service's error: the previous result cleared, the message in place
+      ctl?.abort();
+      last = null;
+      fill(out);
+      fill(status, pageError(e.message));
+      main.dataset.state = 'error';
+      return;
+    }
+    const key = JSON.stringify(body);
+    if (!again && last && last.file === file && last.key === key && main.dataset.state === 'done') {
+      fill(status, h('p', { class: 'muted', id: 'c-done' }, `Nothing changed since the last check: the result below is for ${file.name} and this population.`));
+      return;
+    }
     ctl?.abort();
     ctl = new AbortController();
     const c = ctl;
     const f = file;
-    let body;
-    try { body = fields(); } catch (e) { fill(status, errorBox(e)); return; }
+    last = null;
     fill(out);
     main.dataset.state = 'running';
     runBtn.disabled = true;
@@ -1438,8 +1491,9 @@ function viewCheck({ params, signal }) {
         onSent: () => progress(`Checking ${f.name} against the store (reading its layers, comparing them with the population)…`),
       });
       if (c.signal.aborted) return;
-      fill(status, h('p', { class: 'muted', id: 'c-done' }, `Checked in ${fmtNum((performance.now() - t0) / 1000, 3)} s (${fmtNum(r.elapsed_ms, 3)} ms at the service).`));
-      fill(out, report(r, f, body));
+      fill(status, h('p', { class: 'muted', id: 'c-done' }, `Checked in ${msText(performance.now() - t0)} (${msText(r.elapsed_ms)} at the service).`));
+      last = { file: f, key, blobs: new Map() };
+      fill(out, report(r, f, body, last));
       main.dataset.state = 'done';
     } catch (e) {
       if (isAbort(e) || c.signal.aborted) return;
@@ -1450,32 +1504,33 @@ function viewCheck({ params, signal }) {
     }
   }
 
-  function report(r, f, body) {
+  function report(r, f, body, got) {
     const m = r.model;
     const pop = r.population;
     const figBox = h('div', { class: 'fig-frame' }, h('span', { class: 'loading' }, 'Drawing the figure…'));
     const figEl = h('figure', { class: 'fig is-loading', id: 'c-figure' }, figBox,
-      h('figcaption', null, h('span', null, 'Left: each layer\'s kl_to_population against its relative depth, over the population\'s median and interquartile range per depth decile (dashed: the 95th percentile; red triangles: unusual layers). Right: the layers\' sparsity and normalized variance entropy over the population\'s density, the degenerate thresholds dashed.')));
+      h('figcaption', null, h('span', null, 'Left: each layer\'s kl_to_population against its relative depth (log scale; a divergence of 0 at the axis\'s floor), over the population\'s median and interquartile range per depth decile (dashed: the 95th percentile; red triangles: unusual layers). Right: the layers\' sparsity and normalized variance entropy over the population\'s density, the sparse and low_entropy thresholds dashed, random_like dotted; nearby flagged layers share a label ("3, 7").')));
     const downloads = h('p', { class: 'downloads', id: 'c-downloads' }, 'Download: ',
       ['html', 'png', 'svg', 'pdf'].map((fmt, i) => [i ? ' · ' : '', h('a', {
         href: '#', 'data-format': fmt,
-        onclick: (e) => { e.preventDefault(); download(e.currentTarget, fmt, f, body, m.name); },
+        onclick: (e) => { e.preventDefault(); download(e.currentTarget, fmt, f, body, m.name, got); },
       }, fmt === 'html' ? 'the report (HTML)' : fmt.toUpperCase())]));
-    loadFigure(f, body, figEl, figBox, r);
+    loadFigure(f, body, figEl, figBox, r, got);
     const unusual = r.layers.filter((l) => l.flags.includes('unusual')).length;
     const flagged = r.layers.filter((l) => l.flags.length).length;
-    const where = pop.where && Object.keys(pop.where).length ? describeWhere(pop.where).replace(/^filters where/, 'models where') : 'every model';
+    const where = populationText(pop.where);
     return [
       h('section', { class: 'panel', 'aria-labelledby': 'h-c-model' },
         h('h2', { id: 'h-c-model' }, m.name),
-        h('p', { class: 'lede', id: 'c-summary' },
-          `${fmtInt(r.layers.length)} layers of 3×3 filters (${fmtInt(m.n_filters)} filters), ${fmtInt(flagged)} flagged, ${fmtInt(unusual)} unusual; compared with ${fmtInt(pop.n_models)} models (${fmtInt(pop.n_layers)} layers) of store version ${r.store_version}.`),
+        h('p', { class: 'lede', id: 'c-summary', 'data-where': JSON.stringify(pop.where ?? null) },
+          `${plural(r.layers.length, 'layer')} of 3×3 filters (${plural(m.n_filters, 'filter')}), ${fmtInt(flagged)} flagged, ${fmtInt(unusual)} unusual; compared with ${plural(pop.n_models, 'model')} (${plural(pop.n_layers, 'layer')}) of store version ${r.store_version}: `,
+          h('strong', { id: 'c-population' }, where), '.'),
         h('div', { class: 'grid-even' },
           defList([['File', m.file], ['Kind', m.kind], ['Size', fmtBytes(m.bytes)], ['SHA-256', h('code', null, m.sha256)],
             m.producer ? ['Producer', m.producer] : null, m.op_set != null ? ['Opset', String(m.op_set)] : null]),
           defList([['Store', h('code', null, r.store_id)], ['Store version', String(r.store_version)], ['Basis version', String(r.basis_version)],
-            ['Population', `${where}: ${fmtInt(pop.n_models)} models, ${fmtInt(pop.n_layers)} layers, ${fmtInt(pop.n_filters)} filters`],
-            ['Clipped', r.clipped ? `${fmtInt(r.clipped)} coefficients outside the basis range, counted in the edge bins` : 'none (every coefficient within the basis range)']])),
+            ['Population', `${where}: ${plural(pop.n_models, 'model')}, ${plural(pop.n_layers, 'layer')}, ${plural(pop.n_filters, 'filter')}`],
+            ['Clipped', r.clipped ? `${plural(r.clipped, 'coefficient')} outside the basis range, counted in the edge bins` : 'none (every coefficient within the basis range)']])),
         downloads),
       h('section', { class: 'panel', 'aria-labelledby': 'h-c-fig' }, h('h2', { id: 'h-c-fig' }, 'Against the population'), figEl),
       h('section', { class: 'panel', 'aria-labelledby': 'h-c-layers' }, h('h2', { id: 'h-c-layers' }, 'Layers'),
@@ -1488,34 +1543,46 @@ function viewCheck({ params, signal }) {
         h('ul', { class: 'read' },
           h('li', null, 'A layer is compared with the population\'s layers of the same depth decile ("0": the first convolutions; "(0.1, 0.2]": relative depth above 0.1, at most 0.2).'),
           h('li', null, 'kl_to_population: the symmetric KL divergence (weighted by explained variance) between the layer\'s filter distribution in the store\'s basis and its decile\'s pooled distribution; 0 is the same distribution.'),
-          h('li', null, `Flags: sparse (sparsity above ${r.parameters.thresholds.sparsity_gt}), low_entropy (normalized variance entropy below ${r.parameters.thresholds.entropy_norm_lt})${r.parameters.thresholds.entropy_norm_gt != null ? `, random_like (above ${r.parameters.thresholds.entropy_norm_gt})` : ''}, unusual (kl_to_population at or above its decile's ${r.parameters.unusual_percentile}th percentile). A flag is a question, not a verdict.`))),
+          h('li', null, 'pN: 100 × the share of the population\'s layers of the same depth decile (for the model\'s metrics: of its models) whose value is at most this one. Ties count in full: where many layers share a value (e.g. a sparsity of 0), a layer with that value is p100, which only says that few are higher.'),
+          h('li', null, `Flags: sparse (sparsity above ${r.parameters.thresholds.sparsity_gt}), low_entropy (normalized variance entropy below ${r.parameters.thresholds.entropy_norm_lt})${r.parameters.thresholds.entropy_norm_gt != null ? `, random_like (above ${r.parameters.thresholds.entropy_norm_gt})` : ''}, unusual (kl_to_population at or above its decile's ${r.parameters.unusual_percentile}th percentile). A flag is a question, not a verdict.`),
+          h('li', null, 'A flagged layer: narrow the population to the model\'s own task (the task above, or a where) and check again; compare with the nearest models (their pages); sparse or low_entropy often mean dead or pruned filters or a collapsed layer; random_like often means untrained or re-initialised weights; unusual means its filter distribution differs from the population\'s at that depth, expected for a different task or data.'),
+          h('li', null, 'The definitions: docs/method.md, sections "Checking a model against the population" (#checking-a-model) and "Model metrics" (#model-metrics).'))),
     ];
   }
 
   function layerTable(r) {
     const table = dataTable([
       { key: 'layer', label: '#', num: true },
-      { key: 'name', label: 'Name' },
-      { key: 'conv_depth', label: 'Depth', num: true, render: (l) => [String(l.conv_depth), ' ', h('span', { class: 'pct' }, `(${fmtNum(l.conv_depth_norm, 3)})`)] },
+      // a name breaks only after a separator ("Conv 'p2o.Conv.11'" as "Conv 'p2o.Conv." / "11'"), never
+      // leaving a quote alone on a line; the full name in the title
+      { key: 'name', label: 'Name', cls: 'c-name', render: (l) => h('span', { title: l.name }, String(l.name ?? '').split(/(?<=[.\/_: -])/).flatMap((part, i) => (i ? [h('wbr'), part] : [part]))) },
+      // at narrow widths (app.css) the columns marked c-wide are hidden: the table fits, no sideways scroll
+      { key: 'conv_depth', label: 'Depth', num: true, cls: 'c-wide', render: (l) => [String(l.conv_depth), ' ', h('span', { class: 'pct' }, `(${fmtNum(l.conv_depth_norm, 3)})`)] },
       { key: 'depth_decile', label: 'Decile', nowrap: true, render: (l) => [l.depth_decile ?? '—', ' ', h('span', { class: 'pct', title: 'the population\'s layers of this decile' }, `(${fmtInt(l.population_layers)})`)] },
-      { key: 'n_filters', label: 'Filters', num: true },
+      { key: 'n_filters', label: 'Filters', num: true, render: (l) => fmtInt(l.n_filters) },
       // the page's table: the metrics of the figure and orthogonality (the report's has them all)
-      ...CHECK_METRICS.filter(([k]) => LAYER_TABLE_METRICS.includes(k)).map(([k, label]) => ({ key: k, label, num: true, nowrap: true, render: (l) => withPct(l[k], l.percentiles[k]) })),
-      { key: 'kl_to_population', label: 'kl_to_population', num: true, nowrap: true, render: (l) => withPct(l.kl_to_population, l.percentiles.kl_to_population) },
-      { key: 'kl_unusual_at', label: 'Unusual at', num: true, render: (l) => fmtMetric(l.kl_unusual_at) },
+      ...CHECK_METRICS.filter(([k]) => LAYER_TABLE_METRICS.includes(k)).map(([k, label]) => ({ key: k, label, num: true, nowrap: true, cls: k === 'orthogonality' ? 'c-wide' : null, render: (l) => withPct(l[k], l.percentiles[k]) })),
+      { key: 'kl_to_population', label: ['kl_to_', h('wbr'), 'population'], num: true, nowrap: true, render: (l) => withPct(l.kl_to_population, l.percentiles.kl_to_population) },
+      { key: 'kl_unusual_at', label: 'Unusual at', num: true, cls: 'c-wide', render: (l) => fmtCheck(l.kl_unusual_at) },
       { key: 'flags', label: 'Flags', render: (l) => flagBadges(l.flags) },
     ], r.layers, { caption: 'The model\'s layers' });
     table.id = 'c-layers';
     table.querySelectorAll('tbody tr').forEach((tr, i) => { if (r.layers[i].flags.length) tr.classList.add('flagged'); });
-    return table;
+    // where the table is still wider than its panel (a narrow phone), a visible cue to scroll
+    const hint = h('p', { class: 'muted scroll-hint', id: 'c-layers-scroll', hidden: true }, 'The table is wider than the window: scroll it sideways for the flags →');
+    const watch = new ResizeObserver(() => { hint.hidden = table.scrollWidth <= table.clientWidth + 1; });
+    watch.observe(table);
+    signal.addEventListener('abort', () => watch.disconnect(), { once: true });
+    return [hint, table];
   }
 
   function modelTable(m) {
     const rows = [['n_layers', 'Layers of 3×3 filters'], ['n_filters', '3×3 filters'], ...CHECK_METRICS, ['divergence', 'Divergence from the population']]
-      .map(([k, label]) => ({ label, value: m[k], p: m.percentiles[k] }));
+      .map(([k, label]) => ({ key: k, label, value: m[k], p: m.percentiles[k] }));
+    const counts = new Set(['n_layers', 'n_filters']);  // integers, exact
     const t = dataTable([
       { key: 'label', label: 'Metric' },
-      { key: 'value', label: 'This model', num: true, render: (x) => fmtMetric(x.value) },
+      { key: 'value', label: 'This model', num: true, render: (x) => (counts.has(x.key) ? fmtInt(x.value) : fmtCheck(x.value)) },
       { key: 'p', label: 'Percentile', num: true, render: (x) => (x.p == null ? '—' : String(Math.round(x.p))) },
     ], rows, { caption: 'The model\'s metrics' });
     t.id = 'c-model-metrics';
@@ -1529,21 +1596,23 @@ function viewCheck({ params, signal }) {
       { key: 'name', label: 'Architecture' },
       { key: 'task', label: 'Task' },
       { key: 'training_dataset', label: 'Training dataset' },
-      { key: 'divergence', label: 'Divergence', num: true, render: (n) => fmtMetric(n.divergence) },
+      { key: 'divergence', label: 'Divergence', num: true, render: (n) => fmtCheck(n.divergence) },
     ], r.nearest_models, { caption: 'Nearest models' });
     t.id = 'c-nearest';
     return t;
   }
 
-  // The figure: the same upload asked as a PNG (the check computed again), shown from a blob.
-  async function loadFigure(f, body, figEl, figBox, r) {
+  // The figure: the same upload asked as a PNG (the check computed again), shown from a blob and
+  // kept for the PNG download.
+  async function loadFigure(f, body, figEl, figBox, r, got) {
     const c = ctl;
     try {
       const blob = await postCheck(f, body, { format: 'png', signal: c.signal });
       if (c.signal.aborted) return;
+      got.blobs.set('png', Promise.resolve(blob));
       if (figureUrl) URL.revokeObjectURL(figureUrl);
       figureUrl = URL.createObjectURL(blob);
-      const img = h('img', { id: 'c-figure-img', alt: `The check figure of ${r.model.name}: left, the kl_to_population of each of its ${r.layers.length} layers against relative depth over the population's interquartile band per depth decile; right, the layers' sparsity and normalized variance entropy over the population's density, with the degenerate thresholds.` });
+      const img = h('img', { id: 'c-figure-img', alt: `The check figure of ${r.model.name}: left, the kl_to_population of each of its ${plural(r.layers.length, 'layer')} against relative depth over the population's interquartile band per depth decile; right, the layers' sparsity and normalized variance entropy over the population's density, with the degenerate thresholds.` });
       img.addEventListener('load', () => figEl.classList.remove('is-loading'), { once: true });
       img.src = figureUrl;
       fill(figBox, img);
@@ -1555,11 +1624,18 @@ function viewCheck({ params, signal }) {
     }
   }
 
-  async function download(a, fmt, f, body, name) {
+  // A download: the result's file asked once per format (the PNG is the figure's), then reused.
+  async function download(a, fmt, f, body, name, got) {
     a.setAttribute('aria-busy', 'true');
     a.parentElement.querySelector('.error-box')?.remove();
     try {
-      const blob = await postCheck(f, body, { format: fmt, signal });
+      let asked = got.blobs.get(fmt);
+      if (!asked) {
+        asked = postCheck(f, body, { format: fmt, signal });
+        got.blobs.set(fmt, asked);
+        asked.catch(() => { if (got.blobs.get(fmt) === asked) got.blobs.delete(fmt); });
+      }
+      const blob = await asked;
       const url = URL.createObjectURL(blob);
       const tmp = h('a', { href: url, download: `${fileName('check', name)}.${fmt}`, hidden: true });
       document.body.append(tmp);
