@@ -207,7 +207,8 @@ def check(model_layers: list[np.ndarray], model_deciles: list, population: dict,
     population: ``check_population``'s; b: its basis. Returns per checked layer kl_to_population
     (None where the population has no layer of its decile), its percentile among the population
     layers' own divergences from their decile's pool, the 95th percentile (np.percentile) of
-    those (None below min_unusual_layers of them: docs/method.md#checking-a-model), clipped (coefficients outside the range, then put in the edge bins with np.clip); the
+    those (None below min_unusual_layers of them: docs/method.md#checking-a-model),
+    clipped (coefficients outside the range, then put in the edge bins with np.clip); the
     model's divergence from the whole population's pool and its percentile among the population
     models'; the k nearest models [(model_id, divergence)]."""
     lo, hi = b["range"]
