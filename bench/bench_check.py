@@ -11,7 +11,9 @@ RSS per process):
   CLI ingest    `cnnfilterdb ingest FILE` into a copy of the store (hard links: the shards and the
                 catalog are never written in place, so a copy costs nothing; the original's files
                 are compared before and after), wall time including the commit
-    python bench/bench_check.py [--filters 2e7] [--db DIR] [--out bench/results_check.json]
+  naive         the same check in memory, as tests/reference.py computes it (every filter loaded,
+                scikit-learn's PCA, np.histogram per layer, scipy's entropy), once, for the first model
+    python bench/bench_check.py [--filters 2e7] [--db DIR] [--out bench/results_check.json] [--no-naive]
 --db DIR: the store to use, built there (and kept) if DIR does not exist.
 """
 from __future__ import annotations
@@ -83,6 +85,36 @@ print(json.dumps({"read": read_first, "read_repeated": read_again, "first": runs
                   "rss": peak_rss()}))
 """
 
+# The naive method, in memory (tests/reference.py: the tests' slow reference): every filter of the
+# store loaded, the basis refitted with scikit-learn's PCA, each population layer's coefficients
+# histogrammed with np.histogram, the KLs by scipy.stats.entropy, then the checked model's layers.
+NAIVE = r"""
+import json, sys, time
+from pathlib import Path
+import numpy as np
+import pandas as pd
+from bench._common import peak_rss
+import cnnfilterdb
+from cnnfilterdb.ingest.model_files import read_checked
+from tests import reference
+db, path = cnnfilterdb.open(sys.argv[1]), Path(sys.argv[2])
+t0 = time.perf_counter()
+X = db.filters().reshape(-1, 9)
+layers = db.layers().sort_values("filter_id_first")
+load = time.perf_counter() - t0
+t = time.perf_counter()
+def decile(depth, x):
+    return "0" if depth == 0 else str(pd.cut([x], np.linspace(0, 1, 11))[0])
+starts = np.r_[0, np.cumsum(layers.n_filters.to_numpy())]
+population = [{"filters": X[a:b], "decile": decile(d, x), "model_id": m}
+              for a, b, d, x, m in zip(starts[:-1], starts[1:], layers.conv_depth, layers.conv_depth_norm, layers.model_id)]
+b = reference.oriented_basis(X)
+pop = reference.check_population(population, b)
+m = read_checked(path)
+out = reference.check([l.columns.T for l in m.layers], [decile(l.conv_depth, l.conv_depth_norm) for l in m.layers], pop, b)
+print(json.dumps({"load": load, "seconds": time.perf_counter() - t, "divergence": out["divergence"], "rss": peak_rss()}))
+"""
+
 # The CLI as a user runs it (python -m cnnfilterdb.cli), reporting its own peak RSS on exit.
 CLI = r"""
 import atexit, os, sys
@@ -128,6 +160,7 @@ def main() -> None:
     ap.add_argument("--filters", type=float, default=2e7)
     ap.add_argument("--db", type=Path, default=None, help="the store (built there and kept if missing)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results_check.json")
+    ap.add_argument("--no-naive", action="store_true", help="skip the in-memory reference (~200 bytes a filter)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cnnfilterdb-check-"))
     sys.path.insert(0, str(REPO))
@@ -148,6 +181,11 @@ def main() -> None:
         startup = min(cli(work, "check", "--help")[0] for _ in range(3))
         results["cli_startup"] = startup  # the interpreter and cnnfilterdb's imports: what every command pays
         print(f"`cnnfilterdb check --help`: {startup:.2f} s (the interpreter and the imports)")
+        if not args.no_naive:  # once: the population's part dominates, whatever the model
+            naive = child(NAIVE, str(db), str(MODELS / FILES[0]))
+            results["naive"] = {"model": FILES[0], **naive}
+            print(f"naive, in memory ({FILES[0]}): {naive['load']:.1f} s to load the filters, {naive['seconds']:.1f} s "
+                  f"to check, peak RSS {naive['rss'] / 2**30:.1f} GiB", flush=True)
         for f in FILES:
             path = MODELS / f
             r = {"bytes": path.stat().st_size}
@@ -183,6 +221,11 @@ def main() -> None:
             print(f"{f:38s} {r['bytes'] / 1e6:6.2f} {c['layers']:6d} {c['filters']:7d} {r['load']['first']:6.3f}s "
                   f"{c['read']:7.3f}s {c['read_repeated']:6.3f}s {c['first']:8.3f}s {c['repeated']:6.3f}s {r['cli_check']['wall']:8.2f}s "
                   f"{r['cli_ingest']['wall']:9.2f}s {c['rss'] / 2**20:7.0f}Mi {r['cli_ingest']['rss'] / 2**20:8.0f}Mi")
+        if "naive" in results:
+            nv, c = results["naive"], results["models"][FILES[0]]["check"]
+            print(f"naive / db.check ({FILES[0]}): {nv['seconds']:.1f} s / {c['first']:.3f} s = "
+                  f"{nv['seconds'] / c['first']:,.0f}x (loading the filters: +{nv['load']:.1f} s); divergence "
+                  f"{nv['divergence']:.12g} vs {c['divergence']:.12g}")
         print(f"wrote {args.out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
