@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 from cnnfilterdb import __version__
 
 from . import errors
-from .body_limit import BodyLimit
+from .body_limit import BodyLimit, Bounds
 from .catalog import LiveCatalog
 from .figure_cache import FigureCache
 from .head import HeadAsGet
@@ -79,9 +79,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.check_slots = check.CheckSlots(settings.max_checks)
     errors.install(app)
     app.add_middleware(HeadAsGet)
-    # Every body within max_body_bytes and body_timeout_s, but the model file of POST /v1/check.
+    # Every body within max_body_bytes and body_timeout_s, but the model file of POST /v1/check
+    # (max_check_bytes, check_upload_timeout_s, and a minimum rate after a grace period).
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
-                       routes={("POST", check.PATH): (int(settings.max_check_bytes), settings.check_upload_timeout_s)})
+                       routes={("POST", check.PATH): Bounds(
+                           int(settings.max_check_bytes), settings.check_upload_timeout_s,
+                           settings.check_min_upload_bytes_per_s, settings.check_upload_grace_s,
+                           "check_min_upload_bytes_per_s")})
     routers = (meta.router, versions.router, models.router, layers.router, export.router, analysis.router,
                check.router, plots.router, sql.router, docs.router, dashboard.router)
     for r in routers:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ByteSize, Field, ValidationInfo, field_validator
+from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -63,8 +63,21 @@ class Settings(BaseSettings):
                                        "private subdirectory of its own (mode 0700) removed after the answer; must "
                                        "lie outside the store; none: the system's temporary directory")
     max_check_unpacked: ByteSize | None = Field(None, ge=1, description="the most bytes the members of an uploaded zip "
-                                                "(.pt, .npz) may unpack to, or it is refused as a zip bomb (a 422); "
-                                                "none: the ingest's rule (32 times the file's size, at least 1 GiB)")
+                                                "(.pt, .npz) may unpack to, or it is refused before it is unpacked, "
+                                                "as a zip bomb (a 422); none: max_check_bytes (a zip unpacks to at "
+                                                "most as much as the largest upload)")
+    max_check_layers: int = Field(5_000, ge=1, le=10_000_000, description="the most layers of 3x3 filters an uploaded "
+                                  "model may hold, counted from its weights' shapes before anything is computed, or "
+                                  "it is refused (a 422); real models have at most a few hundred")
+    max_check_filters: int = Field(20_000_000, ge=1, le=10_000_000_000, description="the most 3x3 filters an "
+                                   "uploaded model may hold (720 MB as float32; VGG-16 has 1.6 million), counted "
+                                   "before anything is computed, or it is refused (a 422)")
+    check_min_upload_bytes_per_s: int = Field(65_536, ge=0, description="once an upload of POST /v1/check has run "
+                                              "for check_upload_grace_s, its average rate since its start must stay "
+                                              "at least this, else a 408 (its check slot and temporary file freed): "
+                                              "slow uploads cannot hold the check slots; 0: no minimum")
+    check_upload_grace_s: float = Field(10.0, ge=0, le=86_400, description="how long an upload of POST /v1/check "
+                                        "runs before check_min_upload_bytes_per_s applies")
 
     # Requests
     max_body_bytes: int = Field(1_000_000, ge=1000, description="a larger request body is a 413, refused before it is read")
@@ -99,6 +112,13 @@ class Settings(BaseSettings):
             if base == store or store in base.parents:
                 raise ValueError(f"{base} lies inside the store {store}: give a directory outside it")
         return value
+
+    @model_validator(mode="after")
+    def _unpacked_follows_the_upload(self) -> Settings:
+        """max_check_unpacked not given: max_check_bytes (shown so in /v1/stats)."""
+        if self.max_check_unpacked is None:
+            self.max_check_unpacked = ByteSize(int(self.max_check_bytes))
+        return self
 
 
 # The limits in force: every setting but where the store is. `serve` takes each as a flag, and

@@ -56,11 +56,12 @@ def client(v1_store, tmp_root):
 
 @pytest.fixture(scope="module")
 def small(v1_store, tmp_root):
-    """A service with small caps: a body of 200 kB, a zip unpacking to 5 MB."""
+    """A service with small caps: a body of 200 kB, a zip unpacking to 5 MB, 3 layers, 1,000 filters."""
     from fastapi.testclient import TestClient
 
     return TestClient(create_app(Settings(db=v1_store, check_tmp_dir=tmp_root, max_check_bytes=200_000,
-                                          max_check_unpacked=5_000_000)), raise_server_exceptions=False)
+                                          max_check_unpacked=5_000_000, max_check_layers=3,
+                                          max_check_filters=1000)), raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -231,13 +232,43 @@ def test_zip_bomb(small, client):
     assert len(content) < 200_000
     message = _error(_post(small, content=content, filename="bomb.pt"), 422, "invalid_model")
     assert message.startswith("bomb.pt: ") and "would unpack to 67,108,8" in message
-    # The default rule (32 times the file, at least 1 GiB): a member recorded as ~4 GB is refused
-    # before anything is unpacked.
+    # The default (max_check_unpacked: max_check_bytes, 512 MiB; the ingest's own floor is 1 GiB): a
+    # member recorded as 600 MB is refused before anything is unpacked.
     data = bytearray(_bomb_pt(1 << 20))
     central = data.index(b"PK\x01\x02", data.index(b"PK\x01\x02") + 4)  # the second member's central record
-    data[central + 24:central + 28] = struct.pack("<I", 0xFFFFFFF0)  # its uncompressed size, as recorded
+    data[central + 24:central + 28] = struct.pack("<I", 600_000_000)  # its uncompressed size, as recorded
     message = _error(_post(client, content=bytes(data), filename="bomb.pt"), 422, "invalid_model")
-    assert message.startswith("bomb.pt: ") and "would unpack to 4,29" in message and "zip bomb" in message
+    assert message.startswith("bomb.pt: ") and "would unpack to 600,000," in message and "zip bomb" in message
+    assert "536,870,912" in message
+
+
+def test_onnx_external_data_is_refused(client):
+    """An upload is one file: an initializer kept in external data (here pointing at the upload
+    itself, which the service names upload.onnx: read once per such tensor) is a 422 saying so."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(2).normal(size=(4, 1, 3, 3)).astype(np.float32), "w")
+    ext = TensorProto(name="e", data_type=TensorProto.UINT8, dims=[1000], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "upload.onnx"), ("offset", "0"), ("length", "1000")):
+        ext.external_data.add(key=key, value=value)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[w, ext])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    message = _error(_post(client, content=model.SerializeToString(), filename="ext.onnx"), 422, "invalid_model")
+    assert message.startswith("ext.onnx: ") and "external data" in message
+
+
+def test_caps_on_layers_and_filters(small):
+    """max_check_layers and max_check_filters, counted from the shapes before anything is computed."""
+    rng = np.random.default_rng(3)
+    layers = {f"conv{i}": rng.normal(size=(2, 2, 3, 3)).astype(np.float32) for i in range(4)}
+    message = _error(_post(small, content=_npz(**layers), filename="deep.npz"), 422, "invalid_model")
+    assert message.startswith("deep.npz: ") and "4 layers of 3x3 filters" in message and "3 a check" in message
+    wide = _npz(conv=rng.normal(size=(40, 30, 3, 3)).astype(np.float32))
+    message = _error(_post(small, content=wide, filename="wide.npz"), 422, "invalid_model")
+    assert message.startswith("wide.npz: ") and "1,200 3x3 filters" in message and "1,000" in message
 
 
 def test_over_the_cap(small):
@@ -316,6 +347,62 @@ def test_bad_values(client, fields, status, words):
         return
     message = _error(r, status)
     assert words is None or words in message, message
+
+
+@pytest.mark.parametrize("name", ["k", "as_of", "sparsity_gt", "entropy_norm_lt", "entropy_norm_gt", "name", "where"])
+def test_a_number_of_5000_digits_is_a_4xx(client, name):
+    """Python reads no int of more than 4,300 digits (ValueError): each field's value is worded
+    as any other wrong value, never a 500."""
+    huge = "9" * 5000
+    text = '{"model_id": ' + huge + "}" if name == "where" else huge
+    message = _error(_post(client, content=b"x", filename="a.onnx", **{name: text}), 400 if name == "where" else 422)
+    assert message.startswith(name), message
+    assert len(message) < 400  # the value quoted, cut
+
+
+# ---- a browser's request from another site: refused ------------------------------------------------
+@pytest.mark.parametrize("headers", [{"Origin": "http://evil.example"}, {"Origin": "null"},
+                                     {"Origin": "http://testserver:8080"}, {"Origin": "http://testserver.evil.example"},
+                                     {"Origin": "http://testserver:x"}, {"Sec-Fetch-Site": "cross-site"},
+                                     {"Origin": "http://testserver", "Sec-Fetch-Site": "cross-site"}])
+def test_cross_origin_uploads_are_refused(client, headers):
+    r = client.post("/v1/check", files={"file": ("a.onnx", b"x")}, headers=headers)
+    message = _error(r, 403, "cross_origin")
+    assert "another" in message and ("curl" in message and "Client" in message)
+
+
+@pytest.mark.parametrize("headers", [{}, {"Origin": "http://testserver"}, {"Origin": "https://testserver"},
+                                     {"Origin": "http://TestServer:80"},
+                                     {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},
+                                     {"Sec-Fetch-Site": "none"}])
+def test_same_origin_and_no_origin_uploads_are_taken(client, headers):
+    # Past the origin check: the file is read (and is no model).
+    r = client.post("/v1/check", files={"file": ("a.onnx", b"x")}, headers=headers)
+    assert "not a model" in _error(r, 422, "invalid_model")
+
+
+def test_every_message_is_cut(client, monkeypatch):
+    """A client's names and values are quoted cut, and no message is longer than MESSAGE_CHARS
+    (with its length said), whatever its source (here an ingest error naming a long file)."""
+    from cnnfilterdb.ingest.errors import IngestError
+    from cnnfilterdb.limits import MESSAGE_CHARS
+
+    long = "n" * 5000
+    cut = MESSAGE_CHARS + len("... (99,999 characters)")
+    name = long[:3000]  # a part's headers are at most 4 kB (python_multipart: a 400 beyond)
+    messages = [_error(_post(client, content=b"x", filename=name + ".onnx"), 422),
+                _error(_post(client, content=b"x", filename="a.onnx", **{name: "1"}), 400),
+                _error(_post(client, content=b"x", filename="a.onnx", where=json.dumps({long: 1})), 400),
+                _error(client.post("/v1/check", files={"file": ("a.onnx", b"x")}, headers={"Origin": long}), 403),
+                _error(client.post("/v1/check", content=b"x", headers={"Content-Type": long}), 415)]
+    assert all(len(m) < 500 for m in messages), [len(m) for m in messages]
+
+    def fails(*_, **__):
+        raise IngestError("upload.onnx: " + long)
+
+    monkeypatch.setattr("cnnfilterdb.ingest.model_files.read_checked", fails)
+    message = _error(_post(client, content=b"x", filename="a.onnx"), 422, "invalid_model")
+    assert len(message) <= cut and message.endswith("characters)") and "5,0" in message
 
 
 # ---- the bounds on a real server --------------------------------------------------------------------
@@ -421,9 +508,15 @@ def test_openapi_shows_the_upload(client):
                                          "entropy_norm_gt", "name", "task", "visual_category", "training_dataset",
                                          "format"}
     assert {"200", "400", "408", "413", "415", "422", "429"} <= set(op["responses"])
+    assert {"403"} <= set(op["responses"])
     limits = client.get("/v1/stats").json()["limits"]
     assert limits["max_checks"] == 2 and limits["max_check_bytes"] == 512 << 20
     assert limits["check_upload_timeout_s"] == 120
+    assert limits["max_check_unpacked"] == 512 << 20  # follows max_check_bytes when not given
+    assert limits["max_check_layers"] == 5000 and limits["max_check_filters"] == 20_000_000
+    assert limits["check_min_upload_bytes_per_s"] == 65536 and limits["check_upload_grace_s"] == 10
+    assert Settings(db="x", max_check_bytes="1MiB").max_check_unpacked == 1 << 20
+    assert Settings(db="x", max_check_unpacked=5).max_check_unpacked == 5
 
 
 def test_no_upload_left_behind_by_a_failing_check(client, tmp_root, monkeypatch):

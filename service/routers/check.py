@@ -6,28 +6,43 @@ The request is ``multipart/form-data``: the model file as the part ``file``, the
 numbers; a field sent empty is as if absent; ``entropy_norm_gt=null`` turns the random_like flag
 off), and ``format`` (json, html, png, svg, pdf). What it costs the service is bounded:
 
+* **Origin.** A browser sends a multipart POST to any site without asking first (a "simple"
+  request): a page elsewhere could make its visitors' browsers upload to the service. A request
+  whose ``Origin`` is present and names another host or port than its ``Host`` header, or whose
+  ``Sec-Fetch-Site`` is ``cross-site``, is a 403 ``cross_origin`` before anything else; the
+  dashboard (same origin) and clients sending no Origin (curl, ``Client``) are not concerned.
 * **Slots.** At most ``max_checks`` checks at once (per worker process), counted from the moment
   the upload starts: the slot is taken before the body is read, and a request finding none free is
-  a 429 at once (Retry-After), its upload never read. The computation then runs as the analyses'
-  (in a thread, under an analysis slot: ``routers/analysis.analysis``), off the event loop.
+  a 429 at once (Retry-After), its upload never read. (``serve``'s connection guard,
+  ``service/connections.py``, reads other requests' small or chunked bodies before the route runs;
+  not this route's: its upload is bounded here.) The computation then runs as the analyses' (in a
+  thread, under an analysis slot: ``routers/analysis.analysis``), off the event loop.
 * **Size and time.** The body is capped at ``max_check_bytes`` and must arrive within
-  ``check_upload_timeout_s`` (``body_limit.BodyLimit``'s bounds for this route, instead of
-  ``max_body_bytes`` and ``body_timeout_s``): a Content-Length over the cap is a 413 before any of
-  it is read, a body crossing it a 413 as it does, a slow one a 408; the form fields together are
-  at most ``max_body_bytes``, as a JSON body is. A zip (.pt, .npz) that would unpack to more than
-  ``max_check_unpacked`` (default the ingest's rule) is refused before it is unpacked (a 422).
+  ``check_upload_timeout_s``, and, once it has run ``check_upload_grace_s``, at an average of at
+  least ``check_min_upload_bytes_per_s`` since its start (``body_limit.BodyLimit``'s bounds for
+  this route, instead of ``max_body_bytes`` and ``body_timeout_s``): a Content-Length over the cap
+  is a 413 before any of it is read, a body crossing it a 413 as it does, a slow one a 408 (two
+  uploads trickling cannot hold both slots for the whole timeout); the form fields together are at
+  most ``max_body_bytes``, as a JSON body is.
+* **What the file may cost.** It is one file: an ONNX model keeping tensors in external data
+  files is refused (they would be read from the upload's directory: the upload itself, N times).
+  A zip (.pt, .npz) that would unpack to more than ``max_check_unpacked`` (default
+  ``max_check_bytes``) is refused before it is unpacked; a model of more than ``max_check_layers``
+  layers of 3x3 filters or ``max_check_filters`` filters before any is computed on (each a 422).
 * **The temporary file.** The upload is streamed (never held in memory) into a file in a private
   subdirectory (``tempfile.mkdtemp``, mode 0700) of ``check_tmp_dir`` (default the system's
   temporary directory; the service refuses to start with one inside the store), removed with its
   subdirectory whatever happens: an answer, an error, a 408, a 413, the client leaving.
-* **Errors.** Every error is a 4xx with the service's JSON error body: a file that is no model,
-  holds no 3x3 convolution or a NaN weight, cannot be read, or is a zip bomb is a **422**
+* **Errors.** Every error is a 4xx with the service's JSON error body, its message at most
+  MESSAGE_CHARS (``errors._body``; a client's names and values quoted in it are cut shorter, by
+  ``echo`` or MAX_NAME_CHARS): a file that is no model, holds no 3x3 convolution or a NaN weight,
+  cannot be read, is a zip bomb, keeps external data or is over the caps is a **422**
   ``invalid_model`` with the ingest's one-line message naming the uploaded file's name (never the
   temporary path); a body that is not multipart/form-data a 415; a multipart body that is
   malformed, or ends before its closing boundary (a truncated upload), a 400 ``invalid_upload``;
   a form field the endpoint does not take, one given twice, or a second file a 400; no ``file``
-  part a 422; the parameters' values are worded by ``build(CheckRequest, ...)`` as the other
-  analyses' (service/errors.py).
+  part a 422; the parameters' values (whatever their text: a number of 5,000 digits included) are
+  worded by ``build(CheckRequest, ...)`` as the other analyses' (service/errors.py).
 
 Why its own parser: Starlette's ``request.form()`` spools a file part into a
 ``SpooledTemporaryFile`` of the system's temporary directory (neither ``check_tmp_dir`` nor a
@@ -48,6 +63,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -145,13 +161,16 @@ def _openapi() -> dict:
 
 
 router = APIRouter(tags=["analysis"], responses=error_responses(
-    400, 404, 422, 429, 503,
-    said={400: "Bad request: a form field the endpoint does not take or given twice, a second file, a value outside "
+    400, 403, 404, 422, 429, 503,
+    said={403: "Cross-origin: the request's Origin names another host or port than its Host, or its "
+               "Sec-Fetch-Site is cross-site (a page of another site cannot make a browser upload here)",
+          400: "Bad request: a form field the endpoint does not take or given twice, a second file, a value outside "
                "its allowed set; a multipart body that is malformed or ends before its closing boundary (a "
                "truncated upload)",
-          422: "Invalid: the file is not a model, holds no 3x3 convolution or a NaN weight, cannot be read, or "
-               "would unpack to too much (a zip bomb): the message names the uploaded file; or no `file` part, or "
-               "a value of the wrong type or out of its range",
+          422: "Invalid: the file is not a model, holds no 3x3 convolution or a NaN weight, cannot be read, "
+               "keeps tensors in external data files, would unpack to more than max_check_unpacked (a zip bomb), "
+               "or holds more than max_check_layers layers or max_check_filters filters: the message names the "
+               "uploaded file; or no `file` part, or a value of the wrong type or out of its range",
           429: "Busy: max_checks checks are running (or the analyses' slots are taken); retry after Retry-After "
                "seconds"}))
 
@@ -165,7 +184,9 @@ router = APIRouter(tags=["analysis"], responses=error_responses(
                                           **{MEDIA_TYPES[f]: {"schema": {"type": "string", "format": "binary"}}
                                              for f in FIGURE_FORMATS}}},
                         408: {"model": ErrorResponse, "description": "the upload did not arrive within "
-                                                                     "check_upload_timeout_s"},
+                                                                     "check_upload_timeout_s, or arrived slower than "
+                                                                     "check_min_upload_bytes_per_s on average after "
+                                                                     "check_upload_grace_s"},
                         413: {"model": ErrorResponse, "description": "the upload is over max_check_bytes (or its form "
                                                                      "fields over max_body_bytes)"},
                         415: {"model": ErrorResponse, "description": "the body is not multipart/form-data"}})
@@ -178,9 +199,13 @@ async def check_model(request: Request, catalog: LiveCatalog = Depends(get_catal
     models, its divergence from the population and the k nearest models. The file is read exactly
     as `cnnfilterdb ingest` reads it, into a temporary file outside the store, removed after;
     nothing is written to the store. Bounded: at most max_checks at once (429 beyond, before the
-    upload is read), max_check_bytes (413), check_upload_timeout_s for the whole upload (408)."""
+    upload is read), max_check_bytes (413), check_upload_timeout_s for the whole upload and
+    check_min_upload_bytes_per_s after check_upload_grace_s (408), max_check_unpacked,
+    max_check_layers and max_check_filters (422); one file (no ONNX external data); a browser's
+    request from another origin is a 403."""
     settings: Settings = request.app.state.settings
     slots: CheckSlots = request.app.state.check_slots
+    _same_origin(request)
     boundary = _boundary(request.headers.get("content-type", ""))
     if not slots.take():
         # No Connection: close: the server reads and drops the rest of the upload (within its
@@ -197,6 +222,36 @@ async def check_model(request: Request, catalog: LiveCatalog = Depends(get_catal
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         slots.give_back()
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _same_origin(request: Request) -> None:
+    """ApiError 403 for a browser's request from another site: ``Sec-Fetch-Site: cross-site``, or
+    an ``Origin`` (any, ``null`` included) whose host and port are not those of the ``Host``
+    header (a Host without a port: the Origin scheme's default one). The scheme is not compared:
+    a TLS-terminating proxy makes an https page's request an http one here, and nothing but the
+    service answers on its own host and port. No Origin (curl, Client): nothing to check."""
+    site = request.headers.get("sec-fetch-site", "").strip().lower()
+    origin = request.headers.get("origin")
+    if site == "cross-site":
+        raise ApiError(403, "cross_origin", "a request from another site (Sec-Fetch-Site: cross-site): POST /v1/check "
+                                            "takes uploads from the service's own pages or from clients that are not "
+                                            "browsers (curl, cnnfilterdb.Client)")
+    if origin is None:
+        return
+    host = request.headers.get("host", "")
+    try:
+        o, h = urlsplit(origin.strip()), urlsplit("//" + host.strip())
+        same = (o.scheme in DEFAULT_PORTS and not o.path.strip("/") and o.hostname is not None
+                and o.hostname == h.hostname and (o.port or DEFAULT_PORTS[o.scheme]) == (h.port or DEFAULT_PORTS[o.scheme]))
+    except ValueError:  # a port that is no number
+        same = False
+    if not same:
+        raise ApiError(403, "cross_origin", f"a request from another origin (Origin {echo(origin)}, Host {echo(host)}): "
+                                            "POST /v1/check takes uploads from the service's own pages or from clients "
+                                            "that send no Origin (curl, cnnfilterdb.Client)")
 
 
 def _boundary(content_type: str) -> bytes:
@@ -385,10 +440,22 @@ def _request(fields: dict[str, str]) -> tuple[CheckRequest, str]:
             if text == "null" and name in NULLABLE:
                 values[name] = None
             else:  # a JSON number; anything else goes to the request type, which says what it must be
-                values[name] = json.loads(text) if JSON_NUMBER.fullmatch(text) else text
+                values[name] = _number(text)
         else:
             values[name] = text
     return build(CheckRequest, **values), fmt
+
+
+def _number(text: str):
+    """A form field's JSON number, or its text when it is none Python reads (a number of more
+    digits than Python converts, sys.get_int_max_str_digits: ValueError): the request type then
+    says what the value must be, as for any other text."""
+    if not JSON_NUMBER.fullmatch(text):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _answer(catalog: LiveCatalog, req: CheckRequest, fmt: str, upload: _Upload, settings: Settings) -> Response:
@@ -399,7 +466,9 @@ def _answer(catalog: LiveCatalog, req: CheckRequest, fmt: str, upload: _Upload, 
 
     assert upload.path is not None
     try:
-        model = read_checked(upload.path, shown=upload.shown, max_unpacked=settings.max_check_unpacked)
+        model = read_checked(upload.path, shown=upload.shown, max_unpacked=settings.max_check_unpacked,
+                             max_layers=settings.max_check_layers, max_filters=settings.max_check_filters,
+                             external_data=False)  # an upload is one file
     except IngestError as e:
         message = str(e).replace(str(upload.path), upload.shown).replace(str(upload.folder), "")
         raise ApiError(422, "invalid_model", message) from None
