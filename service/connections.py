@@ -18,7 +18,11 @@ for as long as they stayed. ``GuardedH11Protocol`` is uvicorn's h11 protocol wit
   count, nor requests whose body is still arriving: a request's body is read (within
   ``body_timeout_s``, up to ``max_body_bytes``) before it is admitted, and only then does it count.
   A review held 600 POSTs sending a body byte a second (5 addresses x 100 suffice for the 500) and
-  every /health was a 503 until the body timeout.
+  every /health was a 503 until the body timeout. Not so the routes of ``STREAMED`` (POST
+  /v1/check): their body is the route's to read, bounded by its own rules (a slot taken before it
+  is read, a 429 without reading it, its own size, time and rate: routers/check.py), so it is
+  handed over unread and the request counts from its head; while its body arrives the connection
+  is evictable as any slow body.
 
 The counts are per process (per uvicorn worker). Behind a reverse proxy every connection comes from
 the proxy's address: raise ``max_connections_per_client`` there (the proxy then bounds clients).
@@ -85,36 +89,57 @@ class _Registry:
     open = 0
 
 
+# Routes whose body is not read before they run (method, path): the route bounds it itself.
+STREAMED = frozenset({("POST", "/v1/check")})
+
+
 class _BoundedApp:
     """The app, answering 503 at once when max_requests requests are in progress. A request whose
     body is still arriving has its body read first (``_read_body``), evictable meanwhile, and is
-    counted only once it has come."""
+    counted only once it has come; but a STREAMED route's, handed over unread (evictable while it
+    arrives, ``_tracked``), is counted from its head."""
 
     def __init__(self, app):
         self.app = app
         self.in_progress = 0
 
     async def __call__(self, scope, receive, send, protocol: GuardedH11Protocol | None = None) -> None:
+        streamed = False
         if scope["type"] == "http" and protocol is not None and protocol.conn.their_state is h11.SEND_BODY:
-            declared = dict(scope["headers"]).get(b"content-length", b"")
-            if not (declared.isdigit() and int(declared) > _Limits.max_body_bytes):  # else a 413 at once (BodyLimit)
-                messages = await _read_body(protocol, receive, send)
-                if messages is None:
+            if (scope["method"], scope["path"]) in STREAMED:
+                streamed = True
+                receive = _tracked(protocol, receive)
+            else:
+                receive = await self._read_first(protocol, scope, receive, send)
+                if receive is None:
                     return  # the client left, was evicted or timed out (answered)
-                receive = _replay(messages, receive)
         if scope["type"] != "http" or self.in_progress < _Limits.max_requests:
             self.in_progress += 1
             try:
                 await self.app(scope, receive, send)
             finally:
                 self.in_progress -= 1
+                if streamed:
+                    _Registry.bodies.pop(protocol, None)  # its body may never have been read (a 429)
             return
+        if streamed:
+            _Registry.bodies.pop(protocol, None)
         body = json.dumps({"error": {"code": "overloaded", "message": f"{_Limits.max_requests} requests are in "
                                                                        "progress; retry later"}}).encode()
         await send({"type": "http.response.start", "status": 503,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"retry-after", b"1"), (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    async def _read_first(protocol: GuardedH11Protocol, scope, receive, send):
+        """``receive``, or one replaying the body read first (``_read_body``); None if the client
+        left, was evicted or timed out."""
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > _Limits.max_body_bytes:
+            return receive  # a 413 at once (BodyLimit)
+        messages = await _read_body(protocol, receive, send)
+        return None if messages is None else _replay(messages, receive)
 
 
 async def _read_body(protocol: GuardedH11Protocol, receive, send) -> list[dict] | None:
@@ -146,6 +171,25 @@ async def _read_body(protocol: GuardedH11Protocol, receive, send) -> list[dict] 
                 return messages
     finally:
         _Registry.bodies.pop(protocol, None)
+
+
+def _tracked(protocol: GuardedH11Protocol, receive):
+    """A receive for a STREAMED route: the connection listed as sending a body (evictable, slowest
+    first) until the body is complete or the client leaves."""
+    protocol._body_started()
+
+    async def tracked():
+        try:
+            message = await receive()
+        except BaseException:
+            _Registry.bodies.pop(protocol, None)
+            raise
+        if message["type"] == "http.request" and message.get("more_body", False):
+            protocol._body_received += len(message.get("body", b""))
+        else:
+            _Registry.bodies.pop(protocol, None)
+        return message
+    return tracked
 
 
 def _replay(messages: list[dict], receive):

@@ -12,6 +12,7 @@ import socket
 import struct
 import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,44 @@ def live(v1_store, tmp_root):
     app = create_app(Settings(db=v1_store, check_tmp_dir=tmp_root, max_checks=1, check_upload_timeout_s=2.0,
                               max_check_bytes=64 << 20))
     with serving(app) as (url, port):
+        yield url, port
+
+
+@contextmanager
+def serving_guarded(app):
+    """The app served as `cnnfilterdb serve` serves it: uvicorn with the connection guard
+    (service/connections.GuardedH11Protocol, its limits the defaults: body_timeout_s 30 s), on a
+    free loopback port, in a thread."""
+    import threading
+
+    import uvicorn
+
+    from cnnfilterdb.service.connections import GuardedH11Protocol
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on", http=GuardedH11Protocol))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True, name="test-uvicorn-guarded")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", sock.getsockname()[1]
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def guarded(v1_store, tmp_root):
+    """A real server behind the connection guard: one check at a time, an upload within 1.5 s and,
+    after 0.3 s, at 1,000 bytes/s on average at least."""
+    app = create_app(Settings(db=v1_store, check_tmp_dir=tmp_root, max_checks=1, check_upload_timeout_s=1.5,
+                              check_min_upload_bytes_per_s=1000, check_upload_grace_s=0.3))
+    with serving_guarded(app) as (url, port):
         yield url, port
 
 
@@ -453,6 +492,76 @@ def test_one_check_at_a_time_then_429_and_a_slow_upload_408(live):
         slow.close()
     r = httpx.post(url + "/v1/check", files={"file": ("cls.onnx", ONNX.read_bytes())}, timeout=30)
     assert r.status_code == 200, r.text
+
+
+def test_small_and_chunked_uploads_have_the_check_bounds_behind_the_connection_guard(guarded):
+    """`serve`'s connection guard reads a small (<= max_body_bytes) or chunked body before the
+    route runs, within body_timeout_s (30 s); not POST /v1/check's: its slot is taken before its
+    upload is read (a 429 at once for the next, however small its body), and its own timeout
+    applies (a 408 after check_upload_timeout_s, 1.5 s, not 30)."""
+    import httpx
+
+    url, port = guarded
+    body, _ = _multipart([("file", "cls.onnx", ONNX.read_bytes())])
+    assert len(body) < 1_000_000  # a body the guard would read first
+    holder = _head(port, len(body))
+    try:
+        t0 = time.monotonic()
+        holder.sendall(body[:20_000])  # fast enough for the minimum rate for 20 s: the timeout comes first
+        time.sleep(0.2)
+        s = _head(port, len(body))
+        s.sendall(body[:100])  # incomplete: a 429 all the same, its body never read
+        status, headers, answer = _response(s)
+        s.close()
+        assert status == 429 and json.loads(answer)["error"]["code"] == "check_busy" and headers["retry-after"]
+        status, _, answer = _response(holder)
+        elapsed = time.monotonic() - t0
+        error = json.loads(answer)["error"]
+        assert status == 408 and error["message"] == "the request body did not arrive within 1.5 s", error
+        assert 1.2 < elapsed < 5, elapsed
+    finally:
+        holder.close()
+    # Chunked: the same.
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        t0 = time.monotonic()
+        s.sendall(b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % 20_000 + body[:20_000] + b"\r\n")
+        status, _, answer = _response(s)
+        assert status == 408 and "within 1.5 s" in json.loads(answer)["error"]["message"]
+        assert time.monotonic() - t0 < 5
+    finally:
+        s.close()
+    r = httpx.post(url + "/v1/check", files={"file": ("cls.onnx", ONNX.read_bytes())}, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+def test_an_upload_under_the_minimum_rate_is_a_408(guarded):
+    """Two uploads trickling a byte now and then cannot hold the check slots for
+    check_upload_timeout_s: past check_upload_grace_s, an average under
+    check_min_upload_bytes_per_s since the start is a 408 that says the rate; the slot and the
+    temporary file are freed."""
+    import httpx
+
+    url, port = guarded
+    body, _ = _multipart([("file", "cls.onnx", ONNX.read_bytes())])
+    s = _head(port, len(body))
+    try:
+        t0 = time.monotonic()
+        s.sendall(body[:200])
+        for i in range(3):
+            time.sleep(0.05)
+            s.sendall(body[200 + i:201 + i])
+        status, _, answer = _response(s)
+        elapsed = time.monotonic() - t0
+    finally:
+        s.close()
+    message = json.loads(answer)["error"]["message"]
+    assert status == 408 and "bytes/s on average" in message, message
+    assert "check_min_upload_bytes_per_s of 1,000 bytes/s" in message and "slot" in message
+    assert elapsed < 1.2, elapsed  # at the grace period's end, not the timeout (1.5 s)
+    r = httpx.post(url + "/v1/check", files={"file": ("cls.onnx", ONNX.read_bytes())}, timeout=30)
+    assert r.status_code == 200, r.text  # the slot is free; the fixture: no file left
 
 
 def test_a_truncated_upload_leaves_nothing(live):

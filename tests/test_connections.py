@@ -370,3 +370,12 @@ def test_clients_that_stop_reading_cannot_hold_the_layer_filter_slots(export_sto
             assert npy.status_code == 200 and len(npy.content) > n * 36  # the slot came back
         finally:
             stalled.close()
+
+
+def test_the_check_upload_is_not_read_before_its_route():
+    """POST /v1/check bounds its own upload (a slot before it is read, its own size, time and rate:
+    tests/test_check_http.py exercises it behind the guard): the guard hands its body over unread."""
+    from cnnfilterdb.service.connections import STREAMED
+    from cnnfilterdb.service.routers import check
+
+    assert STREAMED == {("POST", check.PATH)}
