@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from cnnfilterdb.stats.quality import orthogonality
+from cnnfilterdb.stats.quality import MAX_ORTHOGONALITY_CHANNELS, MAX_ORTHOGONALITY_FILTERS, orthogonality
 from cnnfilterdb.store import StoreTransaction
 
 from .errors import file_error
@@ -56,11 +56,11 @@ SHAPE_COLUMNS = ("in_channels", "out_channels")  # per layer (row), not per mode
 HANDLED = {"model", "Task", "filter_ids", *TEXT_COLUMNS, *INT_COLUMNS, *FLOAT_COLUMNS, *VISUAL_CATEGORY_COLUMNS,
            *SHAPE_COLUMNS}
 MAX_CHANNELS = 2**31 - 1  # the layers' in_channels/out_channels are INTEGER
-# A layer's orthogonality needs its whole weight and an out x out Gram matrix in float64 (as a
-# model file's does); beyond these sizes (about 2 GB of transient memory) it is left null and the
-# layer is listed in the ingest's result. Real 3x3 convolutions stay far below (2048 x 2048 = 4.2e6).
-ORTHOGONALITY_MAX_OUT = 8192
-ORTHOGONALITY_MAX_FILTERS = 1 << 23
+# A layer's orthogonality needs its whole weight in float64 (as a model file's does); beyond these
+# sizes (stats/quality.py's, for model files and dataset.h5 alike) it is left null and the layer is
+# listed in the ingest's result.
+ORTHOGONALITY_MAX_OUT = MAX_ORTHOGONALITY_CHANNELS
+ORTHOGONALITY_MAX_FILTERS = MAX_ORTHOGONALITY_FILTERS
 
 
 def _onnx_operator_names() -> frozenset[str]:

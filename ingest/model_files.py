@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnfilterdb.checked import CheckedLayer, CheckedModel
-from cnnfilterdb.stats.quality import orthogonality
+from cnnfilterdb.stats.quality import orthogonality, orthogonality_work
 from cnnfilterdb.store import StoreTransaction
 
 from .errors import IngestError
@@ -75,15 +75,16 @@ def model_layers(m: ExtractedModel, first_layer_id: int = 0, model_id: int = 0) 
 
 
 def read_checked(path: Path, shown: str | None = None, max_unpacked: int | None = None, *,
-                 max_layers: int | None = None, max_filters: int | None = None,
+                 max_layers: int | None = None, max_filters: int | None = None, max_work: int | None = None,
                  external_data: bool = True) -> CheckedModel:
     """A model file read and checked exactly as an ingest reads it (``read_model``: every format
     of docs/method.md#model-files, the same errors), as a ``checked.CheckedModel`` for
     ``check.check``, named after ``shown`` (an upload's file name; default the path's). IngestError
     naming the file as ``shown``: not a model, no 3x3 convolution, a NaN weight, unreadable, a
     zip that would unpack to more than ``max_unpacked`` bytes (``models.check_unpacked``), more
-    than ``max_layers`` layers of 3x3 filters or ``max_filters`` filters (counted from the shapes,
-    before any is computed on), or (``external_data`` False: an upload) an ONNX model keeping
+    than ``max_layers`` layers of 3x3 filters, ``max_filters`` filters, or ``max_work``
+    multiply-adds of the layers' orthogonality (``stats.quality.orthogonality_work``: out^2 pairs
+    a layer; counted from the shapes, before any is computed on), or (``external_data`` False: an upload) an ONNX model keeping
     tensors in other files."""
     import hashlib
 
@@ -105,6 +106,10 @@ def read_checked(path: Path, shown: str | None = None, max_unpacked: int | None 
                           "takes here")
     if max_filters is not None and n_filters > max_filters:
         raise IngestError(f"{shown}: holds {n_filters:,} 3x3 filters, more than the {max_filters:,} a check takes here")
+    work = sum(orthogonality_work(int(s[0]), int(s[1]) * 9) for s in shapes)
+    if max_work is not None and work > max_work:
+        raise IngestError(f"{shown}: its layers' orthogonality (every pair of output channels) is {work:.2g} "
+                          f"multiply-adds, more than the {max_work:.2g} a check takes here")
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

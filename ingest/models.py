@@ -156,7 +156,7 @@ def read_onnx(path: Path, external_data: bool = True) -> ExtractedModel:
         cache[name] = arr
         return arr
 
-    convs_raw = []
+    convs_raw, dequantized = [], {}
     for i, n in enumerate(g.node):
         if n.op_type not in LEVEL_OPS:
             continue
@@ -169,11 +169,15 @@ def read_onnx(path: Path, external_data: bool = True) -> ExtractedModel:
         groups = next((a.i for a in n.attribute if a.name == "group"), 1)
         if groups < 1 or w.shape[0] % groups:
             raise file_error(path, f"{label}: group {groups} does not divide its {w.shape[0]} output channels")
-        if n.op_type == "ConvInteger":
-            zp = resolve(n.input[3], label) if len(n.input) > 3 and n.input[3] else np.zeros((), w.dtype)
-            w = _dequantize(w, np.ones((), np.float32), zp, 0)
-        elif n.op_type == "QLinearConv":
-            w = _dequantize(w, resolve(n.input[4], label), resolve(n.input[5], label), 0)
+        if n.op_type in ("ConvInteger", "QLinearConv"):  # once per distinct weight: many nodes may share one
+            key = (n.op_type, *n.input[WEIGHT_INPUT[n.op_type]:])
+            if key not in dequantized:
+                if n.op_type == "ConvInteger":
+                    zp = resolve(n.input[3], label) if len(n.input) > 3 and n.input[3] else np.zeros((), w.dtype)
+                    dequantized[key] = _dequantize(w, np.ones((), np.float32), zp, 0)
+                else:
+                    dequantized[key] = _dequantize(w, resolve(n.input[4], label), resolve(n.input[5], label), 0)
+            w = dequantized[key]
         if i not in depth:
             raise file_error(path, f"{label} is not reachable from the graph inputs")
         convs_raw.append((label, w, groups, depth[i], n.op_type))

@@ -127,6 +127,24 @@ def test_the_checks_caps_count_layers_and_filters_before_computing(tmp_path):
     with pytest.raises(IngestError, match="holds 60 3x3 filters, more than the 59 a check takes here"):
         read_checked(tmp_path / "many.npz", max_filters=59)
     assert len(read_checked(tmp_path / "many.npz", max_layers=30, max_filters=60).layers) == 30
+    # orthogonality's out^2 pairs: one layer of 1,000 channels of 1 x 3 x 3 is 1e6 x (9 + PAIR_COST)
+    np.savez(tmp_path / "wide.npz", w=np.ones((1000, 1, 3, 3), np.float32))
+    work = 1000 * 1000 * (9 + quality.PAIR_COST)
+    with pytest.raises(IngestError) as e:
+        read_checked(tmp_path / "wide.npz", max_work=10**8)
+    assert f"orthogonality (every pair of output channels) is {work:.2g} multiply-adds, more than the 1e+08" in str(e.value)
+    assert read_checked(tmp_path / "wide.npz", max_work=work).layers[0].metrics["orthogonality"] == 0.0
+
+
+def test_a_quantized_weight_shared_by_many_nodes_is_dequantized_once(tmp_path):
+    q = numpy_helper.from_array(np.ones((4, 4, 3, 3), np.int8), "q")
+    zp = numpy_helper.from_array(np.zeros((), np.int8), "z")
+    x8 = helper.make_tensor_value_info("x", TensorProto.INT8, [1, 4, 8, 8])
+    nodes = [helper.make_node("ConvInteger", ["x" if i == 0 else f"y{i - 1}", "q", "", "z"], [f"y{i}" if i < 9 else "y"],
+                              name=f"c{i}") for i in range(10)]
+    path = _graph_model(nodes, [q, zp], tmp_path, inputs=[x8])
+    convs = read_model(path, "onnx").convs
+    assert len(convs) == 10 and all(c.weight is convs[0].weight for c in convs)
 
 
 def test_a_wide_layers_orthogonality_in_blocks_equals_the_whole_gram_matrix(monkeypatch):
@@ -135,9 +153,12 @@ def test_a_wide_layers_orthogonality_in_blocks_equals_the_whole_gram_matrix(monk
     V = w.reshape(300, -1).astype(np.float64)
     U = V / np.linalg.norm(V, axis=1, keepdims=True)
     naive = 1 - np.mean([abs(U[i] @ U[j]) for i in range(300) for j in range(i + 1, 300)])
-    monkeypatch.setattr(quality, "ORTHOGONALITY_ROWS", 64)
+    monkeypatch.setattr(quality, "ORTHOGONALITY_BLOCK", 300 * 64)  # blocks of 64 rows
     blocked = quality.orthogonality(w)
     assert abs(blocked - whole) <= 1e-12 and abs(whole - naive) <= 1e-12
+    monkeypatch.setattr(quality, "MAX_ORTHOGONALITY_CHANNELS", 299)  # wider: none, and no work budgeted
+    assert quality.orthogonality(w) is None and quality.orthogonality_work(300, 18) == 0
+    assert quality.orthogonality_work(299, 18) == 299 * 299 * (18 + quality.PAIR_COST)
 
 
 def test_the_cli_says_a_malformed_model_in_one_line(tmp_path):

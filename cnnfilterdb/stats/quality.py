@@ -10,7 +10,9 @@ For a layer with filters W of shape (n, 9):
   (``expected_random_entropy``); null where h(n) <= 0 (n = 2), since the ratio means nothing there.
 - ``variance_entropy_clean``: H of the non-sparse filters only (null when fewer than 2).
 - ``orthogonality``: 1 - mean |cos| over pairs of distinct output channels, each flattened to
-  in * 9 (needs the layer's (out, in, 3, 3) shape; null otherwise).
+  in * 9 (needs the layer's (out, in, 3, 3) shape; null otherwise, and beyond
+  MAX_ORTHOGONALITY_CHANNELS output channels or MAX_ORTHOGONALITY_FILTERS filters; wide layers
+  in blocks of rows).
 
 Large layers are processed in pieces by ``LayerQualityAccumulator`` in two passes (the sparsity
 threshold needs the layer maximum first); the eigenvalues of the merged scatter matrix equal s**2.
@@ -133,7 +135,23 @@ class LayerQualityAccumulator:
         )
 
 
-ORTHOGONALITY_ROWS = 4096  # output channels whose cosines are computed at once (4096^2 doubles: 128 MiB)
+# Orthogonality compares every pair of output channels: out^2 / 2 cosines of in * 9 entries each.
+# Beyond these a layer gets none (its pairs and float64 copies would take gigabytes; real 3x3
+# convolutions stay far below: 2048 x 2048 = 4.2e6 filters), from a model file or dataset.h5 alike.
+MAX_ORTHOGONALITY_CHANNELS = 8192
+MAX_ORTHOGONALITY_FILTERS = 1 << 23
+ORTHOGONALITY_BLOCK = 1 << 23        # cosines computed at once (64 MiB of float64)
+
+
+PAIR_COST = 256  # a pair's cost beyond its multiply-adds, in multiply-adds (measured: about 7.6 ns a pair here)
+
+
+def orthogonality_work(out: int, per_channel: int) -> int:
+    """The work of ``orthogonality`` for a layer of ``out`` channels of ``per_channel`` weights
+    each, in multiply-adds: out^2 x (per_channel + PAIR_COST); 0 where it is not computed. What a
+    check budgets (about 3e10 a second on this project's 2-core machine)."""
+    computed = 2 <= out <= MAX_ORTHOGONALITY_CHANNELS and out * per_channel <= 9 * MAX_ORTHOGONALITY_FILTERS
+    return out * out * (per_channel + PAIR_COST) if computed else 0
 
 
 def orthogonality(weight: np.ndarray) -> float | None:
@@ -147,22 +165,27 @@ def orthogonality(weight: np.ndarray) -> float | None:
 
     Returns
     -------
-    float in [0, 1]; None with fewer than 2 output channels.
+    float in [0, 1]; None with fewer than 2 output channels, or more than
+    MAX_ORTHOGONALITY_CHANNELS or MAX_ORTHOGONALITY_FILTERS (3x3 filters, ``weight.size / 9``).
     """
     out = weight.shape[0]
-    if out < 2:
+    if out < 2 or out > MAX_ORTHOGONALITY_CHANNELS or weight.size > 9 * MAX_ORTHOGONALITY_FILTERS:
         return None
-    V = np.asarray(weight, dtype=np.float64).reshape(out, -1)
+    V = np.array(weight, dtype=np.float64).reshape(out, -1)  # a copy: scaled in place below
     norms = np.linalg.norm(V, axis=1)
-    U = np.divide(V, norms[:, None], out=np.zeros_like(V), where=norms[:, None] > 0)
-    if out <= ORTHOGONALITY_ROWS:
+    U = np.divide(V, norms[:, None], out=V, where=norms[:, None] > 0)  # a zero channel stays zero
+    rows = max(1, ORTHOGONALITY_BLOCK // out)
+    if rows >= out:
         C = np.abs(U @ U.T)
         iu = np.triu_indices(out, k=1)
         return float(1.0 - C[iu].mean())
-    # Wider layers a block of rows at a time: memory ORTHOGONALITY_ROWS x out, not out x out (a
-    # file of one layer of 40,000 channels would otherwise ask for 13 GB).
+    # Wider layers a block of rows at a time, in place: memory ORTHOGONALITY_BLOCK cosines, not
+    # out x out (one layer of 16,384 channels would otherwise hold 2 GiB, three times over).
     total = 0.0
-    for a in range(0, out, ORTHOGONALITY_ROWS):
-        block = np.abs(U[a:a + ORTHOGONALITY_ROWS] @ U.T)
-        total += float(np.triu(block, k=a + 1).sum())
+    for a in range(0, out, rows):
+        block = U[a:a + rows] @ U.T
+        np.abs(block, out=block)
+        for r in range(len(block)):
+            block[r, :a + r + 1] = 0.0  # the pairs (i, j) with j > i only
+        total += float(block.sum())
     return float(1.0 - total / (out * (out - 1) // 2))
