@@ -133,7 +133,7 @@ def test_the_checks_caps_count_layers_and_filters_before_computing(tmp_path):
     with pytest.raises(IngestError) as e:
         read_checked(tmp_path / "wide.npz", max_work=10**8)
     assert f"orthogonality (every pair of output channels) is {work:.2g} multiply-adds, more than the 1e+08" in str(e.value)
-    assert read_checked(tmp_path / "wide.npz", max_work=work).layers[0].metrics["orthogonality"] == 0.0
+    assert abs(read_checked(tmp_path / "wide.npz", max_work=work).layers[0].metrics["orthogonality"]) < 1e-12  # all parallel
 
 
 def test_a_quantized_weight_shared_by_many_nodes_is_dequantized_once(tmp_path):
