@@ -79,7 +79,45 @@ def serving(app):
         thread.join(timeout=10)
 
 
-__all__ = ["REPO", "cli_main", "open_catalog", "run_cli", "serving", "store_snapshot"]
+def start_serve(args: list[str], timeout: float = 60.0) -> tuple[subprocess.Popen, str, int]:
+    """`cnnfilterdb serve *args` in a process of its own on a free loopback port, answering
+    /health: (the process, its base URL, the port); stop it with terminate(). Its stderr is a pipe.
+
+    The port is free when chosen, but it is released for the service to bind, and another process
+    (a test in a parallel worker) may take it in between: a service that says so is started again
+    on another port; any other failure to start fails the test with its stderr."""
+    import socket
+    import time
+
+    import httpx
+
+    for attempt in range(5):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        p = subprocess.Popen([sys.executable, "-m", "cnnfilterdb.cli", "serve", *args, "--port", str(port)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        while p.poll() is None:
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    return p, base, port
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                p.terminate()
+                p.wait(timeout=30)
+                break
+            time.sleep(0.2)
+        err = p.stderr.read().decode(errors="replace")
+        p.stderr.close()
+        if "Address already in use" not in err or attempt == 4:
+            raise AssertionError(f"cnnfilterdb serve did not start (exit {p.returncode}): {err[-2000:]}")
+    raise AssertionError("unreachable")
+
+
+__all__ = ["REPO", "cli_main", "open_catalog", "run_cli", "serving", "start_serve", "store_snapshot"]
 
 
 def flip_byte(path: Path, offset: int, mask: int = 0xFF) -> None:

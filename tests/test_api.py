@@ -654,15 +654,17 @@ def _mock_client(handler, **kwargs):
 def test_the_client_says_when_there_is_no_service():
     import socket
 
-    with socket.socket() as s:  # a port nothing listens on
+    # A port nothing listens on: bound here but never listening (connections to it are refused),
+    # and held, so that no other process (a test in a parallel worker) can listen on it meanwhile.
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with cnnfilterdb.Client(f"http://127.0.0.1:{port}") as c:
-        for call in (c.versions, c.pca, lambda: c.models({"task": "GAN"}), c.filters):
-            with pytest.raises(cnnfilterdb.client.ServiceUnavailable) as e:
-                call()
-            assert isinstance(e.value, cnnfilterdb.ServiceError)
-            assert f"http://127.0.0.1:{port}" in str(e.value) and "cnnfilterdb serve --db" in str(e.value)
+        with cnnfilterdb.Client(f"http://127.0.0.1:{port}") as c:
+            for call in (c.versions, c.pca, lambda: c.models({"task": "GAN"}), c.filters):
+                with pytest.raises(cnnfilterdb.client.ServiceUnavailable) as e:
+                    call()
+                assert isinstance(e.value, cnnfilterdb.ServiceError)
+                assert f"http://127.0.0.1:{port}" in str(e.value) and "cnnfilterdb serve --db" in str(e.value)
 
 
 def test_the_client_says_when_the_service_does_not_answer_in_time():

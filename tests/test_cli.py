@@ -141,28 +141,13 @@ def test_demo_builds_a_labelled_sample(tmp_path, capsys):
 
 def test_serve_answers_over_http(store):
     """`cnnfilterdb serve` runs uvicorn: a real HTTP round trip."""
-    import os
-    import socket
-    import time
-
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ)
-    p = subprocess.Popen([sys.executable, "-m", "cnnfilterdb.cli", "serve", "--db", str(store), "--port", str(port),
-                          "--sql-timeout-s", "2.5", "--sql-max-rows", "777"],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    from .helpers import start_serve
+
+    p, _, port = start_serve(["--db", str(store), "--sql-timeout-s", "2.5", "--sql-max-rows", "777"], timeout=30)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert p.poll() is None and time.monotonic() < deadline, p.stderr.read().decode()[-2000:]
-                time.sleep(0.2)
+        r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
         assert r.status_code == 200 and r.json()["status"] == "ok"
         stats = httpx.get(f"http://127.0.0.1:{port}/v1/stats").json()
         assert stats["filters"] == 60_000

@@ -7,18 +7,17 @@ clients that stop reading cannot hold every export slot. The hostile connections
 from __future__ import annotations
 
 import json
-import os
 import resource
 import select
 import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
 
 import httpx
 import pytest
+
+from .helpers import start_serve
 
 HOSTILE = "127.0.0.2"
 
@@ -50,22 +49,8 @@ def export_store(tmp_path_factory):
 @contextmanager
 def serve(db, *flags: str):
     """`cnnfilterdb serve` on a free loopback port with these flags: yields (base URL, port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    p = subprocess.Popen([sys.executable, "-m", "cnnfilterdb.cli", "serve", "--db", str(db), "--port", str(port),
-                          *flags], env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
+    p, base, port = start_serve(["--db", str(db), *flags])
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read().decode()[-2000:]
-            time.sleep(0.2)
         yield base, port
     finally:
         p.terminate()
