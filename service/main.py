@@ -30,7 +30,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     warm_up()  # the scan kernels load now, not on the first analysis request
     load_matplotlib()  # and matplotlib, not in the first figure request
     settings = settings or Settings()
-    check.check_tmp_dir(settings)  # uploads are never written inside the store: ValueError at start otherwise
+    # uploads are never written inside the store: ValueError at start otherwise; and those of a
+    # killed service process are removed
+    check.remove_stale_uploads(check.check_tmp_dir(settings))
     sql_pool = SqlPool(settings.db, settings.sql_workers, SqlLimits(
         timeout_s=settings.sql_timeout_s, memory_limit=settings.sql_memory_limit,
         address_space_bytes=int(settings.sql_worker_memory_cap)))
@@ -76,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.catalog = LiveCatalog(settings)
     app.state.sql_pool = sql_pool
     app.state.figure_cache = FigureCache(settings.figure_cache_bytes)
-    app.state.check_slots = check.CheckSlots(settings.max_checks)
+    app.state.check_slots = check.CheckSlots(settings.max_checks, settings.max_checks_per_client)
     errors.install(app)
     app.add_middleware(HeadAsGet)
     # Every body within max_body_bytes and body_timeout_s, but the model file of POST /v1/check

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     max_check_filters: int = Field(20_000_000, ge=1, le=10_000_000_000, description="the most 3x3 filters an "
                                    "uploaded model may hold (720 MB as float32; VGG-16 has 1.6 million), counted "
                                    "before anything is computed, or it is refused (a 422)")
+    max_check_work: int = Field(10**12, ge=1, description="the most multiply-adds an uploaded model's layer "
+                                "orthogonality may take (every pair of a layer's output channels: out^2 x (in x 9 + "
+                                "256)), counted from its shapes before anything is computed, or it is refused (a 422); "
+                                "about 30 s on 2 cores; a wide ResNet-101 takes 6e10")
+    max_checks_per_client: int = Field(1, ge=1, le=64, description="checks at once from one client address (behind a "
+                                       "proxy every client has its address: raise it to max_checks); more get a 429")
     check_min_upload_bytes_per_s: int = Field(65_536, ge=0, description="once an upload of POST /v1/check has run "
                                               "for check_upload_grace_s, its average rate since its start must stay "
                                               "at least this, else a 408 (its check slot and temporary file freed): "

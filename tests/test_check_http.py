@@ -10,6 +10,8 @@ import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 import zipfile
 from contextlib import contextmanager
@@ -57,12 +59,13 @@ def client(v1_store, tmp_root):
 
 @pytest.fixture(scope="module")
 def small(v1_store, tmp_root):
-    """A service with small caps: a body of 200 kB, a zip unpacking to 5 MB, 3 layers, 1,000 filters."""
+    """A service with small caps: a body of 200 kB, a zip unpacking to 5 MB, 3 layers, 1,000 filters,
+    1e7 multiply-adds of orthogonality."""
     from fastapi.testclient import TestClient
 
     return TestClient(create_app(Settings(db=v1_store, check_tmp_dir=tmp_root, max_check_bytes=200_000,
                                           max_check_unpacked=5_000_000, max_check_layers=3,
-                                          max_check_filters=1000)), raise_server_exceptions=False)
+                                          max_check_filters=1000, max_check_work=10**7)), raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -308,6 +311,38 @@ def test_caps_on_layers_and_filters(small):
     wide = _npz(conv=rng.normal(size=(40, 30, 3, 3)).astype(np.float32))
     message = _error(_post(small, content=wide, filename="wide.npz"), 422, "invalid_model")
     assert message.startswith("wide.npz: ") and "1,200 3x3 filters" in message and "1,000" in message
+    # max_check_work: 300 channels of 1 x 3 x 3 are 300^2 x (9 + 256) = 2.4e7 multiply-adds of orthogonality
+    many_channels = _npz(conv=rng.normal(size=(300, 1, 3, 3)).astype(np.float32))
+    message = _error(_post(small, content=many_channels, filename="channels.npz"), 422, "invalid_model")
+    assert message.startswith("channels.npz: ") and "2.4e+07 multiply-adds, more than the 1e+07" in message
+
+
+def test_one_address_holds_at_most_max_checks_per_client():
+    """Two slow uploads from one address cannot hold both slots (the hostile re-check): the
+    second from it is a 429 naming max_checks_per_client; another address still gets one."""
+    from cnnfilterdb.service.routers.check import CheckSlots
+
+    slots = CheckSlots(2, 1)
+    assert slots.take("10.0.0.1") is None
+    assert "max_checks_per_client" in slots.take("10.0.0.1")
+    assert slots.take("10.0.0.2") is None
+    assert "max_checks" in slots.take("10.0.0.3")
+    slots.give_back("10.0.0.1")
+    assert slots.take("10.0.0.3") is None
+
+
+def test_uploads_of_a_killed_process_are_removed_at_start(v1_store, tmp_path):
+    """A service process killed mid-check cannot remove its upload: the next one does, and leaves
+    those of running processes (another worker's) alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"cnnfilterdb-check-{dead.pid}-abc"
+    alive = tmp_path / f"cnnfilterdb-check-{os.getpid()}-def"
+    for d in (stale, alive):
+        d.mkdir()
+        (d / "upload.onnx").write_bytes(b"x")
+    create_app(Settings(db=v1_store, check_tmp_dir=tmp_path))
+    assert not stale.exists() and (alive / "upload.onnx").exists()
 
 
 def test_over_the_cap(small):

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -107,17 +108,54 @@ SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,10}")  # a file name's suffix kept on the 
 
 
 class CheckSlots:
-    """The checks running in this process: at most ``n``, taken without waiting (a 429 beyond)."""
+    """The checks running in this process: at most ``n``, and at most ``per_client`` from one
+    client address (two slow uploads from one address cannot hold every slot), taken without
+    waiting (a 429 beyond)."""
 
-    def __init__(self, n: int):
-        self.n = n
-        self._slots = threading.BoundedSemaphore(n)
+    def __init__(self, n: int, per_client: int | None = None):
+        self.n, self.per_client = n, per_client or n
+        self._lock = threading.Lock()
+        self._running: dict[str, int] = {}
 
-    def take(self) -> bool:
-        return self._slots.acquire(blocking=False)
+    def take(self, client: str) -> str | None:
+        """None: taken (give it back with ``give_back(client)``); else why not, for the 429."""
+        with self._lock:
+            if sum(self._running.values()) >= self.n:
+                return f"{self.n} checks are running (max_checks); retry soon"
+            if self._running.get(client, 0) >= self.per_client:
+                return (f"{self.per_client} check(s) from this address are running (max_checks_per_client); retry "
+                        "when it is done")
+            self._running[client] = self._running.get(client, 0) + 1
+            return None
 
-    def give_back(self) -> None:
-        self._slots.release()
+    def give_back(self, client: str) -> None:
+        with self._lock:
+            self._running[client] -= 1
+            if not self._running[client]:
+                del self._running[client]
+
+
+PREFIX = "cnnfilterdb-check-"  # the uploads' directories: PREFIX<pid>-<random>
+
+
+def remove_stale_uploads(base: Path) -> int:
+    """Remove the upload directories left in ``base`` by service processes that no longer run (a
+    process killed mid-check cannot remove its own); returns how many. A directory of a running
+    process (another worker's upload) is left alone."""
+    removed = 0
+    for d in base.glob(PREFIX + "*-*"):
+        pid = d.name[len(PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not d.is_dir() or d.is_symlink():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or not ours to signal: then not ours to remove either)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def check_tmp_dir(settings: Settings) -> Path:
@@ -207,11 +245,11 @@ async def check_model(request: Request, catalog: LiveCatalog = Depends(get_catal
     slots: CheckSlots = request.app.state.check_slots
     _same_origin(request)
     boundary = _boundary(request.headers.get("content-type", ""))
-    if not slots.take():
+    client = request.client.host if request.client else ""
+    if (busy := slots.take(client)) is not None:
         # No Connection: close: the server reads and drops the rest of the upload (within its
         # keep-alive timeout), so that a client sending its file reads the 429 rather than a reset.
-        raise ApiError(429, "check_busy", f"{slots.n} checks are running (max_checks); retry soon",
-                       headers={"Retry-After": "1"})
+        raise ApiError(429, "check_busy", busy, headers={"Retry-After": "1"})
     try:
         folder = _private_dir(settings)
         try:
@@ -221,7 +259,7 @@ async def check_model(request: Request, catalog: LiveCatalog = Depends(get_catal
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     finally:
-        slots.give_back()
+        slots.give_back(client)
 
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -270,7 +308,7 @@ def _boundary(content_type: str) -> bytes:
 
 def _private_dir(settings: Settings) -> Path:
     try:
-        return Path(tempfile.mkdtemp(prefix="cnnfilterdb-check-", dir=check_tmp_dir(settings)))
+        return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=check_tmp_dir(settings)))
     except OSError as e:
         log.warning("POST /v1/check: cannot make a temporary directory: %s", e)
         raise ApiError(503, "check_unavailable", "the service cannot write the upload's temporary file; see its log",
@@ -468,6 +506,7 @@ def _answer(catalog: LiveCatalog, req: CheckRequest, fmt: str, upload: _Upload, 
     try:
         model = read_checked(upload.path, shown=upload.shown, max_unpacked=settings.max_check_unpacked,
                              max_layers=settings.max_check_layers, max_filters=settings.max_check_filters,
+                             max_work=settings.max_check_work,
                              external_data=False)  # an upload is one file
     except IngestError as e:
         message = str(e).replace(str(upload.path), upload.shown).replace(str(upload.folder), "")
