@@ -31,6 +31,7 @@ from .errors import NotFound, SqlError, first_paragraph
 from .layout import default_db
 from .reader import ATTACHED, CatalogReader, attach
 from .requests import (
+    CHECK_PATH_TEXT,
     AnalysisSpec,
     CheckRequest,
     DegenerateRequest,
@@ -45,6 +46,7 @@ from .requests import (
     build,
     check_not_hidden,
     check_where,
+    documented,
     plain,
     takes,
     version_arg,
@@ -444,22 +446,12 @@ class FilterDB:
             except LookupError:
                 raise NotFound(f"no model {req.model_id}") from None
 
+    @documented(CheckRequest, path=CHECK_PATH_TEXT)
     def check(self, path: str | os.PathLike, where: dict | None = None, **options) -> CheckResult:
-        """Check a model file against the population (SPEC 15; POST /v1/check): how its layers'
-        filters and quality compare with the store's layers of the same depth decile, and which
-        models are nearest. The file is read exactly as ``cnnfilterdb ingest`` reads it (ONNX,
-        PyTorch, safetensors, npz, by content); nothing is written to the store.
-
-        Parameters
-        ----------
-        path : the model file.
-        where : dict, optional
-            The population: a selection (e.g. ``{"task": "Classification"}``); default every model.
-        **options
-            ``k`` (nearest models, default 5), the flags' thresholds ``sparsity_gt``,
-            ``entropy_norm_lt``, ``entropy_norm_gt``, what the model is (``name``, ``task``,
-            ``visual_category``, ``training_dataset``: shown, never stored), ``as_of``: the
-            fields of ``cnnfilterdb.requests.CheckRequest``.
+        """Check a model file against the population (docs/method.md#checking-a-model; POST
+        /v1/check): how its layers' filters and quality compare with the store's layers of the
+        same depth decile, and which models are nearest. Nothing is written to the store; the
+        options are the fields of ``cnnfilterdb.requests.CheckRequest``, by keyword.
 
         Returns
         -------

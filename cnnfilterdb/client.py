@@ -55,6 +55,7 @@ from .catalog import VersionError, check_version
 from .errors import SqlError, UserError
 from .properties import NAME as PROPERTY_NAME
 from .requests import (
+    CHECK_PATH_TEXT,
     AnalysisSpec,
     CheckRequest,
     DegenerateRequest,
@@ -63,6 +64,7 @@ from .requests import (
     build,
     check_not_hidden,
     check_where,
+    documented,
     takes,
     version_arg,
 )
@@ -811,20 +813,11 @@ class Client:
                 data["thresholds"]["entropy_norm_gt"] = None
         return self._result(DegenerateResult, "/v1/quality/degenerate", data, req.selection)
 
+    @documented(CheckRequest, path=CHECK_PATH_TEXT)
     def check(self, path: str | os.PathLike, where: dict | None = None, **options) -> CheckResult:
         """Check a model file against the population (``FilterDB.check``; POST /v1/check): the
-        file is streamed up as the multipart part ``file``, the options as form fields.
-
-        Parameters
-        ----------
-        path : the model file.
-        where : dict, optional
-            The population: a selection (e.g. ``{"task": "Classification"}``); default every model.
-        **options
-            ``k`` (nearest models, default 5), the flags' thresholds ``sparsity_gt``,
-            ``entropy_norm_lt``, ``entropy_norm_gt``, what the model is (``name``, ``task``,
-            ``visual_category``, ``training_dataset``: shown, never stored), ``as_of``: the
-            fields of ``cnnfilterdb.requests.CheckRequest``.
+        file is streamed up as the multipart part ``file``, the options (the fields of
+        ``cnnfilterdb.requests.CheckRequest``, by keyword) as form fields.
 
         Returns
         -------

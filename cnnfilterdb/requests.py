@@ -514,7 +514,9 @@ class SimilarRequest(AnalysisRequest):
     weights: Weights = Field("explained_variance", description=WEIGHTS_TEXT)
 
 
-# What a checked model is called in its report (SPEC 15): shown, never stored.
+CHECK_PATH_TEXT = ("the model file: ONNX, PyTorch .pt/.pth, safetensors or .npz, read by content exactly as "
+                   "`cnnfilterdb ingest` reads it")
+# What a checked model is called in its report: shown, never stored.
 CheckText = Annotated[StrictStr, Field(min_length=1, max_length=200)]
 
 
@@ -735,6 +737,21 @@ def parameters_doc(request_type: type[AnalysisRequest]) -> str:
         default = "" if p.default is inspect.Parameter.empty else f", default {p.default!r}"
         lines += [f"{p.name}{default}", f"    {f.description}"]
     return "\n".join(lines)
+
+
+def documented(request_type: type[AnalysisRequest], **leading: str) -> Callable:
+    """Decorate a front end's method that takes more than its request (``check``: a file first,
+    then the request's fields): its docstring gets the request type's Parameters, after
+    ``leading`` (name -> description), as ``takes`` gives an analysis's, so that they are written
+    once."""
+    def decorate(method: Callable) -> Callable:
+        head, sep, rest = inspect.cleandoc(method.__doc__ or "").partition("\n\n")
+        title, rule, fields = parameters_doc(request_type).split("\n", 2)
+        params = "\n".join([title, rule, *(f"{k}\n    {v}" for k, v in leading.items()), fields])
+        method.__doc__ = f"{head}\n\n{params}\n\n{rest}" if sep else f"{head}\n\n{params}"
+        return method
+
+    return decorate
 
 
 def takes(request_type: type[AnalysisRequest]) -> Callable:
