@@ -33,6 +33,7 @@ none), the checked model's once.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -79,6 +80,67 @@ def _float(v) -> float | None:
     return None if v is None or not np.isfinite(v) else float(v)
 
 
+@dataclass
+class Population:
+    """The population's layers (layer_id order) as a check compares with them."""
+    layers: pd.DataFrame          # n_filters, out_channels and LAYER_METRICS, one row per layer (NaN: unknown)
+    decile_names: list[str]       # its depth deciles (sorted; ``natural_order`` for display)
+    decile_of: np.ndarray         # (L,) each layer's index in decile_names, -1 without one
+    models: np.ndarray            # (M,) its model ids, ascending
+    model_of: np.ndarray          # (L,) each layer's index in models
+    pooled_decile: np.ndarray     # (D, 9, bins) int64: the counts of each decile's layers
+    pooled_model: np.ndarray      # (M, 9, bins) int64: of each model's layers
+    layer_kl: np.ndarray          # (L,) each layer's D from its decile's pool (NaN without a decile)
+    n_outside: int                # its coefficients outside the range (not in the counts)
+
+    def decile(self, d: str | None) -> tuple[int, dict | None, float | None]:
+        """Decile ``d``'s population layers, their Ranks per metric and kl, and its unusual threshold."""
+        if d not in self.decile_names:
+            return 0, None, None
+        same = self.decile_of == self.decile_names.index(d)
+        ranks = {k: Ranks(self.layers[k].to_numpy(np.float64)[same]) for k in LAYER_METRICS}
+        ranks[KL] = Ranks(self.layer_kl[same])
+        return int(same.sum()), ranks, _unusual_at(self.layer_kl[same])
+
+
+def population(an: Analysis, req: CheckRequest, b, w: np.ndarray, width: float) -> Population:
+    """The population of ``an``'s version within ``req.where``: its layers, deciles and models,
+    their counts pooled per decile and per model (CHUNK layers at a time), each layer's divergence
+    from its decile's pool. EmptySelectionError: no layer."""
+    cond, params = condition(an.cur, req.selection, an.version)
+    columns = ", ".join(["layer_id", "model_id", f"{field_sql('depth_decile')} AS depth_decile", "n_filters",
+                         "out_channels", *LAYER_METRICS])
+    t = an.cur.execute(f"SELECT {columns} FROM {an.layers} WHERE {cond} ORDER BY layer_id", params).fetchnumpy()
+    ids = np.asarray(t["layer_id"], dtype=np.int64)
+    if len(ids) == 0:
+        raise EmptySelectionError("the population holds no layer" + (f" (where: {req.selection})" if req.selection else ""))
+    layers = pd.DataFrame({k: _numbers(t[k]) for k in ("n_filters", "out_channels", *LAYER_METRICS)})
+    deciles = [None if v is None else str(v) for v in _texts(t["depth_decile"])]
+    names = sorted({d for d in deciles if d is not None})
+    decile_of = np.array([names.index(d) if d is not None else -1 for d in deciles], dtype=np.int64)
+    models, model_of = np.unique(np.asarray(t["model_id"], dtype=np.int64), return_inverse=True)
+    n, bins = len(ids), DEFAULT_BINS
+
+    counts_of, outside = _population_counts(an, b, ids)
+    pooled_decile = np.zeros((len(names), 9, bins), dtype=np.int64)
+    pooled_model = np.zeros((len(models), 9, bins), dtype=np.int64)
+    for s in range(0, n, CHUNK):
+        sl = slice(s, min(s + CHUNK, n))
+        c = counts_of(sl)
+        has = decile_of[sl] >= 0
+        np.add.at(pooled_decile, decile_of[sl][has], c[has])
+        np.add.at(pooled_model, model_of[sl], c)
+    P_decile = probabilities(pooled_decile, width)
+    layer_kl = np.full(n, np.nan)
+    for s in range(0, n, CHUNK):
+        sl = slice(s, min(s + CHUNK, n))
+        has = np.flatnonzero(decile_of[sl] >= 0)
+        if len(has):
+            P = probabilities(counts_of(sl)[has], width)
+            layer_kl[s + has] = metric_values(P, P_decile[decile_of[sl][has]], METRIC, width) @ w
+    return Population(layers, names, decile_of, models, model_of, pooled_decile, pooled_model, layer_kl, outside)
+
+
 def check(an: Analysis, req: CheckRequest, model: CheckedModel) -> dict:
     """The report of ``model`` against the population of ``an``'s version within ``req.where``
     (module docstring); JSON-able, the body of POST /v1/check. EmptySelectionError: the
@@ -89,113 +151,78 @@ def check(an: Analysis, req: CheckRequest, model: CheckedModel) -> dict:
     lo, hi, bins = float(b.range_min), float(b.range_max), DEFAULT_BINS
     width = (hi - lo) / bins
     w = component_weights(WEIGHTS, b.explained_variance_ratio)
-
-    # -- the population's layers, their deciles and models
-    cond, params = condition(cur, req.selection, version)
-    columns = ", ".join(["layer_id", "model_id", f"{field_sql('depth_decile')} AS depth_decile", "n_filters",
-                         "out_channels", *LAYER_METRICS])
-    t = cur.execute(f"SELECT {columns} FROM {an.layers} WHERE {cond} ORDER BY layer_id", params).fetchnumpy()
-    ids = np.asarray(t["layer_id"], dtype=np.int64)
-    if len(ids) == 0:
-        raise EmptySelectionError("the population holds no layer" + (f" (where: {req.selection})" if req.selection else ""))
-    layers = pd.DataFrame({k: _numbers(t[k]) for k in ("n_filters", "out_channels", *LAYER_METRICS)})
-    model_ids = np.asarray(t["model_id"], dtype=np.int64)
-    deciles = np.array([None if v is None else str(v) for v in _texts(t["depth_decile"])], dtype=object)
-    decile_names = sorted({d for d in deciles if d is not None})
-    decile_of = np.array([decile_names.index(d) if d is not None else -1 for d in deciles], dtype=np.int64)
-    models, model_of = np.unique(model_ids, return_inverse=True)
-    n_layers = len(ids)
-
-    # -- their histograms: pooled per decile, per model, and each layer's divergence from its decile's
-    counts_of, outside = _population_counts(an, b, ids)
-    pooled_decile = np.zeros((len(decile_names), 9, bins), dtype=np.int64)
-    pooled_model = np.zeros((len(models), 9, bins), dtype=np.int64)
-    layer_kl = np.full(n_layers, np.nan)
-    for s in range(0, n_layers, CHUNK):
-        sl = slice(s, min(s + CHUNK, n_layers))
-        c = counts_of(sl)
-        has = decile_of[sl] >= 0
-        np.add.at(pooled_decile, decile_of[sl][has], c[has])
-        np.add.at(pooled_model, model_of[sl], c)
-    P_decile = probabilities(pooled_decile, width)
-    for s in range(0, n_layers, CHUNK):
-        sl = slice(s, min(s + CHUNK, n_layers))
-        has = np.flatnonzero(decile_of[sl] >= 0)
-        if len(has):
-            P = probabilities(counts_of(sl)[has], width)
-            layer_kl[s + has] = metric_values(P, P_decile[decile_of[sl][has]], METRIC, width) @ w
-    pooled = pooled_model.sum(axis=0)  # the whole population's
+    pop = population(an, req, b, w, width)
 
     # -- the checked model's layers: metrics, decile, histograms (clipped into the range)
     C, shift = kernel_basis(b)
-    checked_deciles = _deciles(cur, model.layers)
     rows, own_counts, clipped_total = [], np.zeros((9, bins), dtype=np.int64), 0
-    by_decile = {}  # decile -> (its population layers, their Ranks per metric and kl, the unusual threshold)
-    for i, d in enumerate(decile_names):
-        same = decile_of == i
-        ranks = {k: Ranks(layers[k].to_numpy(np.float64)[same]) for k in LAYER_METRICS}
-        ranks[KL] = Ranks(layer_kl[same])
-        by_decile[d] = (int(same.sum()), ranks, _unusual_at(layer_kl[same]))
-    for layer, decile in zip(model.layers, checked_deciles):
+    deciles = {d: pop.decile(d) for d in pop.decile_names}
+    for layer, decile in zip(model.layers, _deciles(cur, model.layers)):
         coef = coefficients_of(tuple(layer.columns), C, shift)
         clipped = int(np.count_nonzero((coef < lo) | (coef > hi)))
         np.clip(coef, lo, hi, out=coef)
         h = np.stack([np.histogram(coef[i], bins=bins, range=(lo, hi))[0] for i in range(9)]).astype(np.int64)
         own_counts += h
         clipped_total += clipped
-        n_same, ranks, unusual_at = by_decile.get(decile, (0, None, None))
-        kl = float(distances_to(h, pooled_decile[decile_names.index(decile)][None], w, METRIC, width)[0]) \
+        n_same, ranks, unusual_at = deciles.get(decile, (0, None, None))
+        kl = float(distances_to(h, pop.pooled_decile[pop.decile_names.index(decile)][None], w, METRIC, width)[0]) \
             if n_same else None
         m = layer.metrics
-        percentiles = {k: ranks[k].percentile(m[k]) if ranks else None for k in LAYER_METRICS}
-        percentiles[KL] = ranks[KL].percentile(kl) if ranks else None
-        flags = [f for f, on in (
-            ("sparse", m["sparsity"] is not None and m["sparsity"] > req.sparsity_gt),
-            ("low_entropy", m["variance_entropy_norm"] is not None and m["variance_entropy_norm"] < req.entropy_norm_lt),
-            ("random_like", req.entropy_norm_gt is not None and m["variance_entropy_norm"] is not None
-             and m["variance_entropy_norm"] > req.entropy_norm_gt),
-            ("unusual", kl is not None and unusual_at is not None and kl >= unusual_at)) if on]
+        values = {**{k: m[k] for k in LAYER_METRICS}, KL: kl}
+        percentiles = {k: ranks[k].percentile(v) if ranks else None for k, v in values.items()}
         rows.append({"layer": len(rows), "name": layer.name, "conv_depth": layer.conv_depth,
                      "conv_depth_norm": layer.conv_depth_norm, "depth_decile": decile, "n_filters": layer.n_filters,
                      "in_channels": layer.in_channels, "out_channels": layer.out_channels, "groups": layer.groups,
                      **{k: _float(m[k]) for k in LAYER_METRICS}, KL: kl,
                      "kl_unusual_at": unusual_at, "population_layers": n_same,
-                     "clipped": clipped, "percentiles": percentiles, "flags": flags})
+                     "clipped": clipped, "percentiles": percentiles, "flags": _flags(m, kl, unusual_at, req)})
 
     # -- the model: metrics and their percentiles among the population's models; divergences
     own_layers = pd.DataFrame({k: np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=np.float64)
                                for k in ("n_filters", "out_channels", *LAYER_METRICS)})
     own = metrics_of(own_layers, np.zeros(len(rows), dtype=np.int64), 1).iloc[0]
-    population_models = metrics_of(layers, model_of, len(models))
+    population_models = metrics_of(pop.layers, pop.model_of, len(pop.models))
+    pooled = pop.pooled_model.sum(axis=0)  # the whole population's
     model_divergence = float(distances_to(own_counts, pooled[None], w, METRIC, width)[0])
-    population_divergence = distances_to(pooled, pooled_model, w, METRIC, width) if len(models) else np.zeros(0)
-    to_models = distances_to(own_counts, pooled_model, w, METRIC, width)
+    population_divergence = distances_to(pooled, pop.pooled_model, w, METRIC, width)
+    to_models = distances_to(own_counts, pop.pooled_model, w, METRIC, width)
     percentiles = {k: Ranks(population_models[k].to_numpy(np.float64)).percentile(own[k]) for k in MODEL_METRICS}
     percentiles["divergence"] = Ranks(population_divergence).percentile(model_divergence)
     nearest = np.argsort(to_models, kind="stable")[:req.k]
-    meta = _model_meta(cur, version, models[nearest])
-    out_model = {"name": req.name or model.name.rsplit(".", 1)[0], "file": model.name, "kind": model.kind, "sha256": model.sha256,
-                 "bytes": model.bytes, "producer": model.producer, "op_set": model.op_set, **req.described,
-                 **{k: (int(own[k]) if k in ("n_layers", "n_filters") else _float(own[k])) for k in MODEL_METRICS},
-                 "divergence": model_divergence, "percentiles": percentiles}
+    meta = _model_meta(cur, version, pop.models[nearest])
     return {
         "store_id": store_id(cur),
         "store_version": version,
         "basis_version": b.version,
-        "population": {"where": req.selection, "n_models": int(len(models)), "n_sample_models": _samples(cur, version, models),
-                       "n_layers": int(n_layers),
-                       "n_filters": int(layers["n_filters"].sum()), "n_outside": int(outside),
-                       "deciles": _decile_summary(decile_names, decile_of, layer_kl),
-                       "quality_density": _quality_density(layers)},
+        "population": {"where": req.selection, "n_models": int(len(pop.models)),
+                       "n_sample_models": _samples(cur, version, pop.models), "n_layers": int(len(pop.layers)),
+                       "n_filters": int(pop.layers["n_filters"].sum()), "n_outside": int(pop.n_outside),
+                       "deciles": _decile_summary(pop.decile_names, pop.decile_of, pop.layer_kl),
+                       "quality_density": _quality_density(pop.layers)},
         "parameters": {"metric": METRIC, "weights": WEIGHTS, "bins": bins, "range": [lo, hi],
                        "unusual_percentile": UNUSUAL_PERCENTILE, "min_unusual_layers": MIN_UNUSUAL_LAYERS, "k": req.k,
                        "thresholds": req.thresholds},
-        "model": out_model,
+        "model": {"name": req.name or model.name.rsplit(".", 1)[0], "file": model.name, "kind": model.kind,
+                  "sha256": model.sha256, "bytes": model.bytes, "producer": model.producer, "op_set": model.op_set,
+                  **req.described,
+                  **{k: (int(own[k]) if k in ("n_layers", "n_filters") else _float(own[k])) for k in MODEL_METRICS},
+                  "divergence": model_divergence, "percentiles": percentiles},
         "layers": rows,
-        "nearest_models": [{**meta[int(models[j])], "divergence": float(to_models[j])} for j in nearest],
+        "nearest_models": [{**meta[int(pop.models[j])], "divergence": float(to_models[j])} for j in nearest],
         "clipped": int(clipped_total),
         "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
     }
+
+
+def _flags(m: dict, kl: float | None, unusual_at: float | None, req: CheckRequest) -> list[str]:
+    """A checked layer's flags (FLAGS), in that order: the degenerate thresholds of ``req`` on its
+    metrics ``m``, and unusual (kl_to_population at or above its decile's ``unusual_at``)."""
+    e = m["variance_entropy_norm"]
+    return [f for f, on in (
+        ("sparse", m["sparsity"] is not None and m["sparsity"] > req.sparsity_gt),
+        ("low_entropy", e is not None and e < req.entropy_norm_lt),
+        ("random_like", req.entropy_norm_gt is not None and e is not None and e > req.entropy_norm_gt),
+        ("unusual", kl is not None and unusual_at is not None and kl >= unusual_at)) if on]
 
 
 def _decile_summary(names: list[str], decile_of: np.ndarray, layer_kl: np.ndarray) -> list[dict]:
@@ -279,4 +306,4 @@ def _texts(a) -> list:
     return list(a)
 
 
-__all__ = ["CheckedLayer", "CheckedModel", "check", "Ranks", "LAYER_METRICS", "FLAGS"]
+__all__ = ["CheckedLayer", "CheckedModel", "check", "population", "Population", "Ranks", "LAYER_METRICS", "FLAGS"]
