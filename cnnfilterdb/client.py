@@ -36,7 +36,6 @@ True
 from __future__ import annotations
 
 import contextvars
-import functools
 import json
 import math
 import os
@@ -125,16 +124,9 @@ class InvalidRequest(ServiceError, SelectionError):
 
 class InvalidModel(ServiceError):
     """A 422 invalid_model of POST /v1/check: the uploaded file is not a model, holds no 3x3
-    convolution or a NaN weight, cannot be read, or is a zip bomb. What is raised is also a
-    ``cnnfilterdb.ingest.IngestError``, as ``FilterDB.check`` raises for the same file
-    (``_invalid_model``: the ingest is imported only then)."""
-
-
-@functools.cache
-def _invalid_model() -> type[InvalidModel]:
-    from .ingest.errors import IngestError
-
-    return type("InvalidModel", (InvalidModel, IngestError), {"__module__": __name__, "__doc__": InvalidModel.__doc__})
+    convolution or a NaN weight, cannot be read, or is a zip bomb (``FilterDB.check`` raises
+    ``cnnfilterdb.ingest.IngestError`` for the same file, with the same message: both are
+    ``cnnfilterdb.UserError``)."""
 
 
 class EmptySelection(ServiceError, EmptySelectionError):
@@ -201,7 +193,7 @@ def _error(status: int, body: bytes) -> ServiceError:
         code, message = str(error["code"])[:100], str(error["message"])[:2000]
     except Exception:  # not the service's JSON (a proxy's page, cut, nested too deep, ...)
         code, message = "http_error", f"HTTP {status}: {body[:300].decode('utf-8', 'replace')}"
-    cls = ServiceBusy if status == 429 else _invalid_model() if code == "invalid_model" else _ERRORS.get(code, ServiceError)
+    cls = ServiceBusy if status == 429 else InvalidModel if code == "invalid_model" else _ERRORS.get(code, ServiceError)
     return cls(status, code, message)
 
 
@@ -826,7 +818,7 @@ class Client:
 
         Raises
         ------
-        InvalidModel (also a cnnfilterdb.ingest.IngestError)
+        InvalidModel (a cnnfilterdb.UserError, as the local IngestError)
             The file is not a model, holds no 3x3 convolution or a NaN weight, cannot be read.
         InvalidRequest, EmptySelection, UnknownVersion
             A bad option or where (checked before anything is sent), no layer in the population,

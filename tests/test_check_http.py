@@ -196,6 +196,7 @@ def test_client_check_equals_db_check(live, db):
 
 def test_client_check_errors_as_the_local_api(live, db, tmp_path):
     from cnnfilterdb.client import InvalidModel, InvalidRequest, UnknownVersion
+    from cnnfilterdb.errors import UserError
     from cnnfilterdb.ingest.errors import IngestError
 
     url, _ = live
@@ -204,9 +205,10 @@ def test_client_check_errors_as_the_local_api(live, db, tmp_path):
     with cnnfilterdb.Client(url) as c:
         with pytest.raises(InvalidModel) as e:
             c.check(bad)
-        assert isinstance(e.value, IngestError) and e.value.status == 422 and "notes.txt: not a model" in str(e.value)
-        with pytest.raises(IngestError):
+        assert isinstance(e.value, UserError) and e.value.status == 422 and "notes.txt: not a model" in str(e.value)
+        with pytest.raises(IngestError) as local:
             db.check(bad)
+        assert isinstance(local.value, UserError) and e.value.message == str(local.value).replace(str(bad), bad.name)
         with pytest.raises(InvalidRequest, match="k must be"):  # checked before anything is sent
             c.check(ONNX, k=0)
         with pytest.raises(UnknownVersion):

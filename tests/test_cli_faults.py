@@ -100,12 +100,15 @@ WRITERS = {
     "compact": lambda src: ["compact", "--keep-versions", "1", "--db", "{DB}"],
     "refit": lambda src: ["refit", "--db", "{DB}"],
 }
+CHECKED = REPO / "tests" / "data" / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"  # a model `check -o` reports on
 OUTPUTS = {
     "export parquet": ["export", "-o", "{OUT}/f.parquet", "--db", "{DB}"],
     "export csv": ["export", "-o", "{OUT}/f.csv", "--db", "{DB}"],
     "export npy": ["export", "-o", "{OUT}/f.npy", "--db", "{DB}"],
     "plot": ["plot", "covariance", "-o", "{OUT}/c.png", "--db", "{DB}"],
     "report": ["report", "-o", "{OUT}/report", "--db", "{DB}"],
+    "check html": ["check", str(CHECKED), "-o", "{OUT}/r.html", "--db", "{DB}"],
+    "check png": ["check", str(CHECKED), "-o", "{OUT}/r.png", "--db", "{DB}"],
 }
 
 
@@ -253,7 +256,7 @@ def test_every_writing_command_is_covered():
 
     (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     commands = set(sub.choices)
-    writers = {"ingest", "label", "remove", "compact", "refit", "export", "plot", "report", "spark", "demo"}
+    writers = {"ingest", "label", "remove", "compact", "refit", "export", "plot", "report", "check", "spark", "demo"}
     readers = {"info", "sql", "verify", "drift", "model-metrics", "correlate", "log", "serve"}
     assert commands == writers | readers, commands ^ (writers | readers)
     assert set(WRITERS) | {c.split()[0] for c in OUTPUTS} | {"spark", "demo"} == writers

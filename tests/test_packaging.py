@@ -75,10 +75,15 @@ def _imports(path: Path, package: str) -> set[str]:
     return names
 
 
+READS_MODEL_FILES = {("cnnfilterdb/api.py", "cnnfilterdb.ingest.model_files")}  # FilterDB.check
+
+
 @pytest.mark.parametrize("folder", ["cnnfilterdb", "ingest", "sql"])
 def test_the_layers_import_downwards(folder):
     """The engine (cnnfilterdb) imports neither ingest nor service, ingest does not import the
-    service: the CLI (cnnfilterdb/cli.py) is the one place that wires them together."""
+    service: the CLI (cnnfilterdb/cli.py) is the place that wires them together, with one named
+    exception (docs/architecture.md#the-folders): the Python API's check reads a model file with
+    the ingest's reader, so that a check and an ingest read a file one way."""
     above = {"cnnfilterdb": ("cnnfilterdb.ingest", "cnnfilterdb.service"), "ingest": ("cnnfilterdb.service",),
              "sql": ("cnnfilterdb.ingest", "cnnfilterdb.service")}[folder]
     wrong = []
@@ -87,7 +92,8 @@ def test_the_layers_import_downwards(folder):
             continue
         rel = f.relative_to(REPO / folder).with_suffix("")
         package = ".".join([FOLDERS[folder], *rel.parts[:-1]])  # the package the module is in
-        wrong += [f"{f.relative_to(REPO)} imports {m}" for m in _imports(f, package) if m.startswith(above)]
+        wrong += [f"{f.relative_to(REPO)} imports {m}" for m in _imports(f, package) if m.startswith(above)
+                  and (str(f.relative_to(REPO)), m) not in READS_MODEL_FILES]
     assert not wrong
 
 
