@@ -52,9 +52,10 @@ def store_snapshot(db: Path) -> dict | None:
 
 
 @contextmanager
-def serving(app):
+def serving(app, http="auto"):
     """The app served by uvicorn (lifespan included) on a free loopback port, in a thread:
-    yields (base URL, port); stopped on leaving."""
+    yields (base URL, port); stopped on leaving. ``http``: uvicorn's protocol (the connection
+    guard of `cnnfilterdb serve`: service/connections.GuardedH11Protocol)."""
     import socket
     import threading
     import time
@@ -65,7 +66,7 @@ def serving(app):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on"))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on", http=http))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True, name="test-uvicorn")
     thread.start()
     deadline = time.monotonic() + 30

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -77,41 +76,15 @@ def live(v1_store, tmp_root):
         yield url, port
 
 
-@contextmanager
-def serving_guarded(app):
-    """The app served as `cnnfilterdb serve` serves it: uvicorn with the connection guard
-    (service/connections.GuardedH11Protocol, its limits the defaults: body_timeout_s 30 s), on a
-    free loopback port, in a thread."""
-    import threading
-
-    import uvicorn
-
-    from cnnfilterdb.service.connections import GuardedH11Protocol
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on", http=GuardedH11Protocol))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True, name="test-uvicorn-guarded")
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", sock.getsockname()[1]
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def guarded(v1_store, tmp_root):
     """A real server behind the connection guard: one check at a time, an upload within 1.5 s and,
     after 0.3 s, at 1,000 bytes/s on average at least."""
     app = create_app(Settings(db=v1_store, check_tmp_dir=tmp_root, max_checks=1, check_upload_timeout_s=1.5,
                               check_min_upload_bytes_per_s=1000, check_upload_grace_s=0.3))
-    with serving_guarded(app) as (url, port):
+    from cnnfilterdb.service.connections import GuardedH11Protocol
+
+    with serving(app, http=GuardedH11Protocol) as (url, port):  # as `cnnfilterdb serve` serves it
         yield url, port
 
 
